@@ -1,0 +1,2019 @@
+#!/usr/bin/env python3
+"""redsky — a small mailing list manager built from a chain of filters.
+
+The MTA pipes every message sent to a list address into ``redsky.py queue``.
+redsky runs an ordered chain of small filters over it (read, getinfo,
+loopdetect, bouncehandler, getsubscribers, access, subjecttag, addfooter,
+queuer) and stores the post durably: one spool file plus one delivery row
+per subscriber in SQLite.  Cron runs ``redsky.py send``, whose chain
+(singleinstance, queuebuilder, queuerunner) hands each post to sendmail,
+to an SMTP server or to a maildir, and records every recipient's outcome.
+
+Commands::
+
+    redsky.py demo                            try everything in a temp dir
+    redsky.py init                            create the database and spool
+    redsky.py newlist LIST@DOMAIN [--access open|subscribers|acl|passphrase|moderated]
+                      [--passphrase P] [--subject-tag T] [--footer F] [--owner ADDR]
+    redsky.py lists | set LIST KEY VALUE | dellist LIST
+    redsky.py subscribe LIST ADDR...|-   unsubscribe LIST ADDR...|-
+    redsky.py members LIST [--json]      acl LIST [add|del PATTERN...]
+    redsky.py held [LIST] | approve ID | reject ID
+    redsky.py status [--json]
+    redsky.py queue [--recipient ADDR] [--sender ADDR] < message
+    redsky.py send
+    redsky.py schema                          print the SQL schema
+
+Every command takes ``-c CONFIG`` (else $REDSKY_CONFIG, ./redsky.ini,
+/etc/redsky/redsky.ini, else built-in defaults) and ``--verbose``.
+Exit codes follow sysexits(3): 0 done (also for discarded and held posts),
+64 usage, 65 bad data, 67 unknown list, 75 try again later, 77 no
+permission, 78 configuration error.
+
+Only the Python standard library is used: copy this file onto a host and run it.
+"""
+
+import configparser
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import time
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------
+# 2. Exit codes and verdicts
+# ---------------------------------------------------------------------------
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+class Failure(Exception):
+    """An error a command reports in one line and exits with ``code``."""
+
+    code = EX_SOFTWARE
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(Failure):
+    code = EX_CONFIG
+
+
+class Verdict(Exception):
+    """Raised by a filter to end its chain; the runner logs it and maps it
+    to an exit code.  ``reason`` is one line for the log."""
+
+    code = EX_OK
+    name = "verdict"
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Discard(Verdict):
+    """The message is dropped on purpose (a loop, a robot); exit 0."""
+    name = "discard"
+
+
+class Hold(Verdict):
+    """The message is kept for a moderator; exit 0 so that a forged sender
+    is not sent a bounce."""
+    name = "hold"
+
+
+class Consumed(Verdict):
+    """The message was fully handled (a bounce was recorded); exit 0."""
+    name = "consumed"
+
+
+class Reject(Verdict):
+    """The message is bad data; the MTA bounces it (65)."""
+    code = EX_DATAERR
+    name = "reject"
+
+
+class UnknownList(Verdict):
+    """No list has this address; the MTA bounces it (67)."""
+    code = EX_NOUSER
+    name = "unknown-list"
+
+
+class TryLater(Verdict):
+    """A temporary problem; the MTA keeps the message and retries (75)."""
+    code = EX_TEMPFAIL
+    name = "try-later"
+
+
+# ---------------------------------------------------------------------------
+# 3. Configuration
+# ---------------------------------------------------------------------------
+
+QUEUE_CHAIN = "read getinfo loopdetect bouncehandler getsubscribers access subjecttag addfooter queuer"
+SEND_CHAIN = "singleinstance queuebuilder queuerunner"
+
+DEFAULTS = {
+    "redsky": {
+        "data_dir": "",          # default: beside the config file, else ~/.local/share/redsky
+        "database": "redsky.db",
+        "spool": "spool",
+        "log": "",               # syslog if /dev/log exists, else stderr
+        "busy_timeout": "10s",
+    },
+    "queue": {
+        "filters": QUEUE_CHAIN,
+        "max_received": "30",
+        "max_size": "25M",
+    },
+    "send": {
+        "filters": SEND_CHAIN,
+        "transport": "sendmail",
+        "sendmail": "/usr/sbin/sendmail",
+        "smtp_host": "localhost",
+        "smtp_port": "25",
+        "smtp_timeout": "60s",
+        "maildir": "maildir",
+        "retry_delay": "600s",
+        "retry_max_delay": "4h",
+        "max_age": "5d",
+    },
+}
+
+CONFIG_PATHS = ("./redsky.ini", "/etc/redsky/redsky.ini")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+class Config:
+    """The INI file merged over DEFAULTS, with typed accessors.
+
+    Relative paths are taken relative to ``data_dir``, which defaults to the
+    config file's directory, or to a per-user data directory when there is
+    no config file at all (a first run needs none).
+    """
+
+    def __init__(self, path=None):
+        self.path = path
+        self.ini = configparser.ConfigParser(interpolation=None)
+        self.ini.read_dict(DEFAULTS)
+        if path:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    self.ini.read_file(fh)
+            except OSError as e:
+                raise ConfigError(f"cannot read config {path}: {e.strerror}")
+            except configparser.Error as e:
+                raise ConfigError(f"bad config {path}: {str(e).splitlines()[0]}")
+        data_dir = self.get("redsky", "data_dir")
+        if not data_dir:
+            if path:
+                data_dir = os.path.dirname(os.path.abspath(path))
+            else:
+                base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+                data_dir = os.path.join(base, "redsky")
+        self.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+
+    @classmethod
+    def find(cls, explicit=None):
+        """-c, then $REDSKY_CONFIG, then the standard places, then none."""
+        if explicit:
+            return cls(explicit)
+        env = os.environ.get("REDSKY_CONFIG")
+        if env:
+            return cls(env)
+        for candidate in CONFIG_PATHS:
+            if os.path.isfile(candidate):
+                return cls(candidate)
+        return cls(None)
+
+    def get(self, section, key):
+        return self.ini.get(section, key, fallback="").strip()
+
+    def path_of(self, section, key):
+        value = self.get(section, key)
+        return os.path.join(self.data_dir, os.path.expanduser(value)) if value else ""
+
+    def number(self, section, key, units=None):
+        raw = self.get(section, key).lower()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]?)b?", raw)
+        table = units or {"": 1}
+        if not m or m.group(2) not in table:
+            raise ConfigError(f"[{section}] {key} = {raw!r} is not a valid value")
+        return float(m.group(1)) * table[m.group(2)]
+
+    def duration(self, section, key):
+        return self.number(section, key, _DURATION_UNITS)
+
+    def size(self, section, key):
+        return int(self.number(section, key, _SIZE_UNITS))
+
+    def chain(self, section):
+        return self.get(section, "filters").replace(",", " ").split()
+
+    @property
+    def database(self):
+        return self.path_of("redsky", "database")
+
+    @property
+    def spool(self):
+        return self.path_of("redsky", "spool")
+
+
+log = logging.getLogger("redsky")
+
+
+def setup_logging(config, verbose=False):
+    """Syslog (facility mail) when /dev/log exists, else stderr; ``[redsky]
+    log`` = syslog | stderr | PATH overrides, --verbose adds debug to stderr."""
+    import logging.handlers
+    log.handlers.clear()
+    log.propagate = False
+    target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "stderr")
+    fmt = "redsky[%(process)d]: %(levelname)s %(message)s"
+    if target == "syslog":
+        try:
+            handler = logging.handlers.SysLogHandler(
+                "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        except OSError:
+            handler = logging.StreamHandler(sys.stderr)
+    elif target == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = logging.FileHandler(os.path.join(config.data_dir, target))
+        except OSError as e:
+            raise ConfigError(f"cannot open log file {target}: {e.strerror}")
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    if verbose:
+        log.setLevel(logging.DEBUG)
+        if target != "stderr":
+            extra = logging.StreamHandler(sys.stderr)
+            extra.setFormatter(logging.Formatter(fmt))
+            log.addHandler(extra)
+
+
+# ---------------------------------------------------------------------------
+# 4. Store: SQLite schema and named queries
+# ---------------------------------------------------------------------------
+
+# The one source of the schema.  schema.sql is a copy of it for people who
+# read or query the database (`redsky.py schema > schema.sql`); a test
+# checks that the two agree.  Times are Unix seconds (REAL).
+SCHEMA = """\
+-- redsky database schema (SQLite).  Generated by `redsky.py schema`; do not edit.
+PRAGMA user_version = 1;
+
+-- A list is LIST@DOMAIN; LIST-bounces@DOMAIN is its bounce address.
+CREATE TABLE lists (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL COLLATE NOCASE,
+    domain          TEXT NOT NULL COLLATE NOCASE,
+    access          TEXT NOT NULL DEFAULT 'subscribers'
+                    CHECK (access IN ('open', 'subscribers', 'acl', 'passphrase', 'moderated')),
+    passphrase_hash TEXT NOT NULL DEFAULT '',
+    subject_tag     TEXT NOT NULL DEFAULT '',
+    footer          TEXT NOT NULL DEFAULT '',
+    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses
+    created         REAL NOT NULL,
+    UNIQUE (name, domain)
+);
+
+CREATE TABLE members (
+    id           INTEGER PRIMARY KEY,
+    list_id      INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address      TEXT NOT NULL COLLATE NOCASE,
+    status       TEXT NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
+    bounce_score REAL NOT NULL DEFAULT 0,
+    last_bounce  REAL,
+    subscribed   REAL NOT NULL,
+    UNIQUE (list_id, address)
+);
+
+-- Who may post to a list whose access is 'acl': addresses or *@domain patterns.
+CREATE TABLE acl (
+    list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    pattern TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (list_id, pattern)
+);
+
+-- One row per accepted post; the bytes are in the spool file.
+CREATE TABLE messages (
+    id         INTEGER PRIMARY KEY,
+    list_id    INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    message_id TEXT NOT NULL,
+    spool      TEXT NOT NULL UNIQUE,            -- file name inside the spool directory
+    size       INTEGER NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'done')),
+    created    REAL NOT NULL
+);
+
+-- The delivery ledger: one row per recipient of a post, ending in exactly
+-- one final state (sent, failed, expired).
+CREATE TABLE deliveries (
+    message      INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'sent', 'failed', 'expired')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error   TEXT NOT NULL DEFAULT '',
+    updated      REAL,
+    PRIMARY KEY (message, address)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_due ON deliveries (next_attempt, message) WHERE state = 'pending';
+
+-- Bounce reports and permanent delivery failures, with the evidence.
+CREATE TABLE bounces (
+    id            INTEGER PRIMARY KEY,
+    list_id       INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address       TEXT NOT NULL COLLATE NOCASE,
+    received      REAL NOT NULL,
+    source        TEXT NOT NULL,                -- dsn, verp, delivery
+    action        TEXT NOT NULL DEFAULT '',     -- failed, delayed, ... (RFC 3464)
+    status        TEXT NOT NULL DEFAULT '',
+    diagnostic    TEXT NOT NULL DEFAULT '',
+    reporting_mta TEXT NOT NULL DEFAULT '',
+    counted       INTEGER NOT NULL DEFAULT 0,   -- 1 when it raised the bounce score
+    raw           BLOB
+);
+CREATE INDEX bounces_member ON bounces (list_id, address);
+
+-- Posts waiting for a moderator, with the envelope they arrived with.
+CREATE TABLE held (
+    id         INTEGER PRIMARY KEY,
+    list_id    INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    received   REAL NOT NULL,
+    sender     TEXT NOT NULL DEFAULT '',
+    recipient  TEXT NOT NULL,
+    from_addr  TEXT NOT NULL DEFAULT '',
+    subject    TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    reason     TEXT NOT NULL,
+    raw        BLOB NOT NULL
+);
+"""
+SCHEMA_VERSION = 1
+
+LIST_COLUMNS = "id, name, domain, access, passphrase_hash, subject_tag, footer, owners, created"
+
+SQL = {
+    "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
+    "all_lists": f"SELECT {LIST_COLUMNS} FROM lists ORDER BY domain, name",
+    "members": "SELECT address, status, bounce_score FROM members WHERE list_id = ? ORDER BY address",
+    "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
+    "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
+    "add_message": "INSERT INTO messages (list_id, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?)",
+    "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
+    "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
+                  " reporting_mta, counted, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "score_bounce": "UPDATE members SET bounce_score = bounce_score + 1, last_bounce = ?"
+                    " WHERE list_id = ? AND address = ?",
+    "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
+                " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # messages that have at least one delivery due now
+    "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, l.id AS list_id, l.name, l.domain"
+                    " FROM messages m JOIN lists l ON l.id = m.list_id"
+                    " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
+                    "                WHERE state = 'pending' AND next_attempt <= ?)"
+                    " ORDER BY m.id",
+    # keyset pagination keeps memory flat however long the list is
+    "due_recipients": "SELECT address, attempts FROM deliveries"
+                      " WHERE message = ? AND state = 'pending' AND next_attempt <= ? AND address > ?"
+                      " ORDER BY address LIMIT ?",
+    "delivery_outcome": "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                        " last_error = ?, updated = ? WHERE message = ? AND address = ?",
+    "pending_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'",
+    "message_done": "UPDATE messages SET state = 'done' WHERE id = ?",
+    "status_counts": "SELECT"
+                     " (SELECT count(*) FROM messages WHERE state = 'queued'),"
+                     " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0),"
+                     " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts > 0),"
+                     " (SELECT count(*) FROM deliveries WHERE state = 'sent'),"
+                     " (SELECT count(*) FROM deliveries WHERE state = 'failed'),"
+                     " (SELECT count(*) FROM deliveries WHERE state = 'expired'),"
+                     " (SELECT count(*) FROM held)",
+}
+
+
+class Store:
+    """The SQLite database: one connection, explicit transactions.
+
+    WAL lets ``queue`` processes write while ``send`` runs; the busy timeout
+    makes concurrent writers wait instead of failing.  ``durable`` selects
+    synchronous=FULL: ``queue`` must not say "accepted" before the post is
+    on disk, while ``send`` only needs its outcomes to survive a killed
+    process (WAL with synchronous=NORMAL), which is much cheaper.
+    """
+
+    def __init__(self, path, busy_timeout=10.0, durable=True, create=False):
+        self.path = path
+        if not create and not os.path.exists(path):
+            raise ConfigError(f"database {path} does not exist; run 'redsky.py init' first")
+        if create:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            if not create:
+                raise ConfigError(f"database {path} has no redsky schema; run 'redsky.py init'")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            with self.transaction():
+                for statement in _sql_statements(SCHEMA):
+                    self.db.execute(statement)
+        elif version != SCHEMA_VERSION:
+            raise ConfigError(f"database {path} has schema version {version}, this redsky needs {SCHEMA_VERSION}")
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def q(self, name, *args):
+        return self.db.execute(SQL[name], args)
+
+    def list_by_address(self, address):
+        """The list whose post address is ``address`` (case-insensitive), or None."""
+        local, _, domain = address.rpartition("@")
+        row = self.q("list_by_address", local, domain).fetchone()
+        return dict(row) if row else None
+
+    def require_list(self, address):
+        row = self.list_by_address(address)
+        if row is None:
+            raise Failure(f"no such list: {address}", EX_NOUSER)
+        return row
+
+    def close(self):
+        self.db.close()
+
+
+def _sql_statements(script):
+    """Split the schema into statements (it holds no ';' inside strings)."""
+    body = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+class _Transaction:
+    """``with store.transaction():`` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        return False
+
+
+def open_store(config, durable=True, create=False):
+    try:
+        return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
+    except sqlite3.Error as e:
+        raise Failure(f"cannot open database {config.database}: {e}", EX_TEMPFAIL)
+    except PermissionError as e:
+        raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
+
+
+# ---------------------------------------------------------------------------
+# 5. Message helpers
+# ---------------------------------------------------------------------------
+
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")     # RFC 5322 field name, then ':'
+_ADDR_SPEC = re.compile(
+    r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r'|"(?:[^"\\\r\n]|\\.)+")'
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])")
+
+
+def valid_address(address):
+    """True for a plain addr-spec (RFC 5322 dot-atom or quoted local part)
+    that cannot be mistaken for a command-line option."""
+    return bool(address) and not address.startswith("-") and len(address) <= 254 \
+        and _ADDR_SPEC.fullmatch(address) is not None
+
+
+def normalize_address(address):
+    """Lower-case the domain (RFC 5321: the local part is the receiver's business)."""
+    local, _, domain = address.strip().rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+class RawMessage:
+    """A message kept as bytes: the header fields exactly as received, and
+    the body untouched.  Edits touch only the fields they name, so a message
+    passed through without tag or footer keeps its original bytes."""
+
+    def __init__(self, raw):
+        nl = raw.find(b"\n")
+        self.eol = b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
+        self.fields = []          # raw bytes of each field, continuation lines included
+        pos = 0
+        size = len(raw)
+        self.separator = b""
+        while pos < size:
+            end = raw.find(b"\n", pos)
+            end = size if end < 0 else end + 1
+            line = raw[pos:end]
+            if line in (b"\n", b"\r\n"):
+                self.separator = line
+                pos = end
+                break
+            if line[:1] in (b" ", b"\t") and self.fields:
+                self.fields[-1] += line
+            elif _FIELD.match(line):
+                self.fields.append(line)
+            else:
+                break             # not a header line: the body starts here (as Postfix does)
+            pos = end
+        self.body = raw[pos:]
+
+    def __bytes__(self):
+        return b"".join(self.fields) + self.separator + self.body
+
+    @staticmethod
+    def name_of(field):
+        return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+    @staticmethod
+    def value_of(field):
+        """The unfolded field value as text (8-bit bytes read as UTF-8)."""
+        value = field.split(b":", 1)[1].decode("utf-8", "replace")
+        return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+
+    def get_all(self, name):
+        name = name.lower()
+        return [self.value_of(f) for f in self.fields if self.name_of(f) == name]
+
+    def get(self, name, default=None):
+        values = self.get_all(name)
+        return values[0] if values else default
+
+    def remove(self, *names):
+        names = {n.lower() for n in names}
+        self.fields = [f for f in self.fields if self.name_of(f) not in names]
+
+    def append(self, name, value):
+        """Add a field at the end of the header (value is text; 8-bit is
+        written as UTF-8, RFC 6532)."""
+        if self.fields and not self.fields[-1].endswith(b"\n"):
+            self.fields[-1] += self.eol
+        self.fields.append(f"{name}: {value}".encode("utf-8") + self.eol)
+        if not self.separator:
+            self.separator = self.eol
+
+    def replace_raw(self, name, raw_value):
+        """Replace the first ``name`` field's value by ``raw_value`` bytes
+        (folding kept as given); add the field when missing."""
+        for i, f in enumerate(self.fields):
+            if self.name_of(f) == name.lower():
+                self.fields[i] = f.split(b":", 1)[0] + b": " + raw_value + self.eol
+                return
+        if self.fields and not self.fields[-1].endswith(b"\n"):
+            self.fields[-1] += self.eol
+        self.fields.append(name.encode("ascii") + b": " + raw_value + self.eol)
+
+    def raw_value(self, name):
+        for f in self.fields:
+            if self.name_of(f) == name.lower():
+                return f.split(b":", 1)[1].strip(b" \t\r\n")
+        return None
+
+    def header_message(self):
+        """The header fields parsed by the email package (no body)."""
+        from email.parser import BytesHeaderParser
+        from email import policy
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(self.fields) + self.eol)
+
+
+def decode_header_text(value):
+    """An RFC 2047 header value as text."""
+    from email.header import decode_header, make_header
+    try:
+        return str(make_header(decode_header(value)))
+    except (UnicodeError, LookupError, ValueError, AssertionError):
+        return value
+
+
+def addresses_in(values):
+    """Plain addresses from header values like From: and Sender:."""
+    from email.utils import getaddresses
+    return [normalize_address(a) for _, a in getaddresses(values) if "@" in a]
+
+
+def verp_encode(list_row, recipient):
+    """LIST-bounces+user=host@DOMAIN: the bounce address names the recipient."""
+    local, _, domain = recipient.rpartition("@")
+    return f"{list_row['name']}-bounces+{local}={domain}@{list_row['domain']}"
+
+
+def verp_decode(extension):
+    """``user=host`` back to user@host (the last '=' separates them)."""
+    local, sep, domain = extension.rpartition("=")
+    return f"{local}@{domain}" if sep and local and domain else None
+
+
+def list_address(list_row, suffix=""):
+    return f"{list_row['name']}{suffix}@{list_row['domain']}"
+
+
+def list_headers(list_row):
+    """RFC 2919 List-Id and the RFC 2369 List-* fields, plus loop markers."""
+    post = list_address(list_row)
+    request = list_address(list_row, "-request")
+    return [
+        ("List-Id", f"<{list_row['name']}.{list_row['domain']}>"),
+        ("List-Post", f"<mailto:{post}>"),
+        ("List-Help", f"<mailto:{request}?subject=help>"),
+        ("List-Subscribe", f"<mailto:{request}?subject=subscribe>"),
+        ("List-Unsubscribe", f"<mailto:{request}?subject=unsubscribe>"),
+        ("Precedence", "list"),
+        ("X-Loop", post),
+    ]
+
+
+# Headers replaced on every distributed copy: our own list fields, and the
+# delivery traces of the hop that brought the post to us.
+REPLACED_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe",
+                    "list-owner", "list-archive", "precedence", "x-loop",
+                    "return-path", "delivered-to", "x-original-to")
+
+
+def parse_dsn(message):
+    """Per-recipient results of an RFC 3464 delivery-status report.
+
+    Returns a list of dicts with recipient, action, status, diagnostic and
+    reporting_mta; empty when the message holds no message/delivery-status.
+    """
+    results = []
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        if isinstance(blocks, str):        # unparsed: split the blocks ourselves
+            from email.parser import Parser
+            text = blocks.replace("\r\n", "\n")
+            blocks = [Parser().parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
+        if not blocks:
+            continue
+        reporting = _dsn_value(blocks[0].get("Reporting-MTA", ""))
+        for block in blocks:
+            recipient = _dsn_value(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+            if not recipient:
+                continue
+            results.append({
+                "recipient": recipient.strip("<>"),
+                "action": str(block.get("Action", "")).strip().lower(),
+                "status": str(block.get("Status", "")).strip().split(" ")[0],
+                "diagnostic": re.sub(r"\s+", " ", _dsn_value(block.get("Diagnostic-Code", ""))).strip(),
+                "reporting_mta": reporting,
+            })
+    return results
+
+
+def _dsn_value(value):
+    """``rfc822; user@host`` → ``user@host`` (the address-type is dropped)."""
+    value = str(value or "")
+    return value.split(";", 1)[1].strip() if ";" in value else value.strip()
+
+
+def hash_passphrase(passphrase, salt=None, iterations=200_000):
+    """PBKDF2-SHA256; only this string is stored, never the passphrase."""
+    import hashlib
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt.encode(), iterations)
+    return f"pbkdf2_sha256${iterations}${salt}${digest.hex()}"
+
+
+def check_passphrase(passphrase, stored):
+    import hmac
+    try:
+        scheme, iterations, salt, _ = stored.split("$")
+        iterations = int(iterations)
+    except ValueError:
+        return False
+    if scheme != "pbkdf2_sha256":
+        return False
+    return hmac.compare_digest(hash_passphrase(passphrase, salt, iterations), stored)
+
+
+# Footers ------------------------------------------------------------------
+
+class _CannotEdit(Exception):
+    """The part cannot take the footer in place; wrap the message instead."""
+
+
+def footer_text(list_row):
+    from string import Template
+    post = list_address(list_row)
+    return Template(list_row["footer"]).safe_substitute(
+        list=list_row["name"], domain=list_row["domain"], post_address=post,
+        list_id=f"{list_row['name']}.{list_row['domain']}",
+        owner=list_address(list_row, "-owner"),
+        request=list_address(list_row, "-request"),
+        unsubscribe=f"mailto:{list_address(list_row, '-request')}?subject=unsubscribe")
+
+
+def add_footer(msg, footer):
+    """Add ``footer`` (text) to ``msg`` (RawMessage) MIME-correctly, in place.
+
+    - a single text/plain part: appended in its own charset and transfer
+      encoding;
+    - multipart/mixed: a new text/plain part before the closing boundary;
+    - anything else (multipart/alternative, signed, encrypted, HTML, a part
+      we cannot decode): the original entity, byte-intact, becomes the first
+      part of a new multipart/mixed whose second part is the footer.
+    Returns how it was done ("appended", "part", "wrapped").
+    """
+    info = msg.header_message()
+    ctype = info.get_content_type()
+    try:
+        if ctype == "text/plain" and not info.get("Content-Type", "").lower().startswith("multipart"):
+            _append_to_text(msg, info, footer)
+            return "appended"
+        if ctype == "multipart/mixed":
+            _add_mixed_part(msg, info.get_param("boundary"), footer)
+            return "part"
+    except _CannotEdit:
+        pass
+    _wrap_with_footer(msg, footer)
+    return "wrapped"
+
+
+def _eol_of(data, default):
+    return b"\r\n" if b"\r\n" in data[:4096] else (b"\n" if b"\n" in data[:4096] else default)
+
+
+def _append_to_text(msg, info, footer):
+    import base64
+    import binascii
+    import codecs
+    import quopri
+    charset = (info.get_content_charset() or "us-ascii").lower()
+    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    try:
+        codecs.lookup(charset)
+        footer_bytes = footer.encode(charset)
+    except (LookupError, UnicodeError):
+        raise _CannotEdit
+    body = msg.body
+    if cte in ("7bit", "8bit", "binary", ""):
+        if cte in ("7bit", "") and not footer_bytes.isascii():
+            raise _CannotEdit
+        eol = msg.eol
+        lead = b"" if not body or body.endswith(b"\n") else eol
+        msg.body = body + lead + footer_bytes.replace(b"\n", eol) + eol
+    elif cte == "quoted-printable":
+        eol = msg.eol
+        lead = b"" if not body or body.endswith(b"\n") else eol
+        if body.rstrip(b"\r\n").endswith(b"="):      # soft break at the end: close the line
+            lead = eol
+        encoded = quopri.encodestring(footer_bytes.replace(b"\r\n", b"\n") + b"\n")
+        msg.body = body + lead + encoded.replace(b"\n", eol)
+    elif cte == "base64":
+        try:
+            decoded = base64.b64decode(b"".join(body.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise _CannotEdit
+        eol = _eol_of(decoded, b"\r\n")
+        lead = b"" if not decoded or decoded.endswith(b"\n") else eol
+        text = decoded + lead + footer_bytes.replace(b"\n", eol) + eol
+        msg.body = base64.encodebytes(text).replace(b"\n", msg.eol)
+    else:
+        raise _CannotEdit
+
+
+def _footer_part(footer, eol):
+    """A text/plain MIME part (headers and body) holding the footer."""
+    import quopri
+    data = footer.encode("utf-8")
+    if data.isascii():
+        head = b"Content-Type: text/plain; charset=us-ascii" + eol + b"Content-Transfer-Encoding: 7bit"
+        body = data.replace(b"\r\n", b"\n").replace(b"\n", eol)
+    else:
+        head = b"Content-Type: text/plain; charset=utf-8" + eol + b"Content-Transfer-Encoding: quoted-printable"
+        body = quopri.encodestring(data.replace(b"\r\n", b"\n")).replace(b"\n", eol)
+    if not body.endswith(eol):
+        body += eol
+    return head + eol + b"Content-Disposition: inline" + eol + eol + body
+
+
+def _add_mixed_part(msg, boundary, footer):
+    if not boundary:
+        raise _CannotEdit
+    delimiter = re.escape(boundary.encode("utf-8", "surrogateescape"))
+    closings = list(re.finditer(rb"(?m)^--" + delimiter + rb"--[ \t]*\r?$", msg.body))
+    opening = re.search(rb"(?m)^--" + delimiter + rb"[ \t]*\r?$", msg.body)
+    if not closings or not opening or opening.start() > closings[-1].start():
+        raise _CannotEdit
+    at = closings[-1].start()
+    eol = msg.eol
+    part = b"--" + boundary.encode("utf-8", "surrogateescape") + eol + _footer_part(footer, eol)
+    msg.body = msg.body[:at] + part + msg.body[at:]
+
+
+def _wrap_with_footer(msg, footer):
+    eol = msg.eol
+    inner = [f for f in msg.fields if msg.name_of(f).startswith("content-")]
+    outer = [f for f in msg.fields if not msg.name_of(f).startswith("content-")]
+    boundary = "redsky-" + secrets.token_hex(12)
+    body = msg.body
+    if body and not body.endswith(b"\n"):
+        body += eol
+    b = boundary.encode("ascii")
+    if inner and not inner[-1].endswith(b"\n"):
+        inner[-1] += eol
+    msg.fields = outer
+    if msg.get("MIME-Version") is None:
+        msg.append("MIME-Version", "1.0")
+    msg.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
+    msg.separator = eol
+    # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1),
+    # hence the extra eol: the original body keeps its last line break.
+    msg.body = (b"--" + b + eol + b"".join(inner) + eol + body + eol
+                + b"--" + b + eol + _footer_part(footer, eol)
+                + b"--" + b + b"--" + eol)
+
+
+def with_subject_tag(msg, tag):
+    """Prefix ``tag`` to the Subject once (RFC 2047 aware); returns False
+    when the subject already carries it."""
+    raw = msg.raw_value("Subject")
+    text = decode_header_text(msg.get("Subject", "")) if raw is not None else ""
+    if tag.lower() in text.lower():
+        return False
+    if not text.strip():
+        msg.remove("Subject")
+        raw = None
+    if tag.isascii():
+        prefix = tag.encode("ascii")
+    else:
+        from email.header import Header
+        # Whitespace between two encoded-words is not displayed (RFC 2047
+        # 6.2), so the separating space goes inside our encoded-word then.
+        inside = raw is not None and raw.startswith(b"=?")
+        prefix = Header(tag + (" " if inside else ""), "utf-8").encode().encode("ascii")
+    new = prefix + b" " + (raw if raw is not None else b"(no subject)")
+    msg.replace_raw("Subject", new)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# 6. The runner and the queue filters
+# ---------------------------------------------------------------------------
+
+FILTERS = {}
+
+
+def chain_filter(stage, needs=()):
+    """Register a filter under its function name.  ``stage`` is "message"
+    (queue and filter chains) or "send"; ``needs`` names filters that must
+    run earlier in the same chain."""
+    def register(fn):
+        fn.stage = stage
+        fn.needs = tuple(needs)
+        FILTERS[fn.__name__] = fn
+        return fn
+    return register
+
+
+def build_chain(names, stage, section):
+    """Resolve filter names, refusing unknown names and impossible orders (78)."""
+    chain = []
+    for name in names:
+        fn = FILTERS.get(name)
+        if fn is None:
+            raise ConfigError(f"[{section}] filters: unknown filter {name!r}")
+        if fn.stage != stage:
+            raise ConfigError(f"[{section}] filters: {name!r} is a {fn.stage} filter, not a {stage} filter")
+        for need in fn.needs:
+            if need not in [f.__name__ for f in chain]:
+                raise ConfigError(f"[{section}] filters: {name!r} needs {need!r} earlier in the chain")
+        chain.append(fn)
+    if not chain:
+        raise ConfigError(f"[{section}] filters is empty")
+    return chain
+
+
+class Context:
+    """What the filters work on; each filter's docstring says what it reads
+    and writes here."""
+
+    def __init__(self, config, store=None, stdin=None):
+        self.config = config
+        self.store = store
+        self.stdin = stdin
+        self.raw = None             # the message bytes as received
+        self.msg = None             # RawMessage being edited
+        self.recipient = None       # envelope recipient (a list address)
+        self.sender = None          # envelope sender; "" is the null sender <>
+        self.message_id = ""
+        self.list = None            # the list row (dict)
+        self.role = None            # "post" or "bounces"
+        self.verp = None            # member named by a VERP bounce address
+        self.members = {}           # address (lower-case) -> status
+        self.recipients = []        # addresses the post goes to
+        self.approved = False       # moderator approval (passphrase or CLI)
+        self.trace = []             # (filter, note)
+        self.result = None          # what the last filter produced (e.g. message row id)
+
+    def note(self, text):
+        self.trace.append((self.current, text))
+
+    current = ""
+
+    def describe(self):
+        where = list_address(self.list) if self.list else (self.recipient or "?")
+        return f"message-id={self.message_id or '?'} list={where}"
+
+
+def run_chain(chain, ctx):
+    """Run filters in order; return the verdict that ended the chain, or None."""
+    for fn in chain:
+        ctx.current = fn.__name__
+        try:
+            fn(ctx)
+        except Verdict as verdict:
+            ctx.trace.append((fn.__name__, f"{verdict.name}: {verdict.reason}"))
+            return verdict
+        if not ctx.trace or ctx.trace[-1][0] != fn.__name__:
+            ctx.trace.append((fn.__name__, "ok"))
+    return None
+
+
+@chain_filter("message")
+def read(ctx):
+    """Read the message from stdin (unless ctx.raw is preset) and find the
+    envelope.  Writes raw, msg, recipient, sender, message_id.  Empty input,
+    input with no header fields, or a message over [queue] max_size → reject."""
+    if ctx.raw is None:
+        limit = ctx.config.size("queue", "max_size")
+        stream = ctx.stdin or sys.stdin.buffer
+        ctx.raw = stream.read(limit + 1) if limit else stream.read()
+        if limit and len(ctx.raw) > limit:
+            raise Reject(f"message larger than the limit of {limit} bytes")
+    raw = ctx.raw
+    if not raw.strip():
+        raise Reject("empty message")
+    from_line = None
+    if raw.startswith(b"From "):              # an mbox From_ line from local(8)/.forward
+        nl = raw.find(b"\n")
+        from_line, raw = raw[:nl if nl >= 0 else len(raw)], raw[nl + 1 if nl >= 0 else len(raw):]
+        ctx.raw = raw
+    msg = RawMessage(raw)
+    if not msg.fields:
+        raise Reject("not an RFC 5322 message: no header fields")
+    if b"\0" in b"".join(msg.fields):
+        raise Reject("not an RFC 5322 message: NUL byte in the header")
+    ctx.msg = msg
+    env = os.environ
+    if not ctx.recipient:
+        candidates = [env.get("ORIGINAL_RECIPIENT"), env.get("RECIPIENT"),
+                      msg.get("X-Original-To"), msg.get("Delivered-To")]
+        ctx.recipient = next((c.strip() for c in candidates if c and c.strip()), None)
+    if ctx.sender is None:
+        candidates = [env.get("SENDER"), msg.get("Return-Path")]
+        if from_line:
+            candidates.append(from_line.split()[1].decode("utf-8", "replace") if len(from_line.split()) > 1 else None)
+        sender = next((c for c in candidates if c is not None), None)
+        if sender is not None:
+            sender = sender.strip().strip("<>").strip()
+            if sender.upper() == "MAILER-DAEMON":
+                sender = ""
+        ctx.sender = sender
+    ctx.message_id = (msg.get("Message-ID") or "").strip()
+    if not ctx.recipient:
+        raise Reject("no envelope recipient: use --recipient, or Postfix pipe flag O (X-Original-To)")
+    ctx.recipient = ctx.recipient.strip().strip("<>")
+    ctx.note(f"{len(ctx.raw)} bytes, to {ctx.recipient}, from {ctx.sender if ctx.sender is not None else '(unknown)'}")
+
+
+@chain_filter("message", needs=("read",))
+def getinfo(ctx):
+    """Find the list by post address LIST@DOMAIN or bounce address
+    LIST-bounces[+user=host]@DOMAIN.  Writes list, role, verp; unknown → 67."""
+    local, at, domain = ctx.recipient.rpartition("@")
+    if not at or not local:
+        raise UnknownList(f"{ctx.recipient!r} is not a list address")
+    role, verp = "post", None
+    row = ctx.store.list_by_address(ctx.recipient)
+    if row is None:
+        m = re.fullmatch(r"(.+)-bounces(?:\+(.*))?", local, re.IGNORECASE | re.DOTALL)
+        if m:
+            row = ctx.store.list_by_address(f"{m.group(1)}@{domain}")
+            role = "bounces"
+            verp = verp_decode(m.group(2)) if m.group(2) else None
+    if row is None:
+        raise UnknownList(f"no list at {ctx.recipient}")
+    ctx.list, ctx.role, ctx.verp = row, role, verp
+    ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {verp}" if verp else ""))
+
+
+def is_robot_post(ctx):
+    """Why a message sent to the post address comes from a robot, or None."""
+    if ctx.sender == "":
+        return "null envelope sender"
+    auto = (ctx.msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    ctype = (ctx.msg.get("Content-Type") or "").lower()
+    if ctype.startswith("multipart/report"):
+        return "a delivery or disposition report"
+    return None
+
+
+@chain_filter("message", needs=("getinfo",))
+def loopdetect(ctx):
+    """Discard a message that already went through this list (List-Id or
+    X-Loop), that has more than [queue] max_received Received: fields, or
+    that a robot sent to the post address (null sender, Auto-Submitted,
+    multipart/report): answering robots is how mail loops start."""
+    list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
+    if any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
+        raise Discard(f"loop: already carries List-Id {list_id}")
+    post = list_address(ctx.list).lower()
+    if any(v.strip().lower() == post for v in ctx.msg.get_all("X-Loop")):
+        raise Discard(f"loop: already carries X-Loop {post}")
+    hops = len(ctx.msg.get_all("Received"))
+    limit = int(ctx.config.number("queue", "max_received"))
+    if hops > limit:
+        raise Discard(f"loop: {hops} Received: fields (limit {limit})")
+    if ctx.role == "post":
+        robot = is_robot_post(ctx)
+        if robot:
+            raise Discard(f"robot mail to the post address: {robot}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def bouncehandler(ctx):
+    """Consume mail to the bounce address: record it in ``bounces`` and
+    raise the member's bounce score for permanent failures (RFC 3464
+    Action: failed) only.  VERP names the member; otherwise the DSN's
+    Final-Recipient does.  Delayed reports and auto-replies never count."""
+    if ctx.role != "bounces":
+        return
+    from email import message_from_bytes, policy
+    parsed = message_from_bytes(ctx.raw, policy=policy.compat32)
+    reports = parse_dsn(parsed)
+    now = time.time()
+    members = {a.lower() for a in member_addresses(ctx.store, ctx.list["id"])}
+    rows = []
+    if ctx.verp:
+        failed = [r for r in reports if r["action"] == "failed"]
+        chosen = failed[0] if failed else (reports[0] if reports else
+                                          {"action": "", "status": "", "diagnostic": "", "reporting_mta": ""})
+        rows.append((ctx.verp, "verp", chosen, bool(failed)))
+    else:
+        for r in reports:
+            rows.append((r["recipient"], "dsn", r, r["action"] == "failed"))
+    counted = []
+    with ctx.store.transaction():
+        for address, source, r, failed in rows:
+            address = normalize_address(address)
+            count = failed and address.lower() in members
+            ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
+                        r["diagnostic"][:1000], r["reporting_mta"], int(count), ctx.raw)
+            if count:
+                ctx.store.q("score_bounce", now, ctx.list["id"], address)
+                counted.append(address)
+    if not rows:
+        raise Consumed("bounce address: no recipient found in the report; ignored")
+    raise Consumed(f"bounce for {', '.join(r[0] for r in rows)}; scored: {', '.join(counted) or 'none'}")
+
+
+def member_addresses(store, list_id, status=None):
+    rows = store.q("members", list_id).fetchall()
+    return [r["address"] for r in rows if status is None or r["status"] == status]
+
+
+@chain_filter("message", needs=("getinfo",))
+def getsubscribers(ctx):
+    """Load the list's members: writes members (all, with status) and
+    recipients (the enabled ones)."""
+    rows = ctx.store.q("members", ctx.list["id"]).fetchall()
+    ctx.members = {r["address"].lower(): r["status"] for r in rows}
+    ctx.recipients = [r["address"] for r in rows if r["status"] == "enabled"]
+    ctx.note(f"{len(ctx.recipients)} enabled of {len(rows)} members")
+
+
+def take_approved(ctx):
+    """Remove every Approved: header (and an Approved: line at the top of
+    the first text part) so a passphrase never reaches the members; return
+    the passphrase found, or None."""
+    found = None
+    values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
+    if values:
+        found = values[0]
+        ctx.msg.remove("Approved", "Approve")
+    body_value = _take_approved_line(ctx.msg)
+    return found if found is not None else body_value
+
+
+_APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?", re.IGNORECASE)
+
+
+def _take_approved_line(msg):
+    """Mailman-style ``Approved: secret`` as the first line of the body, for
+    a plain single-part message or the first text/plain part of a
+    multipart/mixed one (7bit/8bit only: encoded parts are left alone)."""
+    info = msg.header_message()
+    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
+        m = _APPROVED_LINE.match(msg.body)
+        if m:
+            msg.body = msg.body[m.end():]
+            return m.group(1).decode("utf-8", "replace").strip()
+    elif info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
+        b = re.escape(info.get_param("boundary").encode("utf-8", "surrogateescape"))
+        first = re.search(rb"(?m)^--" + b + rb"[ \t]*\r?\n", msg.body)
+        if first:
+            head_end = re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
+            if head_end:
+                head = RawMessage(msg.body[first.end():head_end.end()]).header_message()
+                pcte = str(head.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+                if head.get_content_type() == "text/plain" and pcte in ("7bit", "8bit", ""):
+                    m = _APPROVED_LINE.match(msg.body[head_end.end():])
+                    if m:
+                        start = head_end.end()
+                        msg.body = msg.body[:start] + msg.body[start + m.end():]
+                        return m.group(1).decode("utf-8", "replace").strip()
+    return None
+
+
+def acl_allows(patterns, address):
+    from fnmatch import fnmatchcase
+    address = address.lower()
+    return any(fnmatchcase(address, p.lower()) for p in patterns)
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def access(ctx):
+    """Decide whether the sender may post, by the list's access mode:
+    open; subscribers (From, Sender or envelope sender is a member); acl
+    (an address or *@domain pattern in the list's acl); passphrase (an
+    Approved: header or first body line matches); moderated (everything is
+    held).  A correct passphrase always approves.  Failure → hold.
+    Approved: is always stripped so the passphrase never leaks."""
+    passphrase = take_approved(ctx)
+    stored = ctx.list["passphrase_hash"]
+    if passphrase is not None and stored and check_passphrase(passphrase, stored):
+        ctx.approved = True
+        ctx.note("approved by passphrase")
+    if ctx.approved:
+        return
+    mode = ctx.list["access"]
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
+    if ctx.sender:
+        senders.append(normalize_address(ctx.sender))
+    shown = senders[0] if senders else "(no sender)"
+    if mode == "open":
+        return
+    if mode == "subscribers":
+        if any(s.lower() in ctx.members for s in senders):
+            return
+        raise Hold(f"{shown} is not a member of the list")
+    if mode == "acl":
+        patterns = [r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])]
+        if any(acl_allows(patterns, s) for s in senders):
+            return
+        raise Hold(f"{shown} is not in the list's acl")
+    if mode == "passphrase":
+        raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
+    raise Hold("the list is moderated")
+
+
+@chain_filter("message", needs=("getinfo",))
+def subjecttag(ctx):
+    """Prefix the list's subject tag once; RFC 2047 subjects keep their
+    encoding; a missing subject becomes "[tag] (no subject)"."""
+    tag = ctx.list["subject_tag"]
+    if tag:
+        ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
+
+
+@chain_filter("message", needs=("getinfo",))
+def addfooter(ctx):
+    """Add the list's footer (placeholders $list, $domain, $post_address,
+    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer()."""
+    if ctx.list["footer"]:
+        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list)))
+
+
+def write_spool(spool_dir, data):
+    """Write ``data`` to a new spool file atomically (temp file, fsync,
+    rename, fsync of the directory); return its name."""
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    name = f"{time.time():.6f}.{os.getpid()}.{secrets.token_hex(4)}.eml"
+    tmp = os.path.join(tmp_dir, name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, os.path.join(spool_dir, name))
+    dir_fd = os.open(spool_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return name
+
+
+def finish_post(ctx):
+    """Give the post its distributed form: list headers replaced, trace
+    headers of the incoming hop removed, a Message-ID if it had none."""
+    msg = ctx.msg
+    msg.remove(*REPLACED_HEADERS)
+    if not ctx.message_id:
+        from email.utils import make_msgid
+        ctx.message_id = make_msgid(domain=ctx.list["domain"])
+        msg.append("Message-ID", ctx.message_id)
+    for name, value in list_headers(ctx.list):
+        msg.append(name, value)
+    return bytes(msg)
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def queuer(ctx):
+    """Store the post: the final message in a spool file (atomic), then one
+    messages row and one deliveries row per recipient in one transaction.
+    Only after the commit is the post accepted; any failure → try later (75)
+    with nothing half-written left behind."""
+    data = finish_post(ctx)
+    if not ctx.recipients:
+        raise Discard("the list has no enabled members")
+    spool = ctx.config.spool
+    try:
+        name = write_spool(spool, data)
+    except OSError as e:
+        raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
+    try:
+        with ctx.store.transaction() as db:
+            cur = ctx.store.q("add_message", ctx.list["id"], ctx.message_id, name, len(data), time.time())
+            message = cur.lastrowid
+            db.executemany(SQL["add_delivery"], ((message, r) for r in ctx.recipients))
+    except (sqlite3.Error, OSError) as e:
+        _unlink_quietly(os.path.join(spool, name))
+        raise TryLater(f"cannot record the post in the database: {e}")
+    ctx.result = message
+    ctx.note(f"queued as {name} for {len(ctx.recipients)} recipients")
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# 7. Send filters and transports
+# ---------------------------------------------------------------------------
+
+SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
+
+
+class Outcome:
+    __slots__ = ("kind", "detail")
+
+    def __init__(self, kind, detail=""):
+        self.kind, self.detail = kind, detail
+
+
+class SendmailTransport:
+    """``sendmail -oi -f SENDER -- RCPT``, one process per recipient, no shell.
+    Exit 0 is sent; 67 (no user) and 68 (no host) are permanent; anything
+    else, including a missing program, is temporary (sysexits.h)."""
+
+    PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
+
+    def __init__(self, config):
+        self.path = config.get("send", "sendmail")
+
+    def deliver(self, sender, recipient, data):
+        import subprocess
+        try:
+            proc = subprocess.run([self.path, "-oi", "-f", sender, "--", recipient], input=data,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = detail[-1][:300] if detail else ""
+        if proc.returncode == 0:
+            return Outcome(SENT, "sendmail exit 0")
+        if proc.returncode in self.PERMANENT_CODES:
+            return Outcome(PERMANENT, f"sendmail exit {proc.returncode} ({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
+        return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
+
+    def close(self):
+        pass
+
+
+class SMTPTransport:
+    """smtplib to [send] smtp_host:smtp_port, one connection reused for the
+    whole run.  5xx replies are permanent, 4xx and network errors temporary
+    (RFC 5321 4.2.1)."""
+
+    def __init__(self, config):
+        self.host = config.get("send", "smtp_host")
+        self.port = int(config.number("send", "smtp_port"))
+        self.timeout = config.duration("send", "smtp_timeout")
+        self.conn = None
+        self.down = None            # the error that made the server unreachable this run
+
+    def _connect(self):
+        import smtplib
+        conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        conn.ehlo_or_helo_if_needed()
+        return conn
+
+    def deliver(self, sender, recipient, data):
+        import smtplib
+        if self.down:
+            return Outcome(TEMPORARY, self.down)
+        try:
+            if self.conn is None:
+                self.conn = self._connect()
+            self.conn.sendmail(sender, [recipient], data)
+            return Outcome(SENT, "250 accepted")
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = e.recipients.get(recipient, (450, b"refused"))
+            return self._reply(code, text)
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
+            self._reset()
+            return self._reply(e.smtp_code, e.smtp_error)
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as e:
+            was_connected = self.conn is not None
+            self._drop()
+            detail = f"SMTP {self.host}:{self.port}: {e}"
+            if not was_connected:
+                self.down = detail
+            return Outcome(TEMPORARY, detail)
+
+    @staticmethod
+    def _reply(code, text):
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        detail = f"{code} {text}".strip()
+        return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, detail)
+
+    def _reset(self):
+        try:
+            self.conn.rset()
+        except Exception:
+            self._drop()
+
+    def _drop(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.conn = None
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.quit()
+            except Exception:
+                pass
+            self._drop()
+
+
+class MaildirTransport:
+    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
+    Return-Path and Delivered-To as a local delivery would: for trying
+    redsky from the shell."""
+
+    def __init__(self, config):
+        self.base = config.path_of("send", "maildir")
+
+    def deliver(self, sender, recipient, data):
+        import mailbox
+        safe = recipient.replace("/", "_")
+        if safe.startswith("."):
+            safe = "_" + safe[1:]
+        try:
+            os.makedirs(self.base, exist_ok=True)
+            box = mailbox.Maildir(os.path.join(self.base, safe), create=True)
+            eol = b"\r\n" if data.find(b"\r\n") != -1 and data.find(b"\r\n") < data.find(b"\n") + 1 else b"\n"
+            box.add(b"Return-Path: <" + sender.encode() + b">" + eol
+                    + b"Delivered-To: " + recipient.encode() + eol + data)
+        except OSError as e:
+            return Outcome(TEMPORARY, f"maildir {self.base}: {e.strerror}")
+        return Outcome(SENT, f"maildir {safe}")
+
+    def close(self):
+        pass
+
+
+TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": MaildirTransport}
+
+
+@chain_filter("send")
+def singleinstance(ctx):
+    """Take an exclusive flock on DATA_DIR/send.lock for the whole run; if
+    another send holds it, end at once (exit 0)."""
+    path = os.path.join(ctx.config.data_dir, "send.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise Discard("another redsky send is running")
+        raise
+    ctx.lock_fd = fd            # closed (and so released) when the process ends
+
+
+@chain_filter("send")
+def queuebuilder(ctx):
+    """Find the posts with deliveries due now (new, or retry time reached).
+    Writes queue: a list of message rows; recipients are streamed later."""
+    ctx.now = time.time()
+    ctx.queue = [dict(r) for r in ctx.store.q("due_messages", ctx.now)]
+    ctx.note(f"{len(ctx.queue)} posts with deliveries due")
+
+
+@chain_filter("send", needs=("singleinstance", "queuebuilder"))
+def queuerunner(ctx):
+    """Deliver each due recipient with the VERP envelope sender
+    LIST-bounces+user=host@DOMAIN through [send] transport and record each
+    outcome at once (so a killed run repeats at most the delivery in
+    flight).  Temporary failures are retried with exponential backoff from
+    [send] retry_delay up to retry_max_delay, and expire after max_age;
+    permanent failures and expiries count as bounces.  A post whose every
+    recipient is final is marked done and its spool file removed."""
+    config = ctx.config
+    kind = config.get("send", "transport")
+    if kind not in TRANSPORTS:
+        raise ConfigError(f"[send] transport = {kind!r}: use one of {', '.join(TRANSPORTS)}")
+    transport = TRANSPORTS[kind](config)
+    retry, cap = config.duration("send", "retry_delay"), config.duration("send", "retry_max_delay")
+    max_age = config.duration("send", "max_age")
+    totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0}
+    try:
+        for post in ctx.queue:
+            path = os.path.join(config.spool, post["spool"])
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError as e:
+                log.error("post %s: cannot read spool file %s: %s; will retry", post["message_id"], path, e.strerror)
+                continue
+            list_row = {"name": post["name"], "domain": post["domain"]}
+            after = ""
+            while True:
+                batch = ctx.store.q("due_recipients", post["id"], ctx.now, after, 500).fetchall()
+                if not batch:
+                    break
+                for row in batch:
+                    address, attempts = row["address"], row["attempts"]
+                    after = address
+                    outcome = transport.deliver(verp_encode(list_row, address), address, data)
+                    state = record_outcome(ctx.store, post, address, attempts, outcome, retry, cap, max_age)
+                    totals["expired" if state == "expired" else outcome.kind] += 1
+                    log.info("deliver %s to=%s %s: %s", post["message_id"], address,
+                             state if state != "pending" else "deferred", outcome.detail)
+            if ctx.store.q("pending_count", post["id"]).fetchone()[0] == 0:
+                with ctx.store.transaction():
+                    ctx.store.q("message_done", post["id"])
+                _unlink_quietly(path)
+    finally:
+        transport.close()
+    ctx.totals = totals
+    ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, expired {totals['expired']}")
+
+
+def record_outcome(store, post, address, attempts, outcome, retry, cap, max_age):
+    """Write one recipient's outcome to the ledger; return its new state."""
+    now = time.time()
+    if outcome.kind == SENT:
+        state, next_attempt = "sent", 0
+    elif outcome.kind == PERMANENT:
+        state, next_attempt = "failed", 0
+    elif now - post["created"] >= max_age:
+        state, next_attempt = "expired", 0
+    else:
+        state, next_attempt = "pending", now + min(retry * (2 ** attempts), cap)
+    with store.transaction():
+        store.q("delivery_outcome", state, next_attempt, outcome.detail[:500], now, post["id"], address)
+        if state in ("failed", "expired"):
+            status = "5.0.0" if state == "failed" else "4.4.7"
+            store.q("add_bounce", post["list_id"], address, now, "delivery", "failed", status,
+                    outcome.detail[:1000], "", 1, None)
+            store.q("score_bounce", now, post["list_id"], address)
+    return state
+
+
+def clean_spool(config, store, older_than=3600):
+    """Remove spool files no queued post refers to: left by a crash between
+    the spool write and the commit, or between the commit and the unlink.
+    Young files are left alone: a ``queue`` may be about to commit them."""
+    spool = config.spool
+    try:
+        names = [n for n in os.listdir(spool) if n.endswith(".eml")]
+    except OSError:
+        return 0
+    queued = {r[0] for r in store.db.execute("SELECT spool FROM messages WHERE state = 'queued'")}
+    removed = 0
+    cutoff = time.time() - older_than
+    for name in names:
+        path = os.path.join(spool, name)
+        try:
+            if name not in queued and os.stat(path).st_mtime < cutoff:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+# ---------------------------------------------------------------------------
+# 8. Commands
+# ---------------------------------------------------------------------------
+
+def cmd_queue(args, config):
+    """Run the queue chain over the message on stdin.  Exit 0 only when
+    the post is durably stored (or deliberately discarded, held or
+    consumed); every unexpected failure is 75 so that the MTA retries."""
+    chain = build_chain(config.chain("queue"), "message", "queue")
+    store = open_store(config, durable=True)
+    ctx = Context(config, store)
+    ctx.recipient = args.recipient
+    ctx.sender = args.sender
+    return finish_queue(ctx, run_chain(chain, ctx))
+
+
+def finish_queue(ctx, verdict):
+    """Log the verdict, keep held posts, and return the exit code."""
+    if verdict is None:
+        log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
+        return EX_OK
+    if isinstance(verdict, Hold):
+        try:
+            hold_post(ctx, verdict.reason)
+        except (sqlite3.Error, OSError) as e:
+            log.error("cannot hold %s: %s", ctx.describe(), e)
+            print(f"redsky: cannot store held post: {e}", file=sys.stderr)
+            return EX_TEMPFAIL
+    level = logging.WARNING if verdict.code else logging.INFO
+    log.log(level, "%s %s reason=%s", verdict.name, ctx.describe(), verdict.reason)
+    if verdict.code:
+        print(f"redsky: {verdict.reason}", file=sys.stderr)
+    return verdict.code
+
+
+def hold_post(ctx, reason):
+    """Keep the message as received, with its envelope, for a moderator."""
+    senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
+    subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
+    with ctx.store.transaction():
+        ctx.store.q("add_held", ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient,
+                    senders[0] if senders else "", subject[:300], ctx.message_id, reason, ctx.raw)
+
+
+def cmd_send(args, config):
+    chain = build_chain(config.chain("send"), "send", "send")
+    store = open_store(config, durable=False)
+    ctx = Context(config, store)
+    verdict = run_chain(chain, ctx)
+    if verdict is not None:
+        log.info("send: %s", verdict.reason)
+        print(f"redsky: {verdict.reason}", file=sys.stderr)
+        return verdict.code
+    clean_spool(config, store)
+    totals = getattr(ctx, "totals", None)
+    if totals is not None:
+        log.info("send: %s", ctx.trace[-1][1])
+    return EX_OK
+
+
+def cmd_init(args, config):
+    store = open_store(config, create=True)
+    os.makedirs(config.spool, exist_ok=True)
+    store.close()
+    print(f"database: {config.database}\nspool:    {config.spool}")
+    return EX_OK
+
+
+def split_list_address(address):
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not valid_address(address) or "+" in local:
+        raise Failure(f"not a valid list address: {address!r}", EX_USAGE)
+    if re.search(r"-(bounces|request|owner|confirm|join|leave|subscribe|unsubscribe)$", local, re.I):
+        raise Failure(f"a list name cannot end in -{local.rsplit('-', 1)[1]}: that address is reserved", EX_USAGE)
+    return local, domain.lower()
+
+
+ACCESS_MODES = ("open", "subscribers", "acl", "passphrase", "moderated")
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners")
+
+
+def validate_setting(key, value):
+    """Check one list setting; return (column, value to store)."""
+    if key == "access":
+        if value not in ACCESS_MODES:
+            raise Failure(f"access must be one of {', '.join(ACCESS_MODES)}", EX_USAGE)
+        return "access", value
+    if key == "passphrase":
+        return "passphrase_hash", hash_passphrase(value) if value else ""
+    if key == "owners":
+        owners = [o.strip() for o in value.replace(";", ",").split(",") if o.strip()]
+        bad = [o for o in owners if not valid_address(o)]
+        if bad:
+            raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
+        return "owners", ", ".join(normalize_address(o) for o in owners)
+    if key == "footer":
+        return "footer", value.replace("\\n", "\n")
+    if key == "subject_tag":
+        if "\n" in value or "\r" in value:
+            raise Failure("subject_tag must be one line", EX_DATAERR)
+        return "subject_tag", value.strip()
+    raise Failure(f"unknown setting {key!r}; settable: {', '.join(SETTABLE)}", EX_USAGE)
+
+
+def cmd_newlist(args, config):
+    name, domain = split_list_address(args.list)
+    settings = {"access": args.access, "passphrase": args.passphrase, "subject_tag": args.subject_tag,
+                "footer": args.footer, "owners": ",".join(args.owner or [])}
+    columns = dict(validate_setting(k, v) for k, v in settings.items() if v is not None)
+    if columns.get("access") == "passphrase" and not columns.get("passphrase_hash"):
+        raise Failure("access passphrase needs --passphrase", EX_USAGE)
+    store = open_store(config, create=True)
+    os.makedirs(config.spool, exist_ok=True)
+    names = ["name", "domain", "created"] + list(columns)
+    try:
+        with store.transaction():
+            store.db.execute(f"INSERT INTO lists ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                             [name, domain, time.time()] + list(columns.values()))
+    except sqlite3.IntegrityError:
+        raise Failure(f"list {name}@{domain} already exists", EX_DATAERR)
+    print(f"created list {name}@{domain} (access {columns.get('access', 'subscribers')})")
+    return EX_OK
+
+
+def cmd_lists(args, config):
+    store = open_store(config, create=True)
+    rows = [dict(r) for r in store.q("all_lists")]
+    counts = dict(store.db.execute("SELECT list_id, count(*) FROM members GROUP BY list_id").fetchall())
+    if args.json:
+        print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "access": r["access"],
+                           "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
+                           "members": counts.get(r["id"], 0)} for r in rows], indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']}@{r['domain']}\t{r['access']}\t{counts.get(r['id'], 0)} members")
+    return EX_OK
+
+
+def cmd_set(args, config):
+    store = open_store(config)
+    row = store.require_list(args.list)
+    column, value = validate_setting(args.key, args.value)
+    if column == "access" and value == "passphrase" and not row["passphrase_hash"]:
+        raise Failure("set a passphrase first: set LIST passphrase SECRET", EX_USAGE)
+    with store.transaction():
+        store.db.execute(f"UPDATE lists SET {column} = ? WHERE id = ?", (value, row["id"]))
+    print(f"{list_address(row)}: {args.key} set")
+    return EX_OK
+
+
+def cmd_dellist(args, config):
+    store = open_store(config)
+    row = store.require_list(args.list)
+    spools = [r[0] for r in store.db.execute("SELECT spool FROM messages WHERE list_id = ?", (row["id"],))]
+    with store.transaction():
+        store.db.execute("DELETE FROM lists WHERE id = ?", (row["id"],))
+    for name in spools:
+        _unlink_quietly(os.path.join(config.spool, name))
+    print(f"deleted list {list_address(row)}")
+    return EX_OK
+
+
+def addresses_from_args(values):
+    """Addresses from the command line, or one per line from stdin for '-'."""
+    out = []
+    for value in values:
+        if value == "-":
+            out.extend(line.strip() for line in sys.stdin if line.strip() and not line.startswith("#"))
+        else:
+            out.append(value.strip())
+    return out
+
+
+def cmd_subscribe(args, config, subscribe=True):
+    store = open_store(config)
+    row = store.require_list(args.list)
+    addresses = addresses_from_args(args.addresses)
+    bad = [a for a in addresses if not valid_address(a)]
+    good = [normalize_address(a) for a in addresses if valid_address(a)]
+    changed = 0
+    with store.transaction() as db:
+        for address in good:
+            if subscribe:
+                changed += db.execute(SQL["add_member"], (row["id"], address, time.time())).rowcount
+            else:
+                changed += db.execute("DELETE FROM members WHERE list_id = ? AND address = ?",
+                                      (row["id"], address)).rowcount
+    verb = "subscribed" if subscribe else "unsubscribed"
+    print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
+    for address in bad:
+        print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
+    return EX_DATAERR if bad else EX_OK
+
+
+def cmd_members(args, config):
+    store = open_store(config)
+    row = store.require_list(args.list)
+    members = [dict(r) for r in store.q("members", row["id"])]
+    if args.json:
+        print(json.dumps(members, indent=2))
+    else:
+        for m in members:
+            print(f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}")
+    return EX_OK
+
+
+def cmd_acl(args, config):
+    store = open_store(config)
+    row = store.require_list(args.list)
+    if args.action in ("add", "del"):
+        with store.transaction() as db:
+            for pattern in args.patterns:
+                pattern = pattern.strip().lower()
+                if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
+                    raise Failure(f"not an address or *@domain pattern: {pattern!r}", EX_DATAERR)
+                if args.action == "add":
+                    db.execute("INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)", (row["id"], pattern))
+                else:
+                    db.execute("DELETE FROM acl WHERE list_id = ? AND pattern = ?", (row["id"], pattern))
+    for r in store.q("acl", row["id"]):
+        print(r["pattern"])
+    return EX_OK
+
+
+def cmd_held(args, config):
+    store = open_store(config)
+    query = ("SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, length(h.raw) AS size,"
+             " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id")
+    params = ()
+    if args.list:
+        query += " WHERE h.list_id = ?"
+        params = (store.require_list(args.list)["id"],)
+    rows = [dict(r) for r in store.db.execute(query + " ORDER BY h.id", params)]
+    if args.json:
+        print(json.dumps([{**r, "list": f"{r.pop('name')}@{r.pop('domain')}"} for r in rows], indent=2))
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["received"]))
+            print(f"{r['id']}\t{r['name']}@{r['domain']}\t{when}\t{r['from_addr'] or r['sender']}\t"
+                  f"{r['subject']!r}\t{r['reason']}")
+    return EX_OK
+
+
+def held_row(store, held_id):
+    row = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+    if row is None:
+        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
+    return dict(row)
+
+
+def cmd_approve(args, config):
+    """Release a held post: the queue chain runs again on it, approved."""
+    store = open_store(config)
+    held = held_row(store, args.id)
+    chain = build_chain(config.chain("queue"), "message", "queue")
+    ctx = Context(config, store)
+    ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
+    verdict = run_chain(chain, ctx)
+    if verdict is not None and not isinstance(verdict, Hold):
+        log.info("approve %s: %s", args.id, verdict.reason)
+        print(f"redsky: held post {args.id}: {verdict.name}: {verdict.reason}", file=sys.stderr)
+        if verdict.code:
+            return verdict.code
+    with store.transaction():
+        store.db.execute("DELETE FROM held WHERE id = ?", (args.id,))
+    log.info("approved held post %s %s", args.id, ctx.describe())
+    print(f"approved held post {args.id} ({len(ctx.recipients)} recipients)")
+    return EX_OK
+
+
+def cmd_reject(args, config):
+    store = open_store(config)
+    held = held_row(store, args.id)
+    with store.transaction():
+        store.db.execute("DELETE FROM held WHERE id = ?", (args.id,))
+    log.info("rejected held post %s message-id=%s", args.id, held["message_id"])
+    print(f"rejected held post {args.id}")
+    return EX_OK
+
+
+def cmd_status(args, config):
+    store = open_store(config)
+    keys = ("queued_posts", "pending", "deferred", "sent", "failed", "expired", "held")
+    counts = dict(zip(keys, store.q("status_counts").fetchone()))
+    if args.json:
+        print(json.dumps(counts, indent=2))
+    else:
+        for k in keys:
+            print(f"{k:13} {counts[k]}")
+    return EX_OK
+
+
+def cmd_schema(args, config):
+    sys.stdout.write(SCHEMA)
+    return EX_OK
+
+
+DEMO_POST = b"""\
+From: Alice Example <alice@example.org>
+To: demo@lists.example.org
+Subject: Hello from the redsky demo
+Message-ID: <demo-1@example.org>
+Date: Wed, 25 Nov 2026 12:00:00 +0000
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+Hi everyone -- this post went through every filter of the queue chain.
+"""
+
+
+def cmd_demo(args, config):
+    """A throwaway list in a temp dir: queue a post, deliver it to maildirs,
+    and show what each filter did."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="redsky-demo-") as home:
+        ini = os.path.join(home, "redsky.ini")
+        with open(ini, "w") as fh:
+            fh.write("[redsky]\nlog = stderr\n[send]\ntransport = maildir\n")
+        demo = Config(ini)
+        setup_logging(demo, args.verbose)
+        log.setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+        print(f"== a throwaway redsky in {home}")
+        store = open_store(demo, create=True)
+        with store.transaction():
+            store.db.execute("INSERT INTO lists (name, domain, subject_tag, footer, created) VALUES (?, ?, ?, ?, ?)",
+                             ("demo", "lists.example.org", "[demo]",
+                              "-- \nYou are on $post_address. To leave: $unsubscribe", time.time()))
+            list_id = store.db.execute("SELECT id FROM lists").fetchone()[0]
+            for a in ("alice@example.org", "bob@example.net", "carol@example.com"):
+                store.q("add_member", list_id, a, time.time())
+        print("   list demo@lists.example.org, members alice@example.org, bob@example.net, carol@example.com")
+        print("\n== redsky.py queue --recipient demo@lists.example.org < post")
+        ctx = Context(demo, store)
+        ctx.raw, ctx.recipient, ctx.sender = DEMO_POST, "demo@lists.example.org", "alice@example.org"
+        verdict = run_chain(build_chain(demo.chain("queue"), "message", "queue"), ctx)
+        for name, note in ctx.trace:
+            print(f"   {name:15} {note}")
+        if verdict is not None:
+            print(f"   stopped: {verdict.name}")
+            return verdict.code
+        print("\n== redsky.py send  (transport = maildir)")
+        sctx = Context(demo, store)
+        run_chain(build_chain(demo.chain("send"), "send", "send"), sctx)
+        for name, note in sctx.trace:
+            print(f"   {name:15} {note}")
+        base = demo.path_of("send", "maildir")
+        print("\n== delivered")
+        first = None
+        for person in sorted(os.listdir(base)):
+            for f in os.listdir(os.path.join(base, person, "new")):
+                first = first or os.path.join(base, person, "new", f)
+                print(f"   {person}/new/{f}")
+        print("\n== the copy bob@example.net received\n")
+        with open(os.path.join(base, "bob@example.net", "new", os.listdir(os.path.join(base, "bob@example.net", "new"))[0]), "rb") as fh:
+            sys.stdout.write("   " + fh.read().decode("utf-8").replace("\n", "\n   ").rstrip() + "\n")
+        counts = dict(zip(("queued", "pending", "deferred", "sent"), store.q("status_counts").fetchone()))
+        print(f"\n== ledger: {counts['sent']} sent, {counts['pending'] + counts['deferred']} still pending")
+        store.close()
+    return EX_OK
+
+
+class _Parser(__import__("argparse").ArgumentParser):
+    def error(self, message):
+        self.exit(EX_USAGE, f"redsky: {message} (see '{self.prog} --help')\n")
+
+
+def make_parser():
+    import argparse
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log debug messages to stderr too")
+    parser = _Parser(prog="redsky.py", description="redsky: a mailing list manager built from filters.",
+                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"redsky {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = command("queue", cmd_queue, "queue the message on stdin (run by the MTA)")
+    p.add_argument("--recipient", help="envelope recipient (the list address)")
+    p.add_argument("--sender", help="envelope sender ('' or <> for the null sender)")
+    command("send", cmd_send, "deliver what is due (run from cron)")
+    command("demo", cmd_demo, "try redsky in a throwaway directory")
+    command("init", cmd_init, "create the database and spool")
+    p = command("newlist", cmd_newlist, "create a list")
+    p.add_argument("list", metavar="LIST@DOMAIN")
+    p.add_argument("--access", choices=ACCESS_MODES)
+    p.add_argument("--passphrase")
+    p.add_argument("--subject-tag")
+    p.add_argument("--footer", help="footer text ('\\n' for a line break)")
+    p.add_argument("--owner", action="append", help="owner address (repeatable)")
+    p = command("lists", cmd_lists, "show the lists")
+    p.add_argument("--json", action="store_true")
+    p = command("set", cmd_set, f"change a list setting ({', '.join(SETTABLE)})")
+    p.add_argument("list")
+    p.add_argument("key", choices=SETTABLE)
+    p.add_argument("value")
+    p = command("dellist", cmd_dellist, "delete a list, its members and its queued posts")
+    p.add_argument("list")
+    for name, doing in (("subscribe", True), ("unsubscribe", False)):
+        p = command(name, lambda a, c, s=doing: cmd_subscribe(a, c, s), f"{name} addresses ('-': read stdin)")
+        p.add_argument("list")
+        p.add_argument("addresses", nargs="+", metavar="ADDR")
+    p = command("members", cmd_members, "show a list's members")
+    p.add_argument("list")
+    p.add_argument("--json", action="store_true")
+    p = command("acl", cmd_acl, "show or change who may post to an 'acl' list")
+    p.add_argument("list")
+    p.add_argument("action", nargs="?", choices=("add", "del", "show"), default="show")
+    p.add_argument("patterns", nargs="*", metavar="PATTERN", help="address or *@domain")
+    p = command("held", cmd_held, "show posts held for moderation")
+    p.add_argument("list", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = command("approve", cmd_approve, "distribute a held post")
+    p.add_argument("id", type=int)
+    p = command("reject", cmd_reject, "drop a held post")
+    p.add_argument("id", type=int)
+    p = command("status", cmd_status, "show the queue and the delivery ledger")
+    p.add_argument("--json", action="store_true")
+    command("schema", cmd_schema, "print the database schema")
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    queue = args.command == "queue"
+    try:
+        config = Config.find(getattr(args, "config", None))
+        setup_logging(config, args.verbose)
+        return args.func(args, config)
+    except Failure as e:
+        print(f"redsky: {e}", file=sys.stderr)
+        log.error("%s: %s", args.command, e)
+        return EX_TEMPFAIL if queue and e.code not in (EX_CONFIG,) else e.code
+    except KeyboardInterrupt:
+        return EX_TEMPFAIL if queue else 130
+    except Exception as e:  # a bug must not lose mail: the MTA keeps it and retries
+        log.debug("unexpected error", exc_info=True)
+        print(f"redsky: internal error in {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EX_TEMPFAIL if queue else EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

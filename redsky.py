@@ -695,7 +695,7 @@ def parse_dsn(message):
                 "recipient": recipient.strip("<>"),
                 "action": str(block.get("Action", "")).strip().lower(),
                 "status": str(block.get("Status", "")).strip().split(" ")[0],
-                "diagnostic": re.sub(r"\s+", " ", _dsn_value(block.get("Diagnostic-Code", ""))).strip(),
+                "diagnostic": re.sub(r"\s+", " ", str(block.get("Diagnostic-Code", ""))).strip(),
                 "reporting_mta": reporting,
             })
     return results
@@ -816,16 +816,15 @@ def _append_to_text(msg, info, footer):
 def _footer_part(footer, eol):
     """A text/plain MIME part (headers and body) holding the footer."""
     import quopri
-    data = footer.encode("utf-8")
+    data = footer.replace("\r\n", "\n").rstrip("\n").encode("utf-8") + b"\n"
     if data.isascii():
         head = b"Content-Type: text/plain; charset=us-ascii" + eol + b"Content-Transfer-Encoding: 7bit"
-        body = data.replace(b"\r\n", b"\n").replace(b"\n", eol)
+        body = data.replace(b"\n", eol)
     else:
         head = b"Content-Type: text/plain; charset=utf-8" + eol + b"Content-Transfer-Encoding: quoted-printable"
-        body = quopri.encodestring(data.replace(b"\r\n", b"\n")).replace(b"\n", eol)
-    if not body.endswith(eol):
-        body += eol
-    return head + eol + b"Content-Disposition: inline" + eol + eol + body
+        body = quopri.encodestring(data).replace(b"\n", eol)
+    # the line break before the next delimiter belongs to the delimiter (RFC 2046)
+    return head + eol + b"Content-Disposition: inline" + eol + eol + body + eol
 
 
 def _add_mixed_part(msg, boundary, footer):
@@ -1005,12 +1004,11 @@ def read(ctx):
         candidates = [env.get("SENDER"), msg.get("Return-Path")]
         if from_line:
             candidates.append(from_line.split()[1].decode("utf-8", "replace") if len(from_line.split()) > 1 else None)
-        sender = next((c for c in candidates if c is not None), None)
-        if sender is not None:
-            sender = sender.strip().strip("<>").strip()
-            if sender.upper() == "MAILER-DAEMON":
-                sender = ""
-        ctx.sender = sender
+        ctx.sender = next((c for c in candidates if c is not None), None)
+    if ctx.sender is not None:
+        ctx.sender = ctx.sender.strip().strip("<>").strip()
+        if ctx.sender.upper() == "MAILER-DAEMON":
+            ctx.sender = ""
     ctx.message_id = (msg.get("Message-ID") or "").strip()
     if not ctx.recipient:
         raise Reject("no envelope recipient: use --recipient, or Postfix pipe flag O (X-Original-To)")

@@ -1,0 +1,140 @@
+"""Fixtures: a throwaway redsky installation driven through the real CLI."""
+
+import email
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from email import policy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REDSKY = str(ROOT / "redsky.py")
+
+# A sendmail stand-in: records argv and the message; a file "fail_once" in
+# its directory makes the next call exit 75, a file "permanent" lists
+# recipients that get exit 67, "slow" names a recipient to hang on.
+CAPTURE_SENDMAIL = textwrap.dedent("""\
+    #!{python}
+    import json, os, sys, time
+    here = {here!r}
+    argv = sys.argv[1:]
+    rcpt = argv[-1]
+    data = sys.stdin.buffer.read()
+    def flag(name):
+        return os.path.join(here, name)
+    if os.path.exists(flag("fail_once")):
+        os.unlink(flag("fail_once"))
+        sys.stderr.write("stand-in: try again later\\n")
+        sys.exit(75)
+    if os.path.exists(flag("permanent")) and rcpt in open(flag("permanent")).read().split():
+        sys.stderr.write("stand-in: 5.1.1 user unknown\\n")
+        sys.exit(67)
+    if os.path.exists(flag("slow")) and rcpt == open(flag("slow")).read().strip():
+        open(flag("slow_started"), "w").close()
+        time.sleep(60)
+    name = "%f.%d.json" % (time.time(), os.getpid())
+    with open(os.path.join(here, "out", name + ".tmp"), "w") as fh:
+        json.dump({{"argv": argv, "data": data.decode("utf-8", "surrogateescape")}}, fh)
+    os.rename(os.path.join(here, "out", name + ".tmp"), os.path.join(here, "out", name))
+""")
+
+
+class Redsky:
+    """A redsky home: config, database, spool, a capture sendmail."""
+
+    def __init__(self, home):
+        self.home = Path(home)
+        self.sendmail_dir = self.home / "sendmail"
+        (self.sendmail_dir / "out").mkdir(parents=True)
+        self.sendmail = self.sendmail_dir / "sendmail"
+        self.sendmail.write_text(CAPTURE_SENDMAIL.format(python=sys.executable, here=str(self.sendmail_dir)))
+        self.sendmail.chmod(0o755)
+        self.config = self.home / "redsky.ini"
+        self.settings = {"redsky": {"log": "stderr"},
+                         "send": {"transport": "sendmail", "sendmail": str(self.sendmail)}}
+        self.write_config()
+
+    def write_config(self, **sections):
+        for section, values in sections.items():
+            self.settings.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in self.settings.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {v}" for k, v in values.items())
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def run(self, *args, input=None, env=None, check=None, timeout=120, **kw):
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("ORIGINAL_RECIPIENT", "RECIPIENT", "SENDER", "REDSKY_CONFIG")}
+        full_env.update(env or {})
+        if isinstance(input, str):
+            input = input.encode()
+        proc = subprocess.run([sys.executable, REDSKY, "-c", str(self.config), *args],
+                              input=input if input is not None else b"", capture_output=True,
+                              env=full_env, timeout=timeout, **kw)
+        proc.out = proc.stdout.decode("utf-8", "replace")
+        proc.err = proc.stderr.decode("utf-8", "replace")
+        if check is not None:
+            assert proc.returncode == check, f"exit {proc.returncode}, stderr: {proc.err}"
+        return proc
+
+    def queue(self, message, recipient="test@lists.example.org", sender="alice@example.org", **kw):
+        args = ["queue"]
+        if recipient is not None:
+            args += ["--recipient", recipient]
+        if sender is not None:
+            args += ["--sender", sender]
+        return self.run(*args, input=message, **kw)
+
+    def newlist(self, address="test@lists.example.org", *opts, members=()):
+        self.run("newlist", address, *opts, check=0)
+        if members:
+            self.run("subscribe", address, *members, check=0)
+
+    def sent(self):
+        """What the capture sendmail received, oldest first: (argv, data bytes)."""
+        out = []
+        for f in sorted((self.sendmail_dir / "out").glob("*.json")):
+            d = json.loads(f.read_text())
+            out.append((d["argv"], d["data"].encode("utf-8", "surrogateescape")))
+        return out
+
+    def sent_to(self):
+        """Recipient of each captured delivery."""
+        return [argv[-1] for argv, _ in self.sent()]
+
+    def status(self):
+        return json.loads(self.run("status", "--json", check=0).out)
+
+    def members(self, address="test@lists.example.org"):
+        return {m["address"]: m for m in json.loads(self.run("members", address, "--json", check=0).out)}
+
+    def db(self):
+        import sqlite3
+        db = sqlite3.connect(self.home / "redsky.db")
+        db.row_factory = sqlite3.Row
+        return db
+
+
+@pytest.fixture
+def rs(tmp_path):
+    return Redsky(tmp_path)
+
+
+def parse(data):
+    return email.message_from_bytes(data, policy=policy.default)
+
+
+def post(subject="Hello", body="Hello list.\n", sender="alice@example.org", extra="",
+         to="test@lists.example.org", msgid=None, headers_only=False):
+    msgid = msgid or f"<{abs(hash((subject, body, extra)))}@example.org>"
+    text = (f"From: Alice <{sender}>\nTo: {to}\nSubject: {subject}\nMessage-ID: {msgid}\n"
+            f"Date: Wed, 25 Nov 2026 10:00:00 +0000\n{extra}")
+    return (text + "\n" + body).encode()

@@ -1,0 +1,253 @@
+"""The queue chain end to end: `redsky.py queue` through subprocess."""
+
+import os
+
+import pytest
+
+from conftest import parse, post
+
+MEMBERS = ("bob@example.net", "carol@example.com", "alice@example.org")
+
+
+@pytest.fixture
+def lst(rs):
+    rs.newlist("test@lists.example.org", members=MEMBERS)
+    return rs
+
+
+def spooled(rs):
+    """The bytes of every queued post's spool file."""
+    spool = rs.home / "spool"
+    return [(spool / r["spool"]).read_bytes() for r in rs.db().execute("SELECT spool FROM messages ORDER BY id")]
+
+
+def test_post_is_queued_for_every_enabled_member(lst):
+    lst.queue(post(), check=0)
+    rows = lst.db().execute("SELECT address, state FROM deliveries ORDER BY address").fetchall()
+    assert [tuple(r) for r in rows] == [(a, "pending") for a in sorted(MEMBERS)]
+    assert lst.status()["pending"] == 3
+
+
+def test_untouched_post_keeps_its_bytes_except_list_headers(lst):
+    body = b"Line one\n\n.\n..dots\nTrailing spaces   \n\tTab\n\xc3\xa9 8-bit\n"
+    original = post(body="") + body
+    lst.queue(original, check=0)
+    (stored,) = spooled(lst)
+    head, sep, rest = stored.partition(b"\n\n")
+    assert rest == body                                           # body byte for byte
+    assert stored.startswith(original.split(b"\n\n")[0] + b"\n")  # original fields first, unchanged
+    msg = parse(stored)
+    assert msg["List-Id"] == "<test.lists.example.org>"
+    assert msg["List-Post"] == "<mailto:test@lists.example.org>"
+    assert msg["List-Unsubscribe"] == "<mailto:test-request@lists.example.org?subject=unsubscribe>"
+    assert msg["List-Subscribe"] and msg["List-Help"]
+    assert msg["Precedence"] == "list" and msg["X-Loop"] == "test@lists.example.org"
+
+
+def test_incoming_trace_headers_are_not_distributed(lst):
+    extra = ("Return-Path: <alice@example.org>\nDelivered-To: test@lists.example.org\n"
+             "X-Original-To: test@lists.example.org\nList-Id: <other.example.com>\n")
+    lst.queue(post(extra=extra), check=0)
+    msg = parse(spooled(lst)[0])
+    assert msg["Return-Path"] is None and msg["Delivered-To"] is None and msg["X-Original-To"] is None
+    assert msg.get_all("List-Id") == ["<test.lists.example.org>"]
+
+
+def test_message_id_added_when_missing(lst):
+    data = b"From: alice@example.org\nSubject: no id\n\nbody\n"
+    lst.queue(data, check=0)
+    assert parse(spooled(lst)[0])["Message-ID"].endswith("@lists.example.org>")
+
+
+def test_tag_and_footer_applied(lst):
+    lst.run("set", "test@lists.example.org", "subject_tag", "[test]", check=0)
+    lst.run("set", "test@lists.example.org", "footer", "-- \\nTo leave: $unsubscribe", check=0)
+    lst.queue(post(subject="=?utf-8?q?Gr=C3=BC=C3=9Fe?="), check=0)
+    msg = parse(spooled(lst)[0])
+    assert msg["Subject"] == "[test] Grüße"
+    assert msg.get_content().endswith("Hello list.\n-- \nTo leave: mailto:test-request@lists.example.org?subject=unsubscribe\n")
+
+
+# -- envelope recipient and sender ------------------------------------------------
+
+@pytest.mark.parametrize("how", ["ORIGINAL_RECIPIENT", "RECIPIENT", "X-Original-To", "Delivered-To"])
+def test_envelope_recipient_sources(lst, how):
+    env, extra = {}, ""
+    if how in ("ORIGINAL_RECIPIENT", "RECIPIENT"):
+        env[how] = "TEST@Lists.Example.ORG"
+    else:
+        extra = f"{how}: test@lists.example.org\n"
+    lst.queue(post(extra=extra), recipient=None, env=env, check=0)
+    assert lst.status()["pending"] == 3
+
+
+def test_recipient_precedence(lst):
+    # --recipient wins over the environment and headers
+    r = lst.queue(post(extra="X-Original-To: nosuch@lists.example.org\n"),
+                  env={"ORIGINAL_RECIPIENT": "nosuch2@lists.example.org"})
+    assert r.returncode == 0
+    r = lst.queue(post(extra="X-Original-To: test@lists.example.org\n"), recipient=None,
+                  env={"ORIGINAL_RECIPIENT": "nosuch@lists.example.org"})
+    assert r.returncode == 67
+
+
+def test_no_recipient_at_all_is_bad_data(lst):
+    r = lst.queue(post(), recipient=None)
+    assert r.returncode == 65 and "envelope recipient" in r.err
+
+
+def test_mbox_from_line_is_stripped_and_gives_the_sender(lst):
+    lst.run("set", "test@lists.example.org", "access", "subscribers", check=0)
+    data = b"From bob@example.net Wed Nov 25 10:00:00 2026\n" + post(sender="someone@else.org")
+    lst.queue(data, sender=None, check=0)
+    stored = spooled(lst)[0]
+    assert stored.startswith(b"From: Alice <someone@else.org>")
+    assert lst.status()["held"] == 0          # envelope sender bob is a member
+
+
+# -- getinfo -------------------------------------------------------------------
+
+def test_unknown_list_exits_67(lst):
+    r = lst.queue(post(), recipient="nosuch@lists.example.org")
+    assert r.returncode == 67 and "no list" in r.err
+    assert lst.queue(post(), recipient="test@other.example.org").returncode == 67
+    assert lst.queue(post(), recipient="not-an-address").returncode == 67
+
+
+def test_list_address_is_case_insensitive(lst):
+    lst.queue(post(), recipient="Test@LISTS.Example.Org", check=0)
+    assert lst.status()["pending"] == 3
+
+
+# -- loopdetect ------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    "List-Id: Test list <test.lists.example.org>\n",
+    "X-Loop: test@lists.example.org\n",
+    "Received: from x by y\n" * 31,
+    "Auto-Submitted: auto-replied\n",
+    "Auto-Submitted: auto-generated; type=vacation\n",
+    "Content-Type: multipart/report; report-type=delivery-status; boundary=x\n",
+])
+def test_loops_and_robots_are_discarded(lst, extra):
+    r = lst.queue(post(extra=extra))
+    assert r.returncode == 0
+    assert lst.status()["pending"] == 0 and lst.status()["held"] == 0
+    assert "discard" in r.err
+
+
+def test_null_sender_post_is_discarded_but_30_received_pass(lst):
+    assert lst.queue(post(), sender="<>").returncode == 0
+    assert lst.status()["pending"] == 0
+    lst.queue(post(extra="Received: from x by y\n" * 30 + "Auto-Submitted: no\n"), check=0)
+    assert lst.status()["pending"] == 3
+
+
+def test_max_received_is_configurable(lst):
+    lst.write_config(queue={"max_received": "2"})
+    lst.queue(post(extra="Received: a\nReceived: b\nReceived: c\n"), check=0)
+    assert lst.status()["pending"] == 0
+
+
+# -- access ----------------------------------------------------------------------
+
+def test_subscribers_mode_holds_non_members(lst):
+    r = lst.queue(post(sender="stranger@evil.example"), sender="stranger@evil.example")
+    assert r.returncode == 0
+    st = lst.status()
+    assert st["pending"] == 0 and st["held"] == 1
+    held = lst.run("held", "--json", check=0).out
+    assert "stranger@evil.example is not a member" in held
+
+
+def test_subscribers_mode_accepts_member_in_from_sender_or_envelope(lst):
+    lst.queue(post(sender="bob@EXAMPLE.NET"), sender="x@y.org", check=0)           # From
+    lst.queue(post(sender="x@y.org", extra="Sender: carol@example.com\n"), sender="x@y.org", check=0)
+    lst.queue(post(sender="x@y.org"), sender="alice@example.org", check=0)         # envelope
+    assert lst.status()["held"] == 0 and lst.status()["queued_posts"] == 3
+
+
+def test_open_mode(lst):
+    lst.run("set", "test@lists.example.org", "access", "open", check=0)
+    lst.queue(post(sender="stranger@evil.example"), sender="stranger@evil.example", check=0)
+    assert lst.status()["queued_posts"] == 1
+
+
+def test_acl_mode(lst):
+    lst.run("set", "test@lists.example.org", "access", "acl", check=0)
+    lst.run("acl", "test@lists.example.org", "add", "*@partner.example", "boss@corp.example", check=0)
+    assert lst.run("acl", "test@lists.example.org", check=0).out.split() == ["*@partner.example", "boss@corp.example"]
+    for sender, held in (("anyone@partner.example", 0), ("boss@corp.example", 0),
+                         ("bob@example.net", 1), ("x@sub.partner.example", 2)):
+        lst.queue(post(sender=sender, subject=sender), sender=sender, check=0)
+        assert lst.status()["held"] == held, sender
+
+
+def test_passphrase_mode_header_and_body_line(lst):
+    lst.run("set", "test@lists.example.org", "passphrase", "open sesame", check=0)
+    lst.run("set", "test@lists.example.org", "access", "passphrase", check=0)
+    lst.queue(post(subject="no pass"), check=0)
+    lst.queue(post(subject="wrong", extra="Approved: guess\n"), check=0)
+    assert lst.status()["held"] == 2
+    lst.queue(post(subject="header", extra="Approved: open sesame\n"), check=0)
+    lst.queue(post(subject="body", body="Approved: open sesame\n\nThe real text.\n"), check=0)
+    assert lst.status()["queued_posts"] == 2
+    for data in spooled(lst):
+        assert b"open sesame" not in data and b"Approved" not in data
+    assert spooled(lst)[1].endswith(b"\n\nThe real text.\n")
+    # the passphrase is not stored in clear anywhere in the database
+    assert b"open sesame" not in (lst.home / "redsky.db").read_bytes()
+
+
+def test_wrong_approved_header_is_stripped_before_holding_and_release(lst):
+    lst.run("set", "test@lists.example.org", "passphrase", "pw", check=0)
+    lst.run("set", "test@lists.example.org", "access", "moderated", check=0)
+    lst.queue(post(extra="Approved: not-it\n"), check=0)
+    assert lst.status()["held"] == 1
+    lst.run("approve", "1", check=0)
+    (data,) = spooled(lst)
+    assert b"not-it" not in data
+
+
+def test_moderated_mode_holds_everything_but_passphrase(lst):
+    lst.run("set", "test@lists.example.org", "access", "moderated", check=0)
+    lst.queue(post(sender="bob@example.net"), sender="bob@example.net", check=0)
+    assert lst.status()["held"] == 1 and lst.status()["queued_posts"] == 0
+
+
+def test_held_post_approve_and_reject(lst):
+    lst.queue(post(sender="x@y.org", subject="one"), sender="x@y.org", check=0)
+    lst.queue(post(sender="x@y.org", subject="two"), sender="x@y.org", check=0)
+    listing = lst.run("held", check=0).out
+    assert "'one'" in listing and "'two'" in listing and "not a member" in listing
+    r = lst.run("approve", "1", check=0)
+    assert "3 recipients" in r.out
+    lst.run("reject", "2", check=0)
+    st = lst.status()
+    assert st["held"] == 0 and st["queued_posts"] == 1 and st["pending"] == 3
+    assert lst.run("approve", "2").returncode == 65
+    assert parse(spooled(lst)[0])["Subject"] == "one"
+
+
+# -- queuer ----------------------------------------------------------------------
+
+def test_no_members_is_discarded_and_nothing_spooled(rs):
+    rs.newlist("empty@lists.example.org")
+    rs.queue(post(), recipient="empty@lists.example.org", check=0)
+    assert rs.status()["queued_posts"] == 0
+    assert not list((rs.home / "spool").glob("*.eml"))
+
+
+def test_disabled_members_get_nothing(lst):
+    with lst.db() as db:
+        db.execute("UPDATE members SET status = 'disabled' WHERE address = 'bob@example.net'")
+    lst.queue(post(), check=0)
+    rows = [r[0] for r in lst.db().execute("SELECT address FROM deliveries")]
+    assert "bob@example.net" not in rows and len(rows) == 2
+
+
+def test_spool_file_is_private_and_complete(lst):
+    lst.queue(post(), check=0)
+    (f,) = (lst.home / "spool").glob("*.eml")
+    assert f.stat().st_mode & 0o077 == 0
+    assert not list((lst.home / "spool" / "tmp").iterdir())

@@ -1355,6 +1355,7 @@ class SMTPTransport:
         self.timeout = config.duration("send", "smtp_timeout")
         self.conn = None
         self.down = None            # the error that made the server unreachable this run
+        self._data = self._wire = None
 
     def _connect(self):
         import smtplib
@@ -1369,7 +1370,9 @@ class SMTPTransport:
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            self.conn.sendmail(sender, [recipient], data)
+            if data is not self._data:      # SMTP wants CRLF; smtplib leaves bytes alone
+                self._data, self._wire = data, re.sub(rb"\r?\n", b"\r\n", data)
+            self.conn.sendmail(sender, [recipient], self._wire)
             return Outcome(SENT, "250 accepted")
         except smtplib.SMTPRecipientsRefused as e:
             code, text = e.recipients.get(recipient, (450, b"refused"))

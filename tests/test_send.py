@@ -1,0 +1,211 @@
+"""The send chain: transports, VERP, the ledger, retries and expiry."""
+
+import fcntl
+import os
+
+import pytest
+
+from conftest import parse, post
+from smtpsink import SMTPSink, free_port
+
+MEMBERS = ("bob@example.net", "carol@example.com", "dave@example.org")
+
+
+@pytest.fixture
+def lst(rs):
+    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
+    return rs
+
+
+def ledger(rs):
+    return {r["address"]: dict(r) for r in rs.db().execute("SELECT * FROM deliveries")}
+
+
+def test_sendmail_transport_verp_and_argv(lst):
+    original = post(body="Body.\n")
+    lst.queue(original, check=0)
+    lst.run("send", check=0)
+    sent = lst.sent()
+    assert sorted(argv[-1] for argv, _ in sent) == sorted(MEMBERS)
+    for argv, data in sent:
+        rcpt = argv[-1]
+        local, domain = rcpt.split("@")
+        assert argv == ["-oi", "-f", f"test-bounces+{local}={domain}@lists.example.org", "--", rcpt]
+        assert data.endswith(b"\n\nBody.\n")
+        assert parse(data)["List-Id"] == "<test.lists.example.org>"
+    st = lst.status()
+    assert st["sent"] == 3 and st["pending"] == 0 and st["queued_posts"] == 0
+    assert not list((lst.home / "spool").glob("*.eml"))       # removed once all final
+    assert lst.run("send", check=0).returncode == 0
+    assert len(lst.sent()) == 3                               # nothing is sent twice
+
+
+def test_hostile_recipient_never_becomes_an_option(lst):
+    with lst.db() as db:   # even if a bad address got into the table, '--' protects sendmail
+        db.execute("INSERT INTO members (list_id, address, subscribed) VALUES (1, '-oQ/tmp/x@evil.example', 0)")
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    argv = [a for a, _ in lst.sent() if a[-1].startswith("-oQ")][0]
+    assert argv[-2] == "--"
+
+
+def test_sendmail_tempfail_once_is_retried_on_a_later_run(lst):
+    lst.write_config(send={"retry_delay": "0"})
+    (lst.sendmail_dir / "fail_once").touch()
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    st = lst.status()
+    assert st["sent"] == 2 and st["deferred"] == 1
+    deferred = [r for r in ledger(lst).values() if r["state"] == "pending"][0]
+    assert deferred["attempts"] == 1 and "exit 75" in deferred["last_error"]
+    lst.run("send", check=0)
+    assert sorted(lst.sent_to()) == sorted(MEMBERS)
+    assert lst.status()["sent"] == 3
+
+
+def test_backoff_delays_the_retry(lst):
+    lst.write_config(send={"retry_delay": "10m"})
+    (lst.sendmail_dir / "fail_once").touch()
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    lst.run("send", check=0)
+    assert lst.status()["deferred"] == 1 and len(lst.sent()) == 2
+    row = [r for r in ledger(lst).values() if r["state"] == "pending"][0]
+    assert 590 <= row["next_attempt"] - row["updated"] <= 610
+
+
+def test_backoff_doubles_up_to_the_cap():
+    import redsky
+    store_rows = []
+
+    class FakeStore:
+        def transaction(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def q(self, name, *args):
+            store_rows.append((name, args))
+
+    temp = redsky.Outcome(redsky.TEMPORARY, "451 later")
+    post_row = {"id": 1, "list_id": 1, "created": __import__("time").time()}
+    for attempts in range(6):
+        redsky.record_outcome(FakeStore(), post_row, "a@b.c", attempts, temp, 600, 3600, 86400)
+    delays = [round(args[1] - args[3]) for name, args in store_rows if name == "delivery_outcome"]
+    assert delays == [600, 1200, 2400, 3600, 3600, 3600]
+
+
+def test_permanent_failure_counts_as_bounce(lst):
+    (lst.sendmail_dir / "permanent").write_text("carol@example.com\n")
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    rows = ledger(lst)
+    assert rows["carol@example.com"]["state"] == "failed"
+    assert "exit 67" in rows["carol@example.com"]["last_error"]
+    assert lst.members()["carol@example.com"]["bounce_score"] == 1
+    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    assert lst.status()["queued_posts"] == 0
+
+
+def test_max_age_expires_and_counts(lst):
+    lst.write_config(send={"max_age": "0"})
+    (lst.sendmail_dir / "fail_once").touch()
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    assert lst.status()["expired"] == 1
+    expired = [a for a, r in ledger(lst).items() if r["state"] == "expired"]
+    assert lst.members()[expired[0]]["bounce_score"] == 1
+
+
+def test_missing_sendmail_defers_everything(lst):
+    lst.write_config(send={"sendmail": str(lst.home / "nope")})
+    lst.queue(post(), check=0)
+    assert lst.run("send").returncode == 0
+    st = lst.status()
+    assert st["deferred"] == 3 and st["sent"] == 0
+    assert "cannot run" in next(iter(ledger(lst).values()))["last_error"]
+
+
+def test_smtp_transport_with_mixed_replies(lst):
+    replies = {"carol@example.com": "550 5.1.1 no such user", "dave@example.org": "451 4.3.0 try later"}
+    with SMTPSink(replies) as sink:
+        lst.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port,
+                               "retry_delay": "0"})
+        original = post(body="Line\n.leading dot\n")
+        lst.queue(original, check=0)
+        lst.run("send", check=0)
+        assert [(m[0], m[1]) for m in sink.messages] == [
+            ("test-bounces+bob=example.net@lists.example.org", ["bob@example.net"])]
+        assert sink.messages[0][2].replace(b"\r\n", b"\n").endswith(b"\n\nLine\n.leading dot\n")
+        rows = ledger(lst)
+        assert rows["carol@example.com"]["state"] == "failed" and "550" in rows["carol@example.com"]["last_error"]
+        assert rows["dave@example.org"]["state"] == "pending" and "451" in rows["dave@example.org"]["last_error"]
+        sink.replies.clear()
+        lst.run("send", check=0)
+        assert [m[1] for m in sink.messages] == [["bob@example.net"], ["dave@example.org"]]
+    assert lst.status()["sent"] == 2 and lst.status()["failed"] == 1
+
+
+def test_smtp_one_connection_for_the_run(lst):
+    connections = []
+    with SMTPSink() as sink:
+        real = sink._session
+
+        def counting(rfile, wfile):
+            connections.append(1)
+            real(rfile, wfile)
+        sink._session = counting
+        lst.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port})
+        lst.queue(post(subject="a"), check=0)
+        lst.queue(post(subject="b"), check=0)
+        lst.run("send", check=0)
+        assert len(sink.messages) == 6
+    assert len(connections) == 1
+
+
+def test_smtp_connection_refused_defers(lst):
+    lst.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": free_port()})
+    lst.queue(post(), check=0)
+    assert lst.run("send").returncode == 0
+    st = lst.status()
+    assert st["deferred"] == 3 and st["sent"] == 0
+    assert "Connection refused" in next(iter(ledger(lst).values()))["last_error"]
+
+
+def test_maildir_transport(lst):
+    lst.write_config(send={"transport": "maildir"})
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    for member in MEMBERS:
+        (f,) = (lst.home / "maildir" / member / "new").iterdir()
+        msg = parse(f.read_bytes())
+        local, domain = member.split("@")
+        assert msg["Return-Path"] == f"<test-bounces+{local}={domain}@lists.example.org>"
+        assert msg["Delivered-To"] == member
+
+
+def test_second_send_exits_at_once_while_one_runs(lst):
+    lst.queue(post(), check=0)
+    lst.run("init", check=0)
+    with open(lst.home / "send.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        r = lst.run("send")
+    assert r.returncode == 0 and "another redsky send is running" in r.err
+    assert lst.sent() == []
+
+
+def test_unknown_transport_is_a_config_error(lst):
+    lst.write_config(send={"transport": "carrier-pigeon"})
+    lst.queue(post(), check=0)
+    r = lst.run("send")
+    assert r.returncode == 78 and "carrier-pigeon" in r.err
+
+
+def test_orphan_spool_files_are_cleaned(lst):
+    lst.queue(post(), check=0)
+    orphan = lst.home / "spool" / "1.2.orphan.eml"
+    orphan.write_bytes(b"left by a crash")
+    young = lst.home / "spool" / "3.4.young.eml"
+    young.write_bytes(b"a queue about to commit")
+    os.utime(orphan, (0, 0))
+    lst.run("send", check=0)
+    assert not orphan.exists() and young.exists()

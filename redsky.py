@@ -181,14 +181,20 @@ class Config:
                 raise ConfigError(f"cannot read config {path}: {e.strerror}")
             except configparser.Error as e:
                 raise ConfigError(f"bad config {path}: {str(e).splitlines()[0]}")
-        data_dir = self.get("redsky", "data_dir")
-        if not data_dir:
-            if path:
-                data_dir = os.path.dirname(os.path.abspath(path))
-            else:
-                base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-                data_dir = os.path.join(base, "redsky")
-        self.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+        data_dir = os.path.expanduser(self.get("redsky", "data_dir"))
+        if path:
+            data_dir = os.path.join(os.path.dirname(os.path.abspath(path)), data_dir)
+        elif not data_dir:
+            base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+            data_dir = os.path.join(base, "redsky")
+        self.data_dir = os.path.abspath(data_dir)
+        for (section, key), kind in self.TYPED.items():     # bad values fail at start-up
+            getattr(self, kind)(section, key)
+
+    TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
+             ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
+             ("send", "smtp_timeout"): "duration", ("send", "retry_delay"): "duration",
+             ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration"}
 
     @classmethod
     def find(cls, explicit=None):
@@ -237,12 +243,22 @@ class Config:
 
 
 log = logging.getLogger("redsky")
+_log_on_stderr = True
+
+
+def report(message, level=logging.ERROR):
+    """Tell the caller in one line on stderr (the MTA puts it in its bounce)
+    and the log, once when the log is stderr."""
+    print(f"redsky: {message}", file=sys.stderr)
+    if not _log_on_stderr:
+        log.log(level, "%s", message)
 
 
 def setup_logging(config, verbose=False):
     """Syslog (facility mail) when /dev/log exists, else stderr; ``[redsky]
     log`` = syslog | stderr | PATH overrides, --verbose adds debug to stderr."""
     import logging.handlers
+    global _log_on_stderr
     log.handlers.clear()
     log.propagate = False
     target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "stderr")
@@ -262,11 +278,12 @@ def setup_logging(config, verbose=False):
             raise ConfigError(f"cannot open log file {target}: {e.strerror}")
         fmt = "%(asctime)s " + fmt
     handler.setFormatter(logging.Formatter(fmt))
+    _log_on_stderr = getattr(handler, "stream", None) is sys.stderr
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     if verbose:
         log.setLevel(logging.DEBUG)
-        if target != "stderr":
+        if not _log_on_stderr:
             extra = logging.StreamHandler(sys.stderr)
             extra.setFormatter(logging.Formatter(fmt))
             log.addHandler(extra)
@@ -1591,13 +1608,14 @@ def finish_queue(ctx, verdict):
         try:
             hold_post(ctx, verdict.reason)
         except (sqlite3.Error, OSError) as e:
-            log.error("cannot hold %s: %s", ctx.describe(), e)
-            print(f"redsky: cannot store held post: {e}", file=sys.stderr)
+            report(f"cannot store held post {ctx.describe()}: {e}")
             return EX_TEMPFAIL
     level = logging.WARNING if verdict.code else logging.INFO
-    log.log(level, "%s %s reason=%s", verdict.name, ctx.describe(), verdict.reason)
+    line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
     if verdict.code:
-        print(f"redsky: {verdict.reason}", file=sys.stderr)
+        report(line, level)
+    else:
+        log.log(level, "%s", line)
     return verdict.code
 
 
@@ -1616,8 +1634,7 @@ def cmd_send(args, config):
     ctx = Context(config, store)
     verdict = run_chain(chain, ctx)
     if verdict is not None:
-        log.info("send: %s", verdict.reason)
-        print(f"redsky: {verdict.reason}", file=sys.stderr)
+        report(verdict.reason, logging.INFO)
         return verdict.code
     clean_spool(config, store)
     totals = getattr(ctx, "totals", None)
@@ -1743,6 +1760,8 @@ def addresses_from_args(values):
 def cmd_subscribe(args, config, subscribe=True):
     store = open_store(config)
     row = store.require_list(args.list)
+    if not args.addresses:
+        raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
     addresses = addresses_from_args(args.addresses)
     bad = [a for a in addresses if not valid_address(a)]
     good = [normalize_address(a) for a in addresses if valid_address(a)]
@@ -1826,8 +1845,7 @@ def cmd_approve(args, config):
     ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
     verdict = run_chain(chain, ctx)
     if verdict is not None and not isinstance(verdict, Hold):
-        log.info("approve %s: %s", args.id, verdict.reason)
-        print(f"redsky: held post {args.id}: {verdict.name}: {verdict.reason}", file=sys.stderr)
+        report(f"held post {args.id}: {verdict.name}: {verdict.reason}", logging.INFO)
         if verdict.code:
             return verdict.code
     with store.transaction():
@@ -1975,7 +1993,8 @@ def make_parser():
     for name, doing in (("subscribe", True), ("unsubscribe", False)):
         p = command(name, lambda a, c, s=doing: cmd_subscribe(a, c, s), f"{name} addresses ('-': read stdin)")
         p.add_argument("list")
-        p.add_argument("addresses", nargs="+", metavar="ADDR")
+        # REMAINDER: an address that looks like an option is refused as data (65), not usage
+        p.add_argument("addresses", nargs=argparse.REMAINDER, metavar="ADDR")
     p = command("members", cmd_members, "show a list's members")
     p.add_argument("list")
     p.add_argument("--json", action="store_true")
@@ -2005,14 +2024,13 @@ def main(argv=None):
         setup_logging(config, args.verbose)
         return args.func(args, config)
     except Failure as e:
-        print(f"redsky: {e}", file=sys.stderr)
-        log.error("%s: %s", args.command, e)
+        report(f"{e}")
         return EX_TEMPFAIL if queue and e.code not in (EX_CONFIG,) else e.code
     except KeyboardInterrupt:
         return EX_TEMPFAIL if queue else 130
     except Exception as e:  # a bug must not lose mail: the MTA keeps it and retries
         log.debug("unexpected error", exc_info=True)
-        print(f"redsky: internal error in {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        report(f"internal error in {args.command}: {type(e).__name__}: {e}")
         return EX_TEMPFAIL if queue else EX_SOFTWARE
 
 

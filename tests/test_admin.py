@@ -1,0 +1,202 @@
+"""Admin commands, configuration, the runner's checks, and the schema."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import redsky
+from conftest import REDSKY, ROOT, post
+
+
+def test_schema_sql_is_what_redsky_creates(rs):
+    assert (ROOT / "schema.sql").read_text() == redsky.SCHEMA
+    rs.run("init", check=0)
+    tables = {r[0] for r in rs.db().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held"}
+    assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
+
+
+def test_init_reports_paths_and_is_idempotent(rs):
+    r = rs.run("init", check=0)
+    assert str(rs.home / "redsky.db") in r.out and str(rs.home / "spool") in r.out
+    rs.run("init", check=0)
+
+
+def test_queue_and_send_refuse_a_missing_database(rs):
+    r = rs.queue(post())
+    assert r.returncode == 78 and "redsky.py init" in r.err
+    assert rs.run("send").returncode == 78
+
+
+def test_newlist_lists_set_dellist(rs):
+    rs.run("newlist", "Team@Example.ORG", "--access", "open", "--subject-tag", "[team]",
+           "--footer", "bye\\n$list", "--owner", "boss@example.org", check=0)
+    (row,) = json.loads(rs.run("lists", "--json", check=0).out)
+    assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
+                   "footer": "bye\n$list", "owners": "boss@example.org", "members": 0}
+    assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
+    rs.run("set", "team@example.org", "access", "moderated", check=0)
+    assert "moderated" in rs.run("lists", check=0).out
+    assert rs.run("set", "team@example.org", "access", "nonsense").returncode == 64
+    assert rs.run("set", "nosuch@example.org", "access", "open").returncode == 67
+    assert rs.run("set", "team@example.org", "owners", "not an address").returncode == 65
+    rs.run("dellist", "team@example.org", check=0)
+    assert rs.run("lists", check=0).out == ""
+
+
+@pytest.mark.parametrize("address", ["nodomain", "x-bounces@example.org", "-x@example.org", "a+b@example.org"])
+def test_newlist_refuses_bad_list_addresses(rs, address):
+    r = rs.run("newlist", address)
+    assert r.returncode == 64 and r.err.count("\n") == 1
+
+
+def test_passphrase_access_needs_a_passphrase(rs):
+    assert rs.run("newlist", "p@example.org", "--access", "passphrase").returncode == 64
+    rs.run("newlist", "p@example.org", "--access", "passphrase", "--passphrase", "x", check=0)
+
+
+def test_subscribe_validates_and_keeps_the_valid_ones(rs):
+    rs.newlist("l@example.org")
+    r = rs.run("subscribe", "l@example.org", "good@Example.NET", "bad address", "-oQ@x.org", "other@example.com")
+    assert r.returncode == 65
+    assert "'bad address'" in r.err and "'-oQ@x.org'" in r.err and "Traceback" not in r.err
+    assert sorted(rs.members("l@example.org")) == ["good@example.net", "other@example.com"]
+    rs.run("subscribe", "l@example.org", "GOOD@example.net", check=0)          # no duplicate
+    assert len(rs.members("l@example.org")) == 2
+
+
+def test_subscribe_from_stdin_and_unsubscribe(rs):
+    rs.newlist("l@example.org")
+    rs.run("subscribe", "l@example.org", "-", input="a@example.org\n# comment\n\nb@example.org\n", check=0)
+    assert sorted(rs.members("l@example.org")) == ["a@example.org", "b@example.org"]
+    rs.run("unsubscribe", "l@example.org", "A@example.org", check=0)
+    assert list(rs.members("l@example.org")) == ["b@example.org"]
+
+
+def test_members_json_fields(rs):
+    rs.newlist("l@example.org", members=("a@example.org",))
+    assert json.loads(rs.run("members", "l@example.org", "--json", check=0).out) == [
+        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0}]
+    assert rs.run("members", "nosuch@example.org").returncode == 67
+
+
+def test_status_counts(rs):
+    rs.newlist("l@example.org", "--access", "open", members=("a@example.org", "b@example.org"))
+    rs.queue(post(), recipient="l@example.org", check=0)
+    assert rs.status() == {"queued_posts": 1, "pending": 2, "deferred": 0, "sent": 0, "failed": 0,
+                           "expired": 0, "held": 0}
+
+
+def test_usage_errors_exit_64_in_one_line(rs):
+    for args in ([], ["nosuchcommand"], ["approve", "notanumber"], ["queue", "--bogus"]):
+        r = rs.run(*args)
+        assert r.returncode == 64, args
+        assert r.err.startswith("redsky: ") and r.err.count("\n") == 1
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, REDSKY, "--help"], capture_output=True, text=True).stdout
+    for command in ("queue", "send", "demo", "init", "newlist", "lists", "set", "dellist", "subscribe",
+                    "unsubscribe", "members", "acl", "held", "approve", "reject", "status"):
+        assert command in out
+
+
+# -- configuration ---------------------------------------------------------------
+
+def test_unknown_filter_is_refused_before_reading(rs):
+    rs.newlist("l@example.org", "--access", "open", members=("a@example.org",))
+    rs.write_config(queue={"filters": "read getinfo spamassassin queuer"})
+    r = rs.queue(post(), recipient="l@example.org")
+    assert r.returncode == 78 and "unknown filter 'spamassassin'" in r.err
+    assert r.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("chain,complaint", [
+    ("read getinfo access getsubscribers queuer", "'access' needs 'getsubscribers'"),
+    ("getinfo read getsubscribers queuer", "'getinfo' needs 'read'"),
+    ("read getinfo queuebuilder queuer", "'queuebuilder' is a send filter"),
+    ("", "empty"),
+])
+def test_impossible_chains_are_refused(rs, chain, complaint):
+    rs.run("init", check=0)
+    rs.write_config(queue={"filters": chain})
+    r = rs.queue(post())
+    assert r.returncode == 78 and complaint in r.err
+
+
+def test_send_chain_order_is_checked(rs):
+    rs.run("init", check=0)
+    rs.write_config(send={"filters": "queuerunner singleinstance queuebuilder"})
+    r = rs.run("send")
+    assert r.returncode == 78 and "needs 'singleinstance'" in r.err
+
+
+def test_configured_chain_without_tag_filter(rs):
+    rs.newlist("l@example.org", "--access", "open", "--subject-tag", "[l]", members=("a@example.org",))
+    rs.write_config(queue={"filters": "read getinfo loopdetect getsubscribers access queuer"})
+    rs.queue(post(), recipient="l@example.org", check=0)
+    spool = next((rs.home / "spool").glob("*.eml")).read_bytes()
+    assert b"Subject: Hello\n" in spool
+
+
+def test_bad_config_values_exit_78(rs):
+    rs.config.write_text("[queue]\nmax_received = lots\n")
+    rs.run("init", check=0)
+    r = rs.queue(post())
+    assert r.returncode == 78 and "max_received" in r.err
+    rs.config.write_text("not an ini file\n")
+    assert rs.run("status").returncode == 78
+
+
+def test_missing_config_file_exits_78(rs):
+    r = subprocess.run([sys.executable, REDSKY, "-c", str(rs.home / "nope.ini"), "status"],
+                       capture_output=True, text=True)
+    assert r.returncode == 78 and "nope.ini" in r.stderr
+
+
+def test_config_search_order(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = lambda **kw: subprocess.run([sys.executable, REDSKY, "init"], capture_output=True, text=True,
+                                      cwd=cwd, env=env, **kw)
+    # no config anywhere: the per-user data directory
+    if not os.path.exists("/etc/redsky/redsky.ini"):
+        assert str(tmp_path / "xdg" / "redsky" / "redsky.db") in run().stdout
+    # ./redsky.ini: data beside it
+    (cwd / "redsky.ini").write_text("[redsky]\nlog = stderr\n")
+    assert str(cwd / "redsky.db") in run().stdout
+    # $REDSKY_CONFIG wins over ./redsky.ini
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "r.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n")
+    env["REDSKY_CONFIG"] = str(other / "r.ini")
+    assert str(other / "data" / "redsky.db") in run().stdout
+
+
+def test_log_to_file(rs):
+    rs.write_config(redsky={"log": "redsky.log"})
+    rs.newlist("l@example.org", "--access", "open", members=("a@example.org",))
+    rs.queue(post(), recipient="nosuch@example.org")
+    assert "no list at nosuch@example.org" in (rs.home / "redsky.log").read_text()
+
+
+def test_verbose_logs_to_stderr(rs):
+    rs.write_config(redsky={"log": "redsky.log"})
+    rs.newlist("l@example.org", "--access", "open", members=("a@example.org",))
+    r = rs.run("queue", "--recipient", "l@example.org", "--verbose", input=post())
+    assert r.returncode == 0 and "queued message-id=" in r.err
+
+
+def test_demo_runs_every_filter():
+    r = subprocess.run([sys.executable, REDSKY, "demo"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for name in redsky.QUEUE_CHAIN.split() + redsky.SEND_CHAIN.split():
+        assert f"   {name}" in r.stdout
+    assert "sent 3" in r.stdout and "Subject: [demo] Hello" in r.stdout
+    assert "Return-Path: <demo-bounces+bob=example.net@lists.example.org>" in r.stdout

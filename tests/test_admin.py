@@ -144,10 +144,12 @@ def test_configured_chain_without_tag_filter(rs):
 
 
 def test_bad_config_values_exit_78(rs):
-    rs.config.write_text("[queue]\nmax_received = lots\n")
     rs.run("init", check=0)
+    rs.config.write_text("[queue]\nmax_received = lots\n")
     r = rs.queue(post())
-    assert r.returncode == 78 and "max_received" in r.err
+    assert r.returncode == 78 and "max_received" in r.err and r.err.count("\n") == 1
+    rs.config.write_text("[send]\nretry_delay = soon\n")
+    assert rs.run("send").returncode == 78
     rs.config.write_text("not an ini file\n")
     assert rs.run("status").returncode == 78
 

@@ -635,10 +635,11 @@ class RawMessage:
 
 def decode_header_text(value):
     """An RFC 2047 header value as text."""
+    from email.errors import HeaderParseError
     from email.header import decode_header, make_header
     try:
         return str(make_header(decode_header(value)))
-    except (UnicodeError, LookupError, ValueError, AssertionError):
+    except (HeaderParseError, UnicodeError, LookupError, ValueError, AssertionError):
         return value
 
 

@@ -202,3 +202,28 @@ def test_demo_runs_every_filter():
         assert f"   {name}" in r.stdout
     assert "sent 3" in r.stdout and "Subject: [demo] Hello" in r.stdout
     assert "Return-Path: <demo-bounces+bob=example.net@lists.example.org>" in r.stdout
+
+
+def test_example_config_lists_every_option_with_its_default(tmp_path):
+    import configparser
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "redsky.ini.example")
+    for section, options in redsky.DEFAULTS.items():
+        for key, default in options.items():
+            assert ini.get(section, key) == default, f"[{section}] {key}"
+    assert {s: set(ini[s]) for s in ini.sections()} == {s: set(o) for s, o in redsky.DEFAULTS.items()}
+    readme = (ROOT / "README.md").read_text()
+    for section, options in redsky.DEFAULTS.items():
+        for key in options:
+            assert key in readme, key
+    redsky.Config(str(ROOT / "redsky.ini.example"))      # it loads
+
+
+def test_readme_documents_every_command_and_filter():
+    readme = (ROOT / "README.md").read_text()
+    for name in redsky.FILTERS:
+        assert f"`{name}`" in readme, name
+    parser = redsky.make_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for command in commands:
+        assert f"`{command}" in readme, command

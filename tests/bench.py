@@ -119,29 +119,23 @@ def main():
                      f"{rss:.1f} MB"))
         home.cleanup()
 
-    with SMTPSink() as sink:
-        home = Home(smtp_size, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port)
+    def send_row(label, n, **send):
+        home = Home(n, **send)
 
-        def one_send():
+        def queue_and_send():
             home.queue()
             return home.send()
-        seconds, rss = median_of(runs, one_send, before=home.reset_ledger)
-        rows.append((f"send smtp, {smtp_size:,} recipients", smtp_size, f"{seconds:.2f} s",
-                     f"{smtp_size / seconds:,.0f} rcpt/s", f"{rss:.1f} MB"))
+        seconds, rss = median_of(runs, queue_and_send, before=home.reset_ledger)
+        rows.append((f"{label}, {n:,} recipients", n, f"{seconds:.2f} s", f"{n / seconds:,.0f} rcpt/s",
+                     f"{rss:.1f} MB"))
         home.cleanup()
 
+    with SMTPSink() as sink:
+        send_row("send smtp", smtp_size, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port)
     noop = Path(tempfile.mkdtemp()) / "sendmail"
     noop.write_text("#!/bin/sh\nexec cat >/dev/null\n")
     noop.chmod(0o755)
-    home = Home(sendmail_size, transport="sendmail", sendmail=str(noop))
-
-    def one_sendmail():
-        home.queue()
-        return home.send()
-    seconds, rss = median_of(runs, one_sendmail, before=home.reset_ledger)
-    rows.append((f"send sendmail (no-op), {sendmail_size:,} recipients", sendmail_size, f"{seconds:.2f} s",
-                 f"{sendmail_size / seconds:,.0f} rcpt/s", f"{rss:.1f} MB"))
-    home.cleanup()
+    send_row("send sendmail (no-op)", sendmail_size, transport="sendmail", sendmail=str(noop))
     shutil.rmtree(noop.parent, ignore_errors=True)
 
     print(f"redsky benchmark, median of {runs} run(s), {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")

@@ -33,6 +33,7 @@ permission, 78 configuration error.
 Only the Python standard library is used: copy this file onto a host and run it.
 """
 
+import argparse
 import configparser
 import errno
 import fcntl
@@ -963,11 +964,10 @@ class Context:
         self.approved = False       # moderator approval (passphrase or CLI)
         self.trace = []             # (filter, note)
         self.result = None          # what the last filter produced (e.g. message row id)
+        self.current = ""           # the filter running now, for note()
 
     def note(self, text):
         self.trace.append((self.current, text))
-
-    current = ""
 
     def describe(self):
         where = list_address(self.list) if self.list else (self.recipient or "?")
@@ -1948,13 +1948,12 @@ def cmd_demo(args, config):
     return EX_OK
 
 
-class _Parser(__import__("argparse").ArgumentParser):
+class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EX_USAGE, f"redsky: {message} (see '{self.prog} --help')\n")
 
 
 def make_parser():
-    import argparse
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

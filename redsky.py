@@ -127,8 +127,9 @@ class TryLater(Verdict):
 # 3. Configuration
 # ---------------------------------------------------------------------------
 
-QUEUE_CHAIN = "read getinfo loopdetect bouncehandler getsubscribers access subjecttag addfooter queuer"
-SEND_CHAIN = "singleinstance queuebuilder queuerunner"
+QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access subjecttag"
+               " addfooter queuer")
+SEND_CHAIN = "singleinstance housekeeping queuebuilder queuerunner"
 
 DEFAULTS = {
     "redsky": {
@@ -142,6 +143,13 @@ DEFAULTS = {
         "filters": QUEUE_CHAIN,
         "max_received": "30",
         "max_size": "25M",
+    },
+    "commands": {
+        "confirm_expiry": "3d",
+        "max_confirmations": "3",
+        "max_replies": "10",
+        "held_expiry": "14d",
+        "notify_rejected": "yes",
     },
     "send": {
         "filters": SEND_CHAIN,
@@ -195,7 +203,10 @@ class Config:
     TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
              ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
              ("send", "smtp_timeout"): "duration", ("send", "retry_delay"): "duration",
-             ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration"}
+             ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration",
+             ("commands", "confirm_expiry"): "duration", ("commands", "max_confirmations"): "number",
+             ("commands", "max_replies"): "number", ("commands", "held_expiry"): "duration",
+             ("commands", "notify_rejected"): "flag"}
 
     @classmethod
     def find(cls, explicit=None):
@@ -224,6 +235,12 @@ class Config:
         if not m or m.group(2) not in table:
             raise ConfigError(f"[{section}] {key} = {raw!r} is not a valid value")
         return float(m.group(1)) * table[m.group(2)]
+
+    def flag(self, section, key):
+        value = self.get(section, key).lower()
+        if value not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+            raise ConfigError(f"[{section}] {key} = {value!r}: use yes or no")
+        return value in ("yes", "true", "on", "1")
 
     def duration(self, section, key):
         return self.number(section, key, _DURATION_UNITS)
@@ -311,7 +328,12 @@ CREATE TABLE lists (
     passphrase_hash TEXT NOT NULL DEFAULT '',
     subject_tag     TEXT NOT NULL DEFAULT '',
     footer          TEXT NOT NULL DEFAULT '',
-    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses
+    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses (also the moderators)
+    subscribe_policy TEXT NOT NULL DEFAULT 'confirm'
+                    CHECK (subscribe_policy IN ('open', 'confirm', 'approve', 'confirm+approve', 'closed')),
+    welcome         TEXT NOT NULL DEFAULT '',   -- empty: the built-in text
+    goodbye         TEXT NOT NULL DEFAULT '',
+    last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );
@@ -334,10 +356,11 @@ CREATE TABLE acl (
     PRIMARY KEY (list_id, pattern)
 );
 
--- One row per accepted post; the bytes are in the spool file.
+-- One row per accepted post or generated notice; the bytes are in the spool file.
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY,
     list_id    INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL DEFAULT 'post' CHECK (kind IN ('post', 'notice', 'owner')),
     message_id TEXT NOT NULL,
     spool      TEXT NOT NULL UNIQUE,            -- file name inside the spool directory
     size       INTEGER NOT NULL,
@@ -389,10 +412,25 @@ CREATE TABLE held (
     reason     TEXT NOT NULL,
     raw        BLOB NOT NULL
 );
+
+-- Confirmation tokens: bound to a list, an address and an action; single use
+-- (used is set), and kept a while after use so that rate limits can count them.
+CREATE TABLE pending (
+    token    TEXT PRIMARY KEY,
+    list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address  TEXT NOT NULL COLLATE NOCASE,
+    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate')),
+    held_id  INTEGER REFERENCES held(id) ON DELETE CASCADE,
+    created  REAL NOT NULL,
+    expires  REAL NOT NULL,
+    used     REAL
+);
+CREATE INDEX pending_address ON pending (address, created);
 """
 SCHEMA_VERSION = 1
 
-LIST_COLUMNS = "id, name, domain, access, passphrase_hash, subject_tag, footer, owners, created"
+LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
+                " welcome, goodbye, last_reminder, created")
 
 SQL = {
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
@@ -400,7 +438,18 @@ SQL = {
     "members": "SELECT address, status, bounce_score FROM members WHERE list_id = ? ORDER BY address",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
     "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
-    "add_message": "INSERT INTO messages (list_id, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?)",
+    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?, ?)",
+    "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
+                        " WHERE p.token = ?",
+    "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
+    "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
+                    " AND used IS NULL AND expires > ?",
+    "requests_today": "SELECT count(*) FROM pending WHERE address = ? AND created > ?"
+                      " AND action IN ('subscribe', 'unsubscribe')",
+    "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
+                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
                   " reporting_mta, counted, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -669,13 +718,13 @@ def list_address(list_row, suffix=""):
 def list_headers(list_row):
     """RFC 2919 List-Id and the RFC 2369 List-* fields, plus loop markers."""
     post = list_address(list_row)
-    request = list_address(list_row, "-request")
     return [
         ("List-Id", f"<{list_row['name']}.{list_row['domain']}>"),
         ("List-Post", f"<mailto:{post}>"),
-        ("List-Help", f"<mailto:{request}?subject=help>"),
-        ("List-Subscribe", f"<mailto:{request}?subject=subscribe>"),
-        ("List-Unsubscribe", f"<mailto:{request}?subject=unsubscribe>"),
+        ("List-Help", f"<mailto:{list_address(list_row, '-request')}?subject=help>"),
+        ("List-Subscribe", f"<mailto:{list_address(list_row, '-join')}>"),
+        ("List-Unsubscribe", f"<mailto:{list_address(list_row, '-leave')}>"),
+        ("List-Owner", f"<mailto:{list_address(list_row, '-owner')}>"),
         ("Precedence", "list"),
         ("X-Loop", post),
     ]
@@ -752,15 +801,21 @@ class _CannotEdit(Exception):
     """The part cannot take the footer in place; wrap the message instead."""
 
 
-def footer_text(list_row):
+def expand(text, list_row, **extra):
+    """Fill a footer or notice text: $list, $domain, $post_address, $list_id,
+    $owner, $request, $join, $leave, $unsubscribe and any ``extra``."""
     from string import Template
-    post = list_address(list_row)
-    return Template(list_row["footer"]).safe_substitute(
-        list=list_row["name"], domain=list_row["domain"], post_address=post,
-        list_id=f"{list_row['name']}.{list_row['domain']}",
-        owner=list_address(list_row, "-owner"),
-        request=list_address(list_row, "-request"),
-        unsubscribe=f"mailto:{list_address(list_row, '-request')}?subject=unsubscribe")
+    values = dict(list=list_row["name"], domain=list_row["domain"], post_address=list_address(list_row),
+                  list_id=f"{list_row['name']}.{list_row['domain']}",
+                  owner=list_address(list_row, "-owner"), request=list_address(list_row, "-request"),
+                  join=list_address(list_row, "-join"), leave=list_address(list_row, "-leave"),
+                  unsubscribe=f"mailto:{list_address(list_row, '-leave')}")
+    values.update(extra)
+    return Template(text).safe_substitute(values)
+
+
+def footer_text(list_row):
+    return expand(list_row["footer"], list_row)
 
 
 def add_footer(msg, footer):
@@ -906,6 +961,136 @@ def with_subject_tag(msg, tag):
     return True
 
 
+# Generated messages --------------------------------------------------------
+
+TEXTS = {
+    "welcome": "Welcome to the $post_address mailing list.\n\n"
+               "To post, write to $post_address.\n"
+               "To leave, write to $leave (or send 'unsubscribe' to $request).\n"
+               "For help, send 'help' to $request.\n",
+    "goodbye": "You have left the $post_address mailing list.\n\n"
+               "To join again, write to $join.\n",
+    "help": "This is the mailing list manager for $post_address.\n\n"
+            "Write to these addresses (subject and body do not matter):\n"
+            "  $join      to join the list\n"
+            "  $leave     to leave the list\n"
+            "  $owner     to reach the people who run the list\n\n"
+            "Or send commands to $request, in the subject or one per line\n"
+            "at the top of the message:\n"
+            "  subscribe        join the list\n"
+            "  unsubscribe      leave the list\n"
+            "  confirm TOKEN    confirm a request\n"
+            "  help             this text\n"
+            "$extra",
+    "confirm-subscribe": "Someone, probably you, asked to subscribe $address to the\n"
+                         "$post_address mailing list.\n\n"
+                         "To confirm, just reply to this message, or write to\n"
+                         "  $confirm_address\n\n"
+                         "If you did not ask for this, ignore this message: nothing will happen.\n"
+                         "The request expires in $days days.\n",
+    "confirm-unsubscribe": "Someone, probably you, asked to unsubscribe $address from the\n"
+                           "$post_address mailing list.\n\n"
+                           "To confirm, just reply to this message, or write to\n"
+                           "  $confirm_address\n\n"
+                           "If you did not ask for this, ignore this message: you stay subscribed.\n",
+    "held": "A post to $post_address is waiting for your approval.\n\n"
+            "  Reason:  $reason\n  From:    $from_addr\n  Subject: $subject\n  Size:   $size bytes\n\n"
+            "$excerpt\n\n"
+            "Reply to this message with one of these words as the first line:\n"
+            "  approve            distribute the post\n"
+            "  reject REASON      refuse it and tell the sender why\n"
+            "  discard            drop it silently\n"
+            "(or write 'approve $token' etc. to $request). The post is attached.\n"
+            "Unanswered posts are dropped after $days days.\n",
+    "approve-subscribe": "$address asks to join $post_address.\n\n"
+                         "Reply to this message with 'approve', 'reject REASON' or 'discard' as the first line\n"
+                         "(or write 'approve $token' etc. to $request).\n",
+    "awaiting-approval": "Your request to join $post_address is waiting for the list owners' approval.\n",
+    "rejected-post": "Your post to $post_address was not distributed.\n\n  Subject: $subject\n  Reason:  $reason\n\n"
+                     "Questions go to $owner.\n",
+    "rejected-subscribe": "Your request to join $post_address was declined.\n  Reason: $reason\n",
+    "closed": "The $post_address mailing list does not take subscriptions by email.\n"
+              "Please write to $owner.\n",
+    "already-member": "$address is already subscribed to $post_address.\n",
+    "not-member": "$address is not subscribed to $post_address, so there is nothing to do.\n",
+    "bad-token": "That confirmation code is unknown or was already used.\n"
+                 "Send 'help' to $request for what you can do.\n",
+    "expired-token": "That confirmation code has expired. Please send your request again.\n",
+    "not-moderator": "Only the moderators of $post_address can act on held posts.\n",
+    "reminder": "Posts and requests waiting for your approval on $post_address:\n\n$items\n"
+                "Reply to each notice, or write 'approve TOKEN', 'reject TOKEN REASON' or\n"
+                "'discard TOKEN' to $request.\n",
+}
+
+
+def one_line(text, limit=200):
+    """Text safe inside a header or a summary line."""
+    return re.sub(r"\s+", " ", str(text or "")).strip()[:limit]
+
+
+def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None,
+                auto="auto-replied", in_reply_to=None, attachment=None):
+    """A message redsky writes (RFC 3834: Auto-Submitted; never answered by
+    well-behaved robots).  Returns (Message-ID, bytes)."""
+    import email
+    from email import policy
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+    msg = EmailMessage(policy=policy.default.clone(linesep="\n"))
+    msg["From"] = list_address(list_row, sender)
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = one_line(subject, 300)
+    msg["Date"] = formatdate(localtime=True)
+    message_id = make_msgid(domain=list_row["domain"])
+    msg["Message-ID"] = message_id
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    reference = one_line(in_reply_to, 500)
+    if re.fullmatch(r"<[^<>\s]+>", reference):
+        msg["In-Reply-To"] = reference
+        msg["References"] = reference
+    msg["Auto-Submitted"] = auto
+    msg["Precedence"] = "bulk"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-Loop"] = list_address(list_row)
+    msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
+    if attachment is not None:
+        try:
+            msg.add_attachment(email.message_from_bytes(attachment, policy=policy.compat32))
+            data = msg.as_bytes()
+        except Exception:           # too broken to re-serialise: attach the bytes as they are
+            msg.clear_content()
+            msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
+            msg.add_attachment(attachment, maintype="application", subtype="octet-stream",
+                               filename="original.eml")
+            data = msg.as_bytes()
+    else:
+        data = msg.as_bytes()
+    return message_id, data
+
+
+def is_robot(msg, sender, strict=True):
+    """Why a message comes from a robot (RFC 3834 2), or None.  ``strict``
+    also treats Precedence bulk/junk/list and MAILER-DAEMON or -bounces
+    senders as robots: what redsky never answers."""
+    if sender == "":
+        return "null envelope sender"
+    auto = (msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    if (msg.get("Content-Type") or "").lower().startswith("multipart/report"):
+        return "a delivery or disposition report"
+    if strict:
+        precedence = (msg.get("Precedence") or "").strip().lower()
+        if precedence in ("bulk", "junk", "list"):
+            return f"Precedence: {precedence}"
+        for address in addresses_in(msg.get_all("From")) + ([sender] if sender else []):
+            local = address.rpartition("@")[0].lower()
+            if local in ("mailer-daemon", "postmaster") or "-bounces" in local or local.startswith("owner-"):
+                return f"sent by {address}"
+    return None
+
+
 # ---------------------------------------------------------------------------
 # 6. The runner and the queue filters
 # ---------------------------------------------------------------------------
@@ -957,17 +1142,24 @@ class Context:
         self.sender = None          # envelope sender; "" is the null sender <>
         self.message_id = ""
         self.list = None            # the list row (dict)
-        self.role = None            # "post" or "bounces"
+        self.role = None            # post, bounces, request, join, leave, confirm, owner
         self.verp = None            # member named by a VERP bounce address
+        self.token = None           # the TOKEN of LIST-confirm+TOKEN@DOMAIN
+        self.changes = []           # database changes to commit with the outbox (callables of db)
         self.members = {}           # address (lower-case) -> status
         self.recipients = []        # addresses the post goes to
         self.approved = False       # moderator approval (passphrase or CLI)
         self.trace = []             # (filter, note)
         self.result = None          # what the last filter produced (e.g. message row id)
         self.current = ""           # the filter running now, for note()
+        self.outbox = Outbox()      # generated messages queued with the post or the action
 
     def note(self, text):
         self.trace.append((self.current, text))
+
+    def apply_changes(self, db):
+        for change in self.changes:
+            change(db)
 
     def describe(self):
         where = list_address(self.list) if self.list else (self.recipient or "?")
@@ -1041,31 +1233,26 @@ def getinfo(ctx):
     local, at, domain = ctx.recipient.rpartition("@")
     if not at or not local:
         raise UnknownList(f"{ctx.recipient!r} is not a list address")
-    role, verp = "post", None
+    role, extension = "post", None
     row = ctx.store.list_by_address(ctx.recipient)
     if row is None:
-        m = re.fullmatch(r"(.+)-bounces(?:\+(.*))?", local, re.IGNORECASE | re.DOTALL)
+        m = ROLE_ADDRESS.fullmatch(local)
         if m:
             row = ctx.store.list_by_address(f"{m.group(1)}@{domain}")
-            role = "bounces"
-            verp = verp_decode(m.group(2)) if m.group(2) else None
-    if row is None:
+            role, extension = ROLES[m.group(2).lower()], m.group(3)
+    if row is None or (role == "confirm" and not extension) or (extension and role not in ("bounces", "confirm")):
         raise UnknownList(f"no list at {ctx.recipient}")
-    ctx.list, ctx.role, ctx.verp = row, role, verp
-    ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {verp}" if verp else ""))
+    ctx.list, ctx.role = row, role
+    if role == "bounces" and extension:
+        ctx.verp = verp_decode(extension)
+    ctx.token = extension if role == "confirm" else None
+    ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {ctx.verp}" if ctx.verp else ""))
 
 
-def is_robot_post(ctx):
-    """Why a message sent to the post address comes from a robot, or None."""
-    if ctx.sender == "":
-        return "null envelope sender"
-    auto = (ctx.msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
-    if auto != "no":
-        return f"Auto-Submitted: {auto}"
-    ctype = (ctx.msg.get("Content-Type") or "").lower()
-    if ctype.startswith("multipart/report"):
-        return "a delivery or disposition report"
-    return None
+# LIST-suffix[+extension]: the addresses one list answers besides LIST itself
+ROLES = {"bounces": "bounces", "request": "request", "owner": "owner", "confirm": "confirm",
+         "join": "join", "subscribe": "join", "leave": "leave", "unsubscribe": "leave"}
+ROLE_ADDRESS = re.compile(r"(.+)-(%s)(?:\+(.+))?" % "|".join(ROLES), re.IGNORECASE | re.DOTALL)
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -1075,17 +1262,18 @@ def loopdetect(ctx):
     that a robot sent to the post address (null sender, Auto-Submitted,
     multipart/report): answering robots is how mail loops start."""
     list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
-    if any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
+    if ctx.role == "post" and any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
         raise Discard(f"loop: already carries List-Id {list_id}")
-    post = list_address(ctx.list).lower()
-    if any(v.strip().lower() == post for v in ctx.msg.get_all("X-Loop")):
-        raise Discard(f"loop: already carries X-Loop {post}")
+    ours = {list_address(ctx.list, suffix).lower() for suffix in ("", "-owner", "-request")}
+    looped = [v.strip() for v in ctx.msg.get_all("X-Loop") if v.strip().lower() in ours]
+    if looped and ctx.role != "bounces":
+        raise Discard(f"loop: already carries X-Loop {looped[0]}")
     hops = len(ctx.msg.get_all("Received"))
     limit = int(ctx.config.number("queue", "max_received"))
     if hops > limit:
         raise Discard(f"loop: {hops} Received: fields (limit {limit})")
     if ctx.role == "post":
-        robot = is_robot_post(ctx)
+        robot = is_robot(ctx.msg, ctx.sender, strict=False)
         if robot:
             raise Discard(f"robot mail to the post address: {robot}")
 
@@ -1127,6 +1315,381 @@ def bouncehandler(ctx):
     raise Consumed(f"bounce for {', '.join(r[0] for r in rows)}; scored: {', '.join(counted) or 'none'}")
 
 
+# Commands, confirmations and moderation ---------------------------------------
+
+TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
+COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "unsubscribe",
+                 "leave": "unsubscribe", "signoff": "unsubscribe", "help": "help", "confirm": "confirm",
+                 "approve": "approve", "reject": "reject", "discard": "discard"}
+
+
+def owners_of(list_row):
+    return [o.strip() for o in list_row["owners"].split(",") if o.strip()]
+
+
+def command_lines(raw):
+    """The Subject (without Re:/Fwd:) and the first lines of the first
+    text/plain part, up to a blank line after text, a signature or a quote."""
+    from email import message_from_bytes, policy
+    lines = []
+    try:
+        parsed = message_from_bytes(raw, policy=policy.default)
+        subject = str(parsed.get("Subject", "") or "")
+    except Exception:
+        return lines
+    subject = re.sub(r"^(\s*(re|aw|sv|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", "", subject, flags=re.I).strip()
+    if subject:
+        lines.append(subject)
+    try:
+        part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
+        body = part.get_content() if part is not None else ""
+    except Exception:
+        body = ""
+    for line in body.splitlines()[:30]:
+        line = line.strip()
+        if line.startswith((">", "-- ")) or line == "--":
+            break
+        if line:
+            lines.append(line)
+        elif len(lines) > 1:
+            break
+    return lines
+
+
+def parse_command(line):
+    """(command, arguments) for a known command line, else None."""
+    words = line.split()
+    if not words:
+        return None
+    command = COMMAND_WORDS.get(words[0].lower().strip(".:!"))
+    return (command, words[1:]) if command else None
+
+
+class Requests:
+    """What one command message does: database changes and notices, all
+    committed together at the end (see Outbox)."""
+
+    def __init__(self, ctx):
+        self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
+        self.now = time.time()
+        self.done = []              # one line per action, for the log
+        self.replied = set()
+
+    def change(self, fn):
+        self.ctx.changes.append(fn)
+
+    def notice(self, to, title, text_name, *, kind="notice", limit=True, **kw):
+        """Queue a notice to ``to`` (a list of addresses).  Replies to
+        non-owners are limited to [commands] max_replies per address per
+        list per day, so redsky cannot be made to flood anyone."""
+        extra = {k: v for k, v in kw.items() if k not in ("reply_to", "attachment", "auto", "sender")}
+        text = expand(self.list[text_name] if text_name in ("welcome", "goodbye") and self.list[text_name]
+                      else TEXTS[text_name], self.list, **extra)
+        if limit:
+            day = self.now - 86400
+            cap = self.config.number("commands", "max_replies")
+            wanted, to = to, [a for a in to if a.lower() not in self.replied
+                              and self.store.q("notices_today", self.list["id"], a, day).fetchone()[0] < cap]
+            if not to:
+                self.done.append(f"reply to {', '.join(wanted) or 'nobody'} suppressed (rate limit)")
+                return
+            self.replied.update(a.lower() for a in to)
+        message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.ctx.message_id,
+                                       reply_to=kw.get("reply_to"), attachment=kw.get("attachment"),
+                                       auto=kw.get("auto", "auto-replied"), sender=kw.get("sender", "-request"))
+        self.ctx.outbox.add(self.list["id"], kind, message_id, data, to)
+
+    def new_token(self, address, action, held_id=None, expiry=None):
+        token = secrets.token_hex(16)
+        expires = self.now + (expiry or self.config.duration("commands", "confirm_expiry"))
+        row = (token, self.list["id"], address, action, held_id, self.now, expires)
+        self.change(lambda db: db.execute(SQL["add_pending"], row))
+        return token
+
+    def is_member(self, address):
+        return address.lower() in {a.lower() for a in member_addresses(self.store, self.list["id"])}
+
+    def rate_limited(self, address, action):
+        """A repeated request is answered once, then ignored; at most
+        [commands] max_confirmations requests per address per day."""
+        if self.store.q("open_request", self.list["id"], address, action, self.now).fetchone()[0]:
+            return "a confirmation is already pending"
+        if self.store.q("requests_today", address, self.now - 86400).fetchone()[0] >= \
+                self.config.number("commands", "max_confirmations"):
+            return "too many requests today"
+        return None
+
+    # -- subscribe / unsubscribe ------------------------------------------------
+
+    def subscribe(self, address):
+        policy_ = self.list["subscribe_policy"]
+        if policy_ == "closed":
+            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
+        if self.is_member(address):
+            return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
+                               address=address)
+        if policy_ == "open":
+            return self.add_member(address)
+        if policy_ == "approve":
+            return self.ask_owners_to_approve(address)
+        limited = self.rate_limited(address, "subscribe")
+        if limited:
+            self.done.append(f"subscribe {address} ignored: {limited}")
+            return
+        self.ask_to_confirm(address, "subscribe")
+
+    def unsubscribe(self, address):
+        if not self.is_member(address):
+            return self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
+                               address=address)
+        if self.list["subscribe_policy"] == "open":
+            return self.remove_member(address)
+        limited = self.rate_limited(address, "unsubscribe")
+        if limited:
+            self.done.append(f"unsubscribe {address} ignored: {limited}")
+            return
+        self.ask_to_confirm(address, "unsubscribe")
+
+    def ask_to_confirm(self, address, action):
+        token = self.new_token(address, action)
+        confirm = list_address(self.list, f"-confirm+{token}")
+        days = f"{self.config.duration('commands', 'confirm_expiry') / 86400:g}"
+        # The Subject carries the token too, so a reply to -request confirms as well.
+        self.notice([address], f"confirm {token}", f"confirm-{action}", limit=False, reply_to=confirm,
+                    address=address, confirm_address=confirm, days=days)
+        self.done.append(f"{action} {address}: confirmation sent")
+
+    def add_member(self, address):
+        list_id = self.list["id"]
+        self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
+        self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", limit=False, address=address)
+        self.done.append(f"subscribed {address}")
+
+    def remove_member(self, address):
+        list_id = self.list["id"]
+        self.change(lambda db: db.execute("DELETE FROM members WHERE list_id = ? AND address = ?",
+                                          (list_id, address)))
+        self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", limit=False,
+                    address=address)
+        self.done.append(f"unsubscribed {address}")
+
+    def ask_owners_to_approve(self, address):
+        owners = owners_of(self.list)
+        limited = self.rate_limited(address, "approve-subscribe")
+        if limited or not owners:
+            self.done.append(f"subscription request of {address} ignored: {limited or 'the list has no owners'}")
+            return
+        token = self.new_token(address, "approve-subscribe", expiry=self.config.duration("commands", "held_expiry"))
+        self.notice(owners, f"{list_address(self.list)}: {address} asks to join (token {token})",
+                    "approve-subscribe", limit=False, reply_to=list_address(self.list, f"-confirm+{token}"),
+                    auto="auto-generated", address=address, token=token)
+        self.notice([address], f"{list_address(self.list)}: waiting for approval", "awaiting-approval")
+        self.done.append(f"subscription of {address} waits for the owners")
+
+    # -- tokens -----------------------------------------------------------------
+
+    def confirm(self, token, sender, lines):
+        row = self.store.q("pending_by_token", token).fetchone()
+        answer_to = [sender] if sender else []
+        if row is None or row["list_id"] != self.list["id"] or row["used"] is not None:
+            self.done.append(f"token {token[:8]}…: unknown, used or for another list")
+            return self.notice(answer_to, f"{list_address(self.list)}: unknown confirmation", "bad-token")
+        if row["expires"] < self.now:
+            self.done.append(f"token {token[:8]}…: expired")
+            return self.notice(answer_to, f"{list_address(self.list)}: confirmation expired", "expired-token")
+        if row["action"] in ("moderate", "approve-subscribe"):
+            return self.moderate(row, sender, lines)
+        self.use(token)
+        if row["action"] == "unsubscribe":
+            return self.remove_member(row["address"])
+        if self.list["subscribe_policy"] == "confirm+approve":
+            return self.ask_owners_to_approve(row["address"])
+        return self.add_member(row["address"])
+
+    def use(self, token):
+        now = self.now
+
+        def mark(db):
+            if db.execute(SQL["use_pending"], (now, token)).rowcount != 1:
+                raise TryLater("the token was used concurrently")
+        self.change(mark)
+
+    def moderate(self, row, sender, lines):
+        """approve / reject [reason] / discard, from a moderator only."""
+        passphrase = take_approved(self.ctx)
+        stored = self.list["passphrase_hash"]
+        moderators = {o.lower() for o in owners_of(self.list)}
+        senders = addresses_in(self.ctx.msg.get_all("From")) + ([sender] if sender else [])
+        if not (any(s.lower() in moderators for s in senders)
+                or (passphrase and stored and check_passphrase(passphrase, stored))):
+            self.done.append(f"moderation by {senders[0] if senders else '?'} refused: not a moderator")
+            return self.notice(senders[:1], f"{list_address(self.list)}: not a moderator", "not-moderator")
+        decision = next((c for c in map(parse_command, lines) if c and c[0] in ("approve", "reject", "discard")),
+                        None)
+        if decision is None:
+            self.done.append("moderation reply without approve, reject or discard")
+            return self.notice(senders[:1], f"{list_address(self.list)}: what should happen?",
+                               "held" if row["action"] == "moderate" else "approve-subscribe",
+                               token=row["token"], address=row["address"], reason="(see the first notice)",
+                               from_addr="", subject="", size="?", excerpt="", days="")
+        verb, words = decision
+        reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
+        self.use(row["token"])
+        if row["action"] == "approve-subscribe":
+            if verb == "approve":
+                return self.add_member(row["address"])
+            if verb == "reject":
+                self.notice([row["address"]], f"{list_address(self.list)}: request declined",
+                            "rejected-subscribe", reason=reason)
+            self.done.append(f"subscription of {row['address']}: {verb}")
+            return
+        held_id = row["held_id"]
+        if verb == "approve":
+            self.ctx.approve_held = held_id
+            self.done.append(f"held post {held_id} approved by email")
+            return
+        self.drop_held(held_id, verb == "reject", reason)
+
+    def drop_held(self, held_id, notify, reason):
+        held = self.store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+        if held is None:
+            return
+        self.change(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
+        to = held["from_addr"] or held["sender"]
+        if notify and to and self.config.flag("commands", "notify_rejected") and not \
+                is_robot(RawMessage(held["raw"]), held["sender"] or None):
+            self.notice([to], f"{list_address(self.list)}: your post was not distributed", "rejected-post",
+                        subject=one_line(held["subject"]), reason=one_line(reason, 500))
+        self.done.append(f"held post {held_id} {'rejected' if notify else 'discarded'}")
+
+
+def sender_address(ctx):
+    """Who asked: the first From address, else the envelope sender."""
+    senders = addresses_in(ctx.msg.get_all("From"))
+    if senders and valid_address(senders[0]):
+        return senders[0]
+    return normalize_address(ctx.sender) if ctx.sender and valid_address(ctx.sender) else None
+
+
+@chain_filter("message", needs=("getinfo",))
+def commands(ctx):
+    """Act on mail to LIST-request (commands in the Subject or first body
+    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
+    LIST-confirm+TOKEN, then end the chain (consumed).  Robots are never
+    answered (RFC 3834).  Subscribing and leaving follow the list's
+    subscribe_policy; every change and its notices commit together."""
+    if ctx.role not in ("request", "join", "leave", "confirm"):
+        return
+    robot = is_robot(ctx.msg, ctx.sender)
+    if robot:
+        raise Discard(f"robot mail to {ctx.recipient}: {robot}")
+    sender = sender_address(ctx)
+    if sender is None:
+        raise Discard(f"mail to {ctx.recipient} with no address to answer")
+    req = Requests(ctx)
+    ctx.approve_held = None
+    lines = command_lines(ctx.raw)
+    if ctx.role == "join":
+        req.subscribe(sender)
+    elif ctx.role == "leave":
+        req.unsubscribe(sender)
+    elif ctx.role == "confirm":
+        req.confirm(ctx.token.lower(), sender, lines)
+    else:
+        parsed = [c for c in map(parse_command, lines[:10]) if c]
+        if not parsed:
+            req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+            req.done.append("help (no command found)")
+        for command, words in parsed[:5]:
+            if command == "subscribe":
+                req.subscribe(sender)
+            elif command == "unsubscribe":
+                req.unsubscribe(sender)
+            elif command == "help":
+                req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+                req.done.append("help")
+            else:                                      # confirm / approve / reject / discard TOKEN
+                token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
+                if token is None:
+                    req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+                    req.done.append(f"{command} without a token")
+                else:
+                    req.confirm(token, sender, lines)
+                break                                  # a token answers the whole message
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    if ctx.approve_held is not None:
+        release_held(ctx.store, ctx.config, ctx.approve_held)
+    raise Consumed("; ".join(req.done) or "nothing to do")
+
+
+@chain_filter("message", needs=("getinfo",))
+def ownermail(ctx):
+    """Forward mail for LIST-owner to the list's owners (never to the
+    members), with X-Loop so that it cannot come round again."""
+    if ctx.role != "owner":
+        return
+    owners = owners_of(ctx.list)
+    if not owners:
+        raise Discard("mail to the owner address, but the list has no owners")
+    ctx.msg.remove("Return-Path", "Delivered-To", "X-Original-To")
+    ctx.msg.append("X-Loop", list_address(ctx.list, "-owner"))
+    ctx.outbox.add(ctx.list["id"], "owner", ctx.message_id or "<no-message-id>", bytes(ctx.msg), owners)
+    ctx.outbox.commit(ctx.store, ctx.config.spool)
+    raise Consumed(f"forwarded to the owners: {', '.join(owners)}")
+
+
+def hold_post(ctx, reason):
+    """Keep the message as received, with its envelope, for a moderator,
+    and send the moderators one notice with a token to act on it by reply."""
+    senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
+    subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
+    row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
+           subject[:300], ctx.message_id, reason, ctx.raw)
+    req = Requests(ctx)
+    owners = owners_of(ctx.list)
+    held_expiry = ctx.config.duration("commands", "held_expiry")
+    token = secrets.token_hex(16) if owners else None
+
+    def store_held(db):
+        held_id = db.execute(SQL["add_held"], row).lastrowid
+        if token:
+            db.execute(SQL["add_pending"], (token, ctx.list["id"], row[4] or row[2] or "?", "moderate", held_id,
+                                            req.now, req.now + held_expiry))
+    ctx.changes = [store_held]
+    ctx.outbox = Outbox()
+    if token:
+        text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
+        excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
+        req.notice(owners, f"{list_address(ctx.list)}: post from {row[4] or row[2] or '?'} held: {one_line(subject, 80)}"
+                   f" (token {token})", "held", limit=False, kind="notice", auto="auto-generated",
+                   reply_to=list_address(ctx.list, f"-confirm+{token}"), attachment=ctx.raw,
+                   reason=one_line(reason, 300), from_addr=row[4] or row[2] or "(unknown)",
+                   subject=one_line(subject), size=len(ctx.raw), excerpt=excerpt, token=token,
+                   days=f"{held_expiry / 86400:g}")
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+
+
+def release_held(store, config, held_id):
+    """Distribute a held post: the queue chain runs again on it, approved;
+    the held row goes in the same transaction as the post.  Returns the
+    Context (its recipients say how many got it)."""
+    held = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+    if held is None:
+        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
+    ctx = Context(config, store)
+    ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
+    ctx.changes.append(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
+    verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
+    if verdict is not None:
+        if verdict.code or isinstance(verdict, Hold):
+            raise Failure(f"held post {held_id}: {verdict.name}: {verdict.reason}", verdict.code)
+        with store.transaction() as db:      # discarded on the way (e.g. no members): it is done with
+            ctx.apply_changes(db)
+        log.info("held post %s not distributed: %s", held_id, verdict.reason)
+    log.info("released held post %s %s recipients=%d", held_id, ctx.describe(), len(ctx.recipients))
+    return ctx
+
+
 def member_addresses(store, list_id, status=None):
     rows = store.q("members", list_id).fetchall()
     return [r["address"] for r in rows if status is None or r["status"] == status]
@@ -1136,6 +1699,8 @@ def member_addresses(store, list_id, status=None):
 def getsubscribers(ctx):
     """Load the list's members: writes members (all, with status) and
     recipients (the enabled ones)."""
+    if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
+        raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
     rows = ctx.store.q("members", ctx.list["id"]).fetchall()
     ctx.members = {r["address"].lower(): r["status"] for r in rows}
     ctx.recipients = [r["address"] for r in rows if r["status"] == "enabled"]
@@ -1286,30 +1851,62 @@ def finish_post(ctx):
     return bytes(msg)
 
 
+class Outbox:
+    """Messages to queue together with a database change, atomically.
+
+    ``add()`` collects messages; ``commit(store, spool, change)`` writes
+    their spool files first, then runs ``change(db)`` and records every
+    message with its deliveries in one transaction.  If anything fails, the
+    spool files are removed and nothing is recorded: an action and the
+    notice that reports it happen together or not at all.
+    """
+
+    def __init__(self):
+        self.items = []             # (list_id, kind, message_id, data, recipients)
+
+    def add(self, list_id, kind, message_id, data, recipients):
+        if recipients:
+            self.items.append((list_id, kind, message_id, data, list(recipients)))
+
+    def commit(self, store, spool, change=None):
+        names = []
+        try:
+            for item in self.items:
+                names.append(write_spool(spool, item[3]))
+        except OSError as e:
+            for name in names:
+                _unlink_quietly(os.path.join(spool, name))
+            raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
+        try:
+            with store.transaction() as db:
+                if change is not None:
+                    change(db)
+                ids = []
+                for (list_id, kind, message_id, data, recipients), name in zip(self.items, names):
+                    cur = store.q("add_message", list_id, kind, message_id, name, len(data), time.time())
+                    db.executemany(SQL["add_delivery"], ((cur.lastrowid, r) for r in recipients))
+                    ids.append(cur.lastrowid)
+        except (sqlite3.Error, OSError) as e:
+            for name in names:
+                _unlink_quietly(os.path.join(spool, name))
+            raise TryLater(f"cannot record in the database: {e}")
+        self.items = []
+        return ids
+
+
 @chain_filter("message", needs=("getsubscribers",))
 def queuer(ctx):
     """Store the post: the final message in a spool file (atomic), then one
     messages row and one deliveries row per recipient in one transaction.
     Only after the commit is the post accepted; any failure → try later (75)
-    with nothing half-written left behind."""
+    with nothing half-written left behind.  Notices other filters left in
+    ctx.outbox go in the same transaction."""
     data = finish_post(ctx)
     if not ctx.recipients:
         raise Discard("the list has no enabled members")
-    spool = ctx.config.spool
-    try:
-        name = write_spool(spool, data)
-    except OSError as e:
-        raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
-    try:
-        with ctx.store.transaction() as db:
-            cur = ctx.store.q("add_message", ctx.list["id"], ctx.message_id, name, len(data), time.time())
-            message = cur.lastrowid
-            db.executemany(SQL["add_delivery"], ((message, r) for r in ctx.recipients))
-    except (sqlite3.Error, OSError) as e:
-        _unlink_quietly(os.path.join(spool, name))
-        raise TryLater(f"cannot record the post in the database: {e}")
-    ctx.result = message
-    ctx.note(f"queued as {name} for {len(ctx.recipients)} recipients")
+    ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
+    ctx.result = ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)[-1]
+    ctx.note(f"queued for {len(ctx.recipients)} recipients")
 
 
 def _unlink_quietly(path):
@@ -1482,6 +2079,44 @@ def singleinstance(ctx):
 
 
 @chain_filter("send")
+def housekeeping(ctx):
+    """Once per run: drop held posts older than [commands] held_expiry and
+    old tokens, remind each list's moderators of posts waiting for more
+    than a day (at most once a day), and remove orphan spool files."""
+    store, config, now = ctx.store, ctx.config, time.time()
+    expired = store.db.execute("SELECT id, list_id, message_id FROM held WHERE received < ?",
+                               (now - config.duration("commands", "held_expiry"),)).fetchall()
+    with store.transaction() as db:
+        for row in expired:
+            db.execute("DELETE FROM held WHERE id = ?", (row["id"],))
+            log.info("held post %s expired message-id=%s", row["id"], row["message_id"])
+        db.execute("DELETE FROM pending WHERE expires < ? AND created < ?", (now, now - 7 * 86400))
+    reminded = 0
+    for list_row in [dict(r) for r in store.q("all_lists")]:
+        owners = owners_of(list_row)
+        if not owners or now - list_row["last_reminder"] < 86400:
+            continue
+        waiting = store.db.execute(
+            "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
+            " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
+            " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id", (list_row["id"], now - 86400)).fetchall()
+        if not waiting:
+            continue
+        items = "\n".join(f"  {r['id']}. from {r['from_addr'] or r['sender'] or '?'}: {one_line(r['subject'], 60)!r}\n"
+                          f"     {one_line(r['reason'], 100)}; token {r['token'] or '-'}" for r in waiting)
+        rctx = Context(config, store)
+        rctx.list = list_row
+        Requests(rctx).notice(owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting",
+                              "reminder", limit=False, auto="auto-generated", items=items)
+        list_id = list_row["id"]
+        rctx.outbox.commit(store, config.spool, lambda db: db.execute(
+            "UPDATE lists SET last_reminder = ? WHERE id = ?", (now, list_id)))
+        reminded += 1
+    removed = clean_spool(config, store)
+    ctx.note(f"{len(expired)} held posts expired, {reminded} reminders, {removed} orphan spool files removed")
+
+
+@chain_filter("send")
 def queuebuilder(ctx):
     """Find the posts with deliveries due now (new, or retry time reached).
     Writes queue: a list of message rows; recipients are streamed later."""
@@ -1608,7 +2243,7 @@ def finish_queue(ctx, verdict):
     if isinstance(verdict, Hold):
         try:
             hold_post(ctx, verdict.reason)
-        except (sqlite3.Error, OSError) as e:
+        except (sqlite3.Error, OSError, TryLater) as e:
             report(f"cannot store held post {ctx.describe()}: {e}")
             return EX_TEMPFAIL
     level = logging.WARNING if verdict.code else logging.INFO
@@ -1620,15 +2255,6 @@ def finish_queue(ctx, verdict):
     return verdict.code
 
 
-def hold_post(ctx, reason):
-    """Keep the message as received, with its envelope, for a moderator."""
-    senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
-    subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
-    with ctx.store.transaction():
-        ctx.store.q("add_held", ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient,
-                    senders[0] if senders else "", subject[:300], ctx.message_id, reason, ctx.raw)
-
-
 def cmd_send(args, config):
     chain = build_chain(config.chain("send"), "send", "send")
     store = open_store(config, durable=False)
@@ -1637,7 +2263,6 @@ def cmd_send(args, config):
     if verdict is not None:
         report(verdict.reason, logging.INFO)
         return verdict.code
-    clean_spool(config, store)
     totals = getattr(ctx, "totals", None)
     if totals is not None:
         log.info("send: %s", ctx.trace[-1][1])
@@ -1663,7 +2288,8 @@ def split_list_address(address):
 
 
 ACCESS_MODES = ("open", "subscribers", "acl", "passphrase", "moderated")
-SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners")
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome", "goodbye")
+SUBSCRIBE_POLICIES = ("open", "confirm", "approve", "confirm+approve", "closed")
 
 
 def validate_setting(key, value):
@@ -1680,8 +2306,12 @@ def validate_setting(key, value):
         if bad:
             raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
         return "owners", ", ".join(normalize_address(o) for o in owners)
-    if key == "footer":
-        return "footer", value.replace("\\n", "\n")
+    if key in ("footer", "welcome", "goodbye"):
+        return key, value.replace("\\n", "\n")
+    if key == "subscribe_policy":
+        if value not in SUBSCRIBE_POLICIES:
+            raise Failure(f"subscribe_policy must be one of {', '.join(SUBSCRIBE_POLICIES)}", EX_USAGE)
+        return key, value
     if key == "subject_tag":
         if "\n" in value or "\r" in value:
             raise Failure("subject_tag must be one line", EX_DATAERR)
@@ -1692,7 +2322,8 @@ def validate_setting(key, value):
 def cmd_newlist(args, config):
     name, domain = split_list_address(args.list)
     settings = {"access": args.access, "passphrase": args.passphrase, "subject_tag": args.subject_tag,
-                "footer": args.footer, "owners": ",".join(args.owner or [])}
+                "footer": args.footer, "owners": ",".join(args.owner or []),
+                "subscribe_policy": args.subscribe_policy}
     columns = dict(validate_setting(k, v) for k, v in settings.items() if v is not None)
     if columns.get("access") == "passphrase" and not columns.get("passphrase_hash"):
         raise Failure("access passphrase needs --passphrase", EX_USAGE)
@@ -1840,29 +2471,43 @@ def held_row(store, held_id):
 def cmd_approve(args, config):
     """Release a held post: the queue chain runs again on it, approved."""
     store = open_store(config)
-    held = held_row(store, args.id)
-    chain = build_chain(config.chain("queue"), "message", "queue")
-    ctx = Context(config, store)
-    ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
-    verdict = run_chain(chain, ctx)
-    if verdict is not None and not isinstance(verdict, Hold):
-        report(f"held post {args.id}: {verdict.name}: {verdict.reason}", logging.INFO)
-        if verdict.code:
-            return verdict.code
-    with store.transaction():
-        store.db.execute("DELETE FROM held WHERE id = ?", (args.id,))
-    log.info("approved held post %s %s", args.id, ctx.describe())
+    ctx = release_held(store, config, args.id)
     print(f"approved held post {args.id} ({len(ctx.recipients)} recipients)")
     return EX_OK
 
 
-def cmd_reject(args, config):
+def cmd_reject(args, config, notify=True):
+    """Drop a held post; ``reject`` tells the sender why, ``discard`` does not."""
     store = open_store(config)
     held = held_row(store, args.id)
-    with store.transaction():
-        store.db.execute("DELETE FROM held WHERE id = ?", (args.id,))
-    log.info("rejected held post %s message-id=%s", args.id, held["message_id"])
-    print(f"rejected held post {args.id}")
+    ctx = Context(config, store)
+    ctx.list = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (held["list_id"],)).fetchone())
+    ctx.message_id = held["message_id"]
+    req = Requests(ctx)
+    req.drop_held(args.id, notify, getattr(args, "reason", None) or "rejected by the moderator")
+    ctx.outbox.commit(store, config.spool, ctx.apply_changes)
+    log.info("%s", "; ".join(req.done))
+    print(f"{'rejected' if notify else 'discarded'} held post {args.id}")
+    return EX_OK
+
+
+def cmd_pending(args, config):
+    """Open confirmations and requests, newest last."""
+    store = open_store(config)
+    query = ("SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires, l.name || '@' || l.domain AS list"
+             " FROM pending p JOIN lists l ON l.id = p.list_id WHERE p.used IS NULL AND p.expires > ?")
+    params = [time.time()]
+    if args.list:
+        query += " AND p.list_id = ?"
+        params.append(store.require_list(args.list)["id"])
+    rows = [dict(r) for r in store.db.execute(query + " ORDER BY p.created", params)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
+            what = f"held post {r['held_id']}" if r["held_id"] else r["address"]
+            print(f"{r['list']}\t{r['action']}\t{what}\t{when}\t{r['token']}")
     return EX_OK
 
 
@@ -1981,7 +2626,8 @@ def make_parser():
     p.add_argument("--passphrase")
     p.add_argument("--subject-tag")
     p.add_argument("--footer", help="footer text ('\\n' for a line break)")
-    p.add_argument("--owner", action="append", help="owner address (repeatable)")
+    p.add_argument("--owner", action="append", help="owner and moderator address (repeatable)")
+    p.add_argument("--subscribe-policy", choices=SUBSCRIBE_POLICIES)
     p = command("lists", cmd_lists, "show the lists")
     p.add_argument("--json", action="store_true")
     p = command("set", cmd_set, f"change a list setting ({', '.join(SETTABLE)})")
@@ -2007,8 +2653,14 @@ def make_parser():
     p.add_argument("--json", action="store_true")
     p = command("approve", cmd_approve, "distribute a held post")
     p.add_argument("id", type=int)
-    p = command("reject", cmd_reject, "drop a held post")
+    p = command("reject", cmd_reject, "drop a held post and tell the sender why")
     p.add_argument("id", type=int)
+    p.add_argument("--reason", help="told to the sender")
+    p = command("discard", lambda a, c: cmd_reject(a, c, notify=False), "drop a held post silently")
+    p.add_argument("id", type=int)
+    p = command("pending", cmd_pending, "show confirmations and requests that wait for an answer")
+    p.add_argument("list", nargs="?")
+    p.add_argument("--json", action="store_true")
     p = command("status", cmd_status, "show the queue and the delivery ledger")
     p.add_argument("--json", action="store_true")
     command("schema", cmd_schema, "print the database schema")

@@ -11,7 +11,12 @@ CREATE TABLE lists (
     passphrase_hash TEXT NOT NULL DEFAULT '',
     subject_tag     TEXT NOT NULL DEFAULT '',
     footer          TEXT NOT NULL DEFAULT '',
-    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses
+    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses (also the moderators)
+    subscribe_policy TEXT NOT NULL DEFAULT 'confirm'
+                    CHECK (subscribe_policy IN ('open', 'confirm', 'approve', 'confirm+approve', 'closed')),
+    welcome         TEXT NOT NULL DEFAULT '',   -- empty: the built-in text
+    goodbye         TEXT NOT NULL DEFAULT '',
+    last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );
@@ -34,10 +39,11 @@ CREATE TABLE acl (
     PRIMARY KEY (list_id, pattern)
 );
 
--- One row per accepted post; the bytes are in the spool file.
+-- One row per accepted post or generated notice; the bytes are in the spool file.
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY,
     list_id    INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL DEFAULT 'post' CHECK (kind IN ('post', 'notice', 'owner')),
     message_id TEXT NOT NULL,
     spool      TEXT NOT NULL UNIQUE,            -- file name inside the spool directory
     size       INTEGER NOT NULL,
@@ -89,3 +95,17 @@ CREATE TABLE held (
     reason     TEXT NOT NULL,
     raw        BLOB NOT NULL
 );
+
+-- Confirmation tokens: bound to a list, an address and an action; single use
+-- (used is set), and kept a while after use so that rate limits can count them.
+CREATE TABLE pending (
+    token    TEXT PRIMARY KEY,
+    list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address  TEXT NOT NULL COLLATE NOCASE,
+    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate')),
+    held_id  INTEGER REFERENCES held(id) ON DELETE CASCADE,
+    created  REAL NOT NULL,
+    expires  REAL NOT NULL,
+    used     REAL
+);
+CREATE INDEX pending_address ON pending (address, created);

@@ -276,7 +276,7 @@ def test_footer_placeholders():
     row = dict(LIST, footer="$list at $domain: post to $post_address, leave: $unsubscribe, $unknown")
     text = redsky.footer_text(row)
     assert text == ("test at lists.example.org: post to test@lists.example.org, leave: "
-                    "mailto:test-request@lists.example.org?subject=unsubscribe, $unknown")
+                    "mailto:test-leave@lists.example.org, $unknown")
 
 
 # -- DSN parsing ---------------------------------------------------------------

@@ -39,8 +39,10 @@ def test_untouched_post_keeps_its_bytes_except_list_headers(lst):
     msg = parse(stored)
     assert msg["List-Id"] == "<test.lists.example.org>"
     assert msg["List-Post"] == "<mailto:test@lists.example.org>"
-    assert msg["List-Unsubscribe"] == "<mailto:test-request@lists.example.org?subject=unsubscribe>"
-    assert msg["List-Subscribe"] and msg["List-Help"]
+    assert msg["List-Unsubscribe"] == "<mailto:test-leave@lists.example.org>"
+    assert msg["List-Subscribe"] == "<mailto:test-join@lists.example.org>"
+    assert msg["List-Help"] == "<mailto:test-request@lists.example.org?subject=help>"
+    assert msg["List-Owner"] == "<mailto:test-owner@lists.example.org>"
     assert msg["Precedence"] == "list" and msg["X-Loop"] == "test@lists.example.org"
 
 
@@ -65,7 +67,7 @@ def test_tag_and_footer_applied(lst):
     lst.queue(post(subject="=?utf-8?q?Gr=C3=BC=C3=9Fe?="), check=0)
     msg = parse(spooled(lst)[0])
     assert msg["Subject"] == "[test] Grüße"
-    assert msg.get_content().endswith("Hello list.\n-- \nTo leave: mailto:test-request@lists.example.org?subject=unsubscribe\n")
+    assert msg.get_content().endswith("Hello list.\n-- \nTo leave: mailto:test-leave@lists.example.org\n")
 
 
 # -- envelope recipient and sender ------------------------------------------------
@@ -222,11 +224,21 @@ def test_held_post_approve_and_reject(lst):
     assert "'one'" in listing and "'two'" in listing and "not a member" in listing
     r = lst.run("approve", "1", check=0)
     assert "3 recipients" in r.out
-    lst.run("reject", "2", check=0)
+    lst.run("reject", "2", "--reason", "off topic", check=0)
     st = lst.status()
-    assert st["held"] == 0 and st["queued_posts"] == 1 and st["pending"] == 3
+    assert st["held"] == 0 and st["queued_posts"] == 2 and st["pending"] == 4
     assert lst.run("approve", "2").returncode == 65
-    assert parse(spooled(lst)[0])["Subject"] == "one"
+    post_copy, notice = spooled(lst)
+    assert parse(post_copy)["Subject"] == "one"
+    notice = parse(notice)          # the sender is told why, by a robot-marked notice
+    assert notice["To"] == "x@y.org" and notice["Auto-Submitted"] == "auto-replied"
+    assert "off topic" in notice.get_content()
+
+
+def test_discard_drops_silently(lst):
+    lst.queue(post(sender="x@y.org"), sender="x@y.org", check=0)
+    lst.run("discard", "1", check=0)
+    assert lst.status() == {**lst.status(), "held": 0, "queued_posts": 0}
 
 
 # -- queuer ----------------------------------------------------------------------

@@ -138,6 +138,11 @@ DEFAULTS = {
         "spool": "spool",
         "log": "",               # syslog if /dev/log exists, else stderr
         "busy_timeout": "10s",
+        "umask": "007",          # files 0660, directories 0770: posts are private
+    },
+    "postfix": {
+        "map": "postfix-map.db",  # list addresses for Postfix's sqlite: tables; empty: none
+        "user": "",              # the pipe user; default: the owner of data_dir
     },
     "queue": {
         "filters": QUEUE_CHAIN,
@@ -199,6 +204,10 @@ class Config:
         self.data_dir = os.path.abspath(data_dir)
         for (section, key), kind in self.TYPED.items():     # bad values fail at start-up
             getattr(self, kind)(section, key)
+        umask = self.get("redsky", "umask")
+        if not re.fullmatch(r"0?[0-7]{3}", umask):
+            raise ConfigError(f"[redsky] umask = {umask!r} is not an octal mode like 007")
+        self.umask = int(umask, 8)
 
     TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
              ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
@@ -496,9 +505,14 @@ class Store:
         self.path = path
         if not create and not os.path.exists(path):
             raise ConfigError(f"database {path} does not exist; run 'redsky.py init' first")
+        fresh = not os.path.exists(path)
         if create:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        if fresh:                   # SQLite creates 0644 whatever the umask; [redsky] umask decides
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(path, 0o666 & ~mask)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
@@ -1817,7 +1831,7 @@ def write_spool(spool_dir, data):
     os.makedirs(tmp_dir, exist_ok=True)
     name = f"{time.time():.6f}.{os.getpid()}.{secrets.token_hex(4)}.eml"
     tmp = os.path.join(tmp_dir, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # [redsky] umask applies
     try:
         view = memoryview(data)
         while view:
@@ -2067,7 +2081,7 @@ def singleinstance(ctx):
     """Take an exclusive flock on DATA_DIR/send.lock for the whole run; if
     another send holds it, end at once (exit 0)."""
     path = os.path.join(ctx.config.data_dir, "send.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -2223,6 +2237,79 @@ def clean_spool(config, store, older_than=3600):
 # 8. Commands
 # ---------------------------------------------------------------------------
 
+# Postfix --------------------------------------------------------------------
+
+# Postfix reads the list addresses from a small SQLite file of its own that
+# redsky replaces atomically (write, fsync, rename) whenever the lists change.
+# It never opens the live database: no WAL files it would need to write, no
+# lock it could meet, and members' addresses stay private.
+POSTFIX_MAP_SCHEMA = """\
+CREATE TABLE domains (domain TEXT PRIMARY KEY);
+CREATE TABLE addresses (address TEXT PRIMARY KEY);
+"""
+POSTFIX_QUERIES = {
+    "redsky-domains.cf": "SELECT domain FROM domains WHERE domain = '%s'",
+    "redsky-aliases.cf": "SELECT '%u@redsky.invalid' FROM addresses WHERE address = '%s'",
+}
+LIST_SUFFIXES = ("", "-bounces", "-request", "-owner", "-confirm", "-join", "-leave", "-subscribe",
+                 "-unsubscribe")
+
+
+def export_postfix_map(config, store):
+    """Write [postfix] map: every address of every list, lower-cased."""
+    path = config.path_of("postfix", "map")
+    if not path:
+        return None
+    rows = [dict(r) for r in store.q("all_lists")]
+    tmp = f"{path}.{os.getpid()}.tmp"
+    _unlink_quietly(tmp)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.executescript(POSTFIX_MAP_SCHEMA)
+        db.execute("BEGIN")
+        db.executemany("INSERT OR IGNORE INTO domains VALUES (?)", {(r["domain"].lower(),) for r in rows})
+        db.executemany("INSERT OR IGNORE INTO addresses VALUES (?)",
+                       [(f"{r['name']}{suffix}@{r['domain']}".lower(),) for r in rows for suffix in LIST_SUFFIXES])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    os.chmod(tmp, 0o644)                   # Postfix's daemons (user postfix) read it
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.rename(tmp, path)
+    return path
+
+
+def postfix_settings(config, cf_dir, user=None, python=None):
+    """The .cf files, main.cf and master.cf lines for this installation."""
+    map_path = config.path_of("postfix", "map")
+    if not map_path:
+        raise ConfigError("[postfix] map is empty: Postfix needs the list map")
+    cf = {name: f"dbpath = {map_path}\nquery = {query}\n" for name, query in POSTFIX_QUERIES.items()}
+    main = (f"recipient_delimiter = +\n"
+            f"virtual_alias_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
+            f"virtual_alias_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
+            f"transport_maps = inline:{{redsky.invalid=redsky:}}\n"
+            f"redsky_destination_recipient_limit = 1\n")
+    if user is None:
+        user = config.get("postfix", "user")
+    if not user:
+        try:
+            import pwd
+            user = pwd.getpwuid(os.stat(config.data_dir).st_uid).pw_name
+        except (OSError, KeyError):
+            user = "redsky"
+        if user == "root":
+            user = "redsky"
+    python = python or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
+    config_arg = f" -c {os.path.abspath(config.path)}" if config.path else ""
+    master = ("redsky    unix  -       n       n       -       -       pipe\n"
+              f"  flags=OR user={user} null_sender= argv={python} {os.path.abspath(__file__)}{config_arg}"
+              " queue --recipient=${original_recipient} --sender=${sender}\n")
+    return cf, main, master
+
+
 def cmd_queue(args, config):
     """Run the queue chain over the message on stdin.  Exit 0 only when
     the post is durably stored (or deliberately discarded, held or
@@ -2272,8 +2359,11 @@ def cmd_send(args, config):
 def cmd_init(args, config):
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
+    exported = export_postfix_map(config, store)
     store.close()
     print(f"database: {config.database}\nspool:    {config.spool}")
+    if exported:
+        print(f"postfix:  {exported}")
     return EX_OK
 
 
@@ -2336,6 +2426,7 @@ def cmd_newlist(args, config):
                              [name, domain, time.time()] + list(columns.values()))
     except sqlite3.IntegrityError:
         raise Failure(f"list {name}@{domain} already exists", EX_DATAERR)
+    export_postfix_map(config, store)
     print(f"created list {name}@{domain} (access {columns.get('access', 'subscribers')})")
     return EX_OK
 
@@ -2374,6 +2465,7 @@ def cmd_dellist(args, config):
         store.db.execute("DELETE FROM lists WHERE id = ?", (row["id"],))
     for name in spools:
         _unlink_quietly(os.path.join(config.spool, name))
+    export_postfix_map(config, store)
     print(f"deleted list {list_address(row)}")
     return EX_OK
 
@@ -2523,6 +2615,23 @@ def cmd_status(args, config):
     return EX_OK
 
 
+def cmd_postfix_config(args, config):
+    """Print (or --write into --dir) what Postfix needs to route the lists."""
+    store = open_store(config, create=True)
+    export_postfix_map(config, store)
+    cf, main, master = postfix_settings(config, args.dir, args.user, args.python)
+    if args.write:
+        os.makedirs(args.dir, exist_ok=True)
+        for name, text in {**cf, "redsky-main.cf": main, "redsky-master.cf": master}.items():
+            with open(os.path.join(args.dir, name), "w") as fh:
+                fh.write(text)
+    for name, text in cf.items():
+        print(f"# {os.path.join(args.dir, name)}\n{text}")
+    print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps):\n{main}")
+    print(f"# add to master.cf:\n{master}", end="")
+    return EX_OK
+
+
 def cmd_schema(args, config):
     sys.stdout.write(SCHEMA)
     return EX_OK
@@ -2664,6 +2773,11 @@ def make_parser():
     p = command("status", cmd_status, "show the queue and the delivery ledger")
     p.add_argument("--json", action="store_true")
     command("schema", cmd_schema, "print the database schema")
+    p = command("postfix-config", cmd_postfix_config, "print the Postfix settings for this installation")
+    p.add_argument("--dir", default="/etc/postfix", help="where the .cf files go (default /etc/postfix)")
+    p.add_argument("--write", action="store_true", help="write the files into --dir too")
+    p.add_argument("--user", help="the pipe user (default: [postfix] user, else the owner of data_dir)")
+    p.add_argument("--python", help="the python3 for the pipe (default /usr/bin/python3)")
     return parser
 
 
@@ -2673,6 +2787,7 @@ def main(argv=None):
     queue = args.command == "queue"
     try:
         config = Config.find(getattr(args, "config", None))
+        os.umask(config.umask)
         setup_logging(config, args.verbose)
         return args.func(args, config)
     except Failure as e:

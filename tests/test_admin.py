@@ -227,3 +227,27 @@ def test_readme_documents_every_command_and_filter():
     commands = next(a for a in parser._actions if a.dest == "command").choices
     for command in commands:
         assert f"`{command}" in readme, command
+
+
+def test_readme_postfix_section_is_what_postfix_config_prints(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- postfix-config -->\n```\n")[1].split("```\n<!-- /postfix-config -->")[0]
+    ini = tmp_path / "redsky.ini"
+    ini.write_text("[postfix]\nuser = redsky\n")
+    r = subprocess.run([sys.executable, REDSKY, "-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"],
+                       capture_output=True, text=True, check=True)
+    out = (r.stdout.replace(str(ini), "/etc/redsky/redsky.ini").replace(str(tmp_path), "/var/lib/redsky")
+           .replace(REDSKY, "/opt/redsky/redsky.py"))
+    assert out == block
+
+
+def test_postfix_map_lists_every_address_and_follows_list_changes(rs):
+    import sqlite3
+    rs.newlist("Team@Lists.Example.org")
+    db_path = rs.home / "postfix-map.db"
+    assert oct(db_path.stat().st_mode & 0o777) == "0o644"
+    addresses = {r[0] for r in sqlite3.connect(db_path).execute("SELECT address FROM addresses")}
+    assert addresses == {f"team{s}@lists.example.org" for s in redsky.LIST_SUFFIXES}
+    assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    rs.run("dellist", "team@lists.example.org", check=0)
+    assert sqlite3.connect(db_path).execute("SELECT count(*) FROM addresses").fetchone()[0] == 0

@@ -261,5 +261,5 @@ def test_disabled_members_get_nothing(lst):
 def test_spool_file_is_private_and_complete(lst):
     lst.queue(post(), check=0)
     (f,) = (lst.home / "spool").glob("*.eml")
-    assert f.stat().st_mode & 0o077 == 0
+    assert f.stat().st_mode & 0o007 == 0          # umask 007: no access for others
     assert not list((lst.home / "spool" / "tmp").iterdir())

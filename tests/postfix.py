@@ -1,0 +1,223 @@
+"""A private Postfix instance for the end-to-end tests (root only, loopback only).
+
+It lives in its own directory under /tmp (every parent must be searchable by
+the postfix and nobody users, so not pytest's 0700 tmp_path), with its own
+queue, log and config; it never binds port 25 and cannot send anything off
+the machine (every non-local destination is an error: transport).  The
+redsky parts of main.cf and master.cf are exactly what
+`redsky.py postfix-config` prints, so the README's set-up is what is tested.
+"""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTS, USERS = "lists.test", "users.test"
+BINARIES = ("/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/sbin/postqueue", "/usr/sbin/sendmail",
+            "/usr/sbin/postdrop", "/usr/lib/postfix/sbin/master", "/usr/lib/postfix/sbin/pipe")
+
+BASE_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {dir}/spool
+data_directory = {dir}/data
+maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.{lists}
+mydomain = {lists}
+myorigin = {users}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost =
+default_transport = error:outbound mail disabled in test instance
+relay_transport = $default_transport
+smtpd_peername_lookup = no
+alias_maps =
+alias_database =
+virtual_mailbox_domains = {users}
+virtual_mailbox_base = {dir}/mail
+virtual_mailbox_maps = sqlite:{dir}/etc/mailboxes.cf
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+# test speed only
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+in_flow_delay = 0
+smtpd_error_sleep_time = 0
+service_throttle_time = 1s
+"""
+
+BASE_MASTER = """\
+127.0.0.1:{port} inet n  -       n       -       -       smtpd
+pickup    unix  n       -       n       1       1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+flush     unix  n       -       n       1000?   0       flush
+showq     unix  n       -       n       -       -       showq
+proxymap  unix  -       -       n       -       -       proxymap
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+# Every user@users.test has a Maildir, except local parts starting with
+# "unknown" (those bounce with 5.1.1, so Postfix writes a DSN).
+MAILBOXES = """\
+dbpath = :memory:
+query = SELECT '%u/' WHERE '%d' = '{users}' AND '%u' GLOB '[a-z0-9]*' AND '%u' NOT GLOB '*[^a-z0-9._-]*' AND '%u' NOT LIKE 'unknown%%'
+"""
+
+
+def missing():
+    """Why a private Postfix cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (a private Postfix instance runs its daemons as postfix and nobody)"
+    for binary in BINARIES:
+        if not os.access(binary, os.X_OK):
+            return f"Postfix is not installed ({binary} missing)"
+    maps = ""
+    for f in [Path("/etc/postfix/dynamicmaps.cf"), *Path("/etc/postfix/dynamicmaps.cf.d").glob("*")]:
+        if f.is_file():
+            maps += f.read_text()
+    if not any(line.split()[:1] == ["sqlite"] for line in maps.splitlines()):
+        return "postfix-sqlite is not installed"
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "no postfix user"
+    if not os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3 missing (the pipe runs as nobody and needs a python it can read)"
+    return None
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class PrivatePostfix:
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="redsky-pf-", dir="/tmp"))
+        self.dir.chmod(0o755)
+        self.etc, self.mail, self.home = self.dir / "etc", self.dir / "mail", self.dir / "redsky"
+        for d in (self.etc, self.mail, self.dir / "spool", self.home):
+            d.mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
+        os.chown(self.home, nobody.pw_uid, nobody.pw_gid)
+        self.home.chmod(0o777)
+        # a copy nobody can read, wherever the checkout is
+        self.redsky_py = self.dir / "redsky.py"
+        shutil.copy(ROOT / "redsky.py", self.redsky_py)
+        self.redsky_py.chmod(0o755)
+        self.config = self.home / "redsky.ini"
+        self.config.write_text("[redsky]\nlog = redsky.log\numask = 000\nbusy_timeout = 1s\n"
+                               "[send]\ntransport = sendmail\nsendmail = /usr/sbin/sendmail\nretry_delay = 0\n"
+                               "[postfix]\nuser = nobody\n")
+        self.port = free_port()
+        self.env = {**os.environ, "MAIL_CONFIG": str(self.etc)}
+        self.redsky("init", check=True)
+        self.redsky("postfix-config", "--dir", str(self.etc), "--write", "--python", "/usr/bin/python3", check=True)
+        fill = dict(dir=self.dir, lists=LISTS, users=USERS, port=self.port, uid=nobody.pw_uid, gid=nobody.pw_gid)
+        (self.etc / "main.cf").write_text(BASE_MAIN.format(**fill) + (self.etc / "redsky-main.cf").read_text())
+        (self.etc / "master.cf").write_text(BASE_MASTER.format(**fill) + (self.etc / "redsky-master.cf").read_text())
+        (self.etc / "mailboxes.cf").write_text(MAILBOXES.format(**fill))
+        past = time.time() - 10          # Postfix waits for a main.cf younger than ~1 s to "cool down"
+        for f in self.etc.iterdir():
+            os.utime(f, (past, past))
+        self.postfix("check")
+        self.postfix("start")
+
+    def postfix(self, *args):
+        r = subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True, env=self.env)
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix {' '.join(args)} failed: {r.stderr.strip()} {self.log()[-800:]}")
+
+    def redsky(self, *args, input=b"", check=False):
+        r = subprocess.run(["/usr/bin/python3", str(self.redsky_py), "-c", str(self.config), *args],
+                           input=input, capture_output=True, env=self.env, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"redsky {' '.join(args)}: exit {r.returncode}: {r.stderr.decode()}")
+        return r
+
+    def sendmail(self, data, *recipients, sender):
+        subprocess.run(["/usr/sbin/sendmail", "-oi", "-f", sender, "--", *recipients], input=data,
+                       env=self.env, check=True, timeout=30)
+
+    def wait_idle(self, timeout=30):
+        """Until Postfix's queue is empty: everything delivered, piped or bounced."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = subprocess.run(["postqueue", "-c", str(self.etc), "-j"], capture_output=True, text=True,
+                               env=self.env)
+            if r.returncode == 0 and not r.stdout.strip():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"Postfix queue not empty after {timeout} s:\n{r.stdout}\n{self.log()[-2000:]}")
+
+    def queued(self):
+        r = subprocess.run(["postqueue", "-c", str(self.etc), "-j"], capture_output=True, text=True, env=self.env)
+        return [line for line in r.stdout.splitlines() if line.strip()]
+
+    def flush(self):
+        subprocess.run(["postqueue", "-c", str(self.etc), "-f"], env=self.env, check=True)
+
+    def maildir(self, user):
+        new = self.mail / user / "new"
+        return sorted(p.read_bytes() for p in new.iterdir()) if new.is_dir() else []
+
+    def log(self):
+        try:
+            return (self.dir / "maillog").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def reset(self):
+        """Between tests: empty Maildirs, a fresh redsky database."""
+        self.wait_idle()
+        for d in self.mail.iterdir():
+            shutil.rmtree(d, ignore_errors=True)
+        for f in self.home.iterdir():
+            if f.name != "redsky.ini":
+                if f.is_dir():
+                    shutil.rmtree(f)
+                else:
+                    f.unlink()
+        self.redsky("init", check=True)
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True, env=self.env)
+        pid_file = self.dir / "spool" / "pid" / "master.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        deadline = time.time() + 10
+        while pid and time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,146 @@
+"""redsky behind a real, private Postfix: the seam where things go wrong in the field.
+
+Skipped (with the reason) where Postfix cannot run; .ci/run sets
+REDSKY_REQUIRE_POSTFIX=1 so that CI fails instead of skipping.
+"""
+
+import email
+import os
+import smtplib
+import sqlite3
+import time
+from email import policy
+
+import pytest
+
+import postfix as pf
+
+LIST = f"team@{pf.LISTS}"
+MEMBERS = (f"ann@{pf.USERS}", f"ben@{pf.USERS}")
+
+
+@pytest.fixture(scope="session")
+def mta():
+    reason = pf.missing()
+    if reason:
+        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
+            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
+        pytest.skip(reason)
+    instance = pf.PrivatePostfix()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def pfx(mta):
+    mta.reset()
+    mta.redsky("newlist", LIST, "--access", "open", check=True)
+    mta.redsky("subscribe", LIST, *MEMBERS, check=True)
+    # a new list reaches Postfix's daemons at once after a reload (they keep the map open)
+    mta.postfix("reload")
+    return mta
+
+
+def post(subject="Through Postfix", sender=f"carl@{pf.USERS}"):
+    return (f"From: Carl <{sender}>\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <{time.time_ns()}@users.test>\n"
+            f"\nHello through a real MTA.\n").encode()
+
+
+def parse(data):
+    return email.message_from_bytes(data, policy=policy.default)
+
+
+def ledger(mta):
+    db = sqlite3.connect(mta.home / "redsky.db")
+    return db.execute("SELECT address, state FROM deliveries ORDER BY address").fetchall()
+
+
+def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
+    pfx.sendmail(post(), LIST, sender=f"carl@{pf.USERS}")
+    pfx.wait_idle()
+    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
+    pfx.redsky("send", check=True)
+    pfx.wait_idle()
+    for member in MEMBERS:
+        (data,) = pfx.maildir(member.split("@")[0])
+        msg = parse(data)
+        local, domain = member.split("@")
+        assert msg["Subject"] == "Through Postfix"
+        assert msg["List-Id"] == "<team.lists.test>" and msg["X-Loop"] == LIST
+        assert msg["List-Unsubscribe"] == "<mailto:team-leave@lists.test>"
+        assert msg["Return-Path"] == f"<team-bounces+{local}={domain}@{pf.LISTS}>"
+        assert msg["X-Original-To"] == member          # the subscriber's, not the list's
+    assert ledger(pfx) == [(m, "sent") for m in MEMBERS]
+
+
+def test_post_over_smtp(pfx):
+    with smtplib.SMTP("127.0.0.1", pfx.port) as smtp:
+        smtp.sendmail(f"carl@{pf.USERS}", [LIST], post("Over SMTP"))
+    pfx.wait_idle()
+    pfx.redsky("send", check=True)
+    pfx.wait_idle()
+    assert all(parse(pfx.maildir(m.split("@")[0])[0])["Subject"] == "Over SMTP" for m in MEMBERS)
+
+
+def test_unknown_list_refused_at_rcpt_time(pfx):
+    with smtplib.SMTP("127.0.0.1", pfx.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(f"carl@{pf.USERS}")
+        code, text = smtp.rcpt(f"nosuch@{pf.LISTS}")
+        assert code == 550 and b"nosuch@lists.test" in text
+        for suffix in ("", "-request", "-bounces", "-owner", "-join", "-leave"):
+            code, _ = smtp.rcpt(f"team{suffix}@{pf.LISTS}")
+            assert code == 250, suffix
+
+
+def test_unknown_subscriber_dsn_comes_back_to_verp_and_scores_that_member(pfx):
+    pfx.redsky("subscribe", LIST, f"unknown1@{pf.USERS}", check=True)
+    pfx.sendmail(post("Who is there"), LIST, sender=f"carl@{pf.USERS}")
+    pfx.wait_idle()
+    pfx.redsky("send", check=True)
+    pfx.wait_idle()                          # the DSN has gone through the pipe into bouncehandler
+    scores = {m["address"]: m["bounce_score"] for m in
+              __import__("json").loads(pfx.redsky("members", LIST, "--json", check=True).stdout)}
+    assert scores == {f"ann@{pf.USERS}": 0, f"ben@{pf.USERS}": 0, f"unknown1@{pf.USERS}": 1}, pfx.log()[-3000:]
+    db = sqlite3.connect(pfx.home / "redsky.db")
+    (source, action, status) = db.execute("SELECT source, action, status FROM bounces").fetchone()
+    assert (source, action, status) == ("verp", "failed", "5.1.1")
+
+
+def test_queue_exit_75_defers_in_postfix_and_a_flush_delivers_once(pfx):
+    holder = sqlite3.connect(pfx.home / "redsky.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")                  # queue cannot write: exits 75
+    try:
+        pfx.sendmail(post("Deferred first"), LIST, sender=f"carl@{pf.USERS}")
+        deadline = time.time() + 20
+        while "status=deferred" not in pfx.log() and time.time() < deadline:
+            time.sleep(0.05)
+        assert "status=deferred" in pfx.log()
+        assert pfx.queued(), "the post must wait in Postfix's queue"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    pfx.flush()
+    pfx.wait_idle()
+    assert ledger(pfx) == [(m, "pending") for m in MEMBERS]   # queued once, not twice
+    pfx.redsky("send", check=True)
+    pfx.wait_idle()
+    assert [len(pfx.maildir(m.split("@")[0])) for m in MEMBERS] == [1, 1]
+
+
+def test_request_command_through_postfix_gets_a_confirmation(pfx):
+    pfx.sendmail(b"From: dora@users.test\nTo: team-join@lists.test\nSubject: join\n\nplease\n",
+                 f"team-join@{pf.LISTS}", sender=f"dora@{pf.USERS}")
+    pfx.wait_idle()
+    pfx.redsky("send", check=True)
+    pfx.wait_idle()
+    (confirmation,) = [parse(d) for d in pfx.maildir("dora")]
+    token = confirmation["Subject"].split()[-1]
+    reply_to = confirmation["Reply-To"]
+    assert reply_to == f"team-confirm+{token}@{pf.LISTS}"
+    pfx.sendmail(b"From: dora@users.test\nSubject: Re: confirm\n\nyes\n", reply_to, sender=f"dora@{pf.USERS}")
+    pfx.wait_idle()
+    members = pfx.redsky("members", LIST, check=True).stdout.decode()
+    assert "dora@users.test" in members

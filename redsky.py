@@ -36,6 +36,7 @@ Only the Python standard library is used: copy this file onto a host and run it.
 import argparse
 import configparser
 import errno
+from contextlib import nullcontext
 import fcntl
 import json
 import logging
@@ -435,6 +436,22 @@ CREATE TABLE pending (
     used     REAL
 );
 CREATE INDEX pending_address ON pending (address, created);
+
+-- What the queue chain decided for each message it saw, filter by filter
+-- (`redsky.py trace MESSAGE-ID`).  Pruned after 30 days.
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY,
+    received   REAL NOT NULL,
+    message_id TEXT NOT NULL,
+    list_id    INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+    recipient  TEXT NOT NULL DEFAULT '',
+    sender     TEXT,
+    outcome    TEXT NOT NULL,                  -- queued, discard, hold, consumed, reject, ...
+    reason     TEXT NOT NULL DEFAULT '',
+    trace      TEXT NOT NULL                   -- JSON list of [filter, note]
+);
+CREATE INDEX events_message_id ON events (message_id);
+CREATE INDEX messages_message_id ON messages (message_id);
 """
 SCHEMA_VERSION = 1
 
@@ -464,6 +481,8 @@ SQL = {
                   " reporting_mta, counted, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "score_bounce": "UPDATE members SET bounce_score = bounce_score + 1, last_bounce = ?"
                     " WHERE list_id = ? AND address = ?",
+    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
                 " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     # messages that have at least one delivery due now
@@ -1167,6 +1186,7 @@ class Context:
         self.result = None          # what the last filter produced (e.g. message row id)
         self.current = ""           # the filter running now, for note()
         self.outbox = Outbox()      # generated messages queued with the post or the action
+        self.outcome, self.outcome_reason = "", ""
 
     def note(self, text):
         self.trace.append((self.current, text))
@@ -1315,14 +1335,16 @@ def bouncehandler(ctx):
         for r in reports:
             rows.append((r["recipient"], "dsn", r, r["action"] == "failed"))
     counted = []
-    with ctx.store.transaction():
+    with (nullcontext() if ctx.outbox.dry_run else ctx.store.transaction()):
         for address, source, r, failed in rows:
             address = normalize_address(address)
             count = failed and address.lower() in members
-            ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
-                        r["diagnostic"][:1000], r["reporting_mta"], int(count), ctx.raw)
+            if not ctx.outbox.dry_run:
+                ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
+                            r["diagnostic"][:1000], r["reporting_mta"], int(count), ctx.raw)
             if count:
-                ctx.store.q("score_bounce", now, ctx.list["id"], address)
+                if not ctx.outbox.dry_run:
+                    ctx.store.q("score_bounce", now, ctx.list["id"], address)
                 counted.append(address)
     if not rows:
         raise Consumed("bounce address: no recipient found in the report; ignored")
@@ -1631,7 +1653,7 @@ def commands(ctx):
                     req.confirm(token, sender, lines)
                 break                                  # a token answers the whole message
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    if ctx.approve_held is not None:
+    if ctx.approve_held is not None and not ctx.outbox.dry_run:
         release_held(ctx.store, ctx.config, ctx.approve_held)
     raise Consumed("; ".join(req.done) or "nothing to do")
 
@@ -1670,7 +1692,8 @@ def hold_post(ctx, reason):
             db.execute(SQL["add_pending"], (token, ctx.list["id"], row[4] or row[2] or "?", "moderate", held_id,
                                             req.now, req.now + held_expiry))
     ctx.changes = [store_held]
-    ctx.outbox = Outbox()
+    dry_run, ctx.outbox = ctx.outbox.dry_run, Outbox()
+    ctx.outbox.dry_run = dry_run
     if token:
         text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
         excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
@@ -1877,12 +1900,16 @@ class Outbox:
 
     def __init__(self):
         self.items = []             # (list_id, kind, message_id, data, recipients)
+        self.dry_run = False        # --dry-run: decide everything, store nothing
 
     def add(self, list_id, kind, message_id, data, recipients):
         if recipients:
             self.items.append((list_id, kind, message_id, data, list(recipients)))
 
     def commit(self, store, spool, change=None):
+        if self.dry_run:
+            count, self.items = len(self.items), []
+            return [None] * count
         names = []
         try:
             for item in self.items:
@@ -2105,6 +2132,7 @@ def housekeeping(ctx):
             db.execute("DELETE FROM held WHERE id = ?", (row["id"],))
             log.info("held post %s expired message-id=%s", row["id"], row["message_id"])
         db.execute("DELETE FROM pending WHERE expires < ? AND created < ?", (now, now - 7 * 86400))
+        db.execute("DELETE FROM events WHERE received < ?", (now - 30 * 86400,))
     reminded = 0
     for list_row in [dict(r) for r in store.q("all_lists")]:
         owners = owners_of(list_row)
@@ -2319,27 +2347,56 @@ def cmd_queue(args, config):
     ctx = Context(config, store)
     ctx.recipient = args.recipient
     ctx.sender = args.sender
-    return finish_queue(ctx, run_chain(chain, ctx))
+    ctx.outbox.dry_run = args.dry_run
+    code = finish_queue(ctx, run_chain(chain, ctx))
+    if args.explain or args.dry_run:
+        print(explain(ctx, code))
+    return code
+
+
+def explain(ctx, code):
+    """The trace as text: one line per filter, then the outcome."""
+    lines = [f"{name:15} {note}" for name, note in ctx.trace]
+    lines.append(f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
+                 + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else ""))
+    return "\n".join(lines)
 
 
 def finish_queue(ctx, verdict):
-    """Log the verdict, keep held posts, and return the exit code."""
+    """Log the verdict, keep held posts, store the trace, return the exit code."""
     if verdict is None:
+        ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
         log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
-        return EX_OK
-    if isinstance(verdict, Hold):
-        try:
-            hold_post(ctx, verdict.reason)
-        except (sqlite3.Error, OSError, TryLater) as e:
-            report(f"cannot store held post {ctx.describe()}: {e}")
-            return EX_TEMPFAIL
-    level = logging.WARNING if verdict.code else logging.INFO
-    line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
-    if verdict.code:
-        report(line, level)
+        code = EX_OK
     else:
-        log.log(level, "%s", line)
-    return verdict.code
+        ctx.outcome, ctx.outcome_reason = verdict.name, verdict.reason
+        code = verdict.code
+        if isinstance(verdict, Hold):
+            try:
+                hold_post(ctx, verdict.reason)
+            except (sqlite3.Error, OSError, TryLater) as e:
+                report(f"cannot store held post {ctx.describe()}: {e}")
+                ctx.outcome, ctx.outcome_reason, code = "try-later", f"cannot store held post: {e}", EX_TEMPFAIL
+        line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
+        if code:
+            report(line, logging.WARNING)
+        else:
+            log.info("%s", line)
+    if not ctx.outbox.dry_run:
+        store_event(ctx)
+    return code
+
+
+def store_event(ctx):
+    """Keep the trace for `trace MESSAGE-ID`.  The message is already
+    accepted or refused: failing to store its trace must not change that."""
+    try:
+        with ctx.store.transaction():
+            ctx.store.q("add_event", time.time(), ctx.message_id or "", ctx.list["id"] if ctx.list else None,
+                        ctx.recipient or "", ctx.sender, ctx.outcome, ctx.outcome_reason[:500],
+                        json.dumps(ctx.trace))
+    except sqlite3.Error as e:
+        log.warning("cannot store the trace of %s: %s", ctx.describe(), e)
 
 
 def cmd_send(args, config):
@@ -2632,6 +2689,47 @@ def cmd_postfix_config(args, config):
     return EX_OK
 
 
+def cmd_trace(args, config):
+    """Everything redsky knows about one Message-ID: what each filter
+    decided, and each recipient's delivery state with the last reply."""
+    store = open_store(config)
+    wanted = args.message_id.strip()
+    ids = {wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>"}
+    marks = ",".join("?" * len(ids))
+    events = [dict(r) for r in store.db.execute(
+        f"SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON l.id = e.list_id"
+        f" WHERE e.message_id IN ({marks}) ORDER BY e.id", tuple(ids))]
+    query = (f"SELECT m.id AS post, m.kind, l.name || '@' || l.domain AS list, d.address, d.state, d.attempts,"
+             f" d.last_error, d.updated, d.next_attempt FROM deliveries d JOIN messages m ON m.id = d.message"
+             f" JOIN lists l ON l.id = m.list_id WHERE m.message_id IN ({marks})")
+    params = list(ids)
+    if args.address:
+        query += " AND d.address = ?"
+        params.append(args.address)
+    deliveries = [dict(r) for r in store.db.execute(query + " ORDER BY m.id, d.address", params)]
+    if not events and not deliveries:
+        raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
+    if args.json:
+        for e in events:
+            e["trace"] = json.loads(e["trace"])
+        print(json.dumps({"events": events, "deliveries": deliveries}, indent=2))
+        return EX_OK
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+    for e in events:
+        print(f"{stamp(e['received'])}  to {e['recipient']} from {e['sender'] if e['sender'] is not None else '?'}"
+              f"  list {e['list'] or '-'}")
+        for name, note in json.loads(e["trace"]):
+            print(f"    {name:15} {note}")
+        print(f"    {'=> ' + e['outcome']:15} {e['reason']}")
+    if deliveries:
+        print("deliveries:")
+    for d in deliveries:
+        detail = d["last_error"] or ""
+        when = f"next try {stamp(d['next_attempt'])}" if d["state"] == "pending" and d["attempts"] else stamp(d["updated"])
+        print(f"    {d['address']:30} {d['state']:8} attempts {d['attempts']}  {when}  {detail}")
+    return EX_OK
+
+
 def cmd_schema(args, config):
     sys.stdout.write(SCHEMA)
     return EX_OK
@@ -2726,6 +2824,8 @@ def make_parser():
     p = command("queue", cmd_queue, "queue the message on stdin (run by the MTA)")
     p.add_argument("--recipient", help="envelope recipient (the list address)")
     p.add_argument("--sender", help="envelope sender ('' or <> for the null sender)")
+    p.add_argument("--dry-run", action="store_true", help="decide, but store and send nothing (implies --explain)")
+    p.add_argument("--explain", action="store_true", help="print each filter's decision")
     command("send", cmd_send, "deliver what is due (run from cron)")
     command("demo", cmd_demo, "try redsky in a throwaway directory")
     command("init", cmd_init, "create the database and spool")
@@ -2771,6 +2871,10 @@ def make_parser():
     p.add_argument("list", nargs="?")
     p.add_argument("--json", action="store_true")
     p = command("status", cmd_status, "show the queue and the delivery ledger")
+    p.add_argument("--json", action="store_true")
+    p = command("trace", cmd_trace, "what happened to a message: each filter's decision, each delivery")
+    p.add_argument("message_id", metavar="MESSAGE-ID")
+    p.add_argument("--address", help="only this recipient's delivery")
     p.add_argument("--json", action="store_true")
     command("schema", cmd_schema, "print the database schema")
     p = command("postfix-config", cmd_postfix_config, "print the Postfix settings for this installation")

@@ -109,3 +109,19 @@ CREATE TABLE pending (
     used     REAL
 );
 CREATE INDEX pending_address ON pending (address, created);
+
+-- What the queue chain decided for each message it saw, filter by filter
+-- (`redsky.py trace MESSAGE-ID`).  Pruned after 30 days.
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY,
+    received   REAL NOT NULL,
+    message_id TEXT NOT NULL,
+    list_id    INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+    recipient  TEXT NOT NULL DEFAULT '',
+    sender     TEXT,
+    outcome    TEXT NOT NULL,                  -- queued, discard, hold, consumed, reject, ...
+    reason     TEXT NOT NULL DEFAULT '',
+    trace      TEXT NOT NULL                   -- JSON list of [filter, note]
+);
+CREATE INDEX events_message_id ON events (message_id);
+CREATE INDEX messages_message_id ON messages (message_id);

@@ -1,0 +1,88 @@
+"""`queue --dry-run --explain` and `trace MESSAGE-ID`: every decision explainable."""
+
+import json
+
+import pytest
+
+from conftest import post
+from test_message import dsn
+
+
+@pytest.fixture
+def lst(rs):
+    rs.newlist("test@lists.example.org", "--owner", "owner@example.org", members=("bob@example.net", "ann@example.org"))
+    return rs
+
+
+def test_dry_run_explains_and_stores_nothing(lst):
+    before = lst.db().execute("SELECT count(*) FROM events").fetchone()[0]
+    r = lst.queue(post(sender="bob@example.net"), "test@lists.example.org", "bob@example.net", check=None)
+    assert r.returncode == 0
+    r = lst.run("queue", "--recipient", "test@lists.example.org", "--sender", "bob@example.net", "--dry-run",
+                input=post(sender="bob@example.net", subject="dry"))
+    assert r.returncode == 0
+    lines = r.out.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["read", "getinfo", "loopdetect", "bouncehandler",
+                                                        "commands", "ownermail", "getsubscribers", "access",
+                                                        "subjecttag", "addfooter", "queuer"]
+    assert "2 enabled of 2 members" in r.out
+    assert lines[-1].startswith("=> exit 0") and "queued: for 2 recipients" in lines[-1] and "dry run" in lines[-1]
+    st = lst.status()
+    assert st["queued_posts"] == 1 and st["pending"] == 2
+    assert lst.db().execute("SELECT count(*) FROM events").fetchone()[0] == before + 1
+
+
+@pytest.mark.parametrize("kwargs,outcome,code", [
+    (dict(recipient="nosuch@lists.example.org"), "unknown-list: no list at nosuch@lists.example.org", 67),
+    (dict(sender="stranger@evil.example"), "hold: stranger@evil.example is not a member", 0),
+    (dict(recipient="test-join@lists.example.org", sender="new@example.com"), "consumed: subscribe new@example.com", 0),
+])
+def test_dry_run_of_other_outcomes(lst, kwargs, outcome, code):
+    sender = kwargs.get("sender", "bob@example.net")
+    r = lst.run("queue", "--recipient", kwargs.get("recipient", "test@lists.example.org"), "--sender", sender,
+                "--dry-run", input=post(sender=sender))
+    assert r.returncode == code and outcome in r.out
+    st = lst.status()
+    assert st["held"] == 0 and st["queued_posts"] == 0
+    assert lst.run("pending", check=0).out == ""
+
+
+def test_dry_run_of_a_bounce_scores_nobody(lst):
+    r = lst.run("queue", "--recipient", "test-bounces+bob=example.net@lists.example.org", "--sender", "",
+                "--dry-run", input=dsn())
+    assert "scored: bob@example.net" in r.out
+    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    assert lst.db().execute("SELECT count(*) FROM bounces").fetchone()[0] == 0
+
+
+def test_explain_with_a_real_run(lst):
+    r = lst.run("queue", "--recipient", "test@lists.example.org", "--sender", "bob@example.net", "--explain",
+                input=post(sender="bob@example.net"))
+    assert "queued: for 2 recipients" in r.out and "dry run" not in r.out
+    assert lst.status()["queued_posts"] == 1
+
+
+def test_trace_answers_did_x_get_y_and_why_not(lst):
+    (lst.sendmail_dir / "permanent").write_text("ann@example.org\n")
+    lst.queue(post(sender="bob@example.net", msgid="<traced@example.org>"), sender="bob@example.net", check=0)
+    lst.run("send", check=0)
+    r = lst.run("trace", "traced@example.org", check=0)
+    assert "=> queued" in r.out and "getsubscribers  2 enabled of 2 members" in r.out
+    assert "bob@example.net" in r.out and "sent" in r.out
+    assert "ann@example.org" in r.out and "failed" in r.out and "exit 67" in r.out
+    data = json.loads(lst.run("trace", "<traced@example.org>", "--json", "--address", "ann@example.org", check=0).out)
+    assert [d["state"] for d in data["deliveries"]] == ["failed"]
+    assert data["events"][0]["trace"][0][0] == "read"
+
+
+def test_trace_of_refused_and_held_messages(lst):
+    lst.queue(post(msgid="<lost@example.org>"), recipient="nosuch@lists.example.org")
+    r = lst.run("trace", "lost@example.org", check=0)
+    assert "unknown-list" in r.out and "no list at nosuch@lists.example.org" in r.out
+    lst.queue(post(sender="x@y.org", msgid="<held@example.org>"), sender="x@y.org", check=0)
+    assert "=> hold" in lst.run("trace", "held@example.org", check=0).out
+
+
+def test_trace_of_unknown_message(lst):
+    r = lst.run("trace", "never@example.org")
+    assert r.returncode == 65 and "no record" in r.err

@@ -185,7 +185,7 @@ class Config:
     """
 
     def __init__(self, path=None):
-        self.path = path
+        self.path = os.path.abspath(path) if path else None
         self.ini = configparser.ConfigParser(interpolation=None)
         self.ini.read_dict(DEFAULTS)
         if path:
@@ -2309,6 +2309,19 @@ def export_postfix_map(config, store):
     return path
 
 
+def pipe_user(config):
+    """Who runs `queue` for the MTA: [postfix] user, else the owner of
+    data_dir (never root: Postfix's pipe refuses it)."""
+    user = config.get("postfix", "user")
+    if not user:
+        try:
+            import pwd
+            user = pwd.getpwuid(os.stat(config.data_dir).st_uid).pw_name
+        except (OSError, KeyError):
+            user = "redsky"
+    return "redsky" if user == "root" else user
+
+
 def postfix_settings(config, cf_dir, user=None, python=None):
     """The .cf files, main.cf and master.cf lines for this installation."""
     map_path = config.path_of("postfix", "map")
@@ -2320,16 +2333,7 @@ def postfix_settings(config, cf_dir, user=None, python=None):
             f"virtual_alias_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
             f"transport_maps = inline:{{redsky.invalid=redsky:}}\n"
             f"redsky_destination_recipient_limit = 1\n")
-    if user is None:
-        user = config.get("postfix", "user")
-    if not user:
-        try:
-            import pwd
-            user = pwd.getpwuid(os.stat(config.data_dir).st_uid).pw_name
-        except (OSError, KeyError):
-            user = "redsky"
-        if user == "root":
-            user = "redsky"
+    user = user or pipe_user(config)
     python = python or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
     config_arg = f" -c {os.path.abspath(config.path)}" if config.path else ""
     master = ("redsky    unix  -       n       n       -       -       pipe\n"
@@ -2730,6 +2734,176 @@ def cmd_trace(args, config):
     return EX_OK
 
 
+CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
+               "/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+
+
+def user_can(path, user, write=False):
+    """Whether ``user`` may read (or write) ``path`` and reach it through
+    every parent directory, by the mode bits (root may do anything)."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    if pw.pw_uid == 0:
+        return True
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allowed(st, bits):
+        shift = 6 if st.st_uid == pw.pw_uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    try:
+        for i in range(1, len(parts)):
+            parent = os.sep.join(parts[:i]) or os.sep
+            if not allowed(os.stat(parent), 1):
+                return False
+        return allowed(os.stat(path), 2 if write else 4)
+    except OSError:
+        return False
+
+
+def find_send_schedule(places=CRON_PLACES):
+    """The first cron or systemd file that runs `redsky.py ... send`, or None."""
+    for place in places:
+        files = [place] if os.path.isfile(place) else \
+            [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
+        for f in files:
+            try:
+                with open(f, errors="replace") as fh:
+                    text = fh.read(200_000)
+            except OSError:
+                continue
+            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", text):
+                return f
+    return None
+
+
+def postconf(*args):
+    """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
+    import shutil
+    import subprocess
+    exe = shutil.which("postconf") or ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
+    if exe is None:
+        return None
+    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def doctor_checks(config, cron_places=CRON_PLACES):
+    """Yield (level, finding, fix) with level OK, WARN or FAIL."""
+    yield ("OK", f"config {config.path}", "") if config.path else \
+        ("WARN", f"no config file: built-in defaults, data in {config.data_dir}",
+         "copy redsky.ini.example to /etc/redsky/redsky.ini and pass -c to queue and send")
+    db_path = config.database
+    if not os.path.exists(db_path):
+        yield "FAIL", f"database {db_path} does not exist", "run: redsky.py init"
+        return
+    try:
+        store = Store(db_path, 2.0, durable=False)
+    except (Failure, sqlite3.Error) as e:
+        yield "FAIL", f"database {db_path}: {e}", "run: redsky.py init (or restore the right redsky.py version)"
+        return
+    yield "OK", f"database {db_path}, schema version {SCHEMA_VERSION}", ""
+    import pwd
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    runner = pipe_user(config)
+    try:
+        pwd.getpwnam(runner)
+        users = {me, runner}
+    except KeyError:
+        users = {me}
+        yield ("WARN", f"the pipe user {runner} does not exist (the owner of data_dir is root)",
+               f"create it, chown -R it {config.data_dir}, or set [postfix] user")
+    for who in sorted(users):
+        for what, path in (("database", db_path), ("data_dir", config.data_dir), ("spool", config.spool)):
+            if os.path.exists(path) and not user_can(path, who, write=True):
+                yield ("FAIL", f"{who} cannot write the {what} {path} (queue and send run as {who})",
+                       f"chown -R {runner} {config.data_dir}, and run queue and send as {runner}")
+                break
+        else:
+            yield "OK", f"{who} can write the database and spool", ""
+    transport = config.get("send", "transport")
+    if transport == "sendmail":
+        path = config.get("send", "sendmail")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            yield "OK", f"sendmail {path} is executable", ""
+        else:
+            yield "FAIL", f"sendmail {path} is not an executable file", "install an MTA or set [send] sendmail"
+    elif transport == "smtp":
+        import socket
+        host, port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+            yield "OK", f"SMTP server {host}:{port} answers", ""
+        except OSError as e:
+            yield "FAIL", f"SMTP server {host}:{port} is unreachable: {e}", "start the MTA or fix [send] smtp_host/smtp_port"
+    else:
+        yield "WARN", f"transport {transport}: nothing is really sent", "set [send] transport = sendmail or smtp"
+    yield from postfix_checks(config)
+    schedule = find_send_schedule(cron_places)
+    yield ("OK", f"'redsky.py send' is scheduled in {schedule}", "") if schedule else \
+        ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
+         f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
+         f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    for row in store.q("all_lists"):
+        changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"])) if on]
+        if changes:
+            yield ("WARN", f"list {row['name']}@{row['domain']}: its {' and '.join(changes)} change signed parts of "
+                   "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
+                   f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
+    store.close()
+
+
+def postfix_checks(config):
+    main = postconf("-h", "recipient_delimiter")
+    if main is None:
+        yield "OK", "no Postfix configuration found: Postfix checks skipped", ""
+        return
+    if "+" not in main:
+        yield ("FAIL", f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and LIST-confirm+TOKEN@"
+               " cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
+    else:
+        yield "OK", "Postfix recipient_delimiter has +", ""
+    service = postconf("-M", "redsky/unix") or ""
+    if not service:
+        yield "WARN", "Postfix master.cf has no 'redsky' pipe service", "add the lines 'redsky.py postfix-config' prints"
+    elif "queue" not in service or not ("${original_recipient}" in service or re.search(r"flags=\S*O", service)):
+        yield ("FAIL", "the Postfix 'redsky' pipe neither passes ${original_recipient} nor sets flags=O:"
+               " redsky cannot tell which list a message is for", "use the master.cf lines 'redsky.py postfix-config' prints")
+    else:
+        yield "OK", "Postfix 'redsky' pipe service runs 'queue' with the original recipient", ""
+        if (postconf("-h", "redsky_destination_recipient_limit") or "") != "1":
+            yield ("FAIL", "redsky_destination_recipient_limit is not 1: several recipients would reach one queue run",
+                   "postconf -e 'redsky_destination_recipient_limit = 1'")
+    maps = postconf("-h", "virtual_alias_maps") or ""
+    if "redsky-aliases" not in maps:
+        yield "WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf", "see 'redsky.py postfix-config'"
+    map_path = config.path_of("postfix", "map")
+    if map_path:
+        if not os.path.exists(map_path):
+            yield "FAIL", f"the Postfix list map {map_path} does not exist", "run: redsky.py postfix-config"
+        elif not user_can(map_path, "postfix"):
+            yield ("FAIL", f"user postfix cannot read the list map {map_path}: every list address would be refused",
+                   f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
+        else:
+            yield "OK", f"user postfix can read the list map {map_path}", ""
+
+
+def cmd_doctor(args, config):
+    """Check the installation; exit 0 only when nothing FAILs."""
+    failed = False
+    for level, finding, fix in doctor_checks(config):
+        print(f"{level:5} {finding}")
+        if fix and level != "OK":
+            print(f"      fix: {fix}")
+        failed = failed or level == "FAIL"
+    return EX_CONFIG if failed else EX_OK
+
+
 def cmd_schema(args, config):
     sys.stdout.write(SCHEMA)
     return EX_OK
@@ -2876,6 +3050,7 @@ def make_parser():
     p.add_argument("message_id", metavar="MESSAGE-ID")
     p.add_argument("--address", help="only this recipient's delivery")
     p.add_argument("--json", action="store_true")
+    command("doctor", cmd_doctor, "check the installation and explain what to fix")
     command("schema", cmd_schema, "print the database schema")
     p = command("postfix-config", cmd_postfix_config, "print the Postfix settings for this installation")
     p.add_argument("--dir", default="/etc/postfix", help="where the .cf files go (default /etc/postfix)")

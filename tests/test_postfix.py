@@ -144,3 +144,13 @@ def test_request_command_through_postfix_gets_a_confirmation(pfx):
     pfx.wait_idle()
     members = pfx.redsky("members", LIST, check=True).stdout.decode()
     assert "dora@users.test" in members
+
+
+def test_doctor_passes_on_this_installation(pfx):
+    r = pfx.redsky("doctor")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    for finding in ("OK    Postfix recipient_delimiter has +",
+                    "OK    Postfix 'redsky' pipe service runs 'queue' with the original recipient",
+                    "OK    user postfix can read the list map", "OK    nobody can write the database and spool"):
+        assert finding in out, out

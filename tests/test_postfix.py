@@ -154,3 +154,19 @@ def test_doctor_passes_on_this_installation(pfx):
                     "OK    Postfix 'redsky' pipe service runs 'queue' with the original recipient",
                     "OK    user postfix can read the list map", "OK    nobody can write the database and spool"):
         assert finding in out, out
+
+
+def test_lookups_work_while_redsky_holds_a_write_lock(pfx):
+    holder = sqlite3.connect(pfx.home / "redsky.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")            # longer than any real redsky transaction
+    try:
+        with smtplib.SMTP("127.0.0.1", pfx.port) as smtp:
+            smtp.ehlo()
+            smtp.mail(f"carl@{pf.USERS}")
+            assert smtp.rcpt(LIST)[0] == 250
+            assert smtp.rcpt(f"team-bounces+ann=users.test@{pf.LISTS}")[0] == 250
+            assert smtp.rcpt(f"nosuch@{pf.LISTS}")[0] == 550
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "database is locked" not in pfx.log()

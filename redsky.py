@@ -2499,7 +2499,8 @@ def cmd_lists(args, config):
     if args.json:
         print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "access": r["access"],
                            "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
-                           "members": counts.get(r["id"], 0)} for r in rows], indent=2))
+                           "subscribe_policy": r["subscribe_policy"], "members": counts.get(r["id"], 0)}
+                          for r in rows], indent=2))
     else:
         for r in rows:
             print(f"{r['name']}@{r['domain']}\t{r['access']}\t{counts.get(r['id'], 0)} members")

@@ -37,7 +37,8 @@ def test_newlist_lists_set_dellist(rs):
            "--footer", "bye\\n$list", "--owner", "boss@example.org", check=0)
     (row,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
-                   "footer": "bye\n$list", "owners": "boss@example.org", "members": 0}
+                   "footer": "bye\n$list", "owners": "boss@example.org", "subscribe_policy": "confirm",
+                   "members": 0}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out

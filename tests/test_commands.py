@@ -348,3 +348,21 @@ def test_list_headers_point_to_working_addresses(lst):
     leave = re.search(r"<mailto:([^>]+)>", copy["List-Unsubscribe"]).group(1)
     mail(lst, leave, "bob@example.net")
     assert "confirm" in inbox(lst, "bob@example.net")[-1]["Subject"]
+
+
+@pytest.mark.parametrize("to", ["test-request", "test-join", "test-leave", "test-owner",
+                                "test-confirm+" + "a" * 32, "test-confirm+../../etc"])
+@pytest.mark.parametrize("data", [
+    b"From: =?utf-8?b?!!!?= <new@example.com>\nSubject: =?x-unknown?q?subscribe?=\n\n\xff\xfe\x00junk\n",
+    b"From: new@example.com\nSubject: " + b"subscribe " * 2000 + b"\nContent-Type: text/plain; charset=x-bad\n"
+    b"Content-Transfer-Encoding: base64\n\n!!!!\n",
+    b"From: <>\nSubject: help\n\nhelp\n",
+    b"From: \"-oQ/tmp/x\"@example.com\nSubject: subscribe\n\nsubscribe\n",
+    b"From: new@example.com\nContent-Type: multipart/mixed; boundary=x\n\n--x\nContent-Type: text/plain\n\nconfirm "
+    + b"b" * 32 + b"\n",
+])
+def test_hostile_command_mail_gets_a_clear_outcome(lst, to, data):
+    r = lst.queue(data, recipient=f"{to}@lists.example.org", sender="new@example.com")
+    assert r.returncode in (0, 65, 67) and "Traceback" not in r.err and "internal error" not in r.err, r.err
+    lst.run("send", check=0)
+    assert all(argv[-2] == "--" for argv, _ in lst.sent())

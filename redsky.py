@@ -164,6 +164,10 @@ DEFAULTS = {
         "smtp_host": "localhost",
         "smtp_port": "25",
         "smtp_timeout": "60s",
+        "smtp_connections": "4",
+        "smtp_max_recipients": "100",
+        "verp": "per-recipient",
+        "ledger_batch": "500",
         "maildir": "maildir",
         "retry_delay": "600s",
         "retry_max_delay": "4h",
@@ -212,7 +216,8 @@ class Config:
 
     TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
              ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
-             ("send", "smtp_timeout"): "duration", ("send", "retry_delay"): "duration",
+             ("send", "smtp_timeout"): "duration", ("send", "smtp_connections"): "number",
+             ("send", "smtp_max_recipients"): "number", ("send", "ledger_batch"): "number", ("send", "retry_delay"): "duration",
              ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration",
              ("commands", "confirm_expiry"): "duration", ("commands", "max_confirmations"): "number",
              ("commands", "max_replies"): "number", ("commands", "held_expiry"): "duration",
@@ -1971,21 +1976,52 @@ class Outcome:
         self.kind, self.detail = kind, detail
 
 
+def envelope_sender(list_row, verp, recipient=None):
+    """LIST-bounces+user=host@DOMAIN when we VERP per recipient, else
+    LIST-bounces@DOMAIN (the MTA adds +user=host itself with XVERP)."""
+    if verp == "per-recipient" and recipient:
+        return verp_encode(list_row, recipient)
+    return list_address(list_row, "-bounces")
+
+
+def batches(recipients, size):
+    """Group an iterable of (address, attempts) into lists of ``size``."""
+    batch = []
+    for item in recipients:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class SendmailTransport:
-    """``sendmail -oi -f SENDER -- RCPT``, one process per recipient, no shell.
-    Exit 0 is sent; 67 (no user) and 68 (no host) are permanent; anything
-    else, including a missing program, is temporary (sysexits.h)."""
+    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
+    VERP runs one process per recipient; with verp = xverp (Postfix's
+    ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
+    is sent; 67 (no user) and 68 (no host) are permanent; anything else,
+    including a missing program, is temporary (sysexits.h)."""
 
     PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
 
     def __init__(self, config):
         self.path = config.get("send", "sendmail")
+        self.verp = config.get("send", "verp")
+        self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
 
-    def deliver(self, sender, recipient, data):
+    def send(self, list_row, data, recipients, record):
+        for batch in batches(recipients, self.batch):
+            addresses = [a for a, _ in batch]
+            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, data)
+            for address, attempts in batch:
+                record(address, attempts, outcome)
+
+    def run(self, sender, addresses, data):
         import subprocess
+        argv = [self.path] + (["-XV"] if self.verp == "xverp" else []) + ["-oi", "-f", sender, "--", *addresses]
         try:
-            proc = subprocess.run([self.path, "-oi", "-f", sender, "--", recipient], input=data,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+            proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
         except (OSError, subprocess.SubprocessError) as e:
             return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -2000,77 +2036,213 @@ class SendmailTransport:
         pass
 
 
+class SMTPError(Exception):
+    """The connection failed or the server broke the protocol."""
+
+
+class SMTPConnection:
+    """One client connection that pipelines (RFC 2920) when it may.
+
+    Each command group and the whole message with its final dot go out in
+    one write with TCP_NODELAY, so neither Nagle's algorithm nor a delayed
+    ACK on the server can stall a transaction."""
+
+    def __init__(self, host, port, timeout):
+        import socket
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.rfile = self.sock.makefile("rb")
+            code, text = self.reply()
+            if code != 220:
+                raise SMTPError(f"greeting {code} {text}")
+            self.sock.sendall(f"EHLO {socket.getfqdn() or 'localhost'}\r\n".encode())
+            code, text = self.reply()
+            if code != 250:
+                self.sock.sendall(b"HELO localhost\r\n")
+                code, text = self.reply()
+                if code != 250:
+                    raise SMTPError(f"HELO {code} {text}")
+                text = ""
+        except OSError as e:
+            raise SMTPError(f"{host}:{port}: {e.strerror or e}") from None
+        self.extensions = {line.split()[0].upper() for line in text.splitlines()[1:] if line.split()}
+        self.pipelining = "PIPELINING" in self.extensions
+
+    def reply(self):
+        """(code, text) of one reply, multi-line replies joined."""
+        lines = []
+        while True:
+            line = self.rfile.readline(2048)
+            if not line.endswith(b"\n"):
+                raise SMTPError("connection closed by the server" if not line else "reply line too long")
+            lines.append(line[4:].strip().decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                break
+        try:
+            return int(line[:3]), "\n".join(lines)
+        except ValueError:
+            raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
+
+    def transaction(self, sender, recipients, wire, xverp=False):
+        """Send one message to ``recipients``; return {recipient: Outcome}.
+        ``wire`` is the message dot-stuffed, CRLF, with the final dot."""
+        mail = f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}\r\n".encode()
+        rcpts = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        try:
+            if self.pipelining:
+                self.sock.sendall(mail + b"".join(rcpts) + b"DATA\r\n")
+                mail_reply = self.reply()
+                rcpt_replies = [self.reply() for _ in recipients]
+                data_reply = self.reply()
+            else:
+                self.sock.sendall(mail)
+                mail_reply = self.reply()
+                rcpt_replies = []
+                for line in rcpts:
+                    if mail_reply[0] != 250:
+                        rcpt_replies.append(mail_reply)
+                        continue
+                    self.sock.sendall(line)
+                    rcpt_replies.append(self.reply())
+                data_reply = (503, "no valid recipients")
+                if mail_reply[0] == 250 and any(r[0] in (250, 251) for r in rcpt_replies):
+                    self.sock.sendall(b"DATA\r\n")
+                    data_reply = self.reply()
+            if mail_reply[0] != 250:
+                refused = outcome_of(*mail_reply, "MAIL")
+                if data_reply[0] == 354:           # cannot happen with a sane server; end it
+                    self.sock.sendall(b".\r\n")
+                    self.reply()
+                return {r: refused for r in recipients}
+            outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
+                        if reply[0] not in (250, 251)}
+            accepted = [r for r in recipients if r not in outcomes]
+            if data_reply[0] == 354:
+                self.sock.sendall(wire)
+                final = self.reply()
+                done = outcome_of(*final, "DATA") if final[0] != 250 else Outcome(SENT, f"250 {final[1]}"[:300])
+            else:
+                done = outcome_of(*data_reply, "DATA")
+                self.sock.sendall(b"RSET\r\n")
+                self.reply()
+            outcomes.update({r: done for r in accepted})
+            return outcomes
+        except OSError as e:
+            raise SMTPError(f"connection lost: {e.strerror or e}") from None
+
+    def close(self):
+        try:
+            self.sock.sendall(b"QUIT\r\n")
+            self.reply()
+        except (OSError, SMTPError):
+            pass
+        self.sock.close()
+
+
+def outcome_of(code, text, stage):
+    """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
+    return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
+
+
 class SMTPTransport:
-    """smtplib to [send] smtp_host:smtp_port, one connection reused for the
-    whole run.  5xx replies are permanent, 4xx and network errors temporary
-    (RFC 5321 4.2.1)."""
+    """SMTP to [send] smtp_host:smtp_port with PIPELINING, over up to
+    smtp_connections connections in parallel for large posts, each taking
+    transactions from one queue; the ledger stays in the main thread.
+    verp = per-recipient: one transaction per recipient with its own
+    envelope sender; xverp (when the server offers XVERP) or off: up to
+    smtp_max_recipients per transaction."""
 
     def __init__(self, config):
+        import queue
         self.host = config.get("send", "smtp_host")
         self.port = int(config.number("send", "smtp_port"))
         self.timeout = config.duration("send", "smtp_timeout")
-        self.conn = None
-        self.down = None            # the error that made the server unreachable this run
-        self._data = self._wire = None
+        self.connections = max(1, int(config.number("send", "smtp_connections")))
+        self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
+        self.verp = config.get("send", "verp")
+        self.idle = queue.LifoQueue()       # connections kept for the next post of this run
+        self.down = None                    # why the server is unreachable this run
 
-    def _connect(self):
-        import smtplib
-        conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        conn.ehlo_or_helo_if_needed()
-        return conn
-
-    def deliver(self, sender, recipient, data):
-        import smtplib
-        if self.down:
-            return Outcome(TEMPORARY, self.down)
+    def connect(self):
+        import queue
         try:
-            if self.conn is None:
-                self.conn = self._connect()
-            if data is not self._data:      # SMTP wants CRLF; smtplib leaves bytes alone
-                self._data, self._wire = data, re.sub(rb"\r?\n", b"\r\n", data)
-            self.conn.sendmail(sender, [recipient], self._wire)
-            return Outcome(SENT, "250 accepted")
-        except smtplib.SMTPRecipientsRefused as e:
-            code, text = e.recipients.get(recipient, (450, b"refused"))
-            return self._reply(code, text)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
-            self._reset()
-            return self._reply(e.smtp_code, e.smtp_error)
-        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as e:
-            was_connected = self.conn is not None
-            self._drop()
-            detail = f"SMTP {self.host}:{self.port}: {e}"
-            if not was_connected:
-                self.down = detail
-            return Outcome(TEMPORARY, detail)
+            return self.idle.get_nowait()
+        except queue.Empty:
+            return SMTPConnection(self.host, self.port, self.timeout)
 
-    @staticmethod
-    def _reply(code, text):
-        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-        detail = f"{code} {text}".strip()
-        return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, detail)
+    def send(self, list_row, data, recipients, record, expected=0):
+        import queue
+        import threading
+        wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
+        wire += (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+        jobs, results = queue.Queue(maxsize=self.connections * 4), queue.Queue()
+        size = 1 if self.verp == "per-recipient" else self.max_recipients
+        workers = [threading.Thread(target=self.work, args=(list_row, wire, jobs, results), daemon=True)
+                   for _ in range(max(1, min(self.connections, expected // 200 + 1)))]
+        for w in workers:
+            w.start()
 
-    def _reset(self):
-        try:
-            self.conn.rset()
-        except Exception:
-            self._drop()
+        def drain(block=False):
+            while True:
+                try:
+                    for address, attempts, outcome in results.get(block, 0.05):
+                        record(address, attempts, outcome)
+                except queue.Empty:
+                    return
+                block = False
+        for batch in batches(recipients, size):
+            while True:
+                try:
+                    jobs.put(batch, timeout=0.05)
+                    break
+                except queue.Full:
+                    drain()
+            drain()
+        for _ in workers:
+            jobs.put(None)
+        while any(w.is_alive() for w in workers):
+            drain(block=True)
+        drain()
 
-    def _drop(self):
-        if self.conn is not None:
+    def work(self, list_row, wire, jobs, results):
+        """A connection's thread: transactions from ``jobs``, outcomes to ``results``."""
+        conn = None
+        while True:
+            batch = jobs.get()
+            if batch is None:
+                break
+            addresses, outcomes = [a for a, _ in batch], {}
             try:
-                self.conn.close()
-            except Exception:
-                pass
-        self.conn = None
+                if self.down:
+                    raise SMTPError(self.down)
+                if conn is None:
+                    conn = self.connect()
+                xverp = self.verp == "xverp" and "XVERP" in conn.extensions
+                if self.verp == "per-recipient" or (self.verp == "xverp" and not xverp):
+                    for address in addresses:
+                        outcomes.update(conn.transaction(verp_encode(list_row, address), [address], wire))
+                else:
+                    outcomes = conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp)
+            except SMTPError as e:
+                if conn is None:
+                    self.down = self.down or str(e)
+                else:               # a broken connection defers exactly the unfinished recipients
+                    conn.sock.close()
+                    conn = None
+                failed = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {e}")
+                outcomes = {a: outcomes.get(a, failed) for a in addresses}
+            results.put([(a, n, outcomes[a]) for a, n in batch])
+        if conn is not None:
+            self.idle.put(conn)
 
     def close(self):
-        if self.conn is not None:
+        import queue
+        while True:
             try:
-                self.conn.quit()
-            except Exception:
-                pass
-            self._drop()
+                self.idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 class MaildirTransport:
@@ -2080,6 +2252,10 @@ class MaildirTransport:
 
     def __init__(self, config):
         self.base = config.path_of("send", "maildir")
+
+    def send(self, list_row, data, recipients, record):
+        for address, attempts in recipients:
+            record(address, attempts, self.deliver(verp_encode(list_row, address), address, data))
 
     def deliver(self, sender, recipient, data):
         import mailbox
@@ -2101,6 +2277,58 @@ class MaildirTransport:
 
 
 TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": MaildirTransport}
+VERP_MODES = ("per-recipient", "xverp", "off")
+
+
+class Ledger:
+    """Outcomes of one run, written in batched transactions.
+
+    A recipient's outcome is final only once flushed; a run killed before a
+    flush repeats at most the deliveries since the last one (``batch``
+    outcomes or one second).  Temporary failures are retried after
+    retry_delay, doubling up to retry_max_delay, and expire after max_age;
+    permanent failures and expiries count as bounces."""
+
+    def __init__(self, store, config, batch):
+        self.store, self.batch = store, batch
+        self.retry = config.duration("send", "retry_delay")
+        self.cap = config.duration("send", "retry_max_delay")
+        self.max_age = config.duration("send", "max_age")
+        self.rows, self.bounces = [], []
+        self.flushed = time.monotonic()
+        self.totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0}
+
+    def record(self, post, address, attempts, outcome):
+        now = time.time()
+        if outcome.kind == SENT:
+            state, next_attempt = "sent", 0
+        elif outcome.kind == PERMANENT:
+            state, next_attempt = "failed", 0
+        elif now - post["created"] >= self.max_age:
+            state, next_attempt = "expired", 0
+        else:
+            state, next_attempt = "pending", now + min(self.retry * (2 ** attempts), self.cap)
+        self.rows.append((state, next_attempt, outcome.detail[:500], now, post["id"], address))
+        if state in ("failed", "expired"):
+            self.bounces.append((post["list_id"], address, now, "5.0.0" if state == "failed" else "4.4.7",
+                                 outcome.detail[:1000]))
+        self.totals["expired" if state == "expired" else outcome.kind] += 1
+        log.info("deliver %s to=%s %s: %s", post["message_id"], address,
+                 state if state != "pending" else "deferred", outcome.detail)
+        if len(self.rows) >= self.batch or time.monotonic() - self.flushed > 1.0:
+            self.flush()
+        return state
+
+    def flush(self):
+        if self.rows:
+            with self.store.transaction() as db:
+                db.executemany(SQL["delivery_outcome"], self.rows)
+                for list_id, address, now, status, detail in self.bounces:
+                    db.execute(SQL["add_bounce"], (list_id, address, now, "delivery", "failed", status,
+                                                   detail, "", 1, None))
+                    db.execute(SQL["score_bounce"], (now, list_id, address))
+        self.rows, self.bounces = [], []
+        self.flushed = time.monotonic()
 
 
 @chain_filter("send")
@@ -2169,21 +2397,22 @@ def queuebuilder(ctx):
 
 @chain_filter("send", needs=("singleinstance", "queuebuilder"))
 def queuerunner(ctx):
-    """Deliver each due recipient with the VERP envelope sender
-    LIST-bounces+user=host@DOMAIN through [send] transport and record each
-    outcome at once (so a killed run repeats at most the delivery in
-    flight).  Temporary failures are retried with exponential backoff from
-    [send] retry_delay up to retry_max_delay, and expire after max_age;
-    permanent failures and expiries count as bounces.  A post whose every
-    recipient is final is marked done and its spool file removed."""
+    """Deliver each due recipient through [send] transport (VERP envelope
+    sender LIST-bounces+user=host@DOMAIN, or the MTA's XVERP) and record
+    the outcomes in the ledger (see Ledger).  Recipients are read in chunks
+    and the message bytes once per post, so memory does not grow with the
+    list.  A post whose every recipient is final is marked done and its
+    spool file removed."""
     config = ctx.config
     kind = config.get("send", "transport")
     if kind not in TRANSPORTS:
         raise ConfigError(f"[send] transport = {kind!r}: use one of {', '.join(TRANSPORTS)}")
+    if config.get("send", "verp") not in VERP_MODES:
+        raise ConfigError(f"[send] verp = {config.get('send', 'verp')!r}: use one of {', '.join(VERP_MODES)}")
     transport = TRANSPORTS[kind](config)
-    retry, cap = config.duration("send", "retry_delay"), config.duration("send", "retry_max_delay")
-    max_age = config.duration("send", "max_age")
-    totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0}
+    # Process-per-recipient transports cost far more than a commit: keep the
+    # crash window at one delivery there; batch the fast ones.
+    ledger = Ledger(ctx.store, config, 1 if kind != "smtp" else int(config.number("send", "ledger_batch")))
     try:
         for post in ctx.queue:
             path = os.path.join(config.spool, post["spool"])
@@ -2194,48 +2423,36 @@ def queuerunner(ctx):
                 log.error("post %s: cannot read spool file %s: %s; will retry", post["message_id"], path, e.strerror)
                 continue
             list_row = {"name": post["name"], "domain": post["domain"]}
-            after = ""
-            while True:
-                batch = ctx.store.q("due_recipients", post["id"], ctx.now, after, 500).fetchall()
-                if not batch:
-                    break
-                for row in batch:
-                    address, attempts = row["address"], row["attempts"]
-                    after = address
-                    outcome = transport.deliver(verp_encode(list_row, address), address, data)
-                    state = record_outcome(ctx.store, post, address, attempts, outcome, retry, cap, max_age)
-                    totals["expired" if state == "expired" else outcome.kind] += 1
-                    log.info("deliver %s to=%s %s: %s", post["message_id"], address,
-                             state if state != "pending" else "deferred", outcome.detail)
+            due = ctx.store.db.execute("SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'"
+                                       " AND next_attempt <= ?", (post["id"], ctx.now)).fetchone()[0]
+            record = lambda address, attempts, outcome, post=post: ledger.record(post, address, attempts, outcome)
+            if kind == "smtp":
+                transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record, due)
+            else:
+                transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record)
+            ledger.flush()
             if ctx.store.q("pending_count", post["id"]).fetchone()[0] == 0:
                 with ctx.store.transaction():
                     ctx.store.q("message_done", post["id"])
                 _unlink_quietly(path)
     finally:
+        ledger.flush()
         transport.close()
-    ctx.totals = totals
+    ctx.totals = totals = ledger.totals
     ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, expired {totals['expired']}")
 
 
-def record_outcome(store, post, address, attempts, outcome, retry, cap, max_age):
-    """Write one recipient's outcome to the ledger; return its new state."""
-    now = time.time()
-    if outcome.kind == SENT:
-        state, next_attempt = "sent", 0
-    elif outcome.kind == PERMANENT:
-        state, next_attempt = "failed", 0
-    elif now - post["created"] >= max_age:
-        state, next_attempt = "expired", 0
-    else:
-        state, next_attempt = "pending", now + min(retry * (2 ** attempts), cap)
-    with store.transaction():
-        store.q("delivery_outcome", state, next_attempt, outcome.detail[:500], now, post["id"], address)
-        if state in ("failed", "expired"):
-            status = "5.0.0" if state == "failed" else "4.4.7"
-            store.q("add_bounce", post["list_id"], address, now, "delivery", "failed", status,
-                    outcome.detail[:1000], "", 1, None)
-            store.q("score_bounce", now, post["list_id"], address)
-    return state
+def due_recipients(store, message, now, chunk=1000):
+    """(address, attempts) of the due recipients, read in chunks (keyset
+    pagination: memory stays flat however long the list)."""
+    after = ""
+    while True:
+        rows = store.q("due_recipients", message, now, after, chunk).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield row["address"], row["attempts"]
+        after = rows[-1]["address"]
 
 
 def clean_spool(config, store, older_than=3600):

@@ -62,14 +62,14 @@ def test_send_killed_after_delivery_before_record_repeats_only_that_one(lst):
         "import os, signal, sys\n"
         "sys.argv = ['redsky.py', '-c', sys.argv[1], 'send']\n"
         "import redsky\n"
-        "real = redsky.record_outcome\n"
+        "real = redsky.Ledger.record\n"
         "count = [0]\n"
         "def dying(*a, **kw):\n"
         "    count[0] += 1\n"
         "    if count[0] == 3:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **kw)\n"
-        "redsky.record_outcome = dying\n"
+        "redsky.Ledger.record = dying\n"
         "redsky.main()\n")
     proc = subprocess.run([sys.executable, "-c", code, str(lst.config)], cwd=os.path.dirname(REDSKY),
                           capture_output=True)

@@ -76,22 +76,14 @@ def test_backoff_delays_the_retry(lst):
 
 def test_backoff_doubles_up_to_the_cap():
     import redsky
-    store_rows = []
-
-    class FakeStore:
-        def transaction(self):
-            import contextlib
-            return contextlib.nullcontext()
-
-        def q(self, name, *args):
-            store_rows.append((name, args))
-
-    temp = redsky.Outcome(redsky.TEMPORARY, "451 later")
-    post_row = {"id": 1, "list_id": 1, "created": __import__("time").time()}
+    config = redsky.Config(None)
+    config.ini.read_dict({"send": {"retry_delay": "600", "retry_max_delay": "1h", "max_age": "1d"}})
+    ledger = redsky.Ledger(None, config, batch=10 ** 9)
+    post_row = {"id": 1, "list_id": 1, "created": __import__("time").time(), "message_id": "<x@y>"}
     for attempts in range(6):
-        redsky.record_outcome(FakeStore(), post_row, "a@b.c", attempts, temp, 600, 3600, 86400)
-    delays = [round(args[1] - args[3]) for name, args in store_rows if name == "delivery_outcome"]
-    assert delays == [600, 1200, 2400, 3600, 3600, 3600]
+        ledger.record(post_row, "a@b.c", attempts, redsky.Outcome(redsky.TEMPORARY, "451 later"))
+    assert [round(row[1] - row[3]) for row in ledger.rows] == [600, 1200, 2400, 3600, 3600, 3600]
+    assert {row[0] for row in ledger.rows} == {"pending"}
 
 
 def test_permanent_failure_counts_as_bounce(lst):

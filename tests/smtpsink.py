@@ -12,15 +12,20 @@ import threading
 
 
 class SMTPSink:
-    def __init__(self, replies=None):
+    def __init__(self, replies=None, pipelining=True, xverp=False, drop_after=None):
         self.replies = dict(replies or {})
+        self.pipelining, self.xverp = pipelining, xverp
+        self.drop_after = drop_after    # close the connection instead of answering this DATA (1-based)
         self.messages = []          # (mail_from, [rcpts], data bytes)
+        self.mail_params = []       # what followed MAIL FROM:<...>, e.g. "XVERP"
+        self.grouped = 0            # MAIL commands that arrived together with their RCPT/DATA
+        self.connections = 0
         self.lock = threading.Lock()
         sink = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                sink._session(self.rfile, self.wfile)
+                sink._session(self.rfile, self.wfile, self.connection)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
@@ -38,12 +43,14 @@ class SMTPSink:
         self.server.shutdown()
         self.server.server_close()
 
-    def _session(self, rfile, wfile):
+    def _session(self, rfile, wfile, sock=None):
         def reply(text):
             wfile.write(text.encode() + b"\r\n")
             wfile.flush()
 
         reply("220 sink ESMTP")
+        with self.lock:
+            self.connections += 1
         mail_from, rcpts = None, []
         while True:
             line = rfile.readline()
@@ -52,11 +59,17 @@ class SMTPSink:
             cmd = line.decode("utf-8", "replace").strip()
             verb = cmd[:4].upper()
             if verb == "EHLO":
-                reply("250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
+                extensions = ["sink"] + ["PIPELINING"] * self.pipelining + ["XVERP"] * self.xverp + ["8BITMIME"]
+                reply("\r\n".join(f"250-{e}" for e in extensions[:-1]) + f"\r\n250 {extensions[-1]}")
             elif verb == "HELO":
                 reply("250 sink")
             elif verb == "MAIL":
-                mail_from, rcpts = cmd.split(":", 1)[1].strip().split()[0].strip("<>"), []
+                words = cmd.split(":", 1)[1].strip().split()
+                mail_from, rcpts = words[0].strip("<>"), []
+                with self.lock:
+                    self.mail_params.append(" ".join(words[1:]))
+                    if sock is not None and self._buffered(rfile, sock):   # RCPT/DATA came with it
+                        self.grouped += 1
                 reply("250 ok")
             elif verb == "RCPT":
                 rcpt = cmd.split(":", 1)[1].strip().split()[0].strip("<>")
@@ -69,6 +82,9 @@ class SMTPSink:
                     reply("554 no valid recipients")
                     continue
                 reply("354 go ahead")
+                if self.drop_after is not None and len(self.messages) + 1 >= self.drop_after:
+                    self.drop_after = None
+                    return                          # connection dropped before the final reply
                 chunks = []
                 while True:
                     line = rfile.readline()
@@ -88,6 +104,18 @@ class SMTPSink:
                 return
             else:
                 reply("502 unknown command")
+
+
+    @staticmethod
+    def _buffered(rfile, sock):
+        """Whether more input is already here, without waiting for it."""
+        sock.setblocking(False)
+        try:
+            return len(rfile.peek(1)) > 0
+        except BlockingIOError:
+            return False
+        finally:
+            sock.setblocking(True)
 
 
 def free_port():

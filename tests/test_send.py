@@ -142,9 +142,9 @@ def test_smtp_one_connection_for_the_run(lst):
     with SMTPSink() as sink:
         real = sink._session
 
-        def counting(rfile, wfile):
+        def counting(rfile, wfile, sock=None):
             connections.append(1)
-            real(rfile, wfile)
+            real(rfile, wfile, sock)
         sink._session = counting
         lst.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port})
         lst.queue(post(subject="a"), check=0)
@@ -201,3 +201,106 @@ def test_orphan_spool_files_are_cleaned(lst):
     os.utime(orphan, (0, 0))
     lst.run("send", check=0)
     assert not orphan.exists() and young.exists()
+
+
+# -- the pipelined SMTP client, checked against the ledger -----------------------------
+
+def smtp_config(rs, sink, **extra):
+    rs.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port,
+                          "retry_delay": "0", **extra})
+
+
+def test_pipelining_groups_mail_rcpt_data(lst):
+    with SMTPSink() as sink:
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert len(sink.messages) == 3 and sink.grouped == 3          # one write per MAIL/RCPT/DATA group
+    assert {m[0] for m in sink.messages} == {f"test-bounces+{a.replace('@', '=')}@lists.example.org" for a in MEMBERS}
+
+
+def test_without_pipelining_plain_smtp_still_delivers(lst):
+    replies = {"carol@example.com": "550 5.1.1 no such user"}
+    with SMTPSink(replies, pipelining=False) as sink:
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert sink.grouped == 0 and sorted(m[1][0] for m in sink.messages) == ["bob@example.net", "dave@example.org"]
+    rows = ledger(lst)
+    assert rows["carol@example.com"]["state"] == "failed" and "RCPT 550" in rows["carol@example.com"]["last_error"]
+
+
+def test_connection_dropped_mid_run_defers_only_the_unfinished(lst):
+    with SMTPSink(drop_after=2) as sink:               # the 2nd DATA never gets its final reply
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+        rows = ledger(lst)
+        states = sorted(r["state"] for r in rows.values())
+        assert states == ["pending", "sent", "sent"], rows         # reconnected for the third
+        dropped = [a for a, r in rows.items() if r["state"] == "pending"][0]
+        assert "connection closed" in rows[dropped]["last_error"]
+        assert sorted(m[1][0] for m in sink.messages) == sorted(a for a in MEMBERS if a != dropped)
+        lst.run("send", check=0)
+    assert lst.status()["sent"] == 3 and sorted(m[1][0] for m in sink.messages) == sorted(MEMBERS)
+
+
+def test_xverp_batches_recipients(lst):
+    with SMTPSink({"carol@example.com": "450 4.2.0 busy"}, xverp=True) as sink:
+        smtp_config(lst, sink, verp="xverp", smtp_max_recipients="2")
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert [m[0] for m in sink.messages] == ["test-bounces@lists.example.org"] * 2
+    assert set(sink.mail_params) == {"XVERP"}
+    assert sorted(r for m in sink.messages for r in m[1]) == ["bob@example.net", "dave@example.org"]
+    assert ledger(lst)["carol@example.com"]["state"] == "pending"
+
+
+def test_xverp_without_server_support_falls_back_to_per_recipient(lst):
+    with SMTPSink() as sink:
+        smtp_config(lst, sink, verp="xverp")
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert sorted(m[0] for m in sink.messages) == sorted(
+        f"test-bounces+{a.replace('@', '=')}@lists.example.org" for a in MEMBERS)
+    assert set(sink.mail_params) == {""}
+
+
+def test_verp_off_batches_with_plain_bounce_address(lst):
+    with SMTPSink() as sink:
+        smtp_config(lst, sink, verp="off")
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert [(m[0], sorted(m[1])) for m in sink.messages] == [("test-bounces@lists.example.org", sorted(MEMBERS))]
+
+
+def test_sendmail_xverp_batches(lst):
+    lst.write_config(send={"verp": "xverp", "smtp_max_recipients": "2"})
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    argvs = [argv for argv, _ in lst.sent()]
+    assert sorted(len(a) for a in argvs) == [6, 7]
+    for argv in argvs:
+        assert argv[:5] == ["-XV", "-oi", "-f", "test-bounces@lists.example.org", "--"]
+    assert lst.status()["sent"] == 3
+
+
+def test_large_post_uses_several_connections_and_one_ledger(rs):
+    members = [f"m{i}@example.net" for i in range(700)]
+    rs.newlist("test@lists.example.org", "--access", "open")
+    rs.run("subscribe", "test@lists.example.org", "-", input="\n".join(members), check=0)
+    with SMTPSink({"m5@example.net": "550 no"}) as sink:
+        smtp_config(rs, sink, smtp_connections="3", ledger_batch="50")
+        rs.queue(post(), check=0)
+        rs.run("send", check=0)
+    assert sink.connections == 3
+    assert sorted(m[1][0] for m in sink.messages) == sorted(m for m in members if m != "m5@example.net")
+    st = rs.status()
+    assert st["sent"] == 699 and st["failed"] == 1 and st["queued_posts"] == 0
+
+
+def test_unknown_verp_mode_is_a_config_error(lst):
+    lst.write_config(send={"verp": "sometimes"})
+    lst.queue(post(), check=0)
+    r = lst.run("send")
+    assert r.returncode == 78 and "verp" in r.err

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import sqlite3
 import sys
 import time
@@ -813,10 +812,16 @@ def _dsn_value(value):
     return value.split(";", 1)[1].strip() if ";" in value else value.strip()
 
 
+def new_token():
+    """128 random bits from the secrets module, as 32 hex digits."""
+    import secrets          # imported here: `queue` for a plain post never needs it
+    return secrets.token_hex(16)
+
+
 def hash_passphrase(passphrase, salt=None, iterations=200_000):
     """PBKDF2-SHA256; only this string is stored, never the passphrase."""
     import hashlib
-    salt = salt or secrets.token_hex(16)
+    salt = salt or new_token()
     digest = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt.encode(), iterations)
     return f"pbkdf2_sha256${iterations}${salt}${digest.hex()}"
 
@@ -957,7 +962,7 @@ def _wrap_with_footer(msg, footer):
     eol = msg.eol
     inner = [f for f in msg.fields if msg.name_of(f).startswith("content-")]
     outer = [f for f in msg.fields if not msg.name_of(f).startswith("content-")]
-    boundary = "redsky-" + secrets.token_hex(12)
+    boundary = "redsky-" + os.urandom(12).hex()
     body = msg.body
     if body and not body.endswith(b"\n"):
         body += eol
@@ -1441,7 +1446,7 @@ class Requests:
         self.ctx.outbox.add(self.list["id"], kind, message_id, data, to)
 
     def new_token(self, address, action, held_id=None, expiry=None):
-        token = secrets.token_hex(16)
+        token = new_token()
         expires = self.now + (expiry or self.config.duration("commands", "confirm_expiry"))
         row = (token, self.list["id"], address, action, held_id, self.now, expires)
         self.change(lambda db: db.execute(SQL["add_pending"], row))
@@ -1689,7 +1694,7 @@ def hold_post(ctx, reason):
     req = Requests(ctx)
     owners = owners_of(ctx.list)
     held_expiry = ctx.config.duration("commands", "held_expiry")
-    token = secrets.token_hex(16) if owners else None
+    token = new_token() if owners else None
 
     def store_held(db):
         held_id = db.execute(SQL["add_held"], row).lastrowid
@@ -1857,7 +1862,7 @@ def write_spool(spool_dir, data):
     rename, fsync of the directory); return its name."""
     tmp_dir = os.path.join(spool_dir, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    name = f"{time.time():.6f}.{os.getpid()}.{secrets.token_hex(4)}.eml"
+    name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
     tmp = os.path.join(tmp_dir, name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # [redsky] umask applies
     try:
@@ -2612,6 +2617,7 @@ def store_event(ctx):
     """Keep the trace for `trace MESSAGE-ID`.  The message is already
     accepted or refused: failing to store its trace must not change that."""
     try:
+        ctx.store.db.execute("PRAGMA synchronous = NORMAL")     # a trace is worth no extra fsync
         with ctx.store.transaction():
             ctx.store.q("add_event", time.time(), ctx.message_id or "", ctx.list["id"] if ctx.list else None,
                         ctx.recipient or "", ctx.sender, ctx.outcome, ctx.outcome_reason[:500],

@@ -24,6 +24,7 @@ class SMTPSink:
         sink = self
 
         class Handler(socketserver.StreamRequestHandler):
+            wbufsize = 65536        # replies wait in the buffer until reply() flushes
             def handle(self):
                 sink._session(self.rfile, self.wfile, self.connection)
 
@@ -44,9 +45,15 @@ class SMTPSink:
         self.server.server_close()
 
     def _session(self, rfile, wfile, sock=None):
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def reply(text):
+            # Like Postfix's smtpd: replies to pipelined commands are sent
+            # together, once the input is drained (RFC 2920 3.2).
             wfile.write(text.encode() + b"\r\n")
-            wfile.flush()
+            if sock is None or not self._buffered(rfile, sock):
+                wfile.flush()
 
         reply("220 sink ESMTP")
         with self.lock:

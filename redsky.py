@@ -2136,6 +2136,53 @@ class SMTPConnection:
         except OSError as e:
             raise SMTPError(f"connection lost: {e.strerror or e}") from None
 
+    def stream(self, list_row, recipients, wire, outcomes):
+        """One transaction per recipient, each with its own VERP sender,
+        pipelined across transactions: the message and its final dot go in
+        the same write as the next recipient's MAIL, RCPT and DATA (RFC 2920
+        lets message content open a group), so each recipient costs one
+        round trip.  Fills ``outcomes`` as it goes, so that a broken
+        connection leaves exactly the unfinished recipients out."""
+        waiting = None                  # recipient whose DATA got 354; the message goes next
+        reset = False                   # a transaction to clear with RSET first
+        try:
+            for address in [*recipients, None]:
+                group = wire if waiting else b""
+                if reset:
+                    group += b"RSET\r\n"
+                if address is not None:
+                    group += (f"MAIL FROM:<{verp_encode(list_row, address)}>\r\nRCPT TO:<{address}>\r\n"
+                              "DATA\r\n").encode()
+                if not group:
+                    break
+                self.sock.sendall(group)
+                if waiting:
+                    code, text = self.reply()
+                    outcomes[waiting] = Outcome(SENT, f"250 {text}"[:300]) if code == 250 else \
+                        outcome_of(code, text, "DATA")
+                    waiting = None
+                if reset:
+                    self.reply()
+                    reset = False
+                if address is None:
+                    break
+                mail, rcpt, data = self.reply(), self.reply(), self.reply()
+                if data[0] == 354 and mail[0] == 250 and rcpt[0] in (250, 251):
+                    waiting = address
+                elif data[0] == 354:            # DATA accepted although MAIL or RCPT was not
+                    self.sock.sendall(b".\r\n")
+                    self.reply()
+                    outcomes[address] = outcome_of(*(mail if mail[0] != 250 else rcpt), "RCPT")
+                    reset = True
+                else:
+                    failed = mail if mail[0] != 250 else rcpt if rcpt[0] not in (250, 251) else data
+                    outcomes[address] = outcome_of(*failed, "MAIL" if failed is mail else
+                                                   "RCPT" if failed is rcpt else "DATA")
+                    reset = mail[0] == 250
+        except OSError as e:
+            raise SMTPError(f"connection lost: {e.strerror or e}") from None
+        return outcomes
+
     def close(self):
         try:
             self.sock.sendall(b"QUIT\r\n")
@@ -2182,7 +2229,7 @@ class SMTPTransport:
         wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
         wire += (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
         jobs, results = queue.Queue(maxsize=self.connections * 4), queue.Queue()
-        size = 1 if self.verp == "per-recipient" else self.max_recipients
+        size = 50 if self.verp == "per-recipient" else self.max_recipients
         workers = [threading.Thread(target=self.work, args=(list_row, wire, jobs, results), daemon=True)
                    for _ in range(max(1, min(self.connections, expected // 200 + 1)))]
         for w in workers:
@@ -2218,28 +2265,40 @@ class SMTPTransport:
             if batch is None:
                 break
             addresses, outcomes = [a for a, _ in batch], {}
-            try:
-                if self.down:
-                    raise SMTPError(self.down)
-                if conn is None:
-                    conn = self.connect()
-                xverp = self.verp == "xverp" and "XVERP" in conn.extensions
-                if self.verp == "per-recipient" or (self.verp == "xverp" and not xverp):
-                    for address in addresses:
-                        outcomes.update(conn.transaction(verp_encode(list_row, address), [address], wire))
-                else:
-                    outcomes = conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp)
-            except SMTPError as e:
-                if conn is None:
-                    self.down = self.down or str(e)
-                else:               # a broken connection defers exactly the unfinished recipients
-                    conn.sock.close()
-                    conn = None
-                failed = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {e}")
-                outcomes = {a: outcomes.get(a, failed) for a in addresses}
+            for retry in (False, True):     # a connection that breaks is replaced once
+                unfinished = [a for a in addresses if a not in outcomes]
+                try:
+                    if self.down:
+                        raise SMTPError(self.down)
+                    if conn is None:
+                        conn = self.connect()
+                    self.deliver(conn, list_row, unfinished, wire, outcomes)
+                    break
+                except SMTPError as e:
+                    if conn is None:
+                        self.down = self.down or str(e)
+                    else:
+                        conn.sock.close()
+                        conn = None
+                    if retry or self.down:  # defer exactly the recipients still unfinished
+                        failed = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {e}")
+                        outcomes = {a: outcomes.get(a, failed) for a in addresses}
+                        break
             results.put([(a, n, outcomes[a]) for a, n in batch])
         if conn is not None:
             self.idle.put(conn)
+
+    def deliver(self, conn, list_row, addresses, wire, outcomes):
+        """Send to ``addresses`` over ``conn`` by the verp mode, filling ``outcomes``."""
+        xverp = self.verp == "xverp" and "XVERP" in conn.extensions
+        if self.verp == "per-recipient" or (self.verp == "xverp" and not xverp):
+            if conn.pipelining:
+                conn.stream(list_row, addresses, wire, outcomes)
+            else:
+                for address in addresses:
+                    outcomes.update(conn.transaction(verp_encode(list_row, address), [address], wire))
+        else:
+            outcomes.update(conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp))
 
     def close(self):
         import queue
@@ -2318,8 +2377,9 @@ class Ledger:
             self.bounces.append((post["list_id"], address, now, "5.0.0" if state == "failed" else "4.4.7",
                                  outcome.detail[:1000]))
         self.totals["expired" if state == "expired" else outcome.kind] += 1
-        log.info("deliver %s to=%s %s: %s", post["message_id"], address,
-                 state if state != "pending" else "deferred", outcome.detail)
+        # every outcome is in the ledger (see `trace`); the log gets failures, and successes at debug
+        log.log(logging.DEBUG if state == "sent" else logging.INFO, "deliver %s to=%s %s: %s",
+                post["message_id"], address, state if state != "pending" else "deferred", outcome.detail)
         if len(self.rows) >= self.batch or time.monotonic() - self.flushed > 1.0:
             self.flush()
         return state

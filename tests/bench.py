@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""redsky benchmark, run by hand: python3 tests/bench.py [--quick]
+"""redsky benchmark, run by hand:  python3 tests/bench.py [--quick] [--runs 3]
 
-Prints a table: `queue` time and peak RSS for lists of 1,000 / 10,000 /
-100,000 members, and `send` throughput (recipients/s) and peak RSS to a
-local SMTP listener and to a no-op sendmail.  Each figure is the median of
---runs runs.  `python3 -c pass` is timed in the same run so the `queue`
-figures can be read as a ratio of interpreter start-up.
+Prints one table.  For lists of 1,000 / 10,000 / 50,000 / 100,000 members:
+`queue` seconds and peak RSS; `send` seconds, recipients/s, peak RSS and the
+sink's CPU seconds for per-recipient SMTP (1 and 4 connections), xverp SMTP
+(100 recipients a transaction), and the sendmail transport batched (-XV, 100
+a process) and per recipient (a no-op sendmail; only up to 10,000).  In the
+same run: `python3 -c pass` (so `queue` reads as a ratio of interpreter
+start-up) and Postfix's C load generator smtp-source against the same sink,
+when it is installed.  Figures are medians of --runs runs; the sink counts
+every recipient it accepts and the run fails if one is missing.
 Not a unit test: timings depend on the machine.
 """
 
@@ -23,14 +27,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REDSKY = str(HERE.parent / "redsky.py")
 sys.path.insert(0, str(HERE))
-from smtpsink import SMTPSink  # noqa: E402
+from asyncsink import Sink  # noqa: E402
 
-# Runs a command and reports its wall time and the peak RSS of it alone.
+# Runs a command; prints its exit code, wall time and the peak RSS of it alone.
 MEASURE = """\
 import resource, subprocess, sys, time
 stdin = open(sys.argv[1], 'rb') if sys.argv[1] != '-' else subprocess.DEVNULL
 t = time.perf_counter()
-rc = subprocess.run(sys.argv[2:], stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+rc = subprocess.run(sys.argv[2:], stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 elapsed = time.perf_counter() - t
 print(rc, elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
@@ -43,19 +47,20 @@ POST = (b"From: Alice <alice@example.org>\nTo: bench@lists.example.org\nSubject:
 def measure(cmd, stdin="-"):
     out = subprocess.run([sys.executable, "-c", MEASURE, stdin, *cmd], capture_output=True, text=True,
                          check=True).stdout.split()
-    rc, seconds, rss_kb = int(out[0]), float(out[1]), int(out[2])
-    if rc != 0:
-        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}")
-    return seconds, rss_kb / 1024
+    if int(out[0]) != 0:
+        raise SystemExit(f"command failed ({out[0]}): {' '.join(cmd)}")
+    return float(out[1]), int(out[2]) / 1024
 
 
 class Home:
-    def __init__(self, members, **send):
+    """A throwaway redsky with one list of ``members``."""
+
+    def __init__(self, members):
         self.dir = Path(tempfile.mkdtemp(prefix="redsky-bench-"))
         self.config = self.dir / "redsky.ini"
-        lines = ["[redsky]", "log = stderr", "[send]"] + [f"{k} = {v}" for k, v in send.items()]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.redsky("newlist", "bench@lists.example.org", "--access", "open")
+        self.configure()
+        subprocess.run(self.cmd("newlist", "bench@lists.example.org", "--access", "open"), check=True,
+                       stdout=subprocess.DEVNULL)
         db = sqlite3.connect(self.dir / "redsky.db")
         with db:
             db.executemany("INSERT INTO members (list_id, address, subscribed) VALUES (1, ?, 0)",
@@ -64,9 +69,9 @@ class Home:
         self.post = self.dir / "post.eml"
         self.post.write_bytes(POST)
 
-    def redsky(self, *args):
-        subprocess.run([sys.executable, REDSKY, "-c", str(self.config), *args], check=True,
-                       stdout=subprocess.DEVNULL)
+    def configure(self, **send):
+        lines = ["[redsky]", "log = stderr", "[send]"] + [f"{k} = {v}" for k, v in send.items()]
+        self.config.write_text("\n".join(lines) + "\n")
 
     def cmd(self, *args):
         return [sys.executable, REDSKY, "-c", str(self.config), *args]
@@ -77,75 +82,114 @@ class Home:
     def send(self):
         return measure(self.cmd("send"))
 
-    def reset_ledger(self):
-        """Make every delivery due again (the spool file is restored) to repeat a send run."""
+    def reset(self):
         db = sqlite3.connect(self.dir / "redsky.db")
         db.execute("PRAGMA foreign_keys = ON")
         with db:
             db.execute("DELETE FROM messages")
+            db.execute("DELETE FROM events")
         db.close()
+        for f in (self.dir / "spool").glob("*.eml"):
+            f.unlink()
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def median_of(runs, fn, before=None):
-    results = []
-    for _ in range(runs):
-        if before:
-            before()
-        results.append(fn())
-    return statistics.median(r[0] for r in results), max(r[1] for r in results)
+def median_run(runs, fn):
+    results = [fn() for _ in range(runs)]
+    return statistics.median(r[0] for r in results), max(r[1] for r in results), \
+        statistics.median(r[2] for r in results) if len(results[0]) > 2 else None
+
+
+def smtp_source(sink, transactions, rcpts, sessions):
+    """Postfix's smtp-source: ``transactions`` messages of ``rcpts`` recipients."""
+    exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    sink.reset()
+    cpu = sink.cpu()
+    t = time.perf_counter()
+    subprocess.run([exe, "-d", "-s", str(sessions), "-m", str(transactions), "-r", str(rcpts), "-l", "3000",
+                    "-f", "bench-bounces@lists.example.org", "-t", "member@example.net",
+                    f"127.0.0.1:{sink.port}"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    assert sink.received == transactions * rcpts, (sink.received, transactions * rcpts)
+    return elapsed, sink.cpu() - cpu
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="smaller lists, one run")
+    ap.add_argument("--quick", action="store_true", help="1,000 and 10,000 members, one run")
+    ap.add_argument("--sink-processes", type=int, default=1)
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
-    queue_sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
-    smtp_size = 2_000 if args.quick else 10_000
-    sendmail_size = 200 if args.quick else 1_000
-
+    sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000, 100_000)
     rows = []
-    startup = statistics.median(measure([sys.executable, "-c", "pass"])[0] for _ in range(max(runs, 3)))
-    rows.append(("python3 -c pass", "-", f"{startup:.3f} s", "", ""))
 
-    for n in queue_sizes:
-        home = Home(n)
-        seconds, rss = median_of(runs, home.queue, before=home.reset_ledger)
-        rows.append((f"queue, {n:,} members", n, f"{seconds:.3f} s", f"{seconds / startup:.1f}x start-up",
-                     f"{rss:.1f} MB"))
-        home.cleanup()
+    def row(what, n, seconds, rss="", sink_cpu=None, rate=True):
+        rows.append((what, f"{n:,}" if n else "-", f"{seconds:.3f} s",
+                     f"{n / seconds:,.0f} rcpt/s" if rate and n else "", rss and f"{rss:.1f} MB",
+                     "" if sink_cpu is None else f"{sink_cpu:.2f} s"))
 
-    def send_row(label, n, **send):
-        home = Home(n, **send)
-
-        def queue_and_send():
-            home.queue()
-            return home.send()
-        seconds, rss = median_of(runs, queue_and_send, before=home.reset_ledger)
-        rows.append((f"{label}, {n:,} recipients", n, f"{seconds:.2f} s", f"{n / seconds:,.0f} rcpt/s",
-                     f"{rss:.1f} MB"))
-        home.cleanup()
-
-    with SMTPSink() as sink:
-        send_row("send smtp", smtp_size, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port)
+    startup = statistics.median(measure([sys.executable, "-c", "pass"])[0] for _ in range(5))
+    row("python3 -c pass", 0, startup)
     noop = Path(tempfile.mkdtemp()) / "sendmail"
     noop.write_text("#!/bin/sh\nexec cat >/dev/null\n")
     noop.chmod(0o755)
-    send_row("send sendmail (no-op)", sendmail_size, transport="sendmail", sendmail=str(noop))
+
+    with Sink(args.sink_processes) as sink:
+        for n in sizes:
+            home = Home(n)
+
+            def queue_once():
+                home.reset()
+                return home.queue()
+            seconds, rss, _ = median_run(runs, queue_once)
+            rows.append((f"queue", f"{n:,}", f"{seconds:.3f} s", f"{seconds / startup:.1f}x start-up",
+                         f"{rss:.1f} MB", ""))
+            configs = [
+                ("send smtp per-recipient, 1 conn", dict(transport="smtp", smtp_connections=1)),
+                ("send smtp per-recipient, 4 conns", dict(transport="smtp", smtp_connections=4)),
+                ("send smtp xverp, 100/txn", dict(transport="smtp", verp="xverp")),
+                ("send sendmail -XV, 100/process", dict(transport="sendmail", sendmail=noop, verp="xverp")),
+            ]
+            if n <= 10_000:
+                configs.append(("send sendmail per-recipient", dict(transport="sendmail", sendmail=noop)))
+            for label, settings in configs:
+                smtp = settings["transport"] == "smtp"
+                home.configure(smtp_host="127.0.0.1", smtp_port=sink.port, **settings)
+
+                def send_once():
+                    home.reset()
+                    home.queue()
+                    sink.reset()
+                    cpu = sink.cpu()
+                    seconds, rss = home.send()
+                    if smtp:
+                        assert sink.received == n, f"{label}: sink got {sink.received} of {n}"
+                    return seconds, rss, sink.cpu() - cpu
+                seconds, rss, sink_cpu = median_run(runs, send_once)
+                row(label, n, seconds, rss, sink_cpu if smtp else None)
+            home.cleanup()
+
+        if shutil.which("smtp-source") or os.path.exists("/usr/sbin/smtp-source"):
+            n = 20_000 if not args.quick else 5_000
+            for label, txns, rcpts, sessions in (("smtp-source 1 rcpt/txn, 1 conn", n, 1, 1),
+                                                 ("smtp-source 1 rcpt/txn, 4 conns", n, 1, 4),
+                                                 ("smtp-source 100 rcpt/txn, 1 conn", n // 100, 100, 1)):
+                seconds, cpu, _ = median_run(runs, lambda: (*smtp_source(sink, txns, rcpts, sessions), 0))
+                row(label, txns * rcpts, seconds, "", cpu)
     shutil.rmtree(noop.parent, ignore_errors=True)
 
-    print(f"redsky benchmark, median of {runs} run(s), {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
-    header = ("what", "N", "time", "rate / ratio", "peak RSS")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    print(line(header))
+    print(f"redsky benchmark: median of {runs} run(s), {os.cpu_count()} CPUs, Python {sys.version.split()[0]},"
+          f" sink: asyncio, {args.sink_processes} process(es)\n")
+    header = ("what", "N", "time", "rate / ratio", "peak RSS", "sink CPU")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    print(fmt(header))
     print("  ".join("-" * w for w in widths))
     for r in rows:
-        print(line(r))
+        print(fmt(r))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ import threading
 
 
 class SMTPSink:
-    def __init__(self, replies=None, pipelining=True, xverp=False, drop_after=None):
+    def __init__(self, replies=None, pipelining=True, xverp=False, drop_after=None, then_refuse=False):
         self.replies = dict(replies or {})
         self.pipelining, self.xverp = pipelining, xverp
         self.drop_after = drop_after    # close the connection instead of answering this DATA (1-based)
+        self.then_refuse = then_refuse  # after that drop, greet every new connection with 421
+        self.greeting = "220 sink ESMTP"
         self.messages = []          # (mail_from, [rcpts], data bytes)
         self.mail_params = []       # what followed MAIL FROM:<...>, e.g. "XVERP"
         self.grouped = 0            # MAIL commands that arrived together with their RCPT/DATA
@@ -55,7 +57,9 @@ class SMTPSink:
             if sock is None or not self._buffered(rfile, sock):
                 wfile.flush()
 
-        reply("220 sink ESMTP")
+        reply(self.greeting)
+        if self.greeting.startswith("4"):
+            return
         with self.lock:
             self.connections += 1
         mail_from, rcpts = None, []
@@ -91,6 +95,8 @@ class SMTPSink:
                 reply("354 go ahead")
                 if self.drop_after is not None and len(self.messages) + 1 >= self.drop_after:
                     self.drop_after = None
+                    if self.then_refuse:
+                        self.greeting = "421 4.3.2 shutting down"
                     return                          # connection dropped before the final reply
                 chunks = []
                 while True:

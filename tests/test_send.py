@@ -230,17 +230,28 @@ def test_without_pipelining_plain_smtp_still_delivers(lst):
     assert rows["carol@example.com"]["state"] == "failed" and "RCPT 550" in rows["carol@example.com"]["last_error"]
 
 
-def test_connection_dropped_mid_run_defers_only_the_unfinished(lst):
+def test_connection_dropped_mid_run_is_replaced_once(lst):
     with SMTPSink(drop_after=2) as sink:               # the 2nd DATA never gets its final reply
         smtp_config(lst, sink)
         lst.queue(post(), check=0)
         lst.run("send", check=0)
+    assert lst.status()["sent"] == 3 and sink.connections == 2
+    assert sorted(m[1][0] for m in sink.messages) == sorted(MEMBERS)     # each accepted once
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_connection_dropped_for_good_defers_exactly_the_unfinished(lst, pipelining):
+    with SMTPSink(drop_after=2, then_refuse=True, pipelining=pipelining) as sink:
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
         rows = ledger(lst)
-        states = sorted(r["state"] for r in rows.values())
-        assert states == ["pending", "sent", "sent"], rows         # reconnected for the third
-        dropped = [a for a, r in rows.items() if r["state"] == "pending"][0]
-        assert "connection closed" in rows[dropped]["last_error"]
-        assert sorted(m[1][0] for m in sink.messages) == sorted(a for a in MEMBERS if a != dropped)
+        (sent,) = [a for a, r in rows.items() if r["state"] == "sent"]
+        assert [m[1] for m in sink.messages] == [[sent]]
+        unfinished = sorted(a for a, r in rows.items() if r["state"] == "pending")
+        assert unfinished == sorted(a for a in MEMBERS if a != sent)
+        assert all(rows[a]["attempts"] == 1 for a in unfinished)
+        sink.greeting = "220 back again"
         lst.run("send", check=0)
     assert lst.status()["sent"] == 3 and sorted(m[1][0] for m in sink.messages) == sorted(MEMBERS)
 

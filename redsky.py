@@ -1748,9 +1748,11 @@ def getsubscribers(ctx):
     recipients (the enabled ones)."""
     if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
         raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
-    rows = ctx.store.q("members", ctx.list["id"]).fetchall()
-    ctx.members = {r["address"].lower(): r["status"] for r in rows}
-    ctx.recipients = [r["address"] for r in rows if r["status"] == "enabled"]
+    cursor = ctx.store.q("members", ctx.list["id"])
+    cursor.row_factory = None       # plain tuples: 10,000 members cost milliseconds, not tens
+    rows = cursor.fetchall()
+    ctx.members = {address.lower(): status for address, status, _ in rows}
+    ctx.recipients = [address for address, status, _ in rows if status == "enabled"]
     ctx.note(f"{len(ctx.recipients)} enabled of {len(rows)} members")
 
 
@@ -1774,6 +1776,8 @@ def _take_approved_line(msg):
     """Mailman-style ``Approved: secret`` as the first line of the body, for
     a plain single-part message or the first text/plain part of a
     multipart/mixed one (7bit/8bit only: encoded parts are left alone)."""
+    if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
+        return None                 # the common case, without loading the email package
     info = msg.header_message()
     cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):

@@ -1478,10 +1478,6 @@ class Requests:
             return self.add_member(address)
         if policy_ == "approve":
             return self.ask_owners_to_approve(address)
-        limited = self.rate_limited(address, "subscribe")
-        if limited:
-            self.done.append(f"subscribe {address} ignored: {limited}")
-            return
         self.ask_to_confirm(address, "subscribe")
 
     def unsubscribe(self, address):
@@ -1490,13 +1486,13 @@ class Requests:
                                address=address)
         if self.list["subscribe_policy"] == "open":
             return self.remove_member(address)
-        limited = self.rate_limited(address, "unsubscribe")
-        if limited:
-            self.done.append(f"unsubscribe {address} ignored: {limited}")
-            return
         self.ask_to_confirm(address, "unsubscribe")
 
     def ask_to_confirm(self, address, action):
+        limited = self.rate_limited(address, action)
+        if limited:
+            self.done.append(f"{action} {address} ignored: {limited}")
+            return
         token = self.new_token(address, action)
         confirm = list_address(self.list, f"-confirm+{token}")
         days = f"{self.config.duration('commands', 'confirm_expiry') / 86400:g}"

@@ -11,12 +11,13 @@ redsky parts of main.cf and master.cf are exactly what
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from smtpsink import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTS, USERS = "lists.test", "users.test"
@@ -106,14 +107,6 @@ def missing():
     if not os.access("/usr/bin/python3", os.X_OK):
         return "/usr/bin/python3 missing (the pipe runs as nobody and needs a python it can read)"
     return None
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class PrivatePostfix:

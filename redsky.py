@@ -156,6 +156,15 @@ DEFAULTS = {
         "held_expiry": "14d",
         "notify_rejected": "yes",
     },
+    "bounces": {
+        "score_threshold": "5",
+        "info_stale_after": "7d",
+        "you_are_disabled_warnings": "3",
+        "warning_interval": "7d",
+        "remove_after_warnings": "no",
+        "count_policy_rejections": "no",
+        "keep_raw": "30d",
+    },
     "send": {
         "filters": SEND_CHAIN,
         "transport": "sendmail",
@@ -220,7 +229,10 @@ class Config:
              ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration",
              ("commands", "confirm_expiry"): "duration", ("commands", "max_confirmations"): "number",
              ("commands", "max_replies"): "number", ("commands", "held_expiry"): "duration",
-             ("commands", "notify_rejected"): "flag"}
+             ("commands", "notify_rejected"): "flag", ("bounces", "score_threshold"): "number",
+             ("bounces", "info_stale_after"): "duration", ("bounces", "you_are_disabled_warnings"): "number",
+             ("bounces", "warning_interval"): "duration", ("bounces", "remove_after_warnings"): "flag",
+             ("bounces", "count_policy_rejections"): "flag", ("bounces", "keep_raw"): "duration"}
 
     @classmethod
     def find(cls, explicit=None):
@@ -358,7 +370,11 @@ CREATE TABLE members (
     address      TEXT NOT NULL COLLATE NOCASE,
     status       TEXT NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
     bounce_score REAL NOT NULL DEFAULT 0,
-    last_bounce  REAL,
+    last_bounce  REAL,                          -- when the score last rose
+    disabled_reason TEXT NOT NULL DEFAULT '',   -- 'bounce' when the score reached the threshold
+    disabled_at  REAL,
+    warnings     INTEGER NOT NULL DEFAULT 0,    -- "you are disabled" warnings sent since
+    last_warning REAL,
     subscribed   REAL NOT NULL,
     UNIQUE (list_id, address)
 );
@@ -409,6 +425,8 @@ CREATE TABLE bounces (
     diagnostic    TEXT NOT NULL DEFAULT '',
     reporting_mta TEXT NOT NULL DEFAULT '',
     counted       INTEGER NOT NULL DEFAULT 0,   -- 1 when it raised the bounce score
+    why           TEXT NOT NULL DEFAULT '',     -- why it counted or not (the evidence)
+    message_id    TEXT NOT NULL DEFAULT '',     -- the post that bounced, when the report names it
     raw           BLOB
 );
 CREATE INDEX bounces_member ON bounces (list_id, address);
@@ -433,7 +451,8 @@ CREATE TABLE pending (
     token    TEXT PRIMARY KEY,
     list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
     address  TEXT NOT NULL COLLATE NOCASE,
-    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate')),
+    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate',
+                                         'reenable')),
     held_id  INTEGER REFERENCES held(id) ON DELETE CASCADE,
     created  REAL NOT NULL,
     expires  REAL NOT NULL,
@@ -482,9 +501,7 @@ SQL = {
                      " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
-                  " reporting_mta, counted, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "score_bounce": "UPDATE members SET bounce_score = bounce_score + 1, last_bounce = ?"
-                    " WHERE list_id = ? AND address = ?",
+                  " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
@@ -1322,19 +1339,77 @@ def loopdetect(ctx):
             raise Discard(f"robot mail to the post address: {robot}")
 
 
+def score_bounce(db, config, list_id, address, now):
+    """Raise a member's bounce score for one permanent failure, as the best
+    list managers do: at most once a day; a score untouched for
+    info_stale_after starts again from zero; at score_threshold the member
+    is disabled (not removed).  Returns why it counted or not."""
+    row = db.execute("SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
+                     (list_id, address)).fetchone()
+    if row is None:
+        return False, "not a member"
+    status, score, last = row[0], row[1], row[2]
+    if last and now - last < 86400 and score > 0:
+        return False, "already scored today"
+    if last and now - last > config.duration("bounces", "info_stale_after"):
+        score = 0
+    score += 1
+    threshold = config.number("bounces", "score_threshold")
+    disable = status == "enabled" and score >= threshold
+    db.execute("UPDATE members SET bounce_score = ?, last_bounce = ?,"
+               " status = CASE WHEN ? THEN 'disabled' ELSE status END,"
+               " disabled_reason = CASE WHEN ? THEN 'bounce' ELSE disabled_reason END,"
+               " disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END,"
+               " warnings = CASE WHEN ? THEN 0 ELSE warnings END"
+               " WHERE list_id = ? AND address = ?",
+               (score, now, disable, disable, disable, now, disable, list_id, address))
+    return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
+
+
+def bounced_message_ids(parsed):
+    """Message-IDs of the original message a report returns (message/rfc822
+    or text/rfc822-headers part, RFC 3462)."""
+    ids = []
+    for part in parsed.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822" and part.is_multipart():
+            inner = part.get_payload(0)
+            ids.append(str(inner.get("Message-ID", "")).strip())
+        elif ctype == "text/rfc822-headers":
+            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", part.get_payload(decode=True).decode("utf-8", "replace"))
+            if m:
+                ids.append(m.group(1))
+    return [i for i in ids if i]
+
+
+def delivered(store, list_id, address, message_ids):
+    """The evidence: did redsky really deliver one of these posts of this
+    list to this address?  (A forged report cannot name one.)"""
+    for message_id in message_ids:
+        if store.db.execute("SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
+                            " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
+                            (list_id, message_id, address)).fetchone():
+            return message_id
+    return None
+
+
 @chain_filter("message", needs=("getinfo",))
 def bouncehandler(ctx):
-    """Consume mail to the bounce address: record it in ``bounces`` and
-    raise the member's bounce score for permanent failures (RFC 3464
-    Action: failed) only.  VERP names the member; otherwise the DSN's
-    Final-Recipient does.  Delayed reports and auto-replies never count."""
+    """Consume mail to the bounce address: record every report in
+    ``bounces`` with the evidence, and score a member (see score_bounce)
+    only for a permanent failure (RFC 3464 Action: failed) of a post redsky
+    really delivered to that member: the report must return the post's
+    Message-ID and the ledger must hold that delivery.  VERP names the
+    member; otherwise the DSN's Final-Recipient does.  Delayed reports,
+    auto-replies and policy rejections (5.7.x: caused by the post, not the
+    member; [bounces] count_policy_rejections) never count."""
     if ctx.role != "bounces":
         return
     from email import message_from_bytes, policy
     parsed = message_from_bytes(ctx.raw, policy=policy.compat32)
     reports = parse_dsn(parsed)
+    message_ids = bounced_message_ids(parsed)
     now = time.time()
-    members = {a.lower() for a in member_addresses(ctx.store, ctx.list["id"])}
     rows = []
     if ctx.verp:
         failed = [r for r in reports if r["action"] == "failed"]
@@ -1344,18 +1419,26 @@ def bouncehandler(ctx):
     else:
         for r in reports:
             rows.append((r["recipient"], "dsn", r, r["action"] == "failed"))
-    counted = []
-    with (nullcontext() if ctx.outbox.dry_run else ctx.store.transaction()):
+    counted, config = [], ctx.config
+    with (nullcontext() if ctx.outbox.dry_run else ctx.store.transaction()) as db:
         for address, source, r, failed in rows:
             address = normalize_address(address)
-            count = failed and address.lower() in members
+            evidence = delivered(ctx.store, ctx.list["id"], address, message_ids) if failed else None
+            if not failed:
+                count, why = False, f"not a permanent failure (Action: {r['action'] or 'none'})"
+            elif r["status"].startswith("5.7") and not config.flag("bounces", "count_policy_rejections"):
+                count, why = False, f"policy rejection {r['status']} at {address.rpartition('@')[2]}: caused by the post"
+            elif evidence is None:
+                count, why = False, "no matching delivery in the ledger (the report does not return a post we sent)"
+            elif ctx.outbox.dry_run:
+                count, why = True, "would be scored"
+            else:
+                count, why = score_bounce(db, config, ctx.list["id"], address, now)
             if not ctx.outbox.dry_run:
                 ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
-                            r["diagnostic"][:1000], r["reporting_mta"], int(count), ctx.raw)
+                            r["diagnostic"][:1000], r["reporting_mta"], int(count), why, evidence or "", ctx.raw)
             if count:
-                if not ctx.outbox.dry_run:
-                    ctx.store.q("score_bounce", now, ctx.list["id"], address)
-                counted.append(address)
+                counted.append(f"{address} ({why})")
     if not rows:
         raise Consumed("bounce address: no recipient found in the report; ignored")
     raise Consumed(f"bounce for {', '.join(r[0] for r in rows)}; scored: {', '.join(counted) or 'none'}")
@@ -2354,7 +2437,7 @@ class Ledger:
     permanent failures and expiries count as bounces."""
 
     def __init__(self, store, config, batch):
-        self.store, self.batch = store, batch
+        self.store, self.config, self.batch = store, config, batch
         self.retry = config.duration("send", "retry_delay")
         self.cap = config.duration("send", "retry_max_delay")
         self.max_age = config.duration("send", "max_age")
@@ -2375,7 +2458,7 @@ class Ledger:
         self.rows.append((state, next_attempt, outcome.detail[:500], now, post["id"], address))
         if state in ("failed", "expired"):
             self.bounces.append((post["list_id"], address, now, "5.0.0" if state == "failed" else "4.4.7",
-                                 outcome.detail[:1000]))
+                                 outcome.detail[:1000], post["message_id"]))
         self.totals["expired" if state == "expired" else outcome.kind] += 1
         # every outcome is in the ledger (see `trace`); the log gets failures, and successes at debug
         log.log(logging.DEBUG if state == "sent" else logging.INFO, "deliver %s to=%s %s: %s",
@@ -2388,10 +2471,10 @@ class Ledger:
         if self.rows:
             with self.store.transaction() as db:
                 db.executemany(SQL["delivery_outcome"], self.rows)
-                for list_id, address, now, status, detail in self.bounces:
+                for list_id, address, now, status, detail, message_id in self.bounces:
+                    count, why = score_bounce(db, self.config, list_id, address, now)
                     db.execute(SQL["add_bounce"], (list_id, address, now, "delivery", "failed", status,
-                                                   detail, "", 1, None))
-                    db.execute(SQL["score_bounce"], (now, list_id, address))
+                                                   detail, "", int(count), why, message_id, None))
         self.rows, self.bounces = [], []
         self.flushed = time.monotonic()
 

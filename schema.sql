@@ -27,7 +27,11 @@ CREATE TABLE members (
     address      TEXT NOT NULL COLLATE NOCASE,
     status       TEXT NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
     bounce_score REAL NOT NULL DEFAULT 0,
-    last_bounce  REAL,
+    last_bounce  REAL,                          -- when the score last rose
+    disabled_reason TEXT NOT NULL DEFAULT '',   -- 'bounce' when the score reached the threshold
+    disabled_at  REAL,
+    warnings     INTEGER NOT NULL DEFAULT 0,    -- "you are disabled" warnings sent since
+    last_warning REAL,
     subscribed   REAL NOT NULL,
     UNIQUE (list_id, address)
 );
@@ -78,6 +82,8 @@ CREATE TABLE bounces (
     diagnostic    TEXT NOT NULL DEFAULT '',
     reporting_mta TEXT NOT NULL DEFAULT '',
     counted       INTEGER NOT NULL DEFAULT 0,   -- 1 when it raised the bounce score
+    why           TEXT NOT NULL DEFAULT '',     -- why it counted or not (the evidence)
+    message_id    TEXT NOT NULL DEFAULT '',     -- the post that bounced, when the report names it
     raw           BLOB
 );
 CREATE INDEX bounces_member ON bounces (list_id, address);
@@ -102,7 +108,8 @@ CREATE TABLE pending (
     token    TEXT PRIMARY KEY,
     list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
     address  TEXT NOT NULL COLLATE NOCASE,
-    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate')),
+    action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate',
+                                         'reenable')),
     held_id  INTEGER REFERENCES held(id) ON DELETE CASCADE,
     created  REAL NOT NULL,
     expires  REAL NOT NULL,

@@ -10,7 +10,10 @@ MEMBERS = ("bob@example.net", "carol@example.com")
 
 @pytest.fixture
 def lst(rs):
-    rs.newlist("test@lists.example.org", members=MEMBERS)
+    """A list whose members really got <post1@example.org> (the ledger's evidence)."""
+    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
+    rs.queue(post(msgid="<post1@example.org>"), check=0)
+    rs.run("send", check=0)
     return rs
 
 
@@ -71,3 +74,64 @@ def test_dsn_to_post_address_is_discarded(lst):
     lst.queue(dsn(), recipient="test@lists.example.org", sender="", check=0)
     assert lst.status()["queued_posts"] == 0
     assert lst.members()["bob@example.net"]["bounce_score"] == 0
+
+
+def bounce(rs, member="bob@example.net", **kw):
+    local, domain = member.split("@")
+    return rs.queue(dsn(recipient=member, **kw), recipient=f"test-bounces+{local}={domain}@lists.example.org",
+                    sender="", check=0)
+
+
+def test_forged_report_without_a_delivery_never_counts(lst):
+    bounce(lst, message_id="<never-sent@example.org>")
+    bounce(lst, message_id="")
+    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    assert {b["why"] for b in bounces(lst)} == {
+        "no matching delivery in the ledger (the report does not return a post we sent)"}
+
+
+def test_report_for_a_post_to_someone_else_never_counts(lst):
+    lst.run("subscribe", "test@lists.example.org", "late@example.org", check=0)
+    bounce(lst, member="late@example.org")            # post1 was sent before late@ joined
+    assert lst.members()["late@example.org"]["bounce_score"] == 0
+
+
+def test_policy_rejections_do_not_count_unless_configured(lst):
+    bounce(lst, status="5.7.1")
+    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    assert "policy rejection 5.7.1 at example.net" in bounces(lst)[0]["why"]
+    lst.write_config(bounces={"count_policy_rejections": "yes"})
+    bounce(lst, status="5.7.1")
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+
+
+def test_score_rises_at_most_once_a_day(lst):
+    bounce(lst)
+    bounce(lst)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+    assert bounces(lst)[1]["why"] == "already scored today"
+
+
+def age_bounces(rs, seconds):
+    with rs.db() as db:
+        db.execute("UPDATE members SET last_bounce = last_bounce - ?", (seconds,))
+
+
+def test_threshold_disables_and_stale_scores_reset(lst):
+    lst.write_config(bounces={"score_threshold": "3"})
+    for day in range(2):
+        bounce(lst)
+        age_bounces(lst, 86400 + 1)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 2
+    age_bounces(lst, 8 * 86400)                       # a week without bounces: start again
+    bounce(lst)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+    for day in range(2):
+        age_bounces(lst, 86400 + 1)
+        bounce(lst)
+    member = lst.members()["bob@example.net"]
+    assert member["bounce_score"] == 3 and member["status"] == "disabled"
+    assert "disabled at the threshold 3" in bounces(lst)[-1]["why"]
+    lst.queue(post(msgid="<post2@example.org>"), check=0)
+    assert "bob@example.net" not in {r[0] for r in lst.db().execute(
+        "SELECT d.address FROM deliveries d JOIN messages m ON m.id = d.message WHERE m.message_id = '<post2@example.org>'")}

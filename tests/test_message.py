@@ -281,7 +281,7 @@ def test_footer_placeholders():
 
 # -- DSN parsing ---------------------------------------------------------------
 
-def dsn(action="failed", status="5.1.1", recipient="bob@example.net"):
+def dsn(action="failed", status="5.1.1", recipient="bob@example.net", message_id="<post1@example.org>"):
     return f"""\
 From: MAILER-DAEMON@mx.example.net
 To: test-bounces@lists.example.org
@@ -311,6 +311,7 @@ Content-Type: message/rfc822
 
 From: alice@example.org
 Subject: the post
+Message-ID: {message_id}
 
 body
 --R--

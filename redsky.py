@@ -492,6 +492,8 @@ SQL = {
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
     "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
                         " WHERE p.token = ?",
+    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, warnings = 0,"
+                " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
     "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
     "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
                     " AND used IS NULL AND expires > ?",
@@ -1077,6 +1079,15 @@ TEXTS = {
                  "Send 'help' to $request for what you can do.\n",
     "expired-token": "That confirmation code has expired. Please send your request again.\n",
     "not-moderator": "Only the moderators of $post_address can act on held posts.\n",
+    "disabled": "Mail from $post_address to $address has bounced repeatedly, so\n"
+                "delivery to it is stopped.  Your subscription is kept.\n\n"
+                "To receive the list again, reply to this message, or write to\n"
+                "  $confirm_address\n\n"
+                "$removal",
+    "disabled-owner": "$address was disabled on $post_address after repeated bounces\n"
+                      "(bounce score $score).  `redsky.py bounces $post_address` shows the evidence;\n"
+                      "`redsky.py enable $post_address $address` re-enables it.\n",
+    "reenabled": "Delivery from $post_address to $address is on again. Welcome back.\n",
     "reminder": "Posts and requests waiting for your approval on $post_address:\n\n$items\n"
                 "Reply to each notice, or write 'approve TOKEN', 'reject TOKEN REASON' or\n"
                 "'discard TOKEN' to $request.\n",
@@ -1598,6 +1609,24 @@ class Requests:
                     address=address)
         self.done.append(f"unsubscribed {address}")
 
+    def reenable(self, address):
+        list_id = self.list["id"]
+        self.change(lambda db: db.execute(SQL["reenable"], (list_id, address)))
+        self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled", limit=False,
+                    address=address)
+        self.done.append(f"re-enabled {address}")
+
+    def warn_disabled(self, member, last):
+        """The "you are disabled" warning with a re-enable token; the last
+        one says that the address will be removed if the list removes."""
+        token = self.new_token(member["address"], "reenable",
+                               expiry=self.config.duration("bounces", "warning_interval") * 2)
+        confirm = list_address(self.list, f"-confirm+{token}")
+        removal = ("This is the last warning: without a reply the address will be removed from the list.\n"
+                   if last and self.config.flag("bounces", "remove_after_warnings") else "")
+        self.notice([member["address"]], f"confirm {token}", "disabled", limit=False, reply_to=confirm,
+                    auto="auto-generated", address=member["address"], confirm_address=confirm, removal=removal)
+
     def ask_owners_to_approve(self, address):
         owners = owners_of(self.list)
         limited = self.rate_limited(address, "approve-subscribe")
@@ -1625,6 +1654,8 @@ class Requests:
         if row["action"] in ("moderate", "approve-subscribe"):
             return self.moderate(row, sender, lines)
         self.use(token)
+        if row["action"] == "reenable":
+            return self.reenable(row["address"])
         if row["action"] == "unsubscribe":
             return self.remove_member(row["address"])
         if self.list["subscribe_policy"] == "confirm+approve":
@@ -2530,8 +2561,54 @@ def housekeeping(ctx):
         rctx.outbox.commit(store, config.spool, lambda db: db.execute(
             "UPDATE lists SET last_reminder = ? WHERE id = ?", (now, list_id)))
         reminded += 1
+    warned, dropped = bounce_housekeeping(ctx, now)
     removed = clean_spool(config, store)
-    ctx.note(f"{len(expired)} held posts expired, {reminded} reminders, {removed} orphan spool files removed")
+    ctx.note(f"{len(expired)} held posts expired, {reminded} reminders, {warned} bounce warnings,"
+             f" {dropped} members removed, {removed} orphan spool files removed")
+
+
+def bounce_housekeeping(ctx, now):
+    """Members disabled by bounces get a warning with a re-enable token at
+    once and every warning_interval, up to you_are_disabled_warnings; the
+    owners are told once.  After the last warning, unanswered for another
+    interval, the member is removed when [bounces] remove_after_warnings
+    says so.  Raw bounce messages older than keep_raw are pruned."""
+    store, config = ctx.store, ctx.config
+    interval = config.duration("bounces", "warning_interval")
+    limit = int(config.number("bounces", "you_are_disabled_warnings"))
+    warned = dropped = 0
+    rows = store.db.execute(
+        "SELECT m.*, l.id AS lid FROM members m JOIN lists l ON l.id = m.list_id"
+        " WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
+        " AND (m.last_warning IS NULL OR m.last_warning < ?)", (now - interval,)).fetchall()
+    for member in rows:
+        list_row = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (member["lid"],)).fetchone())
+        mctx = Context(config, store)
+        mctx.list = list_row
+        req = Requests(mctx)
+        address, list_id = member["address"], list_row["id"]
+        if member["warnings"] >= limit:
+            if config.flag("bounces", "remove_after_warnings"):
+                with store.transaction() as db:
+                    db.execute("DELETE FROM members WHERE list_id = ? AND address = ?", (list_id, address))
+                log.info("removed %s from %s after %d unanswered bounce warnings", address,
+                         list_address(list_row), limit)
+                dropped += 1
+            continue
+        req.warn_disabled(dict(member), last=member["warnings"] + 1 >= limit)
+        if member["warnings"] == 0 and owners_of(list_row):
+            req.notice(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
+                       "disabled-owner", limit=False, auto="auto-generated", address=address,
+                       score=f"{member['bounce_score']:g}")
+        mctx.changes.append(lambda db, a=address, l=list_id: db.execute(
+            "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND address = ?",
+            (now, l, a)))
+        mctx.outbox.commit(store, config.spool, mctx.apply_changes)
+        warned += 1
+    with store.transaction() as db:
+        db.execute("UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
+                   (now - config.duration("bounces", "keep_raw"),))
+    return warned, dropped
 
 
 @chain_filter("send")
@@ -3031,6 +3108,47 @@ def cmd_pending(args, config):
     return EX_OK
 
 
+def cmd_enable(args, config):
+    """Deliver to a member again and reset the bounce score."""
+    store = open_store(config)
+    row = store.require_list(args.list)
+    with store.transaction() as db:
+        changed = db.execute(SQL["reenable"], (row["id"], normalize_address(args.address))).rowcount
+    if not changed:
+        raise Failure(f"{args.address} is not a member of {list_address(row)}", EX_DATAERR)
+    print(f"{list_address(row)}: {args.address} enabled, bounce score reset")
+    return EX_OK
+
+
+def cmd_bounces(args, config):
+    """Each member's bounce history with the evidence and the verdict."""
+    store = open_store(config)
+    row = store.require_list(args.list)
+    members = {m["address"].lower(): dict(m) for m in store.db.execute(
+        "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings FROM members"
+        " WHERE list_id = ?", (row["id"],))}
+    history = {}
+    for b in store.db.execute("SELECT received, address, source, action, status, diagnostic, reporting_mta,"
+                              " counted, why, message_id FROM bounces WHERE list_id = ? ORDER BY id", (row["id"],)):
+        history.setdefault(b["address"].lower(), []).append(dict(b))
+    report = [{**members.get(a, {"address": a, "status": "not a member"}), "bounces": h}
+              for a, h in sorted(history.items())]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EX_OK
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+    for m in report:
+        print(f"{m['address']}  {m['status']}" + (f" ({m['disabled_reason']} since {stamp(m['disabled_at'])},"
+              f" {m['warnings']} warnings)" if m.get("disabled_reason") else "")
+              + (f"  score {m['bounce_score']:g}" if "bounce_score" in m else ""))
+        for b in m["bounces"]:
+            print(f"    {stamp(b['received'])}  {b['source']:8} {b['action'] or '-':8} {b['status'] or '-':6}"
+                  f" {'COUNTED' if b['counted'] else 'ignored'}: {b['why']}")
+            if b["diagnostic"] or b["reporting_mta"]:
+                print(f"        {b['reporting_mta'] or ''} {b['diagnostic']}".rstrip())
+    return EX_OK
+
+
 def cmd_status(args, config):
     store = open_store(config)
     keys = ("queued_posts", "pending", "deferred", "sent", "failed", "expired", "held")
@@ -3410,6 +3528,12 @@ def make_parser():
     p.add_argument("id", type=int)
     p = command("pending", cmd_pending, "show confirmations and requests that wait for an answer")
     p.add_argument("list", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = command("enable", cmd_enable, "deliver to a member again (resets the bounce score)")
+    p.add_argument("list")
+    p.add_argument("address")
+    p = command("bounces", cmd_bounces, "each member's bounces with the evidence")
+    p.add_argument("list")
     p.add_argument("--json", action="store_true")
     p = command("status", cmd_status, "show the queue and the delivery ledger")
     p.add_argument("--json", action="store_true")

@@ -1,5 +1,7 @@
 """bouncehandler: bounces to LIST-bounces[+verp]@DOMAIN are consumed and scored."""
 
+import json
+
 import pytest
 
 from conftest import post
@@ -135,3 +137,83 @@ def test_threshold_disables_and_stale_scores_reset(lst):
     lst.queue(post(msgid="<post2@example.org>"), check=0)
     assert "bob@example.net" not in {r[0] for r in lst.db().execute(
         "SELECT d.address FROM deliveries d JOIN messages m ON m.id = d.message WHERE m.message_id = '<post2@example.org>'")}
+
+
+def disable_bob(rs):
+    rs.write_config(bounces={"score_threshold": "1"})
+    bounce(rs)
+    assert rs.members()["bob@example.net"]["status"] == "disabled"
+
+
+def sent_to(rs, address):
+    from conftest import parse
+    return [parse(d) for argv, d in rs.sent() if argv[-1] == address]
+
+
+def test_disabled_member_is_warned_owner_told_and_can_reenable_by_reply(lst):
+    lst.run("set", "test@lists.example.org", "owners", "owner@example.org", check=0)
+    disable_bob(lst)
+    lst.run("send", check=0)
+    (warning,) = sent_to(lst, "bob@example.net")[1:]          # [0] is post1
+    assert "bounced repeatedly" in warning.get_content() and warning["Auto-Submitted"] == "auto-generated"
+    (notice,) = sent_to(lst, "owner@example.org")
+    assert "disabled by bounces" in notice["Subject"]
+    lst.run("send", check=0)
+    assert len(sent_to(lst, "bob@example.net")) == 2           # one warning per interval
+    token = warning["Reply-To"].split("+")[1].split("@")[0]
+    lst.queue(b"From: bob@example.net\nSubject: Re: confirm\n\nyes\n",
+              recipient=f"test-confirm+{token}@lists.example.org", sender="bob@example.net", check=0)
+    member = lst.members()["bob@example.net"]
+    assert member["status"] == "enabled" and member["bounce_score"] == 0
+
+
+def test_unanswered_warnings_remove_when_the_list_says_so(lst):
+    lst.write_config(bounces={"you_are_disabled_warnings": "2", "warning_interval": "1d"})
+    disable_bob(lst)
+    for _ in range(3):
+        lst.run("send", check=0)
+        with lst.db() as db:
+            db.execute("UPDATE members SET last_warning = last_warning - 2 * 86400")
+    assert len(sent_to(lst, "bob@example.net")) == 1 + 2        # post1 + 2 warnings
+    assert lst.members()["bob@example.net"]["status"] == "disabled"   # kept: remove_after_warnings = no
+    lst.write_config(bounces={"remove_after_warnings": "yes"})
+    lst.run("send", check=0)
+    assert "bob@example.net" not in lst.members()
+
+
+def test_enable_command_resets_the_score(lst):
+    disable_bob(lst)
+    r = lst.run("enable", "test@lists.example.org", "BOB@example.net", check=0)
+    assert "score reset" in r.out
+    assert lst.members()["bob@example.net"] == {"address": "bob@example.net", "status": "enabled", "bounce_score": 0}
+    assert lst.run("enable", "test@lists.example.org", "nobody@example.net").returncode == 65
+
+
+def test_bounces_command_shows_the_evidence(lst):
+    bounce(lst)
+    bounce(lst, message_id="<forged@example.org>")
+    text = lst.run("bounces", "test@lists.example.org", check=0).out
+    assert "bob@example.net  enabled  score 1" in text
+    assert "COUNTED: score 1" in text and "ignored: no matching delivery in the ledger" in text
+    assert "mx.example.net smtp; 550 5.1.1" in text
+    (entry,) = json.loads(lst.run("bounces", "test@lists.example.org", "--json", check=0).out)
+    assert [b["message_id"] for b in entry["bounces"]] == ["<post1@example.org>", ""]
+
+
+def test_permanent_delivery_failures_are_scored_the_same_way(rs):
+    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
+    (rs.sendmail_dir / "permanent").write_text("carol@example.com\n")
+    rs.write_config(bounces={"score_threshold": "1"})
+    rs.queue(post(), check=0)
+    rs.run("send", check=0)
+    assert rs.members()["carol@example.com"]["status"] == "disabled"
+    (b,) = bounces(rs)
+    assert (b["source"], b["counted"], b["why"]) == ("delivery", 1, "score 1: disabled at the threshold 1")
+
+
+def test_old_raw_bounces_are_pruned(lst):
+    bounce(lst)
+    with lst.db() as db:
+        db.execute("UPDATE bounces SET received = received - 31 * 86400")
+    lst.run("send", check=0)
+    assert bounces(lst)[0]["raw"] is None and bounces(lst)[0]["why"] == "score 1"

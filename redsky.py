@@ -790,7 +790,9 @@ def list_headers(list_row):
 # delivery traces of the hop that brought the post to us.
 REPLACED_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe",
                     "list-owner", "list-archive", "precedence", "x-loop",
-                    "return-path", "delivered-to", "x-original-to")
+                    "return-path", "delivered-to", "x-original-to",
+                    # a receipt request would make every member's client answer the author
+                    "disposition-notification-to", "return-receipt-to")
 
 
 def parse_dsn(message):

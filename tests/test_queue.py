@@ -5,6 +5,7 @@ import os
 import pytest
 
 from conftest import parse, post
+from redsky import RawMessage
 
 MEMBERS = ("bob@example.net", "carol@example.com", "alice@example.org")
 
@@ -263,3 +264,26 @@ def test_spool_file_is_private_and_complete(lst):
     (f,) = (lst.home / "spool").glob("*.eml")
     assert f.stat().st_mode & 0o007 == 0          # umask 007: no access for others
     assert not list((lst.home / "spool" / "tmp").iterdir())
+
+
+def test_receipt_requests_do_not_leak_to_members(lst):
+    extra = "Disposition-Notification-To: alice@example.org\nReturn-Receipt-To: alice@example.org\n"
+    lst.queue(post(sender="bob@example.net", extra=extra), sender="bob@example.net", check=0)
+    msg = parse(spooled(lst)[0])
+    assert msg["Disposition-Notification-To"] is None and msg["Return-Receipt-To"] is None
+
+
+def test_dkim_signed_fields_and_body_untouched_without_tag_and_footer(lst):
+    signature = ("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=s1;\n"
+                 "\th=from:to:subject:date:message-id:mime-version:content-type; bh=AAAA; b=BBBB\n")
+    head = ("From: Bob <bob@example.net>\nTo: test@lists.example.org\nSubject: Signed\nDate: Wed, 25 Nov 2026 10:00:00 +0000\n"
+            "Message-ID: <signed@example.net>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n")
+    body = "Signed body.\n\n-- \nBob\n"
+    lst.queue((signature + head + "\n" + body).encode(), sender="bob@example.net", check=0)
+    stored = spooled(lst)[0]
+    original = RawMessage((signature + head + "\n" + body).encode())
+    copy = RawMessage(stored)
+    for name in ("DKIM-Signature", "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"):
+        assert [f for f in copy.fields if copy.name_of(f) == name.lower()] == \
+            [f for f in original.fields if original.name_of(f) == name.lower()], name
+    assert copy.body == body.encode()

@@ -827,6 +827,93 @@ def parse_dsn(message):
     return results
 
 
+# What non-DSN reports look like.  Phrases are matched case-insensitively on
+# the text before the returned message; the first group that matches decides.
+AUTO_REPLY_SUBJECT = re.compile(r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|"
+                                r"abwesenheit|absence|vacation|on leave|r[ée]ponse automatique|away from)", re.I)
+DELAY_PHRASES = re.compile(
+    r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
+    r"delivery (has been )?delayed|delayed mail|still being retried|not been able to deliver .* for \d+ hours|"
+    r"delivery status notification \(delay\)|warning: could not send message for past", re.I)
+FAILURE_PHRASES = re.compile(
+    r"this is the qmail-send program|could not be delivered to one or more|permanent (fatal )?errors?|"
+    r"the following address(es)? failed|undeliverable|delivery has failed|did not reach (some or all|the following)|"
+    r"could not be reached|was not delivered to|user unknown|no such (user|mailbox)|mailbox (unavailable|not found)|"
+    r"address rejected|recipient (address )?rejected|does not exist|unknown (user|recipient)|"
+    r"returned mail: see transcript|delivery to the following recipients? failed|message not delivered|"
+    r"mail delivery failed|failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# Where the returned message starts inside a text report: a separator line,
+# or the first unindented header field of the copy.
+_ORIGINAL = re.compile(r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
+                       r"the original message|message headers follow)|[ \t]*original message header|"
+                       r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
+
+
+def find_failures(message, own=()):
+    """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
+    the usual non-standard formats (qmail, Exim, old Sendmail, Exchange
+    "Undeliverable", Lotus Domino, GroupWise, X-Failed-Recipients).
+    Auto-replies give action "auto-reply", warnings "delayed"; neither ever
+    counts.  ``own`` lists addresses to ignore (the list's own)."""
+    reports = parse_dsn(message)
+    if reports:
+        return reports
+    subject = decode_header_text(str(message.get("Subject", "")))
+    auto = (str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower() == "auto-replied"
+            or message.get("X-Autoreply") or message.get("X-Autorespond")
+            or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
+            or AUTO_REPLY_SUBJECT.search(subject))
+    text = _report_text(message)
+    head = text[:_ORIGINAL.search(text).start()] if _ORIGINAL.search(text) else text
+    status = _STATUS.search(head)
+    status = ".".join(status.groups()) if status else ""
+    diagnostic = next((line.strip() for line in head.splitlines()
+                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed", line, re.I)), "")
+    if auto and not FAILURE_PHRASES.search(subject):
+        return [{"recipient": "", "action": "auto-reply", "status": "", "diagnostic": one_line(subject, 200),
+                 "reporting_mta": ""}]
+    if DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject) or status.startswith("4."):
+        action = "delayed"
+    elif FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject) or message.get("X-Failed-Recipients") \
+            or status.startswith("5."):
+        action = "failed"
+    else:
+        return []
+    ignore = {a.lower() for a in own} | {a.lower() for a in addresses_in(message.get_all("From", []) +
+                                                                         message.get_all("To", []))}
+    recipients = [a.strip() for v in message.get_all("X-Failed-Recipients", []) for a in str(v).split(",")]
+    if not recipients:
+        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(
+            line for line in head.splitlines() if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I))))
+        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head)) if a.lower() not in ignore and a not in ids
+                      and not a.lower().startswith(("postmaster@", "mailer-daemon@"))]
+    status = status or ("5.0.0" if action == "failed" else "4.0.0")
+    return [{"recipient": r, "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
+             "reporting_mta": ""} for r in recipients] or \
+        [{"recipient": "", "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
+          "reporting_mta": ""}]
+
+
+def _report_text(message):
+    """The human-readable text of a report (its first text parts), not the returned message."""
+    parts = []
+    for part in message.walk():
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+            break
+        if part.get_content_maintype() == "text" and not part.is_multipart():
+            try:
+                payload = part.get_payload(decode=True) or b""
+                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            except LookupError:
+                text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+            if part.get_content_subtype() == "html":
+                text = re.sub(r"<[^>]+>", " ", text)
+            parts.append(text)
+    return "\n".join(parts)[:100_000]
+
+
 def _dsn_value(value):
     """``rfc822; user@host`` → ``user@host`` (the address-type is dropped)."""
     value = str(value or "")
@@ -1379,10 +1466,13 @@ def score_bounce(db, config, list_id, address, now):
     return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
 
 
-def bounced_message_ids(parsed):
-    """Message-IDs of the original message a report returns (message/rfc822
-    or text/rfc822-headers part, RFC 3462)."""
-    ids = []
+def bounced_message_ids(parsed, raw=b""):
+    """Message-IDs of the original message a report returns: in a
+    message/rfc822 or text/rfc822-headers part (RFC 3462), or quoted in the
+    body of a report in plain text (qmail, old Sendmail, Exchange …)."""
+    body = raw.split(b"\n\n", 1)[-1] if b"\n\n" in raw else b""
+    quoted = re.findall(rb"(?im)^[ \t>]*message-id:[ \t]*(<[^<>\s]+>)", body)
+    ids = [q.decode("utf-8", "replace") for q in quoted]
     for part in parsed.walk():
         ctype = part.get_content_type()
         if ctype == "message/rfc822" and part.is_multipart():
@@ -1420,8 +1510,9 @@ def bouncehandler(ctx):
         return
     from email import message_from_bytes, policy
     parsed = message_from_bytes(ctx.raw, policy=policy.compat32)
-    reports = parse_dsn(parsed)
-    message_ids = bounced_message_ids(parsed)
+    own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
+    reports = [r for r in find_failures(parsed, own) if r["recipient"] or ctx.verp]
+    message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
     now = time.time()
     rows = []
     if ctx.verp:
@@ -1438,7 +1529,8 @@ def bouncehandler(ctx):
             address = normalize_address(address)
             evidence = delivered(ctx.store, ctx.list["id"], address, message_ids) if failed else None
             if not failed:
-                count, why = False, f"not a permanent failure (Action: {r['action'] or 'none'})"
+                count, why = False, ("an auto-reply" if r["action"] == "auto-reply" else
+                                     f"not a permanent failure (Action: {r['action'] or 'none'})")
             elif r["status"].startswith("5.7") and not config.flag("bounces", "count_policy_rejections"):
                 count, why = False, f"policy rejection {r['status']} at {address.rpartition('@')[2]}: caused by the post"
             elif evidence is None:

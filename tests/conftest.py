@@ -116,6 +116,15 @@ class Redsky:
     def members(self, address="test@lists.example.org"):
         return {m["address"]: m for m in json.loads(self.run("members", address, "--json", check=0).out)}
 
+    def verp(self, address, list_address="test@lists.example.org"):
+        """The signed bounce address redsky writes for ``address``."""
+        import redsky
+        name, domain = list_address.split("@")
+        return redsky.verp_encode({"name": name, "domain": domain, "verp_key": self.verp_key()}, address)
+
+    def verp_key(self):
+        return self.db().execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
+
     def db(self):
         import sqlite3
         db = sqlite3.connect(self.home / "redsky.db")

@@ -24,7 +24,7 @@ def bounces(rs):
 
 
 def test_verp_dsn_failed_scores_the_member(lst):
-    r = lst.queue(dsn(recipient="bob@example.net"), recipient="test-bounces+bob=example.net@lists.example.org",
+    r = lst.queue(dsn(recipient="bob@example.net"), recipient=lst.verp("bob@example.net"),
                   sender="")
     assert r.returncode == 0
     assert lst.members()["bob@example.net"]["bounce_score"] == 1
@@ -39,8 +39,7 @@ def test_verp_dsn_failed_scores_the_member(lst):
 
 def test_verp_wins_over_the_reported_address(lst):
     # the member forwards to another mailbox, which fails: VERP still names the member
-    lst.queue(dsn(recipient="bob@forward.example"),
-              recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
+    lst.queue(dsn(recipient="bob@forward.example"), recipient=lst.verp("bob@example.net"), sender="", check=0)
     assert lst.members()["bob@example.net"]["bounce_score"] == 1
 
 
@@ -50,15 +49,14 @@ def test_plain_dsn_to_bounce_address_uses_final_recipient(lst):
 
 
 def test_delayed_report_is_recorded_not_counted(lst):
-    lst.queue(dsn("delayed", "4.4.1", "bob@example.net"),
-              recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
+    lst.queue(dsn("delayed", "4.4.1", "bob@example.net"), recipient=lst.verp("bob@example.net"), sender="", check=0)
     assert lst.members()["bob@example.net"]["bounce_score"] == 0
     assert bounces(lst)[0]["action"] == "delayed" and bounces(lst)[0]["counted"] == 0
 
 
 def test_auto_reply_to_bounce_address_never_counts(lst):
     reply = post(subject="Out of office", extra="Auto-Submitted: auto-replied\n")
-    lst.queue(reply, recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
+    lst.queue(reply, recipient=lst.verp("bob@example.net"), sender="", check=0)
     assert lst.members()["bob@example.net"]["bounce_score"] == 0
 
 
@@ -79,9 +77,26 @@ def test_dsn_to_post_address_is_discarded(lst):
 
 
 def bounce(rs, member="bob@example.net", **kw):
-    local, domain = member.split("@")
-    return rs.queue(dsn(recipient=member, **kw), recipient=f"test-bounces+{local}={domain}@lists.example.org",
-                    sender="", check=0)
+    return rs.queue(dsn(recipient=member, **kw), recipient=rs.verp(member), sender="", check=0)
+
+
+def test_unsigned_or_wrongly_signed_verp_never_counts(lst):
+    lst.queue(dsn(), recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
+    lst.queue(dsn(), recipient="test-bounces+0badf00d+bob=example.net@lists.example.org", sender="", check=0)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    unsigned, wrong = bounces(lst)
+    assert unsigned["why"] == "unsigned VERP address: redsky signs the ones it writes"
+    assert wrong["address"] == "0badf00d+bob@example.net" and not wrong["counted"]   # not decoded as bob
+    lst.write_config(bounces={"require_signed_verp": "no"})     # e.g. an MTA doing XVERP
+    lst.queue(dsn(), recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+
+
+def test_verp_signature_is_bound_to_list_and_member(lst):
+    signed = lst.verp("bob@example.net")
+    forged = signed.replace("bob=example.net", "carol=example.com")
+    lst.queue(dsn(recipient="carol@example.com"), recipient=forged, sender="", check=0)
+    assert lst.members()["carol@example.com"]["bounce_score"] == 0
 
 
 def test_forged_report_without_a_delivery_never_counts(lst):

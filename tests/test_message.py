@@ -73,10 +73,22 @@ def test_valid_address(address, ok):
 
 def test_verp_round_trip():
     encoded = redsky.verp_encode(LIST, "a=b+c@Example.net")
-    assert encoded == "test-bounces+a=b+c=Example.net@lists.example.org"
+    assert encoded == "test-bounces+a=b+c=Example.net@lists.example.org"      # as Postfix's XVERP writes it
     extension = encoded.split("@")[0].split("+", 1)[1]
-    assert redsky.verp_decode(extension) == "a=b+c@Example.net"
-    assert redsky.verp_decode("nothing") is None
+    assert redsky.verp_decode(extension) == ("a=b+c@Example.net", False)
+    assert redsky.verp_decode("nothing") == (None, False)
+
+
+def test_signed_verp_round_trip():
+    keyed = dict(LIST, verp_key="k" * 32)
+    encoded = redsky.verp_encode(keyed, "deadbeef+x@Example.net")
+    sig = redsky.verp_signature("k" * 32, LIST, "deadbeef+x@example.net")
+    assert encoded == f"test-bounces+{sig}+deadbeef+x=Example.net@lists.example.org"
+    extension = encoded.split("@")[0].split("+", 1)[1]
+    assert redsky.verp_decode(extension, LIST, "k" * 32) == ("deadbeef+x@Example.net", True)
+    assert redsky.verp_decode(extension, LIST, "other-key") == (f"{sig}+deadbeef+x@Example.net", False)
+    # an unsigned address that merely looks signed decodes as it is
+    assert redsky.verp_decode("deadbeef+x=example.net", LIST, "k" * 32) == ("deadbeef+x@example.net", False)
 
 
 # -- subject tag ---------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_dry_run_of_other_outcomes(lst, kwargs, outcome, code):
 def test_dry_run_of_a_bounce_scores_nobody(lst):
     lst.queue(post(sender="bob@example.net", msgid="<post1@example.org>"), sender="bob@example.net", check=0)
     lst.run("send", check=0)
-    r = lst.run("queue", "--recipient", "test-bounces+bob=example.net@lists.example.org", "--sender", "",
+    r = lst.run("queue", "--recipient", lst.verp("bob@example.net"), "--sender", "",
                 "--dry-run", input=dsn())
     assert "scored: bob@example.net (would be scored)" in r.out
     assert lst.members()["bob@example.net"]["bounce_score"] == 0

@@ -165,6 +165,7 @@ DEFAULTS = {
         "count_policy_rejections": "no",
         "keep_raw": "30d",
         "require_signed_verp": "yes",
+        "policy_alert_threshold": "5",
     },
     "send": {
         "filters": SEND_CHAIN,
@@ -234,7 +235,7 @@ class Config:
              ("bounces", "info_stale_after"): "duration", ("bounces", "you_are_disabled_warnings"): "number",
              ("bounces", "warning_interval"): "duration", ("bounces", "remove_after_warnings"): "flag",
              ("bounces", "count_policy_rejections"): "flag", ("bounces", "keep_raw"): "duration",
-             ("bounces", "require_signed_verp"): "flag"}
+             ("bounces", "require_signed_verp"): "flag", ("bounces", "policy_alert_threshold"): "number"}
 
     @classmethod
     def find(cls, explicit=None):
@@ -368,6 +369,7 @@ CREATE TABLE lists (
     welcome         TEXT NOT NULL DEFAULT '',   -- empty: the built-in text
     goodbye         TEXT NOT NULL DEFAULT '',
     last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
+    last_policy_alert REAL NOT NULL DEFAULT 0,  -- when the owners were last told of policy rejections
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );
@@ -487,7 +489,7 @@ CREATE INDEX messages_message_id ON messages (message_id);
 SCHEMA_VERSION = 1
 
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
-                " welcome, goodbye, last_reminder, created")
+                " welcome, goodbye, last_reminder, last_policy_alert, created")
 
 SQL = {
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
@@ -1216,6 +1218,10 @@ TEXTS = {
     "disabled-owner": "$address was disabled on $post_address after repeated bounces\n"
                       "(bounce score $score).  `redsky.py bounces $post_address` shows the evidence;\n"
                       "`redsky.py enable $post_address $address` re-enables it.\n",
+    "policy-alert": "In the last day these domains refused posts from $post_address by policy\n"
+                    "(status 5.7.x: DMARC, spam filters, blocklists):\n\n$domains\n\n"
+                    "These rejections are caused by the posts, not by the members, so nobody's bounce\n"
+                    "score was raised.  `redsky.py bounces $post_address` shows the diagnostics.\n",
     "reenabled": "Delivery from $post_address to $address is on again. Welcome back.\n",
     "reminder": "Posts and requests waiting for your approval on $post_address:\n\n$items\n"
                 "Reply to each notice, or write 'approve TOKEN', 'reject TOKEN REASON' or\n"
@@ -1507,6 +1513,11 @@ def score_bounce(db, config, list_id, address, now):
     return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
 
 
+def policy_rejection(status, address):
+    """The `why` of a 5.7.x rejection; housekeeping counts them per domain."""
+    return f"policy rejection {status} at {address.rpartition('@')[2].lower()}: caused by the post"
+
+
 def bounced_message_ids(parsed, raw=b""):
     """Message-IDs of the original message a report returns: in a
     message/rfc822 or text/rfc822-headers part (RFC 3462), or quoted in the
@@ -1573,7 +1584,7 @@ def bouncehandler(ctx):
                 count, why = False, ("an auto-reply" if r["action"] == "auto-reply" else
                                      f"not a permanent failure (Action: {r['action'] or 'none'})")
             elif r["status"].startswith("5.7") and not config.flag("bounces", "count_policy_rejections"):
-                count, why = False, f"policy rejection {r['status']} at {address.rpartition('@')[2]}: caused by the post"
+                count, why = False, policy_rejection(r["status"], address)
             elif evidence is None:
                 count, why = False, "no matching delivery in the ledger (the report does not return a post we sent)"
             elif (source == "verp" and not ctx.verp_signed and config.get("send", "verp") == "per-recipient"
@@ -2626,8 +2637,10 @@ class Ledger:
             state, next_attempt = "pending", now + min(self.retry * (2 ** attempts), self.cap)
         self.rows.append((state, next_attempt, outcome.detail[:500], now, post["id"], address))
         if state in ("failed", "expired"):
-            self.bounces.append((post["list_id"], address, now, "5.0.0" if state == "failed" else "4.4.7",
-                                 outcome.detail[:1000], post["message_id"]))
+            found = _STATUS.search(outcome.detail)
+            status = ".".join(found.groups()) if found and found.group(1) == "5" else \
+                "5.0.0" if state == "failed" else "4.4.7"
+            self.bounces.append((post["list_id"], address, now, status, outcome.detail[:1000], post["message_id"]))
         self.totals["expired" if state == "expired" else outcome.kind] += 1
         # every outcome is in the ledger (see `trace`); the log gets failures, and successes at debug
         log.log(logging.DEBUG if state == "sent" else logging.INFO, "deliver %s to=%s %s: %s",
@@ -2641,7 +2654,10 @@ class Ledger:
             with self.store.transaction() as db:
                 db.executemany(SQL["delivery_outcome"], self.rows)
                 for list_id, address, now, status, detail, message_id in self.bounces:
-                    count, why = score_bounce(db, self.config, list_id, address, now)
+                    if status.startswith("5.7.") and not self.config.flag("bounces", "count_policy_rejections"):
+                        count, why = False, policy_rejection(status, address)
+                    else:
+                        count, why = score_bounce(db, self.config, list_id, address, now)
                     db.execute(SQL["add_bounce"], (list_id, address, now, "delivery", "failed", status,
                                                    detail, "", int(count), why, message_id, None))
         self.rows, self.bounces = [], []
@@ -2746,7 +2762,35 @@ def bounce_housekeeping(ctx, now):
     with store.transaction() as db:
         db.execute("UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
                    (now - config.duration("bounces", "keep_raw"),))
+    policy_alerts(ctx, now)
     return warned, dropped
+
+
+def policy_alerts(ctx, now):
+    """Tell the owners, at most once a day per list, when a domain rejected
+    at least [bounces] policy_alert_threshold posts by policy (5.7.x) in a
+    day: the posts, not the members, have a problem (DMARC, spam filters)."""
+    store, config = ctx.store, ctx.config
+    threshold = config.number("bounces", "policy_alert_threshold")
+    rows = store.db.execute(
+        "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4, instr(b.why, ':') - instr(b.why, ' at ') - 4)"
+        " AS domain, count(*) AS n FROM bounces b JOIN lists l ON l.id = b.list_id"
+        " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND l.last_policy_alert < ?"
+        " GROUP BY b.list_id, domain HAVING n >= ?", (now - 86400, now - 86400, threshold)).fetchall()
+    by_list = {}
+    for row in rows:
+        by_list.setdefault(row["list_id"], []).append(f"  {row['domain']}: {row['n']} rejections")
+    for list_id, lines in by_list.items():
+        list_row = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)).fetchone())
+        owners = owners_of(list_row)
+        actx = Context(config, store)
+        actx.list = list_row
+        if owners:
+            Requests(actx).notice(owners, f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
+                                  limit=False, auto="auto-generated", domains="\n".join(lines))
+        actx.outbox.commit(store, config.spool, lambda db: db.execute(
+            "UPDATE lists SET last_policy_alert = ? WHERE id = ?", (now, list_id)))
+        log.warning("%s: posts rejected by policy in the last day:%s", list_address(list_row), " ".join(lines))
 
 
 @chain_filter("send")

@@ -23,6 +23,7 @@ CREATE TABLE lists (
     welcome         TEXT NOT NULL DEFAULT '',   -- empty: the built-in text
     goodbye         TEXT NOT NULL DEFAULT '',
     last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
+    last_policy_alert REAL NOT NULL DEFAULT 0,  -- when the owners were last told of policy rejections
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );

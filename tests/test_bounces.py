@@ -232,3 +232,21 @@ def test_old_raw_bounces_are_pruned(lst):
         db.execute("UPDATE bounces SET received = received - 31 * 86400")
     lst.run("send", check=0)
     assert bounces(lst)[0]["raw"] is None and bounces(lst)[0]["why"] == "score 1"
+
+
+def test_policy_rejections_burst_alerts_the_owners_once_a_day(rs):
+    members = [f"m{i}@strict.example" for i in range(6)]
+    rs.newlist("test@lists.example.org", "--access", "open", "--owner", "owner@example.org", members=members)
+    from smtpsink import SMTPSink
+    with SMTPSink({m: "550 5.7.1 rejected by DMARC policy" for m in members}) as sink:
+        rs.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port},
+                        bounces={"policy_alert_threshold": "5"})
+        rs.queue(post(), check=0)
+        rs.run("send", check=0)                      # six 5.7.1 rejections, nobody scored
+        assert all(m["bounce_score"] == 0 for m in rs.members().values())
+        assert {b["why"] for b in bounces(rs)} == {"policy rejection 5.7.1 at strict.example: caused by the post"}
+        rs.run("send", check=0)                      # housekeeping sees the burst
+        rs.run("send", check=0)
+        alerts = [m for m in sink.messages if m[1] == ["owner@example.org"]]
+    assert len(alerts) == 1
+    assert b"strict.example: 6 rejections" in alerts[0][2]

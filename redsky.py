@@ -127,8 +127,8 @@ class TryLater(Verdict):
 # 3. Configuration
 # ---------------------------------------------------------------------------
 
-QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access subjecttag"
-               " addfooter queuer")
+QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access dmarc"
+               " subjecttag addfooter queuer")
 SEND_CHAIN = "singleinstance housekeeping queuebuilder queuerunner"
 
 DEFAULTS = {
@@ -166,6 +166,12 @@ DEFAULTS = {
         "keep_raw": "30d",
         "require_signed_verp": "yes",
         "policy_alert_threshold": "5",
+    },
+    "dmarc": {
+        "nameserver": "",        # host[:port]; default: the first nameserver in /etc/resolv.conf
+        "timeout": "2s",
+        "cache": "1d",
+        "fallback": "none",      # what a post gets when the lookup fails: none, munge_from, wrap_message
     },
     "send": {
         "filters": SEND_CHAIN,
@@ -235,7 +241,8 @@ class Config:
              ("bounces", "info_stale_after"): "duration", ("bounces", "you_are_disabled_warnings"): "number",
              ("bounces", "warning_interval"): "duration", ("bounces", "remove_after_warnings"): "flag",
              ("bounces", "count_policy_rejections"): "flag", ("bounces", "keep_raw"): "duration",
-             ("bounces", "require_signed_verp"): "flag", ("bounces", "policy_alert_threshold"): "number"}
+             ("bounces", "require_signed_verp"): "flag", ("bounces", "policy_alert_threshold"): "number",
+             ("dmarc", "timeout"): "duration", ("dmarc", "cache"): "duration"}
 
     @classmethod
     def find(cls, explicit=None):
@@ -370,6 +377,8 @@ CREATE TABLE lists (
     goodbye         TEXT NOT NULL DEFAULT '',
     last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
     last_policy_alert REAL NOT NULL DEFAULT 0,  -- when the owners were last told of policy rejections
+    dmarc           TEXT NOT NULL DEFAULT 'auto' CHECK (dmarc IN ('auto', 'always', 'never')),
+    dmarc_action    TEXT NOT NULL DEFAULT 'munge_from' CHECK (dmarc_action IN ('munge_from', 'wrap_message')),
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );
@@ -470,6 +479,13 @@ CREATE TABLE pending (
 );
 CREATE INDEX pending_address ON pending (address, created);
 
+-- DMARC policies looked up in DNS (p= of the _dmarc TXT record, '' for none).
+CREATE TABLE dmarc_cache (
+    domain  TEXT PRIMARY KEY,
+    policy  TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+
 -- What the queue chain decided for each message it saw, filter by filter
 -- (`redsky.py trace MESSAGE-ID`).  Pruned after 30 days.
 CREATE TABLE events (
@@ -489,7 +505,7 @@ CREATE INDEX messages_message_id ON messages (message_id);
 SCHEMA_VERSION = 1
 
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
-                " welcome, goodbye, last_reminder, last_policy_alert, created")
+                " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created")
 
 SQL = {
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
@@ -1295,6 +1311,135 @@ def is_robot(msg, sender, strict=True):
             if local in ("mailer-daemon", "postmaster") or "-bounces" in local or local.startswith("owner-"):
                 return f"sent by {address}"
     return None
+
+
+# DMARC ------------------------------------------------------------------------
+
+def dns_txt(name, nameserver, timeout):
+    """TXT records of ``name`` by one UDP query (RFC 1035), or [] when the
+    name has none.  Raises OSError on a timeout or a server failure."""
+    import random
+    import socket
+    import struct
+    host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "53")
+    qid = random.getrandbits(16)
+    question = b"".join(bytes([len(label)]) + label for label in name.encode("idna").split(b".") if label) + b"\0"
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 16, 1)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query, (host, int(port or 53)))
+        while True:
+            reply = sock.recv(4096)
+            if len(reply) >= 12 and struct.unpack(">H", reply[:2])[0] == qid:
+                break
+    flags, qd, an = struct.unpack(">HHH", reply[2:8])
+    rcode = flags & 0xF
+    if rcode == 3:                              # NXDOMAIN
+        return []
+    if rcode != 0:
+        raise OSError(f"DNS server answered rcode {rcode}")
+    pos = 12
+    for _ in range(qd):                         # skip the question
+        pos = _skip_name(reply, pos) + 4
+    records = []
+    for _ in range(an):
+        pos = _skip_name(reply, pos)
+        rtype, _, _, length = struct.unpack(">HHIH", reply[pos:pos + 10])
+        pos += 10
+        if rtype == 16:
+            data, chunks = reply[pos:pos + length], []
+            i = 0
+            while i < len(data):
+                chunks.append(data[i + 1:i + 1 + data[i]])
+                i += 1 + data[i]
+            records.append(b"".join(chunks).decode("utf-8", "replace"))
+        pos += length
+    return records
+
+
+def _skip_name(data, pos):
+    while True:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:               # compression pointer
+            return pos + 2
+        pos += 1 + length
+
+
+def dmarc_policy(store, config, domain):
+    """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain,
+    then its organisational domain, approximated as the last two labels),
+    '' when none; cached for [dmarc] cache.  Raises OSError when DNS fails."""
+    domain = domain.lower().rstrip(".")
+    now = time.time()
+    row = store.db.execute("SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?", (domain, now)).fetchone()
+    if row:
+        return row[0]
+    nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
+    timeout = config.duration("dmarc", "timeout")
+    policy = ""
+    candidates = [domain] + ([".".join(domain.split(".")[-2:])] if domain.count(".") > 1 else [])
+    for name in candidates:
+        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout) if r.lower().startswith("v=dmarc1")]
+        if records:
+            tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
+            policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
+            break
+    try:
+        with store.transaction():
+            store.db.execute("INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
+                             (domain, policy, now + config.duration("dmarc", "cache")))
+    except sqlite3.Error:
+        pass                                    # a cache that cannot be written is only slower
+    return policy
+
+
+def _resolv_conf_nameserver():
+    try:
+        with open("/etc/resolv.conf") as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    return words[1]
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def munge_from(msg, list_row, author):
+    """From: "Name via LIST" <LIST@DOMAIN>; the author moves to Reply-To
+    (when there is none) and X-Original-From."""
+    from email.utils import formataddr, parseaddr
+    original = msg.get("From", "")
+    name = decode_header_text(parseaddr(original)[0]) or author.partition("@")[0]
+    msg.remove("X-Original-From")
+    msg.replace_raw("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)),
+                                       charset="utf-8").encode("ascii", "replace"))
+    if msg.raw_value("Reply-To") is None:
+        msg.append("Reply-To", original)
+    msg.append("X-Original-From", original)
+
+
+def wrap_message(msg, list_row, author):
+    """The original, byte-intact, as a message/rfc822 part of a new message
+    from the list (RFC 2046 5.2.1)."""
+    from email.utils import formataddr, parseaddr
+    eol = msg.eol
+    original = bytes(msg)
+    name = decode_header_text(parseaddr(msg.get("From", ""))[0]) or author.partition("@")[0]
+    keep = [f for f in msg.fields if msg.name_of(f) in ("to", "cc", "subject", "date", "message-id",
+                                                        "in-reply-to", "references")]
+    boundary = "redsky-" + os.urandom(12).hex()
+    outer = RawMessage(b"".join(keep) + eol)
+    outer.append("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)), charset="utf-8"))
+    outer.append("Reply-To", msg.get("From", ""))
+    outer.append("MIME-Version", "1.0")
+    outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
+    b = boundary.encode()
+    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: inline" + eol + eol
+                  + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
+    msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
 
 # ---------------------------------------------------------------------------
@@ -2104,6 +2249,35 @@ def access(ctx):
 
 
 @chain_filter("message", needs=("getinfo",))
+def dmarc(ctx):
+    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
+    the author's domain publishes p=reject or p=quarantine (looked up in DNS
+    and cached; or the list says dmarc = always), apply the list's
+    dmarc_action: munge_from or wrap_message.  dmarc = never turns it off.
+    A failed lookup never blocks a post: [dmarc] fallback applies."""
+    setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
+    authors = addresses_in(ctx.msg.get_all("From"))
+    if setting == "never" or not authors:
+        return
+    author = authors[0]
+    if setting == "auto":
+        try:
+            policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
+        except (OSError, ValueError, IndexError) as e:
+            action = ctx.config.get("dmarc", "fallback")
+            log.warning("DMARC lookup for %s failed (%s): fallback %s", author, e, action)
+            ctx.note(f"DMARC lookup failed ({e}); fallback {action}")
+            if action not in ("munge_from", "wrap_message"):
+                return
+        else:
+            if policy not in ("reject", "quarantine"):
+                ctx.note(f"{author.rpartition('@')[2]}: DMARC p={policy or 'none'}, nothing to do")
+                return
+    (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
+    ctx.note(f"{action} for {author}")
+
+
+@chain_filter("message", needs=("getinfo",))
 def subjecttag(ctx):
     """Prefix the list's subject tag once; RFC 2047 subjects keep their
     encoding; a missing subject becomes "[tag] (no subject)"."""
@@ -2324,7 +2498,8 @@ class SMTPConnection:
             code, text = self.reply()
             if code != 220:
                 raise SMTPError(f"greeting {code} {text}")
-            self.sock.sendall(f"EHLO {socket.getfqdn() or 'localhost'}\r\n".encode())
+            # gethostname, not getfqdn: no DNS lookup just to say hello
+            self.sock.sendall(f"EHLO {socket.gethostname() or 'localhost'}\r\n".encode())
             code, text = self.reply()
             if code != 250:
                 self.sock.sendall(b"HELO localhost\r\n")
@@ -3065,7 +3240,8 @@ def split_list_address(address):
 
 
 ACCESS_MODES = ("open", "subscribers", "acl", "passphrase", "moderated")
-SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome", "goodbye")
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome", "goodbye",
+            "dmarc", "dmarc_action")
 SUBSCRIBE_POLICIES = ("open", "confirm", "approve", "confirm+approve", "closed")
 
 
@@ -3085,6 +3261,11 @@ def validate_setting(key, value):
         return "owners", ", ".join(normalize_address(o) for o in owners)
     if key in ("footer", "welcome", "goodbye"):
         return key, value.replace("\\n", "\n")
+    if key == "dmarc" and value in ("auto", "always", "never") or \
+            key == "dmarc_action" and value in ("munge_from", "wrap_message"):
+        return key, value
+    if key in ("dmarc", "dmarc_action"):
+        raise Failure("dmarc is auto, always or never; dmarc_action is munge_from or wrap_message", EX_USAGE)
     if key == "subscribe_policy":
         if value not in SUBSCRIBE_POLICIES:
             raise Failure(f"subscribe_policy must be one of {', '.join(SUBSCRIBE_POLICIES)}", EX_USAGE)
@@ -3605,7 +3786,9 @@ def cmd_demo(args, config):
         print(f"== a throwaway redsky in {home}")
         store = open_store(demo, create=True)
         with store.transaction():
-            store.db.execute("INSERT INTO lists (name, domain, subject_tag, footer, created) VALUES (?, ?, ?, ?, ?)",
+            # dmarc = never: the demo works offline and asks no DNS server
+            store.db.execute("INSERT INTO lists (name, domain, subject_tag, footer, dmarc, created)"
+                             " VALUES (?, ?, ?, ?, 'never', ?)",
                              ("demo", "lists.example.org", "[demo]",
                               "-- \nYou are on $post_address. To leave: $unsubscribe", time.time()))
             list_id = store.db.execute("SELECT id FROM lists").fetchone()[0]

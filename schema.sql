@@ -24,6 +24,8 @@ CREATE TABLE lists (
     goodbye         TEXT NOT NULL DEFAULT '',
     last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
     last_policy_alert REAL NOT NULL DEFAULT 0,  -- when the owners were last told of policy rejections
+    dmarc           TEXT NOT NULL DEFAULT 'auto' CHECK (dmarc IN ('auto', 'always', 'never')),
+    dmarc_action    TEXT NOT NULL DEFAULT 'munge_from' CHECK (dmarc_action IN ('munge_from', 'wrap_message')),
     created         REAL NOT NULL,
     UNIQUE (name, domain)
 );
@@ -123,6 +125,13 @@ CREATE TABLE pending (
     used     REAL
 );
 CREATE INDEX pending_address ON pending (address, created);
+
+-- DMARC policies looked up in DNS (p= of the _dmarc TXT record, '' for none).
+CREATE TABLE dmarc_cache (
+    domain  TEXT PRIMARY KEY,
+    policy  TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 
 -- What the queue chain decided for each message it saw, filter by filter
 -- (`redsky.py trace MESSAGE-ID`).  Pruned after 30 days.

@@ -46,6 +46,18 @@ CAPTURE_SENDMAIL = textwrap.dedent("""\
 """)
 
 
+_DNS = None
+
+
+def fake_dns():
+    """One loopback DNS responder for the whole test session."""
+    global _DNS
+    if _DNS is None:
+        from fakedns import FakeDNS
+        _DNS = FakeDNS()
+    return _DNS
+
+
 class Redsky:
     """A redsky home: config, database, spool, a capture sendmail."""
 
@@ -57,8 +69,10 @@ class Redsky:
         self.sendmail.write_text(CAPTURE_SENDMAIL.format(python=sys.executable, here=str(self.sendmail_dir)))
         self.sendmail.chmod(0o755)
         self.config = self.home / "redsky.ini"
+        self.dns = fake_dns()
         self.settings = {"redsky": {"log": "stderr"},
-                         "send": {"transport": "sendmail", "sendmail": str(self.sendmail)}}
+                         "send": {"transport": "sendmail", "sendmail": str(self.sendmail)},
+                         "dmarc": {"nameserver": self.dns.address, "timeout": "1s"}}
         self.write_config()
 
     def write_config(self, **sections):

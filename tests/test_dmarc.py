@@ -1,0 +1,83 @@
+"""DMARC: posts from p=reject/quarantine domains get munge_from or wrap_message."""
+
+import pytest
+
+from conftest import parse, post
+
+
+@pytest.fixture
+def lst(rs):
+    rs.newlist("test@lists.example.org", "--access", "open", "--subject-tag", "[t]", members=("bob@example.net",))
+    rs.dns.records.update({
+        "_dmarc.strict.example": ["v=DMARC1; p=reject; rua=mailto:d@strict.example"],
+        "_dmarc.quarantine.example": ["v=DMARC1; p=quarantine"],
+        "_dmarc.relaxed.example": ["v=DMARC1; p=none"],
+        "_dmarc.parent.example": ["v=DMARC1; p=none; sp=reject"],
+    })
+    return rs
+
+
+def delivered(rs, sender, **kw):
+    rs.queue(post(sender=sender, **kw), sender=sender, check=0)
+    rs.run("send", check=0)
+    return rs.sent()[-1][1]
+
+
+@pytest.mark.parametrize("sender", ["ann@strict.example", "ann@quarantine.example", "ann@mail.parent.example"])
+def test_protected_domains_get_munged_from(lst, sender):
+    msg = parse(delivered(lst, sender))
+    assert msg["From"] == "Alice via test <test@lists.example.org>"
+    assert msg["Reply-To"] == f"Alice <{sender}>" and msg["X-Original-From"] == f"Alice <{sender}>"
+    assert msg["Subject"] == "[t] Hello"
+
+
+@pytest.mark.parametrize("sender", ["ann@relaxed.example", "ann@unlisted.example"])
+def test_other_domains_are_left_alone(lst, sender):
+    assert parse(delivered(lst, sender))["From"] == f"Alice <{sender}>"
+
+
+def test_lookups_are_cached(lst):
+    before = len(lst.dns.queries)
+    delivered(lst, "ann@strict.example", subject="one")
+    delivered(lst, "ann@strict.example", subject="two")
+    assert lst.dns.queries[before:] == ["_dmarc.strict.example"]
+
+
+def test_wrap_message_keeps_the_original_byte_intact(lst):
+    lst.run("set", "test@lists.example.org", "dmarc_action", "wrap_message", check=0)
+    original = post(sender="ann@strict.example", body="Signed by strict.example.\n")
+    lst.queue(original, sender="ann@strict.example", check=0)
+    lst.run("send", check=0)
+    data = lst.sent()[-1][1]
+    msg = parse(data)
+    assert msg["From"] == "Alice via test <test@lists.example.org>" and msg["Subject"] == "[t] Hello"
+    (part,) = msg.get_payload()
+    assert part.get_content_type() == "message/rfc822"
+    assert original in data                         # byte for byte, its own From and DKIM-signed fields
+    assert part.get_payload()[0]["From"] == "Alice <ann@strict.example>"
+
+
+def test_policy_forced_per_list(lst):
+    lst.run("set", "test@lists.example.org", "dmarc", "always", check=0)
+    assert parse(delivered(lst, "ann@relaxed.example"))["From"] == "Alice via test <test@lists.example.org>"
+    lst.run("set", "test@lists.example.org", "dmarc", "never", check=0)
+    before = len(lst.dns.queries)
+    assert parse(delivered(lst, "ann@strict.example", subject="x"))["From"] == "Alice <ann@strict.example>"
+    assert lst.dns.queries[before:] == []
+
+
+def test_dns_failure_never_blocks_a_post(lst):
+    from smtpsink import free_port
+    lst.write_config(dmarc={"nameserver": f"127.0.0.1:{free_port()}", "timeout": "0.2s"})
+    r = lst.run("queue", "--recipient", "test@lists.example.org", "--sender", "ann@strict.example", "--explain",
+                input=post(sender="ann@strict.example"))
+    assert r.returncode == 0 and "DMARC lookup failed" in r.out and "fallback none" in r.out
+    lst.write_config(dmarc={"fallback": "munge_from"})
+    lst.queue(post(sender="ann@strict.example", subject="again"), sender="ann@strict.example", check=0)
+    lst.run("send", check=0)
+    assert parse(lst.sent()[-1][1])["From"] == "Alice via test <test@lists.example.org>"
+
+
+def test_bad_settings(lst):
+    assert lst.run("set", "test@lists.example.org", "dmarc", "sometimes").returncode == 64
+    assert lst.run("set", "test@lists.example.org", "dmarc_action", "drop").returncode == 64

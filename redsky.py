@@ -820,6 +820,36 @@ def verp_decode(extension, list_row=None, key=None):
     return _verp_address(extension), False
 
 
+def leave_token(key, list_row, address):
+    """16 hex digits of HMAC-SHA256: the member's own one-click
+    unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
+    list and member, needs no storage."""
+    import hashlib
+    import hmac
+    text = f"leave|{list_row['name']}@{list_row['domain']}|{address}".lower().encode("utf-8")
+    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:16]
+
+
+class Personalizer:
+    """Gives each recipient a copy whose List-Unsubscribe is their own
+    LIST-leave+TOKEN@DOMAIN; the rest of the message is shared, not copied
+    per recipient.  Batches to many recipients keep the generic address."""
+
+    def __init__(self, list_row, data):
+        self.list_row, self.data, self.parts = list_row, data, None
+        generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
+        at, end = data.find(generic), data.find(b"\n\n")
+        if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
+            self.parts = (data[:at], data[at + len(generic):])
+
+    def __call__(self, address):
+        if self.parts is None:
+            return self.data
+        token = leave_token(self.list_row["verp_key"], self.list_row, address)
+        line = f"List-Unsubscribe: <mailto:{self.list_row['name']}-leave+{token}@{self.list_row['domain']}>"
+        return self.parts[0] + line.encode() + self.parts[1]
+
+
 def _verp_address(extension):
     local, sep, domain = extension.rpartition("=")
     return f"{local}@{domain}" if sep and local and domain else None
@@ -1593,12 +1623,13 @@ def getinfo(ctx):
         if m:
             row = ctx.store.list_by_address(f"{m.group(1)}@{domain}")
             role, extension = ROLES[m.group(2).lower()], m.group(3)
-    if row is None or (role == "confirm" and not extension) or (extension and role not in ("bounces", "confirm")):
+    if row is None or (role == "confirm" and not extension) or \
+            (extension and role not in ("bounces", "confirm", "leave")):
         raise UnknownList(f"no list at {ctx.recipient}")
     ctx.list, ctx.role = row, role
     if role == "bounces" and extension:
         ctx.verp, ctx.verp_signed = verp_decode(extension, row, ctx.store.verp_key)
-    ctx.token = extension if role == "confirm" else None
+    ctx.token = extension if role in ("confirm", "leave") else None
     ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {ctx.verp}" if ctx.verp else ""))
 
 
@@ -1903,6 +1934,18 @@ class Requests:
                     address=address)
         self.done.append(f"unsubscribed {address}")
 
+    def leave_by_token(self, token, sender):
+        """One-click unsubscribe: the token in LIST-leave+TOKEN proves that
+        the member received a post, so no second confirmation is asked."""
+        import hmac
+        key = self.store.verp_key
+        member = next((a for a in member_addresses(self.store, self.list["id"])
+                       if hmac.compare_digest(leave_token(key, self.list, a), token)), None)
+        if member is None:
+            self.done.append("unknown leave token: asking the sender to confirm")
+            return self.unsubscribe(sender)
+        self.remove_member(member)
+
     def reenable(self, address):
         list_id = self.list["id"]
         self.change(lambda db: db.execute(SQL["reenable"], (list_id, address)))
@@ -2041,6 +2084,8 @@ def commands(ctx):
     lines = command_lines(ctx.raw)
     if ctx.role == "join":
         req.subscribe(sender)
+    elif ctx.role == "leave" and ctx.token:
+        req.leave_by_token(ctx.token.lower(), sender)
     elif ctx.role == "leave":
         req.unsubscribe(sender)
     elif ctx.role == "confirm":
@@ -2453,9 +2498,11 @@ class SendmailTransport:
         self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
 
     def send(self, list_row, data, recipients, record):
+        personal = Personalizer(list_row, data)
         for batch in batches(recipients, self.batch):
             addresses = [a for a, _ in batch]
-            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, data)
+            copy = personal(addresses[0]) if len(addresses) == 1 else data
+            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
             for address, attempts in batch:
                 record(address, attempts, outcome)
 
@@ -2574,7 +2621,7 @@ class SMTPConnection:
         except OSError as e:
             raise SMTPError(f"connection lost: {e.strerror or e}") from None
 
-    def stream(self, list_row, recipients, wire, outcomes):
+    def stream(self, list_row, recipients, personal, outcomes):
         """One transaction per recipient, each with its own VERP sender,
         pipelined across transactions: the message and its final dot go in
         the same write as the next recipient's MAIL, RCPT and DATA (RFC 2920
@@ -2585,7 +2632,7 @@ class SMTPConnection:
         reset = False                   # a transaction to clear with RSET first
         try:
             for address in [*recipients, None]:
-                group = wire if waiting else b""
+                group = personal(waiting) if waiting else b""
                 if reset:
                     group += b"RSET\r\n"
                 if address is not None:
@@ -2730,11 +2777,12 @@ class SMTPTransport:
         """Send to ``addresses`` over ``conn`` by the verp mode, filling ``outcomes``."""
         xverp = self.verp == "xverp" and "XVERP" in conn.extensions
         if self.verp == "per-recipient" or (self.verp == "xverp" and not xverp):
+            personal = Personalizer(list_row, wire)
             if conn.pipelining:
-                conn.stream(list_row, addresses, wire, outcomes)
+                conn.stream(list_row, addresses, personal, outcomes)
             else:
                 for address in addresses:
-                    outcomes.update(conn.transaction(verp_encode(list_row, address), [address], wire))
+                    outcomes.update(conn.transaction(verp_encode(list_row, address), [address], personal(address)))
         else:
             outcomes.update(conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp))
 
@@ -2756,8 +2804,9 @@ class MaildirTransport:
         self.base = config.path_of("send", "maildir")
 
     def send(self, list_row, data, recipients, record):
+        personal = Personalizer(list_row, data)
         for address, attempts in recipients:
-            record(address, attempts, self.deliver(verp_encode(list_row, address), address, data))
+            record(address, attempts, self.deliver(verp_encode(list_row, address), address, personal(address)))
 
     def deliver(self, sender, recipient, data):
         import mailbox

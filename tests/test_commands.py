@@ -346,8 +346,12 @@ def test_list_headers_point_to_working_addresses(lst):
     mail(lst, LIST, "bob@example.net", subject="hi")
     (copy,) = inbox(lst, "bob@example.net")
     leave = re.search(r"<mailto:([^>]+)>", copy["List-Unsubscribe"]).group(1)
-    mail(lst, leave, "bob@example.net")
-    assert "confirm" in inbox(lst, "bob@example.net")[-1]["Subject"]
+    mail(lst, leave, "bob@example.net")                  # personal: one click is enough
+    assert "bob@example.net" not in members(lst)
+    assert "Goodbye" in inbox(lst, "bob@example.net")[-1]["Subject"]
+    for header in ("List-Subscribe", "List-Help", "List-Owner"):
+        address = re.search(r"<mailto:([^>?]+)", copy[header]).group(1)
+        assert mail(lst, address, "someone@example.com", subject="help").returncode == 0
 
 
 @pytest.mark.parametrize("to", ["test-request", "test-join", "test-leave", "test-owner",
@@ -366,3 +370,39 @@ def test_hostile_command_mail_gets_a_clear_outcome(lst, to, data):
     assert r.returncode in (0, 65, 67) and "Traceback" not in r.err and "internal error" not in r.err, r.err
     lst.run("send", check=0)
     assert all(argv[-2] == "--" for argv, _ in lst.sent())
+
+
+# -- one-click unsubscribe -----------------------------------------------------------------
+
+def personal_leave(rs, member):
+    (copy,) = [parse(d) for argv, d in rs.sent() if member in argv[argv.index("--") + 1:]
+               and parse(d)["Subject"] == "hi"]
+    return re.fullmatch(r"<mailto:([^>]+)>", copy["List-Unsubscribe"]).group(1)
+
+
+def test_personal_list_unsubscribe_leaves_at_once(lst):
+    lst.run("subscribe", LIST, "carl@example.com", check=0)
+    lst.run("set", LIST, "access", "open", check=0)
+    mail(lst, LIST, "bob@example.net", subject="hi")
+    lst.run("send", check=0)
+    bob, carl = personal_leave(lst, "bob@example.net"), personal_leave(lst, "carl@example.com")
+    assert re.fullmatch(r"test-leave\+[0-9a-f]{16}@lists\.example\.org", bob) and bob != carl
+    mail(lst, bob, "whoever@client.example")           # the mail client's one click, any From
+    assert "bob@example.net" not in members(lst) and "carl@example.com" in members(lst)
+    assert inbox(lst, "bob@example.net")[-1]["Subject"] == "Goodbye from test@lists.example.org"
+    assert inbox(lst, "whoever@client.example") == []
+
+
+def test_forged_leave_token_only_asks_the_sender_to_confirm(lst):
+    mail(lst, "test-leave+" + "0" * 16 + "@lists.example.org", "bob@example.net")
+    assert "bob@example.net" in members(lst)
+    assert inbox(lst, "bob@example.net")[-1]["Subject"].startswith("confirm ")
+
+
+def test_batched_delivery_keeps_the_generic_address(lst):
+    lst.run("subscribe", LIST, "carl@example.com", check=0)
+    lst.run("set", LIST, "access", "open", check=0)
+    lst.write_config(send={"verp": "off"})
+    mail(lst, LIST, "bob@example.net", subject="hi")
+    lst.run("send", check=0)
+    assert personal_leave(lst, "bob@example.net") == "test-leave@lists.example.org"

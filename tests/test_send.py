@@ -313,3 +313,14 @@ def test_unknown_verp_mode_is_a_config_error(lst):
     lst.queue(post(), check=0)
     r = lst.run("send")
     assert r.returncode == 78 and "verp" in r.err
+
+
+def test_smtp_copies_carry_personal_unsubscribe_addresses(lst):
+    import re as _re
+    with SMTPSink() as sink:
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    found = {m[1][0]: _re.search(rb"List-Unsubscribe: <mailto:([^>]+)>", m[2]).group(1).decode() for m in sink.messages}
+    assert len(set(found.values())) == 3
+    assert all(_re.fullmatch(r"test-leave\+[0-9a-f]{16}@lists\.example\.org", v) for v in found.values())

@@ -836,18 +836,24 @@ class Personalizer:
     per recipient.  Batches to many recipients keep the generic address."""
 
     def __init__(self, list_row, data):
-        self.list_row, self.data, self.parts = list_row, data, None
+        self.data, self.parts = data, None
         generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
         at, end = data.find(generic), data.find(b"\n\n")
         if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
-            self.parts = (data[:at], data[at + len(generic):])
+            import hashlib
+            import hmac
+            self.parts = (data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(),
+                          f"@{list_row['domain']}>".encode() + data[at + len(generic):])
+            # leave_token's HMAC with the key and list already absorbed, copied per recipient
+            self.mac = hmac.new(list_row["verp_key"].encode(), f"leave|{list_row['name']}@{list_row['domain']}|"
+                                .lower().encode(), hashlib.sha256)
 
     def __call__(self, address):
         if self.parts is None:
             return self.data
-        token = leave_token(self.list_row["verp_key"], self.list_row, address)
-        line = f"List-Unsubscribe: <mailto:{self.list_row['name']}-leave+{token}@{self.list_row['domain']}>"
-        return self.parts[0] + line.encode() + self.parts[1]
+        mac = self.mac.copy()
+        mac.update(address.lower().encode("utf-8"))
+        return b"".join((self.parts[0], mac.hexdigest()[:16].encode(), self.parts[1]))
 
 
 def _verp_address(extension):

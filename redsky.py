@@ -15,14 +15,20 @@ Commands::
     redsky.py init                            create the database and spool
     redsky.py newlist LIST@DOMAIN [--access open|subscribers|acl|passphrase|moderated]
                       [--passphrase P] [--subject-tag T] [--footer F] [--owner ADDR]
+                      [--subscribe-policy open|confirm|approve|confirm+approve|closed]
     redsky.py lists | set LIST KEY VALUE | dellist LIST
     redsky.py subscribe LIST ADDR...|-   unsubscribe LIST ADDR...|-
     redsky.py members LIST [--json]      acl LIST [add|del PATTERN...]
-    redsky.py held [LIST] | approve ID | reject ID
-    redsky.py status [--json]
-    redsky.py queue [--recipient ADDR] [--sender ADDR] < message
+    redsky.py held [LIST] | approve ID | reject ID [--reason R] | discard ID | pending [LIST]
+    redsky.py bounces LIST [--json] | enable LIST ADDR
+    redsky.py status [--json] | trace MESSAGE-ID | doctor | postfix-config
+    redsky.py queue [--recipient ADDR] [--sender ADDR] [--explain] [--dry-run] < message
     redsky.py send
     redsky.py schema                          print the SQL schema
+
+Example: ``python3 redsky.py newlist team@lists.example.org`` then
+``python3 redsky.py queue --recipient team@lists.example.org < post.eml``
+and ``python3 redsky.py send`` (or just ``python3 redsky.py demo``).
 
 Every command takes ``-c CONFIG`` (else $REDSKY_CONFIG, ./redsky.ini,
 /etc/redsky/redsky.ini, else built-in defaults) and ``--verbose``.

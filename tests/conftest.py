@@ -72,7 +72,8 @@ class Redsky:
         self.dns = fake_dns()
         self.settings = {"redsky": {"log": "stderr"},
                          "send": {"transport": "sendmail", "sendmail": str(self.sendmail)},
-                         "dmarc": {"nameserver": self.dns.address, "timeout": "1s"}}
+                         "dmarc": {"nameserver": self.dns.address, "timeout": "1s"},
+                         "dnsbl": {"nameserver": self.dns.address, "timeout": "1s"}}
         self.write_config()
 
     def write_config(self, **sections):

@@ -16,9 +16,56 @@ def test_schema_sql_is_what_redsky_creates(rs):
     assert (ROOT / "schema.sql").read_text() == redsky.SCHEMA
     rs.run("init", check=0)
     tables = {r[0] for r in rs.db().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache"}
+    assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache",
+                      "digest_posts", "dnsbl_cache", "autoreplies"}
     assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
+
+
+def _shape(db):
+    """Every table's columns (name, type, not null, default) and every index."""
+    shape = {}
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        shape[name] = sorted(tuple(r)[1:5] for r in db.execute(f"PRAGMA table_info({name})"))
+    shape["indexes"] = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                                       " AND name NOT LIKE 'sqlite_%'"))
+    return shape
+
+
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_data(rs, tmp_path):
+    """A database made by the first release (tests/schema_v1.sql is its
+    schema.sql) gets the new tables and columns on first use; lists and
+    members stay, new columns take their defaults, constraints still hold."""
+    import sqlite3
+    old = sqlite3.connect(rs.home / "redsky.db")
+    old.executescript((ROOT / "tests" / "schema_v1.sql").read_text())
+    old.execute("INSERT INTO meta VALUES ('verp_key', '00')")
+    old.execute("INSERT INTO lists (name, domain, access, created) VALUES ('test', 'lists.example.org', 'open', 0)")
+    old.execute("INSERT INTO members (list_id, address, subscribed) VALUES (1, 'bob@example.net', 0)")
+    old.commit()
+    old.close()
+    members = rs.members()                  # any command upgrades
+    assert members["bob@example.net"]["status"] == "enabled" and members["bob@example.net"]["digest"] is False
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    rs2 = type(rs)(fresh)
+    rs2.run("init", check=0)
+    assert _shape(rs.db()) == _shape(rs2.db())
+    assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
+    with pytest.raises(sqlite3.IntegrityError):     # the CHECK came along with the column
+        with rs.db() as db:
+            db.execute("UPDATE lists SET archive = 'everyone'")
+    rs.queue(post(), check=0)
+    rs.run("send", check=0)
+    assert rs.sent_to() == ["bob@example.net"]
+
+
+def test_a_database_from_a_newer_redsky_is_refused(rs):
+    rs.run("init", check=0)
+    with rs.db() as db:
+        db.execute(f"PRAGMA user_version = {redsky.SCHEMA_VERSION + 1}")
+    r = rs.run("lists")
+    assert r.returncode == 78 and "schema version" in r.err
 
 
 def test_init_reports_paths_and_is_idempotent(rs):
@@ -82,7 +129,7 @@ def test_subscribe_from_stdin_and_unsubscribe(rs):
 def test_members_json_fields(rs):
     rs.newlist("l@example.org", members=("a@example.org",))
     assert json.loads(rs.run("members", "l@example.org", "--json", check=0).out) == [
-        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0}]
+        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0, "digest": False}]
     assert rs.run("members", "nosuch@example.org").returncode == 67
 
 

@@ -24,12 +24,14 @@ def test_dry_run_explains_and_stores_nothing(lst):
     lines = r.out.splitlines()
     assert [line.split()[0] for line in lines[:-1]] == ["read", "getinfo", "loopdetect", "bouncehandler",
                                                         "commands", "ownermail", "getsubscribers", "access",
-                                                        "dmarc", "subjecttag", "addfooter", "queuer"]
+                                                        "dmarc", "subjecttag", "addfooter", "queuer", "archive"]
     assert "2 enabled of 2 members" in r.out
     assert lines[-1].startswith("=> exit 0") and "queued: for 2 recipients" in lines[-1] and "dry run" in lines[-1]
     st = lst.status()
     assert st["queued_posts"] == 1 and st["pending"] == 2
     assert lst.db().execute("SELECT count(*) FROM events").fetchone()[0] == before + 1
+    archived = lst.run("archive", "test@lists.example.org", check=0).out
+    assert len(archived.splitlines()) == 1 and "dry" not in archived      # the real post only
 
 
 @pytest.mark.parametrize("kwargs,outcome,code", [

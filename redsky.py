@@ -3,11 +3,15 @@
 
 The MTA pipes every message sent to a list address into ``redsky.py queue``.
 redsky runs an ordered chain of small filters over it (read, getinfo,
-loopdetect, bouncehandler, getsubscribers, access, subjecttag, addfooter,
-queuer) and stores the post durably: one spool file plus one delivery row
-per subscriber in SQLite.  Cron runs ``redsky.py send``, whose chain
-(singleinstance, queuebuilder, queuerunner) hands each post to sendmail,
-to an SMTP server or to a maildir, and records every recipient's outcome.
+loopdetect, bouncehandler, commands, ownermail, getsubscribers, access,
+dmarc, subjecttag, addfooter, queuer, archive) and stores the post durably:
+one spool file plus one delivery row per subscriber in SQLite.  Cron runs
+``redsky.py send``, whose chain (singleinstance, housekeeping, digester,
+queuebuilder, queuerunner) hands each post and digest to sendmail, to an
+SMTP server or to a maildir, and records every recipient's outcome.  The
+same runner is a stdin -> stdout content filter (``redsky.py filter``:
+read, whitelist, dnsbl, autoreply, out), and ``[redsky] plugins`` adds
+your own filters.
 
 Commands::
 
@@ -19,11 +23,14 @@ Commands::
     redsky.py lists | set LIST KEY VALUE | dellist LIST
     redsky.py subscribe LIST ADDR...|-   unsubscribe LIST ADDR...|-
     redsky.py members LIST [--json]      acl LIST [add|del PATTERN...]
+    redsky.py set-member LIST ADDR digest on|off
+    redsky.py archive LIST [--since DATE] [--search TEXT] | archive export LIST [--output FILE]
     redsky.py held [LIST] | approve ID | reject ID [--reason R] | discard ID | pending [LIST]
     redsky.py bounces LIST [--json] | enable LIST ADDR
     redsky.py status [--json] | trace MESSAGE-ID | doctor | postfix-config
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--explain] [--dry-run] < message
     redsky.py send
+    redsky.py filter [--recipient ADDR]... [--sender ADDR] [--client-address IP] < message > message
     redsky.py schema                          print the SQL schema
 
 Example: ``python3 redsky.py newlist team@lists.example.org`` then
@@ -34,7 +41,7 @@ Every command takes ``-c CONFIG`` (else $REDSKY_CONFIG, ./redsky.ini,
 /etc/redsky/redsky.ini, else built-in defaults) and ``--verbose``.
 Exit codes follow sysexits(3): 0 done (also for discarded and held posts),
 64 usage, 65 bad data, 67 unknown list, 75 try again later, 77 no
-permission, 78 configuration error.
+permission, 78 configuration error; ``filter`` adds 99, dropped on purpose.
 
 Only the Python standard library is used: copy this file onto a host and run it.
 """
@@ -1758,8 +1765,11 @@ class Context:
             change(db)
 
     def describe(self):
-        where = list_address(self.list) if self.list else (self.recipient or "?")
-        return f"message-id={self.message_id or '?'} list={where}"
+        if self.list or self.mode != "filter":
+            where = list_address(self.list) if self.list else (self.recipient or "?")
+            return f"message-id={self.message_id or '?'} list={where}"
+        return f"message-id={self.message_id or '?'} from={self.sender if self.sender is not None else '?'}" \
+               f" to={','.join(self.envelope_recipients) or '?'}"
 
 
 def run_chain(chain, ctx):
@@ -2761,11 +2771,11 @@ def archive_add(config, list_row, data, sender=None):
     """Add one post to the list's archive; return its key.  A Maildir
     delivery is atomic; the mbox is locked (fcntl and dot-lock, as
     mailbox.mbox does) against concurrent queue runs."""
-    import mailbox
     path = archive_path(config, list_row)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if config.get("archive", "format") == "maildir":
-        return mailbox.Maildir(path, create=True).add(data)
+        return maildir_add(path, data)
+    import mailbox
     box = mailbox.mbox(path, create=True)
     box.lock()
     try:
@@ -2776,6 +2786,32 @@ def archive_add(config, list_row, data, sender=None):
         box.unlock()
         box.close()
     return key
+
+
+def maildir_add(path, data):
+    """Deliver ``data`` into the Maildir ``path`` the Maildir way (write in
+    tmp/, fsync, rename into new/) under a name mailbox.Maildir also makes
+    (SECONDS.MMICROSECONDSPPIDQN.HOST); return that name.  Done by hand
+    because importing mailbox would cost every queue run ~8 ms."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    now = time.time()
+    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{os.urandom(3).hex()}.{host}"
+    tmp = os.path.join(path, "tmp", name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, os.path.join(path, "new", name))
+    return name
 
 
 def archived(config, list_row):
@@ -2817,7 +2853,11 @@ def text_of(data):
     import email
     from email import policy
     texts = []
-    for part in email.message_from_bytes(data, policy=policy.compat32).walk():
+    try:
+        parts = list(email.message_from_bytes(data, policy=policy.compat32).walk())
+    except Exception:                           # the email package gave up on it
+        return data.decode("utf-8", "replace")
+    for part in parts:
         if part.is_multipart():
             continue
         if part.get_content_maintype() != "text":
@@ -3038,8 +3078,8 @@ def autoreply_refusal(ctx, address):
     robot = is_robot(ctx.msg, ctx.sender)
     if robot:
         return robot
-    if ctx.sender is None:
-        return "no envelope sender (Return-Path) to answer"
+    if ctx.sender is None or not valid_address(ctx.sender):
+        return "no envelope sender (Return-Path) that is an address to answer"
     if ctx.sender.lower() == address.lower():
         return "sent by the address itself"
     for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
@@ -3078,7 +3118,12 @@ def autoreply(ctx):
         if last and last[0] > now - interval:
             ctx.note(f"no reply from {address}: {ctx.sender} had one {int((now - last[0]) // 3600)} h ago")
             continue
-        data = autoreply_message(ctx, address)
+        try:
+            data = autoreply_message(ctx, address)
+        except (ValueError, TypeError) as e:     # a header the email package refuses to write
+            log.warning("automatic reply from %s to %s not made: %s", address, ctx.sender, e)
+            ctx.note(f"no reply from {address}: {e}")
+            continue
         outcome = send_now(ctx.config, "", ctx.sender, data)
         if outcome.kind != SENT:
             log.warning("automatic reply from %s to %s not sent: %s", address, ctx.sender, outcome.detail)
@@ -3727,7 +3772,12 @@ def digester(ctx):
         posts = [r[0] for r in ctx.store.q("digest_posts", list_row["id"], backlog["last"])]
         outbox = Outbox()
         if recipients:
-            message_id, data = build_digest(list_row, posts, volume, issue)
+            try:
+                message_id, data = build_digest(list_row, posts, volume, issue)
+            except Exception as e:              # one list's digest must never stop the deliveries
+                log.error("digest of %s cannot be built, will retry: %s: %s",
+                          list_address(list_row), type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                continue
             outbox.add(list_row["id"], "post", message_id, data, recipients)
 
         def change(db, list_id=list_row["id"], last=backlog["last"], volume=volume, issue=issue):
@@ -4024,11 +4074,7 @@ def cmd_filter(args, config):
     ctx.envelope_recipients = (args.recipient or []) + args.recipients
     ctx.sender = args.sender
     ctx.client_address = args.client_address
-    verdict = run_chain(chain, ctx)
-    code = finish_filter(ctx, verdict)
-    if args.explain:
-        sys.stderr.write(explain(ctx, code) + "\n")
-    return code
+    return finish_filter(ctx, run_chain(chain, ctx), args.explain)
 
 
 # what the last line on stderr says for each verdict, proxsmtpd-style
@@ -4036,14 +4082,17 @@ FILTER_REPLIES = {"discard": "250 2.7.0", "hold": "250 2.7.0", "consumed": "250 
                   "unknown-list": "550 5.1.1", "try-later": "451 4.3.0"}
 
 
-def finish_filter(ctx, verdict):
+def finish_filter(ctx, verdict, show_trace=False):
     """Exit codes of content-filter mode: 0 with the message on stdout
     (passed); 99 with nothing on stdout for a message dropped on purpose
     (discard; hold keeps it in [filter] quarantine first); 65 reject,
     75 try later.  Every verdict also ends stderr with an SMTP reply line,
     which is what proxsmtpd reads (its "250" means dropped, not bounced)."""
     if verdict is None:
+        ctx.outcome = "passed"
         log.info("filter passed %s", ctx.describe())
+        if show_trace:
+            sys.stderr.write(explain(ctx, EX_OK) + "\n")
         return EX_OK
     code = verdict.code if verdict.code else EX_DISCARDED
     reason = verdict.reason
@@ -4055,6 +4104,9 @@ def finish_filter(ctx, verdict):
             verdict, code, reason = TryLater(""), EX_TEMPFAIL, f"cannot quarantine the message: {e.strerror or e}"
     log.log(logging.WARNING if code not in (EX_OK, EX_DISCARDED) else logging.INFO,
             "filter %s %s reason=%s", verdict.name, ctx.describe(), reason)
+    if show_trace:                              # before the reply line: proxsmtpd reads the last line
+        ctx.outcome, ctx.outcome_reason = verdict.name, reason
+        sys.stderr.write(explain(ctx, code) + "\n")
     print(f"{FILTER_REPLIES.get(verdict.name, '554 5.7.0')} {one_line(reason, 400)}", file=sys.stderr)
     return code
 

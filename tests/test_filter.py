@@ -21,7 +21,7 @@ def message(sender="bob@example.net", to=ME, extra="", subject="Lunch?", body="A
 def run_filter(rs, data, *args, sender="bob@example.net", recipient=ME, env=None):
     argv = ["filter"]
     if sender is not None:
-        argv += ["--sender", sender]
+        argv += [f"--sender={sender}"]
     if recipient is not None:
         argv += ["--recipient", recipient]
     return rs.run(*argv, *args, input=data, env=env)
@@ -343,3 +343,19 @@ def test_autoreply_without_text_is_a_configuration_error(rs):
     rs.write_config(autoreply={"addresses": ME})
     r = run_filter(rs, message())
     assert r.returncode == 78 and "text" in r.err
+
+
+def test_explain_comes_before_the_reply_line(rs, zone):
+    listed(rs, zone)
+    r = run_filter(rs, message(), "--client-address", LISTED, "--explain")
+    assert r.returncode == 65
+    assert "dnsbl" in r.err and last_line(r.err).startswith("550 5.7.1 client")
+
+
+@pytest.mark.parametrize("sender", ["bob@example.net\nBcc: victim@example.com", "not an address", "<>",
+                                    "-oQ/tmp@example.net"])
+def test_autoreply_never_answers_a_hostile_envelope_sender(away, sender):
+    r = run_filter(away, message(), sender=sender)
+    assert r.returncode == 0 and r.stdout.startswith(b"From: Bob") and "Traceback" not in r.err
+    assert away.sent() == []
+

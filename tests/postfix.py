@@ -109,8 +109,33 @@ def missing():
     return None
 
 
+def readme_block(first_line):
+    """The README code block whose first line is ``first_line``."""
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index("\n" + first_line + "\n") + 1:]
+    return body[:body.index("```")]
+
+
+# The README's Postfix content-filter example, with this instance's paths.
+FILTER_ZONE = "bl.postfix.test"
+
+# Stands in for the script's "/usr/sbin/sendmail -G -i", the one change the
+# test makes to it: postdrop is set-gid and ignores a private MAIL_CONFIG for
+# users other than root (unless the system main.cf lists it in
+# alternate_config_directories, which a test must not edit), so the filtered
+# message goes back over SMTP to this instance's unfiltered smtpd instead.
+REINJECT = """\
+#!/usr/bin/python3
+import smtplib, sys
+args = sys.argv[1:]
+sender, recipients = args[args.index("-f") + 1], args[args.index("--") + 1:]
+with smtplib.SMTP("127.0.0.1", {port}) as smtp:
+    smtp.sendmail(sender, recipients, sys.stdin.buffer.read())
+"""
+
+
 class PrivatePostfix:
-    def __init__(self):
+    def __init__(self, nameserver="127.0.0.1:9"):
         self.dir = Path(tempfile.mkdtemp(prefix="redsky-pf-", dir="/tmp"))
         self.dir.chmod(0o755)
         self.etc, self.mail, self.home = self.dir / "etc", self.dir / "mail", self.dir / "redsky"
@@ -127,14 +152,31 @@ class PrivatePostfix:
         self.config = self.home / "redsky.ini"
         self.config.write_text("[redsky]\nlog = redsky.log\numask = 000\nbusy_timeout = 1s\n"
                                "[send]\ntransport = sendmail\nsendmail = /usr/sbin/sendmail\nretry_delay = 0\n"
-                               "[postfix]\nuser = nobody\n")
-        self.port = free_port()
+                               "[postfix]\nuser = nobody\n"
+                               f"[dnsbl]\nzones = {FILTER_ZONE}\nnameserver = {nameserver}\ntimeout = 1s\n")
+        self.port, self.filter_port = free_port(), free_port()
+        self.filter_script = self.dir / "redsky-filter"
+        invocation = f"/usr/bin/python3 {self.redsky_py} -c {self.config}"
+        reinject = self.dir / "reinject"
+        reinject.write_text(REINJECT.format(port=self.port))
+        reinject.chmod(0o755)
+        self.filter_script.write_text(readme_block("# /usr/local/bin/redsky-filter: -f SENDER -- RECIPIENT...")
+                                      .replace("/usr/bin/python3 /opt/redsky/redsky.py -c /etc/redsky/redsky.ini",
+                                               invocation)
+                                      .replace("/usr/sbin/sendmail -G -i", f"{reinject} -G -i"))
+        self.filter_script.chmod(0o755)
+        filter_master = readme_block("# master.cf: filter mail that arrives by SMTP")
+        filter_master = (filter_master.replace("smtp      inet  n       -       n       -       -       smtpd",
+                                               f"127.0.0.1:{self.filter_port} inet n - n - - smtpd")
+                         .replace("user=redsky", "user=nobody")
+                         .replace("/usr/local/bin/redsky-filter", str(self.filter_script)))
         self.env = {**os.environ, "MAIL_CONFIG": str(self.etc)}
         self.redsky("init", check=True)
         self.redsky("postfix-config", "--dir", str(self.etc), "--write", "--python", "/usr/bin/python3", check=True)
         fill = dict(dir=self.dir, lists=LISTS, users=USERS, port=self.port, uid=nobody.pw_uid, gid=nobody.pw_gid)
         (self.etc / "main.cf").write_text(BASE_MAIN.format(**fill) + (self.etc / "redsky-main.cf").read_text())
-        (self.etc / "master.cf").write_text(BASE_MASTER.format(**fill) + (self.etc / "redsky-master.cf").read_text())
+        (self.etc / "master.cf").write_text(BASE_MASTER.format(**fill) + (self.etc / "redsky-master.cf").read_text()
+                                            + filter_master)
         (self.etc / "mailboxes.cf").write_text(MAILBOXES.format(**fill))
         past = time.time() - 10          # Postfix waits for a main.cf younger than ~1 s to "cool down"
         for f in self.etc.iterdir():
@@ -192,7 +234,7 @@ class PrivatePostfix:
         for d in self.mail.iterdir():
             shutil.rmtree(d, ignore_errors=True)
         for f in self.home.iterdir():
-            if f.name != "redsky.ini":
+            if f.name not in ("redsky.ini",):
                 if f.is_dir():
                     shutil.rmtree(f)
                 else:

@@ -27,7 +27,8 @@ def mta():
         if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
             pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
         pytest.skip(reason)
-    instance = pf.PrivatePostfix()
+    from conftest import fake_dns
+    instance = pf.PrivatePostfix(nameserver=fake_dns().address)
     try:
         yield instance
     finally:
@@ -175,3 +176,52 @@ def test_lookups_work_while_redsky_holds_a_write_lock(pfx):
         holder.close()
     new_log = pfx.log()[seen:]
     assert "dict_sqlite" not in new_log and "fatal" not in new_log
+
+
+# --- the README's content-filter example (redsky.py filter behind Postfix) --------------
+
+LISTED = "81.2.69.142"
+
+
+def through_filter(pfx, data, sender=f"carl@{pf.USERS}", recipients=(LIST,)):
+    with smtplib.SMTP("127.0.0.1", pfx.filter_port) as smtp:
+        smtp.sendmail(sender, list(recipients), data)
+    pfx.wait_idle()
+
+
+def listed_received(ip=LISTED):
+    return f"Received: from spam.example (spam.example [{ip}])\n\tby mx.example; Wed, 25 Nov 2026 10:00:00 +0000\n"
+
+
+def test_content_filter_passes_clean_mail_back_into_postfix(pfx):
+    through_filter(pfx, post("Filtered and clean"), recipients=(LIST, f"dora@{pf.USERS}"))
+    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-3000:]
+    (copy,) = pfx.maildir("dora")                # a plain mailbox recipient in the same transaction
+    assert parse(copy)["Subject"] == "Filtered and clean"
+    assert "redsky-filter" in pfx.log() and "status=sent" in pfx.log()
+
+
+def test_content_filter_rejects_a_listed_client_with_a_bounce(pfx):
+    from conftest import fake_dns
+    fake_dns().a_records[".".join(reversed(LISTED.split("."))) + "." + pf.FILTER_ZONE] = ["127.0.0.2"]
+    through_filter(pfx, listed_received().encode() + post("From a listed host"))
+    assert ledger(pfx) == []                     # never reached the list
+    (bounce,) = [parse(d) for d in pfx.maildir("carl")]
+    assert bounce.get_content_type() == "multipart/report"
+    report = " ".join(bounce.as_string().split())          # Postfix folds the diagnostic
+    assert f"Command output: 550 5.7.1 client {LISTED} is listed in {pf.FILTER_ZONE} (127.0.0.2)" in report
+
+
+def test_content_filter_hold_is_quarantined_not_bounced(pfx):
+    from conftest import fake_dns
+    ip = "81.2.69.143"
+    fake_dns().a_records[".".join(reversed(ip.split("."))) + "." + pf.FILTER_ZONE] = ["127.0.0.3"]
+    original = pfx.config.read_text()
+    pfx.config.write_text(original.replace("[dnsbl]\n", "[dnsbl]\naction = hold\n"))
+    try:
+        through_filter(pfx, listed_received(ip).encode() + post("Held by the filter"))
+    finally:
+        pfx.config.write_text(original)
+    assert ledger(pfx) == [] and pfx.maildir("carl") == []          # not delivered, no bounce
+    (held,) = list((pfx.home / "quarantine" / "new").iterdir())
+    assert b"Subject: Held by the filter" in held.read_bytes()

@@ -661,7 +661,8 @@ SQL = {
                      " (SELECT count(*) FROM deliveries WHERE state = 'sent'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'failed'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'expired'),"
-                     " (SELECT count(*) FROM held)",
+                     " (SELECT count(*) FROM held),"
+                     " (SELECT count(*) FROM digest_posts)",
 }
 
 
@@ -2233,7 +2234,14 @@ class Requests:
             self.done.append(f"set digest from non-member {address}")
             return
         on = words[1].lower() == "on"
+        if ("digest", on) in self.replied:          # the same command in Subject and body: once
+            return
+        self.replied.add(("digest", on))
         list_id = self.list["id"]
+        was = self.store.db.execute("SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
+                                    (list_id, address)).fetchone()
+        if was["digest"] and not on:
+            catch_up(self.store, self.ctx.outbox, self.list, was["address"])
         self.change(lambda db: db.execute("UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
                                           (int(on), list_id, address)))
         self.notice([address], f"{list_address(self.list)}: digest {'on' if on else 'off'}",
@@ -4286,7 +4294,10 @@ def cmd_lists(args, config):
     if args.json:
         print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "access": r["access"],
                            "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
-                           "subscribe_policy": r["subscribe_policy"], "members": counts.get(r["id"], 0)}
+                           "subscribe_policy": r["subscribe_policy"], "members": counts.get(r["id"], 0),
+                           "archive": r["archive"], "archive_url": r["archive_url"],
+                           "digest_format": r["digest_format"], "digest_size_threshold": r["digest_size_threshold"],
+                           "digest_interval": r["digest_interval"]}
                           for r in rows], indent=2))
     else:
         for r in rows:
@@ -4365,15 +4376,30 @@ def cmd_members(args, config):
     return EX_OK
 
 
+def catch_up(store, outbox, list_row, address):
+    """A member leaving digest mode gets the posts still waiting for the
+    next digest as single posts, so switching never loses one."""
+    for (raw,) in store.q("digest_posts", list_row["id"], float("inf")):
+        outbox.add(list_row["id"], "post", RawMessage(raw).get("Message-ID") or "<digest-catch-up>", raw, [address])
+
+
 def cmd_set_member(args, config):
     """set-member LIST ADDR digest on|off: how a member gets the list."""
     store = open_store(config)
     row = store.require_list(args.list)
-    with store.transaction():
-        changed = store.db.execute("UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
-                                   (1 if args.value == "on" else 0, row["id"], args.address)).rowcount
-    if not changed:
+    member = store.db.execute("SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
+                              (row["id"], args.address)).fetchone()
+    if member is None:
         raise Failure(f"{args.address} is not a member of {list_address(row)}", EX_DATAERR)
+    outbox = Outbox()
+    if member["digest"] and args.value == "off":
+        catch_up(store, outbox, row, member["address"])
+    try:
+        outbox.commit(store, config.spool, lambda db: db.execute(
+            "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
+            (1 if args.value == "on" else 0, row["id"], member["address"])))
+    except TryLater as e:
+        raise Failure(e.reason, EX_TEMPFAIL)
     print(f"{list_address(row)}: {args.address} gets {'digests' if args.value == 'on' else 'single posts'}")
     return EX_OK
 
@@ -4585,7 +4611,7 @@ def cmd_bounces(args, config):
 
 def cmd_status(args, config):
     store = open_store(config)
-    keys = ("queued_posts", "pending", "deferred", "sent", "failed", "expired", "held")
+    keys = ("queued_posts", "pending", "deferred", "sent", "failed", "expired", "held", "digest_posts")
     counts = dict(zip(keys, store.q("status_counts").fetchone()))
     if args.json:
         print(json.dumps(counts, indent=2))

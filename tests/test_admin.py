@@ -86,7 +86,8 @@ def test_newlist_lists_set_dellist(rs):
     (row,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
                    "footer": "bye\n$list", "owners": "boss@example.org", "subscribe_policy": "confirm",
-                   "members": 0}
+                   "members": 0, "archive": "private", "archive_url": "", "digest_format": "mime",
+                   "digest_size_threshold": 30, "digest_interval": 86400.0}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out
@@ -137,7 +138,7 @@ def test_status_counts(rs):
     rs.newlist("l@example.org", "--access", "open", members=("a@example.org", "b@example.org"))
     rs.queue(post(), recipient="l@example.org", check=0)
     assert rs.status() == {"queued_posts": 1, "pending": 2, "deferred": 0, "sent": 0, "failed": 0,
-                           "expired": 0, "held": 0}
+                           "expired": 0, "held": 0, "digest_posts": 0}
 
 
 def test_usage_errors_exit_64_in_one_line(rs):

@@ -249,3 +249,21 @@ def test_set_member_cli_errors(team):
     assert team.run("set-member", LIST, "bob@example.net", "digest", "maybe").returncode == 64
     assert team.run("set", LIST, "digest_interval", "soon").returncode == 64
     assert team.run("set", LIST, "digest_size_threshold", "0").returncode == 64
+
+
+def test_leaving_digest_mode_delivers_the_waiting_posts_singly(team):
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.run("set-member", LIST, "erin@example.net", "digest", "on", check=0)
+    for n in (1, 2):
+        team.queue(post(subject=f"waiting {n}"), check=0)
+    assert team.status()["digest_posts"] == 2
+    team.run("set-member", LIST, "dana@example.net", "digest", "off", check=0)      # by the CLI
+    request(team, "set digest off", "erin@example.net").check_returncode()          # by email
+    team.run("send", check=0)
+    for member in ("dana@example.net", "erin@example.net"):
+        got = sorted(parse(d)["Subject"] for argv, d in team.sent() if argv[-1] == member)
+        assert [g for g in got if g.startswith("waiting")] == ["waiting 1", "waiting 2"], member
+    with team.db() as db:                           # the digest would be due now: nobody is left for it
+        db.execute("UPDATE digest_posts SET received = received - 86401")
+    team.run("send", check=0)
+    assert digests(team, "dana@example.net") == [] and team.status()["digest_posts"] == 0

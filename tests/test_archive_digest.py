@@ -267,3 +267,35 @@ def test_leaving_digest_mode_delivers_the_waiting_posts_singly(team):
         db.execute("UPDATE digest_posts SET received = received - 86401")
     team.run("send", check=0)
     assert digests(team, "dana@example.net") == [] and team.status()["digest_posts"] == 0
+
+
+ODD_POSTS = [
+    b"From: a@example.org\nTo: test@lists.example.org\n\nno subject, no date\n",
+    b"From: a@example.org\nSubject: broken\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=q\n\n--q\n"
+    b"Content-Type: text/plain; charset=x-unknown-charset\n\n\xff\xfe text\n",
+    b"From: J\xfcrgen <a@example.org>\nSubject: Gr\xfc\xdfe\nContent-Type: text/plain; charset=latin-1\n\n\xe9t\xe9\n",
+    b"From: a@example.org\r\nSubject: crlf\r\n\r\nline one\r\n--===============redsky-lookalike==\r\n",
+    b"From: a@example.org\nSubject: b64\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    b"!!!not base64!!!\n",
+]
+
+
+@pytest.mark.parametrize("fmt", ["mime", "plain"])
+def test_odd_posts_make_a_digest_without_stopping_send(team, fmt):
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.run("set", LIST, "digest_format", fmt, check=0)
+    for data in ODD_POSTS:
+        team.queue(data, check=0)
+    with team.db() as db:
+        db.execute("UPDATE digest_posts SET received = received - 86401")
+    r = team.run("send", check=0)
+    assert "Traceback" not in r.err
+    (digest,) = digests(team, "dana@example.net")
+    if fmt == "mime":
+        bundle = list(digest.iter_parts())[2]
+        assert len(list(bundle.iter_parts())) == len(ODD_POSTS)
+    else:
+        text = digest.get_content()
+        assert text.count("\n" + "-" * 30 + "\n") == len(ODD_POSTS)
+        assert "(no subject)" in text.split("-" * 70)[0]
+    assert team.sent_to().count("bob@example.net") == len(ODD_POSTS)

@@ -359,3 +359,51 @@ def test_autoreply_never_answers_a_hostile_envelope_sender(away, sender):
     assert r.returncode == 0 and r.stdout.startswith(b"From: Bob") and "Traceback" not in r.err
     assert away.sent() == []
 
+
+
+# --- hostile and odd input through every filter -------------------------------------------
+
+ODD = [
+    b"From: a@example.net\nTo: me@example.org\nSubject: x\nContent-Type: multipart/mixed; boundary=\"nope\"\n\n"
+    b"--nope\nContent-Type: text/plain\n\nunterminated",
+    b"From: =?x-unknown?b?////?= <a@example.net>\nTo: me@example.org\nSubject: =?utf-8?b?invalid base64?=\n\nbody\n",
+    b"From: J\xfcrgen <a@example.net>\nTo: me@example.org\nSubject: Gr\xfc\xdfe\n\n\xff\xfe\n",
+    b"From: a@example.net\nTo: me@example.org\nSubject: " + b"long " * 3000 + b"\n\nbody\n",
+    b"Received: from x (x [999.1.1.1])\nReceived: from y ([IPv6:::ffff:zz])\nReceived: garbage\n"
+    b"From: a@example.net\nTo: me@example.org\n\nbody\n",
+    b"Received: from z (z [IPv6:2a01:4f8::1])\n\tby mx; now\nFrom: a@example.net\nTo: me@example.org\n\nb\n",
+    b"From: a@example.net\nTo: " + b", ".join(b"u%d@example.org" % i for i in range(2000)) + b", me@example.org\n"
+    b"References: " + b" ".join(b"<r%d@x>" % i for i in range(500)) + b"\nMessage-ID: <m@x>\n\nbody\n",
+    b"From: a@example.net\r\nTo: me@example.org\r\nSubject: crlf\r\n\r\nbody\r\n",
+    b"From: a@example.net\rTo: me@example.org\rSubject: cr only\r\rbody\r",
+    b"From: <>\nTo: me@example.org\nMessage-ID: <<<>>>\nSubject: \n\n",
+]
+
+
+@pytest.mark.parametrize("data", ODD, ids=range(len(ODD)))
+def test_odd_mail_through_every_filter_passes_intact_or_is_refused_cleanly(rs, zone, data):
+    rs.write_config(whitelist={"senders": "friend.example"},
+                    autoreply={"addresses": ME, "text": "Away."})
+    r = run_filter(rs, data, sender="a@example.net")
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    assert r.returncode in (0, 65), r.err
+    if r.returncode == 0:
+        assert r.stdout == data
+    else:
+        assert r.stdout == b"" and last_line(r.err).startswith("550 ")
+
+
+def test_autoreply_in_the_list_queue_chain(rs):
+    """A list that acknowledges each post once per week and sender."""
+    rs.newlist("test@lists.example.org", "--access", "open", members=("bob@example.net",))
+    rs.run("set", "test@lists.example.org", "dmarc", "never", check=0)
+    rs.write_config(queue={"filters": "read getinfo loopdetect bouncehandler commands ownermail getsubscribers"
+                                      " access autoreply queuer"},
+                    autoreply={"addresses": "test@lists.example.org", "text": "Thanks, your post is in."})
+    rs.queue(post(subject="one"), check=0)
+    rs.queue(post(subject="two"), check=0)
+    acknowledgements = [(argv, parse(d)) for argv, d in rs.sent()]
+    assert [a[-1] for a, _ in acknowledgements] == ["alice@example.org"]      # once, at queue time
+    assert acknowledgements[0][1]["Subject"] == "Auto: one"
+    rs.run("send", check=0)
+    assert sorted(parse(d)["Subject"] for a, d in rs.sent() if a[-1] == "bob@example.net") == ["one", "two"]

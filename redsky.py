@@ -4764,8 +4764,10 @@ def doctor_checks(config, cron_places=CRON_PLACES):
         yield ("WARN", f"the pipe user {runner} does not exist (the owner of data_dir is root)",
                f"create it, chown -R it {config.data_dir}, or set [postfix] user")
     for who in sorted(users):
-        for what, path in (("database", db_path), ("data_dir", config.data_dir), ("spool", config.spool)):
-            if os.path.exists(path) and not user_can(path, who, write=True):
+        for what, path in (("database", db_path), ("data_dir", config.data_dir), ("spool", config.spool),
+                           ("archive", config.path_of("archive", "dir")),
+                           ("quarantine", config.path_of("filter", "quarantine"))):
+            if path and os.path.exists(path) and not user_can(path, who, write=True):
                 yield ("FAIL", f"{who} cannot write the {what} {path} (queue and send run as {who})",
                        f"chown -R {runner} {config.data_dir}, and run queue and send as {runner}")
                 break

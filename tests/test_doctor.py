@@ -67,6 +67,26 @@ def test_smtp_unreachable_fails_and_reachable_passes(ok):
 
 
 @needs_root
+def test_pipe_user_cannot_write_the_archive_fails():
+    """In a home nobody can reach (pytest's tmp is root's 0700), only the archive is closed."""
+    import tempfile
+    from conftest import Redsky
+    home = tempfile.mkdtemp(prefix="redsky-doctor-", dir="/tmp")
+    try:
+        os.chmod(home, 0o777)
+        rs = Redsky(home)
+        rs.write_config(postfix={"user": "nobody"}, redsky={"log": "stderr", "umask": "000"})
+        rs.newlist("test@lists.example.org")
+        code, out = doctor(rs)
+        assert "nobody can write the database and spool" in out, out
+        os.mkdir(os.path.join(home, "archive"), 0o755)        # root's, closed to nobody
+        code, out = doctor(rs)
+        assert code == 78 and "nobody cannot write the archive" in fails(out)[0]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@needs_root
 def test_pipe_user_cannot_write_the_database_fails(ok):
     ok.write_config(postfix={"user": "nobody"})
     ok.home.chmod(0o700)               # root's, closed: nobody cannot reach the database

@@ -631,12 +631,22 @@ SQL = {
                   " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",
+    "dmarc_cache_put": "INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
+    "dnsbl_cache_get": "SELECT answer FROM dnsbl_cache WHERE name = ? AND expires > ?",
+    "dnsbl_cache_put": "INSERT OR REPLACE INTO dnsbl_cache VALUES (?, ?, ?)",
+    "autoreply_last": "SELECT sent FROM autoreplies WHERE address = ? AND sender = ?",
+    "autoreply_sent": "INSERT OR REPLACE INTO autoreplies VALUES (?, ?, ?)",
+    "set_digest": "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
+    "member_digest": "SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
     "add_digest_post": "INSERT INTO digest_posts (list_id, received, raw) VALUES (?, ?, ?)",
     "digest_backlog": "SELECT list_id, count(*) AS posts, sum(length(raw)) AS size, min(received) AS oldest,"
                       " max(id) AS last FROM digest_posts GROUP BY list_id",
     "digest_posts": "SELECT raw FROM digest_posts WHERE list_id = ? AND id <= ? ORDER BY id",
     "digest_members": "SELECT address FROM members WHERE list_id = ? AND status = 'enabled' AND digest = 1"
                       " ORDER BY address",
+    "digest_done": "DELETE FROM digest_posts WHERE list_id = ? AND id <= ?",
+    "digest_numbering": "UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
     "list_by_id": f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?",
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
                 " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1577,7 +1587,7 @@ def dmarc_policy(store, config, domain):
     '' when none; cached for [dmarc] cache.  Raises OSError when DNS fails."""
     domain = domain.lower().rstrip(".")
     now = time.time()
-    row = store.db.execute("SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?", (domain, now)).fetchone()
+    row = store.q("dmarc_cache_get", domain, now).fetchone()
     if row:
         return row[0]
     nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
@@ -1590,13 +1600,17 @@ def dmarc_policy(store, config, domain):
             tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
             policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
             break
+    remember(store, "dmarc_cache_put", domain, policy, now + config.duration("dmarc", "cache"))
+    return policy
+
+
+def remember(store, query, key, answer, expires):
+    """Cache a DNS answer; a cache that cannot be written is only slower."""
     try:
         with store.transaction():
-            store.db.execute("INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
-                             (domain, policy, now + config.duration("dmarc", "cache")))
+            store.q(query, key, answer, expires)
     except sqlite3.Error:
-        pass                                    # a cache that cannot be written is only slower
-    return policy
+        pass
 
 
 def _resolv_conf_nameserver():
@@ -2238,12 +2252,10 @@ class Requests:
             return
         self.replied.add(("digest", on))
         list_id = self.list["id"]
-        was = self.store.db.execute("SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
-                                    (list_id, address)).fetchone()
+        was = self.store.q("member_digest", list_id, address).fetchone()
         if was["digest"] and not on:
             catch_up(self.store, self.ctx.outbox, self.list, was["address"])
-        self.change(lambda db: db.execute("UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
-                                          (int(on), list_id, address)))
+        self.change(lambda db: db.execute(SQL["set_digest"], (int(on), list_id, address)))
         self.notice([address], f"{list_address(self.list)}: digest {'on' if on else 'off'}",
                     "digest-on" if on else "digest-off", address=address)
         self.done.append(f"digest {'on' if on else 'off'} for {address}")
@@ -2649,14 +2661,10 @@ def addfooter(ctx):
         ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list)))
 
 
-def write_spool(spool_dir, data):
-    """Write ``data`` to a new spool file atomically (temp file, fsync,
-    rename, fsync of the directory); return its name."""
-    tmp_dir = os.path.join(spool_dir, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
-    tmp = os.path.join(tmp_dir, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # [redsky] umask applies
+def write_synced(path, data):
+    """Create ``path`` (it must not exist; [redsky] umask applies), write
+    ``data`` and fsync it; on any failure nothing is left behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         view = memoryview(data)
         while view:
@@ -2664,9 +2672,19 @@ def write_spool(spool_dir, data):
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        _unlink_quietly(path)
         raise
     os.close(fd)
+
+
+def write_spool(spool_dir, data):
+    """Write ``data`` to a new spool file atomically (temp file, fsync,
+    rename, fsync of the directory); return its name."""
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
+    tmp = os.path.join(tmp_dir, name)
+    write_synced(tmp, data)
     os.rename(tmp, os.path.join(spool_dir, name))
     dir_fd = os.open(spool_dir, os.O_RDONLY)
     try:
@@ -2807,17 +2825,7 @@ def maildir_add(path, data):
     host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
     name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{os.urandom(3).hex()}.{host}"
     tmp = os.path.join(path, "tmp", name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
+    write_synced(tmp, data)
     os.rename(tmp, os.path.join(path, "new", name))
     return name
 
@@ -3016,7 +3024,7 @@ def dnsbl_lookup(store, config, name):
     cache.  RFC 5782 2.3: only 127.0.0.0/8 answers mean listed; Spamhaus'
     127.255.255.x (refused, e.g. through a public resolver) does not."""
     now = time.time()
-    row = store.db.execute("SELECT answer FROM dnsbl_cache WHERE name = ? AND expires > ?", (name, now)).fetchone()
+    row = store.q("dnsbl_cache_get", name, now).fetchone()
     if row:
         return row[0]
     nameserver = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver()
@@ -3025,12 +3033,7 @@ def dnsbl_lookup(store, config, name):
     answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
     if answers and not answer:
         log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
-    try:
-        with store.transaction():
-            store.db.execute("INSERT OR REPLACE INTO dnsbl_cache VALUES (?, ?, ?)",
-                             (name, answer, now + config.duration("dnsbl", "cache")))
-    except sqlite3.Error:
-        pass                                    # a cache that cannot be written is only slower
+    remember(store, "dnsbl_cache_put", name, answer, now + config.duration("dnsbl", "cache"))
     return answer
 
 
@@ -3121,8 +3124,7 @@ def autoreply(ctx):
             ctx.note(f"no reply from {address}: {why_not}")
             continue
         now, interval = time.time(), ctx.config.duration("autoreply", "interval")
-        last = ctx.store.db.execute("SELECT sent FROM autoreplies WHERE address = ? AND sender = ?",
-                                    (address, ctx.sender)).fetchone()
+        last = ctx.store.q("autoreply_last", address, ctx.sender).fetchone()
         if last and last[0] > now - interval:
             ctx.note(f"no reply from {address}: {ctx.sender} had one {int((now - last[0]) // 3600)} h ago")
             continue
@@ -3138,7 +3140,7 @@ def autoreply(ctx):
             ctx.note(f"reply from {address} to {ctx.sender} not sent: {outcome.detail}")
             continue
         with ctx.store.transaction():
-            ctx.store.db.execute("INSERT OR REPLACE INTO autoreplies VALUES (?, ?, ?)", (address, ctx.sender, now))
+            ctx.store.q("autoreply_sent", address, ctx.sender, now)
         log.info("automatic reply from %s to %s (%s)", address, ctx.sender, ctx.message_id or "no message-id")
         ctx.note(f"replied from {address} to {ctx.sender}")
 
@@ -3789,10 +3791,9 @@ def digester(ctx):
             outbox.add(list_row["id"], "post", message_id, data, recipients)
 
         def change(db, list_id=list_row["id"], last=backlog["last"], volume=volume, issue=issue):
-            db.execute("DELETE FROM digest_posts WHERE list_id = ? AND id <= ?", (list_id, last))
+            db.execute(SQL["digest_done"], (list_id, last))
             if recipients:
-                db.execute("UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
-                           (volume, issue, now, list_id))
+                db.execute(SQL["digest_numbering"], (volume, issue, now, list_id))
         try:
             outbox.commit(ctx.store, ctx.config.spool, change)
         except TryLater as e:
@@ -4387,8 +4388,7 @@ def cmd_set_member(args, config):
     """set-member LIST ADDR digest on|off: how a member gets the list."""
     store = open_store(config)
     row = store.require_list(args.list)
-    member = store.db.execute("SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
-                              (row["id"], args.address)).fetchone()
+    member = store.q("member_digest", row["id"], args.address).fetchone()
     if member is None:
         raise Failure(f"{args.address} is not a member of {list_address(row)}", EX_DATAERR)
     outbox = Outbox()
@@ -4396,8 +4396,7 @@ def cmd_set_member(args, config):
         catch_up(store, outbox, row, member["address"])
     try:
         outbox.commit(store, config.spool, lambda db: db.execute(
-            "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
-            (1 if args.value == "on" else 0, row["id"], member["address"])))
+            SQL["set_digest"], (1 if args.value == "on" else 0, row["id"], member["address"])))
     except TryLater as e:
         raise Failure(e.reason, EX_TEMPFAIL)
     print(f"{list_address(row)}: {args.address} gets {'digests' if args.value == 'on' else 'single posts'}")

@@ -5,7 +5,10 @@ Prints one table.  For lists of 1,000 / 10,000 / 50,000 / 100,000 members:
 `queue` seconds and peak RSS; `send` seconds, recipients/s, peak RSS and the
 sink's CPU seconds for per-recipient SMTP (1 and 4 connections), xverp SMTP
 (100 recipients a transaction), and the sendmail transport batched (-XV, 100
-a process) and per recipient (a no-op sendmail; only up to 10,000).  In the
+a process) and per recipient (a no-op sendmail; only up to 10,000); then
+`filter` (content-filter mode, with and without a DNSBL zone answered from
+the loopback test resolver), a MIME digest of 100 posts sent to 100 digest
+members, and `archive export` of 1,000 archived posts.  In the
 same run: `python3 -c pass` (so `queue` reads as a ratio of interpreter
 start-up) and Postfix's C load generator smtp-source against the same sink,
 when it is installed.  Figures are medians of --runs runs; the sink counts
@@ -27,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REDSKY = str(HERE.parent / "redsky.py")
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 from asyncsink import Sink  # noqa: E402
 
 # Runs a command; prints its exit code, wall time and the peak RSS of it alone.
@@ -71,9 +75,9 @@ class Home:
         self.post = self.dir / "post.eml"
         self.post.write_bytes(POST)
 
-    def configure(self, **send):
+    def configure(self, extra="", **send):
         lines = ["[redsky]", "log = stderr", "[send]"] + [f"{k} = {v}" for k, v in send.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(lines) + "\n" + extra)
 
     def cmd(self, *args):
         return [sys.executable, REDSKY, "-c", str(self.config), *args]
@@ -116,6 +120,50 @@ def smtp_source(sink, transactions, rcpts, sessions):
     elapsed = time.perf_counter() - t
     assert sink.received == transactions * rcpts, (sink.received, transactions * rcpts)
     return elapsed, sink.cpu() - cpu
+
+
+def issue6_rows(runs, startup, sink, rows, row):
+    """Content-filter mode, a digest, an archive export."""
+    from fakedns import FakeDNS
+    import redsky
+    home = Home(100)
+    dns = FakeDNS()
+    argv = home.cmd("filter", "--sender", "alice@example.org", "--recipient", "me@example.org",
+                    "--client-address", "81.2.69.142")
+    for label, extra in (("filter: default chain, no zones", ""),
+                         ("filter: one DNSBL zone, cached", f"[dnsbl]\nzones = bl.bench.test\nnameserver = {dns.address}\n")):
+        home.configure(extra)
+        measure(argv, str(home.post))                      # creates the database, fills the cache
+        seconds, rss, _ = median_run(runs, lambda: (*measure(argv, str(home.post)), 0))
+        rows.append((label, "1", f"{seconds:.3f} s", f"{seconds / startup:.1f}x start-up", f"{rss:.1f} MB", ""))
+
+    home.configure(transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port)
+
+    def digest_once():
+        db = sqlite3.connect(home.dir / "redsky.db")
+        with db:
+            db.execute("UPDATE members SET digest = 1")
+            db.executemany("INSERT INTO digest_posts (list_id, received, raw) VALUES (1, 0, ?)",
+                           [(POST.replace(b"<bench@", f"<bench{i}@".encode()),) for i in range(100)])
+        db.close()
+        sink.reset()
+        seconds, rss = home.send()
+        assert sink.received == 100, f"digest: sink got {sink.received} of 100"
+        return seconds, rss, 0
+    seconds, rss, _ = median_run(runs, digest_once)
+    rows.append(("send: MIME digest of 100 posts", "100", f"{seconds:.3f} s", f"{100 / seconds:,.0f} rcpt/s",
+                 f"{rss:.1f} MB", ""))
+
+    config = redsky.Config(str(home.config))
+    list_row = {"name": "bench", "domain": "lists.example.org"}
+    for i in range(1000):
+        redsky.maildir_add(redsky.archive_path(config, list_row), POST.replace(b"<bench@", f"<a{i}@".encode()))
+    out = home.dir / "export.mbox"
+    seconds, rss, _ = median_run(runs, lambda: (*measure(home.cmd("archive", "export", "bench@lists.example.org",
+                                                                   "--output", str(out))), 0))
+    rows.append(("archive export to mbox", "1,000", f"{seconds:.3f} s", f"{1000 / seconds:,.0f} posts/s",
+                 f"{rss:.1f} MB", ""))
+    home.cleanup()
 
 
 def main():
@@ -173,6 +221,8 @@ def main():
                 seconds, rss, sink_cpu = median_run(runs, send_once)
                 row(label, n, seconds, rss, sink_cpu if smtp else None)
             home.cleanup()
+
+        issue6_rows(runs, startup, sink, rows, row)
 
         if shutil.which("smtp-source") or os.path.exists("/usr/sbin/smtp-source"):
             n = 20_000 if not args.quick else 5_000

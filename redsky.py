@@ -2864,29 +2864,64 @@ def summary(data):
 
 
 def text_of(data):
-    """The decoded text of every text/* part (for searching and for plain
-    digests); parts that are not text are named, not included."""
+    """The text of a message, for searching and for plain digests: every
+    text/plain part decoded; an HTML part only when it has no plain
+    alternative, as text (html_text); other parts named, not included."""
     import email
     from email import policy
-    texts = []
     try:
         parts = list(email.message_from_bytes(data, policy=policy.compat32).walk())
     except Exception:                           # the email package gave up on it
         return data.decode("utf-8", "replace")
+    plain_alternative = {id(p) for alt in parts if alt.get_content_type() == "multipart/alternative"
+                         and any(q.get_content_type() == "text/plain" for q in alt.get_payload())
+                         for p in alt.get_payload()}
+    texts = []
     for part in parts:
         if part.is_multipart():
             continue
-        if part.get_content_maintype() != "text":
-            name = part.get_filename() or "unnamed"
-            texts.append(f"[attachment not included: {name} ({part.get_content_type()})]\n")
+        kind = part.get_content_type()
+        if part.get_content_maintype() != "text" or part.get_filename():
+            texts.append(f"[attachment not included: {part.get_filename() or 'unnamed'} ({kind})]\n")
+            continue
+        if kind == "text/html" and id(part) in plain_alternative:
             continue
         payload = part.get_payload(decode=True) or b""
-        charset = part.get_content_charset() or "us-ascii"
         try:
-            texts.append(payload.decode(charset, "replace"))
+            text = payload.decode(part.get_content_charset() or "us-ascii", "replace")
         except LookupError:
-            texts.append(payload.decode("utf-8", "replace"))
+            text = payload.decode("utf-8", "replace")
+        texts.append(html_text(text) if kind == "text/html" else text)
     return "\n".join(texts)
+
+
+def html_text(html):
+    """Readable text of an HTML part: tags dropped, paragraphs and line
+    breaks kept, scripts and styles left out, entities decoded."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.out, self.skip = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("script", "style"):
+                self.skip += 1
+            elif tag in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
+                self.out.append("\n")
+
+        def handle_endtag(self, tag):
+            if tag in ("script", "style"):
+                self.skip = max(0, self.skip - 1)
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.out.append(re.sub(r"[ \t\r\n]+", " ", data))
+    parser = Text()
+    parser.feed(html)
+    parser.close()
+    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", "".join(parser.out))).strip() + "\n"
 
 
 @chain_filter("message", needs=("queuer",))

@@ -299,3 +299,26 @@ def test_odd_posts_make_a_digest_without_stopping_send(team, fmt):
         assert text.count("\n" + "-" * 30 + "\n") == len(ODD_POSTS)
         assert "(no subject)" in text.split("-" * 70)[0]
     assert team.sent_to().count("bob@example.net") == len(ODD_POSTS)
+
+
+def test_plain_digest_shows_html_posts_as_text_and_prefers_the_plain_alternative(team):
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.run("set", LIST, "digest_format", "plain", check=0)
+    html_only = (b"From: h@example.org\nSubject: html only\nContent-Type: text/html; charset=utf-8\n\n"
+                 b"<html><head><style>p {color: red}</style></head><body><p>Hello &amp; welcome,</p>"
+                 b"<p>caf&eacute; at <b>noon</b><br>bring snacks</p><script>alert(1)</script></body></html>\n")
+    both = (b"From: h@example.org\nSubject: both\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=a\n\n"
+            b"--a\nContent-Type: text/plain\n\nthe plain words\n--a\nContent-Type: text/html\n\n<p>the html words</p>\n"
+            b"--a--\n")
+    team.queue(html_only, check=0)
+    team.queue(both, check=0)
+    with team.db() as db:
+        db.execute("UPDATE digest_posts SET received = received - 86401")
+    team.run("send", check=0)
+    (digest,) = digests(team, "dana@example.net")
+    text = digest.get_content()
+    assert "Hello & welcome,\ncafé at noon\nbring snacks" in text
+    assert "<p>" not in text and "color: red" not in text and "alert(1)" not in text
+    assert "the plain words" in text and "the html words" not in text
+    found = json.loads(team.run("archive", LIST, "--search", "café at noon", "--json", check=0).out)
+    assert len(found) == 1

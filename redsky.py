@@ -28,7 +28,7 @@ Commands::
     redsky.py held [LIST] | approve ID | reject ID [--reason R] | discard ID | pending [LIST]
     redsky.py bounces LIST [--json] | enable LIST ADDR
     redsky.py status [--json] | trace MESSAGE-ID | doctor | postfix-config
-    redsky.py queue [--recipient ADDR] [--sender ADDR] [--explain] [--dry-run] < message
+    redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
     redsky.py filter [--recipient ADDR]... [--sender ADDR] [--client-address IP] < message > message
     redsky.py schema                          print the SQL schema
@@ -1849,13 +1849,13 @@ def read(ctx):
         if ctx.sender.upper() == "MAILER-DAEMON":
             ctx.sender = ""
     ctx.message_id = (msg.get("Message-ID") or "").strip()
+    ctx.client_address = ctx.client_address or env.get("CLIENT_ADDRESS") or env.get("REMOTE") or env.get("CLIENT")
     if ctx.mode == "filter":
         # proxsmtpd passes RECIPIENTS (one per line) and CLIENT/REMOTE; a pipe, what the MTA expands
         if not ctx.envelope_recipients:
             ctx.envelope_recipients = (env.get("RECIPIENTS") or "").split() or ([ctx.recipient] if ctx.recipient else [])
         ctx.envelope_recipients = [r.strip().strip("<>") for r in ctx.envelope_recipients if r.strip("<> ")]
         ctx.recipient = ctx.envelope_recipients[0] if ctx.envelope_recipients else ctx.recipient
-        ctx.client_address = ctx.client_address or env.get("CLIENT_ADDRESS") or env.get("REMOTE") or env.get("CLIENT")
         ctx.note(f"{len(ctx.raw)} bytes, to {', '.join(ctx.envelope_recipients) or '(unknown)'},"
                  f" from {ctx.sender if ctx.sender is not None else '(unknown)'}")
         return
@@ -4098,6 +4098,7 @@ def cmd_queue(args, config):
     ctx = Context(config, store)
     ctx.recipient = args.recipient
     ctx.sender = args.sender
+    ctx.client_address = args.client_address
     ctx.outbox.dry_run = args.dry_run
     code = finish_queue(ctx, run_chain(chain, ctx))
     if args.explain or args.dry_run:
@@ -4983,6 +4984,7 @@ def make_parser():
     p.add_argument("--sender", help="envelope sender ('' or <> for the null sender)")
     p.add_argument("--dry-run", action="store_true", help="decide, but store and send nothing (implies --explain)")
     p.add_argument("--explain", action="store_true", help="print each filter's decision")
+    p.add_argument("--client-address", help="IP address of the SMTP client (for dnsbl)")
     p = command("filter", cmd_filter, "content filter: run [filter] filters from stdin to stdout")
     p.add_argument("--recipient", action="append", help="envelope recipient (repeatable)")
     p.add_argument("--sender", help="envelope sender ('' or <> for the null sender)")

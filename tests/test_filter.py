@@ -232,6 +232,9 @@ def test_dnsbl_in_the_queue_chain_before_access(rs, zone):
     r = rs.queue(post(extra=f"Received: from x (x [{LISTED}]) by mx.example.org; Wed, 25 Nov 2026 10:00:00 +0000\n"))
     assert r.returncode == 65 and "listed" in r.err
     assert rs.queue(post(subject="clean")).returncode == 0
+    r = rs.run("queue", "--recipient", "test@lists.example.org", "--sender", "alice@example.org",
+               "--client-address", LISTED, input=post(subject="by the pipe's word"))
+    assert r.returncode == 65 and "listed" in r.err
     # whitelist after getsubscribers lets a non-member post to a subscribers-only list
     rs.write_config(whitelist={"senders": "partner.example"})
     assert rs.queue(post(subject="from partner", sender="pat@partner.example"), sender="pat@partner.example",
@@ -407,3 +410,16 @@ def test_autoreply_in_the_list_queue_chain(rs):
     assert acknowledgements[0][1]["Subject"] == "Auto: one"
     rs.run("send", check=0)
     assert sorted(parse(d)["Subject"] for a, d in rs.sent() if a[-1] == "bob@example.net") == ["one", "two"]
+
+
+def test_whitelisted_announcer_posts_to_a_moderated_list_others_are_held(rs):
+    rs.newlist("test@lists.example.org", "--access", "moderated", members=("bob@example.net",))
+    rs.run("set", "test@lists.example.org", "dmarc", "never", check=0)
+    rs.write_config(queue={"filters": "read getinfo loopdetect bouncehandler commands ownermail getsubscribers"
+                                      " whitelist access queuer"},
+                    whitelist={"senders": "announce@example.org"})
+    rs.queue(post(sender="announce@example.org", subject="news"), sender="announce@example.org", check=0)
+    rs.queue(post(subject="chatter"), check=0)
+    assert rs.status()["held"] == 1
+    rs.run("send", check=0)
+    assert [parse(d)["Subject"] for _, d in rs.sent()] == ["news"]

@@ -3055,19 +3055,27 @@ def dnsbl_name(ip, zone):
 
 
 def dnsbl_lookup(store, config, name):
-    """The A record of ``name`` ('' when not listed), cached for [dnsbl]
-    cache.  RFC 5782 2.3: only 127.0.0.0/8 answers mean listed; Spamhaus'
-    127.255.255.x (refused, e.g. through a public resolver) does not."""
+    """What the blocklist says about ``name``: '' when not listed, else its
+    A record and, when the list publishes one, its TXT reason ("127.0.0.2:
+    see https://..."); cached for [dnsbl] cache.  RFC 5782 2.3: only
+    127.0.0.0/8 answers mean listed; Spamhaus' 127.255.255.x (a refused
+    query, e.g. through a public resolver) does not."""
     now = time.time()
     row = store.q("dnsbl_cache_get", name, now).fetchone()
     if row:
         return row[0]
-    nameserver = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver()
-    answers = [".".join(str(b) for b in r) for r in dns_query(name, 1, nameserver, config.duration("dnsbl", "timeout"))
-               if len(r) == 4]
+    nameserver, timeout = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver(), \
+        config.duration("dnsbl", "timeout")
+    answers = [".".join(str(b) for b in r) for r in dns_query(name, 1, nameserver, timeout) if len(r) == 4]
     answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
     if answers and not answer:
         log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
+    if answer:
+        try:
+            why = one_line(" ".join(dns_txt(name, nameserver, timeout)), 200)
+        except (OSError, ValueError, IndexError):
+            why = ""                            # the reason is a courtesy, the listing stands
+        answer += f": {why}" if why else ""
     remember(store, "dnsbl_cache_put", name, answer, now + config.duration("dnsbl", "cache"))
     return answer
 

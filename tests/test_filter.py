@@ -150,6 +150,16 @@ def test_dnsbl_reject_with_the_client_address(rs, zone):
     assert run_filter(rs, message(), "--client-address", "81.2.69.143").returncode == 0
 
 
+def test_dnsbl_rejection_quotes_the_lists_txt_reason(rs, zone):
+    listed(rs, zone)
+    name = ".".join(reversed(LISTED.split("."))) + "." + zone
+    rs.dns.records[name] = ["Listed by BL, see https://bl.example/query/81.2.69.142"]
+    r = run_filter(rs, message(), "--client-address", LISTED)
+    assert r.returncode == 65
+    assert last_line(r.err) == (f"550 5.7.1 client {LISTED} is listed in {zone}"
+                                " (127.0.0.2: Listed by BL, see https://bl.example/query/81.2.69.142)")
+
+
 def test_dnsbl_finds_the_first_untrusted_relay_in_received(rs, zone):
     listed(rs, zone)
     received = ("Received: from mx2.example.org (mx2.example.org [10.1.2.3])\n\tby mx1.example.org (Postfix) with ESMTP;"
@@ -199,9 +209,12 @@ def test_dnsbl_answers_outside_127_8_and_refusals_are_not_listings(rs, zone):
 def test_dnsbl_answers_are_cached(rs, zone):
     listed(rs, zone)
     name = ".".join(reversed(LISTED.split("."))) + "." + zone
+    assert run_filter(rs, message(), "--client-address", LISTED).returncode == 65
+    first = rs.dns.queries.count(name)
+    assert first == 2                                   # the A record and the TXT reason
     for _ in range(3):
         assert run_filter(rs, message(), "--client-address", LISTED).returncode == 65
-    assert rs.dns.queries.count(name) == 1
+    assert rs.dns.queries.count(name) == first
 
 
 def test_a_dead_dnsbl_server_never_blocks_mail(rs, zone):

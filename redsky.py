@@ -1381,7 +1381,7 @@ TEXTS = {
             "  subscribe        join the list\n"
             "  unsubscribe      leave the list\n"
             "  confirm TOKEN    confirm a request\n"
-            "  set digest on    get one digest a day (or when enough is written)\n"
+            "  set digest on    get several posts at a time, in digests\n"
             "  set digest off   get every post as it comes\n"
             "  index            the list of archived posts, numbered\n"
             "  get N            archived post number N\n"
@@ -1436,8 +1436,8 @@ TEXTS = {
                     "score was raised.  `redsky.py bounces $post_address` shows the diagnostics.\n",
     "reenabled": "Delivery from $post_address to $address is on again. Welcome back.\n",
     "digest-on": "$address now gets $post_address as digests: several posts in one message,\n"
-                 "sent when enough is written or a day has passed. Send 'set digest off' to\n"
-                 "$request to get every post as it comes again.\n",
+                 "sent when $threshold KB of posts are waiting, or $interval after the last one.\n"
+                 "Send 'set digest off' to $request to get every post as it comes again.\n",
     "digest-off": "$address now gets every post to $post_address as it comes.\n"
                   "Send 'set digest on' to $request for digests instead.\n",
     "index": "The archive of $post_address ($count posts, the last $shown shown).\n"
@@ -2256,8 +2256,14 @@ class Requests:
         if was["digest"] and not on:
             catch_up(self.store, self.ctx.outbox, self.list, was["address"])
         self.change(lambda db: db.execute(SQL["set_digest"], (int(on), list_id, address)))
+        seconds = self.list["digest_interval"]
+        count, unit = next((seconds / size, unit) for size, unit in
+                           ((604800, "week"), (86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
+                           if seconds >= size or size == 1)
+        interval = f"{count:g} {unit}{'' if count == 1 else 's'}"
         self.notice([address], f"{list_address(self.list)}: digest {'on' if on else 'off'}",
-                    "digest-on" if on else "digest-off", address=address)
+                    "digest-on" if on else "digest-off", address=address, interval=interval,
+                    threshold=self.list["digest_size_threshold"])
         self.done.append(f"digest {'on' if on else 'off'} for {address}")
 
     def archive_request(self, address, command, words):

@@ -240,6 +240,8 @@ def test_set_digest_by_email(team):
     for argv, d in team.sent():
         by.setdefault(argv[-1], []).append(parse(d)["Subject"])
     assert by["bob@example.net"] == [f"{LIST}: digest on", f"{LIST}: digest off"]
+    on = [parse(d) for argv, d in team.sent() if parse(d)["Subject"] == f"{LIST}: digest on"][0]
+    assert "sent when 30 KB of posts are waiting, or 1 day after the last one" in on.get_body().get_content()
     assert by["stranger@example.com"] == [f"{LIST}: not subscribed"]
     assert by["dana@example.net"] == [f"{LIST}: help"]
 

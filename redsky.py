@@ -2496,6 +2496,7 @@ def release_held(store, config, held_id):
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
     ctx = Context(config, store)
     ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
+    ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
     ctx.changes.append(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
     verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
     if verdict is not None:

@@ -2,6 +2,7 @@
 dnsbl, autoreply; the exit codes proxsmtpd and Postfix act on."""
 
 import email
+import json
 import os
 import socket
 import uuid
@@ -436,3 +437,19 @@ def test_whitelisted_announcer_posts_to_a_moderated_list_others_are_held(rs):
     assert rs.status()["held"] == 1
     rs.run("send", check=0)
     assert [parse(d)["Subject"] for _, d in rs.sent()] == ["news"]
+
+
+def test_a_post_held_by_dnsbl_is_distributed_when_a_moderator_approves(rs, zone):
+    listed(rs, zone)
+    rs.newlist("test@lists.example.org", "--access", "open", members=("bob@example.net",))
+    rs.run("set", "test@lists.example.org", "dmarc", "never", check=0)
+    rs.write_config(queue={"filters": "read getinfo loopdetect bouncehandler commands ownermail dnsbl"
+                                      " getsubscribers access queuer"},
+                    dnsbl={"zones": zone, "action": "hold"})
+    rs.run("queue", "--recipient", "test@lists.example.org", "--sender", "alice@example.org",
+           "--client-address", LISTED, input=post(subject="false positive"), check=0)
+    (held,) = json.loads(rs.run("held", "--json", check=0).out)
+    assert "listed in" in held["reason"]
+    rs.run("approve", str(held["id"]), check=0)
+    rs.run("send", check=0)
+    assert [parse(d)["Subject"] for _, d in rs.sent() if _[-1] == "bob@example.net"] == ["false positive"]

@@ -446,8 +446,9 @@ def test_a_post_held_by_dnsbl_is_distributed_when_a_moderator_approves(rs, zone)
     rs.write_config(queue={"filters": "read getinfo loopdetect bouncehandler commands ownermail dnsbl"
                                       " getsubscribers access queuer"},
                     dnsbl={"zones": zone, "action": "hold"})
+    received = f"Received: from x (x [{LISTED}]) by mx.example.org; Wed, 25 Nov 2026 10:00:00 +0000\n"
     rs.run("queue", "--recipient", "test@lists.example.org", "--sender", "alice@example.org",
-           "--client-address", LISTED, input=post(subject="false positive"), check=0)
+           input=received.encode() + post(subject="false positive"), check=0)
     (held,) = json.loads(rs.run("held", "--json", check=0).out)
     assert "listed in" in held["reason"]
     rs.run("approve", str(held["id"]), check=0)

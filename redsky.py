@@ -1762,6 +1762,7 @@ class Context:
         self.recipients = []        # addresses the post goes to
         self.approved = False       # moderator approval (passphrase or CLI)
         self.accepted = ""          # why the sender is whitelisted (Accept), else ""
+        self.committed = False      # the post is queued: see run_chain
         self.mode = "queue"         # or "filter": stdin -> stdout (cmd_filter)
         self.envelope_recipients = []   # filter mode: every envelope recipient
         self.client_address = None  # filter mode: the connecting client's IP, when the MTA says
@@ -1789,7 +1790,10 @@ class Context:
 
 def run_chain(chain, ctx):
     """Run filters in order; return the verdict that ended the chain, or
-    None.  After an Accept verdict the chain goes on without its checks."""
+    None.  After an Accept verdict the chain goes on without its checks.
+    Once the post is queued (ctx.committed), nothing a later filter does
+    can take that back: its verdict or error is logged and ignored, since
+    a "try later" now would make the MTA deliver the post a second time."""
     for fn in chain:
         ctx.current = fn.__name__
         if ctx.accepted and fn.check:
@@ -1801,9 +1805,16 @@ def run_chain(chain, ctx):
             ctx.accepted = verdict.reason
             ctx.trace.append((fn.__name__, f"accept: {verdict.reason}"))
             continue
-        except Verdict as verdict:
-            ctx.trace.append((fn.__name__, f"{verdict.name}: {verdict.reason}"))
-            return verdict
+        except Exception as e:
+            if not ctx.committed and isinstance(e, Verdict):
+                ctx.trace.append((fn.__name__, f"{e.name}: {e.reason}"))
+                return e
+            if not ctx.committed:
+                raise
+            what = f"{e.name}: {e.reason}" if isinstance(e, Verdict) else f"{type(e).__name__}: {e}"
+            log.error("%s after the post was queued (ignored): %s %s", fn.__name__, what, ctx.describe())
+            ctx.trace.append((fn.__name__, f"ignored after queueing: {what}"))
+            continue
         if not ctx.trace or ctx.trace[-1][0] != fn.__name__:
             ctx.trace.append((fn.__name__, "ok"))
     return None
@@ -2779,6 +2790,7 @@ def queuer(ctx):
         ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
     ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
     ids = ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    ctx.committed = not ctx.outbox.dry_run
     ctx.result = ids[-1] if ids else None
     ctx.note(f"queued for {len(ctx.recipients)} recipients"
              + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
@@ -2810,7 +2822,15 @@ def archive_add(config, list_row, data, sender=None):
         return maildir_add(path, data)
     import mailbox
     box = mailbox.mbox(path, create=True)
-    box.lock()
+    deadline = time.monotonic() + config.duration("redsky", "busy_timeout")
+    while True:                                 # mailbox's lock does not wait: another queue run has it
+        try:
+            box.lock()
+            break
+        except mailbox.ExternalClashError:
+            if time.monotonic() > deadline:
+                raise OSError(f"{path} stays locked by another process")
+            time.sleep(0.02)
     try:
         from_line = f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime())}\n".encode()
         key = box.add(from_line + data.replace(b"\r\n", b"\n"))
@@ -2941,7 +2961,7 @@ def archive(ctx):
         return
     try:
         key = archive_add(ctx.config, ctx.list, ctx.distributed, ctx.sender)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         log.error("cannot archive %s: %s", ctx.describe(), e)
         ctx.note(f"not archived: {e}")
         return

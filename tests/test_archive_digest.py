@@ -324,3 +324,20 @@ def test_plain_digest_shows_html_posts_as_text_and_prefers_the_plain_alternative
     assert "the plain words" in text and "the html words" not in text
     found = json.loads(team.run("archive", LIST, "--search", "café at noon", "--json", check=0).out)
     assert len(found) == 1
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_parallel_queue_runs_archive_every_post_once_and_whole(team, fmt):
+    from concurrent.futures import ThreadPoolExecutor
+    team.write_config(archive={"format": fmt})
+    bodies = [f"From: alice@example.org\nSubject: parallel {i}\nMessage-ID: <par{i}@example.org>\n\n"
+              + ("From the start, line %d\n" % i) * 50 for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda b: team.queue(b.encode()), bodies))
+    assert all(r.returncode == 0 for r in results)
+    out = team.home / "all.mbox"
+    team.run("archive", "export", LIST, "--output", str(out), check=0)
+    messages = list(mailbox.mbox(str(out)))
+    assert sorted(m["Message-ID"] for m in messages) == sorted(f"<par{i}@example.org>" for i in range(12))
+    for m in messages:                   # whole: every line, and "From " at line start survives quoting
+        assert m.get_payload().count("From the start, line") == 50

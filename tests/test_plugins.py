@@ -96,3 +96,27 @@ def test_a_plugin_check_is_skipped_for_whitelisted_senders(rs):
     assert rs.run("filter", "--sender", "alice@example.org", input=post()).returncode == 0
     r = rs.run("filter", "--sender", "eve@evil.test", input=post())
     assert r.returncode == 65 and "nobody may send" in r.err
+
+
+@pytest.mark.parametrize("body", ["raise redsky.TryLater('disk hiccup')", "raise RuntimeError('bug')",
+                                  "raise redsky.Hold('too late')"])
+def test_nothing_after_queuer_can_undo_or_repeat_a_queued_post(rs, body):
+    """A filter after queuer that fails or gives a verdict must not turn an
+    accepted post into 75 (the MTA would deliver it again) or a held copy."""
+    (rs.home / "late.py").write_text(textwrap.dedent(f'''\
+        import redsky
+
+        @redsky.chain_filter("message", needs=("queuer",))
+        def late(ctx):
+            {body}
+    '''))
+    rs.write_config(redsky={"log": "stderr", "plugins": "late.py"},
+                    queue={"filters": "read getinfo getsubscribers access queuer late"})
+    rs.newlist("test@lists.example.org", "--access", "open", members=("bob@example.net",))
+    r = rs.queue(post())
+    assert r.returncode == 0 and "after the post was queued (ignored)" in r.err
+    assert rs.status()["held"] == 0
+    rs.run("send", check=0)
+    assert rs.sent_to() == ["bob@example.net"]
+    trace = rs.run("trace", "<%d@example.org>" % abs(hash(("Hello", "Hello list.\n", ""))), check=0).out
+    assert "ignored after queueing" in trace

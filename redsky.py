@@ -633,6 +633,9 @@ SQL = {
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",
     "dmarc_cache_put": "INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
+    "dmarc_cache_prune": "DELETE FROM dmarc_cache WHERE expires < ?",
+    "dnsbl_cache_prune": "DELETE FROM dnsbl_cache WHERE expires < ?",
+    "autoreplies_prune": "DELETE FROM autoreplies WHERE sent < ?",
     "dnsbl_cache_get": "SELECT answer FROM dnsbl_cache WHERE name = ? AND expires > ?",
     "dnsbl_cache_put": "INSERT OR REPLACE INTO dnsbl_cache VALUES (?, ?, ?)",
     "autoreply_last": "SELECT sent FROM autoreplies WHERE address = ? AND sender = ?",
@@ -1600,15 +1603,17 @@ def dmarc_policy(store, config, domain):
             tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
             policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
             break
-    remember(store, "dmarc_cache_put", domain, policy, now + config.duration("dmarc", "cache"))
+    remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
     return policy
 
 
-def remember(store, query, key, answer, expires):
-    """Cache a DNS answer; a cache that cannot be written is only slower."""
+def remember(store, cache, key, answer, expires):
+    """Cache a DNS answer in ``cache`` (dmarc or dnsbl), dropping the expired
+    ones so the table stays small; a cache that cannot be written is only slower."""
     try:
         with store.transaction():
-            store.q(query, key, answer, expires)
+            store.q(f"{cache}_cache_prune", time.time())
+            store.q(f"{cache}_cache_put", key, answer, expires)
     except sqlite3.Error:
         pass
 
@@ -3103,7 +3108,7 @@ def dnsbl_lookup(store, config, name):
         except (OSError, ValueError, IndexError):
             why = ""                            # the reason is a courtesy, the listing stands
         answer += f": {why}" if why else ""
-    remember(store, "dnsbl_cache_put", name, answer, now + config.duration("dnsbl", "cache"))
+    remember(store, "dnsbl", name, answer, now + config.duration("dnsbl", "cache"))
     return answer
 
 
@@ -3210,6 +3215,7 @@ def autoreply(ctx):
             ctx.note(f"reply from {address} to {ctx.sender} not sent: {outcome.detail}")
             continue
         with ctx.store.transaction():
+            ctx.store.q("autoreplies_prune", now - interval)     # older replies no longer matter
             ctx.store.q("autoreply_sent", address, ctx.sender, now)
         log.info("automatic reply from %s to %s (%s)", address, ctx.sender, ctx.message_id or "no message-id")
         ctx.note(f"replied from {address} to {ctx.sender}")

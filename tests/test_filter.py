@@ -454,3 +454,16 @@ def test_a_post_held_by_dnsbl_is_distributed_when_a_moderator_approves(rs, zone)
     rs.run("approve", str(held["id"]), check=0)
     rs.run("send", check=0)
     assert [parse(d)["Subject"] for _, d in rs.sent() if _[-1] == "bob@example.net"] == ["false positive"]
+
+
+def test_caches_and_the_reply_log_stay_small(away, zone):
+    listed(away, zone)
+    run_filter(away, message(), "--client-address", "81.2.69.200")          # creates the tables
+    with away.db() as db:
+        db.executemany("INSERT INTO dnsbl_cache VALUES (?, '', 0)", [(f"old{i}",) for i in range(50)])
+        db.executemany("INSERT INTO autoreplies VALUES (?, 'x@example.net', 0)", [(f"a{i}@x",) for i in range(50)])
+    run_filter(away, message(sender="new@example.net"), "--client-address", "81.2.69.201", sender="new@example.net")
+    db = away.db()
+    assert db.execute("SELECT count(*) FROM dnsbl_cache WHERE expires = 0").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM autoreplies WHERE sent = 0").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM autoreplies").fetchone()[0] == 2      # bob and new

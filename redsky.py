@@ -3039,15 +3039,33 @@ def whitelist(ctx):
     ctx.note("sender not whitelisted")
 
 
-_RECEIVED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]|\((?:[^()]*?\s)?\[?(\d{1,3}(?:\.\d{1,3}){3})\]?\)")
+def relay_ip(field):
+    """The address of the host that sent one Received: hop, as the receiving
+    MTA recorded it (RFC 5321 4.4 leaves the form to it): in a comment after
+    "from" — Postfix and sendmail "(rdns [IP])", Exim "([IP] helo=...)",
+    qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)".  The
+    sender's HELO, which it chooses itself, is never taken for it.  None
+    when the hop names no address."""
+    head = re.split(r"\bby\b", " ".join(field.split()), maxsplit=1)[0]
+    for comment in re.findall(r"\(([^()]*)\)", head):
+        if re.match(r"\s*(HELO|EHLO)\b", comment, re.IGNORECASE):
+            continue                            # qmail's "(HELO name)": the client's own claim
+        m = re.search(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]", comment) or \
+            re.fullmatch(r"\s*(?:\S+\s+)?(\d{1,3}(?:\.\d{1,3}){3})\s*", comment)
+        if m:
+            return m.group(1)
+    m = re.match(r"\s*from\s+\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]", head, re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def client_ip(ctx):
     """The address of the client that handed the message to our MTAs: the
-    MTA's own word ($CLIENT_ADDRESS, proxsmtpd's $REMOTE/$CLIENT, --client)
-    unless it is trusted, else the first untrusted relay found walking the
-    Received: fields from the top (ours) down.  Loopback, private and link
-    local addresses and [dnsbl] trusted_networks are trusted."""
+    MTA's own word (--client-address, $CLIENT_ADDRESS, proxsmtpd's
+    $REMOTE/$CLIENT) unless it is a trusted address, else the first
+    untrusted relay found walking the Received: fields from the top (ours)
+    down, stopping at a hop that names no readable address.  Loopback,
+    private and link-local addresses and [dnsbl] trusted_networks are
+    trusted."""
     import ipaddress
     trusted = []
     for net in ctx.config.get("dnsbl", "trusted_networks").replace(",", " ").split():
@@ -3056,25 +3074,24 @@ def client_ip(ctx):
         except ValueError:
             raise ConfigError(f"[dnsbl] trusted_networks: {net!r} is not a network")
 
-    def untrusted(text):
+    def address(text):
         try:
-            ip = ipaddress.ip_address(text.strip().strip("[]"))
+            return ipaddress.ip_address((text or "").strip().strip("[]"))
         except ValueError:
             return None
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified \
-                or any(ip in net for net in trusted if net.version == ip.version):
-            return None
-        return ip
-    if ctx.client_address and untrusted(ctx.client_address):
-        return untrusted(ctx.client_address)
+
+    def is_trusted(ip):
+        return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified \
+            or any(ip in net for net in trusted if net.version == ip.version)
+    given = address(ctx.client_address)
+    if given is not None and not is_trusted(given):
+        return given
     for field in ctx.msg.get_all("Received"):
-        head = re.split(r"\bby\b", " ".join(field.split()), maxsplit=1)[0]    # "from ... (... [ip])"
-        for m in _RECEIVED_IP.finditer(head):
-            ip = untrusted(m.group(1) or m.group(2))
-            if ip is not None:
-                return ip
-        if _RECEIVED_IP.search(head) is None:
-            break                               # a hop we cannot read: stop rather than guess
+        ip = address(relay_ip(field))
+        if ip is None:
+            return None                         # a hop we cannot read: stop rather than guess
+        if not is_trusted(ip):
+            return ip
     return None
 
 

@@ -467,3 +467,29 @@ def test_caches_and_the_reply_log_stay_small(away, zone):
     assert db.execute("SELECT count(*) FROM dnsbl_cache WHERE expires = 0").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM autoreplies WHERE sent = 0").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM autoreplies").fetchone()[0] == 2      # bob and new
+
+
+@pytest.mark.parametrize("field, ip", [
+    ("from mail.example.com (mail.example.com [81.2.69.142]) by mx.example.org (Postfix) with ESMTPS id 4A", "81.2.69.142"),
+    ("from [1.2.3.4] (unknown [81.2.69.142]) by mx.example.org (Postfix) with ESMTP id 4A", "81.2.69.142"),
+    ("from mail.example.com (mail.example.com [IPv6:2a01:4f8:c17:1::2]) by mx (Postfix)", "2a01:4f8:c17:1::2"),
+    ("from mail.example.com ([81.2.69.142] helo=[5.6.7.8]) by mx.example.org with esmtps (Exim 4.96)", "81.2.69.142"),
+    ("from [81.2.69.142] (helo=mail.example.com) by mx.example.org with esmtp (Exim 4.96) (envelope-from <a@b>)",
+     "81.2.69.142"),
+    ("from unknown (HELO [5.6.7.8]) (81.2.69.142) by mx.example.org with SMTP; 25 Nov 2026", "81.2.69.142"),
+    ("from EXCH01.corp.local (10.1.1.1) by EXCH02.corp.local (10.1.1.2) with Microsoft SMTP Server", "10.1.1.1"),
+    ("from mail.example.com (mail.example.com [81.2.69.142])\n\t(using TLSv1.3) by mx.example.org (Postfix)",
+     "81.2.69.142"),
+    ("by mail.example.org (Postfix, from userid 1000) id 4A; Wed, 25 Nov 2026", None),
+    ("from byte.example (byte.example [81.2.69.142]) by mx", "81.2.69.142"),
+])
+def test_relay_address_of_each_mta_s_received_format(field, ip):
+    import redsky
+    assert redsky.relay_ip(field) == ip
+
+
+def test_a_forged_helo_literal_cannot_hide_the_listed_relay(rs, zone):
+    listed(rs, zone)
+    r = run_filter(rs, message(extra=f"Received: from [8.8.8.8] (unknown [{LISTED}]) by mx.example.org (Postfix)"
+                                     " with ESMTP id 4A; Wed, 25 Nov 2026 10:00:00 +0000\n"))
+    assert r.returncode == 65 and LISTED in r.err

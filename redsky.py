@@ -3188,6 +3188,9 @@ def autoreply_refusal(ctx, address):
     for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
         if ctx.msg.get(name) is not None:
             return f"a list or forwarded message ({name})"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation"):
+        if ctx.msg.get(name) is not None:       # responders that predate RFC 3834
+            return f"an automatic reply ({name})"
     suppress = (ctx.msg.get("X-Auto-Response-Suppress") or "").lower()
     if re.search(r"\b(all|oof|autoreply)\b", suppress):
         return f"X-Auto-Response-Suppress: {suppress.strip()}"

@@ -327,6 +327,8 @@ def test_each_away_address_answers_for_itself(away):
     ("owner address", {"sender": "owner-news@lists.example.net"}),
     ("report", {"extra": "Content-Type: multipart/report; report-type=delivery-status; boundary=x\n"}),
     ("suppress", {"extra": "X-Auto-Response-Suppress: OOF, AutoReply\n"}),
+    ("x-autoreply", {"extra": "X-Autoreply: yes\n"}),
+    ("x-autorespond", {"extra": "X-Autorespond: vacation\n"}),
     ("bcc", {"to": "someone@example.org"}),
     ("self", {"sender": ME}),
     ("not an envelope recipient", {"recipient": "other@example.org"}),

@@ -31,6 +31,7 @@ Commands::
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
     redsky.py filter [--recipient ADDR]... [--sender ADDR] [--client-address IP] < message > message
+    redsky.py quarantine [release|delete KEY...]
     redsky.py schema                          print the SQL schema
 
 Example: ``python3 redsky.py newlist team@lists.example.org`` then
@@ -4217,16 +4218,85 @@ def finish_filter(ctx, verdict, show_trace=False):
     return code
 
 
+QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients")
+
+
 def quarantine(ctx, reason):
-    """Keep a held message in the [filter] quarantine Maildir, with the
-    reason in an X-Redsky-Held header; return the file's key."""
-    import mailbox
+    """Keep a held message in the [filter] quarantine Maildir, the original
+    bytes after three fields that `quarantine release` needs: the reason,
+    the envelope sender and the envelope recipients.  Returns its key."""
     path = ctx.config.path_of("filter", "quarantine")
     if not path:
         raise OSError("[filter] quarantine is empty")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    box = mailbox.Maildir(path, create=True)
-    return box.add(b"X-Redsky-Held: " + one_line(reason, 900).encode("utf-8", "replace") + b"\n" + ctx.raw)
+    head = [one_line(reason, 900), ctx.sender if ctx.sender is not None else "",
+            ", ".join(ctx.envelope_recipients)]
+    return maildir_add(path, b"".join(name + b": " + one_line(value, 5000).encode("utf-8", "replace") + b"\n"
+                                      for name, value in zip(QUARANTINE_FIELDS, head)) + ctx.raw)
+
+
+def quarantined(config):
+    """{key: (reason, sender, recipients, original bytes)} of the quarantine."""
+    import mailbox
+    path = config.path_of("filter", "quarantine")
+    if not path or not os.path.isdir(path):
+        return {}
+    box, found = mailbox.Maildir(path, create=False), {}
+    for key in box.keys():
+        data = box.get_bytes(key)
+        values = []
+        for name in QUARANTINE_FIELDS:
+            line, _, rest = data.partition(b"\n")
+            if not line.startswith(name + b": "):
+                break
+            values.append(line[len(name) + 2:].decode("utf-8", "replace"))
+            data = rest
+        if len(values) == len(QUARANTINE_FIELDS):
+            found[key] = (values[0], values[1], [r for r in values[2].split(", ") if r], data)
+    return found
+
+
+def cmd_quarantine(args, config):
+    """quarantine: what filter mode held; release KEY: deliver it through
+    [send] transport to its envelope recipients; delete KEY: drop it."""
+    import mailbox
+    held = quarantined(config)
+    if args.action == "show":
+        for key, (reason, sender, recipients, data) in sorted(held.items()):
+            _, author, subject = summary(data)
+            print(f"{key}\n    from {sender or '<>'} to {', '.join(recipients) or '?'}: {subject} ({author})"
+                  f"\n    held: {reason}")
+        return EX_OK
+    if not args.keys:
+        raise Failure(f"name the messages to {args.action} (keys from 'redsky.py quarantine')", EX_USAGE)
+    box = mailbox.Maildir(config.path_of("filter", "quarantine"), create=False) if held else None
+    status = EX_OK
+    for key in args.keys:
+        if key not in held:
+            report(f"no quarantined message {key}")
+            status = EX_DATAERR
+            continue
+        reason, sender, recipients, data = held[key]
+        if args.action == "release":
+            if not recipients:
+                report(f"{key}: no envelope recipients were recorded; deliver it by hand")
+                status = EX_DATAERR
+                continue
+            failed = [(r, o.detail) for r in recipients for o in [send_now(config, sender, r, data)] if o.kind != SENT]
+            if failed:
+                left = [r for r, _ in failed]
+                if len(left) < len(recipients):     # keep it for the others only: nobody gets it twice
+                    fields = (reason, sender, ", ".join(left))
+                    new = maildir_add(config.path_of("filter", "quarantine"), b"".join(
+                        name + b": " + value.encode("utf-8", "replace") + b"\n"
+                        for name, value in zip(QUARANTINE_FIELDS, fields)) + data)
+                    box.remove(key)
+                    key = new
+                report(f"{key}: not delivered to {', '.join(left)}: {failed[0][1]}; kept")
+                status = EX_TEMPFAIL
+                continue
+        box.remove(key)
+        print(f"{key}: {'released to ' + ', '.join(recipients) if args.action == 'release' else 'deleted'}")
+    return status
 
 
 def explain(ctx, code):
@@ -5052,6 +5122,9 @@ def make_parser():
     p.add_argument("--client-address", help="IP address of the SMTP client (for dnsbl)")
     p.add_argument("--explain", action="store_true", help="print each filter's decision on stderr")
     p.add_argument("recipients", nargs="*", metavar="RECIPIENT", help="more envelope recipients (after --)")
+    p = command("quarantine", cmd_quarantine, "show, release or delete the messages filter mode held")
+    p.add_argument("action", nargs="?", choices=("show", "release", "delete"), default="show")
+    p.add_argument("keys", nargs="*", metavar="KEY")
     command("send", cmd_send, "deliver what is due (run from cron)")
     command("demo", cmd_demo, "try redsky in a throwaway directory")
     command("init", cmd_init, "create the database and spool")

@@ -198,6 +198,14 @@ def test_dnsbl_tag_and_hold(rs, zone):
     (held,) = list((rs.home / "quarantine" / "new").iterdir())
     kept = held.read_bytes()
     assert kept.endswith(data) and kept.startswith(b"X-Redsky-Held: client 81.2.69.142 is listed")
+    shown = rs.run("quarantine", check=0).out
+    assert held.name in shown and "from bob@example.net to me@example.org: Lunch?" in shown
+    assert "held: client 81.2.69.142 is listed" in shown
+    rs.run("quarantine", "release", held.name, check=0)            # a false positive: deliver it
+    ((argv, delivered),) = rs.sent()
+    assert argv[-2:] == ["--", ME] and argv[argv.index("-f") + 1] == "bob@example.net" and delivered == data
+    assert rs.run("quarantine", check=0).out == ""
+    assert rs.run("quarantine", "release", held.name).returncode == 65
 
 
 def test_dnsbl_answers_outside_127_8_and_refusals_are_not_listings(rs, zone):
@@ -495,3 +503,33 @@ def test_a_forged_helo_literal_cannot_hide_the_listed_relay(rs, zone):
     r = run_filter(rs, message(extra=f"Received: from [8.8.8.8] (unknown [{LISTED}]) by mx.example.org (Postfix)"
                                      " with ESMTP id 4A; Wed, 25 Nov 2026 10:00:00 +0000\n"))
     assert r.returncode == 65 and LISTED in r.err
+
+
+def test_quarantine_delete_and_a_failed_release_keeps_it(rs, zone):
+    listed(rs, zone)
+    rs.write_config(dnsbl={"zones": zone, "action": "hold"})
+    for n in range(2):
+        assert run_filter(rs, message(subject=f"held {n}"), "--client-address", LISTED).returncode == 99
+    keys = sorted(p.name for p in (rs.home / "quarantine" / "new").iterdir())
+    (rs.sendmail_dir / "fail_once").touch()
+    r = rs.run("quarantine", "release", keys[0])
+    assert r.returncode == 75 and "kept" in r.err
+    assert keys[0] in rs.run("quarantine", check=0).out
+    rs.run("quarantine", "delete", *keys, check=0)
+    assert rs.run("quarantine", check=0).out == "" and rs.sent() == []
+    assert rs.run("quarantine", "release").returncode == 64
+
+
+def test_a_partly_failed_release_keeps_it_for_the_others_only(rs, zone):
+    listed(rs, zone)
+    rs.write_config(dnsbl={"zones": zone, "action": "hold"})
+    run_filter(rs, message(), "--client-address", LISTED, recipient=None,
+               env={"RECIPIENTS": "me@example.org\nboss@example.org"})
+    (rs.sendmail_dir / "permanent").write_text("boss@example.org\n")
+    (key,) = [p.name for p in (rs.home / "quarantine" / "new").iterdir()]
+    assert rs.run("quarantine", "release", key).returncode == 75
+    (rs.sendmail_dir / "permanent").unlink()
+    shown = rs.run("quarantine", check=0).out
+    assert "to boss@example.org:" in shown and key not in shown
+    rs.run("quarantine", "release", shown.split()[0], check=0)
+    assert sorted(rs.sent_to()) == ["boss@example.org", "me@example.org"]          # each once

@@ -2838,7 +2838,8 @@ def archive_add(config, list_row, data, sender=None):
                 raise OSError(f"{path} stays locked by another process")
             time.sleep(0.02)
     try:
-        from_line = f"From {sender or 'MAILER-DAEMON'} {time.asctime(time.gmtime())}\n".encode()
+        envelope = sender if sender and valid_address(sender) and " " not in sender else "MAILER-DAEMON"
+        from_line = f"From {envelope} {time.asctime(time.gmtime())}\n".encode()
         key = box.add(from_line + data.replace(b"\r\n", b"\n"))
         box.flush()
     finally:

@@ -341,3 +341,12 @@ def test_parallel_queue_runs_archive_every_post_once_and_whole(team, fmt):
     assert sorted(m["Message-ID"] for m in messages) == sorted(f"<par{i}@example.org>" for i in range(12))
     for m in messages:                   # whole: every line, and "From " at line start survives quoting
         assert m.get_payload().count("From the start, line") == 50
+
+
+def test_a_hostile_envelope_sender_cannot_break_the_mbox(team):
+    team.write_config(archive={"format": "mbox"})
+    team.queue(post(subject="first"), sender="evil\nFrom x Mon Jan  1 00:00:00 2024\n@example.org", check=0)
+    team.queue(post(subject="second"), sender="a b@example.org", check=0)
+    box = mailbox.mbox(str(team.home / "archive" / "test@lists.example.org.mbox"))
+    assert [m["Subject"] for m in box] == ["first", "second"]
+    assert all(m.get_from().startswith("MAILER-DAEMON ") for m in box)

@@ -47,10 +47,22 @@ permission, 78 configuration error; ``filter`` adds 99, dropped on purpose.
 Only the Python standard library is used: copy this file onto a host and run it.
 """
 
+
+# ---------------------------------------------------------------------------
+# 1. Imports and the plugin API
+# Owns: the names a plugin may use (__all__); everything else may change.
+# Calls: nothing.
+# ---------------------------------------------------------------------------
+#
+# Import policy: the modules every run needs are imported here.  A module
+# only some paths need (email, hashlib, hmac, smtplib-sized ones, mailbox,
+# subprocess, socket ...) is imported inside the function that uses it, so
+# that `queue` for a plain post, which runs once per message, does not pay
+# for it.
+
 import argparse
 import configparser
 import errno
-from contextlib import nullcontext
 import fcntl
 import json
 import logging
@@ -59,11 +71,18 @@ import re
 import sqlite3
 import sys
 import time
+from contextlib import nullcontext
 
 __version__ = "0.1.0"
+__all__ = ["chain_filter", "Context", "RawMessage", "Config", "addresses_in", "normalize_address",
+           "valid_address", "decode_header_text", "list_address", "log",
+           "Verdict", "Discard", "Hold", "Consumed", "Reject", "TryLater", "Accept", "ConfigError"]
+
 
 # ---------------------------------------------------------------------------
-# 2. Exit codes and verdicts
+# 2. Exit codes, verdicts and errors
+# Owns: the sysexits(3) codes, the errors commands report, the verdicts that end a chain, report().
+# Calls: nothing of redsky's.
 # ---------------------------------------------------------------------------
 
 EX_OK = 0
@@ -149,15 +168,28 @@ class Accept(Verdict):
 EX_DISCARDED = 99
 
 
+log = logging.getLogger("redsky")
+_log_on_stderr = True
+
+
+def report(message, level=logging.ERROR):
+    """Tell the caller in one line on stderr (the MTA puts it in its bounce)
+    and the log, once when the log is stderr."""
+    print(f"redsky: {message}", file=sys.stderr)
+    if not _log_on_stderr:
+        log.log(level, "%s", message)
+
+
 # ---------------------------------------------------------------------------
 # 3. Configuration
+# Owns: every setting with its default and its choices (DEFAULTS, Config), logging set-up.
+# Calls: section 2.
 # ---------------------------------------------------------------------------
 
 QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access dmarc"
                " subjecttag addfooter queuer archive")
 SEND_CHAIN = "singleinstance housekeeping digester queuebuilder queuerunner"
 FILTER_CHAIN = "read whitelist dnsbl autoreply out"
-
 DEFAULTS = {
     "redsky": {
         "data_dir": "",          # default: beside the config file, else ~/.local/share/redsky
@@ -247,7 +279,6 @@ DEFAULTS = {
         "max_age": "5d",
     },
 }
-
 CONFIG_PATHS = ("./redsky.ini", "/etc/redsky/redsky.ini")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
@@ -361,18 +392,6 @@ class Config:
         return self.path_of("redsky", "spool")
 
 
-log = logging.getLogger("redsky")
-_log_on_stderr = True
-
-
-def report(message, level=logging.ERROR):
-    """Tell the caller in one line on stderr (the MTA puts it in its bounce)
-    and the log, once when the log is stderr."""
-    print(f"redsky: {message}", file=sys.stderr)
-    if not _log_on_stderr:
-        log.log(level, "%s", message)
-
-
 def setup_logging(config, verbose=False):
     """Syslog (facility mail) when /dev/log exists, else stderr; ``[redsky]
     log`` = syslog | stderr | PATH overrides, --verbose adds debug to stderr."""
@@ -409,7 +428,9 @@ def setup_logging(config, verbose=False):
 
 
 # ---------------------------------------------------------------------------
-# 4. Store: SQLite schema and named queries
+# 4. Store: schema, named queries, durable writes
+# Owns: the SQLite schema, every SQL statement (SQL), transactions, spool files and the Outbox.
+# Calls: sections 2-3.
 # ---------------------------------------------------------------------------
 
 # The one source of the schema.  schema.sql is a copy of it for people who
@@ -600,13 +621,13 @@ CREATE TABLE autoreplies (
 );
 CREATE INDEX messages_message_id ON messages (message_id);
 """
-SCHEMA_VERSION = 2
 
+
+SCHEMA_VERSION = 2
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
                 " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume, digest_issue,"
                 " digest_last")
-
 SQL = {
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
     "all_lists": f"SELECT {LIST_COLUMNS} FROM lists ORDER BY domain, name",
@@ -816,8 +837,113 @@ def open_store(config, durable=True, create=False):
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
 
 
+# Postfix reads the list addresses from a small SQLite file of its own that
+# redsky replaces atomically (write, fsync, rename) whenever the lists change.
+# It never opens the live database: no WAL files it would need to write, no
+# lock it could meet, and members' addresses stay private.
+POSTFIX_MAP_SCHEMA = """\
+CREATE TABLE domains (domain TEXT PRIMARY KEY);
+CREATE TABLE addresses (address TEXT PRIMARY KEY);
+"""
+
+
+def write_synced(path, data):
+    """Create ``path`` (it must not exist; [redsky] umask applies), write
+    ``data`` and fsync it; on any failure nothing is left behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def write_spool(spool_dir, data):
+    """Write ``data`` to a new spool file atomically (temp file, fsync,
+    rename, fsync of the directory); return its name."""
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
+    tmp = os.path.join(tmp_dir, name)
+    write_synced(tmp, data)
+    os.rename(tmp, os.path.join(spool_dir, name))
+    dir_fd = os.open(spool_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return name
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class Outbox:
+    """Messages to queue together with a database change, atomically.
+
+    ``add()`` collects messages; ``commit(store, spool, change)`` writes
+    their spool files first, then runs ``change(db)`` and records every
+    message with its deliveries in one transaction.  If anything fails, the
+    spool files are removed and nothing is recorded: an action and the
+    notice that reports it happen together or not at all.
+    """
+
+    def __init__(self):
+        self.items = []             # (list_id, kind, message_id, data, recipients)
+        self.dry_run = False        # --dry-run: decide everything, store nothing
+
+    def add(self, list_id, kind, message_id, data, recipients):
+        if recipients:
+            self.items.append((list_id, kind, message_id, data, list(recipients)))
+
+    def commit(self, store, spool, change=None):
+        if self.dry_run:
+            count, self.items = len(self.items), []
+            return [None] * count
+        names = []
+        try:
+            for item in self.items:
+                names.append(write_spool(spool, item[3]))
+        except OSError as e:
+            for name in names:
+                _unlink_quietly(os.path.join(spool, name))
+            raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
+        try:
+            with store.transaction() as db:
+                if change is not None:
+                    change(db)
+                ids = []
+                for (list_id, kind, message_id, data, recipients), name in zip(self.items, names):
+                    cur = store.q("add_message", list_id, kind, message_id, name, len(data), time.time())
+                    db.executemany(SQL["add_delivery"], ((cur.lastrowid, r) for r in recipients))
+                    ids.append(cur.lastrowid)
+        except (sqlite3.Error, OSError) as e:
+            for name in names:
+                _unlink_quietly(os.path.join(spool, name))
+            raise TryLater(f"cannot record in the database: {e}")
+        self.items = []
+        return ids
+
+
+def member_addresses(store, list_id, status=None):
+    rows = store.q("members", list_id).fetchall()
+    return [r["address"] for r in rows if status is None or r["status"] == status]
+
+
 # ---------------------------------------------------------------------------
-# 5. Message helpers
+# 5. Mail primitives
+# Owns: messages as bytes (RawMessage), addresses, header text, list addresses and headers, footers,
+#       subject tags, DMARC rewriting, robot detection.
+# Calls: sections 2-3.
 # ---------------------------------------------------------------------------
 
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")     # RFC 5322 field name, then ':'
@@ -944,82 +1070,51 @@ def addresses_in(values):
     return [normalize_address(a) for _, a in getaddresses(values) if "@" in a]
 
 
-def verp_signature(key, list_row, recipient):
-    """8 hex digits of HMAC-SHA256 over list and recipient: only redsky,
-    which holds the key, can write a bounce address that names a member."""
-    import hashlib
-    import hmac
-    text = f"{list_row['name']}@{list_row['domain']}|{recipient}".lower().encode("utf-8")
-    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:8]
+def one_line(text, limit=200):
+    """Text safe inside a header or a summary line."""
+    return re.sub(r"\s+", " ", str(text or "")).strip()[:limit]
 
 
-def verp_encode(list_row, recipient):
-    """LIST-bounces+SIG+user=host@DOMAIN (SIG: verp_signature, when the
-    list row carries the installation's verp_key), else
-    LIST-bounces+user=host@DOMAIN as Postfix's XVERP writes it.  With
-    recipient_delimiter = + both reach LIST-bounces@DOMAIN."""
-    local, _, domain = recipient.rpartition("@")
-    key = list_row.get("verp_key") if hasattr(list_row, "get") else None
-    sig = f"{verp_signature(key, list_row, recipient)}+" if key else ""
-    return f"{list_row['name']}-bounces+{sig}{local}={domain}@{list_row['domain']}"
+def is_robot(msg, sender, strict=True):
+    """Why a message comes from a robot (RFC 3834 2), or None.  ``strict``
+    also treats Precedence bulk/junk/list and MAILER-DAEMON or -bounces
+    senders as robots: what redsky never answers."""
+    if sender == "":
+        return "null envelope sender"
+    auto = (msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    if (msg.get("Content-Type") or "").lower().startswith("multipart/report"):
+        return "a delivery or disposition report"
+    if strict:
+        precedence = (msg.get("Precedence") or "").strip().lower()
+        if precedence in ("bulk", "junk", "list"):
+            return f"Precedence: {precedence}"
+        for address in addresses_in(msg.get_all("From")) + ([sender] if sender else []):
+            local = address.rpartition("@")[0].lower()
+            if local in ("mailer-daemon", "postmaster") or "-bounces" in local or local.startswith("owner-"):
+                return f"sent by {address}"
+    return None
 
 
-def verp_decode(extension, list_row=None, key=None):
-    """(address, signed) from ``[SIG+]user=host`` (the last '=' separates
-    user and host); signed is True only for a valid signature."""
-    m = re.fullmatch(r"([0-9a-f]{8})\+(.+)", extension)
-    if m and key and list_row is not None:
-        address = _verp_address(m.group(2))
-        if address:
-            import hmac
-            if hmac.compare_digest(verp_signature(key, list_row, address), m.group(1)):
-                return address, True
-    return _verp_address(extension), False
+# List addresses and headers --------------------------------------------------
+
+# LIST-suffix[+extension]: the addresses one list answers besides LIST itself
+ROLES = {"bounces": "bounces", "request": "request", "owner": "owner", "confirm": "confirm",
+         "join": "join", "subscribe": "join", "leave": "leave", "unsubscribe": "leave"}
 
 
-def leave_token(key, list_row, address):
-    """16 hex digits of HMAC-SHA256: the member's own one-click
-    unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
-    list and member, needs no storage."""
-    import hashlib
-    import hmac
-    text = f"leave|{list_row['name']}@{list_row['domain']}|{address}".lower().encode("utf-8")
-    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:16]
-
-
-class Personalizer:
-    """Gives each recipient a copy whose List-Unsubscribe is their own
-    LIST-leave+TOKEN@DOMAIN; the rest of the message is shared, not copied
-    per recipient.  Batches to many recipients keep the generic address."""
-
-    def __init__(self, list_row, data):
-        self.data, self.parts = data, None
-        generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
-        at, end = data.find(generic), data.find(b"\n\n")
-        if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
-            import hashlib
-            import hmac
-            self.parts = (data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(),
-                          f"@{list_row['domain']}>".encode() + data[at + len(generic):])
-            # leave_token's HMAC with the key and list already absorbed, copied per recipient
-            self.mac = hmac.new(list_row["verp_key"].encode(), f"leave|{list_row['name']}@{list_row['domain']}|"
-                                .lower().encode(), hashlib.sha256)
-
-    def __call__(self, address):
-        if self.parts is None:
-            return self.data
-        mac = self.mac.copy()
-        mac.update(address.lower().encode("utf-8"))
-        return b"".join((self.parts[0], mac.hexdigest()[:16].encode(), self.parts[1]))
-
-
-def _verp_address(extension):
-    local, sep, domain = extension.rpartition("=")
-    return f"{local}@{domain}" if sep and local and domain else None
+ROLE_ADDRESS = re.compile(r"(.+)-(%s)(?:\+(.+))?" % "|".join(ROLES), re.IGNORECASE | re.DOTALL)
+LIST_SUFFIXES = ("", "-bounces", "-request", "-owner", "-confirm", "-join", "-leave", "-subscribe",
+                 "-unsubscribe")
 
 
 def list_address(list_row, suffix=""):
     return f"{list_row['name']}{suffix}@{list_row['domain']}"
+
+
+def owners_of(list_row):
+    return [o.strip() for o in list_row["owners"].split(",") if o.strip()]
 
 
 def list_headers(list_row):
@@ -1049,158 +1144,7 @@ REPLACED_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "list
                     "disposition-notification-to", "return-receipt-to")
 
 
-def parse_dsn(message):
-    """Per-recipient results of an RFC 3464 delivery-status report.
-
-    Returns a list of dicts with recipient, action, status, diagnostic and
-    reporting_mta; empty when the message holds no message/delivery-status.
-    """
-    results = []
-    for part in message.walk():
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        blocks = part.get_payload()
-        if isinstance(blocks, str):        # unparsed: split the blocks ourselves
-            from email.parser import Parser
-            text = blocks.replace("\r\n", "\n")
-            blocks = [Parser().parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
-        if not blocks:
-            continue
-        reporting = _dsn_value(blocks[0].get("Reporting-MTA", ""))
-        for block in blocks:
-            recipient = _dsn_value(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
-            if not recipient:
-                continue
-            results.append({
-                "recipient": recipient.strip("<>"),
-                "action": str(block.get("Action", "")).strip().lower(),
-                "status": str(block.get("Status", "")).strip().split(" ")[0],
-                "diagnostic": re.sub(r"\s+", " ", str(block.get("Diagnostic-Code", ""))).strip(),
-                "reporting_mta": reporting,
-            })
-    return results
-
-
-# What non-DSN reports look like.  Phrases are matched case-insensitively on
-# the text before the returned message; the first group that matches decides.
-AUTO_REPLY_SUBJECT = re.compile(r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|"
-                                r"abwesenheit|absence|vacation|on leave|r[ée]ponse automatique|away from)", re.I)
-DELAY_PHRASES = re.compile(
-    r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
-    r"delivery (has been )?delayed|delayed mail|still being retried|not been able to deliver .* for \d+ hours|"
-    r"delivery status notification \(delay\)|warning: could not send message for past", re.I)
-FAILURE_PHRASES = re.compile(
-    r"this is the qmail-send program|could not be delivered to one or more|permanent (fatal )?errors?|"
-    r"the following address(es)? failed|undeliverable|delivery has failed|did not reach (some or all|the following)|"
-    r"could not be reached|was not delivered to|user unknown|no such (user|mailbox)|mailbox (unavailable|not found)|"
-    r"address rejected|recipient (address )?rejected|does not exist|unknown (user|recipient)|"
-    r"returned mail: see transcript|delivery to the following recipients? failed|message not delivered|"
-    r"mail delivery failed|failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-# Where the returned message starts inside a text report: a separator line,
-# or the first unindented header field of the copy.
-_ORIGINAL = re.compile(r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
-                       r"the original message|message headers follow)|[ \t]*original message header|"
-                       r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
-
-
-def find_failures(message, own=()):
-    """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
-    the usual non-standard formats (qmail, Exim, old Sendmail, Exchange
-    "Undeliverable", Lotus Domino, GroupWise, X-Failed-Recipients).
-    Auto-replies give action "auto-reply", warnings "delayed"; neither ever
-    counts.  ``own`` lists addresses to ignore (the list's own)."""
-    reports = parse_dsn(message)
-    if reports:
-        return reports
-    subject = decode_header_text(str(message.get("Subject", "")))
-    auto = (str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower() == "auto-replied"
-            or message.get("X-Autoreply") or message.get("X-Autorespond")
-            or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
-            or AUTO_REPLY_SUBJECT.search(subject))
-    text = _report_text(message)
-    head = text[:_ORIGINAL.search(text).start()] if _ORIGINAL.search(text) else text
-    status = _STATUS.search(head)
-    status = ".".join(status.groups()) if status else ""
-    diagnostic = next((line.strip() for line in head.splitlines()
-                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed", line, re.I)), "")
-    if auto and not FAILURE_PHRASES.search(subject):
-        return [{"recipient": "", "action": "auto-reply", "status": "", "diagnostic": one_line(subject, 200),
-                 "reporting_mta": ""}]
-    if DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject) or status.startswith("4."):
-        action = "delayed"
-    elif FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject) or message.get("X-Failed-Recipients") \
-            or status.startswith("5."):
-        action = "failed"
-    else:
-        return []
-    ignore = {a.lower() for a in own} | {a.lower() for a in addresses_in(message.get_all("From", []) +
-                                                                         message.get_all("To", []))}
-    recipients = [a.strip() for v in message.get_all("X-Failed-Recipients", []) for a in str(v).split(",")]
-    if not recipients:
-        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(
-            line for line in head.splitlines() if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I))))
-        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head)) if a.lower() not in ignore and a not in ids
-                      and not a.lower().startswith(("postmaster@", "mailer-daemon@"))]
-    status = status or ("5.0.0" if action == "failed" else "4.0.0")
-    return [{"recipient": r, "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
-             "reporting_mta": ""} for r in recipients] or \
-        [{"recipient": "", "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
-          "reporting_mta": ""}]
-
-
-def _report_text(message):
-    """The human-readable text of a report (its first text parts), not the returned message."""
-    parts = []
-    for part in message.walk():
-        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
-            break
-        if part.get_content_maintype() == "text" and not part.is_multipart():
-            try:
-                payload = part.get_payload(decode=True) or b""
-                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
-            except LookupError:
-                text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
-            if part.get_content_subtype() == "html":
-                text = re.sub(r"<[^>]+>", " ", text)
-            parts.append(text)
-    return "\n".join(parts)[:100_000]
-
-
-def _dsn_value(value):
-    """``rfc822; user@host`` → ``user@host`` (the address-type is dropped)."""
-    value = str(value or "")
-    return value.split(";", 1)[1].strip() if ";" in value else value.strip()
-
-
-def new_token():
-    """128 random bits from the secrets module, as 32 hex digits."""
-    import secrets          # imported here: `queue` for a plain post never needs it
-    return secrets.token_hex(16)
-
-
-def hash_passphrase(passphrase, salt=None, iterations=200_000):
-    """PBKDF2-SHA256; only this string is stored, never the passphrase."""
-    import hashlib
-    salt = salt or new_token()
-    digest = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt.encode(), iterations)
-    return f"pbkdf2_sha256${iterations}${salt}${digest.hex()}"
-
-
-def check_passphrase(passphrase, stored):
-    import hmac
-    try:
-        scheme, iterations, salt, _ = stored.split("$")
-        iterations = int(iterations)
-    except ValueError:
-        return False
-    if scheme != "pbkdf2_sha256":
-        return False
-    return hmac.compare_digest(hash_passphrase(passphrase, salt, iterations), stored)
-
-
-# Footers ------------------------------------------------------------------
+# Footers and subject tags ----------------------------------------------------
 
 class _CannotEdit(Exception):
     """The part cannot take the footer in place; wrap the message instead."""
@@ -1366,7 +1310,295 @@ def with_subject_tag(msg, tag):
     return True
 
 
-# Generated messages --------------------------------------------------------
+# DMARC rewriting -------------------------------------------------------------
+
+def munge_from(msg, list_row, author):
+    """From: "Name via LIST" <LIST@DOMAIN>; the author moves to Reply-To
+    (when there is none) and X-Original-From."""
+    from email.utils import formataddr, parseaddr
+    original = msg.get("From", "")
+    name = decode_header_text(parseaddr(original)[0]) or author.partition("@")[0]
+    msg.remove("X-Original-From")
+    msg.replace_raw("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)),
+                                       charset="utf-8").encode("ascii", "replace"))
+    if msg.raw_value("Reply-To") is None:
+        msg.append("Reply-To", original)
+    msg.append("X-Original-From", original)
+
+
+def wrap_message(msg, list_row, author):
+    """The original, byte-intact, as a message/rfc822 part of a new message
+    from the list (RFC 2046 5.2.1)."""
+    from email.utils import formataddr, parseaddr
+    eol = msg.eol
+    original = bytes(msg)
+    name = decode_header_text(parseaddr(msg.get("From", ""))[0]) or author.partition("@")[0]
+    keep = [f for f in msg.fields if msg.name_of(f) in ("to", "cc", "subject", "date", "message-id",
+                                                        "in-reply-to", "references")]
+    boundary = "redsky-" + os.urandom(12).hex()
+    outer = RawMessage(b"".join(keep) + eol)
+    outer.append("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)), charset="utf-8"))
+    outer.append("Reply-To", msg.get("From", ""))
+    outer.append("MIME-Version", "1.0")
+    outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
+    b = boundary.encode()
+    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: inline" + eol + eol
+                  + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
+    msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
+
+
+# ---------------------------------------------------------------------------
+# 6. Shared services
+# Owns: the DNS client and its caches, tokens and VERP, notices, bounce parsing and scoring, the archive.
+# Calls: sections 2-5.
+# ---------------------------------------------------------------------------
+
+
+# DNS client and caches -------------------------------------------------------
+
+def dns_query(name, qtype, nameserver, timeout):
+    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name`` by
+    one UDP query (RFC 1035), as raw RDATA bytes; [] for NXDOMAIN or no
+    such record.  Raises OSError on a timeout or a server failure."""
+    import random
+    import socket
+    import struct
+    host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "53")
+    qid = random.getrandbits(16)
+    question = b"".join(bytes([len(label)]) + label for label in name.encode("idna").split(b".") if label) + b"\0"
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query, (host, int(port or 53)))
+        while True:
+            reply = sock.recv(4096)
+            if len(reply) >= 12 and struct.unpack(">H", reply[:2])[0] == qid:
+                break
+    flags, qd, an = struct.unpack(">HHH", reply[2:8])
+    rcode = flags & 0xF
+    if rcode == 3:                              # NXDOMAIN
+        return []
+    if rcode != 0:
+        raise OSError(f"DNS server answered rcode {rcode}")
+    pos = 12
+    for _ in range(qd):                         # skip the question
+        pos = _skip_name(reply, pos) + 4
+    records = []
+    for _ in range(an):
+        pos = _skip_name(reply, pos)
+        rtype, _, _, length = struct.unpack(">HHIH", reply[pos:pos + 10])
+        pos += 10
+        if rtype == qtype:
+            records.append(reply[pos:pos + length])
+        pos += length
+    return records
+
+
+def dns_txt(name, nameserver, timeout):
+    """TXT records of ``name`` as text, [] when it has none."""
+    records = []
+    for data in dns_query(name, 16, nameserver, timeout):
+        chunks, i = [], 0
+        while i < len(data):
+            chunks.append(data[i + 1:i + 1 + data[i]])
+            i += 1 + data[i]
+        records.append(b"".join(chunks).decode("utf-8", "replace"))
+    return records
+
+
+def _skip_name(data, pos):
+    while True:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:               # compression pointer
+            return pos + 2
+        pos += 1 + length
+
+
+def _resolv_conf_nameserver():
+    try:
+        with open("/etc/resolv.conf") as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    return words[1]
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def remember(store, cache, key, answer, expires):
+    """Cache a DNS answer in ``cache`` (dmarc or dnsbl), dropping the expired
+    ones so the table stays small; a cache that cannot be written is only slower."""
+    try:
+        with store.transaction():
+            store.q(f"{cache}_cache_prune", time.time())
+            store.q(f"{cache}_cache_put", key, answer, expires)
+    except sqlite3.Error:
+        pass
+
+
+def dmarc_policy(store, config, domain):
+    """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain,
+    then its organisational domain, approximated as the last two labels),
+    '' when none; cached for [dmarc] cache.  Raises OSError when DNS fails."""
+    domain = domain.lower().rstrip(".")
+    now = time.time()
+    row = store.q("dmarc_cache_get", domain, now).fetchone()
+    if row:
+        return row[0]
+    nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
+    timeout = config.duration("dmarc", "timeout")
+    policy = ""
+    candidates = [domain] + ([".".join(domain.split(".")[-2:])] if domain.count(".") > 1 else [])
+    for name in candidates:
+        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout) if r.lower().startswith("v=dmarc1")]
+        if records:
+            tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
+            policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
+            break
+    remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
+    return policy
+
+
+def dnsbl_name(ip, zone):
+    """The query name: reversed octets for IPv4, reversed nibbles for IPv6
+    (RFC 5782 2.1 and 2.4)."""
+    if ip.version == 4:
+        return ".".join(reversed(str(ip).split("."))) + "." + zone
+    return ".".join(reversed(ip.exploded.replace(":", ""))) + "." + zone
+
+
+def dnsbl_lookup(store, config, name):
+    """What the blocklist says about ``name``: '' when not listed, else its
+    A record and, when the list publishes one, its TXT reason ("127.0.0.2:
+    see https://..."); cached for [dnsbl] cache.  RFC 5782 2.3: only
+    127.0.0.0/8 answers mean listed; Spamhaus' 127.255.255.x (a refused
+    query, e.g. through a public resolver) does not."""
+    now = time.time()
+    row = store.q("dnsbl_cache_get", name, now).fetchone()
+    if row:
+        return row[0]
+    nameserver, timeout = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver(), \
+        config.duration("dnsbl", "timeout")
+    answers = [".".join(str(b) for b in r) for r in dns_query(name, 1, nameserver, timeout) if len(r) == 4]
+    answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
+    if answers and not answer:
+        log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
+    if answer:
+        try:
+            why = one_line(" ".join(dns_txt(name, nameserver, timeout)), 200)
+        except (OSError, ValueError, IndexError):
+            why = ""                            # the reason is a courtesy, the listing stands
+        answer += f": {why}" if why else ""
+    remember(store, "dnsbl", name, answer, now + config.duration("dnsbl", "cache"))
+    return answer
+
+
+# Tokens and VERP -------------------------------------------------------------
+
+def new_token():
+    """128 random bits from the secrets module, as 32 hex digits."""
+    import secrets          # imported here: `queue` for a plain post never needs it
+    return secrets.token_hex(16)
+
+
+def hash_passphrase(passphrase, salt=None, iterations=200_000):
+    """PBKDF2-SHA256; only this string is stored, never the passphrase."""
+    import hashlib
+    salt = salt or new_token()
+    digest = hashlib.pbkdf2_hmac("sha256", passphrase.encode("utf-8"), salt.encode(), iterations)
+    return f"pbkdf2_sha256${iterations}${salt}${digest.hex()}"
+
+
+def check_passphrase(passphrase, stored):
+    import hmac
+    try:
+        scheme, iterations, salt, _ = stored.split("$")
+        iterations = int(iterations)
+    except ValueError:
+        return False
+    if scheme != "pbkdf2_sha256":
+        return False
+    return hmac.compare_digest(hash_passphrase(passphrase, salt, iterations), stored)
+
+
+def verp_signature(key, list_row, recipient):
+    """8 hex digits of HMAC-SHA256 over list and recipient: only redsky,
+    which holds the key, can write a bounce address that names a member."""
+    import hashlib
+    import hmac
+    text = f"{list_row['name']}@{list_row['domain']}|{recipient}".lower().encode("utf-8")
+    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:8]
+
+
+def verp_encode(list_row, recipient):
+    """LIST-bounces+SIG+user=host@DOMAIN (SIG: verp_signature, when the
+    list row carries the installation's verp_key), else
+    LIST-bounces+user=host@DOMAIN as Postfix's XVERP writes it.  With
+    recipient_delimiter = + both reach LIST-bounces@DOMAIN."""
+    local, _, domain = recipient.rpartition("@")
+    key = list_row.get("verp_key") if hasattr(list_row, "get") else None
+    sig = f"{verp_signature(key, list_row, recipient)}+" if key else ""
+    return f"{list_row['name']}-bounces+{sig}{local}={domain}@{list_row['domain']}"
+
+
+def verp_decode(extension, list_row=None, key=None):
+    """(address, signed) from ``[SIG+]user=host`` (the last '=' separates
+    user and host); signed is True only for a valid signature."""
+    m = re.fullmatch(r"([0-9a-f]{8})\+(.+)", extension)
+    if m and key and list_row is not None:
+        address = _verp_address(m.group(2))
+        if address:
+            import hmac
+            if hmac.compare_digest(verp_signature(key, list_row, address), m.group(1)):
+                return address, True
+    return _verp_address(extension), False
+
+
+def _verp_address(extension):
+    local, sep, domain = extension.rpartition("=")
+    return f"{local}@{domain}" if sep and local and domain else None
+
+
+def leave_token(key, list_row, address):
+    """16 hex digits of HMAC-SHA256: the member's own one-click
+    unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
+    list and member, needs no storage."""
+    import hashlib
+    import hmac
+    text = f"leave|{list_row['name']}@{list_row['domain']}|{address}".lower().encode("utf-8")
+    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:16]
+
+
+class Personalizer:
+    """Gives each recipient a copy whose List-Unsubscribe is their own
+    LIST-leave+TOKEN@DOMAIN; the rest of the message is shared, not copied
+    per recipient.  Batches to many recipients keep the generic address."""
+
+    def __init__(self, list_row, data):
+        self.data, self.parts = data, None
+        generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
+        at, end = data.find(generic), data.find(b"\n\n")
+        if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
+            import hashlib
+            import hmac
+            self.parts = (data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(),
+                          f"@{list_row['domain']}>".encode() + data[at + len(generic):])
+            # leave_token's HMAC with the key and list already absorbed, copied per recipient
+            self.mac = hmac.new(list_row["verp_key"].encode(), f"leave|{list_row['name']}@{list_row['domain']}|"
+                                .lower().encode(), hashlib.sha256)
+
+    def __call__(self, address):
+        if self.parts is None:
+            return self.data
+        mac = self.mac.copy()
+        mac.update(address.lower().encode("utf-8"))
+        return b"".join((self.parts[0], mac.hexdigest()[:16].encode(), self.parts[1]))
+
+
+# Notices ---------------------------------------------------------------------
 
 TEXTS = {
     "welcome": "Welcome to the $post_address mailing list.\n\n"
@@ -1455,11 +1687,6 @@ TEXTS = {
 }
 
 
-def one_line(text, limit=200):
-    """Text safe inside a header or a summary line."""
-    return re.sub(r"\s+", " ", str(text or "")).strip()[:limit]
-
-
 def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None,
                 auto="auto-replied", in_reply_to=None, attachment=None):
     """A message redsky writes (RFC 3834: Auto-Submitted; never answered by
@@ -1501,173 +1728,359 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     return message_id, data
 
 
-def is_robot(msg, sender, strict=True):
-    """Why a message comes from a robot (RFC 3834 2), or None.  ``strict``
-    also treats Precedence bulk/junk/list and MAILER-DAEMON or -bounces
-    senders as robots: what redsky never answers."""
-    if sender == "":
-        return "null envelope sender"
-    auto = (msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
-    if auto != "no":
-        return f"Auto-Submitted: {auto}"
-    if (msg.get("Content-Type") or "").lower().startswith("multipart/report"):
-        return "a delivery or disposition report"
-    if strict:
-        precedence = (msg.get("Precedence") or "").strip().lower()
-        if precedence in ("bulk", "junk", "list"):
-            return f"Precedence: {precedence}"
-        for address in addresses_in(msg.get_all("From")) + ([sender] if sender else []):
-            local = address.rpartition("@")[0].lower()
-            if local in ("mailer-daemon", "postmaster") or "-bounces" in local or local.startswith("owner-"):
-                return f"sent by {address}"
+def catch_up(store, outbox, list_row, address):
+    """A member leaving digest mode gets the posts still waiting for the
+    next digest as single posts, so switching never loses one."""
+    for (raw,) in store.q("digest_posts", list_row["id"], float("inf")):
+        outbox.add(list_row["id"], "post", RawMessage(raw).get("Message-ID") or "<digest-catch-up>", raw, [address])
+
+
+# Bounce parsing and scoring --------------------------------------------------
+
+def parse_dsn(message):
+    """Per-recipient results of an RFC 3464 delivery-status report.
+
+    Returns a list of dicts with recipient, action, status, diagnostic and
+    reporting_mta; empty when the message holds no message/delivery-status.
+    """
+    results = []
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        if isinstance(blocks, str):        # unparsed: split the blocks ourselves
+            from email.parser import Parser
+            text = blocks.replace("\r\n", "\n")
+            blocks = [Parser().parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
+        if not blocks:
+            continue
+        reporting = _dsn_value(blocks[0].get("Reporting-MTA", ""))
+        for block in blocks:
+            recipient = _dsn_value(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+            if not recipient:
+                continue
+            results.append({
+                "recipient": recipient.strip("<>"),
+                "action": str(block.get("Action", "")).strip().lower(),
+                "status": str(block.get("Status", "")).strip().split(" ")[0],
+                "diagnostic": re.sub(r"\s+", " ", str(block.get("Diagnostic-Code", ""))).strip(),
+                "reporting_mta": reporting,
+            })
+    return results
+
+
+# What non-DSN reports look like.  Phrases are matched case-insensitively on
+# the text before the returned message; the first group that matches decides.
+AUTO_REPLY_SUBJECT = re.compile(r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|"
+                                r"abwesenheit|absence|vacation|on leave|r[ée]ponse automatique|away from)", re.I)
+
+
+DELAY_PHRASES = re.compile(
+    r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
+    r"delivery (has been )?delayed|delayed mail|still being retried|not been able to deliver .* for \d+ hours|"
+    r"delivery status notification \(delay\)|warning: could not send message for past", re.I)
+FAILURE_PHRASES = re.compile(
+    r"this is the qmail-send program|could not be delivered to one or more|permanent (fatal )?errors?|"
+    r"the following address(es)? failed|undeliverable|delivery has failed|did not reach (some or all|the following)|"
+    r"could not be reached|was not delivered to|user unknown|no such (user|mailbox)|mailbox (unavailable|not found)|"
+    r"address rejected|recipient (address )?rejected|does not exist|unknown (user|recipient)|"
+    r"returned mail: see transcript|delivery to the following recipients? failed|message not delivered|"
+    r"mail delivery failed|failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+
+
+# Where the returned message starts inside a text report: a separator line,
+# or the first unindented header field of the copy.
+_ORIGINAL = re.compile(r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
+                       r"the original message|message headers follow)|[ \t]*original message header|"
+                       r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
+
+
+def find_failures(message, own=()):
+    """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
+    the usual non-standard formats (qmail, Exim, old Sendmail, Exchange
+    "Undeliverable", Lotus Domino, GroupWise, X-Failed-Recipients).
+    Auto-replies give action "auto-reply", warnings "delayed"; neither ever
+    counts.  ``own`` lists addresses to ignore (the list's own)."""
+    reports = parse_dsn(message)
+    if reports:
+        return reports
+    subject = decode_header_text(str(message.get("Subject", "")))
+    auto = (str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower() == "auto-replied"
+            or message.get("X-Autoreply") or message.get("X-Autorespond")
+            or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
+            or AUTO_REPLY_SUBJECT.search(subject))
+    text = _report_text(message)
+    head = text[:_ORIGINAL.search(text).start()] if _ORIGINAL.search(text) else text
+    status = _STATUS.search(head)
+    status = ".".join(status.groups()) if status else ""
+    diagnostic = next((line.strip() for line in head.splitlines()
+                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed", line, re.I)), "")
+    if auto and not FAILURE_PHRASES.search(subject):
+        return [{"recipient": "", "action": "auto-reply", "status": "", "diagnostic": one_line(subject, 200),
+                 "reporting_mta": ""}]
+    if DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject) or status.startswith("4."):
+        action = "delayed"
+    elif FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject) or message.get("X-Failed-Recipients") \
+            or status.startswith("5."):
+        action = "failed"
+    else:
+        return []
+    ignore = {a.lower() for a in own} | {a.lower() for a in addresses_in(message.get_all("From", []) +
+                                                                         message.get_all("To", []))}
+    recipients = [a.strip() for v in message.get_all("X-Failed-Recipients", []) for a in str(v).split(",")]
+    if not recipients:
+        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(
+            line for line in head.splitlines() if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I))))
+        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head)) if a.lower() not in ignore and a not in ids
+                      and not a.lower().startswith(("postmaster@", "mailer-daemon@"))]
+    status = status or ("5.0.0" if action == "failed" else "4.0.0")
+    return [{"recipient": r, "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
+             "reporting_mta": ""} for r in recipients] or \
+        [{"recipient": "", "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
+          "reporting_mta": ""}]
+
+
+def _report_text(message):
+    """The human-readable text of a report (its first text parts), not the returned message."""
+    parts = []
+    for part in message.walk():
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+            break
+        if part.get_content_maintype() == "text" and not part.is_multipart():
+            try:
+                payload = part.get_payload(decode=True) or b""
+                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            except LookupError:
+                text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+            if part.get_content_subtype() == "html":
+                text = re.sub(r"<[^>]+>", " ", text)
+            parts.append(text)
+    return "\n".join(parts)[:100_000]
+
+
+def _dsn_value(value):
+    """``rfc822; user@host`` → ``user@host`` (the address-type is dropped)."""
+    value = str(value or "")
+    return value.split(";", 1)[1].strip() if ";" in value else value.strip()
+
+
+def bounced_message_ids(parsed, raw=b""):
+    """Message-IDs of the original message a report returns: in a
+    message/rfc822 or text/rfc822-headers part (RFC 3462), or quoted in the
+    body of a report in plain text (qmail, old Sendmail, Exchange …)."""
+    body = raw.split(b"\n\n", 1)[-1] if b"\n\n" in raw else b""
+    quoted = re.findall(rb"(?im)^[ \t>]*message-id:[ \t]*(<[^<>\s]+>)", body)
+    ids = [q.decode("utf-8", "replace") for q in quoted]
+    for part in parsed.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822" and part.is_multipart():
+            inner = part.get_payload(0)
+            ids.append(str(inner.get("Message-ID", "")).strip())
+        elif ctype == "text/rfc822-headers":
+            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", part.get_payload(decode=True).decode("utf-8", "replace"))
+            if m:
+                ids.append(m.group(1))
+    return [i for i in ids if i]
+
+
+def delivered(store, list_id, address, message_ids):
+    """The evidence: did redsky really deliver one of these posts of this
+    list to this address?  (A forged report cannot name one.)"""
+    for message_id in message_ids:
+        if store.db.execute("SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
+                            " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
+                            (list_id, message_id, address)).fetchone():
+            return message_id
     return None
 
 
-# DMARC ------------------------------------------------------------------------
-
-def dns_query(name, qtype, nameserver, timeout):
-    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name`` by
-    one UDP query (RFC 1035), as raw RDATA bytes; [] for NXDOMAIN or no
-    such record.  Raises OSError on a timeout or a server failure."""
-    import random
-    import socket
-    import struct
-    host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "53")
-    qid = random.getrandbits(16)
-    question = b"".join(bytes([len(label)]) + label for label in name.encode("idna").split(b".") if label) + b"\0"
-    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", qtype, 1)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.sendto(query, (host, int(port or 53)))
-        while True:
-            reply = sock.recv(4096)
-            if len(reply) >= 12 and struct.unpack(">H", reply[:2])[0] == qid:
-                break
-    flags, qd, an = struct.unpack(">HHH", reply[2:8])
-    rcode = flags & 0xF
-    if rcode == 3:                              # NXDOMAIN
-        return []
-    if rcode != 0:
-        raise OSError(f"DNS server answered rcode {rcode}")
-    pos = 12
-    for _ in range(qd):                         # skip the question
-        pos = _skip_name(reply, pos) + 4
-    records = []
-    for _ in range(an):
-        pos = _skip_name(reply, pos)
-        rtype, _, _, length = struct.unpack(">HHIH", reply[pos:pos + 10])
-        pos += 10
-        if rtype == qtype:
-            records.append(reply[pos:pos + length])
-        pos += length
-    return records
+def score_bounce(db, config, list_id, address, now):
+    """Raise a member's bounce score for one permanent failure, as the best
+    list managers do: at most once a day; a score untouched for
+    info_stale_after starts again from zero; at score_threshold the member
+    is disabled (not removed).  Returns why it counted or not."""
+    row = db.execute("SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
+                     (list_id, address)).fetchone()
+    if row is None:
+        return False, "not a member"
+    status, score, last = row[0], row[1], row[2]
+    if last and now - last < 86400 and score > 0:
+        return False, "already scored today"
+    if last and now - last > config.duration("bounces", "info_stale_after"):
+        score = 0
+    score += 1
+    threshold = config.number("bounces", "score_threshold")
+    disable = status == "enabled" and score >= threshold
+    db.execute("UPDATE members SET bounce_score = ?, last_bounce = ?,"
+               " status = CASE WHEN ? THEN 'disabled' ELSE status END,"
+               " disabled_reason = CASE WHEN ? THEN 'bounce' ELSE disabled_reason END,"
+               " disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END,"
+               " warnings = CASE WHEN ? THEN 0 ELSE warnings END"
+               " WHERE list_id = ? AND address = ?",
+               (score, now, disable, disable, disable, now, disable, list_id, address))
+    return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
 
 
-def dns_txt(name, nameserver, timeout):
-    """TXT records of ``name`` as text, [] when it has none."""
-    records = []
-    for data in dns_query(name, 16, nameserver, timeout):
-        chunks, i = [], 0
-        while i < len(data):
-            chunks.append(data[i + 1:i + 1 + data[i]])
-            i += 1 + data[i]
-        records.append(b"".join(chunks).decode("utf-8", "replace"))
-    return records
+def policy_rejection(status, address):
+    """The `why` of a 5.7.x rejection; housekeeping counts them per domain."""
+    return f"policy rejection {status} at {address.rpartition('@')[2].lower()}: caused by the post"
 
 
-def _skip_name(data, pos):
-    while True:
-        length = data[pos]
-        if length == 0:
-            return pos + 1
-        if length & 0xC0 == 0xC0:               # compression pointer
-            return pos + 2
-        pos += 1 + length
+# Archive ---------------------------------------------------------------------
+
+def archive_path(config, list_row):
+    """[archive] dir/LIST@DOMAIN: a Maildir, or an mbox file ending .mbox."""
+    name = f"{list_row['name']}@{list_row['domain']}".lower()
+    return os.path.join(config.path_of("archive", "dir"),
+                        name + (".mbox" if config.get("archive", "format") == "mbox" else ""))
 
 
-def dmarc_policy(store, config, domain):
-    """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain,
-    then its organisational domain, approximated as the last two labels),
-    '' when none; cached for [dmarc] cache.  Raises OSError when DNS fails."""
-    domain = domain.lower().rstrip(".")
-    now = time.time()
-    row = store.q("dmarc_cache_get", domain, now).fetchone()
-    if row:
-        return row[0]
-    nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
-    timeout = config.duration("dmarc", "timeout")
-    policy = ""
-    candidates = [domain] + ([".".join(domain.split(".")[-2:])] if domain.count(".") > 1 else [])
-    for name in candidates:
-        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout) if r.lower().startswith("v=dmarc1")]
-        if records:
-            tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
-            policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
+def archive_add(config, list_row, data, sender=None):
+    """Add one post to the list's archive; return its key.  A Maildir
+    delivery is atomic; the mbox is locked (fcntl and dot-lock, as
+    mailbox.mbox does) against concurrent queue runs."""
+    path = archive_path(config, list_row)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if config.get("archive", "format") == "maildir":
+        return maildir_add(path, data)
+    import mailbox
+    box = mailbox.mbox(path, create=True)
+    deadline = time.monotonic() + config.duration("redsky", "busy_timeout")
+    while True:                                 # mailbox's lock does not wait: another queue run has it
+        try:
+            box.lock()
             break
-    remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
-    return policy
-
-
-def remember(store, cache, key, answer, expires):
-    """Cache a DNS answer in ``cache`` (dmarc or dnsbl), dropping the expired
-    ones so the table stays small; a cache that cannot be written is only slower."""
+        except mailbox.ExternalClashError:
+            if time.monotonic() > deadline:
+                raise OSError(f"{path} stays locked by another process")
+            time.sleep(0.02)
     try:
-        with store.transaction():
-            store.q(f"{cache}_cache_prune", time.time())
-            store.q(f"{cache}_cache_put", key, answer, expires)
-    except sqlite3.Error:
-        pass
+        envelope = sender if sender and valid_address(sender) and " " not in sender else "MAILER-DAEMON"
+        from_line = f"From {envelope} {time.asctime(time.gmtime())}\n".encode()
+        key = box.add(from_line + data.replace(b"\r\n", b"\n"))
+        box.flush()
+    finally:
+        box.unlock()
+        box.close()
+    return key
 
 
-def _resolv_conf_nameserver():
+def maildir_add(path, data):
+    """Deliver ``data`` into the Maildir ``path`` the Maildir way (write in
+    tmp/, fsync, rename into new/) under a name mailbox.Maildir also makes
+    (SECONDS.MMICROSECONDSPPIDQN.HOST); return that name.  Done by hand
+    because importing mailbox would cost every queue run ~8 ms."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    now = time.time()
+    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{os.urandom(3).hex()}.{host}"
+    tmp = os.path.join(path, "tmp", name)
+    write_synced(tmp, data)
+    os.rename(tmp, os.path.join(path, "new", name))
+    return name
+
+
+def archived(config, list_row):
+    """Yield (number, bytes) of each archived post in arrival order, numbered
+    from 1: the numbers `archive` prints and `get N` takes."""
+    import mailbox
+    path = archive_path(config, list_row)
+    if not os.path.exists(path):
+        return
+    if config.get("archive", "format") == "mbox":
+        box = mailbox.mbox(path, create=False)
+        keys = list(box.keys())
+    else:
+        box = mailbox.Maildir(path, create=False)
+
+        def arrival(key):               # Maildir names start "SECONDS.MMICROSECONDSPPID..."
+            m = re.match(r"(\d+)\.M(\d+)P(\d+)", key)
+            return (int(m.group(1)), int(m.group(2)), key) if m else (float("inf"), 0, key)
+        keys = sorted(box.keys(), key=arrival)
+    for number, key in enumerate(keys, 1):
+        yield number, box.get_bytes(key)
+
+
+def summary(data):
+    """(Date as a timestamp or None, From, Subject) of a message, decoded."""
+    from email.utils import parsedate_to_datetime
+    msg = RawMessage(data)
     try:
-        with open("/etc/resolv.conf") as fh:
-            for line in fh:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    return words[1]
-    except OSError:
-        pass
-    return "127.0.0.1"
+        when = parsedate_to_datetime(msg.get("Date")).timestamp() if msg.get("Date") else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        when = None
+    return when, one_line(decode_header_text(msg.get("From") or ""), 200), \
+        one_line(decode_header_text(msg.get("Subject") or ""), 300) or "(no subject)"
 
 
-def munge_from(msg, list_row, author):
-    """From: "Name via LIST" <LIST@DOMAIN>; the author moves to Reply-To
-    (when there is none) and X-Original-From."""
-    from email.utils import formataddr, parseaddr
-    original = msg.get("From", "")
-    name = decode_header_text(parseaddr(original)[0]) or author.partition("@")[0]
-    msg.remove("X-Original-From")
-    msg.replace_raw("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)),
-                                       charset="utf-8").encode("ascii", "replace"))
-    if msg.raw_value("Reply-To") is None:
-        msg.append("Reply-To", original)
-    msg.append("X-Original-From", original)
+def text_of(data):
+    """The text of a message, for searching and for plain digests: every
+    text/plain part decoded; an HTML part only when it has no plain
+    alternative, as text (html_text); other parts named, not included."""
+    import email
+    from email import policy
+    try:
+        parts = list(email.message_from_bytes(data, policy=policy.compat32).walk())
+    except Exception:                           # the email package gave up on it
+        return data.decode("utf-8", "replace")
+    plain_alternative = {id(p) for alt in parts if alt.get_content_type() == "multipart/alternative"
+                         and any(q.get_content_type() == "text/plain" for q in alt.get_payload())
+                         for p in alt.get_payload()}
+    texts = []
+    for part in parts:
+        if part.is_multipart():
+            continue
+        kind = part.get_content_type()
+        if part.get_content_maintype() != "text" or part.get_filename():
+            texts.append(f"[attachment not included: {part.get_filename() or 'unnamed'} ({kind})]\n")
+            continue
+        if kind == "text/html" and id(part) in plain_alternative:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        try:
+            text = payload.decode(part.get_content_charset() or "us-ascii", "replace")
+        except LookupError:
+            text = payload.decode("utf-8", "replace")
+        texts.append(html_text(text) if kind == "text/html" else text)
+    return "\n".join(texts)
 
 
-def wrap_message(msg, list_row, author):
-    """The original, byte-intact, as a message/rfc822 part of a new message
-    from the list (RFC 2046 5.2.1)."""
-    from email.utils import formataddr, parseaddr
-    eol = msg.eol
-    original = bytes(msg)
-    name = decode_header_text(parseaddr(msg.get("From", ""))[0]) or author.partition("@")[0]
-    keep = [f for f in msg.fields if msg.name_of(f) in ("to", "cc", "subject", "date", "message-id",
-                                                        "in-reply-to", "references")]
-    boundary = "redsky-" + os.urandom(12).hex()
-    outer = RawMessage(b"".join(keep) + eol)
-    outer.append("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)), charset="utf-8"))
-    outer.append("Reply-To", msg.get("From", ""))
-    outer.append("MIME-Version", "1.0")
-    outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
-    b = boundary.encode()
-    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: inline" + eol + eol
-                  + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
-    msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
+def html_text(html):
+    """Readable text of an HTML part: tags dropped, paragraphs and line
+    breaks kept, scripts and styles left out, entities decoded."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.out, self.skip = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("script", "style"):
+                self.skip += 1
+            elif tag in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
+                self.out.append("\n")
+
+        def handle_endtag(self, tag):
+            if tag in ("script", "style"):
+                self.skip = max(0, self.skip - 1)
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.out.append(re.sub(r"[ \t\r\n]+", " ", data))
+    parser = Text()
+    parser.feed(html)
+    parser.close()
+    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", "".join(parser.out))).strip() + "\n"
 
 
 # ---------------------------------------------------------------------------
-# 6. The runner and the queue filters
+# 7. The runner
+# Owns: the filter registry (chain_filter, plugins), Context, run_chain and the trace.
+# Calls: sections 2-6.
 # ---------------------------------------------------------------------------
 
 FILTERS = {}
@@ -1826,6 +2239,34 @@ def run_chain(chain, ctx):
     return None
 
 
+def explain(ctx, code):
+    """The trace as text: one line per filter, then the outcome."""
+    lines = [f"{name:15} {note}" for name, note in ctx.trace]
+    lines.append(f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
+                 + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else ""))
+    return "\n".join(lines)
+
+
+def store_event(ctx):
+    """Keep the trace for `trace MESSAGE-ID`.  The message is already
+    accepted or refused: failing to store its trace must not change that."""
+    try:
+        ctx.store.db.execute("PRAGMA synchronous = NORMAL")     # a trace is worth no extra fsync
+        with ctx.store.transaction():
+            ctx.store.q("add_event", time.time(), ctx.message_id or "", ctx.list["id"] if ctx.list else None,
+                        ctx.recipient or "", ctx.sender, ctx.outcome, ctx.outcome_reason[:500],
+                        json.dumps(ctx.trace))
+    except sqlite3.Error as e:
+        log.warning("cannot store the trace of %s: %s", ctx.describe(), e)
+
+
+# ---------------------------------------------------------------------------
+# 8. The queue chain
+# Owns: the filters `queue` runs, in chain order, then holding and releasing posts and the
+#       command-mail handlers (LIST-request, -join, -leave, -confirm).
+# Calls: sections 2-7.
+# ---------------------------------------------------------------------------
+
 @chain_filter("message")
 def read(ctx):
     """Read the message from stdin (unless ctx.raw is preset) and find the
@@ -1906,12 +2347,6 @@ def getinfo(ctx):
     ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {ctx.verp}" if ctx.verp else ""))
 
 
-# LIST-suffix[+extension]: the addresses one list answers besides LIST itself
-ROLES = {"bounces": "bounces", "request": "request", "owner": "owner", "confirm": "confirm",
-         "join": "join", "subscribe": "join", "leave": "leave", "unsubscribe": "leave"}
-ROLE_ADDRESS = re.compile(r"(.+)-(%s)(?:\+(.+))?" % "|".join(ROLES), re.IGNORECASE | re.DOTALL)
-
-
 @chain_filter("message", needs=("getinfo",))
 def loopdetect(ctx):
     """Discard a message that already went through this list (List-Id or
@@ -1933,68 +2368,6 @@ def loopdetect(ctx):
         robot = is_robot(ctx.msg, ctx.sender, strict=False)
         if robot:
             raise Discard(f"robot mail to the post address: {robot}")
-
-
-def score_bounce(db, config, list_id, address, now):
-    """Raise a member's bounce score for one permanent failure, as the best
-    list managers do: at most once a day; a score untouched for
-    info_stale_after starts again from zero; at score_threshold the member
-    is disabled (not removed).  Returns why it counted or not."""
-    row = db.execute("SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
-                     (list_id, address)).fetchone()
-    if row is None:
-        return False, "not a member"
-    status, score, last = row[0], row[1], row[2]
-    if last and now - last < 86400 and score > 0:
-        return False, "already scored today"
-    if last and now - last > config.duration("bounces", "info_stale_after"):
-        score = 0
-    score += 1
-    threshold = config.number("bounces", "score_threshold")
-    disable = status == "enabled" and score >= threshold
-    db.execute("UPDATE members SET bounce_score = ?, last_bounce = ?,"
-               " status = CASE WHEN ? THEN 'disabled' ELSE status END,"
-               " disabled_reason = CASE WHEN ? THEN 'bounce' ELSE disabled_reason END,"
-               " disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END,"
-               " warnings = CASE WHEN ? THEN 0 ELSE warnings END"
-               " WHERE list_id = ? AND address = ?",
-               (score, now, disable, disable, disable, now, disable, list_id, address))
-    return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
-
-
-def policy_rejection(status, address):
-    """The `why` of a 5.7.x rejection; housekeeping counts them per domain."""
-    return f"policy rejection {status} at {address.rpartition('@')[2].lower()}: caused by the post"
-
-
-def bounced_message_ids(parsed, raw=b""):
-    """Message-IDs of the original message a report returns: in a
-    message/rfc822 or text/rfc822-headers part (RFC 3462), or quoted in the
-    body of a report in plain text (qmail, old Sendmail, Exchange …)."""
-    body = raw.split(b"\n\n", 1)[-1] if b"\n\n" in raw else b""
-    quoted = re.findall(rb"(?im)^[ \t>]*message-id:[ \t]*(<[^<>\s]+>)", body)
-    ids = [q.decode("utf-8", "replace") for q in quoted]
-    for part in parsed.walk():
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822" and part.is_multipart():
-            inner = part.get_payload(0)
-            ids.append(str(inner.get("Message-ID", "")).strip())
-        elif ctype == "text/rfc822-headers":
-            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", part.get_payload(decode=True).decode("utf-8", "replace"))
-            if m:
-                ids.append(m.group(1))
-    return [i for i in ids if i]
-
-
-def delivered(store, list_id, address, message_ids):
-    """The evidence: did redsky really deliver one of these posts of this
-    list to this address?  (A forged report cannot name one.)"""
-    for message_id in message_ids:
-        if store.db.execute("SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
-                            " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
-                            (list_id, message_id, address)).fetchone():
-            return message_id
-    return None
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -2053,17 +2426,375 @@ def bouncehandler(ctx):
     raise Consumed(f"bounce for {', '.join(r[0] for r in rows)}; scored: {', '.join(counted) or 'none'}")
 
 
-# Commands, confirmations and moderation ---------------------------------------
+@chain_filter("message", needs=("getinfo",))
+def commands(ctx):
+    """Act on mail to LIST-request (commands in the Subject or first body
+    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
+    LIST-confirm+TOKEN, then end the chain (consumed).  Robots are never
+    answered (RFC 3834).  Subscribing and leaving follow the list's
+    subscribe_policy; every change and its notices commit together."""
+    if ctx.role not in ("request", "join", "leave", "confirm"):
+        return
+    robot = is_robot(ctx.msg, ctx.sender)
+    if robot:
+        raise Discard(f"robot mail to {ctx.recipient}: {robot}")
+    sender = sender_address(ctx)
+    if sender is None:
+        raise Discard(f"mail to {ctx.recipient} with no address to answer")
+    req = Requests(ctx)
+    ctx.approve_held = None
+    lines = command_lines(ctx.raw)
+    if ctx.role == "join":
+        req.subscribe(sender)
+    elif ctx.role == "leave" and ctx.token:
+        req.leave_by_token(ctx.token.lower(), sender)
+    elif ctx.role == "leave":
+        req.unsubscribe(sender)
+    elif ctx.role == "confirm":
+        req.confirm(ctx.token.lower(), sender, lines)
+    else:
+        parsed = [c for c in map(parse_command, lines[:10]) if c]
+        if not parsed:
+            req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+            req.done.append("help (no command found)")
+        for command, words in parsed[:5]:
+            if command == "subscribe":
+                req.subscribe(sender)
+            elif command == "unsubscribe":
+                req.unsubscribe(sender)
+            elif command == "help":
+                req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+                req.done.append("help")
+            elif command == "set":
+                req.set_option(sender, words)
+            elif command in ("index", "get"):
+                req.archive_request(sender, command, words)
+            else:                                      # confirm / approve / reject / discard TOKEN
+                token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
+                if token is None:
+                    req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
+                    req.done.append(f"{command} without a token")
+                else:
+                    req.confirm(token, sender, lines)
+                break                                  # a token answers the whole message
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    if ctx.approve_held is not None and not ctx.outbox.dry_run:
+        release_held(ctx.store, ctx.config, ctx.approve_held)
+    raise Consumed("; ".join(req.done) or "nothing to do")
+
+
+@chain_filter("message", needs=("getinfo",))
+def ownermail(ctx):
+    """Forward mail for LIST-owner to the list's owners (never to the
+    members), with X-Loop so that it cannot come round again."""
+    if ctx.role != "owner":
+        return
+    owners = owners_of(ctx.list)
+    if not owners:
+        raise Discard("mail to the owner address, but the list has no owners")
+    ctx.msg.remove("Return-Path", "Delivered-To", "X-Original-To")
+    ctx.msg.append("X-Loop", list_address(ctx.list, "-owner"))
+    ctx.outbox.add(ctx.list["id"], "owner", ctx.message_id or "<no-message-id>", bytes(ctx.msg), owners)
+    ctx.outbox.commit(ctx.store, ctx.config.spool)
+    raise Consumed(f"forwarded to the owners: {', '.join(owners)}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def getsubscribers(ctx):
+    """Load the list's members: writes members (all, with status),
+    recipients (the enabled ones that take single posts) and digest_members
+    (how many enabled ones take digests instead)."""
+    if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
+        raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
+    cursor = ctx.store.q("members", ctx.list["id"])
+    cursor.row_factory = None       # plain tuples: 10,000 members cost milliseconds, not tens
+    rows = cursor.fetchall()
+    ctx.members = {address.lower(): status for address, status, _, _ in rows}
+    ctx.recipients = [address for address, status, _, digest in rows if status == "enabled" and not digest]
+    ctx.digest_members = sum(1 for _, status, _, digest in rows if status == "enabled" and digest)
+    ctx.note(f"{len(ctx.recipients)} enabled of {len(rows)} members"
+             + (f", {ctx.digest_members} more get digests" if ctx.digest_members else ""))
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def access(ctx):
+    """Decide whether the sender may post, by the list's access mode:
+    open; subscribers (From, Sender or envelope sender is a member); acl
+    (an address or *@domain pattern in the list's acl); passphrase (an
+    Approved: header or first body line matches); moderated (everything is
+    held).  A correct passphrase always approves.  Failure → hold.
+    Approved: is always stripped so the passphrase never leaks."""
+    passphrase = take_approved(ctx)
+    stored = ctx.list["passphrase_hash"]
+    if passphrase is not None and stored and check_passphrase(passphrase, stored):
+        ctx.approved = True
+        ctx.note("approved by passphrase")
+    if ctx.approved:
+        return
+    if ctx.accepted:
+        ctx.note(f"whitelisted: {ctx.accepted}")
+        return
+    mode = ctx.list["access"]
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
+    if ctx.sender:
+        senders.append(normalize_address(ctx.sender))
+    shown = senders[0] if senders else "(no sender)"
+    if mode == "open":
+        return
+    if mode == "subscribers":
+        if any(s.lower() in ctx.members for s in senders):
+            return
+        raise Hold(f"{shown} is not a member of the list")
+    if mode == "acl":
+        patterns = [r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])]
+        if any(acl_allows(patterns, s) for s in senders):
+            return
+        raise Hold(f"{shown} is not in the list's acl")
+    if mode == "passphrase":
+        raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
+    raise Hold("the list is moderated")
+
+
+def take_approved(ctx):
+    """Remove every Approved: header (and an Approved: line at the top of
+    the first text part) so a passphrase never reaches the members; return
+    the passphrase found, or None."""
+    found = None
+    values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
+    if values:
+        found = values[0]
+        ctx.msg.remove("Approved", "Approve")
+    body_value = _take_approved_line(ctx.msg)
+    return found if found is not None else body_value
+
+
+_APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?", re.IGNORECASE)
+
+
+def _take_approved_line(msg):
+    """Mailman-style ``Approved: secret`` as the first line of the body, for
+    a plain single-part message or the first text/plain part of a
+    multipart/mixed one (7bit/8bit only: encoded parts are left alone)."""
+    if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
+        return None                 # the common case, without loading the email package
+    info = msg.header_message()
+    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
+        m = _APPROVED_LINE.match(msg.body)
+        if m:
+            msg.body = msg.body[m.end():]
+            return m.group(1).decode("utf-8", "replace").strip()
+    elif info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
+        b = re.escape(info.get_param("boundary").encode("utf-8", "surrogateescape"))
+        first = re.search(rb"(?m)^--" + b + rb"[ \t]*\r?\n", msg.body)
+        if first:
+            head_end = re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
+            if head_end:
+                head = RawMessage(msg.body[first.end():head_end.end()]).header_message()
+                pcte = str(head.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+                if head.get_content_type() == "text/plain" and pcte in ("7bit", "8bit", ""):
+                    m = _APPROVED_LINE.match(msg.body[head_end.end():])
+                    if m:
+                        start = head_end.end()
+                        msg.body = msg.body[:start] + msg.body[start + m.end():]
+                        return m.group(1).decode("utf-8", "replace").strip()
+    return None
+
+
+def acl_allows(patterns, address):
+    from fnmatch import fnmatchcase
+    address = address.lower()
+    return any(fnmatchcase(address, p.lower()) for p in patterns)
+
+
+@chain_filter("message", needs=("getinfo",))
+def dmarc(ctx):
+    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
+    the author's domain publishes p=reject or p=quarantine (looked up in DNS
+    and cached; or the list says dmarc = always), apply the list's
+    dmarc_action: munge_from or wrap_message.  dmarc = never turns it off.
+    A failed lookup never blocks a post: [dmarc] fallback applies."""
+    setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
+    authors = addresses_in(ctx.msg.get_all("From"))
+    if setting == "never" or not authors:
+        return
+    author = authors[0]
+    if setting == "auto":
+        try:
+            policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
+        except (OSError, ValueError, IndexError) as e:
+            action = ctx.config.get("dmarc", "fallback")
+            log.warning("DMARC lookup for %s failed (%s): fallback %s", author, e, action)
+            ctx.note(f"DMARC lookup failed ({e}); fallback {action}")
+            if action not in ("munge_from", "wrap_message"):
+                return
+        else:
+            if policy not in ("reject", "quarantine"):
+                ctx.note(f"{author.rpartition('@')[2]}: DMARC p={policy or 'none'}, nothing to do")
+                return
+    (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
+    ctx.note(f"{action} for {author}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def subjecttag(ctx):
+    """Prefix the list's subject tag once; RFC 2047 subjects keep their
+    encoding; a missing subject becomes "[tag] (no subject)"."""
+    tag = ctx.list["subject_tag"]
+    if tag:
+        ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
+
+
+@chain_filter("message", needs=("getinfo",))
+def addfooter(ctx):
+    """Add the list's footer (placeholders $list, $domain, $post_address,
+    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer()."""
+    if ctx.list["footer"]:
+        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list)))
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def queuer(ctx):
+    """Store the post: the final message in a spool file (atomic), then one
+    messages row and one deliveries row per recipient in one transaction.
+    Only after the commit is the post accepted; any failure → try later (75)
+    with nothing half-written left behind.  Notices other filters left in
+    ctx.outbox go in the same transaction.  When members take digests, the
+    post is also kept for the next digest (digest_posts), in that same
+    transaction; a list with only digest members queues no single copies."""
+    data = ctx.distributed = finish_post(ctx)
+    if not ctx.recipients and not ctx.digest_members:
+        raise Discard("the list has no enabled members")
+    if ctx.digest_members:                      # kept for the next digest, in the same transaction
+        row = (ctx.list["id"], time.time(), data)
+        ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
+    ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
+    ids = ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    ctx.committed = not ctx.outbox.dry_run
+    ctx.result = ids[-1] if ids else None
+    ctx.note(f"queued for {len(ctx.recipients)} recipients"
+             + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
+
+
+def finish_post(ctx):
+    """Give the post its distributed form: list headers replaced, trace
+    headers of the incoming hop removed, a Message-ID if it had none."""
+    msg = ctx.msg
+    msg.remove(*REPLACED_HEADERS)
+    if not ctx.message_id:
+        from email.utils import make_msgid
+        ctx.message_id = make_msgid(domain=ctx.list["domain"])
+        msg.append("Message-ID", ctx.message_id)
+    for name, value in list_headers(ctx.list):
+        msg.append(name, value)
+    return bytes(msg)
+
+
+@chain_filter("message", needs=("queuer",))
+def archive(ctx):
+    """Keep the post, as distributed, in the list's archive ([archive]
+    format and dir) unless the list's archive is off.  The post is already
+    accepted when this runs: a failure is logged and the post goes out
+    unarchived rather than held back."""
+    if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
+        return
+    try:
+        key = archive_add(ctx.config, ctx.list, ctx.distributed, ctx.sender)
+    except (OSError, ValueError) as e:
+        log.error("cannot archive %s: %s", ctx.describe(), e)
+        ctx.note(f"not archived: {e}")
+        return
+    ctx.note(f"archived ({key})")
+
+
+# Held posts ------------------------------------------------------------------
+
+def hold_post(ctx, reason):
+    """Keep the message as received, with its envelope, for a moderator,
+    and send the moderators one notice with a token to act on it by reply."""
+    senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
+    subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
+    row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
+           subject[:300], ctx.message_id, reason, ctx.raw)
+    req = Requests(ctx)
+    owners = owners_of(ctx.list)
+    held_expiry = ctx.config.duration("commands", "held_expiry")
+    token = new_token() if owners else None
+
+    def store_held(db):
+        held_id = db.execute(SQL["add_held"], row).lastrowid
+        if token:
+            db.execute(SQL["add_pending"], (token, ctx.list["id"], row[4] or row[2] or "?", "moderate", held_id,
+                                            req.now, req.now + held_expiry))
+    ctx.changes = [store_held]
+    dry_run, ctx.outbox = ctx.outbox.dry_run, Outbox()
+    ctx.outbox.dry_run = dry_run
+    if token:
+        text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
+        excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
+        req.notice(owners, f"{list_address(ctx.list)}: post from {row[4] or row[2] or '?'} held: {one_line(subject, 80)}"
+                   f" (token {token})", "held", limit=False, kind="notice", auto="auto-generated",
+                   reply_to=list_address(ctx.list, f"-confirm+{token}"), attachment=ctx.raw,
+                   reason=one_line(reason, 300), from_addr=row[4] or row[2] or "(unknown)",
+                   subject=one_line(subject), size=len(ctx.raw), excerpt=excerpt, token=token,
+                   days=f"{held_expiry / 86400:g}")
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+
+
+def release_held(store, config, held_id):
+    """Distribute a held post: the queue chain runs again on it, approved;
+    the held row goes in the same transaction as the post.  Returns the
+    Context (its recipients say how many got it)."""
+    held = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+    if held is None:
+        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
+    ctx = Context(config, store)
+    ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
+    ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
+    ctx.changes.append(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
+    verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
+    if verdict is not None:
+        if verdict.code or isinstance(verdict, Hold):
+            raise Failure(f"held post {held_id}: {verdict.name}: {verdict.reason}", verdict.code)
+        with store.transaction() as db:      # discarded on the way (e.g. no members): it is done with
+            ctx.apply_changes(db)
+        log.info("held post %s not distributed: %s", held_id, verdict.reason)
+    log.info("released held post %s %s recipients=%d", held_id, ctx.describe(), len(ctx.recipients))
+    return ctx
+
+
+def finish_queue(ctx, verdict):
+    """Log the verdict, keep held posts, store the trace, return the exit code."""
+    if verdict is None:
+        ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
+        log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
+        code = EX_OK
+    else:
+        ctx.outcome, ctx.outcome_reason = verdict.name, verdict.reason
+        code = verdict.code
+        if isinstance(verdict, Hold):
+            try:
+                hold_post(ctx, verdict.reason)
+            except (sqlite3.Error, OSError, TryLater) as e:
+                report(f"cannot store held post {ctx.describe()}: {e}")
+                ctx.outcome, ctx.outcome_reason, code = "try-later", f"cannot store held post: {e}", EX_TEMPFAIL
+        line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
+        if code:
+            report(line, logging.WARNING)
+        else:
+            log.info("%s", line)
+    if not ctx.outbox.dry_run:
+        store_event(ctx)
+    return code
+
+
+# Command mail ----------------------------------------------------------------
 
 TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
 COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "unsubscribe",
                  "leave": "unsubscribe", "signoff": "unsubscribe", "help": "help", "confirm": "confirm",
                  "approve": "approve", "reject": "reject", "discard": "discard", "set": "set",
                  "index": "index", "get": "get"}
-
-
-def owners_of(list_row):
-    return [o.strip() for o in list_row["owners"].split(",") if o.strip()]
 
 
 def command_lines(raw):
@@ -2102,6 +2833,14 @@ def parse_command(line):
         return None
     command = COMMAND_WORDS.get(words[0].lower().strip(".:!"))
     return (command, words[1:]) if command else None
+
+
+def sender_address(ctx):
+    """Who asked: the first From address, else the envelope sender."""
+    senders = addresses_in(ctx.msg.get_all("From"))
+    if senders and valid_address(senders[0]):
+        return senders[0]
+    return normalize_address(ctx.sender) if ctx.sender and valid_address(ctx.sender) else None
 
 
 class Requests:
@@ -2391,597 +3130,18 @@ class Requests:
         self.done.append(f"held post {held_id} {'rejected' if notify else 'discarded'}")
 
 
-def sender_address(ctx):
-    """Who asked: the first From address, else the envelope sender."""
-    senders = addresses_in(ctx.msg.get_all("From"))
-    if senders and valid_address(senders[0]):
-        return senders[0]
-    return normalize_address(ctx.sender) if ctx.sender and valid_address(ctx.sender) else None
+# ---------------------------------------------------------------------------
+# 9. The content-filter chain
+# Owns: the filters only `filter` needs (whitelist, dnsbl, autoreply, out), the quarantine and
+#       filter mode's exit codes.  whitelist, dnsbl and autoreply also work in the queue chain.
+# Calls: sections 2-7.
+# ---------------------------------------------------------------------------
 
-
-@chain_filter("message", needs=("getinfo",))
-def commands(ctx):
-    """Act on mail to LIST-request (commands in the Subject or first body
-    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
-    LIST-confirm+TOKEN, then end the chain (consumed).  Robots are never
-    answered (RFC 3834).  Subscribing and leaving follow the list's
-    subscribe_policy; every change and its notices commit together."""
-    if ctx.role not in ("request", "join", "leave", "confirm"):
-        return
-    robot = is_robot(ctx.msg, ctx.sender)
-    if robot:
-        raise Discard(f"robot mail to {ctx.recipient}: {robot}")
-    sender = sender_address(ctx)
-    if sender is None:
-        raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req = Requests(ctx)
-    ctx.approve_held = None
-    lines = command_lines(ctx.raw)
-    if ctx.role == "join":
-        req.subscribe(sender)
-    elif ctx.role == "leave" and ctx.token:
-        req.leave_by_token(ctx.token.lower(), sender)
-    elif ctx.role == "leave":
-        req.unsubscribe(sender)
-    elif ctx.role == "confirm":
-        req.confirm(ctx.token.lower(), sender, lines)
-    else:
-        parsed = [c for c in map(parse_command, lines[:10]) if c]
-        if not parsed:
-            req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-            req.done.append("help (no command found)")
-        for command, words in parsed[:5]:
-            if command == "subscribe":
-                req.subscribe(sender)
-            elif command == "unsubscribe":
-                req.unsubscribe(sender)
-            elif command == "help":
-                req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-                req.done.append("help")
-            elif command == "set":
-                req.set_option(sender, words)
-            elif command in ("index", "get"):
-                req.archive_request(sender, command, words)
-            else:                                      # confirm / approve / reject / discard TOKEN
-                token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
-                if token is None:
-                    req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-                    req.done.append(f"{command} without a token")
-                else:
-                    req.confirm(token, sender, lines)
-                break                                  # a token answers the whole message
-    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    if ctx.approve_held is not None and not ctx.outbox.dry_run:
-        release_held(ctx.store, ctx.config, ctx.approve_held)
-    raise Consumed("; ".join(req.done) or "nothing to do")
-
-
-@chain_filter("message", needs=("getinfo",))
-def ownermail(ctx):
-    """Forward mail for LIST-owner to the list's owners (never to the
-    members), with X-Loop so that it cannot come round again."""
-    if ctx.role != "owner":
-        return
-    owners = owners_of(ctx.list)
-    if not owners:
-        raise Discard("mail to the owner address, but the list has no owners")
-    ctx.msg.remove("Return-Path", "Delivered-To", "X-Original-To")
-    ctx.msg.append("X-Loop", list_address(ctx.list, "-owner"))
-    ctx.outbox.add(ctx.list["id"], "owner", ctx.message_id or "<no-message-id>", bytes(ctx.msg), owners)
-    ctx.outbox.commit(ctx.store, ctx.config.spool)
-    raise Consumed(f"forwarded to the owners: {', '.join(owners)}")
-
-
-def hold_post(ctx, reason):
-    """Keep the message as received, with its envelope, for a moderator,
-    and send the moderators one notice with a token to act on it by reply."""
-    senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
-    subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
-    row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
-           subject[:300], ctx.message_id, reason, ctx.raw)
-    req = Requests(ctx)
-    owners = owners_of(ctx.list)
-    held_expiry = ctx.config.duration("commands", "held_expiry")
-    token = new_token() if owners else None
-
-    def store_held(db):
-        held_id = db.execute(SQL["add_held"], row).lastrowid
-        if token:
-            db.execute(SQL["add_pending"], (token, ctx.list["id"], row[4] or row[2] or "?", "moderate", held_id,
-                                            req.now, req.now + held_expiry))
-    ctx.changes = [store_held]
-    dry_run, ctx.outbox = ctx.outbox.dry_run, Outbox()
-    ctx.outbox.dry_run = dry_run
-    if token:
-        text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
-        excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
-        req.notice(owners, f"{list_address(ctx.list)}: post from {row[4] or row[2] or '?'} held: {one_line(subject, 80)}"
-                   f" (token {token})", "held", limit=False, kind="notice", auto="auto-generated",
-                   reply_to=list_address(ctx.list, f"-confirm+{token}"), attachment=ctx.raw,
-                   reason=one_line(reason, 300), from_addr=row[4] or row[2] or "(unknown)",
-                   subject=one_line(subject), size=len(ctx.raw), excerpt=excerpt, token=token,
-                   days=f"{held_expiry / 86400:g}")
-    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-
-
-def release_held(store, config, held_id):
-    """Distribute a held post: the queue chain runs again on it, approved;
-    the held row goes in the same transaction as the post.  Returns the
-    Context (its recipients say how many got it)."""
-    held = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
-    if held is None:
-        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
-    ctx = Context(config, store)
-    ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
-    ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
-    ctx.changes.append(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
-    verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
-    if verdict is not None:
-        if verdict.code or isinstance(verdict, Hold):
-            raise Failure(f"held post {held_id}: {verdict.name}: {verdict.reason}", verdict.code)
-        with store.transaction() as db:      # discarded on the way (e.g. no members): it is done with
-            ctx.apply_changes(db)
-        log.info("held post %s not distributed: %s", held_id, verdict.reason)
-    log.info("released held post %s %s recipients=%d", held_id, ctx.describe(), len(ctx.recipients))
-    return ctx
-
-
-def member_addresses(store, list_id, status=None):
-    rows = store.q("members", list_id).fetchall()
-    return [r["address"] for r in rows if status is None or r["status"] == status]
-
-
-@chain_filter("message", needs=("getinfo",))
-def getsubscribers(ctx):
-    """Load the list's members: writes members (all, with status),
-    recipients (the enabled ones that take single posts) and digest_members
-    (how many enabled ones take digests instead)."""
-    if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
-        raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
-    cursor = ctx.store.q("members", ctx.list["id"])
-    cursor.row_factory = None       # plain tuples: 10,000 members cost milliseconds, not tens
-    rows = cursor.fetchall()
-    ctx.members = {address.lower(): status for address, status, _, _ in rows}
-    ctx.recipients = [address for address, status, _, digest in rows if status == "enabled" and not digest]
-    ctx.digest_members = sum(1 for _, status, _, digest in rows if status == "enabled" and digest)
-    ctx.note(f"{len(ctx.recipients)} enabled of {len(rows)} members"
-             + (f", {ctx.digest_members} more get digests" if ctx.digest_members else ""))
-
-
-def take_approved(ctx):
-    """Remove every Approved: header (and an Approved: line at the top of
-    the first text part) so a passphrase never reaches the members; return
-    the passphrase found, or None."""
-    found = None
-    values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
-    if values:
-        found = values[0]
-        ctx.msg.remove("Approved", "Approve")
-    body_value = _take_approved_line(ctx.msg)
-    return found if found is not None else body_value
-
-
-_APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?", re.IGNORECASE)
-
-
-def _take_approved_line(msg):
-    """Mailman-style ``Approved: secret`` as the first line of the body, for
-    a plain single-part message or the first text/plain part of a
-    multipart/mixed one (7bit/8bit only: encoded parts are left alone)."""
-    if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
-        return None                 # the common case, without loading the email package
-    info = msg.header_message()
-    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
-        m = _APPROVED_LINE.match(msg.body)
-        if m:
-            msg.body = msg.body[m.end():]
-            return m.group(1).decode("utf-8", "replace").strip()
-    elif info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
-        b = re.escape(info.get_param("boundary").encode("utf-8", "surrogateescape"))
-        first = re.search(rb"(?m)^--" + b + rb"[ \t]*\r?\n", msg.body)
-        if first:
-            head_end = re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
-            if head_end:
-                head = RawMessage(msg.body[first.end():head_end.end()]).header_message()
-                pcte = str(head.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-                if head.get_content_type() == "text/plain" and pcte in ("7bit", "8bit", ""):
-                    m = _APPROVED_LINE.match(msg.body[head_end.end():])
-                    if m:
-                        start = head_end.end()
-                        msg.body = msg.body[:start] + msg.body[start + m.end():]
-                        return m.group(1).decode("utf-8", "replace").strip()
-    return None
-
-
-def acl_allows(patterns, address):
-    from fnmatch import fnmatchcase
-    address = address.lower()
-    return any(fnmatchcase(address, p.lower()) for p in patterns)
-
-
-@chain_filter("message", needs=("getsubscribers",))
-def access(ctx):
-    """Decide whether the sender may post, by the list's access mode:
-    open; subscribers (From, Sender or envelope sender is a member); acl
-    (an address or *@domain pattern in the list's acl); passphrase (an
-    Approved: header or first body line matches); moderated (everything is
-    held).  A correct passphrase always approves.  Failure → hold.
-    Approved: is always stripped so the passphrase never leaks."""
-    passphrase = take_approved(ctx)
-    stored = ctx.list["passphrase_hash"]
-    if passphrase is not None and stored and check_passphrase(passphrase, stored):
-        ctx.approved = True
-        ctx.note("approved by passphrase")
-    if ctx.approved:
-        return
-    if ctx.accepted:
-        ctx.note(f"whitelisted: {ctx.accepted}")
-        return
-    mode = ctx.list["access"]
-    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
-    if ctx.sender:
-        senders.append(normalize_address(ctx.sender))
-    shown = senders[0] if senders else "(no sender)"
-    if mode == "open":
-        return
-    if mode == "subscribers":
-        if any(s.lower() in ctx.members for s in senders):
-            return
-        raise Hold(f"{shown} is not a member of the list")
-    if mode == "acl":
-        patterns = [r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])]
-        if any(acl_allows(patterns, s) for s in senders):
-            return
-        raise Hold(f"{shown} is not in the list's acl")
-    if mode == "passphrase":
-        raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
-    raise Hold("the list is moderated")
-
-
-@chain_filter("message", needs=("getinfo",))
-def dmarc(ctx):
-    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
-    the author's domain publishes p=reject or p=quarantine (looked up in DNS
-    and cached; or the list says dmarc = always), apply the list's
-    dmarc_action: munge_from or wrap_message.  dmarc = never turns it off.
-    A failed lookup never blocks a post: [dmarc] fallback applies."""
-    setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
-    authors = addresses_in(ctx.msg.get_all("From"))
-    if setting == "never" or not authors:
-        return
-    author = authors[0]
-    if setting == "auto":
-        try:
-            policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
-        except (OSError, ValueError, IndexError) as e:
-            action = ctx.config.get("dmarc", "fallback")
-            log.warning("DMARC lookup for %s failed (%s): fallback %s", author, e, action)
-            ctx.note(f"DMARC lookup failed ({e}); fallback {action}")
-            if action not in ("munge_from", "wrap_message"):
-                return
-        else:
-            if policy not in ("reject", "quarantine"):
-                ctx.note(f"{author.rpartition('@')[2]}: DMARC p={policy or 'none'}, nothing to do")
-                return
-    (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
-    ctx.note(f"{action} for {author}")
-
-
-@chain_filter("message", needs=("getinfo",))
-def subjecttag(ctx):
-    """Prefix the list's subject tag once; RFC 2047 subjects keep their
-    encoding; a missing subject becomes "[tag] (no subject)"."""
-    tag = ctx.list["subject_tag"]
-    if tag:
-        ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
-
-
-@chain_filter("message", needs=("getinfo",))
-def addfooter(ctx):
-    """Add the list's footer (placeholders $list, $domain, $post_address,
-    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer()."""
-    if ctx.list["footer"]:
-        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list)))
-
-
-def write_synced(path, data):
-    """Create ``path`` (it must not exist; [redsky] umask applies), write
-    ``data`` and fsync it; on any failure nothing is left behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(path)
-        raise
-    os.close(fd)
-
-
-def write_spool(spool_dir, data):
-    """Write ``data`` to a new spool file atomically (temp file, fsync,
-    rename, fsync of the directory); return its name."""
-    tmp_dir = os.path.join(spool_dir, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
-    tmp = os.path.join(tmp_dir, name)
-    write_synced(tmp, data)
-    os.rename(tmp, os.path.join(spool_dir, name))
-    dir_fd = os.open(spool_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return name
-
-
-def finish_post(ctx):
-    """Give the post its distributed form: list headers replaced, trace
-    headers of the incoming hop removed, a Message-ID if it had none."""
-    msg = ctx.msg
-    msg.remove(*REPLACED_HEADERS)
-    if not ctx.message_id:
-        from email.utils import make_msgid
-        ctx.message_id = make_msgid(domain=ctx.list["domain"])
-        msg.append("Message-ID", ctx.message_id)
-    for name, value in list_headers(ctx.list):
-        msg.append(name, value)
-    return bytes(msg)
-
-
-class Outbox:
-    """Messages to queue together with a database change, atomically.
-
-    ``add()`` collects messages; ``commit(store, spool, change)`` writes
-    their spool files first, then runs ``change(db)`` and records every
-    message with its deliveries in one transaction.  If anything fails, the
-    spool files are removed and nothing is recorded: an action and the
-    notice that reports it happen together or not at all.
-    """
-
-    def __init__(self):
-        self.items = []             # (list_id, kind, message_id, data, recipients)
-        self.dry_run = False        # --dry-run: decide everything, store nothing
-
-    def add(self, list_id, kind, message_id, data, recipients):
-        if recipients:
-            self.items.append((list_id, kind, message_id, data, list(recipients)))
-
-    def commit(self, store, spool, change=None):
-        if self.dry_run:
-            count, self.items = len(self.items), []
-            return [None] * count
-        names = []
-        try:
-            for item in self.items:
-                names.append(write_spool(spool, item[3]))
-        except OSError as e:
-            for name in names:
-                _unlink_quietly(os.path.join(spool, name))
-            raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
-        try:
-            with store.transaction() as db:
-                if change is not None:
-                    change(db)
-                ids = []
-                for (list_id, kind, message_id, data, recipients), name in zip(self.items, names):
-                    cur = store.q("add_message", list_id, kind, message_id, name, len(data), time.time())
-                    db.executemany(SQL["add_delivery"], ((cur.lastrowid, r) for r in recipients))
-                    ids.append(cur.lastrowid)
-        except (sqlite3.Error, OSError) as e:
-            for name in names:
-                _unlink_quietly(os.path.join(spool, name))
-            raise TryLater(f"cannot record in the database: {e}")
-        self.items = []
-        return ids
-
-
-@chain_filter("message", needs=("getsubscribers",))
-def queuer(ctx):
-    """Store the post: the final message in a spool file (atomic), then one
-    messages row and one deliveries row per recipient in one transaction.
-    Only after the commit is the post accepted; any failure → try later (75)
-    with nothing half-written left behind.  Notices other filters left in
-    ctx.outbox go in the same transaction.  When members take digests, the
-    post is also kept for the next digest (digest_posts), in that same
-    transaction; a list with only digest members queues no single copies."""
-    data = ctx.distributed = finish_post(ctx)
-    if not ctx.recipients and not ctx.digest_members:
-        raise Discard("the list has no enabled members")
-    if ctx.digest_members:                      # kept for the next digest, in the same transaction
-        row = (ctx.list["id"], time.time(), data)
-        ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
-    ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
-    ids = ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    ctx.committed = not ctx.outbox.dry_run
-    ctx.result = ids[-1] if ids else None
-    ctx.note(f"queued for {len(ctx.recipients)} recipients"
-             + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-# Archive ------------------------------------------------------------------------
-
-def archive_path(config, list_row):
-    """[archive] dir/LIST@DOMAIN: a Maildir, or an mbox file ending .mbox."""
-    name = f"{list_row['name']}@{list_row['domain']}".lower()
-    return os.path.join(config.path_of("archive", "dir"),
-                        name + (".mbox" if config.get("archive", "format") == "mbox" else ""))
-
-
-def archive_add(config, list_row, data, sender=None):
-    """Add one post to the list's archive; return its key.  A Maildir
-    delivery is atomic; the mbox is locked (fcntl and dot-lock, as
-    mailbox.mbox does) against concurrent queue runs."""
-    path = archive_path(config, list_row)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if config.get("archive", "format") == "maildir":
-        return maildir_add(path, data)
-    import mailbox
-    box = mailbox.mbox(path, create=True)
-    deadline = time.monotonic() + config.duration("redsky", "busy_timeout")
-    while True:                                 # mailbox's lock does not wait: another queue run has it
-        try:
-            box.lock()
-            break
-        except mailbox.ExternalClashError:
-            if time.monotonic() > deadline:
-                raise OSError(f"{path} stays locked by another process")
-            time.sleep(0.02)
-    try:
-        envelope = sender if sender and valid_address(sender) and " " not in sender else "MAILER-DAEMON"
-        from_line = f"From {envelope} {time.asctime(time.gmtime())}\n".encode()
-        key = box.add(from_line + data.replace(b"\r\n", b"\n"))
-        box.flush()
-    finally:
-        box.unlock()
-        box.close()
-    return key
-
-
-def maildir_add(path, data):
-    """Deliver ``data`` into the Maildir ``path`` the Maildir way (write in
-    tmp/, fsync, rename into new/) under a name mailbox.Maildir also makes
-    (SECONDS.MMICROSECONDSPPIDQN.HOST); return that name.  Done by hand
-    because importing mailbox would cost every queue run ~8 ms."""
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(path, sub), exist_ok=True)
-    now = time.time()
-    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
-    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{os.urandom(3).hex()}.{host}"
-    tmp = os.path.join(path, "tmp", name)
-    write_synced(tmp, data)
-    os.rename(tmp, os.path.join(path, "new", name))
-    return name
-
-
-def archived(config, list_row):
-    """Yield (number, bytes) of each archived post in arrival order, numbered
-    from 1: the numbers `archive` prints and `get N` takes."""
-    import mailbox
-    path = archive_path(config, list_row)
-    if not os.path.exists(path):
-        return
-    if config.get("archive", "format") == "mbox":
-        box = mailbox.mbox(path, create=False)
-        keys = list(box.keys())
-    else:
-        box = mailbox.Maildir(path, create=False)
-
-        def arrival(key):               # Maildir names start "SECONDS.MMICROSECONDSPPID..."
-            m = re.match(r"(\d+)\.M(\d+)P(\d+)", key)
-            return (int(m.group(1)), int(m.group(2)), key) if m else (float("inf"), 0, key)
-        keys = sorted(box.keys(), key=arrival)
-    for number, key in enumerate(keys, 1):
-        yield number, box.get_bytes(key)
-
-
-def summary(data):
-    """(Date as a timestamp or None, From, Subject) of a message, decoded."""
-    from email.utils import parsedate_to_datetime
-    msg = RawMessage(data)
-    try:
-        when = parsedate_to_datetime(msg.get("Date")).timestamp() if msg.get("Date") else None
-    except (TypeError, ValueError, IndexError, OverflowError):
-        when = None
-    return when, one_line(decode_header_text(msg.get("From") or ""), 200), \
-        one_line(decode_header_text(msg.get("Subject") or ""), 300) or "(no subject)"
-
-
-def text_of(data):
-    """The text of a message, for searching and for plain digests: every
-    text/plain part decoded; an HTML part only when it has no plain
-    alternative, as text (html_text); other parts named, not included."""
-    import email
-    from email import policy
-    try:
-        parts = list(email.message_from_bytes(data, policy=policy.compat32).walk())
-    except Exception:                           # the email package gave up on it
-        return data.decode("utf-8", "replace")
-    plain_alternative = {id(p) for alt in parts if alt.get_content_type() == "multipart/alternative"
-                         and any(q.get_content_type() == "text/plain" for q in alt.get_payload())
-                         for p in alt.get_payload()}
-    texts = []
-    for part in parts:
-        if part.is_multipart():
-            continue
-        kind = part.get_content_type()
-        if part.get_content_maintype() != "text" or part.get_filename():
-            texts.append(f"[attachment not included: {part.get_filename() or 'unnamed'} ({kind})]\n")
-            continue
-        if kind == "text/html" and id(part) in plain_alternative:
-            continue
-        payload = part.get_payload(decode=True) or b""
-        try:
-            text = payload.decode(part.get_content_charset() or "us-ascii", "replace")
-        except LookupError:
-            text = payload.decode("utf-8", "replace")
-        texts.append(html_text(text) if kind == "text/html" else text)
-    return "\n".join(texts)
-
-
-def html_text(html):
-    """Readable text of an HTML part: tags dropped, paragraphs and line
-    breaks kept, scripts and styles left out, entities decoded."""
-    from html.parser import HTMLParser
-
-    class Text(HTMLParser):
-        def __init__(self):
-            super().__init__(convert_charrefs=True)
-            self.out, self.skip = [], 0
-
-        def handle_starttag(self, tag, attrs):
-            if tag in ("script", "style"):
-                self.skip += 1
-            elif tag in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
-                self.out.append("\n")
-
-        def handle_endtag(self, tag):
-            if tag in ("script", "style"):
-                self.skip = max(0, self.skip - 1)
-
-        def handle_data(self, data):
-            if not self.skip:
-                self.out.append(re.sub(r"[ \t\r\n]+", " ", data))
-    parser = Text()
-    parser.feed(html)
-    parser.close()
-    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", "".join(parser.out))).strip() + "\n"
-
-
-@chain_filter("message", needs=("queuer",))
-def archive(ctx):
-    """Keep the post, as distributed, in the list's archive ([archive]
-    format and dir) unless the list's archive is off.  The post is already
-    accepted when this runs: a failure is logged and the post goes out
-    unarchived rather than held back."""
-    if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
-        return
-    try:
-        key = archive_add(ctx.config, ctx.list, ctx.distributed, ctx.sender)
-    except (OSError, ValueError) as e:
-        log.error("cannot archive %s: %s", ctx.describe(), e)
-        ctx.note(f"not archived: {e}")
-        return
-    ctx.note(f"archived ({key})")
-
-
-# Content-filter mode and the complementary filters ---------------------------
 #
 # `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter
 # (proxsmtpd's FilterCommand, or a Postfix content_filter pipe that puts the
 # output back with sendmail).  whitelist, dnsbl and autoreply need no list,
 # so they work there and in the list queue chain alike.
-
 @chain_filter("message", needs=("read",))
 def out(ctx):
     """Write the message, as the filters left it, to stdout in one write:
@@ -2995,6 +3155,24 @@ def out(ctx):
     except OSError as e:
         raise TryLater(f"cannot write the message to stdout: {e.strerror}")
     ctx.note(f"{len(data)} bytes written")
+
+
+@chain_filter("message", needs=("read",))
+def whitelist(ctx):
+    """A sender in [whitelist] senders (or its file) is trusted: Accept,
+    so the checks after this filter (dnsbl; access lets the post through)
+    are skipped.  The envelope sender is what counts, or From when the MTA
+    did not say; the null sender never matches.  Both can be forged: list
+    only senders whose mail your MTA authenticates (SPF/DKIM) or relays."""
+    patterns = address_patterns(ctx.config, "whitelist")
+    if not patterns or ctx.sender == "":
+        return
+    candidates = [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]
+    for address in candidates:
+        match = next((p for p in patterns if address_matches(address, p)), None)
+        if match:
+            raise Accept(f"{address} matches {match}")
+    ctx.note("sender not whitelisted")
 
 
 def address_patterns(config, section):
@@ -3023,22 +3201,37 @@ def address_matches(address, pattern):
     return fnmatchcase(address, pattern)
 
 
-@chain_filter("message", needs=("read",))
-def whitelist(ctx):
-    """A sender in [whitelist] senders (or its file) is trusted: Accept,
-    so the checks after this filter (dnsbl; access lets the post through)
-    are skipped.  The envelope sender is what counts, or From when the MTA
-    did not say; the null sender never matches.  Both can be forged: list
-    only senders whose mail your MTA authenticates (SPF/DKIM) or relays."""
-    patterns = address_patterns(ctx.config, "whitelist")
-    if not patterns or ctx.sender == "":
+@chain_filter("message", needs=("read",), check=True)
+def dnsbl(ctx):
+    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when
+    one lists it, [dnsbl] action: reject (65, "550 5.7.1 ... listed"), tag
+    (an X-Redsky-DNSBL: header, the message goes on) or hold.  A lookup
+    that fails or times out never blocks mail: that zone is skipped."""
+    zones = ctx.config.get("dnsbl", "zones").replace(",", " ").split()
+    if not zones:
         return
-    candidates = [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]
-    for address in candidates:
-        match = next((p for p in patterns if address_matches(address, p)), None)
-        if match:
-            raise Accept(f"{address} matches {match}")
-    ctx.note("sender not whitelisted")
+    ip = client_ip(ctx)
+    if ip is None:
+        ctx.note("no untrusted client address to check")
+        return
+    for zone in zones:
+        try:
+            answer = dnsbl_lookup(ctx.store, ctx.config, dnsbl_name(ip, zone))
+        except (OSError, ValueError, IndexError) as e:
+            log.warning("DNSBL %s: lookup of %s failed (%s); not blocking", zone, ip, e)
+            ctx.note(f"{zone}: lookup failed ({e})")
+            continue
+        if answer:
+            reason = f"client {ip} is listed in {zone} ({answer})"
+            action = ctx.config.get("dnsbl", "action")
+            if action == "reject":
+                raise Reject(reason)
+            if action == "hold":
+                raise Hold(reason)
+            ctx.msg.append("X-Redsky-DNSBL", f"{ip} listed in {zone} ({answer})")
+            ctx.note(f"tagged: {reason}")
+            return
+    ctx.note(f"{ip} not listed in {', '.join(zones)}")
 
 
 def relay_ip(field):
@@ -3097,110 +3290,6 @@ def client_ip(ctx):
     return None
 
 
-def dnsbl_name(ip, zone):
-    """The query name: reversed octets for IPv4, reversed nibbles for IPv6
-    (RFC 5782 2.1 and 2.4)."""
-    if ip.version == 4:
-        return ".".join(reversed(str(ip).split("."))) + "." + zone
-    return ".".join(reversed(ip.exploded.replace(":", ""))) + "." + zone
-
-
-def dnsbl_lookup(store, config, name):
-    """What the blocklist says about ``name``: '' when not listed, else its
-    A record and, when the list publishes one, its TXT reason ("127.0.0.2:
-    see https://..."); cached for [dnsbl] cache.  RFC 5782 2.3: only
-    127.0.0.0/8 answers mean listed; Spamhaus' 127.255.255.x (a refused
-    query, e.g. through a public resolver) does not."""
-    now = time.time()
-    row = store.q("dnsbl_cache_get", name, now).fetchone()
-    if row:
-        return row[0]
-    nameserver, timeout = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver(), \
-        config.duration("dnsbl", "timeout")
-    answers = [".".join(str(b) for b in r) for r in dns_query(name, 1, nameserver, timeout) if len(r) == 4]
-    answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
-    if answers and not answer:
-        log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
-    if answer:
-        try:
-            why = one_line(" ".join(dns_txt(name, nameserver, timeout)), 200)
-        except (OSError, ValueError, IndexError):
-            why = ""                            # the reason is a courtesy, the listing stands
-        answer += f": {why}" if why else ""
-    remember(store, "dnsbl", name, answer, now + config.duration("dnsbl", "cache"))
-    return answer
-
-
-@chain_filter("message", needs=("read",), check=True)
-def dnsbl(ctx):
-    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when
-    one lists it, [dnsbl] action: reject (65, "550 5.7.1 ... listed"), tag
-    (an X-Redsky-DNSBL: header, the message goes on) or hold.  A lookup
-    that fails or times out never blocks mail: that zone is skipped."""
-    zones = ctx.config.get("dnsbl", "zones").replace(",", " ").split()
-    if not zones:
-        return
-    ip = client_ip(ctx)
-    if ip is None:
-        ctx.note("no untrusted client address to check")
-        return
-    for zone in zones:
-        try:
-            answer = dnsbl_lookup(ctx.store, ctx.config, dnsbl_name(ip, zone))
-        except (OSError, ValueError, IndexError) as e:
-            log.warning("DNSBL %s: lookup of %s failed (%s); not blocking", zone, ip, e)
-            ctx.note(f"{zone}: lookup failed ({e})")
-            continue
-        if answer:
-            reason = f"client {ip} is listed in {zone} ({answer})"
-            action = ctx.config.get("dnsbl", "action")
-            if action == "reject":
-                raise Reject(reason)
-            if action == "hold":
-                raise Hold(reason)
-            ctx.msg.append("X-Redsky-DNSBL", f"{ip} listed in {zone} ({answer})")
-            ctx.note(f"tagged: {reason}")
-            return
-    ctx.note(f"{ip} not listed in {', '.join(zones)}")
-
-
-def autoreply_text(config):
-    text = config.get("autoreply", "text").replace("\\n", "\n")
-    path = config.path_of("autoreply", "text_file")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as e:
-            raise ConfigError(f"[autoreply] text_file {path}: {e.strerror}")
-    if not text.strip():
-        raise ConfigError("[autoreply] addresses is set but the reply has no text (text or text_file)")
-    return text
-
-
-def autoreply_refusal(ctx, address):
-    """Why ``address`` must not answer this message (RFC 3834 2, 4), or None."""
-    robot = is_robot(ctx.msg, ctx.sender)
-    if robot:
-        return robot
-    if ctx.sender is None or not valid_address(ctx.sender):
-        return "no envelope sender (Return-Path) that is an address to answer"
-    if ctx.sender.lower() == address.lower():
-        return "sent by the address itself"
-    for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
-        if ctx.msg.get(name) is not None:
-            return f"a list or forwarded message ({name})"
-    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation"):
-        if ctx.msg.get(name) is not None:       # responders that predate RFC 3834
-            return f"an automatic reply ({name})"
-    suppress = (ctx.msg.get("X-Auto-Response-Suppress") or "").lower()
-    if re.search(r"\b(all|oof|autoreply)\b", suppress):
-        return f"X-Auto-Response-Suppress: {suppress.strip()}"
-    if address.lower() not in {a.lower() for a in addresses_in(ctx.msg.get_all("To") + ctx.msg.get_all("Cc"))}:
-        return "the address is not in To or Cc"
-    return None
-
-
 @chain_filter("message", needs=("read",))
 def autoreply(ctx):
     """A vacation responder by RFC 3834: for each address of [autoreply]
@@ -3243,6 +3332,43 @@ def autoreply(ctx):
         ctx.note(f"replied from {address} to {ctx.sender}")
 
 
+def autoreply_text(config):
+    text = config.get("autoreply", "text").replace("\\n", "\n")
+    path = config.path_of("autoreply", "text_file")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as e:
+            raise ConfigError(f"[autoreply] text_file {path}: {e.strerror}")
+    if not text.strip():
+        raise ConfigError("[autoreply] addresses is set but the reply has no text (text or text_file)")
+    return text
+
+
+def autoreply_refusal(ctx, address):
+    """Why ``address`` must not answer this message (RFC 3834 2, 4), or None."""
+    robot = is_robot(ctx.msg, ctx.sender)
+    if robot:
+        return robot
+    if ctx.sender is None or not valid_address(ctx.sender):
+        return "no envelope sender (Return-Path) that is an address to answer"
+    if ctx.sender.lower() == address.lower():
+        return "sent by the address itself"
+    for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
+        if ctx.msg.get(name) is not None:
+            return f"a list or forwarded message ({name})"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation"):
+        if ctx.msg.get(name) is not None:       # responders that predate RFC 3834
+            return f"an automatic reply ({name})"
+    suppress = (ctx.msg.get("X-Auto-Response-Suppress") or "").lower()
+    if re.search(r"\b(all|oof|autoreply)\b", suppress):
+        return f"X-Auto-Response-Suppress: {suppress.strip()}"
+    if address.lower() not in {a.lower() for a in addresses_in(ctx.msg.get_all("To") + ctx.msg.get_all("Cc"))}:
+        return "the address is not in To or Cc"
+    return None
+
+
 def autoreply_message(ctx, address):
     from email.message import EmailMessage
     from email.utils import formatdate, make_msgid
@@ -3264,8 +3390,82 @@ def autoreply_message(ctx, address):
     return reply.as_bytes()
 
 
+# what the last line on stderr says for each verdict, proxsmtpd-style
+FILTER_REPLIES = {"discard": "250 2.7.0", "hold": "250 2.7.0", "consumed": "250 2.0.0", "reject": "550 5.7.1",
+                  "unknown-list": "550 5.1.1", "try-later": "451 4.3.0"}
+
+
+def finish_filter(ctx, verdict, show_trace=False):
+    """Exit codes of content-filter mode: 0 with the message on stdout
+    (passed); 99 with nothing on stdout for a message dropped on purpose
+    (discard; hold keeps it in [filter] quarantine first); 65 reject,
+    75 try later.  Every verdict also ends stderr with an SMTP reply line,
+    which is what proxsmtpd reads (its "250" means dropped, not bounced)."""
+    if verdict is None:
+        ctx.outcome = "passed"
+        log.info("filter passed %s", ctx.describe())
+        if show_trace:
+            sys.stderr.write(explain(ctx, EX_OK) + "\n")
+        return EX_OK
+    code = verdict.code if verdict.code else EX_DISCARDED
+    reason = verdict.reason
+    if isinstance(verdict, Hold):
+        try:
+            where = quarantine(ctx, reason)
+            reason = f"held in quarantine ({where}): {reason}"
+        except OSError as e:
+            verdict, code, reason = TryLater(""), EX_TEMPFAIL, f"cannot quarantine the message: {e.strerror or e}"
+    log.log(logging.WARNING if code not in (EX_OK, EX_DISCARDED) else logging.INFO,
+            "filter %s %s reason=%s", verdict.name, ctx.describe(), reason)
+    if show_trace:                              # before the reply line: proxsmtpd reads the last line
+        ctx.outcome, ctx.outcome_reason = verdict.name, reason
+        sys.stderr.write(explain(ctx, code) + "\n")
+    print(f"{FILTER_REPLIES.get(verdict.name, '554 5.7.0')} {one_line(reason, 400)}", file=sys.stderr)
+    return code
+
+
+QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients")
+
+
+def quarantine(ctx, reason):
+    """Keep a held message in the [filter] quarantine Maildir, the original
+    bytes after three fields that `quarantine release` needs: the reason,
+    the envelope sender and the envelope recipients.  Returns its key."""
+    path = ctx.config.path_of("filter", "quarantine")
+    if not path:
+        raise OSError("[filter] quarantine is empty")
+    head = [one_line(reason, 900), ctx.sender if ctx.sender is not None else "",
+            ", ".join(ctx.envelope_recipients)]
+    return maildir_add(path, b"".join(name + b": " + one_line(value, 5000).encode("utf-8", "replace") + b"\n"
+                                      for name, value in zip(QUARANTINE_FIELDS, head)) + ctx.raw)
+
+
+def quarantined(config):
+    """{key: (reason, sender, recipients, original bytes)} of the quarantine."""
+    import mailbox
+    path = config.path_of("filter", "quarantine")
+    if not path or not os.path.isdir(path):
+        return {}
+    box, found = mailbox.Maildir(path, create=False), {}
+    for key in box.keys():
+        data = box.get_bytes(key)
+        values = []
+        for name in QUARANTINE_FIELDS:
+            line, _, rest = data.partition(b"\n")
+            if not line.startswith(name + b": "):
+                break
+            values.append(line[len(name) + 2:].decode("utf-8", "replace"))
+            data = rest
+        if len(values) == len(QUARANTINE_FIELDS):
+            found[key] = (values[0], values[1], [r for r in values[2].split(", ") if r], data)
+    return found
+
+
 # ---------------------------------------------------------------------------
-# 7. Send filters and transports
+# 10. Delivery: transports, the ledger and the send chain
+# Owns: how a message leaves (sendmail, SMTP, maildir behind one interface), the delivery ledger, and
+#       the filters `send` runs, in chain order.
+# Calls: sections 2-7.
 # ---------------------------------------------------------------------------
 
 SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
@@ -3276,6 +3476,11 @@ class Outcome:
 
     def __init__(self, kind, detail=""):
         self.kind, self.detail = kind, detail
+
+
+def outcome_of(code, text, stage):
+    """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
+    return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
 
 
 def envelope_sender(list_row, verp, recipient=None):
@@ -3491,11 +3696,6 @@ class SMTPConnection:
         except (OSError, SMTPError):
             pass
         self.sock.close()
-
-
-def outcome_of(code, text, stage):
-    """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
-    return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
 
 
 class SMTPTransport:
@@ -3728,6 +3928,8 @@ class Ledger:
         self.rows, self.bounces = [], []
         self.flushed = time.monotonic()
 
+
+# Send filters ----------------------------------------------------------------
 
 @chain_filter("send")
 def singleinstance(ctx):
@@ -4072,25 +4274,18 @@ def clean_spool(config, store, older_than=3600):
 
 
 # ---------------------------------------------------------------------------
-# 8. Commands
+# 11. Command line
+# Owns: the commands (cmd_*), Postfix set-up, doctor, demo, the argument parser and main().
+# Calls: everything above.
 # ---------------------------------------------------------------------------
 
-# Postfix --------------------------------------------------------------------
 
-# Postfix reads the list addresses from a small SQLite file of its own that
-# redsky replaces atomically (write, fsync, rename) whenever the lists change.
-# It never opens the live database: no WAL files it would need to write, no
-# lock it could meet, and members' addresses stay private.
-POSTFIX_MAP_SCHEMA = """\
-CREATE TABLE domains (domain TEXT PRIMARY KEY);
-CREATE TABLE addresses (address TEXT PRIMARY KEY);
-"""
+# Postfix ---------------------------------------------------------------------
+
 POSTFIX_QUERIES = {
     "redsky-domains.cf": "SELECT domain FROM domains WHERE domain = '%s'",
     "redsky-aliases.cf": "SELECT '%u@redsky.invalid' FROM addresses WHERE address = '%s'",
 }
-LIST_SUFFIXES = ("", "-bounces", "-request", "-owner", "-confirm", "-join", "-leave", "-subscribe",
-                 "-unsubscribe")
 
 
 def export_postfix_map(config, store):
@@ -4152,6 +4347,8 @@ def postfix_settings(config, cf_dir, user=None, python=None):
     return cf, main, master
 
 
+# Mail intake and delivery ----------------------------------------------------
+
 def cmd_queue(args, config):
     """Run the queue chain over the message on stdin.  Exit 0 only when
     the post is durably stored (or deliberately discarded, held or
@@ -4183,77 +4380,6 @@ def cmd_filter(args, config):
     ctx.sender = args.sender
     ctx.client_address = args.client_address
     return finish_filter(ctx, run_chain(chain, ctx), args.explain)
-
-
-# what the last line on stderr says for each verdict, proxsmtpd-style
-FILTER_REPLIES = {"discard": "250 2.7.0", "hold": "250 2.7.0", "consumed": "250 2.0.0", "reject": "550 5.7.1",
-                  "unknown-list": "550 5.1.1", "try-later": "451 4.3.0"}
-
-
-def finish_filter(ctx, verdict, show_trace=False):
-    """Exit codes of content-filter mode: 0 with the message on stdout
-    (passed); 99 with nothing on stdout for a message dropped on purpose
-    (discard; hold keeps it in [filter] quarantine first); 65 reject,
-    75 try later.  Every verdict also ends stderr with an SMTP reply line,
-    which is what proxsmtpd reads (its "250" means dropped, not bounced)."""
-    if verdict is None:
-        ctx.outcome = "passed"
-        log.info("filter passed %s", ctx.describe())
-        if show_trace:
-            sys.stderr.write(explain(ctx, EX_OK) + "\n")
-        return EX_OK
-    code = verdict.code if verdict.code else EX_DISCARDED
-    reason = verdict.reason
-    if isinstance(verdict, Hold):
-        try:
-            where = quarantine(ctx, reason)
-            reason = f"held in quarantine ({where}): {reason}"
-        except OSError as e:
-            verdict, code, reason = TryLater(""), EX_TEMPFAIL, f"cannot quarantine the message: {e.strerror or e}"
-    log.log(logging.WARNING if code not in (EX_OK, EX_DISCARDED) else logging.INFO,
-            "filter %s %s reason=%s", verdict.name, ctx.describe(), reason)
-    if show_trace:                              # before the reply line: proxsmtpd reads the last line
-        ctx.outcome, ctx.outcome_reason = verdict.name, reason
-        sys.stderr.write(explain(ctx, code) + "\n")
-    print(f"{FILTER_REPLIES.get(verdict.name, '554 5.7.0')} {one_line(reason, 400)}", file=sys.stderr)
-    return code
-
-
-QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients")
-
-
-def quarantine(ctx, reason):
-    """Keep a held message in the [filter] quarantine Maildir, the original
-    bytes after three fields that `quarantine release` needs: the reason,
-    the envelope sender and the envelope recipients.  Returns its key."""
-    path = ctx.config.path_of("filter", "quarantine")
-    if not path:
-        raise OSError("[filter] quarantine is empty")
-    head = [one_line(reason, 900), ctx.sender if ctx.sender is not None else "",
-            ", ".join(ctx.envelope_recipients)]
-    return maildir_add(path, b"".join(name + b": " + one_line(value, 5000).encode("utf-8", "replace") + b"\n"
-                                      for name, value in zip(QUARANTINE_FIELDS, head)) + ctx.raw)
-
-
-def quarantined(config):
-    """{key: (reason, sender, recipients, original bytes)} of the quarantine."""
-    import mailbox
-    path = config.path_of("filter", "quarantine")
-    if not path or not os.path.isdir(path):
-        return {}
-    box, found = mailbox.Maildir(path, create=False), {}
-    for key in box.keys():
-        data = box.get_bytes(key)
-        values = []
-        for name in QUARANTINE_FIELDS:
-            line, _, rest = data.partition(b"\n")
-            if not line.startswith(name + b": "):
-                break
-            values.append(line[len(name) + 2:].decode("utf-8", "replace"))
-            data = rest
-        if len(values) == len(QUARANTINE_FIELDS):
-            found[key] = (values[0], values[1], [r for r in values[2].split(", ") if r], data)
-    return found
 
 
 def cmd_quarantine(args, config):
@@ -4300,52 +4426,6 @@ def cmd_quarantine(args, config):
     return status
 
 
-def explain(ctx, code):
-    """The trace as text: one line per filter, then the outcome."""
-    lines = [f"{name:15} {note}" for name, note in ctx.trace]
-    lines.append(f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
-                 + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else ""))
-    return "\n".join(lines)
-
-
-def finish_queue(ctx, verdict):
-    """Log the verdict, keep held posts, store the trace, return the exit code."""
-    if verdict is None:
-        ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
-        log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
-        code = EX_OK
-    else:
-        ctx.outcome, ctx.outcome_reason = verdict.name, verdict.reason
-        code = verdict.code
-        if isinstance(verdict, Hold):
-            try:
-                hold_post(ctx, verdict.reason)
-            except (sqlite3.Error, OSError, TryLater) as e:
-                report(f"cannot store held post {ctx.describe()}: {e}")
-                ctx.outcome, ctx.outcome_reason, code = "try-later", f"cannot store held post: {e}", EX_TEMPFAIL
-        line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
-        if code:
-            report(line, logging.WARNING)
-        else:
-            log.info("%s", line)
-    if not ctx.outbox.dry_run:
-        store_event(ctx)
-    return code
-
-
-def store_event(ctx):
-    """Keep the trace for `trace MESSAGE-ID`.  The message is already
-    accepted or refused: failing to store its trace must not change that."""
-    try:
-        ctx.store.db.execute("PRAGMA synchronous = NORMAL")     # a trace is worth no extra fsync
-        with ctx.store.transaction():
-            ctx.store.q("add_event", time.time(), ctx.message_id or "", ctx.list["id"] if ctx.list else None,
-                        ctx.recipient or "", ctx.sender, ctx.outcome, ctx.outcome_reason[:500],
-                        json.dumps(ctx.trace))
-    except sqlite3.Error as e:
-        log.warning("cannot store the trace of %s: %s", ctx.describe(), e)
-
-
 def cmd_send(args, config):
     chain = build_chain(config.chain("send"), "send", "send")
     store = open_store(config, durable=False)
@@ -4359,6 +4439,8 @@ def cmd_send(args, config):
         log.info("send: %s", ctx.trace[-1][1])
     return EX_OK
 
+
+# Lists and members -----------------------------------------------------------
 
 def cmd_init(args, config):
     store = open_store(config, create=True)
@@ -4545,13 +4627,6 @@ def cmd_members(args, config):
     return EX_OK
 
 
-def catch_up(store, outbox, list_row, address):
-    """A member leaving digest mode gets the posts still waiting for the
-    next digest as single posts, so switching never loses one."""
-    for (raw,) in store.q("digest_posts", list_row["id"], float("inf")):
-        outbox.add(list_row["id"], "post", RawMessage(raw).get("Message-ID") or "<digest-catch-up>", raw, [address])
-
-
 def cmd_set_member(args, config):
     """set-member LIST ADDR digest on|off: how a member gets the list."""
     store = open_store(config)
@@ -4665,6 +4740,8 @@ def cmd_acl(args, config):
         print(r["pattern"])
     return EX_OK
 
+
+# Moderation, bounces, status -------------------------------------------------
 
 def cmd_held(args, config):
     store = open_store(config)
@@ -4846,6 +4923,8 @@ def cmd_trace(args, config):
     return EX_OK
 
 
+# Doctor ----------------------------------------------------------------------
+
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
                "/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 
@@ -5022,6 +5101,8 @@ def cmd_schema(args, config):
     sys.stdout.write(SCHEMA)
     return EX_OK
 
+
+# Demo, argument parser, main -------------------------------------------------
 
 DEMO_POST = b"""\
 From: Alice Example <alice@example.org>

@@ -110,6 +110,14 @@ class ConfigError(Failure):
     code = EX_CONFIG
 
 
+class StoreError(Failure):
+    """The database or the spool cannot be written now (disk full, locked,
+    no permission): nothing was stored.  A filter's run ends in TryLater
+    (run_chain), a command exits 75."""
+
+    code = EX_TEMPFAIL
+
+
 class Verdict(Exception):
     """Raised by a filter to end its chain; the runner logs it and maps it
     to an exit code.  ``reason`` is one line for the log."""
@@ -313,7 +321,7 @@ class Config:
         self.data_dir = os.path.abspath(data_dir)
         for (section, key), kind in self.TYPED.items():     # bad values fail at start-up
             getattr(self, kind)(section, key)
-        for section, key, choices in self.CHOICES:
+        for section, key, choices in self.choices():
             if self.get(section, key) not in choices:
                 raise ConfigError(f"[{section}] {key} = {self.get(section, key)!r}: use one of {', '.join(choices)}")
         umask = self.get("redsky", "umask")
@@ -337,8 +345,13 @@ class Config:
              ("filter", "max_size"): "size", ("dnsbl", "timeout"): "duration", ("dnsbl", "cache"): "duration",
              ("autoreply", "interval"): "duration"}
 
-    CHOICES = (("dnsbl", "action", ("reject", "tag", "hold")), ("archive", "format", ("maildir", "mbox")),
-               ("dmarc", "fallback", ("none", "munge_from", "wrap_message")))
+    @staticmethod
+    def choices():
+        """(section, key, allowed values) of every setting that is a choice;
+        the transports and VERP modes are those section 10 defines."""
+        return (("dnsbl", "action", ("reject", "tag", "hold")), ("archive", "format", ("maildir", "mbox")),
+                ("dmarc", "fallback", ("none", "munge_from", "wrap_message")),
+                ("send", "transport", tuple(TRANSPORTS)), ("send", "verp", VERP_MODES))
 
     @classmethod
     def find(cls, explicit=None):
@@ -629,58 +642,50 @@ LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer,
                 " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume, digest_issue,"
                 " digest_last")
 SQL = {
+    # meta, lists, members, acl
+    "meta": "SELECT value FROM meta WHERE key = ?",
+    "add_meta": "INSERT INTO meta VALUES (?, ?)",
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
+    "list_by_id": f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?",
     "all_lists": f"SELECT {LIST_COLUMNS} FROM lists ORDER BY domain, name",
+    "add_list": "INSERT INTO lists ({columns}) VALUES ({marks})",        # columns checked by Store.add_list
+    "set_list": "UPDATE lists SET {column} = ? WHERE id = ?",            # column checked by Store.set_list
+    "delete_list": "DELETE FROM lists WHERE id = ?",
+    "set_last_reminder": "UPDATE lists SET last_reminder = ? WHERE id = ?",
+    "set_last_policy_alert": "UPDATE lists SET last_policy_alert = ? WHERE id = ?",
     "members": "SELECT address, status, bounce_score, digest FROM members WHERE list_id = ? ORDER BY address",
+    "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
-    "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
-    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?, ?)",
-    "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
-                        " WHERE p.token = ?",
+    "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
     "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, warnings = 0,"
                 " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
-    "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
-    "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
-                    " AND used IS NULL AND expires > ?",
-    "requests_today": "SELECT count(*) FROM pending WHERE address = ? AND created > ?"
-                      " AND action IN ('subscribe', 'unsubscribe')",
-    "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
-                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
-    "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
-    "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
-                  " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",
-    "dmarc_cache_put": "INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
-    "dmarc_cache_prune": "DELETE FROM dmarc_cache WHERE expires < ?",
-    "dnsbl_cache_prune": "DELETE FROM dnsbl_cache WHERE expires < ?",
-    "autoreplies_prune": "DELETE FROM autoreplies WHERE sent < ?",
-    "dnsbl_cache_get": "SELECT answer FROM dnsbl_cache WHERE name = ? AND expires > ?",
-    "dnsbl_cache_put": "INSERT OR REPLACE INTO dnsbl_cache VALUES (?, ?, ?)",
-    "autoreply_last": "SELECT sent FROM autoreplies WHERE address = ? AND sender = ?",
-    "autoreply_sent": "INSERT OR REPLACE INTO autoreplies VALUES (?, ?, ?)",
     "set_digest": "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
     "member_digest": "SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
-    "add_digest_post": "INSERT INTO digest_posts (list_id, received, raw) VALUES (?, ?, ?)",
-    "digest_backlog": "SELECT list_id, count(*) AS posts, sum(length(raw)) AS size, min(received) AS oldest,"
-                      " max(id) AS last FROM digest_posts GROUP BY list_id",
-    "digest_posts": "SELECT raw FROM digest_posts WHERE list_id = ? AND id <= ? ORDER BY id",
-    "digest_members": "SELECT address FROM members WHERE list_id = ? AND status = 'enabled' AND digest = 1"
-                      " ORDER BY address",
-    "digest_done": "DELETE FROM digest_posts WHERE list_id = ? AND id <= ?",
-    "digest_numbering": "UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
-    "list_by_id": f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?",
-    "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
-                " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
+    "score_bounce": "UPDATE members SET bounce_score = :score, last_bounce = :now,"
+                    " status = CASE WHEN :disable THEN 'disabled' ELSE status END,"
+                    " disabled_reason = CASE WHEN :disable THEN 'bounce' ELSE disabled_reason END,"
+                    " disabled_at = CASE WHEN :disable THEN :now ELSE disabled_at END,"
+                    " warnings = CASE WHEN :disable THEN 0 ELSE warnings END"
+                    " WHERE list_id = :list_id AND address = :address",
+    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
+                       " AND (m.last_warning IS NULL OR m.last_warning < ?)",
+    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND address = ?",
+    "members_bounce_status": "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings"
+                             " FROM members WHERE list_id = ?",
+    "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
+    "acl_add": "INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)",
+    "acl_del": "DELETE FROM acl WHERE list_id = ? AND pattern = ?",
+    # messages and the delivery ledger
+    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?, ?)",
+    "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
     "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, l.id AS list_id, l.name, l.domain"
                     " FROM messages m JOIN lists l ON l.id = m.list_id"
                     " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
                     "                WHERE state = 'pending' AND next_attempt <= ?)"
                     " ORDER BY m.id",
+    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending' AND next_attempt <= ?",
     # keyset pagination keeps memory flat however long the list is
     "due_recipients": "SELECT address, attempts FROM deliveries"
                       " WHERE message = ? AND state = 'pending' AND next_attempt <= ? AND address > ?"
@@ -689,6 +694,16 @@ SQL = {
                         " last_error = ?, updated = ? WHERE message = ? AND address = ?",
     "pending_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'",
     "message_done": "UPDATE messages SET state = 'done' WHERE id = ?",
+    "queued_spools": "SELECT spool FROM messages WHERE state = 'queued'",
+    "list_spools": "SELECT spool FROM messages WHERE list_id = ?",
+    "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
+                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
+    "delivered_to": "SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
+                    " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
+    "deliveries_of": "SELECT m.id AS post, m.kind, l.name || '@' || l.domain AS list, d.address, d.state,"
+                     " d.attempts, d.last_error, d.updated, d.next_attempt FROM deliveries d"
+                     " JOIN messages m ON m.id = d.message JOIN lists l ON l.id = m.list_id"
+                     " WHERE m.message_id IN (?, ?, ?) AND (? IS NULL OR d.address = ?) ORDER BY m.id, d.address",
     "status_counts": "SELECT"
                      " (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0),"
@@ -698,6 +713,71 @@ SQL = {
                      " (SELECT count(*) FROM deliveries WHERE state = 'expired'),"
                      " (SELECT count(*) FROM held),"
                      " (SELECT count(*) FROM digest_posts)",
+    # bounces
+    "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
+                  " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "bounce_history": "SELECT received, address, source, action, status, diagnostic, reporting_mta, counted, why,"
+                      " message_id FROM bounces WHERE list_id = ? ORDER BY id",
+    "prune_raw_bounces": "UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
+    # the domain of a policy rejection is in its why: "policy rejection 5.7.1 at DOMAIN: ..."
+    "policy_rejections": "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4,"
+                         " instr(b.why, ':') - instr(b.why, ' at ') - 4) AS domain, count(*) AS n"
+                         " FROM bounces b JOIN lists l ON l.id = b.list_id"
+                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND l.last_policy_alert < ?"
+                         " GROUP BY b.list_id, domain HAVING n >= ?",
+    # held posts and confirmation tokens
+    "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
+                " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "held_by_id": "SELECT * FROM held WHERE id = ?",
+    "delete_held": "DELETE FROM held WHERE id = ?",
+    "expired_held": "SELECT id, list_id, message_id FROM held WHERE received < ?",
+    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, length(h.raw) AS size,"
+                  " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
+                  " WHERE ? IS NULL OR h.list_id = ? ORDER BY h.id",
+    "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
+                    " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
+                    " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id",
+    "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
+                        " WHERE p.token = ?",
+    "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
+    "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
+                    " AND used IS NULL AND expires > ?",
+    "requests_today": "SELECT count(*) FROM pending WHERE address = ? AND created > ?"
+                      " AND action IN ('subscribe', 'unsubscribe')",
+    "open_pending": "SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires,"
+                    " l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
+                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?) ORDER BY p.created",
+    "prune_pending": "DELETE FROM pending WHERE expires < ? AND created < ?",
+    # the trace
+    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON l.id = e.list_id"
+                 " WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
+    "prune_events": "DELETE FROM events WHERE received < ?",
+    # DNS caches and the automatic-reply log
+    "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",
+    "dmarc_cache_put": "INSERT OR REPLACE INTO dmarc_cache VALUES (?, ?, ?)",
+    "dmarc_cache_prune": "DELETE FROM dmarc_cache WHERE expires < ?",
+    "dnsbl_cache_get": "SELECT answer FROM dnsbl_cache WHERE name = ? AND expires > ?",
+    "dnsbl_cache_put": "INSERT OR REPLACE INTO dnsbl_cache VALUES (?, ?, ?)",
+    "dnsbl_cache_prune": "DELETE FROM dnsbl_cache WHERE expires < ?",
+    "autoreply_last": "SELECT sent FROM autoreplies WHERE address = ? AND sender = ?",
+    "autoreply_sent": "INSERT OR REPLACE INTO autoreplies VALUES (?, ?, ?)",
+    "autoreplies_prune": "DELETE FROM autoreplies WHERE sent < ?",
+    # digests
+    "add_digest_post": "INSERT INTO digest_posts (list_id, received, raw) VALUES (?, ?, ?)",
+    "digest_backlog": "SELECT list_id, count(*) AS posts, sum(length(raw)) AS size, min(received) AS oldest,"
+                      " max(id) AS last FROM digest_posts GROUP BY list_id",
+    "digest_posts": "SELECT raw FROM digest_posts WHERE list_id = ? AND id <= ? ORDER BY id",
+    "digest_members": "SELECT address FROM members WHERE list_id = ? AND status = 'enabled' AND digest = 1"
+                      " ORDER BY address",
+    "digest_done": "DELETE FROM digest_posts WHERE list_id = ? AND id <= ?",
+    "digest_numbering": "UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
+    # the Postfix map, a database of its own (POSTFIX_MAP_SCHEMA)
+    "map_domain": "INSERT OR IGNORE INTO domains VALUES (?)",
+    "map_address": "INSERT OR IGNORE INTO addresses VALUES (?)",
 }
 
 
@@ -734,7 +814,7 @@ class Store:
             with self.transaction():
                 for statement in _sql_statements(SCHEMA):
                     self.db.execute(statement)
-                self.db.execute("INSERT INTO meta VALUES ('verp_key', ?)", (os.urandom(16).hex(),))
+                self.q("add_meta", "verp_key", os.urandom(16).hex())
         elif version < SCHEMA_VERSION:
             with self.transaction():
                 upgrade_schema(self.db)
@@ -747,11 +827,35 @@ class Store:
 
     @property
     def verp_key(self):
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()
+        row = self.q("meta", "verp_key").fetchone()
         return row[0] if row else ""
 
     def q(self, name, *args):
+        """Run the named query ``SQL[name]`` with ``args``; return the cursor."""
         return self.db.execute(SQL[name], args)
+
+    def relax(self):
+        """synchronous=NORMAL from now on: for writes worth no extra fsync (the trace)."""
+        self.db.execute("PRAGMA synchronous = NORMAL")
+
+    def list_by_id(self, list_id):
+        return dict(self.q("list_by_id", list_id).fetchone())
+
+    def held(self, held_id):
+        """The held post ``held_id`` as a dict, or None."""
+        row = self.q("held_by_id", held_id).fetchone()
+        return dict(row) if row else None
+
+    def add_list(self, db, values):
+        """INSERT a list from {column: value}; the columns must be the list table's."""
+        unknown = set(values) - set(LIST_COLUMNS.replace(",", " ").split())
+        assert not unknown, unknown
+        return db.execute(SQL["add_list"].format(columns=", ".join(values), marks=", ".join("?" * len(values))),
+                          tuple(values.values())).lastrowid
+
+    def set_list(self, db, list_id, column, value):
+        assert column in LIST_COLUMNS.replace(",", " ").split() and column != "id", column
+        db.execute(SQL["set_list"].format(column=column), (value, list_id))
 
     def list_by_address(self, address):
         """The list whose post address is ``address`` (case-insensitive), or None."""
@@ -832,7 +936,7 @@ def open_store(config, durable=True, create=False):
     try:
         return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
     except sqlite3.Error as e:
-        raise Failure(f"cannot open database {config.database}: {e}", EX_TEMPFAIL)
+        raise StoreError(f"cannot open database {config.database}: {e}")
     except PermissionError as e:
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
 
@@ -845,6 +949,27 @@ POSTFIX_MAP_SCHEMA = """\
 CREATE TABLE domains (domain TEXT PRIMARY KEY);
 CREATE TABLE addresses (address TEXT PRIMARY KEY);
 """
+
+
+def write_postfix_map(path, domains, addresses):
+    """Replace the Postfix map ``path`` by one holding ``domains`` and
+    ``addresses``: written beside it, fsynced, renamed over it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    _unlink_quietly(tmp)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.executescript(POSTFIX_MAP_SCHEMA)
+        db.execute("BEGIN")
+        db.executemany(SQL["map_domain"], [(d,) for d in sorted(domains)])
+        db.executemany(SQL["map_address"], [(a,) for a in sorted(addresses)])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    os.chmod(tmp, 0o644)                   # Postfix's daemons (user postfix) read it
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.rename(tmp, path)
 
 
 def write_synced(path, data):
@@ -894,12 +1019,12 @@ class Outbox:
     their spool files first, then runs ``change(db)`` and records every
     message with its deliveries in one transaction.  If anything fails, the
     spool files are removed and nothing is recorded: an action and the
-    notice that reports it happen together or not at all.
+    notice that reports it happen together or not at all (StoreError).
     """
 
-    def __init__(self):
+    def __init__(self, dry_run=False):
         self.items = []             # (list_id, kind, message_id, data, recipients)
-        self.dry_run = False        # --dry-run: decide everything, store nothing
+        self.dry_run = dry_run      # --dry-run: decide everything, store nothing
 
     def add(self, list_id, kind, message_id, data, recipients):
         if recipients:
@@ -916,7 +1041,7 @@ class Outbox:
         except OSError as e:
             for name in names:
                 _unlink_quietly(os.path.join(spool, name))
-            raise TryLater(f"cannot write spool file in {spool}: {e.strerror}")
+            raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
         try:
             with store.transaction() as db:
                 if change is not None:
@@ -929,7 +1054,7 @@ class Outbox:
         except (sqlite3.Error, OSError) as e:
             for name in names:
                 _unlink_quietly(os.path.join(spool, name))
-            raise TryLater(f"cannot record in the database: {e}")
+            raise StoreError(f"cannot record in the database: {e}")
         self.items = []
         return ids
 
@@ -1100,13 +1225,12 @@ def is_robot(msg, sender, strict=True):
 # List addresses and headers --------------------------------------------------
 
 # LIST-suffix[+extension]: the addresses one list answers besides LIST itself
+# The one table of the addresses a list answers: LIST-suffix[+extension]@DOMAIN
+# besides LIST@DOMAIN itself, and the role each gives a message.
 ROLES = {"bounces": "bounces", "request": "request", "owner": "owner", "confirm": "confirm",
          "join": "join", "subscribe": "join", "leave": "leave", "unsubscribe": "leave"}
-
-
 ROLE_ADDRESS = re.compile(r"(.+)-(%s)(?:\+(.+))?" % "|".join(ROLES), re.IGNORECASE | re.DOTALL)
-LIST_SUFFIXES = ("", "-bounces", "-request", "-owner", "-confirm", "-join", "-leave", "-subscribe",
-                 "-unsubscribe")
+LIST_SUFFIXES = ("",) + tuple(f"-{suffix}" for suffix in ROLES)
 
 
 def list_address(list_row, suffix=""):
@@ -1150,9 +1274,11 @@ class _CannotEdit(Exception):
     """The part cannot take the footer in place; wrap the message instead."""
 
 
-def expand(text, list_row, **extra):
+def expand(text, list_row, strict=False, **extra):
     """Fill a footer or notice text: $list, $domain, $post_address, $list_id,
-    $owner, $request, $join, $leave, $unsubscribe and any ``extra``."""
+    $owner, $request, $join, $leave, $unsubscribe and any ``extra``.
+    ``strict``: a placeholder nothing fills raises KeyError (redsky's own
+    texts); else it stays as written (texts the owners write)."""
     from string import Template
     values = dict(list=list_row["name"], domain=list_row["domain"], post_address=list_address(list_row),
                   list_id=f"{list_row['name']}.{list_row['domain']}",
@@ -1160,7 +1286,7 @@ def expand(text, list_row, **extra):
                   join=list_address(list_row, "-join"), leave=list_address(list_row, "-leave"),
                   unsubscribe=f"mailto:{list_address(list_row, '-leave')}")
     values.update(extra)
-    return Template(text).safe_substitute(values)
+    return Template(text).substitute(values) if strict else Template(text).safe_substitute(values)
 
 
 def footer_text(list_row):
@@ -1435,8 +1561,8 @@ def remember(store, cache, key, answer, expires):
         with store.transaction():
             store.q(f"{cache}_cache_prune", time.time())
             store.q(f"{cache}_cache_put", key, answer, expires)
-    except sqlite3.Error:
-        pass
+    except sqlite3.Error as e:
+        log.warning("cannot cache the %s answer for %s: %s", cache, key, e)
 
 
 def dmarc_policy(store, config, domain):
@@ -1562,14 +1688,22 @@ def _verp_address(extension):
     return f"{local}@{domain}" if sep and local and domain else None
 
 
-def leave_token(key, list_row, address):
-    """16 hex digits of HMAC-SHA256: the member's own one-click
-    unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
-    list and member, needs no storage."""
+def leave_mac(key, list_row):
+    """The HMAC-SHA256 of the leave tokens of one list with the key and the
+    list already absorbed: copy it, add a member's address (leave_token)."""
     import hashlib
     import hmac
-    text = f"leave|{list_row['name']}@{list_row['domain']}|{address}".lower().encode("utf-8")
-    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key.encode(), f"leave|{list_row['name']}@{list_row['domain']}|".lower().encode(),
+                    hashlib.sha256)
+
+
+def leave_token(key, list_row, address, mac=None):
+    """16 hex digits of HMAC-SHA256: the member's own one-click
+    unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
+    list and member, needs no storage.  ``mac``: leave_mac's, to reuse."""
+    mac = (mac or leave_mac(key, list_row)).copy()
+    mac.update(address.lower().encode("utf-8"))
+    return mac.hexdigest()[:16]
 
 
 class Personalizer:
@@ -1582,20 +1716,14 @@ class Personalizer:
         generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
         at, end = data.find(generic), data.find(b"\n\n")
         if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
-            import hashlib
-            import hmac
             self.parts = (data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(),
                           f"@{list_row['domain']}>".encode() + data[at + len(generic):])
-            # leave_token's HMAC with the key and list already absorbed, copied per recipient
-            self.mac = hmac.new(list_row["verp_key"].encode(), f"leave|{list_row['name']}@{list_row['domain']}|"
-                                .lower().encode(), hashlib.sha256)
+            self.mac = leave_mac(list_row["verp_key"], list_row)
 
     def __call__(self, address):
         if self.parts is None:
             return self.data
-        mac = self.mac.copy()
-        mac.update(address.lower().encode("utf-8"))
-        return b"".join((self.parts[0], mac.hexdigest()[:16].encode(), self.parts[1]))
+        return b"".join((self.parts[0], leave_token(None, None, address, self.mac).encode(), self.parts[1]))
 
 
 # Notices ---------------------------------------------------------------------
@@ -1726,6 +1854,58 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     else:
         data = msg.as_bytes()
     return message_id, data
+
+
+def render(text_name, list_row, values):
+    """The text ``text_name`` filled with ``values`` (expand): the list's own
+    welcome or goodbye when it has one, else TEXTS[text_name], where a
+    placeholder that ``values`` does not fill is a bug (KeyError), never a
+    "$word" left in a notice."""
+    own = list_row.get(text_name) if text_name in ("welcome", "goodbye") else ""
+    return expand(own, list_row, **values) if own else expand(TEXTS[text_name], list_row, strict=True, **values)
+
+
+class Notices:
+    """The messages redsky writes about one action (confirmations, welcomes,
+    moderation requests, warnings, alerts), queued in ``outbox`` so that
+    they commit with the action's change.  A limited notice goes to each
+    address at most once per Notices and to non-owners at most [commands]
+    max_replies times per list per day, so redsky cannot be made to flood
+    anyone; ``suppressed`` lists who did not get one."""
+
+    def __init__(self, store, config, list_row, outbox, in_reply_to=None):
+        self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
+        self.in_reply_to = in_reply_to
+        self.now = time.time()
+        self.answered = set()
+        self.suppressed = []
+
+    def send(self, to, title, text_name, values=None, *, limit=True, kind="notice", reply_to=None,
+             attachment=None, auto="auto-replied", sender="-request"):
+        """Queue notice ``text_name`` (render) to the addresses ``to``; return
+        whether anybody gets it."""
+        text = render(text_name, self.list, values or {})
+        if limit:
+            day, cap = self.now - 86400, self.config.number("commands", "max_replies")
+            wanted, to = to, [a for a in to if a.lower() not in self.answered
+                              and self.store.q("notices_today", self.list["id"], a, day).fetchone()[0] < cap]
+            self.suppressed += [a for a in wanted if a not in to]
+            self.answered.update(a.lower() for a in to)
+        if not to:
+            return False
+        message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.in_reply_to, reply_to=reply_to,
+                                       attachment=attachment, auto=auto, sender=sender)
+        self.outbox.add(self.list["id"], kind, message_id, data, to)
+        return True
+
+
+def add_pending(changes, list_row, address, action, now, expiry, held_id=None):
+    """A new confirmation token for ``action`` on ``address``; its pending
+    row is appended to ``changes``, to commit with the notice that carries it."""
+    token = new_token()
+    row = (token, list_row["id"], address, action, held_id, now, now + expiry)
+    changes.append(lambda db: db.execute(SQL["add_pending"], row))
+    return token
 
 
 def catch_up(store, outbox, list_row, address):
@@ -1889,9 +2069,7 @@ def delivered(store, list_id, address, message_ids):
     """The evidence: did redsky really deliver one of these posts of this
     list to this address?  (A forged report cannot name one.)"""
     for message_id in message_ids:
-        if store.db.execute("SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
-                            " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
-                            (list_id, message_id, address)).fetchone():
+        if store.q("delivered_to", list_id, message_id, address).fetchone():
             return message_id
     return None
 
@@ -1901,8 +2079,7 @@ def score_bounce(db, config, list_id, address, now):
     list managers do: at most once a day; a score untouched for
     info_stale_after starts again from zero; at score_threshold the member
     is disabled (not removed).  Returns why it counted or not."""
-    row = db.execute("SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
-                     (list_id, address)).fetchone()
+    row = db.execute(SQL["member_bounce_state"], (list_id, address)).fetchone()
     if row is None:
         return False, "not a member"
     status, score, last = row[0], row[1], row[2]
@@ -1913,18 +2090,18 @@ def score_bounce(db, config, list_id, address, now):
     score += 1
     threshold = config.number("bounces", "score_threshold")
     disable = status == "enabled" and score >= threshold
-    db.execute("UPDATE members SET bounce_score = ?, last_bounce = ?,"
-               " status = CASE WHEN ? THEN 'disabled' ELSE status END,"
-               " disabled_reason = CASE WHEN ? THEN 'bounce' ELSE disabled_reason END,"
-               " disabled_at = CASE WHEN ? THEN ? ELSE disabled_at END,"
-               " warnings = CASE WHEN ? THEN 0 ELSE warnings END"
-               " WHERE list_id = ? AND address = ?",
-               (score, now, disable, disable, disable, now, disable, list_id, address))
+    db.execute(SQL["score_bounce"], {"score": score, "now": now, "disable": disable, "list_id": list_id,
+                                     "address": address})
     return True, f"score {score:g}" + (f": disabled at the threshold {threshold:g}" if disable else "")
 
 
-def policy_rejection(status, address):
-    """The `why` of a 5.7.x rejection; housekeeping counts them per domain."""
+def policy_rejection(config, status, address):
+    """The `why` of a failure that policy caused (5.7.x: the post was
+    refused, not the member), which changes no score unless [bounces]
+    count_policy_rejections; None for any other failure.  policy_alerts
+    counts them per domain from this text."""
+    if not status.startswith("5.7.") or config.flag("bounces", "count_policy_rejections"):
+        return None
     return f"policy rejection {status} at {address.rpartition('@')[2].lower()}: caused by the post"
 
 
@@ -2157,39 +2334,49 @@ def build_chain(names, stage, section):
 
 
 class Context:
-    """What the filters work on; each filter's docstring says what it reads
-    and writes here."""
+    """What the filters of one chain work on.  Every field is declared here;
+    each filter's docstring says which it reads and which it writes."""
 
     def __init__(self, config, store=None, stdin=None):
         self.config = config
         self.store = store
-        self.stdin = stdin
+        self.stdin = stdin          # where read reads the message (default sys.stdin.buffer)
+        self.stdout = None          # where out writes it (default sys.stdout.buffer)
+        self.mode = "queue"         # or "filter": stdin -> stdout (cmd_filter)
+        # the message and its envelope (read; the command layer may preset the envelope)
         self.raw = None             # the message bytes as received
         self.msg = None             # RawMessage being edited
         self.recipient = None       # envelope recipient (a list address)
         self.sender = None          # envelope sender; "" is the null sender <>
+        self.envelope_recipients = []   # filter mode: every envelope recipient
+        self.client_address = None  # the connecting client's IP, when the MTA says
         self.message_id = ""
+        # the list and what the message is to it (getinfo, getsubscribers)
         self.list = None            # the list row (dict)
         self.role = None            # post, bounces, request, join, leave, confirm, owner
         self.verp = None            # member named by a VERP bounce address
         self.verp_signed = False    # ... with a valid signature (verp_signature)
-        self.token = None           # the TOKEN of LIST-confirm+TOKEN@DOMAIN
-        self.changes = []           # database changes to commit with the outbox (callables of db)
+        self.token = None           # the TOKEN of LIST-confirm+TOKEN@ or LIST-leave+TOKEN@
         self.members = {}           # address (lower-case) -> status
-        self.distributed = None     # the post as queued (queuer), for the archive
-        self.digest_members = 0     # enabled members who get digests instead of posts
         self.recipients = []        # addresses the post goes to
+        self.digest_members = 0     # enabled members who get digests instead of posts
+        # decisions
         self.approved = False       # moderator approval (passphrase or CLI)
         self.accepted = ""          # why the sender is whitelisted (Accept), else ""
-        self.committed = False      # the post is queued: see run_chain
-        self.mode = "queue"         # or "filter": stdin -> stdout (cmd_filter)
-        self.envelope_recipients = []   # filter mode: every envelope recipient
-        self.client_address = None  # filter mode: the connecting client's IP, when the MTA says
-        self.stdout = None          # where `out` writes (default sys.stdout.buffer)
-        self.trace = []             # (filter, note)
-        self.result = None          # what the last filter produced (e.g. message row id)
-        self.current = ""           # the filter running now, for note()
+        self.approve_held = None    # held post approved by email, released after the chain
+        # what is committed together (queuer, commands): changes run inside the transaction
+        self.changes = []           # database changes (callables of db)
         self.outbox = Outbox()      # generated messages queued with the post or the action
+        self.committed = False      # the post is queued: see run_chain
+        self.distributed = None     # the post as queued (queuer), for the archive
+        # the send chain
+        self.lock_fd = None         # singleinstance's flock, held until the process ends
+        self.now = 0.0              # queuebuilder's clock: what is due
+        self.queue = []             # queuebuilder: message rows with deliveries due
+        self.totals = None          # queuerunner: outcomes of this run, by kind
+        # the trace
+        self.trace = []             # (filter, note)
+        self.current = ""           # the filter running now, for note()
         self.outcome, self.outcome_reason = "", ""
 
     def note(self, text):
@@ -2210,9 +2397,10 @@ class Context:
 def run_chain(chain, ctx):
     """Run filters in order; return the verdict that ended the chain, or
     None.  After an Accept verdict the chain goes on without its checks.
-    Once the post is queued (ctx.committed), nothing a later filter does
-    can take that back: its verdict or error is logged and ignored, since
-    a "try later" now would make the MTA deliver the post a second time."""
+    A StoreError (nothing could be stored) becomes TryLater.  Once the post
+    is queued (ctx.committed), nothing a later filter does can take that
+    back: its verdict or error is logged and ignored, since a "try later"
+    now would make the MTA deliver the post a second time."""
     for fn in chain:
         ctx.current = fn.__name__
         if ctx.accepted and fn.check:
@@ -2225,6 +2413,8 @@ def run_chain(chain, ctx):
             ctx.trace.append((fn.__name__, f"accept: {verdict.reason}"))
             continue
         except Exception as e:
+            if isinstance(e, StoreError):
+                e = TryLater(str(e))
             if not ctx.committed and isinstance(e, Verdict):
                 ctx.trace.append((fn.__name__, f"{e.name}: {e.reason}"))
                 return e
@@ -2251,7 +2441,7 @@ def store_event(ctx):
     """Keep the trace for `trace MESSAGE-ID`.  The message is already
     accepted or refused: failing to store its trace must not change that."""
     try:
-        ctx.store.db.execute("PRAGMA synchronous = NORMAL")     # a trace is worth no extra fsync
+        ctx.store.relax()                                       # a trace is worth no extra fsync
         with ctx.store.transaction():
             ctx.store.q("add_event", time.time(), ctx.message_id or "", ctx.list["id"] if ctx.list else None,
                         ctx.recipient or "", ctx.sender, ctx.outcome, ctx.outcome_reason[:500],
@@ -2269,9 +2459,13 @@ def store_event(ctx):
 
 @chain_filter("message")
 def read(ctx):
-    """Read the message from stdin (unless ctx.raw is preset) and find the
-    envelope.  Writes raw, msg, recipient, sender, message_id.  Empty input,
-    input with no header fields, or a message over [queue] max_size → reject."""
+    """Read the message from ctx.stdin (unless ctx.raw is preset) and parse
+    it; complete the envelope the command layer found (envelope_of) from
+    the header: X-Original-To or Delivered-To for the recipient,
+    Return-Path or an mbox From_ line for the sender.  Writes raw, msg,
+    recipient, sender, envelope_recipients (filter mode), message_id.
+    Empty input, input with no header fields, or a message over
+    [queue] max_size (filter mode: [filter] max_size) → reject."""
     if ctx.raw is None:
         limit = ctx.config.size(ctx.mode, "max_size")
         stream = ctx.stdin or sys.stdin.buffer
@@ -2292,13 +2486,11 @@ def read(ctx):
     if b"\0" in b"".join(msg.fields):
         raise Reject("not an RFC 5322 message: NUL byte in the header")
     ctx.msg = msg
-    env = os.environ
     if not ctx.recipient:
-        candidates = [env.get("ORIGINAL_RECIPIENT"), env.get("RECIPIENT"),
-                      msg.get("X-Original-To"), msg.get("Delivered-To")]
+        candidates = [msg.get("X-Original-To"), msg.get("Delivered-To")]
         ctx.recipient = next((c.strip() for c in candidates if c and c.strip()), None)
     if ctx.sender is None:
-        candidates = [env.get("SENDER"), msg.get("Return-Path")]
+        candidates = [msg.get("Return-Path")]
         if from_line:
             candidates.append(from_line.split()[1].decode("utf-8", "replace") if len(from_line.split()) > 1 else None)
         ctx.sender = next((c for c in candidates if c is not None), None)
@@ -2307,11 +2499,9 @@ def read(ctx):
         if ctx.sender.upper() == "MAILER-DAEMON":
             ctx.sender = ""
     ctx.message_id = (msg.get("Message-ID") or "").strip()
-    ctx.client_address = ctx.client_address or env.get("CLIENT_ADDRESS") or env.get("REMOTE") or env.get("CLIENT")
     if ctx.mode == "filter":
-        # proxsmtpd passes RECIPIENTS (one per line) and CLIENT/REMOTE; a pipe, what the MTA expands
         if not ctx.envelope_recipients:
-            ctx.envelope_recipients = (env.get("RECIPIENTS") or "").split() or ([ctx.recipient] if ctx.recipient else [])
+            ctx.envelope_recipients = [ctx.recipient] if ctx.recipient else []
         ctx.envelope_recipients = [r.strip().strip("<>") for r in ctx.envelope_recipients if r.strip("<> ")]
         ctx.recipient = ctx.envelope_recipients[0] if ctx.envelope_recipients else ctx.recipient
         ctx.note(f"{len(ctx.raw)} bytes, to {', '.join(ctx.envelope_recipients) or '(unknown)'},"
@@ -2405,8 +2595,8 @@ def bouncehandler(ctx):
             if not failed:
                 count, why = False, ("an auto-reply" if r["action"] == "auto-reply" else
                                      f"not a permanent failure (Action: {r['action'] or 'none'})")
-            elif r["status"].startswith("5.7") and not config.flag("bounces", "count_policy_rejections"):
-                count, why = False, policy_rejection(r["status"], address)
+            elif policy_rejection(config, r["status"], address):
+                count, why = False, policy_rejection(config, r["status"], address)
             elif evidence is None:
                 count, why = False, "no matching delivery in the ledger (the report does not return a post we sent)"
             elif (source == "verp" and not ctx.verp_signed and config.get("send", "verp") == "per-recipient"
@@ -2430,9 +2620,11 @@ def bouncehandler(ctx):
 def commands(ctx):
     """Act on mail to LIST-request (commands in the Subject or first body
     lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
-    LIST-confirm+TOKEN, then end the chain (consumed).  Robots are never
-    answered (RFC 3834).  Subscribing and leaving follow the list's
-    subscribe_policy; every change and its notices commit together."""
+    LIST-confirm+TOKEN (see Requests), then end the chain: consumed.
+    Reads role, token, msg, raw, sender; writes changes and outbox (both
+    committed here, together) and approve_held (a held post a moderator
+    approved by email: finish_queue releases it once the chain has ended).
+    Robots are never answered (RFC 3834)."""
     if ctx.role not in ("request", "join", "leave", "confirm"):
         return
     robot = is_robot(ctx.msg, ctx.sender)
@@ -2441,45 +2633,20 @@ def commands(ctx):
     sender = sender_address(ctx)
     if sender is None:
         raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req = Requests(ctx)
-    ctx.approve_held = None
+    req = Requests(ctx, sender)
     lines = command_lines(ctx.raw)
     if ctx.role == "join":
         req.subscribe(sender)
     elif ctx.role == "leave" and ctx.token:
-        req.leave_by_token(ctx.token.lower(), sender)
+        req.leave_by_token(ctx.token.lower())
     elif ctx.role == "leave":
         req.unsubscribe(sender)
     elif ctx.role == "confirm":
-        req.confirm(ctx.token.lower(), sender, lines)
+        req.confirm(ctx.token.lower(), lines)
     else:
-        parsed = [c for c in map(parse_command, lines[:10]) if c]
-        if not parsed:
-            req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-            req.done.append("help (no command found)")
-        for command, words in parsed[:5]:
-            if command == "subscribe":
-                req.subscribe(sender)
-            elif command == "unsubscribe":
-                req.unsubscribe(sender)
-            elif command == "help":
-                req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-                req.done.append("help")
-            elif command == "set":
-                req.set_option(sender, words)
-            elif command in ("index", "get"):
-                req.archive_request(sender, command, words)
-            else:                                      # confirm / approve / reject / discard TOKEN
-                token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
-                if token is None:
-                    req.notice([sender], f"{list_address(ctx.list)}: help", "help", extra="")
-                    req.done.append(f"{command} without a token")
-                else:
-                    req.confirm(token, sender, lines)
-                break                                  # a token answers the whole message
+        req.run(lines)
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    if ctx.approve_held is not None and not ctx.outbox.dry_run:
-        release_held(ctx.store, ctx.config, ctx.approve_held)
+    ctx.approve_held = req.approve_held
     raise Consumed("; ".join(req.done) or "nothing to do")
 
 
@@ -2669,9 +2836,8 @@ def queuer(ctx):
         row = (ctx.list["id"], time.time(), data)
         ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
     ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
-    ids = ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
     ctx.committed = not ctx.outbox.dry_run
-    ctx.result = ids[-1] if ids else None
     ctx.note(f"queued for {len(ctx.recipients)} recipients"
              + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
 
@@ -2711,12 +2877,15 @@ def archive(ctx):
 
 def hold_post(ctx, reason):
     """Keep the message as received, with its envelope, for a moderator,
-    and send the moderators one notice with a token to act on it by reply."""
+    and send the moderators one notice with a token to act on it by reply.
+    What the chain had planned to commit (ctx.changes, ctx.outbox) is
+    dropped: the held row and its notice commit on their own."""
     senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
     subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
+    author = (senders[0] if senders else "") or ctx.sender or ""
     row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
            subject[:300], ctx.message_id, reason, ctx.raw)
-    req = Requests(ctx)
+    outbox = Outbox(ctx.outbox.dry_run)
     owners = owners_of(ctx.list)
     held_expiry = ctx.config.duration("commands", "held_expiry")
     token = new_token() if owners else None
@@ -2724,34 +2893,32 @@ def hold_post(ctx, reason):
     def store_held(db):
         held_id = db.execute(SQL["add_held"], row).lastrowid
         if token:
-            db.execute(SQL["add_pending"], (token, ctx.list["id"], row[4] or row[2] or "?", "moderate", held_id,
-                                            req.now, req.now + held_expiry))
-    ctx.changes = [store_held]
-    dry_run, ctx.outbox = ctx.outbox.dry_run, Outbox()
-    ctx.outbox.dry_run = dry_run
+            db.execute(SQL["add_pending"], (token, ctx.list["id"], author or "?", "moderate", held_id,
+                                            row[1], row[1] + held_expiry))
     if token:
         text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
         excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
-        req.notice(owners, f"{list_address(ctx.list)}: post from {row[4] or row[2] or '?'} held: {one_line(subject, 80)}"
-                   f" (token {token})", "held", limit=False, kind="notice", auto="auto-generated",
-                   reply_to=list_address(ctx.list, f"-confirm+{token}"), attachment=ctx.raw,
-                   reason=one_line(reason, 300), from_addr=row[4] or row[2] or "(unknown)",
-                   subject=one_line(subject), size=len(ctx.raw), excerpt=excerpt, token=token,
-                   days=f"{held_expiry / 86400:g}")
-    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+        Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
+            owners, f"{list_address(ctx.list)}: post from {author or '?'} held: {one_line(subject, 80)}"
+                    f" (token {token})", "held",
+            {"reason": one_line(reason, 300), "from_addr": author or "(unknown)", "subject": one_line(subject),
+             "size": len(ctx.raw), "excerpt": excerpt, "token": token, "days": f"{held_expiry / 86400:g}"},
+            limit=False, auto="auto-generated", reply_to=list_address(ctx.list, f"-confirm+{token}"),
+            attachment=ctx.raw)
+    outbox.commit(ctx.store, ctx.config.spool, store_held)
 
 
 def release_held(store, config, held_id):
     """Distribute a held post: the queue chain runs again on it, approved;
     the held row goes in the same transaction as the post.  Returns the
     Context (its recipients say how many got it)."""
-    held = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+    held = store.held(held_id)
     if held is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
     ctx = Context(config, store)
     ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
     ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
-    ctx.changes.append(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
+    ctx.changes.append(lambda db: db.execute(SQL["delete_held"], (held_id,)))
     verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
     if verdict is not None:
         if verdict.code or isinstance(verdict, Hold):
@@ -2764,7 +2931,9 @@ def release_held(store, config, held_id):
 
 
 def finish_queue(ctx, verdict):
-    """Log the verdict, keep held posts, store the trace, return the exit code."""
+    """After the queue chain: log the verdict, keep a held post, release a
+    post a moderator approved by email, store the trace; return the exit
+    code."""
     if verdict is None:
         ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
         log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
@@ -2775,7 +2944,7 @@ def finish_queue(ctx, verdict):
         if isinstance(verdict, Hold):
             try:
                 hold_post(ctx, verdict.reason)
-            except (sqlite3.Error, OSError, TryLater) as e:
+            except StoreError as e:
                 report(f"cannot store held post {ctx.describe()}: {e}")
                 ctx.outcome, ctx.outcome_reason, code = "try-later", f"cannot store held post: {e}", EX_TEMPFAIL
         line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
@@ -2783,6 +2952,16 @@ def finish_queue(ctx, verdict):
             report(line, logging.WARNING)
         else:
             log.info("%s", line)
+    if ctx.approve_held is not None and not ctx.outbox.dry_run:
+        # the approval is committed: a release that fails leaves the post
+        # held for the CLI, and must not make the MTA repeat the approval
+        try:
+            released = release_held(ctx.store, ctx.config, ctx.approve_held)
+            ctx.trace.append(("release", f"held post {ctx.approve_held} released: {released.outcome or 'queued'}"
+                                         f" for {len(released.recipients)} recipients"))
+        except Failure as e:
+            log.error("held post %s approved by email but not released: %s", ctx.approve_held, e)
+            ctx.trace.append(("release", f"held post {ctx.approve_held} not released: {e}"))
     if not ctx.outbox.dry_run:
         store_event(ctx)
     return code
@@ -2805,7 +2984,8 @@ def command_lines(raw):
     try:
         parsed = message_from_bytes(raw, policy=policy.default)
         subject = str(parsed.get("Subject", "") or "")
-    except Exception:
+    except Exception as e:                      # the email package gave up on it: no commands
+        log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
         return lines
     subject = re.sub(r"^(\s*(re|aw|sv|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", "", subject, flags=re.I).strip()
     if subject:
@@ -2813,7 +2993,8 @@ def command_lines(raw):
     try:
         part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
         body = part.get_content() if part is not None else ""
-    except Exception:
+    except Exception as e:
+        log.warning("command mail body unreadable (%s: %s); only the Subject is read", type(e).__name__, e)
         body = ""
     for line in body.splitlines()[:30]:
         line = line.strip()
@@ -2844,45 +3025,27 @@ def sender_address(ctx):
 
 
 class Requests:
-    """What one command message does: database changes and notices, all
-    committed together at the end (see Outbox)."""
+    """The command interpreter of one message to LIST-request, -join, -leave
+    or -confirm+TOKEN.  Each command adds database changes (ctx.changes)
+    and notices (Notices, into ctx.outbox), which the commands filter
+    commits together; ``done`` says what happened, one line per action."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, sender):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
-        self.now = time.time()
-        self.done = []              # one line per action, for the log
-        self.replied = set()
+        self.sender = sender        # who asked (sender_address); answers go there
+        self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
+        self.now = self.notices.now
+        self.done = []
+        self.seen = set()           # (command, argument) already done for this message
+        self.approve_held = None    # a held post a moderator approved
 
     def change(self, fn):
         self.ctx.changes.append(fn)
 
-    def notice(self, to, title, text_name, *, kind="notice", limit=True, **kw):
-        """Queue a notice to ``to`` (a list of addresses).  Replies to
-        non-owners are limited to [commands] max_replies per address per
-        list per day, so redsky cannot be made to flood anyone."""
-        extra = {k: v for k, v in kw.items() if k not in ("reply_to", "attachment", "auto", "sender")}
-        text = expand(self.list[text_name] if text_name in ("welcome", "goodbye") and self.list[text_name]
-                      else TEXTS[text_name], self.list, **extra)
-        if limit:
-            day = self.now - 86400
-            cap = self.config.number("commands", "max_replies")
-            wanted, to = to, [a for a in to if a.lower() not in self.replied
-                              and self.store.q("notices_today", self.list["id"], a, day).fetchone()[0] < cap]
-            if not to:
-                self.done.append(f"reply to {', '.join(wanted) or 'nobody'} suppressed (rate limit)")
-                return
-            self.replied.update(a.lower() for a in to)
-        message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.ctx.message_id,
-                                       reply_to=kw.get("reply_to"), attachment=kw.get("attachment"),
-                                       auto=kw.get("auto", "auto-replied"), sender=kw.get("sender", "-request"))
-        self.ctx.outbox.add(self.list["id"], kind, message_id, data, to)
-
-    def new_token(self, address, action, held_id=None, expiry=None):
-        token = new_token()
-        expires = self.now + (expiry or self.config.duration("commands", "confirm_expiry"))
-        row = (token, self.list["id"], address, action, held_id, self.now, expires)
-        self.change(lambda db: db.execute(SQL["add_pending"], row))
-        return token
+    def notice(self, to, title, text_name, values=None, **options):
+        """Notices.send, noting a reply the rate limit suppressed."""
+        if not self.notices.send(to, title, text_name, values, **options) and options.get("limit", True):
+            self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
 
     def is_member(self, address):
         return address.lower() in {a.lower() for a in member_addresses(self.store, self.list["id"])}
@@ -2897,6 +3060,51 @@ class Requests:
             return "too many requests today"
         return None
 
+    # -- LIST-request: one handler per command (HANDLERS) -------------------------
+
+    def run(self, lines):
+        """Up to five commands; a token command answers the whole message."""
+        parsed = [c for c in map(parse_command, lines[:10]) if c]
+        if not parsed:
+            self.help([], lines, why="help (no command found)")
+        for command, words in parsed[:5]:
+            if getattr(self, self.HANDLERS[command])(words, lines):
+                break
+
+    def help(self, words, lines, why="help"):
+        self.notice([self.sender], f"{list_address(self.list)}: help", "help", {"extra": ""})
+        self.done.append(why)
+
+    def subscribe_command(self, words, lines):
+        self.subscribe(self.sender)
+
+    def unsubscribe_command(self, words, lines):
+        self.unsubscribe(self.sender)
+
+    def set_command(self, words, lines):
+        self.set_option(self.sender, words)
+
+    def index_command(self, words, lines):
+        self.archive_request(self.sender, "index", words)
+
+    def get_command(self, words, lines):
+        self.archive_request(self.sender, "get", words)
+
+    def token_command(self, words, lines):
+        """confirm / approve / reject / discard TOKEN: the token may stand on
+        any line (a reply quotes it); returns True: it answers the message."""
+        token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
+        if token is None:
+            self.help(words, lines, why="a token command without a token")
+        else:
+            self.confirm(token, lines)
+        return True
+
+    HANDLERS = {"subscribe": "subscribe_command", "unsubscribe": "unsubscribe_command", "help": "help",
+                "set": "set_command", "index": "index_command", "get": "get_command",
+                "confirm": "token_command", "approve": "token_command", "reject": "token_command",
+                "discard": "token_command"}
+
     # -- subscribe / unsubscribe ------------------------------------------------
 
     def subscribe(self, address):
@@ -2905,7 +3113,7 @@ class Requests:
             return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
         if self.is_member(address):
             return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
-                               address=address)
+                               {"address": address})
         if policy_ == "open":
             return self.add_member(address)
         if policy_ == "approve":
@@ -2915,7 +3123,7 @@ class Requests:
     def unsubscribe(self, address):
         if not self.is_member(address):
             return self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
-                               address=address)
+                               {"address": address})
         if self.list["subscribe_policy"] == "open":
             return self.remove_member(address)
         self.ask_to_confirm(address, "unsubscribe")
@@ -2925,57 +3133,47 @@ class Requests:
         if limited:
             self.done.append(f"{action} {address} ignored: {limited}")
             return
-        token = self.new_token(address, action)
+        expiry = self.config.duration("commands", "confirm_expiry")
+        token = add_pending(self.ctx.changes, self.list, address, action, self.now, expiry)
         confirm = list_address(self.list, f"-confirm+{token}")
-        days = f"{self.config.duration('commands', 'confirm_expiry') / 86400:g}"
         # The Subject carries the token too, so a reply to -request confirms as well.
-        self.notice([address], f"confirm {token}", f"confirm-{action}", limit=False, reply_to=confirm,
-                    address=address, confirm_address=confirm, days=days)
+        self.notice([address], f"confirm {token}", f"confirm-{action}",
+                    {"address": address, "confirm_address": confirm, "days": f"{expiry / 86400:g}"},
+                    limit=False, reply_to=confirm)
         self.done.append(f"{action} {address}: confirmation sent")
 
     def add_member(self, address):
         list_id = self.list["id"]
         self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
-        self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", limit=False, address=address)
+        self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
+                    limit=False)
         self.done.append(f"subscribed {address}")
 
     def remove_member(self, address):
         list_id = self.list["id"]
-        self.change(lambda db: db.execute("DELETE FROM members WHERE list_id = ? AND address = ?",
-                                          (list_id, address)))
-        self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", limit=False,
-                    address=address)
+        self.change(lambda db: db.execute(SQL["delete_member"], (list_id, address)))
+        self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", {"address": address},
+                    limit=False)
         self.done.append(f"unsubscribed {address}")
 
-    def leave_by_token(self, token, sender):
+    def leave_by_token(self, token):
         """One-click unsubscribe: the token in LIST-leave+TOKEN proves that
         the member received a post, so no second confirmation is asked."""
         import hmac
-        key = self.store.verp_key
+        mac = leave_mac(self.store.verp_key, self.list)
         member = next((a for a in member_addresses(self.store, self.list["id"])
-                       if hmac.compare_digest(leave_token(key, self.list, a), token)), None)
+                       if hmac.compare_digest(leave_token(None, None, a, mac), token)), None)
         if member is None:
             self.done.append("unknown leave token: asking the sender to confirm")
-            return self.unsubscribe(sender)
+            return self.unsubscribe(self.sender)
         self.remove_member(member)
 
     def reenable(self, address):
         list_id = self.list["id"]
         self.change(lambda db: db.execute(SQL["reenable"], (list_id, address)))
-        self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled", limit=False,
-                    address=address)
+        self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled",
+                    {"address": address}, limit=False)
         self.done.append(f"re-enabled {address}")
-
-    def warn_disabled(self, member, last):
-        """The "you are disabled" warning with a re-enable token; the last
-        one says that the address will be removed if the list removes."""
-        token = self.new_token(member["address"], "reenable",
-                               expiry=self.config.duration("bounces", "warning_interval") * 2)
-        confirm = list_address(self.list, f"-confirm+{token}")
-        removal = ("This is the last warning: without a reply the address will be removed from the list.\n"
-                   if last and self.config.flag("bounces", "remove_after_warnings") else "")
-        self.notice([member["address"]], f"confirm {token}", "disabled", limit=False, reply_to=confirm,
-                    auto="auto-generated", address=member["address"], confirm_address=confirm, removal=removal)
 
     def ask_owners_to_approve(self, address):
         owners = owners_of(self.list)
@@ -2983,10 +3181,11 @@ class Requests:
         if limited or not owners:
             self.done.append(f"subscription request of {address} ignored: {limited or 'the list has no owners'}")
             return
-        token = self.new_token(address, "approve-subscribe", expiry=self.config.duration("commands", "held_expiry"))
+        token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now,
+                            self.config.duration("commands", "held_expiry"))
         self.notice(owners, f"{list_address(self.list)}: {address} asks to join (token {token})",
-                    "approve-subscribe", limit=False, reply_to=list_address(self.list, f"-confirm+{token}"),
-                    auto="auto-generated", address=address, token=token)
+                    "approve-subscribe", {"address": address, "token": token}, limit=False,
+                    reply_to=list_address(self.list, f"-confirm+{token}"), auto="auto-generated")
         self.notice([address], f"{list_address(self.list)}: waiting for approval", "awaiting-approval")
         self.done.append(f"subscription of {address} waits for the owners")
 
@@ -2996,17 +3195,17 @@ class Requests:
         """set digest on|off, for the sender's own membership; the answer goes
         to that address, so a forged request is at least seen by its victim."""
         if [w.lower() for w in words[:1]] != ["digest"] or len(words) < 2 or words[1].lower() not in ("on", "off"):
-            self.notice([address], f"{list_address(self.list)}: help", "help", extra="")
+            self.notice([address], f"{list_address(self.list)}: help", "help", {"extra": ""})
             self.done.append(f"set {' '.join(words)[:40]}: not understood")
             return
         if not self.is_member(address):
-            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member", address=address)
+            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member", {"address": address})
             self.done.append(f"set digest from non-member {address}")
             return
         on = words[1].lower() == "on"
-        if ("digest", on) in self.replied:          # the same command in Subject and body: once
+        if ("digest", on) in self.seen:             # the same command in Subject and body: once
             return
-        self.replied.add(("digest", on))
+        self.seen.add(("digest", on))
         list_id = self.list["id"]
         was = self.store.q("member_digest", list_id, address).fetchone()
         if was["digest"] and not on:
@@ -3016,10 +3215,10 @@ class Requests:
         count, unit = next((seconds / size, unit) for size, unit in
                            ((604800, "week"), (86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
                            if seconds >= size or size == 1)
-        interval = f"{count:g} {unit}{'' if count == 1 else 's'}"
         self.notice([address], f"{list_address(self.list)}: digest {'on' if on else 'off'}",
-                    "digest-on" if on else "digest-off", address=address, interval=interval,
-                    threshold=self.list["digest_size_threshold"])
+                    "digest-on" if on else "digest-off",
+                    {"address": address, "interval": f"{count:g} {unit}{'' if count == 1 else 's'}",
+                     "threshold": self.list["digest_size_threshold"]})
         self.done.append(f"digest {'on' if on else 'off'} for {address}")
 
     def archive_request(self, address, command, words):
@@ -3027,7 +3226,7 @@ class Requests:
         policy_ = self.list["archive"]
         if policy_ == "off" or (policy_ == "private" and not self.is_member(address)):
             why = "off" if policy_ == "off" else "open to members only"
-            self.notice([address], f"{list_address(self.list)}: archive", "archive-refused", why=why)
+            self.notice([address], f"{list_address(self.list)}: archive", "archive-refused", {"why": why})
             self.done.append(f"{command} refused for {address}: archive {why}")
             return
         if command == "index":
@@ -3035,8 +3234,8 @@ class Requests:
             shown = entries[-100:]
             items = "\n".join(f"{n:5}  {time.strftime('%Y-%m-%d', time.gmtime(when)) if when else '?':10}  "
                               f"{author[:30]:30}  {subject[:60]}" for n, (when, author, subject) in shown)
-            self.notice([address], f"{list_address(self.list)}: archive index", "index", count=len(entries),
-                        shown=len(shown), items=items or "  (empty)")
+            self.notice([address], f"{list_address(self.list)}: archive index", "index",
+                        {"count": len(entries), "shown": len(shown), "items": items or "  (empty)"})
             self.done.append(f"index to {address}")
             return
         number = words[0] if words else ""
@@ -3044,18 +3243,18 @@ class Requests:
             if number.isdigit() else None
         if found is None:
             self.notice([address], f"{list_address(self.list)}: no post {one_line(number, 20)}", "not-archived",
-                        number=one_line(number, 20) or "(none given)")
+                        {"number": one_line(number, 20) or "(none given)"})
             self.done.append(f"get {number[:20]}: not in the archive")
             return
         self.notice([address], f"{list_address(self.list)}: archived post {number}", "archived-post",
-                    number=number, attachment=found)
+                    {"number": number}, attachment=found)
         self.done.append(f"get {number} to {address}")
 
     # -- tokens -----------------------------------------------------------------
 
-    def confirm(self, token, sender, lines):
+    def confirm(self, token, lines):
         row = self.store.q("pending_by_token", token).fetchone()
-        answer_to = [sender] if sender else []
+        answer_to = [self.sender] if self.sender else []
         if row is None or row["list_id"] != self.list["id"] or row["used"] is not None:
             self.done.append(f"token {token[:8]}…: unknown, used or for another list")
             return self.notice(answer_to, f"{list_address(self.list)}: unknown confirmation", "bad-token")
@@ -3063,7 +3262,7 @@ class Requests:
             self.done.append(f"token {token[:8]}…: expired")
             return self.notice(answer_to, f"{list_address(self.list)}: confirmation expired", "expired-token")
         if row["action"] in ("moderate", "approve-subscribe"):
-            return self.moderate(row, sender, lines)
+            return self.moderate(row, lines)
         self.use(token)
         if row["action"] == "reenable":
             return self.reenable(row["address"])
@@ -3081,12 +3280,12 @@ class Requests:
                 raise TryLater("the token was used concurrently")
         self.change(mark)
 
-    def moderate(self, row, sender, lines):
+    def moderate(self, row, lines):
         """approve / reject [reason] / discard, from a moderator only."""
         passphrase = take_approved(self.ctx)
         stored = self.list["passphrase_hash"]
         moderators = {o.lower() for o in owners_of(self.list)}
-        senders = addresses_in(self.ctx.msg.get_all("From")) + ([sender] if sender else [])
+        senders = addresses_in(self.ctx.msg.get_all("From")) + ([self.ctx.sender] if self.ctx.sender else [])
         if not (any(s.lower() in moderators for s in senders)
                 or (passphrase and stored and check_passphrase(passphrase, stored))):
             self.done.append(f"moderation by {senders[0] if senders else '?'} refused: not a moderator")
@@ -3097,8 +3296,8 @@ class Requests:
             self.done.append("moderation reply without approve, reject or discard")
             return self.notice(senders[:1], f"{list_address(self.list)}: what should happen?",
                                "held" if row["action"] == "moderate" else "approve-subscribe",
-                               token=row["token"], address=row["address"], reason="(see the first notice)",
-                               from_addr="", subject="", size="?", excerpt="", days="")
+                               {"token": row["token"], "address": row["address"], "reason": "(see the first notice)",
+                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""})
         verb, words = decision
         reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
         self.use(row["token"])
@@ -3107,27 +3306,30 @@ class Requests:
                 return self.add_member(row["address"])
             if verb == "reject":
                 self.notice([row["address"]], f"{list_address(self.list)}: request declined",
-                            "rejected-subscribe", reason=reason)
+                            "rejected-subscribe", {"reason": reason})
             self.done.append(f"subscription of {row['address']}: {verb}")
             return
-        held_id = row["held_id"]
         if verb == "approve":
-            self.ctx.approve_held = held_id
-            self.done.append(f"held post {held_id} approved by email")
+            self.approve_held = row["held_id"]
+            self.done.append(f"held post {row['held_id']} approved by email")
             return
-        self.drop_held(held_id, verb == "reject", reason)
+        held = self.store.held(row["held_id"])
+        if held is not None:
+            self.done.append(drop_held(held, self.notices, self.ctx.changes, verb == "reject", reason))
 
-    def drop_held(self, held_id, notify, reason):
-        held = self.store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
-        if held is None:
-            return
-        self.change(lambda db: db.execute("DELETE FROM held WHERE id = ?", (held_id,)))
-        to = held["from_addr"] or held["sender"]
-        if notify and to and self.config.flag("commands", "notify_rejected") and not \
-                is_robot(RawMessage(held["raw"]), held["sender"] or None):
-            self.notice([to], f"{list_address(self.list)}: your post was not distributed", "rejected-post",
-                        subject=one_line(held["subject"]), reason=one_line(reason, 500))
-        self.done.append(f"held post {held_id} {'rejected' if notify else 'discarded'}")
+
+def drop_held(held, notices, changes, notify, reason):
+    """Plan the removal of the held post ``held`` (a change in ``changes``);
+    with ``notify``, a notice (into ``notices``) tells its sender why, unless
+    [commands] notify_rejected is off or the sender is a robot.  Returns what
+    was done, for the log."""
+    changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
+    to = held["from_addr"] or held["sender"]
+    if notify and to and notices.config.flag("commands", "notify_rejected") and not \
+            is_robot(RawMessage(held["raw"]), held["sender"] or None):
+        notices.send([to], f"{list_address(notices.list)}: your post was not distributed", "rejected-post",
+                     {"subject": one_line(held["subject"]), "reason": one_line(reason, 500)})
+    return f"held post {held['id']} {'rejected' if notify else 'discarded'}"
 
 
 # ---------------------------------------------------------------------------
@@ -3136,12 +3338,10 @@ class Requests:
 #       filter mode's exit codes.  whitelist, dnsbl and autoreply also work in the queue chain.
 # Calls: sections 2-7.
 # ---------------------------------------------------------------------------
-
 #
 # `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter
 # (proxsmtpd's FilterCommand, or a Postfix content_filter pipe that puts the
-# output back with sendmail).  whitelist, dnsbl and autoreply need no list,
-# so they work there and in the list queue chain alike.
+# output back with sendmail).
 @chain_filter("message", needs=("read",))
 def out(ctx):
     """Write the message, as the filters left it, to stdout in one write:
@@ -3431,13 +3631,18 @@ def quarantine(ctx, reason):
     """Keep a held message in the [filter] quarantine Maildir, the original
     bytes after three fields that `quarantine release` needs: the reason,
     the envelope sender and the envelope recipients.  Returns its key."""
-    path = ctx.config.path_of("filter", "quarantine")
+    return quarantine_add(ctx.config, reason, ctx.sender if ctx.sender is not None else "",
+                          ctx.envelope_recipients, ctx.raw)
+
+
+def quarantine_add(config, reason, sender, recipients, data):
+    """Write one quarantine entry: the QUARANTINE_FIELDS, then ``data``."""
+    path = config.path_of("filter", "quarantine")
     if not path:
         raise OSError("[filter] quarantine is empty")
-    head = [one_line(reason, 900), ctx.sender if ctx.sender is not None else "",
-            ", ".join(ctx.envelope_recipients)]
+    head = (one_line(reason, 900), sender, ", ".join(recipients))
     return maildir_add(path, b"".join(name + b": " + one_line(value, 5000).encode("utf-8", "replace") + b"\n"
-                                      for name, value in zip(QUARANTINE_FIELDS, head)) + ctx.raw)
+                                      for name, value in zip(QUARANTINE_FIELDS, head)) + data)
 
 
 def quarantined(config):
@@ -3491,6 +3696,40 @@ def envelope_sender(list_row, verp, recipient=None):
     return list_address(list_row, "-bounces")
 
 
+def smtp_wire(data):
+    """``data`` as SMTP sends it (RFC 5321 4.5.2): CRLF line ends, a dot
+    doubled at the start of a line, the final "." line."""
+    wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
+    return wire + (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+
+
+class Transport:
+    """The interface every transport has (TRANSPORTS).
+
+    ``send(list_row, data, recipients, record, expected)`` delivers one post
+    to an iterable of (address, attempts), calling ``record(address,
+    attempts, Outcome)`` exactly once for each; ``expected`` is how many
+    there are.  ``send_one(sender, recipient, data)`` hands one generated
+    message over at once and returns its Outcome.  ``ledger_batch`` is how
+    many outcomes the ledger may hold before it commits (the most a killed
+    ``send`` can repeat).  ``close()`` ends the run."""
+
+    ledger_batch = 1
+
+    def __init__(self, config):
+        self.config = config
+        self.verp = config.get("send", "verp")
+
+    def send(self, list_row, data, recipients, record, expected=0):
+        raise NotImplementedError
+
+    def send_one(self, sender, recipient, data):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
 def batches(recipients, size):
     """Group an iterable of (address, attempts) into lists of ``size``."""
     batch = []
@@ -3503,21 +3742,22 @@ def batches(recipients, size):
         yield batch
 
 
-class SendmailTransport:
+class SendmailTransport(Transport):
     """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
     VERP runs one process per recipient; with verp = xverp (Postfix's
     ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
     is sent; 67 (no user) and 68 (no host) are permanent; anything else,
-    including a missing program, is temporary (sysexits.h)."""
+    including a missing program, is temporary (sysexits.h).  A process
+    costs far more than a commit, so the ledger commits every outcome."""
 
     PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
 
     def __init__(self, config):
+        super().__init__(config)
         self.path = config.get("send", "sendmail")
-        self.verp = config.get("send", "verp")
         self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
 
-    def send(self, list_row, data, recipients, record):
+    def send(self, list_row, data, recipients, record, expected=0):
         personal = Personalizer(list_row, data)
         for batch in batches(recipients, self.batch):
             addresses = [a for a, _ in batch]
@@ -3542,8 +3782,8 @@ class SendmailTransport:
             return Outcome(PERMANENT, f"sendmail exit {proc.returncode} ({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
         return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
 
-    def close(self):
-        pass
+    def send_one(self, sender, recipient, data):
+        return self.run(sender or "<>", [recipient], data, verp=False)
 
 
 class SMTPError(Exception):
@@ -3698,22 +3938,24 @@ class SMTPConnection:
         self.sock.close()
 
 
-class SMTPTransport:
+class SMTPTransport(Transport):
     """SMTP to [send] smtp_host:smtp_port with PIPELINING, over up to
     smtp_connections connections in parallel for large posts, each taking
     transactions from one queue; the ledger stays in the main thread.
     verp = per-recipient: one transaction per recipient with its own
     envelope sender; xverp (when the server offers XVERP) or off: up to
-    smtp_max_recipients per transaction."""
+    smtp_max_recipients per transaction.  The ledger commits every
+    [send] ledger_batch outcomes."""
 
     def __init__(self, config):
         import queue
+        super().__init__(config)
+        self.ledger_batch = int(config.number("send", "ledger_batch"))
         self.host = config.get("send", "smtp_host")
         self.port = int(config.number("send", "smtp_port"))
         self.timeout = config.duration("send", "smtp_timeout")
         self.connections = max(1, int(config.number("send", "smtp_connections")))
         self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
-        self.verp = config.get("send", "verp")
         self.idle = queue.LifoQueue()       # connections kept for the next post of this run
         self.down = None                    # why the server is unreachable this run
 
@@ -3727,8 +3969,7 @@ class SMTPTransport:
     def send(self, list_row, data, recipients, record, expected=0):
         import queue
         import threading
-        wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
-        wire += (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+        wire = smtp_wire(data)
         jobs, results = queue.Queue(maxsize=self.connections * 4), queue.Queue()
         size = 50 if self.verp == "per-recipient" else self.max_recipients
         workers = [threading.Thread(target=self.work, args=(list_row, wire, jobs, results), daemon=True)
@@ -3802,6 +4043,18 @@ class SMTPTransport:
         else:
             outcomes.update(conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp))
 
+    def send_one(self, sender, recipient, data):
+        try:
+            conn = SMTPConnection(self.host, self.port, self.timeout)
+        except (OSError, SMTPError) as e:
+            return Outcome(TEMPORARY, f"cannot connect: {e}")
+        try:
+            return conn.transaction(sender, [recipient], smtp_wire(data))[recipient]
+        except (OSError, SMTPError) as e:
+            return Outcome(TEMPORARY, f"SMTP: {e}")
+        finally:
+            conn.close()
+
     def close(self):
         import queue
         while True:
@@ -3811,20 +4064,21 @@ class SMTPTransport:
                 return
 
 
-class MaildirTransport:
+class MaildirTransport(Transport):
     """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
     Return-Path and Delivered-To as a local delivery would: for trying
     redsky from the shell."""
 
     def __init__(self, config):
+        super().__init__(config)
         self.base = config.path_of("send", "maildir")
 
-    def send(self, list_row, data, recipients, record):
+    def send(self, list_row, data, recipients, record, expected=0):
         personal = Personalizer(list_row, data)
         for address, attempts in recipients:
-            record(address, attempts, self.deliver(verp_encode(list_row, address), address, personal(address)))
+            record(address, attempts, self.send_one(verp_encode(list_row, address), address, personal(address)))
 
-    def deliver(self, sender, recipient, data):
+    def send_one(self, sender, recipient, data):
         import mailbox
         safe = recipient.replace("/", "_")
         if safe.startswith("."):
@@ -3839,9 +4093,6 @@ class MaildirTransport:
             return Outcome(TEMPORARY, f"maildir {self.base}: {e.strerror}")
         return Outcome(SENT, f"maildir {safe}")
 
-    def close(self):
-        pass
-
 
 TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": MaildirTransport}
 VERP_MODES = ("per-recipient", "xverp", "off")
@@ -3851,25 +4102,11 @@ def send_now(config, sender, recipient, data):
     """Hand one generated message to [send] transport at once, outside the
     ledger (an automatic reply in filter mode has no list to be queued
     under); return its Outcome.  ``sender`` "" is the null sender."""
-    kind = config.get("send", "transport")
-    if kind == "maildir":
-        return MaildirTransport(config).deliver(sender, recipient, data)
-    if kind == "smtp":
-        wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
-        wire += (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
-        try:
-            conn = SMTPConnection(config.get("send", "smtp_host"), int(config.number("send", "smtp_port")),
-                                  config.duration("send", "smtp_timeout"))
-        except (OSError, SMTPError) as e:
-            return Outcome(TEMPORARY, f"cannot connect: {e}")
-        try:
-            return conn.transaction(sender, [recipient], wire)[recipient]
-        except (OSError, SMTPError) as e:
-            return Outcome(TEMPORARY, f"SMTP: {e}")
-        finally:
-            conn.close()
-    transport = SendmailTransport(config)
-    return transport.run(sender or "<>", [recipient], data, verp=False)
+    transport = TRANSPORTS[config.get("send", "transport")](config)
+    try:
+        return transport.send_one(sender, recipient, data)
+    finally:
+        transport.close()
 
 
 class Ledger:
@@ -3919,10 +4156,8 @@ class Ledger:
             with self.store.transaction() as db:
                 db.executemany(SQL["delivery_outcome"], self.rows)
                 for list_id, address, now, status, detail, message_id in self.bounces:
-                    if status.startswith("5.7.") and not self.config.flag("bounces", "count_policy_rejections"):
-                        count, why = False, policy_rejection(status, address)
-                    else:
-                        count, why = score_bounce(db, self.config, list_id, address, now)
+                    why = policy_rejection(self.config, status, address)
+                    count, why = (False, why) if why else score_bounce(db, self.config, list_id, address, now)
                     db.execute(SQL["add_bounce"], (list_id, address, now, "delivery", "failed", status,
                                                    detail, "", int(count), why, message_id, None))
         self.rows, self.bounces = [], []
@@ -3950,113 +4185,102 @@ def singleinstance(ctx):
 @chain_filter("send")
 def housekeeping(ctx):
     """Once per run: drop held posts older than [commands] held_expiry and
-    old tokens, remind each list's moderators of posts waiting for more
-    than a day (at most once a day), and remove orphan spool files."""
+    old tokens and traces, remind each list's moderators of posts waiting
+    for more than a day (at most once a day), warn members disabled by
+    bounces (bounce_housekeeping), alert owners of policy rejections
+    (policy_alerts) and remove orphan spool files.  Reads and writes only
+    the store."""
     store, config, now = ctx.store, ctx.config, time.time()
-    expired = store.db.execute("SELECT id, list_id, message_id FROM held WHERE received < ?",
-                               (now - config.duration("commands", "held_expiry"),)).fetchall()
+    expired = store.q("expired_held", now - config.duration("commands", "held_expiry")).fetchall()
     with store.transaction() as db:
         for row in expired:
-            db.execute("DELETE FROM held WHERE id = ?", (row["id"],))
+            db.execute(SQL["delete_held"], (row["id"],))
             log.info("held post %s expired message-id=%s", row["id"], row["message_id"])
-        db.execute("DELETE FROM pending WHERE expires < ? AND created < ?", (now, now - 7 * 86400))
-        db.execute("DELETE FROM events WHERE received < ?", (now - 30 * 86400,))
+        db.execute(SQL["prune_pending"], (now, now - 7 * 86400))
+        db.execute(SQL["prune_events"], (now - 30 * 86400,))
     reminded = 0
     for list_row in [dict(r) for r in store.q("all_lists")]:
         owners = owners_of(list_row)
         if not owners or now - list_row["last_reminder"] < 86400:
             continue
-        waiting = store.db.execute(
-            "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
-            " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
-            " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id", (list_row["id"], now - 86400)).fetchall()
+        waiting = store.q("held_waiting", list_row["id"], now - 86400).fetchall()
         if not waiting:
             continue
         items = "\n".join(f"  {r['id']}. from {r['from_addr'] or r['sender'] or '?'}: {one_line(r['subject'], 60)!r}\n"
                           f"     {one_line(r['reason'], 100)}; token {r['token'] or '-'}" for r in waiting)
-        rctx = Context(config, store)
-        rctx.list = list_row
-        Requests(rctx).notice(owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting",
-                              "reminder", limit=False, auto="auto-generated", items=items)
-        list_id = list_row["id"]
-        rctx.outbox.commit(store, config.spool, lambda db: db.execute(
-            "UPDATE lists SET last_reminder = ? WHERE id = ?", (now, list_id)))
+        outbox = Outbox()
+        Notices(store, config, list_row, outbox).send(
+            owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder", {"items": items},
+            limit=False, auto="auto-generated")
+        outbox.commit(store, config.spool, lambda db, list_id=list_row["id"]: db.execute(
+            SQL["set_last_reminder"], (now, list_id)))
         reminded += 1
-    warned, dropped = bounce_housekeeping(ctx, now)
+    warned, dropped = bounce_housekeeping(store, config, now)
+    policy_alerts(store, config, now)
     removed = clean_spool(config, store)
     ctx.note(f"{len(expired)} held posts expired, {reminded} reminders, {warned} bounce warnings,"
              f" {dropped} members removed, {removed} orphan spool files removed")
 
 
-def bounce_housekeeping(ctx, now):
+def bounce_housekeeping(store, config, now):
     """Members disabled by bounces get a warning with a re-enable token at
     once and every warning_interval, up to you_are_disabled_warnings; the
     owners are told once.  After the last warning, unanswered for another
     interval, the member is removed when [bounces] remove_after_warnings
-    says so.  Raw bounce messages older than keep_raw are pruned."""
-    store, config = ctx.store, ctx.config
+    says so.  Raw bounce messages older than keep_raw are pruned.  Returns
+    (members warned, members removed)."""
     interval = config.duration("bounces", "warning_interval")
     limit = int(config.number("bounces", "you_are_disabled_warnings"))
     warned = dropped = 0
-    rows = store.db.execute(
-        "SELECT m.*, l.id AS lid FROM members m JOIN lists l ON l.id = m.list_id"
-        " WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
-        " AND (m.last_warning IS NULL OR m.last_warning < ?)", (now - interval,)).fetchall()
-    for member in rows:
-        list_row = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (member["lid"],)).fetchone())
-        mctx = Context(config, store)
-        mctx.list = list_row
-        req = Requests(mctx)
+    for member in store.q("members_to_warn", now - interval).fetchall():
+        list_row = store.list_by_id(member["list_id"])
         address, list_id = member["address"], list_row["id"]
         if member["warnings"] >= limit:
             if config.flag("bounces", "remove_after_warnings"):
                 with store.transaction() as db:
-                    db.execute("DELETE FROM members WHERE list_id = ? AND address = ?", (list_id, address))
+                    db.execute(SQL["delete_member"], (list_id, address))
                 log.info("removed %s from %s after %d unanswered bounce warnings", address,
                          list_address(list_row), limit)
                 dropped += 1
             continue
-        req.warn_disabled(dict(member), last=member["warnings"] + 1 >= limit)
+        outbox, changes = Outbox(), []
+        notices = Notices(store, config, list_row, outbox)
+        token = add_pending(changes, list_row, address, "reenable", now, interval * 2)
+        confirm = list_address(list_row, f"-confirm+{token}")
+        last = member["warnings"] + 1 >= limit
+        removal = ("This is the last warning: without a reply the address will be removed from the list.\n"
+                   if last and config.flag("bounces", "remove_after_warnings") else "")
+        notices.send([address], f"confirm {token}", "disabled",
+                     {"address": address, "confirm_address": confirm, "removal": removal},
+                     limit=False, reply_to=confirm, auto="auto-generated")
         if member["warnings"] == 0 and owners_of(list_row):
-            req.notice(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
-                       "disabled-owner", limit=False, auto="auto-generated", address=address,
-                       score=f"{member['bounce_score']:g}")
-        mctx.changes.append(lambda db, a=address, l=list_id: db.execute(
-            "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND address = ?",
-            (now, l, a)))
-        mctx.outbox.commit(store, config.spool, mctx.apply_changes)
+            notices.send(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
+                         "disabled-owner", {"address": address, "score": f"{member['bounce_score']:g}"},
+                         limit=False, auto="auto-generated")
+        changes.append(lambda db, a=address, l=list_id: db.execute(SQL["warned"], (now, l, a)))
+        outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
         warned += 1
     with store.transaction() as db:
-        db.execute("UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
-                   (now - config.duration("bounces", "keep_raw"),))
-    policy_alerts(ctx, now)
+        db.execute(SQL["prune_raw_bounces"], (now - config.duration("bounces", "keep_raw"),))
     return warned, dropped
 
 
-def policy_alerts(ctx, now):
+def policy_alerts(store, config, now):
     """Tell the owners, at most once a day per list, when a domain rejected
     at least [bounces] policy_alert_threshold posts by policy (5.7.x) in a
     day: the posts, not the members, have a problem (DMARC, spam filters)."""
-    store, config = ctx.store, ctx.config
     threshold = config.number("bounces", "policy_alert_threshold")
-    rows = store.db.execute(
-        "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4, instr(b.why, ':') - instr(b.why, ' at ') - 4)"
-        " AS domain, count(*) AS n FROM bounces b JOIN lists l ON l.id = b.list_id"
-        " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND l.last_policy_alert < ?"
-        " GROUP BY b.list_id, domain HAVING n >= ?", (now - 86400, now - 86400, threshold)).fetchall()
     by_list = {}
-    for row in rows:
+    for row in store.q("policy_rejections", now - 86400, now - 86400, threshold).fetchall():
         by_list.setdefault(row["list_id"], []).append(f"  {row['domain']}: {row['n']} rejections")
     for list_id, lines in by_list.items():
-        list_row = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)).fetchone())
-        owners = owners_of(list_row)
-        actx = Context(config, store)
-        actx.list = list_row
-        if owners:
-            Requests(actx).notice(owners, f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
-                                  limit=False, auto="auto-generated", domains="\n".join(lines))
-        actx.outbox.commit(store, config.spool, lambda db: db.execute(
-            "UPDATE lists SET last_policy_alert = ? WHERE id = ?", (now, list_id)))
+        list_row = store.list_by_id(list_id)
+        outbox = Outbox()
+        if owners_of(list_row):
+            Notices(store, config, list_row, outbox).send(
+                owners_of(list_row), f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
+                {"domains": "\n".join(lines)}, limit=False, auto="auto-generated")
+        outbox.commit(store, config.spool, lambda db: db.execute(SQL["set_last_policy_alert"], (now, list_id)))
         log.warning("%s: posts rejected by policy in the last day:%s", list_address(list_row), " ".join(lines))
 
 
@@ -4198,15 +4422,8 @@ def queuerunner(ctx):
     list.  A post whose every recipient is final is marked done and its
     spool file removed."""
     config = ctx.config
-    kind = config.get("send", "transport")
-    if kind not in TRANSPORTS:
-        raise ConfigError(f"[send] transport = {kind!r}: use one of {', '.join(TRANSPORTS)}")
-    if config.get("send", "verp") not in VERP_MODES:
-        raise ConfigError(f"[send] verp = {config.get('send', 'verp')!r}: use one of {', '.join(VERP_MODES)}")
-    transport = TRANSPORTS[kind](config)
-    # Process-per-recipient transports cost far more than a commit: keep the
-    # crash window at one delivery there; batch the fast ones.
-    ledger = Ledger(ctx.store, config, 1 if kind != "smtp" else int(config.number("send", "ledger_batch")))
+    transport = TRANSPORTS[config.get("send", "transport")](config)
+    ledger = Ledger(ctx.store, config, transport.ledger_batch)
     verp_key = ctx.store.verp_key
     try:
         for post in ctx.queue:
@@ -4218,13 +4435,9 @@ def queuerunner(ctx):
                 log.error("post %s: cannot read spool file %s: %s; will retry", post["message_id"], path, e.strerror)
                 continue
             list_row = {"name": post["name"], "domain": post["domain"], "verp_key": verp_key}
-            due = ctx.store.db.execute("SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'"
-                                       " AND next_attempt <= ?", (post["id"], ctx.now)).fetchone()[0]
+            due = ctx.store.q("due_count", post["id"], ctx.now).fetchone()[0]
             record = lambda address, attempts, outcome, post=post: ledger.record(post, address, attempts, outcome)
-            if kind == "smtp":
-                transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record, due)
-            else:
-                transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record)
+            transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record, due)
             ledger.flush()
             if ctx.store.q("pending_count", post["id"]).fetchone()[0] == 0:
                 with ctx.store.transaction():
@@ -4259,7 +4472,7 @@ def clean_spool(config, store, older_than=3600):
         names = [n for n in os.listdir(spool) if n.endswith(".eml")]
     except OSError:
         return 0
-    queued = {r[0] for r in store.db.execute("SELECT spool FROM messages WHERE state = 'queued'")}
+    queued = {r[0] for r in store.q("queued_spools")}
     removed = 0
     cutoff = time.time() - older_than
     for name in names:
@@ -4294,23 +4507,8 @@ def export_postfix_map(config, store):
     if not path:
         return None
     rows = [dict(r) for r in store.q("all_lists")]
-    tmp = f"{path}.{os.getpid()}.tmp"
-    _unlink_quietly(tmp)
-    db = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode = DELETE")
-        db.executescript(POSTFIX_MAP_SCHEMA)
-        db.execute("BEGIN")
-        db.executemany("INSERT OR IGNORE INTO domains VALUES (?)", {(r["domain"].lower(),) for r in rows})
-        db.executemany("INSERT OR IGNORE INTO addresses VALUES (?)",
-                       [(f"{r['name']}{suffix}@{r['domain']}".lower(),) for r in rows for suffix in LIST_SUFFIXES])
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    os.chmod(tmp, 0o644)                   # Postfix's daemons (user postfix) read it
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.rename(tmp, path)
+    write_postfix_map(path, {r["domain"].lower() for r in rows},
+                      {list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES})
     return path
 
 
@@ -4355,15 +4553,24 @@ def cmd_queue(args, config):
     consumed); every unexpected failure is 75 so that the MTA retries."""
     chain = build_chain(config.chain("queue"), "message", "queue")
     store = open_store(config, durable=True)
-    ctx = Context(config, store)
-    ctx.recipient = args.recipient
-    ctx.sender = args.sender
-    ctx.client_address = args.client_address
+    ctx = envelope_of(Context(config, store), args.recipient, args.sender, args.client_address)
     ctx.outbox.dry_run = args.dry_run
     code = finish_queue(ctx, run_chain(chain, ctx))
     if args.explain or args.dry_run:
         print(explain(ctx, code))
     return code
+
+
+def envelope_of(ctx, recipient, sender, client_address, env=None):
+    """Set the envelope the MTA gave: the command line first, then the
+    environment a pipe sets (Postfix pipe(8) with flags: ORIGINAL_RECIPIENT,
+    RECIPIENT, SENDER; proxsmtpd: SENDER, REMOTE or CLIENT; CLIENT_ADDRESS).
+    read completes what neither says from the header.  Returns ctx."""
+    env = os.environ if env is None else env
+    ctx.recipient = recipient or env.get("ORIGINAL_RECIPIENT") or env.get("RECIPIENT") or None
+    ctx.sender = sender if sender is not None else env.get("SENDER")
+    ctx.client_address = client_address or env.get("CLIENT_ADDRESS") or env.get("REMOTE") or env.get("CLIENT")
+    return ctx
 
 
 def cmd_filter(args, config):
@@ -4376,9 +4583,10 @@ def cmd_filter(args, config):
     store = open_store(config, durable=True, create=True)
     ctx = Context(config, store)
     ctx.mode = "filter"
-    ctx.envelope_recipients = (args.recipient or []) + args.recipients
-    ctx.sender = args.sender
-    ctx.client_address = args.client_address
+    # proxsmtpd passes RECIPIENTS, one per line; a pipe, what the MTA expands
+    recipients = (args.recipient or []) + args.recipients or os.environ.get("RECIPIENTS", "").split()
+    ctx.envelope_recipients = [r for r in recipients if r.strip("<> ")]
+    envelope_of(ctx, None, args.sender, args.client_address)
     return finish_filter(ctx, run_chain(chain, ctx), args.explain)
 
 
@@ -4412,10 +4620,7 @@ def cmd_quarantine(args, config):
             if failed:
                 left = [r for r, _ in failed]
                 if len(left) < len(recipients):     # keep it for the others only: nobody gets it twice
-                    fields = (reason, sender, ", ".join(left))
-                    new = maildir_add(config.path_of("filter", "quarantine"), b"".join(
-                        name + b": " + value.encode("utf-8", "replace") + b"\n"
-                        for name, value in zip(QUARANTINE_FIELDS, fields)) + data)
+                    new = quarantine_add(config, reason, sender, left, data)
                     box.remove(key)
                     key = new
                 report(f"{key}: not delivered to {', '.join(left)}: {failed[0][1]}; kept")
@@ -4434,8 +4639,7 @@ def cmd_send(args, config):
     if verdict is not None:
         report(verdict.reason, logging.INFO)
         return verdict.code
-    totals = getattr(ctx, "totals", None)
-    if totals is not None:
+    if ctx.totals is not None:
         log.info("send: %s", ctx.trace[-1][1])
     return EX_OK
 
@@ -4458,7 +4662,7 @@ def split_list_address(address):
     local, at, domain = address.rpartition("@")
     if not at or not valid_address(address) or "+" in local:
         raise Failure(f"not a valid list address: {address!r}", EX_USAGE)
-    if re.search(r"-(bounces|request|owner|confirm|join|leave|subscribe|unsubscribe)$", local, re.I):
+    if ROLE_ADDRESS.fullmatch(local):
         raise Failure(f"a list name cannot end in -{local.rsplit('-', 1)[1]}: that address is reserved", EX_USAGE)
     return local, domain.lower()
 
@@ -4526,11 +4730,9 @@ def cmd_newlist(args, config):
         raise Failure("access passphrase needs --passphrase", EX_USAGE)
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
-    names = ["name", "domain", "created"] + list(columns)
     try:
-        with store.transaction():
-            store.db.execute(f"INSERT INTO lists ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                             [name, domain, time.time()] + list(columns.values()))
+        with store.transaction() as db:
+            store.add_list(db, {"name": name, "domain": domain, "created": time.time(), **columns})
     except sqlite3.IntegrityError:
         raise Failure(f"list {name}@{domain} already exists", EX_DATAERR)
     export_postfix_map(config, store)
@@ -4541,7 +4743,7 @@ def cmd_newlist(args, config):
 def cmd_lists(args, config):
     store = open_store(config, create=True)
     rows = [dict(r) for r in store.q("all_lists")]
-    counts = dict(store.db.execute("SELECT list_id, count(*) FROM members GROUP BY list_id").fetchall())
+    counts = dict(store.q("member_counts").fetchall())
     if args.json:
         print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "access": r["access"],
                            "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
@@ -4562,8 +4764,8 @@ def cmd_set(args, config):
     column, value = validate_setting(args.key, args.value)
     if column == "access" and value == "passphrase" and not row["passphrase_hash"]:
         raise Failure("set a passphrase first: set LIST passphrase SECRET", EX_USAGE)
-    with store.transaction():
-        store.db.execute(f"UPDATE lists SET {column} = ? WHERE id = ?", (value, row["id"]))
+    with store.transaction() as db:
+        store.set_list(db, row["id"], column, value)
     print(f"{list_address(row)}: {args.key} set")
     return EX_OK
 
@@ -4571,9 +4773,9 @@ def cmd_set(args, config):
 def cmd_dellist(args, config):
     store = open_store(config)
     row = store.require_list(args.list)
-    spools = [r[0] for r in store.db.execute("SELECT spool FROM messages WHERE list_id = ?", (row["id"],))]
+    spools = [r[0] for r in store.q("list_spools", row["id"])]
     with store.transaction():
-        store.db.execute("DELETE FROM lists WHERE id = ?", (row["id"],))
+        store.q("delete_list", row["id"])
     for name in spools:
         _unlink_quietly(os.path.join(config.spool, name))
     export_postfix_map(config, store)
@@ -4592,7 +4794,17 @@ def addresses_from_args(values):
     return out
 
 
-def cmd_subscribe(args, config, subscribe=True):
+def cmd_subscribe(args, config):
+    """Add addresses to a list at once: no confirmation, no welcome."""
+    return change_members(args, config, subscribe=True)
+
+
+def cmd_unsubscribe(args, config):
+    """Remove addresses from a list at once: no confirmation, no goodbye."""
+    return change_members(args, config, subscribe=False)
+
+
+def change_members(args, config, subscribe):
     store = open_store(config)
     row = store.require_list(args.list)
     if not args.addresses:
@@ -4606,8 +4818,7 @@ def cmd_subscribe(args, config, subscribe=True):
             if subscribe:
                 changed += db.execute(SQL["add_member"], (row["id"], address, time.time())).rowcount
             else:
-                changed += db.execute("DELETE FROM members WHERE list_id = ? AND address = ?",
-                                      (row["id"], address)).rowcount
+                changed += db.execute(SQL["delete_member"], (row["id"], address)).rowcount
     verb = "subscribed" if subscribe else "unsubscribed"
     print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
     for address in bad:
@@ -4732,10 +4943,7 @@ def cmd_acl(args, config):
                 pattern = pattern.strip().lower()
                 if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
                     raise Failure(f"not an address or *@domain pattern: {pattern!r}", EX_DATAERR)
-                if args.action == "add":
-                    db.execute("INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)", (row["id"], pattern))
-                else:
-                    db.execute("DELETE FROM acl WHERE list_id = ? AND pattern = ?", (row["id"], pattern))
+                db.execute(SQL["acl_add" if args.action == "add" else "acl_del"], (row["id"], pattern))
     for r in store.q("acl", row["id"]):
         print(r["pattern"])
     return EX_OK
@@ -4745,13 +4953,8 @@ def cmd_acl(args, config):
 
 def cmd_held(args, config):
     store = open_store(config)
-    query = ("SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, length(h.raw) AS size,"
-             " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id")
-    params = ()
-    if args.list:
-        query += " WHERE h.list_id = ?"
-        params = (store.require_list(args.list)["id"],)
-    rows = [dict(r) for r in store.db.execute(query + " ORDER BY h.id", params)]
+    list_id = store.require_list(args.list)["id"] if args.list else None
+    rows = [dict(r) for r in store.q("held_posts", list_id, list_id)]
     if args.json:
         print(json.dumps([{**r, "list": f"{r.pop('name')}@{r.pop('domain')}"} for r in rows], indent=2))
     else:
@@ -4763,10 +4966,10 @@ def cmd_held(args, config):
 
 
 def held_row(store, held_id):
-    row = store.db.execute("SELECT * FROM held WHERE id = ?", (held_id,)).fetchone()
+    row = store.held(held_id)
     if row is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
-    return dict(row)
+    return row
 
 
 def cmd_approve(args, config):
@@ -4777,17 +4980,24 @@ def cmd_approve(args, config):
     return EX_OK
 
 
-def cmd_reject(args, config, notify=True):
-    """Drop a held post; ``reject`` tells the sender why, ``discard`` does not."""
+def cmd_reject(args, config):
+    """Drop a held post and tell the sender why."""
+    return drop_held_post(args, config, notify=True)
+
+
+def cmd_discard(args, config):
+    """Drop a held post silently."""
+    return drop_held_post(args, config, notify=False)
+
+
+def drop_held_post(args, config, notify):
     store = open_store(config)
     held = held_row(store, args.id)
-    ctx = Context(config, store)
-    ctx.list = dict(store.db.execute(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (held["list_id"],)).fetchone())
-    ctx.message_id = held["message_id"]
-    req = Requests(ctx)
-    req.drop_held(args.id, notify, getattr(args, "reason", None) or "rejected by the moderator")
-    ctx.outbox.commit(store, config.spool, ctx.apply_changes)
-    log.info("%s", "; ".join(req.done))
+    outbox, changes = Outbox(), []
+    notices = Notices(store, config, store.list_by_id(held["list_id"]), outbox, held["message_id"])
+    done = drop_held(held, notices, changes, notify, getattr(args, "reason", None) or "rejected by the moderator")
+    outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    log.info("%s", done)
     print(f"{'rejected' if notify else 'discarded'} held post {args.id}")
     return EX_OK
 
@@ -4795,13 +5005,8 @@ def cmd_reject(args, config, notify=True):
 def cmd_pending(args, config):
     """Open confirmations and requests, newest last."""
     store = open_store(config)
-    query = ("SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires, l.name || '@' || l.domain AS list"
-             " FROM pending p JOIN lists l ON l.id = p.list_id WHERE p.used IS NULL AND p.expires > ?")
-    params = [time.time()]
-    if args.list:
-        query += " AND p.list_id = ?"
-        params.append(store.require_list(args.list)["id"])
-    rows = [dict(r) for r in store.db.execute(query + " ORDER BY p.created", params)]
+    list_id = store.require_list(args.list)["id"] if args.list else None
+    rows = [dict(r) for r in store.q("open_pending", time.time(), list_id, list_id)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -4828,12 +5033,9 @@ def cmd_bounces(args, config):
     """Each member's bounce history with the evidence and the verdict."""
     store = open_store(config)
     row = store.require_list(args.list)
-    members = {m["address"].lower(): dict(m) for m in store.db.execute(
-        "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings FROM members"
-        " WHERE list_id = ?", (row["id"],))}
+    members = {m["address"].lower(): dict(m) for m in store.q("members_bounce_status", row["id"])}
     history = {}
-    for b in store.db.execute("SELECT received, address, source, action, status, diagnostic, reporting_mta,"
-                              " counted, why, message_id FROM bounces WHERE list_id = ? ORDER BY id", (row["id"],)):
+    for b in store.q("bounce_history", row["id"]):
         history.setdefault(b["address"].lower(), []).append(dict(b))
     report = [{**members.get(a, {"address": a, "status": "not a member"}), "bounces": h}
               for a, h in sorted(history.items())]
@@ -4887,19 +5089,9 @@ def cmd_trace(args, config):
     decided, and each recipient's delivery state with the last reply."""
     store = open_store(config)
     wanted = args.message_id.strip()
-    ids = {wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>"}
-    marks = ",".join("?" * len(ids))
-    events = [dict(r) for r in store.db.execute(
-        f"SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON l.id = e.list_id"
-        f" WHERE e.message_id IN ({marks}) ORDER BY e.id", tuple(ids))]
-    query = (f"SELECT m.id AS post, m.kind, l.name || '@' || l.domain AS list, d.address, d.state, d.attempts,"
-             f" d.last_error, d.updated, d.next_attempt FROM deliveries d JOIN messages m ON m.id = d.message"
-             f" JOIN lists l ON l.id = m.list_id WHERE m.message_id IN ({marks})")
-    params = list(ids)
-    if args.address:
-        query += " AND d.address = ?"
-        params.append(args.address)
-    deliveries = [dict(r) for r in store.db.execute(query + " ORDER BY m.id, d.address", params)]
+    ids = (wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>")
+    events = [dict(r) for r in store.q("events_of", *ids)]
+    deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address, args.address)]
     if not events and not deliveries:
         raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
     if args.json:
@@ -5131,13 +5323,11 @@ def cmd_demo(args, config):
         log.setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
         print(f"== a throwaway redsky in {home}")
         store = open_store(demo, create=True)
-        with store.transaction():
+        with store.transaction() as db:
             # dmarc = never: the demo works offline and asks no DNS server
-            store.db.execute("INSERT INTO lists (name, domain, subject_tag, footer, dmarc, created)"
-                             " VALUES (?, ?, ?, ?, 'never', ?)",
-                             ("demo", "lists.example.org", "[demo]",
-                              "-- \nYou are on $post_address. To leave: $unsubscribe", time.time()))
-            list_id = store.db.execute("SELECT id FROM lists").fetchone()[0]
+            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org", "subject_tag": "[demo]",
+                                          "footer": "-- \nYou are on $post_address. To leave: $unsubscribe",
+                                          "dmarc": "never", "created": time.time()})
             for a in ("alice@example.org", "bob@example.net", "carol@example.com"):
                 store.q("add_member", list_id, a, time.time())
         print("   list demo@lists.example.org, members alice@example.org, bob@example.net, carol@example.com")
@@ -5226,8 +5416,8 @@ def make_parser():
     p.add_argument("value")
     p = command("dellist", cmd_dellist, "delete a list, its members and its queued posts")
     p.add_argument("list")
-    for name, doing in (("subscribe", True), ("unsubscribe", False)):
-        p = command(name, lambda a, c, s=doing: cmd_subscribe(a, c, s), f"{name} addresses ('-': read stdin)")
+    for name, func in (("subscribe", cmd_subscribe), ("unsubscribe", cmd_unsubscribe)):
+        p = command(name, func, f"{name} addresses ('-': read stdin)")
         p.add_argument("list")
         # REMAINDER: an address that looks like an option is refused as data (65), not usage
         p.add_argument("addresses", nargs=argparse.REMAINDER, metavar="ADDR")
@@ -5257,7 +5447,7 @@ def make_parser():
     p = command("reject", cmd_reject, "drop a held post and tell the sender why")
     p.add_argument("id", type=int)
     p.add_argument("--reason", help="told to the sender")
-    p = command("discard", lambda a, c: cmd_reject(a, c, notify=False), "drop a held post silently")
+    p = command("discard", cmd_discard, "drop a held post silently")
     p.add_argument("id", type=int)
     p = command("pending", cmd_pending, "show confirmations and requests that wait for an answer")
     p.add_argument("list", nargs="?")
@@ -5303,8 +5493,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         return EX_TEMPFAIL if queue else 130
     except Exception as e:  # a bug must not lose mail: the MTA keeps it and retries
-        log.debug("unexpected error", exc_info=True)
-        report(f"internal error in {args.command}: {type(e).__name__}: {e}")
+        import traceback
+        frames = traceback.extract_tb(e.__traceback__)[-6:]
+        where = " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+        report(f"internal error in {args.command}: {type(e).__name__}: {one_line(e, 300)} (at {where})")
+        if not _log_on_stderr:              # stderr stays one line; a log file or syslog gets it all
+            log.error("traceback of the internal error in %s", args.command, exc_info=True)
         if args.command == "filter":
             print("451 4.3.0 internal error, try again later", file=sys.stderr)
         return EX_TEMPFAIL if queue else EX_SOFTWARE

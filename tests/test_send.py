@@ -184,11 +184,15 @@ def test_second_send_exits_at_once_while_one_runs(lst):
     assert lst.sent() == []
 
 
-def test_unknown_transport_is_a_config_error(lst):
-    lst.write_config(send={"transport": "carrier-pigeon"})
+@pytest.mark.parametrize("key, value", [("transport", "carrier-pigeon"), ("verp", "per-recipent")])
+def test_unknown_transport_or_verp_is_a_config_error_for_every_command(lst, key, value):
     lst.queue(post(), check=0)
-    r = lst.run("send")
-    assert r.returncode == 78 and "carrier-pigeon" in r.err
+    lst.write_config(send={key: value})
+    for command in (["send"], ["doctor"], ["status"]):
+        r = lst.run(*command)
+        assert r.returncode == 78 and value in r.err and len(r.err.splitlines()) == 1, command
+    r = lst.queue(post(subject="after the typo"))
+    assert r.returncode == 78 and value in r.err
 
 
 def test_orphan_spool_files_are_cleaned(lst):
@@ -306,13 +310,6 @@ def test_large_post_uses_several_connections_and_one_ledger(rs):
     assert sorted(m[1][0] for m in sink.messages) == sorted(m for m in members if m != "m5@example.net")
     st = rs.status()
     assert st["sent"] == 699 and st["failed"] == 1 and st["queued_posts"] == 0
-
-
-def test_unknown_verp_mode_is_a_config_error(lst):
-    lst.write_config(send={"verp": "sometimes"})
-    lst.queue(post(), check=0)
-    r = lst.run("send")
-    assert r.returncode == 78 and "verp" in r.err
 
 
 def test_smtp_copies_carry_personal_unsubscribe_addresses(lst):

@@ -323,7 +323,8 @@ class Config:
             getattr(self, kind)(section, key)
         for section, key, choices in self.choices():
             if self.get(section, key) not in choices:
-                raise ConfigError(f"[{section}] {key} = {self.get(section, key)!r}: use one of {', '.join(choices)}")
+                raise ConfigError(f"[{section}] {key} = {self.get(section, key)!r}: use one of "
+                                  f"{', '.join(choices)}")
         umask = self.get("redsky", "umask")
         if not re.fullmatch(r"0?[0-7]{3}", umask):
             raise ConfigError(f"[redsky] umask = {umask!r} is not an octal mode like 007")
@@ -332,7 +333,8 @@ class Config:
     TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
              ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
              ("send", "smtp_timeout"): "duration", ("send", "smtp_connections"): "number",
-             ("send", "smtp_max_recipients"): "number", ("send", "ledger_batch"): "number", ("send", "retry_delay"): "duration",
+             ("send", "smtp_max_recipients"): "number", ("send", "ledger_batch"): "number",
+             ("send", "retry_delay"): "duration",
              ("send", "retry_max_delay"): "duration", ("send", "max_age"): "duration",
              ("commands", "confirm_expiry"): "duration", ("commands", "max_confirmations"): "number",
              ("commands", "max_replies"): "number", ("commands", "held_expiry"): "duration",
@@ -639,7 +641,8 @@ CREATE INDEX messages_message_id ON messages (message_id);
 SCHEMA_VERSION = 2
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
-                " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume, digest_issue,"
+                " archive_url, digest_format, digest_size_threshold, digest_interval, "
+                "digest_volume, digest_issue,"
                 " digest_last")
 SQL = {
     # meta, lists, members, acl
@@ -657,27 +660,32 @@ SQL = {
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
     "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
-    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, warnings = 0,"
+    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
+                "warnings = 0,"
                 " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
     "set_digest": "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
     "member_digest": "SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
-    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? AND address = ?",
+    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? "
+                           "AND address = ?",
     "score_bounce": "UPDATE members SET bounce_score = :score, last_bounce = :now,"
                     " status = CASE WHEN :disable THEN 'disabled' ELSE status END,"
                     " disabled_reason = CASE WHEN :disable THEN 'bounce' ELSE disabled_reason END,"
                     " disabled_at = CASE WHEN :disable THEN :now ELSE disabled_at END,"
                     " warnings = CASE WHEN :disable THEN 0 ELSE warnings END"
                     " WHERE list_id = :list_id AND address = :address",
-    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
+    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled' AND m.disabled_reason "
+                       "= 'bounce'"
                        " AND (m.last_warning IS NULL OR m.last_warning < ?)",
-    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND address = ?",
+    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND "
+              "address = ?",
     "members_bounce_status": "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings"
                              " FROM members WHERE list_id = ?",
     "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
     "acl_add": "INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)",
     "acl_del": "DELETE FROM acl WHERE list_id = ? AND pattern = ?",
     # messages and the delivery ledger
-    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created) VALUES (?, ?, ?, ?, ?, ?)",
+    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created) VALUES "
+                   "(?, ?, ?, ?, ?, ?)",
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
     "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, l.id AS list_id, l.name, l.domain"
@@ -685,7 +693,8 @@ SQL = {
                     " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
                     "                WHERE state = 'pending' AND next_attempt <= ?)"
                     " ORDER BY m.id",
-    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending' AND next_attempt <= ?",
+    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending' AND "
+                 "next_attempt <= ?",
     # keyset pagination keeps memory flat however long the list is
     "due_recipients": "SELECT address, attempts FROM deliveries"
                       " WHERE message = ? AND state = 'pending' AND next_attempt <= ? AND address > ?"
@@ -703,7 +712,8 @@ SQL = {
     "deliveries_of": "SELECT m.id AS post, m.kind, l.name || '@' || l.domain AS list, d.address, d.state,"
                      " d.attempts, d.last_error, d.updated, d.next_attempt FROM deliveries d"
                      " JOIN messages m ON m.id = d.message JOIN lists l ON l.id = m.list_id"
-                     " WHERE m.message_id IN (?, ?, ?) AND (? IS NULL OR d.address = ?) ORDER BY m.id, d.address",
+                     " WHERE m.message_id IN (?, ?, ?) AND (? IS NULL OR d.address = ?) ORDER BY "
+                     "m.id, d.address",
     "status_counts": "SELECT"
                      " (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0),"
@@ -715,15 +725,18 @@ SQL = {
                      " (SELECT count(*) FROM digest_posts)",
     # bounces
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
-                  " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "bounce_history": "SELECT received, address, source, action, status, diagnostic, reporting_mta, counted, why,"
+                  " reporting_mta, counted, why, message_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                  "?, ?, ?, ?)",
+    "bounce_history": "SELECT received, address, source, action, status, diagnostic, reporting_mta, "
+                      "counted, why,"
                       " message_id FROM bounces WHERE list_id = ? ORDER BY id",
     "prune_raw_bounces": "UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
     # the domain of a policy rejection is in its why: "policy rejection 5.7.1 at DOMAIN: ..."
     "policy_rejections": "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4,"
                          " instr(b.why, ':') - instr(b.why, ' at ') - 4) AS domain, count(*) AS n"
                          " FROM bounces b JOIN lists l ON l.id = b.list_id"
-                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND l.last_policy_alert < ?"
+                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND "
+                         "l.last_policy_alert < ?"
                          " GROUP BY b.list_id, domain HAVING n >= ?",
     # held posts and confirmation tokens
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
@@ -731,7 +744,8 @@ SQL = {
     "held_by_id": "SELECT * FROM held WHERE id = ?",
     "delete_held": "DELETE FROM held WHERE id = ?",
     "expired_held": "SELECT id, list_id, message_id FROM held WHERE received < ?",
-    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, length(h.raw) AS size,"
+    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, "
+                  "length(h.raw) AS size,"
                   " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
                   " WHERE ? IS NULL OR h.list_id = ? ORDER BY h.id",
     "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
@@ -739,7 +753,8 @@ SQL = {
                     " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id",
     "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
+    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l "
+                        "ON l.id = p.list_id"
                         " WHERE p.token = ?",
     "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
     "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
@@ -748,12 +763,15 @@ SQL = {
                       " AND action IN ('subscribe', 'unsubscribe')",
     "open_pending": "SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires,"
                     " l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
-                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?) ORDER BY p.created",
+                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?) ORDER "
+                    "BY p.created",
     "prune_pending": "DELETE FROM pending WHERE expires < ? AND created < ?",
     # the trace
-    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, reason, trace)"
+    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, "
+                 "reason, trace)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON l.id = e.list_id"
+    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON "
+                 "l.id = e.list_id"
                  " WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
     "prune_events": "DELETE FROM events WHERE received < ?",
     # DNS caches and the automatic-reply log
@@ -820,7 +838,8 @@ class Store:
                 upgrade_schema(self.db)
             log.info("database %s upgraded from schema version %d to %d", path, version, SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
-            raise ConfigError(f"database {path} has schema version {version}, this redsky needs {SCHEMA_VERSION}")
+            raise ConfigError(f"database {path} has schema version {version}, this redsky needs "
+                              f"{SCHEMA_VERSION}")
 
     def transaction(self):
         return _Transaction(self.db)
@@ -850,7 +869,8 @@ class Store:
         """INSERT a list from {column: value}; the columns must be the list table's."""
         unknown = set(values) - set(LIST_COLUMNS.replace(",", " ").split())
         assert not unknown, unknown
-        return db.execute(SQL["add_list"].format(columns=", ".join(values), marks=", ".join("?" * len(values))),
+        return db.execute(SQL["add_list"].format(columns=", ".join(values),
+                                                 marks=", ".join("?" * len(values))),
                           tuple(values.values())).lastrowid
 
     def set_list(self, db, list_id, column, value):
@@ -1370,7 +1390,8 @@ def _footer_part(footer, eol):
         head = b"Content-Type: text/plain; charset=us-ascii" + eol + b"Content-Transfer-Encoding: 7bit"
         body = data.replace(b"\n", eol)
     else:
-        head = b"Content-Type: text/plain; charset=utf-8" + eol + b"Content-Transfer-Encoding: quoted-printable"
+        head = (b"Content-Type: text/plain; charset=utf-8" + eol
+                + b"Content-Transfer-Encoding: quoted-printable")
         body = quopri.encodestring(data).replace(b"\n", eol)
     # the line break before the next delimiter belongs to the delimiter (RFC 2046)
     return head + eol + b"Content-Disposition: inline" + eol + eol + body + eol
@@ -1463,12 +1484,14 @@ def wrap_message(msg, list_row, author):
                                                         "in-reply-to", "references")]
     boundary = "redsky-" + os.urandom(12).hex()
     outer = RawMessage(b"".join(keep) + eol)
-    outer.append("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)), charset="utf-8"))
+    outer.append("From",
+                 formataddr((f"{name} via {list_row['name']}", list_address(list_row)), charset="utf-8"))
     outer.append("Reply-To", msg.get("From", ""))
     outer.append("MIME-Version", "1.0")
     outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
     b = boundary.encode()
-    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: inline" + eol + eol
+    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: "
+                                                                            b"inline" + eol + eol
                   + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
     msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
@@ -1491,7 +1514,8 @@ def dns_query(name, qtype, nameserver, timeout):
     import struct
     host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "53")
     qid = random.getrandbits(16)
-    question = b"".join(bytes([len(label)]) + label for label in name.encode("idna").split(b".") if label) + b"\0"
+    labels = [label for label in name.encode("idna").split(b".") if label]
+    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
     query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", qtype, 1)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
@@ -1579,10 +1603,12 @@ def dmarc_policy(store, config, domain):
     policy = ""
     candidates = [domain] + ([".".join(domain.split(".")[-2:])] if domain.count(".") > 1 else [])
     for name in candidates:
-        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout) if r.lower().startswith("v=dmarc1")]
+        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout)
+                   if r.lower().startswith("v=dmarc1")]
         if records:
             tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
-            policy = (tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")).strip().lower()
+            policy = tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")
+            policy = policy.strip().lower()
             break
     remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
     return policy
@@ -1772,10 +1798,12 @@ TEXTS = {
             "(or write 'approve $token' etc. to $request). The post is attached.\n"
             "Unanswered posts are dropped after $days days.\n",
     "approve-subscribe": "$address asks to join $post_address.\n\n"
-                         "Reply to this message with 'approve', 'reject REASON' or 'discard' as the first line\n"
+                         "Reply to this message with 'approve', 'reject REASON' or 'discard' as the "
+                         "first line\n"
                          "(or write 'approve $token' etc. to $request).\n",
     "awaiting-approval": "Your request to join $post_address is waiting for the list owners' approval.\n",
-    "rejected-post": "Your post to $post_address was not distributed.\n\n  Subject: $subject\n  Reason:  $reason\n\n"
+    "rejected-post": "Your post to $post_address was not distributed.\n\n  Subject: $subject\n  "
+                     "Reason:  $reason\n\n"
                      "Questions go to $owner.\n",
     "rejected-subscribe": "Your request to join $post_address was declined.\n  Reason: $reason\n",
     "closed": "The $post_address mailing list does not take subscriptions by email.\n"
@@ -1862,7 +1890,9 @@ def render(text_name, list_row, values):
     placeholder that ``values`` does not fill is a bug (KeyError), never a
     "$word" left in a notice."""
     own = list_row.get(text_name) if text_name in ("welcome", "goodbye") else ""
-    return expand(own, list_row, **values) if own else expand(TEXTS[text_name], list_row, strict=True, **values)
+    if own:
+        return expand(own, list_row, **values)
+    return expand(TEXTS[text_name], list_row, strict=True, **values)
 
 
 class Notices:
@@ -1893,8 +1923,8 @@ class Notices:
             self.answered.update(a.lower() for a in to)
         if not to:
             return False
-        message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.in_reply_to, reply_to=reply_to,
-                                       attachment=attachment, auto=auto, sender=sender)
+        message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.in_reply_to,
+                                       reply_to=reply_to, attachment=attachment, auto=auto, sender=sender)
         self.outbox.add(self.list["id"], kind, message_id, data, to)
         return True
 
@@ -1912,7 +1942,8 @@ def catch_up(store, outbox, list_row, address):
     """A member leaving digest mode gets the posts still waiting for the
     next digest as single posts, so switching never loses one."""
     for (raw,) in store.q("digest_posts", list_row["id"], float("inf")):
-        outbox.add(list_row["id"], "post", RawMessage(raw).get("Message-ID") or "<digest-catch-up>", raw, [address])
+        outbox.add(list_row["id"], "post", RawMessage(raw).get("Message-ID") or "<digest-catch-up>",
+                   raw, [address])
 
 
 # Bounce parsing and scoring --------------------------------------------------
@@ -1951,30 +1982,32 @@ def parse_dsn(message):
 
 # What non-DSN reports look like.  Phrases are matched case-insensitively on
 # the text before the returned message; the first group that matches decides.
-AUTO_REPLY_SUBJECT = re.compile(r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|"
-                                r"abwesenheit|absence|vacation|on leave|r[ée]ponse automatique|away from)", re.I)
-
-
+AUTO_REPLY_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|absence|vacation|"
+    r"on leave|r[ée]ponse automatique|away from)", re.I)
 DELAY_PHRASES = re.compile(
     r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
-    r"delivery (has been )?delayed|delayed mail|still being retried|not been able to deliver .* for \d+ hours|"
-    r"delivery status notification \(delay\)|warning: could not send message for past", re.I)
+    r"delivery (has been )?delayed|delayed mail|still being retried|"
+    r"not been able to deliver .* for \d+ hours|delivery status notification \(delay\)|"
+    r"warning: could not send message for past", re.I)
 FAILURE_PHRASES = re.compile(
     r"this is the qmail-send program|could not be delivered to one or more|permanent (fatal )?errors?|"
-    r"the following address(es)? failed|undeliverable|delivery has failed|did not reach (some or all|the following)|"
-    r"could not be reached|was not delivered to|user unknown|no such (user|mailbox)|mailbox (unavailable|not found)|"
-    r"address rejected|recipient (address )?rejected|does not exist|unknown (user|recipient)|"
-    r"returned mail: see transcript|delivery to the following recipients? failed|message not delivered|"
-    r"mail delivery failed|failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
+    r"the following address(es)? failed|undeliverable|delivery has failed|"
+    r"did not reach (some or all|the following)|could not be reached|was not delivered to|user unknown|"
+    r"no such (user|mailbox)|mailbox (unavailable|not found)|address rejected|"
+    r"recipient (address )?rejected|does not exist|unknown (user|recipient)|returned mail: see transcript|"
+    r"delivery to the following recipients? failed|message not delivered|mail delivery failed|"
+    r"failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 
 # Where the returned message starts inside a text report: a separator line,
 # or the first unindented header field of the copy.
-_ORIGINAL = re.compile(r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
-                       r"the original message|message headers follow)|[ \t]*original message header|"
-                       r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
+_ORIGINAL = re.compile(
+    r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
+    r"the original message|message headers follow)|[ \t]*original message header|"
+    r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
 
 
 def find_failures(message, own=()):
@@ -1996,14 +2029,15 @@ def find_failures(message, own=()):
     status = _STATUS.search(head)
     status = ".".join(status.groups()) if status else ""
     diagnostic = next((line.strip() for line in head.splitlines()
-                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed", line, re.I)), "")
+                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed",
+                                    line, re.I)), "")
     if auto and not FAILURE_PHRASES.search(subject):
         return [{"recipient": "", "action": "auto-reply", "status": "", "diagnostic": one_line(subject, 200),
                  "reporting_mta": ""}]
     if DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject) or status.startswith("4."):
         action = "delayed"
-    elif FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject) or message.get("X-Failed-Recipients") \
-            or status.startswith("5."):
+    elif (FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject)
+          or message.get("X-Failed-Recipients") or status.startswith("5.")):
         action = "failed"
     else:
         return []
@@ -2011,9 +2045,11 @@ def find_failures(message, own=()):
                                                                          message.get_all("To", []))}
     recipients = [a.strip() for v in message.get_all("X-Failed-Recipients", []) for a in str(v).split(",")]
     if not recipients:
-        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(
-            line for line in head.splitlines() if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I))))
-        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head)) if a.lower() not in ignore and a not in ids
+        quoting = [line for line in head.splitlines()
+                   if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I)]
+        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(quoting)))
+        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head))
+                      if a.lower() not in ignore and a not in ids
                       and not a.lower().startswith(("postmaster@", "mailer-daemon@"))]
     status = status or ("5.0.0" if action == "failed" else "4.0.0")
     return [{"recipient": r, "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
@@ -2059,7 +2095,8 @@ def bounced_message_ids(parsed, raw=b""):
             inner = part.get_payload(0)
             ids.append(str(inner.get("Message-ID", "")).strip())
         elif ctype == "text/rfc822-headers":
-            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", part.get_payload(decode=True).decode("utf-8", "replace"))
+            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)",
+                          part.get_payload(decode=True).decode("utf-8", "replace"))
             if m:
                 ids.append(m.group(1))
     return [i for i in ids if i]
@@ -2492,7 +2529,8 @@ def read(ctx):
     if ctx.sender is None:
         candidates = [msg.get("Return-Path")]
         if from_line:
-            candidates.append(from_line.split()[1].decode("utf-8", "replace") if len(from_line.split()) > 1 else None)
+            words = from_line.split()
+            candidates.append(words[1].decode("utf-8", "replace") if len(words) > 1 else None)
         ctx.sender = next((c for c in candidates if c is not None), None)
     if ctx.sender is not None:
         ctx.sender = ctx.sender.strip().strip("<>").strip()
@@ -2510,7 +2548,8 @@ def read(ctx):
     if not ctx.recipient:
         raise Reject("no envelope recipient: use --recipient, or Postfix pipe flag O (X-Original-To)")
     ctx.recipient = ctx.recipient.strip().strip("<>")
-    ctx.note(f"{len(ctx.raw)} bytes, to {ctx.recipient}, from {ctx.sender if ctx.sender is not None else '(unknown)'}")
+    ctx.note(f"{len(ctx.raw)} bytes, to {ctx.recipient}, from "
+             f"{ctx.sender if ctx.sender is not None else '(unknown)'}")
 
 
 @chain_filter("message", needs=("read",))
@@ -2598,7 +2637,8 @@ def bouncehandler(ctx):
             elif policy_rejection(config, r["status"], address):
                 count, why = False, policy_rejection(config, r["status"], address)
             elif evidence is None:
-                count, why = False, "no matching delivery in the ledger (the report does not return a post we sent)"
+                count, why = False, ("no matching delivery in the ledger"
+                                     " (the report does not return a post we sent)")
             elif (source == "verp" and not ctx.verp_signed and config.get("send", "verp") == "per-recipient"
                   and config.flag("bounces", "require_signed_verp")):
                 count, why = False, "unsigned VERP address: redsky signs the ones it writes"
@@ -2608,7 +2648,8 @@ def bouncehandler(ctx):
                 count, why = score_bounce(db, config, ctx.list["id"], address, now)
             if not ctx.outbox.dry_run:
                 ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
-                            r["diagnostic"][:1000], r["reporting_mta"], int(count), why, evidence or "", ctx.raw)
+                            r["diagnostic"][:1000], r["reporting_mta"], int(count), why,
+                            evidence or "", ctx.raw)
             if count:
                 counted.append(f"{address} ({why})")
     if not rows:
@@ -2735,7 +2776,8 @@ def take_approved(ctx):
     return found if found is not None else body_value
 
 
-_APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?", re.IGNORECASE)
+_APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?",
+                            re.IGNORECASE)
 
 
 def _take_approved_line(msg):
@@ -2901,7 +2943,8 @@ def hold_post(ctx, reason):
         Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
             owners, f"{list_address(ctx.list)}: post from {author or '?'} held: {one_line(subject, 80)}"
                     f" (token {token})", "held",
-            {"reason": one_line(reason, 300), "from_addr": author or "(unknown)", "subject": one_line(subject),
+            {"reason": one_line(reason, 300), "from_addr": author or "(unknown)",
+             "subject": one_line(subject),
              "size": len(ctx.raw), "excerpt": excerpt, "token": token, "days": f"{held_expiry / 86400:g}"},
             limit=False, auto="auto-generated", reply_to=list_address(ctx.list, f"-confirm+{token}"),
             attachment=ctx.raw)
@@ -2946,7 +2989,8 @@ def finish_queue(ctx, verdict):
                 hold_post(ctx, verdict.reason)
             except StoreError as e:
                 report(f"cannot store held post {ctx.describe()}: {e}")
-                ctx.outcome, ctx.outcome_reason, code = "try-later", f"cannot store held post: {e}", EX_TEMPFAIL
+                ctx.outcome, code = "try-later", EX_TEMPFAIL
+                ctx.outcome_reason = f"cannot store held post: {e}"
         line = f"{verdict.name} {ctx.describe()} reason={verdict.reason}"
         if code:
             report(line, logging.WARNING)
@@ -2957,7 +3001,8 @@ def finish_queue(ctx, verdict):
         # held for the CLI, and must not make the MTA repeat the approval
         try:
             released = release_held(ctx.store, ctx.config, ctx.approve_held)
-            ctx.trace.append(("release", f"held post {ctx.approve_held} released: {released.outcome or 'queued'}"
+            ctx.trace.append(("release",
+                              f"held post {ctx.approve_held} released: {released.outcome or 'queued'}"
                                          f" for {len(released.recipients)} recipients"))
         except Failure as e:
             log.error("held post %s approved by email but not released: %s", ctx.approve_held, e)
@@ -3179,7 +3224,8 @@ class Requests:
         owners = owners_of(self.list)
         limited = self.rate_limited(address, "approve-subscribe")
         if limited or not owners:
-            self.done.append(f"subscription request of {address} ignored: {limited or 'the list has no owners'}")
+            self.done.append(f"subscription request of {address} ignored: "
+                             f"{limited or 'the list has no owners'}")
             return
         token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now,
                             self.config.duration("commands", "held_expiry"))
@@ -3194,12 +3240,13 @@ class Requests:
     def set_option(self, address, words):
         """set digest on|off, for the sender's own membership; the answer goes
         to that address, so a forged request is at least seen by its victim."""
-        if [w.lower() for w in words[:1]] != ["digest"] or len(words) < 2 or words[1].lower() not in ("on", "off"):
+        if [w.lower() for w in words[:2]] not in (["digest", "on"], ["digest", "off"]):
             self.notice([address], f"{list_address(self.list)}: help", "help", {"extra": ""})
             self.done.append(f"set {' '.join(words)[:40]}: not understood")
             return
         if not self.is_member(address):
-            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member", {"address": address})
+            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
+                        {"address": address})
             self.done.append(f"set digest from non-member {address}")
             return
         on = words[1].lower() == "on"
@@ -3242,7 +3289,8 @@ class Requests:
         found = next((data for n, data in archived(self.config, self.list) if str(n) == number), None) \
             if number.isdigit() else None
         if found is None:
-            self.notice([address], f"{list_address(self.list)}: no post {one_line(number, 20)}", "not-archived",
+            self.notice([address], f"{list_address(self.list)}: no post {one_line(number, 20)}",
+                        "not-archived",
                         {"number": one_line(number, 20) or "(none given)"})
             self.done.append(f"get {number[:20]}: not in the archive")
             return
@@ -3290,13 +3338,15 @@ class Requests:
                 or (passphrase and stored and check_passphrase(passphrase, stored))):
             self.done.append(f"moderation by {senders[0] if senders else '?'} refused: not a moderator")
             return self.notice(senders[:1], f"{list_address(self.list)}: not a moderator", "not-moderator")
-        decision = next((c for c in map(parse_command, lines) if c and c[0] in ("approve", "reject", "discard")),
+        decision = next((c for c in map(parse_command, lines)
+                         if c and c[0] in ("approve", "reject", "discard")),
                         None)
         if decision is None:
             self.done.append("moderation reply without approve, reject or discard")
             return self.notice(senders[:1], f"{list_address(self.list)}: what should happen?",
                                "held" if row["action"] == "moderate" else "approve-subscribe",
-                               {"token": row["token"], "address": row["address"], "reason": "(see the first notice)",
+                               {"token": row["token"], "address": row["address"],
+                                "reason": "(see the first notice)",
                                 "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""})
         verb, words = decision
         reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
@@ -3564,7 +3614,8 @@ def autoreply_refusal(ctx, address):
     suppress = (ctx.msg.get("X-Auto-Response-Suppress") or "").lower()
     if re.search(r"\b(all|oof|autoreply)\b", suppress):
         return f"X-Auto-Response-Suppress: {suppress.strip()}"
-    if address.lower() not in {a.lower() for a in addresses_in(ctx.msg.get_all("To") + ctx.msg.get_all("Cc"))}:
+    named = addresses_in(ctx.msg.get_all("To") + ctx.msg.get_all("Cc"))
+    if address.lower() not in {a.lower() for a in named}:
         return "the address is not in To or Cc"
     return None
 
@@ -3614,7 +3665,8 @@ def finish_filter(ctx, verdict, show_trace=False):
             where = quarantine(ctx, reason)
             reason = f"held in quarantine ({where}): {reason}"
         except OSError as e:
-            verdict, code, reason = TryLater(""), EX_TEMPFAIL, f"cannot quarantine the message: {e.strerror or e}"
+            verdict, code = TryLater(""), EX_TEMPFAIL
+            reason = f"cannot quarantine the message: {e.strerror or e}"
     log.log(logging.WARNING if code not in (EX_OK, EX_DISCARDED) else logging.INFO,
             "filter %s %s reason=%s", verdict.name, ctx.describe(), reason)
     if show_trace:                              # before the reply line: proxsmtpd reads the last line
@@ -3771,7 +3823,8 @@ class SendmailTransport(Transport):
         xverp = verp and self.verp == "xverp"
         argv = [self.path] + (["-XV"] if xverp else []) + ["-oi", "-f", sender, "--", *addresses]
         try:
-            proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+            proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=600)
         except (OSError, subprocess.SubprocessError) as e:
             return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -3779,7 +3832,9 @@ class SendmailTransport(Transport):
         if proc.returncode == 0:
             return Outcome(SENT, "sendmail exit 0")
         if proc.returncode in self.PERMANENT_CODES:
-            return Outcome(PERMANENT, f"sendmail exit {proc.returncode} ({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
+            return Outcome(PERMANENT,
+                           f"sendmail exit {proc.returncode} "
+                           f"({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
         return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
 
     def send_one(self, sender, recipient, data):
@@ -3872,7 +3927,8 @@ class SMTPConnection:
             if data_reply[0] == 354:
                 self.sock.sendall(wire)
                 final = self.reply()
-                done = outcome_of(*final, "DATA") if final[0] != 250 else Outcome(SENT, f"250 {final[1]}"[:300])
+                done = outcome_of(*final, "DATA") if final[0] != 250 else \
+                    Outcome(SENT, f"250 {final[1]}"[:300])
             else:
                 done = outcome_of(*data_reply, "DATA")
                 self.sock.sendall(b"RSET\r\n")
@@ -4039,7 +4095,8 @@ class SMTPTransport(Transport):
                 conn.stream(list_row, addresses, personal, outcomes)
             else:
                 for address in addresses:
-                    outcomes.update(conn.transaction(verp_encode(list_row, address), [address], personal(address)))
+                    outcomes.update(conn.transaction(verp_encode(list_row, address), [address],
+                                                     personal(address)))
         else:
             outcomes.update(conn.transaction(list_address(list_row, "-bounces"), addresses, wire, xverp))
 
@@ -4076,7 +4133,8 @@ class MaildirTransport(Transport):
     def send(self, list_row, data, recipients, record, expected=0):
         personal = Personalizer(list_row, data)
         for address, attempts in recipients:
-            record(address, attempts, self.send_one(verp_encode(list_row, address), address, personal(address)))
+            record(address, attempts,
+                   self.send_one(verp_encode(list_row, address), address, personal(address)))
 
     def send_one(self, sender, recipient, data):
         import mailbox
@@ -4142,7 +4200,8 @@ class Ledger:
             found = _STATUS.search(outcome.detail)
             status = ".".join(found.groups()) if found and found.group(1) == "5" else \
                 "5.0.0" if state == "failed" else "4.4.7"
-            self.bounces.append((post["list_id"], address, now, status, outcome.detail[:1000], post["message_id"]))
+            self.bounces.append((post["list_id"], address, now, status, outcome.detail[:1000],
+                                 post["message_id"]))
         self.totals["expired" if state == "expired" else outcome.kind] += 1
         # every outcome is in the ledger (see `trace`); the log gets failures, and successes at debug
         log.log(logging.DEBUG if state == "sent" else logging.INFO, "deliver %s to=%s %s: %s",
@@ -4206,11 +4265,13 @@ def housekeeping(ctx):
         waiting = store.q("held_waiting", list_row["id"], now - 86400).fetchall()
         if not waiting:
             continue
-        items = "\n".join(f"  {r['id']}. from {r['from_addr'] or r['sender'] or '?'}: {one_line(r['subject'], 60)!r}\n"
+        items = "\n".join(f"  {r['id']}. from {r['from_addr'] or r['sender'] or '?'}: "
+                          f"{one_line(r['subject'], 60)!r}\n"
                           f"     {one_line(r['reason'], 100)}; token {r['token'] or '-'}" for r in waiting)
         outbox = Outbox()
         Notices(store, config, list_row, outbox).send(
-            owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder", {"items": items},
+            owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder",
+            {"items": items},
             limit=False, auto="auto-generated")
         outbox.commit(store, config.spool, lambda db, list_id=list_row["id"]: db.execute(
             SQL["set_last_reminder"], (now, list_id)))
@@ -4280,8 +4341,10 @@ def policy_alerts(store, config, now):
             Notices(store, config, list_row, outbox).send(
                 owners_of(list_row), f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
                 {"domains": "\n".join(lines)}, limit=False, auto="auto-generated")
-        outbox.commit(store, config.spool, lambda db: db.execute(SQL["set_last_policy_alert"], (now, list_id)))
-        log.warning("%s: posts rejected by policy in the last day:%s", list_address(list_row), " ".join(lines))
+        outbox.commit(store, config.spool,
+                      lambda db: db.execute(SQL["set_last_policy_alert"], (now, list_id)))
+        log.warning("%s: posts rejected by policy in the last day:%s", list_address(list_row),
+                    " ".join(lines))
 
 
 @chain_filter("send", needs=("singleinstance",))
@@ -4297,11 +4360,13 @@ def digester(ctx):
     for backlog in ctx.store.q("digest_backlog").fetchall():
         list_row = dict(ctx.store.q("list_by_id", backlog["list_id"]).fetchone())
         since = list_row["digest_last"] or backlog["oldest"]
-        if backlog["size"] < list_row["digest_size_threshold"] * 1024 and now - since < list_row["digest_interval"]:
+        if (backlog["size"] < list_row["digest_size_threshold"] * 1024
+                and now - since < list_row["digest_interval"]):
             continue
         recipients = [r[0] for r in ctx.store.q("digest_members", list_row["id"])]
         volume, issue = list_row["digest_volume"], list_row["digest_issue"] + 1
-        if list_row["digest_last"] and time.gmtime(now).tm_year != time.gmtime(list_row["digest_last"]).tm_year:
+        last = list_row["digest_last"]
+        if last and time.gmtime(now).tm_year != time.gmtime(last).tm_year:
             volume, issue = volume + 1, 1
         posts = [r[0] for r in ctx.store.q("digest_posts", list_row["id"], backlog["last"])]
         outbox = Outbox()
@@ -4310,7 +4375,8 @@ def digester(ctx):
                 message_id, data = build_digest(list_row, posts, volume, issue)
             except Exception as e:              # one list's digest must never stop the deliveries
                 log.error("digest of %s cannot be built, will retry: %s: %s",
-                          list_address(list_row), type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                          list_address(list_row), type(e).__name__, e,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
                 continue
             outbox.add(list_row["id"], "post", message_id, data, recipients)
 
@@ -4396,7 +4462,8 @@ def build_digest(list_row, posts, volume, issue):
             b"\n--" + b_outer + b"\n", text_part(topics, f"Today's Topics ({len(posts)} messages)"),
             b"\n--" + b_outer + b"\n", f'Content-Type: multipart/digest; boundary="{inner}"\n\n'.encode()]
     for data in posts:
-        body += [b"\n--" + b_inner + b"\nContent-Type: message/rfc822\n\n", data if data.endswith(b"\n") else data + b"\n"]
+        body += [b"\n--" + b_inner + b"\nContent-Type: message/rfc822\n\n",
+                 data if data.endswith(b"\n") else data + b"\n"]
     body += [b"\n--" + b_inner + b"--\n"]
     if footer:
         body += [b"\n--" + b_outer + b"\n", text_part(footer, "Digest footer")]
@@ -4432,11 +4499,13 @@ def queuerunner(ctx):
                 with open(path, "rb") as fh:
                     data = fh.read()
             except OSError as e:
-                log.error("post %s: cannot read spool file %s: %s; will retry", post["message_id"], path, e.strerror)
+                log.error("post %s: cannot read spool file %s: %s; will retry", post["message_id"],
+                          path, e.strerror)
                 continue
             list_row = {"name": post["name"], "domain": post["domain"], "verp_key": verp_key}
             due = ctx.store.q("due_count", post["id"], ctx.now).fetchone()[0]
-            record = lambda address, attempts, outcome, post=post: ledger.record(post, address, attempts, outcome)
+            def record(address, attempts, outcome, post=post):
+                ledger.record(post, address, attempts, outcome)
             transport.send(list_row, data, due_recipients(ctx.store, post["id"], ctx.now), record, due)
             ledger.flush()
             if ctx.store.q("pending_count", post["id"]).fetchone()[0] == 0:
@@ -4447,7 +4516,8 @@ def queuerunner(ctx):
         ledger.flush()
         transport.close()
     ctx.totals = totals = ledger.totals
-    ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, expired {totals['expired']}")
+    ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, "
+             f"expired {totals['expired']}")
 
 
 def due_recipients(store, message, now, chunk=1000):
@@ -4616,7 +4686,8 @@ def cmd_quarantine(args, config):
                 report(f"{key}: no envelope recipients were recorded; deliver it by hand")
                 status = EX_DATAERR
                 continue
-            failed = [(r, o.detail) for r in recipients for o in [send_now(config, sender, r, data)] if o.kind != SENT]
+            outcomes = {r: send_now(config, sender, r, data) for r in recipients}
+            failed = [(r, o.detail) for r, o in outcomes.items() if o.kind != SENT]
             if failed:
                 left = [r for r, _ in failed]
                 if len(left) < len(recipients):     # keep it for the others only: nobody gets it twice
@@ -4663,12 +4734,14 @@ def split_list_address(address):
     if not at or not valid_address(address) or "+" in local:
         raise Failure(f"not a valid list address: {address!r}", EX_USAGE)
     if ROLE_ADDRESS.fullmatch(local):
-        raise Failure(f"a list name cannot end in -{local.rsplit('-', 1)[1]}: that address is reserved", EX_USAGE)
+        raise Failure(f"a list name cannot end in -{local.rsplit('-', 1)[1]}: that address is "
+                      f"reserved", EX_USAGE)
     return local, domain.lower()
 
 
 ACCESS_MODES = ("open", "subscribers", "acl", "passphrase", "moderated")
-SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome", "goodbye",
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy",
+            "welcome", "goodbye",
             "dmarc", "dmarc_action", "archive", "archive_url", "digest_format", "digest_size_threshold",
             "digest_interval")
 CHOICE_SETTINGS = {"dmarc": ("auto", "always", "never"), "dmarc_action": ("munge_from", "wrap_message"),
@@ -4749,7 +4822,8 @@ def cmd_lists(args, config):
                            "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
                            "subscribe_policy": r["subscribe_policy"], "members": counts.get(r["id"], 0),
                            "archive": r["archive"], "archive_url": r["archive_url"],
-                           "digest_format": r["digest_format"], "digest_size_threshold": r["digest_size_threshold"],
+                           "digest_format": r["digest_format"],
+                           "digest_size_threshold": r["digest_size_threshold"],
                            "digest_interval": r["digest_interval"]}
                           for r in rows], indent=2))
     else:
@@ -4834,7 +4908,8 @@ def cmd_members(args, config):
         print(json.dumps(members, indent=2))
     else:
         for m in members:
-            print(f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}" + ("\tdigest" if m["digest"] else ""))
+            print(f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}"
+                  + ("\tdigest" if m["digest"] else ""))
     return EX_OK
 
 
@@ -4882,7 +4957,8 @@ def cmd_archive(args, config):
     export = args.words[0] == "export"
     words = args.words[1:] if export else args.words
     if len(words) != 1:
-        raise Failure("use: archive LIST [--since DATE] [--search TEXT] | archive export LIST [--output FILE]",
+        raise Failure("use: archive LIST [--since DATE] [--search TEXT] | archive export LIST "
+                      "[--output FILE]",
                       EX_USAGE)
     store = open_store(config)
     row = store.require_list(words[0])
@@ -4995,7 +5071,8 @@ def drop_held_post(args, config, notify):
     held = held_row(store, args.id)
     outbox, changes = Outbox(), []
     notices = Notices(store, config, store.list_by_id(held["list_id"]), outbox, held["message_id"])
-    done = drop_held(held, notices, changes, notify, getattr(args, "reason", None) or "rejected by the moderator")
+    done = drop_held(held, notices, changes, notify,
+                     getattr(args, "reason", None) or "rejected by the moderator")
     outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
     log.info("%s", done)
     print(f"{'rejected' if notify else 'discarded'} held post {args.id}")
@@ -5101,7 +5178,8 @@ def cmd_trace(args, config):
         return EX_OK
     stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
     for e in events:
-        print(f"{stamp(e['received'])}  to {e['recipient']} from {e['sender'] if e['sender'] is not None else '?'}"
+        print(f"{stamp(e['received'])}  to {e['recipient']} from "
+              f"{e['sender'] if e['sender'] is not None else '?'}"
               f"  list {e['list'] or '-'}")
         for name, note in json.loads(e["trace"]):
             print(f"    {name:15} {note}")
@@ -5110,7 +5188,8 @@ def cmd_trace(args, config):
         print("deliveries:")
     for d in deliveries:
         detail = d["last_error"] or ""
-        when = f"next try {stamp(d['next_attempt'])}" if d["state"] == "pending" and d["attempts"] else stamp(d["updated"])
+        retrying = d["state"] == "pending" and d["attempts"]
+        when = f"next try {stamp(d['next_attempt'])}" if retrying else stamp(d["updated"])
         print(f"    {d['address']:30} {d['state']:8} attempts {d['attempts']}  {when}  {detail}")
     return EX_OK
 
@@ -5169,7 +5248,8 @@ def postconf(*args):
     """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
     import shutil
     import subprocess
-    exe = shutil.which("postconf") or ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
+    exe = shutil.which("postconf") or \
+        ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
     if exe is None:
         return None
     r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
@@ -5188,7 +5268,8 @@ def doctor_checks(config, cron_places=CRON_PLACES):
     try:
         store = Store(db_path, 2.0, durable=False)
     except (Failure, sqlite3.Error) as e:
-        yield "FAIL", f"database {db_path}: {e}", "run: redsky.py init (or restore the right redsky.py version)"
+        yield ("FAIL", f"database {db_path}: {e}",
+               "run: redsky.py init (or restore the right redsky.py version)")
         return
     yield "OK", f"database {db_path}, schema version {SCHEMA_VERSION}", ""
     import pwd
@@ -5217,7 +5298,8 @@ def doctor_checks(config, cron_places=CRON_PLACES):
         if os.path.isfile(path) and os.access(path, os.X_OK):
             yield "OK", f"sendmail {path} is executable", ""
         else:
-            yield "FAIL", f"sendmail {path} is not an executable file", "install an MTA or set [send] sendmail"
+            yield ("FAIL", f"sendmail {path} is not an executable file",
+                   "install an MTA or set [send] sendmail")
     elif transport == "smtp":
         import socket
         host, port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
@@ -5225,9 +5307,11 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             socket.create_connection((host, port), timeout=3).close()
             yield "OK", f"SMTP server {host}:{port} answers", ""
         except OSError as e:
-            yield "FAIL", f"SMTP server {host}:{port} is unreachable: {e}", "start the MTA or fix [send] smtp_host/smtp_port"
+            yield ("FAIL", f"SMTP server {host}:{port} is unreachable: {e}",
+                   "start the MTA or fix [send] smtp_host/smtp_port")
     else:
-        yield "WARN", f"transport {transport}: nothing is really sent", "set [send] transport = sendmail or smtp"
+        yield ("WARN", f"transport {transport}: nothing is really sent",
+               "set [send] transport = sendmail or smtp")
     yield from postfix_checks(config)
     schedule = find_send_schedule(cron_places)
     yield ("OK", f"'redsky.py send' is scheduled in {schedule}", "") if schedule else \
@@ -5235,9 +5319,11 @@ def doctor_checks(config, cron_places=CRON_PLACES):
          f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
          f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
     for row in store.q("all_lists"):
-        changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"])) if on]
+        changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"]))
+                   if on]
         if changes:
-            yield ("WARN", f"list {row['name']}@{row['domain']}: its {' and '.join(changes)} change signed parts of "
+            yield ("WARN",
+                   f"list {row['name']}@{row['domain']}: its {' and '.join(changes)} change signed parts of "
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
@@ -5249,30 +5335,38 @@ def postfix_checks(config):
         yield "OK", "no Postfix configuration found: Postfix checks skipped", ""
         return
     if "+" not in main:
-        yield ("FAIL", f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and LIST-confirm+TOKEN@"
+        yield ("FAIL",
+               f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and LIST-confirm+TOKEN@"
                " cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
     if not service:
-        yield "WARN", "Postfix master.cf has no 'redsky' pipe service", "add the lines 'redsky.py postfix-config' prints"
-    elif "queue" not in service or not ("${original_recipient}" in service or re.search(r"flags=\S*O", service)):
+        yield ("WARN", "Postfix master.cf has no 'redsky' pipe service",
+               "add the lines 'redsky.py postfix-config' prints")
+    elif "queue" not in service or not ("${original_recipient}" in service
+                                        or re.search(r"flags=\S*O", service)):
         yield ("FAIL", "the Postfix 'redsky' pipe neither passes ${original_recipient} nor sets flags=O:"
-               " redsky cannot tell which list a message is for", "use the master.cf lines 'redsky.py postfix-config' prints")
+               " redsky cannot tell which list a message is for",
+               "use the master.cf lines 'redsky.py postfix-config' prints")
     else:
         yield "OK", "Postfix 'redsky' pipe service runs 'queue' with the original recipient", ""
         if (postconf("-h", "redsky_destination_recipient_limit") or "") != "1":
-            yield ("FAIL", "redsky_destination_recipient_limit is not 1: several recipients would reach one queue run",
+            yield ("FAIL",
+                   "redsky_destination_recipient_limit is not 1: several recipients would reach one "
+                   "queue run",
                    "postconf -e 'redsky_destination_recipient_limit = 1'")
     maps = postconf("-h", "virtual_alias_maps") or ""
     if "redsky-aliases" not in maps:
-        yield "WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf", "see 'redsky.py postfix-config'"
+        yield ("WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf",
+               "see 'redsky.py postfix-config'")
     map_path = config.path_of("postfix", "map")
     if map_path:
         if not os.path.exists(map_path):
             yield "FAIL", f"the Postfix list map {map_path} does not exist", "run: redsky.py postfix-config"
         elif not user_can(map_path, "postfix"):
-            yield ("FAIL", f"user postfix cannot read the list map {map_path}: every list address would be refused",
+            yield ("FAIL",
+                   f"user postfix cannot read the list map {map_path}: every list address would be refused",
                    f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
         else:
             yield "OK", f"user postfix can read the list map {map_path}", ""
@@ -5325,7 +5419,8 @@ def cmd_demo(args, config):
         store = open_store(demo, create=True)
         with store.transaction() as db:
             # dmarc = never: the demo works offline and asks no DNS server
-            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org", "subject_tag": "[demo]",
+            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org",
+                                          "subject_tag": "[demo]",
                                           "footer": "-- \nYou are on $post_address. To leave: $unsubscribe",
                                           "dmarc": "never", "created": time.time()})
             for a in ("alice@example.org", "bob@example.net", "carol@example.com"):
@@ -5353,7 +5448,8 @@ def cmd_demo(args, config):
                 first = first or os.path.join(base, person, "new", f)
                 print(f"   {person}/new/{f}")
         print("\n== the copy bob@example.net received\n")
-        with open(os.path.join(base, "bob@example.net", "new", os.listdir(os.path.join(base, "bob@example.net", "new"))[0]), "rb") as fh:
+        with open(os.path.join(base, "bob@example.net", "new",
+                               os.listdir(os.path.join(base, "bob@example.net", "new"))[0]), "rb") as fh:
             sys.stdout.write("   " + fh.read().decode("utf-8").replace("\n", "\n   ").rstrip() + "\n")
         counts = dict(zip(("queued", "pending", "deferred", "sent"), store.q("status_counts").fetchone()))
         print(f"\n== ledger: {counts['sent']} sent, {counts['pending'] + counts['deferred']} still pending")
@@ -5385,7 +5481,8 @@ def make_parser():
     p = command("queue", cmd_queue, "queue the message on stdin (run by the MTA)")
     p.add_argument("--recipient", help="envelope recipient (the list address)")
     p.add_argument("--sender", help="envelope sender ('' or <> for the null sender)")
-    p.add_argument("--dry-run", action="store_true", help="decide, but store and send nothing (implies --explain)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="decide, but store and send nothing (implies --explain)")
     p.add_argument("--explain", action="store_true", help="print each filter's decision")
     p.add_argument("--client-address", help="IP address of the SMTP client (for dnsbl)")
     p = command("filter", cmd_filter, "content filter: run [filter] filters from stdin to stdout")

@@ -3,6 +3,7 @@
 import email
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,7 @@ class Redsky:
 
     def __init__(self, home):
         self.home = Path(home)
+        self.connections = []
         self.sendmail_dir = self.home / "sendmail"
         (self.sendmail_dir / "out").mkdir(parents=True)
         self.sendmail = self.sendmail_dir / "sendmail"
@@ -141,15 +143,49 @@ class Redsky:
         return self.db().execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
 
     def db(self):
+        """A connection to the database, closed when the test ends."""
         import sqlite3
         db = sqlite3.connect(self.home / "redsky.db")
         db.row_factory = sqlite3.Row
+        self.connections.append(db)
         return db
+
+    def close(self):
+        for db in self.connections:
+            db.close()
+        self.connections = []
 
 
 @pytest.fixture
 def rs(tmp_path):
-    return Redsky(tmp_path)
+    home = Redsky(tmp_path)
+    yield home
+    home.close()
+
+
+@pytest.fixture
+def lst(rs, request):
+    """The test module's list: LIST (default test@lists.example.org) made
+    with LIST_OPTIONS, MEMBERS subscribed (default bob@example.net), then
+    the module's prepare_list(rs) when it has one."""
+    module = request.module
+    rs.newlist(getattr(module, "LIST", "test@lists.example.org"), *getattr(module, "LIST_OPTIONS", ()),
+               members=getattr(module, "MEMBERS", ("bob@example.net",)))
+    prepare = getattr(module, "prepare_list", None)
+    if prepare is not None:
+        prepare(rs)
+    return rs
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """Readable test ids: a message or a long text is named by the start of
+    its first line and its length, not spelled out byte by byte."""
+    if isinstance(val, (bytes, str)):
+        text = val.decode("latin-1") if isinstance(val, bytes) else val
+        first = re.sub(r"[^\w@.:+=<>-]+", "_", text.strip().split("\n", 1)[0])[:32].strip("_")
+        if len(text) > 32 or first != text:
+            return f"{first or 'blank'}~{len(text)}"
+    return None
 
 
 def parse(data):

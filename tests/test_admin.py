@@ -148,11 +148,19 @@ def test_usage_errors_exit_64_in_one_line(rs):
         assert r.err.startswith("redsky: ") and r.err.count("\n") == 1
 
 
-def test_help_lists_every_command():
+def test_help_lists_every_command_and_each_has_its_own_help():
+    """--help names every command with its summary (a line of its own), the
+    module docstring shows each, and COMMAND --help works for each."""
+    import redsky
     out = subprocess.run([sys.executable, REDSKY, "--help"], capture_output=True, text=True).stdout
-    for command in ("queue", "send", "demo", "init", "newlist", "lists", "set", "dellist", "subscribe",
-                    "unsubscribe", "members", "acl", "held", "approve", "reject", "status"):
-        assert command in out
+    listed = set(re.findall(r"(?m)^    ([a-z][a-z-]*)\s{2,}\S", out))
+    parser = redsky.make_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    assert len(commands) >= 27 and listed == commands
+    for command in sorted(commands):
+        assert re.search(rf"redsky\.py {re.escape(command)}\b|\| {re.escape(command)}\b", redsky.__doc__), command
+        r = subprocess.run([sys.executable, REDSKY, command, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and f"redsky.py {command}" in r.stdout, command
 
 
 # -- configuration ---------------------------------------------------------------

@@ -9,11 +9,7 @@ from conftest import parse, post
 FOOTER = "-- \\nList footer é"
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", "--access", "open", "--subject-tag", "[t]", "--footer", FOOTER,
-               members=("bob@example.net",))
-    return rs
+LIST_OPTIONS = ("--access", "open", "--subject-tag", "[t]", "--footer", FOOTER)
 
 
 def deliver(rs, data, **kw):

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from conftest import post
 from test_message import dsn
@@ -10,13 +9,13 @@ from test_message import dsn
 MEMBERS = ("bob@example.net", "carol@example.com")
 
 
-@pytest.fixture
-def lst(rs):
-    """A list whose members really got <post1@example.org> (the ledger's evidence)."""
-    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
+LIST_OPTIONS = ("--access", "open")
+
+
+def prepare_list(rs):
+    """The members really got <post1@example.org> (the ledger's evidence)."""
     rs.queue(post(msgid="<post1@example.org>"), check=0)
     rs.run("send", check=0)
-    return rs
 
 
 def bounces(rs):

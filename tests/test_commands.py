@@ -11,10 +11,7 @@ LIST = "test@lists.example.org"
 OWNER = "owner@example.org"
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist(LIST, "--owner", OWNER, members=("bob@example.net",))
-    return rs
+LIST_OPTIONS = ("--owner", OWNER)
 
 
 def mail(rs, to, sender, subject="", body="", extra="", envelope=None, check=0):
@@ -132,7 +129,7 @@ def test_forged_from_only_sends_the_victim_a_confirmation(lst):
 
 
 def test_unknown_token_address(lst):
-    r = mail(lst, "test-confirm+" + "0" * 32 + "@lists.example.org", "new@example.com")
+    mail(lst, "test-confirm+" + "0" * 32 + "@lists.example.org", "new@example.com")
     assert "unknown" in inbox(lst, "new@example.com")[-1].get_content()
     assert mail(lst, "test-confirm@lists.example.org", "new@example.com", check=None).returncode == 67
 
@@ -250,6 +247,22 @@ def test_held_post_notice_approve_by_email_distributed_once(lst):
     assert [m["Subject"] for m in got] == ["Let me in"]
     # a second approval (replayed) does nothing
     mail(lst, f"test-confirm+{token}@lists.example.org", OWNER, body="approve\n")
+    assert [m["Subject"] for m in inbox(lst, "bob@example.net")] == ["Let me in"]
+
+
+def test_an_approval_by_email_releases_the_post_after_its_own_chain(lst):
+    """The approving message's chain ends (commands: consumed), then the held
+    post is released: the trace shows one read and a release step last."""
+    import json
+    mail(lst, LIST, "stranger@example.com", subject="Let me in")
+    token = token_in(held_notice(lst))
+    to = f"test-confirm+{token}@lists.example.org"
+    lst.queue(post(subject="Re: held", body="approve\n", sender=OWNER, to=to, msgid="<approval-1@example.org>"),
+              recipient=to, sender=OWNER, check=0)
+    (event,) = json.loads(lst.run("trace", "<approval-1@example.org>", "--json", check=0).out)["events"]
+    steps = [name for name, _ in event["trace"]]
+    assert steps.count("read") == 1 and steps[-1] == "release" and event["outcome"] == "consumed"
+    assert "released" in event["trace"][-1][1] and "1 recipients" in event["trace"][-1][1]
     assert [m["Subject"] for m in inbox(lst, "bob@example.net")] == ["Let me in"]
 
 

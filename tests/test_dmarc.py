@@ -5,16 +5,16 @@ import pytest
 from conftest import parse, post
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", "--access", "open", "--subject-tag", "[t]", members=("bob@example.net",))
+LIST_OPTIONS = ("--access", "open", "--subject-tag", "[t]")
+
+
+def prepare_list(rs):
     rs.dns.records.update({
         "_dmarc.strict.example": ["v=DMARC1; p=reject; rua=mailto:d@strict.example"],
         "_dmarc.quarantine.example": ["v=DMARC1; p=quarantine"],
         "_dmarc.relaxed.example": ["v=DMARC1; p=none"],
         "_dmarc.parent.example": ["v=DMARC1; p=none; sp=reject"],
     })
-    return rs
 
 
 def delivered(rs, sender, **kw):

@@ -3,8 +3,6 @@
 import os
 import pwd
 import shutil
-import sqlite3
-import subprocess
 
 import pytest
 

@@ -3,7 +3,6 @@ dnsbl, autoreply; the exit codes proxsmtpd and Postfix act on."""
 
 import email
 import json
-import os
 import socket
 import uuid
 

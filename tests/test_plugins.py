@@ -36,7 +36,7 @@ def test_plugin_filter_runs_in_the_queue_chain(plugged):
     plugged.write_config(queue={"filters": "read getinfo loopdetect bouncehandler commands ownermail getsubscribers"
                                            " toomanyrecipients access subjecttag addfooter queuer"})
     plugged.newlist("test@lists.example.org", "--access", "open", members=("bob@example.net",))
-    r = plugged.queue(post(extra=MANY), check=0)
+    plugged.queue(post(extra=MANY), check=0)
     held = plugged.run("held", "--json", check=0).out
     assert "4 recipients in To/Cc" in held
     plugged.queue(post(subject="few"), check=0)
@@ -120,3 +120,26 @@ def test_nothing_after_queuer_can_undo_or_repeat_a_queued_post(rs, body):
     assert rs.sent_to() == ["bob@example.net"]
     trace = rs.run("trace", "<%d@example.org>" % abs(hash(("Hello", "Hello list.\n", ""))), check=0).out
     assert "ignored after queueing" in trace
+
+
+@pytest.mark.parametrize("log", ["stderr", "redsky.log"])
+def test_a_bug_is_one_line_on_stderr_and_its_traceback_is_logged(rs, log):
+    """An unexpected exception: exit 75 (the MTA retries), one line on stderr
+    saying where, and the whole traceback at ERROR in a log file."""
+    (rs.home / "bug.py").write_text(textwrap.dedent('''\
+        import redsky
+
+        @redsky.chain_filter("message", needs=("read",))
+        def buggy(ctx):
+            return {}["missing"]
+    '''))
+    rs.write_config(redsky={"log": log, "plugins": "bug.py"},
+                    queue={"filters": "read getinfo buggy getsubscribers access queuer"})
+    rs.newlist("test@lists.example.org", "--access", "open", members=("bob@example.net",))
+    r = rs.queue(post())
+    assert r.returncode == 75 and len(r.err.strip().splitlines()) == 1
+    assert "internal error in queue: KeyError" in r.err and "bug.py:5 buggy" in r.err
+    if log != "stderr":
+        text = (rs.home / log).read_text()
+        assert "ERROR" in text and "Traceback (most recent call last)" in text and 'return {}["missing"]' in text
+    assert rs.status()["queued_posts"] == 0

@@ -1,6 +1,5 @@
 """The queue chain end to end: `redsky.py queue` through subprocess."""
 
-import os
 
 import pytest
 
@@ -10,10 +9,6 @@ from redsky import RawMessage
 MEMBERS = ("bob@example.net", "carol@example.com", "alice@example.org")
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", members=MEMBERS)
-    return rs
 
 
 def spooled(rs):
@@ -238,8 +233,14 @@ def test_held_post_approve_and_reject(lst):
 
 def test_discard_drops_silently(lst):
     lst.queue(post(sender="x@y.org"), sender="x@y.org", check=0)
+    lst.run("send", check=0)
+    notified = lst.sent_to()                        # the moderators' notice, if the list has owners
     lst.run("discard", "1", check=0)
-    assert lst.status() == {**lst.status(), "held": 0, "queued_posts": 0}
+    status = lst.status()
+    assert status["held"] == 0 and status["queued_posts"] == 0 and status["pending"] == 0
+    lst.run("send", check=0)
+    assert lst.sent_to() == notified and "x@y.org" not in lst.sent_to()
+    assert lst.run("approve", "1").returncode == 65         # gone for good
 
 
 # -- queuer ----------------------------------------------------------------------
@@ -287,3 +288,44 @@ def test_dkim_signed_fields_and_body_untouched_without_tag_and_footer(lst):
         assert [f for f in copy.fields if copy.name_of(f) == name.lower()] == \
             [f for f in original.fields if original.name_of(f) == name.lower()], name
     assert copy.body == body.encode()
+
+
+# -- layers: the envelope comes from the command layer, storage errors from the store ------
+
+def test_read_takes_the_envelope_from_the_context_never_from_the_process(monkeypatch):
+    import redsky
+    monkeypatch.setenv("ORIGINAL_RECIPIENT", "env@lists.example.org")
+    monkeypatch.setenv("SENDER", "env-sender@example.org")
+    ctx = redsky.Context(redsky.Config(None))
+    ctx.raw = b"X-Original-To: header@lists.example.org\nReturn-Path: <hdr@example.org>\n\nbody\n"
+    redsky.read(ctx)
+    assert (ctx.recipient, ctx.sender) == ("header@lists.example.org", "hdr@example.org")
+    # the command layer reads the pipe's environment, the command line first
+    env = {"ORIGINAL_RECIPIENT": "orig@lists.example.org", "RECIPIENT": "rcpt@lists.example.org", "SENDER": "",
+           "CLIENT_ADDRESS": "192.0.2.7"}
+    ctx = redsky.envelope_of(redsky.Context(redsky.Config(None)), None, None, None, env=env)
+    assert (ctx.recipient, ctx.sender, ctx.client_address) == ("orig@lists.example.org", "", "192.0.2.7")
+    ctx = redsky.envelope_of(redsky.Context(redsky.Config(None)), "cli@lists.example.org", "a@b.example", None,
+                             env=env)
+    assert (ctx.recipient, ctx.sender) == ("cli@lists.example.org", "a@b.example")
+
+
+def test_the_outbox_raises_a_store_error_and_leaves_nothing_behind(tmp_path):
+    import redsky
+    store = redsky.Store(str(tmp_path / "db" / "redsky.db"), create=True)
+    not_a_dir = tmp_path / "spool"
+    not_a_dir.write_text("a file where the spool should be")
+    outbox = redsky.Outbox()
+    outbox.add(1, "notice", "<n@x>", b"Subject: x\n\nx\n", ["a@example.org"])
+    with pytest.raises(redsky.StoreError) as caught:
+        outbox.commit(store, str(not_a_dir))
+    assert not isinstance(caught.value, redsky.Verdict) and caught.value.code == 75
+    assert store.q("status_counts").fetchone()[0] == 0
+    store.close()
+
+
+def test_a_store_error_in_a_filter_is_try_later(lst):
+    (lst.home / "spool").rename(lst.home / "spool.away")
+    (lst.home / "spool").write_text("not a directory")
+    r = lst.queue(post())
+    assert r.returncode == 75 and "try-later" in r.err and "cannot write spool file" in r.err

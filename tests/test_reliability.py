@@ -10,17 +10,10 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from conftest import REDSKY, parse, post
 
 MEMBERS = tuple(f"member{i}@example.net" for i in range(5))
-
-
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
-    return rs
+LIST_OPTIONS = ("--access", "open")
 
 
 def test_twenty_parallel_queues_then_send_deliver_each_post_once(lst):

@@ -11,10 +11,7 @@ from smtpsink import SMTPSink, free_port
 MEMBERS = ("bob@example.net", "carol@example.com", "dave@example.org")
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", "--access", "open", members=MEMBERS)
-    return rs
+LIST_OPTIONS = ("--access", "open")
 
 
 def ledger(rs):

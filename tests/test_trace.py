@@ -8,10 +8,8 @@ from conftest import post
 from test_message import dsn
 
 
-@pytest.fixture
-def lst(rs):
-    rs.newlist("test@lists.example.org", "--owner", "owner@example.org", members=("bob@example.net", "ann@example.org"))
-    return rs
+LIST_OPTIONS = ("--owner", "owner@example.org")
+MEMBERS = ("bob@example.net", "ann@example.org")
 
 
 def test_dry_run_explains_and_stores_nothing(lst):

@@ -1,0 +1,179 @@
+"""The shape of redsky.py: the rules a reader relies on to find things.
+
+Each test reads the source (or imports the module) and fails when a change
+breaks one of the rules the README's "Hacking on redsky" section states."""
+
+import ast
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, post
+
+import redsky
+
+SOURCE = (ROOT / "redsky.py").read_text()
+TREE = ast.parse(SOURCE)
+# Where SQL may be executed as literal text: the store itself (schema,
+# pragmas, transactions, the Postfix map's own schema).
+STORE = {"Store", "upgrade_schema", "_Transaction", "write_postfix_map"}
+
+
+def top_level_owner(node_lineno):
+    for node in TREE.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.lineno <= node_lineno <= node.end_lineno:
+            return node.name
+    return None
+
+
+def is_named_query(arg):
+    """SQL["name"] or SQL["name"].format(...)."""
+    if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "format":
+        arg = arg.func.value
+    return isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name) and arg.value.id == "SQL"
+
+
+def test_every_sql_statement_outside_the_store_is_a_named_query():
+    offenders = []
+    for node in ast.walk(TREE):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("execute", "executemany", "executescript") and node.args:
+            owner = top_level_owner(node.lineno)
+            if owner not in STORE and not is_named_query(node.args[0]):
+                offenders.append(f"line {node.lineno} in {owner}: {ast.unparse(node)[:80]}")
+    assert not offenders, "literal SQL outside the store:\n" + "\n".join(offenders)
+
+
+def test_the_layout_test_catches_literal_sql():
+    """The rule above must be able to fail."""
+    global TREE
+    saved = TREE
+    TREE = ast.parse("def housekeeping(db):\n    db.execute('DELETE FROM held')\n")
+    try:
+        with pytest.raises(AssertionError, match="DELETE FROM held"):
+            test_every_sql_statement_outside_the_store_is_a_named_query()
+    finally:
+        TREE = saved
+
+
+def test_every_named_query_is_used_and_every_use_exists():
+    used = set(re.findall(r'SQL\["(\w+)"\]', SOURCE)) | set(re.findall(r'\.q\(\s*f?"(\w+)"', SOURCE))
+    used |= {"acl_add", "acl_del"}                      # SQL["acl_add" if ... else "acl_del"]
+    used |= {f"{cache}_cache_{op}" for cache in ("dmarc", "dnsbl") for op in ("prune", "put")}   # remember()
+    assert used - set(redsky.SQL) == set()
+    assert set(redsky.SQL) - used == set()
+
+
+def test_context_declares_every_field_a_filter_sets():
+    declared = set(vars(redsky.Context(config=None)))
+    assigned = set()
+    for node in ast.walk(TREE):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id.endswith("ctx"):
+                    assigned.add(t.attr)
+    assert assigned - declared == set(), "set on a Context but not declared in Context.__init__"
+    assert "result" not in declared
+
+
+def test_every_filter_states_what_it_reads_and_writes():
+    for name, fn in redsky.FILTERS.items():
+        doc = " ".join((fn.__doc__ or "").split())
+        assert re.search(r"\bReads\b", doc) and re.search(r"\bwrites\b", doc, re.I), name
+
+
+def test_every_command_is_a_named_cmd_function():
+    parser = redsky.make_parser()
+    sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, p in sub.choices.items():
+        func = p.get_default("func")
+        assert func.__name__.startswith("cmd_") and getattr(redsky, func.__name__) is func, name
+
+
+def test_sections_say_what_they_own_and_may_call_and_the_docstring_outlines_them():
+    banners = re.findall(r"(?m)^# -{75}\n# (\d+)\. ([^\n]+)\n# Owns: [^\n]+\n(?:#  [^\n]+\n)*# Calls: [^\n]+\n", SOURCE)
+    numbers = [int(n) for n, _ in banners]
+    assert numbers == list(range(1, 12)), numbers
+    outline = redsky.__doc__
+    for number, title in banners:
+        assert f"{number}. {title.split(':')[0]}" in outline, title
+
+
+def test_lines_are_wrapped_at_about_100_characters():
+    long = [n for n, line in enumerate(SOURCE.splitlines(), 1) if len(line) > 110]
+    assert not long, f"lines over 110 characters: {long[:10]}"
+
+
+def test_importing_redsky_loads_no_heavy_module():
+    """The import policy: what only some paths need is imported where it is used."""
+    code = ("import sys; sys.path.insert(0, %r); import redsky; "
+            "print(sorted(m for m in ('email', 'mailbox', 'subprocess', 'socket', 'hashlib', 'hmac', 'smtplib',"
+            " 'secrets', 'html', 'uuid') if m in sys.modules))" % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_builtin_text_never_loses_a_placeholder():
+    list_row = {"name": "t", "domain": "example.org", "welcome": "", "goodbye": ""}
+    with pytest.raises(KeyError):
+        redsky.render("held", list_row, {"reason": "r"})          # $from_addr, $token ... missing
+    text = redsky.render("rejected-post", list_row, {"subject": "Hi", "reason": "spam", "sender": "x"})
+    assert "$" not in text and "spam" in text
+    # a list's own text keeps what it does not know, as written
+    assert "$nothing" in redsky.render("welcome", {**list_row, "welcome": "Hi $nothing"}, {"address": "a@b.c"})
+
+
+def notice_call_sites():
+    """(text names, keys of the values dict) of every Notices.send / Requests.notice call."""
+    for node in ast.walk(TREE):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("send", "notice") and len(node.args) >= 3:
+            name = node.args[2]
+            names = [c.value for c in ast.walk(name) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            if isinstance(name, ast.JoinedStr):             # f"confirm-{action}"
+                names = [n for n in redsky.TEXTS if n.startswith(names[0])]
+            values = node.args[3] if len(node.args) > 3 else None
+            keys = {k.value for k in values.keys} if isinstance(values, ast.Dict) else set()
+            yield [n for n in names if n in redsky.TEXTS], keys
+
+
+def test_every_builtin_text_gets_every_placeholder_it_names():
+    """What expand() fills itself, or what every call site passes: a
+    KeyError at run time (render is strict) would cost a retry."""
+    list_keys = {"list", "domain", "post_address", "list_id", "owner", "request", "join", "leave", "unsubscribe"}
+    seen = set()
+    for names, keys in notice_call_sites():
+        for name in names:
+            seen.add(name)
+            wanted = set(re.findall(r"\$(\w+)", redsky.TEXTS[name])) - list_keys
+            assert wanted <= keys, f"{name}: a call site passes {sorted(keys)}, the text needs {sorted(wanted)}"
+    assert seen == set(redsky.TEXTS) - {"welcome", "goodbye"} or seen == set(redsky.TEXTS)
+
+
+def test_list_suffixes_have_one_source(rs):
+    """Every address the Postfix map names is one getinfo answers, and each
+    is refused as a list name."""
+    rs.newlist("team@lists.example.org", "--access", "open", members=("bob@example.net",))
+    assert set(redsky.LIST_SUFFIXES) == {""} | {f"-{s}" for s in redsky.ROLES}
+    for suffix in redsky.LIST_SUFFIXES:
+        address = f"team{suffix}{'+' + '0' * 32 if suffix == '-confirm' else ''}@lists.example.org"
+        r = rs.run("queue", "--dry-run", "--recipient", address, "--sender", "bob@example.net",
+                   input=post(to=address))
+        assert r.returncode != 67, (suffix, r.err)
+        if suffix:
+            bad = rs.run("newlist", f"x{suffix}@lists.example.org")
+            assert bad.returncode == 64 and "reserved" in bad.err, suffix
+
+
+def test_list_setting_choices_come_from_the_schema(rs):
+    rs.newlist("team@lists.example.org")
+    checks = dict(re.findall(r"CHECK \((\w+) IN \(([^)]*)\)\)", redsky.SCHEMA.split("CREATE TABLE members")[0]))
+    for column, values in checks.items():
+        allowed = re.findall(r"'([^']*)'", values)
+        assert redsky.LIST_CHOICES[column] == tuple(allowed)
+        r = rs.run("set", "team@lists.example.org", column, "nonsense")
+        assert r.returncode == 64 and ", ".join(allowed) in r.err, column

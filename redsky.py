@@ -1143,6 +1143,9 @@ def normalize_address(address):
     return f"{local}@{domain.lower()}"
 
 
+_NOT_A_FOLD = re.compile(rb"\r?\n(?![ \t])|\r(?!\n)|\x00")
+
+
 class RawMessage:
     """A message kept as bytes: the header fields exactly as received, and
     the body untouched.  Edits touch only the fields they name, so a message
@@ -1198,17 +1201,19 @@ class RawMessage:
         self.fields = [f for f in self.fields if self.name_of(f) not in names]
 
     def append(self, name, value):
-        """Add a field at the end of the header (value is text; 8-bit is
-        written as UTF-8, RFC 6532)."""
+        """Add a field at the end of the header (value is text, made one line
+        by one_line; 8-bit is written as UTF-8, RFC 6532)."""
         if self.fields and not self.fields[-1].endswith(b"\n"):
             self.fields[-1] += self.eol
-        self.fields.append(f"{name}: {value}".encode("utf-8") + self.eol)
+        self.fields.append(f"{name}: {one_line(value, 100_000)}".encode("utf-8") + self.eol)
         if not self.separator:
             self.separator = self.eol
 
     def replace_raw(self, name, raw_value):
         """Replace the first ``name`` field's value by ``raw_value`` bytes
-        (folding kept as given); add the field when missing."""
+        (folding kept as given; any other CR, LF or NUL becomes a space);
+        add the field when missing."""
+        raw_value = _NOT_A_FOLD.sub(b" ", raw_value)
         for i, f in enumerate(self.fields):
             if self.name_of(f) == name.lower():
                 self.fields[i] = f.split(b":", 1)[0] + b": " + raw_value + self.eol
@@ -1231,24 +1236,83 @@ class RawMessage:
 
 
 def decode_header_text(value):
-    """An RFC 2047 header value as text."""
-    from email.errors import HeaderParseError
-    from email.header import decode_header, make_header
-    try:
-        return str(make_header(decode_header(value)))
-    except (HeaderParseError, UnicodeError, LookupError, ValueError, AssertionError):
+    """An RFC 2047 header value as text, in linear time (the email package's
+    decoder is quadratic on unclosed encoded-words): each encoded-word is
+    decoded, white space between two of them is dropped (RFC 2047 6.2),
+    and one that cannot be decoded stays as written."""
+    value = str(value or "")
+    if "=?" not in value:
         return value
+    out, pos, after_word = [], 0, False
+    for m in _ENCODED_WORD.finditer(value):
+        between = value[pos:m.start()]
+        if between and not (after_word and not between.strip()):
+            out.append(between)
+        text = _decode_word(*m.groups())
+        out.append(m.group(0) if text is None else text)
+        after_word, pos = text is not None, m.end()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+# charset (RFC 2231 may add *language), encoding, encoded text: no white
+# space and no '?' inside, so a failed match costs a bounded scan
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,60})\?([bBqQ])\?([^?\s]*)\?=")
+
+
+def _decode_word(charset, encoding, text):
+    import binascii
+    try:
+        if encoding in "bB":
+            data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+        else:
+            data = binascii.a2b_qp(text.replace("_", " "), header=True)
+        return data.decode(charset.split("*", 1)[0], "replace")
+    except (binascii.Error, LookupError, ValueError):
+        return None
 
 
 def addresses_in(values):
-    """Plain addresses from header values like From: and Sender:."""
+    """Plain addresses from header values like From: and Sender:.  Each
+    value is read up to 64 KB, its comments removed first: the email
+    package's parser recurses into nested comments (RecursionError) and
+    is slow on long runs."""
     from email.utils import getaddresses
-    return [normalize_address(a) for _, a in getaddresses(values) if "@" in a]
+    return [normalize_address(a) for _, a in getaddresses([_without_comments(str(v)[:65536]) for v in values])
+            if "@" in a]
+
+
+def _without_comments(value):
+    """``value`` with its (nested) RFC 5322 comments removed, quoted strings kept."""
+    if "(" not in value:
+        return value
+    out, depth, pos, quoted = [], 0, 0, False
+    for m in re.finditer(r'\\.|[()"]', value, re.S):
+        char = m.group(0)
+        if depth == 0 and not (char == "(" and not quoted):
+            out.append(value[pos:m.end()])
+        if char == '"' and depth == 0:
+            quoted = not quoted
+        elif char == "(" and not quoted:
+            if depth == 0:
+                out.append(value[pos:m.start()] + " ")
+            depth += 1
+        elif char == ")" and not quoted and depth:
+            depth -= 1
+        pos = m.end()
+    out.append(value[pos:] if depth == 0 else "")
+    return "".join(out)
 
 
 def one_line(text, limit=200):
-    """Text safe inside a header or a summary line."""
-    return re.sub(r"\s+", " ", str(text or "")).strip()[:limit]
+    """The one sanitiser of text taken out of a message for a header field
+    or a summary line: every run of white space and control characters (CR,
+    LF, NUL ...) becomes one space, so it can neither start a field nor end
+    the header (RFC 5322 2.2); at most ``limit`` characters."""
+    return _NOT_ONE_LINE.sub(" ", str(text or "")).strip()[:limit]
+
+
+_NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
 def is_robot(msg, sender, strict=True):
@@ -1495,7 +1559,7 @@ def munge_from(msg, list_row, author):
     (when there is none) and X-Original-From."""
     from email.utils import formataddr, parseaddr
     original = msg.get("From", "")
-    name = decode_header_text(parseaddr(original)[0]) or author.partition("@")[0]
+    name = one_line(decode_header_text(parseaddr(original)[0])) or author.partition("@")[0]
     msg.remove("X-Original-From")
     msg.replace_raw("From", formataddr((f"{name} via {list_row['name']}", list_address(list_row)),
                                        charset="utf-8").encode("ascii", "replace"))
@@ -1510,7 +1574,7 @@ def wrap_message(msg, list_row, author):
     from email.utils import formataddr, parseaddr
     eol = msg.eol
     original = bytes(msg)
-    name = decode_header_text(parseaddr(msg.get("From", ""))[0]) or author.partition("@")[0]
+    name = one_line(decode_header_text(parseaddr(msg.get("From", ""))[0])) or author.partition("@")[0]
     keep = [f for f in msg.fields if msg.name_of(f) in ("to", "cc", "subject", "date", "message-id",
                                                         "in-reply-to", "references")]
     boundary = "redsky-" + os.urandom(12).hex()
@@ -1521,9 +1585,8 @@ def wrap_message(msg, list_row, author):
     outer.append("MIME-Version", "1.0")
     outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
     b = boundary.encode()
-    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol + b"Content-Disposition: "
-                                                                            b"inline" + eol + eol
-                  + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
+    outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol
+                  + b"Content-Disposition: inline" + eol + eol + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
     msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
 
@@ -1979,36 +2042,68 @@ def catch_up(store, outbox, list_row, address):
 
 # Bounce parsing and scoring --------------------------------------------------
 
-def parse_dsn(message):
-    """Per-recipient results of an RFC 3464 delivery-status report.
+def parse_report(raw):
+    """A report (a bounce, a feedback report) parsed by the email package,
+    made safe first: the package builds one Message per block of a
+    message/delivery-status part, which hostile input makes millions of,
+    so such parts are renamed text/x-delivery-status and parse_dsn reads
+    their blocks itself.  Raises RecursionError for absurdly deep MIME."""
+    from email import message_from_bytes, policy
+    raw = re.sub(rb"(?i)message/delivery-status", b"text/x-delivery-status", raw)
+    return message_from_bytes(raw, policy=policy.compat32)
 
-    Returns a list of dicts with recipient, action, status, diagnostic and
-    reporting_mta; empty when the message holds no message/delivery-status.
-    """
+
+def parse_dsn(message):
+    """Per-recipient results of an RFC 3464 delivery-status report (parsed
+    by parse_report).  Returns a list of dicts with recipient, action,
+    status, diagnostic and reporting_mta; empty when the message holds no
+    delivery-status part."""
     results = []
     for part in message.walk():
-        if part.get_content_type() != "message/delivery-status":
+        if part.get_content_type() not in ("text/x-delivery-status", "message/delivery-status"):
             continue
-        blocks = part.get_payload()
-        if isinstance(blocks, str):        # unparsed: split the blocks ourselves
-            from email.parser import Parser
-            text = blocks.replace("\r\n", "\n")
-            blocks = [Parser().parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
+        payload = part.get_payload()
+        blocks = dsn_blocks(payload if isinstance(payload, str) else "\n\n".join(map(str, payload)))
         if not blocks:
             continue
-        reporting = _dsn_value(blocks[0].get("Reporting-MTA", ""))
+        reporting = _dsn_value(blocks[0].get("reporting-mta", ""))
         for block in blocks:
-            recipient = _dsn_value(block.get("Final-Recipient", "") or block.get("Original-Recipient", ""))
+            recipient = _dsn_value(block.get("final-recipient", "") or block.get("original-recipient", ""))
             if not recipient:
                 continue
             results.append({
                 "recipient": recipient.strip("<>"),
-                "action": str(block.get("Action", "")).strip().lower(),
-                "status": str(block.get("Status", "")).strip().split(" ")[0],
-                "diagnostic": re.sub(r"\s+", " ", str(block.get("Diagnostic-Code", ""))).strip(),
+                "action": block.get("action", "").strip().lower(),
+                "status": block.get("status", "").strip().split(" ")[0],
+                "diagnostic": one_line(block.get("diagnostic-code", ""), 1000),
                 "reporting_mta": reporting,
             })
     return results
+
+
+def dsn_blocks(text, limit=1000):
+    """The field blocks of a delivery-status body (RFC 3464 2.1), at most
+    ``limit``: a dict per block, field names lower-case, continuation lines
+    joined; read line by line, so linear whatever the input."""
+    blocks, fields, name = [], {}, None
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                blocks.append({k: " ".join(v) for k, v in fields.items()})
+                fields, name = {}, None
+                if len(blocks) >= limit:
+                    return blocks
+        elif line[:1] in (" ", "\t"):
+            if name is not None:
+                fields[name].append(line.strip())
+        else:
+            key, colon, value = line.partition(":")
+            name = key.strip().lower() if colon else None
+            if name is not None:
+                fields.setdefault(name, []).append(value.strip())
+    if fields:
+        blocks.append({k: " ".join(v) for k, v in fields.items()})
+    return blocks
 
 
 # What non-DSN reports look like.  Phrases are matched case-insensitively on
@@ -2029,7 +2124,8 @@ FAILURE_PHRASES = re.compile(
     r"recipient (address )?rejected|does not exist|unknown (user|recipient)|returned mail: see transcript|"
     r"delivery to the following recipients? failed|message not delivered|mail delivery failed|"
     r"failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# local parts of at most 64 characters (RFC 5321 4.5.3.1.1): a bounded scan, so linear
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 
@@ -2089,6 +2185,16 @@ def find_failures(message, own=()):
           "reporting_mta": ""}]
 
 
+def payload_text(part, default="us-ascii"):
+    """The decoded text of a non-multipart part, in its charset (``default``
+    when it names none, UTF-8 when Python does not know it)."""
+    payload = part.get_payload(decode=True) or b""
+    try:
+        return payload.decode(part.get_content_charset() or default, "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
 def _report_text(message):
     """The human-readable text of a report (its first text parts), not the returned message."""
     parts = []
@@ -2096,11 +2202,7 @@ def _report_text(message):
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
             break
         if part.get_content_maintype() == "text" and not part.is_multipart():
-            try:
-                payload = part.get_payload(decode=True) or b""
-                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
-            except LookupError:
-                text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+            text = payload_text(part, "utf-8")
             if part.get_content_subtype() == "html":
                 text = re.sub(r"<[^>]+>", " ", text)
             parts.append(text)
@@ -2126,8 +2228,7 @@ def bounced_message_ids(parsed, raw=b""):
             inner = part.get_payload(0)
             ids.append(str(inner.get("Message-ID", "")).strip())
         elif ctype == "text/rfc822-headers":
-            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)",
-                          part.get_payload(decode=True).decode("utf-8", "replace"))
+            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", payload_text(part, "utf-8"))
             if m:
                 ids.append(m.group(1))
     return [i for i in ids if i]
@@ -2191,6 +2292,9 @@ def archive_add(config, list_row, data, sender=None):
     if config.get("archive", "format") == "maildir":
         return maildir_add(path, data)
     import mailbox
+    # mailbox creates a missing file with open(path, "wb+"), which would
+    # truncate what a parallel queue run has just added: create it first
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666))
     box = mailbox.mbox(path, create=True)
     deadline = time.monotonic() + config.duration("redsky", "busy_timeout")
     while True:                                 # mailbox's lock does not wait: another queue run has it
@@ -2284,42 +2388,39 @@ def text_of(data):
             continue
         if kind == "text/html" and id(part) in plain_alternative:
             continue
-        payload = part.get_payload(decode=True) or b""
-        try:
-            text = payload.decode(part.get_content_charset() or "us-ascii", "replace")
-        except LookupError:
-            text = payload.decode("utf-8", "replace")
+        text = payload_text(part)
         texts.append(html_text(text) if kind == "text/html" else text)
     return "\n".join(texts)
 
 
 def html_text(html):
-    """Readable text of an HTML part: tags dropped, paragraphs and line
-    breaks kept, scripts and styles left out, entities decoded."""
-    from html.parser import HTMLParser
+    """Readable text of an HTML part, in linear time (html.parser is
+    quadratic on unclosed tags): scripts, styles and comments left out,
+    tags dropped, block tags made line breaks, entities decoded."""
+    import html as entities
+    out, pos, end, lower = [], 0, len(html), None
+    while pos < end:
+        tag = _HTML_TAG.search(html, pos)       # a '<' that starts no tag is text
+        out.append(re.sub(r"[ \t\r\n]+", " ", html[pos:tag.start() if tag else end]))
+        if tag is None:
+            break
+        pos = tag.end()
+        if tag.group(0) == "<!--":
+            close = html.find("-->", pos)
+            pos = end if close < 0 else close + 3
+            continue
+        name = tag.group(2).lower()
+        if name in ("script", "style") and not tag.group(1):
+            lower = lower or html.lower()
+            close = lower.find("</" + name, pos)
+            pos = end if close < 0 else close
+        elif name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
+            out.append("\n")
+    text = entities.unescape("".join(out))
+    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip() + "\n"
 
-    class Text(HTMLParser):
-        def __init__(self):
-            super().__init__(convert_charrefs=True)
-            self.out, self.skip = [], 0
 
-        def handle_starttag(self, tag, attrs):
-            if tag in ("script", "style"):
-                self.skip += 1
-            elif tag in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
-                self.out.append("\n")
-
-        def handle_endtag(self, tag):
-            if tag in ("script", "style"):
-                self.skip = max(0, self.skip - 1)
-
-        def handle_data(self, data):
-            if not self.skip:
-                self.out.append(re.sub(r"[ \t\r\n]+", " ", data))
-    parser = Text()
-    parser.feed(html)
-    parser.close()
-    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", "".join(parser.out))).strip() + "\n"
+_HTML_TAG = re.compile(r"<!--|<(/?)([a-zA-Z][a-zA-Z0-9]*)[^<>]*>")
 
 
 # ---------------------------------------------------------------------------
@@ -2647,8 +2748,10 @@ def bouncehandler(ctx):
     members.bounce_score in the store (ends the chain: consumed)."""
     if ctx.role != "bounces":
         return
-    from email import message_from_bytes, policy
-    parsed = message_from_bytes(ctx.raw, policy=policy.compat32)
+    try:
+        parsed = parse_report(ctx.raw)
+    except RecursionError:
+        raise Consumed("bounce address: a report nested too deeply to read; ignored")
     own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
     reports = [r for r in find_failures(parsed, own) if r["recipient"] or ctx.verp]
     message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
@@ -3067,23 +3170,32 @@ COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "
                  "index": "index", "get": "get"}
 
 
+_REPLY_PREFIX = re.compile(r"\s*(?:re|aw|sv|fwd?|wg)[ \t]*(?:\[\d+\][ \t]*)?:", re.I)
+
+
 def command_lines(raw):
     """The Subject (without Re:/Fwd:) and the first lines of the first
     text/plain part, up to a blank line after text, a signature or a quote."""
     from email import message_from_bytes, policy
     lines = []
-    try:
-        parsed = message_from_bytes(raw, policy=policy.default)
-        subject = str(parsed.get("Subject", "") or "")
+    try:                                        # compat32: policy.default is slow on hostile headers
+        parsed = message_from_bytes(raw, policy=policy.compat32)
+        subject = decode_header_text(str(parsed.get("Subject", "") or ""))
     except Exception as e:                      # the email package gave up on it: no commands
         log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
         return lines
-    subject = re.sub(r"^(\s*(re|aw|sv|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", "", subject, flags=re.I).strip()
+    pos = 0
+    while True:                                 # Re: Fwd: AW: [2]: ... one prefix at a time: linear
+        m = _REPLY_PREFIX.match(subject, pos)
+        if m is None:
+            break
+        pos = m.end()
+    subject = subject[pos:].strip()
     if subject:
         lines.append(subject)
     try:
         part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
-        body = part.get_content() if part is not None else ""
+        body = "" if part is None else payload_text(part)
     except Exception as e:
         log.warning("command mail body unreadable (%s: %s); only the Subject is read", type(e).__name__, e)
         body = ""

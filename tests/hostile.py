@@ -1,0 +1,101 @@
+"""Hostile inputs for every parser of untrusted text, shared by
+tests/test_hostile.py (a CPU budget per parser) and tests/bench.py (the
+slowest input per parser).  Each input is about SIZE bytes of one
+adversarial pattern; each parser is called the way redsky calls it."""
+
+import email
+import time
+from email import policy
+
+import redsky
+
+SIZE = 1_000_000
+
+
+def patterns(size=SIZE):
+    """name -> text: long runs of one character, repeated openers that
+    never close, encoded-word tricks, NUL, 8-bit, CR-only line ends."""
+    def rep(unit):
+        return unit * (size // len(unit))
+    return {
+        "a-run": rep("a"), "space-run": rep(" "), "tab-run": rep("\t"), "dot-run": rep("."),
+        "at-run": rep("@"), "dash-run": rep("-"), "lt-run": rep("<"), "paren-open": rep("("),
+        "quote-run": rep('"'), "bracket-open": rep("["), "backslash-run": rep("\\"),
+        "a@": rep("a@"), "a.": rep("a."), "re-prefix": "re" + rep(" ") + "x", "re-colons": rep("re: "),
+        "ew-unclosed": rep("=?utf-8?q?a"), "ew-open": rep("=?utf-8?b?"), "ew-words": rep("=?utf-8?q?a?= "),
+        "nul": rep("\x00"), "8bit": rep("\xe9"), "cr-only": rep("x\r"), "crlf": rep("\r\n"),
+        "lf-run": rep("\n"), "ip-ish": rep("1.2.3."), "received-ish": rep("from [1.2.3.4] ("),
+        "html-open": rep("<a "), "status-ish": rep("5.1."), "approved": rep("Approved: x\n"),
+        "by-run": rep("by "), "mixed": rep("a <b@c> (d) \"e\" =?x?q?f?= "),
+    }
+
+
+def message(header="Subject", value="", body=""):
+    return f"From: a@example.org\n{header}: {value}\nMessage-ID: <h@example.org>\n\n{body}".encode(
+        "utf-8", "surrogateescape")
+
+
+def nested(levels):
+    """A message ``levels`` multiparts deep."""
+    head = "".join(f"--b{i}\nContent-Type: multipart/mixed; boundary=b{i + 1}\n\n" for i in range(levels))
+    tail = "".join(f"\n--b{i}--\n" for i in reversed(range(levels)))
+    return ("From: a@example.org\nSubject: deep\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/mixed; boundary=b0\n\n" + head + "text\n" + tail).encode()
+
+
+def dsn(text):
+    """A delivery-status report whose fields hold ``text``."""
+    return ("From: MAILER-DAEMON@example.org\nSubject: failed\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+            "--B\nContent-Type: text/plain\n\n" + text + "\n--B\nContent-Type: message/delivery-status\n\n"
+            "Reporting-MTA: dns; " + text + "\n\nFinal-Recipient: rfc822; " + text + "\nAction: failed\n"
+            "Status: 5.1.1\nDiagnostic-Code: smtp; " + text + "\n\n--B--\n").encode("utf-8", "surrogateescape")
+
+
+def _parsed(data):
+    return email.message_from_bytes(data, policy=policy.compat32)
+
+
+LIST = {"id": 1, "name": "test", "domain": "lists.example.org", "footer": "", "subject_tag": "[t]"}
+
+# parser name -> function of one adversarial text; each places it where
+# hostile mail would put it
+PARSERS = {
+    "RawMessage": lambda t: redsky.RawMessage(message("X-Long", t, t)),
+    "decode_header_text": lambda t: redsky.decode_header_text(t),
+    "addresses_in": lambda t: redsky.addresses_in([t]),
+    "valid_address": lambda t: (redsky.valid_address(t), redsky.normalize_address(t)),
+    "command_lines": lambda t: redsky.command_lines(message("Subject", t, t)),
+    "parse_command": lambda t: redsky.parse_command(t),
+    "subject_tag": lambda t: redsky.with_subject_tag(redsky.RawMessage(message("Subject", t)), "[t]"),
+    "relay_ip": lambda t: redsky.relay_ip(t),
+    "find_failures": lambda t: redsky.find_failures(
+        redsky.parse_report(message("Subject", "Mail delivery failed: " + t, t))),
+    "parse_dsn": lambda t: redsky.find_failures(redsky.parse_report(dsn(t))),
+    "bounced_message_ids": lambda t: redsky.bounced_message_ids(_parsed(message("Subject", "x", t)),
+                                                                message("Subject", "x", t)),
+    "take_approved": lambda t: redsky._take_approved_line(redsky.RawMessage(message("Subject", "x", t))),
+    "add_footer": lambda t: redsky.add_footer(redsky.RawMessage(message("Subject", "x", t)), "-- \nfooter"),
+    "summary": lambda t: redsky.summary(message("Subject", t)),
+    "text_of": lambda t: redsky.text_of(message("Content-Type", "text/html", t)),
+    "is_robot": lambda t: redsky.is_robot(redsky.RawMessage(message("Precedence", t)), t),
+    "verp_decode": lambda t: redsky.verp_decode(t, LIST, "key"),
+    "list_address_roles": lambda t: redsky.ROLE_ADDRESS.fullmatch(t),
+    "munge_from": lambda t: redsky.munge_from(redsky.RawMessage(message("From", t)), LIST, "a@example.org"),
+}
+
+
+def cpu(fn, *args):
+    """CPU seconds (user + system) of fn(*args); an exception counts as done."""
+    start = time.process_time()
+    try:
+        fn(*args)
+    except (RecursionError, ValueError, LookupError, UnicodeError):
+        pass
+    return time.process_time() - start
+
+
+def worst(size=SIZE):
+    """{parser: (seconds, input name)} of the slowest input for each parser."""
+    inputs = patterns(size)
+    return {name: max((cpu(fn, text), key) for key, text in inputs.items()) for name, fn in PARSERS.items()}

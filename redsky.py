@@ -41,8 +41,8 @@ Example: ``python3 redsky.py newlist team@lists.example.org`` then
 ``python3 redsky.py queue --recipient team@lists.example.org < post.eml``
 and ``python3 redsky.py send`` (or just ``python3 redsky.py demo``).
 
-Every command takes ``-c CONFIG`` (else $REDSKY_CONFIG, ./redsky.ini,
-/etc/redsky/redsky.ini, else built-in defaults) and ``--verbose``.
+Every command takes ``-c CONFIG`` (else $REDSKY_CONFIG, /etc/redsky/redsky.ini,
+else built-in defaults; never the current directory) and ``--verbose``.
 Exit codes follow sysexits(3): 0 done (also for discarded and held posts),
 64 usage, 65 bad data, 67 unknown list, 75 try again later, 77 no
 permission, 78 configuration error; ``filter`` adds 99, dropped on purpose.
@@ -87,6 +87,7 @@ import argparse
 import configparser
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -131,6 +132,15 @@ class Failure(Exception):
 
 class ConfigError(Failure):
     code = EX_CONFIG
+
+
+class InsecureFile(ConfigError):
+    """A config or plugin file that someone other than its owner and root
+    could change (OpenSSH's StrictModes rule); ``fix`` says how to mend it."""
+
+    def __init__(self, message, fix):
+        super().__init__(f"{message}; fix: {fix}")
+        self.fix = fix
 
 
 class StoreError(Failure):
@@ -310,7 +320,9 @@ DEFAULTS = {
         "max_age": "5d",
     },
 }
-CONFIG_PATHS = ("./redsky.ini", "/etc/redsky/redsky.ini")
+# Never the current directory: a file there would decide, for whoever runs
+# redsky in it (root included), which plugins are executed.
+CONFIG_PATHS = ("/etc/redsky/redsky.ini",)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
@@ -328,6 +340,7 @@ class Config:
         self.ini = configparser.ConfigParser(interpolation=None)
         self.ini.read_dict(DEFAULTS)
         if path:
+            refuse_if_others_can_write(path, "config")
             try:
                 with open(path, encoding="utf-8") as fh:
                     self.ini.read_file(fh)
@@ -428,6 +441,23 @@ class Config:
     @property
     def spool(self):
         return self.path_of("redsky", "spool")
+
+
+def refuse_if_others_can_write(path, what):
+    """Raise InsecureFile unless ``path`` and its directory are owned by
+    root or by us and writable by nobody else (group and others), a sticky
+    directory excepted: whoever can change the file runs code as us."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return                      # reading it reports the real problem
+    parent = os.path.dirname(os.path.abspath(path))
+    pst = os.stat(parent)
+    for target, info, is_dir in ((path, st, False), (parent, pst, True)):
+        if info.st_uid not in (0, os.geteuid()) or (info.st_mode & 0o022 and not (is_dir and info.st_mode & 0o1000)):
+            raise InsecureFile(f"{what} {target} can be changed by others than its owner and root (mode "
+                               f"{info.st_mode & 0o7777:04o}, owner uid {info.st_uid}): refused",
+                               f"chown root {target} && chmod go-w {target}")
 
 
 def setup_logging(config, verbose=False):
@@ -1138,9 +1168,20 @@ def valid_address(address):
 
 
 def normalize_address(address):
-    """Lower-case the domain (RFC 5321: the local part is the receiver's business)."""
+    """The one canonical form of an address, for every comparison and every
+    stored address: the domain lower-cased, a quoted local part unquoted
+    when it needs no quotes ("victim" and "vic\\tim" are victim, RFC 5321
+    4.1.2).  The local part keeps its case (the receiver's business);
+    stored addresses compare case-insensitively."""
     local, _, domain = address.strip().rpartition("@")
+    if len(local) > 2 and local[0] == '"' and local[-1] == '"':
+        inner = re.sub(r"\\(.)", r"\1", local[1:-1])
+        if _DOT_ATOM.fullmatch(inner):
+            local = inner
     return f"{local}@{domain.lower()}"
+
+
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 _NOT_A_FOLD = re.compile(rb"\r?\n(?![ \t])|\r(?!\n)|\x00")
@@ -1273,13 +1314,41 @@ def _decode_word(charset, encoding, text):
 
 
 def addresses_in(values):
-    """Plain addresses from header values like From: and Sender:.  Each
-    value is read up to 64 KB, its comments removed first: the email
-    package's parser recurses into nested comments (RecursionError) and
-    is slow on long runs."""
-    from email.utils import getaddresses
-    return [normalize_address(a) for _, a in getaddresses([_without_comments(str(v)[:65536]) for v in values])
-            if "@" in a]
+    """Plain addresses (normalize_address) from header values like From:,
+    Sender:, To: and Cc:, in order."""
+    return [address for _, address in mailboxes(values)]
+
+
+def mailboxes(values):
+    """(display name, address) of every mailbox in header values, read in
+    linear time up to 64 KB each, comments removed: the addr-spec is what
+    stands in <angle brackets>, else the whole element; elements are
+    separated by commas outside quotes and brackets (RFC 5322 3.4)."""
+    found = []
+    for value in values:
+        text, raw, angles = [], [], []
+        for token in _MAILBOX_TOKEN.findall(_without_comments(str(value)[:65536])):
+            if token == ",":
+                found += _mailbox("".join(text), "".join(raw), angles)
+                text, raw, angles = [], [], []
+            elif token.startswith("<"):
+                angles.append(token.strip("<>"))
+            else:
+                raw.append(token)
+                text.append(re.sub(r"\\(.)", r"\1", token[1:-1]) if token.startswith('"') else token)
+        found += _mailbox("".join(text), "".join(raw), angles)
+    return found
+
+
+_MAILBOX_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|<[^<>]*>?|,|[^",<]+|[<>]', re.S)
+
+
+def _mailbox(text, raw, angles):
+    if angles:
+        name, address = one_line(text).strip('" '), re.sub(r"^(@[^:]*:)", "", angles[-1].strip())
+    else:
+        name, address = "", re.sub(r'^[^@"]*:', "", raw.strip()).rstrip(";").strip()
+    return [(name, normalize_address(address))] if "@" in address else []
 
 
 def _without_comments(value):
@@ -1316,9 +1385,13 @@ _NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
 def is_robot(msg, sender, strict=True):
-    """Why a message comes from a robot (RFC 3834 2), or None.  ``strict``
-    also treats Precedence bulk/junk/list and MAILER-DAEMON or -bounces
-    senders as robots: what redsky never answers."""
+    """Why a message comes from a robot (RFC 3834 2), or None: the one robot
+    detector of the program.  Always: the null sender, Auto-Submitted, a
+    report, and the fields of responders older than RFC 3834.  ``strict``
+    (what redsky never answers, and no command from it counts) also:
+    Precedence bulk/junk/list/auto_reply, a list's copy (List-Id, List-Post,
+    X-Loop ...), an auto-reply Subject ("Out of office", "Automatic reply"),
+    MAILER-DAEMON, postmaster, -bounces and owner- senders."""
     if sender == "":
         return "null envelope sender"
     auto = (msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
@@ -1326,10 +1399,18 @@ def is_robot(msg, sender, strict=True):
         return f"Auto-Submitted: {auto}"
     if (msg.get("Content-Type") or "").lower().startswith("multipart/report"):
         return "a delivery or disposition report"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation"):
+        if msg.get(name) is not None:
+            return f"an automatic reply ({name})"
     if strict:
         precedence = (msg.get("Precedence") or "").strip().lower()
-        if precedence in ("bulk", "junk", "list"):
+        if precedence in ("bulk", "junk", "list", "auto_reply"):
             return f"Precedence: {precedence}"
+        for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
+            if msg.get(name) is not None:
+                return f"a list's copy ({name})"
+        if AUTO_REPLY_SUBJECT.search(decode_header_text(msg.get("Subject") or "")):
+            return f"an automatic reply (Subject: {one_line(decode_header_text(msg.get('Subject')), 60)})"
         for address in addresses_in(msg.get_all("From")) + ([sender] if sender else []):
             local = address.rpartition("@")[0].lower()
             if local in ("mailer-daemon", "postmaster") or "-bounces" in local or local.startswith("owner-"):
@@ -1337,9 +1418,13 @@ def is_robot(msg, sender, strict=True):
     return None
 
 
+AUTO_REPLY_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|absence|vacation|"
+    r"on leave|r[ée]ponse automatique|away from)", re.I)
+
+
 # List addresses and headers --------------------------------------------------
 
-# LIST-suffix[+extension]: the addresses one list answers besides LIST itself
 # The one table of the addresses a list answers: LIST-suffix[+extension]@DOMAIN
 # besides LIST@DOMAIN itself, and the role each gives a message.
 ROLES = {"bounces": "bounces", "request": "request", "owner": "owner", "confirm": "confirm",
@@ -1600,38 +1685,86 @@ def wrap_message(msg, list_row, author):
 # DNS client and caches -------------------------------------------------------
 
 def dns_query(name, qtype, nameserver, timeout):
-    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name`` by
-    one UDP query (RFC 1035), as raw RDATA bytes; [] for NXDOMAIN or no
-    such record.  Raises OSError on a timeout or a server failure."""
-    import random
+    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name``
+    (RFC 1035), as raw RDATA bytes; [] for NXDOMAIN or no such record.
+
+    Only the server can answer: the UDP socket is connected to it, the ID
+    is random (secrets), and a reply counts only with that ID, QR set and
+    our question echoed (RFC 5452); anything else is dropped and waited
+    past.  One deadline covers the whole lookup.  A truncated answer (TC)
+    is asked again over TCP (RFC 7766).  Raises OSError on a timeout, a
+    server failure or a malformed answer."""
+    import secrets
     import socket
     import struct
     host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "53")
-    qid = random.getrandbits(16)
+    address = (host.strip("[]"), int(port or 53))
+    deadline = time.monotonic() + timeout
+    qid = secrets.randbits(16)
     labels = [label for label in name.encode("idna").split(b".") if label]
-    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
-    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", qtype, 1)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.sendto(query, (host, int(port or 53)))
+    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", qtype, 1)
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.send(query)
         while True:
+            sock.settimeout(_time_left(deadline, name))
             reply = sock.recv(4096)
-            if len(reply) >= 12 and struct.unpack(">H", reply[:2])[0] == qid:
+            if _dns_reply_matches(reply, qid, question):
                 break
-    flags, qd, an = struct.unpack(">HHH", reply[2:8])
-    rcode = flags & 0xF
+    if reply[2] & 0x02:                         # TC: the whole answer over TCP
+        with socket.create_connection(address, timeout=_time_left(deadline, name)) as conn:
+            conn.settimeout(_time_left(deadline, name))
+            conn.sendall(struct.pack(">H", len(query)) + query)
+            reply = _recv_exactly(conn, struct.unpack(">H", _recv_exactly(conn, 2))[0])
+        if not _dns_reply_matches(reply, qid, question):
+            raise OSError(f"DNS answer over TCP for {name} does not match the question")
+    try:
+        return _dns_answers(reply, qtype, 12 + len(question))
+    except (IndexError, struct.error):
+        raise OSError(f"malformed DNS answer for {name}") from None
+
+
+def _time_left(deadline, name):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise OSError(f"DNS lookup of {name} timed out")
+    return left
+
+
+def _recv_exactly(conn, size):
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("DNS server closed the TCP connection")
+        data += chunk
+    return data
+
+
+def _dns_reply_matches(reply, qid, question):
+    """A reply to our query: our ID, QR set, a standard query, one question: ours."""
+    return (len(reply) >= 12 + len(question) and reply[0] == qid >> 8 and reply[1] == qid & 0xFF
+            and reply[2] & 0x80 and not reply[2] & 0x78 and reply[4:6] == b"\0\1"
+            and reply[12:12 + len(question)].lower() == question.lower())
+
+
+def _dns_answers(reply, qtype, pos):
+    """RDATA of the answers of ``qtype`` in ``reply``, the question ending at ``pos``."""
+    import struct
+    rcode = reply[3] & 0xF
     if rcode == 3:                              # NXDOMAIN
         return []
     if rcode != 0:
         raise OSError(f"DNS server answered rcode {rcode}")
-    pos = 12
-    for _ in range(qd):                         # skip the question
-        pos = _skip_name(reply, pos) + 4
     records = []
-    for _ in range(an):
+    for _ in range(struct.unpack(">H", reply[6:8])[0]):
         pos = _skip_name(reply, pos)
         rtype, _, _, length = struct.unpack(">HHIH", reply[pos:pos + 10])
         pos += 10
+        if pos + length > len(reply):
+            raise IndexError("record beyond the end of the answer")
         if rtype == qtype:
             records.append(reply[pos:pos + length])
         pos += length
@@ -2108,9 +2241,6 @@ def dsn_blocks(text, limit=1000):
 
 # What non-DSN reports look like.  Phrases are matched case-insensitively on
 # the text before the returned message; the first group that matches decides.
-AUTO_REPLY_SUBJECT = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|absence|vacation|"
-    r"on leave|r[ée]ponse automatique|away from)", re.I)
 DELAY_PHRASES = re.compile(
     r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
     r"delivery (has been )?delayed|delayed mail|still being retried|"
@@ -2461,6 +2591,7 @@ def load_plugins(config):
     sys.modules.setdefault("redsky", sys.modules[__name__])     # `import redsky` finds this module
     for number, path in enumerate(paths):
         path = os.path.join(config.data_dir, os.path.expanduser(path))
+        refuse_if_others_can_write(path, "plugin")
         before = set(FILTERS)
         spec = importlib.util.spec_from_file_location(f"redsky_plugin_{number}", path)
         try:
@@ -2873,9 +3004,14 @@ def access(ctx):
     (an address or *@domain pattern in the list's acl); passphrase (an
     Approved: header or first body line matches); moderated (everything is
     held).  A correct passphrase always approves.  Failure → hold.
-    Approved: is always stripped so the passphrase never leaks.
+    Approved: is always stripped so the passphrase never leaks.  Whatever
+    the mode, a moderator decides on a post whose From: display name is
+    another address (impersonation) and on one that came through a list
+    subscribed to this one (two lists feeding each other loop).
     Reads list, msg, sender, members, approved, accepted; writes msg (Approved: removed), approved."""
     passphrase = take_approved(ctx)
+    if passphrase and passphrase_left(ctx.msg, passphrase):
+        raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
     stored = ctx.list["passphrase_hash"]
     if passphrase is not None and stored and check_passphrase(passphrase, stored):
         ctx.approved = True
@@ -2885,6 +3021,9 @@ def access(ctx):
     if ctx.accepted:
         ctx.note(f"whitelisted: {ctx.accepted}")
         return
+    suspicious = display_name_spoof(ctx.msg) or subscribed_list(ctx)
+    if suspicious:
+        raise Hold(suspicious)
     mode = ctx.list["access"]
     senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
     if ctx.sender:
@@ -2906,6 +3045,31 @@ def access(ctx):
     raise Hold("the list is moderated")
 
 
+def display_name_spoof(msg):
+    """Why a From: display name impersonates someone, or None: the name is
+    itself an address other than the mailbox's (a mail reader shows the
+    name; the mailbox is who it is)."""
+    for name, address in mailboxes(msg.get_all("From")):
+        shown = _ADDRESS.search(decode_header_text(name))
+        if shown and normalize_address(shown.group(0)).lower() != address.lower():
+            return f"From: shows {shown.group(0)} as its name, but the mailbox is {address}"
+    return None
+
+
+def subscribed_list(ctx):
+    """Why this post must not go on unmoderated because it is another
+    list's copy and that list is a member here (its List-Post address, or
+    the address its List-Id names), or None."""
+    named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
+    for value in ctx.msg.get_all("List-Id"):
+        m = re.search(r"<([^<>\s]+)>", value)
+        if m and "." in m.group(1):
+            name, _, domain = m.group(1).partition(".")
+            named.append(f"{name}@{domain}")
+    member = next((a for a in named if a.lower() in ctx.members), None)
+    return f"came through the list {member}, which is subscribed to this one" if member else None
+
+
 def take_approved(ctx):
     """Remove every Approved: header (and an Approved: line at the top of
     the first text part) so a passphrase never reaches the members; return
@@ -2916,7 +3080,35 @@ def take_approved(ctx):
         found = values[0]
         ctx.msg.remove("Approved", "Approve")
     body_value = _take_approved_line(ctx.msg)
-    return found if found is not None else body_value
+    found = found if found is not None else body_value
+    if found:                       # the same line in any other part, an HTML alternative too
+        ctx.msg.body = _approved_text(found).sub(b"", ctx.msg.body)
+    return found
+
+
+def _approved_text(passphrase):
+    return re.compile(rb"(?i:approved?):[ \t]*" + re.escape(passphrase.encode("utf-8")))
+
+
+def passphrase_left(msg, passphrase):
+    """Whether "Approved: PASSPHRASE" is still somewhere in ``msg`` after
+    take_approved, as text a reader would see: in a part's decoded text
+    (base64, quoted-printable, HTML with tags and entities)."""
+    if _approved_text(passphrase).search(msg.body):
+        return True
+    if not re.search(rb"(?i)base64|quoted-printable|text/html", msg.body):
+        return False
+    from email import message_from_bytes, policy
+    wanted = re.compile(r"(?i)approved?:\s*" + re.escape(passphrase))
+    try:
+        for part in message_from_bytes(bytes(msg), policy=policy.compat32).walk():
+            if part.get_content_maintype() == "text" and not part.is_multipart():
+                text = payload_text(part, "utf-8")
+                if wanted.search(html_text(text) if part.get_content_subtype() == "html" else text):
+                    return True
+    except RecursionError:
+        return True                 # cannot look inside: do not vouch for it
+    return False
 
 
 _APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n(?:[ \t]*\r?\n)?",
@@ -2926,7 +3118,9 @@ _APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n
 def _take_approved_line(msg):
     """Mailman-style ``Approved: secret`` as the first line of the body, for
     a plain single-part message or the first text/plain part of a
-    multipart/mixed one (7bit/8bit only: encoded parts are left alone)."""
+    multipart/mixed one (removed here with the blank line after it), else
+    the first such line that opens any part or paragraph (removed by
+    take_approved, like its copies in the other parts)."""
     if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
         return None                 # the common case, without loading the email package
     info = msg.header_message()
@@ -2950,6 +3144,12 @@ def _take_approved_line(msg):
                         start = head_end.end()
                         msg.body = msg.body[:start] + msg.body[start + m.end():]
                         return m.group(1).decode("utf-8", "replace").strip()
+    # any other structure (multipart/alternative, nested parts): the first
+    # such line that opens a part or a paragraph; take_approved removes it
+    for m in itertools.islice(re.finditer(rb"(?im)^[ \t]*approved?:[ \t]*([^\r\n]*)", msg.body[:65536]), 10):
+        before = msg.body[max(0, m.start() - 1024):m.start()]
+        if not before.strip() or before[len(before.rstrip(b" \t\r\n")):].count(b"\n") >= 2:
+            return m.group(1).decode("utf-8", "replace").strip()
     return None
 
 
@@ -3114,7 +3314,8 @@ def release_held(store, config, held_id):
     verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
     if verdict is not None:
         if verdict.code or isinstance(verdict, Hold):
-            raise Failure(f"held post {held_id}: {verdict.name}: {verdict.reason}", verdict.code)
+            raise Failure(f"held post {held_id} not released: {verdict.name}: {verdict.reason}",
+                          verdict.code or EX_DATAERR)
         with store.transaction() as db:      # discarded on the way (e.g. no members): it is done with
             ctx.apply_changes(db)
         log.info("held post %s not distributed: %s", held_id, verdict.reason)
@@ -3250,6 +3451,13 @@ class Requests:
         if not self.notices.send(to, title, text_name, values, **options) and options.get("limit", True):
             self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
 
+    def is_list_address(self, address):
+        """Whether ``address`` is an address of a list on this installation:
+        subscribing it takes the owners' approval, whatever the policy."""
+        m = ROLE_ADDRESS.fullmatch(address.rpartition("@")[0])
+        local = m.group(1) if m else address.rpartition("@")[0]
+        return self.store.list_by_address(f"{local}@{address.rpartition('@')[2]}") is not None
+
     def is_member(self, address):
         return address.lower() in {a.lower() for a in member_addresses(self.store, self.list["id"])}
 
@@ -3317,18 +3525,19 @@ class Requests:
         if self.is_member(address):
             return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
                                {"address": address})
+        if policy_ == "approve" or self.is_list_address(address):
+            return self.ask_owners_to_approve(address)
         if policy_ == "open":
             return self.add_member(address)
-        if policy_ == "approve":
-            return self.ask_owners_to_approve(address)
         self.ask_to_confirm(address, "subscribe")
 
     def unsubscribe(self, address):
+        """Leaving always takes the member's confirmation (or the personal
+        LIST-leave+TOKEN address), whatever the join policy: From: is forged
+        as easily as written."""
         if not self.is_member(address):
             return self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
                                {"address": address})
-        if self.list["subscribe_policy"] == "open":
-            return self.remove_member(address)
         self.ask_to_confirm(address, "unsubscribe")
 
     def ask_to_confirm(self, address, action):
@@ -3768,12 +3977,6 @@ def autoreply_refusal(ctx, address):
         return "no envelope sender (Return-Path) that is an address to answer"
     if ctx.sender.lower() == address.lower():
         return "sent by the address itself"
-    for name in ("List-Id", "List-Post", "List-Unsubscribe", "X-Loop"):
-        if ctx.msg.get(name) is not None:
-            return f"a list or forwarded message ({name})"
-    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation"):
-        if ctx.msg.get(name) is not None:       # responders that predate RFC 3834
-            return f"an automatic reply ({name})"
     suppress = (ctx.msg.get("X-Auto-Response-Suppress") or "").lower()
     if re.search(r"\b(all|oof|autoreply)\b", suppress):
         return f"X-Auto-Response-Suppress: {suppress.strip()}"
@@ -5739,6 +5942,12 @@ def main(argv=None):
         setup_logging(config, args.verbose)
         load_plugins(config)
         return args.func(args, config)
+    except InsecureFile as e:
+        if args.command == "doctor":                # doctor's own words for it
+            print(f"FAIL  {str(e).split('; fix: ')[0]}\n      fix: {e.fix}")
+        else:
+            report(f"{e}")
+        return EX_CONFIG
     except Failure as e:
         report(f"{e}")
         code = EX_TEMPFAIL if queue and e.code not in (EX_CONFIG,) else e.code

@@ -44,11 +44,12 @@ def nested(levels):
 
 
 def dsn(text):
-    """A delivery-status report whose fields hold ``text``."""
+    """A delivery-status report with ``text`` as its human-readable part and
+    its Diagnostic-Code."""
     return ("From: MAILER-DAEMON@example.org\nSubject: failed\nMIME-Version: 1.0\n"
             "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
             "--B\nContent-Type: text/plain\n\n" + text + "\n--B\nContent-Type: message/delivery-status\n\n"
-            "Reporting-MTA: dns; " + text + "\n\nFinal-Recipient: rfc822; " + text + "\nAction: failed\n"
+            "Reporting-MTA: dns; mx.example.org\n\nFinal-Recipient: rfc822; b@example.org\nAction: failed\n"
             "Status: 5.1.1\nDiagnostic-Code: smtp; " + text + "\n\n--B--\n").encode("utf-8", "surrogateescape")
 
 

@@ -228,10 +228,12 @@ def test_config_search_order(tmp_path):
     # no config anywhere: the per-user data directory
     if not os.path.exists("/etc/redsky/redsky.ini"):
         assert str(tmp_path / "xdg" / "redsky" / "redsky.db") in run().stdout
-    # ./redsky.ini: data beside it
-    (cwd / "redsky.ini").write_text("[redsky]\nlog = stderr\n")
-    assert str(cwd / "redsky.db") in run().stdout
-    # $REDSKY_CONFIG wins over ./redsky.ini
+    # ./redsky.ini is never read: whoever can write the current directory
+    # would choose the plugins that run (as root, if root runs redsky there)
+    (cwd / "redsky.ini").write_text("[redsky]\nlog = stderr\nplugins = evil.py\n")
+    (cwd / "evil.py").write_text("open('pwned', 'w').close()\n")
+    assert str(cwd / "redsky.db") not in run().stdout and not (cwd / "pwned").exists()
+    # $REDSKY_CONFIG is read
     other = tmp_path / "other"
     other.mkdir()
     (other / "r.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n")

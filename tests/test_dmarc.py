@@ -81,3 +81,42 @@ def test_dns_failure_never_blocks_a_post(lst):
 def test_bad_settings(lst):
     assert lst.run("set", "test@lists.example.org", "dmarc", "sometimes").returncode == 64
     assert lst.run("set", "test@lists.example.org", "dmarc_action", "drop").returncode == 64
+
+
+# -- the DNS client believes only its server's answer to its question -------------
+
+@pytest.fixture
+def hostile_dns(request):
+    from fakedns import HostileDNS
+    server = HostileDNS(request.param)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("hostile_dns", ["other-port", "wrong-question", "not-a-reply", "truncated", "flood"],
+                         indirect=True)
+def test_the_dns_client_refuses_what_its_server_did_not_answer(hostile_dns):
+    import time
+    import redsky
+    start = time.monotonic()
+    with pytest.raises(OSError):
+        redsky.dns_txt("_dmarc.victim.example", hostile_dns.address, 1.0)
+    assert time.monotonic() - start < 2.5          # one deadline, however many packets arrive
+
+
+@pytest.mark.parametrize("hostile_dns", ["tc"], indirect=True)
+def test_a_truncated_udp_answer_is_asked_again_over_tcp(hostile_dns):
+    import redsky
+    assert redsky.dns_txt("_dmarc.big.example", hostile_dns.address, 2.0) == ["v=DMARC1; p=reject"]
+    assert hostile_dns.tcp_queries == 1
+
+
+@pytest.mark.parametrize("hostile_dns", ["other-port", "truncated", "not-a-reply"], indirect=True)
+def test_a_forged_or_broken_answer_is_never_cached_and_never_stops_a_post(lst, hostile_dns):
+    lst.write_config(dmarc={"nameserver": hostile_dns.address, "timeout": "1s"})
+    r = lst.queue(post(sender="ann@victim.example"), sender="ann@victim.example")
+    assert r.returncode == 0, r.err
+    assert lst.db().execute("SELECT count(*) FROM dmarc_cache").fetchone()[0] == 0
+    lst.run("send", check=0)
+    copy = parse(lst.sent()[-1][1])
+    assert "ann@victim.example" in copy["From"]     # not munged on a forged p=reject

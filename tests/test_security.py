@@ -1,0 +1,206 @@
+"""What an outsider who can send any mail to any list address cannot do.
+
+Each test is one attack from the hostile-input review, through the real CLI."""
+
+import base64
+import re
+import time
+
+import pytest
+
+from conftest import parse, post
+
+LIST = "test@lists.example.org"
+OWNER = "owner@example.org"
+LIST_OPTIONS = ("--owner", OWNER)
+MEMBERS = ("bob@example.net", "alice@example.org")
+
+
+def mail(rs, to, sender, subject="", body="", extra="", check=0):
+    data = post(subject=subject, body=body, sender=sender, extra=extra, to=to, msgid=f"<{time.time_ns()}@x.org>")
+    return rs.queue(data, recipient=to, sender=sender, check=check)
+
+
+def inbox(rs, address):
+    rs.run("send", check=0)
+    return [parse(data) for argv, data in rs.sent() if argv[-1] == address]
+
+
+# 1. header injection through a display name ------------------------------------------
+
+INJECTIONS = {
+    # the review's example: its name also shows an address, so it is held; a moderator approves it
+    "review": b"Alice\r\nList-Unsubscribe: <mailto:evil@evil.example>\r\nX-Injected: yes",
+    "https": b"Alice\r\nList-Unsubscribe: <https://evil.example/u>\r\nX-Injected: yes",
+    "blank-line": b"Alice\r\n\r\nX-Injected: yes",
+    "bare-cr": b"Alice\rX-Injected: yes\rList-Unsubscribe: <https://evil.example/u>",
+    "nul": b"Alice\x00\nX-Injected: yes",
+}
+
+
+@pytest.mark.parametrize("action", ["munge_from", "wrap_message"])
+@pytest.mark.parametrize("name", sorted(INJECTIONS))
+def test_a_display_name_cannot_inject_header_fields(lst, action, name):
+    lst.run("set", LIST, "dmarc", "always", check=0)
+    lst.run("set", LIST, "dmarc_action", action, check=0)
+    encoded = base64.b64encode(INJECTIONS[name]).decode()
+    data = (f"From: =?us-ascii?b?{encoded}?= <alice@example.org>\nTo: {LIST}\nSubject: hi\n"
+            "Message-ID: <inj@example.org>\n\nbody\n").encode()
+    lst.queue(data, sender="alice@example.org", check=0)
+    if lst.status()["held"]:
+        lst.run("approve", "1", check=0)
+    lst.run("send", check=0)
+    (copy,) = [data for argv, data in lst.sent() if argv[-1] == "bob@example.net"]
+    head = copy.split(b"\n\n", 1)[0]
+    assert not re.search(rb"(?m)^X-Injected:", head) and b"\r" not in head and b"\0" not in head
+    unsubscribe = re.findall(rb"(?m)^List-Unsubscribe: (.*)$", head)
+    assert len(unsubscribe) == 1 and b"evil.example" not in unsubscribe[0]
+    assert re.search(rb"(?m)^List-Id: <test\.lists\.example\.org>", head)
+
+
+# 4. passphrase leaks ---------------------------------------------------------------------
+
+def passphrase_post(kind, extra_part=""):
+    return (f"From: Stranger <s@example.com>\nTo: {LIST}\nSubject: announce\nMessage-ID: <pw-{kind}@x.org>\n"
+            f"MIME-Version: 1.0\nContent-Type: multipart/{kind}; boundary=BB\n\n"
+            "--BB\nContent-Type: text/plain\n\nApproved: s3cretPW\n\nHello all.\n"
+            "--BB\nContent-Type: text/html\n\n<html><body><p>Approved: s3cretPW</p><p>Hello all.</p></body></html>\n"
+            + extra_part + "--BB--\n").encode()
+
+
+@pytest.mark.parametrize("kind", ["mixed", "alternative"])
+def test_the_passphrase_never_reaches_members_or_the_archive(lst, kind):
+    lst.run("set", LIST, "passphrase", "s3cretPW", check=0)
+    lst.queue(passphrase_post(kind), sender="s@example.com", check=0)
+    held = lst.status()["held"]
+    if held:                                       # held first: a moderator approves from the CLI
+        lst.run("approve", "1", check=0)
+    lst.run("send", check=0)
+    copies = [data for argv, data in lst.sent() if argv[-1] in MEMBERS]
+    assert len(copies) == 2 and all(b"Hello all." in c for c in copies)
+    assert all(b"s3cretPW" not in c for c in copies)
+    archived = lst.run("archive", "export", LIST).stdout
+    assert b"Hello all." in archived and b"s3cretPW" not in archived
+
+
+def test_a_passphrase_that_cannot_be_removed_refuses_the_approval(lst):
+    lst.run("set", LIST, "passphrase", "s3cretPW", check=0)
+    hidden = base64.b64encode(b"Approved: s3cretPW\nin an encoded part\n").decode()
+    data = passphrase_post("mixed", f"--BB\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n{hidden}\n")
+    lst.queue(data, sender="s@example.com", check=0)
+    assert lst.status()["held"] == 1
+    r = lst.run("approve", "1")
+    assert r.returncode != 0 and "passphrase" in r.err
+    lst.run("send", check=0)
+    assert not [argv for argv, _ in lst.sent() if argv[-1] in MEMBERS]
+
+
+# 5. two lists feeding each other ---------------------------------------------------------
+
+def test_two_lists_that_subscribe_each_other_cannot_loop(rs):
+    rs.write_config(send={"transport": "sendmail"})
+    for name in ("alpha", "beta"):
+        rs.newlist(f"{name}@lists.example.org", "--access", "open", "--subscribe-policy", "open",
+                   "--owner", OWNER, members=("member@example.net",))
+    # each list's join address gets a forged request naming the other list
+    for a, b in (("alpha", "beta"), ("beta", "alpha")):
+        mail(rs, f"{a}-join@lists.example.org", f"{b}@lists.example.org", subject="join")
+    for name in ("alpha", "beta"):
+        assert f"{'beta' if name == 'alpha' else 'alpha'}@lists.example.org" not in rs.members(f"{name}@lists.example.org")
+    # the owners subscribe them by hand anyway: a post stops at the first list it comes back to
+    rs.run("subscribe", "alpha@lists.example.org", "beta@lists.example.org", check=0)
+    rs.run("subscribe", "beta@lists.example.org", "alpha@lists.example.org", check=0)
+    mail(rs, "alpha@lists.example.org", "member@example.net", subject="ping")
+    fed = 0
+    for _ in range(10):                              # play the MTA: copies for a list go to that list
+        rs.run("send", check=0)
+        sent = rs.sent()
+        for argv, data in sent[fed:]:
+            if argv[-1] in ("alpha@lists.example.org", "beta@lists.example.org"):
+                rs.queue(data, recipient=argv[-1], sender=argv[argv.index("-f") + 1], check=0)
+        if len(sent) == fed:
+            break
+        fed = len(sent)
+    assert [argv[-1] for argv, _ in rs.sent()].count("member@example.net") == 1
+    held = rs.run("held", "--json", check=0).out
+    assert "subscribed to this one" in held
+
+
+# 6. rate limits by spelling ----------------------------------------------------------------
+
+def test_rate_limits_count_one_address_however_it_is_spelt(lst):
+    lst.write_config(commands={"max_confirmations": "3"})
+    for spelling in ("victim@example.org", '"victim"@example.org', '"vic\\tim"@example.org',
+                     "victim@EXAMPLE.org", '"victim"@Example.Org'):
+        for _ in range(2):
+            data = (f"From: {spelling}\nTo: test-join@lists.example.org\nSubject: join\n"
+                    f"Message-ID: <{time.time_ns()}@x.org>\n\njoin\n").encode()
+            lst.queue(data, recipient="test-join@lists.example.org", sender="mallory@evil.example", check=0)
+    assert len(inbox(lst, "victim@example.org")) == 1      # one pending confirmation, asked once
+
+
+# 7. auto-replies never confirm ---------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, subject", [
+    ("X-Autoreply: yes\n", "Re: confirm"), ("X-Autorespond: yes\n", "Re: confirm"),
+    ("X-Vacation: yes\n", "Re: confirm"), ("", "Out of office: confirm"),
+    ("", "Automatic reply: confirm"), ("Precedence: auto_reply\n", "Re: confirm"),
+    ("List-Id: <other.lists.example.net>\n", "Re: confirm"),
+])
+def test_an_automatic_reply_never_confirms_a_subscription(lst, extra, subject):
+    mail(lst, "test-join@lists.example.org", "new@example.com", subject="join")
+    (confirmation,) = inbox(lst, "new@example.com")
+    to = re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1)
+    mail(lst, to, "new@example.com", subject=subject, extra=extra)
+    assert "new@example.com" not in lst.members(LIST)
+
+
+# 8. the current directory's config ------------------------------------------------------------
+
+def test_a_config_or_plugin_others_can_write_is_refused_and_doctor_says_so(rs):
+    rs.config.chmod(0o666)
+    for command in (["lists"], ["queue", "--recipient", LIST]):
+        r = rs.run(*command, input=post())
+        assert r.returncode == 78 and "chmod go-w" in r.err and len(r.err.splitlines()) == 1, command
+    r = rs.run("doctor")
+    assert r.returncode == 78 and r.out.startswith("FAIL") and "fix: chown root" in r.out
+    rs.config.chmod(0o644)
+    (rs.home / "evil.py").write_text("import redsky\nopen('pwned', 'w').close()\n")
+    (rs.home / "evil.py").chmod(0o664)
+    rs.write_config(redsky={"log": "stderr", "plugins": "evil.py"})
+    r = rs.run("lists")
+    assert r.returncode == 78 and "plugin" in r.err and not (rs.home / "pwned").exists()
+
+
+# 9. display-name tricks -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frm", ["alice@example.org <mallory@evil.example>",
+                                 '"alice@example.org" <mallory@evil.example>',
+                                 "=?utf-8?q?alice=40example=2Eorg?= <mallory@evil.example>"])
+def test_a_display_name_that_is_another_address_is_held(lst, frm):
+    data = f"From: {frm}\nTo: {LIST}\nSubject: hi\nMessage-ID: <{time.time_ns()}@x.org>\n\nbody\n".encode()
+    lst.queue(data, sender="mallory@evil.example", check=0)
+    assert lst.status()["held"] == 1
+    assert "mallory@evil.example" in lst.run("held", check=0).out
+
+
+def test_a_display_name_that_is_the_same_address_passes(lst):
+    data = (f'From: "alice@example.org" <Alice@Example.org>\nTo: {LIST}\nSubject: hi\n'
+            f"Message-ID: <same@x.org>\n\nbody\n").encode()
+    lst.queue(data, sender="alice@example.org", check=0)
+    assert lst.status()["held"] == 0 and lst.status()["queued_posts"] == 1
+
+
+# 10. forged leave ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["open", "confirm"])
+def test_leaving_always_needs_the_members_confirmation(lst, policy):
+    lst.run("set", LIST, "subscribe_policy", policy, check=0)
+    mail(lst, "test-leave@lists.example.org", "bob@example.net", subject="bye")       # forged From
+    mail(lst, "test-request@lists.example.org", "bob@example.net", subject="unsubscribe")
+    assert "bob@example.net" in lst.members(LIST)
+    (confirmation,) = inbox(lst, "bob@example.net")
+    assert "unsubscribe" in confirmation.get_content()
+    to = re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1)
+    mail(lst, to, "bob@example.net", subject="Re: confirm")                         # bob really confirms
+    assert "bob@example.net" not in lst.members(LIST)

@@ -454,7 +454,8 @@ def refuse_if_others_can_write(path, what):
     parent = os.path.dirname(os.path.abspath(path))
     pst = os.stat(parent)
     for target, info, is_dir in ((path, st, False), (parent, pst, True)):
-        if info.st_uid not in (0, os.geteuid()) or (info.st_mode & 0o022 and not (is_dir and info.st_mode & 0o1000)):
+        writable = info.st_mode & 0o022 and not (is_dir and info.st_mode & 0o1000)
+        if info.st_uid not in (0, os.geteuid()) or writable:
             raise InsecureFile(f"{what} {target} can be changed by others than its owner and root (mode "
                                f"{info.st_mode & 0o7777:04o}, owner uid {info.st_uid}): refused",
                                f"chown root {target} && chmod go-w {target}")
@@ -1671,7 +1672,8 @@ def wrap_message(msg, list_row, author):
     outer.append("Content-Type", f'multipart/mixed; boundary="{boundary}"')
     b = boundary.encode()
     outer.body = (b"--" + b + eol + b"Content-Type: message/rfc822" + eol
-                  + b"Content-Disposition: inline" + eol + eol + original + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
+                  + b"Content-Disposition: inline" + eol + eol + original
+                  + (b"" if original.endswith(b"\n") else eol) + eol + b"--" + b + b"--" + eol)
     msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
 
@@ -1702,7 +1704,8 @@ def dns_query(name, qtype, nameserver, timeout):
     deadline = time.monotonic() + timeout
     qid = secrets.randbits(16)
     labels = [label for label in name.encode("idna").split(b".") if label]
-    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", qtype, 1)
+    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    question += struct.pack(">HH", qtype, 1)
     query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -2544,7 +2547,7 @@ def html_text(html):
             lower = lower or html.lower()
             close = lower.find("</" + name, pos)
             pos = end if close < 0 else close
-        elif name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote"):
+        elif name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote") and not tag.group(1):
             out.append("\n")
     text = entities.unescape("".join(out))
     return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip() + "\n"
@@ -5771,7 +5774,7 @@ def cmd_demo(args, config):
     import tempfile
     with tempfile.TemporaryDirectory(prefix="redsky-demo-") as home:
         ini = os.path.join(home, "redsky.ini")
-        with open(ini, "w") as fh:
+        with open(os.open(ini, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write("[redsky]\nlog = stderr\n[send]\ntransport = maildir\n")
         demo = Config(ini)
         setup_logging(demo, args.verbose)

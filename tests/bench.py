@@ -166,12 +166,30 @@ def issue6_rows(runs, startup, sink, rows, row):
     home.cleanup()
 
 
+def hostile_table(runs):
+    """The slowest of tests/hostile.py's 1 MB inputs for each parser of
+    untrusted text: CPU seconds (user + system), median of ``runs``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hostile
+    inputs = hostile.patterns(1_000_000)
+    print(f"hostile input: 1 MB of each of {len(inputs)} patterns; CPU seconds of the slowest, median of {runs}\n")
+    print(f"{'parser':22} {'slowest input':16} {'CPU s':>7}")
+    for name, fn in hostile.PARSERS.items():
+        worst = max((statistics.median(hostile.cpu(fn, text) for _ in range(runs)), key)
+                    for key, text in inputs.items())
+        print(f"{name:22} {worst[1]:16} {worst[0]:7.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1,000 and 10,000 members, one run")
     ap.add_argument("--sink-processes", type=int, default=1)
+    ap.add_argument("--hostile", action="store_true",
+                    help="only the hostile-input table: the slowest 1 MB input per parser")
     args = ap.parse_args()
+    if args.hostile:
+        return hostile_table(args.runs)
     runs = 1 if args.quick else args.runs
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000, 100_000)
     rows = []

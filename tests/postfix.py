@@ -148,8 +148,10 @@ class PrivatePostfix:
         self.redsky_py = self.dir / "redsky.py"
         shutil.copy(ROOT / "redsky.py", self.redsky_py)
         self.redsky_py.chmod(0o755)
-        self.config = self.home / "redsky.ini"
-        self.config.write_text("[redsky]\nlog = redsky.log\numask = 000\nbusy_timeout = 1s\n"
+        # the config where an admin keeps it: in a root-owned directory (redsky
+        # refuses one that others could change), the data in nobody's
+        self.config = self.dir / "redsky.ini"
+        self.config.write_text("[redsky]\ndata_dir = redsky\nlog = redsky.log\numask = 000\nbusy_timeout = 1s\n"
                                "[send]\ntransport = sendmail\nsendmail = /usr/sbin/sendmail\nretry_delay = 0\n"
                                "[postfix]\nuser = nobody\n"
                                f"[dnsbl]\nzones = {FILTER_ZONE}\nnameserver = {nameserver}\ntimeout = 1s\n")

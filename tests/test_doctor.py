@@ -71,7 +71,7 @@ def test_pipe_user_cannot_write_the_archive_fails():
     from conftest import Redsky
     home = tempfile.mkdtemp(prefix="redsky-doctor-", dir="/tmp")
     try:
-        os.chmod(home, 0o777)
+        os.chmod(home, 0o1777)         # sticky, as /tmp: nobody writes, nobody replaces the config
         rs = Redsky(home)
         rs.write_config(postfix={"user": "nobody"}, redsky={"log": "stderr", "umask": "000"})
         rs.newlist("test@lists.example.org")

@@ -4774,8 +4774,11 @@ def housekeeping(ctx):
         db.execute(SQL["prune_events"], (now - 30 * 86400,))
         db.execute(SQL["prune_recent_posts"], (now - config.duration("queue", "duplicate_window"),))
         db.execute(SQL["prune_failures"], (now - 30 * 86400,))
-        db.execute(SQL["summarize_posts"], (now - config.duration("send", "keep_deliveries"),))
-        db.execute(SQL["prune_deliveries"])
+        last = db.execute(SQL["meta"], ("last_prune",)).fetchone()
+        if not last or float(last[0]) < now - 3600:     # the heavy part once an hour, not every run
+            db.execute(SQL["summarize_posts"], (now - config.duration("send", "keep_deliveries"),))
+            db.execute(SQL["prune_deliveries"])
+            db.execute(SQL["set_meta"], ("last_prune", str(now)))
     store.vacuum()
     reminded = 0
     for list_row in [dict(r) for r in store.q("all_lists")]:

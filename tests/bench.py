@@ -17,6 +17,7 @@ Not a unit test: timings depend on the machine.
 """
 
 import argparse
+import logging
 import os
 import shutil
 import sqlite3
@@ -166,6 +167,61 @@ def issue6_rows(runs, startup, sink, rows, row):
     home.cleanup()
 
 
+def year_table(members=1_000, days=365):
+    """A simulated year of one list (a post a day, 1,000 members, a member
+    leaving and one joining each week), the clock
+    set forward a day at a time: the database size at the end, with [send]
+    keep_deliveries at its default and with nothing ever pruned.  One member in ten fails every delivery."""
+    sys.path.insert(0, str(HERE.parent))
+    import redsky
+    real_time = time.time
+    print(f"a year of one list: {members:,} members, a post a day, housekeeping daily\n")
+    print(f"{'keep_deliveries':16} {'database':>10} {'delivery rows':>14} {'CPU s':>7}")
+    for keep in ("30d", "100000d"):
+        home = Path(tempfile.mkdtemp())
+        (home / "redsky.ini").write_text(f"[redsky]\nlog = stderr\n[send]\nkeep_deliveries = {keep}\n"
+                                         "[postfix]\nmap =\n")
+        config = redsky.Config(str(home / "redsky.ini"))
+        redsky.setup_logging(config)
+        redsky.log.setLevel(logging.WARNING)
+        clock = [real_time() - days * 86400]
+        time.time = lambda: clock[0]
+        cpu = time.process_time()
+        store = redsky.open_store(config, create=True)
+        with store.transaction() as db:
+            list_id = store.add_list(db, {"name": "year", "domain": "lists.example.org", "dmarc": "never",
+                                          "archive": "off", "created": clock[0]})
+            for i in range(members):
+                db.execute(redsky.SQL["add_member"], (list_id, f"member{i}@example.net", clock[0]))
+            db.execute(redsky.SQL["add_member"], (list_id, "new0@example.net", clock[0]))
+        queue_chain = redsky.build_chain(config.chain("queue"), "message", "queue")
+        for day in range(days):
+            ctx = redsky.Context(config, store)
+            ctx.raw = POST.replace(b"<bench@", f"<day{day}@".encode())
+            ctx.recipient, ctx.sender = "year@lists.example.org", "new0@example.net"
+            redsky.run_chain(queue_chain, ctx)
+            with store.transaction() as db:      # what send records: all sent, one in 100 failed
+                db.execute("UPDATE deliveries SET state = CASE WHEN address LIKE '%7@example.net'"
+                           " THEN 'failed' ELSE 'sent' END, attempts = 1, updated = ?"
+                           " WHERE message = (SELECT max(id) FROM messages)", (clock[0],))
+                db.execute("UPDATE messages SET state = 'done'")
+                if day % 7 == 0:
+                    db.execute("DELETE FROM members WHERE address = ?", (f"member{day // 7}@example.net",))
+                    db.execute(redsky.SQL["add_member"], (list_id, f"new{day}@example.net", clock[0]))
+            for name in os.listdir(config.spool) if os.path.isdir(config.spool) else []:
+                if name.endswith(".eml"):
+                    os.unlink(os.path.join(config.spool, name))
+            redsky.FILTERS["housekeeping"](redsky.Context(config, store))
+            clock[0] += 86400
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rows = store.db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+        store.close()
+        time.time = real_time
+        size = os.path.getsize(config.database)
+        print(f"{keep:16} {size / 1e6:9.2f}M {rows:14,} {time.process_time() - cpu:7.1f}")
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def hostile_table(runs):
     """The slowest of tests/hostile.py's 1 MB inputs for each parser of
     untrusted text: CPU seconds (user + system), median of ``runs``."""
@@ -187,9 +243,12 @@ def main():
     ap.add_argument("--sink-processes", type=int, default=1)
     ap.add_argument("--hostile", action="store_true",
                     help="only the hostile-input table: the slowest 1 MB input per parser")
+    ap.add_argument("--year", action="store_true", help="only the database size after a simulated year")
     args = ap.parse_args()
     if args.hostile:
         return hostile_table(args.runs)
+    if args.year:
+        return year_table()
     runs = 1 if args.quick else args.runs
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000, 100_000)
     rows = []

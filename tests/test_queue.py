@@ -159,9 +159,10 @@ def test_subscribers_mode_holds_non_members(lst):
 
 
 def test_subscribers_mode_accepts_member_in_from_sender_or_envelope(lst):
-    lst.queue(post(sender="bob@EXAMPLE.NET"), sender="x@y.org", check=0)           # From
-    lst.queue(post(sender="x@y.org", extra="Sender: carol@example.com\n"), sender="x@y.org", check=0)
-    lst.queue(post(sender="x@y.org"), sender="alice@example.org", check=0)         # envelope
+    lst.queue(post(sender="bob@EXAMPLE.NET", msgid="<m1@x.org>"), sender="x@y.org", check=0)           # From
+    lst.queue(post(sender="x@y.org", extra="Sender: carol@example.com\n", msgid="<m2@x.org>"), sender="x@y.org",
+              check=0)
+    lst.queue(post(sender="x@y.org", msgid="<m3@x.org>"), sender="alice@example.org", check=0)         # envelope
     assert lst.status()["held"] == 0 and lst.status()["queued_posts"] == 3
 
 

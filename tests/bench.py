@@ -95,6 +95,7 @@ class Home:
         with db:
             db.execute("DELETE FROM messages")
             db.execute("DELETE FROM events")
+            db.execute("DELETE FROM recent_posts")        # the same post is queued again on purpose
         db.close()
         for f in (self.dir / "spool").glob("*.eml"):
             f.unlink()

@@ -136,7 +136,9 @@ def test_rate_limits_count_one_address_however_it_is_spelt(lst):
             data = (f"From: {spelling}\nTo: test-join@lists.example.org\nSubject: join\n"
                     f"Message-ID: <{time.time_ns()}@x.org>\n\njoin\n").encode()
             lst.queue(data, recipient="test-join@lists.example.org", sender="mallory@evil.example", check=0)
-    assert len(inbox(lst, "victim@example.org")) == 1      # one pending confirmation, asked once
+    lst.run("send", check=0)
+    confirmations = [argv[-1] for argv, _ in lst.sent()]
+    assert confirmations == ["victim@example.org"]          # one confirmation, to one spelling
 
 
 # 7. auto-replies never confirm ---------------------------------------------------------------

@@ -3013,9 +3013,15 @@ def bouncehandler(ctx):
         for r in reports:
             rows.append((r["recipient"], "dsn", r, r["action"] == "failed"))
     counted, config = [], ctx.config
+    # the evidence is kept once per report, cut to 64 KB, and only when the
+    # report names a member: a report naming 200 strangers stores no copy
+    members, raw_kept = {a.lower() for a in member_addresses(ctx.store, ctx.list["id"])}, False
     with (nullcontext() if ctx.outbox.dry_run else ctx.store.transaction()) as db:
-        for address, source, r, failed in rows:
+        for address, source, r, failed in rows[:100]:
             address = normalize_address(address)
+            raw = None
+            if not raw_kept and address.lower() in members:
+                raw, raw_kept = ctx.raw[:65536], True
             evidence = delivered(ctx.store, ctx.list["id"], address, message_ids) if failed else None
             if not failed:
                 count, why = False, ("an auto-reply" if r["action"] == "auto-reply" else
@@ -3035,7 +3041,7 @@ def bouncehandler(ctx):
             if not ctx.outbox.dry_run:
                 ctx.store.q("add_bounce", ctx.list["id"], address, now, source, r["action"], r["status"],
                             r["diagnostic"][:1000], r["reporting_mta"], int(count), why,
-                            evidence or "", ctx.raw)
+                            evidence or "", raw)
             if count:
                 counted.append(f"{address} ({why})")
     if not rows:

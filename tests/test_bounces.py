@@ -250,3 +250,22 @@ def test_policy_rejections_burst_alerts_the_owners_once_a_day(rs):
         alerts = [m for m in sink.messages if m[1] == ["owner@example.org"]]
     assert len(alerts) == 1
     assert b"strict.example: 6 rejections" in alerts[0][2]
+
+
+def test_the_raw_report_is_kept_once_cut_short_and_only_when_it_names_a_member(lst):
+    """A 215 KB report naming 200 strangers stored 43 MB: one raw copy per row."""
+    blocks = "".join(f"Final-Recipient: rfc822; stranger{i}@example.org\nAction: failed\nStatus: 5.1.1\n\n"
+                     for i in range(200))
+    padding = "x" * 200_000
+    report = dsn().decode().replace("Final-Recipient: rfc822; bob@example.net",
+                                    blocks + "Final-Recipient: rfc822; nobody@x.org")
+    report = report.replace("could not be delivered.", "could not be delivered.\n" + padding).encode()
+    lst.queue(report, recipient="test-bounces@lists.example.org", sender="", check=0)
+    with lst.db() as db:
+        rows, kept = db.execute("SELECT count(*), count(raw) FROM bounces").fetchone()
+    assert rows == 100 and kept == 0
+    lst.queue(dsn().replace(b"could not be delivered.", b"could not be delivered.\n" + padding.encode()),
+              recipient="test-bounces@lists.example.org", sender="", check=0)
+    with lst.db() as db:
+        sizes = [r[0] for r in db.execute("SELECT length(raw) FROM bounces WHERE raw IS NOT NULL")]
+    assert sizes == [65536]

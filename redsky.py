@@ -236,7 +236,7 @@ DEFAULTS = {
         "data_dir": "",          # default: beside the config file, else ~/.local/share/redsky
         "database": "redsky.db",
         "spool": "spool",
-        "log": "",               # syslog if /dev/log exists, else stderr
+        "log": "",               # syslog if /dev/log exists, else data_dir/redsky.log
         "busy_timeout": "10s",
         "umask": "007",          # files 0660, directories 0770: posts are private
         "plugins": "",           # Python files with your own filters, comma-separated
@@ -466,15 +466,24 @@ def refuse_if_others_can_write(path, what):
 
 
 def setup_logging(config, verbose=False):
-    """Syslog (facility mail) when /dev/log exists, else stderr; ``[redsky]
-    log`` = syslog | stderr | PATH overrides, --verbose adds debug to stderr."""
+    """Syslog (facility mail) when /dev/log exists, else DATA_DIR/redsky.log
+    (or, before data_dir exists, warnings only on stderr): `send` under cron
+    prints only problems.  ``[redsky] log`` = syslog | stderr | PATH
+    overrides; --verbose adds debug to stderr."""
     import logging.handlers
     global _log_on_stderr
     log.handlers.clear()
     log.propagate = False
-    target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "stderr")
+    target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "")
     fmt = "redsky[%(process)d]: %(levelname)s %(message)s"
-    if target == "syslog":
+    quiet = False
+    if not target:                  # no syslog: data_dir/redsky.log, so cron mails only problems
+        try:
+            handler = logging.FileHandler(os.path.join(config.data_dir, "redsky.log"))
+            fmt = "%(asctime)s " + fmt
+        except OSError:             # no data_dir yet: problems only, on stderr
+            handler, quiet = logging.StreamHandler(sys.stderr), True
+    elif target == "syslog":
         try:
             handler = logging.handlers.SysLogHandler(
                 "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
@@ -489,6 +498,8 @@ def setup_logging(config, verbose=False):
             raise ConfigError(f"cannot open log file {target}: {e.strerror}")
         fmt = "%(asctime)s " + fmt
     handler.setFormatter(logging.Formatter(fmt))
+    if quiet:
+        handler.setLevel(logging.WARNING)
     _log_on_stderr = getattr(handler, "stream", None) is sys.stderr
     log.addHandler(handler)
     log.setLevel(logging.INFO)

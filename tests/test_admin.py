@@ -312,3 +312,26 @@ def test_postfix_map_lists_every_address_and_follows_list_changes(rs):
     assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     rs.run("dellist", "team@lists.example.org", check=0)
     assert sqlite3.connect(db_path).execute("SELECT count(*) FROM addresses").fetchone()[0] == 0
+
+
+def test_without_syslog_send_prints_only_problems_and_logs_to_a_file(tmp_path):
+    """Under cron every line on stderr is a mail to the admin."""
+    if os.path.exists("/dev/log"):
+        pytest.skip("this host has /dev/log: the default there is syslog")
+    from conftest import REDSKY_MAIN
+    ini = tmp_path / "redsky.ini"
+    ini.write_text("[send]\ntransport = maildir\n[postfix]\nmap =\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def run(*args, data=b""):
+        return subprocess.run([*REDSKY_MAIN, "-c", str(ini), *args], input=data, capture_output=True, env=env)
+    for args in (["init"], ["newlist", "q@lists.example.org", "--access", "open"],
+                 ["subscribe", "q@lists.example.org", "bob@example.net"]):
+        assert run(*args).returncode == 0
+    assert run("queue", "--recipient", "q@lists.example.org", data=post(to="q@lists.example.org")).stderr == b""
+    r = run("send")
+    assert r.returncode == 0 and r.stderr == b""
+    logged = (tmp_path / "redsky.log").read_text()
+    assert "INFO queued" in logged and "INFO send: sent 1" in logged
+    r = run("set", "nosuch@lists.example.org", "footer", "x")         # a problem is still said
+    assert r.returncode == 67 and r.stderr.decode().startswith("redsky: no such list")

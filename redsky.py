@@ -3446,8 +3446,9 @@ def hold_post(ctx, reason):
 
 def release_held(store, config, held_id):
     """Distribute a held post: the queue chain runs again on it, approved;
-    the held row goes in the same transaction as the post.  Returns the
-    Context (its recipients say how many got it)."""
+    the held row goes in the same transaction as the post, and the run is
+    kept in the trace (`trace MESSAGE-ID` shows the hold, then the release).
+    Returns the Context (its recipients say how many got it)."""
     held = store.held(held_id)
     if held is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
@@ -3455,6 +3456,7 @@ def release_held(store, config, held_id):
     ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
     ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
     ctx.changes.append(lambda db: db.execute(SQL["delete_held"], (held_id,)))
+    ctx.trace.append(("approve", f"held post {held_id} ({one_line(held['reason'], 120)}) approved"))
     verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
     if verdict is not None:
         if verdict.code or isinstance(verdict, Hold):
@@ -3463,6 +3465,10 @@ def release_held(store, config, held_id):
         with store.transaction() as db:      # discarded on the way (e.g. no members): it is done with
             ctx.apply_changes(db)
         log.info("held post %s not distributed: %s", held_id, verdict.reason)
+        ctx.outcome, ctx.outcome_reason = verdict.name, f"released, then {verdict.reason}"
+    else:
+        ctx.outcome, ctx.outcome_reason = "released", f"for {len(ctx.recipients)} recipients"
+    store_event(ctx)
     log.info("released held post %s %s recipients=%d", held_id, ctx.describe(), len(ctx.recipients))
     return ctx
 
@@ -5730,6 +5736,8 @@ def cmd_bounces(args, config):
         for b in m["bounces"]:
             print(f"    {stamp(b['received'])}  {b['source']:8} {b['action'] or '-':8} {b['status'] or '-':6}"
                   f" {'COUNTED' if b['counted'] else 'ignored'}: {b['why']}")
+            if b["message_id"]:
+                print(f"        returned post {b['message_id']}")
             if b["diagnostic"] or b["reporting_mta"]:
                 print(f"        {b['reporting_mta'] or ''} {b['diagnostic']}".rstrip())
     return EX_OK

@@ -88,3 +88,23 @@ def test_trace_of_refused_and_held_messages(lst):
 def test_trace_of_unknown_message(lst):
     r = lst.run("trace", "never@example.org")
     assert r.returncode == 65 and "no record" in r.err
+
+
+def test_trace_shows_the_hold_then_the_approval_and_release(lst):
+    lst.queue(post(sender="x@y.org", msgid="<later@example.org>"), sender="x@y.org", check=0)
+    lst.run("approve", "1", check=0)
+    lst.run("send", check=0)
+    out = lst.run("trace", "later@example.org", check=0).out
+    assert out.index("=> hold") < out.index("approve") < out.index("=> released")
+    assert "held post 1 (x@y.org is not a member of the list) approved" in out
+    assert "bob@example.net" in out and "sent" in out
+    events = json.loads(lst.run("trace", "later@example.org", "--json", check=0).out)["events"]
+    assert [e["outcome"] for e in events] == ["hold", "released"]
+
+
+def test_bounces_text_shows_which_post_came_back(lst):
+    lst.queue(post(msgid="<post1@example.org>", sender="bob@example.net"), sender="bob@example.net", check=0)
+    lst.run("send", check=0)
+    lst.queue(dsn(), recipient=lst.verp("bob@example.net"), sender="", check=0)
+    out = lst.run("bounces", "test@lists.example.org", check=0).out
+    assert "returned post <post1@example.org>" in out

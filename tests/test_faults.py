@@ -168,3 +168,33 @@ def test_an_unreadable_spool_file_is_reported_by_send_status_and_doctor(lst):
     assert lst.status()["unreadable"] == 1
     doctor = lst.run("doctor").out
     assert "cannot read 1 queued spool files" in doctor and "fix: chown -R" in doctor
+
+
+# 3. the bound for a killed SMTP run, as README states it ---------------------------------------
+
+def test_a_killed_smtp_send_repeats_at_most_the_stated_bound(rs):
+    """SIGKILL in the middle of a 3,000-recipient SMTP run over 4 connections
+    with ledger_batch = 100: the next run repeats at most
+    ledger_batch + 2 x 50 x smtp_connections = 500 deliveries."""
+    import os
+    import signal
+    import subprocess
+    from conftest import REDSKY_MAIN
+    from smtpsink import SMTPSink
+    with SMTPSink() as sink:
+        smtp_list(rs, sink, members=3000, smtp_connections=4, ledger_batch=100)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "send"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(sink.messages) < 1200 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = len(sink.messages)
+        rs.run("send", check=0)
+        delivered = [rcpt for _, rcpts, _ in sink.messages for rcpt in rcpts]
+        assert set(delivered) == {f"m{i}@example.net" for i in range(3000)}
+        repeats = len(delivered) - 3000
+        assert first < 3000 and repeats <= 100 + 2 * 50 * 4, f"{repeats} repeats after a kill at {first}"

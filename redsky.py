@@ -2300,29 +2300,61 @@ def parse_report(raw):
 def parse_dsn(message):
     """Per-recipient results of an RFC 3464 delivery-status report (parsed
     by parse_report).  Returns a list of dicts with recipient, action,
-    status, diagnostic and reporting_mta; empty when the message holds no
-    delivery-status part."""
-    results = []
+    status, diagnostic and reporting_mta (action normalised: failed,
+    delayed, delivered …); empty when the message holds no delivery-status
+    fields.  A report whose MIME is broken (the fields in the body of a
+    single part) is read too."""
+    texts = []
     for part in message.walk():
-        if part.get_content_type() not in ("text/x-delivery-status", "message/delivery-status"):
-            continue
-        payload = part.get_payload()
-        blocks = dsn_blocks(payload if isinstance(payload, str) else "\n\n".join(map(str, payload)))
-        if not blocks:
-            continue
-        reporting = _dsn_value(blocks[0].get("reporting-mta", ""))
+        if part.get_content_type() in ("text/x-delivery-status", "message/delivery-status"):
+            payload = part.get_payload()
+            texts.append(payload if isinstance(payload, str) else "\n\n".join(map(str, payload)))
+    if not texts and re.search(r"(?im)^[> \t]*final-recipient:", _report_text(message, 200_000)):
+        texts = [re.sub(r"(?m)^[> \t]+", "", _report_text(message, 200_000))]   # broken MIME, or forwarded
+    results = []
+    for text in texts:
+        blocks = dsn_blocks(text)
+        reporting = next((_dsn_value(b["reporting-mta"]) for b in blocks if "reporting-mta" in b), "")
         for block in blocks:
-            recipient = _dsn_value(block.get("final-recipient", "") or block.get("original-recipient", ""))
+            recipient = _dsn_recipient(block)
             if not recipient:
                 continue
+            status = _STATUS.search(block.get("status", "")) or _STATUS.search(block.get("diagnostic-code", ""))
+            status = ".".join(status.groups()) if status else ""
             results.append({
-                "recipient": recipient.strip("<>"),
-                "action": block.get("action", "").strip().lower(),
-                "status": block.get("status", "").strip().split(" ")[0],
-                "diagnostic": one_line(block.get("diagnostic-code", ""), 1000),
+                "recipient": recipient,
+                "action": _dsn_action(block.get("action", ""), status),
+                "status": status,
+                "diagnostic": one_line(block.get("diagnostic-code", "") or block.get("status", ""), 1000),
                 "reporting_mta": reporting,
             })
     return results
+
+
+def _dsn_action(value, status):
+    """RFC 3464 2.3.3 Action, normalised: mailers also write "failure",
+    "error" or "failed (bad destination mailbox address)"; a block without
+    one is judged by its status."""
+    value = value.strip().lower()
+    for prefix, action in (("fail", "failed"), ("error", "failed"), ("delay", "delayed"),
+                           ("deliver", "delivered"), ("relay", "relayed"), ("expand", "expanded")):
+        if value.startswith(prefix):
+            return action
+    return {"5": "failed", "4": "delayed", "2": "delivered"}.get(status[:1], value)
+
+
+def _dsn_recipient(block):
+    """The recipient a DSN block is about: Final-Recipient, else (when that
+    is a pipe, a path or no address at all) Original-Recipient; the address
+    is dug out of X.400 strings, "SMTP=user@host", source routes and the like."""
+    for field in ("final-recipient", "original-recipient", "x-actual-recipient"):
+        value = _dsn_value(block.get(field, ""))
+        if value.startswith("|") or "/" in value.split("@")[0]:
+            continue                       # a pipe command or a path, not an address
+        found = _ADDRESS.findall(value.rpartition(":")[2] if value.startswith("@") else value)
+        if found:
+            return found[-1] if value.startswith("@") else found[0]
+    return ""
 
 
 def dsn_blocks(text, limit=1000):
@@ -2350,80 +2382,238 @@ def dsn_blocks(text, limit=1000):
     return blocks
 
 
-# What non-DSN reports look like.  Phrases are matched case-insensitively on
-# the text before the returned message; the first group that matches decides.
+# What reports that are not RFC 3464 look like (qmail, Exim, old Sendmail,
+# Exchange, Domino, GroupWise, web mailers, mobile carriers).  Phrases are
+# matched case-insensitively on the report's text before the returned message.
 DELAY_PHRASES = re.compile(
     r"this is a warning message only|has not yet been delivered|will (continue to )?(be )?retr(y|ied)|"
     r"delivery (has been )?delayed|delayed mail|still being retried|"
     r"not been able to deliver .* for \d+ hours|delivery status notification \(delay\)|"
     r"warning: could not send message for past", re.I)
+GAVE_UP_PHRASES = re.compile(
+    r"permanent(ly)? (fatal )?(error|failure)|i'?ve given up|i'?m not going to try again|"
+    r"gave up|giving up|retry time(out)? (not reached|exceeded)|too long in (the )?queue|"
+    r"could not be delivered (within|for) \d+|message expired|expired after", re.I)
 FAILURE_PHRASES = re.compile(
-    r"this is the qmail-send program|could not be delivered to one or more|permanent (fatal )?errors?|"
-    r"the following address(es)? failed|undeliverable|delivery has failed|"
-    r"did not reach (some or all|the following)|could not be reached|was not delivered to|user unknown|"
-    r"no such (user|mailbox)|mailbox (unavailable|not found)|address rejected|"
-    r"recipient (address )?rejected|does not exist|unknown (user|recipient)|returned mail: see transcript|"
+    r"this is the qmail-send program|could not be delivered|permanent (fatal )?errors?|"
+    r"the following address(es)? failed|undeliverable|undelivered|delivery (has )?failed|delivery failure|"
+    r"did not reach (some or all|the following)|could not be reached|was not delivered|user unknown|"
+    r"no such (user|mailbox)|mailbox (unavailable|not found|is full)|address rejected|"
+    r"recipient (address )?rejected|does not exist|unknown (user|recipient)|returned mail|"
     r"delivery to the following recipients? failed|message not delivered|mail delivery failed|"
-    r"failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded", re.I)
+    r"failure notice|couldn't find any host|account (is )?(disabled|inactive)|quota exceeded|"
+    r"unable to deliver|cannot be delivered|can ?not deliver|mail failed|mail failure|"
+    r"returned to sender|non[- ]?delivery|error sending your mail|trouble delivering|rejected your message|"
+    r"could not deliver|failed to deliver|delivery problem|transcript of session follows|"
+    r"permanent error|host unknown|no valid recipients", re.I)
+# Texts that stand for no report at all: read receipts, "delivered" notices.
+DELIVERED_PHRASES = re.compile(r"was (successfully )?delivered to|delivery (was )?successful|"
+                               r"has been delivered|\bread receipt\b|was read on", re.I)
 # local parts of at most 64 characters (RFC 5321 4.5.3.1.1): a bounded scan, so linear
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_FAILURE_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 
 # Where the returned message starts inside a text report: a separator line,
 # or the first unindented header field of the copy.
 _ORIGINAL = re.compile(
-    r"^([ \t]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
-    r"the original message|message headers follow)|[ \t]*original message header|"
+    r"^([ \t|]*-+ ?(original message|below this line is a copy|this is a copy of the message|"
+    r"the original message|message headers follow|unsent message follows|message text follows)|"
+    r"[ \t]*original message( header)?s?:?[ \t]*$|"
     r"(received|return-path|message-id|from|date|to|subject|list-id):[ \t])", re.I | re.M)
 
 
 def find_failures(message, own=()):
     """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
-    the usual non-standard formats (qmail, Exim, old Sendmail, Exchange
-    "Undeliverable", Lotus Domino, GroupWise, X-Failed-Recipients).
-    Auto-replies give action "auto-reply", warnings "delayed"; neither ever
-    counts.  ``own`` lists addresses to ignore (the list's own)."""
-    reports = parse_dsn(message)
-    if reports:
-        return reports
+    the usual non-standard formats.  Each result carries recipient, action
+    (failed, delayed, delivered, auto-reply), status, diagnostic,
+    reporting_mta, and the cause and weight bounce_cause gives it.  A
+    report is a failure when its text or X-Failed-Recipients says so, even
+    if it also says Auto-Submitted: auto-replied (Exim and Google put that
+    on real bounces).  ``own`` lists addresses never taken as a recipient
+    (the list's own)."""
+    results = parse_dsn(message) or _text_failures(message, own)
+    text = _report_text(message, 20_000)
+    cut = _ORIGINAL.search(text)
+    text = text[:cut.start()] if cut else text
+    after_data = bool(_AFTER_DATA.search(text))
+    for r in results:
+        r["cause"], r["weight"] = bounce_cause(r["action"], r["status"], r["diagnostic"], after_data, text)
+    return results
+
+
+def _text_failures(message, own):
+    """find_failures for a report that is not RFC 3464: the verdict from
+    the text before the returned message, the recipients from
+    X-Failed-Recipients, else the addresses in that text, else the To: of
+    the returned message."""
     subject = decode_header_text(str(message.get("Subject", "")))
+    sender = " ".join(map(str, message.get_all("From", []))).lower()
+    daemon = bool(re.search(r"(mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification)",
+                            sender))
+    failed_header = [a.strip().strip("<>") for v in message.get_all("X-Failed-Recipients", [])
+                     for a in str(v).split(",") if "@" in a]
+    text = _report_text(message)
+    if "bouncedRecipients" in text:
+        return _ses_failures(text)
+    cut = _ORIGINAL.search(text)
+    head, tail = (text[:cut.start()], text[cut.start():]) if cut else (text, "")
+    status = _FAILURE_STATUS.search(head)
+    status = ".".join(status.groups()) if status else ""
+    says_failed = bool(failed_header or FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject)
+                       or GAVE_UP_PHRASES.search(head))
     auto = (str(message.get("Auto-Submitted", "no")).split(";")[0].strip().lower() == "auto-replied"
             or message.get("X-Autoreply") or message.get("X-Autorespond")
             or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
             or AUTO_REPLY_SUBJECT.search(subject))
-    text = _report_text(message)
-    head = text[:_ORIGINAL.search(text).start()] if _ORIGINAL.search(text) else text
-    status = _STATUS.search(head)
-    status = ".".join(status.groups()) if status else ""
-    diagnostic = next((line.strip() for line in head.splitlines()
-                       if re.search(r"\b[45]\d\d\b|unknown|not exist|rejected|quota|not listed",
-                                    line, re.I)), "")
-    if auto and not FAILURE_PHRASES.search(subject):
-        return [{"recipient": "", "action": "auto-reply", "status": "", "diagnostic": one_line(subject, 200),
-                 "reporting_mta": ""}]
-    if DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject) or status.startswith("4."):
-        action = "delayed"
-    elif (FAILURE_PHRASES.search(head) or FAILURE_PHRASES.search(subject)
-          or message.get("X-Failed-Recipients") or status.startswith("5.")):
+    if auto and not (failed_header or (daemon and says_failed)):
+        return [_result("", "auto-reply", "", subject, 200)]
+    if GAVE_UP_PHRASES.search(head):
         action = "failed"
+    elif DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject):
+        action = "delayed"
+    elif says_failed or (daemon and status[:1] == "5"):
+        action = "failed"
+    elif daemon and status[:1] == "4":
+        action = "delayed"
     else:
         return []
+    diagnostic = " ".join(line.strip() for line in head.splitlines()
+                          if re.search(r"\b[45]\d\d\b|[45]\.\d|unknown|not exist|rejected|quota|full|"
+                                       r"disabled|denied|refused|invalid|blocked|spam|expired|"
+                                       r"no such|not found|too long|timed? ?out", line, re.I))[:2000]
+    if not diagnostic:
+        diagnostic = " ".join(head.split())[:2000]
     ignore = {a.lower() for a in own} | {a.lower() for a in addresses_in(message.get_all("From", []) +
                                                                          message.get_all("To", []))}
-    recipients = [a.strip() for v in message.get_all("X-Failed-Recipients", []) for a in str(v).split(",")]
-    if not recipients:
-        quoting = [line for line in head.splitlines()
-                   if re.match(r"\s*(message-id|references|in-reply-to):", line, re.I)]
-        ids = set(re.findall(r"<([^<>\s]+@[^<>\s]+)>", " ".join(quoting)))
-        recipients = [a for a in dict.fromkeys(_ADDRESS.findall(head))
-                      if a.lower() not in ignore and a not in ids
-                      and not a.lower().startswith(("postmaster@", "mailer-daemon@"))]
+    recipients = failed_header or _addresses_named(head, ignore)
+    if not recipients:                    # only the returned copy says where it went
+        copy_to = re.findall(r"(?im)^to:[ \t]*(.+)$", tail[:20_000])
+        named = [a for a in addresses_in(copy_to[:1]) if a.lower() not in ignore]
+        recipients = named if len(named) == 1 else []
     status = status or ("5.0.0" if action == "failed" else "4.0.0")
-    return [{"recipient": r, "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
-             "reporting_mta": ""} for r in recipients] or \
-        [{"recipient": "", "action": action, "status": status, "diagnostic": one_line(diagnostic, 300),
-          "reporting_mta": ""}]
+    return [_result(r, action, status, diagnostic) for r in recipients] or [_result("", action, status, diagnostic)]
+
+
+def _result(recipient, action, status, diagnostic, size=1000):
+    return {"recipient": recipient, "action": action, "status": status, "diagnostic": one_line(diagnostic, size),
+            "reporting_mta": ""}
+
+
+def _addresses_named(head, ignore):
+    """The recipients a report names in its text: every address that is
+    not ours, not the sender's, not a Message-ID, not a postmaster or a
+    help desk to contact, not the envelope sender of a transcript, not what
+    an alias expanded from, not inside a pipe command or a path."""
+    found = []
+    for line in head.splitlines():
+        if re.search(r"contact|assistance|helpdesk|help desk", line, re.I):
+            ignore = ignore | {a.lower() for a in _ADDRESS.findall(line)}
+        if _NOT_A_RECIPIENT_LINE.match(line) or re.search(r"\|\s*/|\"\|", line):
+            continue
+        for m in _ADDRESS.finditer(line):
+            a = m.group(0).strip(".")
+            before = line[max(0, m.start() - 20):m.start()].lower()
+            if (before[-1:] in ("/", "=") or re.search(r"(generated|expanded) from:? *<?$|from: *<?$", before)
+                    or a.lower() in ignore or a.lower().startswith(("postmaster@", "mailer-daemon@"))
+                    or re.fullmatch(r"\d+(\.\d+){3}@.*|.*@[\d.]+", a)):
+                continue
+            found.append(a)
+    return [a for a in dict.fromkeys(found) if a.lower() not in ignore]
+
+
+# Lines of a report that name someone other than the failed recipient: the
+# returned message's header fields as the report quotes them, a transcript's
+# MAIL FROM.
+_NOT_A_RECIPIENT_LINE = re.compile(
+    r"[ \t>]*(message-id|references|in-reply-to|from|sender|reply-to|return-path|to|cc|date|subject|"
+    r"mail from|received|x-[\w-]+|sent|envelope-from)[ \t]*:", re.I)
+
+
+def _ses_failures(text):
+    """Recipients of an Amazon SES bounce notification (JSON, as SNS mails
+    it): bounce.bouncedRecipients, Permanent → failed, else delayed."""
+    import json
+    note, start = text, text.find("{")
+    for _ in range(2):                     # SNS wraps the notification in its own JSON
+        try:
+            note = json.JSONDecoder(strict=False).raw_decode(note, start)[0] if start >= 0 else {}
+        except ValueError:
+            return []
+        if not (isinstance(note, dict) and isinstance(note.get("Message"), str)):
+            break
+        note, start = note["Message"], note["Message"].find("{")
+    bounce = note.get("bounce") if isinstance(note, dict) else None
+    if not isinstance(bounce, dict) or not isinstance(bounce.get("bouncedRecipients"), list):
+        return []
+    action = "failed" if bounce.get("bounceType") == "Permanent" else "delayed"
+    return [_result(str(r.get("emailAddress", "")), action, str(r.get("status", "")),
+                    str(r.get("diagnosticCode", ""))) for r in bounce["bouncedRecipients"][:100]
+            if isinstance(r, dict) and _ADDRESS.fullmatch(str(r.get("emailAddress", "")))]
+
+
+# Causes, after RFC 3463's codes and the reasons Sisimai names.  Hard
+# failures weigh 1, soft ones 0.5; a refusal of the post or of the list's
+# own sender address (the post, not the member, is the problem) and
+# everything that is not a failure weigh nothing.  The refusals are looked
+# for first (a "5.1.1 IP address blacklisted" is about the post), then a
+# specific status code decides, then the diagnostic text.
+REFUSALS = (
+    ("rejected", r"sender (address )?(rejected|refused|denied|verify failed)|domain of sender|"
+     r"sender domain|envelope sender|return path|from address|5\.1\.[78]\b"),
+    ("policy", r"\bspam|block ?list|black ?list|blocked|\bpolicy|dmarc|\bspf\b|dkim|reputation|virus|malware|"
+     r"content (rejected|filter)|not authori[sz]ed|access denied|relay(ing)? (denied|not permitted)|"
+     r"too many (recipients|messages|connections)|rate limit|hop count exceeded|mail loop|"
+     r"\b5\.7\.\d+"),
+)
+CAUSES = (
+    ("userunknown", 1, r"5\.1\.[0134]", r"user unknown|unknown (user|recipient|local[- ]part|address)|"
+     r"no such (user|mailbox|recipient|account|address)|does ?n[o']t exist|not exist|invalid (recipient|mailbox|"
+     r"address|user)|recipient (address )?(not found|unknown|invalid|rejected)|mailbox not found|no mailbox|"
+     r"not a valid (mailbox|recipient|user)|unrouteable address|(user|mailbox|recipient) (is )?not found|"
+     r"doesn't have a .{1,40} account|no valid recipients|address (is )?unknown|unknown mailbox|address rejected|"
+     r"not our customer|user (is )?not (here|registered|known)|bad destination mailbox|mailbox unavailable|"
+     r"not listed in|invalid (final delivery )?userid|no longer a valid"),
+    ("hostunknown", 1, r"5\.1\.2", r"host unknown|unknown host|domain not found|no such domain|host not found|"
+     r"unrouteable domain|name service error|couldn't find any host|domain (does not|doesn't) exist|"
+     r"mail exchanger|domain is not reachable|host or domain name not found"),
+    ("hasmoved", 1, r"5\.1\.6", r"has moved|no longer (valid|available|in use|with)"),
+    ("notaccept", 1, r"5\.1\.10", r"does not accept (e-?)?mail|null mx"),
+    ("suspend", 1, r"5\.2\.1", r"disabled|suspended|inactive|discontinued|deactivated|account (has been |is )?"
+     r"(locked|closed|expired|frozen|blocked)|mailbox (is )?(disabled|inactive|locked|frozen)"),
+    ("mailboxfull", 0.5, r"[45]\.2\.2", r"mailbox (is )?full|quota|insufficient (disk )?(space|storage)|"
+     r"storage (limit|allocation)|exceed(ed|s) (the )?(storage|size limit)|mailbox size limit"),
+    ("systemfull", 0.5, r"[45]\.3\.1", r"system (is )?full|out of (disk )?space"),
+    ("expired", 0.5, r"[45]\.4\.7", r"expired|gave up|given up|too long|retry time"),
+)
+_REFUSALS = [(cause, re.compile(text, re.I)) for cause, text in REFUSALS]
+_CAUSES = [(cause, weight, re.compile(code), re.compile(text, re.I)) for cause, weight, code, text in CAUSES]
+# The receiver refused the message after reading it (a content filter
+# speaking), not the address: RCPT was accepted.
+_AFTER_DATA = re.compile(r"(after|in reply to) end of data|after data command", re.I)
+
+
+def bounce_cause(action, status, diagnostic, after_data=False, context=""):
+    """(cause, weight) of one result: what a failure says about the member.
+    Only a failure weighs anything: 1 for a hard one (no such user or
+    domain, disabled), 0.5 for a soft one (full, expired, an unknown user
+    only after DATA, anything unexplained), 0 for a refusal of the post.
+    ``context``, the report's own text, explains a bare status code."""
+    if action != "failed":
+        return (action or "unknown"), 0
+    if context and not re.search(r"[A-Za-z]{3}", re.sub(r"(?i)smtp|x-\w+|[245]\.\d+\.\d+", "", diagnostic)):
+        diagnostic = context              # the DSN gave no words: the text around it says why
+    for cause, text in _REFUSALS:
+        if text.search(diagnostic) or (cause == "policy" and status.startswith("5.7.")):
+            return cause, 0
+    cause = next((c for c in _CAUSES if c[2].fullmatch(status)), None) or \
+        next((c for c in _CAUSES if c[3].search(diagnostic)), None)
+    if cause is None:
+        return "other", 0.5
+    if after_data and cause[1] == 1:
+        return "filtered", 0.5
+    return cause[0], cause[1]
 
 
 def payload_text(part, default="us-ascii"):
@@ -2436,18 +2626,18 @@ def payload_text(part, default="us-ascii"):
         return payload.decode("utf-8", "replace")
 
 
-def _report_text(message):
+def _report_text(message, limit=100_000):
     """The human-readable text of a report (its first text parts), not the returned message."""
     parts = []
     for part in message.walk():
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
             break
-        if part.get_content_maintype() == "text" and not part.is_multipart():
-            text = payload_text(part, "utf-8")
+        if part.get_content_maintype() in ("text", "multipart") and not part.is_multipart():
+            text = payload_text(part, "utf-8")     # a multipart without parts: broken MIME, read as text
             if part.get_content_subtype() == "html":
-                text = re.sub(r"<[^>]+>", " ", text)
+                text = html_text(text) if len(text) < 500_000 else re.sub(r"<[^>]*>", " ", text)
             parts.append(text)
-    return "\n".join(parts)[:100_000]
+    return "\n".join(parts)[:limit]
 
 
 def _dsn_value(value):

@@ -50,6 +50,10 @@ def test_auto_replies_and_warnings_are_labelled(name, expected, recipient, raw):
         assert reports and {r["action"] for r in reports} == {"delayed"}
 
 
+# full mailboxes, a forwarding loop, an unexplained failure: soft (weight 0.5)
+SOFT = {"ben@example.net", "ida@contoso.example", "gil@host.example", "tom@example.org", "abe@corp.example"}
+
+
 def test_corpus_end_to_end_scores_only_permanent_failures(rs):
     """Every corpus message through `queue` to the member's VERP address."""
     members = sorted({c[2] for c in CORPUS if c[2]} | {"victim@example.org"})
@@ -62,6 +66,6 @@ def test_corpus_end_to_end_scores_only_permanent_failures(rs):
         r = rs.queue(raw.encode(), recipient=rs.verp(member), sender="")
         assert r.returncode == 0 and "Traceback" not in r.err, (name, r.err)
         if expected == "failed" and not name.startswith("dsn-policy"):
-            expected_scores[member] = 1
+            expected_scores[member] = 0.5 if member in SOFT else 1
     scores = {a: m["bounce_score"] for a, m in rs.members().items() if m["bounce_score"]}
     assert scores == expected_scores

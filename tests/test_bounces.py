@@ -42,9 +42,22 @@ def test_verp_wins_over_the_reported_address(lst):
     assert lst.members()["bob@example.net"]["bounce_score"] == 1
 
 
-def test_plain_dsn_to_bounce_address_uses_final_recipient(lst):
+def probes(rs):
+    """(recipient, envelope sender) of the probes queued."""
+    return [(r[0], r[1]) for r in rs.db().execute(
+        "SELECT d.address, m.sender FROM messages m JOIN deliveries d ON d.message = m.id"
+        " WHERE m.sender != '' ORDER BY m.id")]
+
+
+def test_plain_dsn_raises_nothing_and_probes_the_member(lst):
     lst.queue(dsn(recipient="carol@example.com"), recipient="test-bounces@lists.example.org", sender="", check=0)
-    assert lst.members()["carol@example.com"]["bounce_score"] == 1
+    assert lst.members()["carol@example.com"]["bounce_score"] == 0
+    ((to, sender),) = probes(lst)
+    assert to == "carol@example.com" and sender.startswith("test-bounces+p")
+    assert sender.endswith("+carol=example.com@lists.example.org")
+    (b,) = bounces(lst)
+    assert (b["source"], b["counted"], b["cause"]) == ("plain", 0, "userunknown")
+    assert b["why"].endswith("probe sent")
 
 
 def test_delayed_report_is_recorded_not_counted(lst):
@@ -79,16 +92,15 @@ def bounce(rs, member="bob@example.net", **kw):
     return rs.queue(dsn(recipient=member, **kw), recipient=rs.verp(member), sender="", check=0)
 
 
-def test_unsigned_or_wrongly_signed_verp_never_counts(lst):
+def test_unsigned_or_wrongly_signed_verp_never_counts_but_probes(lst):
     lst.queue(dsn(), recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
     lst.queue(dsn(), recipient="test-bounces+0badf00d+bob=example.net@lists.example.org", sender="", check=0)
     assert lst.members()["bob@example.net"]["bounce_score"] == 0
-    unsigned, wrong = bounces(lst)
-    assert unsigned["why"] == "unsigned VERP address: redsky signs the ones it writes"
-    assert wrong["address"] == "0badf00d+bob@example.net" and not wrong["counted"]   # not decoded as bob
-    lst.write_config(bounces={"require_signed_verp": "no"})     # e.g. an MTA doing XVERP
-    lst.queue(dsn(), recipient="test-bounces+bob=example.net@lists.example.org", sender="", check=0)
-    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+    unsigned, wrong = bounces(lst)[:2]
+    assert unsigned["source"] == "unsigned" and unsigned["why"].endswith("probe sent")
+    # the wrong signature is not decoded as bob; the DSN names bob, whose probe was just sent
+    assert wrong["address"] == "0badf00d+bob@example.net" and not wrong["counted"]
+    assert [to for to, _ in probes(lst)] == ["bob@example.net"]
 
 
 def test_verp_signature_is_bound_to_list_and_member(lst):
@@ -98,18 +110,114 @@ def test_verp_signature_is_bound_to_list_and_member(lst):
     assert lst.members()["carol@example.com"]["bounce_score"] == 0
 
 
-def test_forged_report_without_a_delivery_never_counts(lst):
-    bounce(lst, message_id="<never-sent@example.org>")
+def test_signed_verp_counts_without_the_post(lst):
+    """Real reports often return nothing: the signed address is the proof."""
     bounce(lst, message_id="")
-    assert lst.members()["bob@example.net"]["bounce_score"] == 0
-    assert {b["why"] for b in bounces(lst)} == {
-        "no matching delivery in the ledger (the report does not return a post we sent)"}
+    (b,) = bounces(lst)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+    assert (b["source"], b["counted"], b["weight"]) == ("verp", 1, 1)
+    assert b["message_id"] == "<post1@example.org>"       # the last post sent to bob
 
 
-def test_report_for_a_post_to_someone_else_never_counts(lst):
-    lst.run("subscribe", "test@lists.example.org", "late@example.org", check=0)
-    bounce(lst, member="late@example.org")            # post1 was sent before late@ joined
-    assert lst.members()["late@example.org"]["bounce_score"] == 0
+def test_signed_verp_counts_whatever_address_or_post_the_report_names(lst):
+    bounce(lst, member="carol@example.com", message_id="<never-sent@example.org>")
+    assert lst.members()["carol@example.com"]["bounce_score"] == 1
+    lst.queue(dsn(recipient="someone@forwarder.example", message_id=""),
+              recipient=lst.verp("bob@example.net"), sender="", check=0)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+
+
+FORGED = b"""From: MAILER-DAEMON@evil.example
+Subject: Undelivered Mail Returned to Sender
+Content-Type: multipart/report; report-type=delivery-status; boundary="BB"
+
+--BB
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.evil.example
+
+Final-Recipient: rfc822; bob@example.net
+Action: failed
+Status: 5.1.1
+
+Final-Recipient: rfc822; carol@example.com
+Action: failed
+Status: 5.1.1
+
+--BB
+Content-Type: text/rfc822-headers
+
+Message-ID: <post1@example.org>
+
+--BB--
+"""
+
+
+def test_forged_plain_report_raises_nothing_and_sends_one_probe_per_member(lst):
+    """The forgery of issue 12, five times on five days: it disabled the list."""
+    for day in range(5):
+        assert lst.queue(FORGED, recipient="test-bounces@lists.example.org", sender="").returncode == 0
+        with lst.db() as db:
+            db.execute("UPDATE members SET last_bounce = last_bounce - 86401")
+            db.execute("UPDATE probes SET sent = sent - 86401")
+    members = lst.members()
+    assert [members[m]["bounce_score"] for m in MEMBERS] == [0, 0]
+    assert {m["status"] for m in members.values()} == {"enabled"}
+    # one probe each per probe_interval (7 days): five days, one probe
+    assert sorted(to for to, _ in probes(lst)) == sorted(MEMBERS)
+    assert sum("already sent" in b["why"] for b in bounces(lst)) == 8
+
+
+def test_the_bounce_of_a_probe_counts_and_a_delivered_probe_costs_nothing(lst):
+    lst.queue(FORGED, recipient="test-bounces@lists.example.org", sender="", check=0)
+    lst.run("send", check=0)
+    from conftest import parse
+    probe = {argv[-1]: (argv, parse(d)) for argv, d in lst.sent() if "delivery check" in parse(d)["Subject"]}
+    argv, message = probe["bob@example.net"]
+    envelope = argv[argv.index("-f") + 1]
+    assert envelope.startswith("test-bounces+p") and "if you can read it" in message.get_content()
+    assert message["Auto-Submitted"] == "auto-replied"
+    # bob's mailbox is gone: the probe bounces, without returning anything
+    lst.queue(dsn(recipient="bob@example.net", message_id=""), recipient=envelope, sender="", check=0)
+    assert lst.members()["bob@example.net"]["bounce_score"] == 1
+    assert bounces(lst)[-1]["source"] == "probe" and bounces(lst)[-1]["counted"] == 1
+    assert lst.members()["carol@example.com"]["bounce_score"] == 0     # delivered: nothing
+    # a probe address is bound to its member
+    forged = envelope.replace("bob=example.net", "carol=example.com")
+    lst.queue(dsn(recipient="carol@example.com"), recipient=forged, sender="", check=0)
+    assert lst.members()["carol@example.com"]["bounce_score"] == 0
+
+
+def test_probes_go_out_signed_whatever_the_verp_setting(lst):
+    lst.write_config(send={"verp": "off"})
+    lst.queue(FORGED, recipient="test-bounces@lists.example.org", sender="", check=0)
+    lst.run("send", check=0)
+    senders = {argv[-1]: argv[argv.index("-f") + 1] for argv, d in lst.sent() if b"delivery check" in d}
+    assert set(senders) == set(MEMBERS) and all(s.startswith("test-bounces+p") for s in senders.values())
+
+
+def test_weights_by_cause(lst):
+    bounce(lst, status="5.2.2", diagnostic="smtp; 552 5.2.2 Mailbox full")
+    bounce(lst, member="carol@example.com", status="4.2.2", diagnostic="smtp; 452 4.2.2 over quota")
+    members = lst.members()
+    assert members["bob@example.net"]["bounce_score"] == 0.5      # soft
+    assert members["carol@example.com"]["bounce_score"] == 0.5    # failed after retrying a 4.x: soft
+    assert [(b["cause"], b["weight"]) for b in bounces(lst)] == [("mailboxfull", 0.5), ("mailboxfull", 0.5)]
+
+
+def test_unrecognised_report_at_a_signed_address_goes_to_the_owners_daily(lst):
+    lst.run("set", "test@lists.example.org", "owners", "owner@example.org", check=0)
+    odd = b"From: someone@example.net\nSubject: hello\n\nI am not a bounce report at all.\n"
+    for member in MEMBERS:
+        lst.queue(odd, recipient=lst.verp(member), sender="", check=0)
+    assert [b["action"] for b in bounces(lst)] == ["unrecognised", "unrecognised"]
+    assert all(m["bounce_score"] == 0 for m in lst.members().values())
+    lst.run("send", check=0)
+    lst.run("send", check=0)
+    from conftest import parse
+    summaries = [parse(d) for argv, d in lst.sent() if argv[-1] == "owner@example.org"]
+    assert len(summaries) == 1 and "2 unrecognised bounce reports" in summaries[0]["Subject"]
+    assert "bob@example.net" in summaries[0].get_content() and "carol@example.com" in summaries[0].get_content()
 
 
 def test_policy_rejections_do_not_count_unless_configured(lst):
@@ -206,13 +314,17 @@ def test_enable_command_resets_the_score(lst):
 
 def test_bounces_command_shows_the_evidence(lst):
     bounce(lst)
-    bounce(lst, message_id="<forged@example.org>")
+    lst.queue(FORGED, recipient="test-bounces@lists.example.org", sender="", check=0)
     text = lst.run("bounces", "test@lists.example.org", check=0).out
     assert "bob@example.net  enabled  score 1" in text
-    assert "COUNTED: score 1" in text and "ignored: no matching delivery in the ledger" in text
+    assert "verp     failed   5.1.1  userunknown (weight 1) COUNTED: score 1" in text
+    assert "plain    failed   5.1.1  userunknown (weight 1) ignored: a claim anyone could write" in text
     assert "mx.example.net smtp; 550 5.1.1" in text
-    (entry,) = json.loads(lst.run("bounces", "test@lists.example.org", "--json", check=0).out)
-    assert [b["message_id"] for b in entry["bounces"]] == ["<post1@example.org>", ""]
+    entries = json.loads(lst.run("bounces", "test@lists.example.org", "--json", check=0).out)
+    bob = next(e for e in entries if e["address"] == "bob@example.net")
+    assert [(b["source"], b["cause"], b["weight"], b["counted"]) for b in bob["bounces"]] == \
+        [("verp", "userunknown", 1, 1), ("plain", "userunknown", 1, 0)]
+    assert [b["message_id"] for b in bob["bounces"]] == ["<post1@example.org>", "<post1@example.org>"]
 
 
 def test_permanent_delivery_failures_are_scored_the_same_way(rs):
@@ -269,3 +381,82 @@ def test_the_raw_report_is_kept_once_cut_short_and_only_when_it_names_a_member(l
     with lst.db() as db:
         sizes = [r[0] for r in db.execute("SELECT length(raw) FROM bounces WHERE raw IS NOT NULL")]
     assert sizes == [65536]
+
+
+def arf(return_path, feedback_type="abuse"):
+    """An RFC 5965 feedback report, as a mailbox provider sends it when a
+    member presses "this is spam": the returned post keeps its envelope
+    sender in Return-Path."""
+    return f"""\
+From: feedback@fbl.example.net
+To: test-bounces@lists.example.org
+Subject: FW: the post
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an email abuse report for an email message received from IP 192.0.2.1.
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: {feedback_type}
+User-Agent: ExampleFBL/1.0
+Version: 1
+Original-Mail-From: <{return_path}>
+
+--F
+Content-Type: message/rfc822
+
+Return-Path: <{return_path}>
+From: alice@example.org
+To: test@lists.example.org
+Subject: the post
+Message-ID: <post1@example.org>
+
+body
+--F--
+""".encode()
+
+
+def test_feedback_report_identified_by_signed_verp_unsubscribes_with_a_goodbye(lst):
+    lst.run("set", "test@lists.example.org", "owners", "owner@example.org", check=0)
+    r = lst.queue(arf(lst.verp("bob@example.net")), recipient="test-bounces@lists.example.org", sender="")
+    assert r.returncode == 0
+    assert "bob@example.net" not in lst.members()
+    (b,) = bounces(lst)
+    assert (b["source"], b["action"], b["address"]) == ("feedback", "abuse", "bob@example.net")
+    assert "unsubscribe" in b["why"]
+    lst.run("send", check=0)
+    from conftest import parse
+    (goodbye,) = [parse(d) for argv, d in lst.sent() if argv[-1] == "bob@example.net" and b"as spam" in d]
+    assert "marked a post" in goodbye.get_content() and "unsubscribed" in goodbye.get_content()
+    (owner,) = [parse(d) for argv, d in lst.sent() if argv[-1] == "owner@example.org"]
+    assert "reported a post as spam" in owner["Subject"] and "unsubscribe" in owner.get_content()
+
+
+def test_feedback_report_actions_disable_and_none(lst):
+    lst.write_config(bounces={"feedback_action": "disable"})
+    lst.queue(arf(lst.verp("bob@example.net")), recipient="test-bounces@lists.example.org", sender="", check=0)
+    assert lst.members()["bob@example.net"]["status"] == "disabled"
+    lst.write_config(bounces={"feedback_action": "none"})
+    lst.queue(arf(lst.verp("carol@example.com")), recipient="test-bounces@lists.example.org", sender="", check=0)
+    assert lst.members()["carol@example.com"]["status"] == "enabled"
+    assert lst.write_config(bounces={"feedback_action": "delete-everyone"}) is None
+    assert lst.run("send").returncode == 78
+
+
+def test_feedback_report_without_a_signed_address_is_recorded_only(lst):
+    """Anyone can write an ARF report naming an unsigned address."""
+    for path in ("test-bounces+bob=example.net@lists.example.org", "test-bounces@lists.example.org",
+                 lst.verp("bob@example.net").replace("bob=example.net", "carol=example.com"),
+                 lst.verp("bob@example.net", "other@lists.example.org")):
+        lst.queue(arf(path), recipient="test-bounces@lists.example.org", sender="", check=0)
+    assert set(lst.members()) == set(MEMBERS)
+    assert {m["status"] for m in lst.members().values()} == {"enabled"}
+    assert {(b["source"], b["address"], b["counted"]) for b in bounces(lst)} == {("feedback", "", 0)}
+    assert all("recorded only" in b["why"] for b in bounces(lst))
+    # the report sent to bob's own signed address identifies him too
+    lst.queue(arf("unknown@elsewhere.example"), recipient=lst.verp("carol@example.com"), sender="", check=0)
+    assert "carol@example.com" not in lst.members()

@@ -75,8 +75,8 @@ def test_verp_round_trip():
     encoded = redsky.verp_encode(LIST, "a=b+c@Example.net")
     assert encoded == "test-bounces+a=b+c=Example.net@lists.example.org"      # as Postfix's XVERP writes it
     extension = encoded.split("@")[0].split("+", 1)[1]
-    assert redsky.verp_decode(extension) == ("a=b+c@Example.net", False)
-    assert redsky.verp_decode("nothing") == (None, False)
+    assert redsky.verp_decode(extension) == ("a=b+c@Example.net", "")
+    assert redsky.verp_decode("nothing") == (None, "")
 
 
 def test_signed_verp_round_trip():
@@ -85,10 +85,21 @@ def test_signed_verp_round_trip():
     sig = redsky.verp_signature("k" * 32, LIST, "deadbeef+x@example.net")
     assert encoded == f"test-bounces+{sig}+deadbeef+x=Example.net@lists.example.org"
     extension = encoded.split("@")[0].split("+", 1)[1]
-    assert redsky.verp_decode(extension, LIST, "k" * 32) == ("deadbeef+x@Example.net", True)
-    assert redsky.verp_decode(extension, LIST, "other-key") == (f"{sig}+deadbeef+x@Example.net", False)
+    assert redsky.verp_decode(extension, LIST, "k" * 32) == ("deadbeef+x@Example.net", "verp")
+    assert redsky.verp_decode(extension, LIST, "other-key") == (f"{sig}+deadbeef+x@Example.net", "")
     # an unsigned address that merely looks signed decodes as it is
-    assert redsky.verp_decode("deadbeef+x=example.net", LIST, "k" * 32) == ("deadbeef+x@example.net", False)
+    assert redsky.verp_decode("deadbeef+x=example.net", LIST, "k" * 32) == ("deadbeef+x@example.net", "")
+
+
+def test_probe_addresses_are_signed_apart_from_post_addresses():
+    probe = redsky.probe_address(LIST, "k" * 32, "bob@example.net")
+    extension = probe.split("@")[0].split("+", 1)[1]
+    assert extension.startswith("p") and probe.endswith("+bob=example.net@lists.example.org")
+    assert redsky.verp_decode(extension, LIST, "k" * 32) == ("bob@example.net", "probe")
+    # a post's signature is not a probe's, nor the other way round
+    post_sig = redsky.verp_signature("k" * 32, LIST, "bob@example.net")
+    assert redsky.verp_decode(f"p{post_sig}+bob=example.net", LIST, "k" * 32)[1] == ""
+    assert redsky.verp_decode(extension[1:], LIST, "k" * 32)[1] == ""
 
 
 # -- subject tag ---------------------------------------------------------------
@@ -293,7 +304,9 @@ def test_footer_placeholders():
 
 # -- DSN parsing ---------------------------------------------------------------
 
-def dsn(action="failed", status="5.1.1", recipient="bob@example.net", message_id="<post1@example.org>"):
+def dsn(action="failed", status="5.1.1", recipient="bob@example.net", message_id="<post1@example.org>",
+        diagnostic=None):
+    diagnostic = diagnostic or f"smtp; 550 5.1.1 <{recipient}>: Recipient address\n    rejected: User unknown"
     return f"""\
 From: MAILER-DAEMON@mx.example.net
 To: test-bounces@lists.example.org
@@ -315,8 +328,7 @@ Final-Recipient: rfc822; {recipient}
 Original-Recipient: rfc822;{recipient}
 Action: {action}
 Status: {status}
-Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address
-    rejected: User unknown
+Diagnostic-Code: {diagnostic}
 
 --R
 Content-Type: message/rfc822

@@ -797,7 +797,8 @@ SQL = {
                    "(?, ?, ?, ?, ?, ?, ?)",
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
-    "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, m.sender, l.id AS list_id, l.name, l.domain"
+    "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, m.sender, l.id AS list_id, l.name,"
+                    " l.domain"
                     " FROM messages m JOIN lists l ON l.id = m.list_id"
                     " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
                     "                WHERE state = 'pending' AND next_attempt <= ?)"
@@ -834,10 +835,15 @@ SQL = {
     "delivered_to": "SELECT 1 FROM deliveries d JOIN messages m ON m.id = d.message"
                     " WHERE m.list_id = ? AND m.message_id = ? AND d.address = ? AND d.attempts > 0",
     "deliveries_of": "SELECT m.id AS post, m.kind, l.name || '@' || l.domain AS list, d.address, d.state,"
-                     " d.attempts, d.last_error, d.updated, d.next_attempt FROM deliveries d"
+                     " d.attempts, d.last_error, d.updated, d.next_attempt,"
+                     " (SELECT b.id FROM bounces b WHERE b.list_id = m.list_id AND b.address = d.address"
+                     "  AND b.message_id = m.message_id AND b.action = 'failed'"
+                     "  AND b.source IN ('verp', 'probe') ORDER BY b.id DESC LIMIT 1) AS bounce"
+                     " FROM deliveries d"
                      " JOIN messages m ON m.id = d.message JOIN lists l ON l.id = m.list_id"
                      " WHERE m.message_id IN (?, ?, ?) AND (? IS NULL OR d.address = ?) ORDER BY "
                      "m.id, d.address",
+    "bounce_by_id": "SELECT received, source, status, cause, diagnostic FROM bounces WHERE id = ?",
     "status_counts": "SELECT"
                      " (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0),"
@@ -845,6 +851,7 @@ SQL = {
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'sent' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(sent_count), 0) FROM messages WHERE summarized = 1),"
+                     " (SELECT count(*) FROM bounces WHERE action = 'failed' AND source IN ('verp', 'probe')),"
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'failed' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(failed_count), 0) FROM messages WHERE summarized = 1),"
@@ -855,8 +862,8 @@ SQL = {
                      " (SELECT count(*) FROM digest_posts)",
     # bounces
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
-                  " reporting_mta, counted, why, message_id, raw, cause, weight) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-                  "?, ?, ?, ?, ?, ?)",
+                  " reporting_mta, counted, why, message_id, raw, cause, weight)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "probe_sent": "SELECT sent FROM probes WHERE list_id = ? AND address = ?",
     "probe_done": "INSERT OR REPLACE INTO probes (list_id, address, sent) VALUES (?, ?, ?)",
     "last_delivered": "SELECT m.message_id FROM deliveries d JOIN messages m ON m.id = d.message"
@@ -2204,8 +2211,8 @@ TEXTS = {
                       "$reporter).  Action taken ([bounces] feedback_action): $action.\n",
     "unrecognised-bounces": "These reports reached signed bounce addresses of $post_address in the last\n"
                             "day, but redsky could not read them, so they changed no score:\n\n$reports\n\n"
-                            "`redsky.py bounces $post_address` shows them.  If one is a real bounce, tell the\n"
-                            "redsky developers what sent it.\n",
+                            "`redsky.py bounces $post_address` shows them.  If one is a real bounce,\n"
+                            "tell the redsky developers what sent it.\n",
     "digest-on": "$address now gets $post_address as digests: several posts in one message,\n"
                  "sent when $threshold KB of posts are waiting, or $interval after the last one.\n"
                  "Send 'set digest off' to $request to get every post as it comes again.\n",
@@ -2366,7 +2373,8 @@ def parse_dsn(message):
             recipient = _dsn_recipient(block)
             if not recipient:
                 continue
-            status = _STATUS.search(block.get("status", "")) or _STATUS.search(block.get("diagnostic-code", ""))
+            status = (_STATUS.search(block.get("status", ""))
+                      or _STATUS.search(block.get("diagnostic-code", "")))
             status = ".".join(status.groups()) if status else ""
             results.append({
                 "recipient": recipient,
@@ -2540,12 +2548,12 @@ def _text_failures(message, own):
         named = [a for a in addresses_in(copy_to[:1]) if a.lower() not in ignore]
         recipients = named if len(named) == 1 else []
     status = status or ("5.0.0" if action == "failed" else "4.0.0")
-    return [_result(r, action, status, diagnostic) for r in recipients] or [_result("", action, status, diagnostic)]
+    return [_result(r, action, status, diagnostic) for r in recipients or [""]]
 
 
 def _result(recipient, action, status, diagnostic, size=1000):
-    return {"recipient": recipient, "action": action, "status": status, "diagnostic": one_line(diagnostic, size),
-            "reporting_mta": ""}
+    return {"recipient": recipient, "action": action, "status": status,
+            "diagnostic": one_line(diagnostic, size), "reporting_mta": ""}
 
 
 def _addresses_named(head, ignore):
@@ -2616,18 +2624,22 @@ REFUSALS = (
 )
 CAUSES = (
     ("userunknown", 1, r"5\.1\.([0134]|10)", r"user unknown|unknown (user|recipient|local[- ]part|address)|"
-     r"no such (user|mailbox|recipient|account|address)|does ?n[o']t exist|not exist|invalid (recipient|mailbox|"
-     r"address|user)|recipient (address )?(not found|unknown|invalid|rejected)|mailbox not found|no mailbox|"
+     r"no such (user|mailbox|recipient|account|address)|does ?n[o']t exist|not exist|"
+     r"invalid (recipient|mailbox|address|user)|recipient (address )?(not found|unknown|invalid|rejected)|"
+     r"mailbox not found|no mailbox|"
      r"not a valid (mailbox|recipient|user)|unrouteable address|(user|mailbox|recipient) (is )?not found|"
-     r"doesn't have a .{1,40} account|no valid recipients|address (is )?unknown|unknown mailbox|address rejected|"
+     r"doesn't have a .{1,40} account|no valid recipients|address (is )?unknown|unknown mailbox|"
+     r"address rejected|"
      r"not our customer|user (is )?not (here|registered|known)|bad destination mailbox|mailbox unavailable|"
      r"not listed in|invalid (final delivery )?userid|no longer a valid"),
-    ("hostunknown", 1, r"5\.1\.2", r"host unknown|unknown host|domain not found|no such domain|host not found|"
+    ("hostunknown", 1, r"5\.1\.2", r"host unknown|unknown host|domain not found|no such domain|"
+     r"host not found|"
      r"unrouteable domain|name service error|couldn't find any host|domain (does not|doesn't) exist|"
      r"mail exchanger|domain is not reachable|host or domain name not found"),
     ("hasmoved", 1, r"5\.1\.6", r"has moved|no longer (valid|available|in use|with)"),
     ("notaccept", 1, r"-", r"does not accept (e-?)?mail|null mx"),
-    ("suspend", 1, r"5\.2\.1", r"disabled|suspended|inactive|discontinued|deactivated|account (has been |is )?"
+    ("suspend", 1, r"5\.2\.1", r"disabled|suspended|inactive|discontinued|deactivated|"
+     r"account (has been |is )?"
      r"(locked|closed|expired|frozen|blocked)|mailbox (is )?(disabled|inactive|locked|frozen)"),
     ("mailboxfull", 0.5, r"[45]\.2\.2", r"mailbox (is )?full|quota|insufficient (disk )?(space|storage)|"
      r"storage (limit|allocation)|exceed(ed|s) (the )?(storage|size limit)|mailbox size limit"),
@@ -3313,12 +3325,13 @@ def bouncehandler(ctx):
                r["reporting_mta"], 0, why or "", returned, raw, r["cause"], weight]
         if why is None and ctx.outbox.dry_run:
             row[9] = f"would be scored ({weight:g})"
+            counted.append(f"{member} (would be scored)")
         elif why is None:
             def count(db, row=row, member=member, weight=weight):
                 row[8], row[9] = score_bounce(db, config, list_id, member, now, weight)
                 row[8] = int(row[8])
             records.append(count)
-            counted.append(member)
+            counted.append(f"{member} (weight {weight:g})")
         records.append(lambda db, row=row: db.execute(SQL["add_bounce"], row))
     if not rows:
         raise Consumed("bounce address: no recipient found in the report; ignored")
@@ -6130,7 +6143,7 @@ def cmd_bounces(args, config):
 
 def cmd_status(args, config):
     store = open_store(config)
-    keys = ("queued_posts", "pending", "deferred", "sent", "failed", "expired", "held", "digest_posts")
+    keys = ("queued_posts", "pending", "deferred", "sent", "bounced", "failed", "expired", "held", "digest_posts")
     counts = dict(zip(keys, store.q("status_counts").fetchone()))
     counts["unreadable"] = len(unreadable_spool_files(config, store))
     if args.json:
@@ -6180,6 +6193,11 @@ def cmd_trace(args, config):
     deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address, args.address)]
     if not events and not deliveries:
         raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
+    for d in deliveries:                   # sent, then reported failed to a signed address
+        bounce = d.pop("bounce")
+        if bounce is not None:
+            d["bounced"] = dict(store.q("bounce_by_id", bounce).fetchone())
+            d["state"] = "bounced"
     if args.json:
         for e in events:
             e["trace"] = json.loads(e["trace"])
@@ -6199,6 +6217,10 @@ def cmd_trace(args, config):
         detail = d["last_error"] or ""
         retrying = d["state"] == "pending" and d["attempts"]
         when = f"next try {stamp(d['next_attempt'])}" if retrying else stamp(d["updated"])
+        if "bounced" in d:
+            b = d["bounced"]
+            when = stamp(b["received"])
+            detail = f"{b['status']} {b['cause']} ({b['source']} report) {b['diagnostic']}"[:200]
         print(f"    {d['address']:30} {d['state']:8} attempts {d['attempts']}  {when}  {detail}")
     return EX_OK
 

@@ -138,7 +138,7 @@ def test_members_json_fields(rs):
 def test_status_counts(rs):
     rs.newlist("l@example.org", "--access", "open", members=("a@example.org", "b@example.org"))
     rs.queue(post(), recipient="l@example.org", check=0)
-    assert rs.status() == {"queued_posts": 1, "pending": 2, "deferred": 0, "sent": 0, "failed": 0,
+    assert rs.status() == {"queued_posts": 1, "pending": 2, "deferred": 0, "sent": 0, "bounced": 0, "failed": 0,
                            "expired": 0, "held": 0, "digest_posts": 0, "unreadable": 0}
 
 

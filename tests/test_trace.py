@@ -107,4 +107,26 @@ def test_bounces_text_shows_which_post_came_back(lst):
     lst.run("send", check=0)
     lst.queue(dsn(), recipient=lst.verp("bob@example.net"), sender="", check=0)
     out = lst.run("bounces", "test@lists.example.org", check=0).out
-    assert "returned post <post1@example.org>" in out
+    assert "post <post1@example.org>" in out
+
+
+def test_trace_and_status_show_a_delivery_that_bounced_later(lst):
+    """The MTA accepted it (sendmail exit 0), then the member's server bounced it."""
+    lst.queue(post(msgid="<later-bounce@example.org>", sender="bob@example.net"), sender="bob@example.net",
+              check=0)
+    lst.run("send", check=0)
+    assert lst.status()["bounced"] == 0
+    lst.queue(dsn(message_id=""), recipient=lst.verp("bob@example.net"), sender="", check=0)
+    out = lst.run("trace", "later-bounce@example.org", check=0).out
+    deliveries = out[out.index("deliveries:"):].splitlines()
+    bob = next(line for line in deliveries if "bob@example.net" in line)
+    assert "bounced" in bob and "5.1.1 userunknown (verp report)" in bob
+    assert "sent" in next(line for line in deliveries if "ann@example.org" in line)
+    data = json.loads(lst.run("trace", "later-bounce@example.org", "--json", check=0).out)
+    states = {d["address"]: d["state"] for d in data["deliveries"]}
+    assert states == {"bob@example.net": "bounced", "ann@example.org": "sent"}
+    assert lst.status()["bounced"] == 1
+    # a forged plain report is no evidence: it marks nothing
+    lst.queue(dsn(recipient="ann@example.org"), recipient="test-bounces@lists.example.org", sender="",
+              check=0)
+    assert lst.status()["bounced"] == 1

@@ -769,6 +769,7 @@ SQL = {
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
     "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
+    "member_address": "SELECT address FROM members WHERE list_id = ? AND address = ?",
     "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
                 "warnings = 0,"
                 " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
@@ -2363,8 +2364,10 @@ def parse_dsn(message):
         if part.get_content_type() in ("text/x-delivery-status", "message/delivery-status"):
             payload = part.get_payload()
             texts.append(payload if isinstance(payload, str) else "\n\n".join(map(str, payload)))
-    if not texts and re.search(r"(?im)^[> \t]*final-recipient:", _report_text(message, 200_000)):
-        texts = [re.sub(r"(?m)^[> \t]+", "", _report_text(message, 200_000))]   # broken MIME, or forwarded
+    if not texts:                          # broken MIME, or a forwarded report
+        text = _report_text(message, 200_000)
+        if re.search(r"(?im)^[> \t]*final-recipient:", text):
+            texts = [re.sub(r"(?m)^[> \t]+", "", text)]
     results = []
     for text in texts:
         blocks = dsn_blocks(text)
@@ -2594,7 +2597,7 @@ def _ses_failures(text):
     for _ in range(2):                     # SNS wraps the notification in its own JSON
         try:
             note = json.JSONDecoder(strict=False).raw_decode(note, start)[0] if start >= 0 else {}
-        except ValueError:
+        except (ValueError, RecursionError):       # not JSON, or nested absurdly deep
             return []
         if not (isinstance(note, dict) and isinstance(note.get("Message"), str)):
             break
@@ -2617,10 +2620,10 @@ def _ses_failures(text):
 REFUSALS = (
     ("rejected", r"sender (address )?(rejected|refused|denied|verify failed)|domain of sender|"
      r"sender domain|envelope sender|return path|from address|5\.1\.[78]\b"),
-    ("policy", r"\bspam|block ?list|black ?list|blocked|\bpolicy|dmarc|\bspf\b|dkim|reputation|virus|malware|"
+    ("policy", r"\bspam|block ?list|black ?list|blocked (by|for|due|because|using|as|ip)|"
+     r"(ip|sender|message|mail|host|domain|connection|address) (was |is |has been )?blocked|\bpolicy|dmarc|\bspf\b|dkim|reputation|virus|malware|"
      r"content (rejected|filter)|not authori[sz]ed|access denied|relay(ing)? (denied|not permitted)|"
-     r"too many (recipients|messages|connections)|rate limit|"
-     r"\b5\.7\.\d+"),
+     r"too many (recipients|messages|connections)|rate limit|frequency limit"),
 )
 CAUSES = (
     ("userunknown", 1, r"5\.1\.([0134]|10)", r"user unknown|unknown (user|recipient|local[- ]part|address)|"
@@ -2638,7 +2641,7 @@ CAUSES = (
      r"mail exchanger|domain is not reachable|host or domain name not found"),
     ("hasmoved", 1, r"5\.1\.6", r"has moved|no longer (valid|available|in use|with)"),
     ("notaccept", 1, r"-", r"does not accept (e-?)?mail|null mx"),
-    ("suspend", 1, r"5\.2\.1", r"disabled|suspended|inactive|discontinued|deactivated|"
+    ("suspend", 1, r"5\.2\.1|5\.7\.13", r"disabled|suspended|inactive|discontinued|deactivated|"
      r"account (has been |is )?"
      r"(locked|closed|expired|frozen|blocked)|mailbox (is )?(disabled|inactive|locked|frozen)"),
     ("mailboxfull", 0.5, r"[45]\.2\.2", r"mailbox (is )?full|quota|insufficient (disk )?(space|storage)|"
@@ -2662,13 +2665,18 @@ def bounce_cause(action, status, diagnostic, after_data=False, context=""):
     ``context``, the report's own text, explains a bare status code."""
     if action != "failed":
         return (action or "unknown"), 0
+    diagnostic, context = diagnostic[:2000], context[:20_000]
     if context and not re.search(r"[A-Za-z]{3}", re.sub(r"(?i)smtp|x-\w+|[245]\.\d+\.\d+", "", diagnostic)):
         diagnostic = context              # the DSN gave no words: the text around it says why
     for cause, text in _REFUSALS:
-        if text.search(diagnostic) or (cause == "policy" and status.startswith("5.7.")):
+        if text.search(diagnostic):
             return cause, 0
-    cause = next((c for c in _CAUSES if c[2].fullmatch(status)), None) or \
-        next((c for c in _CAUSES if c[3].search(diagnostic)), None)
+    cause = next((c for c in _CAUSES if c[2].fullmatch(status)), None)
+    if cause is None and status.startswith("5.7."):     # security or policy (RFC 3463 3.8) ...
+        cause = next((c for c in _CAUSES if c[1] == 1 and c[3].search(diagnostic)), None)
+        if cause is None:                               # ... unless it plainly names the address
+            return "policy", 0
+    cause = cause or next((c for c in _CAUSES if c[3].search(diagnostic)), None)
     if cause is None:
         return "other", 0.5
     if after_data and cause[1] == 1:
@@ -3270,7 +3278,6 @@ def bouncehandler(ctx):
     reports = find_failures(parsed, own)
     message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
     store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
-    members = {a.lower(): a for a in member_addresses(store, list_id)}
     proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
     rows = []                               # (address, source, result)
     if proof:
@@ -3288,7 +3295,8 @@ def bouncehandler(ctx):
     interval = config.duration("bounces", "probe_interval")
     for address, source, r in rows[:100]:
         address = normalize_address(address)
-        member = members.get(address.lower())
+        member = store.q("member_address", list_id, address).fetchone()
+        member = member[0] if member else None
         raw = None
         if not raw_kept and (member or proof):      # evidence kept once, cut, only about a member
             raw, raw_kept = ctx.raw[:65536], True
@@ -3387,8 +3395,8 @@ def feedback_report(ctx, parsed):
                 member = None
     kind = one_line(fields.get("feedback-type", "abuse"), 40) or "abuse"
     reporter = one_line(fields.get("user-agent", "") or fields.get("reporting-mta", ""), 200)
-    members = {a.lower(): a for a in member_addresses(store, list_row["id"])}
-    member = members.get((member or "").lower()) if proof else None
+    member = store.q("member_address", list_row["id"], member).fetchone() if proof and member else None
+    member = member[0] if member else None
     action = config.get("bounces", "feedback_action") if member else "none"
     why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
            else "feedback report that no signed address identifies: recorded only")

@@ -73,6 +73,13 @@ PARSERS = {
     "find_failures": lambda t: redsky.find_failures(
         redsky.parse_report(message("Subject", "Mail delivery failed: " + t, t))),
     "parse_dsn": lambda t: redsky.find_failures(redsky.parse_report(dsn(t))),
+    "ses_json": lambda t: redsky.find_failures(redsky.parse_report(message("Subject", "AWS Notification",
+                                                                           '"bouncedRecipients" {' + t))),
+    "broken_dsn": lambda t: redsky.find_failures(redsky.parse_report(message(
+        "Content-Type", "multipart/report; boundary=nowhere", "Final-Recipient: rfc822; " + t))),
+    "bounce_cause": lambda t: redsky.bounce_cause("failed", "5.0.0", t, False, t),
+    "returned_headers": lambda t: redsky._returned_headers(redsky.parse_report(message(
+        "Content-Type", "text/rfc822-headers", "Return-Path: <" + t))),
     "bounced_message_ids": lambda t: redsky.bounced_message_ids(_parsed(message("Subject", "x", t)),
                                                                 message("Subject", "x", t)),
     "take_approved": lambda t: redsky._take_approved_line(redsky.RawMessage(message("Subject", "x", t))),

@@ -221,12 +221,32 @@ def test_unrecognised_report_at_a_signed_address_goes_to_the_owners_daily(lst):
 
 
 def test_policy_rejections_do_not_count_unless_configured(lst):
-    bounce(lst, status="5.7.1")
-    assert lst.members()["bob@example.net"]["bounce_score"] == 0
+    bounce(lst, status="5.7.1", diagnostic="smtp; 550 5.7.1 Unauthenticated mail rejected by DMARC policy")
+    bounce(lst, member="carol@example.com", status="5.0.0",
+           diagnostic="smtp; 554 Message rejected: your IP is listed on a blocklist")
+    assert [m["bounce_score"] for m in lst.members().values()] == [0, 0]
     assert "policy rejection 5.7.1 at example.net" in bounces(lst)[0]["why"]
+    assert [b["cause"] for b in bounces(lst)] == ["policy", "policy"]
     lst.write_config(bounces={"count_policy_rejections": "yes"})
-    bounce(lst, status="5.7.1")
+    bounce(lst, status="5.7.1", diagnostic="smtp; 550 5.7.1 Unauthenticated mail rejected by DMARC policy")
     assert lst.members()["bob@example.net"]["bounce_score"] == 1
+
+
+def test_a_refused_sender_address_is_the_posts_problem(lst):
+    bounce(lst, status="5.1.8", diagnostic="smtp; 553 5.1.8 Domain of sender address does not exist")
+    bounce(lst, member="carol@example.com", status="5.1.0",
+           diagnostic="smtp; 550 5.1.0 <test-bounces@lists.example.org> sender rejected")
+    assert [m["bounce_score"] for m in lst.members().values()] == [0, 0]
+    assert [b["cause"] for b in bounces(lst)] == ["rejected", "rejected"]
+
+
+def test_a_security_status_that_plainly_names_an_unknown_user_counts(lst):
+    """Some servers answer 5.7.1 for a mailbox that does not exist (or 5.7.13:
+    a disabled account, RFC 7372)."""
+    bounce(lst, status="5.7.1", diagnostic="smtp; 553 Invalid recipient bob@example.net")
+    bounce(lst, member="carol@example.com", status="5.7.13", diagnostic="smtp; 525 5.7.13 Disabled recipient")
+    assert [m["bounce_score"] for m in lst.members().values()] == [1, 1]
+    assert [b["cause"] for b in bounces(lst)] == ["userunknown", "suspend"]
 
 
 def test_score_rises_at_most_once_a_day(lst):

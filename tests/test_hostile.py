@@ -53,3 +53,11 @@ def test_a_megabyte_of_one_character_is_handled_in_seconds(lst, address):
                   recipient=f"{address}@lists.example.org", sender="")
     assert r.returncode == 0, r.err
     assert time.monotonic() - start < 20     # was 44 s for 100 KB to -bounces
+
+
+def test_absurdly_nested_json_in_a_report_is_no_crash():
+    """An Amazon SES notification is read as JSON, which recurses."""
+    import redsky
+    for text in ('"bouncedRecipients" ' + "[" * 100_000, '{"Message": "' + "{" * 100_000 + '"} bouncedRecipients'):
+        raw = hostile.message("Subject", "AWS Notification", text)
+        assert redsky.find_failures(redsky.parse_report(raw)) is not None

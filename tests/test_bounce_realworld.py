@@ -114,6 +114,34 @@ def report(table, out=sys.stdout):
               f" {r['recall']:7.1%} {r['precision']:9.1%} {r['agreement']:9.1%}", file=out)
 
 
+# Sisimai's reasons that are about the member's mailbox, not about the post:
+# a report of one of these at a member's signed VERP address must raise the score.
+MEMBER_REASONS = {"userunknown", "hostunknown", "mailboxfull", "suspend", "hasmoved", "notaccept", "systemfull",
+                  "expired"}
+
+
+def verp_cases(corpus_dir=CORPUS_DIR):
+    """(name, family, raw) of every report with a member-caused final failure."""
+    with open(os.path.join(corpus_dir, "expected.json")) as f:
+        expected = json.load(f)
+    for name, ref in sorted(expected.items()):
+        if any(r["reason"] in MEMBER_REASONS and r["action"] not in ("delayed", "delivered")
+               for r in ref["sisimai"]):
+            with open(os.path.join(corpus_dir, name), "rb") as f:
+                yield name, ref.get("family", "?"), f.read()
+
+
+def verp_rate(corpus_dir=CORPUS_DIR):
+    """Share of those reports that would raise the score at a signed VERP
+    address (bouncehandler: any permanent failure of weight > 0, whatever
+    address it names), and the names of the others."""
+    cases = list(verp_cases(corpus_dir))
+    missed = [name for name, _, raw in cases
+              if not any(r["action"] == "failed" and r["weight"] > 0
+                         for r in redsky.find_failures(redsky.parse_report(raw), OWN))]
+    return 1 - len(missed) / max(len(cases), 1), missed
+
+
 needs_corpus = pytest.mark.skipif(not os.path.exists(os.path.join(CORPUS_DIR, "expected.json")),
                                   reason=f"no real-world bounce corpus at {CORPUS_DIR} (set REDSKY_BOUNCES)")
 
@@ -129,11 +157,39 @@ def test_real_world_recall_precision_and_class(capsys):
     assert total["weapon"] == 0, [w for w in wrong if w[1] == "false"]
     for key, floor in FLOORS.items():
         assert r[key] >= floor, (key, r[key], wrong[:40])
+    rate, missed = verp_rate()
+    with capsys.disabled():
+        print(f"member-caused final failures that count at a signed VERP address: {rate:.1%}")
+    assert rate >= 0.90, missed
+
+
+@needs_corpus
+def test_real_reports_at_a_signed_verp_address_raise_the_score(rs):
+    """As a list owner would try it: after a real post, one real report per
+    MTA family is fed to the member's own signed VERP address through
+    `queue`; none returns a post redsky knows, and each must count."""
+    from conftest import post
+    first = {}
+    for name, family, raw in verp_cases():
+        first.setdefault(family, (name, raw))
+    members = [f"m{i}@example.net" for i in range(len(first))]
+    rs.newlist("test@lists.example.org", "--access", "open", members=members)
+    rs.queue(post(msgid="<post1@example.org>"), check=0)
+    rs.run("send", check=0)
+    missed = []
+    for member, (family, (name, raw)) in zip(members, sorted(first.items())):
+        r = rs.queue(raw, recipient=rs.verp(member), sender="")
+        assert r.returncode == 0 and "Traceback" not in r.err, (name, r.err)
+        if not rs.members()[member]["bounce_score"]:
+            missed.append(name)
+    assert len(missed) <= len(first) // 10, missed
+    assert len(first) >= 40
 
 
 if __name__ == "__main__":
     table, wrong = measure()
     report(table)
+    print(f"member-caused final failures that count at a signed VERP address: {verp_rate()[0]:.1%}")
     if "-v" in sys.argv:
         for w in wrong:
             print(*w, sep="\t")

@@ -873,7 +873,8 @@ SQL = {
     "disable_member": "UPDATE members SET status = 'disabled', disabled_reason = 'feedback', disabled_at = ?"
                       " WHERE list_id = ? AND address = ?",
     "unrecognised_since": "SELECT received, address, diagnostic FROM bounces WHERE list_id = ?"
-                          " AND action = 'unrecognised' AND received > ? ORDER BY id LIMIT 50",
+                          " AND action = 'unrecognised' AND source IN ('verp', 'probe') AND received > ?"
+                          " ORDER BY id LIMIT 50",
     "bounce_history": "SELECT received, address, source, action, status, diagnostic, reporting_mta, "
                       "counted, why, message_id, cause, weight FROM bounces WHERE list_id = ? ORDER BY id",
     "prune_raw_bounces": "UPDATE bounces SET raw = NULL WHERE raw IS NOT NULL AND received < ?",
@@ -3286,9 +3287,10 @@ def bouncehandler(ctx):
     else:
         source = "unsigned" if ctx.verp else "plain"
         named = [r for r in reports if r["recipient"]]
-        if ctx.verp and not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
+        if ctx.verp and reports and \
+                not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
             failed = [r for r in reports if r["action"] == "failed"]
-            named.insert(0, dict((failed or reports or [_result("", "", "", "")])[0], recipient=ctx.verp))
+            named.insert(0, dict((failed or reports)[0], recipient=ctx.verp))
         rows = [(r["recipient"], source, r) for r in named]
     notices = Notices(store, config, ctx.list, ctx.outbox)
     records, counted, raw_kept = [], [], False

@@ -212,6 +212,9 @@ def test_unrecognised_report_at_a_signed_address_goes_to_the_owners_daily(lst):
         lst.queue(odd, recipient=lst.verp(member), sender="", check=0)
     assert [b["action"] for b in bounces(lst)] == ["unrecognised", "unrecognised"]
     assert all(m["bounce_score"] == 0 for m in lst.members().values())
+    # the same at an unsigned or a plain address: anyone's claim, not even summarised
+    for recipient in ("test-bounces+bob=example.net@lists.example.org", "test-bounces@lists.example.org"):
+        assert lst.queue(odd, recipient=recipient, sender="").returncode == 0
     lst.run("send", check=0)
     lst.run("send", check=0)
     from conftest import parse

@@ -852,7 +852,8 @@ SQL = {
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'sent' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(sent_count), 0) FROM messages WHERE summarized = 1),"
-                     " (SELECT count(*) FROM bounces WHERE action = 'failed' AND source IN ('verp', 'probe')),"
+                     " (SELECT count(*) FROM bounces"
+                     "  WHERE action = 'failed' AND source IN ('verp', 'probe')),"
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'failed' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(failed_count), 0) FROM messages WHERE summarized = 1),"
@@ -2622,7 +2623,8 @@ REFUSALS = (
     ("rejected", r"sender (address )?(rejected|refused|denied|verify failed)|domain of sender|"
      r"sender domain|envelope sender|return path|from address|5\.1\.[78]\b"),
     ("policy", r"\bspam|block ?list|black ?list|blocked (by|for|due|because|using|as|ip)|"
-     r"(ip|sender|message|mail|host|domain|connection|address) (was |is |has been )?blocked|\bpolicy|dmarc|\bspf\b|dkim|reputation|virus|malware|"
+     r"(ip|sender|message|mail|host|domain|connection|address) (was |is |has been )?blocked|\bpolicy|"
+     r"dmarc|\bspf\b|dkim|reputation|virus|malware|"
      r"content (rejected|filter)|not authori[sz]ed|access denied|relay(ing)? (denied|not permitted)|"
      r"too many (recipients|messages|connections)|rate limit|frequency limit"),
 )
@@ -6153,7 +6155,8 @@ def cmd_bounces(args, config):
 
 def cmd_status(args, config):
     store = open_store(config)
-    keys = ("queued_posts", "pending", "deferred", "sent", "bounced", "failed", "expired", "held", "digest_posts")
+    keys = ("queued_posts", "pending", "deferred", "sent", "bounced", "failed", "expired", "held",
+            "digest_posts")
     counts = dict(zip(keys, store.q("status_counts").fetchone()))
     counts["unreadable"] = len(unreadable_spool_files(config, store))
     if args.json:

@@ -5563,6 +5563,49 @@ def export_postfix_map(config, store):
     return path
 
 
+def become_list_user(config):
+    """Run as root, work as the owner of data_dir (as mlmmj does), before
+    anything is opened: a database, spool or log file that root created
+    would be unreadable to the MTA's pipe and to cron's `send`, and mail
+    would wait for ever.  A data_dir that does not exist yet is created for
+    [postfix] user when that names a user.  Root keeps working as root only
+    on a root-owned data_dir.  Returns the user name switched to, or None."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+    try:
+        st = os.stat(config.data_dir)
+    except FileNotFoundError:
+        name = config.get("postfix", "user")
+        if not name or name == "root":
+            return None
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"[postfix] user {name!r} does not exist; create it (useradd --system "
+                              f"--home-dir {config.data_dir} {name}) or change [postfix] user")
+        os.makedirs(config.data_dir)
+        os.chown(config.data_dir, pw.pw_uid, pw.pw_gid)
+        os.chmod(config.data_dir, 0o751)       # Postfix's daemons read the list map inside
+        st = os.stat(config.data_dir)
+    if st.st_uid == 0:
+        return None
+    try:
+        pw = pwd.getpwuid(st.st_uid)
+        name, gid = pw.pw_name, pw.pw_gid
+        os.initgroups(name, gid)
+    except KeyError:                           # an owner without a passwd entry
+        name, gid = str(st.st_uid), st.st_gid
+        os.setgroups([])
+    os.setgid(gid)
+    os.setuid(st.st_uid)
+    if not os.access(config.data_dir, os.W_OK | os.X_OK):
+        raise Failure(f"running as {name}, the owner of {config.data_dir}, which cannot write it: "
+                      f"fix its mode (chmod u+rwx) and let {name} reach it (chmod o+x on its parents)",
+                      EX_NOPERM)
+    return name
+
+
 def pipe_user(config):
     """Who runs `queue` for the MTA: [postfix] user, else the owner of
     data_dir (never root: Postfix's pipe refuses it)."""
@@ -6180,20 +6223,100 @@ def unreadable_spool_files(config, store, user=None):
 
 
 def cmd_postfix_config(args, config):
-    """Print (or --write into --dir) what Postfix needs to route the lists."""
-    store = open_store(config, create=True)
-    export_postfix_map(config, store)
-    cf, main, master = postfix_settings(config, args.dir, args.user, args.python)
-    if args.write:
-        os.makedirs(args.dir, exist_ok=True)
-        for name, text in {**cf, "redsky-main.cf": main, "redsky-master.cf": master}.items():
-            with open(os.path.join(args.dir, name), "w") as fh:
+    """Print what Postfix needs to route the lists; --write also writes the
+    files into --dir; --apply merges the settings into the live main.cf and
+    master.cf (postfix_apply)."""
+    as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
+    cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
+    cf, main, master = postfix_settings(config, cf_dir, args.user, args.python)
+    if args.write or args.apply:
+        os.makedirs(cf_dir, exist_ok=True)
+        files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else cf
+        for name, text in files.items():
+            path = os.path.join(cf_dir, name)
+            with open(path, "w") as fh:
                 fh.write(text)
+            os.chmod(path, 0o644)           # Postfix warns about group or other writable files
+    if args.apply:
+        for line in postfix_apply(cf_dir, main, master):
+            print(line)
+        return EX_OK
     for name, text in cf.items():
-        print(f"# {os.path.join(args.dir, name)}\n{text}")
-    print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps):\n{main}")
+        print(f"# {os.path.join(cf_dir, name)}\n{text}")
+    print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps;"
+          f" 'postfix-config --apply' does it):\n{main}")
     print(f"# add to master.cf:\n{master}", end="")
     return EX_OK
+
+
+def as_list_user(config, work):
+    """Run ``work()`` as the owner of data_dir (become_list_user) without
+    this process giving up root: in a child process when root."""
+    if os.geteuid() != 0:
+        return work()
+    pid = os.fork()
+    if pid == 0:
+        code = EX_SOFTWARE
+        try:
+            become_list_user(config)
+            work()
+            code = EX_OK
+        except Failure as e:
+            report(f"{e}")
+            code = e.code
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8:
+        raise Failure("could not prepare the list map as the owner of data_dir (see above)", EX_NOPERM)
+
+
+# main.cf settings redsky needs, and how to merge each into a value already set
+POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list", "virtual_alias_maps": "list",
+                 "transport_maps": "list", "redsky_destination_recipient_limit": "value"}
+
+
+def postfix_apply(cf_dir, main, master):
+    """Merge redsky's settings into Postfix's main.cf (postconf -e) and
+    master.cf (postconf -M), keeping whatever else is there: a list setting
+    gets redsky's table added, recipient_delimiter gets "+" added.  The two
+    files are backed up first, and only when something changes; a second
+    run changes nothing.  Yields one line per change."""
+    wanted = dict(line.split(" = ", 1) for line in main.strip().splitlines())
+    changes = []
+    for key, value in wanted.items():
+        current = postconf("-nh", key) or ""
+        how = POSTFIX_MERGE[key]
+        if how == "chars":
+            new = current if "+" in current else current + "+"
+        elif how == "list":                 # appended, the rest kept exactly as written
+            new = current if value in current else f"{current}, {value}" if current.strip() else value
+        else:
+            new = value
+        if new != current:
+            changes.append((["-e", f"{key} = {new}"], f"main.cf: {key} = {new}"
+                            + (f" (was {current})" if current else "")))
+    entry = " ".join(master.split())
+    service = " ".join((postconf("-M", "redsky/unix") or "").split())
+    if service != entry:
+        changes.append((["-M", f"redsky/unix={entry}"],
+                        f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
+    if not changes:
+        yield "nothing to change: main.cf and master.cf already have redsky's settings"
+        return
+    import shutil
+    config_dir = postconf("-h", "config_directory") or cf_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("main.cf", "master.cf"):
+        path = os.path.join(config_dir, name)
+        if os.path.exists(path):
+            shutil.copy2(path, f"{path}.redsky-{stamp}")
+            yield f"backup: {path}.redsky-{stamp}"
+    for argv, line in changes:
+        if postconf(*argv) is None:
+            raise Failure(f"postconf {' '.join(argv)} failed", EX_CONFIG)
+        yield line
+    yield "now run: postfix reload"
 
 
 def cmd_trace(args, config):
@@ -6285,6 +6408,38 @@ def find_send_schedule(places=CRON_PLACES):
                 continue
             if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", text):
                 return f
+    import shutil
+    import subprocess
+    if places is CRON_PLACES and shutil.which("crontab"):    # this user's own crontab
+        try:
+            r = subprocess.run(["crontab", "-l"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
+            import pwd
+            return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
+    return None
+
+
+def schedule_user(path):
+    """Who runs the `redsky.py send` that ``path`` schedules: the user field
+    of /etc/crontab and /etc/cron.d lines, the owner a user crontab is
+    named after, a systemd unit's User= (root without one); None if unknown."""
+    if "/spool/cron" in path:
+        return os.path.basename(path)
+    try:
+        with open(path, errors="replace") as fh:
+            text = fh.read(200_000)
+    except OSError:
+        return None
+    if path.endswith((".service", ".timer")) or "/systemd/" in path:
+        m = re.search(r"(?m)^\s*User\s*=\s*(\S+)", text)
+        return m.group(1) if m else "root"
+    for line in text.splitlines():
+        fields = line.split()
+        if re.search(r"redsky(\.py)?\b.*\bsend\b", line) and not line.lstrip().startswith("#") \
+                and len(fields) > 6:
+            return fields[1] if fields[0].startswith("@") else fields[5]
     return None
 
 
@@ -6306,7 +6461,14 @@ def doctor_checks(config, cron_places=CRON_PLACES):
         ("WARN", f"no config file: built-in defaults, data in {config.data_dir}",
          "copy redsky.ini.example to /etc/redsky/redsky.ini and pass -c to queue and send")
     db_path = config.database
-    if not os.path.exists(db_path):
+    try:
+        os.stat(db_path)
+    except PermissionError:                 # there, but not for this user: init would not help
+        yield ("FAIL", f"you cannot reach the database {db_path}: {config.data_dir} or a parent is closed"
+                       " to you", f"run as root: chown -R {pipe_user(config)} {config.data_dir}; chmod o+x on"
+                       f" its parents; run redsky as {pipe_user(config)}")
+        return
+    except OSError:
         yield "FAIL", f"database {db_path} does not exist", "run: redsky.py init"
         return
     try:
@@ -6364,10 +6526,16 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
     yield from postfix_checks(config)
     schedule = find_send_schedule(cron_places)
-    yield ("OK", f"'redsky.py send' is scheduled in {schedule}", "") if schedule else \
-        ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
-         f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
-         f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    cron_user = schedule_user(schedule) if schedule else None
+    if cron_user and cron_user not in (runner, "root"):
+        yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
+               f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
+    elif schedule:
+        yield "OK", f"'redsky.py send' is scheduled in {schedule}" + (f" as {cron_user}" if cron_user else ""), ""
+    else:
+        yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
+               f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
+               f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
     for row in store.q("all_lists"):
         changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"]))
                    if on]
@@ -6420,6 +6588,89 @@ def postfix_checks(config):
                    f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
         else:
             yield "OK", f"user postfix can read the list map {map_path}", ""
+    yield from postfix_routing_checks(config, service)
+
+
+def postfix_tables(value):
+    """The lookup tables in a Postfix list setting (``type:name``, an
+    ``inline:{…}`` kept whole), and the plain words."""
+    items = re.findall(r"[^\s,{]*\{[^}]*\}|[^\s,]+", value or "")
+    return [i for i in items if ":" in i], [i for i in items if ":" not in i]
+
+
+def postmap_query(keys, table):
+    """{key: value} of the ``keys`` that ``table`` answers (postmap -q -)."""
+    import shutil
+    import subprocess
+    exe = shutil.which("postmap") or "/usr/sbin/postmap"
+    try:
+        r = subprocess.run([exe, "-q", "-", table], input="".join(f"{k}\n" for k in keys),
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)
+
+
+def postfix_routing_checks(config, service):
+    """What the live Postfix does with each list address: is the domain
+    accepted (and not also a local domain), does the alias map send every
+    address to redsky's transport, does that transport reach the pipe, and
+    does the pipe run as the owner of data_dir."""
+    try:
+        store = Store(config.database, 2.0, durable=False)
+        rows = [dict(r) for r in store.q("all_lists")]
+        store.close()
+    except (Failure, sqlite3.Error):
+        return
+    local = {d.lower() for d in postfix_tables(postconf("-xh", "mydestination"))[1]}
+    domain_tables, domain_words = postfix_tables(postconf("-xh", "virtual_alias_domains"))
+    alias_tables = postfix_tables(postconf("-xh", "virtual_alias_maps"))[0]
+    for domain in sorted({r["domain"].lower() for r in rows}):
+        if domain in local:
+            yield ("FAIL", f"{domain} is in Postfix's mydestination too: its mail goes to local"
+                           " mailboxes, not to the lists", f"remove {domain} from mydestination")
+        elif domain in {w.lower() for w in domain_words} or \
+                any(postmap_query([domain], t) for t in domain_tables):
+            yield "OK", f"Postfix accepts mail for {domain} (virtual_alias_domains)", ""
+        else:
+            yield ("FAIL", f"Postfix does not accept mail for {domain}: every list address there is refused",
+                   "run as root: redsky.py postfix-config --apply; postfix reload")
+    addresses = [list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES]
+    routed = {}
+    for table in alias_tables:
+        routed.update({k: v for k, v in postmap_query(addresses, table).items() if k not in routed})
+    lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")]
+    if lost:
+        yield ("FAIL", f"{len(lost)} of {len(addresses)} list addresses are not routed to redsky by"
+                       f" virtual_alias_maps (e.g. {lost[0]})",
+               "run as root: redsky.py postfix-config --apply; postfix reload")
+    elif addresses:
+        yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""
+    transport = next((v for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
+                      for v in postmap_query(["redsky.invalid"], t).values()), "")
+    if transport.split(":")[0] != "redsky":
+        yield ("FAIL", "transport_maps does not send redsky.invalid to the 'redsky' pipe",
+               "run as root: redsky.py postfix-config --apply; postfix reload")
+    else:
+        yield "OK", "transport_maps sends the lists to the 'redsky' pipe", ""
+    import pwd
+    user = (re.search(r"\buser=([^\s:]+)", service or "") or [None, None])[1]
+    try:
+        owner = pwd.getpwuid(os.stat(config.data_dir).st_uid).pw_name
+    except (OSError, KeyError):
+        owner = None
+    if user and owner and user != owner:
+        yield ("FAIL", f"the 'redsky' pipe runs as {user}, but {config.data_dir} belongs to {owner}:"
+                       " posts cannot be queued", f"run as root: chown -R {user} {config.data_dir}")
+    for name in ("redsky-domains.cf", "redsky-aliases.cf"):
+        path = os.path.join(postconf("-h", "config_directory") or "/etc/postfix", name)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o022:
+            yield ("FAIL", f"{path} is group or other writable: Postfix refuses to trust it",
+                   f"run as root: chmod 644 {path}")
 
 
 def cmd_doctor(args, config):
@@ -6614,8 +6865,10 @@ def make_parser():
     command("doctor", cmd_doctor, "check the installation and explain what to fix")
     command("schema", cmd_schema, "print the database schema")
     p = command("postfix-config", cmd_postfix_config, "print the Postfix settings for this installation")
-    p.add_argument("--dir", default="/etc/postfix", help="where the .cf files go (default /etc/postfix)")
+    p.add_argument("--dir", help="where the .cf files go (default: Postfix's config_directory)")
     p.add_argument("--write", action="store_true", help="write the files into --dir too")
+    p.add_argument("--apply", action="store_true",
+                   help="write the .cf files and merge the settings into main.cf and master.cf")
     p.add_argument("--user", help="the pipe user (default: [postfix] user, else the owner of data_dir)")
     p.add_argument("--python", help="the python3 for the pipe (default /usr/bin/python3)")
     return parser
@@ -6628,6 +6881,8 @@ def main(argv=None):
     try:
         config = Config.find(getattr(args, "config", None))
         os.umask(config.umask)
+        if args.command not in ("demo", "schema", "postfix-config"):   # postfix-config: see there
+            become_list_user(config)
         setup_logging(config, args.verbose)
         load_plugins(config)
         return args.func(args, config)

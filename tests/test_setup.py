@@ -1,0 +1,214 @@
+"""From a bare host to a working list (issue 17): root does the right thing,
+`postfix-config --apply` merges into a live Postfix configuration, and
+`doctor` sees what breaks mail, with the fix for whoever runs it."""
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import redsky
+from conftest import ROOT, post
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+needs_postconf = pytest.mark.skipif(shutil.which("postconf") is None and not os.path.exists("/usr/sbin/postconf"),
+                                    reason="Postfix (postconf) is not installed")
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture
+def site():
+    """An installation as an admin lays it out: redsky.py and the config in
+    root's directories that everyone may read, the data directory inside."""
+    top = Path(tempfile.mkdtemp(prefix="redsky-setup-", dir="/tmp"))
+    top.chmod(0o755)
+    shutil.copy(ROOT / "redsky.py", top / "redsky.py")
+    config = top / "redsky.ini"
+    config.write_text("[redsky]\ndata_dir = data\nlog = stderr\n[send]\ntransport = maildir\n"
+                      "[postfix]\nuser = nobody\n")
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def redsky_as(site, *args, user=None, input=b"", env=None):
+    """Run the site's redsky.py with /usr/bin/python3 (or this python), as root or as ``user``."""
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else shutil.which("python3")
+    def drop():
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+    r = subprocess.run([python, str(site / "redsky.py"), "-c", str(site / "redsky.ini"), *args], input=input,
+                       capture_output=True, timeout=60, preexec_fn=drop, env={**os.environ, **(env or {})})
+    r.out, r.err = r.stdout.decode(), r.stderr.decode()
+    return r
+
+
+def owners(directory):
+    return {pwd.getpwuid(p.stat().st_uid).pw_name for p in Path(directory).rglob("*")} | \
+        {pwd.getpwuid(Path(directory).stat().st_uid).pw_name}
+
+
+@needs_root
+def test_root_creates_the_data_dir_for_the_list_user_and_works_as_it(site):
+    """init, newlist, subscribe and queue run by root: every file is the list user's."""
+    assert redsky_as(site, "init").returncode == 0
+    data = site / "data"
+    assert data.stat().st_uid == NOBODY.pw_uid and stat.S_IMODE(data.stat().st_mode) == 0o751
+    redsky_as(site, "newlist", "team@lists.example.org", "--access", "open")
+    redsky_as(site, "subscribe", "team@lists.example.org", "ann@example.org")
+    r = redsky_as(site, "queue", "--recipient", "team@lists.example.org", "--sender", "bob@example.org",
+                  input=post(sender="bob@example.org"))
+    assert r.returncode == 0, r.err
+    assert owners(data) == {"nobody"}
+    assert list((data / "spool").iterdir())
+    # and the list user's own send, as the MTA pipe or cron would run it, reads it all
+    r = redsky_as(site, "send", user="nobody")
+    assert r.returncode == 0 and "sent 1" in r.err + r.out, r.err
+
+
+@needs_root
+def test_root_on_an_existing_data_dir_works_as_its_owner(site):
+    (site / "data").mkdir()
+    os.chown(site / "data", NOBODY.pw_uid, NOBODY.pw_gid)
+    (site / "redsky.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n")    # no [postfix] user
+    assert redsky_as(site, "init").returncode == 0
+    assert owners(site / "data") == {"nobody"}
+
+
+@needs_root
+def test_a_data_dir_its_owner_cannot_reach_is_a_clear_77(site):
+    (site / "closed").mkdir(mode=0o700)
+    (site / "closed" / "data").mkdir()
+    os.chown(site / "closed" / "data", NOBODY.pw_uid, NOBODY.pw_gid)
+    (site / "redsky.ini").write_text("[redsky]\ndata_dir = closed/data\nlog = stderr\n")
+    r = redsky_as(site, "init")
+    assert r.returncode == 77 and "Traceback" not in r.err
+    assert "nobody" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list((site / "closed" / "data").iterdir())          # nothing created by root
+
+
+@needs_root
+def test_a_missing_postfix_user_is_a_configuration_error(site):
+    (site / "redsky.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n[postfix]\nuser = no-such-user\n")
+    r = redsky_as(site, "init")
+    assert r.returncode == 78 and "useradd" in r.err and not (site / "data").exists()
+
+
+def postfix_etc(site, main="", master=""):
+    etc = site / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text("compatibility_level = 3.6\n" + main)
+    (etc / "master.cf").write_text("smtp      inet  n       -       n       -       -       smtpd\n" + master)
+    return {"MAIL_CONFIG": str(etc)}
+
+
+@needs_root
+@needs_postconf
+def test_apply_merges_into_a_live_configuration_once(site):
+    env = postfix_etc(site, "virtual_alias_maps = hash:/etc/postfix/virtual\nrecipient_delimiter = -\n"
+                            "transport_maps = inline:{ a.example=smtp:[mx.a.example], b.example=discard: }\n")
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    before = (site / "etc" / "main.cf").read_text()
+    r = redsky_as(site, "postfix-config", "--apply", env=env)
+    assert r.returncode == 0, r.err
+    main = (site / "etc" / "main.cf").read_text()
+    assert "virtual_alias_maps = hash:/etc/postfix/virtual, sqlite:" in main      # kept, ours added
+    assert "recipient_delimiter = -+" in main
+    assert "inline:{ a.example=smtp:[mx.a.example], b.example=discard: }, inline:{redsky.invalid=redsky:}" in main
+    assert "redsky_destination_recipient_limit = 1" in main
+    assert "main.cf: virtual_alias_maps" in r.out and "backup:" in r.out and "postfix reload" in r.out
+    backups = sorted((site / "etc").glob("main.cf.redsky-*"))
+    assert len(backups) == 1 and backups[0].read_text() == before
+    service = subprocess.run(["postconf", "-M", "redsky/unix"], capture_output=True, text=True,
+                             env={**os.environ, **env}).stdout
+    assert "user=nobody" in service and "--recipient=${original_recipient}" in service
+    for cf in ("redsky-domains.cf", "redsky-aliases.cf"):
+        assert stat.S_IMODE((site / "etc" / cf).stat().st_mode) == 0o644
+    again = redsky_as(site, "postfix-config", "--apply", env=env)
+    assert again.out.startswith("nothing to change") and (site / "etc" / "main.cf").read_text() == main
+    assert len(list((site / "etc").glob("main.cf.redsky-*"))) == 1
+    assert owners(site / "data") == {"nobody"}             # the map was made as the list user
+
+
+def doctor_fails(r):
+    return [line for line in r.out.splitlines() if line.startswith("FAIL")]
+
+
+@needs_root
+@needs_postconf
+def test_doctor_follows_each_list_address_through_the_live_maps(site):
+    env = postfix_etc(site, "recipient_delimiter = +\n")
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    r = redsky_as(site, "doctor", env=env)
+    fails = "\n".join(doctor_fails(r))
+    assert r.returncode == 78
+    assert "does not accept mail for lists.example.org" in fails
+    assert "9 of 9 list addresses are not routed" in fails and "transport_maps" in fails
+    assert "postfix-config --apply" in r.out
+    redsky_as(site, "postfix-config", "--apply", env=env)
+    r = redsky_as(site, "doctor", env=env)
+    assert "OK    Postfix accepts mail for lists.example.org" in r.out
+    assert "OK    all 9 list addresses are routed to redsky" in r.out
+    assert "OK    transport_maps sends the lists to the 'redsky' pipe" in r.out
+    assert not [f for f in doctor_fails(r) if "Postfix" in f or "routed" in f], r.out
+    # the same domain as a local one: a conflict Postfix only warns about in its log
+    subprocess.run(["postconf", "-e", "mydestination = localhost, lists.example.org"], env={**os.environ, **env})
+    assert any("mydestination" in f for f in doctor_fails(redsky_as(site, "doctor", env=env)))
+    # Postfix does not trust a map file others may change
+    (site / "etc" / "redsky-aliases.cf").chmod(0o666)
+    assert any("chmod 644" in line for line in redsky_as(site, "doctor", env=env).out.splitlines())
+
+
+@needs_root
+@needs_postconf
+def test_doctor_sees_a_pipe_user_that_does_not_own_the_data(site):
+    env = postfix_etc(site, "recipient_delimiter = +\n")
+    redsky_as(site, "init")
+    redsky_as(site, "postfix-config", "--apply", "--user", "daemon", env=env)
+    r = redsky_as(site, "doctor", env=env)
+    assert any("runs as daemon, but" in f and "belongs to nobody" in f for f in doctor_fails(r)), r.out
+
+
+@needs_root
+def test_doctor_run_by_the_list_user_on_a_closed_database_says_chown_not_init(site):
+    redsky_as(site, "init")
+    (site / "data").chmod(0o700)
+    os.chown(site / "data", 0, 0)                  # root took it over
+    r = redsky_as(site, "doctor", user="nobody")
+    assert r.returncode == 78
+    (fail,) = doctor_fails(r)
+    assert "cannot reach the database" in fail and "chown -R nobody" in r.out and "redsky.py init" not in r.out
+
+
+def test_who_runs_the_scheduled_send(tmp_path):
+    line = "/usr/bin/python3 /opt/redsky/redsky.py -c /etc/redsky/redsky.ini send"
+    (tmp_path / "cron.d").mkdir()
+    (tmp_path / "cron.d" / "redsky").write_text(f"# m h dom mon dow user command\n* * * * * list {line}\n")
+    (tmp_path / "crontab").write_text(f"@reboot root {line}\n")
+    (tmp_path / "unit.service").write_text(f"[Service]\nUser=redsky\nExecStart={line}\n")
+    (tmp_path / "bare.service").write_text(f"[Service]\nExecStart={line}\n")
+    assert redsky.schedule_user(str(tmp_path / "cron.d" / "redsky")) == "list"
+    assert redsky.schedule_user(str(tmp_path / "crontab")) == "root"
+    assert redsky.schedule_user(str(tmp_path / "unit.service")) == "redsky"
+    assert redsky.schedule_user(str(tmp_path / "bare.service")) == "root"
+    assert redsky.schedule_user("/var/spool/cron/crontabs/list") == "list"
+
+
+@needs_root
+def test_doctor_fails_a_cron_job_that_runs_as_a_third_user(site, tmp_path):
+    redsky_as(site, "init")
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    (cron / "redsky").write_text(f"* * * * * daemon /usr/bin/python3 {site}/redsky.py send\n")
+    checks = list(redsky.doctor_checks(redsky.Config(str(site / "redsky.ini")), cron_places=[str(cron)]))
+    assert any(level == "FAIL" and "as daemon, but the data belongs to nobody" in finding
+               for level, finding, _ in checks), checks

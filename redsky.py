@@ -5584,7 +5584,11 @@ def become_list_user(config):
         except KeyError:
             raise ConfigError(f"[postfix] user {name!r} does not exist; create it (useradd --system "
                               f"--home-dir {config.data_dir} {name}) or change [postfix] user")
-        os.makedirs(config.data_dir)
+        mask = os.umask(0o022)                 # missing parents as `install -d` makes them
+        try:
+            os.makedirs(config.data_dir)
+        finally:
+            os.umask(mask)
         os.chown(config.data_dir, pw.pw_uid, pw.pw_gid)
         os.chmod(config.data_dir, 0o751)       # Postfix's daemons read the list map inside
         st = os.stat(config.data_dir)
@@ -5599,6 +5603,10 @@ def become_list_user(config):
         os.setgroups([])
     os.setgid(gid)
     os.setuid(st.st_uid)
+    library = os.path.dirname(os.__file__)        # redsky imports some modules when first needed
+    if not os.access(library, os.R_OK | os.X_OK):
+        raise Failure(f"{name}, the owner of {config.data_dir}, cannot read this Python ({library}):"
+                      " run redsky with a python3 every user can read, such as /usr/bin/python3", EX_NOPERM)
     if not os.access(config.data_dir, os.W_OK | os.X_OK):
         raise Failure(f"running as {name}, the owner of {config.data_dir}, which cannot write it: "
                       f"fix its mode (chmod u+rwx) and let {name} reach it (chmod o+x on its parents)",

@@ -60,6 +60,8 @@ service_throttle_time = 1s
 
 BASE_MASTER = """\
 127.0.0.1:{port} inet n  -       n       -       -       smtpd
+127.0.0.1:{send_port} inet n  -     n       -       -       smtpd
+  -o smtpd_reject_unlisted_recipient=no
 pickup    unix  n       -       n       1       1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -108,6 +110,13 @@ def missing():
     return None
 
 
+def readme_setup_block():
+    """The README's set-up commands (between <!-- setup --> and <!-- /setup -->)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- setup -->\n```sh\n")[1].split("```\n<!-- /setup -->")[0]
+    return block
+
+
 def readme_block(first_line):
     """The README code block whose first line is ``first_line``."""
     text = (ROOT / "README.md").read_text()
@@ -134,7 +143,8 @@ with smtplib.SMTP("127.0.0.1", {port}) as smtp:
 
 
 class PrivatePostfix:
-    def __init__(self, nameserver="127.0.0.1:9"):
+    def __init__(self, nameserver="127.0.0.1:9", bare=False):
+        """``bare``: Postfix alone, without redsky's parts (the README's set-up adds them)."""
         self.dir = Path(tempfile.mkdtemp(prefix="redsky-pf-", dir="/tmp"))
         self.dir.chmod(0o755)
         self.etc, self.mail, self.home = self.dir / "etc", self.dir / "mail", self.dir / "redsky"
@@ -142,6 +152,22 @@ class PrivatePostfix:
             d.mkdir()
         nobody = pwd.getpwnam("nobody")
         os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
+        self.env = {**os.environ, "MAIL_CONFIG": str(self.etc)}
+        # `send` hands posts back over SMTP, as the list user: the set-gid postdrop
+        # behind /usr/sbin/sendmail ignores a private MAIL_CONFIG for anyone but
+        # root (alternate_config_directories is in the system main.cf, which a test
+        # must not edit).  This port accepts any recipient, as sendmail would: an
+        # unknown one bounces later, with a DSN to the VERP address.
+        self.port, self.send_port = free_port(), free_port()
+        self.send_settings = f"[send]\ntransport = smtp\nsmtp_host = 127.0.0.1\nsmtp_port = {self.send_port}\n"
+        fill = dict(dir=self.dir, lists=LISTS, users=USERS, port=self.port, send_port=self.send_port,
+                    uid=nobody.pw_uid, gid=nobody.pw_gid)
+        if bare:
+            (self.etc / "main.cf").write_text(BASE_MAIN.format(**fill))
+            (self.etc / "master.cf").write_text(BASE_MASTER.format(**fill))
+            (self.etc / "mailboxes.cf").write_text(MAILBOXES.format(**fill))
+            self.start()
+            return
         os.chown(self.home, nobody.pw_uid, nobody.pw_gid)
         self.home.chmod(0o777)
         # a copy nobody can read, wherever the checkout is
@@ -152,10 +178,10 @@ class PrivatePostfix:
         # refuses one that others could change), the data in nobody's
         self.config = self.dir / "redsky.ini"
         self.config.write_text("[redsky]\ndata_dir = redsky\nlog = redsky.log\numask = 000\nbusy_timeout = 1s\n"
-                               "[send]\ntransport = sendmail\nsendmail = /usr/sbin/sendmail\nretry_delay = 0\n"
+                               + self.send_settings + "retry_delay = 0\n"
                                "[postfix]\nuser = nobody\n"
                                f"[dnsbl]\nzones = {FILTER_ZONE}\nnameserver = {nameserver}\ntimeout = 1s\n")
-        self.port, self.filter_port = free_port(), free_port()
+        self.filter_port = free_port()
         self.filter_script = self.dir / "redsky-filter"
         invocation = f"/usr/bin/python3 {self.redsky_py} -c {self.config}"
         reinject = self.dir / "reinject"
@@ -171,14 +197,15 @@ class PrivatePostfix:
                                                f"127.0.0.1:{self.filter_port} inet n - n - - smtpd")
                          .replace("user=redsky", "user=nobody")
                          .replace("/usr/local/bin/redsky-filter", str(self.filter_script)))
-        self.env = {**os.environ, "MAIL_CONFIG": str(self.etc)}
         self.redsky("init", check=True)
         self.redsky("postfix-config", "--dir", str(self.etc), "--write", "--python", "/usr/bin/python3", check=True)
-        fill = dict(dir=self.dir, lists=LISTS, users=USERS, port=self.port, uid=nobody.pw_uid, gid=nobody.pw_gid)
         (self.etc / "main.cf").write_text(BASE_MAIN.format(**fill) + (self.etc / "redsky-main.cf").read_text())
         (self.etc / "master.cf").write_text(BASE_MASTER.format(**fill) + (self.etc / "redsky-master.cf").read_text()
                                             + filter_master)
         (self.etc / "mailboxes.cf").write_text(MAILBOXES.format(**fill))
+        self.start()
+
+    def start(self):
         past = time.time() - 10          # Postfix waits for a main.cf younger than ~1 s to "cool down"
         for f in self.etc.iterdir():
             os.utime(f, (past, past))

@@ -335,3 +335,28 @@ def test_without_syslog_send_prints_only_problems_and_logs_to_a_file(tmp_path):
     assert "INFO queued" in logged and "INFO send: sent 1" in logged
     r = run("set", "nosuch@lists.example.org", "footer", "x")         # a problem is still said
     assert r.returncode == 67 and r.stderr.decode().startswith("redsky: no such list")
+
+
+def test_readme_try_it_block_runs_as_written(tmp_path):
+    """The README's shell example, line by line, in a scratch place: every
+    command succeeds, nothing reads a config it did not name, and each
+    member's copy lands in the maildir."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- try-it -->\n```sh\n")[1].split("```\n<!-- /try-it -->")[0]
+    assert "post.eml" not in block and block.count(" -c /tmp/redsky-try.ini") == 6
+    script = block.replace("/tmp/redsky-try", str(tmp_path / "try")).replace("python3 redsky.py",
+                                                                                f"{sys.executable} {REDSKY}")
+    env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
+    r = subprocess.run(["bash", "-e"], input=script, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "sent          2" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "try" / "maildir").iterdir()) == ["alice@example.org",
+                                                                                "bob@example.net"]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.endswith("# the test suite"))
+    assert "python3 -m pytest" in line
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "# the test suite" in ci and "python3 -m pip install --quiet pytest" not in ci

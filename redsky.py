@@ -31,7 +31,10 @@ Commands::
     redsky.py pending [LIST]             redsky.py bounces LIST [--json]
     redsky.py enable LIST ADDR           redsky.py status [--json]
     redsky.py trace MESSAGE-ID           redsky.py doctor
-    redsky.py postfix-config [--write]   redsky.py schema
+    redsky.py postfix-config [--write|--apply]   redsky.py schema
+    redsky.py export LIST [--output FILE]
+    redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
+    redsky.py whois ADDR [--json]        redsky.py forget ADDR [--archive]
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
     redsky.py filter [--recipient ADDR]... [--sender ADDR] [--client-address IP] < message > message
@@ -576,6 +579,7 @@ CREATE TABLE members (
     last_warning REAL,
     subscribed   REAL NOT NULL,
     digest       INTEGER NOT NULL DEFAULT 0,    -- 1: gets digests instead of single posts
+    name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
 
@@ -768,6 +772,53 @@ SQL = {
     "members": "SELECT address, status, bounce_score, digest FROM members WHERE list_id = ? ORDER BY address",
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
+    # moving in and out (import, export) and personal data (whois, forget: ?1 address, ?2 %address%)
+    "import_member": "INSERT OR IGNORE INTO members (list_id, address, name, status, digest, bounce_score,"
+                     " last_bounce, disabled_reason, disabled_at, warnings, last_warning, subscribed)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "members_export": "SELECT address, name, status, digest, bounce_score, last_bounce, disabled_reason,"
+                      " disabled_at, warnings, last_warning, subscribed FROM members WHERE list_id = ?"
+                      " ORDER BY address",
+    "held_keys": "SELECT message_id, received FROM held WHERE list_id = ?",
+    "held_export": "SELECT id, received, sender, recipient, from_addr, subject, message_id, reason, raw"
+                   " FROM held WHERE list_id = ? ORDER BY id",
+    "pending_export": "SELECT token, address, action, held_id, created, expires FROM pending"
+                      " WHERE list_id = ? AND used IS NULL ORDER BY token",
+    "whois_members": "SELECT l.name || '@' || l.domain AS list, m.address, m.name, m.status, m.digest,"
+                     " m.bounce_score, m.subscribed FROM members m JOIN lists l ON l.id = m.list_id"
+                     " WHERE m.address = ?1 AND ?2 IS NOT NULL",
+    "forget_members": "DELETE FROM members WHERE address = ?1 AND ?2 IS NOT NULL",
+    "whois_acl": "SELECT l.name || '@' || l.domain AS list, a.pattern FROM acl a"
+                 " JOIN lists l ON l.id = a.list_id WHERE a.pattern = ?1 AND ?2 IS NOT NULL",
+    "forget_acl": "DELETE FROM acl WHERE pattern = ?1 AND ?2 IS NOT NULL",
+    "whois_deliveries": "SELECT m.message_id, d.state, d.attempts, d.updated FROM deliveries d"
+                        " JOIN messages m ON m.id = d.message WHERE d.address = ?1 COLLATE NOCASE"
+                        " AND ?2 IS NOT NULL ORDER BY d.updated",
+    "forget_deliveries": "DELETE FROM deliveries WHERE address = ?1 COLLATE NOCASE AND ?2 IS NOT NULL",
+    "whois_bounces": "SELECT received, source, action, status, cause, counted, why FROM bounces"
+                     " WHERE address = ?1 AND ?2 IS NOT NULL ORDER BY id",
+    "forget_bounces": "DELETE FROM bounces WHERE address = ?1 AND ?2 IS NOT NULL",
+    "whois_probes": "SELECT sent FROM probes WHERE address = ?1 AND ?2 IS NOT NULL",
+    "forget_probes": "DELETE FROM probes WHERE address = ?1 AND ?2 IS NOT NULL",
+    "whois_held": "SELECT id, received, from_addr, subject, reason FROM held"
+                  " WHERE sender = ?1 COLLATE NOCASE OR from_addr LIKE ?2",
+    "forget_held": "DELETE FROM held WHERE sender = ?1 COLLATE NOCASE OR from_addr LIKE ?2",
+    "whois_pending": "SELECT token, action, created, expires, used FROM pending"
+                     " WHERE address = ?1 AND ?2 IS NOT NULL",
+    "forget_pending": "DELETE FROM pending WHERE address = ?1 AND ?2 IS NOT NULL",
+    "whois_events": "SELECT received, message_id, outcome, reason FROM events"
+                    " WHERE sender = ?1 COLLATE NOCASE OR recipient = ?1 COLLATE NOCASE"
+                    " OR trace LIKE ?2 OR reason LIKE ?2 ORDER BY id",
+    "forget_events": "DELETE FROM events WHERE sender = ?1 COLLATE NOCASE OR recipient = ?1 COLLATE NOCASE"
+                     " OR trace LIKE ?2 OR reason LIKE ?2",
+    "whois_autoreplies": "SELECT address, sent FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
+    "forget_autoreplies": "DELETE FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
+    "orphan_messages": "SELECT spool FROM messages m WHERE m.kind != 'post'"
+                       " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id)",
+    "delete_orphan_messages": "DELETE FROM messages WHERE kind != 'post'"
+                              " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = messages.id)",
+    "digest_posts_all": "SELECT id, raw FROM digest_posts",
+    "delete_digest_post": "DELETE FROM digest_posts WHERE id = ?",
     "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
     "member_address": "SELECT address FROM members WHERE list_id = ? AND address = ?",
     "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
@@ -6280,8 +6331,9 @@ def as_list_user(config, work):
 
 
 # main.cf settings redsky needs, and how to merge each into a value already set
-POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list", "virtual_alias_maps": "list",
-                 "transport_maps": "list", "redsky_destination_recipient_limit": "value"}
+POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
+                 "virtual_alias_maps": "list", "transport_maps": "list",
+                 "redsky_destination_recipient_limit": "value"}
 
 
 def postfix_apply(cf_dir, main, master):
@@ -6367,6 +6419,487 @@ def cmd_trace(args, config):
             detail = f"{b['status']} {b['cause']} ({b['source']} report) {b['diagnostic']}"[:200]
         print(f"    {d['address']:30} {d['state']:8} attempts {d['attempts']}  {when}  {detail}")
     return EX_OK
+
+
+# Moving in and out: import, export, personal data ----------------------------
+
+# The list settings an export carries (the rest are counters and timestamps of this host).
+EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owners", "subscribe_policy",
+                     "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
+                     "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue")
+EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
+                   "disabled_at", "warnings", "last_warning", "subscribed")
+
+
+def new_plan(address):
+    """What an import would bring: filled by an importer, carried out by apply_plan."""
+    return {"address": address, "settings": {}, "members": [], "acl": [], "held": [], "pending": [],
+            "archive": [], "not_carried": [], "invalid": []}
+
+
+def plan_member(plan, address, name="", **options):
+    """Add a member to ``plan`` (normalised), or list the address as invalid."""
+    address = normalize_address(address.strip().strip("<>"))
+    if not valid_address(address):
+        plan["invalid"].append(address)
+        return
+    if address.lower() not in {m["address"].lower() for m in plan["members"]}:
+        plan["members"].append({"address": address, "name": one_line(name, 200), **options})
+
+
+def apply_plan(store, config, plan, dry_run=False):
+    """Carry out an import plan: the list created if missing, settings that
+    differ set, members, patterns, held posts and requests that are not
+    there yet added, all in one transaction; then the archive posts whose
+    Message-ID the archive does not hold yet.  Running it twice changes
+    nothing the second time.  Yields what it does (or would do) line by line."""
+    name, domain = split_list_address(plan["address"])
+    row = store.list_by_address(f"{name}@{domain}")
+    settings = dict(import_setting(k, v) for k, v in plan["settings"].items())
+    changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
+    have = {a.lower() for a in member_addresses(store, row["id"])} if row else set()
+    members = [m for m in plan["members"] if m["address"].lower() not in have]
+    acl = [p for p in plan["acl"] if row is None or p not in {r[0] for r in store.q("acl", row["id"])}]
+    held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", row["id"])} if row else set()
+    held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
+    tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
+    archived_ids = set()
+    if row is not None and plan["archive"]:
+        archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)}
+    posts = [p for p in plan["archive"] if RawMessage(p).get("Message-ID") not in archived_ids
+             or not RawMessage(p).get("Message-ID")]
+    verb = (lambda text: f"would {text}") if dry_run else (lambda text: text)
+    if row is None:
+        yield verb(f"create list {name}@{domain}")
+    for key, value in changed.items():
+        shown = "(set)" if key == "passphrase_hash" else repr(value) if isinstance(value, str) else value
+        yield verb(f"set {key} = {shown}")
+    if members:
+        digest = sum(1 for m in members if m.get("digest"))
+        nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
+        yield verb(f"add {len(members)} members ({digest} digest, {nomail} nomail)")
+    for what, items in (("posting patterns", acl), ("held posts", held), ("pending requests", tokens),
+                        ("archived posts", posts)):
+        if items:
+            yield verb(f"add {len(items)} {what}")
+    if plan["invalid"]:
+        yield f"invalid addresses, not imported: {', '.join(plan['invalid'][:20])}" + \
+            (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
+    for item in plan["not_carried"]:
+        yield f"not carried over: {item}"
+    if not (row is None or changed or members or acl or held or tokens or posts):
+        yield "nothing to change"
+    if dry_run:
+        return
+    now = time.time()
+    with store.transaction() as db:
+        if row is None:
+            list_id = store.add_list(db, {"name": name, "domain": domain, "created": now, **changed})
+        else:
+            list_id = row["id"]
+            for key, value in changed.items():
+                store.set_list(db, list_id, key, value)
+        db.executemany(SQL["import_member"], [
+            (list_id, m["address"], m.get("name", ""), m.get("status", "enabled"), int(bool(m.get("digest"))),
+             m.get("bounce_score", 0), m.get("last_bounce"), m.get("disabled_reason", ""),
+             m.get("disabled_at"), m.get("warnings", 0), m.get("last_warning"), m.get("subscribed") or now)
+            for m in members])
+        db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
+        held_ids = {}                           # the export's held numbers -> rows here
+        for h in held:
+            held_ids[h["number"]] = db.execute(SQL["add_held"], (
+                list_id, h["received"], h["sender"], h["recipient"], h["from_addr"], h["subject"],
+                h["message_id"], h["reason"], h["raw"])).lastrowid
+        for p in tokens:
+            if p.get("held") is not None and p["held"] not in held_ids:
+                continue                        # its held post was imported before: so was it
+            db.execute(SQL["add_pending"], (p["token"], list_id, p["address"], p["action"],
+                                            held_ids.get(p.get("held")), p["created"], p["expires"]))
+    list_row = store.list_by_id(list_id)
+    for data in posts:
+        archive_add(config, list_row, data)
+    export_postfix_map(config, store)
+
+
+def import_setting(key, value):
+    """(column, value) of one imported setting, checked as `set` checks it
+    (texts are taken as they are; numbers and hashes as exported)."""
+    try:
+        if key in ("passphrase_hash", "footer", "welcome", "goodbye"):
+            return key, str(value)
+        if key in ("digest_volume", "digest_issue"):
+            return key, int(value)
+        if key == "digest_interval":
+            return validate_setting(key, f"{float(value):g}s")
+        if key == "digest_size_threshold":
+            return validate_setting(key, str(int(value)))
+        return validate_setting(key, str(value))
+    except (TypeError, ValueError) as e:
+        raise Failure(f"setting {key} = {value!r}: {e}", EX_DATAERR)
+
+
+def split_lines(path):
+    """The non-empty, non-comment lines of a text file, stripped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise Failure(f"cannot read {path}: {e.strerror}", EX_NOPERM)
+
+
+def member_line(line):
+    """(address, name) from a line as `list_members -f` (Mailman 2) or
+    `mailman members` (Mailman 3) print it: "Full Name <addr>" or "addr"."""
+    found = mailboxes([line])
+    return (found[0][1], found[0][0]) if found else (line, "")
+
+
+def mlmmj_plan(listdir, as_address=None):
+    """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the
+    files under control/, the address files under subscribers.d/,
+    digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
+    if not os.path.isdir(os.path.join(listdir, "control")):
+        raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
+    control = lambda name: os.path.join(listdir, "control", name)
+    flag = lambda name: os.path.exists(control(name))
+    first = lambda name: (split_lines(control(name)) or [""])[0]
+    address = as_address or first("listaddress")
+    if not address:
+        raise Failure(f"{listdir}: control/listaddress is empty; give --as LIST@DOMAIN", EX_DATAERR)
+    plan = new_plan(address)
+    s = plan["settings"]
+    s["subject_tag"] = first("prefix")
+    if flag("footer"):
+        with open(control("footer"), encoding="utf-8", errors="replace") as fh:
+            s["footer"] = fh.read().strip("\n")
+    s["access"] = "moderated" if flag("moderated") or flag("modonlypost") else \
+        "subscribers" if flag("subonlypost") else "open"
+    s["subscribe_policy"] = "closed" if flag("closedlist") or flag("closedlistsub") else \
+        "confirm+approve" if flag("submod") else "open" if flag("nosubconfirm") else "confirm"
+    s["archive"] = "off" if flag("noarchive") else "private"
+    owners = split_lines(control("owner")) + split_lines(control("moderators"))
+    s["owners"] = ",".join(dict.fromkeys(o for o in owners if valid_address(o)))
+    used = {"listaddress", "prefix", "footer", "moderated", "modonlypost", "subonlypost", "closedlist",
+            "closedlistsub", "submod", "nosubconfirm", "noarchive", "owner", "moderators"}
+    plan["not_carried"] = sorted(f"control/{n}" for n in os.listdir(os.path.join(listdir, "control"))
+                                 if n not in used)
+    for sub, options in (("subscribers.d", {}), ("digesters.d", {"digest": True}),
+                         ("nomailsubs.d", {"status": "disabled", "disabled_reason": "nomail"})):
+        directory = os.path.join(listdir, sub)
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            for line in split_lines(os.path.join(directory, name)):
+                plan_member(plan, line, **options)
+    archive_dir = os.path.join(listdir, "archive")
+    numbers = os.listdir(archive_dir) if os.path.isdir(archive_dir) else []
+    for n in sorted(int(n) for n in numbers if n.isdigit()):
+        with open(os.path.join(archive_dir, str(n)), "rb") as fh:
+            plan["archive"].append(fh.read())
+    return plan
+
+
+def python_assignments(text):
+    """{name: value} of the plain assignments in Mailman 2's `config_list -o`
+    output (Python 2 source), read with ast.literal_eval: never executed."""
+    import ast
+    text = re.sub(r"(?<=\d)[lL]\b", "", text)         # Python 2 long integers
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise Failure(f"not Mailman's config_list output: {one_line(e, 200)}", EX_DATAERR)
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+                pass
+    return values
+
+
+MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "generic_nonmember_action",
+                    "default_member_moderation", "subscribe_policy", "archive", "archive_private", "owner",
+                    "moderator"}
+
+
+def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
+    """An import plan from Mailman 2.1's `config_list -o` output and
+    `list_members -f` output (regular, digest, nomail: one file each), and
+    the pipermail mbox.  Settings with no redsky equivalent are listed."""
+    with open(config_file, encoding="utf-8", errors="replace") as fh:
+        values = python_assignments(fh.read())
+    address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
+                             if values.get("real_name") and values.get("host_name") else "")
+    if not address:
+        raise Failure("the config names no real_name and host_name; give --as LIST@DOMAIN", EX_DATAERR)
+    plan = new_plan(address)
+    s = plan["settings"]
+    prefix = str(values.get("subject_prefix", "")).strip()
+    if "%d" in prefix:
+        plan["not_carried"].append("subject_prefix's post number (%d)")
+        prefix = " ".join(prefix.replace("%d", "").split()).replace("[ ", "[").replace(" ]", "]")
+    s["subject_tag"] = prefix
+    footer = str(values.get("msg_footer", ""))
+    fields = {"real_name": values.get("real_name", ""), "host_name": values.get("host_name", ""),
+              "list_name": str(values.get("real_name", "")).lower()}
+    if re.search(r"%\((\w+)\)s", footer):
+        unknown = sorted({m for m in re.findall(r"%\((\w+)\)s", footer) if m not in fields})
+        if unknown:
+            plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
+        footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
+    s["footer"] = footer.strip("\n")
+    action = values.get("generic_nonmember_action", 1)
+    s["access"] = "moderated" if values.get("default_member_moderation") else \
+        "open" if action == 0 else "subscribers"
+    if action in (2, 3):
+        plan["not_carried"].append(f"generic_nonmember_action = {('reject', 'discard')[action - 2]}"
+                                   " (non-members' posts are held here)")
+    s["subscribe_policy"] = {0: "open", 1: "confirm", 2: "approve", 3: "confirm+approve"}.get(
+        values.get("subscribe_policy", 1), "confirm")
+    s["archive"] = "off" if not values.get("archive", 1) else \
+        "private" if values.get("archive_private", 0) else "public"
+    owners = list(values.get("owner", []) or []) + list(values.get("moderator", []) or [])
+    s["owners"] = ",".join(dict.fromkeys(str(o) for o in owners if valid_address(str(o))))
+    plan["not_carried"] += sorted(k for k in values if k not in MAILMAN2_CARRIED)
+    add_member_files(plan, members, digest_members, nomail_members)
+    add_mbox(plan, mbox)
+    return plan
+
+
+def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
+    """An import plan from what Mailman 3 exports: `mailman info LIST`
+    ("Posting address: …") and `mailman members LIST` output (regular,
+    digest and nomail members, one file each: --regular, --digest any,
+    --nomail any), and the list's mbox (HyperKitty or the prototype archiver)."""
+    address = as_address
+    if info and not address:
+        for line in split_lines(info):
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("posting address", "list address"):
+                address = value.strip()
+    if not address:
+        raise Failure("no posting address in the info file; give --as LIST@DOMAIN", EX_DATAERR)
+    plan = new_plan(address)
+    plan["not_carried"].append("settings: Mailman 3 exports them only through its REST API; set them with"
+                               " `redsky.py set`")
+    add_member_files(plan, members, digest_members, nomail_members)
+    add_mbox(plan, mbox)
+    return plan
+
+
+def add_member_files(plan, members, digest_members, nomail_members):
+    for path, options in ((members, {}), (digest_members, {"digest": True}),
+                          (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
+        if path:
+            if not os.path.exists(path):
+                raise Failure(f"no such file: {path}", EX_DATAERR)
+            for line in split_lines(path):
+                address, name = member_line(line)
+                plan_member(plan, address, name, **options)
+
+
+def add_mbox(plan, path):
+    """The posts of an mbox, in order, for the archive."""
+    if not path:
+        return
+    import mailbox
+    if not os.path.exists(path):
+        raise Failure(f"no such file: {path}", EX_DATAERR)
+    box = mailbox.mbox(path, create=False)
+    for key in box.iterkeys():
+        plan["archive"].append(box.get_bytes(key))
+
+
+def export_document(store, config, row):
+    """A list as one JSON-able document: settings, members with their
+    options, names and bounce state, posting patterns, held posts (the
+    message base64) and pending requests."""
+    import base64
+    held, numbers = [], {}                     # held posts numbered in the document, not by row id
+    for h in store.q("held_export", row["id"]):
+        h = dict(h)
+        numbers[h.pop("id")] = h["number"] = len(held) + 1
+        h["raw"] = base64.b64encode(h["raw"]).decode()
+        held.append(h)
+    pending = []
+    for p in store.q("pending_export", row["id"]):
+        p = dict(p)
+        p["held"] = numbers.get(p.pop("held_id"))
+        pending.append(p)
+    return {"format": "redsky-export", "version": 1, "list": list_address(row),
+            "settings": {k: row[k] for k in EXPORTED_SETTINGS},
+            "members": [dict(m) for m in store.q("members_export", row["id"])],
+            "acl": [r[0] for r in store.q("acl", row["id"])], "held": held, "pending": pending}
+
+
+def redsky_plan(path, as_address=None):
+    """An import plan from `redsky.py export` output (and FILE.mbox beside it)."""
+    import base64
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError, RecursionError) as e:
+        raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
+    if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
+        raise Failure(f"{path} is not a redsky export", EX_DATAERR)
+    plan = new_plan(as_address or doc["list"])
+    plan["settings"] = {k: v for k, v in doc.get("settings", {}).items() if k in EXPORTED_SETTINGS}
+    for m in doc.get("members", []):
+        plan_member(plan, m.get("address", ""), m.get("name", ""),
+                    **{k: m[k] for k in EXPORTED_MEMBER if k in m and k not in ("address", "name")})
+    plan["acl"] = [str(p) for p in doc.get("acl", [])]
+    plan["held"] = [dict(h, raw=base64.b64decode(h["raw"])) for h in doc.get("held", [])]
+    plan["pending"] = list(doc.get("pending", []))
+    add_mbox(plan, path + ".mbox" if os.path.exists(path + ".mbox") else None)
+    return plan
+
+
+def cmd_export(args, config):
+    """One JSON document per list (export_document), and its archive as
+    FILE.mbox beside it; without --output the document goes to stdout."""
+    store = open_store(config)
+    row = store.require_list(args.list)
+    text = json.dumps(export_document(store, config, row), indent=1, sort_keys=True) + "\n"
+    if not args.output:
+        sys.stdout.write(text)
+        return EX_OK
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, args.output)
+    posts = archive_selection(config, row)
+    if posts:
+        export_mbox(posts, args.output + ".mbox")
+    print(f"{list_address(row)}: exported to {args.output}" + (f" and {args.output}.mbox" if posts else ""),
+          file=sys.stderr)
+    return EX_OK
+
+
+def cmd_import(args, config):
+    """import mlmmj LISTDIR | mailman2 | mailman3 | redsky FILE: print what
+    changes (--dry-run: only that), then carry it out in one transaction."""
+    if args.kind in ("mlmmj", "redsky") and not args.path:
+        raise Failure(f"use: import {args.kind} {'LISTDIR' if args.kind == 'mlmmj' else 'FILE'}", EX_USAGE)
+    if args.kind in ("mailman2", "mailman3") and not args.members:
+        raise Failure(f"use: import {args.kind} --members FILE ...", EX_USAGE)
+    if args.kind == "mailman2" and not args.config_file:
+        raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
+    if args.kind == "mlmmj":
+        plan = mlmmj_plan(args.path, args.as_address)
+    elif args.kind == "mailman2":
+        plan = mailman2_plan(args.config_file, args.members, args.digest_members, args.nomail_members,
+                             args.mbox, args.as_address)
+    elif args.kind == "mailman3":
+        plan = mailman3_plan(args.info, args.members, args.digest_members, args.nomail_members, args.mbox,
+                             args.as_address)
+    else:
+        plan = redsky_plan(args.path, args.as_address)
+    store = open_store(config, create=True)
+    os.makedirs(config.spool, exist_ok=True)
+    for line in apply_plan(store, config, plan, args.dry_run):
+        print(f"{plan['address']}: {line}")
+    return EX_OK
+
+
+# Everything stored about one address, and where (whois, forget): (table,
+# SQL name to show it, SQL name to delete it).
+PERSONAL_DATA = tuple((table, f"whois_{table}", f"forget_{table}") for table in (
+    "members", "acl", "deliveries", "bounces", "probes", "held", "pending", "events", "autoreplies"))
+
+
+def cmd_whois(args, config):
+    """Everything redsky stores about an address, in every list."""
+    store = open_store(config)
+    address = normalize_address(args.address)
+    pattern = f"%{address}%"
+    found = {table: [dict(r) for r in store.db.execute(SQL[query], (address, pattern))]
+             for table, query, _ in PERSONAL_DATA}
+    for h in found["held"]:
+        h.pop("raw", None)
+    found["owner of"] = [list_address(r) for r in store.q("all_lists")
+                         if address.lower() in (o.lower() for o in owners_of(r))]
+    found["archive"] = [{"list": list_address(r), "number": n, "date": when, "subject": subject}
+                        for r in store.q("all_lists") for n, _, (when, author, subject)
+                        in archive_selection(config, dict(r)) if address.lower() in author.lower()]
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return EX_OK
+    for what, rows in found.items():
+        print(f"{what}: {len(rows)}")
+        for r in rows[:50]:
+            print(f"    {r if isinstance(r, str) else ', '.join(f'{k}={v}' for k, v in r.items())}"[:300])
+    return EX_OK
+
+
+def cmd_forget(args, config):
+    """Remove an address everywhere redsky keeps it (PERSONAL_DATA, the
+    lists' owners, redsky's own log file); --archive also removes the posts
+    it wrote from the archives and from digests not yet sent."""
+    store = open_store(config)
+    address = normalize_address(args.address)
+    pattern = f"%{address}%"
+    removed = {}
+    with store.transaction() as db:
+        for table, _, query in PERSONAL_DATA:
+            removed[table] = db.execute(SQL[query], (address, pattern)).rowcount
+        for row in db.execute(SQL["all_lists"]).fetchall():
+            owners = [o for o in owners_of(row) if o.lower() != address.lower()]
+            if len(owners) != len(owners_of(row)):
+                store.set_list(db, row["id"], "owners", ",".join(owners))
+                removed["owner of"] = removed.get("owner of", 0) + 1
+        orphans = [r["spool"] for r in db.execute(SQL["orphan_messages"])]
+        db.execute(SQL["delete_orphan_messages"])
+        if args.archive:
+            digest = [r["id"] for r in db.execute(SQL["digest_posts_all"])
+                      if address.lower() in str(RawMessage(r["raw"]).get("From") or "").lower()]
+            db.executemany(SQL["delete_digest_post"], [(i,) for i in digest])
+            removed["digest posts"] = len(digest)
+    for name in orphans:
+        _unlink_quietly(os.path.join(config.spool, name))
+    if args.archive:
+        removed["archive"] = sum(archive_remove_author(config, dict(r), address)
+                                 for r in store.q("all_lists"))
+    log_path = config.get("redsky", "log")
+    log_path = config.path_of("redsky", "log") if log_path not in ("", "syslog", "stderr") else \
+        os.path.join(config.data_dir, "redsky.log") if not log_path else ""
+    if log_path and os.path.exists(log_path):
+        removed["log lines"] = redact_file(log_path, address)
+    print(f"forgot {address}: " + ", ".join(f"{k} {v}" for k, v in removed.items() if v) or "nothing stored")
+    return EX_OK
+
+
+def redact_file(path, address):
+    """Drop the lines of a text file that name ``address``; returns how many."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        lines = fh.readlines()
+    kept = [line for line in lines if address.lower() not in line.lower()]
+    if len(kept) != len(lines):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def archive_remove_author(config, list_row, address):
+    """Remove from a list's archive the posts whose From is ``address``."""
+    import mailbox
+    path = archive_path(config, list_row)
+    if not os.path.exists(path):
+        return 0
+    box = mailbox.mbox(path) if path.endswith(".mbox") else mailbox.Maildir(path, factory=None, create=False)
+    box.lock()
+    try:
+        authors = {key: addresses_in([str(box.get_message(key).get("From", ""))]) for key in box.iterkeys()}
+        doomed = [key for key, found in authors.items() if address.lower() in (a.lower() for a in found)]
+        for key in doomed:
+            box.remove(key)
+        box.flush()
+    finally:
+        box.unlock()
+        box.close()
+    return len(doomed)
 
 
 # Doctor ----------------------------------------------------------------------
@@ -6539,7 +7072,8 @@ def doctor_checks(config, cron_places=CRON_PLACES):
         yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
                f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
     elif schedule:
-        yield "OK", f"'redsky.py send' is scheduled in {schedule}" + (f" as {cron_user}" if cron_user else ""), ""
+        who = f" as {cron_user}" if cron_user else ""
+        yield "OK", f"'redsky.py send' is scheduled in {schedule}{who}", ""
     else:
         yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
                f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
@@ -6782,8 +7316,13 @@ def make_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(name, func, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+    # `import mailman2 --config FILE` names Mailman's config: redsky's is -c there
+    short = argparse.ArgumentParser(add_help=False)
+    short.add_argument("-c", dest="config", default=argparse.SUPPRESS, help="config file")
+    short.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+    def command(name, func, help_text, parents=(common,)):
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=list(parents))
         p.set_defaults(func=func)
         return p
 
@@ -6841,6 +7380,27 @@ def make_parser():
     p.add_argument("--search", metavar="TEXT", help="only posts whose From, Subject or text contains TEXT")
     p.add_argument("--output", metavar="FILE", help="export: write the mbox here instead of stdout")
     p.add_argument("--json", action="store_true")
+    p = command("export", cmd_export, "a list as one JSON document (and its archive as FILE.mbox)")
+    p.add_argument("list")
+    p.add_argument("--output", metavar="FILE", help="write FILE (and FILE.mbox) instead of stdout")
+    p = command("import", cmd_import, "bring a list over from mlmmj, Mailman 2, Mailman 3 or a redsky export",
+                parents=(short,))
+    p.add_argument("kind", choices=("mlmmj", "mailman2", "mailman3", "redsky"))
+    p.add_argument("path", nargs="?", help="mlmmj: the list directory; redsky: the export file")
+    p.add_argument("--as", dest="as_address", metavar="LIST@DOMAIN", help="the list's address here")
+    p.add_argument("--config", dest="config_file", metavar="FILE", help="mailman2: `config_list -o` output")
+    p.add_argument("--info", metavar="FILE", help="mailman3: `mailman info` output")
+    p.add_argument("--members", metavar="FILE", help="mailman2/3: regular members (`list_members -f`)")
+    p.add_argument("--digest-members", metavar="FILE", help="mailman2/3: digest members")
+    p.add_argument("--nomail-members", metavar="FILE", help="mailman2/3: members with delivery off")
+    p.add_argument("--mbox", metavar="FILE", help="mailman2/3: the archive mbox")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p = command("whois", cmd_whois, "everything redsky stores about an address")
+    p.add_argument("address")
+    p.add_argument("--json", action="store_true")
+    p = command("forget", cmd_forget, "remove an address from everything redsky stores")
+    p.add_argument("address")
+    p.add_argument("--archive", action="store_true", help="also remove the posts it wrote from the archives")
     p = command("acl", cmd_acl, "show or change who may post to an 'acl' list")
     p.add_argument("list")
     p.add_argument("action", nargs="?", choices=("add", "del", "show"), default="show")

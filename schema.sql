@@ -51,6 +51,7 @@ CREATE TABLE members (
     last_warning REAL,
     subscribed   REAL NOT NULL,
     digest       INTEGER NOT NULL DEFAULT 0,    -- 1: gets digests instead of single posts
+    name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
 

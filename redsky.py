@@ -800,17 +800,15 @@ SQL = {
     "forget_bounces": "DELETE FROM bounces WHERE address = ?1 AND ?2 IS NOT NULL",
     "whois_probes": "SELECT sent FROM probes WHERE address = ?1 AND ?2 IS NOT NULL",
     "forget_probes": "DELETE FROM probes WHERE address = ?1 AND ?2 IS NOT NULL",
-    "whois_held": "SELECT id, received, from_addr, subject, reason FROM held"
-                  " WHERE sender = ?1 COLLATE NOCASE OR from_addr LIKE ?2",
-    "forget_held": "DELETE FROM held WHERE sender = ?1 COLLATE NOCASE OR from_addr LIKE ?2",
+    "mentioning_held": "SELECT id, received, sender, from_addr, subject, reason FROM held"
+                       " WHERE sender = ?1 COLLATE NOCASE OR from_addr LIKE ?2 ESCAPE '\\'",
     "whois_pending": "SELECT token, action, created, expires, used FROM pending"
                      " WHERE address = ?1 AND ?2 IS NOT NULL",
     "forget_pending": "DELETE FROM pending WHERE address = ?1 AND ?2 IS NOT NULL",
-    "whois_events": "SELECT received, message_id, outcome, reason FROM events"
-                    " WHERE sender = ?1 COLLATE NOCASE OR recipient = ?1 COLLATE NOCASE"
-                    " OR trace LIKE ?2 OR reason LIKE ?2 ORDER BY id",
-    "forget_events": "DELETE FROM events WHERE sender = ?1 COLLATE NOCASE OR recipient = ?1 COLLATE NOCASE"
-                     " OR trace LIKE ?2 OR reason LIKE ?2",
+    "mentioning_events": "SELECT id, received, message_id, outcome, reason, sender, recipient, trace"
+                         " FROM events WHERE sender = ?1 COLLATE NOCASE OR recipient = ?1 COLLATE NOCASE"
+                         " OR trace LIKE ?2 ESCAPE '\\' OR reason LIKE ?2 ESCAPE '\\' ORDER BY id",
+    "delete_event": "DELETE FROM events WHERE id = ?",
     "whois_autoreplies": "SELECT address, sent FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
     "forget_autoreplies": "DELETE FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
     "orphan_messages": "SELECT spool FROM messages m WHERE m.kind != 'post'"
@@ -6805,23 +6803,41 @@ def cmd_import(args, config):
 # Everything stored about one address, and where (whois, forget): (table,
 # SQL name to show it, SQL name to delete it).
 PERSONAL_DATA = tuple((table, f"whois_{table}", f"forget_{table}") for table in (
-    "members", "acl", "deliveries", "bounces", "probes", "held", "pending", "events", "autoreplies"))
+    "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies"))
+# ... and where it may be written inside a text: (table, SQL name of the
+# candidates, SQL name to delete one by id); mentions() decides.
+MENTIONING = (("held", "mentioning_held", "delete_held"), ("events", "mentioning_events", "delete_event"))
+
+
+def mentions(row, address):
+    """Whether a row's text names ``address`` itself (not one that merely
+    contains it, as xbob@ contains bob@)."""
+    text = " ".join(str(v) for v in row if isinstance(v, str))
+    return re.search(r"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])" + re.escape(address) + r"(?![A-Za-z0-9-]|\.\w)",
+                     text, re.I) is not None
+
+
+def like_pattern(address):
+    """%address% for LIKE … ESCAPE '\\': the address's own % and _ match themselves."""
+    return "%" + re.sub(r"([\\%_])", r"\\\1", address) + "%"
 
 
 def cmd_whois(args, config):
     """Everything redsky stores about an address, in every list."""
     store = open_store(config)
     address = normalize_address(args.address)
-    pattern = f"%{address}%"
+    pattern = like_pattern(address)
     found = {table: [dict(r) for r in store.db.execute(SQL[query], (address, pattern))]
              for table, query, _ in PERSONAL_DATA}
-    for h in found["held"]:
-        h.pop("raw", None)
+    for table, query, _ in MENTIONING:
+        found[table] = [{k: v for k, v in dict(r).items() if k not in ("id", "trace")}
+                        for r in store.db.execute(SQL[query], (address, pattern)) if mentions(r, address)]
     found["owner of"] = [list_address(r) for r in store.q("all_lists")
                          if address.lower() in (o.lower() for o in owners_of(r))]
     found["archive"] = [{"list": list_address(r), "number": n, "date": when, "subject": subject}
                         for r in store.q("all_lists") for n, _, (when, author, subject)
-                        in archive_selection(config, dict(r)) if address.lower() in author.lower()]
+                        in archive_selection(config, dict(r))
+                        if address.lower() in (a.lower() for a in addresses_in([author]))]
     if args.json:
         print(json.dumps(found, indent=2, default=str))
         return EX_OK
@@ -6838,11 +6854,14 @@ def cmd_forget(args, config):
     it wrote from the archives and from digests not yet sent."""
     store = open_store(config)
     address = normalize_address(args.address)
-    pattern = f"%{address}%"
+    pattern = like_pattern(address)
     removed = {}
     with store.transaction() as db:
         for table, _, query in PERSONAL_DATA:
             removed[table] = db.execute(SQL[query], (address, pattern)).rowcount
+        for table, query, delete in MENTIONING:
+            doomed = [(r["id"],) for r in db.execute(SQL[query], (address, pattern)) if mentions(r, address)]
+            removed[table] = db.executemany(SQL[delete], doomed).rowcount
         for row in db.execute(SQL["all_lists"]).fetchall():
             owners = [o for o in owners_of(row) if o.lower() != address.lower()]
             if len(owners) != len(owners_of(row)):

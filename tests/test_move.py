@@ -303,3 +303,16 @@ def test_whois_and_forget_leave_nothing_behind(rs):
     assert "bob@example.net" in rs.members("team@lists.example.org")           # nobody else touched
     who = json.loads(rs.run("whois", "ann@example.org", "--json", check=0).out)
     assert all(not v for v in who.values())
+
+
+def test_forget_touches_only_that_address(rs):
+    """LIKE's wildcards in an address (a_b matches axb) and longer addresses
+    that contain it (xa_b@) are somebody else."""
+    rs.newlist("team@lists.example.org", members=("a_b@example.org", "axb@example.org", "xa_b@example.org"))
+    for sender in ("a_b@example.org", "axb@example.org", "xa_b@example.org", "z@example.org"):
+        rs.queue(post(sender=sender), recipient="team@lists.example.org", sender=sender, check=0)
+    rs.run("forget", "a_b@example.org", check=0)
+    assert set(rs.members("team@lists.example.org")) == {"axb@example.org", "xa_b@example.org"}
+    senders = {r[0] for r in rs.db().execute("SELECT sender FROM events")}
+    assert {"axb@example.org", "xa_b@example.org", "z@example.org"} <= senders
+    assert "a_b@example.org" not in senders

@@ -6550,8 +6550,13 @@ def split_lines(path):
 def member_line(line):
     """(address, name) from a line as `list_members -f` (Mailman 2) or
     `mailman members` (Mailman 3) print it: "Full Name <addr>" or "addr"."""
-    found = mailboxes([line])
-    return (found[0][1], found[0][0]) if found else (line, "")
+    m = re.fullmatch(r"(.*?)\s*<([^<>\s]+)>", line.strip())     # one member per line: commas are the name's
+    if not m:
+        return line.strip(), ""
+    name = m.group(1).strip()
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return m.group(2), name
 
 
 def mlmmj_plan(listdir, as_address=None):
@@ -6666,18 +6671,20 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
 
 
 def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
-    """An import plan from what Mailman 3 exports: `mailman info LIST`
-    ("Posting address: …") and `mailman members LIST` output (regular,
-    digest and nomail members, one file each: --regular, --digest any,
-    --nomail any), and the list's mbox (HyperKitty or the prototype archiver)."""
+    """An import plan from what Mailman 3 prints: `mailman lists` (the list's
+    address, when it is the only one; or a "Posting address:" line) and
+    `mailman members LIST` output (regular, digest and nomail members, one
+    file each: --regular, --digest any, --nomail any), and the list's mbox
+    (HyperKitty's export or the prototype archiver)."""
     address = as_address
     if info and not address:
-        for line in split_lines(info):
-            key, _, value = line.partition(":")
-            if key.strip().lower() in ("posting address", "list address"):
-                address = value.strip()
+        lines = split_lines(info)
+        posting = [v.strip() for k, _, v in (line.partition(":") for line in lines)
+                   if k.strip().lower() in ("posting address", "list address")]
+        bare = [line for line in lines if valid_address(line)]
+        address = posting[0] if posting else bare[0] if len(bare) == 1 else None
     if not address:
-        raise Failure("no posting address in the info file; give --as LIST@DOMAIN", EX_DATAERR)
+        raise Failure("the info file names no single list; give --as LIST@DOMAIN", EX_DATAERR)
     plan = new_plan(address)
     plan["not_carried"].append("settings: Mailman 3 exports them only through its REST API; set them with"
                                " `redsky.py set`")
@@ -7408,7 +7415,7 @@ def make_parser():
     p.add_argument("path", nargs="?", help="mlmmj: the list directory; redsky: the export file")
     p.add_argument("--as", dest="as_address", metavar="LIST@DOMAIN", help="the list's address here")
     p.add_argument("--config", dest="config_file", metavar="FILE", help="mailman2: `config_list -o` output")
-    p.add_argument("--info", metavar="FILE", help="mailman3: `mailman info` output")
+    p.add_argument("--info", metavar="FILE", help="mailman3: `mailman lists` output (the list's address)")
     p.add_argument("--members", metavar="FILE", help="mailman2/3: regular members (`list_members -f`)")
     p.add_argument("--digest-members", metavar="FILE", help="mailman2/3: digest members")
     p.add_argument("--nomail-members", metavar="FILE", help="mailman2/3: members with delivery off")

@@ -38,6 +38,7 @@ Commands::
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
     redsky.py filter [--recipient ADDR]... [--sender ADDR] [--client-address IP] < message > message
+    redsky.py lmtp --listen HOST:PORT|unix:PATH
     redsky.py quarantine [release|delete KEY...]
 
 Example: ``python3 redsky.py newlist team@lists.example.org`` then
@@ -255,6 +256,12 @@ DEFAULTS = {
         "duplicate_window": "7d",    # a post queued again within this time is dropped (MTA retries)
         "max_failures": "3",         # a message failing this often with a bug is quarantined
     },
+    "lmtp": {                    # `redsky.py lmtp`: LMTP intake (RFC 2033)
+        "max_size": "25M",
+        "sessions": "20",
+        "idle_timeout": "5m",
+        "session_timeout": "30m",
+    },
     "commands": {
         "confirm_expiry": "3d",
         "max_confirmations": "3",
@@ -374,6 +381,8 @@ class Config:
         self.umask = int(umask, 8)
 
     TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
+             ("lmtp", "max_size"): "size", ("lmtp", "sessions"): "number",
+             ("lmtp", "idle_timeout"): "duration", ("lmtp", "session_timeout"): "duration",
              ("queue", "duplicate_window"): "duration", ("queue", "max_failures"): "number",
              ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
              ("send", "smtp_timeout"): "duration", ("send", "smtp_connections"): "number",
@@ -5829,6 +5838,271 @@ def cmd_quarantine(args, config):
     return status
 
 
+# LMTP intake (RFC 2033) --------------------------------------------------------
+
+class QueueWorker:
+    """Runs the queue chain in this process, one message at a time, in one
+    thread that owns the database connection (SQLite connections stay in
+    the thread that made them).  reload() takes a new config for the
+    messages that follow (SIGHUP)."""
+
+    def __init__(self, config):
+        import concurrent.futures
+        self.config, self.store, self.chain = config, None, None
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
+
+    def reload(self, config):
+        self.config, self.chain = config, None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def queue(self, raw, recipient, sender):
+        """(exit code, reason) of `queue` for one recipient: 0 only once the
+        post is durably stored (or deliberately discarded, held or consumed)."""
+        try:
+            if self.chain is None:
+                self.chain = build_chain(self.config.chain("queue"), "message", "queue")
+            if self.store is None:
+                self.store = open_store(self.config, durable=True)
+            ctx = envelope_of(Context(self.config, self.store), recipient, sender, None, env={})
+            ctx.raw = raw
+            try:
+                verdict = run_chain(self.chain, ctx)
+            except Exception as e:
+                return poison_message(ctx, e), "quarantined after repeated internal errors"
+            return finish_queue(ctx, verdict), one_line(ctx.outcome_reason or ctx.outcome or "", 200)
+        except Failure as e:
+            return (e.code if e.code != EX_USAGE else EX_TEMPFAIL), one_line(e, 200)
+        except Exception as e:                  # a bug: the MTA keeps the message and retries
+            log.error("lmtp: internal error for %s: %s", recipient, e, exc_info=True)
+            return EX_TEMPFAIL, "internal error, try again later"
+
+    def is_list_address(self, address):
+        """RCPT time: does a list answer at ``address``?"""
+        if self.store is None:
+            self.store = open_store(self.config, durable=True)
+        local, _, domain = address.rpartition("@")
+        if not local or self.store.list_by_address(address):
+            return bool(local)
+        m = ROLE_ADDRESS.fullmatch(local)
+        return bool(m and self.store.list_by_address(f"{m.group(1)}@{domain}"))
+
+
+# exit code of `queue` -> the LMTP reply for that recipient (RFC 2033 4.2, RFC 3463)
+LMTP_REPLIES = {EX_OK: "250 2.0.0", EX_DATAERR: "554 5.6.0", EX_NOUSER: "550 5.1.1",
+                EX_DISCARDED: "250 2.0.0"}
+
+
+class LMTPServer:
+    """LMTP over TCP or a Unix socket: a list address is refused at RCPT
+    (550 5.1.1) when no list answers it; after DATA each accepted recipient
+    gets its own reply, 250 only once the post is durably queued, 4xx for
+    anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
+    session_timeout.  stop() (SIGTERM) refuses new sessions and commands
+    with 421 and lets the message in flight finish."""
+
+    def __init__(self, config, worker):
+        self.config, self.worker = config, worker
+        self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
+        self.hostname = __import__("socket").getfqdn()
+
+    def limits(self):
+        c = self.config
+        return (c.size("lmtp", "max_size"), int(c.number("lmtp", "sessions")),
+                c.duration("lmtp", "idle_timeout"), c.duration("lmtp", "session_timeout"))
+
+    async def serve(self, listen):
+        import asyncio
+        if listen.startswith("unix:"):
+            path = listen[5:]
+            _unlink_quietly(path)
+            self.server = await asyncio.start_unix_server(self.session, path)
+            os.chmod(path, 0o660)
+        else:
+            host, _, port = listen.rpartition(":")
+            self.server = await asyncio.start_server(self.session, host.strip("[]") or "127.0.0.1", int(port))
+        log.info("lmtp: listening on %s", listen)
+        async with self.server:
+            await self.server.serve_forever()
+
+    def stop(self):
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+
+    async def session(self, reader, writer):
+        import asyncio
+        max_size, sessions, idle, total = self.limits()
+        task = asyncio.current_task()
+        if self.stopping or len(self.sessions) >= sessions:
+            writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        self.sessions.add(task)
+        try:
+            await asyncio.wait_for(self.dialogue(reader, writer, max_size, idle), total)
+        except asyncio.CancelledError:          # shutting down while the client was idle
+            pass
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            try:
+                writer.write(b"421 4.4.2 timeout, closing\r\n")
+                await writer.drain()
+            except ConnectionError:
+                pass
+        finally:
+            self.sessions.discard(task)
+            writer.close()
+
+    async def dialogue(self, reader, writer, max_size, idle):
+        import asyncio
+        loop = asyncio.get_running_loop()
+
+        async def reply(*lines):
+            writer.write(b"".join(line.encode("utf-8", "replace") + b"\r\n" for line in lines))
+            await writer.drain()
+
+        async def line():
+            data = await asyncio.wait_for(reader.readline(), idle)
+            if not data:
+                raise ConnectionError("client went away")
+            return data.decode("utf-8", "replace").rstrip("\r\n")
+
+        await reply(f"220 {self.hostname} redsky LMTP ready")
+        sender, recipients, greeted = None, [], False
+        while True:
+            if self.stopping:
+                await reply("421 4.3.2 shutting down, try again later")
+                return
+            command = await line()
+            verb = command[:4].upper()
+            if verb == "LHLO":
+                greeted = True
+                await reply(f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+                            f"250-SIZE {max_size}", "250 8BITMIME")
+            elif verb == "MAIL":
+                m = re.match(r"(?i)MAIL FROM:\s*<([^<>]*)>(.*)", command)
+                size = re.search(r"(?i)\bSIZE=(\d+)", m.group(2)) if m else None
+                if not greeted:
+                    await reply("503 5.5.1 LHLO first")
+                elif m is None:
+                    await reply("501 5.5.4 syntax: MAIL FROM:<address>")
+                elif size and int(size.group(1)) > max_size:
+                    await reply(f"552 5.3.4 message larger than {max_size} bytes")
+                else:
+                    sender, recipients = m.group(1), []
+                    await reply("250 2.1.0 sender ok")
+            elif verb == "RCPT":
+                m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command)
+                if sender is None:
+                    await reply("503 5.5.1 MAIL first")
+                elif m is None:
+                    await reply("501 5.5.4 syntax: RCPT TO:<address>")
+                else:
+                    address = m.group(1).strip()
+                    known = await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address)
+                    if known:
+                        recipients.append(address)
+                        await reply("250 2.1.5 recipient ok")
+                    else:
+                        await reply(f"550 5.1.1 <{address}>: no list here")
+            elif verb == "DATA":
+                if not recipients:
+                    await reply("503 5.5.1 no valid recipients")
+                    continue
+                await reply("354 end with <CRLF>.<CRLF>")
+                data, too_big = await self.read_data(reader, max_size, idle)
+                self.busy.add(asyncio.current_task())
+                for recipient in recipients:
+                    if too_big:
+                        await reply(f"552 5.3.4 message larger than {max_size} bytes")
+                        continue
+                    code, reason = await loop.run_in_executor(self.worker.pool, self.worker.queue, data,
+                                                              recipient, sender)
+                    status = LMTP_REPLIES.get(code, "550 5.7.1" if code == EX_NOPERM else "451 4.3.0")
+                    await reply(f"{status} <{recipient}> {reason or 'ok'}")
+                self.busy.discard(asyncio.current_task())
+                sender, recipients = None, []
+            elif verb == "RSET":
+                sender, recipients = None, []
+                await reply("250 2.0.0 ok")
+            elif verb == "NOOP":
+                await reply("250 2.0.0 ok")
+            elif verb == "VRFY":
+                await reply("252 2.1.5 send some mail and see")
+            elif verb == "QUIT":
+                await reply("221 2.0.0 bye")
+                return
+            else:
+                await reply("500 5.5.2 unknown command")
+
+    @staticmethod
+    async def read_data(reader, max_size, idle):
+        """The message up to the final dot, dot-unstuffed (RFC 5321 4.5.2), with
+        LF line ends; past max_size the rest is read and dropped."""
+        import asyncio
+        chunks, size, too_big = [], 0, False
+        while True:
+            data = await asyncio.wait_for(reader.readline(), idle)
+            if not data:
+                raise ConnectionError("client went away in DATA")  # nothing is queued
+            if data in (b".\r\n", b".\n"):
+                return b"".join(chunks), too_big
+            if data.startswith(b"."):
+                data = data[1:]
+            size += len(data)
+            if size > max_size:
+                too_big, chunks = True, []
+            elif not too_big:
+                chunks.append(data[:-2] + b"\n" if data.endswith(b"\r\n") else data)
+
+
+def cmd_lmtp(args, config):
+    """Serve LMTP (RFC 2033) on --listen HOST:PORT or unix:PATH until SIGTERM;
+    SIGHUP reloads the config for the messages that follow."""
+    import asyncio
+    import signal
+    worker = QueueWorker(config)
+    server = LMTPServer(config, worker)
+
+    def reload():
+        try:
+            fresh = Config.find(getattr(args, "config", None))
+        except Failure as e:
+            log.error("lmtp: config not reloaded: %s", e)
+            return
+        server.config = fresh
+        worker.pool.submit(worker.reload, fresh)
+        log.info("lmtp: config reloaded")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, server.stop)
+        loop.add_signal_handler(signal.SIGINT, server.stop)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        serving = asyncio.ensure_future(server.serve(args.listen))
+        while not server.stopping and not serving.done():
+            await asyncio.sleep(0.2)
+        server.stop()
+        if serving.done() and not serving.cancelled() and serving.exception():
+            raise serving.exception()
+        for task in server.sessions - server.busy:             # idle sessions end now ...
+            task.cancel()
+        deadline = time.time() + config.duration("lmtp", "session_timeout")
+        while server.sessions and time.time() < deadline:      # ... the message in flight finishes
+            await asyncio.sleep(0.05)
+        serving.cancel()
+
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}", EX_CONFIG)
+    worker.pool.shutdown(wait=True)
+    log.info("lmtp: stopped")
+    return EX_OK
+
+
 def cmd_send(args, config):
     chain = build_chain(config.chain("send"), "send", "send")
     store = open_store(config, durable=False)
@@ -7369,6 +7643,8 @@ def make_parser():
     p.add_argument("action", nargs="?", choices=("show", "release", "delete"), default="show")
     p.add_argument("keys", nargs="*", metavar="KEY")
     command("send", cmd_send, "deliver what is due (run from cron)")
+    p = command("lmtp", cmd_lmtp, "serve LMTP (RFC 2033): the queue chain in-process, for any MTA")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT|unix:PATH")
     command("demo", cmd_demo, "try redsky in a throwaway directory")
     command("init", cmd_init, "create the database and spool")
     p = command("newlist", cmd_newlist, "create a list")

@@ -5685,12 +5685,25 @@ def pipe_user(config):
     return "redsky" if user == "root" else user
 
 
-def postfix_settings(config, cf_dir, user=None, python=None):
-    """The .cf files, main.cf and master.cf lines for this installation."""
+def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
+    """The .cf files, main.cf and master.cf lines for this installation:
+    the pipe, or with ``lmtp`` (an endpoint such as inet:127.0.0.1:8024)
+    Postfix's own lmtp client to `redsky.py lmtp`, the list domains as
+    relay domains whose recipients the map lists."""
     map_path = config.path_of("postfix", "map")
     if not map_path:
         raise ConfigError("[postfix] map is empty: Postfix needs the list map")
     cf = {name: f"dbpath = {map_path}\nquery = {query}\n" for name, query in POSTFIX_QUERIES.items()}
+    if lmtp:
+        if not re.fullmatch(r"(inet:[\w.\[\]:-]+:\d+|unix:/[^\s']+)", lmtp):
+            raise Failure(f"--lmtp {lmtp!r}: use inet:HOST:PORT or unix:/PATH", EX_USAGE)
+        cf["redsky-transport.cf"] = (f"dbpath = {map_path}\nquery = SELECT 'lmtp:{lmtp}' FROM addresses"
+                                     " WHERE address = '%s'\n")
+        main = (f"recipient_delimiter = +\n"
+                f"relay_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
+                f"relay_recipient_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
+                f"transport_maps = sqlite:{os.path.join(cf_dir, 'redsky-transport.cf')}\n")
+        return cf, main, ""
     main = (f"recipient_delimiter = +\n"
             f"virtual_alias_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
             f"virtual_alias_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
@@ -6559,10 +6572,10 @@ def cmd_postfix_config(args, config):
     master.cf (postfix_apply)."""
     as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
     cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
-    cf, main, master = postfix_settings(config, cf_dir, args.user, args.python)
+    cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
     if args.write or args.apply:
         os.makedirs(cf_dir, exist_ok=True)
-        files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else cf
+        files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
         for name, text in files.items():
             path = os.path.join(cf_dir, name)
             with open(path, "w") as fh:
@@ -6576,7 +6589,8 @@ def cmd_postfix_config(args, config):
         print(f"# {os.path.join(cf_dir, name)}\n{text}")
     print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps;"
           f" 'postfix-config --apply' does it):\n{main}")
-    print(f"# add to master.cf:\n{master}", end="")
+    if master:
+        print(f"# add to master.cf:\n{master}", end="")
     return EX_OK
 
 
@@ -6604,8 +6618,8 @@ def as_list_user(config, work):
 
 # main.cf settings redsky needs, and how to merge each into a value already set
 POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
-                 "virtual_alias_maps": "list", "transport_maps": "list",
-                 "redsky_destination_recipient_limit": "value"}
+                 "virtual_alias_maps": "list", "transport_maps": "list", "relay_domains": "list",
+                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value"}
 
 
 def postfix_apply(cf_dir, main, master):
@@ -6630,7 +6644,7 @@ def postfix_apply(cf_dir, main, master):
                             + (f" (was {current})" if current else "")))
     entry = " ".join(master.split())
     service = " ".join((postconf("-M", "redsky/unix") or "").split())
-    if service != entry:
+    if entry and service != entry:
         changes.append((["-M", f"redsky/unix={entry}"],
                         f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
     if not changes:
@@ -7401,7 +7415,12 @@ def postfix_checks(config):
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
-    if not service:
+    lmtp = re.search(r"lmtp:(inet:\S+|unix:\S+)'", " ".join(
+        read_text(t.split(":", 1)[1]) for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
+        if t.startswith("sqlite:") and "redsky" in t))
+    if lmtp:                                # Postfix's lmtp client to `redsky.py lmtp`
+        yield from lmtp_checks(lmtp.group(1))
+    elif not service:
         yield ("WARN", "Postfix master.cf has no 'redsky' pipe service",
                "add the lines 'redsky.py postfix-config' prints")
     elif "queue" not in service or not ("${original_recipient}" in service
@@ -7417,7 +7436,7 @@ def postfix_checks(config):
                    "queue run",
                    "postconf -e 'redsky_destination_recipient_limit = 1'")
     maps = postconf("-h", "virtual_alias_maps") or ""
-    if "redsky-aliases" not in maps:
+    if "redsky-aliases" not in maps and not lmtp:
         yield ("WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf",
                "see 'redsky.py postfix-config'")
     map_path = config.path_of("postfix", "map")
@@ -7431,6 +7450,39 @@ def postfix_checks(config):
         else:
             yield "OK", f"user postfix can read the list map {map_path}", ""
     yield from postfix_routing_checks(config, service)
+
+
+def read_text(path, limit=100_000):
+    """The start of a text file, or "" when it cannot be read."""
+    try:
+        with open(path, errors="replace") as fh:
+            return fh.read(limit)
+    except OSError:
+        return ""
+
+
+def lmtp_checks(endpoint):
+    """Does `redsky.py lmtp` answer where Postfix's transport sends the lists?"""
+    import socket
+    kind, _, where = endpoint.partition(":")
+    try:
+        if kind == "unix":
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(3)
+            sock.connect(where)
+        else:
+            host, _, port = where.rpartition(":")
+            sock = socket.create_connection((host.strip("[]"), int(port)), timeout=3)
+        with sock:
+            greeting = sock.recv(512)
+    except (OSError, ValueError) as e:
+        yield ("FAIL", f"Postfix sends the lists over LMTP to {endpoint}, where nothing answers ({e})",
+               f"start it: redsky.py lmtp --listen {where if kind == 'inet' else endpoint}")
+        return
+    if b"redsky LMTP" in greeting:
+        yield "OK", f"Postfix sends the lists over LMTP to {endpoint}, where redsky answers", ""
+    else:
+        yield "FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port"
 
 
 def postfix_tables(value):
@@ -7465,15 +7517,18 @@ def postfix_routing_checks(config, service):
     except (Failure, sqlite3.Error):
         return
     local = {d.lower() for d in postfix_tables(postconf("-xh", "mydestination"))[1]}
-    domain_tables, domain_words = postfix_tables(postconf("-xh", "virtual_alias_domains"))
+    domain_tables, domain_words = postfix_tables(f"{postconf('-xh', 'virtual_alias_domains') or ''} "
+                                                 f"{postconf('-xh', 'relay_domains') or ''}")
     alias_tables = postfix_tables(postconf("-xh", "virtual_alias_maps"))[0]
+    transport_tables = postfix_tables(postconf("-xh", "transport_maps"))[0]
+    recipient_tables = postfix_tables(postconf("-xh", "relay_recipient_maps"))[0]
     for domain in sorted({r["domain"].lower() for r in rows}):
         if domain in local:
             yield ("FAIL", f"{domain} is in Postfix's mydestination too: its mail goes to local"
                            " mailboxes, not to the lists", f"remove {domain} from mydestination")
         elif domain in {w.lower() for w in domain_words} or \
                 any(postmap_query([domain], t) for t in domain_tables):
-            yield "OK", f"Postfix accepts mail for {domain} (virtual_alias_domains)", ""
+            yield "OK", f"Postfix accepts mail for {domain} (virtual_alias_domains or relay_domains)", ""
         else:
             yield ("FAIL", f"Postfix does not accept mail for {domain}: every list address there is refused",
                    "run as root: redsky.py postfix-config --apply; postfix reload")
@@ -7481,7 +7536,13 @@ def postfix_routing_checks(config, service):
     routed = {}
     for table in alias_tables:
         routed.update({k: v for k, v in postmap_query(addresses, table).items() if k not in routed})
-    lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")]
+    over_lmtp, known = {}, set()             # Postfix's lmtp client: relay recipients, lmtp: transport
+    for table in transport_tables:
+        over_lmtp.update({k: v for k, v in postmap_query(addresses, table).items() if v.startswith("lmtp:")})
+    for table in recipient_tables:
+        known.update(postmap_query(addresses, table))
+    lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")
+            and not (a in over_lmtp and a in known)]
     if lost:
         yield ("FAIL", f"{len(lost)} of {len(addresses)} list addresses are not routed to redsky by"
                        f" virtual_alias_maps (e.g. {lost[0]})",
@@ -7490,10 +7551,10 @@ def postfix_routing_checks(config, service):
         yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""
     transport = next((v for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
                       for v in postmap_query(["redsky.invalid"], t).values()), "")
-    if transport.split(":")[0] != "redsky":
+    if not over_lmtp and transport.split(":")[0] != "redsky":
         yield ("FAIL", "transport_maps does not send redsky.invalid to the 'redsky' pipe",
                "run as root: redsky.py postfix-config --apply; postfix reload")
-    else:
+    elif not over_lmtp:
         yield "OK", "transport_maps sends the lists to the 'redsky' pipe", ""
     import pwd
     user = (re.search(r"\buser=([^\s:]+)", service or "") or [None, None])[1]
@@ -7739,6 +7800,8 @@ def make_parser():
     p.add_argument("--write", action="store_true", help="write the files into --dir too")
     p.add_argument("--apply", action="store_true",
                    help="write the .cf files and merge the settings into main.cf and master.cf")
+    p.add_argument("--lmtp", metavar="inet:HOST:PORT|unix:/PATH",
+                   help="route the lists to `redsky.py lmtp` there instead of the pipe")
     p.add_argument("--user", help="the pipe user (default: [postfix] user, else the owner of data_dir)")
     p.add_argument("--python", help="the python3 for the pipe (default /usr/bin/python3)")
     return parser

@@ -281,3 +281,56 @@ def test_the_readme_setup_path_works_on_a_bare_postfix(tmp_path):
         assert got["Subject"] == "hello" and got["List-Id"], bare.log()[-2000:]
     finally:
         bare.stop()
+
+
+def test_postfix_lmtp_client_to_redsky_lmtp(tmp_path):
+    """Postfix's own lmtp client delivers the lists to `redsky.py lmtp`
+    (postfix-config --lmtp --apply); unknown lists are refused at RCPT."""
+    reason = pf.missing()
+    if reason:
+        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
+            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
+        pytest.skip(reason)
+    from smtpsink import free_port
+    bare = pf.PrivatePostfix(bare=True)
+    site = bare.dir / "site"
+    site.mkdir()
+    site.chmod(0o755)
+    script = site / "redsky.py"
+    script.write_bytes((pf.ROOT / "redsky.py").read_bytes())
+    script.chmod(0o755)
+    config = site / "redsky.ini"
+    config.write_text("[redsky]\ndata_dir = data\nlog = redsky.log\n[postfix]\nuser = nobody\n" + bare.send_settings)
+    rs = lambda *a: subprocess.run(["/usr/bin/python3", str(script), "-c", str(config), *a], capture_output=True,
+                                   text=True, env=bare.env, timeout=60)
+    port = free_port()
+    server = None
+    try:
+        for args in (("init",), ("newlist", LIST, "--access", "open"), ("subscribe", LIST, *MEMBERS),
+                     ("set", LIST, "dmarc", "never")):
+            assert rs(*args).returncode == 0
+        server = subprocess.Popen(["/usr/bin/python3", str(script), "-c", str(config), "lmtp", "--listen",
+                                   f"127.0.0.1:{port}"], env=bare.env)
+        applied = rs("postfix-config", "--lmtp", f"inet:127.0.0.1:{port}", "--apply")
+        assert applied.returncode == 0 and "relay_recipient_maps" in applied.stdout, applied.stderr
+        bare.postfix("reload")
+        time.sleep(1)
+        with smtplib.SMTP("127.0.0.1", bare.port, timeout=30) as smtp:
+            smtp.ehlo()
+            smtp.mail(f"carl@{pf.USERS}")
+            assert smtp.rcpt(f"nosuch@{pf.LISTS}")[0] == 550
+            assert smtp.rcpt(f"team-bounces+x=example.org@{pf.LISTS}")[0] == 250
+        bare.sendmail(post("Over LMTP"), LIST, sender=f"carl@{pf.USERS}")
+        bare.wait_idle()
+        assert "relay=127.0.0.1" in bare.log() and "status=sent" in bare.log(), bare.log()[-2000:]
+        assert rs("send").returncode == 0
+        bare.wait_idle()
+        assert [len(bare.maildir(m.split("@")[0])) for m in MEMBERS] == [1, 1], bare.log()[-2000:]
+        doctor = rs("doctor").stdout
+        assert "OK    Postfix sends the lists over LMTP to inet:127.0.0.1:" in doctor, doctor
+        assert "OK    all 9 list addresses are routed to redsky" in doctor, doctor
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(20)
+        bare.stop()

@@ -13,6 +13,8 @@ same run: `python3 -c pass` (so `queue` reads as a ratio of interpreter
 start-up) and Postfix's C load generator smtp-source against the same sink,
 when it is installed.  Figures are medians of --runs runs; the sink counts
 every recipient it accepts and the run fails if one is missing.
+`--intake`: posts per second and CPU per post through `queue` (a process
+per message, as an MTA pipe runs it) against `lmtp` (one server).
 Not a unit test: timings depend on the machine.
 """
 
@@ -237,6 +239,82 @@ def hostile_table(runs):
         print(f"{name:22} {worst[1]:16} {worst[0]:7.3f}")
 
 
+def process_cpu(pid):
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def intake_table(runs, n=200):
+    """N posts to a 10-member list: each through its own `redsky.py queue`
+    process (as an MTA pipe runs it), then all over one LMTP connection to
+    one `redsky.py lmtp` (CPU of the server process)."""
+    import resource
+    import socket
+    from smtpsink import free_port
+    rows = []
+    for label in ("pipe: one `queue` process per message", "lmtp: one server, one connection"):
+        results = []
+        for _ in range(runs):
+            home = Home(10)
+            home.reset()
+            posts = [POST.replace(b"<bench@", f"<in{i}@".encode()) for i in range(n)]
+            if label.startswith("pipe"):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                for data in posts:
+                    subprocess.run([sys.executable, REDSKY, "-c", str(home.config), "queue", "--recipient",
+                                    "bench@lists.example.org", "--sender", "alice@example.org"], input=data,
+                                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            else:
+                port = free_port()
+                server = subprocess.Popen([sys.executable, REDSKY, "-c", str(home.config), "lmtp", "--listen",
+                                           f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+                for _ in range(200):
+                    try:
+                        sock = socket.create_connection(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                rfile = sock.makefile("rb")
+                read = rfile.readline
+                read()
+                cpu0, start = process_cpu(server.pid), time.perf_counter()
+                sock.sendall(b"LHLO bench\r\n")
+                while not read().startswith(b"250 "):
+                    pass
+                for data in posts:
+                    body = data.replace(b"\n", b"\r\n")
+                    sock.sendall(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bench@lists.example.org>\r\nDATA\r\n")
+                    for _ in range(3):
+                        read()
+                    sock.sendall(body + b".\r\n")
+                    reply = read()
+                    assert reply.startswith(b"250"), reply
+                wall = time.perf_counter() - start
+                cpu = process_cpu(server.pid) - cpu0
+                sock.close()
+                server.terminate()
+                server.wait(30)
+            queued = sqlite3.connect(home.dir / "redsky.db").execute(
+                "SELECT count(*) FROM messages WHERE kind = 'post'").fetchone()[0]
+            assert queued == n, f"{label}: {queued} of {n} queued"
+            results.append((wall, cpu))
+            home.cleanup()
+        wall = statistics.median(r[0] for r in results)
+        cpu = statistics.median(r[1] for r in results)
+        rows.append((label, f"{n:,}", f"{wall:.2f} s", f"{n / wall:,.0f} msg/s", f"{cpu / n * 1000:.1f} ms"))
+    print(f"intake benchmark: {n} posts to a 10-member list, median of {runs} run(s), {os.cpu_count()} CPUs,"
+          f" Python {sys.version.split()[0]}\n")
+    header = ("how", "posts", "wall", "rate", "CPU per post")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -245,11 +323,15 @@ def main():
     ap.add_argument("--hostile", action="store_true",
                     help="only the hostile-input table: the slowest 1 MB input per parser")
     ap.add_argument("--year", action="store_true", help="only the database size after a simulated year")
+    ap.add_argument("--intake", action="store_true",
+                    help="only intake: messages/s and CPU per message, `queue` by pipe against `lmtp`")
     args = ap.parse_args()
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:
         return year_table()
+    if args.intake:
+        return intake_table(args.runs)
     runs = 1 if args.quick else args.runs
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000, 100_000)
     rows = []

@@ -5611,13 +5611,24 @@ POSTFIX_QUERIES = {
 
 
 def export_postfix_map(config, store):
-    """Write [postfix] map: every address of every list, lower-cased."""
+    """Write [postfix] map: every address of every list, lower-cased; and
+    the same as two text files beside it, list-addresses and list-domains
+    (one per line: Exim's lsearch, OpenSMTPD's table files read them)."""
     path = config.path_of("postfix", "map")
     if not path:
         return None
     rows = [dict(r) for r in store.q("all_lists")]
-    write_postfix_map(path, {r["domain"].lower() for r in rows},
-                      {list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES})
+    domains = {r["domain"].lower() for r in rows}
+    addresses = {list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES}
+    write_postfix_map(path, domains, addresses)
+    for name, items in (("list-addresses", addresses), ("list-domains", domains)):
+        text = "".join(f"{item}\n" for item in sorted(items))
+        target = os.path.join(os.path.dirname(path), name)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        _unlink_quietly(tmp)
+        write_synced(tmp, text.encode())
+        os.chmod(tmp, 0o644)                # the MTA's own user reads them
+        os.rename(tmp, target)
     return path
 
 

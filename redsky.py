@@ -7391,6 +7391,8 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    " they are never sent",
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
     yield from postfix_checks(config)
+    yield from exim_checks(config, store)
+    yield from opensmtpd_checks()
     schedule = find_send_schedule(cron_places)
     cron_user = schedule_user(schedule) if schedule else None
     if cron_user and cron_user not in (runner, "root"):
@@ -7412,6 +7414,53 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
+
+
+def exim_checks(config, store):
+    """When Exim is installed: does it route every list address to redsky's
+    router (exim -bt, which reads the live configuration)?"""
+    import shutil
+    import subprocess
+    exe = shutil.which("exim4") or shutil.which("exim")
+    if exe is None:
+        return
+    addresses = [list_address(r, suffix).lower() for r in store.q("all_lists") for suffix in LIST_SUFFIXES]
+    lost = []
+    for address in addresses[:90]:
+        try:
+            r = subprocess.run([exe, "-bt", address], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            lost.append(address)
+            continue
+        if "router = redsky" not in r.stdout:
+            lost.append(address)
+    if lost:
+        yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}:"
+                       " exim -bt shows its route)",
+               "add the router and transport of the README's Exim section, then update-exim4.conf and"
+               " restart exim4")
+    elif addresses:
+        checked = min(len(addresses), 90)
+        yield "OK", f"Exim routes all {checked} list addresses checked to redsky (exim -bt)", ""
+
+
+def opensmtpd_checks():
+    """When OpenSMTPD is installed: does its configuration parse (smtpd -n)
+    and name redsky?"""
+    import shutil
+    import subprocess
+    exe = shutil.which("smtpd")
+    if exe is None:
+        return
+    r = subprocess.run([exe, "-n"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        yield ("FAIL", f"OpenSMTPD's configuration does not parse: {one_line(r.stderr, 200)}",
+               "smtpd -n says why")
+    elif "redsky" not in read_text("/etc/smtpd.conf"):
+        yield ("WARN", "OpenSMTPD runs, but /etc/smtpd.conf never names redsky",
+               "see the README's OpenSMTPD section")
+    else:
+        yield "OK", "OpenSMTPD's configuration parses and names redsky", ""
 
 
 def postfix_checks(config):

@@ -8,6 +8,7 @@ import json
 import os
 import smtplib
 import sqlite3
+import subprocess
 import time
 from email import policy
 
@@ -92,3 +93,25 @@ def test_join_through_exim_gets_a_confirmation(mta):
                sender=f"dora@{ex.USERS}")
     mta.wait_idle()
     assert "dora@users.test" in mta.redsky("members", LIST, check=True).stdout.decode()
+
+
+def test_doctor_follows_the_list_addresses_through_exim(mta):
+    """doctor finds Exim on PATH and asks it (exim -bt) where each list address goes
+    (run by root, it works as the list user, so the wrapper lives where that user can reach)."""
+    bindir = mta.dir / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "exim4"
+    wrapper.write_text(f"#!/bin/sh\nexec {ex.BINARY} -C {mta.conf} \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    run = lambda: subprocess.run(["/usr/bin/python3", str(mta.redsky_py), "-c", str(mta.config), "doctor"],
+                                 capture_output=True, text=True, env=env, timeout=120).stdout
+    out = run()
+    assert "OK    Exim routes all 9 list addresses checked to redsky" in out, out
+    conf = mta.conf.read_text()
+    try:
+        mta.conf.write_text(conf.replace("transport = redsky_pipe", "transport = maildir_home")
+                            .replace("redsky:\n  driver = accept", "lists:\n  driver = accept"))
+        assert "FAIL  Exim does not route 9 list addresses to redsky" in run()
+    finally:
+        mta.conf.write_text(conf)

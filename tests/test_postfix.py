@@ -22,13 +22,28 @@ LIST = f"team@{pf.LISTS}"
 MEMBERS = (f"ann@{pf.USERS}", f"ben@{pf.USERS}")
 
 
-@pytest.fixture(scope="session")
-def mta():
+def require_postfix():
     reason = pf.missing()
     if reason:
         if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
             pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def bare():
+    """A private Postfix without any of redsky's settings."""
+    require_postfix()
+    instance = pf.PrivatePostfix(bare=True)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def mta():
+    require_postfix()
     from conftest import fake_dns
     instance = pf.PrivatePostfix(nameserver=fake_dns().address)
     try:
@@ -251,48 +266,33 @@ def readme_setup(site, lists, users, send_settings):
     return "\n".join(lines) + "\n"
 
 
-def test_the_readme_setup_path_works_on_a_bare_postfix(tmp_path):
+def test_the_readme_setup_path_works_on_a_bare_postfix(bare):
     """Every command of the README's set-up, in order, against a private
     Postfix that has none of redsky's settings; then the first post comes back."""
-    reason = pf.missing()
-    if reason:
-        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
-            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
-        pytest.skip(reason)
-    bare = pf.PrivatePostfix(bare=True)
     site = bare.dir / "site"
-    try:
-        (site / "cron.d").mkdir(parents=True)
-        script = readme_setup(site, pf.LISTS, pf.USERS, bare.send_settings)
-        assert "postfix-config --apply" in script and "doctor" in script
-        env = {**bare.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}     # python3 is Debian's, as on the host
-        r = subprocess.run(["bash", "-ex"], input=script, text=True, capture_output=True, env=env,
-                           cwd=pf.ROOT, timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "FAIL" not in r.stdout and "OK    all 9 list addresses are routed to redsky" in r.stdout, r.stdout
-        data = site / "var" / "lib" / "redsky"
-        assert {p.stat().st_uid for p in [data, *data.rglob("*")]} == {pwd.getpwnam("nobody").pw_uid}
-        bare.wait_idle()
-        cron = (site / "cron.d" / "redsky").read_text().split(None, 6)
-        assert cron[5] == "nobody"
-        subprocess.run(cron[6].split(), env=env, check=True, timeout=60)    # what cron runs each minute
-        bare.wait_idle()
-        (got,) = [parse(d) for d in bare.maildir("you")]
-        assert got["Subject"] == "hello" and got["List-Id"], bare.log()[-2000:]
-    finally:
-        bare.stop()
+    (site / "cron.d").mkdir(parents=True)
+    script = readme_setup(site, pf.LISTS, pf.USERS, bare.send_settings)
+    assert "postfix-config --apply" in script and "doctor" in script
+    env = {**bare.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}     # python3 is Debian's, as on the host
+    r = subprocess.run(["bash", "-ex"], input=script, text=True, capture_output=True, env=env,
+                       cwd=pf.ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FAIL" not in r.stdout and "OK    all 9 list addresses are routed to redsky" in r.stdout, r.stdout
+    data = site / "var" / "lib" / "redsky"
+    assert {p.stat().st_uid for p in [data, *data.rglob("*")]} == {pwd.getpwnam("nobody").pw_uid}
+    bare.wait_idle()
+    cron = (site / "cron.d" / "redsky").read_text().split(None, 6)
+    assert cron[5] == "nobody"
+    subprocess.run(cron[6].split(), env=env, check=True, timeout=60)    # what cron runs each minute
+    bare.wait_idle()
+    (got,) = [parse(d) for d in bare.maildir("you")]
+    assert got["Subject"] == "hello" and got["List-Id"], bare.log()[-2000:]
 
 
-def test_postfix_lmtp_client_to_redsky_lmtp(tmp_path):
+def test_postfix_lmtp_client_to_redsky_lmtp(bare):
     """Postfix's own lmtp client delivers the lists to `redsky.py lmtp`
     (postfix-config --lmtp --apply); unknown lists are refused at RCPT."""
-    reason = pf.missing()
-    if reason:
-        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
-            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
-        pytest.skip(reason)
     from smtpsink import free_port
-    bare = pf.PrivatePostfix(bare=True)
     site = bare.dir / "site"
     site.mkdir()
     site.chmod(0o755)
@@ -333,4 +333,3 @@ def test_postfix_lmtp_client_to_redsky_lmtp(tmp_path):
         if server is not None:
             server.terminate()
             server.wait(20)
-        bare.stop()

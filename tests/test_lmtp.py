@@ -171,3 +171,17 @@ def test_a_port_in_use_is_a_clear_78(lst):
         port = busy.getsockname()[1]
         r = lst.run("lmtp", "--listen", f"127.0.0.1:{port}", timeout=30)
     assert r.returncode == 78 and "cannot listen" in r.err and "Traceback" not in r.err
+
+
+def test_session_limit_and_idle_timeout(server):
+    server.write_config(lmtp={"sessions": "2", "idle_timeout": "1s"})
+    os.kill(server.lmtp_proc.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    first, second = Client(server.lmtp_port), Client(server.lmtp_port)
+    third = Client(server.lmtp_port)
+    assert third.greeting.startswith("421")
+    assert first.greeting.startswith("220") and second.greeting.startswith("220")
+    time.sleep(1.5)                                   # silent for longer than idle_timeout
+    assert first.reply().startswith("421 4.4.2")
+    _, replies = Client(server.lmtp_port).deliver("alice@example.org", ["test@lists.example.org"], post())
+    assert replies[0].startswith("250")

@@ -5988,7 +5988,7 @@ class LMTPServer:
             await writer.drain()
 
         async def line():
-            data = await asyncio.wait_for(reader.readline(), idle)
+            data = await asyncio.wait_for(read_line(reader, 4096), idle)
             if not data:
                 raise ConnectionError("client went away")
             return data.decode("utf-8", "replace").rstrip("\r\n")
@@ -6068,7 +6068,7 @@ class LMTPServer:
         import asyncio
         chunks, size, too_big = [], 0, False
         while True:
-            data = await asyncio.wait_for(reader.readline(), idle)
+            data = await asyncio.wait_for(read_line(reader, max_size + 2), idle)
             if not data:
                 raise ConnectionError("client went away in DATA")  # nothing is queued
             if data in (b".\r\n", b".\n"):
@@ -6080,6 +6080,29 @@ class LMTPServer:
                 too_big, chunks = True, []
             elif not too_big:
                 chunks.append(data[:-2] + b"\n" if data.endswith(b"\r\n") else data)
+
+
+async def read_line(reader, cap):
+    """One line, newline included, however long (asyncio's readline gives
+    up at 64 KB, and real mail has longer lines); past ``cap`` bytes the rest
+    of the line is read and dropped.  b"" at the end of the stream."""
+    import asyncio
+    parts, size = [], 0
+    while True:
+        try:
+            part = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as e:
+            part = await reader.readexactly(e.consumed)
+        except asyncio.IncompleteReadError as e:
+            part = e.partial
+            if not part:
+                return b"".join(parts)
+        if size < cap:
+            parts.append(part[:cap - size])
+        size += len(part)
+        if part.endswith(b"\n") or not part:
+            joined = b"".join(parts)
+            return joined if joined.endswith(b"\n") or size <= cap else joined + b"\n"
 
 
 def cmd_lmtp(args, config):

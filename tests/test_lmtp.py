@@ -185,3 +185,17 @@ def test_session_limit_and_idle_timeout(server):
     assert first.reply().startswith("421 4.4.2")
     _, replies = Client(server.lmtp_port).deliver("alice@example.org", ["test@lists.example.org"], post())
     assert replies[0].startswith("250")
+
+
+def test_a_line_longer_than_asyncio_reads_at_once_is_fine(server):
+    """asyncio's readline stops at 64 KB; a 300 KB line (base64 with no line
+    breaks, as some mailers send) must not kill the session."""
+    long_line = "x" * 300_000
+    _, replies = Client(server.lmtp_port).deliver("alice@example.org", ["test@lists.example.org"],
+                                                  post(msgid="<long@example.org>", body=long_line))
+    assert replies[0].startswith("250"), replies
+    spool = next((server.home / "spool").glob("*.eml")).read_bytes()
+    assert long_line.encode() in spool
+    c = Client(server.lmtp_port)
+    assert c.command("NOOP " + "y" * 100_000)[:3] in ("250", "500")      # a reply, not a dead session
+    assert c.command("NOOP").startswith("250")

@@ -6773,9 +6773,12 @@ def apply_plan(store, config, plan, dry_run=False):
     there yet added, all in one transaction; then the archive posts whose
     Message-ID the archive does not hold yet.  Running it twice changes
     nothing the second time.  Yields what it does (or would do) line by line."""
-    name, domain = split_list_address(plan["address"])
+    try:
+        name, domain = split_list_address(plan["address"])
+        settings = dict(import_setting(k, v) for k, v in plan["settings"].items())
+    except Failure as e:                    # in a file, not on the command line: bad data
+        raise Failure(f"{e}", EX_DATAERR)
     row = store.list_by_address(f"{name}@{domain}")
-    settings = dict(import_setting(k, v) for k, v in plan["settings"].items())
     changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
     have = {a.lower() for a in member_addresses(store, row["id"])} if row else set()
     members = [m for m in plan["members"] if m["address"].lower() not in have]
@@ -6984,7 +6987,8 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
         values.get("subscribe_policy", 1), "confirm")
     s["archive"] = "off" if not values.get("archive", 1) else \
         "private" if values.get("archive_private", 0) else "public"
-    owners = list(values.get("owner", []) or []) + list(values.get("moderator", []) or [])
+    as_list = lambda v: [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else []
+    owners = as_list(values.get("owner")) + as_list(values.get("moderator"))
     s["owners"] = ",".join(dict.fromkeys(str(o) for o in owners if valid_address(str(o))))
     plan["not_carried"] += sorted(k for k in values if k not in MAILMAN2_CARRIED)
     add_member_files(plan, members, digest_members, nomail_members)
@@ -7070,16 +7074,43 @@ def redsky_plan(path, as_address=None):
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
         raise Failure(f"{path} is not a redsky export", EX_DATAERR)
-    plan = new_plan(as_address or doc["list"])
-    plan["settings"] = {k: v for k, v in doc.get("settings", {}).items() if k in EXPORTED_SETTINGS}
-    for m in doc.get("members", []):
-        plan_member(plan, m.get("address", ""), m.get("name", ""),
-                    **{k: m[k] for k in EXPORTED_MEMBER if k in m and k not in ("address", "name")})
-    plan["acl"] = [str(p) for p in doc.get("acl", [])]
-    plan["held"] = [dict(h, raw=base64.b64decode(h["raw"])) for h in doc.get("held", [])]
-    plan["pending"] = list(doc.get("pending", []))
+    held_keys = {"number", "received", "sender", "recipient", "from_addr", "subject", "message_id", "reason",
+                 "raw"}
+    pending_keys = {"token", "address", "action", "held", "created", "expires"}
+    try:                                    # a damaged document is bad data, never a crash
+        plan = new_plan(str(as_address or doc["list"]))
+        plan["settings"] = {k: v for k, v in dict(doc.get("settings", {})).items() if k in EXPORTED_SETTINGS}
+        for m in doc.get("members", []):
+            plan_member(plan, str(m["address"]), str(m.get("name", "")), **member_options(m))
+        plan["acl"] = [str(p) for p in doc.get("acl", [])]
+        for h in doc.get("held", []):
+            missing = held_keys - set(h)
+            if missing:
+                raise ValueError(f"a held post lacks {', '.join(sorted(missing))}")
+            plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True)))
+        for p in doc.get("pending", []):
+            missing = pending_keys - set(p)
+            if missing or p["action"] not in ("subscribe", "unsubscribe", "approve-subscribe", "moderate",
+                                              "reenable"):
+                raise ValueError(f"a pending request lacks {', '.join(sorted(missing)) or 'a known action'}")
+            plan["pending"].append(dict(p))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Failure(f"{path} is not a valid redsky export: {one_line(e, 200)}", EX_DATAERR)
     add_mbox(plan, path + ".mbox" if os.path.exists(path + ".mbox") else None)
     return plan
+
+
+def member_options(m):
+    """A member's options from an export, each of its stored type (ValueError if not)."""
+    optional = lambda key, kind: None if m.get(key) is None else kind(m[key])
+    status = str(m.get("status", "enabled"))
+    if status not in ("enabled", "disabled"):
+        raise ValueError(f"member status {status!r}")
+    return {"status": status, "digest": bool(m.get("digest", False)),
+            "bounce_score": float(m.get("bounce_score", 0)), "warnings": int(m.get("warnings", 0)),
+            "disabled_reason": str(m.get("disabled_reason", "")),
+            "last_bounce": optional("last_bounce", float), "disabled_at": optional("disabled_at", float),
+            "last_warning": optional("last_warning", float), "subscribed": optional("subscribed", float)}
 
 
 def cmd_export(args, config):
@@ -7112,16 +7143,19 @@ def cmd_import(args, config):
         raise Failure(f"use: import {args.kind} --members FILE ...", EX_USAGE)
     if args.kind == "mailman2" and not args.config_file:
         raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
-    if args.kind == "mlmmj":
-        plan = mlmmj_plan(args.path, args.as_address)
-    elif args.kind == "mailman2":
-        plan = mailman2_plan(args.config_file, args.members, args.digest_members, args.nomail_members,
-                             args.mbox, args.as_address)
-    elif args.kind == "mailman3":
-        plan = mailman3_plan(args.info, args.members, args.digest_members, args.nomail_members, args.mbox,
-                             args.as_address)
-    else:
-        plan = redsky_plan(args.path, args.as_address)
+    try:
+        if args.kind == "mlmmj":
+            plan = mlmmj_plan(args.path, args.as_address)
+        elif args.kind == "mailman2":
+            plan = mailman2_plan(args.config_file, args.members, args.digest_members, args.nomail_members,
+                                 args.mbox, args.as_address)
+        elif args.kind == "mailman3":
+            plan = mailman3_plan(args.info, args.members, args.digest_members, args.nomail_members, args.mbox,
+                                 args.as_address)
+        else:
+            plan = redsky_plan(args.path, args.as_address)
+    except OSError as e:                        # a file of the import that cannot be read
+        raise Failure(f"cannot read {e.filename or args.path}: {e.strerror or e}", EX_NOPERM)
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
     for line in apply_plan(store, config, plan, args.dry_run):

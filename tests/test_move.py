@@ -256,6 +256,31 @@ def test_export_import_round_trip(rs, tmp_path):
     assert other.run("approve", str(held[0]["id"]), check=0).returncode == 0
 
 
+DAMAGED = {
+    "no list": {},
+    "members not objects": {"members": [1, 2]},
+    "a bad setting": {"settings": {"access": 5}},
+    "settings not an object": {"settings": [1]},
+    "a held post without its fields": {"held": [{"raw": "!!"}]},
+    "a pending request without its fields": {"pending": [{"token": "a"}]},
+    "not a list address": {"list": "bad"},
+    "a score that is no number": {"members": [{"address": "a@b.org", "bounce_score": "y"}]},
+    "an unknown member status": {"members": [{"address": "a@b.org", "status": "gone"}]},
+    "a duration that is none": {"settings": {"digest_interval": "zz"}},
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_a_damaged_export_is_bad_data_never_a_crash(rs, tmp_path, damage):
+    doc = {"format": "redsky-export", "list": "team@lists.example.org", **DAMAGED[damage]}
+    if damage == "no list":
+        del doc["list"]
+    (tmp_path / "x.json").write_text(json.dumps(doc))
+    r = rs.run("import", "redsky", str(tmp_path / "x.json"))
+    assert r.returncode == 65 and "internal error" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert rs.run("lists", "--json", check=0).out.strip() in ("[]", "")          # nothing half-imported
+
+
 def test_import_of_something_else_is_a_clear_65(rs, tmp_path):
     (tmp_path / "x.json").write_text('{"format": "other"}')
     r = rs.run("import", "redsky", str(tmp_path / "x.json"))
@@ -340,3 +365,21 @@ def test_import_from_a_real_mailman3(rs, tmp_path):
     export = json.loads(rs.run("export", "team@lists.example.org", check=0).out)
     assert {m["address"]: m["name"] for m in export["members"]} == {
         "ann@example.org": "Ann Example", "bob@example.net": "", "jane@example.org": "Doe, Jane"}
+
+
+def test_mailman2_owner_given_as_one_string(rs, tmp_path):
+    args = mailman2_files(tmp_path)
+    (tmp_path / "config").write_text(MAILMAN2_CONFIG.replace("owner = ['owner@example.org']",
+                                                             "owner = 'owner@example.org'"))
+    rs.run("import", "mailman2", *args, check=0)
+    (listing,) = json.loads(rs.run("lists", "--json", check=0).out)
+    assert listing["owners"] == "owner@example.org, mod@example.org"
+
+
+def test_an_unreadable_import_file_is_a_clear_error(rs, tmp_path):
+    (tmp_path / "list" / "control").mkdir(parents=True)
+    (tmp_path / "list" / "control" / "listaddress").write_text("team@lists.example.org\n")
+    (tmp_path / "list" / "archive").mkdir()
+    (tmp_path / "list" / "archive" / "1").mkdir()          # a directory where a post should be
+    r = rs.run("import", "mlmmj", str(tmp_path / "list"))
+    assert r.returncode == 77 and "cannot read" in r.err and "internal error" not in r.err

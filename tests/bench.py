@@ -13,6 +13,9 @@ same run: `python3 -c pass` (so `queue` reads as a ratio of interpreter
 start-up) and Postfix's C load generator smtp-source against the same sink,
 when it is installed.  Figures are medians of --runs runs; the sink counts
 every recipient it accepts and the run fails if one is missing.
+`--delivery [N]`: issue 19's table, `queue` and `send` for N members beside
+smtp-source sending the same message to the same sink, with the CPU per
+recipient of client and sink.
 `--intake`: posts per second and CPU per post through `queue` (a process
 per message, as an MTA pipe runs it) against `lmtp` (one server).
 Not a unit test: timings depend on the machine.
@@ -32,6 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REDSKY = str(HERE.parent / "redsky.py")
+# what an MTA's pipe and cron run redsky with (README), unless --python says otherwise
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from asyncsink import Sink  # noqa: E402
@@ -43,7 +48,8 @@ stdin = open(sys.argv[1], 'rb') if sys.argv[1] != '-' else subprocess.DEVNULL
 t = time.perf_counter()
 rc = subprocess.run(sys.argv[2:], stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 elapsed = time.perf_counter() - t
-print(rc, elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(rc, elapsed, use.ru_maxrss, use.ru_utime + use.ru_stime)
 """
 
 POST = (b"From: Alice <alice@example.org>\nTo: bench@lists.example.org\nSubject: benchmark\n"
@@ -51,12 +57,13 @@ POST = (b"From: Alice <alice@example.org>\nTo: bench@lists.example.org\nSubject:
         + b"A line of a typical short post to a mailing list.\n" * 60)
 
 
-def measure(cmd, stdin="-"):
+def measure(cmd, stdin="-", cpu=False):
+    """(wall seconds, peak RSS in MB[, CPU seconds]) of ``cmd`` alone."""
     out = subprocess.run([sys.executable, "-c", MEASURE, stdin, *cmd], capture_output=True, text=True,
                          check=True).stdout.split()
     if int(out[0]) != 0:
         raise SystemExit(f"command failed ({out[0]}): {' '.join(cmd)}")
-    return float(out[1]), int(out[2]) / 1024
+    return (float(out[1]), int(out[2]) / 1024) + ((float(out[3]),) if cpu else ())
 
 
 class Home:
@@ -83,13 +90,13 @@ class Home:
         self.config.write_text("\n".join(lines) + "\n" + extra)
 
     def cmd(self, *args):
-        return [sys.executable, REDSKY, "-c", str(self.config), *args]
+        return [PYTHON, REDSKY, "-c", str(self.config), *args]
 
-    def queue(self):
-        return measure(self.cmd("queue", "--recipient", "bench@lists.example.org"), str(self.post))
+    def queue(self, cpu=False):
+        return measure(self.cmd("queue", "--recipient", "bench@lists.example.org"), str(self.post), cpu)
 
-    def send(self):
-        return measure(self.cmd("send"))
+    def send(self, cpu=False):
+        return measure(self.cmd("send"), cpu=cpu)
 
     def reset(self):
         db = sqlite3.connect(self.dir / "redsky.db")
@@ -112,18 +119,20 @@ def median_run(runs, fn):
         statistics.median(r[2] for r in results) if len(results[0]) > 2 else None
 
 
-def smtp_source(sink, transactions, rcpts, sessions):
-    """Postfix's smtp-source: ``transactions`` messages of ``rcpts`` recipients."""
+def smtp_source(sink, transactions, rcpts, sessions, message=None, port=None, cpu=False):
+    """Postfix's smtp-source: ``transactions`` messages of ``rcpts`` recipients
+    (``message``: a file with the message to send, -F).  (wall, sink CPU[,
+    smtp-source's own CPU])."""
     exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     sink.reset()
-    cpu = sink.cpu()
-    t = time.perf_counter()
-    subprocess.run([exe, "-d", "-s", str(sessions), "-m", str(transactions), "-r", str(rcpts), "-l", "3000",
-                    "-f", "bench-bounces@lists.example.org", "-t", "member@example.net",
-                    f"127.0.0.1:{sink.port}"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t
-    assert sink.received == transactions * rcpts, (sink.received, transactions * rcpts)
-    return elapsed, sink.cpu() - cpu
+    sink_cpu = sink.cpu()
+    argv = [exe, "-d", "-s", str(sessions), "-m", str(transactions), "-r", str(rcpts),
+            *(["-F", str(message)] if message else ["-l", "3000"]),
+            "-f", "bench-bounces@lists.example.org", "-t", "member@example.net", f"127.0.0.1:{port or sink.port}"]
+    wall, _, used = measure(argv, cpu=True)
+    if port is None:
+        assert sink.received == transactions * rcpts, (sink.received, transactions * rcpts)
+    return (wall, sink.cpu() - sink_cpu) + ((used,) if cpu else ())
 
 
 def issue6_rows(runs, startup, sink, rows, row):
@@ -315,7 +324,69 @@ def intake_table(runs, n=200):
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
+def delivery_table(runs, n):
+    """Issue 19's table: `queue` of one post for N members, then `send` of
+    it by SMTP (per-recipient VERP over one connection and over the default
+    count, xverp), beside Postfix's smtp-source sending the same message to
+    the same sink, one recipient per transaction, over 1, 2 and 4
+    connections; CPU per recipient of the client and of the sink."""
+    rows = []
+
+    def add(what, wall, rss, cpu, sink_cpu, count=n):
+        rows.append((what, f"{count:,}", f"{wall:.3f} s", f"{count / wall:,.0f}/s" if count else "",
+                     f"{cpu / count * 1e6:.1f} µs" if count else f"{cpu:.3f} s",
+                     "" if sink_cpu is None else f"{sink_cpu / count * 1e6:.1f} µs", rss and f"{rss:.1f} MB"))
+
+    def med(results):
+        return [statistics.median(r[i] for r in results) if i != 1 else max(r[1] for r in results)
+                for i in range(len(results[0]))]
+    home = Home(n)
+    message = home.dir / "message.eml"
+    wall, rss, cpu = med([measure([PYTHON, "-c", "pass"], cpu=True) for _ in range(runs)])
+    rows.append((f"{PYTHON} -c pass", "-", f"{wall:.3f} s", "", f"{cpu:.3f} s", "", f"{rss:.1f} MB"))
+    with Sink() as sink, Sink(chunking=False) as plain:
+        def queue_once():
+            home.reset()
+            return home.queue(cpu=True)
+        wall, rss, cpu = med([queue_once() for _ in range(runs)])
+        rows.append((f"queue (one post)", f"{n:,}", f"{wall:.3f} s", "", f"{cpu:.3f} s", "", f"{rss:.1f} MB"))
+        for label, target, settings in (
+                ("send per-recipient VERP, 1 conn", sink, dict(smtp_connections=1)),
+                ("send per-recipient VERP, default conns", sink, {}),
+                ("  the same, sink without CHUNKING, 1 conn", plain, dict(smtp_connections=1)),
+                ("  the same, sink without CHUNKING, default", plain, {}),
+                ("send xverp, 100 rcpt/txn", sink, dict(verp="xverp"))):
+            home.configure(transport="smtp", smtp_host="127.0.0.1", smtp_port=target.port, **settings)
+
+            def send_once():
+                home.reset()
+                home.queue()
+                target.reset()
+                sink_cpu = target.cpu()
+                wall, rss, cpu = home.send(cpu=True)
+                assert target.received == n, f"{label}: sink got {target.received} of {n}"
+                return wall, rss, cpu, target.cpu() - sink_cpu
+            add(label, *med([send_once() for _ in range(runs)]))
+        spool = list((home.dir / "spool").glob("*.eml"))
+        message.write_bytes((spool[0].read_bytes() if spool else POST).replace(b"\n", b"\r\n"))
+        for sessions in (1, 2, 4):
+            results = [smtp_source(plain, n, 1, sessions, message, cpu=True) for _ in range(runs)]
+            wall, sink_cpu, cpu = (statistics.median(r[i] for r in results) for i in range(3))
+            add(f"smtp-source (C) 1 rcpt/txn, {sessions} conn{'s' if sessions > 1 else ''}", wall, "", cpu,
+                sink_cpu)
+    home.cleanup()
+    version = subprocess.run([PYTHON, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True).stdout.strip()
+    print(f"delivery benchmark: N = {n:,}, median of {runs} run(s), {os.cpu_count()} CPUs, {PYTHON} {version},"
+          " sink: asyncio BufferedProtocol, one process (with CHUNKING unless said)\n")
+    header = ("what", "N", "wall", "rate", "client CPU/rcpt", "sink CPU/rcpt", "peak RSS")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
 def main():
+    global PYTHON
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1,000 and 10,000 members, one run")
@@ -325,7 +396,13 @@ def main():
     ap.add_argument("--year", action="store_true", help="only the database size after a simulated year")
     ap.add_argument("--intake", action="store_true",
                     help="only intake: messages/s and CPU per message, `queue` by pipe against `lmtp`")
+    ap.add_argument("--delivery", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only delivery: queue and send for N members (default 100,000) beside smtp-source")
+    ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
+    PYTHON = args.python
+    if args.delivery:
+        return delivery_table(args.runs, args.delivery)
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:
@@ -341,7 +418,7 @@ def main():
                      f"{n / seconds:,.0f} rcpt/s" if rate and n else "", rss and f"{rss:.1f} MB",
                      "" if sink_cpu is None else f"{sink_cpu:.2f} s"))
 
-    startup = statistics.median(measure([sys.executable, "-c", "pass"])[0] for _ in range(5))
+    startup = statistics.median(measure([PYTHON, "-c", "pass"])[0] for _ in range(5))
     row("python3 -c pass", 0, startup)
     noop = Path(tempfile.mkdtemp()) / "sendmail"
     noop.write_text("#!/bin/sh\nexec cat >/dev/null\n")

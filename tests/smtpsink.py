@@ -12,9 +12,10 @@ import threading
 
 
 class SMTPSink:
-    def __init__(self, replies=None, pipelining=True, xverp=False, drop_after=None, then_refuse=False):
+    def __init__(self, replies=None, pipelining=True, xverp=False, drop_after=None, then_refuse=False,
+                 chunking=False):
         self.replies = dict(replies or {})
-        self.pipelining, self.xverp = pipelining, xverp
+        self.pipelining, self.xverp, self.chunking = pipelining, xverp, chunking
         self.drop_after = drop_after    # close the connection instead of answering this DATA (1-based)
         self.then_refuse = then_refuse  # after that drop, greet every new connection with 421
         self.greeting = "220 sink ESMTP"
@@ -70,10 +71,13 @@ class SMTPSink:
             cmd = line.decode("utf-8", "replace").strip()
             verb = cmd[:4].upper()
             if verb == "EHLO":
-                extensions = ["sink"] + ["PIPELINING"] * self.pipelining + ["XVERP"] * self.xverp + ["8BITMIME"]
+                extensions = (["sink"] + ["PIPELINING"] * self.pipelining + ["XVERP"] * self.xverp
+                              + ["CHUNKING"] * self.chunking + ["8BITMIME"])
                 reply("\r\n".join(f"250-{e}" for e in extensions[:-1]) + f"\r\n250 {extensions[-1]}")
             elif verb == "HELO":
                 reply("250 sink")
+            elif verb == "MAIL" and mail_from is not None:
+                reply("503 5.5.1 Error: nested MAIL command")      # as Postfix: a transaction is open
             elif verb == "MAIL":
                 words = cmd.split(":", 1)[1].strip().split()
                 mail_from, rcpts = words[0].strip("<>"), []
@@ -106,7 +110,29 @@ class SMTPSink:
                     chunks.append(line[1:] if line.startswith(b".") else line)
                 with self.lock:
                     self.messages.append((mail_from, rcpts, b"".join(chunks)))
+                mail_from, rcpts = None, []
                 reply("250 queued")
+            elif verb == "BDAT" and self.chunking:             # RFC 3030
+                size, last = int(cmd.split()[1]), cmd.upper().endswith(" LAST")
+                chunk = rfile.read(size)
+                if not rcpts:
+                    reply("554 5.5.1 Error: no valid recipients")  # the transaction stays open
+                    continue
+                body = getattr(self, "_body", b"") + chunk
+                if not last:
+                    self._body = body
+                    reply(f"250 2.0.0 {size} bytes")
+                    continue
+                self._body = b""
+                if self.drop_after is not None and len(self.messages) + 1 >= self.drop_after:
+                    self.drop_after = None
+                    if self.then_refuse:
+                        self.greeting = "421 4.3.2 shutting down"
+                    return
+                with self.lock:
+                    self.messages.append((mail_from, rcpts, body))
+                mail_from, rcpts = None, []
+                reply("250 2.0.0 queued")
             elif verb == "RSET":
                 mail_from, rcpts = None, []
                 reply("250 ok")

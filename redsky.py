@@ -926,8 +926,18 @@ SQL = {
                      "  AND b.source IN ('verp', 'probe') ORDER BY b.id DESC LIMIT 1) AS bounce"
                      " FROM deliveries d"
                      " JOIN messages m ON m.id = d.message JOIN lists l ON l.id = m.list_id"
-                     " WHERE m.message_id IN (?, ?, ?) AND (? IS NULL OR d.address = ?) ORDER BY "
-                     "m.id, d.address",
+                     " WHERE m.message_id IN (?1, ?2, ?3) AND (?4 IS NULL OR d.address = ?4)"
+                     # a post to the members: those the cursor passed with no row of a failure got it
+                     " UNION ALL SELECT m.id, m.kind, l.name || '@' || l.domain, mb.address, 'sent', 1, '',"
+                     " NULL, 0, (SELECT b.id FROM bounces b WHERE b.list_id = m.list_id AND b.address = mb.address"
+                     "  AND b.message_id = m.message_id AND b.action = 'failed'"
+                     "  AND b.source IN ('verp', 'probe') ORDER BY b.id DESC LIMIT 1)"
+                     " FROM messages m JOIN lists l ON l.id = m.list_id JOIN members mb ON mb.list_id = m.list_id"
+                     " AND mb.status = 'enabled' AND mb.digest = 0 AND mb.subscribed <= m.created"
+                     " AND (m.member_cursor IS NULL OR mb.address <= m.member_cursor)"
+                     " WHERE m.to_members AND m.message_id IN (?1, ?2, ?3) AND (?4 IS NULL OR mb.address = ?4)"
+                     " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+                     "  AND d.address = mb.address COLLATE NOCASE) ORDER BY 1, 4",
     "bounce_by_id": "SELECT received, source, status, cause, diagnostic FROM bounces WHERE id = ?",
     "status_counts": "SELECT"
                      " (SELECT count(*) FROM messages WHERE state = 'queued'),"
@@ -5060,9 +5070,10 @@ class SMTPTransport(Transport):
 
         def advance(pipe):
             """Send the pipeline's next group; False when it has nothing left to send.
-            With CHUNKING a group holds whole transactions, up to about 256 KB."""
+            With CHUNKING a group holds up to 100 per-recipient transactions, about 256 KB."""
             jobs, size = [], 0
-            while not self.down and (not jobs or pipe.chunking and size < 262144):
+            while not self.down and (not jobs or pipe.chunking and pipe.per_recipient and len(jobs) < 100
+                                     and size < 262144):
                 batch = take(pipe)
                 if not batch:
                     break
@@ -5206,7 +5217,11 @@ class Pipeline:
             expect.append(("rset",))
             self.reset = False
         for batch, sender in jobs:
-            parts.append(f"MAIL FROM:<{sender}>{' XVERP' if self.xverp else ''}\r\n".encode()
+            # with CHUNKING transactions follow each other unseen: each starts with RSET, as one
+            # left open (a server may keep it after BDAT found no valid recipient) would take
+            # the next one's RCPTs into it
+            parts.append(b"RSET\r\n" * self.chunking
+                         + f"MAIL FROM:<{sender}>{' XVERP' if self.xverp else ''}\r\n".encode()
                          + b"".join(f"RCPT TO:<{a}>\r\n".encode() for a, _ in batch))
             if self.chunking:
                 message = personal.plain(batch[0][0] if self.per_recipient else None)
@@ -5246,7 +5261,7 @@ class Pipeline:
         self.buf = buf[start:]
         if len(self.buf) > 4096:
             raise SMTPError("reply line too long")
-        needed = sum(len(e[1]) + 2 if e[0] in ("txn", "bdat") else 1 for e in self.expect)
+        needed = sum(len(e[1]) + (2, 3)[e[0] == "bdat"] if e[0] in ("txn", "bdat") else 1 for e in self.expect)
         if len(self.replies) < needed:
             return []
         replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
@@ -5260,6 +5275,8 @@ class Pipeline:
                 accepted = set(entry[2])
                 settled.append(([i for i in entry[1] if i[0] in accepted], final_outcome(code, text)))
             else:
+                if entry[0] == "bdat":
+                    next(replies)                   # RSET's
                 settled += self.settle(entry[0], entry[1], next(replies), [next(replies) for _ in entry[1]],
                                        next(replies))
         return settled
@@ -5269,12 +5286,9 @@ class Pipeline:
         and what the connection owes next: the body, or an RSET when the
         transaction may still be open on the server."""
         if mail[0] != 250:
-            # 503 (a transaction still open): about the connection, never the recipient
-            refused = outcome_of(*mail, "MAIL") if mail[0] != 503 else \
-                Outcome(TEMPORARY, f"MAIL {mail[0]} {mail[1]}")
+            refused = outcome_of(*mail, "MAIL")
             if data[0] == 354:                  # cannot happen with a sane server; end it
                 self.body = (batch, [])
-            self.reset = self.reset or mail[0] == 503
             return [(batch, lambda a: refused)]
         failed = {a: outcome_of(*reply, "RCPT") for (a, _), reply in zip(batch, rcpts)
                   if reply[0] not in (250, 251)}
@@ -5282,7 +5296,6 @@ class Pipeline:
         accepted = [i for i in batch if i[0] not in failed]
         if kind == "bdat":
             settled.append((accepted, final_outcome(*data)))
-            self.reset = self.reset or data[0] != 250
         elif data[0] == 354:
             self.body = (batch, [a for a, _ in accepted])
         else:
@@ -6998,7 +7011,7 @@ def cmd_trace(args, config):
     wanted = args.message_id.strip()
     ids = (wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>")
     events = [dict(r) for r in store.q("events_of", *ids)]
-    deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address, args.address)]
+    deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address)]
     if not events and not deliveries:
         raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
     for d in deliveries:                   # sent, then reported failed to a signed address
@@ -7722,13 +7735,17 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             yield ("FAIL", f"sendmail {path} is not an executable file",
                    "install an MTA or set [send] sendmail")
     elif transport == "smtp":
-        import socket
         host, port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
         try:
-            socket.create_connection((host, port), timeout=3).close()
-            yield "OK", f"SMTP server {host}:{port} answers", ""
-        except OSError as e:
-            yield ("FAIL", f"SMTP server {host}:{port} is unreachable: {e}",
+            conn = SMTPConnection(host, port, 5)
+            conn.close()
+            offers = " ".join(sorted({"PIPELINING", "CHUNKING", "XVERP"} & conn.extensions)) or "none"
+            yield "OK", f"SMTP server {host}:{port} answers (of PIPELINING, CHUNKING, XVERP it offers: {offers})", ""
+            if config.get("send", "verp") == "xverp" and "XVERP" not in conn.extensions:
+                yield ("WARN", f"verp = xverp but {host}:{port} does not offer XVERP: `send` falls back to a"
+                       " transaction per recipient", "use Postfix's smtpd there, or set [send] verp = per-recipient")
+        except SMTPError as e:
+            yield ("FAIL", f"SMTP server {host}:{port} is unreachable or not answering SMTP: {e}",
                    "start the MTA or fix [send] smtp_host/smtp_port")
     else:
         yield ("WARN", f"transport {transport}: nothing is really sent",

@@ -326,3 +326,100 @@ def test_smtp_copies_carry_personal_unsubscribe_addresses(lst):
     found = {m[1][0]: _re.search(rb"List-Unsubscribe: <mailto:([^>]+)>", m[2]).group(1).decode() for m in sink.messages}
     assert len(set(found.values())) == 3
     assert all(_re.fullmatch(r"test-leave\+[0-9a-f]{16}@lists\.example\.org", v) for v in found.values())
+
+
+# Posts to the members, CHUNKING, the one-thread client (issue 19) ---------------
+
+def test_chunking_sends_each_copy_by_bdat_exactly_as_data_would(lst):
+    """With CHUNKING every transaction goes in one pipelined group with its
+    message (BDAT LAST, no dot-stuffing, no wait for 354), and each member
+    gets the same bytes as over DATA: own VERP sender, own List-Unsubscribe."""
+    body = "A line.\n.starts with a dot\n..and two\n.\n"
+    copies = {}
+    for chunking in (False, True):
+        with SMTPSink(chunking=chunking) as sink:
+            smtp_config(lst, sink)
+            lst.queue(post(body=body, subject=f"chunking {chunking}", msgid=f"<chunking-{chunking}@x>"), check=0)
+            lst.run("send", check=0)
+        copies[chunking] = {m[1][0]: (m[0], m[2]) for m in sink.messages}
+    assert sorted(copies[True]) == sorted(MEMBERS)
+    for member in MEMBERS:
+        (sender, data), (plain_sender, plain_data) = copies[True][member], copies[False][member]
+        assert sender == plain_sender == lst.verp(member)
+        assert data.replace(b"chunking-True", b"chunking-False").replace(b"chunking True", b"chunking False") \
+            == plain_data
+        assert b"\r\n.starts with a dot\r\n..and two\r\n.\r\n" in data
+        token = parse(data)["List-Unsubscribe"]
+        assert "test-leave+" in token and token != parse(copies[True][MEMBERS[0]][1])["List-Unsubscribe"] \
+            or member == MEMBERS[0]
+
+
+def test_chunking_a_transaction_left_open_never_takes_the_next_ones_recipient(lst):
+    """A server may keep a transaction open after BDAT found no valid
+    recipient (as the sink does): the next pipelined MAIL would get 503 and
+    its RCPT would join the open transaction, with the wrong VERP sender.
+    Each transaction starts with RSET, so every member gets one copy from
+    their own address, and only the refused one fails."""
+    with SMTPSink({"carol@example.com": "550 5.1.1 no such user"}, chunking=True) as sink:
+        smtp_config(lst, sink)
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    assert sorted((m[1], m[0]) for m in sink.messages) == [
+        (["bob@example.net"], lst.verp("bob@example.net")), (["dave@example.org"], lst.verp("dave@example.org"))]
+    assert {a: r["state"] for a, r in ledger(lst).items()} == {"carol@example.com": "failed"}
+    st = lst.status()
+    assert st["sent"] == 2 and st["failed"] == 1 and st["pending"] == st["deferred"] == 0
+
+
+def test_a_post_goes_to_the_members_enabled_when_send_reaches_them(lst):
+    """No row per member at queue time: who leaves before `send` gets
+    nothing, who joins before it gets the post, a disabled member is skipped,
+    and `status` counts the members still to be reached as pending."""
+    lst.queue(post(), check=0)
+    assert lst.status()["pending"] == 3
+    lst.run("unsubscribe", "test@lists.example.org", "carol@example.com", check=0)
+    lst.run("subscribe", "test@lists.example.org", "erin@example.net", check=0)
+    db = lst.db()
+    with db:
+        db.execute("UPDATE members SET status = 'disabled' WHERE address = 'dave@example.org'")
+    assert lst.status()["pending"] == 2
+    with SMTPSink() as sink:
+        smtp_config(lst, sink)
+        lst.run("send", check=0)
+    assert sorted(m[1][0] for m in sink.messages) == ["bob@example.net", "erin@example.net"]
+    assert lst.status()["sent"] == 2 and lst.status()["pending"] == 0 and ledger(lst) == {}
+    assert [tuple(r) for r in lst.db().execute("SELECT state, member_cursor, sent_count FROM messages")] \
+        == [("done", None, 2)]
+
+
+def test_the_member_cursor_never_passes_a_member_whose_outcome_is_not_in():
+    import redsky
+    progress = redsky.MemberProgress("")
+    progress.taken.extend(["a@x", "b@x", "c@x"])
+    row = lambda address, state: ((state, 0, "", 0, 1, address), None)
+    progress.done["b@x"] = row("b@x", "sent")
+    progress.done["c@x"] = row("c@x", "pending")
+    assert progress.advance() == ([], [], 0, "")                     # a@x still in flight
+    progress.done["a@x"] = row("a@x", "sent")
+    rows, _, sent, cursor = progress.advance()
+    assert sent == 2 and [r[0] for r in rows] == ["pending"] and cursor == "c@x"
+    progress.exhausted = True
+    assert progress.advance()[3] is None                               # every member done
+
+
+def test_smtp_send_keeps_memory_flat_and_one_row_per_failure_only(lst):
+    """A thousand members over CHUNKING: every one delivered once, the
+    ledger holds the one failure and the deferral only."""
+    db = lst.db()
+    with db:
+        db.executemany("INSERT INTO members (list_id, address, subscribed) VALUES (1, ?, 0)",
+                       [(f"m{i:04}@example.net",) for i in range(1000)])
+    replies = {"m0500@example.net": "550 5.1.1 gone", "m0700@example.net": "451 4.3.0 try later"}
+    with SMTPSink(replies, chunking=True) as sink:
+        smtp_config(lst, sink, smtp_connections="3")
+        lst.queue(post(), check=0)
+        lst.run("send", check=0)
+    got = [m[1][0] for m in sink.messages]
+    assert len(got) == len(set(got)) == 1003 - 2 and sink.connections == 3
+    assert {a: r["state"] for a, r in ledger(lst).items()} == {"m0500@example.net": "failed",
+                                                                 "m0700@example.net": "pending"}

@@ -589,6 +589,7 @@ CREATE TABLE members (
     last_warning REAL,
     subscribed   REAL NOT NULL,
     digest       INTEGER NOT NULL DEFAULT 0,    -- 1: gets digests instead of single posts
+    digest_changed REAL NOT NULL DEFAULT 0,     -- when digest last changed (see messages.to_members)
     name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
@@ -618,8 +619,9 @@ CREATE TABLE messages (
     failed_count INTEGER NOT NULL DEFAULT 0,
     expired_count INTEGER NOT NULL DEFAULT 0,
     -- a post to the list's members (to_members = 1) has no row per member: `send`
-    -- reads the members enabled for single posts as it reaches them, in address
-    -- order, and member_cursor is the last one done ('' none yet, NULL all done).
+    -- reads the members it was for as it reaches them, in address order (AUDIENCE:
+    -- subscribed before it, still enabled, taking single posts then), and
+    -- member_cursor is the last one done ('' none yet, NULL all done).
     -- Only failures and deferrals get deliveries rows; sent_count counts the rest.
     to_members INTEGER NOT NULL DEFAULT 0,
     member_cursor TEXT
@@ -768,8 +770,13 @@ CREATE TABLE failures (
 
 SCHEMA_VERSION = 5
 # SQL: post m to the members has reached member ?2 (or ?3 where so numbered); see messages.member_cursor
+# SQL: member mb is a recipient of post m (queued at m.created): subscribed by then, enabled, and taking
+# single posts then (a member who took digests then finds the post in the digest backlog)
+AUDIENCE = ("mb.status = 'enabled' AND mb.subscribed <= {created}"
+            " AND (mb.digest = 0) = (mb.digest_changed <= {created})")
 REACHED_MEMBER = ("m.to_members AND (m.member_cursor IS NULL OR {a} <= m.member_cursor COLLATE NOCASE)"
-                  " AND EXISTS (SELECT 1 FROM members mb WHERE mb.list_id = m.list_id AND mb.address = {a})")
+                  " AND EXISTS (SELECT 1 FROM members mb WHERE mb.list_id = m.list_id AND mb.address = {a}"
+                  " AND " + AUDIENCE.format(created="m.created") + ")")
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
                 " archive_url, digest_format, digest_size_threshold, digest_interval, "
@@ -795,10 +802,10 @@ SQL = {
                 " coalesce(sum(status = 'enabled' AND digest = 1), 0) FROM members WHERE list_id = ?",
     "member_status": "SELECT status FROM members WHERE list_id = ? AND address = ?",
     # the members a post to the list goes to, read by `send` in chunks after its cursor
-    "member_stream": "SELECT address FROM members WHERE list_id = ? AND status = 'enabled' AND digest = 0"
-                     " AND address > ? ORDER BY address LIMIT ?",
-    "member_stream_count": "SELECT count(*) FROM members WHERE list_id = ? AND status = 'enabled'"
-                           " AND digest = 0 AND address > ?",
+    "member_stream": "SELECT address FROM members mb WHERE list_id = ?1 AND " + AUDIENCE.format(created="?2")
+                     + " AND address > ?3 ORDER BY address LIMIT ?4",
+    "member_stream_count": "SELECT count(*) FROM members mb WHERE list_id = ?1 AND "
+                           + AUDIENCE.format(created="?2") + " AND address > ?3",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
     # moving in and out (import, export) and personal data (whois, forget: ?1 address, ?2 %address%)
     "import_member": "INSERT OR IGNORE INTO members (list_id, address, name, status, digest, bounce_score,"
@@ -850,7 +857,8 @@ SQL = {
     "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
                 "warnings = 0,"
                 " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
-    "set_digest": "UPDATE members SET digest = ? WHERE list_id = ? AND address = ?",
+    "set_digest": "UPDATE members SET digest = ?, digest_changed = (julianday('now') - 2440587.5) * 86400"
+                  " WHERE list_id = ? AND address = ?",
     "member_digest": "SELECT address, digest FROM members WHERE list_id = ? AND address = ?",
     "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? "
                            "AND address = ?",
@@ -871,8 +879,8 @@ SQL = {
     "acl_add": "INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)",
     "acl_del": "DELETE FROM acl WHERE list_id = ? AND pattern = ?",
     # messages and the delivery ledger
-    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created, sender, to_members,"
-                   " member_cursor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN '' END)",
+    "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created, sender,"
+                   " to_members, member_cursor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN '' END)",
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
     "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, m.sender, m.member_cursor,"
@@ -929,13 +937,15 @@ SQL = {
                      " WHERE m.message_id IN (?1, ?2, ?3) AND (?4 IS NULL OR d.address = ?4)"
                      # a post to the members: those the cursor passed with no row of a failure got it
                      " UNION ALL SELECT m.id, m.kind, l.name || '@' || l.domain, mb.address, 'sent', 1, '',"
-                     " NULL, 0, (SELECT b.id FROM bounces b WHERE b.list_id = m.list_id AND b.address = mb.address"
-                     "  AND b.message_id = m.message_id AND b.action = 'failed'"
+                     " NULL, 0, (SELECT b.id FROM bounces b WHERE b.list_id = m.list_id"
+                     "  AND b.address = mb.address AND b.message_id = m.message_id AND b.action = 'failed'"
                      "  AND b.source IN ('verp', 'probe') ORDER BY b.id DESC LIMIT 1)"
-                     " FROM messages m JOIN lists l ON l.id = m.list_id JOIN members mb ON mb.list_id = m.list_id"
-                     " AND mb.status = 'enabled' AND mb.digest = 0 AND mb.subscribed <= m.created"
+                     " FROM messages m JOIN lists l ON l.id = m.list_id"
+                     " JOIN members mb ON mb.list_id = m.list_id"
+                     " AND " + AUDIENCE.format(created="m.created") +
                      " AND (m.member_cursor IS NULL OR mb.address <= m.member_cursor)"
-                     " WHERE m.to_members AND m.message_id IN (?1, ?2, ?3) AND (?4 IS NULL OR mb.address = ?4)"
+                     " WHERE m.to_members AND m.message_id IN (?1, ?2, ?3)"
+                     " AND (?4 IS NULL OR mb.address = ?4)"
                      " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
                      "  AND d.address = mb.address COLLATE NOCASE) ORDER BY 1, 4",
     "bounce_by_id": "SELECT received, source, status, cause, diagnostic FROM bounces WHERE id = ?",
@@ -943,7 +953,7 @@ SQL = {
                      " (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0)"
                      "  + (SELECT count(*) FROM messages m JOIN members mb ON mb.list_id = m.list_id"
-                     "     WHERE m.member_cursor IS NOT NULL AND mb.status = 'enabled' AND mb.digest = 0"
+                     "     WHERE m.member_cursor IS NOT NULL AND " + AUDIENCE.format(created="m.created") +
                      "     AND mb.address > m.member_cursor),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts > 0),"
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
@@ -968,8 +978,9 @@ SQL = {
     "last_delivered": "SELECT message_id FROM (SELECT m.message_id, d.updated AS t FROM deliveries d"
                       " JOIN messages m ON m.id = d.message WHERE m.list_id = ?1 AND d.address = ?2"
                       " AND d.state = 'sent' AND m.kind = 'post' UNION ALL SELECT m.message_id, m.created"
-                      " FROM messages m WHERE m.list_id = ?1 AND " + REACHED_MEMBER.format(a="?2") + " AND NOT EXISTS"
-                      " (SELECT 1 FROM deliveries d WHERE d.message = m.id AND d.address = ?2 COLLATE NOCASE))"
+                      " FROM messages m WHERE m.list_id = ?1 AND " + REACHED_MEMBER.format(a="?2")
+                      + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+                      " AND d.address = ?2 COLLATE NOCASE))"
                       " ORDER BY t DESC LIMIT 1",
     "disable_member": "UPDATE members SET status = 'disabled', disabled_reason = 'feedback', disabled_at = ?"
                       " WHERE list_id = ? AND address = ?",
@@ -1343,7 +1354,8 @@ class Outbox:
         """``recipients``: addresses, or ListMembers (no row per member)."""
         if recipients:
             self.items.append((list_id, kind, message_id, data,
-                               recipients if isinstance(recipients, ListMembers) else list(recipients), sender))
+                               recipients if isinstance(recipients, ListMembers) else list(recipients),
+                               sender))
 
     def commit(self, store, spool, change=None):
         if self.dry_run:
@@ -1391,7 +1403,7 @@ class ListMembers:
         return self.count
 
     def __iter__(self):
-        return (address for address, _ in member_stream(self.store, self.list_id, ""))
+        return (address for address, _ in member_stream(self.store, self.list_id, time.time(), ""))
 
 
 class MemberLookup:
@@ -1404,13 +1416,13 @@ class MemberLookup:
         return self.store.q("member_status", self.list_id, address).fetchone() is not None
 
 
-def member_stream(store, list_id, after, chunk=1000):
+def member_stream(store, list_id, created, after, chunk=1000):
     """(address, None) of the list's members enabled for single posts whose
     address sorts after ``after``, in address order, read in chunks (keyset
     pagination: memory stays flat however long the list).  None: the
     attempts of a recipient with no deliveries row yet."""
     while True:
-        cursor = store.q("member_stream", list_id, after, chunk)
+        cursor = store.q("member_stream", list_id, created, after, chunk)
         cursor.row_factory = None
         rows = cursor.fetchall()
         for (address,) in rows:
@@ -5053,8 +5065,7 @@ class SMTPTransport(Transport):
             log.warning("%s:%d does not offer XVERP: sending per recipient, as verp = per-recipient does",
                         self.host, self.port)
             self.warned_xverp = True
-        return Pipeline(conn, per_recipient=self.verp == "per-recipient" or (self.verp == "xverp" and not xverp),
-                        xverp=xverp)
+        return Pipeline(conn, self.verp == "per-recipient" or (self.verp == "xverp" and not xverp), xverp)
 
     def send(self, list_row, data, recipients, record, expected=0):
         import selectors
@@ -5261,7 +5272,8 @@ class Pipeline:
         self.buf = buf[start:]
         if len(self.buf) > 4096:
             raise SMTPError("reply line too long")
-        needed = sum(len(e[1]) + (2, 3)[e[0] == "bdat"] if e[0] in ("txn", "bdat") else 1 for e in self.expect)
+        needed = sum(len(e[1]) + (3 if e[0] == "bdat" else 2) if e[0] in ("txn", "bdat") else 1
+                     for e in self.expect)
         if len(self.replies) < needed:
             return []
         replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
@@ -5832,9 +5844,10 @@ def queuerunner(ctx):
             due = ctx.store.q("due_count", post["id"], ctx.now).fetchone()[0]
             recipients = due_recipients(ctx.store, post["id"], ctx.now)
             if post["member_cursor"] is not None:       # then the members not reached yet
-                due += ctx.store.q("member_stream_count", post["list_id"], post["member_cursor"]).fetchone()[0]
+                due += ctx.store.q("member_stream_count", post["list_id"], post["created"],
+                                   post["member_cursor"]).fetchone()[0]
                 recipients = itertools.chain(recipients, ledger.members(
-                    post, member_stream(ctx.store, post["list_id"], post["member_cursor"])))
+                    post, member_stream(ctx.store, post["list_id"], post["created"], post["member_cursor"])))
             def record(address, attempts, outcome, post=post):
                 ledger.record(post, address, attempts, outcome)
             if post["sender"]:                  # a probe goes out from its own signed address
@@ -7740,10 +7753,11 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             conn = SMTPConnection(host, port, 5)
             conn.close()
             offers = " ".join(sorted({"PIPELINING", "CHUNKING", "XVERP"} & conn.extensions)) or "none"
-            yield "OK", f"SMTP server {host}:{port} answers (of PIPELINING, CHUNKING, XVERP it offers: {offers})", ""
+            yield "OK", f"SMTP server {host}:{port} answers (it offers {offers})", ""
             if config.get("send", "verp") == "xverp" and "XVERP" not in conn.extensions:
                 yield ("WARN", f"verp = xverp but {host}:{port} does not offer XVERP: `send` falls back to a"
-                       " transaction per recipient", "use Postfix's smtpd there, or set [send] verp = per-recipient")
+                       " transaction per recipient",
+                       "use Postfix's smtpd there, or set [send] verp = per-recipient")
         except SMTPError as e:
             yield ("FAIL", f"SMTP server {host}:{port} is unreachable or not answering SMTP: {e}",
                    "start the MTA or fix [send] smtp_host/smtp_port")

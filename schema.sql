@@ -51,6 +51,7 @@ CREATE TABLE members (
     last_warning REAL,
     subscribed   REAL NOT NULL,
     digest       INTEGER NOT NULL DEFAULT 0,    -- 1: gets digests instead of single posts
+    digest_changed REAL NOT NULL DEFAULT 0,     -- when digest last changed (see messages.to_members)
     name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
@@ -80,8 +81,9 @@ CREATE TABLE messages (
     failed_count INTEGER NOT NULL DEFAULT 0,
     expired_count INTEGER NOT NULL DEFAULT 0,
     -- a post to the list's members (to_members = 1) has no row per member: `send`
-    -- reads the members enabled for single posts as it reaches them, in address
-    -- order, and member_cursor is the last one done ('' none yet, NULL all done).
+    -- reads the members it was for as it reaches them, in address order (AUDIENCE:
+    -- subscribed before it, still enabled, taking single posts then), and
+    -- member_cursor is the last one done ('' none yet, NULL all done).
     -- Only failures and deferrals get deliveries rows; sent_count counts the rest.
     to_members INTEGER NOT NULL DEFAULT 0,
     member_cursor TEXT

@@ -205,3 +205,19 @@ def post(subject="Hello", body="Hello list.\n", sender="alice@example.org", extr
     text = (f"From: Alice <{sender}>\nTo: {to}\nSubject: {subject}\nMessage-ID: {msgid}\n"
             f"Date: Wed, 25 Nov 2026 10:00:00 +0000\n{extra}")
     return (text + "\n" + body).encode()
+
+
+def ledger_view(db):
+    """[(address, state)] of every queued recipient, sorted: the deliveries
+    rows, and for a post to the members (no row per member) each member it
+    is for, "pending" until the post's cursor passes them, then "sent"."""
+    rows = db.execute("SELECT message, address, state FROM deliveries").fetchall()
+    view = [(address, state) for _, address, state in rows]
+    for post, cursor, created in db.execute("SELECT id, member_cursor, created FROM messages WHERE to_members"):
+        have = {address.lower() for message, address, _ in rows if message == post}
+        for (address,) in db.execute("SELECT address FROM members WHERE status = 'enabled' AND subscribed <= ?"
+                                     " AND (digest = 0) = (digest_changed <= ?)", (created, created)):
+            if address.lower() not in have:
+                reached = cursor is None or address.lower() <= cursor.lower()
+                view.append((address, "sent" if reached else "pending"))
+    return sorted(view)

@@ -17,6 +17,7 @@ from email import policy
 import pytest
 
 import postfix as pf
+from conftest import ledger_view
 
 LIST = f"team@{pf.LISTS}"
 MEMBERS = (f"ann@{pf.USERS}", f"ben@{pf.USERS}")
@@ -44,7 +45,7 @@ def bare():
 @pytest.fixture(scope="session")
 def mta():
     require_postfix()
-    from conftest import fake_dns
+    from conftest import ledger_view, fake_dns
     instance = pf.PrivatePostfix(nameserver=fake_dns().address)
     try:
         yield instance
@@ -73,8 +74,7 @@ def parse(data):
 
 
 def ledger(mta):
-    db = sqlite3.connect(mta.home / "redsky.db")
-    return db.execute("SELECT address, state FROM deliveries ORDER BY address").fetchall()
+    return ledger_view(sqlite3.connect(mta.home / "redsky.db"))
 
 
 def test_post_by_sendmail_reaches_queue_and_every_member(pfx):

@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import parse, post
+from conftest import ledger_view, parse, post
 from redsky import RawMessage
 
 MEMBERS = ("bob@example.net", "carol@example.com", "alice@example.org")
@@ -19,8 +19,7 @@ def spooled(rs):
 
 def test_post_is_queued_for_every_enabled_member(lst):
     lst.queue(post(), check=0)
-    rows = lst.db().execute("SELECT address, state FROM deliveries ORDER BY address").fetchall()
-    assert [tuple(r) for r in rows] == [(a, "pending") for a in sorted(MEMBERS)]
+    assert ledger_view(lst.db()) == [(a, "pending") for a in sorted(MEMBERS)]
     assert lst.status()["pending"] == 3
 
 
@@ -257,7 +256,7 @@ def test_disabled_members_get_nothing(lst):
     with lst.db() as db:
         db.execute("UPDATE members SET status = 'disabled' WHERE address = 'bob@example.net'")
     lst.queue(post(), check=0)
-    rows = [r[0] for r in lst.db().execute("SELECT address FROM deliveries")]
+    rows = [address for address, _ in ledger_view(lst.db())]
     assert "bob@example.net" not in rows and len(rows) == 2
 
 

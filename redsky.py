@@ -2218,20 +2218,15 @@ def verp_encode(list_row, recipient):
 def verp_signer(list_row):
     """verp_encode for one list as a function of the recipient, the HMAC
     key and the list already absorbed (`send` signs every recipient)."""
-    import hashlib
-    import hmac
     key = list_row.get("verp_key") if hasattr(list_row, "get") else None
     head, tail = f"{list_row['name']}-bounces+", f"@{list_row['domain']}"
-    mac = key and hmac.new(key.encode(), f"{list_row['name']}@{list_row['domain']}|".lower().encode(),
-                           hashlib.sha256)
+    mac = key and hmac_after(key, f"{list_row['name']}@{list_row['domain']}|".lower())
 
     def sign(recipient):
         local, _, domain = recipient.rpartition("@")
         if not mac:
             return f"{head}{local}={domain}{tail}"
-        m = mac.copy()
-        m.update(recipient.lower().encode("utf-8"))
-        return f"{head}{m.hexdigest()[:8]}+{local}={domain}{tail}"
+        return f"{head}{mac(recipient.lower())[:8]}+{local}={domain}{tail}"
     return sign
 
 
@@ -2264,22 +2259,36 @@ def _verp_address(extension):
     return f"{local}@{domain}" if sep and local and domain else None
 
 
-def leave_mac(key, list_row):
-    """The HMAC-SHA256 of the leave tokens of one list with the key and the
-    list already absorbed: copy it, add a member's address (leave_token)."""
+def hmac_after(key, prefix):
+    """HMAC-SHA256 (RFC 2104) with ``key`` of ``prefix`` + a message, as a
+    function of the message returning hex digits: the padded key and the
+    prefix are hashed once, each call copies two hash states (`send` signs
+    every recipient twice)."""
     import hashlib
-    import hmac
-    return hmac.new(key.encode(), f"leave|{list_row['name']}@{list_row['domain']}|".lower().encode(),
-                    hashlib.sha256)
+    key = key.encode("utf-8")
+    key = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    inner, outer = hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    inner.update(prefix.encode("utf-8"))
+
+    def digest(message):
+        i, o = inner.copy(), outer.copy()
+        i.update(message.encode("utf-8"))
+        o.update(i.digest())
+        return o.hexdigest()
+    return digest
+
+
+def leave_mac(key, list_row):
+    """The HMAC of the leave tokens of one list (hmac_after), the key and the
+    list already absorbed: give it a member's address (leave_token)."""
+    return hmac_after(key, f"leave|{list_row['name']}@{list_row['domain']}|".lower())
 
 
 def leave_token(key, list_row, address, mac=None):
     """16 hex digits of HMAC-SHA256: the member's own one-click
     unsubscribe address LIST-leave+TOKEN@DOMAIN.  Unguessable, bound to
     list and member, needs no storage.  ``mac``: leave_mac's, to reuse."""
-    mac = (mac or leave_mac(key, list_row)).copy()
-    mac.update(address.lower().encode("utf-8"))
-    return mac.hexdigest()[:16]
+    return (mac or leave_mac(key, list_row))(address.lower())[:16]
 
 
 class Personalizer:
@@ -4809,6 +4818,8 @@ class Outcome:
 
 def outcome_of(code, text, stage):
     """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace").strip()
     return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
 
 
@@ -5210,6 +5221,7 @@ class Pipeline:
         self.chunking = "CHUNKING" in conn.extensions
         self.buf, self.lines, self.replies = b"", [], []
         self.expect = []        # ("end", batch, accepted) / ("rset",) / ("txn" | "bdat", batch)
+        self.needed = 0         # the replies they take
         self.body = None        # (batch, accepted addresses) whose message goes next
         self.reset = False
         self.deadline = 0.0
@@ -5244,6 +5256,8 @@ class Pipeline:
         if not parts:
             return False
         self.expect = expect
+        self.needed = sum(len(e[1]) + (3 if e[0] == "bdat" else 2) if e[0] in ("txn", "bdat") else 1
+                          for e in expect)
         self.conn.sock.sendall(b"".join(parts))
         self.deadline = time.monotonic() + self.conn.sock.gettimeout()
         return True
@@ -5257,24 +5271,21 @@ class Pipeline:
         chunk = self.conn.sock.recv(65536)
         if not chunk:
             raise SMTPError("connection closed by the server")
-        buf, start = self.buf + chunk if self.buf else chunk, 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line, start = buf[start:end + 1], end + 1
-            self.lines.append(line[4:].strip())
-            if line[3:4] != b"-":
-                if not line[:3].isdigit():
-                    raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
-                self.replies.append((int(line[:3]), b"\n".join(self.lines).decode("utf-8", "replace")))
-                self.lines = []
-        self.buf = buf[start:]
+        lines = (self.buf + chunk if self.buf else chunk).split(b"\n")
+        self.buf = lines.pop()                  # an unfinished line, if any
         if len(self.buf) > 4096:
             raise SMTPError("reply line too long")
-        needed = sum(len(e[1]) + (3 if e[0] == "bdat" else 2) if e[0] in ("txn", "bdat") else 1
-                     for e in self.expect)
-        if len(self.replies) < needed:
+        for line in lines:
+            if line[3:4] == b"-":               # a multi-line reply goes on
+                self.lines.append(line[4:].strip())
+                continue
+            if not line[:3].isdigit():
+                raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
+            if self.lines:
+                self.lines.append(line[4:].strip())
+                line, self.lines = line[:4] + b"\n".join(self.lines), []
+            self.replies.append((int(line[:3]), line[4:]))        # the text stays bytes until needed
+        if len(self.replies) < self.needed:
             return []
         replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
         self.settled += 1
@@ -5318,7 +5329,8 @@ class Pipeline:
 
 def final_outcome(code, text):
     """The outcome of the reply to a message's end (DATA's dot or BDAT LAST), for every address."""
-    done = Outcome(SENT, f"250 {text}"[:300]) if code == 250 else outcome_of(code, text, "DATA")
+    done = Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300]) if code == 250 else \
+        outcome_of(code, text, "DATA")
     return lambda address: done
 
 

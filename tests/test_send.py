@@ -423,3 +423,13 @@ def test_smtp_send_keeps_memory_flat_and_one_row_per_failure_only(lst):
     assert len(got) == len(set(got)) == 1003 - 2 and sink.connections == 3
     assert {a: r["state"] for a, r in ledger(lst).items()} == {"m0500@example.net": "failed",
                                                                  "m0700@example.net": "pending"}
+
+
+@pytest.mark.parametrize("key", ["k", "x" * 64, "y" * 65, "é" * 40])
+def test_the_precomputed_hmac_is_rfc_2104_hmac_sha256(key):
+    import hashlib
+    import hmac
+    import redsky
+    for message in ("", "bob@example.net", "ünï@example.net"):
+        expected = hmac.new(key.encode(), ("list@x|" + message).encode(), hashlib.sha256).hexdigest()
+        assert redsky.hmac_after(key, "list@x|")(message) == expected

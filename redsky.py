@@ -5092,9 +5092,10 @@ class SMTPTransport(Transport):
 
         def advance(pipe):
             """Send the pipeline's next group; False when it has nothing left to send.
-            With CHUNKING a group holds up to 100 per-recipient transactions, about 256 KB."""
+            With CHUNKING a group holds up to 50 per-recipient transactions, about 256 KB: what
+            a killed run can repeat grows with it (README)."""
             jobs, size = [], 0
-            while not self.down and (not jobs or pipe.chunking and pipe.per_recipient and len(jobs) < 100
+            while not self.down and (not jobs or pipe.chunking and pipe.per_recipient and len(jobs) < 50
                                      and size < 262144):
                 batch = take(pipe)
                 if not batch:
@@ -5159,9 +5160,12 @@ class SMTPTransport(Transport):
             for _ in range(max(1, min(self.connections, expected // 200 + 1))):
                 start()
             while pipes:
-                wait = min(p.deadline for p in pipes) - time.monotonic()
-                for key, _ in selector.select(max(0.0, wait)):
-                    pipe = key.data
+                if len(pipes) == 1:         # one connection: a blocking read (with the timeout) saves a poll
+                    ready = pipes[:]
+                else:
+                    wait = min(p.deadline for p in pipes) - time.monotonic()
+                    ready = [key.data for key, _ in selector.select(max(0.0, wait))]
+                for pipe in ready:
                     try:
                         for batch, outcome in pipe.receive():
                             for address, attempts in batch:
@@ -5278,6 +5282,8 @@ class Pipeline:
         for line in lines:
             if line[3:4] == b"-":               # a multi-line reply goes on
                 self.lines.append(line[4:].strip())
+                if len(self.lines) > 100:
+                    raise SMTPError("a reply of more than 100 lines")
                 continue
             if not line[:3].isdigit():
                 raise SMTPError(f"not an SMTP reply: {line[:80]!r}")

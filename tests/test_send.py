@@ -279,9 +279,16 @@ def test_xverp_without_server_support_falls_back_to_per_recipient(lst):
     with SMTPSink() as sink:
         smtp_config(lst, sink, verp="xverp")
         lst.queue(post(), check=0)
-        lst.run("send", check=0)
+        r = lst.run("send", check=0)
+        doctor = lst.run("doctor").out
     assert sorted(m[0] for m in sink.messages) == sorted(lst.verp(a) for a in MEMBERS)
     assert set(sink.mail_params) == {""}
+    assert r.err.count("does not offer XVERP: sending per recipient") == 1          # warned once a run
+    assert any(line.startswith("WARN") and "does not offer XVERP" in line for line in doctor.splitlines())
+    with SMTPSink(xverp=True, chunking=True) as sink:
+        smtp_config(lst, sink, verp="xverp")
+        doctor = lst.run("doctor").out
+    assert "does not offer XVERP" not in doctor and "it offers CHUNKING PIPELINING XVERP" in doctor
 
 
 def test_verp_off_batches_with_plain_bounce_address(lst):

@@ -149,6 +149,21 @@ def test_usage_errors_exit_64_in_one_line(rs):
         assert r.err.startswith("redsky: ") and r.err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["queue", "--recipient", "l@x", "--sender", ""], ["-c", "queue", "send"], ["--config", "x.ini", "-v", "lists"],
+    ["subscribe", "l@x", "-", "a@b"], ["import", "mlmmj", "/d", "--config", "c"], ["set", "l@x", "footer", "f"]])
+def test_the_parser_built_for_one_command_parses_as_the_whole_one(argv):
+    """main() builds only the subparser of the command named (the MTA runs
+    `queue` per message); what it parses must not differ."""
+    import redsky
+    wanted = redsky.command_named(argv)
+    assert wanted == next(w for w in argv[argv.index(wanted):] if not w.startswith("-"))
+    whole, one = redsky.make_parser().parse_args(argv), redsky.make_parser(wanted).parse_args(argv)
+    assert vars(whole) == vars(one)
+    assert len(redsky.make_parser(wanted)._subparsers._group_actions[0].choices) == 1
+    assert len(redsky.make_parser("no-such-command")._subparsers._group_actions[0].choices) >= 27
+
+
 def test_help_lists_every_command_and_each_has_its_own_help():
     """--help names every command with its summary (a line of its own), the
     module docstring shows each, and COMMAND --help works for each."""

@@ -3908,8 +3908,8 @@ def addfooter(ctx):
 
 @chain_filter("message", needs=("getsubscribers",))
 def queuer(ctx):
-    """Store the post: the final message in a spool file (atomic), then one
-    messages row and one deliveries row per recipient in one transaction.
+    """Store the post: the final message in a spool file (atomic), then its
+    messages row (no row per member: ListMembers) in one transaction.
     Only after the commit is the post accepted; any failure → try later (75)
     with nothing half-written left behind.  Notices other filters left in
     ctx.outbox go in the same transaction.  When members take digests, the
@@ -3943,13 +3943,18 @@ def queuer(ctx):
 
 def finish_post(ctx):
     """Give the post its distributed form: list headers replaced, trace
-    headers of the incoming hop removed, a Message-ID if it had none."""
+    headers of the incoming hop removed, a Message-ID and a Date (RFC 5322
+    3.6 requires one) if it had none."""
     msg = ctx.msg
     msg.remove(*REPLACED_HEADERS)
     if not ctx.message_id:
         from email.utils import make_msgid
         ctx.message_id = make_msgid(domain=ctx.list["domain"])
         msg.append("Message-ID", ctx.message_id)
+    if not msg.get("Date", "").strip():
+        from email.utils import formatdate
+        msg.remove("Date")
+        msg.append("Date", formatdate(localtime=True))
     for name, value in list_headers(ctx.list):
         msg.append(name, value)
     return bytes(msg)
@@ -5772,7 +5777,10 @@ def build_digest(list_row, posts, volume, issue, problems=None):
             for field in ("Date", "From", "Subject", "To", "Cc", "Message-ID"):
                 if msg.get(field):
                     chunks.append(f"{field}: {one_line(decode_header_text(msg.get(field)), 900)}\n")
-            body = re.sub(r"(?m)^(-{30})$", r" \1", text_of(data, problems))   # RFC 1153: no lookalikes
+            body = text_of(data, problems).rstrip()
+            if footer and body.endswith(footer.strip()):            # the footer comes once, at the end
+                body = body[:-len(footer.strip())].rstrip()
+            body = re.sub(r"(?m)^(-{30})$", r" \1", body)          # RFC 1153: no separator lookalikes
             chunks += ["\n", body.rstrip("\n"), "\n\n", "-" * 30, "\n\n"]
         if footer:
             chunks += [footer.rstrip("\n"), "\n\n", "-" * 30, "\n\n"]
@@ -8288,7 +8296,16 @@ def main(argv=None):
             become_list_user(config)
         setup_logging(config, args.verbose)
         load_plugins(config)
-        return args.func(args, config)
+        code = args.func(args, config)
+        sys.stdout.flush()                          # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError as e:
+        if queue:                                   # the MTA keeps the message and retries
+            report(f"{args.command}: {e}")
+            return EX_TEMPFAIL
+        # `redsky.py members LIST | head`: the reader has gone, as it meant to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13                             # as a shell reports a program ended by SIGPIPE
     except InsecureFile as e:
         if args.command == "doctor":                # doctor's own words for it
             print(f"FAIL  {str(e).split('; fix: ')[0]}\n      fix: {e.fix}")

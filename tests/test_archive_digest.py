@@ -350,3 +350,20 @@ def test_a_hostile_envelope_sender_cannot_break_the_mbox(team):
     box = mailbox.mbox(str(team.home / "archive" / "test@lists.example.org.mbox"))
     assert [m["Subject"] for m in box] == ["first", "second"]
     assert all(m.get_from().startswith("MAILER-DAEMON ") for m in box)
+
+
+def test_plain_digest_has_the_footer_once_at_the_end(team):
+    """Each post carries the footer as distributed; the RFC 1153 digest shows it once, at the end."""
+    team.run("set", LIST, "footer", "Unsubscribe: $unsubscribe", check=0)
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.run("set", LIST, "digest_format", "plain", check=0)
+    team.run("set", LIST, "digest_interval", "1s", check=0)
+    for n in range(3):
+        team.queue(post(subject=f"footer {n}", body=f"Post number {n}.\n"), check=0)
+    import time
+    time.sleep(1.1)
+    team.run("send", check=0)
+    (digest,) = digests(team, "dana@example.net")
+    text = digest.get_content()
+    assert text.count("Unsubscribe: ") == 1 and all(f"Post number {n}." in text for n in range(3))
+    assert text.index("Unsubscribe: ") > text.index("Post number 2.")

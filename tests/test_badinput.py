@@ -122,3 +122,19 @@ def test_base64_text_part_gets_footer_in_base64(lst):
     deliver(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert parse(sent).get_content() == text + "-- \nList footer é\n"
+
+
+def test_a_closed_pipe_ends_a_command_quietly(lst):
+    """`redsky.py members LIST | head -1`: the reader goes away; no traceback, no internal error."""
+    import shlex
+    import subprocess
+    from conftest import REDSKY_MAIN
+    db = lst.db()
+    with db:
+        db.executemany("INSERT INTO members (list_id, address, subscribed) VALUES (1, ?, 0)",
+                       [(f"m{i:05}@example.net",) for i in range(5000)])
+    cmd = shlex.join([*REDSKY_MAIN, "-c", str(lst.config), "members", "test@lists.example.org"])
+    r = subprocess.run(f"{cmd} | head -1", shell=True, capture_output=True, text=True)
+    assert r.stdout.count("\n") == 1 and r.stderr == "", r.stderr
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -1"], capture_output=True, text=True)
+    assert r.returncode == 141 and r.stderr == ""

@@ -329,3 +329,19 @@ def test_a_store_error_in_a_filter_is_try_later(lst):
     (lst.home / "spool").write_text("not a directory")
     r = lst.queue(post())
     assert r.returncode == 75 and "try-later" in r.err and "cannot write spool file" in r.err
+
+
+def test_a_post_without_date_gets_one(lst):
+    """RFC 5322 3.6 requires Date: a post without one gets the time it was queued."""
+    from email.utils import parsedate_to_datetime
+    import time
+    data = post(subject="no date").replace(b"Date: Wed, 25 Nov 2026 10:00:00 +0000\n", b"")
+    assert b"Date:" not in data
+    before = time.time()
+    lst.queue(data, check=0)
+    (queued,) = spooled(lst)
+    dates = [line for line in queued.split(b"\n\n")[0].split(b"\n") if line.startswith(b"Date:")]
+    assert len(dates) == 1
+    assert abs(parsedate_to_datetime(dates[0][5:].decode().strip()).timestamp() - before) < 60
+    lst.queue(post(subject="dated"), check=0)
+    assert spooled(lst)[1].count(b"Date: Wed, 25 Nov 2026 10:00:00 +0000") == 1     # a Date is kept as it is

@@ -4179,7 +4179,7 @@ class Requests:
         return self.store.list_by_address(f"{local}@{address.rpartition('@')[2]}") is not None
 
     def is_member(self, address):
-        return address.lower() in {a.lower() for a in member_addresses(self.store, self.list["id"])}
+        return address in MemberLookup(self.store, self.list["id"])
 
     def rate_limited(self, address, action):
         """A repeated request is answered once, then ignored; at most

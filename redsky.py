@@ -593,6 +593,8 @@ CREATE TABLE members (
     name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
+-- `queue` counts a post's audience from this index alone (getsubscribers)
+CREATE INDEX members_audience ON members (list_id, status, digest);
 
 -- Who may post to a list whose access is 'acl': addresses or *@domain patterns.
 CREATE TABLE acl (
@@ -795,11 +797,11 @@ SQL = {
     "delete_list": "DELETE FROM lists WHERE id = ?",
     "set_last_reminder": "UPDATE lists SET last_reminder = ? WHERE id = ?",
     "set_last_policy_alert": "UPDATE lists SET last_policy_alert = ? WHERE id = ?",
-    "members": "SELECT address, status, bounce_score, digest FROM members WHERE list_id = ? ORDER BY address",
+    "members": "SELECT address, status, bounce_score, digest, name FROM members WHERE list_id = ?"
+               " ORDER BY address",
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
-    # getsubscribers: (all, enabled for single posts, enabled for digests) without loading them
-    "audience": "SELECT count(*), coalesce(sum(status = 'enabled' AND digest = 0), 0),"
-                " coalesce(sum(status = 'enabled' AND digest = 1), 0) FROM members WHERE list_id = ?",
+    # getsubscribers: how many members by status and digest, without loading them (members_audience)
+    "audience": "SELECT status, digest, count(*) FROM members WHERE list_id = ? GROUP BY status, digest",
     "member_status": "SELECT status FROM members WHERE list_id = ? AND address = ?",
     # the members a post to the list goes to, read by `send` in chunks after its cursor
     "member_stream": "SELECT address FROM members mb WHERE list_id = ?1 AND " + AUDIENCE.format(created="?2")
@@ -807,6 +809,8 @@ SQL = {
     "member_stream_count": "SELECT count(*) FROM members mb WHERE list_id = ?1 AND "
                            + AUDIENCE.format(created="?2") + " AND address > ?3",
     "add_member": "INSERT OR IGNORE INTO members (list_id, address, subscribed) VALUES (?, ?, ?)",
+    "add_member_named": "INSERT OR IGNORE INTO members (list_id, address, subscribed, name)"
+                        " VALUES (?, ?, ?, ?)",
     # moving in and out (import, export) and personal data (whois, forget: ?1 address, ?2 %address%)
     "import_member": "INSERT OR IGNORE INTO members (list_id, address, name, status, digest, bounce_score,"
                      " last_bounce, disabled_reason, disabled_at, warnings, last_warning, subscribed)"
@@ -1876,6 +1880,14 @@ def _add_mixed_part(msg, boundary, footer):
     closings = list(re.finditer(rb"(?m)^--" + delimiter + rb"--[ \t]*\r?$", msg.body))
     opening = re.search(rb"(?m)^--" + delimiter + rb"[ \t]*\r?$", msg.body)
     if not closings or not opening or opening.start() > closings[-1].start():
+        raise _CannotEdit
+    # a nested multipart that reuses the boundary (or one that begins the same) makes the structure
+    # ambiguous: readers disagree on where the last part is, and a footer may land where none shows it
+    declared = re.finditer(rb'(?im)^(?:content-type:|[ \t])[^\r\n]*?\bboundary\s*=\s*'
+                           rb'("[^"\r\n]{1,200}"|[^\s;]{1,200})', msg.body)
+    nested = {m.group(1).strip(b'"') for m in declared}
+    own = boundary.encode("utf-8", "surrogateescape")
+    if len(closings) > 1 or any(b.startswith(own) or own.startswith(b) for b in nested):
         raise _CannotEdit
     at = closings[-1].start()
     eol = msg.eol
@@ -3688,7 +3700,9 @@ def getsubscribers(ctx):
     Reads role, list, store; writes members, recipients, digest_members."""
     if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
         raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
-    total, single, ctx.digest_members = ctx.store.q("audience", ctx.list["id"]).fetchone()
+    counts = {(status, digest): n for status, digest, n in ctx.store.q("audience", ctx.list["id"])}
+    total, single = sum(counts.values()), counts.get(("enabled", 0), 0)
+    ctx.digest_members = counts.get(("enabled", 1), 0)
     ctx.members = MemberLookup(ctx.store, ctx.list["id"])
     ctx.recipients = ListMembers(ctx.store, ctx.list["id"], single)
     ctx.note(f"{single} enabled of {total} members"
@@ -6629,18 +6643,22 @@ def cmd_dellist(args, config):
 
 
 def addresses_from_args(values):
-    """Addresses from the command line, or one per line from stdin for '-'."""
+    """(address, display name) from the command line, or one per line from
+    stdin for '-': "addr", "<addr>" or "Name <addr>" (RFC 5322 name-addr)."""
     out = []
     for value in values:
-        if value == "-":
-            out.extend(line.strip() for line in sys.stdin if line.strip() and not line.startswith("#"))
-        else:
-            out.append(value.strip())
+        lines = [line for line in sys.stdin if line.strip() and not line.startswith("#")] if value == "-" \
+            else [value]
+        for line in lines:
+            m = re.fullmatch(r"\s*(.*?)\s*<([^<>\s]+)>\s*", line)
+            name = m.group(1).strip().strip('"').strip() if m else ""
+            out.append((m.group(2) if m else line.strip(), one_line(decode_header_text(name), 200)))
     return out
 
 
 def cmd_subscribe(args, config):
-    """Add addresses to a list at once: no confirmation, no welcome."""
+    """Add addresses (with their names) to a list at once: no
+    confirmation; the welcome text only with --welcome."""
     return change_members(args, config, subscribe=True)
 
 
@@ -6654,16 +6672,27 @@ def change_members(args, config, subscribe):
     row = store.require_list(args.list)
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
-    addresses = addresses_from_args(args.addresses)
-    bad = [a for a in addresses if not valid_address(a)]
-    good = [normalize_address(a) for a in addresses if valid_address(a)]
-    changed = 0
-    with store.transaction() as db:
-        for address in good:
+    # REMAINDER takes an option written after the list as an address
+    welcome = subscribe and (args.welcome or "--welcome" in args.addresses)
+    addresses = addresses_from_args([a for a in args.addresses if a != "--welcome"])
+    bad = [a for a, _ in addresses if not valid_address(a)]
+    good = [(normalize_address(a), name) for a, name in addresses if valid_address(a)]
+    members, outbox, changed = MemberLookup(store, row["id"]), Outbox(), [0]
+    if welcome:
+        notices = Notices(store, config, row, outbox)
+        for address in {a for a, _ in good if a not in members}:
+            notices.send([address], f"Welcome to {list_address(row)}", "welcome", {"address": address},
+                         limit=False)
+
+    def change(db):
+        for address, name in good:
             if subscribe:
-                changed += db.execute(SQL["add_member"], (row["id"], address, time.time())).rowcount
+                added = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name))
+                changed[0] += added.rowcount
             else:
-                changed += db.execute(SQL["delete_member"], (row["id"], address)).rowcount
+                changed[0] += db.execute(SQL["delete_member"], (row["id"], address)).rowcount
+    outbox.commit(store, config.spool, change)
+    changed = changed[0]
     verb = "subscribed" if subscribe else "unsubscribed"
     print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
     for address in bad:
@@ -8181,7 +8210,9 @@ def make_parser(wanted=None):
     p = command("dellist", cmd_dellist, "delete a list, its members and its queued posts")
     p.add_argument("list")
     for name, func in (("subscribe", cmd_subscribe), ("unsubscribe", cmd_unsubscribe)):
-        p = command(name, func, f"{name} addresses ('-': read stdin)")
+        p = command(name, func, f"{name} addresses ('-': read stdin; 'Name <addr>' lines keep the name)")
+        if name == "subscribe":
+            p.add_argument("--welcome", action="store_true", help="send each new member the welcome text")
         p.add_argument("list")
         # REMAINDER: an address that looks like an option is refused as data (65), not usage
         p.add_argument("addresses", nargs=argparse.REMAINDER, metavar="ADDR")

@@ -55,6 +55,8 @@ CREATE TABLE members (
     name         TEXT NOT NULL DEFAULT '',      -- the member's name, when an import brought one
     UNIQUE (list_id, address)
 );
+-- `queue` counts a post's audience from this index alone (getsubscribers)
+CREATE INDEX members_audience ON members (list_id, status, digest);
 
 -- Who may post to a list whose access is 'acl': addresses or *@domain patterns.
 CREATE TABLE acl (

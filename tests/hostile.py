@@ -84,6 +84,8 @@ PARSERS = {
                                                                 message("Subject", "x", t)),
     "take_approved": lambda t: redsky._take_approved_line(redsky.RawMessage(message("Subject", "x", t))),
     "add_footer": lambda t: redsky.add_footer(redsky.RawMessage(message("Subject", "x", t)), "-- \nfooter"),
+    "add_footer_mixed": lambda t: redsky.add_footer(redsky.RawMessage(message(
+        "Content-Type", "multipart/mixed; boundary=b", "--b\n\n" + t + "\n--b--\n")), "-- \nfooter"),
     "summary": lambda t: redsky.summary(message("Subject", t)),
     "text_of": lambda t: redsky.text_of(message("Content-Type", "text/html", t)),
     "is_robot": lambda t: redsky.is_robot(redsky.RawMessage(message("Precedence", t)), t),

@@ -128,10 +128,30 @@ def test_subscribe_from_stdin_and_unsubscribe(rs):
     assert list(rs.members("l@example.org")) == ["b@example.org"]
 
 
+def test_subscribe_keeps_display_names_and_welcomes_on_request(rs):
+    """`subscribe LIST -` takes "Name <addr>" lines (quoted names, RFC 2047
+    words, bare <addr>) and keeps the names; --welcome (before or after the
+    list) sends the welcome text to the new members only."""
+    rs.newlist("l@example.org", members=("old@example.org",))
+    lines = ('Ann Example <ann@example.org>\n"Doe, John" <john@example.org>\nplain@example.org\n'
+             "<angle@example.org>\n=?utf-8?q?Zo=C3=AB?= <zoe@example.org>\nNo Address <>\n")
+    r = rs.run("subscribe", "l@example.org", "-", input=lines)
+    assert r.returncode == 65 and r.err.count("not a valid address") == 1
+    names = {m["address"]: m["name"] for m in json.loads(rs.run("members", "l@example.org", "--json").out)}
+    assert names == {"ann@example.org": "Ann Example", "john@example.org": "Doe, John", "plain@example.org": "",
+                     "angle@example.org": "", "zoe@example.org": "Zoë", "old@example.org": ""}
+    rs.run("subscribe", "--welcome", "l@example.org", "new1@example.org", "old@example.org", check=0)
+    rs.run("subscribe", "l@example.org", "--welcome", "new2@example.org", check=0)
+    rs.run("send", check=0)
+    welcomed = sorted(argv[-1] for argv, data in rs.sent() if b"Welcome to the l@example.org" in data)
+    assert welcomed == ["new1@example.org", "new2@example.org"]
+    assert "--welcome" not in names and len(rs.members("l@example.org")) == 8
+
+
 def test_members_json_fields(rs):
     rs.newlist("l@example.org", members=("a@example.org",))
     assert json.loads(rs.run("members", "l@example.org", "--json", check=0).out) == [
-        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0, "digest": False}]
+        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0, "digest": False, "name": ""}]
     assert rs.run("members", "nosuch@example.org").returncode == 67
 
 

@@ -373,3 +373,26 @@ def test_approved_line_removed_from_plain_and_mixed_bodies():
     m = redsky.RawMessage(mixed)
     assert redsky._take_approved_line(m) == "pw2"
     assert bytes(m) == MIXED
+
+
+def nested_mixed(inner):
+    """A multipart/mixed post (boundary XYZ) whose first part is a multipart with boundary ``inner``."""
+    bare = inner.strip('"')
+    body = (f"--XYZ\nContent-Type: multipart/alternative;\n\tboundary={inner}\n\n"
+            f"--{bare}\nContent-Type: text/plain\n\nhello\n--{bare}--\n"
+            "--XYZ\nContent-Type: text/plain\n\nsecond\n--XYZ--\n").encode()
+    return body, b'Subject: s\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="XYZ"\n\n' + body
+
+
+@pytest.mark.parametrize("inner", ["XYZ", "XYZ-inner", '"XYZ"'])
+def test_footer_on_a_mixed_post_whose_nested_part_reuses_the_boundary_wraps_it_intact(inner):
+    """A nested multipart that reuses its parent's boundary (or one that
+    begins the same) makes the structure ambiguous: the post is wrapped
+    byte-intact and the footer is a part of its own, where every reader shows it."""
+    body, data = nested_mixed(inner)
+    how, out = footed(data)
+    assert how == "wrapped"
+    first, second = parse(out).get_payload()
+    assert first.get_content_type() == "multipart/mixed" and "Test list" in second.get_content()
+    assert body in out                                                  # the original, byte for byte
+    assert footed(nested_mixed("OTHER")[1])[0] == "part"                # unambiguous: a part of its own

@@ -22,7 +22,7 @@ Commands::
                       [--subscribe-policy open|confirm|approve|confirm+approve|closed]
     redsky.py lists [--json]             redsky.py set LIST KEY VALUE
     redsky.py dellist LIST
-    redsky.py subscribe LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
+    redsky.py subscribe [--welcome] LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
     redsky.py members LIST [--json]      redsky.py acl LIST [add|del PATTERN...]
     redsky.py set-member LIST ADDR digest on|off
     redsky.py archive LIST [--since DATE] [--search TEXT] | archive export LIST [--output FILE]

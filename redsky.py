@@ -528,7 +528,8 @@ def setup_logging(config, verbose=False):
 
 # ---------------------------------------------------------------------------
 # 4. Store: schema, named queries, durable writes
-# Owns: the SQLite schema, every SQL statement (SQL), transactions, spool files and the Outbox.
+# Owns: the SQLite schema, every SQL statement (SQL), transactions, spool files, the Outbox and a
+#       post's recipients (ListMembers, member_stream).
 # Calls: sections 2-3.
 # ---------------------------------------------------------------------------
 

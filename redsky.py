@@ -4867,7 +4867,8 @@ class Transport:
     """The interface every transport has (TRANSPORTS).
 
     ``send(list_row, data, recipients, record, expected)`` delivers one post
-    to an iterable of (address, attempts), calling ``record(address,
+    to an iterable of (address, attempts; None for a member the post's
+    cursor reaches, who has no row yet), calling ``record(address,
     attempts, Outcome)`` exactly once for each; ``expected`` is how many
     there are.  ``send_one(sender, recipient, data)`` hands one generated
     message over at once and returns its Outcome.  ``ledger_batch`` is how
@@ -6651,9 +6652,11 @@ def addresses_from_args(values):
         lines = [line for line in sys.stdin if line.strip() and not line.startswith("#")] if value == "-" \
             else [value]
         for line in lines:
-            m = re.fullmatch(r"\s*(.*?)\s*<([^<>\s]+)>\s*", line)
-            name = m.group(1).strip().strip('"').strip() if m else ""
-            out.append((m.group(2) if m else line.strip(), one_line(decode_header_text(name), 200)))
+            line, name = line.strip(), ""
+            if line.endswith(">") and "<" in line:          # Name <addr>: split at the last '<'
+                name, _, line = line[:-1].rpartition("<")
+                name = name.strip().strip('"').strip()
+            out.append((line, one_line(decode_header_text(name), 200)))
     return out
 
 

@@ -87,6 +87,7 @@ PARSERS = {
     "add_footer_mixed": lambda t: redsky.add_footer(redsky.RawMessage(message(
         "Content-Type", "multipart/mixed; boundary=b", "--b\n\n" + t + "\n--b--\n")), "-- \nfooter"),
     "summary": lambda t: redsky.summary(message("Subject", t)),
+    "subscribe_lines": lambda t: redsky.addresses_from_args(["Name <" + t + ">", t]),
     "text_of": lambda t: redsky.text_of(message("Content-Type", "text/html", t)),
     "is_robot": lambda t: redsky.is_robot(redsky.RawMessage(message("Precedence", t)), t),
     "verp_decode": lambda t: redsky.verp_decode(t, LIST, "key"),

@@ -151,7 +151,8 @@ def test_subscribe_keeps_display_names_and_welcomes_on_request(rs):
 def test_members_json_fields(rs):
     rs.newlist("l@example.org", members=("a@example.org",))
     assert json.loads(rs.run("members", "l@example.org", "--json", check=0).out) == [
-        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0, "digest": False, "name": ""}]
+        {"address": "a@example.org", "status": "enabled", "bounce_score": 0.0, "digest": False, "name": "",
+         "nomail": False, "nomail_until": None, "notmetoo": False, "ack": False, "moderate": False}]
     assert rs.run("members", "nosuch@example.org").returncode == 67
 
 

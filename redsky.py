@@ -232,8 +232,8 @@ def report(message, level=logging.ERROR):
 # Calls: section 2.
 # ---------------------------------------------------------------------------
 
-QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access dmarc"
-               " subjecttag addfooter queuer archive")
+QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access replyto"
+               " dmarc subjecttag addfooter queuer archive")
 SEND_CHAIN = "singleinstance housekeeping digester queuebuilder queuerunner"
 FILTER_CHAIN = "read whitelist dnsbl autoreply out"
 DEFAULTS = {
@@ -342,6 +342,10 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
 
+FLAG_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False,
+              "0": False}
+
+
 class Config:
     """The INI file merged over DEFAULTS, with typed accessors.
 
@@ -440,9 +444,9 @@ class Config:
 
     def flag(self, section, key):
         value = self.get(section, key).lower()
-        if value not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+        if value not in FLAG_WORDS:
             raise ConfigError(f"[{section}] {key} = {value!r}: use yes or no")
-        return value in ("yes", "true", "on", "1")
+        return FLAG_WORDS[value]
 
     def duration(self, section, key):
         return self.number(section, key, _DURATION_UNITS)
@@ -574,6 +578,15 @@ CREATE TABLE lists (
     digest_volume   INTEGER NOT NULL DEFAULT 1,         -- a new volume each calendar year
     digest_issue    INTEGER NOT NULL DEFAULT 0,         -- the last digest sent in that volume
     digest_last     REAL NOT NULL DEFAULT 0,            -- when it was sent
+    reply_to        TEXT NOT NULL DEFAULT 'none',       -- none (as sent), list, or an address
+    reply_to_strip  INTEGER NOT NULL DEFAULT 0,         -- 1: drop the poster's own Reply-To first
+    post_number     INTEGER NOT NULL DEFAULT 0,         -- the last number %d in subject_tag gave out
+    max_size        INTEGER NOT NULL DEFAULT 0,         -- KB; a larger post is held (0: no limit)
+    nonmember_action TEXT NOT NULL DEFAULT 'hold' CHECK (nonmember_action IN ('hold', 'reject', 'discard',
+                                                                              'accept')),
+    emergency       INTEGER NOT NULL DEFAULT 0,         -- 1: every post is held
+    max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
+    notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
     UNIQUE (name, domain)
 );
 
@@ -762,6 +775,7 @@ CREATE TABLE recent_posts (
     list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
     key      TEXT NOT NULL,
     received REAL NOT NULL,
+    poster   TEXT NOT NULL DEFAULT '' COLLATE NOCASE,  -- who sent it (max_posts_per_day)
     PRIMARY KEY (list_id, key)
 ) WITHOUT ROWID;
 
@@ -793,7 +807,8 @@ LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer,
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
                 " archive_url, digest_format, digest_size_threshold, digest_interval, "
                 "digest_volume, digest_issue,"
-                " digest_last")
+                " digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action, emergency,"
+                " max_posts_per_day, notify_owners")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -862,6 +877,12 @@ SQL = {
     "delete_event": "DELETE FROM events WHERE id = ?",
     "whois_autoreplies": "SELECT address, sent FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
     "forget_autoreplies": "DELETE FROM autoreplies WHERE sender = ?1 AND ?2 IS NOT NULL",
+    "whois_recent_posts": "SELECT l.name || '@' || l.domain AS list, r.received FROM recent_posts r"
+                          " JOIN lists l ON l.id = r.list_id WHERE r.poster = ?1 AND ?2 IS NOT NULL",
+    "forget_recent_posts": "UPDATE recent_posts SET poster = '' WHERE poster = ?1 AND ?2 IS NOT NULL",
+    "whois_messages": "SELECT message_id, created FROM messages WHERE poster = ?1 COLLATE NOCASE"
+                      " AND ?2 IS NOT NULL",
+    "forget_messages": "UPDATE messages SET poster = '' WHERE poster = ?1 COLLATE NOCASE AND ?2 IS NOT NULL",
     "orphan_messages": "SELECT spool FROM messages m WHERE m.kind != 'post'"
                        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id)",
     "delete_orphan_messages": "DELETE FROM messages WHERE kind != 'post'"
@@ -1071,7 +1092,11 @@ SQL = {
     "autoreplies_prune": "DELETE FROM autoreplies WHERE sent < ?",
     # digests
     "recent_post": "SELECT received FROM recent_posts WHERE list_id = ? AND key = ? AND received > ?",
-    "add_recent_post": "INSERT OR REPLACE INTO recent_posts VALUES (?, ?, ?)",
+    "add_recent_post": "INSERT OR REPLACE INTO recent_posts (list_id, key, received, poster) VALUES (?, ?, ?, ?)",
+    "posts_by": "SELECT count(*) FROM recent_posts WHERE list_id = ? AND poster = ? AND received > ?",
+    # subject_tag %d: numbers are taken in a transaction of their own and never given out again
+    "take_post_number": "UPDATE lists SET post_number = post_number + 1 WHERE id = ?",
+    "post_number": "SELECT post_number FROM lists WHERE id = ?",
     "prune_recent_posts": "DELETE FROM recent_posts WHERE received < ?",
     "failure": "SELECT count FROM failures WHERE digest = ?",
     "add_failure": "INSERT INTO failures VALUES (?, 1, ?, ?, ?) ON CONFLICT (digest) DO UPDATE"
@@ -1846,8 +1871,52 @@ def expand(text, list_row, strict=False, **extra):
     return Template(text).substitute(values) if strict else Template(text).safe_substitute(values)
 
 
-def footer_text(list_row):
-    return expand(list_row["footer"], list_row)
+EXPANDED = ("list", "domain", "post_address", "list_id", "owner", "request", "join", "leave", "unsubscribe")
+
+
+def unknown_placeholders(text, extra=()):
+    """The $placeholders in ``text`` that expand() would leave as written."""
+    from string import Template
+    known = set(EXPANDED) | set(extra)
+    return [m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)
+            if (m.group("named") or m.group("braced")) and (m.group("named") or m.group("braced")) not in known]
+
+
+def footer_text(list_row, key=None):
+    """The list's footer filled in.  With ``key`` (the installation's
+    verp_key) $address and $unsubscribe_personal become markers that each
+    recipient's copy fills with their own (Personalizer); without, the
+    generic values a copy for many gets (impersonal)."""
+    personal = {kind: marker.decode() for marker, kind in personal_markers(list_row, key).items()} \
+        if key else generic_personal(list_row)
+    return expand(list_row["footer"], list_row, address=personal["address"],
+                  unsubscribe_personal=personal["leave"])
+
+
+def generic_personal(list_row):
+    """What $address and $unsubscribe_personal say in a copy for many (batched, archive, digest)."""
+    return {"address": "your address", "leave": list_address(list_row, "-leave")}
+
+
+def personal_markers(list_row, key):
+    """{marker bytes: "address" | "leave"}: what addfooter writes for the
+    personal placeholders.  Keyed on the verp_key, so a poster cannot
+    write one into a post and have it filled."""
+    import hashlib
+    import hmac
+    nonce = hmac.new(key.encode(), f"footer {list_address(list_row)}".lower().encode(),
+                     hashlib.sha256).hexdigest()[:20]
+    return {f"redsky-personal-{nonce}-{kind}".encode(): kind for kind in ("address", "leave")}
+
+
+def impersonal(data, list_row, key):
+    """``data`` with the personal markers filled with the generic values."""
+    if b"redsky-personal-" not in data:
+        return data
+    generic = generic_personal(list_row)
+    for marker, kind in personal_markers(list_row, key).items():
+        data = data.replace(marker, generic[kind].encode("utf-8"))
+    return data
 
 
 def add_footer(msg, footer):
@@ -1859,20 +1928,24 @@ def add_footer(msg, footer):
     - anything else (multipart/alternative, signed, encrypted, HTML, a part
       we cannot decode): the original entity, byte-intact, becomes the first
       part of a new multipart/mixed whose second part is the footer.
+    A footer with personal markers (footer_text) is written so that the
+    markers stay literal: appended only to a 7bit or 8bit part, else in a
+    part of its own (8bit when not ASCII).
     Returns how it was done ("appended", "part", "wrapped").
     """
+    literal = "redsky-personal-" in footer
     info = msg.header_message()
     ctype = info.get_content_type()
     try:
         if ctype == "text/plain" and not info.get("Content-Type", "").lower().startswith("multipart"):
-            _append_to_text(msg, info, footer)
+            _append_to_text(msg, info, footer, literal)
             return "appended"
         if ctype == "multipart/mixed":
-            _add_mixed_part(msg, info.get_param("boundary"), footer)
+            _add_mixed_part(msg, info.get_param("boundary"), footer, literal)
             return "part"
     except _CannotEdit:
         pass
-    _wrap_with_footer(msg, footer)
+    _wrap_with_footer(msg, footer, literal)
     return "wrapped"
 
 
@@ -1880,7 +1953,7 @@ def _eol_of(data, default):
     return b"\r\n" if b"\r\n" in data[:4096] else (b"\n" if b"\n" in data[:4096] else default)
 
 
-def _append_to_text(msg, info, footer):
+def _append_to_text(msg, info, footer, literal=False):
     import base64
     import binascii
     import codecs
@@ -1893,6 +1966,8 @@ def _append_to_text(msg, info, footer):
     except (LookupError, UnicodeError):
         raise _CannotEdit
     body = msg.body
+    if literal and cte not in ("7bit", "8bit", "binary", ""):
+        raise _CannotEdit
     if cte in ("7bit", "8bit", "binary", ""):
         if cte in ("7bit", "") and not footer_bytes.isascii():
             raise _CannotEdit
@@ -1919,12 +1994,13 @@ def _append_to_text(msg, info, footer):
         raise _CannotEdit
 
 
-def _footer_part(footer, eol):
+def _footer_part(footer, eol, literal=False):
     """A text/plain MIME part (headers and body) holding the footer."""
     import quopri
     data = footer.replace("\r\n", "\n").rstrip("\n").encode("utf-8") + b"\n"
-    if data.isascii():
-        head = b"Content-Type: text/plain; charset=us-ascii" + eol + b"Content-Transfer-Encoding: 7bit"
+    if data.isascii() or literal:
+        head = (b"Content-Type: text/plain; charset=" + (b"us-ascii" if data.isascii() else b"utf-8") + eol
+                + b"Content-Transfer-Encoding: " + (b"7bit" if data.isascii() else b"8bit"))
         body = data.replace(b"\n", eol)
     else:
         head = (b"Content-Type: text/plain; charset=utf-8" + eol
@@ -1934,7 +2010,7 @@ def _footer_part(footer, eol):
     return head + eol + b"Content-Disposition: inline" + eol + eol + body + eol
 
 
-def _add_mixed_part(msg, boundary, footer):
+def _add_mixed_part(msg, boundary, footer, literal=False):
     if not boundary:
         raise _CannotEdit
     delimiter = re.escape(boundary.encode("utf-8", "surrogateescape"))
@@ -1952,11 +2028,11 @@ def _add_mixed_part(msg, boundary, footer):
         raise _CannotEdit
     at = closings[-1].start()
     eol = msg.eol
-    part = b"--" + boundary.encode("utf-8", "surrogateescape") + eol + _footer_part(footer, eol)
+    part = b"--" + boundary.encode("utf-8", "surrogateescape") + eol + _footer_part(footer, eol, literal)
     msg.body = msg.body[:at] + part + msg.body[at:]
 
 
-def _wrap_with_footer(msg, footer):
+def _wrap_with_footer(msg, footer, literal=False):
     eol = msg.eol
     inner = [f for f in msg.fields if msg.name_of(f).startswith("content-")]
     outer = [f for f in msg.fields if not msg.name_of(f).startswith("content-")]
@@ -1975,16 +2051,29 @@ def _wrap_with_footer(msg, footer):
     # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1),
     # hence the extra eol: the original body keeps its last line break.
     msg.body = (b"--" + b + eol + b"".join(inner) + eol + body + eol
-                + b"--" + b + eol + _footer_part(footer, eol)
+                + b"--" + b + eol + _footer_part(footer, eol, literal)
                 + b"--" + b + b"--" + eol)
 
 
-def with_subject_tag(msg, tag):
+def with_subject_tag(msg, tag, earlier=None):
     """Prefix ``tag`` to the Subject once (RFC 2047 aware); returns False
-    when the subject already carries it."""
+    when the subject already carries it.  ``earlier``: a pattern of the
+    list's tags with another number, removed first (Re: [team 12] x
+    becomes [team 13] Re: x)."""
     raw = msg.raw_value("Subject")
     text = decode_header_text(msg.get("Subject", "")) if raw is not None else ""
-    if tag.lower() in text.lower():
+    if earlier and re.search(earlier, text, re.I):
+        pattern = re.compile(r"[ \t]*" + earlier + r"[ \t]*", re.I)
+        stripped = re.sub(r"[ \t]+", " ", pattern.sub(" ", text)).strip()
+        if raw.isascii() and b"=?" not in raw:
+            raw = re.sub(r"[ \t]+", " ", pattern.sub(" ", raw.decode("ascii"))).strip().encode("ascii")
+        else:                           # the tag was inside an encoded-word: encode the rest anew
+            from email.header import Header
+            raw = Header(stripped, "utf-8").encode().encode("ascii") if stripped else b""
+        text = stripped
+        if not raw:
+            raw = None
+    elif tag.lower() in text.lower():
         return False
     if not text.strip():
         msg.remove("Subject")
@@ -2366,29 +2455,47 @@ def leave_token(key, list_row, address, mac=None):
 
 class Personalizer:
     """Gives each recipient a copy whose List-Unsubscribe is their own
-    LIST-leave+TOKEN@DOMAIN; the rest of the message is shared, not copied
-    per recipient.  Batches to many recipients keep the generic address."""
+    LIST-leave+TOKEN@DOMAIN and whose footer has their own $address and
+    $unsubscribe_personal (the markers footer_text left); the rest of the
+    message is shared, not copied per recipient.  ``shared`` is the copy
+    for a batch of recipients: the generic address, the generic values."""
 
     def __init__(self, list_row, data):
-        self.data, self.parts, self.list_row, self.plain_parts = data, None, list_row, None
+        self.data, self.list_row, self.plain_parts = data, list_row, None
+        self.pieces = None          # shared bytes, with what goes between them at odd indexes
+        key = list_row.get("verp_key")
+        self.shared = impersonal(data, list_row, key) if key else data
+        if not key:
+            return
+        pieces = []
         generic = f"List-Unsubscribe: <mailto:{list_address(list_row, '-leave')}>".encode()
         at, end = data.find(generic), data.find(b"\n\n")
-        if list_row.get("verp_key") and 0 <= at and (end < 0 or at < end):
-            self.parts = (data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(),
-                          f"@{list_row['domain']}>".encode() + data[at + len(generic):])
-            self.mac = leave_mac(list_row["verp_key"], list_row)
+        if 0 <= at and (end < 0 or at < end):
+            pieces = [data[:at] + f"List-Unsubscribe: <mailto:{list_row['name']}-leave+".encode(), "token"]
+            data = f"@{list_row['domain']}>".encode() + data[at + len(generic):]
+        if b"redsky-personal-" in data:
+            markers = personal_markers(list_row, key)
+            for i, piece in enumerate(re.split(b"(" + b"|".join(markers) + b")", data)):
+                pieces.append(markers[piece] if i % 2 else piece)
+        else:
+            pieces.append(data)
+        if len(pieces) > 1:
+            self.pieces, self.mac = pieces, leave_mac(key, list_row)
 
     def __call__(self, address):
-        if self.parts is None:
-            return self.data
-        return b"".join((self.parts[0], leave_token(None, None, address, self.mac).encode(), self.parts[1]))
+        if self.pieces is None:
+            return self.shared
+        token = leave_token(None, None, address, self.mac)
+        values = {"token": token.encode(), "address": address.encode("utf-8"),
+                  "leave": f"{self.list_row['name']}-leave+{token}@{self.list_row['domain']}".encode()}
+        return b"".join(values[p] if i % 2 else p for i, p in enumerate(self.pieces))
 
     def plain(self, address):
         """The copy for ``address`` (None: the shared one) as BDAT sends it:
         CRLF line ends, no dot-stuffing, no final dot."""
         if self.plain_parts is None:
             self.plain_parts = Personalizer(self.list_row, smtp_plain(self.data))
-        return self.plain_parts(address) if address else self.plain_parts.data
+        return self.plain_parts(address) if address else self.plain_parts.shared
 
 
 # Notices ---------------------------------------------------------------------
@@ -2489,6 +2596,8 @@ TEXTS = {
                   "Send 'set digest on' to $request for digests instead.\n",
     "option-set": "On $post_address, $option is now $value for $address\n($option on: $meaning).\n"
                   "To change it, send 'set $option on' or 'set $option off' to $request.\n",
+    "membership-change": "These addresses $verb $post_address:\n\n$addresses\n\n"
+                         "(The list's notify_owners setting sends this notice.)\n",
     "ack": "Your post to $post_address, \"$subject\", was accepted and goes to the members.\n",
     "index": "The archive of $post_address ($count posts, the last $shown shown).\n"
              "Send 'get N' to $request for post number N.\n\n$items\n",
@@ -3792,12 +3901,15 @@ def access(ctx):
     open; subscribers (From, Sender or envelope sender is a member); acl
     (an address or *@domain pattern in the list's acl); passphrase (an
     Approved: header or first body line matches); moderated (everything is
-    held).  A correct passphrase always approves.  Failure → hold.
-    Approved: is always stripped so the passphrase never leaks.  Whatever
-    the mode, a moderator decides on a post whose From: display name is
-    another address (impersonation) and on one that came through a list
-    subscribed to this one (two lists feeding each other loop).
-    A member whose option moderate is on has every post held.
+    held).  A correct passphrase always approves.  Someone the mode does
+    not let post: the list's nonmember_action (nonmember); other failures
+    → hold.  Approved: is always stripped so the passphrase never leaks.
+    Whatever the mode, a moderator decides on every post while the list's
+    emergency is on, on a post over the list's max_size, on one whose From:
+    display name is another address (impersonation), on one that came
+    through a list subscribed to this one (two lists feeding each other
+    loop), on every post of a member whose option moderate is on, and on
+    posts past the poster's max_posts_per_day.
     Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
     approved."""
     passphrase = take_approved(ctx)
@@ -3809,6 +3921,10 @@ def access(ctx):
         ctx.note("approved by passphrase")
     if ctx.approved:
         return
+    if ctx.list["emergency"]:
+        raise Hold("the list is in emergency moderation: every post is held")
+    if ctx.list["max_size"] and len(ctx.raw) > ctx.list["max_size"] * 1024:
+        raise Hold(f"the post is {len(ctx.raw) // 1024} KB, over the list's max_size of {ctx.list['max_size']} KB")
     if ctx.accepted:
         ctx.note(f"whitelisted: {ctx.accepted}")
         return
@@ -3822,20 +3938,43 @@ def access(ctx):
     if ctx.sender:
         senders.append(normalize_address(ctx.sender))
     shown = senders[0] if senders else "(no sender)"
-    if mode == "open":
-        return
-    if mode == "subscribers":
-        if any(s.lower() in ctx.members for s in senders):
-            return
-        raise Hold(f"{shown} is not a member of the list")
-    if mode == "acl":
-        patterns = [r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])]
-        if any(acl_allows(patterns, s) for s in senders):
-            return
-        raise Hold(f"{shown} is not in the list's acl")
     if mode == "passphrase":
         raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
-    raise Hold("the list is moderated")
+    if mode == "moderated":
+        raise Hold("the list is moderated")
+    if mode == "subscribers" and not any(s.lower() in ctx.members for s in senders):
+        nonmember(ctx, shown, f"{shown} is not a member of the list")
+    elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
+                                   for s in senders):
+        nonmember(ctx, shown, f"{shown} is not in the list's acl")
+    limit = ctx.list["max_posts_per_day"]
+    poster = ctx.poster["address"] if ctx.poster else shown
+    if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
+        raise Hold(f"{poster} already posted {limit} times in the last 24 hours (max_posts_per_day)")
+
+
+def nonmember(ctx, shown, why):
+    """A post from someone the access mode does not let post, by the list's
+    nonmember_action: hold (for the moderators), reject (dropped, and the
+    sender told why, as [commands] notify_rejected and the reply limit
+    allow; never a robot), discard (dropped silently), accept."""
+    action = ctx.list["nonmember_action"]
+    if action == "accept":
+        ctx.note(f"{why}; accepted (nonmember_action accept)")
+        return
+    if action == "hold":
+        raise Hold(why)
+    told = ""
+    if action == "reject" and ctx.config.flag("commands", "notify_rejected") and valid_address(shown) \
+            and not is_robot(ctx.msg, ctx.sender):
+        outbox = Outbox(ctx.outbox.dry_run)
+        subject = one_line(decode_header_text(ctx.msg.get("Subject", "")), 200) or "(no subject)"
+        if Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
+                [shown], f"{list_address(ctx.list)}: your post was not distributed", "rejected-post",
+                {"subject": subject, "reason": f"{why}; only members may post"}):
+            outbox.commit(ctx.store, ctx.config.spool)
+            told = ", sender told"
+    raise Discard(f"{why} (nonmember_action {action}{told})")
 
 
 def display_name_spoof(msg):
@@ -3985,11 +4124,45 @@ def dmarc(ctx):
 @chain_filter("message", needs=("getinfo",))
 def subjecttag(ctx):
     """Prefix the list's subject tag once; RFC 2047 subjects keep their
-    encoding; a missing subject becomes "[tag] (no subject)".
+    encoding; a missing subject becomes "[tag] (no subject)".  A tag with
+    %d gets the list's next post number (lists.post_number, taken in a
+    transaction of its own, so never given out twice); the numbered tag of
+    an earlier post (a reply) is removed first.
     Reads list, msg; writes msg (Subject)."""
     tag = ctx.list["subject_tag"]
-    if tag:
+    if "%d" in tag:
+        number = ctx.store.q("post_number", ctx.list["id"]).fetchone()[0] + 1
+        if not ctx.outbox.dry_run:      # taken at once: a post that fails later leaves a gap, never a repeat
+            with ctx.store.transaction() as db:
+                db.execute(SQL["take_post_number"], (ctx.list["id"],))
+                number = db.execute(SQL["post_number"], (ctx.list["id"],)).fetchone()[0]
+        with_subject_tag(ctx.msg, tag.replace("%d", str(number)), re.escape(tag).replace("%d", r"\d+"))
+        ctx.note(f"tagged, post number {number}")
+    elif tag:
         ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
+
+
+@chain_filter("message", needs=("getinfo",))
+def replyto(ctx):
+    """Reply-To by the list's reply_to: none leaves the post as sent; list
+    or an address is added to the poster's own Reply-To (RFC 5322 3.6.2
+    allows several addresses), or replaces it when reply_to_strip is on
+    (which also works with none).  Runs before dmarc, so that a munged
+    From: keeps the author reachable only when no Reply-To was set here.
+    Reads list, msg; writes msg (Reply-To)."""
+    target = {"none": "", "list": list_address(ctx.list)}.get(ctx.list["reply_to"], ctx.list["reply_to"])
+    own = ctx.msg.raw_value("Reply-To")
+    if ctx.list["reply_to_strip"] and own is not None:
+        ctx.msg.remove("Reply-To")
+        ctx.note("the poster's Reply-To removed")
+        own = None
+    if not target:
+        return
+    if own is not None and target.lower() in {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))}:
+        return
+    ctx.msg.remove("Reply-To")
+    ctx.msg.replace_raw("Reply-To", (own + b", " if own else b"") + f"<{target}>".encode())
+    ctx.note(f"Reply-To: {target}" + (" added to the poster's" if own else ""))
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -3998,7 +4171,7 @@ def addfooter(ctx):
     $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer().
     Reads list, msg; writes msg (body)."""
     if ctx.list["footer"]:
-        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list)))
+        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list, ctx.store.verp_key)))
 
 
 @chain_filter("message", needs=("getsubscribers",))
@@ -4027,9 +4200,11 @@ def queuer(ctx):
     if not ctx.recipients and not ctx.digest_members:
         raise Discard("the list has no enabled members" if not ctx.recipients.poster else
                       "the only enabled member is the poster, who asked for no copy (notmetoo)")
-    ctx.changes.append(lambda db: db.execute(SQL["add_recent_post"], (ctx.list["id"], key, now)))
+    poster = ctx.poster["address"] if ctx.poster else next(iter(addresses_in(ctx.msg.get_all("From"))),
+                                                                normalize_address(ctx.sender or ""))
+    ctx.changes.append(lambda db: db.execute(SQL["add_recent_post"], (ctx.list["id"], key, now, poster)))
     if ctx.digest_members:                      # kept for the next digest, in the same transaction
-        row = (ctx.list["id"], time.time(), data)
+        row = (ctx.list["id"], time.time(), impersonal(data, ctx.list, ctx.store.verp_key))
         ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
     ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
     if ctx.poster and ctx.poster["ack"]:
@@ -4071,7 +4246,8 @@ def archive(ctx):
     if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
         return
     try:
-        key = archive_add(ctx.config, ctx.list, ctx.distributed, ctx.sender)
+        key = archive_add(ctx.config, ctx.list, impersonal(ctx.distributed, ctx.list, ctx.store.verp_key),
+                          ctx.sender)
     except (OSError, ValueError) as e:
         log.error("cannot archive %s: %s", ctx.describe(), e)
         ctx.note(f"not archived: {e}")
@@ -4380,6 +4556,7 @@ class Requests:
         self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
         self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
                     limit=False)
+        tell_owners(self.notices, "joined", [address])
         self.done.append(f"subscribed {address}")
 
     def remove_member(self, address):
@@ -4387,6 +4564,7 @@ class Requests:
         self.change(lambda db: db.execute(SQL["delete_member"], (list_id, address)))
         self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", {"address": address},
                     limit=False)
+        tell_owners(self.notices, "left", [address])
         self.done.append(f"unsubscribed {address}")
 
     def leave_by_token(self, token):
@@ -4558,6 +4736,17 @@ class Requests:
         held = self.store.held(row["held_id"])
         if held is not None:
             self.done.append(drop_held(held, self.notices, self.ctx.changes, verb == "reject", reason))
+
+
+def tell_owners(notices, verb, addresses):
+    """With the list's notify_owners on, one notice to the owners that
+    ``addresses`` joined or left (verb "joined" / "left")."""
+    owners = owners_of(notices.list)
+    if notices.list["notify_owners"] and owners and addresses:
+        shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
+        notices.send(owners, f"{list_address(notices.list)}: {shown} {verb}", "membership-change",
+                     {"verb": verb, "addresses": "\n".join("  " + a for a in addresses)},
+                     limit=False, auto="auto-generated")
 
 
 def drop_held(held, notices, changes, notify, reason):
@@ -5012,7 +5201,7 @@ class SendmailTransport(Transport):
         personal = Personalizer(list_row, data)
         for batch in batches(recipients, self.batch):
             addresses = [a for a, _ in batch]
-            copy = personal(addresses[0]) if len(addresses) == 1 else data
+            copy = personal(addresses[0]) if len(addresses) == 1 else personal.shared
             outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
             for address, attempts in batch:
                 record(address, attempts, outcome)
@@ -5198,7 +5387,7 @@ class SMTPTransport(Transport):
                     break
                 jobs.append((batch, signer(batch[0][0]) if pipe.per_recipient else bounces))
                 size += len(data) + 100 * len(batch)
-            return pipe.send_group(jobs, personal, wire)
+            return pipe.send_group(jobs, personal)
 
         def broken(pipe, error):
             """Put what ``pipe`` had in flight back for another connection,
@@ -5239,9 +5428,8 @@ class SMTPTransport(Transport):
                     if not batch:
                         break
                     sender = signer(batch[0][0]) if pipe.per_recipient else bounces
-                    outcomes = pipe.conn.transaction(sender, [a for a, _ in batch],
-                                                     personal(batch[0][0]) if pipe.per_recipient else wire,
-                                                     pipe.xverp)
+                    copy = personal(batch[0][0]) if pipe.per_recipient else personal.shared
+                    outcomes = pipe.conn.transaction(sender, [a for a, _ in batch], copy, pipe.xverp)
                     pipe.expect, pipe.settled = [], pipe.settled + 1
                     for address, attempts in batch:
                         record(address, attempts, outcomes[address])
@@ -5327,12 +5515,13 @@ class Pipeline:
         self.deadline = 0.0
         self.settled = 0        # transactions settled on this connection
 
-    def send_group(self, jobs, personal, wire):
+    def send_group(self, jobs, personal):
         """``jobs``: [(batch, envelope sender)]; False when there is nothing to send."""
         parts, expect = [], []
         if self.body is not None:
             body, accepted = self.body
-            parts.append((personal(accepted[0]) if self.per_recipient else wire) if accepted else b".\r\n")
+            parts.append((personal(accepted[0]) if self.per_recipient else personal.shared) if accepted
+                         else b".\r\n")
             expect.append(("end", body, accepted))
             self.body = None
         if self.reset:
@@ -5657,7 +5846,7 @@ def housekeeping(ctx):
             log.info("held post %s expired message-id=%s", row["id"], row["message_id"])
         db.execute(SQL["prune_pending"], (now, now - 7 * 86400))
         db.execute(SQL["prune_events"], (now - 30 * 86400,))
-        db.execute(SQL["prune_recent_posts"], (now - config.duration("queue", "duplicate_window"),))
+        db.execute(SQL["prune_recent_posts"], (now - max(config.duration("queue", "duplicate_window"), 86400),))
         db.execute(SQL["prune_failures"], (now - 30 * 86400,))
         db.execute(SQL["nomail_ended"], (now,))
         last = db.execute(SQL["meta"], ("last_prune",)).fetchone()
@@ -6633,7 +6822,13 @@ ACCESS_MODES = LIST_CHOICES["access"]
 SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
 SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
             "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
-            "digest_size_threshold", "digest_interval")
+            "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
+            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners")
+LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners")          # yes/no, on/off
+LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
+# what expand() fills in texts the owners write, beyond the list's own addresses
+PLACEHOLDERS = {"footer": ("address", "unsubscribe_personal"), "welcome": ("address",),
+                "goodbye": ("address",)}
 
 
 def validate_setting(key, value):
@@ -6651,7 +6846,27 @@ def validate_setting(key, value):
             raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
         return "owners", ", ".join(normalize_address(o) for o in owners)
     if key in ("footer", "welcome", "goodbye"):
-        return key, value.replace("\\n", "\n")
+        value = value.replace("\\n", "\n")
+        unknown = unknown_placeholders(value, PLACEHOLDERS[key])
+        if unknown:
+            raise Failure(f"{key}: unknown placeholder ${unknown[0]}; known: "
+                          + ", ".join("$" + k for k in sorted(set(EXPANDED) | set(PLACEHOLDERS[key])))
+                          + " ($$ for a dollar sign)", EX_DATAERR)
+        return key, value
+    if key in LIST_FLAGS:
+        if value.lower() not in FLAG_WORDS:
+            raise Failure(f"{key} is yes or no", EX_USAGE)
+        return key, int(FLAG_WORDS[value.lower()])
+    if key in LIST_NUMBERS:
+        if not re.fullmatch(r"\d{1,9}", value):
+            raise Failure(f"{key} is a whole number, 0 for no limit", EX_USAGE)
+        return key, int(value)
+    if key == "reply_to":
+        if value.lower() in ("none", "list"):
+            return key, value.lower()
+        if not valid_address(value):
+            raise Failure("reply_to is none, list or an address", EX_DATAERR)
+        return key, normalize_address(value)
     if key == "archive_url":
         if value and not re.fullmatch(r"(https?|ftp|mailto):[^\s<>]+", value):
             raise Failure("archive_url must be an http(s), ftp or mailto URL, or empty", EX_DATAERR)
@@ -6668,6 +6883,9 @@ def validate_setting(key, value):
     if key == "subject_tag":
         if "\n" in value or "\r" in value:
             raise Failure("subject_tag must be one line", EX_DATAERR)
+        if "%" in value.replace("%d", "") or value.count("%d") > 1 or re.search(r"\$[{\w]", value):
+            raise Failure("subject_tag takes one placeholder, %d (the list's post number), and no other"
+                          " % or $ sequence", EX_DATAERR)
         return "subject_tag", value.strip()
     raise Failure(f"unknown setting {key!r}; settable: {', '.join(SETTABLE)}", EX_USAGE)
 
@@ -6697,13 +6915,8 @@ def cmd_lists(args, config):
     rows = [dict(r) for r in store.q("all_lists")]
     counts = dict(store.q("member_counts").fetchall())
     if args.json:
-        print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "access": r["access"],
-                           "subject_tag": r["subject_tag"], "footer": r["footer"], "owners": r["owners"],
-                           "subscribe_policy": r["subscribe_policy"], "members": counts.get(r["id"], 0),
-                           "archive": r["archive"], "archive_url": r["archive_url"],
-                           "digest_format": r["digest_format"],
-                           "digest_size_threshold": r["digest_size_threshold"],
-                           "digest_interval": r["digest_interval"]}
+        print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "members": counts.get(r["id"], 0),
+                           **{k: r[k] for k in SETTABLE if k in r}}
                           for r in rows], indent=2))
     else:
         for r in rows:
@@ -6774,8 +6987,10 @@ def change_members(args, config, subscribe):
     bad = [a for a, _ in addresses if not valid_address(a)]
     good = [(normalize_address(a), name) for a, name in addresses if valid_address(a)]
     members, outbox, changed = MemberLookup(store, row["id"]), Outbox(), [0]
+    notices = Notices(store, config, row, outbox)
+    tell_owners(notices, "joined" if subscribe else "left",
+                [a for a, _ in good if (a in members) != subscribe])
     if welcome:
-        notices = Notices(store, config, row, outbox)
         for address in {a for a, _ in good if a not in members}:
             notices.send([address], f"Welcome to {list_address(row)}", "welcome", {"address": address},
                          limit=False)
@@ -7215,7 +7430,9 @@ def cmd_trace(args, config):
 # The list settings an export carries (the rest are counters and timestamps of this host).
 EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owners", "subscribe_policy",
                      "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
-                     "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue")
+                     "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue", "reply_to",
+                     "reply_to_strip", "post_number", "max_size", "nonmember_action", "emergency",
+                     "max_posts_per_day", "notify_owners")
 EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
                    "disabled_at", "warnings", "last_warning", "subscribed", "disabled_until", "notmetoo",
                    "ack", "moderate")
@@ -7322,11 +7539,11 @@ def import_setting(key, value):
     try:
         if key in ("passphrase_hash", "footer", "welcome", "goodbye"):
             return key, str(value)
-        if key in ("digest_volume", "digest_issue"):
+        if key in ("digest_volume", "digest_issue", "post_number"):
             return key, int(value)
         if key == "digest_interval":
             return validate_setting(key, f"{float(value):g}s")
-        if key == "digest_size_threshold":
+        if key in ("digest_size_threshold",) + LIST_NUMBERS + LIST_FLAGS:
             return validate_setting(key, str(int(value)))
         return validate_setting(key, str(value))
     except (TypeError, ValueError) as e:
@@ -7420,7 +7637,8 @@ def python_assignments(text):
 
 MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "generic_nonmember_action",
                     "default_member_moderation", "subscribe_policy", "archive", "archive_private", "owner",
-                    "moderator"}
+                    "moderator", "reply_goes_to_list", "reply_to_address", "first_strip_reply_to",
+                    "max_message_size", "emergency", "admin_notify_mchanges"}
 
 
 def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
@@ -7436,10 +7654,19 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
     plan = new_plan(address)
     s = plan["settings"]
     prefix = str(values.get("subject_prefix", "")).strip()
-    if "%d" in prefix:
-        plan["not_carried"].append("subject_prefix's post number (%d)")
-        prefix = " ".join(prefix.replace("%d", "").split()).replace("[ ", "[").replace(" ]", "]")
+    if "%" in prefix.replace("%d", "") or prefix.count("%d") > 1:
+        plan["not_carried"].append(f"subject_prefix {prefix!r} (only %d is known here)")
+        prefix = " ".join(re.sub(r"%.", "", prefix).split()).replace("[ ", "[").replace(" ]", "]")
     s["subject_tag"] = prefix
+    if "%d" in prefix:
+        s["post_number"] = int(values.get("post_id", 1) or 1) - 1        # Mailman's next number
+    reply = values.get("reply_goes_to_list", 0)
+    s["reply_to"] = "list" if reply == 1 else str(values.get("reply_to_address", "")) \
+        if reply == 2 and valid_address(str(values.get("reply_to_address", ""))) else "none"
+    for key, setting in (("first_strip_reply_to", "reply_to_strip"), ("emergency", "emergency"),
+                         ("admin_notify_mchanges", "notify_owners"), ("max_message_size", "max_size")):
+        if isinstance(values.get(key), int):
+            s[setting] = values[key]
     footer = str(values.get("msg_footer", ""))
     fields = {"real_name": values.get("real_name", ""), "host_name": values.get("host_name", ""),
               "list_name": str(values.get("real_name", "")).lower()}
@@ -7452,9 +7679,7 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
     action = values.get("generic_nonmember_action", 1)
     s["access"] = "moderated" if values.get("default_member_moderation") else \
         "open" if action == 0 else "subscribers"
-    if action in (2, 3):
-        plan["not_carried"].append(f"generic_nonmember_action = {('reject', 'discard')[action - 2]}"
-                                   " (non-members' posts are held here)")
+    s["nonmember_action"] = {2: "reject", 3: "discard"}.get(action, "hold")
     s["subscribe_policy"] = {0: "open", 1: "confirm", 2: "approve", 3: "confirm+approve"}.get(
         values.get("subscribe_policy", 1), "confirm")
     s["archive"] = "off" if not values.get("archive", 1) else \
@@ -7639,7 +7864,7 @@ def cmd_import(args, config):
 # Everything stored about one address, and where (whois, forget): (table,
 # SQL name to show it, SQL name to delete it).
 PERSONAL_DATA = tuple((table, f"whois_{table}", f"forget_{table}") for table in (
-    "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies"))
+    "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies", "recent_posts", "messages"))
 # ... and where it may be written inside a text: (table, SQL name of the
 # candidates, SQL name to delete one by id); mentions() decides.
 MENTIONING = (("held", "mentioning_held", "delete_held"), ("events", "mentioning_events", "delete_event"))

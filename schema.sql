@@ -35,6 +35,15 @@ CREATE TABLE lists (
     digest_volume   INTEGER NOT NULL DEFAULT 1,         -- a new volume each calendar year
     digest_issue    INTEGER NOT NULL DEFAULT 0,         -- the last digest sent in that volume
     digest_last     REAL NOT NULL DEFAULT 0,            -- when it was sent
+    reply_to        TEXT NOT NULL DEFAULT 'none',       -- none (as sent), list, or an address
+    reply_to_strip  INTEGER NOT NULL DEFAULT 0,         -- 1: drop the poster's own Reply-To first
+    post_number     INTEGER NOT NULL DEFAULT 0,         -- the last number %d in subject_tag gave out
+    max_size        INTEGER NOT NULL DEFAULT 0,         -- KB; a larger post is held (0: no limit)
+    nonmember_action TEXT NOT NULL DEFAULT 'hold' CHECK (nonmember_action IN ('hold', 'reject', 'discard',
+                                                                              'accept')),
+    emergency       INTEGER NOT NULL DEFAULT 0,         -- 1: every post is held
+    max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
+    notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
     UNIQUE (name, domain)
 );
 
@@ -223,6 +232,7 @@ CREATE TABLE recent_posts (
     list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
     key      TEXT NOT NULL,
     received REAL NOT NULL,
+    poster   TEXT NOT NULL DEFAULT '' COLLATE NOCASE,  -- who sent it (max_posts_per_day)
     PRIMARY KEY (list_id, key)
 ) WITHOUT ROWID;
 

@@ -1092,7 +1092,8 @@ SQL = {
     "autoreplies_prune": "DELETE FROM autoreplies WHERE sent < ?",
     # digests
     "recent_post": "SELECT received FROM recent_posts WHERE list_id = ? AND key = ? AND received > ?",
-    "add_recent_post": "INSERT OR REPLACE INTO recent_posts (list_id, key, received, poster) VALUES (?, ?, ?, ?)",
+    "add_recent_post": "INSERT OR REPLACE INTO recent_posts (list_id, key, received, poster)"
+                       " VALUES (?, ?, ?, ?)",
     "posts_by": "SELECT count(*) FROM recent_posts WHERE list_id = ? AND poster = ? AND received > ?",
     # subject_tag %d: numbers are taken in a transaction of their own and never given out again
     "take_post_number": "UPDATE lists SET post_number = post_number + 1 WHERE id = ?",
@@ -1878,8 +1879,8 @@ def unknown_placeholders(text, extra=()):
     """The $placeholders in ``text`` that expand() would leave as written."""
     from string import Template
     known = set(EXPANDED) | set(extra)
-    return [m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)
-            if (m.group("named") or m.group("braced")) and (m.group("named") or m.group("braced")) not in known]
+    names = (m.group("named") or m.group("braced") for m in Template.pattern.finditer(text))
+    return [name for name in names if name and name not in known]
 
 
 def footer_text(list_row, key=None):
@@ -2596,6 +2597,7 @@ TEXTS = {
                   "Send 'set digest on' to $request for digests instead.\n",
     "option-set": "On $post_address, $option is now $value for $address\n($option on: $meaning).\n"
                   "To change it, send 'set $option on' or 'set $option off' to $request.\n",
+    "command-replies": "Answers to the commands in your message to $request:\n\n$replies\n",
     "membership-change": "These addresses $verb $post_address:\n\n$addresses\n\n"
                          "(The list's notify_owners setting sends this notice.)\n",
     "ack": "Your post to $post_address, \"$subject\", was accepted and goes to the members.\n",
@@ -3924,7 +3926,8 @@ def access(ctx):
     if ctx.list["emergency"]:
         raise Hold("the list is in emergency moderation: every post is held")
     if ctx.list["max_size"] and len(ctx.raw) > ctx.list["max_size"] * 1024:
-        raise Hold(f"the post is {len(ctx.raw) // 1024} KB, over the list's max_size of {ctx.list['max_size']} KB")
+        raise Hold(f"the post is {len(ctx.raw) // 1024} KB, over the list's max_size of"
+                   f" {ctx.list['max_size']} KB")
     if ctx.accepted:
         ctx.note(f"whitelisted: {ctx.accepted}")
         return
@@ -4439,12 +4442,19 @@ class Requests:
         self.done = []
         self.seen = set()           # (command, argument) already done for this message
         self.approve_held = None    # a held post a moderator approved
+        self.answers = None         # run(): (command line, text name, values) of the answers to the sender
+        self.line = ""              # run(): the command line being done
 
     def change(self, fn):
         self.ctx.changes.append(fn)
 
     def notice(self, to, title, text_name, values=None, **options):
-        """Notices.send, noting a reply the rate limit suppressed."""
+        """Notices.send, noting a reply the rate limit suppressed.  While
+        run() works through commands, a plain answer to the sender waits to
+        go in one reply with the others."""
+        if self.answers is not None and to == [self.sender] and not options:
+            self.answers.append((self.line, title, text_name, values))
+            return
         if not self.notices.send(to, title, text_name, values, **options) and options.get("limit", True):
             self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
 
@@ -4471,13 +4481,31 @@ class Requests:
     # -- LIST-request: one handler per command (HANDLERS) -------------------------
 
     def run(self, lines):
-        """Up to five commands; a token command answers the whole message."""
-        parsed = [c for c in map(parse_command, lines[:10]) if c]
+        """Up to ten commands, a repeated one (Subject and body) done once;
+        the answers to the sender go in one reply.  A token command answers
+        the whole message."""
+        parsed, seen = [], set()
+        for line in lines:
+            command = parse_command(line)
+            key = command and (command[0], tuple(w.lower() for w in command[1]))
+            if command and key not in seen and len(parsed) < 10:
+                seen.add(key)
+                parsed.append((line, command))
         if not parsed:
             self.help([], lines, why="help (no command found)")
-        for command, words in parsed[:5]:
+        self.answers = []
+        for self.line, (command, words) in parsed:
             if getattr(self, self.HANDLERS[command])(words, lines):
                 break
+        answers, self.answers = self.answers, None
+        if len(answers) == 1:
+            _, title, text_name, values = answers[0]
+            self.notice([self.sender], title, text_name, values)
+        elif answers:
+            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n{render(text_name, self.list, values or {})}"
+                                   for line, _, text_name, values in answers)
+            self.notice([self.sender], f"{list_address(self.list)}: answers to your {len(answers)} commands",
+                        "command-replies", {"replies": replies.rstrip("\n")})
 
     def help(self, words, lines, why="help"):
         self.notice([self.sender], f"{list_address(self.list)}: help", "help", {"extra": ""})
@@ -5846,7 +5874,8 @@ def housekeeping(ctx):
             log.info("held post %s expired message-id=%s", row["id"], row["message_id"])
         db.execute(SQL["prune_pending"], (now, now - 7 * 86400))
         db.execute(SQL["prune_events"], (now - 30 * 86400,))
-        db.execute(SQL["prune_recent_posts"], (now - max(config.duration("queue", "duplicate_window"), 86400),))
+        kept = max(config.duration("queue", "duplicate_window"), 86400)    # max_posts_per_day counts a day
+        db.execute(SQL["prune_recent_posts"], (now - kept,))
         db.execute(SQL["prune_failures"], (now - 30 * 86400,))
         db.execute(SQL["nomail_ended"], (now,))
         last = db.execute(SQL["meta"], ("last_prune",)).fetchone()
@@ -7864,7 +7893,8 @@ def cmd_import(args, config):
 # Everything stored about one address, and where (whois, forget): (table,
 # SQL name to show it, SQL name to delete it).
 PERSONAL_DATA = tuple((table, f"whois_{table}", f"forget_{table}") for table in (
-    "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies", "recent_posts", "messages"))
+    "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies", "recent_posts",
+    "messages"))
 # ... and where it may be written inside a text: (table, SQL name of the
 # candidates, SQL name to delete one by id); mentions() decides.
 MENTIONING = (("held", "mentioning_held", "delete_held"), ("events", "mentioning_events", "delete_event"))

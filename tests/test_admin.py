@@ -88,7 +88,10 @@ def test_newlist_lists_set_dellist(rs):
     assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
                    "footer": "bye\n$list", "owners": "boss@example.org", "subscribe_policy": "confirm",
                    "members": 0, "archive": "private", "archive_url": "", "digest_format": "mime",
-                   "digest_size_threshold": 30, "digest_interval": 86400.0}
+                   "digest_size_threshold": 30, "digest_interval": 86400.0, "welcome": "", "goodbye": "",
+                   "dmarc": "auto", "dmarc_action": "munge_from", "reply_to": "none", "reply_to_strip": 0,
+                   "max_size": 0, "nonmember_action": "hold", "emergency": 0, "max_posts_per_day": 0,
+                   "notify_owners": 0}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out

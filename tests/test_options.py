@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import parse, post
+from smtpsink import SMTPSink
 
 LIST = "test@lists.example.org"
 MEMBERS = ("alice@example.org", "bob@example.net", "carol@example.net")
@@ -192,3 +193,261 @@ def test_options_survive_export_and_import(team, tmp_path):
     members = team.members(LIST)
     assert members["bob@example.net"]["notmetoo"] and members["bob@example.net"]["moderate"]
     assert members["carol@example.net"]["nomail"] and members["carol@example.net"]["nomail_until"] > 4e9
+
+
+# --- list settings ------------------------------------------------------------------------
+
+def copies(rs, message, sender="alice@example.org"):
+    """Queue ``message``, run send; {recipient: parsed copy} of the posts that went out since."""
+    before = len(rs.sent())
+    rs.queue(message, sender=sender, check=0)
+    rs.run("send", check=0)
+    return {argv[-1]: parse(data) for argv, data in rs.sent()[before:]}
+
+
+@pytest.mark.parametrize("reply_to, strip, own, expected", [
+    ("none", "no", None, None),
+    ("none", "no", "Alice Home <alice@home.example>", ["alice@home.example"]),
+    ("none", "yes", "Alice Home <alice@home.example>", None),
+    ("list", "no", None, [LIST]),
+    ("list", "no", "alice@home.example", ["alice@home.example", LIST]),
+    ("list", "yes", "alice@home.example", [LIST]),
+    ("list", "no", f"Test <{LIST.upper()}>", [LIST.upper()]),
+    ("desk@example.com", "no", None, ["desk@example.com"]),
+    ("desk@example.com", "yes", "x@y.example, z@w.example", ["desk@example.com"]),
+])
+def test_reply_to(team, reply_to, strip, own, expected):
+    from email.utils import getaddresses
+    team.run("set", LIST, "reply_to", reply_to, check=0)
+    team.run("set", LIST, "reply_to_strip", strip, check=0)
+    got = copies(team, post(extra=f"Reply-To: {own}\n" if own else ""))["bob@example.net"]
+    values = got.get_all("Reply-To") or []
+    assert len(values) <= 1
+    shown = [a for _, a in getaddresses(values)] or None
+    assert shown == expected
+
+
+@pytest.mark.parametrize("value", ["nobody", "list list", "a@b@c"])
+def test_reply_to_refuses_a_bad_value(team, value):
+    proc = team.run("set", LIST, "reply_to", value)
+    assert proc.returncode == 65 and "reply_to" in proc.err
+
+
+def test_subject_tag_numbers_posts_and_never_reuses_one(team):
+    team.run("set", LIST, "subject_tag", "[team %d]", check=0)
+    subjects = []
+    for i, subject in enumerate(["first", "Re: [team 1] first", "=?utf-8?q?Caf=C3=A9?=",
+                                 "Re: [TEAM 2] Re: [team 1] first"]):
+        got = copies(team, post(subject=subject, body=f"post {i}\n"))
+        subjects.append(str(got["bob@example.net"]["Subject"]))
+    assert subjects == ["[team 1] first", "[team 2] Re: first", "[team 3] Café", "[team 4] Re: Re: first"]
+    # a held post takes no number; a post that takes one and then fails leaves a gap, not a repeat
+    team.queue(post(subject="from a stranger", sender="x@else.example"), sender="x@else.example", check=0)
+    team.run("set", LIST, "max_posts_per_day", "0", check=0)
+    got = copies(team, post(subject="fifth", body="five\n"))
+    assert str(got["bob@example.net"]["Subject"]) == "[team 5] fifth"
+    (listing,) = json.loads(team.run("lists", "--json", check=0).out)
+    assert listing["subject_tag"] == "[team %d]"
+
+
+def test_subject_tag_number_in_an_encoded_subject_is_replaced(team):
+    team.run("set", LIST, "subject_tag", "[tëam %d]", check=0)
+    first = copies(team, post(subject="hello"))["bob@example.net"]
+    assert str(first["Subject"]) == "[tëam 1] hello"
+    raw_reply = "Re: " + first.get("Subject").encode() if False else f"Re: {first['Subject']}"
+    from email.header import Header
+    encoded = Header(raw_reply, "utf-8").encode()
+    again = copies(team, post(subject=encoded, body="second\n"))["bob@example.net"]
+    assert str(again["Subject"]) == "[tëam 2] Re: hello"
+
+
+@pytest.mark.parametrize("tag", ["[team %s]", "[%d %d]", "[$list]", "[${list}]", "[50%]"])
+def test_subject_tag_refuses_unknown_placeholders(team, tag):
+    proc = team.run("set", LIST, "subject_tag", tag)
+    assert proc.returncode == 65 and "%d" in proc.err and "Traceback" not in proc.err
+
+
+@pytest.mark.parametrize("key, text", [("footer", "Hi $adress"), ("footer", "${nosuch}"),
+                                       ("welcome", "Hello $unsubscribe_personal"), ("goodbye", "Bye $name")])
+def test_texts_refuse_unknown_placeholders(team, key, text):
+    proc = team.run("set", LIST, key, text)
+    assert proc.returncode == 65 and "unknown placeholder" in proc.err
+    assert "$address" in proc.err
+
+
+def test_footer_costs_a_dollar(team):
+    team.run("set", LIST, "footer", "Price: $$5, list $list", check=0)
+    got = copies(team, post())["bob@example.net"]
+    assert "Price: $5, list test" in got.get_body().get_content()
+
+
+@pytest.mark.parametrize("body_headers, body", [
+    ("", "Hello list.\n"),
+    ("MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n",
+     "SGVsbG8gbGlzdC4K\n"),
+    ("MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n",
+     "Caf=C3=A9 list.\n"),
+    ("MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=b\n",
+     "--b\nContent-Type: text/plain\n\nhi\n--b\nContent-Type: text/html\n\n<p>hi</p>\n--b--\n"),
+])
+@pytest.mark.parametrize("transport", ["sendmail", "smtp", "smtp-chunking"])
+def test_personal_footer_is_each_members_own(team, body_headers, body, transport):
+    team.run("set", LIST, "footer", "You are $address; leave: $unsubscribe_personal — ünïcode", check=0)
+    team.run("set", LIST, "archive", "private", check=0)
+    team.queue(post(extra=body_headers, body=body), check=0)
+    if transport == "sendmail":
+        team.run("send", check=0)
+        got = {argv[-1]: parse(d) for argv, d in team.sent()}
+    else:
+        with SMTPSink(chunking=transport == "smtp-chunking") as sink:
+            team.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port})
+            team.run("send", check=0)
+        got = {rcpts[0]: parse(data) for _, rcpts, data in sink.messages}
+    import redsky
+    key = team.verp_key()
+    for member in ("bob@example.net", "carol@example.net"):
+        texts = [p.get_content() for p in got[member].walk() if p.get_content_type() == "text/plain"]
+        footer = [t for t in texts if "You are" in t]
+        assert len(footer) == 1, texts
+        token = redsky.leave_token(key, {"name": "test", "domain": "lists.example.org"}, member)
+        assert f"You are {member}; leave: test-leave+{token}@lists.example.org — ünïcode" in footer[0]
+        assert "redsky-personal" not in got[member].as_string()
+        assert got[member]["List-Unsubscribe"] == f"<mailto:test-leave+{token}@lists.example.org>"
+    # the archive keeps the generic values, never a member's address or token
+    archived = team.run("archive", "export", LIST, check=0).out
+    assert "You are your address; leave: test-leave@lists.example.org" in archived.replace("=\n", "") \
+        or "You are your address" in parse(archived.split("\n", 1)[1].encode()).as_string()
+    assert "redsky-personal" not in archived and "bob@example.net" not in archived
+
+
+def test_personal_footer_in_batched_copies_is_generic(team):
+    team.write_config(send={"verp": "off"})
+    team.run("set", LIST, "footer", "You are $address ($unsubscribe_personal)", check=0)
+    got = copies(team, post())
+    for member, msg in got.items():
+        assert "You are your address (test-leave@lists.example.org)" in msg.get_body().get_content()
+        assert "redsky-personal" not in msg.as_string()
+
+
+def test_a_poster_cannot_forge_a_personal_marker(team):
+    team.run("set", LIST, "footer", "You are $address", check=0)
+    got = copies(team, post(body="redsky-personal-0123456789abcdef0123-address\n"))
+    assert "redsky-personal-0123456789abcdef0123-address" in got["bob@example.net"].get_body().get_content()
+
+
+def test_list_max_size_holds_a_larger_post(team):
+    team.run("set", LIST, "max_size", "2", check=0)
+    got = copies(team, post(body="x" * 3000 + "\n"))
+    assert got == {}
+    assert "over the list's max_size of 2 KB" in team.run("held", LIST, check=0).out
+    assert "bob@example.net" in copies(team, post(subject="small", body="small\n"))
+    assert team.run("set", LIST, "max_size", "big").returncode == 64
+
+
+@pytest.mark.parametrize("action", ["hold", "reject", "discard", "accept"])
+def test_nonmember_action(team, action):
+    team.run("set", LIST, "nonmember_action", action, check=0)
+    got = copies(team, post(sender="stranger@else.example", subject="Buy now"), sender="stranger@else.example")
+    held = team.run("held", LIST, check=0).out
+    assert ("Buy now" in held) == (action == "hold")
+    assert ("bob@example.net" in got) == (action == "accept")
+    told = got.get("stranger@else.example")
+    if action == "reject":
+        assert told is not None and "not a member" in told.get_body().get_content()
+    else:
+        assert told is None
+    if action in ("reject", "discard"):
+        trace = team.run("trace", post(sender="stranger@else.example", subject="Buy now")
+                         .split(b"Message-ID: ")[1].split(b"\n")[0].decode(), check=0).out
+        assert f"nonmember_action {action}" in trace
+
+
+def test_nonmember_reject_never_answers_a_robot(team):
+    team.run("set", LIST, "nonmember_action", "reject", check=0)
+    got = copies(team, post(sender="daemon@else.example", extra="Auto-Submitted: auto-generated\n"),
+                 sender="daemon@else.example")
+    assert got == {}
+
+
+def test_emergency_holds_every_post_and_keeps_the_access_mode(team):
+    team.run("set", LIST, "emergency", "on", check=0)
+    assert copies(team, post(subject="urgent")) == {}
+    assert "emergency" in team.run("held", LIST, check=0).out
+    team.run("set", LIST, "emergency", "off", check=0)
+    (listing,) = json.loads(team.run("lists", "--json", check=0).out)
+    assert listing["access"] == "subscribers" and listing["emergency"] == 0
+    assert "bob@example.net" in copies(team, post(subject="calm again"))
+
+
+def test_max_posts_per_day_holds_the_extra_posts(team):
+    team.run("set", LIST, "max_posts_per_day", "2", check=0)
+    for i in range(2):
+        assert "bob@example.net" in copies(team, post(subject=f"p{i}", body=f"{i}\n"))
+    assert copies(team, post(subject="p2", body="2\n")) == {}
+    assert "alice@example.org already posted 2 times" in team.run("held", LIST, check=0).out
+    # another poster has their own count; the address's case does not matter
+    assert "alice@example.org" in copies(team, post(subject="b0", sender="bob@example.net", body="b\n"),
+                                         sender="bob@example.net")
+    assert copies(team, post(subject="p3", sender="ALICE@example.org", body="3\n"), sender="ALICE@example.org") == {}
+
+
+def test_notify_owners_of_joins_and_leaves(team):
+    team.run("set", LIST, "owners", "owner@example.org", check=0)
+    team.run("set", LIST, "notify_owners", "yes", check=0)
+    team.run("set", LIST, "subscribe_policy", "open", check=0)
+    team.run("subscribe", LIST, "new1@example.org", "new2@example.org", "bob@example.net", check=0)
+    request(team, "subscribe", "dave@example.org").check_returncode()
+    team.run("unsubscribe", LIST, "carol@example.net", check=0)
+    team.run("send", check=0)
+    notes = [parse(d) for argv, d in team.sent() if argv[-1] == "owner@example.org"]
+    subjects = [n["Subject"] for n in notes]
+    assert subjects == [f"{LIST}: new1@example.org, new2@example.org joined", f"{LIST}: dave@example.org joined",
+                        f"{LIST}: carol@example.net left"]
+    assert "  new2@example.org" in notes[0].get_body().get_content()
+    team.run("set", LIST, "notify_owners", "no", check=0)
+    team.run("subscribe", LIST, "quiet@example.org", check=0)
+    team.run("send", check=0)
+    assert len([1 for argv, _ in team.sent() if argv[-1] == "owner@example.org"]) == 3
+
+
+@pytest.mark.parametrize("key, value", [("emergency", "maybe"), ("notify_owners", "2"),
+                                        ("nonmember_action", "bounce"), ("max_posts_per_day", "-1")])
+def test_list_settings_refuse_bad_values(team, key, value):
+    proc = team.run("set", LIST, key, value)
+    assert proc.returncode == 64 and key in proc.err and "Traceback" not in proc.err
+
+
+# --- command mail -------------------------------------------------------------------------
+
+def test_several_commands_are_answered_in_one_reply(team):
+    body = ("set ack on\nset notmetoo on\nhelp\nset digest sometimes\nset nomail on\n"
+            "set ack on\n" + "help\n" * 3 + "index\n" + "set ack off\n" * 2 + "set nomail off\n")
+    request(team, "set ack on\n" + body, "bob@example.net").check_returncode()
+    team.run("send", check=0)
+    replies = [parse(d) for argv, d in team.sent() if argv[-1] == "bob@example.net"]
+    assert [r["Subject"] for r in replies] == [f"{LIST}: answers to your 8 commands"]
+    text = replies[0].get_body().get_content()
+    # each distinct command once, in order, each with its own answer
+    quoted = [line[2:] for line in text.splitlines() if line.startswith("> ")]
+    assert quoted == ["set ack on", "set notmetoo on", "help", "set digest sometimes", "set nomail on", "index",
+                      "set ack off", "set nomail off"]
+    assert "ack is now on for bob@example.net" in text and "notmetoo is now on" in text
+    assert "This is the mailing list manager" in text and "suppressed" not in team.run(
+        "trace", f"<{abs(hash(('set ack on' + chr(10) + body, 'bob@example.net')))}@x>", check=0).out
+    bob = team.members(LIST)["bob@example.net"]
+    assert bob["notmetoo"] and bob["ack"] is False and bob["nomail"] is False
+
+
+def test_more_than_ten_commands_stop_at_ten(team):
+    body = "".join(f"get {n}\n" for n in range(1, 15))
+    request(team, body, "bob@example.net").check_returncode()
+    team.run("send", check=0)
+    (reply,) = [parse(d) for argv, d in team.sent() if argv[-1] == "bob@example.net"]
+    assert reply["Subject"] == f"{LIST}: answers to your 10 commands"
+    assert "> get 10" in reply.get_body().get_content() and "> get 11" not in reply.get_body().get_content()
+
+
+def test_one_command_is_answered_as_before(team):
+    request(team, "set ack on", "bob@example.net").check_returncode()
+    team.run("send", check=0)
+    assert [parse(d)["Subject"] for argv, d in team.sent()] == [f"{LIST}: ack on"]

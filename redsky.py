@@ -24,6 +24,7 @@ Commands::
     redsky.py dellist LIST
     redsky.py subscribe [--welcome] LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
     redsky.py members LIST [--option OPT] [--json]   redsky.py acl LIST [add|del PATTERN...]
+    redsky.py ban LIST [add|del PATTERN...]
     redsky.py set-member LIST ADDR digest|nomail|notmetoo|ack|moderate on|off [--until DATE]
     redsky.py archive LIST [--since DATE] [--search TEXT] | archive export LIST [--output FILE]
     redsky.py held [LIST]                redsky.py approve ID
@@ -622,6 +623,14 @@ CREATE TABLE acl (
     PRIMARY KEY (list_id, pattern)
 );
 
+-- Who may neither post to a list nor join it: addresses, *@domain patterns, or
+-- regular expressions starting with ^ (as Mailman's ban list).
+CREATE TABLE bans (
+    list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (list_id, pattern)
+);
+
 -- One row per accepted post or generated notice; the bytes are in the spool file.
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY,
@@ -923,6 +932,9 @@ SQL = {
     "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
     "acl_add": "INSERT OR IGNORE INTO acl (list_id, pattern) VALUES (?, ?)",
     "acl_del": "DELETE FROM acl WHERE list_id = ? AND pattern = ?",
+    "bans": "SELECT pattern FROM bans WHERE list_id = ? ORDER BY pattern",
+    "ban_add": "INSERT OR IGNORE INTO bans (list_id, pattern) VALUES (?, ?)",
+    "ban_del": "DELETE FROM bans WHERE list_id = ? AND pattern = ?",
     # messages and the delivery ledger
     "add_message": "INSERT INTO messages (list_id, kind, message_id, spool, size, created, sender,"
                    " to_members, member_cursor, poster)"
@@ -3903,7 +3915,8 @@ def access(ctx):
     open; subscribers (From, Sender or envelope sender is a member); acl
     (an address or *@domain pattern in the list's acl); passphrase (an
     Approved: header or first body line matches); moderated (everything is
-    held).  A correct passphrase always approves.  Someone the mode does
+    held).  A sender on the list's ban list is discarded first, whatever
+    else.  A correct passphrase always approves.  Someone the mode does
     not let post: the list's nonmember_action (nonmember); other failures
     → hold.  Approved: is always stripped so the passphrase never leaks.
     Whatever the mode, a moderator decides on every post while the list's
@@ -3917,6 +3930,12 @@ def access(ctx):
     passphrase = take_approved(ctx)
     if passphrase and passphrase_left(ctx.msg, passphrase):
         raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
+    if ctx.sender:
+        senders.append(normalize_address(ctx.sender))
+    ban = banned(ctx.store, ctx.list, senders)
+    if ban:
+        raise Discard(f"{ban} is on the list's ban list")
     stored = ctx.list["passphrase_hash"]
     if passphrase is not None and stored and check_passphrase(passphrase, stored):
         ctx.approved = True
@@ -3937,9 +3956,6 @@ def access(ctx):
     if ctx.poster and ctx.poster["moderate"]:
         raise Hold(f"the moderators review every post of {ctx.poster['address']} (member option moderate)")
     mode = ctx.list["access"]
-    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
-    if ctx.sender:
-        senders.append(normalize_address(ctx.sender))
     shown = senders[0] if senders else "(no sender)"
     if mode == "passphrase":
         raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
@@ -4092,6 +4108,37 @@ def acl_allows(patterns, address):
     from fnmatch import fnmatchcase
     address = address.lower()
     return any(fnmatchcase(address, p.lower()) for p in patterns)
+
+
+def banned(store, list_row, addresses):
+    """The first of ``addresses`` the list's ban list names, or None.  A
+    pattern is an address, a *@domain glob, or a regular expression
+    starting with ^ (searched case-insensitively in at most 254
+    characters of the address: bounded work whatever the input)."""
+    patterns = [r[0] for r in store.q("bans", list_row["id"])]
+    if not patterns:
+        return None
+    globs = [p for p in patterns if not p.startswith("^")]
+    expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^")]
+    return next((a for a in addresses if acl_allows(globs, a)
+                 or any(e.search(a[:254]) for e in expressions)), None)
+
+
+def ban_pattern(pattern):
+    """A ban pattern checked (Failure 65 if not one), as stored."""
+    pattern = pattern.strip()
+    if pattern.startswith("^"):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise Failure(f"not a regular expression: {pattern!r}: {e}", EX_DATAERR)
+        if re.search(r"\([^()]*[*+}][^()]*\)[*+{?]", pattern):     # (a+)+: backtracking without end
+            raise Failure(f"{pattern!r}: a repeated group that itself repeats can take exponential time"
+                          " on a crafted address; write it without the nesting", EX_DATAERR)
+        return pattern
+    if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
+        raise Failure(f"not an address, *@domain or ^regular expression: {pattern!r}", EX_DATAERR)
+    return pattern.lower()
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -4545,6 +4592,9 @@ class Requests:
 
     def subscribe(self, address):
         policy_ = self.list["subscribe_policy"]
+        if banned(self.store, self.list, [address]):
+            self.done.append(f"subscription of {address} refused: on the ban list")
+            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
         if policy_ == "closed":
             return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
         if self.is_member(address):
@@ -4580,6 +4630,9 @@ class Requests:
         self.done.append(f"{action} {address}: confirmation sent")
 
     def add_member(self, address):
+        if banned(self.store, self.list, [address]):         # banned since the request
+            self.done.append(f"subscription of {address} refused: on the ban list")
+            return
         list_id = self.list["id"]
         self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
         self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
@@ -7015,6 +7068,8 @@ def change_members(args, config, subscribe):
     addresses = addresses_from_args([a for a in args.addresses if a != "--welcome"])
     bad = [a for a, _ in addresses if not valid_address(a)]
     good = [(normalize_address(a), name) for a, name in addresses if valid_address(a)]
+    refused = {a for a, _ in good if banned(store, row, [a])} if subscribe else set()
+    good = [(a, name) for a, name in good if a not in refused]
     members, outbox, changed = MemberLookup(store, row["id"]), Outbox(), [0]
     notices = Notices(store, config, row, outbox)
     tell_owners(notices, "joined" if subscribe else "left",
@@ -7037,7 +7092,9 @@ def change_members(args, config, subscribe):
     print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
     for address in bad:
         print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
-    return EX_DATAERR if bad else EX_OK
+    for address in sorted(refused):
+        print(f"redsky: on the list's ban list, not subscribed: {address}", file=sys.stderr)
+    return EX_DATAERR if bad or refused else EX_OK
 
 
 def cmd_members(args, config):
@@ -7173,6 +7230,22 @@ def cmd_acl(args, config):
                     raise Failure(f"not an address or *@domain pattern: {pattern!r}", EX_DATAERR)
                 db.execute(SQL["acl_add" if args.action == "add" else "acl_del"], (row["id"], pattern))
     for r in store.q("acl", row["id"]):
+        print(r["pattern"])
+    return EX_OK
+
+
+def cmd_ban(args, config):
+    """ban LIST [add|del PATTERN...]: who may neither post nor join (banned)."""
+    store = open_store(config)
+    row = store.require_list(args.list)
+    if args.action in ("add", "del"):
+        if not args.patterns:
+            raise Failure(f"ban {args.action}: name at least one pattern", EX_USAGE)
+        patterns = [ban_pattern(p) for p in args.patterns]
+        with store.transaction() as db:
+            rows = [(row["id"], p) for p in patterns]
+            db.executemany(SQL["ban_add" if args.action == "add" else "ban_del"], rows)
+    for r in store.q("bans", row["id"]):
         print(r["pattern"])
     return EX_OK
 
@@ -7469,7 +7542,8 @@ EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_
 
 def new_plan(address):
     """What an import would bring: filled by an importer, carried out by apply_plan."""
-    return {"address": address, "settings": {}, "members": [], "acl": [], "held": [], "pending": [],
+    return {"address": address, "settings": {}, "members": [], "acl": [], "bans": [], "held": [],
+            "pending": [],
             "archive": [], "not_carried": [], "invalid": []}
 
 
@@ -7499,6 +7573,7 @@ def apply_plan(store, config, plan, dry_run=False):
     have = {a.lower() for a in member_addresses(store, row["id"])} if row else set()
     members = [m for m in plan["members"] if m["address"].lower() not in have]
     acl = [p for p in plan["acl"] if row is None or p not in {r[0] for r in store.q("acl", row["id"])}]
+    bans = [p for p in plan["bans"] if row is None or p not in {r[0] for r in store.q("bans", row["id"])}]
     held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", row["id"])} if row else set()
     held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
     tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
@@ -7517,7 +7592,8 @@ def apply_plan(store, config, plan, dry_run=False):
         digest = sum(1 for m in members if m.get("digest"))
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
         yield verb(f"add {len(members)} members ({digest} digest, {nomail} nomail)")
-    for what, items in (("posting patterns", acl), ("held posts", held), ("pending requests", tokens),
+    for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
+                        ("pending requests", tokens),
                         ("archived posts", posts)):
         if items:
             yield verb(f"add {len(items)} {what}")
@@ -7526,7 +7602,7 @@ def apply_plan(store, config, plan, dry_run=False):
             (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
     for item in plan["not_carried"]:
         yield f"not carried over: {item}"
-    if not (row is None or changed or members or acl or held or tokens or posts):
+    if not (row is None or changed or members or acl or bans or held or tokens or posts):
         yield "nothing to change"
     if dry_run:
         return
@@ -7546,6 +7622,7 @@ def apply_plan(store, config, plan, dry_run=False):
              int(bool(m.get("moderate"))))
             for m in members])
         db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
+        db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])
         held_ids = {}                           # the export's held numbers -> rows here
         for h in held:
             held_ids[h["number"]] = db.execute(SQL["add_held"], (
@@ -7667,7 +7744,7 @@ def python_assignments(text):
 MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "generic_nonmember_action",
                     "default_member_moderation", "subscribe_policy", "archive", "archive_private", "owner",
                     "moderator", "reply_goes_to_list", "reply_to_address", "first_strip_reply_to",
-                    "max_message_size", "emergency", "admin_notify_mchanges"}
+                    "max_message_size", "emergency", "admin_notify_mchanges", "ban_list"}
 
 
 def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
@@ -7717,6 +7794,11 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
     owners = as_list(values.get("owner")) + as_list(values.get("moderator"))
     s["owners"] = ",".join(dict.fromkeys(str(o) for o in owners if valid_address(str(o))))
     plan["not_carried"] += sorted(k for k in values if k not in MAILMAN2_CARRIED)
+    for pattern in as_list(values.get("ban_list")):
+        try:
+            plan["bans"].append(ban_pattern(str(pattern)))
+        except Failure:
+            plan["not_carried"].append(f"ban_list entry {str(pattern)!r}")
     add_member_files(plan, members, digest_members, nomail_members)
     add_mbox(plan, mbox)
     return plan
@@ -7787,7 +7869,9 @@ def export_document(store, config, row):
     return {"format": "redsky-export", "version": 1, "list": list_address(row),
             "settings": {k: row[k] for k in EXPORTED_SETTINGS},
             "members": [dict(m) for m in store.q("members_export", row["id"])],
-            "acl": [r[0] for r in store.q("acl", row["id"])], "held": held, "pending": pending}
+            "acl": [r[0] for r in store.q("acl", row["id"])],
+            "bans": [r[0] for r in store.q("bans", row["id"])],
+            "held": held, "pending": pending}
 
 
 def redsky_plan(path, as_address=None):
@@ -7809,6 +7893,7 @@ def redsky_plan(path, as_address=None):
         for m in doc.get("members", []):
             plan_member(plan, str(m["address"]), str(m.get("name", "")), **member_options(m))
         plan["acl"] = [str(p) for p in doc.get("acl", [])]
+        plan["bans"] = [ban_pattern(str(p)) for p in doc.get("bans", [])]
         for h in doc.get("held", []):
             missing = held_keys - set(h)
             if missing:
@@ -8627,6 +8712,10 @@ def make_parser(wanted=None):
     p.add_argument("list")
     p.add_argument("action", nargs="?", choices=("add", "del", "show"), default="show")
     p.add_argument("patterns", nargs="*", metavar="PATTERN", help="address or *@domain")
+    p = command("ban", cmd_ban, "show or change who may neither post to a list nor join it")
+    p.add_argument("list")
+    p.add_argument("action", nargs="?", choices=("add", "del", "show"), default="show")
+    p.add_argument("patterns", nargs="*", metavar="PATTERN", help="address, *@domain or ^regular expression")
     p = command("held", cmd_held, "show posts held for moderation")
     p.add_argument("list", nargs="?")
     p.add_argument("--json", action="store_true")

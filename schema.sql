@@ -79,6 +79,14 @@ CREATE TABLE acl (
     PRIMARY KEY (list_id, pattern)
 );
 
+-- Who may neither post to a list nor join it: addresses, *@domain patterns, or
+-- regular expressions starting with ^ (as Mailman's ban list).
+CREATE TABLE bans (
+    list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (list_id, pattern)
+);
+
 -- One row per accepted post or generated notice; the bytes are in the spool file.
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY,

@@ -65,7 +65,7 @@ def test_the_layout_test_catches_literal_sql():
 
 def test_every_named_query_is_used_and_every_use_exists():
     used = set(re.findall(r'SQL\["(\w+)"\]', SOURCE)) | set(re.findall(r'\.q\(\s*f?"(\w+)"', SOURCE))
-    used |= {"acl_add", "acl_del"}                      # SQL["acl_add" if ... else "acl_del"]
+    used |= {"acl_add", "acl_del", "ban_add", "ban_del"}    # SQL["acl_add" if ... else "acl_del"]
     used |= {q for _, *queries in redsky.PERSONAL_DATA + redsky.MENTIONING for q in queries}   # whois, forget
     used |= {f"{cache}_cache_{op}" for cache in ("dmarc", "dnsbl") for op in ("prune", "put")}   # remember()
     assert used - set(redsky.SQL) == set()

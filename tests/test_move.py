@@ -170,13 +170,14 @@ def test_import_mailman2(rs, tmp_path):
     assert "create list team@lists.example.org" in out
     assert "add 5 members (1 digest, 1 nomail)" in out and "add 2 archived posts" in out
     assert "invalid addresses, not imported: broken@" in out
-    for item in ("ban_list", "msg_footer placeholders _internal_name, cgiext, web_page_url"):
+    for item in ("msg_footer placeholders _internal_name, cgiext, web_page_url",):
         assert f"not carried over: {item}" in out, item
-    for item in ("reply_goes_to_list", "max_message_size", "subject_prefix", "generic_nonmember_action"):
+    for item in ("reply_goes_to_list", "max_message_size", "subject_prefix", "generic_nonmember_action", "ban_list"):
         assert f"not carried over: {item}" not in out, item
     (listing,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert listing["subject_tag"] == "[Team %d]" and listing["subscribe_policy"] == "confirm+approve"
     assert (listing["reply_to"], listing["max_size"], listing["nonmember_action"]) == ("list", 40, "reject")
+    assert rs.run("ban", "team@lists.example.org", check=0).out == "^.*@spam.example$\n"
     assert listing["footer"].splitlines()[1:3] == ["Team mailing list", "Team@lists.example.org"]
     assert listing["owners"] == "owner@example.org, mod@example.org" and listing["archive"] == "public"
     export = json.loads(rs.run("export", "team@lists.example.org", check=0).out)

@@ -451,3 +451,53 @@ def test_one_command_is_answered_as_before(team):
     request(team, "set ack on", "bob@example.net").check_returncode()
     team.run("send", check=0)
     assert [parse(d)["Subject"] for argv, d in team.sent()] == [f"{LIST}: ack on"]
+
+
+# --- ban list -----------------------------------------------------------------------------
+
+def test_ban_list_stops_posting_and_joining(team):
+    team.run("set", LIST, "subscribe_policy", "open", check=0)
+    team.run("ban", LIST, "add", "bob@example.net", "*@spam.example", r"^troll\d+@", check=0)
+    assert team.run("ban", LIST, check=0).out.split() == [r"*@spam.example", r"^troll\d+@", "bob@example.net"]
+    # a banned member can no longer post (nor by Sender: or the envelope), and stays a member
+    assert copies(team, post(sender="bob@example.net"), sender="bob@example.net") == {}
+    assert copies(team, post(subject="via sender", extra="Sender: Bob@Example.NET\n")) == {}
+    assert "bob@example.net" in team.members(LIST)
+    assert team.run("held", LIST, check=0).out == ""
+    # nobody banned can join, by email or the CLI
+    for address in ("x@spam.example", "troll42@else.example", "X@SPAM.example"):
+        request(team, "subscribe", address).check_returncode()
+    proc = team.run("subscribe", LIST, "y@spam.example", "fine@example.org")
+    assert proc.returncode == 65 and "ban list" in proc.err
+    members = team.members(LIST)
+    assert "fine@example.org" in members and not any("spam" in m or "troll" in m for m in members)
+    # one not matched by the expression's anchor can
+    request(team, "subscribe", "nottroll1@else.example").check_returncode()
+    assert "nottroll1@else.example" in team.members(LIST)
+    team.run("ban", LIST, "del", "bob@example.net", check=0)
+    assert "alice@example.org" in copies(team, post(subject="bob again", sender="bob@example.net"),
+                                         sender="bob@example.net")
+
+
+def test_ban_after_a_request_stops_the_confirmation(team):
+    request(team, "subscribe", "late@example.org").check_returncode()
+    token = team.db().execute("SELECT token FROM pending WHERE address = 'late@example.org'").fetchone()[0]
+    team.run("ban", LIST, "add", "late@example.org", check=0)
+    team.queue(f"From: late@example.org\nTo: x\nSubject: ok\nMessage-ID: <c@x>\n\nok\n".encode(),
+               recipient=f"test-confirm+{token}@lists.example.org", sender="late@example.org", check=0)
+    assert "late@example.org" not in team.members(LIST)
+
+
+@pytest.mark.parametrize("pattern", ["not an address", "^(unclosed", r"^(a+)+$", r"^(\w*)*@x", "@"])
+def test_ban_refuses_bad_patterns(team, pattern):
+    proc = team.run("ban", LIST, "add", pattern)
+    assert proc.returncode == 65 and "Traceback" not in proc.err and team.run("ban", LIST, check=0).out == ""
+
+
+def test_bans_survive_export_and_import(team, tmp_path):
+    team.run("ban", LIST, "add", "*@spam.example", check=0)
+    doc = tmp_path / "export.json"
+    team.run("export", LIST, "--output", str(doc), check=0)
+    team.run("dellist", LIST, check=0)
+    assert "add 1 ban patterns" in team.run("import", "redsky", str(doc), check=0).out
+    assert team.run("ban", LIST, check=0).out == "*@spam.example\n"

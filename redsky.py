@@ -288,6 +288,8 @@ DEFAULTS = {
         "timeout": "2s",
         "cache": "1d",
         "fallback": "none",      # what a post gets when the lookup fails: none, munge_from, wrap_message
+        # where the organisational domain of an author's domain is read (Debian: package publicsuffix)
+        "public_suffix_list": "/usr/share/publicsuffix/public_suffix_list.dat",
     },
     "filter": {                  # `redsky.py filter`: stdin -> stdout content filter
         "filters": FILTER_CHAIN,
@@ -588,6 +590,7 @@ CREATE TABLE lists (
     emergency       INTEGER NOT NULL DEFAULT 0,         -- 1: every post is held
     max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
     notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
+    dmarc_addresses TEXT NOT NULL DEFAULT '',           -- authors always given dmarc_action (comma-separated)
     UNIQUE (name, domain)
 );
 
@@ -817,7 +820,7 @@ LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer,
                 " archive_url, digest_format, digest_size_threshold, digest_interval, "
                 "digest_volume, digest_issue,"
                 " digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action, emergency,"
-                " max_posts_per_day, notify_owners")
+                " max_posts_per_day, notify_owners, dmarc_addresses")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -2285,10 +2288,67 @@ def remember(store, cache, key, answer, expires):
         log.warning("cannot cache the %s answer for %s: %s", cache, key, e)
 
 
+# Multi-label public suffixes for when no Public Suffix List can be read: the common ones only.
+BUILTIN_SUFFIXES = frozenset("""
+    co.uk org.uk ac.uk gov.uk me.uk ltd.uk plc.uk net.uk sch.uk nhs.uk police.uk co.jp ne.jp or.jp ac.jp
+    go.jp com.au net.au org.au edu.au gov.au id.au co.nz net.nz org.nz ac.nz govt.nz com.br net.br org.br
+    gov.br co.in net.in org.in ac.in gov.in co.za org.za ac.za gov.za com.cn net.cn org.cn edu.cn gov.cn
+    com.mx org.mx com.tw org.tw com.hk org.hk co.kr or.kr ac.kr com.sg edu.sg com.my co.il org.il ac.il
+    com.tr org.tr com.ar co.id ac.id com.ua com.pl co.th ac.th com.vn com.ph com.pk com.ng com.eg com.sa
+    co.ke ac.at co.at or.at gv.at com.es com.pt com.ru org.ru
+""".split())
+_PUBLIC_SUFFIXES = {}                   # path -> (rules, wildcards, exceptions), read once a process
+
+
+def public_suffixes(path):
+    """The rules of the Public Suffix List at ``path`` (publicsuffix.org's
+    format: a rule per line, "*." wildcards, "!" exceptions, "//"
+    comments), or None when it cannot be read."""
+    if path not in _PUBLIC_SUFFIXES:
+        rules, wildcards, exceptions = set(), set(), set()
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    rule = line.split(None, 1)[0].lower() if line.strip() else ""
+                    if not rule or rule.startswith("//"):
+                        continue
+                    if rule.startswith("!"):
+                        exceptions.add(rule[1:])
+                    elif rule.startswith("*."):
+                        wildcards.add(rule[2:])
+                    else:
+                        rules.add(rule)
+        except OSError as e:
+            log.info("no Public Suffix List at %s (%s): the built-in suffixes serve", path, e.strerror)
+            rules = None
+        _PUBLIC_SUFFIXES[path] = (rules, wildcards, exceptions) if rules else None
+    return _PUBLIC_SUFFIXES[path]
+
+
+def organizational_domain(domain, psl_path):
+    """RFC 7489 3.2: the public suffix of ``domain`` plus one label, by the
+    Public Suffix List (psl_path), else BUILTIN_SUFFIXES and the last two
+    labels; the domain itself when it is no longer."""
+    labels = domain.lower().rstrip(".").split(".")
+    table = public_suffixes(psl_path)
+    rules, wildcards, exceptions = table if table else (BUILTIN_SUFFIXES, (), ())
+    suffix = 1                                  # the default rule "*": the last label
+    for i in range(len(labels)):
+        name = ".".join(labels[i:])
+        if name in exceptions:
+            suffix = len(labels) - i - 1
+            break
+        if name in rules or (i + 1 < len(labels) and ".".join(labels[i + 1:]) in wildcards):
+            suffix = len(labels) - i
+            break
+    return ".".join(labels[-(suffix + 1):]) if len(labels) > suffix else domain.lower().rstrip(".")
+
+
 def dmarc_policy(store, config, domain):
     """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain,
-    then its organisational domain, approximated as the last two labels),
-    '' when none; cached for [dmarc] cache.  Raises OSError when DNS fails."""
+    then its organisational domain's sp=, else p=), '' when there is no
+    record ("none" for a record without p=); cached for [dmarc] cache.
+    Raises OSError when DNS fails."""
     domain = domain.lower().rstrip(".")
     now = time.time()
     row = store.q("dmarc_cache_get", domain, now).fetchone()
@@ -2297,14 +2357,14 @@ def dmarc_policy(store, config, domain):
     nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
     timeout = config.duration("dmarc", "timeout")
     policy = ""
-    candidates = [domain] + ([".".join(domain.split(".")[-2:])] if domain.count(".") > 1 else [])
-    for name in candidates:
+    organizational = organizational_domain(domain, config.path_of("dmarc", "public_suffix_list"))
+    for name in dict.fromkeys((domain, organizational)):
         records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout)
                    if r.lower().startswith("v=dmarc1")]
         if records:
             tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
-            policy = tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "")
-            policy = policy.strip().lower()
+            policy = tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "none")
+            policy = policy.strip().lower() or "none"
             break
     remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
     return policy
@@ -4110,14 +4170,23 @@ def acl_allows(patterns, address):
     return any(fnmatchcase(address, p.lower()) for p in patterns)
 
 
+def dmarc_listed(list_row, author):
+    """Whether the list's dmarc_addresses name ``author`` (patterns as banned())."""
+    patterns = [p.strip() for p in list_row["dmarc_addresses"].split(",") if p.strip()]
+    return bool(patterns) and matches_any(patterns, [author]) is not None
+
+
 def banned(store, list_row, addresses):
     """The first of ``addresses`` the list's ban list names, or None.  A
     pattern is an address, a *@domain glob, or a regular expression
     starting with ^ (searched case-insensitively in at most 254
     characters of the address: bounded work whatever the input)."""
     patterns = [r[0] for r in store.q("bans", list_row["id"])]
-    if not patterns:
-        return None
+    return matches_any(patterns, addresses) if patterns else None
+
+
+def matches_any(patterns, addresses):
+    """The first of ``addresses`` one of ``patterns`` names (see banned()), or None."""
     globs = [p for p in patterns if not p.startswith("^")]
     expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^")]
     return next((a for a in addresses if acl_allows(globs, a)
@@ -4145,8 +4214,10 @@ def ban_pattern(pattern):
 def dmarc(ctx):
     """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
     the author's domain publishes p=reject or p=quarantine (looked up in DNS
-    and cached; or the list says dmarc = always), apply the list's
-    dmarc_action: munge_from or wrap_message.  dmarc = never turns it off.
+    and cached, at the domain, then its organisational domain by the Public
+    Suffix List; or the list says dmarc = always, or its dmarc_addresses
+    name the author), apply the list's dmarc_action: munge_from or
+    wrap_message.  dmarc = never turns it off.
     A failed lookup never blocks a post: [dmarc] fallback applies.
     Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped)."""
     setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
@@ -4154,7 +4225,9 @@ def dmarc(ctx):
     if setting == "never" or not authors:
         return
     author = authors[0]
-    if setting == "auto":
+    if setting == "auto" and dmarc_listed(ctx.list, author):
+        ctx.note(f"{author} is in the list's dmarc_addresses")
+    elif setting == "auto":
         try:
             policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
         except (OSError, ValueError, IndexError) as e:
@@ -4165,7 +4238,8 @@ def dmarc(ctx):
                 return
         else:
             if policy not in ("reject", "quarantine"):
-                ctx.note(f"{author.rpartition('@')[2]}: DMARC p={policy or 'none'}, nothing to do")
+                ctx.note(f"{author.rpartition('@')[2]}: "
+                         + (f"DMARC p={policy}" if policy else "no DMARC record") + ", nothing to do")
                 return
     (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
     ctx.note(f"{action} for {author}")
@@ -6905,7 +6979,7 @@ SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
 SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
             "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
             "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
-            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners")
+            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses")
 LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners")          # yes/no, on/off
 LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
 # what expand() fills in texts the owners write, beyond the list's own addresses
@@ -6943,6 +7017,9 @@ def validate_setting(key, value):
         if not re.fullmatch(r"\d{1,9}", value):
             raise Failure(f"{key} is a whole number, 0 for no limit", EX_USAGE)
         return key, int(value)
+    if key == "dmarc_addresses":
+        items = [i.strip() for i in value.split(",") if i.strip()]
+        return key, ", ".join(ban_pattern(i if "@" in i or i.startswith("^") else f"*@{i}") for i in items)
     if key == "reply_to":
         if value.lower() in ("none", "list"):
             return key, value.lower()
@@ -7534,7 +7611,7 @@ EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owne
                      "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
                      "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue", "reply_to",
                      "reply_to_strip", "post_number", "max_size", "nonmember_action", "emergency",
-                     "max_posts_per_day", "notify_owners")
+                     "max_posts_per_day", "notify_owners", "dmarc_addresses")
 EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
                    "disabled_at", "warnings", "last_warning", "subscribed", "disabled_until", "notmetoo",
                    "ack", "moderate")

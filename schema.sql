@@ -44,6 +44,7 @@ CREATE TABLE lists (
     emergency       INTEGER NOT NULL DEFAULT 0,         -- 1: every post is held
     max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
     notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
+    dmarc_addresses TEXT NOT NULL DEFAULT '',           -- authors always given dmarc_action (comma-separated)
     UNIQUE (name, domain)
 );
 

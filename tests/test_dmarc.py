@@ -120,3 +120,81 @@ def test_a_forged_or_broken_answer_is_never_cached_and_never_stops_a_post(lst, h
     lst.run("send", check=0)
     copy = parse(lst.sent()[-1][1])
     assert "ann@victim.example" in copy["From"]     # not munged on a forged p=reject
+
+
+# --- the organisational domain (RFC 7489 3.2) and dmarc_addresses ---------------------------
+
+def psl(rs, text):
+    path = rs.home / "psl.dat"
+    path.write_text(text)
+    rs.write_config(dmarc={"public_suffix_list": str(path)})
+
+
+@pytest.mark.parametrize("domain, expected", [
+    ("mail.example.co.uk", "example.co.uk"), ("a.b.example.co.uk", "example.co.uk"), ("example.co.uk", "example.co.uk"),
+    ("co.uk", "co.uk"), ("mail.example.com", "example.com"), ("example.com", "example.com"), ("com", "com"),
+    ("x.y.kawasaki.jp", "x.y.kawasaki.jp"), ("shop.city.kawasaki.jp", "city.kawasaki.jp"),
+    ("www.ck", "www.ck"), ("a.www.ck", "www.ck"), ("b.a.foo.ck", "a.foo.ck"),
+    ("MAIL.Example.CO.UK.", "example.co.uk"), ("host.example.github.io", "example.github.io"),
+])
+def test_organizational_domain_follows_the_public_suffix_list(tmp_path, domain, expected):
+    import redsky
+    path = tmp_path / "psl.dat"
+    path.write_text("// comment\n\ncom\nuk\nco.uk\njp\n*.kawasaki.jp\n!city.kawasaki.jp\n*.ck\n!www.ck\n"
+                    "// ===BEGIN PRIVATE DOMAINS===\ngithub.io\n")
+    assert redsky.organizational_domain(domain, str(path)) == expected
+
+
+@pytest.mark.parametrize("domain, expected", [("mail.example.co.uk", "example.co.uk"),
+                                              ("a.b.example.com.au", "example.com.au"),
+                                              ("mail.example.org", "example.org")])
+def test_organizational_domain_without_a_list_uses_the_built_in_suffixes(tmp_path, domain, expected):
+    import redsky
+    assert redsky.organizational_domain(domain, str(tmp_path / "missing.dat")) == expected
+
+
+def test_debian_public_suffix_list_when_installed():
+    import os
+    import redsky
+    path = redsky.DEFAULTS["dmarc"]["public_suffix_list"]
+    if not os.path.exists(path):
+        pytest.skip("package publicsuffix is not installed")
+    assert redsky.organizational_domain("mail.example.co.uk", path) == "example.co.uk"
+    assert redsky.organizational_domain("a.b.example.k12.ca.us", path) == "example.k12.ca.us"
+    assert redsky.organizational_domain("x.example.city.kawasaki.jp", path) == "city.kawasaki.jp"   # !rule
+    assert redsky.organizational_domain("a.b.c.kawasaki.jp", path) == "b.c.kawasaki.jp"            # *.rule
+
+
+def test_a_subdomain_of_a_multi_label_suffix_finds_its_organisational_record(lst):
+    psl(lst, "uk\nco.uk\n")
+    lst.dns.records["_dmarc.example.co.uk"] = ["v=DMARC1; p=reject"]
+    msg = parse(delivered(lst, "bob@mail.example.co.uk"))
+    assert msg["From"] == "Alice via test <test@lists.example.org>"
+    assert "_dmarc.co.uk" not in lst.dns.queries
+
+
+def test_the_trace_tells_no_record_from_p_none(lst):
+    for sender, says in (("ann@unlisted.example", "no DMARC record"), ("ann@relaxed.example", "DMARC p=none")):
+        lst.queue(post(sender=sender, subject=sender), sender=sender, check=0)
+        msgid = post(sender=sender, subject=sender).split(b"Message-ID: ")[1].split(b"\n")[0].decode()
+        assert says in lst.run("trace", msgid, check=0).out
+
+
+@pytest.mark.parametrize("setting, sender, munged", [
+    ("gmail.example", "ann@gmail.example", True), ("*@gmail.example", "Ann@GMAIL.example", True),
+    ("ann@gmail.example", "ann@gmail.example", True), ("ann@gmail.example", "bob@gmail.example", False),
+    (r"^.*@(mail|smtp)\.example$", "x@smtp.example", True), ("gmail.example, other.example", "z@other.example", True),
+    ("gmail.example", "ann@sub.gmail.example", False),
+])
+def test_dmarc_addresses_are_always_mitigated(lst, setting, sender, munged):
+    lst.run("set", "test@lists.example.org", "dmarc_addresses", setting, check=0)
+    before = len(lst.dns.queries)
+    msg = parse(delivered(lst, sender))
+    assert (msg["From"] == "Alice via test <test@lists.example.org>") == munged
+    if munged:
+        assert lst.dns.queries[before:] == []           # no lookup needed
+
+
+@pytest.mark.parametrize("value", ["bad value", "^(a+)+$"])
+def test_dmarc_addresses_refuse_bad_patterns(lst, value):
+    assert lst.run("set", "test@lists.example.org", "dmarc_addresses", value).returncode == 65

@@ -3507,6 +3507,7 @@ class Context:
         self.outbox = Outbox()      # generated messages queued with the post or the action
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
+        self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
         # the send chain
         self.lock_fd = None         # singleinstance's flock, held until the process ends
         self.now = 0.0              # queuebuilder's clock: what is due
@@ -4219,7 +4220,7 @@ def dmarc(ctx):
     name the author), apply the list's dmarc_action: munge_from or
     wrap_message.  dmarc = never turns it off.
     A failed lookup never blocks a post: [dmarc] fallback applies.
-    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped)."""
+    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped), author_from."""
     setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
     authors = addresses_in(ctx.msg.get_all("From"))
     if setting == "never" or not authors:
@@ -4241,6 +4242,7 @@ def dmarc(ctx):
                 ctx.note(f"{author.rpartition('@')[2]}: "
                          + (f"DMARC p={policy}" if policy else "no DMARC record") + ", nothing to do")
                 return
+    ctx.author_from = ctx.msg.raw_value("From")
     (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
     ctx.note(f"{action} for {author}")
 
@@ -4311,8 +4313,8 @@ def queuer(ctx):
     A post this list queued within [queue] duplicate_window (same
     Message-ID, or same bytes without one) is dropped: the MTA retried a
     delivery whose success it never heard of.
-    Reads list, msg, message_id, raw, recipients, digest_members, poster, changes, outbox; writes msg (list
-    headers), message_id, distributed, committed; the post in the spool and the store."""
+    Reads list, msg, message_id, raw, recipients, digest_members, poster, author_from, changes, outbox;
+    writes msg (list headers), message_id, distributed, committed; the post in the spool and the store."""
     import hashlib
     now = time.time()
     key = ctx.message_id.lower() or "sha256:" + hashlib.sha256(ctx.raw).hexdigest()
@@ -4328,7 +4330,7 @@ def queuer(ctx):
                                                                 normalize_address(ctx.sender or ""))
     ctx.changes.append(lambda db: db.execute(SQL["add_recent_post"], (ctx.list["id"], key, now, poster)))
     if ctx.digest_members:                      # kept for the next digest, in the same transaction
-        row = (ctx.list["id"], time.time(), impersonal(data, ctx.list, ctx.store.verp_key))
+        row = (ctx.list["id"], time.time(), kept_form(ctx, data))
         ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
     ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
     if ctx.poster and ctx.poster["ack"]:
@@ -4360,18 +4362,29 @@ def finish_post(ctx):
     return bytes(msg)
 
 
+def kept_form(ctx, data):
+    """The post as the archive and digests keep it: the author's own From:
+    (a DMARC rewrite is for the copies sent only) and the footer's personal
+    placeholders filled with the generic values (impersonal)."""
+    data = impersonal(data, ctx.list, ctx.store.verp_key)
+    if ctx.author_from is None:
+        return data
+    msg = RawMessage(data)
+    msg.replace_raw("From", ctx.author_from)
+    return bytes(msg)
+
+
 @chain_filter("message", needs=("queuer",))
 def archive(ctx):
     """Keep the post, as distributed, in the list's archive ([archive]
     format and dir) unless the list's archive is off.  The post is already
     accepted when this runs: a failure is logged and the post goes out
     unarchived rather than held back.
-    Reads list, distributed, sender, outbox.dry_run; writes the list's archive."""
+    Reads list, distributed, author_from, sender, outbox.dry_run; writes the list's archive."""
     if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
         return
     try:
-        key = archive_add(ctx.config, ctx.list, impersonal(ctx.distributed, ctx.list, ctx.store.verp_key),
-                          ctx.sender)
+        key = archive_add(ctx.config, ctx.list, kept_form(ctx, ctx.distributed), ctx.sender)
     except (OSError, ValueError) as e:
         log.error("cannot archive %s: %s", ctx.describe(), e)
         ctx.note(f"not archived: {e}")

@@ -198,3 +198,25 @@ def test_dmarc_addresses_are_always_mitigated(lst, setting, sender, munged):
 @pytest.mark.parametrize("value", ["bad value", "^(a+)+$"])
 def test_dmarc_addresses_refuse_bad_patterns(lst, value):
     assert lst.run("set", "test@lists.example.org", "dmarc_addresses", value).returncode == 65
+
+
+@pytest.mark.parametrize("action", ["munge_from", "wrap_message"])
+def test_archive_and_digest_keep_the_authors_from(lst, action):
+    list_ = "test@lists.example.org"
+    lst.run("set", list_, "dmarc_action", action, check=0)
+    lst.run("set", list_, "archive", "private", check=0)
+    lst.run("subscribe", list_, "dig@example.net", check=0)
+    lst.run("set-member", list_, "dig@example.net", "digest", "on", check=0)
+    lst.run("set", list_, "digest_size_threshold", "1", check=0)
+    lst.queue(post(sender="yuri@strict.example", subject="from yuri", body="x" * 2000 + "\n"),
+              sender="yuri@strict.example", check=0)
+    lst.run("send", check=0)
+    sent = {argv[-1]: parse(d) for argv, d in lst.sent()}
+    assert sent["bob@example.net"]["From"] == "Alice via test <test@lists.example.org>"     # the copies: rewritten
+    index = lst.run("archive", list_, check=0).out
+    assert "via test" not in index and "Alice" in index
+    exported = lst.run("archive", "export", list_, check=0).out
+    assert "\nFrom: Alice <yuri@strict.example>\n" in exported
+    digest = sent["dig@example.net"]
+    text = digest.as_string()
+    assert "via test" not in text and "yuri@strict.example" in text

@@ -246,6 +246,7 @@ DEFAULTS = {
         "busy_timeout": "10s",
         "umask": "007",          # files 0660, directories 0770: posts are private
         "plugins": "",           # Python files with your own filters, comma-separated
+        "templates": "",         # a directory of texts that replace the built-in ones (render)
     },
     "postfix": {
         "map": "postfix-map.db",  # list addresses for Postfix's sqlite: tables; empty: none
@@ -2669,6 +2670,13 @@ TEXTS = {
                   "Send 'set digest on' to $request for digests instead.\n",
     "option-set": "On $post_address, $option is now $value for $address\n($option on: $meaning).\n"
                   "To change it, send 'set $option on' or 'set $option off' to $request.\n",
+    "digest-masthead": "Send $post_address submissions to\n\t$post_address\n\n"
+                       "To subscribe or unsubscribe, write to\n\t$join  or  $leave\n"
+                       "or send 'help' to $request.  Send 'set digest off' there\n"
+                       "to get every post as it comes.\n\n"
+                       "You can reach the people who manage the list at\n\t$owner\n\n"
+                       "When replying, please edit your Subject line so it is more specific\n"
+                       "than \"Re: Contents of $list digest...\"\n",
     "command-replies": "Answers to the commands in your message to $request:\n\n$replies\n",
     "membership-change": "These addresses $verb $post_address:\n\n$addresses\n\n"
                          "(The list's notify_owners setting sends this notice.)\n",
@@ -2731,12 +2739,24 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     return message_id, data
 
 
-def render(text_name, list_row, values):
+def render(text_name, list_row, values, templates=""):
     """The text ``text_name`` filled with ``values`` (expand): the list's own
-    welcome or goodbye when it has one, else TEXTS[text_name], where a
-    placeholder that ``values`` does not fill is a bug (KeyError), never a
-    "$word" left in a notice."""
+    welcome or goodbye when it has one, else a template file in the
+    ``templates`` directory ([redsky] templates: LIST@DOMAIN/NAME.txt for
+    one list, NAME.txt for all), else TEXTS[text_name], where a placeholder
+    that ``values`` does not fill is a bug (KeyError), never a "$word" left
+    in a notice.  A template the owner wrote keeps what it does not know."""
     own = list_row.get(text_name) if text_name in ("welcome", "goodbye") else ""
+    for path in [os.path.join(templates, list_address(list_row).lower(), f"{text_name}.txt"),
+                 os.path.join(templates, f"{text_name}.txt")] if templates and not own else []:
+        try:
+            with open(path, "rb") as fh:
+                own = fh.read(100_000).decode("utf-8", "replace")
+            break
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.error("template %s cannot be read (%s): the built-in text serves", path, e.strerror)
     if own:
         return expand(own, list_row, **values)
     return expand(TEXTS[text_name], list_row, strict=True, **values)
@@ -2761,7 +2781,7 @@ class Notices:
              attachment=None, auto="auto-replied", sender="-request", envelope=""):
         """Queue notice ``text_name`` (render) to the addresses ``to``; return
         whether anybody gets it.  ``envelope``: its own envelope sender (a probe)."""
-        text = render(text_name, self.list, values or {})
+        text = render(text_name, self.list, values or {}, self.config.path_of("redsky", "templates"))
         if limit:
             day, cap = self.now - 86400, self.config.number("commands", "max_replies")
             wanted, to = to, [a for a in to if a.lower() not in self.answered
@@ -4636,8 +4656,9 @@ class Requests:
             _, title, text_name, values = answers[0]
             self.notice([self.sender], title, text_name, values)
         elif answers:
-            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n{render(text_name, self.list, values or {})}"
-                                   for line, _, text_name, values in answers)
+            templates = self.config.path_of("redsky", "templates")
+            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n{render(name, self.list, values or {}, templates)}"
+                                   for line, _, name, values in answers)
             self.notice([self.sender], f"{list_address(self.list)}: answers to your {len(answers)} commands",
                         "command-replies", {"replies": replies.rstrip("\n")})
 
@@ -6164,7 +6185,8 @@ def digester(ctx):
         outbox, problems = Outbox(), []
         if recipients:
             try:
-                message_id, data = build_digest(list_row, posts, volume, issue, problems)
+                message_id, data = build_digest(list_row, posts, volume, issue, problems,
+                                                ctx.config.path_of("redsky", "templates"))
             except Exception as e:              # one list's digest must never stop the deliveries
                 log.error("digest of %s cannot be built, will retry: %s: %s",
                           list_address(list_row), type(e).__name__, e,
@@ -6195,16 +6217,7 @@ def digester(ctx):
             ctx.note(f"{list_address(list_row)}: {len(posts)} posts dropped, nobody takes digests any more")
 
 
-DIGEST_MASTHEAD = ("Send $post_address submissions to\n\t$post_address\n\n"
-                   "To subscribe or unsubscribe, write to\n\t$join  or  $leave\n"
-                   "or send 'help' to $request.  Send 'set digest off' there\n"
-                   "to get every post as it comes.\n\n"
-                   "You can reach the people who manage the list at\n\t$owner\n\n"
-                   "When replying, please edit your Subject line so it is more specific\n"
-                   "than \"Re: Contents of $list digest...\"\n")
-
-
-def build_digest(list_row, posts, volume, issue, problems=None):
+def build_digest(list_row, posts, volume, issue, problems=None, templates=""):
     """(Message-ID, bytes) of a digest of ``posts`` (the posts as
     distributed, oldest first).  digest_format mime: multipart/mixed with
     the masthead, a table of contents, a multipart/digest holding every
@@ -6218,7 +6231,7 @@ def build_digest(list_row, posts, volume, issue, problems=None):
     infos = [summary(p) for p in posts]
     topics = "Today's Topics:\n\n" + "".join(f"  {n:3}. {subj} ({author})\n"
                                                for n, (_, author, subj) in enumerate(infos, 1))
-    masthead = expand(DIGEST_MASTHEAD, list_row)
+    masthead = render("digest-masthead", list_row, {}, templates)
     footer = footer_text(list_row) if list_row["footer"] else ""
     message_id = make_msgid(domain=list_row["domain"])
     head = [("From", list_address(list_row, "-request")), ("To", list_address(list_row)),

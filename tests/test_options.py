@@ -501,3 +501,41 @@ def test_bans_survive_export_and_import(team, tmp_path):
     team.run("dellist", LIST, check=0)
     assert "add 1 ban patterns" in team.run("import", "redsky", str(doc), check=0).out
     assert team.run("ban", LIST, check=0).out == "*@spam.example\n"
+
+
+# --- templates ----------------------------------------------------------------------------
+
+def test_templates_replace_texts_per_installation_and_per_list(team, tmp_path):
+    templates = tmp_path / "templates"
+    (templates / LIST).mkdir(parents=True)
+    (templates / "not-member.txt").write_text("Sorry $address, you are not on $post_address. $nosuch stays.\n")
+    (templates / LIST / "ack.txt").write_text("Got it: $subject (only on $list)\n")
+    (templates / "ack.txt").write_text("installation-wide ack\n")
+    (templates / "digest-masthead.txt").write_text("Our digest of $post_address\n")
+    team.write_config(redsky={"templates": str(templates)})
+    team.run("set-member", LIST, "bob@example.net", "ack", "on", check=0)
+    team.run("set-member", LIST, "carol@example.net", "digest", "on", check=0)
+    request(team, "set ack on", "stranger@example.com").check_returncode()
+    team.queue(post(subject="Agenda", sender="bob@example.net"), sender="bob@example.net", check=0)
+    team.db().execute("UPDATE digest_posts SET received = received - 86401").connection.commit()
+    team.run("send", check=0)
+    by = {}
+    for argv, d in team.sent():
+        by.setdefault(argv[-1], []).append(parse(d))
+    stranger = by["stranger@example.com"][0].get_body().get_content()
+    assert stranger == f"Sorry stranger@example.com, you are not on {LIST}. $nosuch stays.\n"
+    ack = [m for m in by["bob@example.net"] if "accepted" in m["Subject"]][0]
+    assert ack.get_body().get_content() == "Got it: Agenda (only on test)\n"
+    digest = by["carol@example.net"][0]
+    assert "Our digest of test@lists.example.org" in digest.as_string()
+    # without the list's own, the installation's; a directory where a file should be: the built-in text
+    (templates / LIST / "ack.txt").unlink()
+    got = copies(team, post(subject="Second", sender="bob@example.net"), sender="bob@example.net")
+    assert got["bob@example.net"].get_body().get_content() == "installation-wide ack\n"
+    (templates / "ack.txt").unlink()
+    (templates / "ack.txt").mkdir()
+    before = len(team.sent())
+    team.queue(post(subject="Third", sender="bob@example.net"), sender="bob@example.net", check=0)
+    team.run("send", check=0)
+    acks = [parse(d) for argv, d in team.sent()[before:] if "accepted" in parse(d)["Subject"]]
+    assert acks[0].get_body().get_content().startswith("Your post to")

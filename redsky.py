@@ -4657,7 +4657,8 @@ class Requests:
             self.notice([self.sender], title, text_name, values)
         elif answers:
             templates = self.config.path_of("redsky", "templates")
-            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n" + render(name, self.list, values or {}, templates)
+            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
+                                   + render(name, self.list, values or {}, templates)
                                    for line, _, name, values in answers)
             self.notice([self.sender], f"{list_address(self.list)}: answers to your {len(answers)} commands",
                         "command-replies", {"replies": replies.rstrip("\n")})

@@ -158,6 +158,8 @@ def test_every_builtin_text_gets_every_placeholder_it_names():
             seen.add(name)
             wanted = set(re.findall(r"\$(\w+)", redsky.TEXTS[name])) - list_keys
             assert wanted <= keys, f"{name}: a call site passes {sorted(keys)}, the text needs {sorted(wanted)}"
+    seen.add("digest-masthead")                             # render("digest-masthead", ...) in build_digest
+    assert "digest-masthead" in SOURCE.split("def build_digest")[1].split("\ndef ")[0]
     assert seen == set(redsky.TEXTS) - {"welcome", "goodbye"} or seen == set(redsky.TEXTS)
 
 

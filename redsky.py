@@ -24,7 +24,7 @@ Commands::
     redsky.py dellist LIST
     redsky.py subscribe [--welcome] LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
     redsky.py members LIST [--option OPT] [--json]   redsky.py acl LIST [add|del PATTERN...]
-    redsky.py ban LIST [add|del PATTERN...]
+    redsky.py ban LIST [add|del PATTERN...]      redsky.py invite LIST ADDR...|-
     redsky.py set-member LIST ADDR digest|nomail|notmetoo|ack|moderate on|off [--until DATE]
     redsky.py archive LIST [--since DATE] [--search TEXT] | archive export LIST [--output FILE]
     redsky.py held [LIST]                redsky.py approve ID
@@ -2606,6 +2606,10 @@ TEXTS = {
                          "  $confirm_address\n\n"
                          "If you did not ask for this, ignore this message: nothing will happen.\n"
                          "The request expires in $days days.\n",
+    "invite": "You are invited to join the $post_address mailing list.\n\n"
+              "To accept, just reply to this message, or write to\n  $confirm_address\n\n"
+              "If you do not want to join, ignore this message: nothing will happen.\n"
+              "The invitation expires in $days days.\n",
     "confirm-unsubscribe": "Someone, probably you, asked to unsubscribe $address from the\n"
                            "$post_address mailing list.\n\n"
                            "To confirm, just reply to this message, or write to\n"
@@ -7201,6 +7205,36 @@ def change_members(args, config, subscribe):
     return EX_DATAERR if bad or refused else EX_OK
 
 
+def cmd_invite(args, config):
+    """invite LIST ADDR...: an invitation to each address that is not a
+    member (nor banned), which joins by replying (a subscribe token, as
+    for double opt-in)."""
+    if not args.addresses:
+        raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
+    store = open_store(config)
+    row = store.require_list(args.list)
+    addresses = addresses_from_args(args.addresses)
+    bad = [a for a, _ in addresses if not valid_address(a)]
+    members, outbox, changes = MemberLookup(store, row["id"]), Outbox(), []
+    notices, expiry = Notices(store, config, row, outbox), config.duration("commands", "confirm_expiry")
+    invited = []
+    for address in dict.fromkeys(normalize_address(a) for a, _ in addresses if valid_address(a)):
+        if address in members or banned(store, row, [address]):
+            print(f"redsky: {address} is {'a member' if address in members else 'banned'}; not invited",
+                  file=sys.stderr)
+            continue
+        token = add_pending(changes, row, address, "subscribe", notices.now, expiry)
+        confirm = list_address(row, f"-confirm+{token}")
+        notices.send([address], f"Invitation to join {list_address(row)} (confirm {token})", "invite",
+                     {"confirm_address": confirm, "days": f"{expiry / 86400:g}"}, limit=False, reply_to=confirm)
+        invited.append(address)
+    outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    print(f"{list_address(row)}: invited {len(invited)} of {len(addresses) - len(bad)} valid addresses")
+    for address in bad:
+        print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
+    return EX_DATAERR if bad else EX_OK
+
+
 def cmd_members(args, config):
     """The members, their status and options (text: the options that are on)."""
     store = open_store(config)
@@ -8775,6 +8809,9 @@ def make_parser(wanted=None):
         p.add_argument("list")
         # REMAINDER: an address that looks like an option is refused as data (65), not usage
         p.add_argument("addresses", nargs=argparse.REMAINDER, metavar="ADDR")
+    p = command("invite", cmd_invite, "invite addresses to join (they join by replying)")
+    p.add_argument("list")
+    p.add_argument("addresses", nargs="*", metavar="ADDR", help="addresses, or '-' to read them from stdin")
     p = command("members", cmd_members, "show a list's members and their options")
     p.add_argument("list")
     p.add_argument("--option", choices=tuple(MEMBER_OPTIONS), help="only the members with this option on")

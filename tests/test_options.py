@@ -539,3 +539,26 @@ def test_templates_replace_texts_per_installation_and_per_list(team, tmp_path):
     team.run("send", check=0)
     acks = [parse(d) for argv, d in team.sent()[before:] if "accepted" in parse(d)["Subject"]]
     assert acks[0].get_body().get_content().startswith("Your post to")
+
+
+# --- invite -------------------------------------------------------------------------------
+
+def test_invite_joins_by_replying(team):
+    team.run("ban", LIST, "add", "*@spam.example", check=0)
+    proc = team.run("invite", LIST, "new@example.org", "Ann <ann@example.org>", "bob@example.net",
+                    "x@spam.example", "broken@")
+    assert proc.returncode == 65 and "invited 2 of 4 valid addresses" in proc.out
+    assert "bob@example.net is a member" in proc.err and "x@spam.example is banned" in proc.err
+    team.run("send", check=0)
+    invites = {argv[-1]: parse(d) for argv, d in team.sent()}
+    assert sorted(invites) == ["ann@example.org", "new@example.org"]
+    invite = invites["new@example.org"]
+    assert "You are invited to join" in invite.get_body().get_content()
+    confirm = invite["Reply-To"]
+    assert confirm.startswith("test-confirm+")
+    assert "new@example.org" not in team.members(LIST)          # not a member until they answer
+    team.queue(f"From: new@example.org\nTo: {confirm}\nSubject: Re: {invite['Subject']}\nMessage-ID: <r@x>\n\n"
+               "yes\n".encode(), recipient=confirm, sender="new@example.org", check=0)
+    assert "new@example.org" in team.members(LIST) and "ann@example.org" not in team.members(LIST)
+    assert team.run("invite", LIST).returncode == 64
+    assert team.run("invite", "nosuch@lists.example.org", "a@example.org").returncode == 67

@@ -7226,7 +7226,8 @@ def cmd_invite(args, config):
         token = add_pending(changes, row, address, "subscribe", notices.now, expiry)
         confirm = list_address(row, f"-confirm+{token}")
         notices.send([address], f"Invitation to join {list_address(row)} (confirm {token})", "invite",
-                     {"confirm_address": confirm, "days": f"{expiry / 86400:g}"}, limit=False, reply_to=confirm)
+                     {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
+                     limit=False, reply_to=confirm)
         invited.append(address)
     outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
     print(f"{list_address(row)}: invited {len(invited)} of {len(addresses) - len(bad)} valid addresses")

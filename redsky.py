@@ -233,8 +233,8 @@ def report(message, level=logging.ERROR):
 # Calls: section 2.
 # ---------------------------------------------------------------------------
 
-QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access replyto"
-               " dmarc subjecttag addfooter queuer archive")
+QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubscribers access contentfilter"
+               " replyto dmarc subjecttag addfooter queuer archive")
 SEND_CHAIN = "singleinstance housekeeping digester queuebuilder queuerunner"
 FILTER_CHAIN = "read whitelist dnsbl autoreply out"
 DEFAULTS = {
@@ -592,6 +592,15 @@ CREATE TABLE lists (
     max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
     notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
     dmarc_addresses TEXT NOT NULL DEFAULT '',           -- authors always given dmarc_action (comma-separated)
+    -- content filtering (contentfilter): MIME types (type/sub, type/*) and file name extensions
+    filter_content  INTEGER NOT NULL DEFAULT 0,
+    pass_types      TEXT NOT NULL DEFAULT '',
+    filter_types    TEXT NOT NULL DEFAULT '',
+    pass_extensions TEXT NOT NULL DEFAULT '',
+    filter_extensions TEXT NOT NULL DEFAULT '',
+    convert_html_to_plaintext INTEGER NOT NULL DEFAULT 0,
+    collapse_alternatives INTEGER NOT NULL DEFAULT 0,
+    signed_posts    TEXT NOT NULL DEFAULT 'pass' CHECK (signed_posts IN ('pass', 'hold')),
     UNIQUE (name, domain)
 );
 
@@ -821,7 +830,10 @@ LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer,
                 " archive_url, digest_format, digest_size_threshold, digest_interval, "
                 "digest_volume, digest_issue,"
                 " digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action, emergency,"
-                " max_posts_per_day, notify_owners, dmarc_addresses")
+                " max_posts_per_day, notify_owners, dmarc_addresses, filter_content, pass_types,"
+                " filter_types,"
+                " pass_extensions, filter_extensions, convert_html_to_plaintext, collapse_alternatives,"
+                " signed_posts")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -2072,6 +2084,15 @@ def _wrap_with_footer(msg, footer, literal=False):
                 + b"--" + b + b"--" + eol)
 
 
+def encoded_words(text):
+    """``text`` as RFC 2047 encoded-words (UTF-8, base64), folded, in linear
+    time (email.header.Header is quadratic on long text)."""
+    import base64
+    words = [b"=?utf-8?b?" + base64.b64encode(text[i:i + 30].encode("utf-8", "surrogateescape")) + b"?="
+             for i in range(0, len(text), 30)]
+    return b"\n ".join(words)
+
+
 def with_subject_tag(msg, tag, earlier=None):
     """Prefix ``tag`` to the Subject once (RFC 2047 aware); returns False
     when the subject already carries it.  ``earlier``: a pattern of the
@@ -2080,13 +2101,12 @@ def with_subject_tag(msg, tag, earlier=None):
     raw = msg.raw_value("Subject")
     text = decode_header_text(msg.get("Subject", "")) if raw is not None else ""
     if earlier and re.search(earlier, text, re.I):
-        pattern = re.compile(r"[ \t]*" + earlier + r"[ \t]*", re.I)
+        pattern = re.compile(earlier, re.I)     # the spaces around it are collapsed after: linear
         stripped = re.sub(r"[ \t]+", " ", pattern.sub(" ", text)).strip()
         if raw.isascii() and b"=?" not in raw:
             raw = re.sub(r"[ \t]+", " ", pattern.sub(" ", raw.decode("ascii"))).strip().encode("ascii")
         else:                           # the tag was inside an encoded-word: encode the rest anew
-            from email.header import Header
-            raw = Header(stripped, "utf-8").encode().encode("ascii") if stripped else b""
+            raw = encoded_words(stripped)
         text = stripped
         if not raw:
             raw = None
@@ -4290,6 +4310,88 @@ def subjecttag(ctx):
         ctx.note(f"tagged, post number {number}")
     elif tag:
         ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
+
+
+@chain_filter("message", needs=("getinfo",))
+def contentfilter(ctx):
+    """With the list's filter_content on, remove the parts its rules do not
+    want, as Mailman's content filter: a part whose MIME type is in
+    filter_types or whose file name ends in one of filter_extensions, and,
+    when pass_types / pass_extensions are set, every part they do not name;
+    multipart/alternative becomes its text/plain part (else its first) with
+    collapse_alternatives; text/html becomes text/plain with
+    convert_html_to_plaintext.  A post left with nothing is held with what
+    was removed.  Signed and encrypted parts (multipart/signed,
+    multipart/encrypted) are never altered: a post that is one passes whole
+    or is held, by signed_posts.  Header fields other than Content-* keep
+    their bytes; a post nothing is removed from is left as it was.
+    Reads list, msg; writes msg (body and Content-* fields)."""
+    import email
+    from email import policy
+    row = ctx.list
+    if not row["filter_content"]:
+        return
+    top = ctx.msg.header_message().get_content_type()
+    if top in ("multipart/signed", "multipart/encrypted"):
+        if row["signed_posts"] == "hold":
+            raise Hold(f"a {top} post, which the content filter must not alter (signed_posts hold)")
+        ctx.note(f"{top}: passed whole")
+        return
+    rules = {k: row[k].split() for k in CONTENT_LISTS}
+    changes = []
+    try:
+        parsed = email.message_from_bytes(bytes(ctx.msg), policy=policy.compat32)
+        kept = _filter_part(parsed, rules, row, changes)
+        if not changes:
+            return
+        if kept is None:
+            removed = one_line("; ".join(changes), 300)
+            raise Hold(f"nothing is left after content filtering (removed: {removed})")
+        new = RawMessage(kept.as_bytes())
+    except RecursionError:
+        raise Hold("nested too deeply for the content filter")
+    msg = ctx.msg
+    msg.fields = ([f for f in msg.fields if not msg.name_of(f).startswith("content-")]
+                  + [re.sub(rb"\r?\n", msg.eol, f) for f in new.fields
+                     if new.name_of(f).startswith("content-")])
+    msg.separator, msg.body = msg.eol, re.sub(rb"\r?\n", msg.eol, new.body)
+    ctx.note("content filter: " + one_line("; ".join(changes), 300))
+
+
+def _filter_part(part, rules, row, changes):
+    """``part`` (email.message.Message) with what the content rules remove
+    taken out, or None when nothing of it is left; ``changes`` gets a line
+    per change."""
+    ctype = part.get_content_type()
+    if ctype in ("multipart/signed", "multipart/encrypted"):
+        return part
+    if part.is_multipart():
+        children = part.get_payload()
+        if ctype == "multipart/alternative" and row["collapse_alternatives"] and children:
+            chosen = next((c for c in children if c.get_content_type() == "text/plain"), children[0])
+            changes.append(f"multipart/alternative collapsed to its {chosen.get_content_type()} part")
+            return _filter_part(chosen, rules, row, changes)
+        kept = [c for c in (_filter_part(c, rules, row, changes) for c in children) if c is not None]
+        if not kept:
+            return None
+        part.set_payload(kept)
+        return part
+    name = part.get_filename() or ""
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    maintype = ctype.partition("/")[0]
+    named = lambda patterns: any(p in (ctype, maintype, f"{maintype}/*") for p in patterns)
+    if named(rules["filter_types"]) or (rules["pass_types"] and not named(rules["pass_types"])) \
+            or (extension and extension in rules["filter_extensions"]) \
+            or (rules["pass_extensions"] and extension not in rules["pass_extensions"] and name):
+        changes.append(f"removed {ctype}" + (f" {one_line(name, 60)!r}" if name else ""))
+        return None
+    if ctype == "text/html" and row["convert_html_to_plaintext"]:
+        html = payload_text(part)
+        for field in ("Content-Type", "Content-Transfer-Encoding"):
+            del part[field]
+        part.set_payload(html_text(html), "utf-8")
+        changes.append("text/html converted to text/plain")
+    return part
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -7010,8 +7112,12 @@ SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
 SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
             "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
             "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
-            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses")
-LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners")          # yes/no, on/off
+            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses",
+            "filter_content", "pass_types", "filter_types", "pass_extensions", "filter_extensions",
+            "convert_html_to_plaintext", "collapse_alternatives", "signed_posts")
+LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners", "filter_content", "convert_html_to_plaintext",
+              "collapse_alternatives")                                  # yes/no, on/off
+CONTENT_LISTS = ("pass_types", "filter_types", "pass_extensions", "filter_extensions")
 LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
 # what expand() fills in texts the owners write, beyond the list's own addresses
 PLACEHOLDERS = {"footer": ("address", "unsubscribe_personal"), "welcome": ("address",),
@@ -7048,6 +7154,15 @@ def validate_setting(key, value):
         if not re.fullmatch(r"\d{1,9}", value):
             raise Failure(f"{key} is a whole number, 0 for no limit", EX_USAGE)
         return key, int(value)
+    if key in CONTENT_LISTS:
+        items = [i.lower().lstrip(".") for i in re.split(r"[\s,]+", value) if i]
+        form = r"[a-z0-9!#$&^_.+-]+/(?:\*|[a-z0-9!#$&^_.+-]+)|[a-z0-9!#$&^_.+-]+" if key.endswith("types") \
+            else r"[a-z0-9_+-]{1,20}"
+        bad = [i for i in items if not re.fullmatch(form, i)]
+        if bad:
+            raise Failure(f"{key}: {bad[0]!r} is not a " + ("MIME type (type/subtype, type/* or type)"
+                          if key.endswith("types") else "file name extension"), EX_DATAERR)
+        return key, " ".join(items)
     if key == "dmarc_addresses":
         items = [i.strip() for i in value.split(",") if i.strip()]
         return key, ", ".join(ban_pattern(i if "@" in i or i.startswith("^") else f"*@{i}") for i in items)
@@ -7673,7 +7788,9 @@ EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owne
                      "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
                      "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue", "reply_to",
                      "reply_to_strip", "post_number", "max_size", "nonmember_action", "emergency",
-                     "max_posts_per_day", "notify_owners", "dmarc_addresses")
+                     "max_posts_per_day", "notify_owners", "dmarc_addresses", "filter_content", "pass_types",
+                     "filter_types", "pass_extensions", "filter_extensions", "convert_html_to_plaintext",
+                     "collapse_alternatives", "signed_posts")
 EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
                    "disabled_at", "warnings", "last_warning", "subscribed", "disabled_until", "notmetoo",
                    "ack", "moderate")

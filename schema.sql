@@ -45,6 +45,15 @@ CREATE TABLE lists (
     max_posts_per_day INTEGER NOT NULL DEFAULT 0,       -- per poster; over it, held (0: no limit)
     notify_owners   INTEGER NOT NULL DEFAULT 0,         -- 1: owners are told who joins and leaves
     dmarc_addresses TEXT NOT NULL DEFAULT '',           -- authors always given dmarc_action (comma-separated)
+    -- content filtering (contentfilter): MIME types (type/sub, type/*) and file name extensions
+    filter_content  INTEGER NOT NULL DEFAULT 0,
+    pass_types      TEXT NOT NULL DEFAULT '',
+    filter_types    TEXT NOT NULL DEFAULT '',
+    pass_extensions TEXT NOT NULL DEFAULT '',
+    filter_extensions TEXT NOT NULL DEFAULT '',
+    convert_html_to_plaintext INTEGER NOT NULL DEFAULT 0,
+    collapse_alternatives INTEGER NOT NULL DEFAULT 0,
+    signed_posts    TEXT NOT NULL DEFAULT 'pass' CHECK (signed_posts IN ('pass', 'hold')),
     UNIQUE (name, domain)
 );
 

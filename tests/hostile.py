@@ -93,7 +93,21 @@ PARSERS = {
     "verp_decode": lambda t: redsky.verp_decode(t, LIST, "key"),
     "list_address_roles": lambda t: redsky.ROLE_ADDRESS.fullmatch(t),
     "munge_from": lambda t: redsky.munge_from(redsky.RawMessage(message("From", t)), LIST, "a@example.org"),
+    "subject_tag_numbered": lambda t: redsky.with_subject_tag(redsky.RawMessage(message("Subject", "Re: [t 1] " + t)),
+                                                              "[t 2]", r"\[t \d+\]"),
+    "content_filter": lambda t: redsky._filter_part(_compat32(message(
+        "Content-Type", "multipart/mixed; boundary=b", "--b\nContent-Type: text/html; name=" + t[:1000] + "\n\n"
+        + t + "\n--b\nContent-Type: multipart/alternative; boundary=c\n\n--c\n\n" + t + "\n--b--\n")),
+        {"pass_types": [], "filter_types": ["application/*"], "pass_extensions": [], "filter_extensions": ["exe"]},
+        {"collapse_alternatives": 1, "convert_html_to_plaintext": 1}, []),
+    "ban_patterns": lambda t: redsky.matches_any(["*@x.example", r"^spam\d+@"], [t]),
 }
+
+
+def _compat32(data):
+    import email
+    from email import policy
+    return email.message_from_bytes(data, policy=policy.compat32)
 
 
 def cpu(fn, *args):

@@ -562,3 +562,129 @@ def test_invite_joins_by_replying(team):
     assert "new@example.org" in team.members(LIST) and "ann@example.org" not in team.members(LIST)
     assert team.run("invite", LIST).returncode == 64
     assert team.run("invite", "nosuch@lists.example.org", "a@example.org").returncode == 67
+
+
+# --- content filtering --------------------------------------------------------------------
+
+EXE = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAA=\n"
+
+
+def mixed(*parts, outer="multipart/mixed", boundary="B0"):
+    body = "".join(f"--{boundary}\n{p}\n" for p in parts) + f"--{boundary}--\n"
+    return f"MIME-Version: 1.0\nContent-Type: {outer}; boundary={boundary}\n", body
+
+
+TEXT = "Content-Type: text/plain; charset=us-ascii\n\nThe plain words.\n"
+HTML = ("Content-Type: text/html; charset=utf-8\n\n<html><body><p>Caf\u00e9 <b>bold</b></p>"
+        "<script>alert(1)</script><img src=x onerror=alert(2)></body></html>\n")
+EXE_PART = f"Content-Type: application/octet-stream; name=run.exe\nContent-Disposition: attachment; filename=run.exe\n" \
+           f"Content-Transfer-Encoding: base64\n\n{EXE}"
+PDF_PART = "Content-Type: application/pdf; name=a.pdf\nContent-Transfer-Encoding: base64\n\nJVBERi0xLjQK\n"
+ALT = "Content-Type: multipart/alternative; boundary=A1\n\n--A1\n" + TEXT + "\n--A1\n" + HTML + "\n--A1--"
+
+
+def filtered(rs, headers, body, **settings):
+    rs.run("set", LIST, "filter_content", "yes", check=0)
+    for key, value in settings.items():
+        rs.run("set", LIST, key, value, check=0)
+    return copies(rs, post(extra=headers, body=body)).get("bob@example.net")
+
+
+def leaves(msg):
+    return [(p.get_content_type(), p.get_filename()) for p in msg.walk() if not p.is_multipart()]
+
+
+def test_exe_and_script_html_go_out_unchanged_without_filtering(team):
+    headers, body = mixed(TEXT, HTML, EXE_PART)
+    got = copies(team, post(extra=headers, body=body))["bob@example.net"]
+    assert ("application/octet-stream", "run.exe") in leaves(got)
+
+
+def test_filter_extensions_and_html_conversion(team):
+    headers, body = mixed(TEXT, HTML, EXE_PART, PDF_PART)
+    got = filtered(team, headers, body, filter_extensions="exe, .BAT", convert_html_to_plaintext="yes")
+    assert leaves(got) == [("text/plain", None), ("text/plain", None), ("application/pdf", "a.pdf")]
+    converted = [p for p in got.walk() if p.get_content_type() == "text/plain"][1].get_content()
+    assert "Café bold" in converted and "alert" not in converted and "<" not in converted
+    assert got["Subject"] == "Hello" and got["Message-ID"]
+    trace = team.run("trace", post(extra=headers, body=body).split(b"Message-ID: ")[1].split(b"\n")[0].decode(),
+                     check=0).out
+    assert "removed application/octet-stream 'run.exe'" in trace
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"filter_types": "application/*"}, [("text/plain", None), ("text/html", None)]),
+    ({"filter_types": "text/html application"}, [("text/plain", None)]),
+    ({"pass_types": "text/plain"}, [("text/plain", None)]),
+    ({"pass_types": "text, application/pdf"}, [("text/plain", None), ("text/html", None), ("application/pdf", "a.pdf")]),
+    ({"pass_extensions": "pdf"}, [("text/plain", None), ("text/html", None), ("application/pdf", "a.pdf")]),
+])
+def test_type_and_extension_rules(team, settings, expected):
+    headers, body = mixed(TEXT, HTML, EXE_PART, PDF_PART)
+    assert leaves(filtered(team, headers, body, **settings)) == expected
+
+
+def test_collapse_alternatives_keeps_the_plain_part(team):
+    headers, body = mixed(ALT, PDF_PART)
+    got = filtered(team, headers, body, collapse_alternatives="yes")
+    assert leaves(got) == [("text/plain", None), ("application/pdf", "a.pdf")]
+    # a post that is itself multipart/alternative becomes text/plain at the top
+    alt_headers = "MIME-Version: 1.0\n" + ALT.split("\n\n", 1)[0] + "\n"
+    got = filtered(team, alt_headers, ALT.split("\n\n", 1)[1] + "\n")
+    assert got.get_content_type() == "text/plain" and "The plain words." in got.get_content()
+
+
+def test_a_post_left_with_nothing_is_held(team):
+    headers = "MIME-Version: 1.0\nContent-Type: application/octet-stream; name=x.exe\nContent-Transfer-Encoding: base64\n"
+    assert filtered(team, headers, EXE, filter_extensions="exe") is None
+    assert "nothing is left after content filtering" in team.run("held", LIST, check=0).out
+
+
+@pytest.mark.parametrize("signed_posts", ["pass", "hold"])
+def test_signed_posts_are_never_altered(team, signed_posts):
+    signed = ("MIME-Version: 1.0\nContent-Type: multipart/signed; protocol=\"application/pgp-signature\";"
+              " micalg=pgp-sha256; boundary=S1\n")
+    body = ("--S1\n" + mixed(TEXT, EXE_PART, boundary="I1")[0] + "\n" + mixed(TEXT, EXE_PART, boundary="I1")[1]
+            + "\n--S1\nContent-Type: application/pgp-signature\n\n-----BEGIN PGP SIGNATURE-----\nx\n"
+            "-----END PGP SIGNATURE-----\n\n--S1--\n")
+    got = filtered(team, signed, body, filter_extensions="exe", signed_posts=signed_posts)
+    if signed_posts == "hold":
+        assert got is None and "signed_posts hold" in team.run("held", LIST, check=0).out
+    else:
+        assert ("application/octet-stream", "run.exe") in leaves(got)
+        assert body.encode() in team.sent()[-1][1].replace(b"\r\n", b"\n")
+
+
+def test_a_signed_part_inside_a_mixed_post_stays_whole(team):
+    inner = ("Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; boundary=S2\n\n--S2\n"
+             + EXE_PART + "\n--S2\nContent-Type: application/pgp-signature\n\nsig\n--S2--")
+    headers, body = mixed(TEXT, inner, EXE_PART)
+    got = filtered(team, headers, body, filter_extensions="exe")
+    assert leaves(got).count(("application/octet-stream", "run.exe")) == 1
+
+
+def test_a_post_with_nothing_to_remove_keeps_its_bytes(team):
+    headers, body = mixed(TEXT, PDF_PART)
+    team.run("set", LIST, "filter_content", "yes", check=0)
+    team.run("set", LIST, "filter_extensions", "exe", check=0)
+    team.queue(post(extra=headers, body=body), check=0)
+    team.run("send", check=0)
+    assert body.encode() in team.sent()[-1][1]
+
+
+@pytest.mark.parametrize("key, value", [("pass_types", "text/<html>"), ("filter_extensions", "e x e/"),
+                                        ("signed_posts", "maybe")])
+def test_content_settings_refuse_bad_values(team, key, value):
+    assert team.run("set", LIST, key, value).returncode in (64, 65)
+
+
+def test_deeply_nested_mime_is_held_not_crashed(team):
+    depth = 3000
+    body = "".join(f"--b{i}\nContent-Type: multipart/mixed; boundary=b{i + 1}\n\n" for i in range(depth))
+    body += "--b%d\nContent-Type: text/plain\n\nx\n" % depth
+    body += "".join(f"--b{i}--\n" for i in range(depth, -1, -1))
+    headers = "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b0\n"
+    assert filtered(team, headers, body, filter_extensions="exe") is None
+    assert "nested too deeply for the content filter" in team.run("held", LIST, check=0).out
+    proc = team.queue(post(subject="deep", extra=headers, body=body))
+    assert proc.returncode == 0 and "Traceback" not in proc.err

@@ -331,7 +331,9 @@ def test_enable_command_resets_the_score(lst):
     r = lst.run("enable", "test@lists.example.org", "BOB@example.net", check=0)
     assert "score reset" in r.out
     assert lst.members()["bob@example.net"] == {"address": "bob@example.net", "status": "enabled", "bounce_score": 0,
-                                                   "digest": False, "name": ""}
+                                                   "digest": False, "name": "", "nomail": False,
+                                                   "nomail_until": None, "notmetoo": False, "ack": False,
+                                                   "moderate": False}
     assert lst.run("enable", "test@lists.example.org", "nobody@example.net").returncode == 65
 
 

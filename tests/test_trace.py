@@ -22,7 +22,7 @@ def test_dry_run_explains_and_stores_nothing(lst):
     lines = r.out.splitlines()
     assert [line.split()[0] for line in lines[:-1]] == ["read", "getinfo", "loopdetect", "bouncehandler",
                                                         "commands", "ownermail", "getsubscribers", "access",
-                                                        "dmarc", "subjecttag", "addfooter", "queuer", "archive"]
+                                                        "contentfilter", "replyto", "dmarc", "subjecttag", "addfooter", "queuer", "archive"]
     assert "2 enabled of 2 members" in r.out
     assert lines[-1].startswith("=> exit 0") and "queued: for 2 recipients" in lines[-1] and "dry run" in lines[-1]
     st = lst.status()

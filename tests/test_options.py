@@ -688,3 +688,38 @@ def test_deeply_nested_mime_is_held_not_crashed(team):
     assert "nested too deeply for the content filter" in team.run("held", LIST, check=0).out
     proc = team.queue(post(subject="deep", extra=headers, body=body))
     assert proc.returncode == 0 and "Traceback" not in proc.err
+
+
+# --- odd MIME from many mailers through every rewrite at once -------------------------------
+
+def test_real_world_mime_through_every_rewrite(team):
+    """Every 16th message of the real-world corpus (../shared/bounces, ~70
+    MTAs' odd MIME), made a post, through content filtering, HTML
+    conversion, collapsed alternatives, a numbered tag, a personal footer
+    and reply_to at once: each is queued (exit 0, no traceback), each copy
+    parses, and no copy keeps a personal marker."""
+    import glob
+    import os
+    import re
+    from test_bounce_realworld import CORPUS_DIR
+    files = sorted(glob.glob(os.path.join(CORPUS_DIR, "corpus", "*.eml")))[::16]
+    assert len(files) > 35, f"the corpus is missing from {CORPUS_DIR}"
+    for key, value in (("filter_content", "yes"), ("convert_html_to_plaintext", "yes"),
+                       ("collapse_alternatives", "yes"), ("filter_types", "application/* image"),
+                       ("subject_tag", "[t %d]"), ("footer", "you: $address / $unsubscribe_personal"),
+                       ("reply_to", "list"), ("access", "open")):
+        team.run("set", LIST, key, value, check=0)
+    for i, path in enumerate(files):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        data = re.sub(rb"(?im)^(auto-submitted|precedence|x-loop|list-id|message-id):", rb"X-Was-\1:", data)
+        data = re.sub(rb"(?i)multipart/report", b"multipart/mixed", data)
+        proc = team.queue(data, sender=f"s{i}@example.org")
+        assert proc.returncode == 0 and "Traceback" not in proc.err, (path, proc.err[-300:])
+    team.run("send", check=0)
+    sent = team.sent()
+    assert len(sent) == 3 * len(files)
+    for argv, data in sent:
+        assert b"redsky-personal-" not in data
+        msg = parse(data)
+        assert msg["Subject"].startswith("[t ") and msg["Reply-To"]

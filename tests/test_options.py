@@ -254,9 +254,8 @@ def test_subject_tag_number_in_an_encoded_subject_is_replaced(team):
     team.run("set", LIST, "subject_tag", "[tëam %d]", check=0)
     first = copies(team, post(subject="hello"))["bob@example.net"]
     assert str(first["Subject"]) == "[tëam 1] hello"
-    raw_reply = "Re: " + first.get("Subject").encode() if False else f"Re: {first['Subject']}"
     from email.header import Header
-    encoded = Header(raw_reply, "utf-8").encode()
+    encoded = Header(f"Re: {first['Subject']}", "utf-8").encode()       # the reply's tag inside an encoded-word
     again = copies(team, post(subject=encoded, body="second\n"))["bob@example.net"]
     assert str(again["Subject"]) == "[tëam 2] Re: hello"
 

@@ -3485,6 +3485,7 @@ DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "emb
                     "noscript", "textarea", "select", "applet", "frameset", "noembed", "xmp", "plaintext")
 PAGE_PART_LIMIT = 512 * 1024        # characters of one text part shown on a page
 _URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.I)
+_ESCAPED_URL = re.compile(r"https?://(?:[^\s&<>\"'\x00-\x1f\x7f]|&amp;)+", re.I)     # in escaped text
 _ADDRESS = re.compile(r"([A-Za-z0-9._%+=-]{1,64})@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+)")
 _MONTH_FILE = re.compile(r"(\d{4}-\d{2})\.json")
 
@@ -3522,17 +3523,11 @@ def hide_addresses(text):
 def text_html(text):
     """A text/plain part as HTML: escaped, quoted lines marked, http(s)
     links made links, addresses hidden."""
-    lines = []
-    for line in hide_addresses(text).split("\n"):
-        out, pos = [], 0
-        for m in _URL.finditer(line):
-            url = m.group(0).rstrip(".,;:!?)]}")
-            out.append(esc(line[pos:m.start()]) + f'<a href="{esc(url)}" rel="nofollow noopener noreferrer">'
-                       f"{esc(url)}</a>")
-            pos = m.start() + len(url)
-        out.append(esc(line[pos:]))
-        lines.append(f"<span class=\"q\">{''.join(out)}</span>" if line.startswith(">") else "".join(out))
-    return "<div class=\"text\">" + "\n".join(lines) + "</div>"
+    def link(m):
+        url = m.group(0).rstrip(".,;:!?)]}")
+        return f'<a href="{url}" rel="nofollow noopener noreferrer">{url}</a>{m.group(0)[len(url):]}'
+    text = _ESCAPED_URL.sub(link, esc(hide_addresses(text)))
+    return "<div class=\"text\">" + re.sub(r"(?m)^&gt;.*$", r'<span class="q">\g<0></span>', text) + "</div>"
 
 
 def sanitize_html(html):
@@ -3613,7 +3608,7 @@ def post_parts(data):
             todo[:0] = [(p, depth + 1) for p in kids]
             continue
         kind, name = part.get_content_type(), part.get_filename()
-        attached = (part.get("Content-Disposition") or "").strip().lower().startswith("attachment")
+        attached = str(part.get("Content-Disposition") or "").strip().lower().startswith("attachment")
         if kind in ("text/plain", "text/html") and not name and not attached:
             text = payload_text(part, "utf-8")
             note = f"\n[{len(text) - PAGE_PART_LIMIT} more characters not shown]" \
@@ -3650,8 +3645,8 @@ def _read_json(path, default):
 
 def normalized_subject(subject):
     """The subject without Re:/Fwd: and [tags], lower case: what joins a thread when References do not."""
-    return re.sub(r"^(?:\s*(?:(?:re|fwd?|aw|sv|antw)\s*(?:\[\d{1,4}\])?\s*:|\[[^\]]{0,60}\]))+", "",
-                  subject, flags=re.I).strip().lower()[:200]
+    return re.sub(r"^(?:\s*(?:(?:re|fwd?|aw|sv|antw)(?:\[\d{1,4}\])?[ \t]*:|\[[^\]]{0,60}\]))+", "",
+                  subject[:1000], flags=re.I).strip().lower()[:200]
 
 
 def post_entry(number, data, known, now=None):
@@ -3719,7 +3714,7 @@ def month_page(list_row, month, entries):
 
 
 def index_page(list_row, months):
-    rows = "".join(f'<li><a href="{m}.html">{m}</a> <span class="meta">({c} posts)</span></li>'
+    rows = "".join(f'<li><a href="{m}.html">{m}</a> <span class="meta">({c} post{"s" * (c != 1)})</span></li>'
                    for m, c in sorted(months.items(), reverse=True))
     return html_page(f"{list_address(list_row)} archive",
                      f"<h1>The archive of {esc(list_address(list_row))}</h1>\n"
@@ -3777,7 +3772,11 @@ class PageWriter:
     def add(self, data, known, number=None):
         number = number or self.state["next"]
         entry = post_entry(number, data, known)
-        body, files = post_parts(data)
+        try:
+            body, files = post_parts(data)
+        except Exception as e:                  # MIME the email package cannot take apart: shown as written
+            log.info("post %d shown as raw text (%s: %s)", number, type(e).__name__, one_line(e, 100))
+            body, files = text_html(data[:PAGE_PART_LIMIT].decode("utf-8", "replace")), []
         for k, (name, payload) in enumerate(files, 1):
             with open(os.path.join(self.dir, "att", f"{number}-{k}-{name}"), "wb") as fh:
                 fh.write(payload)
@@ -9209,6 +9208,7 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             yield ("FAIL", f"{who} cannot read {len(stuck)} queued spool files (e.g. {stuck[0]}):"
                    " they are never sent",
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
+    yield from web_checks(config)
     yield from postfix_checks(config)
     yield from exim_checks(config, store)
     yield from opensmtpd_checks()
@@ -9233,6 +9233,52 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
+
+
+# What the DKIM signer must cover for one-click unsubscribe (RFC 8058 section 4), besides its own defaults
+SIGNED_FIELDS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "MIME-Version",
+                 "Content-Type", "List-Id", "List-Post", "List-Unsubscribe", "List-Unsubscribe-Post")
+
+
+def web_checks(config):
+    """[web] base_url, and whether the installed DKIM signer (OpenDKIM,
+    rspamd) signs List-Unsubscribe and List-Unsubscribe-Post: receivers
+    honour one-click unsubscribe only when a valid signature covers both."""
+    base = config.get("web", "base_url")
+    if not base:
+        yield ("WARN", "[web] base_url is not set: copies offer no one-click unsubscribe (RFC 8058), which Gmail"
+               " and Yahoo ask of bulk senders", "serve `redsky.py web` and set [web] base_url (README: On the web)")
+        return
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base):
+        yield "FAIL", f"[web] base_url {base!r} is not an http(s) URL", "e.g. https://lists.example.org/redsky"
+        return
+    yield (("WARN", f"[web] base_url {base} is plain http: mail clients want https for one-click unsubscribe",
+            "serve it over https (a proxy that terminates TLS), then set the https URL")
+           if base.startswith("http://") else ("OK", f"one-click unsubscribe links point to {base}", ""))
+    wanted = {"list-unsubscribe", "list-unsubscribe-post"}
+    signers = [p.strip() for p in config.get("web", "dkim_signers").split(",") if os.path.isfile(p.strip())]
+    for path in signers:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = re.sub(r"#[^\n]*", "", fh.read())
+        except OSError as e:
+            yield "WARN", f"cannot read the DKIM signer's settings {path}: {e.strerror}", "run doctor as root"
+            continue
+        if "rspamd" in path:
+            m = re.search(r"(?i)\bsign_headers\s*=\s*\"([^\"]*)\"", text)
+            signed = {re.sub(r"^\([a-z]\)", "", h.strip().lower()) for h in m.group(1).split(":")} if m else set()
+            line = 'sign_headers = "' + ":".join(f.lower() for f in SIGNED_FIELDS) + '";'
+        else:
+            m = re.search(r"(?im)^[ \t]*SignHeaders[ \t]+(.+)$", text)
+            signed = {h.strip().lower() for h in re.split(r"[,\s]+", m.group(1))} if m else set()
+            line = "SignHeaders " + ",".join(SIGNED_FIELDS)
+        yield ("OK", f"{path} signs List-Unsubscribe and List-Unsubscribe-Post", "") if wanted <= signed else \
+            ("WARN", f"{path} does not sign {' and '.join(sorted(wanted - signed))}: receivers ignore one-click"
+             " unsubscribe without a DKIM signature over both", f"add to {path}: {line}")
+    if not signers:
+        yield ("WARN", "no DKIM signer's settings found (OpenDKIM, rspamd): receivers honour one-click unsubscribe"
+               " only in mail whose DKIM signature covers List-Unsubscribe and List-Unsubscribe-Post",
+               "sign outgoing mail (README: DKIM), or name its settings in [web] dkim_signers")
 
 
 def exim_checks(config, store):

@@ -101,6 +101,15 @@ PARSERS = {
         {"pass_types": [], "filter_types": ["application/*"], "pass_extensions": [], "filter_extensions": ["exe"]},
         {"collapse_alternatives": 1, "convert_html_to_plaintext": 1}, []),
     "ban_patterns": lambda t: redsky.matches_any(["*@x.example", r"^spam\d+@"], [t]),
+    # the archive pages: an HTML part, a text part, the addresses hidden, the thread key, a whole post
+    "sanitize_html": lambda t: redsky.sanitize_html(t),
+    "sanitize_html_attributes": lambda t: redsky.sanitize_html("<a href=" + t + "><td colspan=" + t + ">"),
+    "text_html": lambda t: redsky.text_html(t),
+    "normalized_subject": lambda t: redsky.normalized_subject(t),
+    "post_page": lambda t: redsky.post_parts(message("Content-Type", "multipart/mixed; boundary=b",
+                                                     "--b\nContent-Type: text/html\n\n" + t + "\n--b\n"
+                                                     "Content-Disposition: attachment; filename=" + t[:5000]
+                                                     + "\n\n" + t + "\n--b--\n")),
 }
 
 

@@ -1,0 +1,511 @@
+"""The web: `redsky.py web` over HTTP on 127.0.0.1 (urllib), RFC 8058
+one-click unsubscribe on the copies, the archive pages, the subscribe page,
+CGI and WSGI, and a real browser (headless Chromium) rendering the pages."""
+
+import html.parser
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import REDSKY, REDSKY_MAIN, parse, post
+from smtpsink import free_port
+
+LIST_OPTIONS = ("--access", "open")
+MEMBERS = ("bob@example.net", "carol@example.com")
+LIST = "test@lists.example.org"
+
+
+class Web:
+    """A running `redsky.py web` for the test's installation."""
+
+    def __init__(self, rs):
+        self.rs, self.port = rs, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        rs.write_config(web={"base_url": self.base + "/redsky"})
+        self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
+                                      f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.base + "/", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"web did not start: {self.proc.stderr.read1(4000)}")
+
+    def request(self, path, data=None, headers=None, method=None):
+        """(status, headers, body text); the app is mounted at / here, /redsky behind a proxy."""
+        url = path if path.startswith("http") else self.base + path
+        url = url.replace(self.base + "/redsky", self.base)
+        req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read().decode("utf-8", "replace")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def web(lst):
+    lst.run("set", LIST, "archive", "public", check=0)
+    server = Web(lst)
+    yield server
+    server.stop()
+
+
+def one_click(data):
+    """(https URL, mailto) of a copy's List-Unsubscribe, and its List-Unsubscribe-Post."""
+    msg = parse(data)
+    urls = re.findall(r"<([^>]+)>", str(msg["List-Unsubscribe"]))
+    return urls, msg["List-Unsubscribe-Post"]
+
+
+def sent_copies(rs):
+    return {argv[-1]: data for argv, data in rs.sent()}
+
+
+# --- RFC 8058 on the copies -------------------------------------------------
+
+def test_every_per_recipient_copy_offers_one_click_unsubscribe(web):
+    import redsky
+    web.rs.run("set", LIST, "footer", "Leave with one click: $unsubscribe_personal", check=0)
+    web.rs.queue(post(), check=0)
+    web.rs.run("send", check=0)
+    copies = sent_copies(web.rs)
+    assert set(copies) == set(MEMBERS)
+    tokens = set()
+    for member, data in copies.items():
+        (url, mailto), post_field = one_click(data)
+        token = redsky.leave_token(web.rs.verp_key(), {"name": "test", "domain": "lists.example.org"}, member)
+        assert url == f"{web.base}/redsky/{LIST}/leave/{token}"
+        assert mailto == f"mailto:test-leave+{token}@lists.example.org"
+        assert post_field == "List-Unsubscribe=One-Click"
+        assert url in parse(data).get_body().get_content()        # $unsubscribe_personal is the link
+        assert parse(data)["List-Archive"] == f"<{web.base}/redsky/archive/{LIST}/>"
+        tokens.add(token)
+    assert len(tokens) == 2
+
+
+def test_batched_copies_keep_the_generic_mailto(web):
+    web.rs.write_config(send={"verp": "off"})
+    web.rs.queue(post(), check=0)
+    web.rs.run("send", check=0)
+    (data,) = [d for _, d in web.rs.sent()]
+    assert one_click(data) == (["mailto:test-leave@lists.example.org"], None)
+
+
+def test_no_base_url_no_one_click_header(lst):
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    for _, data in lst.sent():
+        urls, post_field = one_click(data)
+        assert post_field is None and all(u.startswith("mailto:test-leave+") for u in urls)
+
+
+# --- one-click unsubscribe over HTTP ---------------------------------------------
+
+def leave_url(web, member):
+    web.rs.queue(post(subject=f"for {member}"), check=0)
+    web.rs.run("send", check=0)
+    return one_click(sent_copies(web.rs)[member])[0][0]
+
+
+def test_get_shows_a_button_and_never_unsubscribes(web):
+    url = leave_url(web, "bob@example.net")
+    for _ in range(3):                      # a link scanner, a previewer, the member
+        status, headers, body = web.request(url)
+        assert status == 200 and '<form method="post">' in body
+        assert 'name="List-Unsubscribe" value="One-Click"' in body
+    status, _, _ = web.request(url, method="HEAD")
+    assert status == 200
+    assert set(web.rs.members()) == set(MEMBERS)
+
+
+def test_post_one_click_unsubscribes_at_once_and_says_goodbye(web):
+    url = leave_url(web, "bob@example.net")
+    before = len(web.rs.sent())
+    status, headers, body = web.request(url, data=b"List-Unsubscribe=One-Click",
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and "no longer subscribed" in body
+    assert "Location" not in headers and "Set-Cookie" not in headers
+    assert set(web.rs.members()) == {"carol@example.com"}
+    web.rs.run("send", check=0)
+    goodbye = [parse(d) for a, d in web.rs.sent()[before:] if a[-1] == "bob@example.net"]
+    assert len(goodbye) == 1 and goodbye[0]["Subject"].startswith("Goodbye from")
+    again = web.request(url, data=b"List-Unsubscribe=One-Click")      # a repeat: the same answer
+    assert again[0] == 200 and again[2] == body
+
+
+def test_multipart_form_data_one_click_works_too(web):
+    url = leave_url(web, "carol@example.com")
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n")
+    status, _, _ = web.request(url, data=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert status == 200
+    assert set(web.rs.members()) == {"bob@example.net"}
+
+
+def test_wrong_token_or_body_changes_nothing(web):
+    url = leave_url(web, "bob@example.net")
+    token = url.rsplit("/", 1)[1]
+    wrong = [url[:-1] + ("0" if token[-1] != "0" else "1"), url.replace(token, "f" * 16)]
+    web.rs.run("newlist", "other@lists.example.org", check=0)
+    web.rs.run("subscribe", "other@lists.example.org", "bob@example.net", check=0)
+    wrong.append(url.replace(f"/{LIST}/", "/other@lists.example.org/"))   # bob's token, another list
+    answers = set()
+    for bad in wrong:
+        status, _, body = web.request(bad, data=b"List-Unsubscribe=One-Click")
+        answers.add((status, body.replace("other@", "test@")))
+    assert len(answers) == 1 and answers.pop()[0] == 200          # no oracle for who is subscribed
+    assert web.request(url, data=b"List-Unsubscribe=Yes")[0] == 400
+    assert web.request(url, data=b"")[0] == 400
+    assert web.request(url, data=b"List-Unsubscribe=One-Click&x=" + b"a" * 20000)[0] == 413
+    assert web.request(url.replace(token, "zz" + token[2:]))[0] == 404
+    assert set(web.rs.members()) == set(MEMBERS)
+    assert "bob@example.net" in web.rs.members("other@lists.example.org")
+
+
+def test_every_response_has_safe_headers(web):
+    for path, method in (("/", "GET"), (f"/{LIST}/", "GET"), (f"/archive/{LIST}/", "GET"), ("/nowhere", "GET"),
+                         ("/", "DELETE")):
+        status, headers, body = web.request(path, method=method)
+        assert status in (200, 404, 405), path
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script" not in csp
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "no-referrer"
+        assert "<script" not in body
+
+
+# --- the subscribe page -----------------------------------------------------------
+
+def test_subscribe_form_starts_a_double_opt_in_and_tells_nothing(web):
+    status, _, page = web.request(f"/{LIST}/")
+    assert status == 200 and 'name="address"' in page and 'method="post"' in page
+    web.rs.run("set", LIST, "description", "Talk about <tests> & more", check=0)
+    assert "Talk about &lt;tests&gt; &amp; more" in web.request(f"/{LIST}/")[2]
+    answers = {}
+    for address in ("new@example.com", "bob@example.net"):
+        status, _, body = web.request(f"/{LIST}/", data=f"address={address}".encode())
+        answers[address] = (status, body.replace(address, "ADDR"))
+    assert answers["new@example.com"] == answers["bob@example.net"]
+    assert "new@example.com" not in web.rs.members()
+    pending = web.rs.run("pending", LIST, "--json", check=0).out
+    assert "new@example.com" in pending and "bob@example.net" not in pending
+    web.rs.run("send", check=0)
+    (confirm,) = [parse(d) for a, d in web.rs.sent() if a[-1] == "new@example.com"]
+    assert "confirm" in confirm["Subject"]
+    assert web.request(f"/{LIST}/", data=b"address=not-an-address")[0] == 400
+    assert web.request(f"/{LIST}/", data=b"address=%3Cscript%3E@x")[0] == 400
+
+
+def test_subscribe_form_keeps_the_rate_limit(web):
+    for _ in range(8):
+        web.request(f"/{LIST}/", data=b"address=victim@example.com")
+    web.rs.run("send", check=0)
+    mails = [a for a, _ in web.rs.sent() if a[-1] == "victim@example.com"]
+    assert 1 <= len(mails) <= 3          # [commands] max_confirmations
+
+
+def test_closed_list_page_has_no_form(web):
+    web.rs.run("set", LIST, "subscribe_policy", "closed", check=0)
+    status, _, page = web.request(f"/{LIST}/")
+    assert status == 200 and "<form" not in page and "no new members" in page
+    assert web.request(f"/{LIST}/", data=b"address=a@example.com")[0] == 200
+    assert "a@example.com" not in web.rs.run("pending", "--json", check=0).out
+
+
+# --- archive pages ----------------------------------------------------------------
+
+THREAD = [
+    post(subject="Plans for Friday", body="Shall we meet?\nbob@example.net knows the way: https://example.org/map\n",
+         msgid="<p1@example.org>", sender="alice@example.org"),
+    post(subject="Re: Plans for Friday", body="> Shall we meet?\nYes.\n", msgid="<p2@example.org>",
+         extra="In-Reply-To: <p1@example.org>\nReferences: <p1@example.org>\n", sender="carol@example.com"),
+    post(subject="RE: [test] plans for friday", body="Count me in.\n", msgid="<p3@example.org>",
+         sender="dave@example.org"),
+    post(subject="Something else", body="Another topic with the word zanzibar.\n", msgid="<p4@example.org>"),
+]
+
+
+def test_archive_index_month_thread_post_page_feed_and_search(web):
+    for data in THREAD:
+        assert web.rs.queue(data).returncode == 0
+    status, _, index = web.request(f"/archive/{LIST}/")
+    assert status == 200 and '<a href="2026-11.html">2026-11</a>' in index and "(4 posts)" in index
+    status, _, month = web.request(f"/archive/{LIST}/2026-11.html")
+    items = re.findall(r'<li class="d(\d+)"><a href="(\d+)\.html">', month)
+    # post 2 answers 1 by References; 3 joins by its subject, under the newest post with it
+    assert items == [("0", "1"), ("1", "2"), ("2", "3"), ("0", "4")]
+    status, headers, page = web.request(f"/archive/{LIST}/2.html")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "<h1>Re: Plans for Friday</h1>" in page and '<a href="1.html">post 1</a>' in page
+    assert '<span class="q">&gt; Shall we meet?</span>' in page
+    first = web.request(f"/archive/{LIST}/1.html")[2]
+    assert '<a href="https://example.org/map" rel="nofollow noopener noreferrer">' in first
+    assert "bob@example.net" not in first and "bo\u2026@example.net" in first
+    assert "alice@example.org" not in first and "<td>Alice</td>" in first
+    status, headers, feed = web.request(f"/archive/{LIST}/atom.xml")
+    assert headers["Content-Type"].startswith("application/atom+xml")
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    root = ET.fromstring(feed)
+    entries = root.findall("a:entry", ns)
+    assert [e.find("a:title", ns).text for e in entries][0] == "Something else" and len(entries) == 4
+    assert entries[0].find("a:link", ns).get("href") == f"{web.base}/redsky/archive/{LIST}/4.html"
+    status, _, found = web.request(f"/archive/{LIST}/search?q=Zanzibar")
+    assert status == 200 and '<a href="4.html">Something else</a>' in found and "1.html" not in found
+    assert web.request(f"/archive/{LIST}/search?q=%3Cscript%3E")[2].count("<script") == 0
+    assert web.request(f"/archive/{LIST}/99.html")[0] == 404
+    assert web.request(f"/archive/{LIST}/../redsky.db")[0] == 404
+    assert web.request(f"/archive/{LIST}")[0] == 200          # redirected to the slash
+
+
+def test_pages_are_written_as_posts_come_and_can_be_rebuilt(web):
+    folder = web.rs.home / "pages" / LIST
+    web.rs.queue(THREAD[0], check=0)
+    assert sorted(p.name for p in folder.glob("*.html")) == ["1.html", "2026-11.html", "index.html"]
+    web.rs.queue(THREAD[1], check=0)
+    before = {p.name: p.read_bytes() for p in folder.glob("*.html")}
+    shutil.rmtree(folder)
+    r = web.rs.run("archive", "html", LIST, check=0)
+    assert "2 posts" in r.out
+    after = {p.name: p.read_bytes() for p in folder.glob("*.html")}
+    assert after == before
+
+
+def test_private_archives_are_not_published(web):
+    web.rs.queue(THREAD[0], check=0)
+    assert web.request(f"/archive/{LIST}/1.html")[0] == 200
+    r = web.rs.run("set", LIST, "archive", "private", check=0)
+    assert "removed" in r.out
+    assert not (web.rs.home / "pages" / LIST).exists()
+    for path in (f"/archive/{LIST}/", f"/archive/{LIST}/1.html", f"/archive/{LIST}/atom.xml",
+                 f"/archive/{LIST}/search?q=Friday"):
+        assert web.request(path)[0] == 404, path
+    assert LIST not in web.request("/")[2]
+    web.rs.queue(THREAD[1], check=0)                         # archived, not published
+    assert not (web.rs.home / "pages" / LIST).exists()
+    assert "2 posts" in web.rs.run("set", LIST, "archive", "public", check=0).out
+    assert web.request(f"/archive/{LIST}/2.html")[0] == 200
+
+
+def test_forgetting_an_author_takes_their_posts_off_the_pages(web):
+    for data in THREAD[:3]:
+        web.rs.queue(data, check=0)
+    web.rs.run("forget", "carol@example.com", "--archive", check=0)
+    index = web.request(f"/archive/{LIST}/2026-11.html")[2]
+    assert "Carol" not in index and index.count("<li class=") == 2
+
+
+class Tags(html.parser.HTMLParser):
+    """Every start tag with its attributes, and every script-ish thing."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+ALLOWED_PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "nav", "h1", "table", "tr", "th", "td",
+                     "hr", "div", "span", "p", "ul", "li", "a", "small", "form", "input", "button", "label",
+                     "br", "b", "i", "em", "strong", "u", "s", "ol", "blockquote", "pre", "code", "h2", "h3",
+                     "h4", "h5", "h6", "thead", "tbody", "tfoot", "dl", "dt", "dd", "sub", "sup", "big", "tt"}
+
+
+def assert_no_active_content(page):
+    parser = Tags()
+    parser.feed(page)
+    for tag, attrs in parser.tags:
+        assert tag in ALLOWED_PAGE_TAGS, tag
+        assert not [a for a in attrs if a.startswith("on") or a in ("style", "src", "srcdoc", "formaction")], attrs
+        if tag == "a" and "href" in attrs:
+            assert re.match(r"(https?://|[\w.-]*\.html$|\./$|att/|\.\./|atom\.xml$)", attrs["href"]), attrs
+    assert parser.tags.count(("style", {})) == 1        # only the page's own stylesheet
+
+
+HOSTILE_HTML = (
+    '<p onclick="alert(1)" style="x">Hi <script>alert(2)</script><SCRIPT SRC=//evil/x.js></SCRIPT>'
+    '<a href="javascript:alert(3)">js</a> <a href=" jav&#x09;ascript:alert(4)">tab</a>'
+    '<a href="data:text/html,<script>alert(5)</script>">data</a> <a href="https://ok.example/?a=1&b=2">ok</a>'
+    '<img src="http://tracker.example/p.gif" onerror="alert(6)"><iframe src="https://evil/"></iframe>'
+    '<svg onload="alert(7)"><script>alert(8)</script></svg><style>body{display:none}</style>'
+    '<form action="https://evil/"><input name=x></form><object data="x"></object>'
+    '<a href="https://x" onmouseover="alert(9)" target=_blank>x</a><b/onmouseover=alert(10)>bold</b>'
+    '<td colspan="2" onclick="x">cell</td><math><mtext><table><mglyph><style><img src=x onerror=alert(11)>'
+    '<!-- <script>alert(12)</script> --><noscript><p title="</noscript><img src=x onerror=alert(13)>">'
+    '<base href="https://evil/"><meta http-equiv="refresh" content="0;url=https://evil/"></p>')
+
+
+def hostile_post(n, subject, name, html, filename):
+    return (f'From: "{name}" <mallory@example.org>\nTo: {LIST}\nSubject: {subject}\n'
+            f"Message-ID: <h{n}@example.org>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B\n\n"
+            f"--B\nContent-Type: text/html; charset=utf-8\n\n{html}\n"
+            f'--B\nContent-Type: text/html\nContent-Disposition: attachment; filename="{filename}"\n\n'
+            f"<script>alert('attachment')</script>\n--B--\n").encode()
+
+
+def test_hostile_posts_make_pages_without_active_content(web):
+    cases = [
+        ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", HOSTILE_HTML, "<script>.html"),
+        ('"><svg onload=alert(1)>', "javascript:alert(1)", "<a href='javascript:alert(1)'>x</a>", "../../x.html"),
+        ("=?utf-8?q?=3Cscript=3Ealert(1)=3C/script=3E?=", "=?utf-8?q?=3Cb_onclick=3Dx=3E?=", "<p>ok</p>",
+         "..\\..\\boot.ini"),
+    ]
+    for n, (subject, name, html_part, filename) in enumerate(cases, 1):
+        assert web.rs.queue(hostile_post(n, subject, name, html_part, filename)).returncode == 0
+    big = "<p onmouseover=x>" + "<b>word</b> <script>x</script>" * 340_000           # ~10 MB of HTML
+    assert len(big) > 10_000_000
+    assert web.rs.queue(hostile_post(4, "big", "Big", big, "big.html"), timeout=300).returncode == 0
+    folder = web.rs.home / "pages" / LIST
+    pages = [p for p in folder.iterdir() if p.suffix == ".html"]
+    assert len(pages) == 4 + 2
+    for page in pages:
+        assert_no_active_content(page.read_text())
+    for att in (folder / "att").iterdir():
+        assert re.fullmatch(r"\d+-\d+-[A-Za-z0-9][A-Za-z0-9._-]*", att.name), att.name
+    status, headers, body = web.request(f"/archive/{LIST}/att/" + sorted(os.listdir(folder / "att"))[0])
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"].startswith("attachment; filename=")
+    first = (folder / "1.html").read_text()
+    assert '<a href="https://ok.example/?a=1&amp;b=2" rel="nofollow noopener noreferrer">ok</a>' in first
+    assert "[image]" in first and "alert(2)" not in first
+    assert len((folder / "4.html").read_bytes()) < 2_000_000          # the part is cut, said so
+    assert "more characters not shown" in (folder / "4.html").read_text()
+    feed = (folder / "atom.xml").read_text()
+    ET.fromstring(feed)
+    assert "<script" not in feed
+
+
+# --- CGI and WSGI ------------------------------------------------------------------
+
+def cgi(rs, path, method="GET", body=b"", query=""):
+    env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
+    env.update(GATEWAY_INTERFACE="CGI/1.1", REQUEST_METHOD=method, PATH_INFO=path, SCRIPT_NAME="/cgi-bin/redsky",
+               QUERY_STRING=query, SERVER_NAME="lists.example.org", SERVER_PORT="443", SERVER_PROTOCOL="HTTP/1.1",
+               REDSKY_CONFIG=str(rs.config), CONTENT_LENGTH=str(len(body)),
+               CONTENT_TYPE="application/x-www-form-urlencoded")
+    r = subprocess.run(["python3", REDSKY], input=body, capture_output=True, env=env, timeout=60)
+    head, _, page = r.stdout.partition(b"\r\n\r\n")
+    return head.decode(), page.decode(), r.stderr.decode()
+
+
+def test_runs_as_a_cgi_script(web):
+    web.rs.queue(THREAD[0], check=0)
+    head, page, err = cgi(web.rs, f"/archive/{LIST}/1.html")
+    assert head.startswith("Status: 200 OK") and "Content-Security-Policy:" in head, err
+    assert "<h1>Plans for Friday</h1>" in page
+    url = leave_url(web, "carol@example.com")
+    head, page, err = cgi(web.rs, url.split("/redsky", 1)[1], "POST", b"List-Unsubscribe=One-Click")
+    assert head.startswith("Status: 200 OK"), err
+    assert "carol@example.com" not in web.rs.members()
+    head, _, _ = cgi(web.rs, "/nothing/here")
+    assert head.startswith("Status: 404")
+
+
+def test_wsgi_application_is_importable(lst, monkeypatch):
+    import io
+    import redsky
+    monkeypatch.setenv("REDSKY_CONFIG", str(lst.config))
+    lst.run("set", LIST, "archive", "public", check=0)
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"], seen["headers"] = status, dict(headers)
+    body = b"".join(redsky.application({"REQUEST_METHOD": "GET", "PATH_INFO": f"/{LIST}/",
+                                        "wsgi.input": io.BytesIO()}, start_response))
+    assert seen["status"] == "200 OK" and b'name="address"' in body
+    assert seen["headers"]["X-Content-Type-Options"] == "nosniff"
+
+
+def test_web_refuses_a_bad_listen_address(lst):
+    assert lst.run("web", "--listen", "nonsense").returncode == 64
+    port = free_port()
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = lst.run("web", "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 78 and "cannot listen" in r.err and "Traceback" not in r.err
+
+
+# --- doctor: base_url and the DKIM signer -------------------------------------------
+
+def test_doctor_checks_base_url_and_the_dkim_signer(lst, tmp_path):
+    out = lst.run("doctor").out
+    assert "WARN  [web] base_url is not set" in out
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky", "dkim_signers": ""})
+    out = lst.run("doctor").out
+    assert "is plain http" in out and "no DKIM signer's settings found" in out
+    opendkim, rspamd = tmp_path / "opendkim.conf", tmp_path / "rspamd" / "dkim_signing.conf"
+    rspamd.parent.mkdir()
+    opendkim.write_text("Syslog yes\n# SignHeaders List-Unsubscribe,List-Unsubscribe-Post\nOversignHeaders From\n")
+    rspamd.write_text('sign_headers = "(o)from:(x)sender:list-unsubscribe";\n')
+    lst.write_config(web={"base_url": "https://lists.example.org/redsky", "dkim_signers": f"{opendkim}, {rspamd}"})
+    out = lst.run("doctor").out
+    assert f"WARN  {opendkim} does not sign list-unsubscribe and list-unsubscribe-post" in out
+    assert "SignHeaders From,To,Cc,Subject,Date,Message-ID" in out and "List-Unsubscribe-Post" in out
+    assert f"WARN  {rspamd} does not sign list-unsubscribe-post" in out
+    assert "one-click unsubscribe links point to https://lists.example.org/redsky" in out
+    opendkim.write_text("SignHeaders From, Subject, List-Unsubscribe, List-Unsubscribe-Post\n")
+    rspamd.write_text('sign_headers = "(o)from:list-unsubscribe:(x)list-unsubscribe-post";\n')
+    out = lst.run("doctor").out
+    assert f"OK    {opendkim} signs" in out and f"OK    {rspamd} signs" in out
+    lst.write_config(web={"base_url": "lists.example.org"})
+    assert "FAIL  [web] base_url 'lists.example.org' is not an http(s) URL" in lst.run("doctor").out
+
+
+# --- a real browser ----------------------------------------------------------------
+
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("REDSKY_REQUIRE_CHROMIUM"):
+            pytest.fail("REDSKY_REQUIRE_CHROMIUM is set but no chromium is installed")
+        pytest.skip("no chromium (Debian: apt-get install chromium)")
+    return exe
+
+
+def render(exe, url, tmp_path):
+    """The DOM headless Chromium made of ``url``, and its console messages."""
+    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        f"--user-data-dir={tmp_path}/chromium", "--enable-logging=stderr", "--v=0",
+                        "--dump-dom", url], capture_output=True, timeout=120)
+    console = [line for line in r.stderr.decode("utf-8", "replace").splitlines() if ":CONSOLE" in line]
+    return r.returncode, r.stdout.decode("utf-8", "replace"), console
+
+
+def visible_text(dom):
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"(?s)<(style|title)>.*?</\1>", "", dom)))
+
+
+def test_a_real_browser_renders_the_pages_without_errors(web, tmp_path):
+    import html as entities
+    exe = chromium()
+    for data in THREAD:
+        web.rs.queue(data, check=0)
+    web.rs.queue(hostile_post(5, "<script>alert(1)</script> hostile", "Mallory", HOSTILE_HTML, "x.html"), check=0)
+    for path, expected in ((f"/archive/{LIST}/", ["The archive of test@lists.example.org", "2026-11 (4 posts)"]),
+                           (f"/archive/{LIST}/1.html", ["Plans for Friday", "Alice", "Shall we meet?",
+                                                       "knows the way: https://example.org/map"]),
+                           (f"/archive/{LIST}/2026-11.html", ["Re: Plans for Friday", "Something else"]),
+                           (f"/archive/{LIST}/5.html", ["<script>alert(1)</script> hostile", "Hi", "bold"]),
+                           (f"/{LIST}/", ["Subscribe"])):
+        code, dom, console = render(exe, web.base + path, tmp_path)
+        assert code == 0 and console == [], (path, console)
+        text = entities.unescape(visible_text(dom))
+        for words in expected:
+            assert words in text, (path, words)
+        assert "alert(" not in re.sub(r"<script>alert\(1\)</script> hostile", "", text), path
+        assert_no_active_content(dom.replace("<head></head>", ""))

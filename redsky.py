@@ -1869,8 +1869,9 @@ def list_headers(list_row, base_url=""):
     the list has an archive_url and an archive, or a public archive and
     [web] ``base_url``), plus loop markers."""
     post = list_address(list_row)
-    archive_url = list_row.get("archive_url") or (
-        f"{base_url.rstrip('/')}/archive/{post.lower()}/" if base_url and list_row.get("archive") == "public" else "")
+    public = base_url and list_row.get("archive") == "public"
+    archive_url = list_row.get("archive_url") or \
+        (f"{base_url.rstrip('/')}/archive/{post.lower()}/" if public else "")
     return [
         ("List-Id", f"<{list_row['name']}.{list_row['domain']}>"),
         ("List-Post", f"<mailto:{post}>"),
@@ -1878,7 +1879,8 @@ def list_headers(list_row, base_url=""):
         ("List-Subscribe", f"<mailto:{list_address(list_row, '-join')}>"),
         ("List-Unsubscribe", f"<mailto:{list_address(list_row, '-leave')}>"),
         ("List-Owner", f"<mailto:{list_address(list_row, '-owner')}>"),
-    ] + ([("List-Archive", f"<{archive_url}>")] if archive_url and list_row.get("archive") != "off" else []) + [
+    ] + ([("List-Archive", f"<{archive_url}>")] if archive_url and list_row.get("archive") != "off"
+         else []) + [
         ("Precedence", "list"),
         ("X-Loop", post),
     ]
@@ -3481,8 +3483,9 @@ PAGE_CSS = ("body{font:16px/1.5 system-ui,sans-serif;max-width:52rem;margin:0 au
 # cell's spans); the contents of DROPPED_ELEMENTS go too.
 SAFE_TAGS = frozenset("p br b i em strong u s a ul ol li blockquote pre code h1 h2 h3 h4 h5 h6 table thead "
                       "tbody tfoot tr td th div span hr sub sup dl dt dd small big tt".split())
-DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "embed", "svg", "math", "template",
-                    "noscript", "textarea", "select", "applet", "frameset", "noembed", "xmp", "plaintext")
+DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "embed", "svg", "math",
+                    "template", "noscript", "textarea", "select", "applet", "frameset", "noembed", "xmp",
+                    "plaintext")
 PAGE_PART_LIMIT = 512 * 1024        # characters of one text part shown on a page
 _URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.I)
 _ESCAPED_URL = re.compile(r"https?://(?:[^\s&<>\"'\x00-\x1f\x7f]|&amp;)+", re.I)     # in escaped text
@@ -3577,11 +3580,12 @@ def _safe_attributes(name, attributes):
     import html as entities
     if name == "a":
         m = re.search(r"(?i)\bhref[ \t\r\n]*=[ \t\r\n]*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'>]+))", attributes)
-        url = re.sub(r"[\x00-\x20\x7f]+", "", entities.unescape(next(g for g in m.groups() if g is not None))) \
-            if m else ""
+        written = next(g for g in m.groups() if g is not None) if m else ""
+        url = re.sub(r"[\x00-\x20\x7f]+", "", entities.unescape(written))
         return f' href="{esc(url)}" rel="nofollow noopener noreferrer"' if _URL.fullmatch(url) else ""
     if name in ("td", "th"):
-        return "".join(f' {k}="{v}"' for k, v in re.findall(r"(?i)\b(colspan|rowspan)=[\"']?(\d{1,3})", attributes))
+        spans = re.findall(r"(?i)\b(colspan|rowspan)=[\"']?(\d{1,3})", attributes)
+        return "".join(f' {k.lower()}="{v}"' for k, v in spans)
     return ""
 
 
@@ -3689,7 +3693,8 @@ def post_page(list_row, entry, body, files):
     if parent:
         head += f'<tr><th>In reply to</th><td><a href="{parent}.html">post {parent}</a></td></tr>'
     attached = "".join(f'<li><a href="att/{n}-{k}-{esc(name)}">{esc(name)}</a> '
-                       f"<small>({len(payload):,} bytes)</small></li>" for k, (name, payload) in enumerate(files, 1))
+                       f"<small>({len(payload):,} bytes)</small></li>"
+                       for k, (name, payload) in enumerate(files, 1))
     return html_page(f"{entry['subject']} - {list_address(list_row)}",
                      f"{nav}\n<h1>{esc(entry['subject'])}</h1>\n<table>{head}</table>\n<hr>\n{body}\n"
                      + (f"<hr><p>Attachments:</p><ul>{attached}</ul>\n" if attached else "") + nav)
@@ -3709,8 +3714,10 @@ def month_page(list_row, month, entries):
                    f'{time.strftime("%d %b %H:%M", time.gmtime(e["date"]))}</span></li>')
         todo.extend((c, min(depth + 1, 12)) for c in reversed(children.get(e["n"], [])))
     return html_page(f"{month} - {list_address(list_row)}",
-                     f'<nav><a href="./">all months</a></nav>\n<h1>{esc(list_address(list_row))}: {month}</h1>\n'
-                     f"<p>{len(entries)} post{'s' if len(entries) != 1 else ''}, by thread.</p>\n<ul>{''.join(out)}</ul>")
+                     f'<nav><a href="./">all months</a></nav>\n'
+                     f"<h1>{esc(list_address(list_row))}: {month}</h1>\n"
+                     f"<p>{len(entries)} post{'s' * (len(entries) != 1)}, by thread.</p>\n"
+                     f"<ul>{''.join(out)}</ul>")
 
 
 def index_page(list_row, months):
@@ -3719,8 +3726,8 @@ def index_page(list_row, months):
     return html_page(f"{list_address(list_row)} archive",
                      f"<h1>The archive of {esc(list_address(list_row))}</h1>\n"
                      f"<p>{esc(list_row.get('description') or '')}</p>\n"
-                     '<form method="get" action="search"><input name="q" aria-label="words" placeholder="words">'
-                     ' <button>Search</button></form>\n'
+                     '<form method="get" action="search"><input name="q" aria-label="words"'
+                     ' placeholder="words"> <button>Search</button></form>\n'
                      f'<p><a href="atom.xml">Atom feed</a></p>\n<ul>{rows or "<li>No posts yet.</li>"}</ul>')
 
 
@@ -3733,13 +3740,16 @@ def atom_feed(list_row, entries, base_url):
     def stamp(t):
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     items = "".join(
-        f"<entry><title>{escape(e['subject'])}</title><id>{escape(root or 'urn:redsky:' + name + ':')}{e['n']}"
-        f"</id><link href=\"{escape(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
-        f"<author><name>{escape(e['author'])}</name></author><summary>{escape(e['text'][:500])}</summary></entry>\n"
+        f"<entry><title>{escape(e['subject'])}</title>"
+        f"<id>{escape(root or 'urn:redsky:' + name + ':')}{e['n']}</id>"
+        f"<link href=\"{escape(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
+        f"<author><name>{escape(e['author'])}</name></author>"
+        f"<summary>{escape(e['text'][:500])}</summary></entry>\n"
         for e in entries)
     return ('<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">'
             f"<title>{escape(name)}</title><id>{escape(root or 'urn:redsky:' + name)}</id>"
-            f"<link href=\"{escape(root)}\"/><updated>{stamp(entries[0]['date'] if entries else 0)}</updated>\n"
+            f"<link href=\"{escape(root)}\"/>"
+            f"<updated>{stamp(entries[0]['date'] if entries else 0)}</updated>\n"
             f"{items}</feed>\n")
 
 
@@ -4943,8 +4953,8 @@ def archive(ctx):
         try:
             ctx.note(f"web page {publish_post(ctx.config, ctx.list, kept_form(ctx, ctx.distributed))}.html")
         except Exception as e:         # the post is queued and archived: the pages can be made again
-            log.error("cannot write the archive page of %s: %s (run: redsky.py archive html %s)", ctx.describe(),
-                      e, list_address(ctx.list), exc_info=not isinstance(e, OSError))
+            log.error("cannot write the archive page of %s: %s (run: redsky.py archive html %s)",
+                      ctx.describe(), e, list_address(ctx.list), exc_info=not isinstance(e, OSError))
             ctx.note(f"no web page: {e}")
 
 
@@ -6951,8 +6961,8 @@ def clean_spool(config, store, older_than=3600):
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
 WEB_TIMEOUT = 30                # seconds a client may take to send its request (`web --listen`)
 _LIST_PATH = re.compile(r"/([^/@\s]{1,64}@[^/@\s]{1,255})/(?:leave/([0-9a-fA-F]{16}))?")
-_ARCHIVE_PATH = re.compile(r"/archive/([^/@\s]{1,64}@[^/@\s]{1,255})/"
-                           r"(|search|atom\.xml|index\.html|\d{4}-\d{2}\.html|\d{1,9}\.html|att/[A-Za-z0-9._-]{1,120})")
+_ARCHIVE_PATH = re.compile(r"/archive/([^/@\s]{1,64}@[^/@\s]{1,255})/(|search|atom\.xml|index\.html"
+                           r"|\d{4}-\d{2}\.html|\d{1,9}\.html|att/[A-Za-z0-9._-]{1,120})")
 PAGE_TYPES = {".html": "text/html; charset=utf-8", ".xml": "application/atom+xml; charset=utf-8"}
 
 
@@ -6973,10 +6983,11 @@ class WebApp:
         except Exception as e:      # one line in the log; a page that says nothing of the inside
             log.error("web: %s %s: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                       type(e).__name__, one_line(e, 300), exc_info=not isinstance(e, (Failure, StoreError)))
-            status, body, kind, extra = "503 Service Unavailable", message_page(
-                "Not now", "Something went wrong here; please try again later."), None, [("Retry-After", "60")]
+            status, kind, extra = "503 Service Unavailable", None, [("Retry-After", "60")]
+            body = message_page("Not now", "Something went wrong here; please try again later.")
         data = body if isinstance(body, bytes) else body.encode("utf-8")
-        start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]), ("Content-Length", str(len(data))),
+        start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
+                                ("Content-Length", str(len(data))),
                                 ("Content-Security-Policy", page_policy() + "; frame-ancestors 'none'"),
                                 ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
                                 ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")] + extra)
@@ -7001,13 +7012,15 @@ class WebApp:
             if list_row:
                 return self.subscribe(config, store, environ, method, list_row)
             if _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/"):
-                return "301 Moved Permanently", message_page("Moved", "See the address with a slash."), None, \
-                    [("Location", environ.get("SCRIPT_NAME", "") + path + "/")]
+                return "301 Moved Permanently", message_page("Moved", "See the address with a slash."), \
+                    None, [("Location", environ.get("SCRIPT_NAME", "") + path + "/")]
             if path == "/" and method != "POST":
                 public = [r for r in store.q("all_lists") if r["archive"] == "public"]
                 items = "".join(f'<li><a href="{esc(list_address(r).lower())}/">{esc(list_address(r))}</a> '
-                                f'<a href="archive/{esc(list_address(r).lower())}/">archive</a></li>' for r in public)
-                return "200 OK", html_page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>"), None, []
+                                f'<a href="archive/{esc(list_address(r).lower())}/">archive</a></li>'
+                                for r in public)
+                return "200 OK", html_page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>"), \
+                    None, []
             return not_found()
         finally:
             store.close()
@@ -7037,11 +7050,12 @@ class WebApp:
         name = esc(list_address(list_row))
         if method != "POST":
             return "200 OK", html_page(f"Leave {list_address(list_row)}", (
-                f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\""
-                f" value=\"One-Click\"><button>Unsubscribe me from {name}</button></form>")), None, []
+                f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\""
+                f" name=\"List-Unsubscribe\" value=\"One-Click\"><button>Unsubscribe me from {name}</button>"
+                "</form>")), None, []
         fields = self.form(environ)
         if fields is None:
-            return "413 Payload Too Large", message_page("Too large", "That request is too large."), None, []
+            return too_large()
         if fields.get("List-Unsubscribe") != "One-Click":
             return "400 Bad Request", message_page("Not understood", "Use the button on this page."), None, []
         import hmac
@@ -7058,7 +7072,7 @@ class WebApp:
         mail to LIST-join@ (rate limits, ban list and policy included), and
         the answer is the same whatever the address's state."""
         name = esc(list_address(list_row))
-        archive = '<p><a href="../archive/{0}/">The archive</a></p>'.format(esc(list_address(list_row).lower())) \
+        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
             if list_row["archive"] == "public" else ""
         if list_row["subscribe_policy"] == "closed":
             return "200 OK", html_page(list_address(list_row), f"<h1>{name}</h1>\n"
@@ -7067,7 +7081,7 @@ class WebApp:
         if method == "POST":
             fields = self.form(environ)
             if fields is None:
-                return "413 Payload Too Large", message_page("Too large", "That request is too large."), None, []
+                return too_large()
             address = (fields.get("address") or "").strip()
             if not valid_address(address) or len(address) > 254:
                 return "400 Bad Request", message_page("Not an address", "Please give an email address."), \
@@ -7080,8 +7094,8 @@ class WebApp:
         return "200 OK", html_page(list_address(list_row), (
             f"<h1>{name}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
             "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\" required>"
-            "</label> <button>Subscribe</button></form>\n<p><small>You will get a message asking you to confirm."
-            f"</small></p>{archive}")), None, []
+            "</label> <button>Subscribe</button></form>\n"
+            f"<p><small>You will get a message asking you to confirm.</small></p>{archive}")), None, []
 
     def archive(self, config, store, environ, method, address, name):
         list_row = store.list_by_address(address)
@@ -7093,12 +7107,13 @@ class WebApp:
             words = (parse_qs(environ.get("QUERY_STRING", "")[:1000]).get("q") or [""])[0][:200]
             found = search_pages(config, list_row, words)
             items = "".join(f'<li><a href="{e["n"]}.html">{esc(e["subject"])}</a> <span class="meta">'
-                            f'{esc(e["author"])}, {time.strftime("%Y-%m-%d", time.gmtime(e["date"]))}</span></li>'
-                            for e in found)
+                            f'{esc(e["author"])}, {time.strftime("%Y-%m-%d", time.gmtime(e["date"]))}'
+                            "</span></li>" for e in found)
             return "200 OK", html_page(f"Search {list_address(list_row)}", (
                 '<nav><a href="./">all months</a></nav>\n'
-                f'<form method="get" action="search"><input name="q" value="{esc(words)}" aria-label="words"> '
-                f"<button>Search</button></form>\n<p>Found: {len(found)}.</p><ul>{items}</ul>")), None, []
+                f'<form method="get" action="search"><input name="q" value="{esc(words)}"'
+                ' aria-label="words"> <button>Search</button></form>'
+                f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>")), None, []
         try:
             with open(os.path.join(folder, name or "index.html"), "rb") as fh:
                 data = fh.read()
@@ -7116,6 +7131,10 @@ def message_page(title, text):
 
 def not_found():
     return "404 Not Found", message_page("Not found", "There is no such page here."), None, []
+
+
+def too_large():
+    return "413 Payload Too Large", message_page("Too large", "That request is too large."), None, []
 
 
 def web_request(config, store, list_row, address, role, action):
@@ -7914,7 +7933,8 @@ def cmd_set(args, config):
     print(f"{list_address(row)}: {args.key} set")
     if column in ("archive", "description") and (row["archive"] == "public" or value == "public"):
         count = build_pages(config, store.require_list(args.list))     # published, or taken down
-        print(f"{list_address(row)}: {count} posts on the web pages" if value == "public" or column != "archive"
+        public = value == "public" or column != "archive"
+        print(f"{list_address(row)}: {count} posts on the web pages" if public
               else f"{list_address(row)}: the archive's web pages are removed")
     return EX_OK
 
@@ -9236,8 +9256,9 @@ def doctor_checks(config, cron_places=CRON_PLACES):
 
 
 # What the DKIM signer must cover for one-click unsubscribe (RFC 8058 section 4), besides its own defaults
-SIGNED_FIELDS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "MIME-Version",
-                 "Content-Type", "List-Id", "List-Post", "List-Unsubscribe", "List-Unsubscribe-Post")
+SIGNED_FIELDS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+                 "MIME-Version", "Content-Type", "List-Id", "List-Post", "List-Unsubscribe",
+                 "List-Unsubscribe-Post")
 
 
 def web_checks(config):
@@ -9246,11 +9267,13 @@ def web_checks(config):
     honour one-click unsubscribe only when a valid signature covers both."""
     base = config.get("web", "base_url")
     if not base:
-        yield ("WARN", "[web] base_url is not set: copies offer no one-click unsubscribe (RFC 8058), which Gmail"
-               " and Yahoo ask of bulk senders", "serve `redsky.py web` and set [web] base_url (README: On the web)")
+        yield ("WARN", "[web] base_url is not set: copies offer no one-click unsubscribe (RFC 8058), which"
+               " Gmail and Yahoo ask of bulk senders",
+               "serve `redsky.py web` and set [web] base_url (README: On the web)")
         return
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base):
-        yield "FAIL", f"[web] base_url {base!r} is not an http(s) URL", "e.g. https://lists.example.org/redsky"
+        yield "FAIL", f"[web] base_url {base!r} is not an http(s) URL", \
+            "set it to e.g. https://lists.example.org/redsky"
         return
     yield (("WARN", f"[web] base_url {base} is plain http: mail clients want https for one-click unsubscribe",
             "serve it over https (a proxy that terminates TLS), then set the https URL")
@@ -9266,18 +9289,21 @@ def web_checks(config):
             continue
         if "rspamd" in path:
             m = re.search(r"(?i)\bsign_headers\s*=\s*\"([^\"]*)\"", text)
-            signed = {re.sub(r"^\([a-z]\)", "", h.strip().lower()) for h in m.group(1).split(":")} if m else set()
+            signed = {re.sub(r"^\([a-z]\)", "", h.strip().lower()) for h in m.group(1).split(":")} \
+                if m else set()
             line = 'sign_headers = "' + ":".join(f.lower() for f in SIGNED_FIELDS) + '";'
         else:
             m = re.search(r"(?im)^[ \t]*SignHeaders[ \t]+(.+)$", text)
             signed = {h.strip().lower() for h in re.split(r"[,\s]+", m.group(1))} if m else set()
             line = "SignHeaders " + ",".join(SIGNED_FIELDS)
-        yield ("OK", f"{path} signs List-Unsubscribe and List-Unsubscribe-Post", "") if wanted <= signed else \
-            ("WARN", f"{path} does not sign {' and '.join(sorted(wanted - signed))}: receivers ignore one-click"
-             " unsubscribe without a DKIM signature over both", f"add to {path}: {line}")
+        missing = " and ".join(sorted(wanted - signed))
+        yield ("OK", f"{path} signs List-Unsubscribe and List-Unsubscribe-Post", "") if not missing else \
+            ("WARN", f"{path} does not sign {missing}: receivers ignore one-click unsubscribe without a DKIM"
+             " signature over both", f"add to {path}: {line}")
     if not signers:
-        yield ("WARN", "no DKIM signer's settings found (OpenDKIM, rspamd): receivers honour one-click unsubscribe"
-               " only in mail whose DKIM signature covers List-Unsubscribe and List-Unsubscribe-Post",
+        yield ("WARN", "no DKIM signer's settings found (OpenDKIM, rspamd): receivers honour one-click"
+               " unsubscribe only in mail whose DKIM signature covers List-Unsubscribe and"
+               " List-Unsubscribe-Post",
                "sign outgoing mail (README: DKIM), or name its settings in [web] dkim_signers")
 
 

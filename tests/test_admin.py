@@ -93,7 +93,8 @@ def test_newlist_lists_set_dellist(rs):
                    "max_size": 0, "nonmember_action": "hold", "emergency": 0, "max_posts_per_day": 0,
                    "notify_owners": 0, "dmarc_addresses": "", "filter_content": 0, "pass_types": "",
                    "filter_types": "", "pass_extensions": "", "filter_extensions": "",
-                   "convert_html_to_plaintext": 0, "collapse_alternatives": 0, "signed_posts": "pass"}
+                   "convert_html_to_plaintext": 0, "collapse_alternatives": 0, "signed_posts": "pass",
+                   "description": ""}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out

@@ -509,3 +509,95 @@ def test_a_real_browser_renders_the_pages_without_errors(web, tmp_path):
             assert words in text, (path, words)
         assert "alert(" not in re.sub(r"<script>alert\(1\)</script> hostile", "", text), path
         assert_no_active_content(dom.replace("<head></head>", ""))
+
+
+# --- the README's nginx set-ups, in a private nginx ------------------------------------
+
+def readme_blocks(kind):
+    from conftest import ROOT
+    return re.findall(rf"```{kind}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def tool(name, *places):
+    exe = shutil.which(name) or next((p for p in places if os.access(p, os.X_OK)), None)
+    if exe is None:
+        if os.environ.get("REDSKY_REQUIRE_NGINX"):
+            pytest.fail(f"REDSKY_REQUIRE_NGINX is set but {name} is not installed")
+        pytest.skip(f"no {name} (Debian: apt-get install nginx-light fcgiwrap)")
+    return exe
+
+
+@pytest.fixture
+def nginx(web, tmp_path):
+    """Each nginx block of the README in a server of its own (proxy, CGI by
+    fcgiwrap, static pages), its paths pointed at this installation."""
+    nginx_exe = tool("nginx", "/usr/sbin/nginx")
+    fcgiwrap = tool("fcgiwrap", "/usr/sbin/fcgiwrap")
+    run = tmp_path / "nginx"
+    run.mkdir()
+    shutil.copy(REDSKY, run / "redsky.py")
+    os.chmod(run / "redsky.py", 0o755)
+    sock = run / "fcgiwrap.sock"
+    wrap = subprocess.Popen([fcgiwrap, "-s", f"unix:{sock}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    replace = {"/usr/local/lib/redsky/redsky.py": str(run / "redsky.py"),
+               "/etc/redsky/redsky.ini": str(web.rs.config), "/var/lib/redsky/pages/": f"{web.rs.home}/pages/",
+               "127.0.0.1:8025": f"127.0.0.1:{web.port}", "unix:/run/fcgiwrap.socket": f"unix:{sock}",
+               "include fastcgi_params;": "include /etc/nginx/fastcgi_params;"}
+    ports, servers = [], []
+    for block in readme_blocks("nginx"):
+        for old, new in replace.items():
+            block = block.replace(old, new)
+        ports.append(free_port())
+        servers.append(f"server {{ listen 127.0.0.1:{ports[-1]}; {block} }}")
+    (run / "nginx.conf").write_text(
+        f"daemon off; master_process off; pid {run}/nginx.pid; error_log {run}/error.log;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ include /etc/nginx/mime.types; access_log off; client_body_temp_path {run}/body;"
+        f" proxy_temp_path {run}/proxy; fastcgi_temp_path {run}/fastcgi; uwsgi_temp_path {run}/uwsgi;"
+        f" scgi_temp_path {run}/scgi;\n" + "\n".join(servers) + "\n}\n")
+    proc = subprocess.Popen([nginx_exe, "-c", str(run / "nginx.conf"), "-p", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sock.exists():
+        time.sleep(0.05)
+    for port in ports:
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    yield [f"http://127.0.0.1:{p}" for p in ports]
+    proc.terminate()
+    wrap.terminate()
+    proc.wait(10)
+    wrap.wait(10)
+
+
+def test_the_readme_nginx_set_ups_work(nginx, web):
+    assert len(nginx) == 3                          # proxy, fcgiwrap, static pages
+    proxy, cgi_server, static = nginx
+    web.rs.queue(THREAD[0], check=0)
+    web.rs.queue(hostile_post(2, "attached", "Mallory", "<p>x</p>", "evil.html"), check=0)
+    for base in (proxy, cgi_server):
+        status, headers, page = web.request(f"{base}/redsky/archive/{LIST}/1.html")
+        assert status == 200 and "<h1>Plans for Friday</h1>" in page, base
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        status, _, page = web.request(f"{base}/redsky/{LIST}/")
+        assert status == 200 and 'name="address"' in page
+    status, _, page = web.request(f"{cgi_server}/redsky/{LIST}/", data=b"address=cgi@example.com")
+    assert status == 200 and "cgi@example.com" in web.rs.run("pending", "--json", check=0).out
+    url = leave_url(web, "carol@example.com").replace(web.base, proxy)
+    assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
+    assert "carol@example.com" not in web.rs.members()
+    status, headers, page = web.request(f"{static}/redsky/archive/{LIST}/")
+    assert status == 200 and "The archive of" in page
+    status, headers, page = web.request(f"{static}/redsky/archive/{LIST}/1.html")
+    assert status == 200 and "<h1>Plans for Friday</h1>" in page and "Content-Security-Policy" in page
+    status, headers, body = web.request(f"{static}/redsky/archive/{LIST}/att/2-1-evil.html")
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"] == "attachment" and headers["X-Content-Type-Options"] == "nosniff"
+    status, _, found = web.request(f"{static}/redsky/archive/{LIST}/search?q=Friday")
+    assert status == 200 and '<a href="1.html">Plans for Friday</a>' in found

@@ -3489,7 +3489,7 @@ DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "emb
 PAGE_PART_LIMIT = 512 * 1024        # characters of one text part shown on a page
 _URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.I)
 _ESCAPED_URL = re.compile(r"https?://(?:[^\s&<>\"'\x00-\x1f\x7f]|&amp;)+", re.I)     # in escaped text
-_ADDRESS = re.compile(r"([A-Za-z0-9._%+=-]{1,64})@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+)")
+_SHOWN_ADDRESS = re.compile(r"([A-Za-z0-9._%+=-]{1,64})@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+)")
 _MONTH_FILE = re.compile(r"(\d{4}-\d{2})\.json")
 
 
@@ -3520,7 +3520,7 @@ def html_page(title, body):
 
 def hide_addresses(text):
     """bob@example.org -> bo…@example.org: readable, not harvestable."""
-    return _ADDRESS.sub(lambda m: m.group(1)[:2] + "\u2026@" + m.group(2), text)
+    return _SHOWN_ADDRESS.sub(lambda m: m.group(1)[:2] + "\u2026@" + m.group(2), text)
 
 
 def text_html(text):

@@ -521,9 +521,9 @@ def readme_blocks(kind):
 def tool(name, *places):
     exe = shutil.which(name) or next((p for p in places if os.access(p, os.X_OK)), None)
     if exe is None:
-        if os.environ.get("REDSKY_REQUIRE_NGINX"):
-            pytest.fail(f"REDSKY_REQUIRE_NGINX is set but {name} is not installed")
-        pytest.skip(f"no {name} (Debian: apt-get install nginx-light fcgiwrap)")
+        if os.environ.get("REDSKY_REQUIRE_WEBSERVERS"):
+            pytest.fail(f"REDSKY_REQUIRE_WEBSERVERS is set but {name} is not installed")
+        pytest.skip(f"no {name} (Debian: apt-get install nginx-light fcgiwrap apache2)")
     return exe
 
 
@@ -601,3 +601,72 @@ def test_the_readme_nginx_set_ups_work(nginx, web):
     assert headers["Content-Disposition"] == "attachment" and headers["X-Content-Type-Options"] == "nosniff"
     status, _, found = web.request(f"{static}/redsky/archive/{LIST}/search?q=Friday")
     assert status == 200 and '<a href="1.html">Plans for Friday</a>' in found
+
+
+@pytest.fixture
+def apache(web, tmp_path):
+    """The README's Apache blocks (proxy; CGI) in a private Apache, one
+    virtual host each; the CGI script runs as nobody, so this installation
+    is opened to it (umask 000, world-writable files)."""
+    httpd = tool("apache2", "/usr/sbin/apache2")
+    modules = "/usr/lib/apache2/modules"
+    run = tmp_path / "apache"
+    run.mkdir()
+    shutil.copy(REDSKY, run / "redsky.py")
+    for root, dirs, files in os.walk(web.rs.home):
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), 0o777)
+    # the config moves out of the home: redsky refuses a config in a folder others may write
+    web.rs.config = run / "redsky.ini"
+    web.rs.write_config(redsky={"log": "stderr", "umask": "000", "data_dir": str(web.rs.home)})
+    run.chmod(0o755)
+    web.rs.config.chmod(0o644)
+    for path in [tmp_path, *tmp_path.parents][:3]:
+        path.chmod(path.stat().st_mode | 0o005)
+    web.rs.home.chmod(0o777)                        # SQLite makes its journal beside the database
+    replace = {"/usr/local/lib/redsky/redsky.py": str(run / "redsky.py"), "/etc/redsky/redsky.ini": str(web.rs.config),
+               "127.0.0.1:8025": f"127.0.0.1:{web.port}"}
+    ports, hosts = [], []
+    for block in readme_blocks("apache"):
+        for old, new in replace.items():
+            block = block.replace(old, new)
+        ports.append(free_port())
+        hosts.append(f"Listen 127.0.0.1:{ports[-1]}\n<VirtualHost 127.0.0.1:{ports[-1]}>\n{block}</VirtualHost>")
+    load = "".join(f"LoadModule {m}_module {modules}/mod_{m}.so\n"
+                   for m in ("mpm_prefork", "authz_core", "alias", "env", "cgi", "proxy", "proxy_http", "mime"))
+    (run / "httpd.conf").write_text(
+        f"ServerRoot {run}\nServerName localhost\nPidFile {run}/httpd.pid\nErrorLog {run}/error.log\n{load}"
+        f"User nobody\nGroup nogroup\nTypesConfig /etc/mime.types\n" + "\n".join(hosts) + "\n")
+    env = {**os.environ, "APACHE_RUN_DIR": str(run), "APACHE_LOCK_DIR": str(run)}
+    # a new session: prefork signals its whole process group when it stops
+    proc = subprocess.Popen([httpd, "-f", str(run / "httpd.conf"), "-DFOREGROUND"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    for port in ports:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode() + (run / "error.log").read_text()
+    yield [f"http://127.0.0.1:{p}" for p in ports], run
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_the_readme_apache_set_ups_work(apache, web):
+    (proxy, cgi_server), run = apache
+    assert len(readme_blocks("apache")) == 2
+    web.rs.queue(THREAD[0], check=0)
+    for base in (proxy, cgi_server):
+        status, headers, page = web.request(f"{base}/redsky/archive/{LIST}/1.html")
+        assert status == 200 and "<h1>Plans for Friday</h1>" in page, (base, (run / "error.log").read_text())
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    status, _, page = web.request(f"{cgi_server}/redsky/{LIST}/", data=b"address=apache@example.com")
+    assert status == 200, (run / "error.log").read_text()
+    assert "apache@example.com" in web.rs.run("pending", "--json", check=0).out
+    url = leave_url(web, "bob@example.net")
+    assert web.request(url.replace(web.base, cgi_server), data=b"List-Unsubscribe=One-Click")[0] == 200
+    assert "bob@example.net" not in web.rs.members()

@@ -3433,34 +3433,43 @@ def _text_of(data):
     return "\n".join(texts)
 
 
-def html_text(html):
-    """Readable text of an HTML part, in linear time (html.parser is
-    quadratic on unclosed tags): scripts, styles and comments left out,
-    tags dropped, block tags made line breaks, entities decoded."""
-    import html as entities
-    out, pos, end, lower = [], 0, len(html), None
+def html_tokens(html, dropped=("script", "style")):
+    """(text, tag) pairs of an HTML text in order, in linear time (html.parser
+    is quadratic on unclosed tags): ``tag`` is a match of _HTML_TAG (groups:
+    "/" of a closing tag, name, attributes), or None for a comment and at the
+    end; comments and what ``dropped`` elements hold are skipped.  A '<'
+    that starts no tag is text."""
+    pos, end, lower = 0, len(html), None
     while pos < end:
-        tag = _HTML_TAG.search(html, pos)       # a '<' that starts no tag is text
-        out.append(re.sub(r"[ \t\r\n]+", " ", html[pos:tag.start() if tag else end]))
+        tag = _HTML_TAG.search(html, pos)
+        yield html[pos:tag.start() if tag else end], tag if tag and tag.group(2) else None
         if tag is None:
-            break
+            return
         pos = tag.end()
         if tag.group(0) == "<!--":
             close = html.find("-->", pos)
             pos = end if close < 0 else close + 3
-            continue
-        name = tag.group(2).lower()
-        if name in ("script", "style") and not tag.group(1):
+        elif not tag.group(1) and tag.group(2).lower() in dropped:
             lower = lower or html.lower()
-            close = lower.find("</" + name, pos)
+            close = lower.find("</" + tag.group(2).lower(), pos)
             pos = end if close < 0 else close
-        elif name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote") and not tag.group(1):
+
+
+def html_text(html):
+    """Readable text of an HTML part: scripts, styles and comments left
+    out, tags dropped, block tags made line breaks, entities decoded."""
+    import html as entities
+    out = []
+    for text, tag in html_tokens(html):
+        out.append(re.sub(r"[ \t\r\n]+", " ", text))
+        if tag and not tag.group(1) and tag.group(2).lower() in _BLOCK_TAGS:
             out.append("\n")
     text = entities.unescape("".join(out))
     return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip() + "\n"
 
 
 _HTML_TAG = re.compile(r"<!--|<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>")
+_BLOCK_TAGS = ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote")     # a line break in html_text
 
 
 # Archive pages ---------------------------------------------------------------
@@ -3539,24 +3548,15 @@ def sanitize_html(html):
     styles, frames and the like dropped with their content; images
     dropped; every text re-escaped; open tags closed."""
     import html as entities
-    out, stack, pos, end, lower = [], [], 0, len(html), None
-    while pos < end:
-        tag = _HTML_TAG.search(html, pos)
-        text = html[pos:tag.start() if tag else end]
+    out, stack = [], []
+    for text, tag in html_tokens(html, DROPPED_ELEMENTS):
         if text:
             out.append(esc(hide_addresses(entities.unescape(text))))
         if tag is None:
-            break
-        pos = tag.end()
-        if tag.group(0) == "<!--":
-            close = html.find("-->", pos)
-            pos = end if close < 0 else close + 3
             continue
         closing, name = tag.group(1), tag.group(2).lower()
         if name in DROPPED_ELEMENTS and not closing:
-            lower = lower or html.lower()
-            close = lower.find("</" + name, pos)
-            pos = end if close < 0 else close
+            continue
         elif name == "img" and not closing:
             out.append("[image]")
         elif name not in SAFE_TAGS:
@@ -3634,9 +3634,13 @@ def pages_dir(config, list_row):
 
 def _write_page(path, text):
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        _unlink_quietly(tmp)                # a full disk leaves the old page, not half a new one
+        raise
 
 
 def _read_json(path, default):
@@ -7947,6 +7951,7 @@ def cmd_dellist(args, config):
         store.q("delete_list", row["id"])
     for name in spools:
         _unlink_quietly(os.path.join(config.spool, name))
+    build_pages(config, {**row, "archive": "off"})         # its web pages go; its archive stays
     export_postfix_map(config, store)
     print(f"deleted list {list_address(row)}")
     return EX_OK
@@ -8595,6 +8600,8 @@ def apply_plan(store, config, plan, dry_run=False):
     list_row = store.list_by_id(list_id)
     for data in posts:
         archive_add(config, list_row, data)
+    if posts and list_row["archive"] == "public":
+        build_pages(config, list_row)
     export_postfix_map(config, store)
 
 

@@ -18,6 +18,10 @@ smtp-source sending the same message to the same sink, with the CPU per
 recipient of client and sink.
 `--intake`: posts per second and CPU per post through `queue` (a process
 per message, as an MTA pipe runs it) against `lmtp` (one server).
+`--web [N]`: issue 20's table for N members (default 100,000): `queue` with
+a private and with a public archive (its pages written), `send` per recipient
+with and without one-click headers, a one-click POST and page GETs against
+`redsky.py web`, and `archive html` over 1,000 posts.
 Not a unit test: timings depend on the machine.
 """
 
@@ -427,6 +431,77 @@ def delivery_table(runs, n):
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
+def web_table(runs, n):
+    """Issue 20: what the web pages cost `queue`, `send` and a request."""
+    import urllib.request
+    from smtpsink import free_port
+    rows, address = [], "bench@lists.example.org"
+
+    def add(what, values, unit, scale=1.0):
+        rows.append((what, f"{statistics.median(v[0] for v in values):.3f} s",
+                     f"{statistics.median(v[-1] for v in values) * scale:.3f} {unit}",
+                     f"{max(v[1] for v in values):.1f} MB" if len(values[0]) > 2 else ""))
+    with Sink() as sink:
+        home = Home(n)
+        for archive in ("private", "public"):
+            subprocess.run(home.cmd("set", address, "archive", archive), check=True, stdout=subprocess.DEVNULL)
+
+            def queue_once():
+                home.reset()
+                return home.queue(cpu=True)
+            add(f"queue, archive {archive}", [queue_once() for _ in range(runs)], "s CPU")
+        for base in ("", "https://lists.example.org/redsky"):
+            home.configure(f"[web]\nbase_url = {base}\n", transport="smtp", smtp_host="127.0.0.1",
+                           smtp_port=sink.port, smtp_connections=1)
+
+            def send_once():
+                home.reset()
+                home.queue()
+                sink.reset()
+                result = home.send(cpu=True)
+                assert sink.received == n, sink.received
+                return result
+            add("send per-recipient" + (", one-click headers" if base else ""),
+                [send_once() for _ in range(runs)], "µs CPU/rcpt", 1e6 / n)
+        port = free_port()
+        home.configure()
+        server = subprocess.Popen(home.cmd("web", "--listen", f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(url + "/").read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+            def timed(path, data=None):
+                start = time.perf_counter()
+                urllib.request.urlopen(url + path, data=data).read()
+                return (time.perf_counter() - start,)
+            add(f"one-click POST, unknown token ({n:,} members checked)",
+                [timed(f"/{address}/leave/{'0' * 16}", b"List-Unsubscribe=One-Click") for _ in range(runs)], "s")
+            add("GET a post page", [timed(f"/archive/{address}/1.html") for _ in range(runs)], "s")
+            add("GET the subscribe page", [timed(f"/{address}/") for _ in range(runs)], "s")
+        finally:
+            server.terminate()
+            server.wait()
+        home.cleanup()
+    posts = Home(0)
+    subprocess.run(posts.cmd("set", address, "archive", "public"), check=True, stdout=subprocess.DEVNULL)
+    for i in range(1000):
+        data = POST.replace(b"<bench@", f"<bench{i}@".encode()).replace(b"benchmark", f"topic {i % 50}".encode())
+        posts.post.write_bytes(data)
+        posts.queue()
+    add("archive html, 1,000 posts", [measure(posts.cmd("archive", "html", address), cpu=True)
+                                      for _ in range(runs)], "s CPU")
+    posts.cleanup()
+    print(f"redsky web: N = {n:,}, median of {runs}, {PYTHON}\n")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+
+
 def main():
     global PYTHON
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -440,11 +515,15 @@ def main():
                     help="only intake: messages/s and CPU per message, `queue` by pipe against `lmtp`")
     ap.add_argument("--delivery", type=int, metavar="N", nargs="?", const=100_000,
                     help="only delivery: queue and send for N members (default 100,000) beside smtp-source")
+    ap.add_argument("--web", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only the web: queue, send, requests and archive html for N members (default 100,000)")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
     if args.delivery:
         return delivery_table(args.runs, args.delivery)
+    if args.web:
+        return web_table(args.runs, args.web)
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:

@@ -186,3 +186,17 @@ def test_list_setting_choices_come_from_the_schema(rs):
         assert redsky.LIST_CHOICES[column] == tuple(allowed)
         r = rs.run("set", "team@lists.example.org", column, "nonsense")
         assert r.returncode == 64 and ", ".join(allowed) in r.err, column
+
+
+def test_no_top_level_name_is_bound_twice():
+    """A second definition silently replaces the first for every caller (a
+    pattern for the archive pages once shadowed the bounce parser's)."""
+    import ast
+    import collections
+    names = collections.Counter()
+    for node in ast.parse(SOURCE).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names[node.name] += 1
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    assert [name for name, count in names.items() if count > 1] == []

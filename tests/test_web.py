@@ -98,6 +98,28 @@ def test_every_per_recipient_copy_offers_one_click_unsubscribe(web):
     assert len(tokens) == 2
 
 
+def test_one_click_headers_over_smtp_data_and_bdat_are_the_same(web):
+    """The SMTP transport writes copies with CRLF (BDAT sends them as they
+    are): the one-click fields keep their line ends and their folding."""
+    from smtpsink import SMTPSink
+    copies = {}
+    for chunking in (False, True):
+        with SMTPSink(chunking=chunking) as sink:
+            web.rs.write_config(send={"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port})
+            web.rs.queue(post(subject=f"chunking {chunking}", msgid=f"<c{chunking}@x>"), check=0)
+            web.rs.run("send", check=0)
+        copies[chunking] = {m[1][0]: m[2] for m in sink.messages}
+    for member in MEMBERS:
+        data = copies[True][member]
+        assert data.replace(b"chunking True", b"chunking False").replace(b"cTrue@", b"cFalse@") \
+            == copies[False][member]
+        head = data.split(b"\r\n\r\n")[0]
+        assert b"\n" not in head.replace(b"\r\n", b"")             # every line end is CRLF
+        assert re.search(rb"\r\nList-Unsubscribe: <http://[^>]+/leave/[0-9a-f]{16}>,\r\n <mailto:test-leave\+"
+                         rb"[0-9a-f]{16}@lists.example.org>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                         head), head
+
+
 def test_batched_copies_keep_the_generic_mailto(web):
     web.rs.write_config(send={"verp": "off"})
     web.rs.queue(post(), check=0)
@@ -527,6 +549,20 @@ def tool(name, *places):
     return exe
 
 
+def wait_for_http(ports, proc, log):
+    """Until every port answers HTTP (any status); the server must still run."""
+    deadline = time.monotonic() + 20
+    for port in ports:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode() + (log.read_text() if log.exists() else "")
+
+
 @pytest.fixture
 def nginx(web, tmp_path):
     """Each nginx block of the README in a server of its own (proxy, CGI by
@@ -560,15 +596,7 @@ def nginx(web, tmp_path):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not sock.exists():
         time.sleep(0.05)
-    for port in ports:
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
+    wait_for_http(ports, proc, run / "error.log")
     yield [f"http://127.0.0.1:{p}" for p in ports]
     proc.terminate()
     wrap.terminate()
@@ -641,16 +669,7 @@ def apache(web, tmp_path):
     # a new session: prefork signals its whole process group when it stops
     proc = subprocess.Popen([httpd, "-f", str(run / "httpd.conf"), "-DFOREGROUND"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    for port in ports:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode() + (run / "error.log").read_text()
+    wait_for_http(ports, proc, run / "error.log")
     yield [f"http://127.0.0.1:{p}" for p in ports], run
     proc.terminate()
     proc.wait(10)

@@ -689,3 +689,16 @@ def test_the_readme_apache_set_ups_work(apache, web):
     url = leave_url(web, "bob@example.net")
     assert web.request(url.replace(web.base, cgi_server), data=b"List-Unsubscribe=One-Click")[0] == 200
     assert "bob@example.net" not in web.rs.members()
+
+
+def test_imported_archives_are_published_and_deleted_lists_unpublished(web, tmp_path):
+    for data in THREAD[:2]:
+        web.rs.queue(data, check=0)
+    web.rs.run("export", LIST, "--output", str(tmp_path / "team.json"), check=0)
+    web.rs.run("import", "redsky", str(tmp_path / "team.json"), "--as", "moved@lists.example.org", check=0)
+    moved = web.rs.home / "pages" / "moved@lists.example.org"
+    assert sorted(p.name for p in moved.glob("[0-9].html")) == ["1.html", "2.html"]
+    assert web.request("/archive/moved@lists.example.org/2.html")[0] == 200
+    web.rs.run("dellist", "moved@lists.example.org", check=0)
+    assert not moved.exists()
+    assert web.request("/archive/moved@lists.example.org/2.html")[0] == 404

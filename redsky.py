@@ -862,6 +862,8 @@ SQL = {
     "members": "SELECT address, name, status, bounce_score, " + MEMBER_OPTION_COLUMNS
                + " FROM members WHERE list_id = ? ORDER BY address",
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
+    # changes whenever a member joins or leaves: when the web's token table is stale (WebApp.member_of)
+    "member_set_version": "SELECT count(*), max(id) FROM members WHERE list_id = ?",
     # getsubscribers: how many members by status and digest, without loading them (members_audience)
     "audience": "SELECT status, digest, count(*) FROM members WHERE list_id = ? GROUP BY status, digest",
     "member_status": "SELECT status FROM members WHERE list_id = ? AND address = ?",
@@ -6979,6 +6981,21 @@ class WebApp:
 
     def __init__(self, config=None):
         self.config = config
+        self.tokens = {}            # list id -> (member_set_version, {leave token: address}): member_of
+
+    def member_of(self, store, list_row, token):
+        """The member whose leave token is ``token``, or None.  Finding it
+        takes an HMAC of every member's address; a server that keeps
+        running (`web`, WSGI) keeps the table until a member joins or
+        leaves, so that a flood of made-up tokens costs nothing each."""
+        version = tuple(store.q("member_set_version", list_row["id"]).fetchone())
+        known = self.tokens.get(list_row["id"])
+        if known is None or known[0] != version:
+            mac = leave_mac(store.verp_key, list_row)
+            addresses = member_addresses(store, list_row["id"])
+            known = version, {leave_token(None, None, a, mac): a for a in addresses}
+            self.tokens[list_row["id"]] = known
+        return known[1].get(token)     # str hashing is keyed per process: no timing oracle worth having
 
     def __call__(self, environ, start_response):
         try:
@@ -7062,10 +7079,7 @@ class WebApp:
             return too_large()
         if fields.get("List-Unsubscribe") != "One-Click":
             return "400 Bad Request", message_page("Not understood", "Use the button on this page."), None, []
-        import hmac
-        mac = leave_mac(store.verp_key, list_row)
-        member = next((a for a in member_addresses(store, list_row["id"])
-                       if hmac.compare_digest(leave_token(None, None, a, mac), token)), None)
+        member = self.member_of(store, list_row, token)
         if member is not None:
             web_request(config, store, list_row, member, "leave", lambda req: req.remove_member(member))
         return "200 OK", message_page(f"Left {list_address(list_row)}",

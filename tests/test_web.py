@@ -702,3 +702,18 @@ def test_imported_archives_are_published_and_deleted_lists_unpublished(web, tmp_
     web.rs.run("dellist", "moved@lists.example.org", check=0)
     assert not moved.exists()
     assert web.request("/archive/moved@lists.example.org/2.html")[0] == 404
+
+
+def test_the_servers_token_table_follows_joins_and_leaves(web):
+    """`web` keeps each list's table of leave tokens while no member joins or
+    leaves: a member who joins later still leaves with one click."""
+    assert web.request(f"/{LIST}/leave/{'0' * 16}", data=b"List-Unsubscribe=One-Click")[0] == 200
+    web.rs.run("subscribe", LIST, "dave@example.org", check=0)
+    url = leave_url(web, "dave@example.org")
+    assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
+    assert "dave@example.org" not in web.rs.members()
+    web.rs.run("unsubscribe", LIST, "carol@example.com", check=0)
+    web.rs.run("subscribe", LIST, "erin@example.org", check=0)     # as many members as before
+    url = leave_url(web, "erin@example.org")
+    assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
+    assert set(web.rs.members()) == {"bob@example.net"}

@@ -480,15 +480,16 @@ def web_table(runs, n):
                 start = time.perf_counter()
                 urllib.request.urlopen(url + path, data=data).read()
                 return (time.perf_counter() - start,)
-            add(f"one-click POST, unknown token ({n:,} members checked)",
-                [timed(f"/{address}/leave/{'0' * 16}", b"List-Unsubscribe=One-Click") for _ in range(runs)], "s")
+            leave = f"/{address}/leave/{'0' * 16}", b"List-Unsubscribe=One-Click"
+            add(f"first one-click POST ({n:,} members' tokens computed)", [timed(*leave)], "s")
+            add("next one-click POSTs, unknown tokens", [timed(*leave) for _ in range(runs)], "s")
             add("GET a post page", [timed(f"/archive/{address}/1.html") for _ in range(runs)], "s")
             add("GET the subscribe page", [timed(f"/{address}/") for _ in range(runs)], "s")
         finally:
             server.terminate()
             server.wait()
         home.cleanup()
-    posts = Home(0)
+    posts = Home(1)
     subprocess.run(posts.cmd("set", address, "archive", "public"), check=True, stdout=subprocess.DEVNULL)
     for i in range(1000):
         data = POST.replace(b"<bench@", f"<bench{i}@".encode()).replace(b"benchmark", f"topic {i % 50}".encode())

@@ -6739,7 +6739,8 @@ def digester(ctx):
         if recipients:
             try:
                 message_id, data = build_digest(list_row, posts, volume, issue, problems,
-                                                ctx.config.path_of("redsky", "templates"))
+                                                ctx.config.path_of("redsky", "templates"),
+                                                ctx.config.get("web", "base_url"))
             except Exception as e:              # one list's digest must never stop the deliveries
                 log.error("digest of %s cannot be built, will retry: %s: %s",
                           list_address(list_row), type(e).__name__, e,
@@ -6770,7 +6771,7 @@ def digester(ctx):
             ctx.note(f"{list_address(list_row)}: {len(posts)} posts dropped, nobody takes digests any more")
 
 
-def build_digest(list_row, posts, volume, issue, problems=None, templates=""):
+def build_digest(list_row, posts, volume, issue, problems=None, templates="", base_url=""):
     """(Message-ID, bytes) of a digest of ``posts`` (the posts as
     distributed, oldest first).  digest_format mime: multipart/mixed with
     the masthead, a table of contents, a multipart/digest holding every
@@ -6789,7 +6790,7 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates=""):
     message_id = make_msgid(domain=list_row["domain"])
     head = [("From", list_address(list_row, "-request")), ("To", list_address(list_row)),
             ("Reply-To", list_address(list_row)), ("Subject", subject), ("Date", formatdate(localtime=True)),
-            ("Message-ID", message_id), ("MIME-Version", "1.0")] + list_headers(list_row)
+            ("Message-ID", message_id), ("MIME-Version", "1.0")] + list_headers(list_row, base_url)
 
     def text_part(text, description=None):
         part = MIMEPart()

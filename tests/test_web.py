@@ -120,6 +120,19 @@ def test_one_click_headers_over_smtp_data_and_bdat_are_the_same(web):
                          head), head
 
 
+def test_digests_offer_one_click_unsubscribe_and_the_archive(web):
+    web.rs.run("set-member", LIST, "carol@example.com", "digest", "on", check=0)
+    web.rs.run("set", LIST, "digest_size_threshold", "1", check=0)
+    web.rs.queue(post(body="x" * 2000 + "\n"), check=0)
+    web.rs.run("send", check=0)
+    (digest,) = [d for a, d in web.rs.sent() if a[-1] == "carol@example.com"]
+    (url, mailto), post_field = one_click(digest)
+    assert url.startswith(f"{web.base}/redsky/{LIST}/leave/") and post_field == "List-Unsubscribe=One-Click"
+    assert parse(digest)["List-Archive"] == f"<{web.base}/redsky/archive/{LIST}/>"
+    assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
+    assert "carol@example.com" not in web.rs.members()
+
+
 def test_batched_copies_keep_the_generic_mailto(web):
     web.rs.write_config(send={"verp": "off"})
     web.rs.queue(post(), check=0)

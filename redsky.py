@@ -8725,7 +8725,7 @@ def python_assignments(text):
 MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "generic_nonmember_action",
                     "default_member_moderation", "subscribe_policy", "archive", "archive_private", "owner",
                     "moderator", "reply_goes_to_list", "reply_to_address", "first_strip_reply_to",
-                    "max_message_size", "emergency", "admin_notify_mchanges", "ban_list"}
+                    "max_message_size", "emergency", "admin_notify_mchanges", "ban_list", "description"}
 
 
 def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
@@ -8763,6 +8763,7 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
             plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
         footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
     s["footer"] = footer.strip("\n")
+    s["description"] = one_line(str(values.get("description", "")), 300)
     action = values.get("generic_nonmember_action", 1)
     s["access"] = "moderated" if values.get("default_member_moderation") else \
         "open" if action == 0 else "subscribers"

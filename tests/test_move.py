@@ -180,6 +180,9 @@ def test_import_mailman2(rs, tmp_path):
     assert rs.run("ban", "team@lists.example.org", check=0).out == "^.*@spam.example$\n"
     assert listing["footer"].splitlines()[1:3] == ["Team mailing list", "Team@lists.example.org"]
     assert listing["owners"] == "owner@example.org, mod@example.org" and listing["archive"] == "public"
+    assert listing["description"] == "The team list" and "not carried over: description" not in out
+    pages = rs.home / "pages" / "team@lists.example.org"             # a public archive is published
+    assert (pages / "2.html").exists() and "The team list" in (pages / "index.html").read_text()
     export = json.loads(rs.run("export", "team@lists.example.org", check=0).out)
     names = {m["address"]: m["name"] for m in export["members"]}
     assert names["ann@example.org"] == "Ann Example" and names["jane@example.org"] == "Doe, Jane"

@@ -3821,7 +3821,11 @@ class PageWriter:
 
 
 def publish_post(config, list_row, data):
-    """Add one post to a public list's pages; returns its number."""
+    """Add one post (just archived) to a public list's pages; returns its
+    number.  A list with no pages yet (its first post, or an archive from
+    before redsky wrote pages) gets them all, numbered as `archive` numbers."""
+    if not os.path.exists(os.path.join(pages_dir(config, list_row), "state.json")):
+        return build_pages(config, list_row)
     writer = PageWriter(config, list_row)
     try:
         entry = writer.add(data, writer.known())

@@ -730,3 +730,17 @@ def test_the_servers_token_table_follows_joins_and_leaves(web):
     url = leave_url(web, "erin@example.org")
     assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
     assert set(web.rs.members()) == {"bob@example.net"}
+
+
+def test_an_archive_from_before_the_pages_is_published_whole(web):
+    """Upgrading: posts archived before redsky wrote pages are numbered and
+    published with the next post, as `archive` numbers them."""
+    for data in THREAD[:2]:
+        web.rs.queue(data, check=0)
+    shutil.rmtree(web.rs.home / "pages")
+    web.rs.queue(THREAD[2], check=0)
+    folder = web.rs.home / "pages" / LIST
+    assert sorted(p.name for p in folder.glob("[0-9].html")) == ["1.html", "2.html", "3.html"]
+    assert "<h1>RE: [test] plans for friday</h1>" in (folder / "3.html").read_text()
+    numbered = web.rs.run("archive", LIST, check=0).out.splitlines()
+    assert numbered[2].split()[0] == "3" and "plans for friday" in numbered[2]

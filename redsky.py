@@ -328,6 +328,7 @@ DEFAULTS = {
     "web": {                     # `redsky.py web`, CGI, or any WSGI server: see WebApp
         "base_url": "",          # where the pages are published, e.g. https://lists.example.org/redsky
         "pages": "pages",        # the archive pages of public lists, one folder per list
+        "timeout": "30s",        # `web --listen`: how long a client may take to send its request
         # where doctor looks for the DKIM signer's settings (RFC 8058 needs List-Unsubscribe(-Post) signed)
         "dkim_signers": "/etc/opendkim.conf, /etc/rspamd/local.d/dkim_signing.conf,"
                         " /etc/rspamd/override.d/dkim_signing.conf",
@@ -418,7 +419,7 @@ class Config:
              ("bounces", "probe_interval"): "duration", ("bounces", "policy_alert_threshold"): "number",
              ("dmarc", "timeout"): "duration", ("dmarc", "cache"): "duration",
              ("filter", "max_size"): "size", ("dnsbl", "timeout"): "duration", ("dnsbl", "cache"): "duration",
-             ("autoreply", "interval"): "duration"}
+             ("autoreply", "interval"): "duration", ("web", "timeout"): "duration"}
 
     @staticmethod
     def choices():
@@ -6970,7 +6971,7 @@ def clean_spool(config, store, older_than=3600):
 # ---------------------------------------------------------------------------
 
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
-WEB_TIMEOUT = 30                # seconds a client may take to send its request (`web --listen`)
+WEB_THREADS = 32                # requests `web --listen` serves at once
 _LIST_PATH = re.compile(r"/([^/@\s]{1,64}@[^/@\s]{1,255})/(?:leave/([0-9a-fA-F]{16}))?")
 _ARCHIVE_PATH = re.compile(r"/archive/([^/@\s]{1,64}@[^/@\s]{1,255})/(|search|atom\.xml|index\.html"
                            r"|\d{4}-\d{2}\.html|\d{1,9}\.html|att/[A-Za-z0-9._-]{1,120})")
@@ -7185,10 +7186,21 @@ def cmd_web(args, config):
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+        daemon_threads, request_queue_size = True, 128
+        slots = threading.BoundedSemaphore(WEB_THREADS)
+
+        def process_request(self, request, client_address):
+            self.slots.acquire()            # past WEB_THREADS clients, the next waits to be accepted
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
 
     class Handler(WSGIRequestHandler):
-        timeout = WEB_TIMEOUT
+        timeout = config.duration("web", "timeout")
 
         def log_message(self, fmt, *values):
             log.info("web: %s %s", self.client_address[0], fmt % values)

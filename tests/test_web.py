@@ -744,3 +744,24 @@ def test_an_archive_from_before_the_pages_is_published_whole(web):
     assert "<h1>RE: [test] plans for friday</h1>" in (folder / "3.html").read_text()
     numbered = web.rs.run("archive", LIST, check=0).out.splitlines()
     assert numbered[2].split()[0] == "3" and "plans for friday" in numbered[2]
+
+
+def test_idle_clients_neither_stall_the_server_forever_nor_take_unbounded_threads(lst):
+    """40 connections that send nothing: the server still answers once their
+    [web] timeout runs out, and never holds more than 32 at once."""
+    import socket
+    lst.write_config(web={"timeout": "2s"})
+    web = Web(lst)
+    idle = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(40)]
+    try:
+        time.sleep(0.5)                          # the server has taken in what it will
+        threads = int(subprocess.run(["ps", "-o", "nlwp=", "-p", str(web.proc.pid)], capture_output=True,
+                                     text=True).stdout)
+        assert 20 < threads <= 32 + 2
+        start = time.monotonic()
+        status, _, _ = web.request(f"/{LIST}/")
+        assert status == 200 and time.monotonic() - start < 15
+    finally:
+        for s in idle:
+            s.close()
+        web.stop()

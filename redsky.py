@@ -33,6 +33,7 @@ Commands::
     redsky.py pending [LIST]             redsky.py bounces LIST [--json]
     redsky.py enable LIST ADDR           redsky.py status [--json]
     redsky.py trace MESSAGE-ID           redsky.py doctor
+    redsky.py config [--defaults|--changed]
     redsky.py postfix-config [--write|--apply]   redsky.py schema
     redsky.py export LIST [--output FILE]
     redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
@@ -63,20 +64,31 @@ above it).  Find a behaviour here, then search for the banner.
      1. Imports and the plugin API       __all__, the import policy
      2. Exit codes, verdicts and errors  EX_*, Failure, StoreError, Discard, Hold, Reject, ...
      3. Configuration                    DEFAULTS (every option), Config, logging
-     4. Store                            SCHEMA, SQL (every statement), Store, Outbox, spool files
-     5. Mail primitives                  RawMessage, addresses, list headers, footers, subject tag,
-                                         DMARC rewriting, is_robot
-     6. Shared services                  DNS client and caches, tokens and VERP, Notices (TEXTS),
-                                         bounce parsing and scoring, the archive and its HTML pages
-     7. The runner                       chain_filter, plugins, Context, run_chain, the trace
-     8. The queue chain                  read ... archive in chain order; held posts; command mail
-                                         (Requests: -request, -join, -leave, -confirm)
-     9. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
-    10. Delivery                         Transport (sendmail, SMTP, maildir), Ledger, send filters
-                                         singleinstance ... queuerunner, digests
-    11. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
+     4. Store: schema and queries        SCHEMA, SQL (every statement, by name)
+     5. Store: transactions and spool    Store, schema upgrades, spool files, Outbox, a post's members
+     6. Mail primitives                  RawMessage, addresses, list headers, footers, subject tag,
+                                         DMARC rewriting, is_robot, HTML to text, the SMTP wire form
+     7. DNS and tokens                   DNS client and caches, DMARC and DNSBL look-ups, tokens,
+                                         VERP, leave tokens, Personalizer
+     8. Notices                          TEXTS, render, Notices, pending confirmations
+     9. List and member options          SETTABLE, validate_setting, MEMBER_OPTIONS, ban patterns
+    10. Bounce parsing and scoring       DSNs, feedback reports, free-text bounces, causes, scores
+    11. The archive and its pages        the archive, a post's text, the static pages, feed, search
+    12. The runner                       chain_filter, plugins, Context, run_chain, the trace
+    13. Transports                       sendmail, SMTP (pipelining), maildir; outcomes; send_now
+    14. Held posts and command mail      Approved:, hold and release, Requests (-request, -join,
+                                         -leave, -confirm)
+    15. The queue chain                  read ... archive in chain order, finish_queue
+    16. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
+    17. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
+    18. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
                                          the subscribe page, archive pages and search; `web`, CGI
-    12. Command line                     cmd_* for every command, Postfix, doctor, demo, main
+    19. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
+    20. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
+    21. Administration commands          lists, members, moderation, bounces, status, trace
+    22. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
+    23. Doctor                           every check of the installation
+    24. Command line                     demo, the argument parser, main
 """
 
 
@@ -85,6 +97,7 @@ above it).  Find a behaviour here, then search for the banner.
 # Owns: the names a plugin may use (__all__); everything else may change.
 # Calls: nothing.
 # ---------------------------------------------------------------------------
+
 #
 # Import policy: the modules every run needs are imported here.  A module
 # only some paths need (email, hashlib, hmac, smtplib-sized ones, mailbox,
@@ -241,116 +254,144 @@ QUEUE_CHAIN = ("read getinfo loopdetect bouncehandler commands ownermail getsubs
                " replyto dmarc subjecttag addfooter queuer archive")
 SEND_CHAIN = "singleinstance housekeeping digester queuebuilder queuerunner"
 FILTER_CHAIN = "read whitelist dnsbl autoreply out"
-DEFAULTS = {
-    "redsky": {
-        "data_dir": "",          # default: beside the config file, else ~/.local/share/redsky
-        "database": "redsky.db",
-        "spool": "spool",
-        "log": "",               # syslog if /dev/log exists, else data_dir/redsky.log
-        "busy_timeout": "10s",
-        "umask": "007",          # files 0660, directories 0770: posts are private
-        "plugins": "",           # Python files with your own filters, comma-separated
-        "templates": "",         # a directory of texts that replace the built-in ones (render)
-    },
-    "postfix": {
-        "map": "postfix-map.db",  # list addresses for Postfix's sqlite: tables; empty: none
-        "user": "",              # the pipe user; default: the owner of data_dir
-    },
-    "queue": {
-        "filters": QUEUE_CHAIN,
-        "max_received": "30",
-        "max_size": "25M",
-        "duplicate_window": "7d",    # a post queued again within this time is dropped (MTA retries)
-        "max_failures": "3",         # a message failing this often with a bug is quarantined
-    },
-    "lmtp": {                    # `redsky.py lmtp`: LMTP intake (RFC 2033)
-        "max_size": "25M",
-        "sessions": "20",
-        "idle_timeout": "5m",
-        "session_timeout": "30m",
-    },
-    "commands": {
-        "confirm_expiry": "3d",
-        "max_confirmations": "3",
-        "max_replies": "10",
-        "held_expiry": "14d",
-        "notify_rejected": "yes",
-    },
-    "bounces": {
-        "score_threshold": "5",
-        "info_stale_after": "7d",
-        "you_are_disabled_warnings": "3",
-        "warning_interval": "7d",
-        "remove_after_warnings": "no",
-        "count_policy_rejections": "no",
-        "keep_raw": "30d",
-        "probe_interval": "7d",
-        "feedback_action": "unsubscribe",
-        "policy_alert_threshold": "5",
-    },
-    "dmarc": {
-        "nameserver": "",        # host[:port]; default: the first nameserver in /etc/resolv.conf
-        "timeout": "2s",
-        "cache": "1d",
-        "fallback": "none",      # what a post gets when the lookup fails: none, munge_from, wrap_message
-        # where the organisational domain of an author's domain is read (Debian: package publicsuffix)
-        "public_suffix_list": "/usr/share/publicsuffix/public_suffix_list.dat",
-    },
-    "filter": {                  # `redsky.py filter`: stdin -> stdout content filter
-        "filters": FILTER_CHAIN,
-        "max_size": "50M",
-        "quarantine": "quarantine",  # Maildir for messages a filter holds
-    },
-    "whitelist": {
-        "senders": "",           # addresses, domains, *.domain, patterns with *
-        "file": "",              # more of them, one per line
-    },
-    "dnsbl": {
-        "zones": "",             # e.g. zen.spamhaus.org, bl.spamcop.net
-        "action": "reject",      # reject, tag or hold
-        "trusted_networks": "",  # your own relays, besides loopback and private networks
-        "nameserver": "",        # host[:port]; default: the first nameserver in /etc/resolv.conf
-        "timeout": "2s",
-        "cache": "1h",
-    },
-    "autoreply": {
-        "addresses": "",         # the recipients that answer, comma-separated
-        "from": "",              # default: the recipient address
-        "subject": "Auto: $subject",
-        "text": "",              # the reply ('\\n' for a line break), or:
-        "text_file": "",
-        "interval": "7d",        # at most one reply per sender and address in this time
-    },
-    "archive": {
-        "format": "maildir",     # or mbox
-        "dir": "archive",        # one mailbox per list inside
-    },
-    "web": {                     # `redsky.py web`, CGI, or any WSGI server: see WebApp
-        "base_url": "",          # where the pages are published, e.g. https://lists.example.org/redsky
-        "pages": "pages",        # the archive pages of public lists, one folder per list
-        "timeout": "30s",        # `web --listen`: how long a client may take to send its request
-        # where doctor looks for the DKIM signer's settings (RFC 8058 needs List-Unsubscribe(-Post) signed)
-        "dkim_signers": "/etc/opendkim.conf, /etc/rspamd/local.d/dkim_signing.conf,"
-                        " /etc/rspamd/override.d/dkim_signing.conf",
-    },
-    "send": {
-        "filters": SEND_CHAIN,
-        "transport": "sendmail",
-        "sendmail": "/usr/sbin/sendmail",
-        "smtp_host": "localhost",
-        "smtp_port": "25",
-        "smtp_timeout": "60s",
-        "smtp_connections": "4",
-        "smtp_max_recipients": "100",
-        "verp": "per-recipient",
-        "ledger_batch": "500",
-        "maildir": "maildir",
-        "retry_delay": "600s",
-        "retry_max_delay": "4h",
-        "max_age": "5d",
-        "keep_deliveries": "30d",    # then a finished post keeps its counts and its failures only
-    },
-}
+# Every setting, in one flat table (mlmmj's TUNABLES): section, key, default,
+# kind, one line of help.  A kind is text, path, chain, number, duration,
+# size, flag, or the choices "a|b|c".  DEFAULTS, Config's checks, `redsky.py
+# config`, redsky.ini.example and the README's table all come from it.
+SETTINGS = (
+    ("redsky", "data_dir", "", "path", "where the database, spool and locks live; empty: beside the"
+     " config file, else ~/.local/share/redsky; relative paths below are relative to it"),
+    ("redsky", "database", "redsky.db", "path", "the SQLite database (`redsky.py init` makes it)"),
+    ("redsky", "spool", "spool", "path", "the spool directory of queued posts"),
+    ("redsky", "log", "", "text", "syslog (facility mail), stderr, or a file; empty: syslog when /dev/log"
+     " exists, else redsky.log in data_dir; stderr always gets the problems only, so cron mails nothing"
+     " when all is well"),
+    ("redsky", "busy_timeout", "10s", "duration", "how long to wait for a database another process has"
+     " locked; then `queue` exits 75 and the MTA retries"),
+    ("redsky", "umask", "007", "umask", "the file creation mask: database and spool 0660, closed to"
+     " others"),
+    ("redsky", "plugins", "", "text", "Python files with your own filters, comma-separated (README: Your"
+     " own filters); one that fails to load stops every command with 78"),
+    ("redsky", "templates", "", "path", "a directory of texts that replace redsky's own:"
+     " LIST@DOMAIN/NAME.txt for one list, else NAME.txt, else the built-in text (NAME is a key of TEXTS),"
+     " with the same $placeholders"),
+    ("postfix", "map", "postfix-map.db", "path", "the list addresses for Postfix's sqlite: tables,"
+     " rewritten atomically whenever lists change; empty: none"),
+    ("postfix", "user", "", "text", "the pipe user postfix-config writes into master.cf; empty: the owner"
+     " of data_dir; run as root, init creates a missing data_dir for it"),
+    ("queue", "filters", QUEUE_CHAIN, "chain", "the filters `queue` runs, in order"),
+    ("queue", "max_received", "30", "number", "more Received: fields than this is a loop, discarded"),
+    ("queue", "max_size", "25M", "size", "larger messages are rejected (65); 0: no limit"),
+    ("queue", "duplicate_window", "7d", "duration", "a post the list queued within this time (same"
+     " Message-ID, or the same bytes) is dropped, exit 0: the MTA retried a delivery it never heard"
+     " succeed"),
+    ("queue", "max_failures", "3", "number", "a message failing this often with an unexpected error is"
+     " quarantined, the owners told, exit 0"),
+    ("lmtp", "max_size", "25M", "size", "`redsky.py lmtp`: the largest message (larger: 552 per"
+     " recipient)"),
+    ("lmtp", "sessions", "20", "number", "LMTP sessions at once (more are answered 421)"),
+    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP client may stay silent"),
+    ("lmtp", "session_timeout", "30m", "duration", "how long an LMTP client may stay connected"),
+    ("commands", "confirm_expiry", "3d", "duration", "confirmation tokens expire after this"),
+    ("commands", "max_confirmations", "3", "number", "confirmations to one address a day, over all lists"
+     " (a request repeated while one is pending is ignored)"),
+    ("commands", "max_replies", "10", "number", "other replies (help, errors) to one address per list a"
+     " day"),
+    ("commands", "held_expiry", "14d", "duration", "held posts and join requests nobody answered are"
+     " dropped after this"),
+    ("commands", "notify_rejected", "yes", "flag", "`reject` tells the sender why (`discard` never does)"),
+    ("bounces", "score_threshold", "5", "number", "the bounce score at which a member is disabled; a"
+     " report counts only when it returns a post the ledger shows was delivered to that member"),
+    ("bounces", "info_stale_after", "7d", "duration", "a score not raised for this long restarts from"
+     " zero"),
+    ("bounces", "you_are_disabled_warnings", "3", "number", "warnings (with a re-enable token) to a"
+     " disabled member; the owners are told once"),
+    ("bounces", "warning_interval", "7d", "duration", "the time between those warnings"),
+    ("bounces", "remove_after_warnings", "no", "flag", "remove a member whose last warning went"
+     " unanswered"),
+    ("bounces", "count_policy_rejections", "no", "flag", "let 5.7.x rejections (caused by the post, not"
+     " the member) raise scores"),
+    ("bounces", "keep_raw", "30d", "duration", "raw bounce messages are dropped after this (a report"
+     " keeps its first 64 KB, only when it names a member; the evidence rows stay)"),
+    ("bounces", "probe_interval", "7d", "duration", "at most one probe per member in this time: a report"
+     " anyone could have written (no signed address) makes each member it names get a probe instead"),
+    ("bounces", "feedback_action", "unsubscribe", "unsubscribe|disable|none", "what a feedback-loop (ARF)"
+     " report that a signed address identifies does"),
+    ("bounces", "policy_alert_threshold", "5", "number", "policy rejections from one domain in a day that"
+     " make `send` alert the owners (once a day)"),
+    ("dmarc", "nameserver", "", "text", "DNS server (host[:port]) for DMARC look-ups; empty: the first of"
+     " /etc/resolv.conf"),
+    ("dmarc", "timeout", "2s", "duration", "DMARC look-up timeout (a failed look-up never blocks a post)"),
+    ("dmarc", "cache", "1d", "duration", "how long a looked-up DMARC policy is kept"),
+    ("dmarc", "fallback", "none", "none|munge_from|wrap_message", "what a post gets when the look-up"
+     " fails"),
+    ("dmarc", "public_suffix_list", "/usr/share/publicsuffix/public_suffix_list.dat", "path", "the Public"
+     " Suffix List (Debian: publicsuffix) that finds an organisational domain; unreadable: common"
+     " suffixes built in"),
+    ("filter", "filters", FILTER_CHAIN, "chain", "the content-filter chain (`redsky.py filter`); read is"
+     " added first and out last when not named"),
+    ("filter", "max_size", "50M", "size", "larger messages are rejected (65)"),
+    ("filter", "quarantine", "quarantine", "path", "the Maildir where filter mode keeps what a filter"
+     " holds"),
+    ("whitelist", "senders", "", "text", "trusted senders: addresses, domains, *.domain, * patterns; they"
+     " skip the checks after whitelist (dnsbl, plugins' checks)"),
+    ("whitelist", "file", "", "path", "a file with more of them, one or more per line, # starts a comment"),
+    ("dnsbl", "zones", "", "text", "blocklists, e.g. zen.spamhaus.org, bl.spamcop.net; empty: dnsbl does"
+     " nothing"),
+    ("dnsbl", "action", "reject", "reject|tag|hold", "what a listed client's message gets (tag: an"
+     " X-Redsky-DNSBL field)"),
+    ("dnsbl", "trusted_networks", "", "text", "your relays (CIDR), besides loopback and private networks"),
+    ("dnsbl", "nameserver", "", "text", "DNS server (host[:port]); empty: the first of /etc/resolv.conf"
+     " (Spamhaus refuses public resolvers)"),
+    ("dnsbl", "timeout", "2s", "duration", "per query; a look-up that fails never blocks mail"),
+    ("dnsbl", "cache", "1h", "duration", "how long an answer is kept"),
+    ("autoreply", "addresses", "", "text", "the addresses that answer (a vacation message); empty:"
+     " autoreply does nothing"),
+    ("autoreply", "from", "", "text", "the reply's From; empty: the address that received the message"),
+    ("autoreply", "subject", "Auto: $subject", "text", "the reply's Subject ($subject: the original one)"),
+    ("autoreply", "text", "", "text", "the reply's text ('\\n' for a line break)"),
+    ("autoreply", "text_file", "", "path", "or a file that holds it"),
+    ("autoreply", "interval", "7d", "duration", "at most one reply per sender and address in this time"
+     " (RFC 3834)"),
+    ("archive", "format", "maildir", "maildir|mbox", "how a list's archive is kept"),
+    ("archive", "dir", "archive", "path", "one mailbox per list inside: DIR/LIST@DOMAIN"),
+    ("web", "base_url", "", "text", "where `redsky.py web` or the CGI script is published, e.g."
+     " https://lists.example.org/redsky: copies then carry the one-click List-Unsubscribe (RFC 8058)"),
+    ("web", "pages", "pages", "path", "the archive pages of public lists, one folder per list"
+     " (PAGES/LIST@DOMAIN/)"),
+    ("web", "timeout", "30s", "duration", "`web --listen`: how long a client may take to send its request"),
+    ("web", "dkim_signers", "/etc/opendkim.conf, /etc/rspamd/local.d/dkim_signing.conf,"
+     " /etc/rspamd/override.d/dkim_signing.conf", "text", "where `doctor` reads the DKIM signer's settings"
+     " (List-Unsubscribe and List-Unsubscribe-Post must be signed)"),
+    ("send", "filters", SEND_CHAIN, "chain", "the filters `send` runs, in order"),
+    ("send", "transport", "sendmail", "sendmail|smtp|maildir", "how posts leave (maildir: one Maildir per"
+     " recipient, for trying things out)"),
+    ("send", "sendmail", "/usr/sbin/sendmail", "path", "the sendmail program (run as SENDMAIL -oi -f"
+     " SENDER -- RECIPIENT)"),
+    ("send", "smtp_host", "localhost", "text", "the SMTP server (pipelining, and BDAT when it offers"
+     " CHUNKING)"),
+    ("send", "smtp_port", "25", "number", "its port"),
+    ("send", "smtp_timeout", "60s", "duration", "how long to wait for it"),
+    ("send", "smtp_connections", "4", "number", "parallel connections for a large post (about one per 200"
+     " recipients)"),
+    ("send", "smtp_max_recipients", "100", "number", "recipients per transaction (or sendmail process)"
+     " with verp = xverp or off"),
+    ("send", "verp", "per-recipient", "per-recipient|xverp|off", "per-recipient: a signed envelope sender"
+     " per recipient; xverp: the MTA writes it; off: batches, and every report is a claim (README:"
+     " Bounces)"),
+    ("send", "ledger_batch", "500", "number", "SMTP outcomes written per ledger transaction (at least"
+     " every second)"),
+    ("send", "maildir", "maildir", "path", "the base directory of transport = maildir"),
+    ("send", "retry_delay", "600s", "duration", "the first retry after a temporary failure (0: the next"
+     " run), doubling"),
+    ("send", "retry_max_delay", "4h", "duration", "the cap of the doubling delay"),
+    ("send", "max_age", "5d", "duration", "a delivery still failing after this expires (and counts as a"
+     " bounce)"),
+    ("send", "keep_deliveries", "30d", "duration", "then a finished post keeps its counts and the"
+     " failures of current members only"),
+)
+DEFAULTS = {section: {key: default for s, key, default, *_ in SETTINGS if s == section}
+            for section in dict.fromkeys(s for s, *_ in SETTINGS)}
 # Never the current directory: a file there would decide, for whoever runs
 # redsky in it (root included), which plugins are executed.
 CONFIG_PATHS = ("/etc/redsky/redsky.ini",)
@@ -390,45 +431,16 @@ class Config:
             base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
             data_dir = os.path.join(base, "redsky")
         self.data_dir = os.path.abspath(data_dir)
-        for (section, key), kind in self.TYPED.items():     # bad values fail at start-up
-            getattr(self, kind)(section, key)
-        for section, key, choices in self.choices():
-            if self.get(section, key) not in choices:
-                raise ConfigError(f"[{section}] {key} = {self.get(section, key)!r}: use one of "
-                                  f"{', '.join(choices)}")
+        for section, key, _, kind, _ in SETTINGS:           # bad values fail at start-up
+            value = self.get(section, key)
+            if kind in ("number", "duration", "size", "flag"):
+                getattr(self, kind)(section, key)
+            elif "|" in kind and value not in kind.split("|"):
+                raise ConfigError(f"[{section}] {key} = {value!r}: use one of {kind.replace('|', ', ')}")
+            elif kind == "umask" and not re.fullmatch(r"0?[0-7]{3}", value):
+                raise ConfigError(f"[redsky] umask = {value!r} is not an octal mode like 007")
         umask = self.get("redsky", "umask")
-        if not re.fullmatch(r"0?[0-7]{3}", umask):
-            raise ConfigError(f"[redsky] umask = {umask!r} is not an octal mode like 007")
         self.umask = int(umask, 8)
-
-    TYPED = {("redsky", "busy_timeout"): "duration", ("queue", "max_received"): "number",
-             ("lmtp", "max_size"): "size", ("lmtp", "sessions"): "number",
-             ("lmtp", "idle_timeout"): "duration", ("lmtp", "session_timeout"): "duration",
-             ("queue", "duplicate_window"): "duration", ("queue", "max_failures"): "number",
-             ("queue", "max_size"): "size", ("send", "smtp_port"): "number",
-             ("send", "smtp_timeout"): "duration", ("send", "smtp_connections"): "number",
-             ("send", "smtp_max_recipients"): "number", ("send", "ledger_batch"): "number",
-             ("send", "retry_delay"): "duration", ("send", "retry_max_delay"): "duration",
-             ("send", "keep_deliveries"): "duration", ("send", "max_age"): "duration",
-             ("commands", "confirm_expiry"): "duration", ("commands", "max_confirmations"): "number",
-             ("commands", "max_replies"): "number", ("commands", "held_expiry"): "duration",
-             ("commands", "notify_rejected"): "flag", ("bounces", "score_threshold"): "number",
-             ("bounces", "info_stale_after"): "duration", ("bounces", "you_are_disabled_warnings"): "number",
-             ("bounces", "warning_interval"): "duration", ("bounces", "remove_after_warnings"): "flag",
-             ("bounces", "count_policy_rejections"): "flag", ("bounces", "keep_raw"): "duration",
-             ("bounces", "probe_interval"): "duration", ("bounces", "policy_alert_threshold"): "number",
-             ("dmarc", "timeout"): "duration", ("dmarc", "cache"): "duration",
-             ("filter", "max_size"): "size", ("dnsbl", "timeout"): "duration", ("dnsbl", "cache"): "duration",
-             ("autoreply", "interval"): "duration", ("web", "timeout"): "duration"}
-
-    @staticmethod
-    def choices():
-        """(section, key, allowed values) of every setting that is a choice;
-        the transports and VERP modes are those section 10 defines."""
-        return (("dnsbl", "action", ("reject", "tag", "hold")), ("archive", "format", ("maildir", "mbox")),
-                ("dmarc", "fallback", ("none", "munge_from", "wrap_message")),
-                ("send", "transport", tuple(TRANSPORTS)), ("send", "verp", VERP_MODES),
-                ("bounces", "feedback_action", ("unsubscribe", "disable", "none")))
 
     @classmethod
     def find(cls, explicit=None):
@@ -547,10 +559,9 @@ def setup_logging(config, verbose=False):
 
 
 # ---------------------------------------------------------------------------
-# 4. Store: schema, named queries, durable writes
-# Owns: the SQLite schema, every SQL statement (SQL), transactions, spool files, the Outbox and a
-#       post's recipients (ListMembers, member_stream).
-# Calls: sections 2-3.
+# 4. Store: the schema and named queries
+# Owns: the SQLite schema (SCHEMA) and every SQL statement (SQL), by name.
+# Calls: nothing.
 # ---------------------------------------------------------------------------
 
 # The one source of the schema.  schema.sql is a copy of it for people who
@@ -1160,6 +1171,12 @@ SQL = {
 }
 
 
+# ---------------------------------------------------------------------------
+# 5. Store: transactions, spool files and the Outbox
+# Owns: Store (connections, transactions, schema upgrades), spool files, the Outbox (mail and the changes
+# Calls: sections 2-4.
+# ---------------------------------------------------------------------------
+
 class Store:
     """The SQLite database: one connection, explicit transactions.
 
@@ -1535,47 +1552,10 @@ def member_addresses(store, list_id, status=None):
     return [r["address"] for r in rows if status is None or r["status"] == status]
 
 
-# A member's options: what each means when on.  nomail is status 'disabled' with
-# disabled_reason 'nomail' (as an importer brings it), so every query that picks
-# recipients already leaves such a member out; the others are columns of members.
-MEMBER_OPTIONS = {"digest": "several posts at a time, in digests",
-                  "nomail": "still a member, but no posts are sent",
-                  "notmetoo": "no copy of their own posts",
-                  "ack": "a short note when a post of theirs is accepted",
-                  "moderate": "every post of theirs is held for the moderators"}
-SELF_SERVICE_OPTIONS = ("digest", "nomail", "notmetoo", "ack")    # moderate is the moderators' to set
-
-
-def options_of(member):
-    """{option: on} of a row with the member_options columns."""
-    options = {name: bool(member[name]) for name in ("digest", "notmetoo", "ack", "moderate")}
-    options["nomail"] = member["status"] == "disabled" and member["disabled_reason"] == "nomail"
-    return options
-
-
-def set_member_option(store, outbox, list_row, member, option, on, until=None):
-    """The database change (a callable of db) that sets ``option`` of
-    ``member`` (a member_options row); a member leaving digest mode gets
-    the digest backlog first (catch_up, into ``outbox``).  nomail off
-    resumes delivery only when nomail stopped it, not a bounce disable."""
-    list_id, address = list_row["id"], member["address"]
-    if option == "digest":
-        if member["digest"] and not on:
-            catch_up(store, outbox, list_row, address)
-        return lambda db: db.execute(SQL["set_digest"], (int(on), list_id, address))
-    if option == "nomail" and on:
-        return lambda db: db.execute(SQL["set_nomail"], (time.time(), until, list_id, address))
-    if option == "nomail":
-        return lambda db: db.execute(SQL["nomail_off"], (list_id, address))
-    assert option in MEMBER_OPTIONS, option
-    return lambda db: db.execute(SQL["set_member_option"].format(column=option), (int(on), list_id, address))
-
-
 # ---------------------------------------------------------------------------
-# 5. Mail primitives
-# Owns: messages as bytes (RawMessage), addresses, header text, list addresses and headers, footers,
-#       subject tags, DMARC rewriting, robot detection.
-# Calls: sections 2-3.
+# 6. Mail primitives
+# Owns: RawMessage, addresses, list headers, footers, the subject tag, DMARC rewriting, is_robot, the
+# Calls: sections 2-5.
 # ---------------------------------------------------------------------------
 
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")     # RFC 5322 field name, then ':'
@@ -2186,13 +2166,62 @@ def wrap_message(msg, list_row, author):
     msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
 
-# ---------------------------------------------------------------------------
-# 6. Shared services
-# Owns: the DNS client and its caches, tokens and VERP, notices, bounce parsing and scoring, the archive
-#       and its pages (the static HTML site of a public archive).
-# Calls: sections 2-5.
-# ---------------------------------------------------------------------------
+def html_tokens(html, dropped=("script", "style")):
+    """(text, tag) pairs of an HTML text in order, in linear time (html.parser
+    is quadratic on unclosed tags): ``tag`` is a match of _HTML_TAG (groups:
+    "/" of a closing tag, name, attributes), or None for a comment and at the
+    end; comments and what ``dropped`` elements hold are skipped.  A '<'
+    that starts no tag is text."""
+    pos, end, lower = 0, len(html), None
+    while pos < end:
+        tag = _HTML_TAG.search(html, pos)
+        yield html[pos:tag.start() if tag else end], tag if tag and tag.group(2) else None
+        if tag is None:
+            return
+        pos = tag.end()
+        if tag.group(0) == "<!--":
+            close = html.find("-->", pos)
+            pos = end if close < 0 else close + 3
+        elif not tag.group(1) and tag.group(2).lower() in dropped:
+            lower = lower or html.lower()
+            close = lower.find("</" + tag.group(2).lower(), pos)
+            pos = end if close < 0 else close
 
+
+def html_text(html):
+    """Readable text of an HTML part: scripts, styles and comments left
+    out, tags dropped, block tags made line breaks, entities decoded."""
+    import html as entities
+    out = []
+    for text, tag in html_tokens(html):
+        out.append(re.sub(r"[ \t\r\n]+", " ", text))
+        if tag and not tag.group(1) and tag.group(2).lower() in _BLOCK_TAGS:
+            out.append("\n")
+    text = entities.unescape("".join(out))
+    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip() + "\n"
+
+
+_HTML_TAG = re.compile(r"<!--|<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>")
+_BLOCK_TAGS = ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote")     # a line break in html_text
+
+
+def smtp_wire(data):
+    """``data`` as SMTP sends it (RFC 5321 4.5.2): CRLF line ends, a dot
+    doubled at the start of a line, the final "." line."""
+    wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
+    return wire + (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+
+
+def smtp_plain(wire):
+    """The message of ``wire`` (smtp_wire's form) without dot-stuffing and final dot: BDAT's form."""
+    return re.sub(rb"(?m)^\.\.", b".", wire[:-3])
+
+
+# ---------------------------------------------------------------------------
+# 7. DNS and tokens
+# Owns: the DNS client and its caches (DMARC, DNSBL), tokens, passphrases, VERP and the signed leave
+# Calls: sections 2-6.
+# ---------------------------------------------------------------------------
 
 # DNS client and caches -------------------------------------------------------
 
@@ -2624,7 +2653,11 @@ class Personalizer:
         return self.plain_parts(address) if address else self.plain_parts.shared
 
 
-# Notices ---------------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# 8. Notices
+# Owns: every text redsky sends (TEXTS), render() and templates, Notices (rate-limited mail to people),
+# Calls: sections 2-7.
+# ---------------------------------------------------------------------------
 
 TEXTS = {
     "welcome": "Welcome to the $post_address mailing list.\n\n"
@@ -2869,7 +2902,184 @@ def catch_up(store, outbox, list_row, address):
                    raw, [address])
 
 
-# Bounce parsing and scoring --------------------------------------------------
+# ---------------------------------------------------------------------------
+# 9. List and member options
+# Owns: what a list setting may be (SETTABLE, validate_setting) and a member's options (MEMBER_OPTIONS).
+# Calls: sections 2-8.
+# ---------------------------------------------------------------------------
+
+# A member's options: what each means when on.  nomail is status 'disabled' with
+# disabled_reason 'nomail' (as an importer brings it), so every query that picks
+# recipients already leaves such a member out; the others are columns of members.
+MEMBER_OPTIONS = {"digest": "several posts at a time, in digests",
+                  "nomail": "still a member, but no posts are sent",
+                  "notmetoo": "no copy of their own posts",
+                  "ack": "a short note when a post of theirs is accepted",
+                  "moderate": "every post of theirs is held for the moderators"}
+SELF_SERVICE_OPTIONS = ("digest", "nomail", "notmetoo", "ack")    # moderate is the moderators' to set
+
+
+def options_of(member):
+    """{option: on} of a row with the member_options columns."""
+    options = {name: bool(member[name]) for name in ("digest", "notmetoo", "ack", "moderate")}
+    options["nomail"] = member["status"] == "disabled" and member["disabled_reason"] == "nomail"
+    return options
+
+
+def set_member_option(store, outbox, list_row, member, option, on, until=None):
+    """The database change (a callable of db) that sets ``option`` of
+    ``member`` (a member_options row); a member leaving digest mode gets
+    the digest backlog first (catch_up, into ``outbox``).  nomail off
+    resumes delivery only when nomail stopped it, not a bounce disable."""
+    list_id, address = list_row["id"], member["address"]
+    if option == "digest":
+        if member["digest"] and not on:
+            catch_up(store, outbox, list_row, address)
+        return lambda db: db.execute(SQL["set_digest"], (int(on), list_id, address))
+    if option == "nomail" and on:
+        return lambda db: db.execute(SQL["set_nomail"], (time.time(), until, list_id, address))
+    if option == "nomail":
+        return lambda db: db.execute(SQL["nomail_off"], (list_id, address))
+    assert option in MEMBER_OPTIONS, option
+    return lambda db: db.execute(SQL["set_member_option"].format(column=option), (int(on), list_id, address))
+
+
+def acl_allows(patterns, address):
+    from fnmatch import fnmatchcase
+    address = address.lower()
+    return any(fnmatchcase(address, p.lower()) for p in patterns)
+
+
+def banned(store, list_row, addresses):
+    """The first of ``addresses`` the list's ban list names, or None.  A
+    pattern is an address, a *@domain glob, or a regular expression
+    starting with ^ (searched case-insensitively in at most 254
+    characters of the address: bounded work whatever the input)."""
+    patterns = [r[0] for r in store.q("bans", list_row["id"])]
+    return matches_any(patterns, addresses) if patterns else None
+
+
+def matches_any(patterns, addresses):
+    """The first of ``addresses`` one of ``patterns`` names (see banned()), or None."""
+    globs = [p for p in patterns if not p.startswith("^")]
+    expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^")]
+    return next((a for a in addresses if acl_allows(globs, a)
+                 or any(e.search(a[:254]) for e in expressions)), None)
+
+
+def ban_pattern(pattern):
+    """A ban pattern checked (Failure 65 if not one), as stored."""
+    pattern = pattern.strip()
+    if pattern.startswith("^"):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise Failure(f"not a regular expression: {pattern!r}: {e}", EX_DATAERR)
+        if re.search(r"\([^()]*[*+}][^()]*\)[*+{?]", pattern):     # (a+)+: backtracking without end
+            raise Failure(f"{pattern!r}: a repeated group that itself repeats can take exponential time"
+                          " on a crafted address; write it without the nesting", EX_DATAERR)
+        return pattern
+    if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
+        raise Failure(f"not an address, *@domain or ^regular expression: {pattern!r}", EX_DATAERR)
+    return pattern.lower()
+
+
+LIST_CHOICES = schema_choices("lists")       # access, subscribe_policy, dmarc, archive, ...
+ACCESS_MODES = LIST_CHOICES["access"]
+SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
+            "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
+            "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
+            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses",
+            "filter_content", "pass_types", "filter_types", "pass_extensions", "filter_extensions",
+            "convert_html_to_plaintext", "collapse_alternatives", "signed_posts", "description")
+LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners", "filter_content", "convert_html_to_plaintext",
+              "collapse_alternatives")                                  # yes/no, on/off
+CONTENT_LISTS = ("pass_types", "filter_types", "pass_extensions", "filter_extensions")
+LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
+# what expand() fills in texts the owners write, beyond the list's own addresses
+PLACEHOLDERS = {"footer": ("address", "unsubscribe_personal"), "welcome": ("address",),
+                "goodbye": ("address",)}
+
+
+def validate_setting(key, value):
+    """Check one list setting; return (column, value to store)."""
+    if key in LIST_CHOICES:
+        if value not in LIST_CHOICES[key]:
+            raise Failure(f"{key} must be one of {', '.join(LIST_CHOICES[key])}", EX_USAGE)
+        return key, value
+    if key == "passphrase":
+        return "passphrase_hash", hash_passphrase(value) if value else ""
+    if key == "owners":
+        owners = [o.strip() for o in value.replace(";", ",").split(",") if o.strip()]
+        bad = [o for o in owners if not valid_address(o)]
+        if bad:
+            raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
+        return "owners", ", ".join(normalize_address(o) for o in owners)
+    if key in ("footer", "welcome", "goodbye"):
+        value = value.replace("\\n", "\n")
+        unknown = unknown_placeholders(value, PLACEHOLDERS[key])
+        if unknown:
+            raise Failure(f"{key}: unknown placeholder ${unknown[0]}; known: "
+                          + ", ".join("$" + k for k in sorted(set(EXPANDED) | set(PLACEHOLDERS[key])))
+                          + " ($$ for a dollar sign)", EX_DATAERR)
+        return key, value
+    if key in LIST_FLAGS:
+        if value.lower() not in FLAG_WORDS:
+            raise Failure(f"{key} is yes or no", EX_USAGE)
+        return key, int(FLAG_WORDS[value.lower()])
+    if key in LIST_NUMBERS:
+        if not re.fullmatch(r"\d{1,9}", value):
+            raise Failure(f"{key} is a whole number, 0 for no limit", EX_USAGE)
+        return key, int(value)
+    if key in CONTENT_LISTS:
+        items = [i.lower().lstrip(".") for i in re.split(r"[\s,]+", value) if i]
+        form = r"[a-z0-9!#$&^_.+-]+/(?:\*|[a-z0-9!#$&^_.+-]+)|[a-z0-9!#$&^_.+-]+" if key.endswith("types") \
+            else r"[a-z0-9_+-]{1,20}"
+        bad = [i for i in items if not re.fullmatch(form, i)]
+        if bad:
+            raise Failure(f"{key}: {bad[0]!r} is not a " + ("MIME type (type/subtype, type/* or type)"
+                          if key.endswith("types") else "file name extension"), EX_DATAERR)
+        return key, " ".join(items)
+    if key == "dmarc_addresses":
+        items = [i.strip() for i in value.split(",") if i.strip()]
+        return key, ", ".join(ban_pattern(i if "@" in i or i.startswith("^") else f"*@{i}") for i in items)
+    if key == "reply_to":
+        if value.lower() in ("none", "list"):
+            return key, value.lower()
+        if not valid_address(value):
+            raise Failure("reply_to is none, list or an address", EX_DATAERR)
+        return key, normalize_address(value)
+    if key == "archive_url":
+        if value and not re.fullmatch(r"(https?|ftp|mailto):[^\s<>]+", value):
+            raise Failure("archive_url must be an http(s), ftp or mailto URL, or empty", EX_DATAERR)
+        return key, value
+    if key == "digest_size_threshold":
+        if not re.fullmatch(r"\d+", value) or int(value) < 1:
+            raise Failure("digest_size_threshold is a number of KB, 1 or more", EX_USAGE)
+        return key, int(value)
+    if key == "digest_interval":
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip().lower())
+        if not m or float(m.group(1)) <= 0:
+            raise Failure("digest_interval is a duration like 1d, 12h or 1w", EX_USAGE)
+        return key, float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if key == "description":
+        return key, one_line(value, 300)
+    if key == "subject_tag":
+        if "\n" in value or "\r" in value:
+            raise Failure("subject_tag must be one line", EX_DATAERR)
+        if "%" in value.replace("%d", "") or value.count("%d") > 1 or re.search(r"\$[{\w]", value):
+            raise Failure("subject_tag takes one placeholder, %d (the list's post number), and no other"
+                          " % or $ sequence", EX_DATAERR)
+        return "subject_tag", value.strip()
+    raise Failure(f"unknown setting {key!r}; settable: {', '.join(SETTABLE)}", EX_USAGE)
+
+
+# ---------------------------------------------------------------------------
+# 10. Bounce parsing and scoring
+# Owns: reading DSNs, feedback reports and free-text bounces; causes and their weights; scores.
+# Calls: sections 2-9.
+# ---------------------------------------------------------------------------
 
 def parse_report(raw):
     """A report (a bounce, a feedback report) parsed by the email package,
@@ -3302,6 +3512,12 @@ def policy_rejection(status, address):
     return f"policy rejection {status} at {address.rpartition('@')[2].lower()}: caused by the post"
 
 
+# ---------------------------------------------------------------------------
+# 11. The archive and its pages
+# Owns: the archive (maildir or mbox per list), the text of a post, the static HTML site of a public
+# Calls: sections 2-10.
+# ---------------------------------------------------------------------------
+
 # Archive ---------------------------------------------------------------------
 
 def archive_path(config, list_row):
@@ -3434,45 +3650,6 @@ def _text_of(data):
         text = payload_text(part)
         texts.append(html_text(text) if kind == "text/html" else text)
     return "\n".join(texts)
-
-
-def html_tokens(html, dropped=("script", "style")):
-    """(text, tag) pairs of an HTML text in order, in linear time (html.parser
-    is quadratic on unclosed tags): ``tag`` is a match of _HTML_TAG (groups:
-    "/" of a closing tag, name, attributes), or None for a comment and at the
-    end; comments and what ``dropped`` elements hold are skipped.  A '<'
-    that starts no tag is text."""
-    pos, end, lower = 0, len(html), None
-    while pos < end:
-        tag = _HTML_TAG.search(html, pos)
-        yield html[pos:tag.start() if tag else end], tag if tag and tag.group(2) else None
-        if tag is None:
-            return
-        pos = tag.end()
-        if tag.group(0) == "<!--":
-            close = html.find("-->", pos)
-            pos = end if close < 0 else close + 3
-        elif not tag.group(1) and tag.group(2).lower() in dropped:
-            lower = lower or html.lower()
-            close = lower.find("</" + tag.group(2).lower(), pos)
-            pos = end if close < 0 else close
-
-
-def html_text(html):
-    """Readable text of an HTML part: scripts, styles and comments left
-    out, tags dropped, block tags made line breaks, entities decoded."""
-    import html as entities
-    out = []
-    for text, tag in html_tokens(html):
-        out.append(re.sub(r"[ \t\r\n]+", " ", text))
-        if tag and not tag.group(1) and tag.group(2).lower() in _BLOCK_TAGS:
-            out.append("\n")
-    text = entities.unescape("".join(out))
-    return re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip() + "\n"
-
-
-_HTML_TAG = re.compile(r"<!--|<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>")
-_BLOCK_TAGS = ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote")     # a line break in html_text
 
 
 # Archive pages ---------------------------------------------------------------
@@ -3877,10 +4054,11 @@ def search_pages(config, list_row, words, limit=100):
                     return found
     return found
 
+
 # ---------------------------------------------------------------------------
-# 7. The runner
-# Owns: the filter registry (chain_filter, plugins), Context, run_chain and the trace.
-# Calls: sections 2-6.
+# 12. The runner
+# Owns: chain_filter, plugins, Context, run_chain, the trace.
+# Calls: sections 2-11.
 # ---------------------------------------------------------------------------
 
 FILTERS = {}
@@ -4078,496 +4256,569 @@ def store_event(ctx):
 
 
 # ---------------------------------------------------------------------------
-# 8. The queue chain
-# Owns: the filters `queue` runs, in chain order, then holding and releasing posts and the
-#       command-mail handlers (LIST-request, -join, -leave, -confirm).
-# Calls: sections 2-7.
+# 13. Transports
+# Owns: Transport and its kinds (sendmail, SMTP with pipelining, maildir), outcomes, send_now.
+# Calls: sections 2-12.
 # ---------------------------------------------------------------------------
 
-@chain_filter("message")
-def read(ctx):
-    """Read the message from ctx.stdin (unless ctx.raw is preset) and parse
-    it; complete the envelope the command layer found (envelope_of) from
-    the header: X-Original-To or Delivered-To for the recipient,
-    Return-Path or an mbox From_ line for the sender.  Empty input, input
-    with no header fields, or a message over
-    [queue] max_size (filter mode: [filter] max_size) → reject.
-    Reads stdin, raw (when preset), recipient, sender, envelope_recipients; writes raw, msg,
-    recipient, sender, envelope_recipients, message_id."""
-    if ctx.raw is None:
-        limit = ctx.config.size(ctx.mode, "max_size")
-        stream = ctx.stdin or sys.stdin.buffer
-        ctx.raw = stream.read(limit + 1) if limit else stream.read()
-        if limit and len(ctx.raw) > limit:
-            raise Reject(f"message larger than the limit of {limit} bytes")
-    raw = ctx.raw
-    if not raw.strip():
-        raise Reject("empty message")
-    from_line = None
-    if raw.startswith(b"From "):              # an mbox From_ line from local(8)/.forward
-        nl = raw.find(b"\n")
-        from_line, raw = raw[:nl if nl >= 0 else len(raw)], raw[nl + 1 if nl >= 0 else len(raw):]
-        ctx.raw = raw
-    msg = RawMessage(raw)
-    if not msg.fields:
-        raise Reject("not an RFC 5322 message: no header fields")
-    if b"\0" in b"".join(msg.fields):
-        raise Reject("not an RFC 5322 message: NUL byte in the header")
-    ctx.msg = msg
-    if not ctx.recipient:
-        candidates = [msg.get("X-Original-To"), msg.get("Delivered-To")]
-        ctx.recipient = next((c.strip() for c in candidates if c and c.strip()), None)
-    if ctx.sender is None:
-        candidates = [msg.get("Return-Path")]
-        if from_line:
-            words = from_line.split()
-            candidates.append(words[1].decode("utf-8", "replace") if len(words) > 1 else None)
-        ctx.sender = next((c for c in candidates if c is not None), None)
-    if ctx.sender is not None:
-        ctx.sender = ctx.sender.strip().strip("<>").strip()
-        if ctx.sender.upper() == "MAILER-DAEMON":
-            ctx.sender = ""
-    ctx.message_id = (msg.get("Message-ID") or "").strip()
-    if ctx.mode == "filter":
-        if not ctx.envelope_recipients:
-            ctx.envelope_recipients = [ctx.recipient] if ctx.recipient else []
-        ctx.envelope_recipients = [r.strip().strip("<>") for r in ctx.envelope_recipients if r.strip("<> ")]
-        ctx.recipient = ctx.envelope_recipients[0] if ctx.envelope_recipients else ctx.recipient
-        ctx.note(f"{len(ctx.raw)} bytes, to {', '.join(ctx.envelope_recipients) or '(unknown)'},"
-                 f" from {ctx.sender if ctx.sender is not None else '(unknown)'}")
-        return
-    if not ctx.recipient:
-        raise Reject("no envelope recipient: use --recipient, or Postfix pipe flag O (X-Original-To)")
-    ctx.recipient = ctx.recipient.strip().strip("<>")
-    ctx.note(f"{len(ctx.raw)} bytes, to {ctx.recipient}, from "
-             f"{ctx.sender if ctx.sender is not None else '(unknown)'}")
+SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
 
 
-@chain_filter("message", needs=("read",))
-def getinfo(ctx):
-    """Find the list by post address LIST@DOMAIN or bounce address
-    LIST-bounces[+user=host]@DOMAIN.  Writes list, role, verp; unknown → 67.
-    Reads recipient, store; writes list, role, verp, verp_proof, token."""
-    local, at, domain = ctx.recipient.rpartition("@")
-    if not at or not local:
-        raise UnknownList(f"{ctx.recipient!r} is not a list address")
-    role, extension = "post", None
-    row = ctx.store.list_by_address(ctx.recipient)
-    if row is None:
-        m = ROLE_ADDRESS.fullmatch(local)
-        if m:
-            row = ctx.store.list_by_address(f"{m.group(1)}@{domain}")
-            role, extension = ROLES[m.group(2).lower()], m.group(3)
-    if row is None or (role == "confirm" and not extension) or \
-            (extension and role not in ("bounces", "confirm", "leave")):
-        raise UnknownList(f"no list at {ctx.recipient}")
-    ctx.list, ctx.role = row, role
-    if role == "bounces" and extension:
-        ctx.verp, ctx.verp_proof = verp_decode(extension, row, ctx.store.verp_key)
-    ctx.token = extension if role in ("confirm", "leave") else None
-    ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {ctx.verp}" if ctx.verp else ""))
+class Outcome:
+    __slots__ = ("kind", "detail")
+
+    def __init__(self, kind, detail=""):
+        self.kind, self.detail = kind, detail
 
 
-@chain_filter("message", needs=("getinfo",))
-def loopdetect(ctx):
-    """Discard a message that already went through this list (List-Id or
-    X-Loop), that has more than [queue] max_received Received: fields, or
-    that a robot sent to the post address (null sender, Auto-Submitted,
-    multipart/report): answering robots is how mail loops start.
-    Reads list, role, msg, sender; writes nothing (ends the chain: discard)."""
-    list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
-    if ctx.role == "post" and any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
-        raise Discard(f"loop: already carries List-Id {list_id}")
-    ours = {list_address(ctx.list, suffix).lower() for suffix in ("", "-owner", "-request")}
-    looped = [v.strip() for v in ctx.msg.get_all("X-Loop") if v.strip().lower() in ours]
-    if looped and ctx.role != "bounces":
-        raise Discard(f"loop: already carries X-Loop {looped[0]}")
-    hops = len(ctx.msg.get_all("Received"))
-    limit = int(ctx.config.number("queue", "max_received"))
-    if hops > limit:
-        raise Discard(f"loop: {hops} Received: fields (limit {limit})")
-    if ctx.role == "post":
-        robot = is_robot(ctx.msg, ctx.sender, strict=False)
-        if robot:
-            raise Discard(f"robot mail to the post address: {robot}")
+def outcome_of(code, text, stage):
+    """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace").strip()
+    return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
 
 
-@chain_filter("message", needs=("getinfo",))
-def bouncehandler(ctx):
-    """Consume mail to the bounce address and weigh it as evidence.  Only a
-    signed address proves who bounced: a permanent failure reported to a
-    member's signed VERP address (or to the probe address of one) counts
-    for that member with the weight of its cause (bounce_cause), whatever
-    the report names and whether or not it returns the post.  Any other
-    report (plain LIST-bounces, unsigned or wrongly signed VERP) is a claim
-    anyone could write: each member it names as failed is sent a probe
-    (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965)
-    go to feedback_report; an unrecognised report at a signed address is
-    kept for the owners' daily summary.  Every report is recorded in
-    ``bounces`` with why it counted or not.
-    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces,
-    probes, members.bounce_score and probe notices in the store (ends the
-    chain: consumed)."""
-    if ctx.role != "bounces":
-        return
-    try:
-        parsed = parse_report(ctx.raw)
-    except RecursionError:
-        raise Consumed("bounce address: a report nested too deeply to read; ignored")
-    if parsed.get_content_type() == "multipart/report" and \
-            str(parsed.get_param("report-type", "")).lower() == "feedback-report" or \
-            any(p.get_content_type() == "message/feedback-report" for p in parsed.walk()):
-        raise Consumed(feedback_report(ctx, parsed))
-    own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
-    reports = find_failures(parsed, own)
-    message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
-    store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
-    proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
-    rows = []                               # (address, source, result)
-    if proof:
-        failed = sorted((r for r in reports if r["action"] == "failed"), key=lambda r: -r["weight"])
-        rows.append((ctx.verp, proof, (failed or reports or [None])[0]))
-    else:
-        source = "unsigned" if ctx.verp else "plain"
-        named = [r for r in reports if r["recipient"]]
-        if ctx.verp and reports and \
-                not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
-            failed = [r for r in reports if r["action"] == "failed"]
-            named.insert(0, dict((failed or reports)[0], recipient=ctx.verp))
-        rows = [(r["recipient"], source, r) for r in named]
-    notices = Notices(store, config, ctx.list, ctx.outbox)
-    records, counted, raw_kept = [], [], False
-    interval = config.duration("bounces", "probe_interval")
-    for address, source, r in rows[:100]:
-        address = normalize_address(address)
-        member = store.q("member_address", list_id, address).fetchone()
-        member = member[0] if member else None
-        raw = None
-        if not raw_kept and (member or proof):      # evidence kept once, cut, only about a member
-            raw, raw_kept = ctx.raw[:65536], True
-        if r is None:
-            r = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
-        returned = delivered(store, list_id, address, message_ids) or ""
-        why, weight = None, r["weight"]
-        if r["action"] == "unrecognised":
-            why = "unrecognised report: in the owners' daily summary"
-        elif r["action"] != "failed":
-            why = "an auto-reply" if r["action"] == "auto-reply" else \
-                f"not a permanent failure (Action: {r['action'] or 'none'})"
-        elif r["cause"] == "policy" and not config.flag("bounces", "count_policy_rejections"):
-            why = policy_rejection(r["status"] or "5.7.0", address)
-        elif r["cause"] == "rejected":
-            why = "the list's sender address was refused: caused by the post, not the member"
-        elif member is None:
-            why = "not a member"
-        elif not proof:
-            last = store.q("probe_sent", list_id, member).fetchone()
-            if last and now - last[0] < interval:
-                why = f"{_CLAIM}; a probe was already sent {_ago(now - last[0])}"
+def envelope_sender(list_row, verp, recipient=None):
+    """LIST-bounces+user=host@DOMAIN when we VERP per recipient, else
+    LIST-bounces@DOMAIN (the MTA adds +user=host itself with XVERP)."""
+    if verp == "per-recipient" and recipient:
+        return verp_encode(list_row, recipient)
+    return list_address(list_row, "-bounces")
+
+
+class Transport:
+    """The interface every transport has (TRANSPORTS).
+
+    ``send(list_row, data, recipients, record, expected)`` delivers one post
+    to an iterable of (address, attempts; None for a member the post's
+    cursor reaches, who has no row yet), calling ``record(address,
+    attempts, Outcome)`` exactly once for each; ``expected`` is how many
+    there are.  ``send_one(sender, recipient, data)`` hands one generated
+    message over at once and returns its Outcome.  ``ledger_batch`` is how
+    many outcomes the ledger may hold before it commits (the most a killed
+    ``send`` can repeat).  ``close()`` ends the run."""
+
+    ledger_batch = 1
+
+    def __init__(self, config):
+        self.config = config
+        self.verp = config.get("send", "verp")
+
+    def send(self, list_row, data, recipients, record, expected=0):
+        raise NotImplementedError
+
+    def send_one(self, sender, recipient, data):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def batches(recipients, size):
+    """Group an iterable of (address, attempts) into lists of ``size``."""
+    batch = []
+    for item in recipients:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class SendmailTransport(Transport):
+    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
+    VERP runs one process per recipient; with verp = xverp (Postfix's
+    ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
+    is sent; 67 (no user) and 68 (no host) are permanent; anything else,
+    including a missing program, is temporary (sysexits.h).  A process
+    costs far more than a commit, so the ledger commits every outcome."""
+
+    PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.path = config.get("send", "sendmail")
+        self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
+
+    def send(self, list_row, data, recipients, record, expected=0):
+        personal = Personalizer(list_row, data)
+        for batch in batches(recipients, self.batch):
+            addresses = [a for a, _ in batch]
+            copy = personal(addresses[0]) if len(addresses) == 1 else personal.shared
+            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
+            for address, attempts in batch:
+                record(address, attempts, outcome)
+
+    def run(self, sender, addresses, data, verp=True):
+        import subprocess
+        xverp = verp and self.verp == "xverp"
+        argv = [self.path] + (["-XV"] if xverp else []) + ["-oi", "-f", sender, "--", *addresses]
+        try:
+            proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = detail[-1][:300] if detail else ""
+        if proc.returncode == 0:
+            return Outcome(SENT, "sendmail exit 0")
+        if proc.returncode in self.PERMANENT_CODES:
+            return Outcome(PERMANENT,
+                           f"sendmail exit {proc.returncode} "
+                           f"({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
+        return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
+
+    def send_one(self, sender, recipient, data):
+        return self.run(sender or "<>", [recipient], data, verp=False)
+
+
+class SMTPError(Exception):
+    """The connection failed or the server broke the protocol."""
+
+
+class SMTPConnection:
+    """One client connection that pipelines (RFC 2920) when it may.
+
+    Each command group and the whole message with its final dot go out in
+    one write with TCP_NODELAY, so neither Nagle's algorithm nor a delayed
+    ACK on the server can stall a transaction."""
+
+    def __init__(self, host, port, timeout):
+        import socket
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.rfile = self.sock.makefile("rb")
+            code, text = self.reply()
+            if code != 220:
+                raise SMTPError(f"greeting {code} {text}")
+            # gethostname, not getfqdn: no DNS lookup just to say hello
+            self.sock.sendall(f"EHLO {socket.gethostname() or 'localhost'}\r\n".encode())
+            code, text = self.reply()
+            if code != 250:
+                self.sock.sendall(b"HELO localhost\r\n")
+                code, text = self.reply()
+                if code != 250:
+                    raise SMTPError(f"HELO {code} {text}")
+                text = ""
+        except OSError as e:
+            raise SMTPError(f"{host}:{port}: {e.strerror or e}") from None
+        self.extensions = {line.split()[0].upper() for line in text.splitlines()[1:] if line.split()}
+        self.pipelining = "PIPELINING" in self.extensions
+
+    def reply(self):
+        """(code, text) of one reply, multi-line replies joined."""
+        lines = []
+        while True:
+            line = self.rfile.readline(2048)
+            if not line.endswith(b"\n"):
+                raise SMTPError("connection closed by the server" if not line else "reply line too long")
+            lines.append(line[4:].strip().decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                break
+        try:
+            return int(line[:3]), "\n".join(lines)
+        except ValueError:
+            raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
+
+    def transaction(self, sender, recipients, wire, xverp=False):
+        """Send one message to ``recipients`` one command at a time (for a
+        server without PIPELINING, and for a single notice); return
+        {recipient: Outcome}.  ``wire``: smtp_wire's form."""
+        try:
+            self.sock.sendall(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}\r\n".encode())
+            mail_reply, rcpt_replies, data_reply = self.reply(), [], (503, "no valid recipients")
+            if mail_reply[0] != 250:
+                refused = outcome_of(*mail_reply, "MAIL")
+                return {r: refused for r in recipients}
+            for r in recipients:
+                self.sock.sendall(f"RCPT TO:<{r}>\r\n".encode())
+                rcpt_replies.append(self.reply())
+            if any(r[0] in (250, 251) for r in rcpt_replies):
+                self.sock.sendall(b"DATA\r\n")
+                data_reply = self.reply()
+            outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
+                        if reply[0] not in (250, 251)}
+            accepted = [r for r in recipients if r not in outcomes]
+            if data_reply[0] == 354:
+                self.sock.sendall(wire)
+                final = self.reply()
+                done = outcome_of(*final, "DATA") if final[0] != 250 else \
+                    Outcome(SENT, f"250 {final[1]}"[:300])
             else:
-                why = f"{_CLAIM}; probe sent"
-                if not ctx.outbox.dry_run:
-                    send_probe(notices, store.verp_key, member)
-                    records.append(lambda db, m=member: db.execute(SQL["probe_done"], (list_id, m, now)))
-        if r["cause"] == "policy" and why is None:
-            weight = 1                          # [bounces] count_policy_rejections
-        if not returned and proof and why is None:
-            last_post = store.q("last_delivered", list_id, member).fetchone()
-            returned = last_post[0] if last_post else ""
-        row = [list_id, member or address, now, source, r["action"], r["status"], r["diagnostic"][:1000],
-               r["reporting_mta"], 0, why or "", returned, raw, r["cause"], weight]
-        if why is None and ctx.outbox.dry_run:
-            row[9] = f"would be scored ({weight:g})"
-            counted.append(f"{member} (would be scored)")
-        elif why is None:
-            def count(db, row=row, member=member, weight=weight):
-                row[8], row[9] = score_bounce(db, config, list_id, member, now, weight)
-                row[8] = int(row[8])
-            records.append(count)
-            counted.append(f"{member} (weight {weight:g})")
-        records.append(lambda db, row=row: db.execute(SQL["add_bounce"], row))
-    if not rows:
-        raise Consumed("bounce address: no recipient found in the report; ignored")
-    if not ctx.outbox.dry_run:
-        ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in records])
-    raise Consumed(f"{rows[0][1]} bounce for {', '.join(str(r[0]) for r in rows[:5])}"
-                   f"{' …' if len(rows) > 5 else ''}; scored: {', '.join(counted) or 'none'}")
+                done = outcome_of(*data_reply, "DATA")
+                self.sock.sendall(b"RSET\r\n")
+                self.reply()
+            outcomes.update({r: done for r in accepted})
+            return outcomes
+        except OSError as e:
+            raise SMTPError(f"connection lost: {e.strerror or e}") from None
+
+    def close(self):
+        try:
+            self.sock.sendall(b"QUIT\r\n")
+            self.reply()
+        except (OSError, SMTPError):
+            pass
+        self.sock.close()
 
 
-_CLAIM = "a claim anyone could write (no signed address)"
+class SMTPTransport(Transport):
+    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections
+    connections, all driven by one thread (selectors): no hand-offs, and
+    the ledger records each outcome as its reply arrives.  With PIPELINING
+    (RFC 2920) a message and its final dot go in the same write as the next
+    transaction's MAIL, RCPT and DATA, so a transaction costs one round
+    trip.  verp = per-recipient: one transaction per recipient with its own
+    signed envelope sender; xverp (when the server offers XVERP, else per
+    recipient, with a warning) or off: up to smtp_max_recipients a
+    transaction.  A connection that breaks is replaced once; what it had in
+    flight goes again on another.  The ledger commits every [send]
+    ledger_batch outcomes."""
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.ledger_batch = int(config.number("send", "ledger_batch"))
+        self.host = config.get("send", "smtp_host")
+        self.port = int(config.number("send", "smtp_port"))
+        self.timeout = config.duration("send", "smtp_timeout")
+        self.connections = max(1, int(config.number("send", "smtp_connections")))
+        self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
+        self.idle = []                      # connections kept for the next post of this run
+        self.down = None                    # why the server is unreachable this run
+        self.warned_xverp = False
 
-def _ago(seconds):
-    return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
+    def connect(self):
+        """An idle or a new Pipeline, or None (and self.down) when the server cannot be reached."""
+        if self.idle:
+            return self.idle.pop()
+        if self.down:
+            return None
+        try:
+            conn = SMTPConnection(self.host, self.port, self.timeout)
+        except SMTPError as e:
+            self.down = f"SMTP {self.host}:{self.port}: {e}"
+            return None
+        xverp = self.verp == "xverp" and "XVERP" in conn.extensions
+        if self.verp == "xverp" and not xverp and not self.warned_xverp:
+            log.warning("%s:%d does not offer XVERP: sending per recipient, as verp = per-recipient does",
+                        self.host, self.port)
+            self.warned_xverp = True
+        return Pipeline(conn, self.verp == "per-recipient" or (self.verp == "xverp" and not xverp), xverp)
 
+    def send(self, list_row, data, recipients, record, expected=0):
+        import selectors
+        wire = smtp_wire(data)
+        source, again = iter(recipients), collections.deque()   # again: what a broken connection had
+        personal, signer = Personalizer(list_row, wire), verp_signer(list_row)
+        bounces = list_address(list_row, "-bounces")
 
-def send_probe(notices, key, member):
-    """Queue a probe to ``member``: a short notice whose envelope sender is
-    its own signed probe address (probe_address), so that only a bounce of
-    the probe itself can count.  A delivered probe costs the member nothing."""
-    notices.send([member], f"A delivery check from {list_address(notices.list)}", "probe",
-                 {"address": member}, limit=False, envelope=probe_address(notices.list, key, member))
+        def take(pipe):
+            if again:
+                return again.popleft()
+            return list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
 
-
-def feedback_report(ctx, parsed):
-    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is
-    spam").  The member is known only from a signed VERP address: the one
-    the report was sent to, or the one the returned message carries in
-    Return-Path (its envelope sender).  For an identified member [bounces]
-    feedback_action applies (unsubscribe with a goodbye that says why, or
-    disable, or none) and the owners are told; anything else is recorded
-    only.  Returns the line for the log."""
-    store, config, list_row = ctx.store, ctx.config, ctx.list
-    fields = {}
-    for part in parsed.walk():
-        if part.get_content_type() == "message/feedback-report":
-            payload = part.get_payload()
-            text = payload if isinstance(payload, str) else "\n".join(map(str, payload))
-            for block in dsn_blocks(text, 5):
-                fields.update(block)
-    member, proof = (ctx.verp, ctx.verp_proof) if ctx.verp_proof else (None, "")
-    if not member:
-        returned = re.findall(r"(?im)^(?:return-path|x-envelope-from|errors-to):[ \t]*<?([^>\s]+)>?",
-                              _returned_headers(parsed))
-        for address in returned[:5]:
-            local, _, domain = address.rpartition("@")
-            m = ROLE_ADDRESS.fullmatch(local)
-            if m and m.group(2).lower() == "bounces" and m.group(3) and \
-                    f"{m.group(1)}@{domain}".lower() == list_address(list_row).lower():
-                member, proof = verp_decode(m.group(3), list_row, store.verp_key)
-                if proof:
+        def advance(pipe):
+            """Send the pipeline's next group; False when it has nothing left to send.
+            With CHUNKING a group holds up to 50 per-recipient transactions, about 256 KB: what
+            a killed run can repeat grows with it (README)."""
+            jobs, size = [], 0
+            while not self.down and (not jobs or pipe.chunking and pipe.per_recipient and len(jobs) < 50
+                                     and size < 262144):
+                batch = take(pipe)
+                if not batch:
                     break
-                member = None
-    kind = one_line(fields.get("feedback-type", "abuse"), 40) or "abuse"
-    reporter = one_line(fields.get("user-agent", "") or fields.get("reporting-mta", ""), 200)
-    member = store.q("member_address", list_row["id"], member).fetchone() if proof and member else None
-    member = member[0] if member else None
-    action = config.get("bounces", "feedback_action") if member else "none"
-    why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
-           else "feedback report that no signed address identifies: recorded only")
-    now = time.time()
-    row = (list_row["id"], member or "", now, "feedback", kind, "", reporter, "", 0, why, "",
-           ctx.raw[:65536] if member else None, "feedback", 0)
-    if ctx.outbox.dry_run:
-        return f"{why} (dry run)"
-    notices = Notices(store, config, list_row, ctx.outbox)
-    changes = [lambda db: db.execute(SQL["add_bounce"], row)]
-    if member and action == "unsubscribe":
-        changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
-        notices.send([member], f"Goodbye from {list_address(list_row)}", "feedback-goodbye",
-                     {"address": member}, limit=False)
-    elif member and action == "disable":
-        changes.append(lambda db: db.execute(SQL["disable_member"], (now, list_row["id"], member)))
-    if member and owners_of(list_row):
-        notices.send(owners_of(list_row), f"{list_address(list_row)}: {member} reported a post as spam",
-                     "feedback-owner", {"address": member, "kind": kind, "action": action,
-                                        "reporter": reporter or "unknown"}, limit=False, sender="-owner")
-    ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
-    return f"{why}: {member or 'unknown member'}"
+                jobs.append((batch, signer(batch[0][0]) if pipe.per_recipient else bounces))
+                size += len(data) + 100 * len(batch)
+            return pipe.send_group(jobs, personal)
+
+        def broken(pipe, error):
+            """Put what ``pipe`` had in flight back for another connection,
+            once; after three connections in a row broke before any reply
+            settled a transaction, the server counts as down this run."""
+            if pipe in pipes:
+                selector.unregister(pipe.conn.sock)
+                pipes.remove(pipe)
+            pipe.conn.sock.close()
+            failure = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {error}")
+            for batch in pipe.unfinished():
+                if any(a in retried for a, _ in batch):
+                    for address, attempts in batch:
+                        record(address, attempts, failure)
+                else:
+                    again.extend([item] for item in batch) if pipe.per_recipient else again.append(batch)
+                    retried.update(a for a, _ in batch)
+            breaks[0] = 0 if pipe.settled else breaks[0] + 1
+            if breaks[0] >= 3:
+                self.down = self.down or failure.detail
+            start()
+
+        def start():
+            """One more connection at work, unless the server is down."""
+            pipe = self.connect()
+            if pipe is None:
+                return
+            try:
+                if pipe.conn.pipelining:
+                    if advance(pipe):
+                        pipes.append(pipe)
+                        selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
+                    else:
+                        self.idle.append(pipe)
+                    return
+                while not self.down:        # a server without PIPELINING: one command at a time
+                    batch = pipe.expect = take(pipe)
+                    if not batch:
+                        break
+                    sender = signer(batch[0][0]) if pipe.per_recipient else bounces
+                    copy = personal(batch[0][0]) if pipe.per_recipient else personal.shared
+                    outcomes = pipe.conn.transaction(sender, [a for a, _ in batch], copy, pipe.xverp)
+                    pipe.expect, pipe.settled = [], pipe.settled + 1
+                    for address, attempts in batch:
+                        record(address, attempts, outcomes[address])
+                self.idle.append(pipe)
+            except (SMTPError, OSError) as e:
+                if pipe.expect and not pipe.conn.pipelining:
+                    pipe.expect = [("txn", pipe.expect)]
+                broken(pipe, getattr(e, "strerror", None) or e)
+
+        selector, pipes, retried, breaks = selectors.DefaultSelector(), [], set(), [0]
+        try:
+            for _ in range(max(1, min(self.connections, expected // 200 + 1))):
+                start()
+            while pipes:
+                if len(pipes) == 1:         # one connection: a blocking read (with the timeout) saves a poll
+                    ready = pipes[:]
+                else:
+                    wait = min(p.deadline for p in pipes) - time.monotonic()
+                    ready = [key.data for key, _ in selector.select(max(0.0, wait))]
+                for pipe in ready:
+                    try:
+                        for batch, outcome in pipe.receive():
+                            for address, attempts in batch:
+                                record(address, attempts, outcome(address))
+                        if not pipe.expect and not advance(pipe):
+                            selector.unregister(pipe.conn.sock)
+                            pipes.remove(pipe)
+                            self.idle.append(pipe)
+                    except (SMTPError, OSError) as e:
+                        broken(pipe, getattr(e, "strerror", None) or e)
+                now = time.monotonic()
+                for pipe in [p for p in pipes if p.deadline < now]:
+                    broken(pipe, "timed out")
+        except BaseException:           # the ledger broke: no connection starts another transaction
+            self.down = "the run was stopped"
+            raise
+        finally:
+            selector.close()
+        failed = Outcome(TEMPORARY, self.down or "not sent")
+        for batch in again:
+            for address, attempts in batch:
+                record(address, attempts, failed)
+        for address, attempts in source:    # server down: rows are deferred, members wait for the next run
+            if attempts is None:
+                break
+            record(address, attempts, failed)
+
+    def send_one(self, sender, recipient, data):
+        try:
+            conn = SMTPConnection(self.host, self.port, self.timeout)
+        except (OSError, SMTPError) as e:
+            return Outcome(TEMPORARY, f"cannot connect: {e}")
+        try:
+            return conn.transaction(sender, [recipient], smtp_wire(data))[recipient]
+        except (OSError, SMTPError) as e:
+            return Outcome(TEMPORARY, f"SMTP: {e}")
+        finally:
+            conn.close()
+
+    def close(self):
+        for pipe in self.idle:
+            pipe.conn.close()
+        self.idle = []
 
 
-def _returned_headers(parsed):
-    """The header section of the message a report returns (message/rfc822
-    or text/rfc822-headers), as text."""
-    for part in parsed.walk():
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822" and part.is_multipart():
-            inner = part.get_payload(0)
-            return "".join(f"{k}: {v}\n" for k, v in inner.items())
-        if ctype in ("text/rfc822-headers", "text/x-rfc822-headers"):
-            return payload_text(part, "utf-8").split("\n\n", 1)[0][:65536]
-    return ""
+class Pipeline:
+    """The transactions in flight on one pipelining connection (RFC 2920).
+    send_group() writes, in one write, what the connection owes (the body of
+    the transaction whose DATA got 354, an RSET) and the next transaction's
+    MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
+    transactions, each message sent by BDAT LAST with no wait for a 354.
+    receive() reads replies and, once the group's are all in, returns the
+    outcomes they settle."""
+
+    def __init__(self, conn, per_recipient, xverp):
+        self.conn, self.per_recipient, self.xverp = conn, per_recipient, xverp
+        self.chunking = "CHUNKING" in conn.extensions
+        self.buf, self.lines, self.replies = b"", [], []
+        self.expect = []        # ("end", batch, accepted) / ("rset",) / ("txn" | "bdat", batch)
+        self.needed = 0         # the replies they take
+        self.body = None        # (batch, accepted addresses) whose message goes next
+        self.reset = False
+        self.deadline = 0.0
+        self.settled = 0        # transactions settled on this connection
+
+    def send_group(self, jobs, personal):
+        """``jobs``: [(batch, envelope sender)]; False when there is nothing to send."""
+        parts, expect = [], []
+        if self.body is not None:
+            body, accepted = self.body
+            parts.append((personal(accepted[0]) if self.per_recipient else personal.shared) if accepted
+                         else b".\r\n")
+            expect.append(("end", body, accepted))
+            self.body = None
+        if self.reset:
+            parts.append(b"RSET\r\n")
+            expect.append(("rset",))
+            self.reset = False
+        for batch, sender in jobs:
+            # with CHUNKING transactions follow each other unseen: each starts with RSET, as one
+            # left open (a server may keep it after BDAT found no valid recipient) would take
+            # the next one's RCPTs into it
+            parts.append(b"RSET\r\n" * self.chunking
+                         + f"MAIL FROM:<{sender}>{' XVERP' if self.xverp else ''}\r\n".encode()
+                         + b"".join(f"RCPT TO:<{a}>\r\n".encode() for a, _ in batch))
+            if self.chunking:
+                message = personal.plain(batch[0][0] if self.per_recipient else None)
+                parts += [b"BDAT %d LAST\r\n" % len(message), message]
+                expect.append(("bdat", batch))
+            else:
+                parts.append(b"DATA\r\n")
+                expect.append(("txn", batch))
+        if not parts:
+            return False
+        self.expect = expect
+        self.needed = sum(len(e[1]) + (3 if e[0] == "bdat" else 2) if e[0] in ("txn", "bdat") else 1
+                          for e in expect)
+        self.conn.sock.sendall(b"".join(parts))
+        self.deadline = time.monotonic() + self.conn.sock.gettimeout()
+        return True
+
+    def unfinished(self):
+        """The batches in flight (their outcomes unknown)."""
+        return [e[1] for e in self.expect if e[0] != "rset"] + ([self.body[0]] if self.body else [])
+
+    def receive(self):
+        """Read what has arrived; [(batch, outcome of an address)] once every reply of the group is in."""
+        chunk = self.conn.sock.recv(65536)
+        if not chunk:
+            raise SMTPError("connection closed by the server")
+        lines = (self.buf + chunk if self.buf else chunk).split(b"\n")
+        self.buf = lines.pop()                  # an unfinished line, if any
+        if len(self.buf) > 4096:
+            raise SMTPError("reply line too long")
+        for line in lines:
+            if line[3:4] == b"-":               # a multi-line reply goes on
+                self.lines.append(line[4:].strip())
+                if len(self.lines) > 100:
+                    raise SMTPError("a reply of more than 100 lines")
+                continue
+            if not line[:3].isdigit():
+                raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
+            if self.lines:
+                self.lines.append(line[4:].strip())
+                line, self.lines = line[:4] + b"\n".join(self.lines), []
+            self.replies.append((int(line[:3]), line[4:]))        # the text stays bytes until needed
+        if len(self.replies) < self.needed:
+            return []
+        replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
+        self.settled += 1
+        settled = []
+        for entry in expect:
+            if entry[0] == "rset":
+                next(replies)
+            elif entry[0] == "end":
+                code, text = next(replies)
+                accepted = set(entry[2])
+                settled.append(([i for i in entry[1] if i[0] in accepted], final_outcome(code, text)))
+            else:
+                if entry[0] == "bdat":
+                    next(replies)                   # RSET's
+                settled += self.settle(entry[0], entry[1], next(replies), [next(replies) for _ in entry[1]],
+                                       next(replies))
+        return settled
+
+    def settle(self, kind, batch, mail, rcpts, data):
+        """Outcomes of a transaction's MAIL, RCPT and DATA (or BDAT) replies,
+        and what the connection owes next: the body, or an RSET when the
+        transaction may still be open on the server."""
+        if mail[0] != 250:
+            refused = outcome_of(*mail, "MAIL")
+            if data[0] == 354:                  # cannot happen with a sane server; end it
+                self.body = (batch, [])
+            return [(batch, lambda a: refused)]
+        failed = {a: outcome_of(*reply, "RCPT") for (a, _), reply in zip(batch, rcpts)
+                  if reply[0] not in (250, 251)}
+        settled = [([i for i in batch if i[0] in failed], failed.get)] if failed else []
+        accepted = [i for i in batch if i[0] not in failed]
+        if kind == "bdat":
+            settled.append((accepted, final_outcome(*data)))
+        elif data[0] == 354:
+            self.body = (batch, [a for a, _ in accepted])
+        else:
+            settled.append((accepted, final_outcome(*data)))
+            self.reset = True
+        return settled
 
 
-@chain_filter("message", needs=("getinfo",))
-def commands(ctx):
-    """Act on mail to LIST-request (commands in the Subject or first body
-    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
-    LIST-confirm+TOKEN (see Requests), then end the chain: consumed.
-    Reads role, token, msg, raw, sender; writes changes and outbox (both
-    committed here, together) and approve_held (a held post a moderator
-    approved by email: finish_queue releases it once the chain has ended).
-    Robots are never answered (RFC 3834)."""
-    if ctx.role not in ("request", "join", "leave", "confirm"):
-        return
-    robot = is_robot(ctx.msg, ctx.sender)
-    if robot:
-        raise Discard(f"robot mail to {ctx.recipient}: {robot}")
-    sender = sender_address(ctx)
-    if sender is None:
-        raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req = Requests(ctx, sender)
-    lines = command_lines(ctx.raw)
-    if ctx.role == "join":
-        req.subscribe(sender)
-    elif ctx.role == "leave" and ctx.token:
-        req.leave_by_token(ctx.token.lower())
-    elif ctx.role == "leave":
-        req.unsubscribe(sender)
-    elif ctx.role == "confirm":
-        req.confirm(ctx.token.lower(), lines)
-    else:
-        req.run(lines)
-    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    ctx.approve_held = req.approve_held
-    raise Consumed("; ".join(req.done) or "nothing to do")
+def final_outcome(code, text):
+    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST), for every address."""
+    done = Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300]) if code == 250 else \
+        outcome_of(code, text, "DATA")
+    return lambda address: done
 
 
-@chain_filter("message", needs=("getinfo",))
-def ownermail(ctx):
-    """Forward mail for LIST-owner to the list's owners (never to the
-    members), with X-Loop so that it cannot come round again.
-    Reads role, list, msg, message_id; writes msg (X-Loop added), outbox (committed here; ends the
-    chain: consumed)."""
-    if ctx.role != "owner":
-        return
-    owners = owners_of(ctx.list)
-    if not owners:
-        raise Discard("mail to the owner address, but the list has no owners")
-    ctx.msg.remove("Return-Path", "Delivered-To", "X-Original-To")
-    ctx.msg.append("X-Loop", list_address(ctx.list, "-owner"))
-    ctx.outbox.add(ctx.list["id"], "owner", ctx.message_id or "<no-message-id>", bytes(ctx.msg), owners)
-    ctx.outbox.commit(ctx.store, ctx.config.spool)
-    raise Consumed(f"forwarded to the owners: {', '.join(owners)}")
+class MaildirTransport(Transport):
+    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
+    Return-Path and Delivered-To as a local delivery would: for trying
+    redsky from the shell."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.base = config.path_of("send", "maildir")
+
+    def send(self, list_row, data, recipients, record, expected=0):
+        personal = Personalizer(list_row, data)
+        for address, attempts in recipients:
+            record(address, attempts,
+                   self.send_one(verp_encode(list_row, address), address, personal(address)))
+
+    def send_one(self, sender, recipient, data):
+        import mailbox
+        safe = recipient.replace("/", "_")
+        if safe.startswith("."):
+            safe = "_" + safe[1:]
+        try:
+            os.makedirs(self.base, exist_ok=True)
+            box = mailbox.Maildir(os.path.join(self.base, safe), create=True)
+            eol = b"\r\n" if data.find(b"\r\n") != -1 and data.find(b"\r\n") < data.find(b"\n") + 1 else b"\n"
+            box.add(b"Return-Path: <" + sender.encode() + b">" + eol
+                    + b"Delivered-To: " + recipient.encode() + eol + data)
+        except OSError as e:
+            return Outcome(TEMPORARY, f"maildir {self.base}: {e.strerror}")
+        return Outcome(SENT, f"maildir {safe}")
 
 
-@chain_filter("message", needs=("getinfo",))
-def getsubscribers(ctx):
-    """Load the list's members: writes members (all, with status),
-    recipients (the enabled ones that take single posts) and digest_members
-    (how many enabled ones take digests instead).
-    The sender's own membership (From:, else the envelope sender) is
-    ctx.poster: a member with notmetoo is not a recipient of their post.
-    Reads role, list, store, msg, sender; writes members, poster, recipients, digest_members."""
-    if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
-        raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
-    counts = {(status, digest): n for status, digest, n in ctx.store.q("audience", ctx.list["id"])}
-    total, single = sum(counts.values()), counts.get(("enabled", 0), 0)
-    ctx.digest_members = counts.get(("enabled", 1), 0)
-    ctx.members = MemberLookup(ctx.store, ctx.list["id"])
-    senders = addresses_in(ctx.msg.get_all("From")) + ([normalize_address(ctx.sender)] if ctx.sender else [])
-    ctx.poster = next((row for row in (ctx.store.q("member_options", ctx.list["id"], a).fetchone()
-                                       for a in senders[:3]) if row), None)
-    skip = ctx.poster["address"] if ctx.poster and ctx.poster["notmetoo"] else ""
-    if skip and ctx.poster["status"] == "enabled" and not ctx.poster["digest"]:
-        single -= 1
-        ctx.note(f"{skip} asked for no copy of their own posts (notmetoo)")
-    ctx.recipients = ListMembers(ctx.store, ctx.list["id"], single, skip)
-    ctx.note(f"{single} enabled of {total} members"
-             + (f", {ctx.digest_members} more get digests" if ctx.digest_members else ""))
+TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": MaildirTransport}
 
 
-@chain_filter("message", needs=("getsubscribers",))
-def access(ctx):
-    """Decide whether the sender may post, by the list's access mode:
-    open; subscribers (From, Sender or envelope sender is a member); acl
-    (an address or *@domain pattern in the list's acl); passphrase (an
-    Approved: header or first body line matches); moderated (everything is
-    held).  A sender on the list's ban list is discarded first, whatever
-    else.  A correct passphrase always approves.  Someone the mode does
-    not let post: the list's nonmember_action (nonmember); other failures
-    → hold.  Approved: is always stripped so the passphrase never leaks.
-    Whatever the mode, a moderator decides on every post while the list's
-    emergency is on, on a post over the list's max_size, on one whose From:
-    display name is another address (impersonation), on one that came
-    through a list subscribed to this one (two lists feeding each other
-    loop), on every post of a member whose option moderate is on, and on
-    posts past the poster's max_posts_per_day.
-    Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
-    approved."""
-    passphrase = take_approved(ctx)
-    if passphrase and passphrase_left(ctx.msg, passphrase):
-        raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
-    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
-    if ctx.sender:
-        senders.append(normalize_address(ctx.sender))
-    ban = banned(ctx.store, ctx.list, senders)
-    if ban:
-        raise Discard(f"{ban} is on the list's ban list")
-    stored = ctx.list["passphrase_hash"]
-    if passphrase is not None and stored and check_passphrase(passphrase, stored):
-        ctx.approved = True
-        ctx.note("approved by passphrase")
-    if ctx.approved:
-        return
-    if ctx.list["emergency"]:
-        raise Hold("the list is in emergency moderation: every post is held")
-    if ctx.list["max_size"] and len(ctx.raw) > ctx.list["max_size"] * 1024:
-        raise Hold(f"the post is {len(ctx.raw) // 1024} KB, over the list's max_size of"
-                   f" {ctx.list['max_size']} KB")
-    if ctx.accepted:
-        ctx.note(f"whitelisted: {ctx.accepted}")
-        return
-    suspicious = display_name_spoof(ctx.msg) or subscribed_list(ctx)
-    if suspicious:
-        raise Hold(suspicious)
-    if ctx.poster and ctx.poster["moderate"]:
-        raise Hold(f"the moderators review every post of {ctx.poster['address']} (member option moderate)")
-    mode = ctx.list["access"]
-    shown = senders[0] if senders else "(no sender)"
-    if mode == "passphrase":
-        raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
-    if mode == "moderated":
-        raise Hold("the list is moderated")
-    if mode == "subscribers" and not any(s.lower() in ctx.members for s in senders):
-        nonmember(ctx, shown, f"{shown} is not a member of the list")
-    elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
-                                   for s in senders):
-        nonmember(ctx, shown, f"{shown} is not in the list's acl")
-    limit = ctx.list["max_posts_per_day"]
-    poster = ctx.poster["address"] if ctx.poster else shown
-    if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
-        raise Hold(f"{poster} already posted {limit} times in the last 24 hours (max_posts_per_day)")
+def send_now(config, sender, recipient, data):
+    """Hand one generated message to [send] transport at once, outside the
+    ledger (an automatic reply in filter mode has no list to be queued
+    under); return its Outcome.  ``sender`` "" is the null sender."""
+    transport = TRANSPORTS[config.get("send", "transport")](config)
+    try:
+        return transport.send_one(sender, recipient, data)
+    finally:
+        transport.close()
 
 
-def nonmember(ctx, shown, why):
-    """A post from someone the access mode does not let post, by the list's
-    nonmember_action: hold (for the moderators), reject (dropped, and the
-    sender told why, as [commands] notify_rejected and the reply limit
-    allow; never a robot), discard (dropped silently), accept."""
-    action = ctx.list["nonmember_action"]
-    if action == "accept":
-        ctx.note(f"{why}; accepted (nonmember_action accept)")
-        return
-    if action == "hold":
-        raise Hold(why)
-    told = ""
-    if action == "reject" and ctx.config.flag("commands", "notify_rejected") and valid_address(shown) \
-            and not is_robot(ctx.msg, ctx.sender):
-        outbox = Outbox(ctx.outbox.dry_run)
-        subject = one_line(decode_header_text(ctx.msg.get("Subject", "")), 200) or "(no subject)"
-        if Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
-                [shown], f"{list_address(ctx.list)}: your post was not distributed", "rejected-post",
-                {"subject": subject, "reason": f"{why}; only members may post"}):
-            outbox.commit(ctx.store, ctx.config.spool)
-            told = ", sender told"
-    raise Discard(f"{why} (nonmember_action {action}{told})")
-
-
-def display_name_spoof(msg):
-    """Why a From: display name impersonates someone, or None: the name is
-    itself an address other than the mailbox's (a mail reader shows the
-    name; the mailbox is who it is)."""
-    for name, address in mailboxes(msg.get_all("From")):
-        shown = _ADDRESS.search(decode_header_text(name))
-        if shown and normalize_address(shown.group(0)).lower() != address.lower():
-            return f"From: shows {shown.group(0)} as its name, but the mailbox is {address}"
-    return None
-
-
-def subscribed_list(ctx):
-    """Why this post must not go on unmoderated because it is another
-    list's copy and that list is a member here (its List-Post address, or
-    the address its List-Id names), or None."""
-    named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
-    for value in ctx.msg.get_all("List-Id"):
-        m = re.search(r"<([^<>\s]+)>", value)
-        if m and "." in m.group(1):
-            name, _, domain = m.group(1).partition(".")
-            named.append(f"{name}@{domain}")
-    member = next((a for a in named if a.lower() in ctx.members), None)
-    return f"came through the list {member}, which is subscribed to this one" if member else None
-
+# ---------------------------------------------------------------------------
+# 14. Held posts and command mail
+# Owns: holding and releasing posts, the command interpreter of -request, -join, -leave and -confirm
+# Calls: sections 2-13.
+# ---------------------------------------------------------------------------
 
 def take_approved(ctx):
     """Remove every Approved: header (and an Approved: line at the top of
@@ -4650,323 +4901,6 @@ def _take_approved_line(msg):
         if not before.strip() or before[len(before.rstrip(b" \t\r\n")):].count(b"\n") >= 2:
             return m.group(1).decode("utf-8", "replace").strip()
     return None
-
-
-def acl_allows(patterns, address):
-    from fnmatch import fnmatchcase
-    address = address.lower()
-    return any(fnmatchcase(address, p.lower()) for p in patterns)
-
-
-def dmarc_listed(list_row, author):
-    """Whether the list's dmarc_addresses name ``author`` (patterns as banned())."""
-    patterns = [p.strip() for p in list_row["dmarc_addresses"].split(",") if p.strip()]
-    return bool(patterns) and matches_any(patterns, [author]) is not None
-
-
-def banned(store, list_row, addresses):
-    """The first of ``addresses`` the list's ban list names, or None.  A
-    pattern is an address, a *@domain glob, or a regular expression
-    starting with ^ (searched case-insensitively in at most 254
-    characters of the address: bounded work whatever the input)."""
-    patterns = [r[0] for r in store.q("bans", list_row["id"])]
-    return matches_any(patterns, addresses) if patterns else None
-
-
-def matches_any(patterns, addresses):
-    """The first of ``addresses`` one of ``patterns`` names (see banned()), or None."""
-    globs = [p for p in patterns if not p.startswith("^")]
-    expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^")]
-    return next((a for a in addresses if acl_allows(globs, a)
-                 or any(e.search(a[:254]) for e in expressions)), None)
-
-
-def ban_pattern(pattern):
-    """A ban pattern checked (Failure 65 if not one), as stored."""
-    pattern = pattern.strip()
-    if pattern.startswith("^"):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise Failure(f"not a regular expression: {pattern!r}: {e}", EX_DATAERR)
-        if re.search(r"\([^()]*[*+}][^()]*\)[*+{?]", pattern):     # (a+)+: backtracking without end
-            raise Failure(f"{pattern!r}: a repeated group that itself repeats can take exponential time"
-                          " on a crafted address; write it without the nesting", EX_DATAERR)
-        return pattern
-    if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
-        raise Failure(f"not an address, *@domain or ^regular expression: {pattern!r}", EX_DATAERR)
-    return pattern.lower()
-
-
-@chain_filter("message", needs=("getinfo",))
-def dmarc(ctx):
-    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
-    the author's domain publishes p=reject or p=quarantine (looked up in DNS
-    and cached, at the domain, then its organisational domain by the Public
-    Suffix List; or the list says dmarc = always, or its dmarc_addresses
-    name the author), apply the list's dmarc_action: munge_from or
-    wrap_message.  dmarc = never turns it off.
-    A failed lookup never blocks a post: [dmarc] fallback applies.
-    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped), author_from."""
-    setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
-    authors = addresses_in(ctx.msg.get_all("From"))
-    if setting == "never" or not authors:
-        return
-    author = authors[0]
-    if setting == "auto" and dmarc_listed(ctx.list, author):
-        ctx.note(f"{author} is in the list's dmarc_addresses")
-    elif setting == "auto":
-        try:
-            policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
-        except (OSError, ValueError, IndexError) as e:
-            action = ctx.config.get("dmarc", "fallback")
-            log.warning("DMARC lookup for %s failed (%s): fallback %s", author, e, action)
-            ctx.note(f"DMARC lookup failed ({e}); fallback {action}")
-            if action not in ("munge_from", "wrap_message"):
-                return
-        else:
-            if policy not in ("reject", "quarantine"):
-                ctx.note(f"{author.rpartition('@')[2]}: "
-                         + (f"DMARC p={policy}" if policy else "no DMARC record") + ", nothing to do")
-                return
-    ctx.author_from = ctx.msg.raw_value("From")
-    (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
-    ctx.note(f"{action} for {author}")
-
-
-@chain_filter("message", needs=("getinfo",))
-def subjecttag(ctx):
-    """Prefix the list's subject tag once; RFC 2047 subjects keep their
-    encoding; a missing subject becomes "[tag] (no subject)".  A tag with
-    %d gets the list's next post number (lists.post_number, taken in a
-    transaction of its own, so never given out twice); the numbered tag of
-    an earlier post (a reply) is removed first.
-    Reads list, msg; writes msg (Subject)."""
-    tag = ctx.list["subject_tag"]
-    if "%d" in tag:
-        number = ctx.store.q("post_number", ctx.list["id"]).fetchone()[0] + 1
-        if not ctx.outbox.dry_run:      # taken at once: a post that fails later leaves a gap, never a repeat
-            with ctx.store.transaction() as db:
-                db.execute(SQL["take_post_number"], (ctx.list["id"],))
-                number = db.execute(SQL["post_number"], (ctx.list["id"],)).fetchone()[0]
-        with_subject_tag(ctx.msg, tag.replace("%d", str(number)), re.escape(tag).replace("%d", r"\d+"))
-        ctx.note(f"tagged, post number {number}")
-    elif tag:
-        ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
-
-
-@chain_filter("message", needs=("getinfo",))
-def contentfilter(ctx):
-    """With the list's filter_content on, remove the parts its rules do not
-    want, as Mailman's content filter: a part whose MIME type is in
-    filter_types or whose file name ends in one of filter_extensions, and,
-    when pass_types / pass_extensions are set, every part they do not name;
-    multipart/alternative becomes its text/plain part (else its first) with
-    collapse_alternatives; text/html becomes text/plain with
-    convert_html_to_plaintext.  A post left with nothing is held with what
-    was removed.  Signed and encrypted parts (multipart/signed,
-    multipart/encrypted) are never altered: a post that is one passes whole
-    or is held, by signed_posts.  Header fields other than Content-* keep
-    their bytes; a post nothing is removed from is left as it was.
-    Reads list, msg; writes msg (body and Content-* fields)."""
-    import email
-    from email import policy
-    row = ctx.list
-    if not row["filter_content"]:
-        return
-    top = ctx.msg.header_message().get_content_type()
-    if top in ("multipart/signed", "multipart/encrypted"):
-        if row["signed_posts"] == "hold":
-            raise Hold(f"a {top} post, which the content filter must not alter (signed_posts hold)")
-        ctx.note(f"{top}: passed whole")
-        return
-    rules = {k: row[k].split() for k in CONTENT_LISTS}
-    changes = []
-    try:
-        parsed = email.message_from_bytes(bytes(ctx.msg), policy=policy.compat32)
-        kept = _filter_part(parsed, rules, row, changes)
-        if not changes:
-            return
-        if kept is None:
-            removed = one_line("; ".join(changes), 300)
-            raise Hold(f"nothing is left after content filtering (removed: {removed})")
-        new = RawMessage(kept.as_bytes())
-    except RecursionError:
-        raise Hold("nested too deeply for the content filter")
-    msg = ctx.msg
-    msg.fields = ([f for f in msg.fields if not msg.name_of(f).startswith("content-")]
-                  + [re.sub(rb"\r?\n", msg.eol, f) for f in new.fields
-                     if new.name_of(f).startswith("content-")])
-    msg.separator, msg.body = msg.eol, re.sub(rb"\r?\n", msg.eol, new.body)
-    ctx.note("content filter: " + one_line("; ".join(changes), 300))
-
-
-def _filter_part(part, rules, row, changes):
-    """``part`` (email.message.Message) with what the content rules remove
-    taken out, or None when nothing of it is left; ``changes`` gets a line
-    per change."""
-    ctype = part.get_content_type()
-    if ctype in ("multipart/signed", "multipart/encrypted"):
-        return part
-    if part.is_multipart():
-        children = part.get_payload()
-        if ctype == "multipart/alternative" and row["collapse_alternatives"] and children:
-            chosen = next((c for c in children if c.get_content_type() == "text/plain"), children[0])
-            changes.append(f"multipart/alternative collapsed to its {chosen.get_content_type()} part")
-            return _filter_part(chosen, rules, row, changes)
-        kept = [c for c in (_filter_part(c, rules, row, changes) for c in children) if c is not None]
-        if not kept:
-            return None
-        part.set_payload(kept)
-        return part
-    name = part.get_filename() or ""
-    extension = name.rpartition(".")[2].lower() if "." in name else ""
-    maintype = ctype.partition("/")[0]
-    named = lambda patterns: any(p in (ctype, maintype, f"{maintype}/*") for p in patterns)
-    if named(rules["filter_types"]) or (rules["pass_types"] and not named(rules["pass_types"])) \
-            or (extension and extension in rules["filter_extensions"]) \
-            or (rules["pass_extensions"] and extension not in rules["pass_extensions"] and name):
-        changes.append(f"removed {ctype}" + (f" {one_line(name, 60)!r}" if name else ""))
-        return None
-    if ctype == "text/html" and row["convert_html_to_plaintext"]:
-        html = payload_text(part)
-        for field in ("Content-Type", "Content-Transfer-Encoding"):
-            del part[field]
-        part.set_payload(html_text(html), "utf-8")
-        changes.append("text/html converted to text/plain")
-    return part
-
-
-@chain_filter("message", needs=("getinfo",))
-def replyto(ctx):
-    """Reply-To by the list's reply_to: none leaves the post as sent; list
-    or an address is added to the poster's own Reply-To (RFC 5322 3.6.2
-    allows several addresses), or replaces it when reply_to_strip is on
-    (which also works with none).  Runs before dmarc, so that a munged
-    From: keeps the author reachable only when no Reply-To was set here.
-    Reads list, msg; writes msg (Reply-To)."""
-    target = {"none": "", "list": list_address(ctx.list)}.get(ctx.list["reply_to"], ctx.list["reply_to"])
-    own = ctx.msg.raw_value("Reply-To")
-    if ctx.list["reply_to_strip"] and own is not None:
-        ctx.msg.remove("Reply-To")
-        ctx.note("the poster's Reply-To removed")
-        own = None
-    if not target:
-        return
-    if own is not None and target.lower() in {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))}:
-        return
-    ctx.msg.remove("Reply-To")
-    ctx.msg.replace_raw("Reply-To", (own + b", " if own else b"") + f"<{target}>".encode())
-    ctx.note(f"Reply-To: {target}" + (" added to the poster's" if own else ""))
-
-
-@chain_filter("message", needs=("getinfo",))
-def addfooter(ctx):
-    """Add the list's footer (placeholders $list, $domain, $post_address,
-    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer().
-    Reads list, msg; writes msg (body)."""
-    if ctx.list["footer"]:
-        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list, ctx.store.verp_key)))
-
-
-@chain_filter("message", needs=("getsubscribers",))
-def queuer(ctx):
-    """Store the post: the final message in a spool file (atomic), then its
-    messages row (no row per member: ListMembers) in one transaction.
-    Only after the commit is the post accepted; any failure → try later (75)
-    with nothing half-written left behind.  Notices other filters left in
-    ctx.outbox go in the same transaction.  When members take digests, the
-    post is also kept for the next digest (digest_posts), in that same
-    transaction; a list with only digest members queues no single copies.
-    A poster with the member option ack gets a short note, in the same transaction.
-    A post this list queued within [queue] duplicate_window (same
-    Message-ID, or same bytes without one) is dropped: the MTA retried a
-    delivery whose success it never heard of.
-    Reads list, msg, message_id, raw, recipients, digest_members, poster, author_from, changes, outbox;
-    writes msg (list headers), message_id, distributed, committed; the post in the spool and the store."""
-    import hashlib
-    now = time.time()
-    key = ctx.message_id.lower() or "sha256:" + hashlib.sha256(ctx.raw).hexdigest()
-    seen = ctx.store.q("recent_post", ctx.list["id"], key,
-                       now - ctx.config.duration("queue", "duplicate_window")).fetchone()
-    if seen:
-        raise Discard(f"already queued {int((now - seen[0]) // 60)} min ago: a repeat, not queued again")
-    data = ctx.distributed = finish_post(ctx)
-    if not ctx.recipients and not ctx.digest_members:
-        raise Discard("the list has no enabled members" if not ctx.recipients.poster else
-                      "the only enabled member is the poster, who asked for no copy (notmetoo)")
-    poster = ctx.poster["address"] if ctx.poster else next(iter(addresses_in(ctx.msg.get_all("From"))),
-                                                                normalize_address(ctx.sender or ""))
-    ctx.changes.append(lambda db: db.execute(SQL["add_recent_post"], (ctx.list["id"], key, now, poster)))
-    if ctx.digest_members:                      # kept for the next digest, in the same transaction
-        row = (ctx.list["id"], time.time(), kept_form(ctx, data))
-        ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
-    ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
-    if ctx.poster and ctx.poster["ack"]:
-        Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id).send(
-            [ctx.poster["address"]], f"{list_address(ctx.list)}: your post was accepted", "ack",
-            {"subject": one_line(decode_header_text(ctx.msg.get("Subject", "")), 200) or "(no subject)"})
-    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
-    ctx.committed = not ctx.outbox.dry_run
-    ctx.note(f"queued for {len(ctx.recipients)} recipients"
-             + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
-
-
-def finish_post(ctx):
-    """Give the post its distributed form: list headers replaced, trace
-    headers of the incoming hop removed, a Message-ID and a Date (RFC 5322
-    3.6 requires one) if it had none."""
-    msg = ctx.msg
-    msg.remove(*REPLACED_HEADERS)
-    if not ctx.message_id:
-        from email.utils import make_msgid
-        ctx.message_id = make_msgid(domain=ctx.list["domain"])
-        msg.append("Message-ID", ctx.message_id)
-    if not msg.get("Date", "").strip():
-        from email.utils import formatdate
-        msg.remove("Date")
-        msg.append("Date", formatdate(localtime=True))
-    for name, value in list_headers(ctx.list, ctx.config.get("web", "base_url")):
-        msg.append(name, value)
-    return bytes(msg)
-
-
-def kept_form(ctx, data):
-    """The post as the archive and digests keep it: the author's own From:
-    (a DMARC rewrite is for the copies sent only) and the footer's personal
-    placeholders filled with the generic values (impersonal)."""
-    data = impersonal(data, ctx.list, ctx.store.verp_key)
-    if ctx.author_from is None:
-        return data
-    msg = RawMessage(data)
-    msg.replace_raw("From", ctx.author_from)
-    return bytes(msg)
-
-
-@chain_filter("message", needs=("queuer",))
-def archive(ctx):
-    """Keep the post, as distributed, in the list's archive ([archive]
-    format and dir) unless the list's archive is off.  The post is already
-    accepted when this runs: a failure is logged and the post goes out
-    unarchived rather than held back.
-    A public archive's web pages get the post too (publish_post).
-    Reads list, distributed, author_from, sender, outbox.dry_run; writes the list's archive and pages."""
-    if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
-        return
-    try:
-        key = archive_add(ctx.config, ctx.list, kept_form(ctx, ctx.distributed), ctx.sender)
-    except (OSError, ValueError) as e:
-        log.error("cannot archive %s: %s", ctx.describe(), e)
-        ctx.note(f"not archived: {e}")
-        return
-    ctx.note(f"archived ({key})")
-    if ctx.list["archive"] == "public":
-        try:
-            ctx.note(f"web page {publish_post(ctx.config, ctx.list, kept_form(ctx, ctx.distributed))}.html")
-        except Exception as e:         # the post is queued and archived: the pages can be made again
-            log.error("cannot write the archive page of %s: %s (run: redsky.py archive html %s)",
-                      ctx.describe(), e, list_address(ctx.list), exc_info=not isinstance(e, OSError))
-            ctx.note(f"no web page: {e}")
 
 
 # Held posts ------------------------------------------------------------------
@@ -5511,12 +5445,779 @@ def drop_held(held, notices, changes, notify, reason):
 
 
 # ---------------------------------------------------------------------------
-# 9. The content-filter chain
-# Owns: the filters only `filter` needs (whitelist, dnsbl, autoreply, out), the quarantine and
-#       filter mode's exit codes.  whitelist, dnsbl and autoreply also work in the queue chain.
-# Calls: sections 2-7.
+# 15. The queue chain
+# Owns: the queue filters in chain order (read ... archive) and finish_queue.
+# Calls: sections 2-14.
 # ---------------------------------------------------------------------------
-#
+
+@chain_filter("message")
+def read(ctx):
+    """Read the message from ctx.stdin (unless ctx.raw is preset) and parse
+    it; complete the envelope the command layer found (envelope_of) from
+    the header: X-Original-To or Delivered-To for the recipient,
+    Return-Path or an mbox From_ line for the sender.  Empty input, input
+    with no header fields, or a message over
+    [queue] max_size (filter mode: [filter] max_size) → reject.
+    Reads stdin, raw (when preset), recipient, sender, envelope_recipients; writes raw, msg,
+    recipient, sender, envelope_recipients, message_id."""
+    if ctx.raw is None:
+        limit = ctx.config.size(ctx.mode, "max_size")
+        stream = ctx.stdin or sys.stdin.buffer
+        ctx.raw = stream.read(limit + 1) if limit else stream.read()
+        if limit and len(ctx.raw) > limit:
+            raise Reject(f"message larger than the limit of {limit} bytes")
+    raw = ctx.raw
+    if not raw.strip():
+        raise Reject("empty message")
+    from_line = None
+    if raw.startswith(b"From "):              # an mbox From_ line from local(8)/.forward
+        nl = raw.find(b"\n")
+        from_line, raw = raw[:nl if nl >= 0 else len(raw)], raw[nl + 1 if nl >= 0 else len(raw):]
+        ctx.raw = raw
+    msg = RawMessage(raw)
+    if not msg.fields:
+        raise Reject("not an RFC 5322 message: no header fields")
+    if b"\0" in b"".join(msg.fields):
+        raise Reject("not an RFC 5322 message: NUL byte in the header")
+    ctx.msg = msg
+    if not ctx.recipient:
+        candidates = [msg.get("X-Original-To"), msg.get("Delivered-To")]
+        ctx.recipient = next((c.strip() for c in candidates if c and c.strip()), None)
+    if ctx.sender is None:
+        candidates = [msg.get("Return-Path")]
+        if from_line:
+            words = from_line.split()
+            candidates.append(words[1].decode("utf-8", "replace") if len(words) > 1 else None)
+        ctx.sender = next((c for c in candidates if c is not None), None)
+    if ctx.sender is not None:
+        ctx.sender = ctx.sender.strip().strip("<>").strip()
+        if ctx.sender.upper() == "MAILER-DAEMON":
+            ctx.sender = ""
+    ctx.message_id = (msg.get("Message-ID") or "").strip()
+    if ctx.mode == "filter":
+        if not ctx.envelope_recipients:
+            ctx.envelope_recipients = [ctx.recipient] if ctx.recipient else []
+        ctx.envelope_recipients = [r.strip().strip("<>") for r in ctx.envelope_recipients if r.strip("<> ")]
+        ctx.recipient = ctx.envelope_recipients[0] if ctx.envelope_recipients else ctx.recipient
+        ctx.note(f"{len(ctx.raw)} bytes, to {', '.join(ctx.envelope_recipients) or '(unknown)'},"
+                 f" from {ctx.sender if ctx.sender is not None else '(unknown)'}")
+        return
+    if not ctx.recipient:
+        raise Reject("no envelope recipient: use --recipient, or Postfix pipe flag O (X-Original-To)")
+    ctx.recipient = ctx.recipient.strip().strip("<>")
+    ctx.note(f"{len(ctx.raw)} bytes, to {ctx.recipient}, from "
+             f"{ctx.sender if ctx.sender is not None else '(unknown)'}")
+
+
+@chain_filter("message", needs=("read",))
+def getinfo(ctx):
+    """Find the list by post address LIST@DOMAIN or bounce address
+    LIST-bounces[+user=host]@DOMAIN.  Writes list, role, verp; unknown → 67.
+    Reads recipient, store; writes list, role, verp, verp_proof, token."""
+    local, at, domain = ctx.recipient.rpartition("@")
+    if not at or not local:
+        raise UnknownList(f"{ctx.recipient!r} is not a list address")
+    role, extension = "post", None
+    row = ctx.store.list_by_address(ctx.recipient)
+    if row is None:
+        m = ROLE_ADDRESS.fullmatch(local)
+        if m:
+            row = ctx.store.list_by_address(f"{m.group(1)}@{domain}")
+            role, extension = ROLES[m.group(2).lower()], m.group(3)
+    if row is None or (role == "confirm" and not extension) or \
+            (extension and role not in ("bounces", "confirm", "leave")):
+        raise UnknownList(f"no list at {ctx.recipient}")
+    ctx.list, ctx.role = row, role
+    if role == "bounces" and extension:
+        ctx.verp, ctx.verp_proof = verp_decode(extension, row, ctx.store.verp_key)
+    ctx.token = extension if role in ("confirm", "leave") else None
+    ctx.note(f"list {list_address(row)}, {role}" + (f", VERP for {ctx.verp}" if ctx.verp else ""))
+
+
+@chain_filter("message", needs=("getinfo",))
+def loopdetect(ctx):
+    """Discard a message that already went through this list (List-Id or
+    X-Loop), that has more than [queue] max_received Received: fields, or
+    that a robot sent to the post address (null sender, Auto-Submitted,
+    multipart/report): answering robots is how mail loops start.
+    Reads list, role, msg, sender; writes nothing (ends the chain: discard)."""
+    list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
+    if ctx.role == "post" and any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
+        raise Discard(f"loop: already carries List-Id {list_id}")
+    ours = {list_address(ctx.list, suffix).lower() for suffix in ("", "-owner", "-request")}
+    looped = [v.strip() for v in ctx.msg.get_all("X-Loop") if v.strip().lower() in ours]
+    if looped and ctx.role != "bounces":
+        raise Discard(f"loop: already carries X-Loop {looped[0]}")
+    hops = len(ctx.msg.get_all("Received"))
+    limit = int(ctx.config.number("queue", "max_received"))
+    if hops > limit:
+        raise Discard(f"loop: {hops} Received: fields (limit {limit})")
+    if ctx.role == "post":
+        robot = is_robot(ctx.msg, ctx.sender, strict=False)
+        if robot:
+            raise Discard(f"robot mail to the post address: {robot}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def bouncehandler(ctx):
+    """Consume mail to the bounce address and weigh it as evidence.  Only a
+    signed address proves who bounced: a permanent failure reported to a
+    member's signed VERP address (or to the probe address of one) counts
+    for that member with the weight of its cause (bounce_cause), whatever
+    the report names and whether or not it returns the post.  Any other
+    report (plain LIST-bounces, unsigned or wrongly signed VERP) is a claim
+    anyone could write: each member it names as failed is sent a probe
+    (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965)
+    go to feedback_report; an unrecognised report at a signed address is
+    kept for the owners' daily summary.  Every report is recorded in
+    ``bounces`` with why it counted or not.
+    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces,
+    probes, members.bounce_score and probe notices in the store (ends the
+    chain: consumed)."""
+    if ctx.role != "bounces":
+        return
+    try:
+        parsed = parse_report(ctx.raw)
+    except RecursionError:
+        raise Consumed("bounce address: a report nested too deeply to read; ignored")
+    if parsed.get_content_type() == "multipart/report" and \
+            str(parsed.get_param("report-type", "")).lower() == "feedback-report" or \
+            any(p.get_content_type() == "message/feedback-report" for p in parsed.walk()):
+        raise Consumed(feedback_report(ctx, parsed))
+    own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
+    reports = find_failures(parsed, own)
+    message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
+    store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
+    proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
+    rows = []                               # (address, source, result)
+    if proof:
+        failed = sorted((r for r in reports if r["action"] == "failed"), key=lambda r: -r["weight"])
+        rows.append((ctx.verp, proof, (failed or reports or [None])[0]))
+    else:
+        source = "unsigned" if ctx.verp else "plain"
+        named = [r for r in reports if r["recipient"]]
+        if ctx.verp and reports and \
+                not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
+            failed = [r for r in reports if r["action"] == "failed"]
+            named.insert(0, dict((failed or reports)[0], recipient=ctx.verp))
+        rows = [(r["recipient"], source, r) for r in named]
+    notices = Notices(store, config, ctx.list, ctx.outbox)
+    records, counted, raw_kept = [], [], False
+    interval = config.duration("bounces", "probe_interval")
+    for address, source, r in rows[:100]:
+        address = normalize_address(address)
+        member = store.q("member_address", list_id, address).fetchone()
+        member = member[0] if member else None
+        raw = None
+        if not raw_kept and (member or proof):      # evidence kept once, cut, only about a member
+            raw, raw_kept = ctx.raw[:65536], True
+        if r is None:
+            r = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
+        returned = delivered(store, list_id, address, message_ids) or ""
+        why, weight = None, r["weight"]
+        if r["action"] == "unrecognised":
+            why = "unrecognised report: in the owners' daily summary"
+        elif r["action"] != "failed":
+            why = "an auto-reply" if r["action"] == "auto-reply" else \
+                f"not a permanent failure (Action: {r['action'] or 'none'})"
+        elif r["cause"] == "policy" and not config.flag("bounces", "count_policy_rejections"):
+            why = policy_rejection(r["status"] or "5.7.0", address)
+        elif r["cause"] == "rejected":
+            why = "the list's sender address was refused: caused by the post, not the member"
+        elif member is None:
+            why = "not a member"
+        elif not proof:
+            last = store.q("probe_sent", list_id, member).fetchone()
+            if last and now - last[0] < interval:
+                why = f"{_CLAIM}; a probe was already sent {_ago(now - last[0])}"
+            else:
+                why = f"{_CLAIM}; probe sent"
+                if not ctx.outbox.dry_run:
+                    send_probe(notices, store.verp_key, member)
+                    records.append(lambda db, m=member: db.execute(SQL["probe_done"], (list_id, m, now)))
+        if r["cause"] == "policy" and why is None:
+            weight = 1                          # [bounces] count_policy_rejections
+        if not returned and proof and why is None:
+            last_post = store.q("last_delivered", list_id, member).fetchone()
+            returned = last_post[0] if last_post else ""
+        row = [list_id, member or address, now, source, r["action"], r["status"], r["diagnostic"][:1000],
+               r["reporting_mta"], 0, why or "", returned, raw, r["cause"], weight]
+        if why is None and ctx.outbox.dry_run:
+            row[9] = f"would be scored ({weight:g})"
+            counted.append(f"{member} (would be scored)")
+        elif why is None:
+            def count(db, row=row, member=member, weight=weight):
+                row[8], row[9] = score_bounce(db, config, list_id, member, now, weight)
+                row[8] = int(row[8])
+            records.append(count)
+            counted.append(f"{member} (weight {weight:g})")
+        records.append(lambda db, row=row: db.execute(SQL["add_bounce"], row))
+    if not rows:
+        raise Consumed("bounce address: no recipient found in the report; ignored")
+    if not ctx.outbox.dry_run:
+        ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in records])
+    raise Consumed(f"{rows[0][1]} bounce for {', '.join(str(r[0]) for r in rows[:5])}"
+                   f"{' …' if len(rows) > 5 else ''}; scored: {', '.join(counted) or 'none'}")
+
+
+_CLAIM = "a claim anyone could write (no signed address)"
+
+
+def _ago(seconds):
+    return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
+
+
+def send_probe(notices, key, member):
+    """Queue a probe to ``member``: a short notice whose envelope sender is
+    its own signed probe address (probe_address), so that only a bounce of
+    the probe itself can count.  A delivered probe costs the member nothing."""
+    notices.send([member], f"A delivery check from {list_address(notices.list)}", "probe",
+                 {"address": member}, limit=False, envelope=probe_address(notices.list, key, member))
+
+
+def feedback_report(ctx, parsed):
+    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is
+    spam").  The member is known only from a signed VERP address: the one
+    the report was sent to, or the one the returned message carries in
+    Return-Path (its envelope sender).  For an identified member [bounces]
+    feedback_action applies (unsubscribe with a goodbye that says why, or
+    disable, or none) and the owners are told; anything else is recorded
+    only.  Returns the line for the log."""
+    store, config, list_row = ctx.store, ctx.config, ctx.list
+    fields = {}
+    for part in parsed.walk():
+        if part.get_content_type() == "message/feedback-report":
+            payload = part.get_payload()
+            text = payload if isinstance(payload, str) else "\n".join(map(str, payload))
+            for block in dsn_blocks(text, 5):
+                fields.update(block)
+    member, proof = (ctx.verp, ctx.verp_proof) if ctx.verp_proof else (None, "")
+    if not member:
+        returned = re.findall(r"(?im)^(?:return-path|x-envelope-from|errors-to):[ \t]*<?([^>\s]+)>?",
+                              _returned_headers(parsed))
+        for address in returned[:5]:
+            local, _, domain = address.rpartition("@")
+            m = ROLE_ADDRESS.fullmatch(local)
+            if m and m.group(2).lower() == "bounces" and m.group(3) and \
+                    f"{m.group(1)}@{domain}".lower() == list_address(list_row).lower():
+                member, proof = verp_decode(m.group(3), list_row, store.verp_key)
+                if proof:
+                    break
+                member = None
+    kind = one_line(fields.get("feedback-type", "abuse"), 40) or "abuse"
+    reporter = one_line(fields.get("user-agent", "") or fields.get("reporting-mta", ""), 200)
+    member = store.q("member_address", list_row["id"], member).fetchone() if proof and member else None
+    member = member[0] if member else None
+    action = config.get("bounces", "feedback_action") if member else "none"
+    why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
+           else "feedback report that no signed address identifies: recorded only")
+    now = time.time()
+    row = (list_row["id"], member or "", now, "feedback", kind, "", reporter, "", 0, why, "",
+           ctx.raw[:65536] if member else None, "feedback", 0)
+    if ctx.outbox.dry_run:
+        return f"{why} (dry run)"
+    notices = Notices(store, config, list_row, ctx.outbox)
+    changes = [lambda db: db.execute(SQL["add_bounce"], row)]
+    if member and action == "unsubscribe":
+        changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
+        notices.send([member], f"Goodbye from {list_address(list_row)}", "feedback-goodbye",
+                     {"address": member}, limit=False)
+    elif member and action == "disable":
+        changes.append(lambda db: db.execute(SQL["disable_member"], (now, list_row["id"], member)))
+    if member and owners_of(list_row):
+        notices.send(owners_of(list_row), f"{list_address(list_row)}: {member} reported a post as spam",
+                     "feedback-owner", {"address": member, "kind": kind, "action": action,
+                                        "reporter": reporter or "unknown"}, limit=False, sender="-owner")
+    ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    return f"{why}: {member or 'unknown member'}"
+
+
+def _returned_headers(parsed):
+    """The header section of the message a report returns (message/rfc822
+    or text/rfc822-headers), as text."""
+    for part in parsed.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822" and part.is_multipart():
+            inner = part.get_payload(0)
+            return "".join(f"{k}: {v}\n" for k, v in inner.items())
+        if ctype in ("text/rfc822-headers", "text/x-rfc822-headers"):
+            return payload_text(part, "utf-8").split("\n\n", 1)[0][:65536]
+    return ""
+
+
+@chain_filter("message", needs=("getinfo",))
+def commands(ctx):
+    """Act on mail to LIST-request (commands in the Subject or first body
+    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
+    LIST-confirm+TOKEN (see Requests), then end the chain: consumed.
+    Reads role, token, msg, raw, sender; writes changes and outbox (both
+    committed here, together) and approve_held (a held post a moderator
+    approved by email: finish_queue releases it once the chain has ended).
+    Robots are never answered (RFC 3834)."""
+    if ctx.role not in ("request", "join", "leave", "confirm"):
+        return
+    robot = is_robot(ctx.msg, ctx.sender)
+    if robot:
+        raise Discard(f"robot mail to {ctx.recipient}: {robot}")
+    sender = sender_address(ctx)
+    if sender is None:
+        raise Discard(f"mail to {ctx.recipient} with no address to answer")
+    req = Requests(ctx, sender)
+    lines = command_lines(ctx.raw)
+    if ctx.role == "join":
+        req.subscribe(sender)
+    elif ctx.role == "leave" and ctx.token:
+        req.leave_by_token(ctx.token.lower())
+    elif ctx.role == "leave":
+        req.unsubscribe(sender)
+    elif ctx.role == "confirm":
+        req.confirm(ctx.token.lower(), lines)
+    else:
+        req.run(lines)
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    ctx.approve_held = req.approve_held
+    raise Consumed("; ".join(req.done) or "nothing to do")
+
+
+@chain_filter("message", needs=("getinfo",))
+def ownermail(ctx):
+    """Forward mail for LIST-owner to the list's owners (never to the
+    members), with X-Loop so that it cannot come round again.
+    Reads role, list, msg, message_id; writes msg (X-Loop added), outbox (committed here; ends the
+    chain: consumed)."""
+    if ctx.role != "owner":
+        return
+    owners = owners_of(ctx.list)
+    if not owners:
+        raise Discard("mail to the owner address, but the list has no owners")
+    ctx.msg.remove("Return-Path", "Delivered-To", "X-Original-To")
+    ctx.msg.append("X-Loop", list_address(ctx.list, "-owner"))
+    ctx.outbox.add(ctx.list["id"], "owner", ctx.message_id or "<no-message-id>", bytes(ctx.msg), owners)
+    ctx.outbox.commit(ctx.store, ctx.config.spool)
+    raise Consumed(f"forwarded to the owners: {', '.join(owners)}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def getsubscribers(ctx):
+    """Load the list's members: writes members (all, with status),
+    recipients (the enabled ones that take single posts) and digest_members
+    (how many enabled ones take digests instead).
+    The sender's own membership (From:, else the envelope sender) is
+    ctx.poster: a member with notmetoo is not a recipient of their post.
+    Reads role, list, store, msg, sender; writes members, poster, recipients, digest_members."""
+    if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
+        raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
+    counts = {(status, digest): n for status, digest, n in ctx.store.q("audience", ctx.list["id"])}
+    total, single = sum(counts.values()), counts.get(("enabled", 0), 0)
+    ctx.digest_members = counts.get(("enabled", 1), 0)
+    ctx.members = MemberLookup(ctx.store, ctx.list["id"])
+    senders = addresses_in(ctx.msg.get_all("From")) + ([normalize_address(ctx.sender)] if ctx.sender else [])
+    ctx.poster = next((row for row in (ctx.store.q("member_options", ctx.list["id"], a).fetchone()
+                                       for a in senders[:3]) if row), None)
+    skip = ctx.poster["address"] if ctx.poster and ctx.poster["notmetoo"] else ""
+    if skip and ctx.poster["status"] == "enabled" and not ctx.poster["digest"]:
+        single -= 1
+        ctx.note(f"{skip} asked for no copy of their own posts (notmetoo)")
+    ctx.recipients = ListMembers(ctx.store, ctx.list["id"], single, skip)
+    ctx.note(f"{single} enabled of {total} members"
+             + (f", {ctx.digest_members} more get digests" if ctx.digest_members else ""))
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def access(ctx):
+    """Decide whether the sender may post, by the list's access mode:
+    open; subscribers (From, Sender or envelope sender is a member); acl
+    (an address or *@domain pattern in the list's acl); passphrase (an
+    Approved: header or first body line matches); moderated (everything is
+    held).  A sender on the list's ban list is discarded first, whatever
+    else.  A correct passphrase always approves.  Someone the mode does
+    not let post: the list's nonmember_action (nonmember); other failures
+    → hold.  Approved: is always stripped so the passphrase never leaks.
+    Whatever the mode, a moderator decides on every post while the list's
+    emergency is on, on a post over the list's max_size, on one whose From:
+    display name is another address (impersonation), on one that came
+    through a list subscribed to this one (two lists feeding each other
+    loop), on every post of a member whose option moderate is on, and on
+    posts past the poster's max_posts_per_day.
+    Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
+    approved."""
+    passphrase = take_approved(ctx)
+    if passphrase and passphrase_left(ctx.msg, passphrase):
+        raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
+    if ctx.sender:
+        senders.append(normalize_address(ctx.sender))
+    ban = banned(ctx.store, ctx.list, senders)
+    if ban:
+        raise Discard(f"{ban} is on the list's ban list")
+    stored = ctx.list["passphrase_hash"]
+    if passphrase is not None and stored and check_passphrase(passphrase, stored):
+        ctx.approved = True
+        ctx.note("approved by passphrase")
+    if ctx.approved:
+        return
+    if ctx.list["emergency"]:
+        raise Hold("the list is in emergency moderation: every post is held")
+    if ctx.list["max_size"] and len(ctx.raw) > ctx.list["max_size"] * 1024:
+        raise Hold(f"the post is {len(ctx.raw) // 1024} KB, over the list's max_size of"
+                   f" {ctx.list['max_size']} KB")
+    if ctx.accepted:
+        ctx.note(f"whitelisted: {ctx.accepted}")
+        return
+    suspicious = display_name_spoof(ctx.msg) or subscribed_list(ctx)
+    if suspicious:
+        raise Hold(suspicious)
+    if ctx.poster and ctx.poster["moderate"]:
+        raise Hold(f"the moderators review every post of {ctx.poster['address']} (member option moderate)")
+    mode = ctx.list["access"]
+    shown = senders[0] if senders else "(no sender)"
+    if mode == "passphrase":
+        raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
+    if mode == "moderated":
+        raise Hold("the list is moderated")
+    if mode == "subscribers" and not any(s.lower() in ctx.members for s in senders):
+        nonmember(ctx, shown, f"{shown} is not a member of the list")
+    elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
+                                   for s in senders):
+        nonmember(ctx, shown, f"{shown} is not in the list's acl")
+    limit = ctx.list["max_posts_per_day"]
+    poster = ctx.poster["address"] if ctx.poster else shown
+    if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
+        raise Hold(f"{poster} already posted {limit} times in the last 24 hours (max_posts_per_day)")
+
+
+def nonmember(ctx, shown, why):
+    """A post from someone the access mode does not let post, by the list's
+    nonmember_action: hold (for the moderators), reject (dropped, and the
+    sender told why, as [commands] notify_rejected and the reply limit
+    allow; never a robot), discard (dropped silently), accept."""
+    action = ctx.list["nonmember_action"]
+    if action == "accept":
+        ctx.note(f"{why}; accepted (nonmember_action accept)")
+        return
+    if action == "hold":
+        raise Hold(why)
+    told = ""
+    if action == "reject" and ctx.config.flag("commands", "notify_rejected") and valid_address(shown) \
+            and not is_robot(ctx.msg, ctx.sender):
+        outbox = Outbox(ctx.outbox.dry_run)
+        subject = one_line(decode_header_text(ctx.msg.get("Subject", "")), 200) or "(no subject)"
+        if Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
+                [shown], f"{list_address(ctx.list)}: your post was not distributed", "rejected-post",
+                {"subject": subject, "reason": f"{why}; only members may post"}):
+            outbox.commit(ctx.store, ctx.config.spool)
+            told = ", sender told"
+    raise Discard(f"{why} (nonmember_action {action}{told})")
+
+
+def display_name_spoof(msg):
+    """Why a From: display name impersonates someone, or None: the name is
+    itself an address other than the mailbox's (a mail reader shows the
+    name; the mailbox is who it is)."""
+    for name, address in mailboxes(msg.get_all("From")):
+        shown = _ADDRESS.search(decode_header_text(name))
+        if shown and normalize_address(shown.group(0)).lower() != address.lower():
+            return f"From: shows {shown.group(0)} as its name, but the mailbox is {address}"
+    return None
+
+
+def subscribed_list(ctx):
+    """Why this post must not go on unmoderated because it is another
+    list's copy and that list is a member here (its List-Post address, or
+    the address its List-Id names), or None."""
+    named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
+    for value in ctx.msg.get_all("List-Id"):
+        m = re.search(r"<([^<>\s]+)>", value)
+        if m and "." in m.group(1):
+            name, _, domain = m.group(1).partition(".")
+            named.append(f"{name}@{domain}")
+    member = next((a for a in named if a.lower() in ctx.members), None)
+    return f"came through the list {member}, which is subscribed to this one" if member else None
+
+
+def dmarc_listed(list_row, author):
+    """Whether the list's dmarc_addresses name ``author`` (patterns as banned())."""
+    patterns = [p.strip() for p in list_row["dmarc_addresses"].split(",") if p.strip()]
+    return bool(patterns) and matches_any(patterns, [author]) is not None
+
+
+@chain_filter("message", needs=("getinfo",))
+def dmarc(ctx):
+    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
+    the author's domain publishes p=reject or p=quarantine (looked up in DNS
+    and cached, at the domain, then its organisational domain by the Public
+    Suffix List; or the list says dmarc = always, or its dmarc_addresses
+    name the author), apply the list's dmarc_action: munge_from or
+    wrap_message.  dmarc = never turns it off.
+    A failed lookup never blocks a post: [dmarc] fallback applies.
+    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped), author_from."""
+    setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
+    authors = addresses_in(ctx.msg.get_all("From"))
+    if setting == "never" or not authors:
+        return
+    author = authors[0]
+    if setting == "auto" and dmarc_listed(ctx.list, author):
+        ctx.note(f"{author} is in the list's dmarc_addresses")
+    elif setting == "auto":
+        try:
+            policy = dmarc_policy(ctx.store, ctx.config, author.rpartition("@")[2])
+        except (OSError, ValueError, IndexError) as e:
+            action = ctx.config.get("dmarc", "fallback")
+            log.warning("DMARC lookup for %s failed (%s): fallback %s", author, e, action)
+            ctx.note(f"DMARC lookup failed ({e}); fallback {action}")
+            if action not in ("munge_from", "wrap_message"):
+                return
+        else:
+            if policy not in ("reject", "quarantine"):
+                ctx.note(f"{author.rpartition('@')[2]}: "
+                         + (f"DMARC p={policy}" if policy else "no DMARC record") + ", nothing to do")
+                return
+    ctx.author_from = ctx.msg.raw_value("From")
+    (munge_from if action == "munge_from" else wrap_message)(ctx.msg, ctx.list, author)
+    ctx.note(f"{action} for {author}")
+
+
+@chain_filter("message", needs=("getinfo",))
+def subjecttag(ctx):
+    """Prefix the list's subject tag once; RFC 2047 subjects keep their
+    encoding; a missing subject becomes "[tag] (no subject)".  A tag with
+    %d gets the list's next post number (lists.post_number, taken in a
+    transaction of its own, so never given out twice); the numbered tag of
+    an earlier post (a reply) is removed first.
+    Reads list, msg; writes msg (Subject)."""
+    tag = ctx.list["subject_tag"]
+    if "%d" in tag:
+        number = ctx.store.q("post_number", ctx.list["id"]).fetchone()[0] + 1
+        if not ctx.outbox.dry_run:      # taken at once: a post that fails later leaves a gap, never a repeat
+            with ctx.store.transaction() as db:
+                db.execute(SQL["take_post_number"], (ctx.list["id"],))
+                number = db.execute(SQL["post_number"], (ctx.list["id"],)).fetchone()[0]
+        with_subject_tag(ctx.msg, tag.replace("%d", str(number)), re.escape(tag).replace("%d", r"\d+"))
+        ctx.note(f"tagged, post number {number}")
+    elif tag:
+        ctx.note("tagged" if with_subject_tag(ctx.msg, tag) else "already tagged")
+
+
+@chain_filter("message", needs=("getinfo",))
+def contentfilter(ctx):
+    """With the list's filter_content on, remove the parts its rules do not
+    want, as Mailman's content filter: a part whose MIME type is in
+    filter_types or whose file name ends in one of filter_extensions, and,
+    when pass_types / pass_extensions are set, every part they do not name;
+    multipart/alternative becomes its text/plain part (else its first) with
+    collapse_alternatives; text/html becomes text/plain with
+    convert_html_to_plaintext.  A post left with nothing is held with what
+    was removed.  Signed and encrypted parts (multipart/signed,
+    multipart/encrypted) are never altered: a post that is one passes whole
+    or is held, by signed_posts.  Header fields other than Content-* keep
+    their bytes; a post nothing is removed from is left as it was.
+    Reads list, msg; writes msg (body and Content-* fields)."""
+    import email
+    from email import policy
+    row = ctx.list
+    if not row["filter_content"]:
+        return
+    top = ctx.msg.header_message().get_content_type()
+    if top in ("multipart/signed", "multipart/encrypted"):
+        if row["signed_posts"] == "hold":
+            raise Hold(f"a {top} post, which the content filter must not alter (signed_posts hold)")
+        ctx.note(f"{top}: passed whole")
+        return
+    rules = {k: row[k].split() for k in CONTENT_LISTS}
+    changes = []
+    try:
+        parsed = email.message_from_bytes(bytes(ctx.msg), policy=policy.compat32)
+        kept = _filter_part(parsed, rules, row, changes)
+        if not changes:
+            return
+        if kept is None:
+            removed = one_line("; ".join(changes), 300)
+            raise Hold(f"nothing is left after content filtering (removed: {removed})")
+        new = RawMessage(kept.as_bytes())
+    except RecursionError:
+        raise Hold("nested too deeply for the content filter")
+    msg = ctx.msg
+    msg.fields = ([f for f in msg.fields if not msg.name_of(f).startswith("content-")]
+                  + [re.sub(rb"\r?\n", msg.eol, f) for f in new.fields
+                     if new.name_of(f).startswith("content-")])
+    msg.separator, msg.body = msg.eol, re.sub(rb"\r?\n", msg.eol, new.body)
+    ctx.note("content filter: " + one_line("; ".join(changes), 300))
+
+
+def _filter_part(part, rules, row, changes):
+    """``part`` (email.message.Message) with what the content rules remove
+    taken out, or None when nothing of it is left; ``changes`` gets a line
+    per change."""
+    ctype = part.get_content_type()
+    if ctype in ("multipart/signed", "multipart/encrypted"):
+        return part
+    if part.is_multipart():
+        children = part.get_payload()
+        if ctype == "multipart/alternative" and row["collapse_alternatives"] and children:
+            chosen = next((c for c in children if c.get_content_type() == "text/plain"), children[0])
+            changes.append(f"multipart/alternative collapsed to its {chosen.get_content_type()} part")
+            return _filter_part(chosen, rules, row, changes)
+        kept = [c for c in (_filter_part(c, rules, row, changes) for c in children) if c is not None]
+        if not kept:
+            return None
+        part.set_payload(kept)
+        return part
+    name = part.get_filename() or ""
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    maintype = ctype.partition("/")[0]
+    named = lambda patterns: any(p in (ctype, maintype, f"{maintype}/*") for p in patterns)
+    if named(rules["filter_types"]) or (rules["pass_types"] and not named(rules["pass_types"])) \
+            or (extension and extension in rules["filter_extensions"]) \
+            or (rules["pass_extensions"] and extension not in rules["pass_extensions"] and name):
+        changes.append(f"removed {ctype}" + (f" {one_line(name, 60)!r}" if name else ""))
+        return None
+    if ctype == "text/html" and row["convert_html_to_plaintext"]:
+        html = payload_text(part)
+        for field in ("Content-Type", "Content-Transfer-Encoding"):
+            del part[field]
+        part.set_payload(html_text(html), "utf-8")
+        changes.append("text/html converted to text/plain")
+    return part
+
+
+@chain_filter("message", needs=("getinfo",))
+def replyto(ctx):
+    """Reply-To by the list's reply_to: none leaves the post as sent; list
+    or an address is added to the poster's own Reply-To (RFC 5322 3.6.2
+    allows several addresses), or replaces it when reply_to_strip is on
+    (which also works with none).  Runs before dmarc, so that a munged
+    From: keeps the author reachable only when no Reply-To was set here.
+    Reads list, msg; writes msg (Reply-To)."""
+    target = {"none": "", "list": list_address(ctx.list)}.get(ctx.list["reply_to"], ctx.list["reply_to"])
+    own = ctx.msg.raw_value("Reply-To")
+    if ctx.list["reply_to_strip"] and own is not None:
+        ctx.msg.remove("Reply-To")
+        ctx.note("the poster's Reply-To removed")
+        own = None
+    if not target:
+        return
+    if own is not None and target.lower() in {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))}:
+        return
+    ctx.msg.remove("Reply-To")
+    ctx.msg.replace_raw("Reply-To", (own + b", " if own else b"") + f"<{target}>".encode())
+    ctx.note(f"Reply-To: {target}" + (" added to the poster's" if own else ""))
+
+
+@chain_filter("message", needs=("getinfo",))
+def addfooter(ctx):
+    """Add the list's footer (placeholders $list, $domain, $post_address,
+    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer().
+    Reads list, msg; writes msg (body)."""
+    if ctx.list["footer"]:
+        ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list, ctx.store.verp_key)))
+
+
+@chain_filter("message", needs=("getsubscribers",))
+def queuer(ctx):
+    """Store the post: the final message in a spool file (atomic), then its
+    messages row (no row per member: ListMembers) in one transaction.
+    Only after the commit is the post accepted; any failure → try later (75)
+    with nothing half-written left behind.  Notices other filters left in
+    ctx.outbox go in the same transaction.  When members take digests, the
+    post is also kept for the next digest (digest_posts), in that same
+    transaction; a list with only digest members queues no single copies.
+    A poster with the member option ack gets a short note, in the same transaction.
+    A post this list queued within [queue] duplicate_window (same
+    Message-ID, or same bytes without one) is dropped: the MTA retried a
+    delivery whose success it never heard of.
+    Reads list, msg, message_id, raw, recipients, digest_members, poster, author_from, changes, outbox;
+    writes msg (list headers), message_id, distributed, committed; the post in the spool and the store."""
+    import hashlib
+    now = time.time()
+    key = ctx.message_id.lower() or "sha256:" + hashlib.sha256(ctx.raw).hexdigest()
+    seen = ctx.store.q("recent_post", ctx.list["id"], key,
+                       now - ctx.config.duration("queue", "duplicate_window")).fetchone()
+    if seen:
+        raise Discard(f"already queued {int((now - seen[0]) // 60)} min ago: a repeat, not queued again")
+    data = ctx.distributed = finish_post(ctx)
+    if not ctx.recipients and not ctx.digest_members:
+        raise Discard("the list has no enabled members" if not ctx.recipients.poster else
+                      "the only enabled member is the poster, who asked for no copy (notmetoo)")
+    poster = ctx.poster["address"] if ctx.poster else next(iter(addresses_in(ctx.msg.get_all("From"))),
+                                                                normalize_address(ctx.sender or ""))
+    ctx.changes.append(lambda db: db.execute(SQL["add_recent_post"], (ctx.list["id"], key, now, poster)))
+    if ctx.digest_members:                      # kept for the next digest, in the same transaction
+        row = (ctx.list["id"], time.time(), kept_form(ctx, data))
+        ctx.changes.append(lambda db: db.execute(SQL["add_digest_post"], row))
+    ctx.outbox.add(ctx.list["id"], "post", ctx.message_id, data, ctx.recipients)
+    if ctx.poster and ctx.poster["ack"]:
+        Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id).send(
+            [ctx.poster["address"]], f"{list_address(ctx.list)}: your post was accepted", "ack",
+            {"subject": one_line(decode_header_text(ctx.msg.get("Subject", "")), 200) or "(no subject)"})
+    ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
+    ctx.committed = not ctx.outbox.dry_run
+    ctx.note(f"queued for {len(ctx.recipients)} recipients"
+             + (f" and the next digest ({ctx.digest_members} members)" if ctx.digest_members else ""))
+
+
+def finish_post(ctx):
+    """Give the post its distributed form: list headers replaced, trace
+    headers of the incoming hop removed, a Message-ID and a Date (RFC 5322
+    3.6 requires one) if it had none."""
+    msg = ctx.msg
+    msg.remove(*REPLACED_HEADERS)
+    if not ctx.message_id:
+        from email.utils import make_msgid
+        ctx.message_id = make_msgid(domain=ctx.list["domain"])
+        msg.append("Message-ID", ctx.message_id)
+    if not msg.get("Date", "").strip():
+        from email.utils import formatdate
+        msg.remove("Date")
+        msg.append("Date", formatdate(localtime=True))
+    for name, value in list_headers(ctx.list, ctx.config.get("web", "base_url")):
+        msg.append(name, value)
+    return bytes(msg)
+
+
+def kept_form(ctx, data):
+    """The post as the archive and digests keep it: the author's own From:
+    (a DMARC rewrite is for the copies sent only) and the footer's personal
+    placeholders filled with the generic values (impersonal)."""
+    data = impersonal(data, ctx.list, ctx.store.verp_key)
+    if ctx.author_from is None:
+        return data
+    msg = RawMessage(data)
+    msg.replace_raw("From", ctx.author_from)
+    return bytes(msg)
+
+
+@chain_filter("message", needs=("queuer",))
+def archive(ctx):
+    """Keep the post, as distributed, in the list's archive ([archive]
+    format and dir) unless the list's archive is off.  The post is already
+    accepted when this runs: a failure is logged and the post goes out
+    unarchived rather than held back.
+    A public archive's web pages get the post too (publish_post).
+    Reads list, distributed, author_from, sender, outbox.dry_run; writes the list's archive and pages."""
+    if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
+        return
+    try:
+        key = archive_add(ctx.config, ctx.list, kept_form(ctx, ctx.distributed), ctx.sender)
+    except (OSError, ValueError) as e:
+        log.error("cannot archive %s: %s", ctx.describe(), e)
+        ctx.note(f"not archived: {e}")
+        return
+    ctx.note(f"archived ({key})")
+    if ctx.list["archive"] == "public":
+        try:
+            ctx.note(f"web page {publish_post(ctx.config, ctx.list, kept_form(ctx, ctx.distributed))}.html")
+        except Exception as e:         # the post is queued and archived: the pages can be made again
+            log.error("cannot write the archive page of %s: %s (run: redsky.py archive html %s)",
+                      ctx.describe(), e, list_address(ctx.list), exc_info=not isinstance(e, OSError))
+            ctx.note(f"no web page: {e}")
+
+
+# ---------------------------------------------------------------------------
+# 16. The content-filter chain
+# Owns: out, whitelist, dnsbl, autoreply, quarantine.
+# Calls: sections 2-15.
+# ---------------------------------------------------------------------------
+
 # `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter
 # (proxsmtpd's FilterCommand, or a Postfix content_filter pipe that puts the
 # output back with sendmail).
@@ -5846,577 +6547,10 @@ def quarantined(config):
 
 
 # ---------------------------------------------------------------------------
-# 10. Delivery: transports, the ledger and the send chain
-# Owns: how a message leaves (sendmail, SMTP, maildir behind one interface), the delivery ledger, and
-#       the filters `send` runs, in chain order.
-# Calls: sections 2-7.
+# 17. The ledger and the send chain
+# Owns: Ledger, the send filters singleinstance ... queuerunner, housekeeping, digests.
+# Calls: sections 2-16.
 # ---------------------------------------------------------------------------
-
-SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
-
-
-class Outcome:
-    __slots__ = ("kind", "detail")
-
-    def __init__(self, kind, detail=""):
-        self.kind, self.detail = kind, detail
-
-
-def outcome_of(code, text, stage):
-    """5xx is permanent, anything else temporary (RFC 5321 4.2.1)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace").strip()
-    return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
-
-
-def envelope_sender(list_row, verp, recipient=None):
-    """LIST-bounces+user=host@DOMAIN when we VERP per recipient, else
-    LIST-bounces@DOMAIN (the MTA adds +user=host itself with XVERP)."""
-    if verp == "per-recipient" and recipient:
-        return verp_encode(list_row, recipient)
-    return list_address(list_row, "-bounces")
-
-
-def smtp_wire(data):
-    """``data`` as SMTP sends it (RFC 5321 4.5.2): CRLF line ends, a dot
-    doubled at the start of a line, the final "." line."""
-    wire = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
-    return wire + (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
-
-
-def smtp_plain(wire):
-    """The message of ``wire`` (smtp_wire's form) without dot-stuffing and final dot: BDAT's form."""
-    return re.sub(rb"(?m)^\.\.", b".", wire[:-3])
-
-
-class Transport:
-    """The interface every transport has (TRANSPORTS).
-
-    ``send(list_row, data, recipients, record, expected)`` delivers one post
-    to an iterable of (address, attempts; None for a member the post's
-    cursor reaches, who has no row yet), calling ``record(address,
-    attempts, Outcome)`` exactly once for each; ``expected`` is how many
-    there are.  ``send_one(sender, recipient, data)`` hands one generated
-    message over at once and returns its Outcome.  ``ledger_batch`` is how
-    many outcomes the ledger may hold before it commits (the most a killed
-    ``send`` can repeat).  ``close()`` ends the run."""
-
-    ledger_batch = 1
-
-    def __init__(self, config):
-        self.config = config
-        self.verp = config.get("send", "verp")
-
-    def send(self, list_row, data, recipients, record, expected=0):
-        raise NotImplementedError
-
-    def send_one(self, sender, recipient, data):
-        raise NotImplementedError
-
-    def close(self):
-        pass
-
-
-def batches(recipients, size):
-    """Group an iterable of (address, attempts) into lists of ``size``."""
-    batch = []
-    for item in recipients:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-class SendmailTransport(Transport):
-    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
-    VERP runs one process per recipient; with verp = xverp (Postfix's
-    ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
-    is sent; 67 (no user) and 68 (no host) are permanent; anything else,
-    including a missing program, is temporary (sysexits.h).  A process
-    costs far more than a commit, so the ledger commits every outcome."""
-
-    PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.path = config.get("send", "sendmail")
-        self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
-
-    def send(self, list_row, data, recipients, record, expected=0):
-        personal = Personalizer(list_row, data)
-        for batch in batches(recipients, self.batch):
-            addresses = [a for a, _ in batch]
-            copy = personal(addresses[0]) if len(addresses) == 1 else personal.shared
-            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
-            for address, attempts in batch:
-                record(address, attempts, outcome)
-
-    def run(self, sender, addresses, data, verp=True):
-        import subprocess
-        xverp = verp and self.verp == "xverp"
-        argv = [self.path] + (["-XV"] if xverp else []) + ["-oi", "-f", sender, "--", *addresses]
-        try:
-            proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=600)
-        except (OSError, subprocess.SubprocessError) as e:
-            return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = detail[-1][:300] if detail else ""
-        if proc.returncode == 0:
-            return Outcome(SENT, "sendmail exit 0")
-        if proc.returncode in self.PERMANENT_CODES:
-            return Outcome(PERMANENT,
-                           f"sendmail exit {proc.returncode} "
-                           f"({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
-        return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
-
-    def send_one(self, sender, recipient, data):
-        return self.run(sender or "<>", [recipient], data, verp=False)
-
-
-class SMTPError(Exception):
-    """The connection failed or the server broke the protocol."""
-
-
-class SMTPConnection:
-    """One client connection that pipelines (RFC 2920) when it may.
-
-    Each command group and the whole message with its final dot go out in
-    one write with TCP_NODELAY, so neither Nagle's algorithm nor a delayed
-    ACK on the server can stall a transaction."""
-
-    def __init__(self, host, port, timeout):
-        import socket
-        try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.rfile = self.sock.makefile("rb")
-            code, text = self.reply()
-            if code != 220:
-                raise SMTPError(f"greeting {code} {text}")
-            # gethostname, not getfqdn: no DNS lookup just to say hello
-            self.sock.sendall(f"EHLO {socket.gethostname() or 'localhost'}\r\n".encode())
-            code, text = self.reply()
-            if code != 250:
-                self.sock.sendall(b"HELO localhost\r\n")
-                code, text = self.reply()
-                if code != 250:
-                    raise SMTPError(f"HELO {code} {text}")
-                text = ""
-        except OSError as e:
-            raise SMTPError(f"{host}:{port}: {e.strerror or e}") from None
-        self.extensions = {line.split()[0].upper() for line in text.splitlines()[1:] if line.split()}
-        self.pipelining = "PIPELINING" in self.extensions
-
-    def reply(self):
-        """(code, text) of one reply, multi-line replies joined."""
-        lines = []
-        while True:
-            line = self.rfile.readline(2048)
-            if not line.endswith(b"\n"):
-                raise SMTPError("connection closed by the server" if not line else "reply line too long")
-            lines.append(line[4:].strip().decode("utf-8", "replace"))
-            if line[3:4] != b"-":
-                break
-        try:
-            return int(line[:3]), "\n".join(lines)
-        except ValueError:
-            raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
-
-    def transaction(self, sender, recipients, wire, xverp=False):
-        """Send one message to ``recipients`` one command at a time (for a
-        server without PIPELINING, and for a single notice); return
-        {recipient: Outcome}.  ``wire``: smtp_wire's form."""
-        try:
-            self.sock.sendall(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}\r\n".encode())
-            mail_reply, rcpt_replies, data_reply = self.reply(), [], (503, "no valid recipients")
-            if mail_reply[0] != 250:
-                refused = outcome_of(*mail_reply, "MAIL")
-                return {r: refused for r in recipients}
-            for r in recipients:
-                self.sock.sendall(f"RCPT TO:<{r}>\r\n".encode())
-                rcpt_replies.append(self.reply())
-            if any(r[0] in (250, 251) for r in rcpt_replies):
-                self.sock.sendall(b"DATA\r\n")
-                data_reply = self.reply()
-            outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
-                        if reply[0] not in (250, 251)}
-            accepted = [r for r in recipients if r not in outcomes]
-            if data_reply[0] == 354:
-                self.sock.sendall(wire)
-                final = self.reply()
-                done = outcome_of(*final, "DATA") if final[0] != 250 else \
-                    Outcome(SENT, f"250 {final[1]}"[:300])
-            else:
-                done = outcome_of(*data_reply, "DATA")
-                self.sock.sendall(b"RSET\r\n")
-                self.reply()
-            outcomes.update({r: done for r in accepted})
-            return outcomes
-        except OSError as e:
-            raise SMTPError(f"connection lost: {e.strerror or e}") from None
-
-    def close(self):
-        try:
-            self.sock.sendall(b"QUIT\r\n")
-            self.reply()
-        except (OSError, SMTPError):
-            pass
-        self.sock.close()
-
-
-class SMTPTransport(Transport):
-    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections
-    connections, all driven by one thread (selectors): no hand-offs, and
-    the ledger records each outcome as its reply arrives.  With PIPELINING
-    (RFC 2920) a message and its final dot go in the same write as the next
-    transaction's MAIL, RCPT and DATA, so a transaction costs one round
-    trip.  verp = per-recipient: one transaction per recipient with its own
-    signed envelope sender; xverp (when the server offers XVERP, else per
-    recipient, with a warning) or off: up to smtp_max_recipients a
-    transaction.  A connection that breaks is replaced once; what it had in
-    flight goes again on another.  The ledger commits every [send]
-    ledger_batch outcomes."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.ledger_batch = int(config.number("send", "ledger_batch"))
-        self.host = config.get("send", "smtp_host")
-        self.port = int(config.number("send", "smtp_port"))
-        self.timeout = config.duration("send", "smtp_timeout")
-        self.connections = max(1, int(config.number("send", "smtp_connections")))
-        self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
-        self.idle = []                      # connections kept for the next post of this run
-        self.down = None                    # why the server is unreachable this run
-        self.warned_xverp = False
-
-    def connect(self):
-        """An idle or a new Pipeline, or None (and self.down) when the server cannot be reached."""
-        if self.idle:
-            return self.idle.pop()
-        if self.down:
-            return None
-        try:
-            conn = SMTPConnection(self.host, self.port, self.timeout)
-        except SMTPError as e:
-            self.down = f"SMTP {self.host}:{self.port}: {e}"
-            return None
-        xverp = self.verp == "xverp" and "XVERP" in conn.extensions
-        if self.verp == "xverp" and not xverp and not self.warned_xverp:
-            log.warning("%s:%d does not offer XVERP: sending per recipient, as verp = per-recipient does",
-                        self.host, self.port)
-            self.warned_xverp = True
-        return Pipeline(conn, self.verp == "per-recipient" or (self.verp == "xverp" and not xverp), xverp)
-
-    def send(self, list_row, data, recipients, record, expected=0):
-        import selectors
-        wire = smtp_wire(data)
-        source, again = iter(recipients), collections.deque()   # again: what a broken connection had
-        personal, signer = Personalizer(list_row, wire), verp_signer(list_row)
-        bounces = list_address(list_row, "-bounces")
-
-        def take(pipe):
-            if again:
-                return again.popleft()
-            return list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
-
-        def advance(pipe):
-            """Send the pipeline's next group; False when it has nothing left to send.
-            With CHUNKING a group holds up to 50 per-recipient transactions, about 256 KB: what
-            a killed run can repeat grows with it (README)."""
-            jobs, size = [], 0
-            while not self.down and (not jobs or pipe.chunking and pipe.per_recipient and len(jobs) < 50
-                                     and size < 262144):
-                batch = take(pipe)
-                if not batch:
-                    break
-                jobs.append((batch, signer(batch[0][0]) if pipe.per_recipient else bounces))
-                size += len(data) + 100 * len(batch)
-            return pipe.send_group(jobs, personal)
-
-        def broken(pipe, error):
-            """Put what ``pipe`` had in flight back for another connection,
-            once; after three connections in a row broke before any reply
-            settled a transaction, the server counts as down this run."""
-            if pipe in pipes:
-                selector.unregister(pipe.conn.sock)
-                pipes.remove(pipe)
-            pipe.conn.sock.close()
-            failure = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {error}")
-            for batch in pipe.unfinished():
-                if any(a in retried for a, _ in batch):
-                    for address, attempts in batch:
-                        record(address, attempts, failure)
-                else:
-                    again.extend([item] for item in batch) if pipe.per_recipient else again.append(batch)
-                    retried.update(a for a, _ in batch)
-            breaks[0] = 0 if pipe.settled else breaks[0] + 1
-            if breaks[0] >= 3:
-                self.down = self.down or failure.detail
-            start()
-
-        def start():
-            """One more connection at work, unless the server is down."""
-            pipe = self.connect()
-            if pipe is None:
-                return
-            try:
-                if pipe.conn.pipelining:
-                    if advance(pipe):
-                        pipes.append(pipe)
-                        selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
-                    else:
-                        self.idle.append(pipe)
-                    return
-                while not self.down:        # a server without PIPELINING: one command at a time
-                    batch = pipe.expect = take(pipe)
-                    if not batch:
-                        break
-                    sender = signer(batch[0][0]) if pipe.per_recipient else bounces
-                    copy = personal(batch[0][0]) if pipe.per_recipient else personal.shared
-                    outcomes = pipe.conn.transaction(sender, [a for a, _ in batch], copy, pipe.xverp)
-                    pipe.expect, pipe.settled = [], pipe.settled + 1
-                    for address, attempts in batch:
-                        record(address, attempts, outcomes[address])
-                self.idle.append(pipe)
-            except (SMTPError, OSError) as e:
-                if pipe.expect and not pipe.conn.pipelining:
-                    pipe.expect = [("txn", pipe.expect)]
-                broken(pipe, getattr(e, "strerror", None) or e)
-
-        selector, pipes, retried, breaks = selectors.DefaultSelector(), [], set(), [0]
-        try:
-            for _ in range(max(1, min(self.connections, expected // 200 + 1))):
-                start()
-            while pipes:
-                if len(pipes) == 1:         # one connection: a blocking read (with the timeout) saves a poll
-                    ready = pipes[:]
-                else:
-                    wait = min(p.deadline for p in pipes) - time.monotonic()
-                    ready = [key.data for key, _ in selector.select(max(0.0, wait))]
-                for pipe in ready:
-                    try:
-                        for batch, outcome in pipe.receive():
-                            for address, attempts in batch:
-                                record(address, attempts, outcome(address))
-                        if not pipe.expect and not advance(pipe):
-                            selector.unregister(pipe.conn.sock)
-                            pipes.remove(pipe)
-                            self.idle.append(pipe)
-                    except (SMTPError, OSError) as e:
-                        broken(pipe, getattr(e, "strerror", None) or e)
-                now = time.monotonic()
-                for pipe in [p for p in pipes if p.deadline < now]:
-                    broken(pipe, "timed out")
-        except BaseException:           # the ledger broke: no connection starts another transaction
-            self.down = "the run was stopped"
-            raise
-        finally:
-            selector.close()
-        failed = Outcome(TEMPORARY, self.down or "not sent")
-        for batch in again:
-            for address, attempts in batch:
-                record(address, attempts, failed)
-        for address, attempts in source:    # server down: rows are deferred, members wait for the next run
-            if attempts is None:
-                break
-            record(address, attempts, failed)
-
-    def send_one(self, sender, recipient, data):
-        try:
-            conn = SMTPConnection(self.host, self.port, self.timeout)
-        except (OSError, SMTPError) as e:
-            return Outcome(TEMPORARY, f"cannot connect: {e}")
-        try:
-            return conn.transaction(sender, [recipient], smtp_wire(data))[recipient]
-        except (OSError, SMTPError) as e:
-            return Outcome(TEMPORARY, f"SMTP: {e}")
-        finally:
-            conn.close()
-
-    def close(self):
-        for pipe in self.idle:
-            pipe.conn.close()
-        self.idle = []
-
-
-class Pipeline:
-    """The transactions in flight on one pipelining connection (RFC 2920).
-    send_group() writes, in one write, what the connection owes (the body of
-    the transaction whose DATA got 354, an RSET) and the next transaction's
-    MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
-    transactions, each message sent by BDAT LAST with no wait for a 354.
-    receive() reads replies and, once the group's are all in, returns the
-    outcomes they settle."""
-
-    def __init__(self, conn, per_recipient, xverp):
-        self.conn, self.per_recipient, self.xverp = conn, per_recipient, xverp
-        self.chunking = "CHUNKING" in conn.extensions
-        self.buf, self.lines, self.replies = b"", [], []
-        self.expect = []        # ("end", batch, accepted) / ("rset",) / ("txn" | "bdat", batch)
-        self.needed = 0         # the replies they take
-        self.body = None        # (batch, accepted addresses) whose message goes next
-        self.reset = False
-        self.deadline = 0.0
-        self.settled = 0        # transactions settled on this connection
-
-    def send_group(self, jobs, personal):
-        """``jobs``: [(batch, envelope sender)]; False when there is nothing to send."""
-        parts, expect = [], []
-        if self.body is not None:
-            body, accepted = self.body
-            parts.append((personal(accepted[0]) if self.per_recipient else personal.shared) if accepted
-                         else b".\r\n")
-            expect.append(("end", body, accepted))
-            self.body = None
-        if self.reset:
-            parts.append(b"RSET\r\n")
-            expect.append(("rset",))
-            self.reset = False
-        for batch, sender in jobs:
-            # with CHUNKING transactions follow each other unseen: each starts with RSET, as one
-            # left open (a server may keep it after BDAT found no valid recipient) would take
-            # the next one's RCPTs into it
-            parts.append(b"RSET\r\n" * self.chunking
-                         + f"MAIL FROM:<{sender}>{' XVERP' if self.xverp else ''}\r\n".encode()
-                         + b"".join(f"RCPT TO:<{a}>\r\n".encode() for a, _ in batch))
-            if self.chunking:
-                message = personal.plain(batch[0][0] if self.per_recipient else None)
-                parts += [b"BDAT %d LAST\r\n" % len(message), message]
-                expect.append(("bdat", batch))
-            else:
-                parts.append(b"DATA\r\n")
-                expect.append(("txn", batch))
-        if not parts:
-            return False
-        self.expect = expect
-        self.needed = sum(len(e[1]) + (3 if e[0] == "bdat" else 2) if e[0] in ("txn", "bdat") else 1
-                          for e in expect)
-        self.conn.sock.sendall(b"".join(parts))
-        self.deadline = time.monotonic() + self.conn.sock.gettimeout()
-        return True
-
-    def unfinished(self):
-        """The batches in flight (their outcomes unknown)."""
-        return [e[1] for e in self.expect if e[0] != "rset"] + ([self.body[0]] if self.body else [])
-
-    def receive(self):
-        """Read what has arrived; [(batch, outcome of an address)] once every reply of the group is in."""
-        chunk = self.conn.sock.recv(65536)
-        if not chunk:
-            raise SMTPError("connection closed by the server")
-        lines = (self.buf + chunk if self.buf else chunk).split(b"\n")
-        self.buf = lines.pop()                  # an unfinished line, if any
-        if len(self.buf) > 4096:
-            raise SMTPError("reply line too long")
-        for line in lines:
-            if line[3:4] == b"-":               # a multi-line reply goes on
-                self.lines.append(line[4:].strip())
-                if len(self.lines) > 100:
-                    raise SMTPError("a reply of more than 100 lines")
-                continue
-            if not line[:3].isdigit():
-                raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
-            if self.lines:
-                self.lines.append(line[4:].strip())
-                line, self.lines = line[:4] + b"\n".join(self.lines), []
-            self.replies.append((int(line[:3]), line[4:]))        # the text stays bytes until needed
-        if len(self.replies) < self.needed:
-            return []
-        replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
-        self.settled += 1
-        settled = []
-        for entry in expect:
-            if entry[0] == "rset":
-                next(replies)
-            elif entry[0] == "end":
-                code, text = next(replies)
-                accepted = set(entry[2])
-                settled.append(([i for i in entry[1] if i[0] in accepted], final_outcome(code, text)))
-            else:
-                if entry[0] == "bdat":
-                    next(replies)                   # RSET's
-                settled += self.settle(entry[0], entry[1], next(replies), [next(replies) for _ in entry[1]],
-                                       next(replies))
-        return settled
-
-    def settle(self, kind, batch, mail, rcpts, data):
-        """Outcomes of a transaction's MAIL, RCPT and DATA (or BDAT) replies,
-        and what the connection owes next: the body, or an RSET when the
-        transaction may still be open on the server."""
-        if mail[0] != 250:
-            refused = outcome_of(*mail, "MAIL")
-            if data[0] == 354:                  # cannot happen with a sane server; end it
-                self.body = (batch, [])
-            return [(batch, lambda a: refused)]
-        failed = {a: outcome_of(*reply, "RCPT") for (a, _), reply in zip(batch, rcpts)
-                  if reply[0] not in (250, 251)}
-        settled = [([i for i in batch if i[0] in failed], failed.get)] if failed else []
-        accepted = [i for i in batch if i[0] not in failed]
-        if kind == "bdat":
-            settled.append((accepted, final_outcome(*data)))
-        elif data[0] == 354:
-            self.body = (batch, [a for a, _ in accepted])
-        else:
-            settled.append((accepted, final_outcome(*data)))
-            self.reset = True
-        return settled
-
-
-def final_outcome(code, text):
-    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST), for every address."""
-    done = Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300]) if code == 250 else \
-        outcome_of(code, text, "DATA")
-    return lambda address: done
-
-
-class MaildirTransport(Transport):
-    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
-    Return-Path and Delivered-To as a local delivery would: for trying
-    redsky from the shell."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.base = config.path_of("send", "maildir")
-
-    def send(self, list_row, data, recipients, record, expected=0):
-        personal = Personalizer(list_row, data)
-        for address, attempts in recipients:
-            record(address, attempts,
-                   self.send_one(verp_encode(list_row, address), address, personal(address)))
-
-    def send_one(self, sender, recipient, data):
-        import mailbox
-        safe = recipient.replace("/", "_")
-        if safe.startswith("."):
-            safe = "_" + safe[1:]
-        try:
-            os.makedirs(self.base, exist_ok=True)
-            box = mailbox.Maildir(os.path.join(self.base, safe), create=True)
-            eol = b"\r\n" if data.find(b"\r\n") != -1 and data.find(b"\r\n") < data.find(b"\n") + 1 else b"\n"
-            box.add(b"Return-Path: <" + sender.encode() + b">" + eol
-                    + b"Delivered-To: " + recipient.encode() + eol + data)
-        except OSError as e:
-            return Outcome(TEMPORARY, f"maildir {self.base}: {e.strerror}")
-        return Outcome(SENT, f"maildir {safe}")
-
-
-TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": MaildirTransport}
-VERP_MODES = ("per-recipient", "xverp", "off")
-
-
-def send_now(config, sender, recipient, data):
-    """Hand one generated message to [send] transport at once, outside the
-    ledger (an automatic reply in filter mode has no list to be queued
-    under); return its Outcome.  ``sender`` "" is the null sender."""
-    transport = TRANSPORTS[config.get("send", "transport")](config)
-    try:
-        return transport.send_one(sender, recipient, data)
-    finally:
-        transport.close()
-
 
 class Ledger:
     """Outcomes of one run, written in batched transactions.
@@ -6964,10 +7098,9 @@ def clean_spool(config, store, older_than=3600):
 
 
 # ---------------------------------------------------------------------------
-# 11. The web
-# Owns: the WSGI application (one-click unsubscribe by RFC 8058, the subscribe page, the archive
-#       pages and their search), `web --listen`, CGI, and the headers every response carries.
-# Calls: sections 2-8.
+# 18. The web
+# Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page, archive pages
+# Calls: sections 2-17.
 # ---------------------------------------------------------------------------
 
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
@@ -7235,15 +7368,11 @@ def run_cgi():
     CGIHandler().run(WebApp(config))
 
 
-
 # ---------------------------------------------------------------------------
-# 12. Command line
-# Owns: the commands (cmd_*), Postfix set-up, doctor, demo, the argument parser and main().
-# Calls: everything above.
+# 19. Postfix and the list user
+# Owns: the Postfix map and settings, postfix-config, become_list_user.
+# Calls: sections 2-18.
 # ---------------------------------------------------------------------------
-
-
-# Postfix ---------------------------------------------------------------------
 
 POSTFIX_QUERIES = {
     "redsky-domains.cf": "SELECT domain FROM domains WHERE domain = '%s'",
@@ -7370,7 +7499,150 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
     return cf, main, master
 
 
-# Mail intake and delivery ----------------------------------------------------
+def cmd_postfix_config(args, config):
+    """Print what Postfix needs to route the lists; --write also writes the
+    files into --dir; --apply merges the settings into the live main.cf and
+    master.cf (postfix_apply)."""
+    as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
+    cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
+    cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
+    if args.write or args.apply:
+        os.makedirs(cf_dir, exist_ok=True)
+        files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
+        for name, text in files.items():
+            path = os.path.join(cf_dir, name)
+            with open(path, "w") as fh:
+                fh.write(text)
+            os.chmod(path, 0o644)           # Postfix warns about group or other writable files
+    if args.apply:
+        for line in postfix_apply(cf_dir, main, master):
+            print(line)
+        return EX_OK
+    for name, text in cf.items():
+        print(f"# {os.path.join(cf_dir, name)}\n{text}")
+    print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps;"
+          f" 'postfix-config --apply' does it):\n{main}")
+    if master:
+        print(f"# add to master.cf:\n{master}", end="")
+    return EX_OK
+
+
+def as_list_user(config, work):
+    """Run ``work()`` as the owner of data_dir (become_list_user) without
+    this process giving up root: in a child process when root."""
+    if os.geteuid() != 0:
+        return work()
+    pid = os.fork()
+    if pid == 0:
+        code = EX_SOFTWARE
+        try:
+            become_list_user(config)
+            work()
+            code = EX_OK
+        except Failure as e:
+            report(f"{e}")
+            code = e.code
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8:
+        raise Failure("could not prepare the list map as the owner of data_dir (see above)", EX_NOPERM)
+
+
+# main.cf settings redsky needs, and how to merge each into a value already set
+POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
+                 "virtual_alias_maps": "list", "transport_maps": "list", "relay_domains": "list",
+                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value"}
+
+
+def postfix_apply(cf_dir, main, master):
+    """Merge redsky's settings into Postfix's main.cf (postconf -e) and
+    master.cf (postconf -M), keeping whatever else is there: a list setting
+    gets redsky's table added, recipient_delimiter gets "+" added.  The two
+    files are backed up first, and only when something changes; a second
+    run changes nothing.  Yields one line per change."""
+    wanted = dict(line.split(" = ", 1) for line in main.strip().splitlines())
+    changes = []
+    for key, value in wanted.items():
+        current = postconf("-nh", key) or ""
+        how = POSTFIX_MERGE[key]
+        if how == "chars":
+            new = current if "+" in current else current + "+"
+        elif how == "list":                 # appended, the rest kept exactly as written
+            new = current if value in current else f"{current}, {value}" if current.strip() else value
+        else:
+            new = value
+        if new != current:
+            changes.append((["-e", f"{key} = {new}"], f"main.cf: {key} = {new}"
+                            + (f" (was {current})" if current else "")))
+    entry = " ".join(master.split())
+    service = " ".join((postconf("-M", "redsky/unix") or "").split())
+    if entry and service != entry:
+        changes.append((["-M", f"redsky/unix={entry}"],
+                        f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
+    if not changes:
+        yield "nothing to change: main.cf and master.cf already have redsky's settings"
+        return
+    import shutil
+    config_dir = postconf("-h", "config_directory") or cf_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("main.cf", "master.cf"):
+        path = os.path.join(config_dir, name)
+        if os.path.exists(path):
+            shutil.copy2(path, f"{path}.redsky-{stamp}")
+            yield f"backup: {path}.redsky-{stamp}"
+    for argv, line in changes:
+        if postconf(*argv) is None:
+            raise Failure(f"postconf {' '.join(argv)} failed", EX_CONFIG)
+        yield line
+    yield "now run: postfix reload"
+
+
+def user_can(path, user, write=False):
+    """Whether ``user`` may read (or write) ``path`` and reach it through
+    every parent directory, by the mode bits (root may do anything)."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    if pw.pw_uid == 0:
+        return True
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allowed(st, bits):
+        shift = 6 if st.st_uid == pw.pw_uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    try:
+        for i in range(1, len(parts)):
+            parent = os.sep.join(parts[:i]) or os.sep
+            if not allowed(os.stat(parent), 1):
+                return False
+        return allowed(os.stat(path), 2 if write else 4)
+    except OSError:
+        return False
+
+
+def postconf(*args):
+    """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
+    import shutil
+    import subprocess
+    exe = shutil.which("postconf") or \
+        ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
+    if exe is None:
+        return None
+    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------
+# 20. Intake: queue, filter and LMTP
+# Owns: cmd_queue, cmd_filter, quarantine, poison messages, the LMTP server, cmd_send.
+# Calls: sections 2-19.
+# ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
     """Run the queue chain over the message on stdin.  Exit 0 only when
@@ -7808,6 +8080,12 @@ def cmd_send(args, config):
     return EX_OK
 
 
+# ---------------------------------------------------------------------------
+# 21. Administration commands
+# Owns: the cmd_* of lists, members, moderation, bounces, status and trace.
+# Calls: sections 2-20.
+# ---------------------------------------------------------------------------
+
 # Lists and members -----------------------------------------------------------
 
 def cmd_init(args, config):
@@ -7830,97 +8108,6 @@ def split_list_address(address):
         raise Failure(f"a list name cannot end in -{local.rsplit('-', 1)[1]}: that address is "
                       f"reserved", EX_USAGE)
     return local, domain.lower()
-
-
-LIST_CHOICES = schema_choices("lists")       # access, subscribe_policy, dmarc, archive, ...
-ACCESS_MODES = LIST_CHOICES["access"]
-SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
-SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
-            "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
-            "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
-            "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses",
-            "filter_content", "pass_types", "filter_types", "pass_extensions", "filter_extensions",
-            "convert_html_to_plaintext", "collapse_alternatives", "signed_posts", "description")
-LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners", "filter_content", "convert_html_to_plaintext",
-              "collapse_alternatives")                                  # yes/no, on/off
-CONTENT_LISTS = ("pass_types", "filter_types", "pass_extensions", "filter_extensions")
-LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
-# what expand() fills in texts the owners write, beyond the list's own addresses
-PLACEHOLDERS = {"footer": ("address", "unsubscribe_personal"), "welcome": ("address",),
-                "goodbye": ("address",)}
-
-
-def validate_setting(key, value):
-    """Check one list setting; return (column, value to store)."""
-    if key in LIST_CHOICES:
-        if value not in LIST_CHOICES[key]:
-            raise Failure(f"{key} must be one of {', '.join(LIST_CHOICES[key])}", EX_USAGE)
-        return key, value
-    if key == "passphrase":
-        return "passphrase_hash", hash_passphrase(value) if value else ""
-    if key == "owners":
-        owners = [o.strip() for o in value.replace(";", ",").split(",") if o.strip()]
-        bad = [o for o in owners if not valid_address(o)]
-        if bad:
-            raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
-        return "owners", ", ".join(normalize_address(o) for o in owners)
-    if key in ("footer", "welcome", "goodbye"):
-        value = value.replace("\\n", "\n")
-        unknown = unknown_placeholders(value, PLACEHOLDERS[key])
-        if unknown:
-            raise Failure(f"{key}: unknown placeholder ${unknown[0]}; known: "
-                          + ", ".join("$" + k for k in sorted(set(EXPANDED) | set(PLACEHOLDERS[key])))
-                          + " ($$ for a dollar sign)", EX_DATAERR)
-        return key, value
-    if key in LIST_FLAGS:
-        if value.lower() not in FLAG_WORDS:
-            raise Failure(f"{key} is yes or no", EX_USAGE)
-        return key, int(FLAG_WORDS[value.lower()])
-    if key in LIST_NUMBERS:
-        if not re.fullmatch(r"\d{1,9}", value):
-            raise Failure(f"{key} is a whole number, 0 for no limit", EX_USAGE)
-        return key, int(value)
-    if key in CONTENT_LISTS:
-        items = [i.lower().lstrip(".") for i in re.split(r"[\s,]+", value) if i]
-        form = r"[a-z0-9!#$&^_.+-]+/(?:\*|[a-z0-9!#$&^_.+-]+)|[a-z0-9!#$&^_.+-]+" if key.endswith("types") \
-            else r"[a-z0-9_+-]{1,20}"
-        bad = [i for i in items if not re.fullmatch(form, i)]
-        if bad:
-            raise Failure(f"{key}: {bad[0]!r} is not a " + ("MIME type (type/subtype, type/* or type)"
-                          if key.endswith("types") else "file name extension"), EX_DATAERR)
-        return key, " ".join(items)
-    if key == "dmarc_addresses":
-        items = [i.strip() for i in value.split(",") if i.strip()]
-        return key, ", ".join(ban_pattern(i if "@" in i or i.startswith("^") else f"*@{i}") for i in items)
-    if key == "reply_to":
-        if value.lower() in ("none", "list"):
-            return key, value.lower()
-        if not valid_address(value):
-            raise Failure("reply_to is none, list or an address", EX_DATAERR)
-        return key, normalize_address(value)
-    if key == "archive_url":
-        if value and not re.fullmatch(r"(https?|ftp|mailto):[^\s<>]+", value):
-            raise Failure("archive_url must be an http(s), ftp or mailto URL, or empty", EX_DATAERR)
-        return key, value
-    if key == "digest_size_threshold":
-        if not re.fullmatch(r"\d+", value) or int(value) < 1:
-            raise Failure("digest_size_threshold is a number of KB, 1 or more", EX_USAGE)
-        return key, int(value)
-    if key == "digest_interval":
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip().lower())
-        if not m or float(m.group(1)) <= 0:
-            raise Failure("digest_interval is a duration like 1d, 12h or 1w", EX_USAGE)
-        return key, float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if key == "description":
-        return key, one_line(value, 300)
-    if key == "subject_tag":
-        if "\n" in value or "\r" in value:
-            raise Failure("subject_tag must be one line", EX_DATAERR)
-        if "%" in value.replace("%d", "") or value.count("%d") > 1 or re.search(r"\$[{\w]", value):
-            raise Failure("subject_tag takes one placeholder, %d (the list's post number), and no other"
-                          " % or $ sequence", EX_DATAERR)
-        return "subject_tag", value.strip()
-    raise Failure(f"unknown setting {key!r}; settable: {', '.join(SETTABLE)}", EX_USAGE)
 
 
 def cmd_newlist(args, config):
@@ -8379,105 +8566,6 @@ def unreadable_spool_files(config, store, user=None):
     return [p for p in paths if not (os.path.isfile(p) and user_can(p, user))]
 
 
-def cmd_postfix_config(args, config):
-    """Print what Postfix needs to route the lists; --write also writes the
-    files into --dir; --apply merges the settings into the live main.cf and
-    master.cf (postfix_apply)."""
-    as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
-    cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
-    cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
-    if args.write or args.apply:
-        os.makedirs(cf_dir, exist_ok=True)
-        files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
-        for name, text in files.items():
-            path = os.path.join(cf_dir, name)
-            with open(path, "w") as fh:
-                fh.write(text)
-            os.chmod(path, 0o644)           # Postfix warns about group or other writable files
-    if args.apply:
-        for line in postfix_apply(cf_dir, main, master):
-            print(line)
-        return EX_OK
-    for name, text in cf.items():
-        print(f"# {os.path.join(cf_dir, name)}\n{text}")
-    print(f"# add to main.cf (merge with existing virtual_alias_maps / transport_maps;"
-          f" 'postfix-config --apply' does it):\n{main}")
-    if master:
-        print(f"# add to master.cf:\n{master}", end="")
-    return EX_OK
-
-
-def as_list_user(config, work):
-    """Run ``work()`` as the owner of data_dir (become_list_user) without
-    this process giving up root: in a child process when root."""
-    if os.geteuid() != 0:
-        return work()
-    pid = os.fork()
-    if pid == 0:
-        code = EX_SOFTWARE
-        try:
-            become_list_user(config)
-            work()
-            code = EX_OK
-        except Failure as e:
-            report(f"{e}")
-            code = e.code
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8:
-        raise Failure("could not prepare the list map as the owner of data_dir (see above)", EX_NOPERM)
-
-
-# main.cf settings redsky needs, and how to merge each into a value already set
-POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
-                 "virtual_alias_maps": "list", "transport_maps": "list", "relay_domains": "list",
-                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value"}
-
-
-def postfix_apply(cf_dir, main, master):
-    """Merge redsky's settings into Postfix's main.cf (postconf -e) and
-    master.cf (postconf -M), keeping whatever else is there: a list setting
-    gets redsky's table added, recipient_delimiter gets "+" added.  The two
-    files are backed up first, and only when something changes; a second
-    run changes nothing.  Yields one line per change."""
-    wanted = dict(line.split(" = ", 1) for line in main.strip().splitlines())
-    changes = []
-    for key, value in wanted.items():
-        current = postconf("-nh", key) or ""
-        how = POSTFIX_MERGE[key]
-        if how == "chars":
-            new = current if "+" in current else current + "+"
-        elif how == "list":                 # appended, the rest kept exactly as written
-            new = current if value in current else f"{current}, {value}" if current.strip() else value
-        else:
-            new = value
-        if new != current:
-            changes.append((["-e", f"{key} = {new}"], f"main.cf: {key} = {new}"
-                            + (f" (was {current})" if current else "")))
-    entry = " ".join(master.split())
-    service = " ".join((postconf("-M", "redsky/unix") or "").split())
-    if entry and service != entry:
-        changes.append((["-M", f"redsky/unix={entry}"],
-                        f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
-    if not changes:
-        yield "nothing to change: main.cf and master.cf already have redsky's settings"
-        return
-    import shutil
-    config_dir = postconf("-h", "config_directory") or cf_dir
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("main.cf", "master.cf"):
-        path = os.path.join(config_dir, name)
-        if os.path.exists(path):
-            shutil.copy2(path, f"{path}.redsky-{stamp}")
-            yield f"backup: {path}.redsky-{stamp}"
-    for argv, line in changes:
-        if postconf(*argv) is None:
-            raise Failure(f"postconf {' '.join(argv)} failed", EX_CONFIG)
-        yield line
-    yield "now run: postfix reload"
-
-
 def cmd_trace(args, config):
     """Everything redsky knows about one Message-ID: what each filter
     decided, and each recipient's delivery state with the last reply."""
@@ -8520,7 +8608,11 @@ def cmd_trace(args, config):
     return EX_OK
 
 
-# Moving in and out: import, export, personal data ----------------------------
+# ---------------------------------------------------------------------------
+# 22. Moving in and out
+# Owns: export, import (mlmmj, Mailman 2 and 3, redsky), whois and forget.
+# Calls: sections 2-21.
+# ---------------------------------------------------------------------------
 
 # The list settings an export carries (the rest are counters and timestamps of this host).
 EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owners", "subscribe_policy",
@@ -9099,38 +9191,14 @@ def archive_remove_author(config, list_row, address):
     return len(doomed)
 
 
-# Doctor ----------------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# 23. Doctor
+# Owns: doctor's checks of the installation, Postfix, Exim, OpenSMTPD, LMTP and the web.
+# Calls: sections 2-22.
+# ---------------------------------------------------------------------------
 
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
                "/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
-
-
-def user_can(path, user, write=False):
-    """Whether ``user`` may read (or write) ``path`` and reach it through
-    every parent directory, by the mode bits (root may do anything)."""
-    import grp
-    import pwd
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return False
-    if pw.pw_uid == 0:
-        return True
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-
-    def allowed(st, bits):
-        shift = 6 if st.st_uid == pw.pw_uid else 3 if st.st_gid in groups else 0
-        return (st.st_mode >> shift) & bits == bits
-    path = os.path.abspath(path)
-    parts = path.split(os.sep)
-    try:
-        for i in range(1, len(parts)):
-            parent = os.sep.join(parts[:i]) or os.sep
-            if not allowed(os.stat(parent), 1):
-                return False
-        return allowed(os.stat(path), 2 if write else 4)
-    except OSError:
-        return False
 
 
 def find_send_schedule(places=CRON_PLACES):
@@ -9179,18 +9247,6 @@ def schedule_user(path):
                 and len(fields) > 6:
             return fields[1] if fields[0].startswith("@") else fields[5]
     return None
-
-
-def postconf(*args):
-    """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
-    import shutil
-    import subprocess
-    exe = shutil.which("postconf") or \
-        ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
-    if exe is None:
-        return None
-    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
-    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def doctor_checks(config, cron_places=CRON_PLACES):
@@ -9577,12 +9633,45 @@ def cmd_doctor(args, config):
     return EX_CONFIG if failed else EX_OK
 
 
+def settings_text(config=None, changed=False):
+    """Every setting as an INI file, each with its help (wrapped) as a
+    comment: the defaults (redsky.ini.example), or ``config``'s values,
+    only those that differ from the default with ``changed``."""
+    import textwrap
+    out = [] if changed else [
+        "; redsky configuration: every setting, its default and what it does.",
+        "; Found as: -c FILE, $REDSKY_CONFIG, /etc/redsky/redsky.ini; with none, these",
+        "; defaults apply and state lives in ~/.local/share/redsky. Durations take",
+        "; s, m, h, d, w; sizes K, M, G. Printed by `redsky.py config --defaults`."]
+    section = None
+    for name, key, default, kind, help_text in SETTINGS:
+        value = config.get(name, key) if config else default
+        if changed and value == default:
+            continue
+        if name != section:
+            out += ["", f"[{name}]"] if out else [f"[{name}]"]
+            section = name
+        if not changed:
+            out += textwrap.wrap(help_text, 76, initial_indent="; ", subsequent_indent="; ")
+        out.append(f"{key} = {value}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def cmd_config(args, config):
+    sys.stdout.write(settings_text(None if args.defaults else config, args.changed))
+    return EX_OK
+
+
 def cmd_schema(args, config):
     sys.stdout.write(SCHEMA)
     return EX_OK
 
 
-# Demo, argument parser, main -------------------------------------------------
+# ---------------------------------------------------------------------------
+# 24. Command line
+# Owns: demo, the argument parser, main.
+# Calls: sections 2-23.
+# ---------------------------------------------------------------------------
 
 DEMO_POST = b"""\
 From: Alice Example <alice@example.org>
@@ -9804,6 +9893,9 @@ def make_parser(wanted=None):
     p.add_argument("--json", action="store_true")
     command("doctor", cmd_doctor, "check the installation and explain what to fix")
     command("schema", cmd_schema, "print the database schema")
+    p = command("config", cmd_config, "print every setting with its value (and what it does)")
+    p.add_argument("--defaults", action="store_true", help="the defaults (redsky.ini.example)")
+    p.add_argument("--changed", action="store_true", help="only the settings that differ from the default")
     p = command("postfix-config", cmd_postfix_config, "print the Postfix settings for this installation")
     p.add_argument("--dir", help="where the .cf files go (default: Postfix's config_directory)")
     p.add_argument("--write", action="store_true", help="write the files into --dir too")
@@ -9845,7 +9937,7 @@ def main(argv=None):
     try:
         config = Config.find(getattr(args, "config", None))
         os.umask(config.umask)
-        if args.command not in ("demo", "schema", "postfix-config"):   # postfix-config: see there
+        if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
             become_list_user(config)
         setup_logging(config, args.verbose)
         load_plugins(config)

@@ -307,19 +307,30 @@ def test_demo_runs_every_filter():
     assert re.search(r"Return-Path: <demo-bounces\+[0-9a-f]{8}\+bob=example.net@lists.example.org>", r.stdout)
 
 
-def test_example_config_lists_every_option_with_its_default(tmp_path):
-    import configparser
-    ini = configparser.ConfigParser(interpolation=None)
-    ini.read(ROOT / "redsky.ini.example")
-    for section, options in redsky.DEFAULTS.items():
-        for key, default in options.items():
-            assert ini.get(section, key) == default, f"[{section}] {key}"
-    assert {s: set(ini[s]) for s in ini.sections()} == {s: set(o) for s, o in redsky.DEFAULTS.items()}
+def test_example_config_and_readme_are_the_settings_table(rs):
+    """One table (SETTINGS) makes DEFAULTS, the checks, the example file and the README's table."""
+    assert (ROOT / "redsky.ini.example").read_text() == rs.run("config", "--defaults", check=0).out
     readme = (ROOT / "README.md").read_text()
-    for section, options in redsky.DEFAULTS.items():
-        for key in options:
-            assert key in readme, key
+    rows = re.findall(r"(?m)^\| `\[(\w+)\] (\w+)` \| `?([^|`]*)`? \| (.*) \|$", readme)
+    assert [(s, k, d, h) for s, k, d, _, h in redsky.SETTINGS] == rows
+    assert {s: set(o) for s, o in redsky.DEFAULTS.items()} == \
+        {s: {k for s2, k, *_ in redsky.SETTINGS if s2 == s} for s, *_ in redsky.SETTINGS}
     redsky.Config(str(ROOT / "redsky.ini.example"))      # it loads
+    # every choice the table names is one the code knows, and only those
+    assert set(next(k for s, key, _, k, _ in redsky.SETTINGS if key == "transport").split("|")) == \
+        set(redsky.TRANSPORTS)
+    rs.write_config(send={"transport": "pigeon"})
+    bad = rs.run("status")
+    assert bad.returncode == 78 and "use one of sendmail, smtp, maildir" in bad.err
+
+
+def test_config_shows_what_the_installation_reads(rs):
+    rs.write_config(send={"retry_delay": "5m"})
+    changed = rs.run("config", "--changed", check=0).out
+    assert re.search(r"\[send\]\n(sendmail = .*\n)?retry_delay = 5m\n", changed)
+    assert "[web]" not in changed and ";" not in changed
+    full = rs.run("config", check=0).out
+    assert "retry_delay = 5m" in full and "max_age = 5d" in full and "; the cap of the doubling delay" in full
 
 
 def test_readme_documents_every_command_and_filter():

@@ -103,10 +103,73 @@ def test_every_command_is_a_named_cmd_function():
 def test_sections_say_what_they_own_and_may_call_and_the_docstring_outlines_them():
     banners = re.findall(r"(?m)^# -{75}\n# (\d+)\. ([^\n]+)\n# Owns: [^\n]+\n(?:#  [^\n]+\n)*# Calls: [^\n]+\n", SOURCE)
     numbers = [int(n) for n, _ in banners]
-    assert numbers == list(range(1, 13)), numbers
+    assert numbers == list(range(1, len(banners) + 1)) and len(banners) >= 20, numbers
     outline = redsky.__doc__
     for number, title in banners:
         assert f"{number}. {title.split(':')[0]}" in outline, title
+    readme = (ROOT / "README.md").read_text()
+    for number, title in banners:
+        assert f"| {number} | {title} |" in readme, f"README's outline lacks section {number}. {title}"
+
+
+def sections(source):
+    """[(number, first line, last line)] of the numbered sections of ``source``."""
+    lines = source.splitlines()
+    marks = [(i + 1, int(m.group(1))) for i, line in enumerate(lines) if (m := re.match(r"# (\d+)\. ", line))]
+    return [(number, start, marks[k + 1][0] - 1 if k + 1 < len(marks) else len(lines))
+            for k, (start, number) in enumerate(marks)]
+
+
+def test_no_section_is_over_1000_lines():
+    long = [(n, end - start + 1) for n, start, end in sections(SOURCE) if end - start + 1 > 1000]
+    assert not long, f"sections over 1,000 lines (split them by concern): {long}"
+
+
+def calls_below(source):
+    """(section, definition, name, its section) of every top-level definition
+    that uses a top-level name defined in a later section.  A name the
+    definition binds itself (a parameter, a local, a nested function) is
+    its own, not the top-level one."""
+    tree = ast.parse(source)
+    spans = sections(source)
+
+    def section_of(lineno):
+        return next((n for n, start, end in spans if start <= lineno <= end), None)
+    defined = {}
+    for node in tree.body:
+        for target in ([node] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else
+                       node.targets if isinstance(node, ast.Assign) else []):
+            for name in ([target.name] if hasattr(target, "name") else
+                         [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]):
+                defined.setdefault(name, section_of(node.lineno))
+    found = []
+    for node in tree.body:
+        here = section_of(node.lineno)
+        own = set()
+        if not isinstance(node, ast.Assign):
+            for n in ast.walk(node):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    own.add(n.id)
+                elif isinstance(n, ast.arg):
+                    own.add(n.arg)
+                elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not node:
+                    own.add(n.name)
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name) and n.id not in own and (defined.get(n.id) or 0) > (here or 0):
+                found.append((here, getattr(node, "name", "?"), n.id, defined[n.id]))
+    return sorted(set(found))
+
+
+@needs_38
+def test_a_section_calls_only_sections_above_it():
+    assert calls_below(SOURCE) == []
+
+
+@needs_38
+def test_the_layering_rule_can_fail():
+    source = ("# 1. Low\ndef low():\n    return high()\n\n\n# 2. High\ndef high():\n    return 1\n"
+              "def fine(high=None):\n    return low()\n")
+    assert calls_below(source) == [(1, "low", "high", 2)]
 
 
 def test_lines_are_wrapped_at_about_100_characters():

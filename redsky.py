@@ -1072,8 +1072,9 @@ SQL = {
                      " (SELECT count(*) FROM digest_posts)",
     # bounces
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
-                  " reporting_mta, counted, why, message_id, raw, cause, weight)"
-                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  " reporting_mta, counted, why, message_id, raw, cause, weight) VALUES (:list_id, :address,"
+                  " :received, :source, :action, :status, :diagnostic, :reporting_mta, :counted, :why,"
+                  " :message_id, :raw, :cause, :weight)",
     "probe_sent": "SELECT sent FROM probes WHERE list_id = ? AND address = ?",
     "probe_done": "INSERT OR REPLACE INTO probes (list_id, address, sent) VALUES (?, ?, ?)",
     "last_delivered": "SELECT message_id FROM (SELECT m.message_id, d.updated AS t FROM deliveries d"
@@ -1451,15 +1452,17 @@ def _unlink_quietly(path):
 class Outbox:
     """Messages to queue together with a database change, atomically.
 
-    ``add()`` collects messages; ``commit(store, spool, change)`` writes
-    their spool files first, then runs ``change(db)`` and records every
-    message with its deliveries in one transaction.  If anything fails, the
+    ``add()`` collects messages and ``changes`` database changes (callables
+    of db); ``commit(store, spool, change)`` writes the spool files first,
+    then runs ``change(db)`` and every change, and records every message
+    with its deliveries, in one transaction.  If anything fails, the
     spool files are removed and nothing is recorded: an action and the
     notice that reports it happen together or not at all (StoreError).
     """
 
     def __init__(self, dry_run=False):
         self.items = []             # (list_id, kind, message_id, data, recipients, sender)
+        self.changes = []           # database changes that commit with them
         self.dry_run = dry_run      # --dry-run: decide everything, store nothing
 
     def add(self, list_id, kind, message_id, data, recipients, sender=""):
@@ -1471,7 +1474,7 @@ class Outbox:
 
     def commit(self, store, spool, change=None):
         if self.dry_run:
-            count, self.items = len(self.items), []
+            count, self.items, self.changes = len(self.items), [], []
             return [None] * count
         names = []
         try:
@@ -1483,8 +1486,8 @@ class Outbox:
             raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
         try:
             with store.transaction() as db:
-                if change is not None:
-                    change(db)
+                for fn in [change] * (change is not None) + self.changes:
+                    fn(db)
                 ids = []
                 for (list_id, kind, message_id, data, recipients, sender), name in zip(self.items, names):
                     to_members = isinstance(recipients, ListMembers)
@@ -1500,7 +1503,7 @@ class Outbox:
             if isinstance(e, (sqlite3.Error, OSError, StoreError)):
                 raise StoreError(f"cannot record in the database: {e}") from e
             raise
-        self.items = []
+        self.items, self.changes = [], []
         return ids
 
 
@@ -1777,6 +1780,19 @@ def _without_comments(value):
         pos = m.end()
     out.append(value[pos:] if depth == 0 else "")
     return "".join(out)
+
+
+# Re: Fwd: AW: SV: WG: Antw: TR: [2]: and [tags], the prefixes mail clients and lists put before a subject
+_SUBJECT_PREFIX = re.compile(
+    r"[ \t]*(?:(?:re|aw|sv|fwd?|wg|antw|tr)[ \t]*(?:\[\d{1,4}\][ \t]*)?:|\[[^\]\r\n]{0,60}\]:?)", re.I)
+
+
+def without_prefixes(subject):
+    """``subject`` without its reply and forward prefixes and [tags], one at a time (linear)."""
+    pos = 0
+    while (m := _SUBJECT_PREFIX.match(subject, pos)) is not None:
+        pos = m.end()
+    return subject[pos:].strip()
 
 
 def one_line(text, limit=200):
@@ -2347,15 +2363,24 @@ def _resolv_conf_nameserver():
     return "127.0.0.1"
 
 
-def remember(store, cache, key, answer, expires):
-    """Cache a DNS answer in ``cache`` (dmarc or dnsbl), dropping the expired
-    ones so the table stays small; a cache that cannot be written is only slower."""
+def dns_cached(store, config, section, key, look):
+    """The answer for ``key`` from the cache of ``section`` (dmarc or dnsbl),
+    else look(nameserver, timeout)'s, kept for [section] cache; expired
+    answers are dropped so the table stays small, and a cache that cannot be
+    written is only slower.  Raises what look raises (OSError)."""
+    now = time.time()
+    row = store.q(f"{section}_cache_get", key, now).fetchone()
+    if row:
+        return row[0]
+    answer = look(config.get(section, "nameserver") or _resolv_conf_nameserver(),
+                  config.duration(section, "timeout"))
     try:
         with store.transaction():
-            store.q(f"{cache}_cache_prune", time.time())
-            store.q(f"{cache}_cache_put", key, answer, expires)
+            store.q(f"{section}_cache_prune", now)
+            store.q(f"{section}_cache_put", key, answer, now + config.duration(section, "cache"))
     except (sqlite3.Error, StoreError) as e:
-        log.warning("cannot cache the %s answer for %s: %s", cache, key, e)
+        log.warning("cannot cache the %s answer for %s: %s", section, key, e)
+    return answer
 
 
 # Multi-label public suffixes for when no Public Suffix List can be read: the common ones only.
@@ -2420,24 +2445,18 @@ def dmarc_policy(store, config, domain):
     record ("none" for a record without p=); cached for [dmarc] cache.
     Raises OSError when DNS fails."""
     domain = domain.lower().rstrip(".")
-    now = time.time()
-    row = store.q("dmarc_cache_get", domain, now).fetchone()
-    if row:
-        return row[0]
-    nameserver = config.get("dmarc", "nameserver") or _resolv_conf_nameserver()
-    timeout = config.duration("dmarc", "timeout")
-    policy = ""
     organizational = organizational_domain(domain, config.path_of("dmarc", "public_suffix_list"))
-    for name in dict.fromkeys((domain, organizational)):
-        records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout)
-                   if r.lower().startswith("v=dmarc1")]
-        if records:
-            tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
-            policy = tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "none")
-            policy = policy.strip().lower() or "none"
-            break
-    remember(store, "dmarc", domain, policy, now + config.duration("dmarc", "cache"))
-    return policy
+
+    def look(nameserver, timeout):
+        for name in dict.fromkeys((domain, organizational)):
+            records = [r for r in dns_txt(f"_dmarc.{name}", nameserver, timeout)
+                       if r.lower().startswith("v=dmarc1")]
+            if records:
+                tags = dict(t.strip().split("=", 1) for t in records[0].split(";") if "=" in t)
+                policy = tags.get("sp") if name != domain and tags.get("sp") else tags.get("p", "none")
+                return policy.strip().lower() or "none"
+        return ""
+    return dns_cached(store, config, "dmarc", domain, look)
 
 
 def dnsbl_name(ip, zone):
@@ -2454,24 +2473,19 @@ def dnsbl_lookup(store, config, name):
     see https://..."); cached for [dnsbl] cache.  RFC 5782 2.3: only
     127.0.0.0/8 answers mean listed; Spamhaus' 127.255.255.x (a refused
     query, e.g. through a public resolver) does not."""
-    now = time.time()
-    row = store.q("dnsbl_cache_get", name, now).fetchone()
-    if row:
-        return row[0]
-    nameserver, timeout = config.get("dnsbl", "nameserver") or _resolv_conf_nameserver(), \
-        config.duration("dnsbl", "timeout")
-    answers = [".".join(str(b) for b in r) for r in dns_query(name, 1, nameserver, timeout) if len(r) == 4]
-    answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
-    if answers and not answer:
-        log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
-    if answer:
-        try:
-            why = one_line(" ".join(dns_txt(name, nameserver, timeout)), 200)
-        except (OSError, ValueError, IndexError):
-            why = ""                            # the reason is a courtesy, the listing stands
-        answer += f": {why}" if why else ""
-    remember(store, "dnsbl", name, answer, now + config.duration("dnsbl", "cache"))
-    return answer
+    def look(nameserver, timeout):
+        answers = [".".join(map(str, r)) for r in dns_query(name, 1, nameserver, timeout) if len(r) == 4]
+        answer = next((a for a in answers if a.startswith("127.") and not a.startswith("127.255.255.")), "")
+        if answers and not answer:
+            log.warning("DNSBL %s answered %s: not a listing (a refused query?)", name, ", ".join(answers))
+        if answer:
+            try:
+                why = one_line(" ".join(dns_txt(name, nameserver, timeout)), 200)
+            except (OSError, ValueError, IndexError):
+                why = ""                            # the reason is a courtesy, the listing stands
+            answer += f": {why}" if why else ""
+        return answer
+    return dns_cached(store, config, "dnsbl", name, look)
 
 
 # Tokens and VERP -------------------------------------------------------------
@@ -2506,10 +2520,8 @@ def verp_signature(key, list_row, recipient, purpose=""):
     """8 hex digits of HMAC-SHA256 over list and recipient: only redsky,
     which holds the key, can write a bounce address that names a member.
     ``purpose`` "probe" signs probe addresses, which no post carries."""
-    import hashlib
-    import hmac
-    text = f"{purpose}{list_row['name']}@{list_row['domain']}|{recipient}".lower().encode("utf-8")
-    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:8]
+    prefix = f"{purpose}{list_row['name']}@{list_row['domain']}|".lower()
+    return hmac_after(key, prefix)(recipient.lower())[:8]
 
 
 def verp_encode(list_row, recipient):
@@ -2565,21 +2577,17 @@ def _verp_address(extension):
 
 
 def hmac_after(key, prefix):
-    """HMAC-SHA256 (RFC 2104) with ``key`` of ``prefix`` + a message, as a
-    function of the message returning hex digits: the padded key and the
-    prefix are hashed once, each call copies two hash states (`send` signs
-    every recipient twice)."""
+    """HMAC-SHA256 with ``key`` of ``prefix`` + a message, as a function of
+    the message returning hex digits: key and prefix are absorbed once, each
+    call copies that state (`send` signs every recipient twice)."""
     import hashlib
-    key = key.encode("utf-8")
-    key = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-    inner, outer = hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    inner.update(prefix.encode("utf-8"))
+    import hmac
+    absorbed = hmac.new(key.encode("utf-8"), prefix.encode("utf-8"), hashlib.sha256)
 
     def digest(message):
-        i, o = inner.copy(), outer.copy()
-        i.update(message.encode("utf-8"))
-        o.update(i.digest())
-        return o.hexdigest()
+        mac = absorbed.copy()
+        mac.update(message.encode("utf-8"))
+        return mac.hexdigest()
     return digest
 
 
@@ -3455,23 +3463,27 @@ def _dsn_value(value):
     return value.split(";", 1)[1].strip() if ";" in value else value.strip()
 
 
-def bounced_message_ids(parsed, raw=b""):
-    """Message-IDs of the original message a report returns: in a
-    message/rfc822 or text/rfc822-headers part (RFC 3462), or quoted in the
-    body of a report in plain text (qmail, old Sendmail, Exchange …)."""
-    body = raw.split(b"\n\n", 1)[-1] if b"\n\n" in raw else b""
-    quoted = re.findall(rb"(?im)^[ \t>]*message-id:[ \t]*(<[^<>\s]+>)", body)
-    ids = [q.decode("utf-8", "replace") for q in quoted]
+def returned_headers(parsed):
+    """The header sections of the messages a report returns, as text: its
+    message/rfc822 and text/rfc822-headers parts (RFC 3462)."""
     for part in parsed.walk():
         ctype = part.get_content_type()
         if ctype == "message/rfc822" and part.is_multipart():
-            inner = part.get_payload(0)
-            ids.append(str(inner.get("Message-ID", "")).strip())
-        elif ctype == "text/rfc822-headers":
-            m = re.search(r"(?im)^message-id:\s*(<[^>\s]+>)", payload_text(part, "utf-8"))
-            if m:
-                ids.append(m.group(1))
-    return [i for i in ids if i]
+            yield "".join(f"{k}: {v}\n" for k, v in part.get_payload(0).items())
+        elif ctype in ("text/rfc822-headers", "text/x-rfc822-headers"):
+            yield payload_text(part, "utf-8").split("\n\n", 1)[0][:65536]
+
+
+def bounced_message_ids(parsed, raw=b""):
+    """Message-IDs of the original message a report returns (returned_headers),
+    or quoted in the body of a report in plain text (qmail, old Sendmail, Exchange …)."""
+    body = raw.split(b"\n\n", 1)[-1] if b"\n\n" in raw else b""
+    quoted = re.findall(rb"(?im)^[ \t>]*message-id:[ \t]*(<[^<>\s]+>)", body)
+    ids = [q.decode("utf-8", "replace") for q in quoted]
+    for headers in returned_headers(parsed):
+        m = re.search(r"(?im)^message-id:\s*(<[^<>\s]+>)", headers)
+        ids += [m.group(1)] if m else []
+    return ids
 
 
 def delivered(store, list_id, address, message_ids):
@@ -3481,6 +3493,13 @@ def delivered(store, list_id, address, message_ids):
         if store.q("delivered_to", list_id, message_id, address).fetchone():
             return message_id
     return None
+
+
+def bounce_record(list_id, address, source, **columns):
+    """A row of the bounces table (SQL add_bounce) by column name; a column not given is empty."""
+    return {"list_id": list_id, "address": address, "received": time.time(), "source": source, "action": "",
+            "status": "", "diagnostic": "", "reporting_mta": "", "counted": 0, "why": "", "message_id": "",
+            "raw": None, "cause": "", "weight": 0, **columns}
 
 
 def score_bounce(db, config, list_id, address, now, weight=1):
@@ -3833,8 +3852,7 @@ def _read_json(path, default):
 
 def normalized_subject(subject):
     """The subject without Re:/Fwd: and [tags], lower case: what joins a thread when References do not."""
-    return re.sub(r"^(?:\s*(?:(?:re|fwd?|aw|sv|antw)(?:\[\d{1,4}\])?[ \t]*:|\[[^\]]{0,60}\]))+", "",
-                  subject[:1000], flags=re.I).strip().lower()[:200]
+    return without_prefixes(subject[:1000]).lower()[:200]
 
 
 def post_entry(number, data, known, now=None):
@@ -4377,91 +4395,62 @@ class SMTPError(Exception):
     """The connection failed or the server broke the protocol."""
 
 
-class SMTPConnection:
-    """One client connection that pipelines (RFC 2920) when it may.
+def smtp_connect(host, port, timeout):
+    """An smtplib.SMTP connection after EHLO (else HELO) with ``extensions``
+    (the EHLO keywords) and ``pipelining`` (RFC 2920), and TCP_NODELAY: each
+    command group and each message go out in one write, so neither Nagle's
+    algorithm nor a delayed ACK stalls a transaction.  Raises SMTPError."""
+    import smtplib
+    import socket
+    try:                # gethostname, not smtplib's getfqdn: no DNS look-up just to say hello
+        conn = smtplib.SMTP(host, port, local_hostname=socket.gethostname() or "localhost", timeout=timeout)
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.ehlo_or_helo_if_needed()
+    except OSError as e:                        # smtplib's errors are OSErrors too
+        raise SMTPError(f"{host}:{port}: {e.strerror or e}") from None
+    conn.extensions = {name.upper() for name in conn.esmtp_features}
+    conn.pipelining = "PIPELINING" in conn.extensions
+    return conn
 
-    Each command group and the whole message with its final dot go out in
-    one write with TCP_NODELAY, so neither Nagle's algorithm nor a delayed
-    ACK on the server can stall a transaction."""
 
-    def __init__(self, host, port, timeout):
-        import socket
-        try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.rfile = self.sock.makefile("rb")
-            code, text = self.reply()
-            if code != 220:
-                raise SMTPError(f"greeting {code} {text}")
-            # gethostname, not getfqdn: no DNS lookup just to say hello
-            self.sock.sendall(f"EHLO {socket.gethostname() or 'localhost'}\r\n".encode())
-            code, text = self.reply()
-            if code != 250:
-                self.sock.sendall(b"HELO localhost\r\n")
-                code, text = self.reply()
-                if code != 250:
-                    raise SMTPError(f"HELO {code} {text}")
-                text = ""
-        except OSError as e:
-            raise SMTPError(f"{host}:{port}: {e.strerror or e}") from None
-        self.extensions = {line.split()[0].upper() for line in text.splitlines()[1:] if line.split()}
-        self.pipelining = "PIPELINING" in self.extensions
+def smtp_transaction(conn, sender, recipients, wire, xverp=False):
+    """Send one message to ``recipients`` one command at a time (a server
+    without PIPELINING, a single notice); return {recipient: Outcome}.
+    ``wire``: smtp_wire's form."""
+    def command(line):
+        conn.send(line + b"\r\n")
+        code, text = conn.getreply()
+        return code, text.decode("utf-8", "replace")
+    try:
+        mail_reply = command(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}".encode())
+        if mail_reply[0] != 250:
+            refused = outcome_of(*mail_reply, "MAIL")
+            return {r: refused for r in recipients}
+        rcpt_replies = [command(f"RCPT TO:<{r}>".encode()) for r in recipients]
+        outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
+                    if reply[0] not in (250, 251)}
+        accepted = [r for r in recipients if r not in outcomes]
+        data_reply = command(b"DATA") if accepted else (503, "no valid recipients")
+        if data_reply[0] == 354:
+            conn.send(wire)
+            code, text = conn.getreply()
+            text = text.decode("utf-8", "replace")
+            done = outcome_of(code, text, "DATA") if code != 250 else Outcome(SENT, f"250 {text}"[:300])
+        else:
+            done = outcome_of(*data_reply, "DATA")
+            command(b"RSET")
+        outcomes.update({r: done for r in accepted})
+        return outcomes
+    except OSError as e:
+        raise SMTPError(f"connection lost: {e.strerror or e}") from None
 
-    def reply(self):
-        """(code, text) of one reply, multi-line replies joined."""
-        lines = []
-        while True:
-            line = self.rfile.readline(2048)
-            if not line.endswith(b"\n"):
-                raise SMTPError("connection closed by the server" if not line else "reply line too long")
-            lines.append(line[4:].strip().decode("utf-8", "replace"))
-            if line[3:4] != b"-":
-                break
-        try:
-            return int(line[:3]), "\n".join(lines)
-        except ValueError:
-            raise SMTPError(f"not an SMTP reply: {line[:80]!r}")
 
-    def transaction(self, sender, recipients, wire, xverp=False):
-        """Send one message to ``recipients`` one command at a time (for a
-        server without PIPELINING, and for a single notice); return
-        {recipient: Outcome}.  ``wire``: smtp_wire's form."""
-        try:
-            self.sock.sendall(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}\r\n".encode())
-            mail_reply, rcpt_replies, data_reply = self.reply(), [], (503, "no valid recipients")
-            if mail_reply[0] != 250:
-                refused = outcome_of(*mail_reply, "MAIL")
-                return {r: refused for r in recipients}
-            for r in recipients:
-                self.sock.sendall(f"RCPT TO:<{r}>\r\n".encode())
-                rcpt_replies.append(self.reply())
-            if any(r[0] in (250, 251) for r in rcpt_replies):
-                self.sock.sendall(b"DATA\r\n")
-                data_reply = self.reply()
-            outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
-                        if reply[0] not in (250, 251)}
-            accepted = [r for r in recipients if r not in outcomes]
-            if data_reply[0] == 354:
-                self.sock.sendall(wire)
-                final = self.reply()
-                done = outcome_of(*final, "DATA") if final[0] != 250 else \
-                    Outcome(SENT, f"250 {final[1]}"[:300])
-            else:
-                done = outcome_of(*data_reply, "DATA")
-                self.sock.sendall(b"RSET\r\n")
-                self.reply()
-            outcomes.update({r: done for r in accepted})
-            return outcomes
-        except OSError as e:
-            raise SMTPError(f"connection lost: {e.strerror or e}") from None
-
-    def close(self):
-        try:
-            self.sock.sendall(b"QUIT\r\n")
-            self.reply()
-        except (OSError, SMTPError):
-            pass
-        self.sock.close()
+def smtp_close(conn):
+    try:
+        conn.quit()
+    except OSError:
+        pass
+    conn.close()
 
 
 class SMTPTransport(Transport):
@@ -4496,7 +4485,7 @@ class SMTPTransport(Transport):
         if self.down:
             return None
         try:
-            conn = SMTPConnection(self.host, self.port, self.timeout)
+            conn = smtp_connect(self.host, self.port, self.timeout)
         except SMTPError as e:
             self.down = f"SMTP {self.host}:{self.port}: {e}"
             return None
@@ -4540,7 +4529,7 @@ class SMTPTransport(Transport):
             if pipe in pipes:
                 selector.unregister(pipe.conn.sock)
                 pipes.remove(pipe)
-            pipe.conn.sock.close()
+            pipe.conn.close()
             failure = Outcome(TEMPORARY, f"SMTP {self.host}:{self.port}: {error}")
             for batch in pipe.unfinished():
                 if any(a in retried for a, _ in batch):
@@ -4573,7 +4562,7 @@ class SMTPTransport(Transport):
                         break
                     sender = signer(batch[0][0]) if pipe.per_recipient else bounces
                     copy = personal(batch[0][0]) if pipe.per_recipient else personal.shared
-                    outcomes = pipe.conn.transaction(sender, [a for a, _ in batch], copy, pipe.xverp)
+                    outcomes = smtp_transaction(pipe.conn, sender, [a for a, _ in batch], copy, pipe.xverp)
                     pipe.expect, pipe.settled = [], pipe.settled + 1
                     for address, attempts in batch:
                         record(address, attempts, outcomes[address])
@@ -4623,19 +4612,19 @@ class SMTPTransport(Transport):
 
     def send_one(self, sender, recipient, data):
         try:
-            conn = SMTPConnection(self.host, self.port, self.timeout)
+            conn = smtp_connect(self.host, self.port, self.timeout)
         except (OSError, SMTPError) as e:
             return Outcome(TEMPORARY, f"cannot connect: {e}")
         try:
-            return conn.transaction(sender, [recipient], smtp_wire(data))[recipient]
+            return smtp_transaction(conn, sender, [recipient], smtp_wire(data))[recipient]
         except (OSError, SMTPError) as e:
             return Outcome(TEMPORARY, f"SMTP: {e}")
         finally:
-            conn.close()
+            smtp_close(conn)
 
     def close(self):
         for pipe in self.idle:
-            pipe.conn.close()
+            smtp_close(pipe.conn)
         self.idle = []
 
 
@@ -5016,9 +5005,6 @@ COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "
                  "index": "index", "get": "get"}
 
 
-_REPLY_PREFIX = re.compile(r"\s*(?:re|aw|sv|fwd?|wg)[ \t]*(?:\[\d+\][ \t]*)?:", re.I)
-
-
 def command_lines(raw):
     """The Subject (without Re:/Fwd:) and the first lines of the first
     text/plain part, up to a blank line after text, a signature or a quote."""
@@ -5030,13 +5016,7 @@ def command_lines(raw):
     except Exception as e:                      # the email package gave up on it: no commands
         log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
         return lines
-    pos = 0
-    while True:                                 # Re: Fwd: AW: [2]: ... one prefix at a time: linear
-        m = _REPLY_PREFIX.match(subject, pos)
-        if m is None:
-            break
-        pos = m.end()
-    subject = subject[pos:].strip()
+    subject = without_prefixes(subject)
     if subject:
         lines.append(subject)
     try:
@@ -5602,7 +5582,7 @@ def bouncehandler(ctx):
             named.insert(0, dict((failed or reports)[0], recipient=ctx.verp))
         rows = [(r["recipient"], source, r) for r in named]
     notices = Notices(store, config, ctx.list, ctx.outbox)
-    records, counted, raw_kept = [], [], False
+    records, counted, raw_kept = ctx.outbox.changes, [], False
     interval = config.duration("bounces", "probe_interval")
     for address, source, r in rows[:100]:
         address = normalize_address(address)
@@ -5640,22 +5620,24 @@ def bouncehandler(ctx):
         if not returned and proof and why is None:
             last_post = store.q("last_delivered", list_id, member).fetchone()
             returned = last_post[0] if last_post else ""
-        row = [list_id, member or address, now, source, r["action"], r["status"], r["diagnostic"][:1000],
-               r["reporting_mta"], 0, why or "", returned, raw, r["cause"], weight]
+        row = bounce_record(list_id, member or address, source, received=now, action=r["action"],
+                            status=r["status"], diagnostic=r["diagnostic"][:1000],
+                            reporting_mta=r["reporting_mta"], why=why or "", message_id=returned, raw=raw,
+                            cause=r["cause"], weight=weight)
         if why is None and ctx.outbox.dry_run:
-            row[9] = f"would be scored ({weight:g})"
+            row["why"] = f"would be scored ({weight:g})"
             counted.append(f"{member} (would be scored)")
         elif why is None:
             def count(db, row=row, member=member, weight=weight):
-                row[8], row[9] = score_bounce(db, config, list_id, member, now, weight)
-                row[8] = int(row[8])
+                counted_now, row["why"] = score_bounce(db, config, list_id, member, now, weight)
+                row["counted"] = int(counted_now)
             records.append(count)
             counted.append(f"{member} (weight {weight:g})")
         records.append(lambda db, row=row: db.execute(SQL["add_bounce"], row))
     if not rows:
         raise Consumed("bounce address: no recipient found in the report; ignored")
     if not ctx.outbox.dry_run:
-        ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in records])
+        ctx.outbox.commit(store, config.spool)
     raise Consumed(f"{rows[0][1]} bounce for {', '.join(str(r[0]) for r in rows[:5])}"
                    f"{' …' if len(rows) > 5 else ''}; scored: {', '.join(counted) or 'none'}")
 
@@ -5694,7 +5676,7 @@ def feedback_report(ctx, parsed):
     member, proof = (ctx.verp, ctx.verp_proof) if ctx.verp_proof else (None, "")
     if not member:
         returned = re.findall(r"(?im)^(?:return-path|x-envelope-from|errors-to):[ \t]*<?([^>\s]+)>?",
-                              _returned_headers(parsed))
+                              next(returned_headers(parsed), ""))
         for address in returned[:5]:
             local, _, domain = address.rpartition("@")
             m = ROLE_ADDRESS.fullmatch(local)
@@ -5712,12 +5694,14 @@ def feedback_report(ctx, parsed):
     why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
            else "feedback report that no signed address identifies: recorded only")
     now = time.time()
-    row = (list_row["id"], member or "", now, "feedback", kind, "", reporter, "", 0, why, "",
-           ctx.raw[:65536] if member else None, "feedback", 0)
+    row = bounce_record(list_row["id"], member or "", "feedback", received=now, action=kind,
+                        diagnostic=reporter, why=why, raw=ctx.raw[:65536] if member else None,
+                        cause="feedback")
     if ctx.outbox.dry_run:
         return f"{why} (dry run)"
     notices = Notices(store, config, list_row, ctx.outbox)
-    changes = [lambda db: db.execute(SQL["add_bounce"], row)]
+    changes = ctx.outbox.changes
+    changes.append(lambda db: db.execute(SQL["add_bounce"], row))
     if member and action == "unsubscribe":
         changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
         notices.send([member], f"Goodbye from {list_address(list_row)}", "feedback-goodbye",
@@ -5728,21 +5712,8 @@ def feedback_report(ctx, parsed):
         notices.send(owners_of(list_row), f"{list_address(list_row)}: {member} reported a post as spam",
                      "feedback-owner", {"address": member, "kind": kind, "action": action,
                                         "reporter": reporter or "unknown"}, limit=False, sender="-owner")
-    ctx.outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    ctx.outbox.commit(store, config.spool)
     return f"{why}: {member or 'unknown member'}"
-
-
-def _returned_headers(parsed):
-    """The header section of the message a report returns (message/rfc822
-    or text/rfc822-headers), as text."""
-    for part in parsed.walk():
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822" and part.is_multipart():
-            inner = part.get_payload(0)
-            return "".join(f"{k}: {v}\n" for k, v in inner.items())
-        if ctype in ("text/rfc822-headers", "text/x-rfc822-headers"):
-            return payload_text(part, "utf-8").split("\n\n", 1)[0][:65536]
-    return ""
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -6651,9 +6622,10 @@ class Ledger:
                             weight = 1
                         count, why = (False, policy_rejection(status, address)) if not weight else \
                             score_bounce(db, self.config, list_id, address, now, weight)
-                        db.execute(SQL["add_bounce"], (list_id, address, now, "delivery", "failed", status,
-                                                       detail, "", int(count), why, message_id, None, cause,
-                                                       weight))
+                        db.execute(SQL["add_bounce"], bounce_record(
+                            list_id, address, "delivery", received=now, action="failed", status=status,
+                            diagnostic=detail, counted=int(count), why=why, message_id=message_id,
+                            cause=cause, weight=weight))
             except (sqlite3.Error, StoreError) as e:
                 self.broken = (f"the delivery ledger cannot be written ({e}): {self.waiting} deliveries"
                                " not recorded, delivering nothing more this run")
@@ -6785,8 +6757,8 @@ def bounce_housekeeping(store, config, now):
                          list_address(list_row), limit)
                 dropped += 1
             continue
-        outbox, changes = Outbox(), []
-        notices = Notices(store, config, list_row, outbox)
+        outbox = Outbox()
+        changes, notices = outbox.changes, Notices(store, config, list_row, outbox)
         token = add_pending(changes, list_row, address, "reenable", now, interval * 2)
         confirm = list_address(list_row, f"-confirm+{token}")
         last = member["warnings"] + 1 >= limit
@@ -6800,7 +6772,7 @@ def bounce_housekeeping(store, config, now):
                          "disabled-owner", {"address": address, "score": f"{member['bounce_score']:g}"},
                          limit=False, auto="auto-generated")
         changes.append(lambda db, a=address, l=list_id: db.execute(SQL["warned"], (now, l, a)))
-        outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+        outbox.commit(store, config.spool)
         warned += 1
     with store.transaction() as db:
         db.execute(SQL["prune_raw_bounces"], (now - config.duration("bounces", "keep_raw"),))
@@ -8251,7 +8223,8 @@ def cmd_invite(args, config):
     row = store.require_list(args.list)
     addresses = addresses_from_args(args.addresses)
     bad = [a for a, _ in addresses if not valid_address(a)]
-    members, outbox, changes = MemberLookup(store, row["id"]), Outbox(), []
+    members, outbox = MemberLookup(store, row["id"]), Outbox()
+    changes = outbox.changes
     notices, expiry = Notices(store, config, row, outbox), config.duration("commands", "confirm_expiry")
     invited = []
     for address in dict.fromkeys(normalize_address(a) for a, _ in addresses if valid_address(a)):
@@ -8265,7 +8238,7 @@ def cmd_invite(args, config):
                      {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
                      limit=False, reply_to=confirm)
         invited.append(address)
-    outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    outbox.commit(store, config.spool)
     print(f"{list_address(row)}: invited {len(invited)} of {len(addresses) - len(bad)} valid addresses")
     for address in bad:
         print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
@@ -8474,11 +8447,11 @@ def cmd_discard(args, config):
 def drop_held_post(args, config, notify):
     store = open_store(config)
     held = held_row(store, args.id)
-    outbox, changes = Outbox(), []
+    outbox = Outbox()
     notices = Notices(store, config, store.list_by_id(held["list_id"]), outbox, held["message_id"])
-    done = drop_held(held, notices, changes, notify,
+    done = drop_held(held, notices, outbox.changes, notify,
                      getattr(args, "reason", None) or "rejected by the moderator")
-    outbox.commit(store, config.spool, lambda db: [change(db) for change in changes])
+    outbox.commit(store, config.spool)
     log.info("%s", done)
     print(f"{'rejected' if notify else 'discarded'} held post {args.id}")
     return EX_OK
@@ -9154,7 +9127,8 @@ def cmd_forget(args, config):
         os.path.join(config.data_dir, "redsky.log") if not log_path else ""
     if log_path and os.path.exists(log_path):
         removed["log lines"] = redact_file(log_path, address)
-    print(f"forgot {address}: " + ", ".join(f"{k} {v}" for k, v in removed.items() if v) or "nothing stored")
+    what = ", ".join(f"{k} {v}" for k, v in removed.items() if v)
+    print(f"forgot {address}: {what or 'nothing stored'}")
     return EX_OK
 
 
@@ -9303,8 +9277,8 @@ def doctor_checks(config, cron_places=CRON_PLACES):
     elif transport == "smtp":
         host, port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
         try:
-            conn = SMTPConnection(host, port, 5)
-            conn.close()
+            conn = smtp_connect(host, port, 5)
+            smtp_close(conn)
             offers = " ".join(sorted({"PIPELINING", "CHUNKING", "XVERP"} & conn.extensions)) or "none"
             yield "OK", f"SMTP server {host}:{port} answers (it offers {offers})", ""
             if config.get("send", "verp") == "xverp" and "XVERP" not in conn.extensions:

@@ -68,6 +68,16 @@ def test_subscribe_command_in_subject(lst):
     assert len(inbox(lst, "new@example.com")) == 1
 
 
+@pytest.mark.parametrize("prefix", ["Antw: ", "WG: AW: ", "TR:", "Re[2]: Fwd: ", "Sv: [test] ", "RE: FW: "])
+def test_a_command_in_a_subject_behind_any_reply_prefix(lst, prefix):
+    """One list of reply and forward prefixes serves commands and threads alike."""
+    mail(lst, "test-request@lists.example.org", "new@example.com", subject=prefix + "subscribe")
+    (confirmation,) = inbox(lst, "new@example.com")
+    assert confirmation["Subject"].startswith("confirm ")
+    import redsky
+    assert redsky.normalized_subject(prefix + "Zürich Meeting") == "zürich meeting"
+
+
 def test_unsubscribe_confirm_goodbye(lst):
     mail(lst, "test-leave@lists.example.org", "bob@example.net")
     assert "bob@example.net" in members(lst)

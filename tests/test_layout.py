@@ -67,7 +67,7 @@ def test_every_named_query_is_used_and_every_use_exists():
     used = set(re.findall(r'SQL\["(\w+)"\]', SOURCE)) | set(re.findall(r'\.q\(\s*f?"(\w+)"', SOURCE))
     used |= {"acl_add", "acl_del", "ban_add", "ban_del"}    # SQL["acl_add" if ... else "acl_del"]
     used |= {q for _, *queries in redsky.PERSONAL_DATA + redsky.MENTIONING for q in queries}   # whois, forget
-    used |= {f"{cache}_cache_{op}" for cache in ("dmarc", "dnsbl") for op in ("prune", "put")}   # remember()
+    used |= {f"{cache}_cache_{op}" for cache in ("dmarc", "dnsbl") for op in ("get", "prune", "put")}   # dns_cached()
     assert used - set(redsky.SQL) == set()
     assert set(redsky.SQL) - used == set()
 

@@ -389,3 +389,9 @@ def test_an_unreadable_import_file_is_a_clear_error(rs, tmp_path):
     (tmp_path / "list" / "archive" / "1").mkdir()          # a directory where a post should be
     r = rs.run("import", "mlmmj", str(tmp_path / "list"))
     assert r.returncode == 77 and "cannot read" in r.err and "internal error" not in r.err
+
+
+def test_forget_says_when_nothing_was_stored(rs):
+    rs.newlist("team@lists.example.org", members=("bob@example.net",))
+    assert rs.run("forget", "nobody@example.org", check=0).out.strip() == "forgot nobody@example.org: nothing stored"
+    assert rs.run("forget", "Bob@Example.NET", check=0).out.lower().startswith("forgot bob@example.net: members 1")

@@ -2182,6 +2182,23 @@ def wrap_message(msg, list_row, author):
     msg.fields, msg.separator, msg.body = outer.fields, eol, outer.body
 
 
+def message_leaves(msg, depth=20):
+    """The leaf parts of ``msg`` (email.message.Message) in order; of a
+    multipart/alternative only the one redsky shows and keeps, its
+    text/plain part, else its first (as Mailman's collapse_alternatives);
+    nesting past ``depth`` levels is ignored."""
+    todo = [(msg, 0)]
+    while todo:
+        part, level = todo.pop()
+        if not part.is_multipart():
+            yield part
+            continue
+        kids = [p for p in part.get_payload() if not isinstance(p, str)] if level < depth else []
+        if part.get_content_type() == "multipart/alternative" and kids:
+            kids = [next((p for p in kids if p.get_content_type() == "text/plain"), kids[0])]
+        todo += [(p, level + 1) for p in reversed(kids)]
+
+
 def html_tokens(html, dropped=("script", "style")):
     """(text, tag) pairs of an HTML text in order, in linear time (html.parser
     is quadratic on unclosed tags): ``tag`` is a match of _HTML_TAG (groups:
@@ -3647,27 +3664,16 @@ def text_of(data, problems=None):
 def _text_of(data):
     import email
     from email import policy
-    parts = list(email.message_from_bytes(data, policy=policy.compat32).walk())
-    # a multipart without a boundary has a str payload, not parts
-    children = {id(alt): [p for p in alt.get_payload() if not isinstance(p, str)] for alt in parts
-                if alt.get_content_type() == "multipart/alternative" and isinstance(alt.get_payload(), list)}
-    plain_alternative = {id(p) for kids in children.values()
-                         if any(q.get_content_type() == "text/plain" for q in kids) for p in kids}
     texts = []
-    for part in parts:
-        if part.is_multipart():
-            continue
+    for part in message_leaves(email.message_from_bytes(data, policy=policy.compat32)):
         kind = part.get_content_type()
         if part.get_content_maintype() == "multipart":     # no boundary: its body as written
             texts.append(str(part.get_payload()))
-            continue
-        if part.get_content_maintype() != "text" or part.get_filename():
+        elif part.get_content_maintype() != "text" or part.get_filename():
             texts.append(f"[attachment not included: {part.get_filename() or 'unnamed'} ({kind})]\n")
-            continue
-        if kind == "text/html" and id(part) in plain_alternative:
-            continue
-        text = payload_text(part)
-        texts.append(html_text(text) if kind == "text/html" else text)
+        else:
+            text = payload_text(part)
+            texts.append(html_text(text) if kind == "text/html" else text)
     return "\n".join(texts)
 
 
@@ -3800,16 +3806,8 @@ def post_parts(data):
     past 20 levels is ignored."""
     import email
     from email import policy
-    msg = email.message_from_bytes(data, policy=policy.compat32)
-    bodies, files, todo = [], [], [(msg, 0)]
-    while todo:
-        part, depth = todo.pop(0)
-        if part.is_multipart():
-            kids = [p for p in part.get_payload() if not isinstance(p, str)] if depth < 20 else []
-            if part.get_content_type() == "multipart/alternative" and kids:
-                kids = [next((p for p in kids if p.get_content_type() == "text/plain"), kids[-1])]
-            todo[:0] = [(p, depth + 1) for p in kids]
-            continue
+    bodies, files = [], []
+    for part in message_leaves(email.message_from_bytes(data, policy=policy.compat32)):
         kind, name = part.get_content_type(), part.get_filename()
         attached = str(part.get("Content-Disposition") or "").strip().lower().startswith("attachment")
         if kind in ("text/plain", "text/html") and not name and not attached:
@@ -6025,7 +6023,7 @@ def _filter_part(part, rules, row, changes):
     if part.is_multipart():
         children = part.get_payload()
         if ctype == "multipart/alternative" and row["collapse_alternatives"] and children:
-            chosen = next((c for c in children if c.get_content_type() == "text/plain"), children[0])
+            chosen = next(message_leaves(part, 1))
             changes.append(f"multipart/alternative collapsed to its {chosen.get_content_type()} part")
             return _filter_part(chosen, rules, row, changes)
         kept = [c for c in (_filter_part(c, rules, row, changes) for c in children) if c is not None]

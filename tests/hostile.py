@@ -78,8 +78,11 @@ PARSERS = {
     "broken_dsn": lambda t: redsky.find_failures(redsky.parse_report(message(
         "Content-Type", "multipart/report; boundary=nowhere", "Final-Recipient: rfc822; " + t))),
     "bounce_cause": lambda t: redsky.bounce_cause("failed", "5.0.0", t, False, t),
-    "returned_headers": lambda t: redsky._returned_headers(redsky.parse_report(message(
-        "Content-Type", "text/rfc822-headers", "Return-Path: <" + t))),
+    "returned_headers": lambda t: list(redsky.returned_headers(redsky.parse_report(message(
+        "Content-Type", "text/rfc822-headers", "Return-Path: <" + t)))),
+    "without_prefixes": lambda t: redsky.without_prefixes("Re: [x] " + t),
+    "message_leaves": lambda t: list(redsky.message_leaves(_parsed(message(
+        "Content-Type", "multipart/alternative; boundary=b", "--b\n" + t + "\n--b--\n")))),
     "bounced_message_ids": lambda t: redsky.bounced_message_ids(_parsed(message("Subject", "x", t)),
                                                                 message("Subject", "x", t)),
     "take_approved": lambda t: redsky._take_approved_line(redsky.RawMessage(message("Subject", "x", t))),

@@ -396,3 +396,22 @@ def test_footer_on_a_mixed_post_whose_nested_part_reuses_the_boundary_wraps_it_i
     assert first.get_content_type() == "multipart/mixed" and "Test list" in second.get_content()
     assert body in out                                                  # the original, byte for byte
     assert footed(nested_mixed("OTHER")[1])[0] == "part"                # unambiguous: a part of its own
+
+
+def test_one_rule_picks_the_part_of_an_alternative_everywhere():
+    """Pages, digests and search (text_of), and collapse_alternatives show the
+    same part of a multipart/alternative: its text/plain part, else its first."""
+    import email
+    import redsky
+
+    def alternative(*kinds):
+        parts = "".join(f"--b\nContent-Type: {k}\n\n{k} body\n" for k in kinds)
+        return (f"From: a@example.org\nSubject: s\nMIME-Version: 1.0\n"
+                f"Content-Type: multipart/alternative; boundary=b\n\n{parts}--b--\n").encode()
+    for kinds, shown in ((("text/html", "text/plain"), "text/plain"), (("text/html", "text/enriched"), "text/html"),
+                         (("text/enriched", "text/html"), "text/enriched")):
+        data = alternative(*kinds)
+        leaves = list(redsky.message_leaves(email.message_from_bytes(data)))
+        assert [p.get_content_type() for p in leaves] == [shown]
+        assert f"{shown} body" in redsky.text_of(data) or shown == "text/html"
+        assert all(f"{k} body" not in redsky.text_of(data) for k in kinds if k != shown)

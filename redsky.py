@@ -7614,10 +7614,10 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
             f"transport_maps = inline:{{redsky.invalid=redsky:}}\n"
             f"redsky_destination_recipient_limit = 1\n")
     user = user or pipe_user(config)
-    argv = " ".join(f"{{{word}}}" if " " in word else word     # master.cf's { } keeps the spaces
-                    for word in pipe_command(python or default_python(), config.path, "queue"))
+    argv = [f"{{{word}}}" if " " in word else word          # master.cf's { } keeps the spaces (Postfix 3.0)
+            for word in pipe_command(python or default_python(), config.path, "queue")]
     master = ("redsky    unix  -       n       n       -       -       pipe\n"
-              f"  flags=OR user={user} null_sender= argv={argv}"
+              f"  flags=OR user={user} null_sender=\n  argv={' '.join(argv[:4])}\n  {' '.join(argv[4:])}"
               " --recipient=${original_recipient} --sender=${sender}\n")
     return cf, main, master
 

@@ -105,7 +105,6 @@ above it).  Find a behaviour here, then search for the banner.
 # that `queue` for a plain post, which runs once per message, does not pay
 # for it.
 
-import argparse
 import collections
 import configparser
 import errno
@@ -512,12 +511,31 @@ def refuse_if_others_can_write(path, what):
                                f"chown root {target} && chmod go-w {target}")
 
 
+class SyslogHandler(logging.Handler):
+    """Records to syslog, facility mail, tagged redsky[PID], through the C
+    library's syslog(3): logging.handlers would cost every `queue` run the
+    socket, pickle and queue modules."""
+
+    PRIORITIES = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self):
+        import syslog
+        super().__init__()
+        self.syslog = syslog
+        syslog.openlog("redsky", syslog.LOG_PID, syslog.LOG_MAIL)
+
+    def emit(self, record):
+        try:
+            self.syslog.syslog(self.PRIORITIES.get(record.levelname, 6), self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(config, verbose=False):
     """Syslog (facility mail) when /dev/log exists, else DATA_DIR/redsky.log
     (or, before data_dir exists, warnings only on stderr): `send` under cron
     prints only problems.  ``[redsky] log`` = syslog | stderr | PATH
     overrides; --verbose adds debug to stderr."""
-    import logging.handlers
     global _log_on_stderr
     log.handlers.clear()
     log.propagate = False
@@ -531,11 +549,7 @@ def setup_logging(config, verbose=False):
         except OSError:             # no data_dir yet: problems only, on stderr
             handler, quiet = logging.StreamHandler(sys.stderr), True
     elif target == "syslog":
-        try:
-            handler = logging.handlers.SysLogHandler(
-                "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        except OSError:
-            handler = logging.StreamHandler(sys.stderr)
+        handler = SyslogHandler() if os.path.exists("/dev/log") else logging.StreamHandler(sys.stderr)
     elif target == "stderr":
         handler = logging.StreamHandler(sys.stderr)
     else:
@@ -544,7 +558,8 @@ def setup_logging(config, verbose=False):
         except OSError as e:
             raise ConfigError(f"cannot open log file {target}: {e.strerror}")
         fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
+    syslogged = isinstance(handler, SyslogHandler)       # syslog adds redsky[PID]: itself
+    handler.setFormatter(logging.Formatter(fmt.split(": ", 1)[1] if syslogged else fmt))
     if quiet:
         handler.setLevel(logging.WARNING)
     _log_on_stderr = getattr(handler, "stream", None) is sys.stderr
@@ -1892,6 +1907,23 @@ REPLACED_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "list
                     "return-path", "delivered-to", "x-original-to",
                     # a receipt request would make every member's client answer the author
                     "disposition-notification-to", "return-receipt-to")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def date_field(when=None):
+    """An RFC 5322 Date: value in local time, as email.utils.formatdate(localtime=True)
+    writes it, without importing the email package (`queue` of a post without a Date)."""
+    t = time.localtime(when)
+    offset = (t.tm_gmtoff or 0) // 60
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {'-' if offset < 0 else '+'}"
+            f"{abs(offset) // 60:02d}{abs(offset) % 60:02d}")
+
+
+def new_message_id(domain):
+    """A Message-ID as email.utils.make_msgid makes one, without the email package."""
+    return f"<{int(time.time() * 100)}.{os.getpid()}.{int.from_bytes(os.urandom(8), 'big')}@{domain}>"
 
 
 # Footers and subject tags ----------------------------------------------------
@@ -4102,10 +4134,10 @@ def load_plugins(config):
     Python module; its ``@redsky.chain_filter`` functions join FILTERS and
     can be named in any chain.  A file that is missing, fails to import,
     defines no filter or reuses a filter's name is a configuration error."""
-    import importlib.util
     paths = [p.strip() for p in config.get("redsky", "plugins").split(",") if p.strip()]
     if not paths:
         return
+    import importlib.util
     sys.modules.setdefault("redsky", sys.modules[__name__])     # `import redsky` finds this module
     for number, path in enumerate(paths):
         path = os.path.join(config.data_dir, os.path.expanduser(path))
@@ -5981,11 +6013,11 @@ def contentfilter(ctx):
     or is held, by signed_posts.  Header fields other than Content-* keep
     their bytes; a post nothing is removed from is left as it was.
     Reads list, msg; writes msg (body and Content-* fields)."""
-    import email
-    from email import policy
     row = ctx.list
     if not row["filter_content"]:
         return
+    import email
+    from email import policy
     top = ctx.msg.header_message().get_content_type()
     if top in ("multipart/signed", "multipart/encrypted"):
         if row["signed_posts"] == "hold":
@@ -6096,9 +6128,11 @@ def queuer(ctx):
     delivery whose success it never heard of.
     Reads list, msg, message_id, raw, recipients, digest_members, poster, author_from, changes, outbox;
     writes msg (list headers), message_id, distributed, committed; the post in the spool and the store."""
-    import hashlib
     now = time.time()
-    key = ctx.message_id.lower() or "sha256:" + hashlib.sha256(ctx.raw).hexdigest()
+    key = ctx.message_id.lower()
+    if not key:
+        import hashlib
+        key = "sha256:" + hashlib.sha256(ctx.raw).hexdigest()
     seen = ctx.store.q("recent_post", ctx.list["id"], key,
                        now - ctx.config.duration("queue", "duplicate_window")).fetchone()
     if seen:
@@ -6131,13 +6165,11 @@ def finish_post(ctx):
     msg = ctx.msg
     msg.remove(*REPLACED_HEADERS)
     if not ctx.message_id:
-        from email.utils import make_msgid
-        ctx.message_id = make_msgid(domain=ctx.list["domain"])
+        ctx.message_id = new_message_id(ctx.list["domain"])
         msg.append("Message-ID", ctx.message_id)
     if not msg.get("Date", "").strip():
-        from email.utils import formatdate
         msg.remove("Date")
-        msg.append("Date", formatdate(localtime=True))
+        msg.append("Date", date_field())
     for name, value in list_headers(ctx.list, ctx.config.get("web", "base_url")):
         msg.append(name, value)
     return bytes(msg)
@@ -7436,6 +7468,97 @@ def pipe_user(config):
     return "redsky" if user == "root" else user
 
 
+# The MTA's pipe runs this code (pipe_command): it imports redsky from the
+# directory named after it and runs main().  An imported module runs from
+# the bytecode that `init` and `postfix-config` compile as root
+# (compile_bytecode), where a script is compiled afresh on every run: 0.1 s
+# of CPU and 30 MB of the 0.15 s and 47 MB a message cost as a script.  It
+# has no quote, $, backslash or brace, so it is one { } group in master.cf,
+# one '...' word for a shell, Exim or OpenSMTPD.
+PIPE_CODE = "import sys; sys.path.insert(0, sys.argv.pop(1)); import redsky; sys.exit(redsky.main())"
+
+
+def default_python():
+    """The python3 the MTA's pipe runs: Debian's, which every user can read."""
+    return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def pipe_command(python, config_path, *args):
+    """The argv that runs `redsky.py [-c CONFIG] ARGS` as the MTA's pipe
+    does: PIPE_CODE in isolated mode (-I: no PYTHON* variables, no module
+    from the current directory), from cached bytecode."""
+    return [python, "-I", "-c", PIPE_CODE, os.path.dirname(os.path.realpath(__file__)),
+            *(["-c", os.path.abspath(config_path)] if config_path else []), *args]
+
+
+# Run by the pipe's python (bytecode()): prints the state of redsky.py's
+# cached bytecode for that python (fresh, missing, stale or unreadable) and
+# its path.  With "compile" it first makes a fresh one, hash-checked: Python
+# then compares the source's hash with it on every import, so a .pyc left
+# by an older redsky.py never runs, whatever the files' times.
+BYTECODE_CHECK = """\
+import importlib.util, os, sys
+source, pyc = sys.argv[1], importlib.util.cache_from_source(sys.argv[1])
+def state():
+    try:
+        with open(source, "rb") as fh:
+            data = fh.read()
+        with open(pyc, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "unreadable"
+    flags = int.from_bytes(head[4:8], "little")
+    if len(head) < 16 or head[:4] != importlib.util.MAGIC_NUMBER or flags & 3 == 1:
+        return "stale"                      # another python's, or a hash Python never checks
+    if flags & 1:
+        return "fresh" if head[8:16] == importlib.util.source_hash(data) else "stale"
+    st = os.stat(source)
+    stamp = [int.from_bytes(head[i:i + 4], "little") for i in (8, 12)]
+    return "fresh" if stamp == [int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF] else "stale"
+if sys.argv[2:] == ["compile"] and state() != "fresh":
+    import py_compile
+    os.umask(0o022)                         # the pipe's user reads it
+    try:
+        py_compile.compile(source, pyc, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        os.chmod(os.path.dirname(pyc), 0o755)
+    except (OSError, py_compile.PyCompileError):
+        pass
+print(state(), pyc)
+"""
+
+
+def bytecode(python, compile=False):
+    """(state, path) of redsky.py's cached bytecode for ``python``:
+    fresh, missing, stale or unreadable (for this user), or (unknown,
+    why); with ``compile`` made fresh first where this user can write it."""
+    import subprocess
+    try:
+        r = subprocess.run([python, "-I", "-c", BYTECODE_CHECK, os.path.realpath(__file__)]
+                           + (["compile"] if compile else []), capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return "unknown", f"cannot run {python}: {e}"
+    state, _, path = r.stdout.strip().partition(" ")
+    if r.returncode != 0 or state not in ("fresh", "missing", "stale", "unreadable"):
+        return "unknown", f"{python} failed: {one_line(r.stderr or r.stdout, 200)}"
+    return state, path
+
+
+def compile_bytecode(python):
+    """Make redsky.py's bytecode for the pipe's ``python`` (run as root at
+    set-up, before anything else: the pipe's user cannot write beside
+    redsky.py); a line on stderr when it cannot.  Returns its path or None."""
+    state, path = bytecode(python, compile=True)
+    if state == "fresh":
+        return path
+    where = os.path.dirname(os.path.realpath(__file__))
+    report(f"warning: no bytecode of redsky.py for {python} ({state}: {path}), so the MTA's pipe compiles"
+           f" it for every message; run this as root (or as the owner of {where})", logging.WARNING)
+    return None
+
+
 def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
     """The .cf files, main.cf and master.cf lines for this installation:
     the pipe, or with ``lmtp`` (an endpoint such as inet:127.0.0.1:8024)
@@ -7461,11 +7584,11 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
             f"transport_maps = inline:{{redsky.invalid=redsky:}}\n"
             f"redsky_destination_recipient_limit = 1\n")
     user = user or pipe_user(config)
-    python = python or ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
-    config_arg = f" -c {os.path.abspath(config.path)}" if config.path else ""
+    argv = [f"{{{word}}}" if " " in word else word          # master.cf's { } keeps the spaces (Postfix 3.0)
+            for word in pipe_command(python or default_python(), config.path, "queue")]
     master = ("redsky    unix  -       n       n       -       -       pipe\n"
-              f"  flags=OR user={user} null_sender= argv={python} {os.path.abspath(__file__)}{config_arg}"
-              " queue --recipient=${original_recipient} --sender=${sender}\n")
+              f"  flags=OR user={user} null_sender=\n  argv={' '.join(argv[:4])}\n  {' '.join(argv[4:])}"
+              " --recipient=${original_recipient} --sender=${sender}\n")
     return cf, main, master
 
 
@@ -7620,6 +7743,15 @@ def cmd_queue(args, config):
     consumed); every unexpected failure is 75 so that the MTA retries, up
     to [queue] max_failures times for the same message (poison_message)."""
     chain = build_chain(config.chain("queue"), "message", "queue")
+    spec = globals().get("__spec__")
+    if spec is not None and spec.cached:        # imported, as the pipe's command line does
+        try:
+            stale = os.stat(spec.cached).st_mtime < os.stat(spec.origin).st_mtime
+        except OSError:
+            stale = True
+        if stale:
+            log.warning("no bytecode of %s newer than it: Python compiles it for every message (0.1 s);"
+                        " run `redsky.py init` as root (redsky.py doctor)", spec.origin)
     store = open_store(config, durable=True)
     ctx = envelope_of(Context(config, store), args.recipient, args.sender, args.client_address)
     ctx.outbox.dry_run = args.dry_run
@@ -8066,6 +8198,8 @@ def cmd_init(args, config):
     print(f"database: {config.database}\nspool:    {config.spool}")
     if exported:
         print(f"postfix:  {exported}")
+    if getattr(args, "bytecode", None):
+        print(f"bytecode: {args.bytecode} (what the MTA's pipe runs)")
     return EX_OK
 
 
@@ -9295,6 +9429,7 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             yield ("FAIL", f"{who} cannot read {len(stuck)} queued spool files (e.g. {stuck[0]}):"
                    " they are never sent",
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
+    yield from bytecode_checks(config, runner)
     yield from web_checks(config)
     yield from postfix_checks(config)
     yield from exim_checks(config, store)
@@ -9320,6 +9455,25 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
+
+
+def bytecode_checks(config, runner, python=None):
+    """Does the pipe's python find redsky.py's bytecode fresh, and can the
+    pipe's user read it?  Without, every message costs a compile."""
+    python = python or default_python()
+    state, path = bytecode(python)
+    init = (f"run as root: {python} {os.path.realpath(__file__)}"
+            f"{' -c ' + os.path.abspath(config.path) if config.path else ''} init")
+    if state == "fresh" and not user_can(path, runner):
+        state = "unreadable"
+    if state == "fresh":
+        yield "OK", f"the MTA's pipe runs redsky from its bytecode {path} ({python})", ""
+    elif state == "unknown":
+        yield "WARN", f"cannot check redsky.py's bytecode for {python}: {path}", init
+    else:
+        yield ("WARN", f"redsky.py's bytecode for {python} is {state} ({path}"
+               f"{' for ' + runner if state == 'unreadable' else ''}): Python compiles redsky.py for every"
+               " message the MTA pipes (0.1 s of CPU and 30 MB each)", init)
 
 
 # What the DKIM signer must cover for one-click unsubscribe (RFC 8058 section 4), besides its own defaults
@@ -9448,6 +9602,10 @@ def postfix_checks(config):
                "use the master.cf lines 'redsky.py postfix-config' prints")
     else:
         yield "OK", "Postfix 'redsky' pipe service runs 'queue' with the original recipient", ""
+        if "import redsky" not in service:
+            yield ("WARN", "the Postfix 'redsky' pipe runs redsky.py as a script, which Python compiles for"
+                   " every message (0.1 s of CPU and 30 MB each)",
+                   "run as root: redsky.py postfix-config --apply; postfix reload")
         if (postconf("-h", "redsky_destination_recipient_limit") or "") != "1":
             yield ("FAIL",
                    "redsky_destination_recipient_limit is not 1: several recipients would reach one "
@@ -9712,15 +9870,17 @@ def cmd_demo(args, config):
     return EX_OK
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EX_USAGE, f"redsky: {message} (see '{self.prog} --help')\n")
-
-
 def make_parser(wanted=None):
     """The command line parser; with ``wanted`` (a command name) only that
     command's subparser is built: the MTA runs `queue` once per message, and
-    the other thirty cost it 30 ms."""
+    the other thirty cost it 30 ms (a plain `queue` line does without it:
+    queue_args)."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(EX_USAGE, f"redsky: {message} (see '{self.prog} --help')\n")
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -9901,14 +10061,57 @@ def command_named(argv):
     return None
 
 
+# `queue`'s options as queue_args reads them: option -> attribute, and the flags
+QUEUE_OPTIONS = {"--recipient": "recipient", "--sender": "sender", "--client-address": "client_address"}
+QUEUE_FLAGS = {"--dry-run": "dry_run", "--explain": "explain"}
+
+
+class Arguments:
+    """What queue_args parsed, as argparse's Namespace holds it."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def queue_args(argv):
+    """The arguments of a `queue` command line exactly as make_parser()'s
+    parser reads them, without building argparse's parser (the MTA runs
+    `queue` once per message); None for any line that is not made only of
+    -c/--config FILE, -v/--verbose, `queue` and its own options written in
+    full, which argparse then parses (or explains)."""
+    values = {"command": "queue", "func": cmd_queue, "recipient": None, "sender": None,
+              "client_address": None, "dry_run": False, "explain": False}
+    words, command = iter(argv), False
+    for word in words:
+        name, equals, value = word.partition("=")
+        if word in ("-v", "--verbose"):
+            values["verbose"] = True
+        elif word == "queue" and not command:
+            command = True
+        elif word in ("-c", "--config") or (name == "--config" and equals) \
+                or (command and name in QUEUE_OPTIONS):
+            if not equals:
+                value = next(words, None)
+                if value is None or value.startswith("-"):
+                    return None                 # argparse's error, or its reading of "-..."
+            values[QUEUE_OPTIONS.get(name, "config")] = value
+        elif command and word in QUEUE_FLAGS:
+            values[QUEUE_FLAGS[word]] = True
+        else:
+            return None
+    return Arguments(**values) if command else None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser(command_named(argv)).parse_args(argv)
+    args = queue_args(argv) or make_parser(command_named(argv)).parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
     queue = args.command in ("queue", "filter")       # the MTA must retry, not bounce
     try:
         config = Config.find(getattr(args, "config", None))
         os.umask(config.umask)
+        if args.command == "init" or (args.command == "postfix-config" and not args.lmtp):
+            args.bytecode = compile_bytecode(getattr(args, "python", None) or default_python())  # as root
         if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
             become_list_user(config)
         setup_logging(config, args.verbose)

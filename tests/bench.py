@@ -16,6 +16,10 @@ every recipient it accepts and the run fails if one is missing.
 `--delivery [N]`: issue 19's table, `queue` and `send` for N members beside
 smtp-source sending the same message to the same sink, with the CPU per
 recipient of client and sink.
+`--pipe [N]`: issue 28's table, one post to 10 and N members (default
+100,000) through the README's pipe command line (cached bytecode) and as a
+script, beside `python3 -c pass`, mlmmj's receive + process and `lmtp` per
+message: CPU (user + system) and peak RSS.
 `--intake`: posts per second and CPU per post through `queue` (a process
 per message, as an MTA pipe runs it) against `lmtp` (one server).
 `--web [N]`: issue 20's table for N members (default 100,000): `queue` with
@@ -28,6 +32,7 @@ Not a unit test: timings depend on the machine.
 import argparse
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -328,6 +333,129 @@ def intake_table(runs, n=200):
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
 
+def spawn_measure(cmd, stdin="-"):
+    """(wall seconds, peak RSS in MB, CPU seconds) of ``cmd`` alone: the CPU
+    as measure() takes it, the peak RSS as /usr/bin/time reports it (a
+    child's ru_maxrss also counts the python that forked it, 8 MB or more,
+    which hides a small C program's own; GNU time forks from 1 MB)."""
+    if not os.access("/usr/bin/time", os.X_OK):
+        return measure(cmd, stdin, cpu=True)
+    with tempfile.NamedTemporaryFile("r") as out:
+        wall, _, cpu = measure(["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd], stdin, cpu=True)
+        rss = int(out.read().split()[-1]) / 1024
+    return wall, rss, cpu
+
+
+def mlmmj_list(members, home):
+    """A list for the real mlmmj (mlmmj-make-ml) with ``members`` subscribers
+    (written into subscribers.d/ as mlmmj-sub writes them)."""
+    spool = home / "mlmmj"
+    spool.mkdir()
+    subprocess.run(["/usr/bin/mlmmj-make-ml", "-L", "bench", "-s", str(spool)], check=True,
+                   input="lists.example.org\nowner@example.org\nen\n", capture_output=True, text=True)
+    listdir = spool / "bench"
+    (listdir / "subscribers.d" / "m").write_text("".join(f"member{i}@example.net\n" for i in range(members)))
+    (listdir / "control" / "relayhost").write_text("127.0.0.1\n")
+    return listdir
+
+
+def mlmmj_once(listdir, post):
+    """mlmmj-receive then mlmmj-process of one post, as the MTA's pipe starts
+    them (mlmmj-process without mlmmj-send): (CPU seconds, peak RSS MB)."""
+    for d in ("incoming", "queue"):
+        for f in (listdir / d).iterdir():
+            if f.is_file():
+                f.unlink()
+    _, rss1, cpu1 = spawn_measure(["/usr/bin/mlmmj-receive", "-L", str(listdir), "-F", "-P"], str(post))
+    (mail,) = [f for f in (listdir / "incoming").iterdir() if f.is_file()]
+    _, rss2, cpu2 = spawn_measure(["/usr/bin/mlmmj-process", "-L", str(listdir), "-m", str(mail), "-P"])
+    return cpu1 + cpu2, max(rss1, rss2)
+
+
+def lmtp_per_message(home, n=100):
+    """CPU per post and peak RSS of one `redsky.py lmtp` server taking ``n``
+    posts over one connection."""
+    import socket
+    from smtpsink import free_port
+    home.reset()
+    port = free_port()
+    server = subprocess.Popen([PYTHON, REDSKY, "-c", str(home.config), "lmtp", "--listen", f"127.0.0.1:{port}"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                time.sleep(0.05)
+        read = sock.makefile("rb").readline
+        read()
+        sock.sendall(b"LHLO bench\r\n")
+        while not read().startswith(b"250 "):
+            pass
+        cpu0 = process_cpu(server.pid)
+        for i in range(n):
+            body = POST.replace(b"<bench@", f"<lmtp{i}@".encode()).replace(b"\n", b"\r\n")
+            sock.sendall(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bench@lists.example.org>\r\nDATA\r\n")
+            for _ in range(3):
+                read()
+            sock.sendall(body + b".\r\n")
+            assert read().startswith(b"250")
+        cpu = (process_cpu(server.pid) - cpu0) / n
+        rss = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{server.pid}/status").read_text()).group(1)) / 1024
+        sock.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+    return cpu, rss
+
+
+def pipe_table(runs, sizes=(10, 100_000)):
+    """Issue 28's table: one post through the MTA's pipe command line (the
+    README's, from cached bytecode) beside `queue` run as a script, a bare
+    interpreter, mlmmj's receive + process, and LMTP intake per message."""
+    import redsky
+    rows = []
+    bare = [spawn_measure([PYTHON, "-c", "pass"]) for _ in range(max(runs, 5))]
+    bare_cpu = statistics.median(b[2] for b in bare)
+    rows.append(("python3 -c pass", "-", bare_cpu, max(b[1] for b in bare)))
+    for n in sizes:
+        home = Home(n)
+        install = home.dir / "opt"                 # redsky where `init` compiles it, as the README installs it
+        install.mkdir()
+        shutil.copy(REDSKY, install / "redsky.py")
+        subprocess.run([PYTHON, str(install / "redsky.py"), "-c", str(home.config), "init"], check=True,
+                       capture_output=True)
+        queue = ["queue", "--recipient=bench@lists.example.org", "--sender=alice@example.org"]
+        commands = (("queue, the pipe's command line (bytecode)",
+                     [PYTHON, "-I", "-c", redsky.PIPE_CODE, str(install), "-c", str(home.config), *queue]),
+                    ("queue as a script", [PYTHON, str(install / "redsky.py"), "-c", str(home.config), *queue]))
+        for label, cmd in commands:
+            def queue_once():
+                home.reset()
+                wall, rss, cpu = spawn_measure(cmd, str(home.post))
+                return cpu, rss
+            results = [queue_once() for _ in range(runs)]
+            rows.append((label, f"{n:,}", statistics.median(r[0] for r in results), max(r[1] for r in results)))
+        if os.access("/usr/bin/mlmmj-receive", os.X_OK):
+            listdir = mlmmj_list(n, home.dir)
+            results = [mlmmj_once(listdir, home.post) for _ in range(runs)]
+            rows.append(("mlmmj-receive + mlmmj-process", f"{n:,}", statistics.median(r[0] for r in results),
+                         max(r[1] for r in results)))
+        results = [lmtp_per_message(home) for _ in range(runs)]
+        rows.append(("lmtp, per message (one server)", f"{n:,}", statistics.median(r[0] for r in results),
+                     max(r[1] for r in results)))
+        home.cleanup()
+    print(f"pipe benchmark: one post, median of {runs} run(s), {os.cpu_count()} CPUs, {PYTHON}"
+          f" (Python {subprocess.run([PYTHON, '-V'], capture_output=True, text=True).stdout.split()[-1]})\n")
+    table = [(what, n, f"{cpu * 1000:.1f} ms", f"{cpu / bare_cpu:.1f}x", f"{rss:.1f} MB")
+             for what, n, cpu, rss in rows]
+    header = ("what", "members", "CPU (user+sys)", "x python3 -c pass", "peak RSS")
+    widths = [max(len(str(r[i])) for r in table + [header]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths)] + table:
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
 def machine_busy():
     """CPU seconds all processors have spent busy so far (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -518,9 +646,14 @@ def main():
                     help="only delivery: queue and send for N members (default 100,000) beside smtp-source")
     ap.add_argument("--web", type=int, metavar="N", nargs="?", const=100_000,
                     help="only the web: queue, send, requests and archive html for N members (default 100,000)")
+    ap.add_argument("--pipe", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only the pipe: one post to 10 and N members (default 100,000) through the MTA's"
+                         " pipe command line, as a script, beside python3 -c pass, mlmmj and lmtp")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
+    if args.pipe:
+        return pipe_table(args.runs, (10, args.pipe))
     if args.delivery:
         return delivery_table(args.runs, args.delivery)
     if args.web:

@@ -125,11 +125,11 @@ class PrivateExim:
                                f"[send]\ntransport = smtp\nsmtp_host = 127.0.0.1\nsmtp_port = {self.port}\n"
                                "retry_delay = 0\n")
         self.redsky("init", check=True)
-        invocation = f"/usr/bin/python3 {self.redsky_py} -c {self.config}"
         router = readme_block("exim-router").replace("/var/lib/redsky", str(self.data))
-        transport = (readme_block("exim-transport")
-                     .replace("/usr/bin/python3 /opt/redsky/redsky.py -c /etc/redsky/redsky.ini", invocation)
+        transport = (readme_block("exim-transport")        # the pipe imports redsky from site/ (its bytecode)
+                     .replace(" /opt/redsky -c /etc/redsky/redsky.ini ", f" {site} -c {self.config} ")
                      .replace("user = redsky", "user = nobody"))
+        assert f"import redsky; sys.exit(redsky.main())' {site} -c {self.config} queue" in transport
         self.conf = self.dir / "exim.conf"
         self.conf.write_text(CONFIG.format(binary=BINARY, lists=LISTS, users=USERS, dir=self.dir, port=self.port,
                                            data=self.data, router=router, transport=transport))

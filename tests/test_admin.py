@@ -351,8 +351,9 @@ def test_readme_postfix_section_is_what_postfix_config_prints(tmp_path):
     r = subprocess.run([sys.executable, REDSKY, "-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"],
                        capture_output=True, text=True, check=True)
     out = (r.stdout.replace(str(ini), "/etc/redsky/redsky.ini").replace(str(tmp_path), "/var/lib/redsky")
-           .replace(REDSKY, "/opt/redsky/redsky.py"))
+           .replace(f" {os.path.dirname(os.path.realpath(REDSKY))} -c ", " /opt/redsky -c "))
     assert out == block
+    assert "{import sys; sys.path.insert(0, sys.argv.pop(1)); import redsky; sys.exit(redsky.main())}" in block
 
 
 def test_postfix_map_lists_every_address_and_follows_list_changes(rs):

@@ -56,6 +56,30 @@ def test_a_post_through_exim_reaches_every_member(mta):
         assert any(m["Subject"] == "Through Exim" and m["List-Id"] for m in got), mta.log()[-2000:]
 
 
+def test_the_exim_pipe_runs_queue_from_the_bytecode_that_init_compiled(mta):
+    """The README's transport: Exim splits the command at spaces outside
+    quotes, so the single-quoted code that imports redsky is one argument;
+    the pipe's user (nobody) cannot write beside redsky.py and runs the .pyc
+    `init` compiled as root (a marked copy of it writes nobody's uid)."""
+    import pwd
+    import bytecode
+    import redsky
+    site = mta.redsky_py.parent
+    pyc = bytecode.pyc_of(mta.redsky_py)
+    assert not redsky.user_can(str(site), "nobody", write=True)
+    assert not redsky.user_can(str(pyc.parent), "nobody", write=True)
+    marker = site / "marker"
+    original = bytecode.mark(mta.redsky_py, marker)
+    try:
+        before = bytecode.snapshot(pyc.parent)
+        mta.submit(post("From the bytecode"), LIST, sender=f"carl@{ex.USERS}")
+        mta.wait_idle()
+        assert bytecode.snapshot(pyc.parent) == before                 # nothing compiled or written
+    finally:
+        pyc.write_bytes(original)
+    assert bytecode.runs(marker) == [pwd.getpwnam("nobody").pw_uid], mta.log()[-2000:]
+
+
 def test_unknown_list_refused_at_rcpt_time(mta):
     with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as smtp:
         smtp.ehlo()

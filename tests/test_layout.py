@@ -179,11 +179,55 @@ def test_lines_are_wrapped_at_about_100_characters():
 
 def test_importing_redsky_loads_no_heavy_module():
     """The import policy: what only some paths need is imported where it is used."""
-    code = ("import sys; sys.path.insert(0, %r); import redsky; "
+    code = ("import sys; before = set(sys.modules); sys.path.insert(0, %r); import redsky; "
             "print(sorted(m for m in ('email', 'mailbox', 'subprocess', 'socket', 'hashlib', 'hmac', 'smtplib',"
-            " 'secrets', 'html', 'uuid') if m in sys.modules))" % str(ROOT))
+            " 'secrets', 'html', 'uuid', 'argparse', 'logging.handlers', 'importlib.util', 'py_compile')"
+            " if m in sys.modules and m not in before))" % str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+PLAIN_LIST = "team@lists.example.org"
+# Modules `queue` of a plain post must not load (beyond what `python3 -c pass` has;
+# pwd is there when root runs it, to become the list user).
+NOT_FOR_A_PLAIN_POST = ("argparse", "email", "hashlib", "hmac", "logging.handlers", "socket", "subprocess",
+                        "shutil", "secrets", "html", "uuid", "mailbox", "smtplib", "importlib.util", "random",
+                        "base64", "bz2", "lzma", "pickle", "selectors", "tempfile", "urllib", "ipaddress",
+                        "calendar", "gettext", "locale", "syslog", "py_compile", "queue", "zlib")
+
+
+def modules_of_a_queue_run(rs, python, *extra, message=None):
+    """The modules a `queue` run through the pipe's command line loaded
+    that a bare interpreter does not: the pipe's code, then a report."""
+    report = rs.home / "modules.txt"
+    code = redsky.PIPE_CODE.replace("sys.exit(redsky.main())",
+                                    f"code = redsky.main(); open({str(report)!r}, 'w').write(' '.join(sys.modules));"
+                                    " sys.exit(code)")
+    argv = redsky.pipe_command(python, str(rs.config), "queue", f"--recipient={PLAIN_LIST}", "--sender=ann@example.org",
+                               *extra)
+    argv[argv.index(redsky.PIPE_CODE)] = code
+    message = message or post(to=PLAIN_LIST, sender="ann@example.org")
+    r = subprocess.run(argv, input=message, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    bare = subprocess.run([python, "-I", "-c", "import sys; print(' '.join(sys.modules))"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    return set(report.read_text().split()) - set(bare)
+
+
+def test_a_plain_post_through_the_pipe_loads_no_module_it_does_not_use(rs):
+    rs.newlist(PLAIN_LIST, "--access", "open", members=[f"m{i}@example.net" for i in range(10)])
+    rs.run("set", PLAIN_LIST, "dmarc", "never", check=0)
+    loaded = modules_of_a_queue_run(rs, sys.executable)
+    assert "redsky" in loaded and "sqlite3" in loaded
+    heavy = sorted(m for m in loaded if m in NOT_FOR_A_PLAIN_POST or m.split(".")[0] in ("email", "urllib"))
+    assert heavy == [], "a plain post loaded these; import them where they are needed"
+    # nor one without a Date (queue adds it), as a script or a cron job may send
+    undated = re.sub(rb"Date: [^\n]*\n", b"", post(subject="Undated", to=PLAIN_LIST, sender="ann@example.org"))
+    loaded = modules_of_a_queue_run(rs, sys.executable, message=undated)
+    assert sorted(m for m in loaded if m in NOT_FOR_A_PLAIN_POST or m.split(".")[0] == "email") == []
+    # the check can fail: with the content filter on, contentfilter needs the email package
+    rs.run("set", PLAIN_LIST, "filter_content", "yes", check=0)
+    assert "email" in modules_of_a_queue_run(rs, sys.executable, "--explain")
 
 
 def test_a_builtin_text_never_loses_a_placeholder():

@@ -105,6 +105,31 @@ def test_post_over_smtp(pfx):
     assert all(parse(pfx.maildir(m.split("@")[0])[0])["Subject"] == "Over SMTP" for m in MEMBERS)
 
 
+def test_the_pipe_runs_queue_from_the_bytecode_that_postfix_config_compiled(pfx):
+    """master.cf's argv has the code that imports redsky as one { } group,
+    which the real pipe(8) hands to python as one argument; the pipe's
+    user (nobody) cannot write beside redsky.py, and runs the .pyc that
+    postfix-config compiled as root: a marked copy of it writes nobody's uid."""
+    import bytecode
+    import redsky
+    master = (pfx.etc / "master.cf").read_text()
+    assert f"  argv=/usr/bin/python3 -I -c {{{redsky.PIPE_CODE}}}\n  {pfx.dir} -c {pfx.config} queue " in master
+    pyc = bytecode.pyc_of(pfx.redsky_py)
+    assert not redsky.user_can(str(pfx.dir), "nobody", write=True)
+    assert not redsky.user_can(str(pyc.parent), "nobody", write=True)
+    marker = pfx.dir / "marker"
+    original = bytecode.mark(pfx.redsky_py, marker)
+    try:
+        before = bytecode.snapshot(pyc.parent)
+        pfx.sendmail(post("From the bytecode"), LIST, sender=f"carl@{pf.USERS}")
+        pfx.wait_idle()
+        assert bytecode.snapshot(pyc.parent) == before                 # nothing compiled or written
+    finally:
+        pyc.write_bytes(original)
+    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
+    assert bytecode.runs(marker) == [pwd.getpwnam("nobody").pw_uid], pfx.log()[-2000:]
+
+
 def test_unknown_list_refused_at_rcpt_time(pfx):
     with smtplib.SMTP("127.0.0.1", pfx.port) as smtp:
         smtp.ehlo()
@@ -278,6 +303,9 @@ def test_the_readme_setup_path_works_on_a_bare_postfix(bare):
                        cwd=pf.ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FAIL" not in r.stdout and "OK    all 9 list addresses are routed to redsky" in r.stdout, r.stdout
+    # init (as root) compiled redsky.py where the pipe's user cannot write, and the pipe imports it
+    assert f"OK    the MTA's pipe runs redsky from its bytecode {site}/opt/redsky/__pycache__/redsky." in r.stdout
+    assert "as a script" not in r.stdout
     data = site / "var" / "lib" / "redsky"
     assert {p.stat().st_uid for p in [data, *data.rglob("*")]} == {pwd.getpwnam("nobody").pw_uid}
     bare.wait_idle()

@@ -170,6 +170,26 @@ def test_doctor_follows_each_list_address_through_the_live_maps(site):
 
 @needs_root
 @needs_postconf
+def test_apply_replaces_a_pipe_that_runs_redsky_as_a_script(site):
+    """An installation made before the pipe imported redsky: doctor says
+    every message is compiled, and --apply brings the pipe up to date."""
+    env = postfix_etc(site, "recipient_delimiter = +\n", "redsky    unix  -       n       n       -       -       pipe\n"
+                      f"  flags=OR user=nobody null_sender= argv=/usr/bin/python3 {site}/redsky.py -c"
+                      f" {site}/redsky.ini queue --recipient=${{original_recipient}} --sender=${{sender}}\n")
+    redsky_as(site, "init")
+    warning = "WARN  the Postfix 'redsky' pipe runs redsky.py as a script"
+    assert warning in redsky_as(site, "doctor", env=env).out
+    r = redsky_as(site, "postfix-config", "--apply", env=env)
+    assert "master.cf: redsky/unix changed" in r.out, r.out + r.err
+    service = subprocess.run(["postconf", "-M", "redsky/unix"], capture_output=True, text=True,
+                             env={**os.environ, **env}).stdout
+    assert f"-I -c {{{redsky.PIPE_CODE}}} {site} -c {site}/redsky.ini queue" in service
+    assert warning not in redsky_as(site, "doctor", env=env).out
+    assert redsky_as(site, "postfix-config", "--apply", env=env).out.startswith("nothing to change")
+
+
+@needs_root
+@needs_postconf
 def test_doctor_sees_a_pipe_user_that_does_not_own_the_data(site):
     env = postfix_etc(site, "recipient_delimiter = +\n")
     redsky_as(site, "init")

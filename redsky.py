@@ -851,13 +851,11 @@ REACHED_MEMBER = ("m.to_members AND (m.member_cursor IS NULL OR {a} <= m.member_
 MEMBER_OPTION_COLUMNS = "digest, disabled_reason, disabled_until, notmetoo, ack, moderate"
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
-                " archive_url, digest_format, digest_size_threshold, digest_interval, "
-                "digest_volume, digest_issue,"
-                " digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action, emergency,"
-                " max_posts_per_day, notify_owners, dmarc_addresses, filter_content, pass_types,"
-                " filter_types,"
-                " pass_extensions, filter_extensions, convert_html_to_plaintext, collapse_alternatives,"
-                " signed_posts, description")
+                " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume,"
+                " digest_issue, digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action,"
+                " emergency, max_posts_per_day, notify_owners, dmarc_addresses, filter_content, pass_types,"
+                " filter_types, pass_extensions, filter_extensions, convert_html_to_plaintext,"
+                " collapse_alternatives, signed_posts, description")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -942,9 +940,9 @@ SQL = {
     "delete_digest_post": "DELETE FROM digest_posts WHERE id = ?",
     "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
     "member_address": "SELECT address FROM members WHERE list_id = ? AND address = ?",
-    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
-                "disabled_until = NULL, warnings = 0,"
-                " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
+    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL,"
+                " disabled_until = NULL, warnings = 0, last_warning = NULL, bounce_score = 0"
+                " WHERE list_id = ? AND address = ?",
     "set_digest": "UPDATE members SET digest = ?, digest_changed = (julianday('now') - 2440587.5) * 86400"
                   " WHERE list_id = ? AND address = ?",
     "member_options": "SELECT address, status, " + MEMBER_OPTION_COLUMNS
@@ -956,19 +954,18 @@ SQL = {
                   " disabled_until = NULL WHERE list_id = ? AND address = ? AND disabled_reason = 'nomail'",
     "nomail_ended": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL,"
                     " disabled_until = NULL WHERE disabled_reason = 'nomail' AND disabled_until <= ?",
-    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? "
-                           "AND address = ?",
+    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members"
+                           " WHERE list_id = ? AND address = ?",
     "score_bounce": "UPDATE members SET bounce_score = :score, last_bounce = :now,"
                     " status = CASE WHEN :disable THEN 'disabled' ELSE status END,"
                     " disabled_reason = CASE WHEN :disable THEN 'bounce' ELSE disabled_reason END,"
                     " disabled_at = CASE WHEN :disable THEN :now ELSE disabled_at END,"
                     " warnings = CASE WHEN :disable THEN 0 ELSE warnings END"
                     " WHERE list_id = :list_id AND address = :address",
-    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled' AND m.disabled_reason "
-                       "= 'bounce'"
-                       " AND (m.last_warning IS NULL OR m.last_warning < ?)",
-    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND "
-              "address = ?",
+    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled'"
+                       " AND m.disabled_reason = 'bounce' AND (m.last_warning IS NULL OR m.last_warning < ?)",
+    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ?"
+              " WHERE list_id = ? AND address = ?",
     "members_bounce_status": "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings"
                              " FROM members WHERE list_id = ?",
     "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
@@ -984,13 +981,12 @@ SQL = {
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
     "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, m.sender, m.member_cursor, m.poster,"
-                    " l.id AS list_id, l.name, l.domain"
-                    " FROM messages m JOIN lists l ON l.id = m.list_id"
+                    " l.id AS list_id, l.name, l.domain FROM messages m JOIN lists l ON l.id = m.list_id"
                     " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
                     "                WHERE state = 'pending' AND next_attempt <= ?)"
                     " OR m.member_cursor IS NOT NULL ORDER BY m.id",
-    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending' AND "
-                 "next_attempt <= ?",
+    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'"
+                 " AND next_attempt <= ?",
     # keyset pagination keeps memory flat however long the list is
     "due_recipients": "SELECT address, attempts FROM deliveries"
                       " WHERE message = ? AND state = 'pending' AND next_attempt <= ? AND address > ?"
@@ -1049,8 +1045,7 @@ SQL = {
                      " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
                      "  AND d.address = mb.address COLLATE NOCASE) ORDER BY 1, 4",
     "bounce_by_id": "SELECT received, source, status, cause, diagnostic FROM bounces WHERE id = ?",
-    "status_counts": "SELECT"
-                     " (SELECT count(*) FROM messages WHERE state = 'queued'),"
+    "status_counts": "SELECT (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0)"
                      "  + (SELECT count(*) FROM messages m JOIN members mb ON mb.list_id = m.list_id"
                      "     WHERE m.member_cursor IS NOT NULL AND "
@@ -1068,8 +1063,7 @@ SQL = {
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'expired' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(expired_count), 0) FROM messages WHERE summarized = 1),"
-                     " (SELECT count(*) FROM held),"
-                     " (SELECT count(*) FROM digest_posts)",
+                     " (SELECT count(*) FROM held), (SELECT count(*) FROM digest_posts)",
     # bounces
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
                   " reporting_mta, counted, why, message_id, raw, cause, weight) VALUES (:list_id, :address,"
@@ -1082,8 +1076,7 @@ SQL = {
                       " AND d.state = 'sent' AND m.kind = 'post' UNION ALL SELECT m.message_id, m.created"
                       " FROM messages m WHERE m.list_id = ?1 AND " + REACHED_MEMBER.format(a="?2")
                       + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
-                      " AND d.address = ?2 COLLATE NOCASE))"
-                      " ORDER BY t DESC LIMIT 1",
+                      " AND d.address = ?2 COLLATE NOCASE)) ORDER BY t DESC LIMIT 1",
     "disable_member": "UPDATE members SET status = 'disabled', disabled_reason = 'feedback', disabled_at = ?"
                       " WHERE list_id = ? AND address = ?",
     "unrecognised_since": "SELECT received, address, diagnostic FROM bounces WHERE list_id = ?"
@@ -1096,27 +1089,24 @@ SQL = {
     "policy_rejections": "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4,"
                          " instr(b.why, ':') - instr(b.why, ' at ') - 4) AS domain, count(*) AS n"
                          " FROM bounces b JOIN lists l ON l.id = b.list_id"
-                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND "
-                         "l.last_policy_alert < ?"
-                         " GROUP BY b.list_id, domain HAVING n >= ?",
+                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ?"
+                         " AND l.last_policy_alert < ? GROUP BY b.list_id, domain HAVING n >= ?",
     # held posts and confirmation tokens
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
                 " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "held_by_id": "SELECT * FROM held WHERE id = ?",
     "delete_held": "DELETE FROM held WHERE id = ?",
     "expired_held": "SELECT id, list_id, message_id FROM held WHERE received < ?",
-    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, "
-                  "length(h.raw) AS size,"
-                  " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
+    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason,"
+                  " length(h.raw) AS size, l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
                   " WHERE ? IS NULL OR h.list_id = ? ORDER BY h.id",
     "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
                     " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
                     " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id",
     "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l "
-                        "ON l.id = p.list_id"
-                        " WHERE p.token = ?",
+    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p"
+                        " JOIN lists l ON l.id = p.list_id WHERE p.token = ?",
     "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
     "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
                     " AND used IS NULL AND expires > ?",
@@ -1124,16 +1114,14 @@ SQL = {
                       " AND action IN ('subscribe', 'unsubscribe')",
     "open_pending": "SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires,"
                     " l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
-                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?) ORDER "
-                    "BY p.created",
+                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?)"
+                    " ORDER BY p.created",
     "prune_pending": "DELETE FROM pending WHERE expires < ? AND created < ?",
     # the trace
-    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, "
-                 "reason, trace)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON "
-                 "l.id = e.list_id"
-                 " WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
+    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome,"
+                 " reason, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e"
+                 " LEFT JOIN lists l ON l.id = e.list_id WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
     "prune_events": "DELETE FROM events WHERE received < ?",
     # DNS caches and the automatic-reply log
     "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",

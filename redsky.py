@@ -852,10 +852,10 @@ MEMBER_OPTION_COLUMNS = "digest, disabled_reason, disabled_until, notmetoo, ack,
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
                 " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume,"
-                " digest_issue, digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action,"
-                " emergency, max_posts_per_day, notify_owners, dmarc_addresses, filter_content, pass_types,"
-                " filter_types, pass_extensions, filter_extensions, convert_html_to_plaintext,"
-                " collapse_alternatives, signed_posts, description")
+                " digest_issue, digest_last, reply_to, reply_to_strip, post_number, max_size,"
+                " nonmember_action, emergency, max_posts_per_day, notify_owners, dmarc_addresses,"
+                " filter_content, pass_types, filter_types, pass_extensions, filter_extensions,"
+                " convert_html_to_plaintext, collapse_alternatives, signed_posts, description")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -1593,9 +1593,7 @@ class RawMessage:
         nl = raw.find(b"\n")
         self.eol = b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
         self.fields = []          # raw bytes of each field, continuation lines included
-        pos = 0
-        size = len(raw)
-        self.separator = b""
+        pos, size, self.separator = 0, len(raw), b""
         while pos < size:
             end = raw.find(b"\n", pos)
             end = size if end < 0 else end + 1
@@ -1631,8 +1629,7 @@ class RawMessage:
         return [self.value_of(f) for f in self.fields if self.name_of(f) == name]
 
     def get(self, name, default=None):
-        values = self.get_all(name)
-        return values[0] if values else default
+        return next(iter(self.get_all(name)), default)
 
     def remove(self, *names):
         names = {n.lower() for n in names}
@@ -1859,6 +1856,7 @@ def list_headers(list_row, base_url=""):
     public = base_url and list_row.get("archive") == "public"
     archive_url = list_row.get("archive_url") or \
         (f"{base_url.rstrip('/')}/archive/{post.lower()}/" if public else "")
+    shown = archive_url and list_row.get("archive") != "off"
     return [
         ("List-Id", f"<{list_row['name']}.{list_row['domain']}>"),
         ("List-Post", f"<mailto:{post}>"),
@@ -1866,11 +1864,7 @@ def list_headers(list_row, base_url=""):
         ("List-Subscribe", f"<mailto:{list_address(list_row, '-join')}>"),
         ("List-Unsubscribe", f"<mailto:{list_address(list_row, '-leave')}>"),
         ("List-Owner", f"<mailto:{list_address(list_row, '-owner')}>"),
-    ] + ([("List-Archive", f"<{archive_url}>")] if archive_url and list_row.get("archive") != "off"
-         else []) + [
-        ("Precedence", "list"),
-        ("X-Loop", post),
-    ]
+    ] + [("List-Archive", f"<{archive_url}>")] * bool(shown) + [("Precedence", "list"), ("X-Loop", post)]
 
 
 # Headers replaced on every distributed copy: our own list fields, and the
@@ -1981,10 +1975,6 @@ def add_footer(msg, footer):
     return "wrapped"
 
 
-def _eol_of(data, default):
-    return b"\r\n" if b"\r\n" in data[:4096] else (b"\n" if b"\n" in data[:4096] else default)
-
-
 def _append_to_text(msg, info, footer, literal=False):
     import base64
     import binascii
@@ -1997,28 +1987,21 @@ def _append_to_text(msg, info, footer, literal=False):
         footer_bytes = footer.encode(charset)
     except (LookupError, UnicodeError):
         raise _CannotEdit
-    body = msg.body
-    if literal and cte not in ("7bit", "8bit", "binary", ""):
-        raise _CannotEdit
-    if cte in ("7bit", "8bit", "binary", ""):
-        if cte in ("7bit", "") and not footer_bytes.isascii():
-            raise _CannotEdit
-        eol = msg.eol
-        lead = b"" if not body or body.endswith(b"\n") else eol
+    body, eol = msg.body, msg.eol
+    lead = b"" if not body or body.endswith(b"\n") else eol
+    if cte in ("8bit", "binary") or (cte in ("7bit", "") and footer_bytes.isascii()):
         msg.body = body + lead + footer_bytes.replace(b"\n", eol) + eol
-    elif cte == "quoted-printable":
-        eol = msg.eol
-        lead = b"" if not body or body.endswith(b"\n") else eol
+    elif cte == "quoted-printable" and not literal:
         if body.rstrip(b"\r\n").endswith(b"="):      # soft break at the end: close the line
             lead = eol
         encoded = quopri.encodestring(footer_bytes.replace(b"\r\n", b"\n") + b"\n")
         msg.body = body + lead + encoded.replace(b"\n", eol)
-    elif cte == "base64":
+    elif cte == "base64" and not literal:
         try:
             decoded = base64.b64decode(b"".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
             raise _CannotEdit
-        eol = _eol_of(decoded, b"\r\n")
+        eol = b"\n" if b"\n" in decoded[:4096] and b"\r\n" not in decoded[:4096] else b"\r\n"
         lead = b"" if not decoded or decoded.endswith(b"\n") else eol
         text = decoded + lead + footer_bytes.replace(b"\n", eol) + eol
         msg.body = base64.encodebytes(text).replace(b"\n", msg.eol)
@@ -2045,7 +2028,8 @@ def _footer_part(footer, eol, literal=False):
 def _add_mixed_part(msg, boundary, footer, literal=False):
     if not boundary:
         raise _CannotEdit
-    delimiter = re.escape(boundary.encode("utf-8", "surrogateescape"))
+    own = boundary.encode("utf-8", "surrogateescape")
+    delimiter = re.escape(own)
     closings = list(re.finditer(rb"(?m)^--" + delimiter + rb"--[ \t]*\r?$", msg.body))
     opening = re.search(rb"(?m)^--" + delimiter + rb"[ \t]*\r?$", msg.body)
     if not closings or not opening or opening.start() > closings[-1].start():
@@ -2055,13 +2039,10 @@ def _add_mixed_part(msg, boundary, footer, literal=False):
     declared = re.finditer(rb'(?im)^(?:content-type:|[ \t])[^\r\n]*?\bboundary\s*=\s*'
                            rb'("[^"\r\n]{1,200}"|[^\s;]{1,200})', msg.body)
     nested = {m.group(1).strip(b'"') for m in declared}
-    own = boundary.encode("utf-8", "surrogateescape")
     if len(closings) > 1 or any(b.startswith(own) or own.startswith(b) for b in nested):
         raise _CannotEdit
-    at = closings[-1].start()
-    eol = msg.eol
-    part = b"--" + boundary.encode("utf-8", "surrogateescape") + eol + _footer_part(footer, eol, literal)
-    msg.body = msg.body[:at] + part + msg.body[at:]
+    at, eol = closings[-1].start(), msg.eol
+    msg.body = msg.body[:at] + b"--" + own + eol + _footer_part(footer, eol, literal) + msg.body[at:]
 
 
 def _wrap_with_footer(msg, footer, literal=False):
@@ -2110,9 +2091,7 @@ def with_subject_tag(msg, tag, earlier=None):
             raw = re.sub(r"[ \t]+", " ", pattern.sub(" ", raw.decode("ascii"))).strip().encode("ascii")
         else:                           # the tag was inside an encoded-word: encode the rest anew
             raw = encoded_words(stripped)
-        text = stripped
-        if not raw:
-            raw = None
+        text, raw = stripped, raw or None
     elif tag.lower() in text.lower():
         return False
     if not text.strip():
@@ -3217,9 +3196,6 @@ FAILURE_PHRASES = re.compile(
     r"returned to sender|non[- ]?delivery|error sending your mail|trouble delivering|rejected your message|"
     r"could not deliver|failed to deliver|delivery problem|transcript of session follows|"
     r"permanent error|host unknown|no valid recipients", re.I)
-# Texts that stand for no report at all: read receipts, "delivered" notices.
-DELIVERED_PHRASES = re.compile(r"was (successfully )?delivered to|delivery (was )?successful|"
-                               r"has been delivered|\bread receipt\b|was read on", re.I)
 # local parts of at most 64 characters (RFC 5321 4.5.3.1.1): a bounded scan, so linear
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")

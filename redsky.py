@@ -2243,8 +2243,7 @@ def dns_query(name, qtype, nameserver, timeout):
     deadline = time.monotonic() + timeout
     qid = secrets.randbits(16)
     labels = [label for label in name.encode("idna").split(b".") if label]
-    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
-    question += struct.pack(">HH", qtype, 1)
+    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", qtype, 1)
     query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -2389,13 +2388,11 @@ def public_suffixes(path):
             with open(path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     rule = line.split(None, 1)[0].lower() if line.strip() else ""
-                    if not rule or rule.startswith("//"):
-                        continue
                     if rule.startswith("!"):
                         exceptions.add(rule[1:])
                     elif rule.startswith("*."):
                         wildcards.add(rule[2:])
-                    else:
+                    elif rule and not rule.startswith("//"):
                         rules.add(rule)
         except OSError as e:
             log.info("no Public Suffix List at %s (%s): the built-in suffixes serve", path, e.strerror)
@@ -2445,10 +2442,8 @@ def dmarc_policy(store, config, domain):
 
 def dnsbl_name(ip, zone):
     """The query name: reversed octets for IPv4, reversed nibbles for IPv6
-    (RFC 5782 2.1 and 2.4)."""
-    if ip.version == 4:
-        return ".".join(reversed(str(ip).split("."))) + "." + zone
-    return ".".join(reversed(ip.exploded.replace(":", ""))) + "." + zone
+    (RFC 5782 2.1 and 2.4), as in the reverse DNS name."""
+    return ip.reverse_pointer.rsplit(".", 2)[0] + "." + zone
 
 
 def dnsbl_lookup(store, config, name):
@@ -2495,9 +2490,8 @@ def check_passphrase(passphrase, stored):
         iterations = int(iterations)
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256":
-        return False
-    return hmac.compare_digest(hash_passphrase(passphrase, salt, iterations), stored)
+    return scheme == "pbkdf2_sha256" and hmac.compare_digest(hash_passphrase(passphrase, salt, iterations),
+                                                             stored)
 
 
 def verp_signature(key, list_row, recipient, purpose=""):

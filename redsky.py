@@ -962,8 +962,9 @@ SQL = {
                     " disabled_at = CASE WHEN :disable THEN :now ELSE disabled_at END,"
                     " warnings = CASE WHEN :disable THEN 0 ELSE warnings END"
                     " WHERE list_id = :list_id AND address = :address",
-    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled'"
-                       " AND m.disabled_reason = 'bounce' AND (m.last_warning IS NULL OR m.last_warning < ?)",
+    "members_to_warn": "SELECT m.* FROM members m"
+                       " WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
+                       " AND (m.last_warning IS NULL OR m.last_warning < ?)",
     "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ?"
               " WHERE list_id = ? AND address = ?",
     "members_bounce_status": "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings"
@@ -1468,11 +1469,6 @@ class Outbox:
         try:
             for item in self.items:
                 names.append(write_spool(spool, item[3]))
-        except OSError as e:
-            for name in names:
-                _unlink_quietly(os.path.join(spool, name))
-            raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
-        try:
             with store.transaction() as db:
                 for fn in [change] * (change is not None) + self.changes:
                     fn(db)
@@ -1488,6 +1484,8 @@ class Outbox:
         except BaseException as e:             # nothing recorded: no spool file may stay
             for name in names:
                 _unlink_quietly(os.path.join(spool, name))
+            if isinstance(e, OSError) and len(names) < len(self.items):    # a spool file failed
+                raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
             if isinstance(e, (sqlite3.Error, OSError, StoreError)):
                 raise StoreError(f"cannot record in the database: {e}") from e
             raise
@@ -2013,14 +2011,10 @@ def _footer_part(footer, eol, literal=False):
     """A text/plain MIME part (headers and body) holding the footer."""
     import quopri
     data = footer.replace("\r\n", "\n").rstrip("\n").encode("utf-8") + b"\n"
-    if data.isascii() or literal:
-        head = (b"Content-Type: text/plain; charset=" + (b"us-ascii" if data.isascii() else b"utf-8") + eol
-                + b"Content-Transfer-Encoding: " + (b"7bit" if data.isascii() else b"8bit"))
-        body = data.replace(b"\n", eol)
-    else:
-        head = (b"Content-Type: text/plain; charset=utf-8" + eol
-                + b"Content-Transfer-Encoding: quoted-printable")
-        body = quopri.encodestring(data).replace(b"\n", eol)
+    cte = b"7bit" if data.isascii() else b"8bit" if literal else b"quoted-printable"
+    body = (quopri.encodestring(data) if cte == b"quoted-printable" else data).replace(b"\n", eol)
+    head = (b"Content-Type: text/plain; charset=" + (b"us-ascii" if data.isascii() else b"utf-8") + eol
+            + b"Content-Transfer-Encoding: " + cte)
     # the line break before the next delimiter belongs to the delimiter (RFC 2046)
     return head + eol + b"Content-Disposition: inline" + eol + eol + body + eol
 
@@ -2243,7 +2237,7 @@ def dns_query(name, qtype, nameserver, timeout):
     deadline = time.monotonic() + timeout
     qid = secrets.randbits(16)
     labels = [label for label in name.encode("idna").split(b".") if label]
-    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", qtype, 1)
+    question = b"".join(bytes([len(x)]) + x for x in labels) + b"\0" + struct.pack(">HH", qtype, 1)
     query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -2487,11 +2481,10 @@ def check_passphrase(passphrase, stored):
     import hmac
     try:
         scheme, iterations, salt, _ = stored.split("$")
-        iterations = int(iterations)
+        computed = hash_passphrase(passphrase, salt, int(iterations))
     except ValueError:
         return False
-    return scheme == "pbkdf2_sha256" and hmac.compare_digest(hash_passphrase(passphrase, salt, iterations),
-                                                             stored)
+    return scheme == "pbkdf2_sha256" and hmac.compare_digest(computed, stored)
 
 
 def verp_signature(key, list_row, recipient, purpose=""):
@@ -2519,9 +2512,8 @@ def verp_signer(list_row):
 
     def sign(recipient):
         local, _, domain = recipient.rpartition("@")
-        if not mac:
-            return f"{head}{local}={domain}{tail}"
-        return f"{head}{mac(recipient.lower())[:8]}+{local}={domain}{tail}"
+        signature = f"{mac(recipient.lower())[:8]}+" if mac else ""
+        return f"{head}{signature}{local}={domain}{tail}"
     return sign
 
 
@@ -2802,16 +2794,13 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     if attachment is not None:
         try:
             msg.add_attachment(email.message_from_bytes(attachment, policy=policy.compat32))
-            data = msg.as_bytes()
+            return message_id, msg.as_bytes()
         except Exception:           # too broken to re-serialise: attach the bytes as they are
             msg.clear_content()
             msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
             msg.add_attachment(attachment, maintype="application", subtype="octet-stream",
                                filename="original.eml")
-            data = msg.as_bytes()
-    else:
-        data = msg.as_bytes()
-    return message_id, data
+    return message_id, msg.as_bytes()
 
 
 def render(text_name, list_row, values, templates=""):
@@ -2832,9 +2821,7 @@ def render(text_name, list_row, values, templates=""):
             continue
         except OSError as e:
             log.error("template %s cannot be read (%s): the built-in text serves", path, e.strerror)
-    if own:
-        return expand(own, list_row, **values)
-    return expand(TEXTS[text_name], list_row, strict=True, **values)
+    return expand(own or TEXTS[text_name], list_row, strict=not own, **values)
 
 
 class Notices:
@@ -3102,16 +3089,11 @@ def parse_dsn(message):
             recipient = _dsn_recipient(block)
             if not recipient:
                 continue
-            status = (_STATUS.search(block.get("status", ""))
-                      or _STATUS.search(block.get("diagnostic-code", "")))
+            diagnostic = block.get("diagnostic-code", "")
+            status = _STATUS.search(block.get("status", "")) or _STATUS.search(diagnostic)
             status = ".".join(status.groups()) if status else ""
-            results.append({
-                "recipient": recipient,
-                "action": _dsn_action(block.get("action", ""), status),
-                "status": status,
-                "diagnostic": one_line(block.get("diagnostic-code", "") or block.get("status", ""), 1000),
-                "reporting_mta": reporting,
-            })
+            results.append(_result(recipient, _dsn_action(block.get("action", ""), status), status,
+                                   diagnostic or block.get("status", ""), reporting))
     return results
 
 
@@ -3146,7 +3128,7 @@ def dsn_blocks(text, limit=1000):
     ``limit``: a dict per block, field names lower-case, continuation lines
     joined; read line by line, so linear whatever the input."""
     blocks, fields, name = [], {}, None
-    for line in text.splitlines():
+    for line in text.splitlines() + [""]:          # the empty line ends the last block
         if not line.strip():
             if fields:
                 blocks.append({k: " ".join(v) for k, v in fields.items()})
@@ -3161,8 +3143,6 @@ def dsn_blocks(text, limit=1000):
             name = key.strip().lower() if colon else None
             if name is not None:
                 fields.setdefault(name, []).append(value.strip())
-    if fields:
-        blocks.append({k: " ".join(v) for k, v in fields.items()})
     return blocks
 
 
@@ -3249,7 +3229,7 @@ def _text_failures(message, own):
             or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
             or AUTO_REPLY_SUBJECT.search(subject))
     if auto and not (failed_header or (daemon and says_failed)):
-        return [_result("", "auto-reply", "", subject, 200)]
+        return [_result("", "auto-reply", "", subject, size=200)]
     if GAVE_UP_PHRASES.search(head):
         action = "failed"
     elif DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject):
@@ -3277,9 +3257,9 @@ def _text_failures(message, own):
     return [_result(r, action, status, diagnostic) for r in recipients or [""]]
 
 
-def _result(recipient, action, status, diagnostic, size=1000):
+def _result(recipient, action, status, diagnostic, reporting_mta="", size=1000):
     return {"recipient": recipient, "action": action, "status": status,
-            "diagnostic": one_line(diagnostic, size), "reporting_mta": ""}
+            "diagnostic": one_line(diagnostic, size), "reporting_mta": reporting_mta}
 
 
 def _addresses_named(head, ignore):
@@ -3315,7 +3295,6 @@ _NOT_A_RECIPIENT_LINE = re.compile(
 def _ses_failures(text):
     """Recipients of an Amazon SES bounce notification (JSON, as SNS mails
     it): bounce.bouncedRecipients, Permanent → failed, else delayed."""
-    import json
     note, start = text, text.find("{")
     for _ in range(2):                     # SNS wraps the notification in its own JSON
         try:
@@ -3464,10 +3443,8 @@ def bounced_message_ids(parsed, raw=b""):
 def delivered(store, list_id, address, message_ids):
     """The evidence: did redsky really deliver one of these posts of this
     list to this address?  (A forged report cannot name one.)"""
-    for message_id in message_ids:
-        if store.q("delivered_to", list_id, message_id, address).fetchone():
-            return message_id
-    return None
+    return next((m for m in message_ids if store.q("delivered_to", list_id, m, address).fetchone()),
+                None)
 
 
 def bounce_record(list_id, address, source, **columns):
@@ -3918,7 +3895,6 @@ class PageWriter:
         self.config, self.list = config, list_row
         self.dir = folder or pages_dir(config, list_row)
         os.makedirs(os.path.join(self.dir, "att"), exist_ok=True)
-        import fcntl
         self.lock = open(os.path.join(self.dir, ".lock"), "a")
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.state = _read_json(os.path.join(self.dir, "state.json"), {"next": 1, "months": {}})

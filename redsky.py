@@ -1401,17 +1401,14 @@ def write_postfix_map(path, domains, addresses):
 def write_synced(path, data):
     """Create ``path`` (it must not exist; [redsky] umask applies), write
     ``data`` and fsync it; on any failure nothing is left behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(path)
-        raise
-    os.close(fd)
+    with open(path, "xb") as fh:
+        try:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            _unlink_quietly(path)
+            raise
 
 
 def write_spool(spool_dir, data):
@@ -2605,12 +2602,9 @@ class Personalizer:
             data = f"@{list_row['domain']}>".encode() + \
                 (eol + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" if self.url else b"") + \
                 data[at + len(generic):]
-        if b"redsky-personal-" in data:
-            markers = personal_markers(list_row, key)
-            for i, piece in enumerate(re.split(b"(" + b"|".join(markers) + b")", data)):
-                pieces.append(markers[piece] if i % 2 else piece)
-        else:
-            pieces.append(data)
+        markers = personal_markers(list_row, key)
+        parts = re.split(b"(" + b"|".join(markers) + b")", data)
+        pieces += [markers[part] if i % 2 else part for i, part in enumerate(parts)]
         if len(pieces) > 1:
             self.pieces, self.mac = pieces, leave_mac(key, list_row)
 
@@ -3493,9 +3487,8 @@ def policy_rejection(status, address):
 
 def archive_path(config, list_row):
     """[archive] dir/LIST@DOMAIN: a Maildir, or an mbox file ending .mbox."""
-    name = f"{list_row['name']}@{list_row['domain']}".lower()
-    return os.path.join(config.path_of("archive", "dir"),
-                        name + (".mbox" if config.get("archive", "format") == "mbox" else ""))
+    return os.path.join(config.path_of("archive", "dir"), list_address(list_row).lower()
+                        + (".mbox" if config.get("archive", "format") == "mbox" else ""))
 
 
 def archive_add(config, list_row, data, sender=None):
@@ -3761,7 +3754,7 @@ def post_parts(data):
 
 
 def pages_dir(config, list_row):
-    return os.path.join(config.path_of("web", "pages"), f"{list_row['name']}@{list_row['domain']}".lower())
+    return os.path.join(config.path_of("web", "pages"), list_address(list_row).lower())
 
 
 def _write_page(path, text):

@@ -1223,7 +1223,6 @@ class Store:
         return row[0] if row else ""
 
     def q(self, name, *args):
-        """Run the named query ``SQL[name]`` with ``args``; return the cursor."""
         return self.db.execute(SQL[name], args)
 
     def vacuum(self, pages=10_000):
@@ -1238,12 +1237,10 @@ class Store:
         return dict(self.q("list_by_id", list_id).fetchone())
 
     def held(self, held_id):
-        """The held post ``held_id`` as a dict, or None."""
         row = self.q("held_by_id", held_id).fetchone()
         return dict(row) if row else None
 
     def add_list(self, db, values):
-        """INSERT a list from {column: value}; the columns must be the list table's."""
         unknown = set(values) - set(LIST_COLUMNS.replace(",", " ").split())
         assert not unknown, unknown
         return db.execute(SQL["add_list"].format(columns=", ".join(values),
@@ -1378,8 +1375,6 @@ CREATE TABLE addresses (address TEXT PRIMARY KEY);
 
 
 def write_postfix_map(path, domains, addresses):
-    """Replace the Postfix map ``path`` by one holding ``domains`` and
-    ``addresses``: written beside it, fsynced, renamed over it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     _unlink_quietly(tmp)
     db = sqlite3.connect(tmp, isolation_level=None)
@@ -1412,8 +1407,7 @@ def write_synced(path, data):
 
 
 def write_spool(spool_dir, data):
-    """Write ``data`` to a new spool file atomically (temp file, fsync,
-    rename, fsync of the directory); return its name."""
+    """Write ``data`` to a new spool file atomically; return its name."""
     tmp_dir = os.path.join(spool_dir, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
     name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
@@ -1436,15 +1430,12 @@ def _unlink_quietly(path):
 
 
 class Outbox:
-    """Messages to queue together with a database change, atomically.
-
-    ``add()`` collects messages and ``changes`` database changes (callables
-    of db); ``commit(store, spool, change)`` writes the spool files first,
-    then runs ``change(db)`` and every change, and records every message
-    with its deliveries, in one transaction.  If anything fails, the
-    spool files are removed and nothing is recorded: an action and the
-    notice that reports it happen together or not at all (StoreError).
-    """
+    """Messages to queue together with a database change, atomically:
+    ``commit`` writes the spool files first, then runs ``change(db)`` and
+    every change (callables of db) and records every message with its
+    deliveries, in one transaction.  If anything fails, the spool files are
+    removed and nothing is recorded: an action and the notice that reports
+    it happen together or not at all (StoreError)."""
 
     def __init__(self, dry_run=False):
         self.items = []             # (list_id, kind, message_id, data, recipients, sender)
@@ -1659,7 +1650,6 @@ class RawMessage:
         return None
 
     def header_message(self):
-        """The header fields parsed by the email package (no body)."""
         from email.parser import BytesHeaderParser
         from email import policy
         return BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(self.fields) + self.eol)
@@ -1788,11 +1778,8 @@ _NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 def is_robot(msg, sender, strict=True):
     """Why a message comes from a robot (RFC 3834 2), or None: the one robot
-    detector of the program.  Always: the null sender, Auto-Submitted, a
-    report, and the fields of responders older than RFC 3834.  ``strict``
-    (what redsky never answers, and no command from it counts) also:
-    Precedence bulk/junk/list/auto_reply, a list's copy (List-Id, List-Post,
-    X-Loop ...), an auto-reply Subject ("Out of office", "Automatic reply"),
+    detector of the program.  ``strict`` adds what redsky never answers and
+    whose commands never count: bulk and list mail, auto-reply subjects, and
     MAILER-DAEMON, postmaster, -bounces and owner- senders."""
     if sender == "":
         return "null envelope sender"
@@ -1878,8 +1865,7 @@ class _CannotEdit(Exception):
 
 
 def expand(text, list_row, strict=False, **extra):
-    """Fill a footer or notice text: $list, $domain, $post_address, $list_id,
-    $owner, $request, $join, $leave, $unsubscribe and any ``extra``.
+    """Fill a footer or notice text with the list's names and ``extra``.
     ``strict``: a placeholder nothing fills raises KeyError (redsky's own
     texts); else it stays as written (texts the owners write)."""
     from string import Template
@@ -2180,8 +2166,7 @@ def html_tokens(html, dropped=("script", "style")):
 
 
 def html_text(html):
-    """Readable text of an HTML part: scripts, styles and comments left
-    out, tags dropped, block tags made line breaks, entities decoded."""
+    """Readable text of an HTML part: block tags make line breaks."""
     import html as entities
     out = []
     for text, tag in html_tokens(html):
@@ -2371,8 +2356,7 @@ _PUBLIC_SUFFIXES = {}                   # path -> (rules, wildcards, exceptions)
 
 def public_suffixes(path):
     """The rules of the Public Suffix List at ``path`` (publicsuffix.org's
-    format: a rule per line, "*." wildcards, "!" exceptions, "//"
-    comments), or None when it cannot be read."""
+    format), or None when it cannot be read."""
     if path not in _PUBLIC_SUFFIXES:
         rules, wildcards, exceptions = set(), set(), set()
         try:
@@ -2461,7 +2445,6 @@ def dnsbl_lookup(store, config, name):
 # Tokens and VERP -------------------------------------------------------------
 
 def new_token():
-    """128 random bits from the secrets module, as 32 hex digits."""
     import secrets          # imported here: `queue` for a plain post never needs it
     return secrets.token_hex(16)
 
@@ -3060,12 +3043,10 @@ def parse_report(raw):
 
 
 def parse_dsn(message):
-    """Per-recipient results of an RFC 3464 delivery-status report (parsed
-    by parse_report).  Returns a list of dicts with recipient, action,
-    status, diagnostic and reporting_mta (action normalised: failed,
-    delayed, delivered …); empty when the message holds no delivery-status
-    fields.  A report whose MIME is broken (the fields in the body of a
-    single part) is read too."""
+    """Per-recipient results (_result) of an RFC 3464 delivery-status report
+    (parsed by parse_report), action normalised; [] when it holds no
+    delivery-status fields.  A report whose MIME is broken (the fields in
+    the body of a single part) is read too."""
     texts = []
     for part in message.walk():
         if part.get_content_type() in ("text/x-delivery-status", "message/delivery-status"):
@@ -3180,14 +3161,12 @@ _ORIGINAL = re.compile(
 
 
 def find_failures(message, own=()):
-    """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
-    the usual non-standard formats.  Each result carries recipient, action
-    (failed, delayed, delivered, auto-reply), status, diagnostic,
-    reporting_mta, and the cause and weight bounce_cause gives it.  A
-    report is a failure when its text or X-Failed-Recipients says so, even
-    if it also says Auto-Submitted: auto-replied (Exim and Google put that
-    on real bounces).  ``own`` lists addresses never taken as a recipient
-    (the list's own)."""
+    """Per-recipient results (_result, action failed, delayed, delivered or
+    auto-reply, plus bounce_cause's cause and weight) of any bounce: RFC
+    3464 DSNs (parse_dsn), else the usual non-standard formats.  A report is
+    a failure when its text or X-Failed-Recipients says so, even if it also
+    says Auto-Submitted: auto-replied (Exim and Google put that on real
+    bounces).  ``own``: the list's addresses, never taken as a recipient."""
     results = parse_dsn(message) or _text_failures(message, own)
     text = _report_text(message, 20_000)
     cut = _ORIGINAL.search(text)
@@ -3574,12 +3553,10 @@ def summary(data):
 
 
 def text_of(data, problems=None):
-    """The text of a message, for searching and for plain digests: every
-    text/plain part decoded; an HTML part only when it has no plain
-    alternative, as text (html_text); other parts named, not included.
-    A message the email package cannot take apart (broken MIME, absurd
-    nesting) is its raw text, and ``problems`` gets a line about it: this
-    never fails."""
+    """The text of a message, for searching and for plain digests (an HTML
+    part only without a plain alternative; other parts only named).  A
+    message the email package cannot take apart (broken MIME, absurd
+    nesting) is its raw text, and ``problems`` gets a line: this never fails."""
     try:
         return _text_of(data)
     except Exception as e:                      # never let one post stop a digest or a search

@@ -1200,8 +1200,7 @@ class Store:
             self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")     # freed pages go back (housekeeping)
             self.db.execute("PRAGMA journal_mode = WAL")
             with self.transaction():
-                for statement in _sql_statements(SCHEMA):
-                    self.db.execute(statement)
+                upgrade_schema(self.db)                 # from nothing: every table and index
                 self.q("add_meta", "verp_key", os.urandom(16).hex())
         elif version < SCHEMA_VERSION:
             with self.transaction():
@@ -1524,9 +1523,8 @@ def member_stream(store, list_id, created, after, poster="", chunk=1000):
         after = rows[-1][0]
 
 
-def member_addresses(store, list_id, status=None):
-    rows = store.q("members", list_id).fetchall()
-    return [r["address"] for r in rows if status is None or r["status"] == status]
+def member_addresses(store, list_id):
+    return [r["address"] for r in store.q("members", list_id)]
 
 
 # ---------------------------------------------------------------------------
@@ -2234,9 +2232,10 @@ def dns_query(name, qtype, nameserver, timeout):
         with socket.create_connection(address, timeout=_time_left(deadline, name)) as conn:
             conn.settimeout(_time_left(deadline, name))
             conn.sendall(struct.pack(">H", len(query)) + query)
-            reply = _recv_exactly(conn, struct.unpack(">H", _recv_exactly(conn, 2))[0])
+            answer = conn.makefile("rb")            # read(n) waits for all n bytes, or the end
+            reply = answer.read(int.from_bytes(answer.read(2), "big"))
         if not _dns_reply_matches(reply, qid, question):
-            raise OSError(f"DNS answer over TCP for {name} does not match the question")
+            raise OSError(f"DNS answer over TCP for {name} is cut short or does not match the question")
     try:
         return _dns_answers(reply, qtype, 12 + len(question))
     except (IndexError, struct.error):
@@ -2248,16 +2247,6 @@ def _time_left(deadline, name):
     if left <= 0:
         raise OSError(f"DNS lookup of {name} timed out")
     return left
-
-
-def _recv_exactly(conn, size):
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise OSError("DNS server closed the TCP connection")
-        data += chunk
-    return data
 
 
 def _dns_reply_matches(reply, qid, question):
@@ -2313,13 +2302,10 @@ def _skip_name(data, pos):
 def _resolv_conf_nameserver():
     try:
         with open("/etc/resolv.conf") as fh:
-            for line in fh:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    return words[1]
+            first = re.search(r"(?m)^[ \t]*nameserver[ \t]+(\S+)", fh.read())
     except OSError:
-        pass
-    return "127.0.0.1"
+        first = None
+    return first.group(1) if first else "127.0.0.1"
 
 
 def dns_cached(store, config, section, key, look):

@@ -1168,14 +1168,12 @@ SQL = {
 # ---------------------------------------------------------------------------
 
 class Store:
-    """The SQLite database: one connection, explicit transactions.
-
-    WAL lets ``queue`` processes write while ``send`` runs; the busy timeout
-    makes concurrent writers wait instead of failing.  ``durable`` selects
+    """The SQLite database: one connection, explicit transactions.  WAL lets
+    ``queue`` processes write while ``send`` runs; the busy timeout makes
+    concurrent writers wait instead of failing.  ``durable`` selects
     synchronous=FULL: ``queue`` must not say "accepted" before the post is
     on disk, while ``send`` only needs its outcomes to survive a killed
-    process (WAL with synchronous=NORMAL), which is much cheaper.
-    """
+    process (WAL with synchronous=NORMAL), which is much cheaper."""
 
     def __init__(self, path, busy_timeout=10.0, durable=True, create=False):
         self.path = path
@@ -1691,8 +1689,7 @@ def _decode_word(charset, encoding, text):
 
 
 def addresses_in(values):
-    """Plain addresses (normalize_address) from header values like From:,
-    Sender:, To: and Cc:, in order."""
+    """The plain addresses (normalize_address) in header values, in order."""
     return [address for _, address in mailboxes(values)]
 
 
@@ -1829,9 +1826,7 @@ def owners_of(list_row):
 
 
 def list_headers(list_row, base_url=""):
-    """RFC 2919 List-Id and the RFC 2369 List-* fields (List-Archive when
-    the list has an archive_url and an archive, or a public archive and
-    [web] ``base_url``), plus loop markers."""
+    """RFC 2919 List-Id, the RFC 2369 List-* fields and the loop markers of a list's copies."""
     post = list_address(list_row)
     public = base_url and list_row.get("archive") == "public"
     archive_url = list_row.get("archive_url") or \
@@ -1925,8 +1920,7 @@ def impersonal(data, list_row, key):
 
 
 def add_footer(msg, footer):
-    """Add ``footer`` (text) to ``msg`` (RawMessage) MIME-correctly, in place.
-
+    """Add ``footer`` (text) to ``msg`` (RawMessage) MIME-correctly, in place:
     - a single text/plain part: appended in its own charset and transfer
       encoding;
     - multipart/mixed: a new text/plain part before the closing boundary;
@@ -1936,8 +1930,7 @@ def add_footer(msg, footer):
     A footer with personal markers (footer_text) is written so that the
     markers stay literal: appended only to a 7bit or 8bit part, else in a
     part of its own (8bit when not ASCII).
-    Returns how it was done ("appended", "part", "wrapped").
-    """
+    Returns how it was done ("appended", "part", "wrapped")."""
     literal = "redsky-personal-" in footer
     info = msg.header_message()
     ctype = info.get_content_type()
@@ -2402,8 +2395,7 @@ def dmarc_policy(store, config, domain):
 
 
 def dnsbl_name(ip, zone):
-    """The query name: reversed octets for IPv4, reversed nibbles for IPv6
-    (RFC 5782 2.1 and 2.4), as in the reverse DNS name."""
+    """The query name: the address reversed as in reverse DNS (RFC 5782 2.1 and 2.4)."""
     return ip.reverse_pointer.rsplit(".", 2)[0] + "." + zone
 
 
@@ -2737,22 +2729,17 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     from email.message import EmailMessage
     from email.utils import formatdate, make_msgid
     msg = EmailMessage(policy=policy.default.clone(linesep="\n"))
-    msg["From"] = list_address(list_row, sender)
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = one_line(subject, 300)
-    msg["Date"] = formatdate(localtime=True)
     message_id = make_msgid(domain=list_row["domain"])
-    msg["Message-ID"] = message_id
-    if reply_to:
-        msg["Reply-To"] = reply_to
     reference = one_line(in_reply_to, 500)
-    if re.fullmatch(r"<[^<>\s]+>", reference):
-        msg["In-Reply-To"] = reference
-        msg["References"] = reference
-    msg["Auto-Submitted"] = auto
-    msg["Precedence"] = "bulk"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Loop"] = list_address(list_row)
+    reference = reference if re.fullmatch(r"<[^<>\s]+>", reference) else None
+    for name, value in (("From", list_address(list_row, sender)), ("To", ", ".join(to)),
+                        ("Subject", one_line(subject, 300)), ("Date", formatdate(localtime=True)),
+                        ("Message-ID", message_id), ("Reply-To", reply_to or None),
+                        ("In-Reply-To", reference), ("References", reference), ("Auto-Submitted", auto),
+                        ("Precedence", "bulk"), ("X-Auto-Response-Suppress", "All"),
+                        ("X-Loop", list_address(list_row))):
+        if value is not None:                   # no Reply-To, no reference
+            msg[name] = value
     msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
     if attachment is not None:
         try:
@@ -3169,9 +3156,8 @@ def _text_failures(message, own):
     X-Failed-Recipients, else the addresses in that text, else the To: of
     the returned message."""
     subject = decode_header_text(str(message.get("Subject", "")))
-    sender = " ".join(map(str, message.get_all("From", []))).lower()
-    daemon = bool(re.search(r"(mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification)",
-                            sender))
+    daemon = re.search(r"mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification",
+                       " ".join(map(str, message.get_all("From", []))), re.I)
     failed_header = [a.strip().strip("<>") for v in message.get_all("X-Failed-Recipients", [])
                      for a in str(v).split(",") if "@" in a]
     text = _report_text(message)
@@ -3222,10 +3208,8 @@ def _result(recipient, action, status, diagnostic, reporting_mta="", size=1000):
 
 
 def _addresses_named(head, ignore):
-    """The recipients a report names in its text: every address that is
-    not ours, not the sender's, not a Message-ID, not a postmaster or a
-    help desk to contact, not the envelope sender of a transcript, not what
-    an alias expanded from, not inside a pipe command or a path."""
+    """The recipients a report names in its text: the addresses left once
+    ours, the sender's and those of everyone else a report names are set aside."""
     found = []
     for line in head.splitlines():
         if re.search(r"contact|assistance|helpdesk|help desk", line, re.I):
@@ -3629,8 +3613,7 @@ def hide_addresses(text):
 
 
 def text_html(text):
-    """A text/plain part as HTML: escaped, quoted lines marked, http(s)
-    links made links, addresses hidden."""
+    """A text/plain part as HTML: quoted lines marked, links made, addresses hidden."""
     def link(m):
         url = m.group(0).rstrip(".,;:!?)]}")
         return f'<a href="{url}" rel="nofollow noopener noreferrer">{url}</a>{m.group(0)[len(url):]}'

@@ -503,8 +503,7 @@ def refuse_if_others_can_write(path, what):
     except OSError:
         return                      # reading it reports the real problem
     parent = os.path.dirname(os.path.abspath(path))
-    pst = os.stat(parent)
-    for target, info, is_dir in ((path, st, False), (parent, pst, True)):
+    for target, info, is_dir in ((path, st, False), (parent, os.stat(parent), True)):
         writable = info.st_mode & 0o022 and not (is_dir and info.st_mode & 0o1000)
         if info.st_uid not in (0, os.geteuid()) or writable:
             raise InsecureFile(f"{what} {target} can be changed by others than its owner and root (mode "
@@ -3807,22 +3806,21 @@ def index_page(list_row, months):
 
 def atom_feed(list_row, entries, base_url):
     """RFC 4287 feed of the newest posts; links absolute when [web] base_url is set."""
-    from xml.sax.saxutils import escape
     name = list_address(list_row)
     root = f"{base_url.rstrip('/')}/archive/{name.lower()}/" if base_url else ""
 
     def stamp(t):
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     items = "".join(
-        f"<entry><title>{escape(e['subject'])}</title>"
-        f"<id>{escape(root or 'urn:redsky:' + name + ':')}{e['n']}</id>"
-        f"<link href=\"{escape(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
-        f"<author><name>{escape(e['author'])}</name></author>"
-        f"<summary>{escape(e['text'][:500])}</summary></entry>\n"
+        f"<entry><title>{esc(e['subject'])}</title>"
+        f"<id>{esc(root or 'urn:redsky:' + name + ':')}{e['n']}</id>"
+        f"<link href=\"{esc(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
+        f"<author><name>{esc(e['author'])}</name></author>"
+        f"<summary>{esc(e['text'][:500])}</summary></entry>\n"
         for e in entries)
     return ('<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">'
-            f"<title>{escape(name)}</title><id>{escape(root or 'urn:redsky:' + name)}</id>"
-            f"<link href=\"{escape(root)}\"/>"
+            f"<title>{esc(name)}</title><id>{esc(root or 'urn:redsky:' + name)}</id>"
+            f"<link href=\"{esc(root)}\"/>"
             f"<updated>{stamp(entries[0]['date'] if entries else 0)}</updated>\n"
             f"{items}</feed>\n")
 

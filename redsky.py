@@ -1580,8 +1580,7 @@ class RawMessage:
             end = size if end < 0 else end + 1
             line = raw[pos:end]
             if line in (b"\n", b"\r\n"):
-                self.separator = line
-                pos = end
+                self.separator, pos = line, end
                 break
             if line[:1] in (b" ", b"\t") and self.fields:
                 self.fields[-1] += line
@@ -1639,10 +1638,8 @@ class RawMessage:
         self.fields.append(name.encode("ascii") + b": " + raw_value + self.eol)
 
     def raw_value(self, name):
-        for f in self.fields:
-            if self.name_of(f) == name.lower():
-                return f.split(b":", 1)[1].strip(b" \t\r\n")
-        return None
+        return next((f.split(b":", 1)[1].strip(b" \t\r\n") for f in self.fields
+                     if self.name_of(f) == name.lower()), None)
 
     def header_message(self):
         from email.parser import BytesHeaderParser

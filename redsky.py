@@ -2780,10 +2780,8 @@ class Notices:
 
     def __init__(self, store, config, list_row, outbox, in_reply_to=None):
         self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
-        self.in_reply_to = in_reply_to
-        self.now = time.time()
-        self.answered = set()
-        self.suppressed = []
+        self.in_reply_to, self.now = in_reply_to, time.time()
+        self.answered, self.suppressed = set(), []
 
     def send(self, to, title, text_name, values=None, *, limit=True, kind="notice", reply_to=None,
              attachment=None, auto="auto-replied", sender="-request", envelope=""):
@@ -3072,7 +3070,7 @@ def dsn_blocks(text, limit=1000):
     ``limit``: a dict per block, field names lower-case, continuation lines
     joined; read line by line, so linear whatever the input."""
     blocks, fields, name = [], {}, None
-    for line in text.splitlines() + [""]:          # the empty line ends the last block
+    for line in itertools.chain(text.splitlines(), [""]):     # the empty line ends the last block
         if not line.strip():
             if fields:
                 blocks.append({k: " ".join(v) for k, v in fields.items()})

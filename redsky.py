@@ -502,8 +502,7 @@ def refuse_if_others_can_write(path, what):
     except OSError:
         return                      # reading it reports the real problem
     parent = os.path.dirname(os.path.abspath(path))
-    pst = os.stat(parent)
-    for target, info, is_dir in ((path, st, False), (parent, pst, True)):
+    for target, info, is_dir in ((path, st, False), (parent, os.stat(parent), True)):
         writable = info.st_mode & 0o022 and not (is_dir and info.st_mode & 0o1000)
         if info.st_uid not in (0, os.geteuid()) or writable:
             raise InsecureFile(f"{what} {target} can be changed by others than its owner and root (mode "
@@ -866,13 +865,11 @@ REACHED_MEMBER = ("m.to_members AND (m.member_cursor IS NULL OR {a} <= m.member_
 MEMBER_OPTION_COLUMNS = "digest, disabled_reason, disabled_until, notmetoo, ack, moderate"
 LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
-                " archive_url, digest_format, digest_size_threshold, digest_interval, "
-                "digest_volume, digest_issue,"
-                " digest_last, reply_to, reply_to_strip, post_number, max_size, nonmember_action, emergency,"
-                " max_posts_per_day, notify_owners, dmarc_addresses, filter_content, pass_types,"
-                " filter_types,"
-                " pass_extensions, filter_extensions, convert_html_to_plaintext, collapse_alternatives,"
-                " signed_posts, description")
+                " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume,"
+                " digest_issue, digest_last, reply_to, reply_to_strip, post_number, max_size,"
+                " nonmember_action, emergency, max_posts_per_day, notify_owners, dmarc_addresses,"
+                " filter_content, pass_types, filter_types, pass_extensions, filter_extensions,"
+                " convert_html_to_plaintext, collapse_alternatives, signed_posts, description")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
@@ -957,9 +954,9 @@ SQL = {
     "delete_digest_post": "DELETE FROM digest_posts WHERE id = ?",
     "delete_member": "DELETE FROM members WHERE list_id = ? AND address = ?",
     "member_address": "SELECT address FROM members WHERE list_id = ? AND address = ?",
-    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL, "
-                "disabled_until = NULL, warnings = 0,"
-                " last_warning = NULL, bounce_score = 0 WHERE list_id = ? AND address = ?",
+    "reenable": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL,"
+                " disabled_until = NULL, warnings = 0, last_warning = NULL, bounce_score = 0"
+                " WHERE list_id = ? AND address = ?",
     "set_digest": "UPDATE members SET digest = ?, digest_changed = (julianday('now') - 2440587.5) * 86400"
                   " WHERE list_id = ? AND address = ?",
     "member_options": "SELECT address, status, " + MEMBER_OPTION_COLUMNS
@@ -971,19 +968,19 @@ SQL = {
                   " disabled_until = NULL WHERE list_id = ? AND address = ? AND disabled_reason = 'nomail'",
     "nomail_ended": "UPDATE members SET status = 'enabled', disabled_reason = '', disabled_at = NULL,"
                     " disabled_until = NULL WHERE disabled_reason = 'nomail' AND disabled_until <= ?",
-    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members WHERE list_id = ? "
-                           "AND address = ?",
+    "member_bounce_state": "SELECT status, bounce_score, last_bounce FROM members"
+                           " WHERE list_id = ? AND address = ?",
     "score_bounce": "UPDATE members SET bounce_score = :score, last_bounce = :now,"
                     " status = CASE WHEN :disable THEN 'disabled' ELSE status END,"
                     " disabled_reason = CASE WHEN :disable THEN 'bounce' ELSE disabled_reason END,"
                     " disabled_at = CASE WHEN :disable THEN :now ELSE disabled_at END,"
                     " warnings = CASE WHEN :disable THEN 0 ELSE warnings END"
                     " WHERE list_id = :list_id AND address = :address",
-    "members_to_warn": "SELECT m.* FROM members m WHERE m.status = 'disabled' AND m.disabled_reason "
-                       "= 'bounce'"
+    "members_to_warn": "SELECT m.* FROM members m"
+                       " WHERE m.status = 'disabled' AND m.disabled_reason = 'bounce'"
                        " AND (m.last_warning IS NULL OR m.last_warning < ?)",
-    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ? WHERE list_id = ? AND "
-              "address = ?",
+    "warned": "UPDATE members SET warnings = warnings + 1, last_warning = ?"
+              " WHERE list_id = ? AND address = ?",
     "members_bounce_status": "SELECT address, status, bounce_score, disabled_reason, disabled_at, warnings"
                              " FROM members WHERE list_id = ?",
     "acl": "SELECT pattern FROM acl WHERE list_id = ? ORDER BY pattern",
@@ -999,13 +996,12 @@ SQL = {
     "add_delivery": "INSERT OR IGNORE INTO deliveries (message, address, next_attempt) VALUES (?, ?, 0)",
     # messages that have at least one delivery due now
     "due_messages": "SELECT m.id, m.spool, m.message_id, m.created, m.sender, m.member_cursor, m.poster,"
-                    " l.id AS list_id, l.name, l.domain"
-                    " FROM messages m JOIN lists l ON l.id = m.list_id"
+                    " l.id AS list_id, l.name, l.domain FROM messages m JOIN lists l ON l.id = m.list_id"
                     " WHERE m.id IN (SELECT DISTINCT message FROM deliveries"
                     "                WHERE state = 'pending' AND next_attempt <= ?)"
                     " OR m.member_cursor IS NOT NULL ORDER BY m.id",
-    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending' AND "
-                 "next_attempt <= ?",
+    "due_count": "SELECT count(*) FROM deliveries WHERE message = ? AND state = 'pending'"
+                 " AND next_attempt <= ?",
     # keyset pagination keeps memory flat however long the list is
     "due_recipients": "SELECT address, attempts FROM deliveries"
                       " WHERE message = ? AND state = 'pending' AND next_attempt <= ? AND address > ?"
@@ -1064,8 +1060,7 @@ SQL = {
                      " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
                      "  AND d.address = mb.address COLLATE NOCASE) ORDER BY 1, 4",
     "bounce_by_id": "SELECT received, source, status, cause, diagnostic FROM bounces WHERE id = ?",
-    "status_counts": "SELECT"
-                     " (SELECT count(*) FROM messages WHERE state = 'queued'),"
+    "status_counts": "SELECT (SELECT count(*) FROM messages WHERE state = 'queued'),"
                      " (SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts = 0)"
                      "  + (SELECT count(*) FROM messages m JOIN members mb ON mb.list_id = m.list_id"
                      "     WHERE m.member_cursor IS NOT NULL AND "
@@ -1083,8 +1078,7 @@ SQL = {
                      " (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      "  WHERE d.state = 'expired' AND m.summarized = 0)"
                      "  + (SELECT coalesce(sum(expired_count), 0) FROM messages WHERE summarized = 1),"
-                     " (SELECT count(*) FROM held),"
-                     " (SELECT count(*) FROM digest_posts)",
+                     " (SELECT count(*) FROM held), (SELECT count(*) FROM digest_posts)",
     # bounces
     "add_bounce": "INSERT INTO bounces (list_id, address, received, source, action, status, diagnostic,"
                   " reporting_mta, counted, why, message_id, raw, cause, weight) VALUES (:list_id, :address,"
@@ -1097,8 +1091,7 @@ SQL = {
                       " AND d.state = 'sent' AND m.kind = 'post' UNION ALL SELECT m.message_id, m.created"
                       " FROM messages m WHERE m.list_id = ?1 AND " + REACHED_MEMBER.format(a="?2")
                       + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
-                      " AND d.address = ?2 COLLATE NOCASE))"
-                      " ORDER BY t DESC LIMIT 1",
+                      " AND d.address = ?2 COLLATE NOCASE)) ORDER BY t DESC LIMIT 1",
     "disable_member": "UPDATE members SET status = 'disabled', disabled_reason = 'feedback', disabled_at = ?"
                       " WHERE list_id = ? AND address = ?",
     "unrecognised_since": "SELECT received, address, diagnostic FROM bounces WHERE list_id = ?"
@@ -1111,27 +1104,24 @@ SQL = {
     "policy_rejections": "SELECT b.list_id, substr(b.why, instr(b.why, ' at ') + 4,"
                          " instr(b.why, ':') - instr(b.why, ' at ') - 4) AS domain, count(*) AS n"
                          " FROM bounces b JOIN lists l ON l.id = b.list_id"
-                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ? AND "
-                         "l.last_policy_alert < ?"
-                         " GROUP BY b.list_id, domain HAVING n >= ?",
+                         " WHERE b.why LIKE 'policy rejection %' AND b.received > ?"
+                         " AND l.last_policy_alert < ? GROUP BY b.list_id, domain HAVING n >= ?",
     # held posts and confirmation tokens
     "add_held": "INSERT INTO held (list_id, received, sender, recipient, from_addr, subject, message_id,"
                 " reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "held_by_id": "SELECT * FROM held WHERE id = ?",
     "delete_held": "DELETE FROM held WHERE id = ?",
     "expired_held": "SELECT id, list_id, message_id FROM held WHERE received < ?",
-    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, "
-                  "length(h.raw) AS size,"
-                  " l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
+    "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason,"
+                  " length(h.raw) AS size, l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
                   " WHERE ? IS NULL OR h.list_id = ? ORDER BY h.id",
     "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
                     " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
                     " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id",
     "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p JOIN lists l "
-                        "ON l.id = p.list_id"
-                        " WHERE p.token = ?",
+    "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p"
+                        " JOIN lists l ON l.id = p.list_id WHERE p.token = ?",
     "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
     "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
                     " AND used IS NULL AND expires > ?",
@@ -1139,16 +1129,14 @@ SQL = {
                       " AND action IN ('subscribe', 'unsubscribe')",
     "open_pending": "SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires,"
                     " l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
-                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?) ORDER "
-                    "BY p.created",
+                    " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?)"
+                    " ORDER BY p.created",
     "prune_pending": "DELETE FROM pending WHERE expires < ? AND created < ?",
     # the trace
-    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome, "
-                 "reason, trace)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e LEFT JOIN lists l ON "
-                 "l.id = e.list_id"
-                 " WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
+    "add_event": "INSERT INTO events (received, message_id, list_id, recipient, sender, outcome,"
+                 " reason, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "events_of": "SELECT e.*, l.name || '@' || l.domain AS list FROM events e"
+                 " LEFT JOIN lists l ON l.id = e.list_id WHERE e.message_id IN (?, ?, ?) ORDER BY e.id",
     "prune_events": "DELETE FROM events WHERE received < ?",
     # DNS caches and the automatic-reply log
     "dmarc_cache_get": "SELECT policy FROM dmarc_cache WHERE domain = ? AND expires > ?",
@@ -1194,14 +1182,12 @@ SQL = {
 # ---------------------------------------------------------------------------
 
 class Store:
-    """The SQLite database: one connection, explicit transactions.
-
-    WAL lets ``queue`` processes write while ``send`` runs; the busy timeout
-    makes concurrent writers wait instead of failing.  ``durable`` selects
+    """The SQLite database: one connection, explicit transactions.  WAL lets
+    ``queue`` processes write while ``send`` runs; the busy timeout makes
+    concurrent writers wait instead of failing.  ``durable`` selects
     synchronous=FULL: ``queue`` must not say "accepted" before the post is
     on disk, while ``send`` only needs its outcomes to survive a killed
-    process (WAL with synchronous=NORMAL), which is much cheaper.
-    """
+    process (WAL with synchronous=NORMAL), which is much cheaper."""
 
     def __init__(self, path, busy_timeout=10.0, durable=True, create=False):
         self.path = path
@@ -1226,8 +1212,7 @@ class Store:
             self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")     # freed pages go back (housekeeping)
             self.db.execute("PRAGMA journal_mode = WAL")
             with self.transaction():
-                for statement in _sql_statements(SCHEMA):
-                    self.db.execute(statement)
+                upgrade_schema(self.db)                 # from nothing: every table and index
                 self.q("add_meta", "verp_key", os.urandom(16).hex())
         elif version < SCHEMA_VERSION:
             with self.transaction():
@@ -1249,7 +1234,6 @@ class Store:
         return row[0] if row else ""
 
     def q(self, name, *args):
-        """Run the named query ``SQL[name]`` with ``args``; return the cursor."""
         return self.db.execute(SQL[name], args)
 
     def vacuum(self, pages=10_000):
@@ -1264,12 +1248,10 @@ class Store:
         return dict(self.q("list_by_id", list_id).fetchone())
 
     def held(self, held_id):
-        """The held post ``held_id`` as a dict, or None."""
         row = self.q("held_by_id", held_id).fetchone()
         return dict(row) if row else None
 
     def add_list(self, db, values):
-        """INSERT a list from {column: value}; the columns must be the list table's."""
         unknown = set(values) - set(LIST_COLUMNS.replace(",", " ").split())
         assert not unknown, unknown
         return db.execute(SQL["add_list"].format(columns=", ".join(values),
@@ -1404,8 +1386,6 @@ CREATE TABLE addresses (address TEXT PRIMARY KEY);
 
 
 def write_postfix_map(path, domains, addresses):
-    """Replace the Postfix map ``path`` by one holding ``domains`` and
-    ``addresses``: written beside it, fsynced, renamed over it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     _unlink_quietly(tmp)
     db = sqlite3.connect(tmp, isolation_level=None)
@@ -1427,22 +1407,18 @@ def write_postfix_map(path, domains, addresses):
 def write_synced(path, data):
     """Create ``path`` (it must not exist; [redsky] umask applies), write
     ``data`` and fsync it; on any failure nothing is left behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(path)
-        raise
-    os.close(fd)
+    with open(path, "xb") as fh:
+        try:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            _unlink_quietly(path)
+            raise
 
 
 def write_spool(spool_dir, data):
-    """Write ``data`` to a new spool file atomically (temp file, fsync,
-    rename, fsync of the directory); return its name."""
+    """Write ``data`` to a new spool file atomically; return its name."""
     tmp_dir = os.path.join(spool_dir, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
     name = f"{time.time():.6f}.{os.getpid()}.{os.urandom(4).hex()}.eml"
@@ -1465,15 +1441,12 @@ def _unlink_quietly(path):
 
 
 class Outbox:
-    """Messages to queue together with a database change, atomically.
-
-    ``add()`` collects messages and ``changes`` database changes (callables
-    of db); ``commit(store, spool, change)`` writes the spool files first,
-    then runs ``change(db)`` and every change, and records every message
-    with its deliveries, in one transaction.  If anything fails, the
-    spool files are removed and nothing is recorded: an action and the
-    notice that reports it happen together or not at all (StoreError).
-    """
+    """Messages to queue together with a database change, atomically:
+    ``commit`` writes the spool files first, then runs ``change(db)`` and
+    every change (callables of db) and records every message with its
+    deliveries, in one transaction.  If anything fails, the spool files are
+    removed and nothing is recorded: an action and the notice that reports
+    it happen together or not at all (StoreError)."""
 
     def __init__(self, dry_run=False):
         self.items = []             # (list_id, kind, message_id, data, recipients, sender)
@@ -1495,11 +1468,6 @@ class Outbox:
         try:
             for item in self.items:
                 names.append(write_spool(spool, item[3]))
-        except OSError as e:
-            for name in names:
-                _unlink_quietly(os.path.join(spool, name))
-            raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
-        try:
             with store.transaction() as db:
                 for fn in [change] * (change is not None) + self.changes:
                     fn(db)
@@ -1515,6 +1483,8 @@ class Outbox:
         except BaseException as e:             # nothing recorded: no spool file may stay
             for name in names:
                 _unlink_quietly(os.path.join(spool, name))
+            if isinstance(e, OSError) and len(names) < len(self.items):    # a spool file failed
+                raise StoreError(f"cannot write spool file in {spool}: {e.strerror}")
             if isinstance(e, (sqlite3.Error, OSError, StoreError)):
                 raise StoreError(f"cannot record in the database: {e}") from e
             raise
@@ -1565,9 +1535,8 @@ def member_stream(store, list_id, created, after, poster="", chunk=1000):
         after = rows[-1][0]
 
 
-def member_addresses(store, list_id, status=None):
-    rows = store.q("members", list_id).fetchall()
-    return [r["address"] for r in rows if status is None or r["status"] == status]
+def member_addresses(store, list_id):
+    return [r["address"] for r in store.q("members", list_id)]
 
 
 # ---------------------------------------------------------------------------
@@ -1620,16 +1589,13 @@ class RawMessage:
         nl = raw.find(b"\n")
         self.eol = b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
         self.fields = []          # raw bytes of each field, continuation lines included
-        pos = 0
-        size = len(raw)
-        self.separator = b""
+        pos, size, self.separator = 0, len(raw), b""
         while pos < size:
             end = raw.find(b"\n", pos)
             end = size if end < 0 else end + 1
             line = raw[pos:end]
             if line in (b"\n", b"\r\n"):
-                self.separator = line
-                pos = end
+                self.separator, pos = line, end
                 break
             if line[:1] in (b" ", b"\t") and self.fields:
                 self.fields[-1] += line
@@ -1658,8 +1624,7 @@ class RawMessage:
         return [self.value_of(f) for f in self.fields if self.name_of(f) == name]
 
     def get(self, name, default=None):
-        values = self.get_all(name)
-        return values[0] if values else default
+        return next(iter(self.get_all(name)), default)
 
     def remove(self, *names):
         names = {n.lower() for n in names}
@@ -1688,13 +1653,10 @@ class RawMessage:
         self.fields.append(name.encode("ascii") + b": " + raw_value + self.eol)
 
     def raw_value(self, name):
-        for f in self.fields:
-            if self.name_of(f) == name.lower():
-                return f.split(b":", 1)[1].strip(b" \t\r\n")
-        return None
+        return next((f.split(b":", 1)[1].strip(b" \t\r\n") for f in self.fields
+                     if self.name_of(f) == name.lower()), None)
 
     def header_message(self):
-        """The header fields parsed by the email package (no body)."""
         from email.parser import BytesHeaderParser
         from email import policy
         return BytesHeaderParser(policy=policy.compat32).parsebytes(b"".join(self.fields) + self.eol)
@@ -1738,8 +1700,7 @@ def _decode_word(charset, encoding, text):
 
 
 def addresses_in(values):
-    """Plain addresses (normalize_address) from header values like From:,
-    Sender:, To: and Cc:, in order."""
+    """The plain addresses (normalize_address) in header values, in order."""
     return [address for _, address in mailboxes(values)]
 
 
@@ -1823,11 +1784,8 @@ _NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 def is_robot(msg, sender, strict=True):
     """Why a message comes from a robot (RFC 3834 2), or None: the one robot
-    detector of the program.  Always: the null sender, Auto-Submitted, a
-    report, and the fields of responders older than RFC 3834.  ``strict``
-    (what redsky never answers, and no command from it counts) also:
-    Precedence bulk/junk/list/auto_reply, a list's copy (List-Id, List-Post,
-    X-Loop ...), an auto-reply Subject ("Out of office", "Automatic reply"),
+    detector of the program.  ``strict`` adds what redsky never answers and
+    whose commands never count: bulk and list mail, auto-reply subjects, and
     MAILER-DAEMON, postmaster, -bounces and owner- senders."""
     if sender == "":
         return "null envelope sender"
@@ -1879,13 +1837,12 @@ def owners_of(list_row):
 
 
 def list_headers(list_row, base_url=""):
-    """RFC 2919 List-Id and the RFC 2369 List-* fields (List-Archive when
-    the list has an archive_url and an archive, or a public archive and
-    [web] ``base_url``), plus loop markers."""
+    """RFC 2919 List-Id, the RFC 2369 List-* fields and the loop markers of a list's copies."""
     post = list_address(list_row)
     public = base_url and list_row.get("archive") == "public"
     archive_url = list_row.get("archive_url") or \
         (f"{base_url.rstrip('/')}/archive/{post.lower()}/" if public else "")
+    shown = archive_url and list_row.get("archive") != "off"
     return [
         ("List-Id", f"<{list_row['name']}.{list_row['domain']}>"),
         ("List-Post", f"<mailto:{post}>"),
@@ -1893,11 +1850,7 @@ def list_headers(list_row, base_url=""):
         ("List-Subscribe", f"<mailto:{list_address(list_row, '-join')}>"),
         ("List-Unsubscribe", f"<mailto:{list_address(list_row, '-leave')}>"),
         ("List-Owner", f"<mailto:{list_address(list_row, '-owner')}>"),
-    ] + ([("List-Archive", f"<{archive_url}>")] if archive_url and list_row.get("archive") != "off"
-         else []) + [
-        ("Precedence", "list"),
-        ("X-Loop", post),
-    ]
+    ] + [("List-Archive", f"<{archive_url}>")] * bool(shown) + [("Precedence", "list"), ("X-Loop", post)]
 
 
 # Headers replaced on every distributed copy: our own list fields, and the
@@ -1933,8 +1886,7 @@ class _CannotEdit(Exception):
 
 
 def expand(text, list_row, strict=False, **extra):
-    """Fill a footer or notice text: $list, $domain, $post_address, $list_id,
-    $owner, $request, $join, $leave, $unsubscribe and any ``extra``.
+    """Fill a footer or notice text with the list's names and ``extra``.
     ``strict``: a placeholder nothing fills raises KeyError (redsky's own
     texts); else it stays as written (texts the owners write)."""
     from string import Template
@@ -1996,8 +1948,7 @@ def impersonal(data, list_row, key):
 
 
 def add_footer(msg, footer):
-    """Add ``footer`` (text) to ``msg`` (RawMessage) MIME-correctly, in place.
-
+    """Add ``footer`` (text) to ``msg`` (RawMessage) MIME-correctly, in place:
     - a single text/plain part: appended in its own charset and transfer
       encoding;
     - multipart/mixed: a new text/plain part before the closing boundary;
@@ -2007,8 +1958,7 @@ def add_footer(msg, footer):
     A footer with personal markers (footer_text) is written so that the
     markers stay literal: appended only to a 7bit or 8bit part, else in a
     part of its own (8bit when not ASCII).
-    Returns how it was done ("appended", "part", "wrapped").
-    """
+    Returns how it was done ("appended", "part", "wrapped")."""
     literal = "redsky-personal-" in footer
     info = msg.header_message()
     ctype = info.get_content_type()
@@ -2025,10 +1975,6 @@ def add_footer(msg, footer):
     return "wrapped"
 
 
-def _eol_of(data, default):
-    return b"\r\n" if b"\r\n" in data[:4096] else (b"\n" if b"\n" in data[:4096] else default)
-
-
 def _append_to_text(msg, info, footer, literal=False):
     import base64
     import binascii
@@ -2041,28 +1987,21 @@ def _append_to_text(msg, info, footer, literal=False):
         footer_bytes = footer.encode(charset)
     except (LookupError, UnicodeError):
         raise _CannotEdit
-    body = msg.body
-    if literal and cte not in ("7bit", "8bit", "binary", ""):
-        raise _CannotEdit
-    if cte in ("7bit", "8bit", "binary", ""):
-        if cte in ("7bit", "") and not footer_bytes.isascii():
-            raise _CannotEdit
-        eol = msg.eol
-        lead = b"" if not body or body.endswith(b"\n") else eol
+    body, eol = msg.body, msg.eol
+    lead = b"" if not body or body.endswith(b"\n") else eol
+    if cte in ("8bit", "binary") or (cte in ("7bit", "") and footer_bytes.isascii()):
         msg.body = body + lead + footer_bytes.replace(b"\n", eol) + eol
-    elif cte == "quoted-printable":
-        eol = msg.eol
-        lead = b"" if not body or body.endswith(b"\n") else eol
+    elif cte == "quoted-printable" and not literal:
         if body.rstrip(b"\r\n").endswith(b"="):      # soft break at the end: close the line
             lead = eol
         encoded = quopri.encodestring(footer_bytes.replace(b"\r\n", b"\n") + b"\n")
         msg.body = body + lead + encoded.replace(b"\n", eol)
-    elif cte == "base64":
+    elif cte == "base64" and not literal:
         try:
             decoded = base64.b64decode(b"".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
             raise _CannotEdit
-        eol = _eol_of(decoded, b"\r\n")
+        eol = b"\n" if b"\n" in decoded[:4096] and b"\r\n" not in decoded[:4096] else b"\r\n"
         lead = b"" if not decoded or decoded.endswith(b"\n") else eol
         text = decoded + lead + footer_bytes.replace(b"\n", eol) + eol
         msg.body = base64.encodebytes(text).replace(b"\n", msg.eol)
@@ -2074,14 +2013,10 @@ def _footer_part(footer, eol, literal=False):
     """A text/plain MIME part (headers and body) holding the footer."""
     import quopri
     data = footer.replace("\r\n", "\n").rstrip("\n").encode("utf-8") + b"\n"
-    if data.isascii() or literal:
-        head = (b"Content-Type: text/plain; charset=" + (b"us-ascii" if data.isascii() else b"utf-8") + eol
-                + b"Content-Transfer-Encoding: " + (b"7bit" if data.isascii() else b"8bit"))
-        body = data.replace(b"\n", eol)
-    else:
-        head = (b"Content-Type: text/plain; charset=utf-8" + eol
-                + b"Content-Transfer-Encoding: quoted-printable")
-        body = quopri.encodestring(data).replace(b"\n", eol)
+    cte = b"7bit" if data.isascii() else b"8bit" if literal else b"quoted-printable"
+    body = (quopri.encodestring(data) if cte == b"quoted-printable" else data).replace(b"\n", eol)
+    head = (b"Content-Type: text/plain; charset=" + (b"us-ascii" if data.isascii() else b"utf-8") + eol
+            + b"Content-Transfer-Encoding: " + cte)
     # the line break before the next delimiter belongs to the delimiter (RFC 2046)
     return head + eol + b"Content-Disposition: inline" + eol + eol + body + eol
 
@@ -2089,7 +2024,8 @@ def _footer_part(footer, eol, literal=False):
 def _add_mixed_part(msg, boundary, footer, literal=False):
     if not boundary:
         raise _CannotEdit
-    delimiter = re.escape(boundary.encode("utf-8", "surrogateescape"))
+    own = boundary.encode("utf-8", "surrogateescape")
+    delimiter = re.escape(own)
     closings = list(re.finditer(rb"(?m)^--" + delimiter + rb"--[ \t]*\r?$", msg.body))
     opening = re.search(rb"(?m)^--" + delimiter + rb"[ \t]*\r?$", msg.body)
     if not closings or not opening or opening.start() > closings[-1].start():
@@ -2099,13 +2035,10 @@ def _add_mixed_part(msg, boundary, footer, literal=False):
     declared = re.finditer(rb'(?im)^(?:content-type:|[ \t])[^\r\n]*?\bboundary\s*=\s*'
                            rb'("[^"\r\n]{1,200}"|[^\s;]{1,200})', msg.body)
     nested = {m.group(1).strip(b'"') for m in declared}
-    own = boundary.encode("utf-8", "surrogateescape")
     if len(closings) > 1 or any(b.startswith(own) or own.startswith(b) for b in nested):
         raise _CannotEdit
-    at = closings[-1].start()
-    eol = msg.eol
-    part = b"--" + boundary.encode("utf-8", "surrogateescape") + eol + _footer_part(footer, eol, literal)
-    msg.body = msg.body[:at] + part + msg.body[at:]
+    at, eol = closings[-1].start(), msg.eol
+    msg.body = msg.body[:at] + b"--" + own + eol + _footer_part(footer, eol, literal) + msg.body[at:]
 
 
 def _wrap_with_footer(msg, footer, literal=False):
@@ -2154,9 +2087,7 @@ def with_subject_tag(msg, tag, earlier=None):
             raw = re.sub(r"[ \t]+", " ", pattern.sub(" ", raw.decode("ascii"))).strip().encode("ascii")
         else:                           # the tag was inside an encoded-word: encode the rest anew
             raw = encoded_words(stripped)
-        text = stripped
-        if not raw:
-            raw = None
+        text, raw = stripped, raw or None
     elif tag.lower() in text.lower():
         return False
     if not text.strip():
@@ -2254,8 +2185,7 @@ def html_tokens(html, dropped=("script", "style")):
 
 
 def html_text(html):
-    """Readable text of an HTML part: scripts, styles and comments left
-    out, tags dropped, block tags made line breaks, entities decoded."""
+    """Readable text of an HTML part: block tags make line breaks."""
     import html as entities
     out = []
     for text, tag in html_tokens(html):
@@ -2308,8 +2238,7 @@ def dns_query(name, qtype, nameserver, timeout):
     deadline = time.monotonic() + timeout
     qid = secrets.randbits(16)
     labels = [label for label in name.encode("idna").split(b".") if label]
-    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
-    question += struct.pack(">HH", qtype, 1)
+    question = b"".join(bytes([len(x)]) + x for x in labels) + b"\0" + struct.pack(">HH", qtype, 1)
     query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -2324,9 +2253,10 @@ def dns_query(name, qtype, nameserver, timeout):
         with socket.create_connection(address, timeout=_time_left(deadline, name)) as conn:
             conn.settimeout(_time_left(deadline, name))
             conn.sendall(struct.pack(">H", len(query)) + query)
-            reply = _recv_exactly(conn, struct.unpack(">H", _recv_exactly(conn, 2))[0])
+            answer = conn.makefile("rb")            # read(n) waits for all n bytes, or the end
+            reply = answer.read(int.from_bytes(answer.read(2), "big"))
         if not _dns_reply_matches(reply, qid, question):
-            raise OSError(f"DNS answer over TCP for {name} does not match the question")
+            raise OSError(f"DNS answer over TCP for {name} is cut short or does not match the question")
     try:
         return _dns_answers(reply, qtype, 12 + len(question))
     except (IndexError, struct.error):
@@ -2338,16 +2268,6 @@ def _time_left(deadline, name):
     if left <= 0:
         raise OSError(f"DNS lookup of {name} timed out")
     return left
-
-
-def _recv_exactly(conn, size):
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise OSError("DNS server closed the TCP connection")
-        data += chunk
-    return data
 
 
 def _dns_reply_matches(reply, qid, question):
@@ -2403,13 +2323,10 @@ def _skip_name(data, pos):
 def _resolv_conf_nameserver():
     try:
         with open("/etc/resolv.conf") as fh:
-            for line in fh:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    return words[1]
+            first = re.search(r"(?m)^[ \t]*nameserver[ \t]+(\S+)", fh.read())
     except OSError:
-        pass
-    return "127.0.0.1"
+        first = None
+    return first.group(1) if first else "127.0.0.1"
 
 
 def dns_cached(store, config, section, key, look):
@@ -2446,21 +2363,18 @@ _PUBLIC_SUFFIXES = {}                   # path -> (rules, wildcards, exceptions)
 
 def public_suffixes(path):
     """The rules of the Public Suffix List at ``path`` (publicsuffix.org's
-    format: a rule per line, "*." wildcards, "!" exceptions, "//"
-    comments), or None when it cannot be read."""
+    format), or None when it cannot be read."""
     if path not in _PUBLIC_SUFFIXES:
         rules, wildcards, exceptions = set(), set(), set()
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     rule = line.split(None, 1)[0].lower() if line.strip() else ""
-                    if not rule or rule.startswith("//"):
-                        continue
                     if rule.startswith("!"):
                         exceptions.add(rule[1:])
                     elif rule.startswith("*."):
                         wildcards.add(rule[2:])
-                    else:
+                    elif rule and not rule.startswith("//"):
                         rules.add(rule)
         except OSError as e:
             log.info("no Public Suffix List at %s (%s): the built-in suffixes serve", path, e.strerror)
@@ -2509,11 +2423,8 @@ def dmarc_policy(store, config, domain):
 
 
 def dnsbl_name(ip, zone):
-    """The query name: reversed octets for IPv4, reversed nibbles for IPv6
-    (RFC 5782 2.1 and 2.4)."""
-    if ip.version == 4:
-        return ".".join(reversed(str(ip).split("."))) + "." + zone
-    return ".".join(reversed(ip.exploded.replace(":", ""))) + "." + zone
+    """The query name: the address reversed as in reverse DNS (RFC 5782 2.1 and 2.4)."""
+    return ip.reverse_pointer.rsplit(".", 2)[0] + "." + zone
 
 
 def dnsbl_lookup(store, config, name):
@@ -2540,7 +2451,6 @@ def dnsbl_lookup(store, config, name):
 # Tokens and VERP -------------------------------------------------------------
 
 def new_token():
-    """128 random bits from the secrets module, as 32 hex digits."""
     import secrets          # imported here: `queue` for a plain post never needs it
     return secrets.token_hex(16)
 
@@ -2557,12 +2467,10 @@ def check_passphrase(passphrase, stored):
     import hmac
     try:
         scheme, iterations, salt, _ = stored.split("$")
-        iterations = int(iterations)
+        computed = hash_passphrase(passphrase, salt, int(iterations))
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256":
-        return False
-    return hmac.compare_digest(hash_passphrase(passphrase, salt, iterations), stored)
+    return scheme == "pbkdf2_sha256" and hmac.compare_digest(computed, stored)
 
 
 def verp_signature(key, list_row, recipient, purpose=""):
@@ -2590,9 +2498,8 @@ def verp_signer(list_row):
 
     def sign(recipient):
         local, _, domain = recipient.rpartition("@")
-        if not mac:
-            return f"{head}{local}={domain}{tail}"
-        return f"{head}{mac(recipient.lower())[:8]}+{local}={domain}{tail}"
+        signature = f"{mac(recipient.lower())[:8]}+" if mac else ""
+        return f"{head}{signature}{local}={domain}{tail}"
     return sign
 
 
@@ -2684,12 +2591,9 @@ class Personalizer:
             data = f"@{list_row['domain']}>".encode() + \
                 (eol + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" if self.url else b"") + \
                 data[at + len(generic):]
-        if b"redsky-personal-" in data:
-            markers = personal_markers(list_row, key)
-            for i, piece in enumerate(re.split(b"(" + b"|".join(markers) + b")", data)):
-                pieces.append(markers[piece] if i % 2 else piece)
-        else:
-            pieces.append(data)
+        markers = personal_markers(list_row, key)
+        parts = re.split(b"(" + b"|".join(markers) + b")", data)
+        pieces += [markers[part] if i % 2 else part for i, part in enumerate(parts)]
         if len(pieces) > 1:
             self.pieces, self.mac = pieces, leave_mac(key, list_row)
 
@@ -2853,36 +2757,28 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
     from email.message import EmailMessage
     from email.utils import formatdate, make_msgid
     msg = EmailMessage(policy=policy.default.clone(linesep="\n"))
-    msg["From"] = list_address(list_row, sender)
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = one_line(subject, 300)
-    msg["Date"] = formatdate(localtime=True)
     message_id = make_msgid(domain=list_row["domain"])
-    msg["Message-ID"] = message_id
-    if reply_to:
-        msg["Reply-To"] = reply_to
     reference = one_line(in_reply_to, 500)
-    if re.fullmatch(r"<[^<>\s]+>", reference):
-        msg["In-Reply-To"] = reference
-        msg["References"] = reference
-    msg["Auto-Submitted"] = auto
-    msg["Precedence"] = "bulk"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Loop"] = list_address(list_row)
+    reference = reference if re.fullmatch(r"<[^<>\s]+>", reference) else None
+    for name, value in (("From", list_address(list_row, sender)), ("To", ", ".join(to)),
+                        ("Subject", one_line(subject, 300)), ("Date", formatdate(localtime=True)),
+                        ("Message-ID", message_id), ("Reply-To", reply_to or None),
+                        ("In-Reply-To", reference), ("References", reference), ("Auto-Submitted", auto),
+                        ("Precedence", "bulk"), ("X-Auto-Response-Suppress", "All"),
+                        ("X-Loop", list_address(list_row))):
+        if value is not None:                   # no Reply-To, no reference
+            msg[name] = value
     msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
     if attachment is not None:
         try:
             msg.add_attachment(email.message_from_bytes(attachment, policy=policy.compat32))
-            data = msg.as_bytes()
+            return message_id, msg.as_bytes()
         except Exception:           # too broken to re-serialise: attach the bytes as they are
             msg.clear_content()
             msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
             msg.add_attachment(attachment, maintype="application", subtype="octet-stream",
                                filename="original.eml")
-            data = msg.as_bytes()
-    else:
-        data = msg.as_bytes()
-    return message_id, data
+    return message_id, msg.as_bytes()
 
 
 def render(text_name, list_row, values, templates=""):
@@ -2903,9 +2799,7 @@ def render(text_name, list_row, values, templates=""):
             continue
         except OSError as e:
             log.error("template %s cannot be read (%s): the built-in text serves", path, e.strerror)
-    if own:
-        return expand(own, list_row, **values)
-    return expand(TEXTS[text_name], list_row, strict=True, **values)
+    return expand(own or TEXTS[text_name], list_row, strict=not own, **values)
 
 
 class Notices:
@@ -2918,10 +2812,8 @@ class Notices:
 
     def __init__(self, store, config, list_row, outbox, in_reply_to=None):
         self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
-        self.in_reply_to = in_reply_to
-        self.now = time.time()
-        self.answered = set()
-        self.suppressed = []
+        self.in_reply_to, self.now = in_reply_to, time.time()
+        self.answered, self.suppressed = set(), []
 
     def send(self, to, title, text_name, values=None, *, limit=True, kind="notice", reply_to=None,
              attachment=None, auto="auto-replied", sender="-request", envelope=""):
@@ -3150,12 +3042,10 @@ def parse_report(raw):
 
 
 def parse_dsn(message):
-    """Per-recipient results of an RFC 3464 delivery-status report (parsed
-    by parse_report).  Returns a list of dicts with recipient, action,
-    status, diagnostic and reporting_mta (action normalised: failed,
-    delayed, delivered …); empty when the message holds no delivery-status
-    fields.  A report whose MIME is broken (the fields in the body of a
-    single part) is read too."""
+    """Per-recipient results (_result) of an RFC 3464 delivery-status report
+    (parsed by parse_report), action normalised; [] when it holds no
+    delivery-status fields.  A report whose MIME is broken (the fields in
+    the body of a single part) is read too."""
     texts = []
     for part in message.walk():
         if part.get_content_type() in ("text/x-delivery-status", "message/delivery-status"):
@@ -3173,16 +3063,11 @@ def parse_dsn(message):
             recipient = _dsn_recipient(block)
             if not recipient:
                 continue
-            status = (_STATUS.search(block.get("status", ""))
-                      or _STATUS.search(block.get("diagnostic-code", "")))
+            diagnostic = block.get("diagnostic-code", "")
+            status = _STATUS.search(block.get("status", "")) or _STATUS.search(diagnostic)
             status = ".".join(status.groups()) if status else ""
-            results.append({
-                "recipient": recipient,
-                "action": _dsn_action(block.get("action", ""), status),
-                "status": status,
-                "diagnostic": one_line(block.get("diagnostic-code", "") or block.get("status", ""), 1000),
-                "reporting_mta": reporting,
-            })
+            results.append(_result(recipient, _dsn_action(block.get("action", ""), status), status,
+                                   diagnostic or block.get("status", ""), reporting))
     return results
 
 
@@ -3217,7 +3102,7 @@ def dsn_blocks(text, limit=1000):
     ``limit``: a dict per block, field names lower-case, continuation lines
     joined; read line by line, so linear whatever the input."""
     blocks, fields, name = [], {}, None
-    for line in text.splitlines():
+    for line in itertools.chain(text.splitlines(), [""]):     # the empty line ends the last block
         if not line.strip():
             if fields:
                 blocks.append({k: " ".join(v) for k, v in fields.items()})
@@ -3232,8 +3117,6 @@ def dsn_blocks(text, limit=1000):
             name = key.strip().lower() if colon else None
             if name is not None:
                 fields.setdefault(name, []).append(value.strip())
-    if fields:
-        blocks.append({k: " ".join(v) for k, v in fields.items()})
     return blocks
 
 
@@ -3261,9 +3144,6 @@ FAILURE_PHRASES = re.compile(
     r"returned to sender|non[- ]?delivery|error sending your mail|trouble delivering|rejected your message|"
     r"could not deliver|failed to deliver|delivery problem|transcript of session follows|"
     r"permanent error|host unknown|no valid recipients", re.I)
-# Texts that stand for no report at all: read receipts, "delivered" notices.
-DELIVERED_PHRASES = re.compile(r"was (successfully )?delivered to|delivery (was )?successful|"
-                               r"has been delivered|\bread receipt\b|was read on", re.I)
 # local parts of at most 64 characters (RFC 5321 4.5.3.1.1): a bounded scan, so linear
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -3280,14 +3160,12 @@ _ORIGINAL = re.compile(
 
 
 def find_failures(message, own=()):
-    """Per-recipient results of any bounce: RFC 3464 DSNs (parse_dsn), else
-    the usual non-standard formats.  Each result carries recipient, action
-    (failed, delayed, delivered, auto-reply), status, diagnostic,
-    reporting_mta, and the cause and weight bounce_cause gives it.  A
-    report is a failure when its text or X-Failed-Recipients says so, even
-    if it also says Auto-Submitted: auto-replied (Exim and Google put that
-    on real bounces).  ``own`` lists addresses never taken as a recipient
-    (the list's own)."""
+    """Per-recipient results (_result, action failed, delayed, delivered or
+    auto-reply, plus bounce_cause's cause and weight) of any bounce: RFC
+    3464 DSNs (parse_dsn), else the usual non-standard formats.  A report is
+    a failure when its text or X-Failed-Recipients says so, even if it also
+    says Auto-Submitted: auto-replied (Exim and Google put that on real
+    bounces).  ``own``: the list's addresses, never taken as a recipient."""
     results = parse_dsn(message) or _text_failures(message, own)
     text = _report_text(message, 20_000)
     cut = _ORIGINAL.search(text)
@@ -3304,9 +3182,8 @@ def _text_failures(message, own):
     X-Failed-Recipients, else the addresses in that text, else the To: of
     the returned message."""
     subject = decode_header_text(str(message.get("Subject", "")))
-    sender = " ".join(map(str, message.get_all("From", []))).lower()
-    daemon = bool(re.search(r"(mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification)",
-                            sender))
+    daemon = re.search(r"mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification",
+                       " ".join(map(str, message.get_all("From", []))), re.I)
     failed_header = [a.strip().strip("<>") for v in message.get_all("X-Failed-Recipients", [])
                      for a in str(v).split(",") if "@" in a]
     text = _report_text(message)
@@ -3323,7 +3200,7 @@ def _text_failures(message, own):
             or str(message.get("Precedence", "")).strip().lower() == "auto_reply"
             or AUTO_REPLY_SUBJECT.search(subject))
     if auto and not (failed_header or (daemon and says_failed)):
-        return [_result("", "auto-reply", "", subject, 200)]
+        return [_result("", "auto-reply", "", subject, size=200)]
     if GAVE_UP_PHRASES.search(head):
         action = "failed"
     elif DELAY_PHRASES.search(head) or DELAY_PHRASES.search(subject):
@@ -3351,16 +3228,14 @@ def _text_failures(message, own):
     return [_result(r, action, status, diagnostic) for r in recipients or [""]]
 
 
-def _result(recipient, action, status, diagnostic, size=1000):
+def _result(recipient, action, status, diagnostic, reporting_mta="", size=1000):
     return {"recipient": recipient, "action": action, "status": status,
-            "diagnostic": one_line(diagnostic, size), "reporting_mta": ""}
+            "diagnostic": one_line(diagnostic, size), "reporting_mta": reporting_mta}
 
 
 def _addresses_named(head, ignore):
-    """The recipients a report names in its text: every address that is
-    not ours, not the sender's, not a Message-ID, not a postmaster or a
-    help desk to contact, not the envelope sender of a transcript, not what
-    an alias expanded from, not inside a pipe command or a path."""
+    """The recipients a report names in its text: the addresses left once
+    ours, the sender's and those of everyone else a report names are set aside."""
     found = []
     for line in head.splitlines():
         if re.search(r"contact|assistance|helpdesk|help desk", line, re.I):
@@ -3389,7 +3264,6 @@ _NOT_A_RECIPIENT_LINE = re.compile(
 def _ses_failures(text):
     """Recipients of an Amazon SES bounce notification (JSON, as SNS mails
     it): bounce.bouncedRecipients, Permanent → failed, else delayed."""
-    import json
     note, start = text, text.find("{")
     for _ in range(2):                     # SNS wraps the notification in its own JSON
         try:
@@ -3538,10 +3412,8 @@ def bounced_message_ids(parsed, raw=b""):
 def delivered(store, list_id, address, message_ids):
     """The evidence: did redsky really deliver one of these posts of this
     list to this address?  (A forged report cannot name one.)"""
-    for message_id in message_ids:
-        if store.q("delivered_to", list_id, message_id, address).fetchone():
-            return message_id
-    return None
+    return next((m for m in message_ids if store.q("delivered_to", list_id, m, address).fetchone()),
+                None)
 
 
 def bounce_record(list_id, address, source, **columns):
@@ -3590,9 +3462,8 @@ def policy_rejection(status, address):
 
 def archive_path(config, list_row):
     """[archive] dir/LIST@DOMAIN: a Maildir, or an mbox file ending .mbox."""
-    name = f"{list_row['name']}@{list_row['domain']}".lower()
-    return os.path.join(config.path_of("archive", "dir"),
-                        name + (".mbox" if config.get("archive", "format") == "mbox" else ""))
+    return os.path.join(config.path_of("archive", "dir"), list_address(list_row).lower()
+                        + (".mbox" if config.get("archive", "format") == "mbox" else ""))
 
 
 def archive_add(config, list_row, data, sender=None):
@@ -3678,12 +3549,10 @@ def summary(data):
 
 
 def text_of(data, problems=None):
-    """The text of a message, for searching and for plain digests: every
-    text/plain part decoded; an HTML part only when it has no plain
-    alternative, as text (html_text); other parts named, not included.
-    A message the email package cannot take apart (broken MIME, absurd
-    nesting) is its raw text, and ``problems`` gets a line about it: this
-    never fails."""
+    """The text of a message, for searching and for plain digests (an HTML
+    part only without a plain alternative; other parts only named).  A
+    message the email package cannot take apart (broken MIME, absurd
+    nesting) is its raw text, and ``problems`` gets a line: this never fails."""
     try:
         return _text_of(data)
     except Exception as e:                      # never let one post stop a digest or a search
@@ -3770,8 +3639,7 @@ def hide_addresses(text):
 
 
 def text_html(text):
-    """A text/plain part as HTML: escaped, quoted lines marked, http(s)
-    links made links, addresses hidden."""
+    """A text/plain part as HTML: quoted lines marked, links made, addresses hidden."""
     def link(m):
         url = m.group(0).rstrip(".,;:!?)]}")
         return f'<a href="{url}" rel="nofollow noopener noreferrer">{url}</a>{m.group(0)[len(url):]}'
@@ -3858,7 +3726,7 @@ def post_parts(data):
 
 
 def pages_dir(config, list_row):
-    return os.path.join(config.path_of("web", "pages"), f"{list_row['name']}@{list_row['domain']}".lower())
+    return os.path.join(config.path_of("web", "pages"), list_address(list_row).lower())
 
 
 def _write_page(path, text):
@@ -3965,22 +3833,21 @@ def index_page(list_row, months):
 
 def atom_feed(list_row, entries, base_url):
     """RFC 4287 feed of the newest posts; links absolute when [web] base_url is set."""
-    from xml.sax.saxutils import escape
     name = list_address(list_row)
     root = f"{base_url.rstrip('/')}/archive/{name.lower()}/" if base_url else ""
 
     def stamp(t):
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     items = "".join(
-        f"<entry><title>{escape(e['subject'])}</title>"
-        f"<id>{escape(root or 'urn:redsky:' + name + ':')}{e['n']}</id>"
-        f"<link href=\"{escape(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
-        f"<author><name>{escape(e['author'])}</name></author>"
-        f"<summary>{escape(e['text'][:500])}</summary></entry>\n"
+        f"<entry><title>{esc(e['subject'])}</title>"
+        f"<id>{esc(root or 'urn:redsky:' + name + ':')}{e['n']}</id>"
+        f"<link href=\"{esc(root)}{e['n']}.html\"/><updated>{stamp(e['date'])}</updated>"
+        f"<author><name>{esc(e['author'])}</name></author>"
+        f"<summary>{esc(e['text'][:500])}</summary></entry>\n"
         for e in entries)
     return ('<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">'
-            f"<title>{escape(name)}</title><id>{escape(root or 'urn:redsky:' + name)}</id>"
-            f"<link href=\"{escape(root)}\"/>"
+            f"<title>{esc(name)}</title><id>{esc(root or 'urn:redsky:' + name)}</id>"
+            f"<link href=\"{esc(root)}\"/>"
             f"<updated>{stamp(entries[0]['date'] if entries else 0)}</updated>\n"
             f"{items}</feed>\n")
 
@@ -3992,7 +3859,6 @@ class PageWriter:
         self.config, self.list = config, list_row
         self.dir = folder or pages_dir(config, list_row)
         os.makedirs(os.path.join(self.dir, "att"), exist_ok=True)
-        import fcntl
         self.lock = open(os.path.join(self.dir, ".lock"), "a")
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.state = _read_json(os.path.join(self.dir, "state.json"), {"next": 1, "months": {}})

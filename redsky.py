@@ -8058,14 +8058,19 @@ def cmd_send(args, config):
 
 # Lists and members -----------------------------------------------------------
 
+def store_and_list(config, address):
+    """The store and the row of the list a command names (67 if none)."""
+    store = open_store(config)
+    return store, store.require_list(address)
+
+
 def cmd_init(args, config):
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
     exported = export_postfix_map(config, store)
     store.close()
-    print(f"database: {config.database}\nspool:    {config.spool}")
-    if exported:
-        print(f"postfix:  {exported}")
+    print(f"database: {config.database}\nspool:    {config.spool}"
+          + (f"\npostfix:  {exported}" if exported else ""))
     return EX_OK
 
 
@@ -8115,8 +8120,7 @@ def cmd_lists(args, config):
 
 
 def cmd_set(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     column, value = validate_setting(args.key, args.value)
     if column == "access" and value == "passphrase" and not row["passphrase_hash"]:
         raise Failure("set a passphrase first: set LIST passphrase SECRET", EX_USAGE)
@@ -8132,8 +8136,7 @@ def cmd_set(args, config):
 
 
 def cmd_dellist(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     spools = [r[0] for r in store.q("list_spools", row["id"])]
     with store.transaction():
         store.q("delete_list", row["id"])
@@ -8146,35 +8149,31 @@ def cmd_dellist(args, config):
 
 
 def addresses_from_args(values):
-    """(address, display name) from the command line, or one per line from
-    stdin for '-': "addr", "<addr>" or "Name <addr>" (RFC 5322 name-addr)."""
+    """(address, display name) of each value, or of each line of stdin for '-' (name_addr)."""
     out = []
     for value in values:
         lines = [line for line in sys.stdin if line.strip() and not line.startswith("#")] if value == "-" \
             else [value]
-        for line in lines:
-            line, name = line.strip(), ""
-            if line.endswith(">") and "<" in line:          # Name <addr>: split at the last '<'
-                name, _, line = line[:-1].rpartition("<")
-                name = name.strip().strip('"').strip()
-            out.append((line, one_line(decode_header_text(name), 200)))
+        out += [name_addr(line) for line in lines]
     return out
 
 
-def cmd_subscribe(args, config):
-    """Add addresses (with their names) to a list at once: no
-    confirmation; the welcome text only with --welcome."""
-    return change_members(args, config, subscribe=True)
+def name_addr(line):
+    """(address, display name) of "addr", "<addr>" or "Name <addr>" (RFC 5322
+    name-addr; `list_members -f` and `mailman members` print members so too)."""
+    line, name = line.strip(), ""
+    if line.endswith(">") and "<" in line:          # split at the last '<': commas are the name's
+        name, _, line = line[:-1].rpartition("<")
+        name = name.strip()
+        quoted = len(name) > 1 and name[0] == name[-1] == '"'
+        name = re.sub(r"\\(.)", r"\1", name[1:-1]) if quoted else name.strip('"').strip()
+    return line, one_line(decode_header_text(name), 200)
 
 
-def cmd_unsubscribe(args, config):
-    """Remove addresses from a list at once: no confirmation, no goodbye."""
-    return change_members(args, config, subscribe=False)
-
-
-def change_members(args, config, subscribe):
-    store = open_store(config)
-    row = store.require_list(args.list)
+def cmd_subscribe(args, config, subscribe=True):
+    """Add addresses (with their names) to a list at once: no confirmation;
+    the welcome text only with --welcome.  cmd_unsubscribe removes them."""
+    store, row = store_and_list(config, args.list)
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
     # REMAINDER takes an option written after the list as an address
@@ -8195,20 +8194,22 @@ def change_members(args, config, subscribe):
 
     def change(db):
         for address, name in good:
-            if subscribe:
-                added = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name))
-                changed[0] += added.rowcount
-            else:
-                changed[0] += db.execute(SQL["delete_member"], (row["id"], address)).rowcount
+            done = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name)) if subscribe \
+                else db.execute(SQL["delete_member"], (row["id"], address))
+            changed[0] += done.rowcount
     outbox.commit(store, config.spool, change)
-    changed = changed[0]
-    verb = "subscribed" if subscribe else "unsubscribed"
-    print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
+    print(f"{list_address(row)}: {'subscribed' if subscribe else 'unsubscribed'} {changed[0]} of {len(good)}"
+          " valid addresses")
     for address in bad:
         print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
     for address in sorted(refused):
         print(f"redsky: on the list's ban list, not subscribed: {address}", file=sys.stderr)
     return EX_DATAERR if bad or refused else EX_OK
+
+
+def cmd_unsubscribe(args, config):
+    """Remove addresses from a list at once: no confirmation, no goodbye."""
+    return cmd_subscribe(args, config, subscribe=False)
 
 
 def cmd_invite(args, config):
@@ -8217,12 +8218,10 @@ def cmd_invite(args, config):
     for double opt-in)."""
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     addresses = addresses_from_args(args.addresses)
     bad = [a for a, _ in addresses if not valid_address(a)]
     members, outbox = MemberLookup(store, row["id"]), Outbox()
-    changes = outbox.changes
     notices, expiry = Notices(store, config, row, outbox), config.duration("commands", "confirm_expiry")
     invited = []
     for address in dict.fromkeys(normalize_address(a) for a, _ in addresses if valid_address(a)):
@@ -8230,7 +8229,7 @@ def cmd_invite(args, config):
             print(f"redsky: {address} is {'a member' if address in members else 'banned'}; not invited",
                   file=sys.stderr)
             continue
-        token = add_pending(changes, row, address, "subscribe", notices.now, expiry)
+        token = add_pending(outbox.changes, row, address, "subscribe", notices.now, expiry)
         confirm = list_address(row, f"-confirm+{token}")
         notices.send([address], f"Invitation to join {list_address(row)} (confirm {token})", "invite",
                      {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
@@ -8245,8 +8244,7 @@ def cmd_invite(args, config):
 
 def cmd_members(args, config):
     """The members, their status and options (text: the options that are on)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     members = []
     for r in store.q("members", row["id"]):
         options = options_of(r)
@@ -8268,8 +8266,7 @@ def cmd_members(args, config):
 
 def cmd_set_member(args, config):
     """set-member LIST ADDR OPTION on|off [--until DATE]: a member's options (MEMBER_OPTIONS)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.until and (args.key, args.value) != ("nomail", "on"):
         raise Failure("--until goes with 'nomail on' only", EX_USAGE)
     until = parse_day(args.until, "--until") if args.until else None
@@ -8315,8 +8312,7 @@ def cmd_archive(args, config):
     if len(words) != 1:
         raise Failure("use: archive LIST [--since DATE] [--search TEXT] | archive export LIST "
                       "[--output FILE] | archive html LIST", EX_USAGE)
-    store = open_store(config)
-    row = store.require_list(words[0])
+    store, row = store_and_list(config, words[0])
     if html:
         count = build_pages(config, row)
         print(f"{pages_dir(config, row)}: {count} posts" if row["archive"] == "public" else
@@ -8346,7 +8342,6 @@ def export_mbox(posts, output=None):
     target_dir = os.path.dirname(os.path.abspath(output)) if output else None
     fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".export-", suffix=".mbox")
     os.close(fd)
-    count = 0
     try:
         box = mailbox.mbox(tmp)
         box.lock()
@@ -8354,10 +8349,8 @@ def export_mbox(posts, output=None):
             sender = parseaddr(RawMessage(data).get("From") or "")[1] or "MAILER-DAEMON"
             stamp = time.asctime(time.gmtime(when if when is not None else time.time()))
             box.add(f"From {sender.replace(' ', '_')} {stamp}\n".encode() + data.replace(b"\r\n", b"\n"))
-            count += 1
-        box.flush()
-        box.unlock()
-        box.close()
+        count = len(box)
+        box.close()                         # flushed and unlocked
         if output:
             os.replace(tmp, output)
             print(f"{count} posts written to {output}", file=sys.stderr)
@@ -8371,8 +8364,7 @@ def export_mbox(posts, output=None):
 
 
 def cmd_acl(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.action in ("add", "del"):
         with store.transaction() as db:
             for pattern in args.patterns:
@@ -8387,14 +8379,12 @@ def cmd_acl(args, config):
 
 def cmd_ban(args, config):
     """ban LIST [add|del PATTERN...]: who may neither post nor join (banned)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.action in ("add", "del"):
         if not args.patterns:
             raise Failure(f"ban {args.action}: name at least one pattern", EX_USAGE)
-        patterns = [ban_pattern(p) for p in args.patterns]
+        rows = [(row["id"], ban_pattern(p)) for p in args.patterns]
         with store.transaction() as db:
-            rows = [(row["id"], p) for p in patterns]
             db.executemany(SQL["ban_add" if args.action == "add" else "ban_del"], rows)
     for r in store.q("bans", row["id"]):
         print(r["pattern"])
@@ -8417,13 +8407,6 @@ def cmd_held(args, config):
     return EX_OK
 
 
-def held_row(store, held_id):
-    row = store.held(held_id)
-    if row is None:
-        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
-    return row
-
-
 def cmd_approve(args, config):
     """Release a held post: the queue chain runs again on it, approved."""
     store = open_store(config)
@@ -8432,19 +8415,12 @@ def cmd_approve(args, config):
     return EX_OK
 
 
-def cmd_reject(args, config):
-    """Drop a held post and tell the sender why."""
-    return drop_held_post(args, config, notify=True)
-
-
-def cmd_discard(args, config):
-    """Drop a held post silently."""
-    return drop_held_post(args, config, notify=False)
-
-
-def drop_held_post(args, config, notify):
+def cmd_reject(args, config, notify=True):
+    """Drop a held post and tell the sender why (cmd_discard: silently)."""
     store = open_store(config)
-    held = held_row(store, args.id)
+    held = store.held(args.id)
+    if held is None:
+        raise Failure(f"no held post with id {args.id}", EX_DATAERR)
     outbox = Outbox()
     notices = Notices(store, config, store.list_by_id(held["list_id"]), outbox, held["message_id"])
     done = drop_held(held, notices, outbox.changes, notify,
@@ -8453,6 +8429,11 @@ def drop_held_post(args, config, notify):
     log.info("%s", done)
     print(f"{'rejected' if notify else 'discarded'} held post {args.id}")
     return EX_OK
+
+
+def cmd_discard(args, config):
+    """Drop a held post silently."""
+    return cmd_reject(args, config, notify=False)
 
 
 def cmd_pending(args, config):
@@ -8472,8 +8453,7 @@ def cmd_pending(args, config):
 
 def cmd_enable(args, config):
     """Deliver to a member again and reset the bounce score."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     with store.transaction() as db:
         changed = db.execute(SQL["reenable"], (row["id"], normalize_address(args.address))).rowcount
     if not changed:
@@ -8484,8 +8464,7 @@ def cmd_enable(args, config):
 
 def cmd_bounces(args, config):
     """Each member's bounce history with the evidence and the verdict."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     members = {m["address"].lower(): dict(m) for m in store.q("members_bounce_status", row["id"])}
     history = {}
     for b in store.q("bounce_history", row["id"]):
@@ -8560,8 +8539,7 @@ def cmd_trace(args, config):
     stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
     for e in events:
         print(f"{stamp(e['received'])}  to {e['recipient']} from "
-              f"{e['sender'] if e['sender'] is not None else '?'}"
-              f"  list {e['list'] or '-'}")
+              f"{e['sender'] if e['sender'] is not None else '?'}  list {e['list'] or '-'}")
         for name, note in json.loads(e["trace"]):
             print(f"    {name:15} {note}")
         print(f"    {'=> ' + e['outcome']:15} {e['reason']}")
@@ -8727,18 +8705,6 @@ def split_lines(path):
         raise Failure(f"cannot read {path}: {e.strerror}", EX_NOPERM)
 
 
-def member_line(line):
-    """(address, name) from a line as `list_members -f` (Mailman 2) or
-    `mailman members` (Mailman 3) print it: "Full Name <addr>" or "addr"."""
-    m = re.fullmatch(r"(.*?)\s*<([^<>\s]+)>", line.strip())     # one member per line: commas are the name's
-    if not m:
-        return line.strip(), ""
-    name = m.group(1).strip()
-    if len(name) > 1 and name[0] == name[-1] == '"':
-        name = re.sub(r"\\(.)", r"\1", name[1:-1])
-    return m.group(2), name
-
-
 def mlmmj_plan(listdir, as_address=None):
     """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the
     files under control/, the address files under subscribers.d/,
@@ -8895,8 +8861,7 @@ def add_member_files(plan, members, digest_members, nomail_members):
             if not os.path.exists(path):
                 raise Failure(f"no such file: {path}", EX_DATAERR)
             for line in split_lines(path):
-                address, name = member_line(line)
-                plan_member(plan, address, name, **options)
+                plan_member(plan, *name_addr(line), **options)
 
 
 def add_mbox(plan, path):
@@ -8989,8 +8954,7 @@ def member_options(m):
 def cmd_export(args, config):
     """One JSON document per list (export_document), and its archive as
     FILE.mbox beside it; without --output the document goes to stdout."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     text = json.dumps(export_document(store, config, row), indent=1, sort_keys=True) + "\n"
     if not args.output:
         sys.stdout.write(text)

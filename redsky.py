@@ -8194,12 +8194,12 @@ def cmd_subscribe(args, config, subscribe=True):
 
     def change(db):
         for address, name in good:
-            done = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name)) if subscribe \
-                else db.execute(SQL["delete_member"], (row["id"], address))
+            done = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name)) \
+                if subscribe else db.execute(SQL["delete_member"], (row["id"], address))
             changed[0] += done.rowcount
     outbox.commit(store, config.spool, change)
-    print(f"{list_address(row)}: {'subscribed' if subscribe else 'unsubscribed'} {changed[0]} of {len(good)}"
-          " valid addresses")
+    verb = "subscribed" if subscribe else "unsubscribed"
+    print(f"{list_address(row)}: {verb} {changed[0]} of {len(good)} valid addresses")
     for address in bad:
         print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
     for address in sorted(refused):
@@ -8571,16 +8571,14 @@ EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owne
                      "max_posts_per_day", "notify_owners", "dmarc_addresses", "filter_content", "pass_types",
                      "filter_types", "pass_extensions", "filter_extensions", "convert_html_to_plaintext",
                      "collapse_alternatives", "signed_posts", "description")
-EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
-                   "disabled_at", "warnings", "last_warning", "subscribed", "disabled_until", "notmetoo",
-                   "ack", "moderate")
+# A held post's fields in an export, in the order add_held stores them (besides "number").
+HELD_FIELDS = ("received", "sender", "recipient", "from_addr", "subject", "message_id", "reason", "raw")
 
 
 def new_plan(address):
     """What an import would bring: filled by an importer, carried out by apply_plan."""
     return {"address": address, "settings": {}, "members": [], "acl": [], "bans": [], "held": [],
-            "pending": [],
-            "archive": [], "not_carried": [], "invalid": []}
+            "pending": [], "archive": [], "not_carried": [], "invalid": []}
 
 
 def plan_member(plan, address, name="", **options):
@@ -8605,17 +8603,18 @@ def apply_plan(store, config, plan, dry_run=False):
     except Failure as e:                    # in a file, not on the command line: bad data
         raise Failure(f"{e}", EX_DATAERR)
     row = store.list_by_address(f"{name}@{domain}")
+    list_id = row["id"] if row else None           # a new list has no rows yet
     changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
-    have = {a.lower() for a in member_addresses(store, row["id"])} if row else set()
+    have = {a.lower() for a in member_addresses(store, list_id)}
     members = [m for m in plan["members"] if m["address"].lower() not in have]
-    acl = [p for p in plan["acl"] if row is None or p not in {r[0] for r in store.q("acl", row["id"])}]
-    bans = [p for p in plan["bans"] if row is None or p not in {r[0] for r in store.q("bans", row["id"])}]
-    held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", row["id"])} if row else set()
+    acl_have, bans_have = ({r[0] for r in store.q(query, list_id)} for query in ("acl", "bans"))
+    acl = [p for p in plan["acl"] if p not in acl_have]
+    bans = [p for p in plan["bans"] if p not in bans_have]
+    held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", list_id)}
     held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
     tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
-    archived_ids = set()
-    if row is not None and plan["archive"]:
-        archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)}
+    archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)} \
+        if row is not None and plan["archive"] else set()
     posts = [p for p in plan["archive"] if RawMessage(p).get("Message-ID") not in archived_ids
              or not RawMessage(p).get("Message-ID")]
     verb = (lambda text: f"would {text}") if dry_run else (lambda text: text)
@@ -8629,8 +8628,7 @@ def apply_plan(store, config, plan, dry_run=False):
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
         yield verb(f"add {len(members)} members ({digest} digest, {nomail} nomail)")
     for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
-                        ("pending requests", tokens),
-                        ("archived posts", posts)):
+                        ("pending requests", tokens), ("archived posts", posts)):
         if items:
             yield verb(f"add {len(items)} {what}")
     if plan["invalid"]:
@@ -8661,9 +8659,8 @@ def apply_plan(store, config, plan, dry_run=False):
         db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])
         held_ids = {}                           # the export's held numbers -> rows here
         for h in held:
-            held_ids[h["number"]] = db.execute(SQL["add_held"], (
-                list_id, h["received"], h["sender"], h["recipient"], h["from_addr"], h["subject"],
-                h["message_id"], h["reason"], h["raw"])).lastrowid
+            values = (list_id, *(h[k] for k in HELD_FIELDS))
+            held_ids[h["number"]] = db.execute(SQL["add_held"], values).lastrowid
         for p in tokens:
             if p.get("held") is not None and p["held"] not in held_ids:
                 continue                        # its held post was imported before: so was it
@@ -8773,10 +8770,10 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
                     "max_message_size", "emergency", "admin_notify_mchanges", "ban_list", "description"}
 
 
-def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
-    """An import plan from Mailman 2.1's `config_list -o` output and
-    `list_members -f` output (regular, digest, nomail: one file each), and
-    the pipermail mbox.  Settings with no redsky equivalent are listed."""
+def mailman2_plan(config_file, as_address=None):
+    """An import plan from Mailman 2.1's `config_list -o` output (its members
+    and pipermail mbox: add_member_files, add_mbox).  Settings with no
+    redsky equivalent are listed."""
     with open(config_file, encoding="utf-8", errors="replace") as fh:
         values = python_assignments(fh.read())
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
@@ -8802,11 +8799,10 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
     footer = str(values.get("msg_footer", ""))
     fields = {"real_name": values.get("real_name", ""), "host_name": values.get("host_name", ""),
               "list_name": str(values.get("real_name", "")).lower()}
-    if re.search(r"%\((\w+)\)s", footer):
-        unknown = sorted({m for m in re.findall(r"%\((\w+)\)s", footer) if m not in fields})
-        if unknown:
-            plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
-        footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
+    unknown = sorted({m for m in re.findall(r"%\((\w+)\)s", footer) if m not in fields})
+    if unknown:
+        plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
+    footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
     s["footer"] = footer.strip("\n")
     s["description"] = one_line(str(values.get("description", "")), 300)
     action = values.get("generic_nonmember_action", 1)
@@ -8826,17 +8822,13 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
             plan["bans"].append(ban_pattern(str(pattern)))
         except Failure:
             plan["not_carried"].append(f"ban_list entry {str(pattern)!r}")
-    add_member_files(plan, members, digest_members, nomail_members)
-    add_mbox(plan, mbox)
     return plan
 
 
-def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
+def mailman3_plan(info, as_address=None):
     """An import plan from what Mailman 3 prints: `mailman lists` (the list's
-    address, when it is the only one; or a "Posting address:" line) and
-    `mailman members LIST` output (regular, digest and nomail members, one
-    file each: --regular, --digest any, --nomail any), and the list's mbox
-    (HyperKitty's export or the prototype archiver)."""
+    address, when it is the only one; or a "Posting address:" line).  Its
+    members and mbox: add_member_files, add_mbox."""
     address = as_address
     if info and not address:
         lines = split_lines(info)
@@ -8849,12 +8841,13 @@ def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=
     plan = new_plan(address)
     plan["not_carried"].append("settings: Mailman 3 exports them only through its REST API; set them with"
                                " `redsky.py set`")
-    add_member_files(plan, members, digest_members, nomail_members)
-    add_mbox(plan, mbox)
     return plan
 
 
 def add_member_files(plan, members, digest_members, nomail_members):
+    """Mailman's members, one file each: regular, digest and nomail (Mailman 2's
+    `list_members -f`; Mailman 3's `mailman members --regular`, `--digest any`,
+    `--nomail any`)."""
     for path, options in ((members, {}), (digest_members, {"digest": True}),
                           (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
         if path:
@@ -8865,7 +8858,8 @@ def add_member_files(plan, members, digest_members, nomail_members):
 
 
 def add_mbox(plan, path):
-    """The posts of an mbox, in order, for the archive."""
+    """The posts of an mbox, in order, for the archive (pipermail's, HyperKitty's
+    export or the prototype archiver's)."""
     if not path:
         return
     import mailbox
@@ -8910,8 +8904,7 @@ def redsky_plan(path, as_address=None):
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
         raise Failure(f"{path} is not a redsky export", EX_DATAERR)
-    held_keys = {"number", "received", "sender", "recipient", "from_addr", "subject", "message_id", "reason",
-                 "raw"}
+    held_keys = {"number", *HELD_FIELDS}
     pending_keys = {"token", "address", "action", "held", "created", "expires"}
     try:                                    # a damaged document is bad data, never a crash
         plan = new_plan(str(as_address or doc["list"]))
@@ -8981,16 +8974,13 @@ def cmd_import(args, config):
     if args.kind == "mailman2" and not args.config_file:
         raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
     try:
-        if args.kind == "mlmmj":
-            plan = mlmmj_plan(args.path, args.as_address)
-        elif args.kind == "mailman2":
-            plan = mailman2_plan(args.config_file, args.members, args.digest_members, args.nomail_members,
-                                 args.mbox, args.as_address)
-        elif args.kind == "mailman3":
-            plan = mailman3_plan(args.info, args.members, args.digest_members, args.nomail_members, args.mbox,
-                                 args.as_address)
-        else:
-            plan = redsky_plan(args.path, args.as_address)
+        importer, source = {"mlmmj": (mlmmj_plan, args.path), "redsky": (redsky_plan, args.path),
+                            "mailman2": (mailman2_plan, args.config_file),
+                            "mailman3": (mailman3_plan, args.info)}[args.kind]
+        plan = importer(source, args.as_address)
+        if args.kind.startswith("mailman"):
+            add_member_files(plan, args.members, args.digest_members, args.nomail_members)
+            add_mbox(plan, args.mbox)
     except OSError as e:                        # a file of the import that cannot be read
         raise Failure(f"cannot read {e.filename or args.path}: {e.strerror or e}", EX_NOPERM)
     store = open_store(config, create=True)

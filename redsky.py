@@ -7596,16 +7596,20 @@ def user_can(path, user, write=False):
         return False
 
 
+def run_program(argv, stdin=None, timeout=30):
+    """A program's finished run (text output), or None if it cannot start or does not finish in time."""
+    import subprocess
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def postconf(*args):
     """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
     import shutil
-    import subprocess
-    exe = shutil.which("postconf") or \
-        ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
-    if exe is None:
-        return None
-    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
-    return r.stdout.strip() if r.returncode == 0 else None
+    r = run_program([shutil.which("postconf") or "/usr/sbin/postconf", *args])
+    return r.stdout.strip() if r and r.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------
@@ -9133,23 +9137,12 @@ def find_send_schedule(places=CRON_PLACES):
         files = [place] if os.path.isfile(place) else \
             [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
         for f in files:
-            try:
-                with open(f, errors="replace") as fh:
-                    text = fh.read(200_000)
-            except OSError:
-                continue
-            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", text):
+            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
                 return f
-    import shutil
-    import subprocess
-    if places is CRON_PLACES and shutil.which("crontab"):    # this user's own crontab
-        try:
-            r = subprocess.run(["crontab", "-l"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
-            import pwd
-            return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
+    r = run_program(["crontab", "-l"], timeout=10) if places is CRON_PLACES else None   # this user's own
+    if r and r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
+        import pwd
+        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
     return None
 
 
@@ -9159,10 +9152,8 @@ def schedule_user(path):
     named after, a systemd unit's User= (root without one); None if unknown."""
     if "/spool/cron" in path:
         return os.path.basename(path)
-    try:
-        with open(path, errors="replace") as fh:
-            text = fh.read(200_000)
-    except OSError:
+    text = read_text(path, 200_000)
+    if not text:
         return None
     if path.endswith((".service", ".timer")) or "/systemd/" in path:
         m = re.search(r"(?m)^\s*User\s*=\s*(\S+)", text)
@@ -9332,19 +9323,14 @@ def exim_checks(config, store):
     """When Exim is installed: does it route every list address to redsky's
     router (exim -bt, which reads the live configuration)?"""
     import shutil
-    import subprocess
     exe = shutil.which("exim4") or shutil.which("exim")
     if exe is None:
         return
     addresses = [list_address(r, suffix).lower() for r in store.q("all_lists") for suffix in LIST_SUFFIXES]
     lost = []
     for address in addresses[:90]:
-        try:
-            r = subprocess.run([exe, "-bt", address], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            lost.append(address)
-            continue
-        if "router = redsky" not in r.stdout:
+        r = run_program([exe, "-bt", address])
+        if r is None or "router = redsky" not in r.stdout:
             lost.append(address)
     if lost:
         yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}:"
@@ -9360,13 +9346,11 @@ def opensmtpd_checks():
     """When OpenSMTPD is installed: does its configuration parse (smtpd -n)
     and name redsky?"""
     import shutil
-    import subprocess
-    exe = shutil.which("smtpd")
-    if exe is None:
+    if shutil.which("smtpd") is None:
         return
-    r = subprocess.run([exe, "-n"], capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        yield ("FAIL", f"OpenSMTPD's configuration does not parse: {one_line(r.stderr, 200)}",
+    r = run_program(["smtpd", "-n"])
+    if r is None or r.returncode != 0:
+        yield ("FAIL", f"OpenSMTPD's configuration does not parse: {one_line(r.stderr if r else '', 200)}",
                "smtpd -n says why")
     elif "redsky" not in read_text("/etc/smtpd.conf"):
         yield ("WARN", "OpenSMTPD runs, but /etc/smtpd.conf never names redsky",
@@ -9467,14 +9451,9 @@ def postfix_tables(value):
 def postmap_query(keys, table):
     """{key: value} of the ``keys`` that ``table`` answers (postmap -q -)."""
     import shutil
-    import subprocess
     exe = shutil.which("postmap") or "/usr/sbin/postmap"
-    try:
-        r = subprocess.run([exe, "-q", "-", table], input="".join(f"{k}\n" for k in keys),
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)
+    r = run_program([exe, "-q", "-", table], "".join(f"{k}\n" for k in keys))
+    return dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line) if r else {}
 
 
 def postfix_routing_checks(config, service):
@@ -9521,7 +9500,7 @@ def postfix_routing_checks(config, service):
                "run as root: redsky.py postfix-config --apply; postfix reload")
     elif addresses:
         yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""
-    transport = next((v for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
+    transport = next((v for t in transport_tables
                       for v in postmap_query(["redsky.invalid"], t).values()), "")
     if not over_lmtp and transport.split(":")[0] != "redsky":
         yield ("FAIL", "transport_maps does not send redsky.invalid to the 'redsky' pipe",

@@ -7113,8 +7113,9 @@ class WebApp:
         except Exception as e:      # one line in the log; a page that says nothing of the inside
             log.error("web: %s %s: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                       type(e).__name__, one_line(e, 300), exc_info=not isinstance(e, (Failure, StoreError)))
-            status, kind, extra = "503 Service Unavailable", None, [("Retry-After", "60")]
-            body = message_page("Not now", "Something went wrong here; please try again later.")
+            status, body, kind, extra = message_page(
+                "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
+                [("Retry-After", "60")])
         data = body if isinstance(body, bytes) else body.encode("utf-8")
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
@@ -7126,10 +7127,9 @@ class WebApp:
     def route(self, config, environ):
         """(status, body, content type or None for HTML, more headers)."""
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
-        allowed = ("GET", "HEAD", "POST")
-        if method not in allowed:
-            return "405 Method Not Allowed", message_page("Not allowed", "Use GET or POST."), None, \
-                [("Allow", ", ".join(allowed))]
+        if method not in ("GET", "HEAD", "POST"):
+            return message_page("Not allowed", "Use GET or POST.", "405 Method Not Allowed",
+                                [("Allow", "GET, HEAD, POST")])
         store = open_store(config)
         try:
             m = _ARCHIVE_PATH.fullmatch(path)
@@ -7142,15 +7142,13 @@ class WebApp:
             if list_row:
                 return self.subscribe(config, store, environ, method, list_row)
             if _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/"):
-                return "301 Moved Permanently", message_page("Moved", "See the address with a slash."), \
-                    None, [("Location", environ.get("SCRIPT_NAME", "") + path + "/")]
+                return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
+                                    [("Location", environ.get("SCRIPT_NAME", "") + path + "/")])
             if path == "/" and method != "POST":
-                public = [r for r in store.q("all_lists") if r["archive"] == "public"]
                 items = "".join(f'<li><a href="{esc(list_address(r).lower())}/">{esc(list_address(r))}</a> '
                                 f'<a href="archive/{esc(list_address(r).lower())}/">archive</a></li>'
-                                for r in public)
-                return "200 OK", html_page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>"), \
-                    None, []
+                                for r in store.q("all_lists") if r["archive"] == "public")
+                return page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>")
             return not_found()
         finally:
             store.close()
@@ -7179,50 +7177,45 @@ class WebApp:
         checkers and previewers fetch, only shows the button."""
         name = esc(list_address(list_row))
         if method != "POST":
-            return "200 OK", html_page(f"Leave {list_address(list_row)}", (
+            return page(f"Leave {list_address(list_row)}", (
                 f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\""
                 f" name=\"List-Unsubscribe\" value=\"One-Click\"><button>Unsubscribe me from {name}</button>"
-                "</form>")), None, []
+                "</form>"))
         fields = self.form(environ)
         if fields is None:
             return too_large()
         if fields.get("List-Unsubscribe") != "One-Click":
-            return "400 Bad Request", message_page("Not understood", "Use the button on this page."), None, []
+            return message_page("Not understood", "Use the button on this page.", "400 Bad Request")
         member = self.member_of(store, list_row, token)
         if member is not None:
             web_request(config, store, list_row, member, "leave", lambda req: req.remove_member(member))
-        return "200 OK", message_page(f"Left {list_address(list_row)}",
-                                      f"You are no longer subscribed to {list_address(list_row)}."), None, []
+        return message_page(f"Left {list_address(list_row)}",
+                            f"You are no longer subscribed to {list_address(list_row)}.")
 
     def subscribe(self, config, store, environ, method, list_row):
         """The list's page; a POSTed address gets the same confirmation as
         mail to LIST-join@ (rate limits, ban list and policy included), and
         the answer is the same whatever the address's state."""
-        name = esc(list_address(list_row))
-        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
-            if list_row["archive"] == "public" else ""
-        if list_row["subscribe_policy"] == "closed":
-            return "200 OK", html_page(list_address(list_row), f"<h1>{name}</h1>\n"
-                                       f"<p>{esc(list_row.get('description') or '')}</p>\n"
-                                       f"<p>This list takes no new members.</p>{archive}"), None, []
-        if method == "POST":
+        closed = list_row["subscribe_policy"] == "closed"
+        if method == "POST" and not closed:
             fields = self.form(environ)
             if fields is None:
                 return too_large()
             address = (fields.get("address") or "").strip()
             if not valid_address(address) or len(address) > 254:
-                return "400 Bad Request", message_page("Not an address", "Please give an email address."), \
-                    None, []
+                return message_page("Not an address", "Please give an email address.", "400 Bad Request")
             web_request(config, store, list_row, address, "join", lambda req: req.subscribe(address))
-            return "200 OK", message_page(
-                f"Subscribing to {list_address(list_row)}",
-                f"If {address} can join {list_address(list_row)}, a message is on its way to it: "
-                "reply to it (or follow what it says) to finish."), None, []
-        return "200 OK", html_page(list_address(list_row), (
-            f"<h1>{name}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
-            "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\" required>"
-            "</label> <button>Subscribe</button></form>\n"
-            f"<p><small>You will get a message asking you to confirm.</small></p>{archive}")), None, []
+            return message_page(f"Subscribing to {list_address(list_row)}", f"If {address} can join "
+                                f"{list_address(list_row)}, a message is on its way to it: reply to it (or"
+                                " follow what it says) to finish.")
+        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
+            if list_row["archive"] == "public" else ""
+        return page(list_address(list_row), (
+            f"<h1>{esc(list_address(list_row))}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
+            + ("<p>This list takes no new members.</p>" if closed else
+               "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\""
+               " required></label> <button>Subscribe</button></form>\n"
+               "<p><small>You will get a message asking you to confirm.</small></p>") + archive))
 
     def archive(self, config, store, environ, method, address, name):
         list_row = store.list_by_address(address)
@@ -7236,11 +7229,11 @@ class WebApp:
             items = "".join(f'<li><a href="{e["n"]}.html">{esc(e["subject"])}</a> <span class="meta">'
                             f'{esc(e["author"])}, {time.strftime("%Y-%m-%d", time.gmtime(e["date"]))}'
                             "</span></li>" for e in found)
-            return "200 OK", html_page(f"Search {list_address(list_row)}", (
+            return page(f"Search {list_address(list_row)}", (
                 '<nav><a href="./">all months</a></nav>\n'
                 f'<form method="get" action="search"><input name="q" value="{esc(words)}"'
                 ' aria-label="words"> <button>Search</button></form>'
-                f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>")), None, []
+                f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>"))
         try:
             with open(os.path.join(folder, name or "index.html"), "rb") as fh:
                 data = fh.read()
@@ -7252,16 +7245,21 @@ class WebApp:
         return "200 OK", data, PAGE_TYPES[os.path.splitext(name or "index.html")[1]], []
 
 
-def message_page(title, text):
-    return html_page(title, f"<h1>{esc(title)}</h1>\n<p>{esc(text)}</p>")
+def page(title, html, status="200 OK", headers=()):
+    """An HTML answer of WebApp.route: (status, body, None for HTML, more headers)."""
+    return status, html_page(title, html), None, list(headers)
+
+
+def message_page(title, text, status="200 OK", headers=()):
+    return page(title, f"<h1>{esc(title)}</h1>\n<p>{esc(text)}</p>", status, headers)
 
 
 def not_found():
-    return "404 Not Found", message_page("Not found", "There is no such page here."), None, []
+    return message_page("Not found", "There is no such page here.", "404 Not Found")
 
 
 def too_large():
-    return "413 Payload Too Large", message_page("Too large", "That request is too large."), None, []
+    return message_page("Too large", "That request is too large.", "413 Payload Too Large")
 
 
 def web_request(config, store, list_row, address, role, action):

@@ -7281,6 +7281,7 @@ application = WebApp()
 
 def cmd_web(args, config):
     """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM."""
+    import contextlib
     import signal
     import socketserver
     import threading
@@ -7316,11 +7317,8 @@ def cmd_web(args, config):
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("web: serving on %s", args.listen)
     print(f"serving on http://{args.listen}/ (Ctrl-C to stop)", flush=True)
-    try:
+    with server, contextlib.suppress(KeyboardInterrupt):       # closed on the way out
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    server.server_close()
     return EX_OK
 
 
@@ -7360,11 +7358,10 @@ def export_postfix_map(config, store):
     addresses = {list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES}
     write_postfix_map(path, domains, addresses)
     for name, items in (("list-addresses", addresses), ("list-domains", domains)):
-        text = "".join(f"{item}\n" for item in sorted(items))
         target = os.path.join(os.path.dirname(path), name)
         tmp = f"{target}.{os.getpid()}.tmp"
         _unlink_quietly(tmp)
-        write_synced(tmp, text.encode())
+        write_synced(tmp, "".join(f"{item}\n" for item in sorted(items)).encode())
         os.chmod(tmp, 0o644)                # the MTA's own user reads them
         os.rename(tmp, target)
     return path
@@ -7512,8 +7509,7 @@ def as_list_user(config, work):
             code = e.code
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8:
+    if os.waitpid(pid, 0)[1]:               # an exit code but 0, or a signal
         raise Failure("could not prepare the list map as the owner of data_dir (see above)", EX_NOPERM)
 
 
@@ -7816,11 +7812,6 @@ class LMTPServer:
         self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
         self.hostname = __import__("socket").getfqdn()
 
-    def limits(self):
-        c = self.config
-        return (c.size("lmtp", "max_size"), int(c.number("lmtp", "sessions")),
-                c.duration("lmtp", "idle_timeout"), c.duration("lmtp", "session_timeout"))
-
     async def serve(self, listen):
         import asyncio
         if listen.startswith("unix:"):
@@ -7842,16 +7833,16 @@ class LMTPServer:
 
     async def session(self, reader, writer):
         import asyncio
-        max_size, sessions, idle, total = self.limits()
-        task = asyncio.current_task()
-        if self.stopping or len(self.sessions) >= sessions:
-            writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
-            await writer.drain()
-            writer.close()
-            return
-        self.sessions.add(task)
+        c, task = self.config, asyncio.current_task()
         try:
-            await asyncio.wait_for(self.dialogue(reader, writer, max_size, idle), total)
+            if self.stopping or len(self.sessions) >= int(c.number("lmtp", "sessions")):
+                writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
+                await writer.drain()
+                return
+            self.sessions.add(task)
+            await asyncio.wait_for(self.dialogue(reader, writer, c.size("lmtp", "max_size"),
+                                                 c.duration("lmtp", "idle_timeout")),
+                                   c.duration("lmtp", "session_timeout"))
         except asyncio.CancelledError:          # shutting down while the client was idle
             pass
         except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
@@ -7872,19 +7863,13 @@ class LMTPServer:
             writer.write(b"".join(line.encode("utf-8", "replace") + b"\r\n" for line in lines))
             await writer.drain()
 
-        async def line():
+        await reply(f"220 {self.hostname} redsky LMTP ready")
+        sender, recipients, greeted = None, [], False
+        while not self.stopping:
             data = await asyncio.wait_for(read_line(reader, 4096), idle)
             if not data:
                 raise ConnectionError("client went away")
-            return data.decode("utf-8", "replace").rstrip("\r\n")
-
-        await reply(f"220 {self.hostname} redsky LMTP ready")
-        sender, recipients, greeted = None, [], False
-        while True:
-            if self.stopping:
-                await reply("421 4.3.2 shutting down, try again later")
-                return
-            command = await line()
+            command = data.decode("utf-8", "replace").rstrip("\r\n")
             verb = command[:4].upper()
             if verb == "LHLO":
                 greeted = True
@@ -7936,15 +7921,13 @@ class LMTPServer:
             elif verb == "RSET":
                 sender, recipients = None, []
                 await reply("250 2.0.0 ok")
-            elif verb == "NOOP":
-                await reply("250 2.0.0 ok")
-            elif verb == "VRFY":
-                await reply("252 2.1.5 send some mail and see")
             elif verb == "QUIT":
                 await reply("221 2.0.0 bye")
                 return
             else:
-                await reply("500 5.5.2 unknown command")
+                await reply({"NOOP": "250 2.0.0 ok", "VRFY": "252 2.1.5 send some mail and see"}.get(
+                    verb, "500 5.5.2 unknown command"))
+        await reply("421 4.3.2 shutting down, try again later")
 
     @staticmethod
     async def read_data(reader, max_size, idle):
@@ -8066,6 +8049,20 @@ def store_and_list(config, address):
     return store, store.require_list(address)
 
 
+def show(args, rows, line):
+    """Print ``rows`` as JSON with --json, else ``line(row)`` for each; EX_OK."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(line(row))
+    return EX_OK
+
+
+def local_time(t, form="%Y-%m-%d %H:%M"):
+    return time.strftime(form, time.localtime(t)) if t else "-"
+
+
 def cmd_init(args, config):
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
@@ -8109,16 +8106,10 @@ def cmd_newlist(args, config):
 
 def cmd_lists(args, config):
     store = open_store(config, create=True)
-    rows = [dict(r) for r in store.q("all_lists")]
     counts = dict(store.q("member_counts").fetchall())
-    if args.json:
-        print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "members": counts.get(r["id"], 0),
-                           **{k: r[k] for k in SETTABLE if k in r}}
-                          for r in rows], indent=2))
-    else:
-        for r in rows:
-            print(f"{r['name']}@{r['domain']}\t{r['access']}\t{counts.get(r['id'], 0)} members")
-    return EX_OK
+    rows = [{"list": list_address(r), "members": counts.get(r["id"], 0),
+             **{k: r[k] for k in SETTABLE if k in r}} for r in map(dict, store.q("all_lists"))]
+    return show(args, rows, lambda r: f"{r['list']}\t{r['access']}\t{r['members']} members")
 
 
 def cmd_set(args, config):
@@ -8324,15 +8315,11 @@ def cmd_archive(args, config):
     posts = archive_selection(config, row, since, args.search)
     if export:
         return export_mbox(posts, args.output)
-    found = [(number, info) for number, _, info in posts]
-    if args.json:
-        print(json.dumps([{"number": n, "date": when, "from": author, "subject": subject}
-                          for n, (when, author, subject) in found], indent=2))
-        return EX_OK
-    for number, (when, author, subject) in found:
-        day = time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)) if when else "?"
-        print(f"{number:5}  {day}  {author[:30]:30}  {subject}")
-    return EX_OK
+    rows = [{"number": n, "date": when, "from": author, "subject": subject}
+            for n, _, (when, author, subject) in posts]
+    utc = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "?"
+    return show(args, rows, lambda r: f"{r['number']:5}  {utc(r['date'])}  {r['from'][:30]:30}  "
+                f"{r['subject']}")
 
 
 def export_mbox(posts, output=None):
@@ -8398,15 +8385,9 @@ def cmd_ban(args, config):
 def cmd_held(args, config):
     store = open_store(config)
     list_id = store.require_list(args.list)["id"] if args.list else None
-    rows = [dict(r) for r in store.q("held_posts", list_id, list_id)]
-    if args.json:
-        print(json.dumps([{**r, "list": f"{r.pop('name')}@{r.pop('domain')}"} for r in rows], indent=2))
-    else:
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["received"]))
-            print(f"{r['id']}\t{r['name']}@{r['domain']}\t{when}\t{r['from_addr'] or r['sender']}\t"
-                  f"{r['subject']!r}\t{r['reason']}")
-    return EX_OK
+    rows = [{**r, "list": list_address(r)} for r in map(dict, store.q("held_posts", list_id, list_id))]
+    return show(args, rows, lambda r: f"{r['id']}\t{r['list']}\t{local_time(r['received'])}\t"
+                f"{r['from_addr'] or r['sender']}\t{r['subject']!r}\t{r['reason']}")
 
 
 def cmd_approve(args, config):
@@ -8443,14 +8424,9 @@ def cmd_pending(args, config):
     store = open_store(config)
     list_id = store.require_list(args.list)["id"] if args.list else None
     rows = [dict(r) for r in store.q("open_pending", time.time(), list_id, list_id)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
-            what = f"held post {r['held_id']}" if r["held_id"] else r["address"]
-            print(f"{r['list']}\t{r['action']}\t{what}\t{when}\t{r['token']}")
-    return EX_OK
+    return show(args, rows, lambda r: f"{r['list']}\t{r['action']}\t"
+                f"{'held post ' + str(r['held_id']) if r['held_id'] else r['address']}\t"
+                f"{local_time(r['created'])}\t{r['token']}")
 
 
 def cmd_enable(args, config):
@@ -8476,14 +8452,14 @@ def cmd_bounces(args, config):
     if args.json:
         print(json.dumps(report, indent=2))
         return EX_OK
-    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
     for m in report:
-        print(f"{m['address']}  {m['status']}" + (f" ({m['disabled_reason']} since {stamp(m['disabled_at'])},"
-              f" {m['warnings']} warnings)" if m.get("disabled_reason") else "")
+        print(f"{m['address']}  {m['status']}"
+              + (f" ({m['disabled_reason']} since {local_time(m['disabled_at'])}, {m['warnings']} warnings)"
+                 if m.get("disabled_reason") else "")
               + (f"  score {m['bounce_score']:g}" if "bounce_score" in m else ""))
         for b in m["bounces"]:
-            print(f"    {stamp(b['received'])}  {b['source']:8} {b['action'] or '-':8} {b['status'] or '-':6}"
-                  f" {b['cause'] or '-'} (weight {b['weight']:g})"
+            print(f"    {local_time(b['received'])}  {b['source']:8} {b['action'] or '-':8} "
+                  f"{b['status'] or '-':6} {b['cause'] or '-'} (weight {b['weight']:g})"
                   f" {'COUNTED' if b['counted'] else 'ignored'}: {b['why']}")
             if b["message_id"]:
                 print(f"        post {b['message_id']}")
@@ -8538,7 +8514,7 @@ def cmd_trace(args, config):
             e["trace"] = json.loads(e["trace"])
         print(json.dumps({"events": events, "deliveries": deliveries}, indent=2))
         return EX_OK
-    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+    stamp = lambda t: local_time(t, "%Y-%m-%d %H:%M:%S")
     for e in events:
         print(f"{stamp(e['received'])}  to {e['recipient']} from "
               f"{e['sender'] if e['sender'] is not None else '?'}  list {e['list'] or '-'}")

@@ -9444,9 +9444,13 @@ def postfix_routing_checks(config, service):
     local = {d.lower() for d in postfix_tables(postconf("-xh", "mydestination"))[1]}
     domain_tables, domain_words = postfix_tables(f"{postconf('-xh', 'virtual_alias_domains') or ''} "
                                                  f"{postconf('-xh', 'relay_domains') or ''}")
-    alias_tables = postfix_tables(postconf("-xh", "virtual_alias_maps"))[0]
-    transport_tables = postfix_tables(postconf("-xh", "transport_maps"))[0]
-    recipient_tables = postfix_tables(postconf("-xh", "relay_recipient_maps"))[0]
+
+    def lookup(setting, keys):
+        """What the tables of main.cf's ``setting`` answer for ``keys`` (the first to know one wins)."""
+        found = {}
+        for table in reversed(postfix_tables(postconf("-xh", setting))[0]):
+            found.update(postmap_query(keys, table))
+        return found
     for domain in sorted({r["domain"].lower() for r in rows}):
         if domain in local:
             yield ("FAIL", f"{domain} is in Postfix's mydestination too: its mail goes to local"
@@ -9458,14 +9462,10 @@ def postfix_routing_checks(config, service):
             yield ("FAIL", f"Postfix does not accept mail for {domain}: every list address there is refused",
                    "run as root: redsky.py postfix-config --apply; postfix reload")
     addresses = [list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES]
-    routed = {}
-    for table in alias_tables:
-        routed.update({k: v for k, v in postmap_query(addresses, table).items() if k not in routed})
-    over_lmtp, known = {}, set()             # Postfix's lmtp client: relay recipients, lmtp: transport
-    for table in transport_tables:
-        over_lmtp.update({k: v for k, v in postmap_query(addresses, table).items() if v.startswith("lmtp:")})
-    for table in recipient_tables:
-        known.update(postmap_query(addresses, table))
+    routed = lookup("virtual_alias_maps", addresses)
+    # Postfix's lmtp client: relay recipients with an lmtp: transport
+    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items() if v.startswith("lmtp:")}
+    known = lookup("relay_recipient_maps", addresses)
     lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")
             and not (a in over_lmtp and a in known)]
     if lost:
@@ -9474,8 +9474,7 @@ def postfix_routing_checks(config, service):
                "run as root: redsky.py postfix-config --apply; postfix reload")
     elif addresses:
         yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""
-    transport = next((v for t in transport_tables
-                      for v in postmap_query(["redsky.invalid"], t).values()), "")
+    transport = lookup("transport_maps", ["redsky.invalid"]).get("redsky.invalid", "")
     if not over_lmtp and transport.split(":")[0] != "redsky":
         yield ("FAIL", "transport_maps does not send redsky.invalid to the 'redsky' pipe",
                "run as root: redsky.py postfix-config --apply; postfix reload")
@@ -9492,11 +9491,7 @@ def postfix_routing_checks(config, service):
                        " posts cannot be queued", f"run as root: chown -R {user} {config.data_dir}")
     for name in ("redsky-domains.cf", "redsky-aliases.cf"):
         path = os.path.join(postconf("-h", "config_directory") or "/etc/postfix", name)
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            continue
-        if mode & 0o022:
+        if os.path.exists(path) and os.stat(path).st_mode & 0o022:
             yield ("FAIL", f"{path} is group or other writable: Postfix refuses to trust it",
                    f"run as root: chmod 644 {path}")
 

@@ -9574,15 +9574,15 @@ def cmd_demo(args, config):
         log.setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
         print(f"== a throwaway redsky in {home}")
         store = open_store(demo, create=True)
+        members = ("alice@example.org", "bob@example.net", "carol@example.com")
         with store.transaction() as db:
             # dmarc = never: the demo works offline and asks no DNS server
-            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org",
-                                          "subject_tag": "[demo]",
-                                          "footer": "-- \nYou are on $post_address. To leave: $unsubscribe",
-                                          "dmarc": "never", "created": time.time()})
-            for a in ("alice@example.org", "bob@example.net", "carol@example.com"):
+            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org", "dmarc": "never",
+                                          "created": time.time(), "subject_tag": "[demo]", "footer":
+                                          "-- \nYou are on $post_address. To leave: $unsubscribe"})
+            for a in members:
                 store.q("add_member", list_id, a, time.time())
-        print("   list demo@lists.example.org, members alice@example.org, bob@example.net, carol@example.com")
+        print(f"   list demo@lists.example.org, members {', '.join(members)}")
         print("\n== redsky.py queue --recipient demo@lists.example.org < post")
         ctx = Context(demo, store)
         ctx.raw, ctx.recipient, ctx.sender = DEMO_POST, "demo@lists.example.org", "alice@example.org"
@@ -9599,14 +9599,13 @@ def cmd_demo(args, config):
             print(f"   {name:15} {note}")
         base = demo.path_of("send", "maildir")
         print("\n== delivered")
-        first = None
+        copies = {}
         for person in sorted(os.listdir(base)):
             for f in os.listdir(os.path.join(base, person, "new")):
-                first = first or os.path.join(base, person, "new", f)
+                copies[person] = os.path.join(base, person, "new", f)
                 print(f"   {person}/new/{f}")
         print("\n== the copy bob@example.net received\n")
-        with open(os.path.join(base, "bob@example.net", "new",
-                               os.listdir(os.path.join(base, "bob@example.net", "new"))[0]), "rb") as fh:
+        with open(copies["bob@example.net"], "rb") as fh:
             sys.stdout.write("   " + fh.read().decode("utf-8").replace("\n", "\n   ").rstrip() + "\n")
         counts = dict(zip(("queued", "pending", "deferred", "sent"), store.q("status_counts").fetchone()))
         print(f"\n== ledger: {counts['sent']} sent, {counts['pending'] + counts['deferred']} still pending")

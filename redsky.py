@@ -7098,13 +7098,12 @@ class WebApp:
         running (`web`, WSGI) keeps the table until a member joins or
         leaves, so that a flood of made-up tokens costs nothing each."""
         version = tuple(store.q("member_set_version", list_row["id"]).fetchone())
-        known = self.tokens.get(list_row["id"])
-        if known is None or known[0] != version:
+        if self.tokens.get(list_row["id"], (None,))[0] != version:
             mac = leave_mac(store.verp_key, list_row)
-            addresses = member_addresses(store, list_row["id"])
-            known = version, {leave_token(None, None, a, mac): a for a in addresses}
-            self.tokens[list_row["id"]] = known
-        return known[1].get(token)     # str hashing is keyed per process: no timing oracle worth having
+            self.tokens[list_row["id"]] = version, {leave_token(None, None, a, mac): a
+                                                    for a in member_addresses(store, list_row["id"])}
+        # str hashing is keyed per process: no timing oracle worth having
+        return self.tokens[list_row["id"]][1].get(token)
 
     def __call__(self, environ, start_response):
         try:
@@ -7221,7 +7220,6 @@ class WebApp:
         list_row = store.list_by_address(address)
         if list_row is None or list_row["archive"] != "public" or method == "POST":
             return not_found()
-        folder = pages_dir(config, list_row)
         if name == "search":
             from urllib.parse import parse_qs
             words = (parse_qs(environ.get("QUERY_STRING", "")[:1000]).get("q") or [""])[0][:200]
@@ -7235,7 +7233,7 @@ class WebApp:
                 ' aria-label="words"> <button>Search</button></form>'
                 f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>"))
         try:
-            with open(os.path.join(folder, name or "index.html"), "rb") as fh:
+            with open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb") as fh:
                 data = fh.read()
         except OSError:
             return not_found()
@@ -7728,14 +7726,12 @@ def cmd_quarantine(args, config):
                 status = EX_DATAERR
                 continue
             outcomes = {r: send_now(config, sender, r, data) for r in recipients}
-            failed = [(r, o.detail) for r, o in outcomes.items() if o.kind != SENT]
-            if failed:
-                left = [r for r, _ in failed]
+            left = [r for r, o in outcomes.items() if o.kind != SENT]
+            if left:
                 if len(left) < len(recipients):     # keep it for the others only: nobody gets it twice
-                    new = quarantine_add(config, reason, sender, left, data)
-                    box.remove(key)
-                    key = new
-                report(f"{key}: not delivered to {', '.join(left)}: {failed[0][1]}; kept")
+                    key, old = quarantine_add(config, reason, sender, left, data), key
+                    box.remove(old)
+                report(f"{key}: not delivered to {', '.join(left)}: {outcomes[left[0]].detail}; kept")
                 status = EX_TEMPFAIL
                 continue
         box.remove(key)

@@ -8566,10 +8566,9 @@ def plan_member(plan, address, name="", **options):
 
 
 def apply_plan(store, config, plan, dry_run=False):
-    """Carry out an import plan: the list created if missing, settings that
-    differ set, members, patterns, held posts and requests that are not
-    there yet added, all in one transaction; then the archive posts whose
-    Message-ID the archive does not hold yet.  Running it twice changes
+    """Carry out an import plan: the list created if missing, settings that differ set, members,
+    patterns, held posts and requests that are not there yet added, all in one transaction; then
+    the archive posts whose Message-ID the archive does not hold yet.  Running it twice changes
     nothing the second time.  Yields what it does (or would do) line by line."""
     try:
         name, domain = split_list_address(plan["address"])
@@ -8591,20 +8590,20 @@ def apply_plan(store, config, plan, dry_run=False):
         if row is not None and plan["archive"] else set()
     posts = [p for p in plan["archive"] if RawMessage(p).get("Message-ID") not in archived_ids
              or not RawMessage(p).get("Message-ID")]
-    verb = (lambda text: f"would {text}") if dry_run else (lambda text: text)
+    would = "would " if dry_run else ""
     if row is None:
-        yield verb(f"create list {name}@{domain}")
+        yield f"{would}create list {name}@{domain}"
     for key, value in changed.items():
         shown = "(set)" if key == "passphrase_hash" else repr(value) if isinstance(value, str) else value
-        yield verb(f"set {key} = {shown}")
+        yield f"{would}set {key} = {shown}"
     if members:
         digest = sum(1 for m in members if m.get("digest"))
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
-        yield verb(f"add {len(members)} members ({digest} digest, {nomail} nomail)")
+        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)"
     for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
                         ("pending requests", tokens), ("archived posts", posts)):
         if items:
-            yield verb(f"add {len(items)} {what}")
+            yield f"{would}add {len(items)} {what}"
     if plan["invalid"]:
         yield f"invalid addresses, not imported: {', '.join(plan['invalid'][:20])}" + \
             (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
@@ -8619,15 +8618,13 @@ def apply_plan(store, config, plan, dry_run=False):
         if row is None:
             list_id = store.add_list(db, {"name": name, "domain": domain, "created": now, **changed})
         else:
-            list_id = row["id"]
             for key, value in changed.items():
                 store.set_list(db, list_id, key, value)
         db.executemany(SQL["import_member"], [
             (list_id, m["address"], m.get("name", ""), m.get("status", "enabled"), int(bool(m.get("digest"))),
              m.get("bounce_score", 0), m.get("last_bounce"), m.get("disabled_reason", ""),
              m.get("disabled_at"), m.get("warnings", 0), m.get("last_warning"), m.get("subscribed") or now,
-             m.get("disabled_until"), int(bool(m.get("notmetoo"))), int(bool(m.get("ack"))),
-             int(bool(m.get("moderate"))))
+             m.get("disabled_until"), *(int(bool(m.get(k))) for k in ("notmetoo", "ack", "moderate")))
             for m in members])
         db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
         db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])

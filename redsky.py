@@ -9300,18 +9300,16 @@ def exim_checks(config, store):
         if r is None or "router = redsky" not in r.stdout:
             lost.append(address)
     if lost:
-        yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}:"
-                       " exim -bt shows its route)",
-               "add the router and transport of the README's Exim section, then update-exim4.conf and"
-               " restart exim4")
+        yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}: exim"
+               " -bt shows its route)", "add the router and transport of the README's Exim section,"
+               " then update-exim4.conf and restart exim4")
     elif addresses:
         checked = min(len(addresses), 90)
         yield "OK", f"Exim routes all {checked} list addresses checked to redsky (exim -bt)", ""
 
 
 def opensmtpd_checks():
-    """When OpenSMTPD is installed: does its configuration parse (smtpd -n)
-    and name redsky?"""
+    """When OpenSMTPD is installed: does its configuration parse (smtpd -n) and name redsky?"""
     import shutil
     if shutil.which("smtpd") is None:
         return
@@ -9332,9 +9330,8 @@ def postfix_checks(config):
         yield "OK", "no Postfix configuration found: Postfix checks skipped", ""
         return
     if "+" not in main:
-        yield ("FAIL",
-               f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and LIST-confirm+TOKEN@"
-               " cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
+        yield ("FAIL", f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and"
+               " LIST-confirm+TOKEN@ cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
@@ -9354,10 +9351,8 @@ def postfix_checks(config):
     else:
         yield "OK", "Postfix 'redsky' pipe service runs 'queue' with the original recipient", ""
         if (postconf("-h", "redsky_destination_recipient_limit") or "") != "1":
-            yield ("FAIL",
-                   "redsky_destination_recipient_limit is not 1: several recipients would reach one "
-                   "queue run",
-                   "postconf -e 'redsky_destination_recipient_limit = 1'")
+            yield ("FAIL", "redsky_destination_recipient_limit is not 1: several recipients would reach"
+                   " one queue run", "postconf -e 'redsky_destination_recipient_limit = 1'")
     maps = postconf("-h", "virtual_alias_maps") or ""
     if "redsky-aliases" not in maps and not lmtp:
         yield ("WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf",
@@ -9367,9 +9362,8 @@ def postfix_checks(config):
         if not os.path.exists(map_path):
             yield "FAIL", f"the Postfix list map {map_path} does not exist", "run: redsky.py postfix-config"
         elif not user_can(map_path, "postfix"):
-            yield ("FAIL",
-                   f"user postfix cannot read the list map {map_path}: every list address would be refused",
-                   f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
+            yield ("FAIL", f"user postfix cannot read the list map {map_path}: every list address would"
+                   " be refused", f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
         else:
             yield "OK", f"user postfix can read the list map {map_path}", ""
     yield from postfix_routing_checks(config, service)
@@ -9463,7 +9457,7 @@ def postfix_routing_checks(config, service):
             and not (a in over_lmtp and a in known)]
     if lost:
         yield ("FAIL", f"{len(lost)} of {len(addresses)} list addresses are not routed to redsky by"
-                       f" virtual_alias_maps (e.g. {lost[0]})",
+               f" virtual_alias_maps (e.g. {lost[0]})",
                "run as root: redsky.py postfix-config --apply; postfix reload")
     elif addresses:
         yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""

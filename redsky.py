@@ -7093,10 +7093,9 @@ class WebApp:
         self.tokens = {}            # list id -> (member_set_version, {leave token: address}): member_of
 
     def member_of(self, store, list_row, token):
-        """The member whose leave token is ``token``, or None.  Finding it
-        takes an HMAC of every member's address; a server that keeps
-        running (`web`, WSGI) keeps the table until a member joins or
-        leaves, so that a flood of made-up tokens costs nothing each."""
+        """The member whose leave token is ``token``, or None.  Finding it takes an HMAC of every
+        member's address; a server that keeps running (`web`, WSGI) keeps the table until a member
+        joins or leaves, so that a flood of made-up tokens costs nothing each."""
         version = tuple(store.q("member_set_version", list_row["id"]).fetchone())
         if self.tokens.get(list_row["id"], (None,))[0] != version:
             mac = leave_mac(store.verp_key, list_row)
@@ -7170,10 +7169,9 @@ class WebApp:
         return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
 
     def leave(self, config, store, environ, method, list_row, token):
-        """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and
-        every answer (a repeat, a token no member has) is the same page, so
-        the page tells nothing about who is subscribed; GET, which link
-        checkers and previewers fetch, only shows the button."""
+        """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and every answer (a
+        repeat, a token no member has) is the same page, so the page tells nothing about who is
+        subscribed; GET, which link checkers and previewers fetch, only shows the button."""
         name = esc(list_address(list_row))
         if method != "POST":
             return page(f"Leave {list_address(list_row)}", (
@@ -7579,11 +7577,8 @@ def user_can(path, user, write=False):
     path = os.path.abspath(path)
     parts = path.split(os.sep)
     try:
-        for i in range(1, len(parts)):
-            parent = os.sep.join(parts[:i]) or os.sep
-            if not allowed(os.stat(parent), 1):
-                return False
-        return allowed(os.stat(path), 2 if write else 4)
+        return all(allowed(os.stat(os.sep.join(parts[:i]) or os.sep), 1) for i in range(1, len(parts))) \
+            and allowed(os.stat(path), 2 if write else 4)
     except OSError:
         return False
 
@@ -7632,11 +7627,10 @@ def cmd_queue(args, config):
 
 
 def poison_message(ctx, error):
-    """A bug met this message.  Count the failure by the message's SHA-256;
-    below [queue] max_failures raise it again (75: the MTA keeps the message
-    and retries, perhaps after a fix).  At the limit keep the message in the
-    [filter] quarantine, tell the list's owners, log the traceback and
-    return 0, so the MTA stops retrying a message that fails every time."""
+    """A bug met this message.  Count the failure by the message's SHA-256; below [queue]
+    max_failures raise it again (75: the MTA keeps the message and retries, perhaps after a fix).
+    At the limit keep the message in the [filter] quarantine, tell the list's owners, log the
+    traceback and return 0, so the MTA stops retrying a message that fails every time."""
     import hashlib
     digest, now = hashlib.sha256(ctx.raw).hexdigest(), time.time()
     reason = f"{type(error).__name__}: {one_line(error, 300)}"
@@ -7671,10 +7665,9 @@ def poison_message(ctx, error):
 
 
 def envelope_of(ctx, recipient, sender, client_address, env=None):
-    """Set the envelope the MTA gave: the command line first, then the
-    environment a pipe sets (Postfix pipe(8) with flags: ORIGINAL_RECIPIENT,
-    RECIPIENT, SENDER; proxsmtpd: SENDER, REMOTE or CLIENT; CLIENT_ADDRESS).
-    read completes what neither says from the header.  Returns ctx."""
+    """Set the envelope the MTA gave: the command line first, then the environment a pipe sets
+    (Postfix pipe(8) with flags: ORIGINAL_RECIPIENT, RECIPIENT, SENDER; proxsmtpd: SENDER, REMOTE
+    or CLIENT; CLIENT_ADDRESS).  read completes what neither says from the header.  Returns ctx."""
     env = os.environ if env is None else env
     ctx.recipient = recipient or env.get("ORIGINAL_RECIPIENT") or env.get("RECIPIENT") or None
     ctx.sender = sender if sender is not None else env.get("SENDER")
@@ -7683,9 +7676,8 @@ def envelope_of(ctx, recipient, sender, client_address, env=None):
 
 
 def cmd_filter(args, config):
-    """Content-filter mode: [filter] filters over the message on stdin,
-    with read first and out last (added when the chain does not name them);
-    see finish_filter for the exit codes."""
+    """Content-filter mode: [filter] filters over the message on stdin, with read first and out
+    last (added when the chain does not name them); see finish_filter for the exit codes."""
     names = config.chain("filter")
     names = (["read"] if names[:1] != ["read"] else []) + names + (["out"] if names[-1:] != ["out"] else [])
     chain = build_chain(names, "message", "filter")
@@ -7742,10 +7734,9 @@ def cmd_quarantine(args, config):
 # LMTP intake (RFC 2033) --------------------------------------------------------
 
 class QueueWorker:
-    """Runs the queue chain in this process, one message at a time, in one
-    thread that owns the database connection (SQLite connections stay in
-    the thread that made them).  reload() takes a new config for the
-    messages that follow (SIGHUP)."""
+    """Runs the queue chain in this process, one message at a time, in one thread that owns the
+    database connection (SQLite connections stay in the thread that made them).  reload() takes a
+    new config for the messages that follow (SIGHUP)."""
 
     def __init__(self, config):
         import concurrent.futures
@@ -7796,12 +7787,11 @@ LMTP_REPLIES = {EX_OK: "250 2.0.0", EX_DATAERR: "554 5.6.0", EX_NOUSER: "550 5.1
 
 
 class LMTPServer:
-    """LMTP over TCP or a Unix socket: a list address is refused at RCPT
-    (550 5.1.1) when no list answers it; after DATA each accepted recipient
-    gets its own reply, 250 only once the post is durably queued, 4xx for
-    anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
-    session_timeout.  stop() (SIGTERM) refuses new sessions and commands
-    with 421 and lets the message in flight finish."""
+    """LMTP over TCP or a Unix socket: a list address is refused at RCPT (550 5.1.1) when no list
+    answers it; after DATA each accepted recipient gets its own reply, 250 only once the post is
+    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
+    session_timeout.  stop() (SIGTERM) refuses new sessions and commands with 421 and lets the
+    message in flight finish."""
 
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
@@ -8202,9 +8192,8 @@ def cmd_unsubscribe(args, config):
 
 
 def cmd_invite(args, config):
-    """invite LIST ADDR...: an invitation to each address that is not a
-    member (nor banned), which joins by replying (a subscribe token, as
-    for double opt-in)."""
+    """invite LIST ADDR...: an invitation to each address that is not a member (nor banned),
+    which joins by replying (a subscribe token, as for double opt-in)."""
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
     store, row = store_and_list(config, args.list)
@@ -8674,9 +8663,8 @@ def split_lines(path):
 
 
 def mlmmj_plan(listdir, as_address=None):
-    """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the
-    files under control/, the address files under subscribers.d/,
-    digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
+    """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the files under control/, the
+    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
     if not os.path.isdir(os.path.join(listdir, "control")):
         raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
     control = lambda name: os.path.join(listdir, "control", name)
@@ -8742,9 +8730,8 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
 
 
 def mailman2_plan(config_file, as_address=None):
-    """An import plan from Mailman 2.1's `config_list -o` output (its members
-    and pipermail mbox: add_member_files, add_mbox).  Settings with no
-    redsky equivalent are listed."""
+    """An import plan from Mailman 2.1's `config_list -o` output (its members and pipermail mbox:
+    add_member_files, add_mbox).  Settings with no redsky equivalent are listed."""
     with open(config_file, encoding="utf-8", errors="replace") as fh:
         values = python_assignments(fh.read())
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
@@ -8797,9 +8784,8 @@ def mailman2_plan(config_file, as_address=None):
 
 
 def mailman3_plan(info, as_address=None):
-    """An import plan from what Mailman 3 prints: `mailman lists` (the list's
-    address, when it is the only one; or a "Posting address:" line).  Its
-    members and mbox: add_member_files, add_mbox."""
+    """An import plan from what Mailman 3 prints: `mailman lists` (the list's address, when it is the
+    only one; or a "Posting address:" line).  Its members and mbox: add_member_files, add_mbox."""
     address = as_address
     if info and not address:
         lines = split_lines(info)
@@ -8816,9 +8802,8 @@ def mailman3_plan(info, as_address=None):
 
 
 def add_member_files(plan, members, digest_members, nomail_members):
-    """Mailman's members, one file each: regular, digest and nomail (Mailman 2's
-    `list_members -f`; Mailman 3's `mailman members --regular`, `--digest any`,
-    `--nomail any`)."""
+    """Mailman's members, one file each: regular, digest and nomail (Mailman 2's `list_members
+    -f`; Mailman 3's `mailman members --regular`, `--digest any`, `--nomail any`)."""
     for path, options in ((members, {}), (digest_members, {"digest": True}),
                           (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
         if path:
@@ -8842,9 +8827,8 @@ def add_mbox(plan, path):
 
 
 def export_document(store, config, row):
-    """A list as one JSON-able document: settings, members with their
-    options, names and bounce state, posting patterns, held posts (the
-    message base64) and pending requests."""
+    """A list as one JSON-able document: settings, members with their options, names and bounce
+    state, posting patterns, held posts (the message base64) and pending requests."""
     import base64
     held, numbers = [], {}                     # held posts numbered in the document, not by row id
     for h in store.q("held_export", row["id"]):
@@ -9011,9 +8995,8 @@ def cmd_whois(args, config):
 
 
 def cmd_forget(args, config):
-    """Remove an address everywhere redsky keeps it (PERSONAL_DATA, the
-    lists' owners, redsky's own log file); --archive also removes the posts
-    it wrote from the archives and from digests not yet sent."""
+    """Remove an address everywhere redsky keeps it (PERSONAL_DATA, the lists' owners, redsky's own log
+    file); --archive also removes the posts it wrote from the archives and from digests not yet sent."""
     store = open_store(config)
     address = normalize_address(args.address)
     pattern = like_pattern(address)
@@ -9418,10 +9401,9 @@ def postmap_query(keys, table):
 
 
 def postfix_routing_checks(config, service):
-    """What the live Postfix does with each list address: is the domain
-    accepted (and not also a local domain), does the alias map send every
-    address to redsky's transport, does that transport reach the pipe, and
-    does the pipe run as the owner of data_dir."""
+    """What the live Postfix does with each list address: is the domain accepted (and not also a
+    local domain), does the alias map send every address to redsky's transport, does that
+    transport reach the pipe, and does the pipe run as the owner of data_dir."""
     try:
         store = Store(config.database, 2.0, durable=False)
         rows = [dict(r) for r in store.q("all_lists")]

@@ -8526,14 +8526,10 @@ def cmd_trace(args, config):
 # Calls: sections 2-21.
 # ---------------------------------------------------------------------------
 
-# The list settings an export carries (the rest are counters and timestamps of this host).
-EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owners", "subscribe_policy",
-                     "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
-                     "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue", "reply_to",
-                     "reply_to_strip", "post_number", "max_size", "nonmember_action", "emergency",
-                     "max_posts_per_day", "notify_owners", "dmarc_addresses", "filter_content", "pass_types",
-                     "filter_types", "pass_extensions", "filter_extensions", "convert_html_to_plaintext",
-                     "collapse_alternatives", "signed_posts", "description")
+# The list settings an export carries: what `set` sets (the passphrase as its hash) and the
+# numbers readers know (posts, digests); the rest are counters and timestamps of this host.
+EXPORTED_SETTINGS = tuple("passphrase_hash" if k == "passphrase" else k for k in SETTABLE) + (
+    "digest_volume", "digest_issue", "post_number")
 # A held post's fields in an export, in the order add_held stores them (besides "number").
 HELD_FIELDS = ("received", "sender", "recipient", "from_addr", "subject", "message_id", "reason", "raw")
 

@@ -8455,15 +8455,14 @@ def cmd_bounces(args, config):
 
 def cmd_status(args, config):
     store = open_store(config)
-    keys = ("queued_posts", "pending", "deferred", "sent", "bounced", "failed", "expired", "held",
-            "digest_posts")
+    keys = "queued_posts pending deferred sent bounced failed expired held digest_posts".split()
     counts = dict(zip(keys, store.q("status_counts").fetchone()))
     counts["unreadable"] = len(unreadable_spool_files(config, store))
     if args.json:
         print(json.dumps(counts, indent=2))
     else:
-        for k in (*keys, "unreadable"):
-            print(f"{k:13} {counts[k]}")
+        for key, count in counts.items():
+            print(f"{key:13} {count}")
         if counts["unreadable"]:
             print(f"unreadable: queued posts whose spool file {pipe_user(config)} or you cannot read;"
                   f" fix: chown -R {pipe_user(config)} {config.spool}")
@@ -8485,7 +8484,7 @@ def cmd_trace(args, config):
     store = open_store(config)
     wanted = args.message_id.strip()
     ids = (wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>")
-    events = [dict(r) for r in store.q("events_of", *ids)]
+    events = [dict(r, trace=json.loads(r["trace"])) for r in store.q("events_of", *ids)]
     deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address)]
     if not events and not deliveries:
         raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
@@ -8495,15 +8494,13 @@ def cmd_trace(args, config):
             d["bounced"] = dict(store.q("bounce_by_id", bounce).fetchone())
             d["state"] = "bounced"
     if args.json:
-        for e in events:
-            e["trace"] = json.loads(e["trace"])
         print(json.dumps({"events": events, "deliveries": deliveries}, indent=2))
         return EX_OK
     stamp = lambda t: local_time(t, "%Y-%m-%d %H:%M:%S")
     for e in events:
         print(f"{stamp(e['received'])}  to {e['recipient']} from "
               f"{e['sender'] if e['sender'] is not None else '?'}  list {e['list'] or '-'}")
-        for name, note in json.loads(e["trace"]):
+        for name, note in e["trace"]:
             print(f"    {name:15} {note}")
         print(f"    {'=> ' + e['outcome']:15} {e['reason']}")
     if deliveries:
@@ -8826,23 +8823,19 @@ def export_document(store, config, row):
     """A list as one JSON-able document: settings, members with their options, names and bounce
     state, posting patterns, held posts (the message base64) and pending requests."""
     import base64
-    held, numbers = [], {}                     # held posts numbered in the document, not by row id
-    for h in store.q("held_export", row["id"]):
-        h = dict(h)
-        numbers[h.pop("id")] = h["number"] = len(held) + 1
+    held = [dict(h) for h in store.q("held_export", row["id"])]
+    numbers = {}                                # held posts numbered in the document, not by row id
+    for number, h in enumerate(held, 1):
+        numbers[h.pop("id")] = h["number"] = number
         h["raw"] = base64.b64encode(h["raw"]).decode()
-        held.append(h)
-    pending = []
-    for p in store.q("pending_export", row["id"]):
-        p = dict(p)
+    pending = [dict(p) for p in store.q("pending_export", row["id"])]
+    for p in pending:
         p["held"] = numbers.get(p.pop("held_id"))
-        pending.append(p)
     return {"format": "redsky-export", "version": 1, "list": list_address(row),
             "settings": {k: row[k] for k in EXPORTED_SETTINGS},
             "members": [dict(m) for m in store.q("members_export", row["id"])],
             "acl": [r[0] for r in store.q("acl", row["id"])],
-            "bans": [r[0] for r in store.q("bans", row["id"])],
-            "held": held, "pending": pending}
+            "bans": [r[0] for r in store.q("bans", row["id"])], "held": held, "pending": pending}
 
 
 def redsky_plan(path, as_address=None):

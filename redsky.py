@@ -8231,15 +8231,13 @@ def cmd_members(args, config):
         members.append({"address": r["address"], "name": r["name"], "status": r["status"],
                         "bounce_score": r["bounce_score"], **options,
                         "nomail_until": r["disabled_until"] if options["nomail"] else None})
-    if args.json:
-        print(json.dumps(members, indent=2))
-    else:
-        for m in members:
-            on = [name + (f" until {time.strftime('%Y-%m-%d', time.gmtime(m['nomail_until']))}"
-                          if name == "nomail" and m["nomail_until"] else "")
-                  for name in MEMBER_OPTIONS if m[name]]
-            print(f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}" + "".join(f"\t{o}" for o in on))
-    return EX_OK
+
+    def line(m):
+        on = [name + (f" until {time.strftime('%Y-%m-%d', time.gmtime(m['nomail_until']))}"
+                      if name == "nomail" and m["nomail_until"] else "")
+              for name in MEMBER_OPTIONS if m[name]]
+        return f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}" + "".join(f"\t{o}" for o in on)
+    return show(args, members, line)
 
 
 def cmd_set_member(args, config):

@@ -8894,10 +8894,7 @@ def cmd_export(args, config):
     if not args.output:
         sys.stdout.write(text)
         return EX_OK
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, args.output)
+    _write_page(args.output, text)          # atomically, as the archive's pages are written
     posts = archive_selection(config, row)
     if posts:
         export_mbox(posts, args.output + ".mbox")
@@ -9015,9 +9012,8 @@ def cmd_forget(args, config):
             removed["archive"] += count
             if count and row["archive"] == "public":
                 build_pages(config, dict(row))
-    log_path = config.get("redsky", "log")
-    log_path = config.path_of("redsky", "log") if log_path not in ("", "syslog", "stderr") else \
-        os.path.join(config.data_dir, "redsky.log") if not log_path else ""
+    log_path = {"": os.path.join(config.data_dir, "redsky.log"), "syslog": "", "stderr": ""}.get(
+        config.get("redsky", "log"), config.path_of("redsky", "log"))
     if log_path and os.path.exists(log_path):
         removed["log lines"] = redact_file(log_path, address)
     what = ", ".join(f"{k} {v}" for k, v in removed.items() if v)

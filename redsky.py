@@ -8862,8 +8862,7 @@ def redsky_plan(path, as_address=None):
             plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True)))
         for p in doc.get("pending", []):
             missing = pending_keys - set(p)
-            if missing or p["action"] not in ("subscribe", "unsubscribe", "approve-subscribe", "moderate",
-                                              "reenable"):
+            if missing or p["action"] not in schema_choices("pending")["action"]:
                 raise ValueError(f"a pending request lacks {', '.join(sorted(missing)) or 'a known action'}")
             plan["pending"].append(dict(p))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -8874,16 +8873,14 @@ def redsky_plan(path, as_address=None):
 
 def member_options(m):
     """A member's options from an export, each of its stored type (ValueError if not)."""
-    optional = lambda key, kind: None if m.get(key) is None else kind(m[key])
     status = str(m.get("status", "enabled"))
     if status not in ("enabled", "disabled"):
         raise ValueError(f"member status {status!r}")
     return {"status": status, **{o: bool(m.get(o, False)) for o in ("digest", "notmetoo", "ack", "moderate")},
             "bounce_score": float(m.get("bounce_score", 0)), "warnings": int(m.get("warnings", 0)),
             "disabled_reason": str(m.get("disabled_reason", "")),
-            "last_bounce": optional("last_bounce", float), "disabled_at": optional("disabled_at", float),
-            "disabled_until": optional("disabled_until", float),
-            "last_warning": optional("last_warning", float), "subscribed": optional("subscribed", float)}
+            **{t: None if m.get(t) is None else float(m[t])          # times, which may be unset
+               for t in ("last_bounce", "disabled_at", "disabled_until", "last_warning", "subscribed")}}
 
 
 def cmd_export(args, config):

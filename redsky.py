@@ -7753,10 +7753,8 @@ class QueueWorker:
         """(exit code, reason) of `queue` for one recipient: 0 only once the
         post is durably stored (or deliberately discarded, held or consumed)."""
         try:
-            if self.chain is None:
-                self.chain = build_chain(self.config.chain("queue"), "message", "queue")
-            if self.store is None:
-                self.store = open_store(self.config, durable=True)
+            self.chain = self.chain or build_chain(self.config.chain("queue"), "message", "queue")
+            self.store = self.store or open_store(self.config, durable=True)
             ctx = envelope_of(Context(self.config, self.store), recipient, sender, None, env={})
             ctx.raw = raw
             try:
@@ -7772,8 +7770,7 @@ class QueueWorker:
 
     def is_list_address(self, address):
         """RCPT time: does a list answer at ``address``?"""
-        if self.store is None:
-            self.store = open_store(self.config, durable=True)
+        self.store = self.store or open_store(self.config, durable=True)
         local, _, domain = address.rpartition("@")
         if not local or self.store.list_by_address(address):
             return bool(local)
@@ -7881,8 +7878,7 @@ class LMTPServer:
                     await reply("501 5.5.4 syntax: RCPT TO:<address>")
                 else:
                     address = m.group(1).strip()
-                    known = await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address)
-                    if known:
+                    if await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address):
                         recipients.append(address)
                         await reply("250 2.1.5 recipient ok")
                     else:

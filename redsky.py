@@ -7155,13 +7155,10 @@ class WebApp:
     def form(environ):
         """The urlencoded (or multipart) body as {name: value}; None if too large."""
         from urllib.parse import parse_qsl
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= WEB_MAX_BODY:
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not re.fullmatch(r"\d{1,9}", length) or int(length) > WEB_MAX_BODY:
             return None
-        body = environ["wsgi.input"].read(length) if length else b""
+        body = environ["wsgi.input"].read(int(length))
         if b"multipart/form-data" in environ.get("CONTENT_TYPE", "").encode("latin-1", "replace"):
             # RFC 8058 allows it: each part is 'name="NAME"' CRLF CRLF 'VALUE'
             return {m.group(1).decode(): m.group(2).decode("utf-8", "replace") for m in re.finditer(
@@ -9355,10 +9352,9 @@ def lmtp_checks(endpoint):
         yield ("FAIL", f"Postfix sends the lists over LMTP to {endpoint}, where nothing answers ({e})",
                f"start it: redsky.py lmtp --listen {where if kind == 'inet' else endpoint}")
         return
-    if b"redsky LMTP" in greeting:
-        yield "OK", f"Postfix sends the lists over LMTP to {endpoint}, where redsky answers", ""
-    else:
-        yield "FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port"
+    yield ("OK", f"Postfix sends the lists over LMTP to {endpoint}, where redsky answers", "") \
+        if b"redsky LMTP" in greeting else \
+        ("FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port")
 
 
 def postfix_tables(value):

@@ -7135,10 +7135,14 @@ class WebApp:
                 return self.archive(config, store, environ, method, *m.groups())
             m = _LIST_PATH.fullmatch(path)
             list_row = store.list_by_address(m.group(1)) if m else None
-            if list_row and m.group(2):
-                return self.leave(config, store, environ, method, list_row, m.group(2).lower())
             if list_row:
-                return self.subscribe(config, store, environ, method, list_row)
+                fields = self.form(environ) if method == "POST" else {}
+                if fields is None:
+                    return message_page("Too large", "That request is too large.",
+                                        "413 Payload Too Large")
+                if m.group(2):
+                    return self.leave(config, store, fields, method, list_row, m.group(2).lower())
+                return self.subscribe(config, store, fields, method, list_row)
             if _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/"):
                 return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
                                     [("Location", environ.get("SCRIPT_NAME", "") + path + "/")])
@@ -7153,7 +7157,7 @@ class WebApp:
 
     @staticmethod
     def form(environ):
-        """The urlencoded (or multipart) body as {name: value}; None if too large."""
+        """The POSTed urlencoded (or multipart) body as {name: value}; None if too large."""
         from urllib.parse import parse_qsl
         length = environ.get("CONTENT_LENGTH") or "0"
         if not re.fullmatch(r"\d{1,9}", length) or int(length) > WEB_MAX_BODY:
@@ -7165,7 +7169,7 @@ class WebApp:
                 rb'name="([^"\r\n]{1,100})"[^\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{0,1000})', body)}
         return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
 
-    def leave(self, config, store, environ, method, list_row, token):
+    def leave(self, config, store, fields, method, list_row, token):
         """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and every answer (a
         repeat, a token no member has) is the same page, so the page tells nothing about who is
         subscribed; GET, which link checkers and previewers fetch, only shows the button."""
@@ -7175,9 +7179,6 @@ class WebApp:
                 f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\""
                 f" name=\"List-Unsubscribe\" value=\"One-Click\"><button>Unsubscribe me from {name}</button>"
                 "</form>"))
-        fields = self.form(environ)
-        if fields is None:
-            return too_large()
         if fields.get("List-Unsubscribe") != "One-Click":
             return message_page("Not understood", "Use the button on this page.", "400 Bad Request")
         member = self.member_of(store, list_row, token)
@@ -7186,15 +7187,12 @@ class WebApp:
         return message_page(f"Left {list_address(list_row)}",
                             f"You are no longer subscribed to {list_address(list_row)}.")
 
-    def subscribe(self, config, store, environ, method, list_row):
+    def subscribe(self, config, store, fields, method, list_row):
         """The list's page; a POSTed address gets the same confirmation as
         mail to LIST-join@ (rate limits, ban list and policy included), and
         the answer is the same whatever the address's state."""
         closed = list_row["subscribe_policy"] == "closed"
         if method == "POST" and not closed:
-            fields = self.form(environ)
-            if fields is None:
-                return too_large()
             address = (fields.get("address") or "").strip()
             if not valid_address(address) or len(address) > 254:
                 return message_page("Not an address", "Please give an email address.", "400 Bad Request")
@@ -7249,10 +7247,6 @@ def message_page(title, text, status="200 OK", headers=()):
 
 def not_found():
     return message_page("Not found", "There is no such page here.", "404 Not Found")
-
-
-def too_large():
-    return message_page("Too large", "That request is too large.", "413 Payload Too Large")
 
 
 def web_request(config, store, list_row, address, role, action):

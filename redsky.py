@@ -8800,8 +8800,7 @@ def add_mbox(plan, path):
     if not os.path.exists(path):
         raise Failure(f"no such file: {path}", EX_DATAERR)
     box = mailbox.mbox(path, create=False)
-    for key in box.iterkeys():
-        plan["archive"].append(box.get_bytes(key))
+    plan["archive"] += [box.get_bytes(key) for key in box.iterkeys()]
 
 
 def export_document(store, config, row):

@@ -6991,18 +6991,16 @@ class WebApp:
         self.tokens = {}            # list id -> (member_set_version, {leave token: address}): member_of
 
     def member_of(self, store, list_row, token):
-        """The member whose leave token is ``token``, or None.  Finding it
-        takes an HMAC of every member's address; a server that keeps
-        running (`web`, WSGI) keeps the table until a member joins or
-        leaves, so that a flood of made-up tokens costs nothing each."""
+        """The member whose leave token is ``token``, or None.  Finding it takes an HMAC of every
+        member's address; a server that keeps running (`web`, WSGI) keeps the table until a member
+        joins or leaves, so that a flood of made-up tokens costs nothing each."""
         version = tuple(store.q("member_set_version", list_row["id"]).fetchone())
-        known = self.tokens.get(list_row["id"])
-        if known is None or known[0] != version:
+        if self.tokens.get(list_row["id"], (None,))[0] != version:
             mac = leave_mac(store.verp_key, list_row)
-            addresses = member_addresses(store, list_row["id"])
-            known = version, {leave_token(None, None, a, mac): a for a in addresses}
-            self.tokens[list_row["id"]] = known
-        return known[1].get(token)     # str hashing is keyed per process: no timing oracle worth having
+            self.tokens[list_row["id"]] = version, {leave_token(None, None, a, mac): a
+                                                    for a in member_addresses(store, list_row["id"])}
+        # str hashing is keyed per process: no timing oracle worth having
+        return self.tokens[list_row["id"]][1].get(token)
 
     def __call__(self, environ, start_response):
         try:
@@ -7011,8 +7009,9 @@ class WebApp:
         except Exception as e:      # one line in the log; a page that says nothing of the inside
             log.error("web: %s %s: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                       type(e).__name__, one_line(e, 300), exc_info=not isinstance(e, (Failure, StoreError)))
-            status, kind, extra = "503 Service Unavailable", None, [("Retry-After", "60")]
-            body = message_page("Not now", "Something went wrong here; please try again later.")
+            status, body, kind, extra = message_page(
+                "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
+                [("Retry-After", "60")])
         data = body if isinstance(body, bytes) else body.encode("utf-8")
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
@@ -7024,10 +7023,9 @@ class WebApp:
     def route(self, config, environ):
         """(status, body, content type or None for HTML, more headers)."""
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
-        allowed = ("GET", "HEAD", "POST")
-        if method not in allowed:
-            return "405 Method Not Allowed", message_page("Not allowed", "Use GET or POST."), None, \
-                [("Allow", ", ".join(allowed))]
+        if method not in ("GET", "HEAD", "POST"):
+            return message_page("Not allowed", "Use GET or POST.", "405 Method Not Allowed",
+                                [("Allow", "GET, HEAD, POST")])
         store = open_store(config)
         try:
             m = _ARCHIVE_PATH.fullmatch(path)
@@ -7035,98 +7033,84 @@ class WebApp:
                 return self.archive(config, store, environ, method, *m.groups())
             m = _LIST_PATH.fullmatch(path)
             list_row = store.list_by_address(m.group(1)) if m else None
-            if list_row and m.group(2):
-                return self.leave(config, store, environ, method, list_row, m.group(2).lower())
             if list_row:
-                return self.subscribe(config, store, environ, method, list_row)
+                fields = self.form(environ) if method == "POST" else {}
+                if fields is None:
+                    return message_page("Too large", "That request is too large.",
+                                        "413 Payload Too Large")
+                if m.group(2):
+                    return self.leave(config, store, fields, method, list_row, m.group(2).lower())
+                return self.subscribe(config, store, fields, method, list_row)
             if _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/"):
-                return "301 Moved Permanently", message_page("Moved", "See the address with a slash."), \
-                    None, [("Location", environ.get("SCRIPT_NAME", "") + path + "/")]
+                return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
+                                    [("Location", environ.get("SCRIPT_NAME", "") + path + "/")])
             if path == "/" and method != "POST":
-                public = [r for r in store.q("all_lists") if r["archive"] == "public"]
                 items = "".join(f'<li><a href="{esc(list_address(r).lower())}/">{esc(list_address(r))}</a> '
                                 f'<a href="archive/{esc(list_address(r).lower())}/">archive</a></li>'
-                                for r in public)
-                return "200 OK", html_page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>"), \
-                    None, []
+                                for r in store.q("all_lists") if r["archive"] == "public")
+                return page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>")
             return not_found()
         finally:
             store.close()
 
     @staticmethod
     def form(environ):
-        """The urlencoded (or multipart) body as {name: value}; None if too large."""
+        """The POSTed urlencoded (or multipart) body as {name: value}; None if too large."""
         from urllib.parse import parse_qsl
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= WEB_MAX_BODY:
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not re.fullmatch(r"\d{1,9}", length) or int(length) > WEB_MAX_BODY:
             return None
-        body = environ["wsgi.input"].read(length) if length else b""
+        body = environ["wsgi.input"].read(int(length))
         if b"multipart/form-data" in environ.get("CONTENT_TYPE", "").encode("latin-1", "replace"):
             # RFC 8058 allows it: each part is 'name="NAME"' CRLF CRLF 'VALUE'
             return {m.group(1).decode(): m.group(2).decode("utf-8", "replace") for m in re.finditer(
                 rb'name="([^"\r\n]{1,100})"[^\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{0,1000})', body)}
         return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
 
-    def leave(self, config, store, environ, method, list_row, token):
-        """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and
-        every answer (a repeat, a token no member has) is the same page, so
-        the page tells nothing about who is subscribed; GET, which link
-        checkers and previewers fetch, only shows the button."""
+    def leave(self, config, store, fields, method, list_row, token):
+        """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and every answer (a
+        repeat, a token no member has) is the same page, so the page tells nothing about who is
+        subscribed; GET, which link checkers and previewers fetch, only shows the button."""
         name = esc(list_address(list_row))
         if method != "POST":
-            return "200 OK", html_page(f"Leave {list_address(list_row)}", (
+            return page(f"Leave {list_address(list_row)}", (
                 f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\""
                 f" name=\"List-Unsubscribe\" value=\"One-Click\"><button>Unsubscribe me from {name}</button>"
-                "</form>")), None, []
-        fields = self.form(environ)
-        if fields is None:
-            return too_large()
+                "</form>"))
         if fields.get("List-Unsubscribe") != "One-Click":
-            return "400 Bad Request", message_page("Not understood", "Use the button on this page."), None, []
+            return message_page("Not understood", "Use the button on this page.", "400 Bad Request")
         member = self.member_of(store, list_row, token)
         if member is not None:
             web_request(config, store, list_row, member, "leave", lambda req: req.remove_member(member))
-        return "200 OK", message_page(f"Left {list_address(list_row)}",
-                                      f"You are no longer subscribed to {list_address(list_row)}."), None, []
+        return message_page(f"Left {list_address(list_row)}",
+                            f"You are no longer subscribed to {list_address(list_row)}.")
 
-    def subscribe(self, config, store, environ, method, list_row):
+    def subscribe(self, config, store, fields, method, list_row):
         """The list's page; a POSTed address gets the same confirmation as
         mail to LIST-join@ (rate limits, ban list and policy included), and
         the answer is the same whatever the address's state."""
-        name = esc(list_address(list_row))
-        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
-            if list_row["archive"] == "public" else ""
-        if list_row["subscribe_policy"] == "closed":
-            return "200 OK", html_page(list_address(list_row), f"<h1>{name}</h1>\n"
-                                       f"<p>{esc(list_row.get('description') or '')}</p>\n"
-                                       f"<p>This list takes no new members.</p>{archive}"), None, []
-        if method == "POST":
-            fields = self.form(environ)
-            if fields is None:
-                return too_large()
+        closed = list_row["subscribe_policy"] == "closed"
+        if method == "POST" and not closed:
             address = (fields.get("address") or "").strip()
             if not valid_address(address) or len(address) > 254:
-                return "400 Bad Request", message_page("Not an address", "Please give an email address."), \
-                    None, []
+                return message_page("Not an address", "Please give an email address.", "400 Bad Request")
             web_request(config, store, list_row, address, "join", lambda req: req.subscribe(address))
-            return "200 OK", message_page(
-                f"Subscribing to {list_address(list_row)}",
-                f"If {address} can join {list_address(list_row)}, a message is on its way to it: "
-                "reply to it (or follow what it says) to finish."), None, []
-        return "200 OK", html_page(list_address(list_row), (
-            f"<h1>{name}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
-            "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\" required>"
-            "</label> <button>Subscribe</button></form>\n"
-            f"<p><small>You will get a message asking you to confirm.</small></p>{archive}")), None, []
+            return message_page(f"Subscribing to {list_address(list_row)}", f"If {address} can join "
+                                f"{list_address(list_row)}, a message is on its way to it: reply to it (or"
+                                " follow what it says) to finish.")
+        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
+            if list_row["archive"] == "public" else ""
+        return page(list_address(list_row), (
+            f"<h1>{esc(list_address(list_row))}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
+            + ("<p>This list takes no new members.</p>" if closed else
+               "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\""
+               " required></label> <button>Subscribe</button></form>\n"
+               "<p><small>You will get a message asking you to confirm.</small></p>") + archive))
 
     def archive(self, config, store, environ, method, address, name):
         list_row = store.list_by_address(address)
         if list_row is None or list_row["archive"] != "public" or method == "POST":
             return not_found()
-        folder = pages_dir(config, list_row)
         if name == "search":
             from urllib.parse import parse_qs
             words = (parse_qs(environ.get("QUERY_STRING", "")[:1000]).get("q") or [""])[0][:200]
@@ -7134,13 +7118,13 @@ class WebApp:
             items = "".join(f'<li><a href="{e["n"]}.html">{esc(e["subject"])}</a> <span class="meta">'
                             f'{esc(e["author"])}, {time.strftime("%Y-%m-%d", time.gmtime(e["date"]))}'
                             "</span></li>" for e in found)
-            return "200 OK", html_page(f"Search {list_address(list_row)}", (
+            return page(f"Search {list_address(list_row)}", (
                 '<nav><a href="./">all months</a></nav>\n'
                 f'<form method="get" action="search"><input name="q" value="{esc(words)}"'
                 ' aria-label="words"> <button>Search</button></form>'
-                f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>")), None, []
+                f"\n<p>Found: {len(found)}.</p><ul>{items}</ul>"))
         try:
-            with open(os.path.join(folder, name or "index.html"), "rb") as fh:
+            with open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb") as fh:
                 data = fh.read()
         except OSError:
             return not_found()
@@ -7150,16 +7134,17 @@ class WebApp:
         return "200 OK", data, PAGE_TYPES[os.path.splitext(name or "index.html")[1]], []
 
 
-def message_page(title, text):
-    return html_page(title, f"<h1>{esc(title)}</h1>\n<p>{esc(text)}</p>")
+def page(title, html, status="200 OK", headers=()):
+    """An HTML answer of WebApp.route: (status, body, None for HTML, more headers)."""
+    return status, html_page(title, html), None, list(headers)
+
+
+def message_page(title, text, status="200 OK", headers=()):
+    return page(title, f"<h1>{esc(title)}</h1>\n<p>{esc(text)}</p>", status, headers)
 
 
 def not_found():
-    return "404 Not Found", message_page("Not found", "There is no such page here."), None, []
-
-
-def too_large():
-    return "413 Payload Too Large", message_page("Too large", "That request is too large."), None, []
+    return message_page("Not found", "There is no such page here.", "404 Not Found")
 
 
 def web_request(config, store, list_row, address, role, action):
@@ -7181,6 +7166,7 @@ application = WebApp()
 
 def cmd_web(args, config):
     """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM."""
+    import contextlib
     import signal
     import socketserver
     import threading
@@ -7216,11 +7202,8 @@ def cmd_web(args, config):
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("web: serving on %s", args.listen)
     print(f"serving on http://{args.listen}/ (Ctrl-C to stop)", flush=True)
-    try:
+    with server, contextlib.suppress(KeyboardInterrupt):       # closed on the way out
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    server.server_close()
     return EX_OK
 
 
@@ -7260,11 +7243,10 @@ def export_postfix_map(config, store):
     addresses = {list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES}
     write_postfix_map(path, domains, addresses)
     for name, items in (("list-addresses", addresses), ("list-domains", domains)):
-        text = "".join(f"{item}\n" for item in sorted(items))
         target = os.path.join(os.path.dirname(path), name)
         tmp = f"{target}.{os.getpid()}.tmp"
         _unlink_quietly(tmp)
-        write_synced(tmp, text.encode())
+        write_synced(tmp, "".join(f"{item}\n" for item in sorted(items)).encode())
         os.chmod(tmp, 0o644)                # the MTA's own user reads them
         os.rename(tmp, target)
     return path
@@ -7503,8 +7485,7 @@ def as_list_user(config, work):
             code = e.code
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8:
+    if os.waitpid(pid, 0)[1]:               # an exit code but 0, or a signal
         raise Failure("could not prepare the list map as the owner of data_dir (see above)", EX_NOPERM)
 
 
@@ -7576,25 +7557,26 @@ def user_can(path, user, write=False):
     path = os.path.abspath(path)
     parts = path.split(os.sep)
     try:
-        for i in range(1, len(parts)):
-            parent = os.sep.join(parts[:i]) or os.sep
-            if not allowed(os.stat(parent), 1):
-                return False
-        return allowed(os.stat(path), 2 if write else 4)
+        return all(allowed(os.stat(os.sep.join(parts[:i]) or os.sep), 1) for i in range(1, len(parts))) \
+            and allowed(os.stat(path), 2 if write else 4)
     except OSError:
         return False
+
+
+def run_program(argv, stdin=None, timeout=30):
+    """A program's finished run (text output), or None if it cannot start or does not finish in time."""
+    import subprocess
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def postconf(*args):
     """Output of Postfix's postconf (honours $MAIL_CONFIG), or None."""
     import shutil
-    import subprocess
-    exe = shutil.which("postconf") or \
-        ("/usr/sbin/postconf" if os.access("/usr/sbin/postconf", os.X_OK) else None)
-    if exe is None:
-        return None
-    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
-    return r.stdout.strip() if r.returncode == 0 else None
+    r = run_program([shutil.which("postconf") or "/usr/sbin/postconf", *args])
+    return r.stdout.strip() if r and r.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------
@@ -7634,11 +7616,10 @@ def cmd_queue(args, config):
 
 
 def poison_message(ctx, error):
-    """A bug met this message.  Count the failure by the message's SHA-256;
-    below [queue] max_failures raise it again (75: the MTA keeps the message
-    and retries, perhaps after a fix).  At the limit keep the message in the
-    [filter] quarantine, tell the list's owners, log the traceback and
-    return 0, so the MTA stops retrying a message that fails every time."""
+    """A bug met this message.  Count the failure by the message's SHA-256; below [queue]
+    max_failures raise it again (75: the MTA keeps the message and retries, perhaps after a fix).
+    At the limit keep the message in the [filter] quarantine, tell the list's owners, log the
+    traceback and return 0, so the MTA stops retrying a message that fails every time."""
     import hashlib
     digest, now = hashlib.sha256(ctx.raw).hexdigest(), time.time()
     reason = f"{type(error).__name__}: {one_line(error, 300)}"
@@ -7673,10 +7654,9 @@ def poison_message(ctx, error):
 
 
 def envelope_of(ctx, recipient, sender, client_address, env=None):
-    """Set the envelope the MTA gave: the command line first, then the
-    environment a pipe sets (Postfix pipe(8) with flags: ORIGINAL_RECIPIENT,
-    RECIPIENT, SENDER; proxsmtpd: SENDER, REMOTE or CLIENT; CLIENT_ADDRESS).
-    read completes what neither says from the header.  Returns ctx."""
+    """Set the envelope the MTA gave: the command line first, then the environment a pipe sets
+    (Postfix pipe(8) with flags: ORIGINAL_RECIPIENT, RECIPIENT, SENDER; proxsmtpd: SENDER, REMOTE
+    or CLIENT; CLIENT_ADDRESS).  read completes what neither says from the header.  Returns ctx."""
     env = os.environ if env is None else env
     ctx.recipient = recipient or env.get("ORIGINAL_RECIPIENT") or env.get("RECIPIENT") or None
     ctx.sender = sender if sender is not None else env.get("SENDER")
@@ -7685,9 +7665,8 @@ def envelope_of(ctx, recipient, sender, client_address, env=None):
 
 
 def cmd_filter(args, config):
-    """Content-filter mode: [filter] filters over the message on stdin,
-    with read first and out last (added when the chain does not name them);
-    see finish_filter for the exit codes."""
+    """Content-filter mode: [filter] filters over the message on stdin, with read first and out
+    last (added when the chain does not name them); see finish_filter for the exit codes."""
     names = config.chain("filter")
     names = (["read"] if names[:1] != ["read"] else []) + names + (["out"] if names[-1:] != ["out"] else [])
     chain = build_chain(names, "message", "filter")
@@ -7728,14 +7707,12 @@ def cmd_quarantine(args, config):
                 status = EX_DATAERR
                 continue
             outcomes = {r: send_now(config, sender, r, data) for r in recipients}
-            failed = [(r, o.detail) for r, o in outcomes.items() if o.kind != SENT]
-            if failed:
-                left = [r for r, _ in failed]
+            left = [r for r, o in outcomes.items() if o.kind != SENT]
+            if left:
                 if len(left) < len(recipients):     # keep it for the others only: nobody gets it twice
-                    new = quarantine_add(config, reason, sender, left, data)
-                    box.remove(key)
-                    key = new
-                report(f"{key}: not delivered to {', '.join(left)}: {failed[0][1]}; kept")
+                    key, old = quarantine_add(config, reason, sender, left, data), key
+                    box.remove(old)
+                report(f"{key}: not delivered to {', '.join(left)}: {outcomes[left[0]].detail}; kept")
                 status = EX_TEMPFAIL
                 continue
         box.remove(key)
@@ -7746,10 +7723,9 @@ def cmd_quarantine(args, config):
 # LMTP intake (RFC 2033) --------------------------------------------------------
 
 class QueueWorker:
-    """Runs the queue chain in this process, one message at a time, in one
-    thread that owns the database connection (SQLite connections stay in
-    the thread that made them).  reload() takes a new config for the
-    messages that follow (SIGHUP)."""
+    """Runs the queue chain in this process, one message at a time, in one thread that owns the
+    database connection (SQLite connections stay in the thread that made them).  reload() takes a
+    new config for the messages that follow (SIGHUP)."""
 
     def __init__(self, config):
         import concurrent.futures
@@ -7766,10 +7742,8 @@ class QueueWorker:
         """(exit code, reason) of `queue` for one recipient: 0 only once the
         post is durably stored (or deliberately discarded, held or consumed)."""
         try:
-            if self.chain is None:
-                self.chain = build_chain(self.config.chain("queue"), "message", "queue")
-            if self.store is None:
-                self.store = open_store(self.config, durable=True)
+            self.chain = self.chain or build_chain(self.config.chain("queue"), "message", "queue")
+            self.store = self.store or open_store(self.config, durable=True)
             ctx = envelope_of(Context(self.config, self.store), recipient, sender, None, env={})
             ctx.raw = raw
             try:
@@ -7785,8 +7759,7 @@ class QueueWorker:
 
     def is_list_address(self, address):
         """RCPT time: does a list answer at ``address``?"""
-        if self.store is None:
-            self.store = open_store(self.config, durable=True)
+        self.store = self.store or open_store(self.config, durable=True)
         local, _, domain = address.rpartition("@")
         if not local or self.store.list_by_address(address):
             return bool(local)
@@ -7800,22 +7773,16 @@ LMTP_REPLIES = {EX_OK: "250 2.0.0", EX_DATAERR: "554 5.6.0", EX_NOUSER: "550 5.1
 
 
 class LMTPServer:
-    """LMTP over TCP or a Unix socket: a list address is refused at RCPT
-    (550 5.1.1) when no list answers it; after DATA each accepted recipient
-    gets its own reply, 250 only once the post is durably queued, 4xx for
-    anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
-    session_timeout.  stop() (SIGTERM) refuses new sessions and commands
-    with 421 and lets the message in flight finish."""
+    """LMTP over TCP or a Unix socket: a list address is refused at RCPT (550 5.1.1) when no list
+    answers it; after DATA each accepted recipient gets its own reply, 250 only once the post is
+    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
+    session_timeout.  stop() (SIGTERM) refuses new sessions and commands with 421 and lets the
+    message in flight finish."""
 
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
         self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
         self.hostname = __import__("socket").getfqdn()
-
-    def limits(self):
-        c = self.config
-        return (c.size("lmtp", "max_size"), int(c.number("lmtp", "sessions")),
-                c.duration("lmtp", "idle_timeout"), c.duration("lmtp", "session_timeout"))
 
     async def serve(self, listen):
         import asyncio
@@ -7838,16 +7805,16 @@ class LMTPServer:
 
     async def session(self, reader, writer):
         import asyncio
-        max_size, sessions, idle, total = self.limits()
-        task = asyncio.current_task()
-        if self.stopping or len(self.sessions) >= sessions:
-            writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
-            await writer.drain()
-            writer.close()
-            return
-        self.sessions.add(task)
+        c, task = self.config, asyncio.current_task()
         try:
-            await asyncio.wait_for(self.dialogue(reader, writer, max_size, idle), total)
+            if self.stopping or len(self.sessions) >= int(c.number("lmtp", "sessions")):
+                writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
+                await writer.drain()
+                return
+            self.sessions.add(task)
+            await asyncio.wait_for(self.dialogue(reader, writer, c.size("lmtp", "max_size"),
+                                                 c.duration("lmtp", "idle_timeout")),
+                                   c.duration("lmtp", "session_timeout"))
         except asyncio.CancelledError:          # shutting down while the client was idle
             pass
         except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
@@ -7868,19 +7835,13 @@ class LMTPServer:
             writer.write(b"".join(line.encode("utf-8", "replace") + b"\r\n" for line in lines))
             await writer.drain()
 
-        async def line():
+        await reply(f"220 {self.hostname} redsky LMTP ready")
+        sender, recipients, greeted = None, [], False
+        while not self.stopping:
             data = await asyncio.wait_for(read_line(reader, 4096), idle)
             if not data:
                 raise ConnectionError("client went away")
-            return data.decode("utf-8", "replace").rstrip("\r\n")
-
-        await reply(f"220 {self.hostname} redsky LMTP ready")
-        sender, recipients, greeted = None, [], False
-        while True:
-            if self.stopping:
-                await reply("421 4.3.2 shutting down, try again later")
-                return
-            command = await line()
+            command = data.decode("utf-8", "replace").rstrip("\r\n")
             verb = command[:4].upper()
             if verb == "LHLO":
                 greeted = True
@@ -7906,8 +7867,7 @@ class LMTPServer:
                     await reply("501 5.5.4 syntax: RCPT TO:<address>")
                 else:
                     address = m.group(1).strip()
-                    known = await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address)
-                    if known:
+                    if await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address):
                         recipients.append(address)
                         await reply("250 2.1.5 recipient ok")
                     else:
@@ -7932,15 +7892,13 @@ class LMTPServer:
             elif verb == "RSET":
                 sender, recipients = None, []
                 await reply("250 2.0.0 ok")
-            elif verb == "NOOP":
-                await reply("250 2.0.0 ok")
-            elif verb == "VRFY":
-                await reply("252 2.1.5 send some mail and see")
             elif verb == "QUIT":
                 await reply("221 2.0.0 bye")
                 return
             else:
-                await reply("500 5.5.2 unknown command")
+                await reply({"NOOP": "250 2.0.0 ok", "VRFY": "252 2.1.5 send some mail and see"}.get(
+                    verb, "500 5.5.2 unknown command"))
+        await reply("421 4.3.2 shutting down, try again later")
 
     @staticmethod
     async def read_data(reader, max_size, idle):
@@ -8056,6 +8014,26 @@ def cmd_send(args, config):
 
 # Lists and members -----------------------------------------------------------
 
+def store_and_list(config, address):
+    """The store and the row of the list a command names (67 if none)."""
+    store = open_store(config)
+    return store, store.require_list(address)
+
+
+def show(args, rows, line):
+    """Print ``rows`` as JSON with --json, else ``line(row)`` for each; EX_OK."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(line(row))
+    return EX_OK
+
+
+def local_time(t, form="%Y-%m-%d %H:%M"):
+    return time.strftime(form, time.localtime(t)) if t else "-"
+
+
 def cmd_init(args, config):
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
@@ -8102,21 +8080,14 @@ def cmd_newlist(args, config):
 
 def cmd_lists(args, config):
     store = open_store(config, create=True)
-    rows = [dict(r) for r in store.q("all_lists")]
     counts = dict(store.q("member_counts").fetchall())
-    if args.json:
-        print(json.dumps([{"list": f"{r['name']}@{r['domain']}", "members": counts.get(r["id"], 0),
-                           **{k: r[k] for k in SETTABLE if k in r}}
-                          for r in rows], indent=2))
-    else:
-        for r in rows:
-            print(f"{r['name']}@{r['domain']}\t{r['access']}\t{counts.get(r['id'], 0)} members")
-    return EX_OK
+    rows = [{"list": list_address(r), "members": counts.get(r["id"], 0),
+             **{k: r[k] for k in SETTABLE if k in r}} for r in map(dict, store.q("all_lists"))]
+    return show(args, rows, lambda r: f"{r['list']}\t{r['access']}\t{r['members']} members")
 
 
 def cmd_set(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     column, value = validate_setting(args.key, args.value)
     if column == "access" and value == "passphrase" and not row["passphrase_hash"]:
         raise Failure("set a passphrase first: set LIST passphrase SECRET", EX_USAGE)
@@ -8132,8 +8103,7 @@ def cmd_set(args, config):
 
 
 def cmd_dellist(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     spools = [r[0] for r in store.q("list_spools", row["id"])]
     with store.transaction():
         store.q("delete_list", row["id"])
@@ -8146,35 +8116,31 @@ def cmd_dellist(args, config):
 
 
 def addresses_from_args(values):
-    """(address, display name) from the command line, or one per line from
-    stdin for '-': "addr", "<addr>" or "Name <addr>" (RFC 5322 name-addr)."""
+    """(address, display name) of each value, or of each line of stdin for '-' (name_addr)."""
     out = []
     for value in values:
         lines = [line for line in sys.stdin if line.strip() and not line.startswith("#")] if value == "-" \
             else [value]
-        for line in lines:
-            line, name = line.strip(), ""
-            if line.endswith(">") and "<" in line:          # Name <addr>: split at the last '<'
-                name, _, line = line[:-1].rpartition("<")
-                name = name.strip().strip('"').strip()
-            out.append((line, one_line(decode_header_text(name), 200)))
+        out += [name_addr(line) for line in lines]
     return out
 
 
-def cmd_subscribe(args, config):
-    """Add addresses (with their names) to a list at once: no
-    confirmation; the welcome text only with --welcome."""
-    return change_members(args, config, subscribe=True)
+def name_addr(line):
+    """(address, display name) of "addr", "<addr>" or "Name <addr>" (RFC 5322
+    name-addr; `list_members -f` and `mailman members` print members so too)."""
+    line, name = line.strip(), ""
+    if line.endswith(">") and "<" in line:          # split at the last '<': commas are the name's
+        name, _, line = line[:-1].rpartition("<")
+        name = name.strip()
+        quoted = len(name) > 1 and name[0] == name[-1] == '"'
+        name = re.sub(r"\\(.)", r"\1", name[1:-1]) if quoted else name.strip('"').strip()
+    return line, one_line(decode_header_text(name), 200)
 
 
-def cmd_unsubscribe(args, config):
-    """Remove addresses from a list at once: no confirmation, no goodbye."""
-    return change_members(args, config, subscribe=False)
-
-
-def change_members(args, config, subscribe):
-    store = open_store(config)
-    row = store.require_list(args.list)
+def cmd_subscribe(args, config, subscribe=True):
+    """Add addresses (with their names) to a list at once: no confirmation;
+    the welcome text only with --welcome.  cmd_unsubscribe removes them."""
+    store, row = store_and_list(config, args.list)
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
     # REMAINDER takes an option written after the list as an address
@@ -8195,15 +8161,12 @@ def change_members(args, config, subscribe):
 
     def change(db):
         for address, name in good:
-            if subscribe:
-                added = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name))
-                changed[0] += added.rowcount
-            else:
-                changed[0] += db.execute(SQL["delete_member"], (row["id"], address)).rowcount
+            done = db.execute(SQL["add_member_named"], (row["id"], address, time.time(), name)) \
+                if subscribe else db.execute(SQL["delete_member"], (row["id"], address))
+            changed[0] += done.rowcount
     outbox.commit(store, config.spool, change)
-    changed = changed[0]
     verb = "subscribed" if subscribe else "unsubscribed"
-    print(f"{list_address(row)}: {verb} {changed} of {len(good)} valid addresses")
+    print(f"{list_address(row)}: {verb} {changed[0]} of {len(good)} valid addresses")
     for address in bad:
         print(f"redsky: not a valid address: {address!r}", file=sys.stderr)
     for address in sorted(refused):
@@ -8211,18 +8174,20 @@ def change_members(args, config, subscribe):
     return EX_DATAERR if bad or refused else EX_OK
 
 
+def cmd_unsubscribe(args, config):
+    """Remove addresses from a list at once: no confirmation, no goodbye."""
+    return cmd_subscribe(args, config, subscribe=False)
+
+
 def cmd_invite(args, config):
-    """invite LIST ADDR...: an invitation to each address that is not a
-    member (nor banned), which joins by replying (a subscribe token, as
-    for double opt-in)."""
+    """invite LIST ADDR...: an invitation to each address that is not a member (nor banned),
+    which joins by replying (a subscribe token, as for double opt-in)."""
     if not args.addresses:
         raise Failure("name at least one address, or '-' to read them from stdin", EX_USAGE)
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     addresses = addresses_from_args(args.addresses)
     bad = [a for a, _ in addresses if not valid_address(a)]
     members, outbox = MemberLookup(store, row["id"]), Outbox()
-    changes = outbox.changes
     notices, expiry = Notices(store, config, row, outbox), config.duration("commands", "confirm_expiry")
     invited = []
     for address in dict.fromkeys(normalize_address(a) for a, _ in addresses if valid_address(a)):
@@ -8230,7 +8195,7 @@ def cmd_invite(args, config):
             print(f"redsky: {address} is {'a member' if address in members else 'banned'}; not invited",
                   file=sys.stderr)
             continue
-        token = add_pending(changes, row, address, "subscribe", notices.now, expiry)
+        token = add_pending(outbox.changes, row, address, "subscribe", notices.now, expiry)
         confirm = list_address(row, f"-confirm+{token}")
         notices.send([address], f"Invitation to join {list_address(row)} (confirm {token})", "invite",
                      {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
@@ -8245,8 +8210,7 @@ def cmd_invite(args, config):
 
 def cmd_members(args, config):
     """The members, their status and options (text: the options that are on)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     members = []
     for r in store.q("members", row["id"]):
         options = options_of(r)
@@ -8255,21 +8219,18 @@ def cmd_members(args, config):
         members.append({"address": r["address"], "name": r["name"], "status": r["status"],
                         "bounce_score": r["bounce_score"], **options,
                         "nomail_until": r["disabled_until"] if options["nomail"] else None})
-    if args.json:
-        print(json.dumps(members, indent=2))
-    else:
-        for m in members:
-            on = [name + (f" until {time.strftime('%Y-%m-%d', time.gmtime(m['nomail_until']))}"
-                          if name == "nomail" and m["nomail_until"] else "")
-                  for name in MEMBER_OPTIONS if m[name]]
-            print(f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}" + "".join(f"\t{o}" for o in on))
-    return EX_OK
+
+    def line(m):
+        on = [name + (f" until {time.strftime('%Y-%m-%d', time.gmtime(m['nomail_until']))}"
+                      if name == "nomail" and m["nomail_until"] else "")
+              for name in MEMBER_OPTIONS if m[name]]
+        return f"{m['address']}\t{m['status']}\t{m['bounce_score']:g}" + "".join(f"\t{o}" for o in on)
+    return show(args, members, line)
 
 
 def cmd_set_member(args, config):
     """set-member LIST ADDR OPTION on|off [--until DATE]: a member's options (MEMBER_OPTIONS)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.until and (args.key, args.value) != ("nomail", "on"):
         raise Failure("--until goes with 'nomail on' only", EX_USAGE)
     until = parse_day(args.until, "--until") if args.until else None
@@ -8315,8 +8276,7 @@ def cmd_archive(args, config):
     if len(words) != 1:
         raise Failure("use: archive LIST [--since DATE] [--search TEXT] | archive export LIST "
                       "[--output FILE] | archive html LIST", EX_USAGE)
-    store = open_store(config)
-    row = store.require_list(words[0])
+    store, row = store_and_list(config, words[0])
     if html:
         count = build_pages(config, row)
         print(f"{pages_dir(config, row)}: {count} posts" if row["archive"] == "public" else
@@ -8326,15 +8286,11 @@ def cmd_archive(args, config):
     posts = archive_selection(config, row, since, args.search)
     if export:
         return export_mbox(posts, args.output)
-    found = [(number, info) for number, _, info in posts]
-    if args.json:
-        print(json.dumps([{"number": n, "date": when, "from": author, "subject": subject}
-                          for n, (when, author, subject) in found], indent=2))
-        return EX_OK
-    for number, (when, author, subject) in found:
-        day = time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)) if when else "?"
-        print(f"{number:5}  {day}  {author[:30]:30}  {subject}")
-    return EX_OK
+    rows = [{"number": n, "date": when, "from": author, "subject": subject}
+            for n, _, (when, author, subject) in posts]
+    utc = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "?"
+    return show(args, rows, lambda r: f"{r['number']:5}  {utc(r['date'])}  {r['from'][:30]:30}  "
+                f"{r['subject']}")
 
 
 def export_mbox(posts, output=None):
@@ -8346,7 +8302,6 @@ def export_mbox(posts, output=None):
     target_dir = os.path.dirname(os.path.abspath(output)) if output else None
     fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".export-", suffix=".mbox")
     os.close(fd)
-    count = 0
     try:
         box = mailbox.mbox(tmp)
         box.lock()
@@ -8354,10 +8309,8 @@ def export_mbox(posts, output=None):
             sender = parseaddr(RawMessage(data).get("From") or "")[1] or "MAILER-DAEMON"
             stamp = time.asctime(time.gmtime(when if when is not None else time.time()))
             box.add(f"From {sender.replace(' ', '_')} {stamp}\n".encode() + data.replace(b"\r\n", b"\n"))
-            count += 1
-        box.flush()
-        box.unlock()
-        box.close()
+        count = len(box)
+        box.close()                         # flushed and unlocked
         if output:
             os.replace(tmp, output)
             print(f"{count} posts written to {output}", file=sys.stderr)
@@ -8371,8 +8324,7 @@ def export_mbox(posts, output=None):
 
 
 def cmd_acl(args, config):
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.action in ("add", "del"):
         with store.transaction() as db:
             for pattern in args.patterns:
@@ -8387,14 +8339,12 @@ def cmd_acl(args, config):
 
 def cmd_ban(args, config):
     """ban LIST [add|del PATTERN...]: who may neither post nor join (banned)."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     if args.action in ("add", "del"):
         if not args.patterns:
             raise Failure(f"ban {args.action}: name at least one pattern", EX_USAGE)
-        patterns = [ban_pattern(p) for p in args.patterns]
+        rows = [(row["id"], ban_pattern(p)) for p in args.patterns]
         with store.transaction() as db:
-            rows = [(row["id"], p) for p in patterns]
             db.executemany(SQL["ban_add" if args.action == "add" else "ban_del"], rows)
     for r in store.q("bans", row["id"]):
         print(r["pattern"])
@@ -8406,22 +8356,9 @@ def cmd_ban(args, config):
 def cmd_held(args, config):
     store = open_store(config)
     list_id = store.require_list(args.list)["id"] if args.list else None
-    rows = [dict(r) for r in store.q("held_posts", list_id, list_id)]
-    if args.json:
-        print(json.dumps([{**r, "list": f"{r.pop('name')}@{r.pop('domain')}"} for r in rows], indent=2))
-    else:
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["received"]))
-            print(f"{r['id']}\t{r['name']}@{r['domain']}\t{when}\t{r['from_addr'] or r['sender']}\t"
-                  f"{r['subject']!r}\t{r['reason']}")
-    return EX_OK
-
-
-def held_row(store, held_id):
-    row = store.held(held_id)
-    if row is None:
-        raise Failure(f"no held post with id {held_id}", EX_DATAERR)
-    return row
+    rows = [{**r, "list": list_address(r)} for r in map(dict, store.q("held_posts", list_id, list_id))]
+    return show(args, rows, lambda r: f"{r['id']}\t{r['list']}\t{local_time(r['received'])}\t"
+                f"{r['from_addr'] or r['sender']}\t{r['subject']!r}\t{r['reason']}")
 
 
 def cmd_approve(args, config):
@@ -8432,19 +8369,12 @@ def cmd_approve(args, config):
     return EX_OK
 
 
-def cmd_reject(args, config):
-    """Drop a held post and tell the sender why."""
-    return drop_held_post(args, config, notify=True)
-
-
-def cmd_discard(args, config):
-    """Drop a held post silently."""
-    return drop_held_post(args, config, notify=False)
-
-
-def drop_held_post(args, config, notify):
+def cmd_reject(args, config, notify=True):
+    """Drop a held post and tell the sender why (cmd_discard: silently)."""
     store = open_store(config)
-    held = held_row(store, args.id)
+    held = store.held(args.id)
+    if held is None:
+        raise Failure(f"no held post with id {args.id}", EX_DATAERR)
     outbox = Outbox()
     notices = Notices(store, config, store.list_by_id(held["list_id"]), outbox, held["message_id"])
     done = drop_held(held, notices, outbox.changes, notify,
@@ -8455,25 +8385,24 @@ def drop_held_post(args, config, notify):
     return EX_OK
 
 
+def cmd_discard(args, config):
+    """Drop a held post silently."""
+    return cmd_reject(args, config, notify=False)
+
+
 def cmd_pending(args, config):
     """Open confirmations and requests, newest last."""
     store = open_store(config)
     list_id = store.require_list(args.list)["id"] if args.list else None
     rows = [dict(r) for r in store.q("open_pending", time.time(), list_id, list_id)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
-            what = f"held post {r['held_id']}" if r["held_id"] else r["address"]
-            print(f"{r['list']}\t{r['action']}\t{what}\t{when}\t{r['token']}")
-    return EX_OK
+    return show(args, rows, lambda r: f"{r['list']}\t{r['action']}\t"
+                f"{'held post ' + str(r['held_id']) if r['held_id'] else r['address']}\t"
+                f"{local_time(r['created'])}\t{r['token']}")
 
 
 def cmd_enable(args, config):
     """Deliver to a member again and reset the bounce score."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     with store.transaction() as db:
         changed = db.execute(SQL["reenable"], (row["id"], normalize_address(args.address))).rowcount
     if not changed:
@@ -8484,8 +8413,7 @@ def cmd_enable(args, config):
 
 def cmd_bounces(args, config):
     """Each member's bounce history with the evidence and the verdict."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     members = {m["address"].lower(): dict(m) for m in store.q("members_bounce_status", row["id"])}
     history = {}
     for b in store.q("bounce_history", row["id"]):
@@ -8495,14 +8423,14 @@ def cmd_bounces(args, config):
     if args.json:
         print(json.dumps(report, indent=2))
         return EX_OK
-    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
     for m in report:
-        print(f"{m['address']}  {m['status']}" + (f" ({m['disabled_reason']} since {stamp(m['disabled_at'])},"
-              f" {m['warnings']} warnings)" if m.get("disabled_reason") else "")
+        print(f"{m['address']}  {m['status']}"
+              + (f" ({m['disabled_reason']} since {local_time(m['disabled_at'])}, {m['warnings']} warnings)"
+                 if m.get("disabled_reason") else "")
               + (f"  score {m['bounce_score']:g}" if "bounce_score" in m else ""))
         for b in m["bounces"]:
-            print(f"    {stamp(b['received'])}  {b['source']:8} {b['action'] or '-':8} {b['status'] or '-':6}"
-                  f" {b['cause'] or '-'} (weight {b['weight']:g})"
+            print(f"    {local_time(b['received'])}  {b['source']:8} {b['action'] or '-':8} "
+                  f"{b['status'] or '-':6} {b['cause'] or '-'} (weight {b['weight']:g})"
                   f" {'COUNTED' if b['counted'] else 'ignored'}: {b['why']}")
             if b["message_id"]:
                 print(f"        post {b['message_id']}")
@@ -8513,15 +8441,14 @@ def cmd_bounces(args, config):
 
 def cmd_status(args, config):
     store = open_store(config)
-    keys = ("queued_posts", "pending", "deferred", "sent", "bounced", "failed", "expired", "held",
-            "digest_posts")
+    keys = "queued_posts pending deferred sent bounced failed expired held digest_posts".split()
     counts = dict(zip(keys, store.q("status_counts").fetchone()))
     counts["unreadable"] = len(unreadable_spool_files(config, store))
     if args.json:
         print(json.dumps(counts, indent=2))
     else:
-        for k in (*keys, "unreadable"):
-            print(f"{k:13} {counts[k]}")
+        for key, count in counts.items():
+            print(f"{key:13} {count}")
         if counts["unreadable"]:
             print(f"unreadable: queued posts whose spool file {pipe_user(config)} or you cannot read;"
                   f" fix: chown -R {pipe_user(config)} {config.spool}")
@@ -8543,7 +8470,7 @@ def cmd_trace(args, config):
     store = open_store(config)
     wanted = args.message_id.strip()
     ids = (wanted, wanted.strip("<>"), f"<{wanted.strip('<>')}>")
-    events = [dict(r) for r in store.q("events_of", *ids)]
+    events = [dict(r, trace=json.loads(r["trace"])) for r in store.q("events_of", *ids)]
     deliveries = [dict(r) for r in store.q("deliveries_of", *ids, args.address)]
     if not events and not deliveries:
         raise Failure(f"redsky has no record of {wanted}", EX_DATAERR)
@@ -8553,16 +8480,13 @@ def cmd_trace(args, config):
             d["bounced"] = dict(store.q("bounce_by_id", bounce).fetchone())
             d["state"] = "bounced"
     if args.json:
-        for e in events:
-            e["trace"] = json.loads(e["trace"])
         print(json.dumps({"events": events, "deliveries": deliveries}, indent=2))
         return EX_OK
-    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+    stamp = lambda t: local_time(t, "%Y-%m-%d %H:%M:%S")
     for e in events:
         print(f"{stamp(e['received'])}  to {e['recipient']} from "
-              f"{e['sender'] if e['sender'] is not None else '?'}"
-              f"  list {e['list'] or '-'}")
-        for name, note in json.loads(e["trace"]):
+              f"{e['sender'] if e['sender'] is not None else '?'}  list {e['list'] or '-'}")
+        for name, note in e["trace"]:
             print(f"    {name:15} {note}")
         print(f"    {'=> ' + e['outcome']:15} {e['reason']}")
     if deliveries:
@@ -8585,24 +8509,18 @@ def cmd_trace(args, config):
 # Calls: sections 2-21.
 # ---------------------------------------------------------------------------
 
-# The list settings an export carries (the rest are counters and timestamps of this host).
-EXPORTED_SETTINGS = ("access", "passphrase_hash", "subject_tag", "footer", "owners", "subscribe_policy",
-                     "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
-                     "digest_size_threshold", "digest_interval", "digest_volume", "digest_issue", "reply_to",
-                     "reply_to_strip", "post_number", "max_size", "nonmember_action", "emergency",
-                     "max_posts_per_day", "notify_owners", "dmarc_addresses", "filter_content", "pass_types",
-                     "filter_types", "pass_extensions", "filter_extensions", "convert_html_to_plaintext",
-                     "collapse_alternatives", "signed_posts", "description")
-EXPORTED_MEMBER = ("address", "name", "status", "digest", "bounce_score", "last_bounce", "disabled_reason",
-                   "disabled_at", "warnings", "last_warning", "subscribed", "disabled_until", "notmetoo",
-                   "ack", "moderate")
+# The list settings an export carries: what `set` sets (the passphrase as its hash) and the
+# numbers readers know (posts, digests); the rest are counters and timestamps of this host.
+EXPORTED_SETTINGS = tuple("passphrase_hash" if k == "passphrase" else k for k in SETTABLE) + (
+    "digest_volume", "digest_issue", "post_number")
+# A held post's fields in an export, in the order add_held stores them (besides "number").
+HELD_FIELDS = ("received", "sender", "recipient", "from_addr", "subject", "message_id", "reason", "raw")
 
 
 def new_plan(address):
     """What an import would bring: filled by an importer, carried out by apply_plan."""
     return {"address": address, "settings": {}, "members": [], "acl": [], "bans": [], "held": [],
-            "pending": [],
-            "archive": [], "not_carried": [], "invalid": []}
+            "pending": [], "archive": [], "not_carried": [], "invalid": []}
 
 
 def plan_member(plan, address, name="", **options):
@@ -8616,10 +8534,9 @@ def plan_member(plan, address, name="", **options):
 
 
 def apply_plan(store, config, plan, dry_run=False):
-    """Carry out an import plan: the list created if missing, settings that
-    differ set, members, patterns, held posts and requests that are not
-    there yet added, all in one transaction; then the archive posts whose
-    Message-ID the archive does not hold yet.  Running it twice changes
+    """Carry out an import plan: the list created if missing, settings that differ set, members,
+    patterns, held posts and requests that are not there yet added, all in one transaction; then
+    the archive posts whose Message-ID the archive does not hold yet.  Running it twice changes
     nothing the second time.  Yields what it does (or would do) line by line."""
     try:
         name, domain = split_list_address(plan["address"])
@@ -8627,34 +8544,34 @@ def apply_plan(store, config, plan, dry_run=False):
     except Failure as e:                    # in a file, not on the command line: bad data
         raise Failure(f"{e}", EX_DATAERR)
     row = store.list_by_address(f"{name}@{domain}")
+    list_id = row["id"] if row else None           # a new list has no rows yet
     changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
-    have = {a.lower() for a in member_addresses(store, row["id"])} if row else set()
+    have = {a.lower() for a in member_addresses(store, list_id)}
     members = [m for m in plan["members"] if m["address"].lower() not in have]
-    acl = [p for p in plan["acl"] if row is None or p not in {r[0] for r in store.q("acl", row["id"])}]
-    bans = [p for p in plan["bans"] if row is None or p not in {r[0] for r in store.q("bans", row["id"])}]
-    held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", row["id"])} if row else set()
+    acl_have, bans_have = ({r[0] for r in store.q(query, list_id)} for query in ("acl", "bans"))
+    acl = [p for p in plan["acl"] if p not in acl_have]
+    bans = [p for p in plan["bans"] if p not in bans_have]
+    held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", list_id)}
     held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
     tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
-    archived_ids = set()
-    if row is not None and plan["archive"]:
-        archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)}
+    archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)} \
+        if row is not None and plan["archive"] else set()
     posts = [p for p in plan["archive"] if RawMessage(p).get("Message-ID") not in archived_ids
              or not RawMessage(p).get("Message-ID")]
-    verb = (lambda text: f"would {text}") if dry_run else (lambda text: text)
+    would = "would " if dry_run else ""
     if row is None:
-        yield verb(f"create list {name}@{domain}")
+        yield f"{would}create list {name}@{domain}"
     for key, value in changed.items():
         shown = "(set)" if key == "passphrase_hash" else repr(value) if isinstance(value, str) else value
-        yield verb(f"set {key} = {shown}")
+        yield f"{would}set {key} = {shown}"
     if members:
         digest = sum(1 for m in members if m.get("digest"))
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
-        yield verb(f"add {len(members)} members ({digest} digest, {nomail} nomail)")
+        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)"
     for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
-                        ("pending requests", tokens),
-                        ("archived posts", posts)):
+                        ("pending requests", tokens), ("archived posts", posts)):
         if items:
-            yield verb(f"add {len(items)} {what}")
+            yield f"{would}add {len(items)} {what}"
     if plan["invalid"]:
         yield f"invalid addresses, not imported: {', '.join(plan['invalid'][:20])}" + \
             (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
@@ -8669,23 +8586,20 @@ def apply_plan(store, config, plan, dry_run=False):
         if row is None:
             list_id = store.add_list(db, {"name": name, "domain": domain, "created": now, **changed})
         else:
-            list_id = row["id"]
             for key, value in changed.items():
                 store.set_list(db, list_id, key, value)
         db.executemany(SQL["import_member"], [
             (list_id, m["address"], m.get("name", ""), m.get("status", "enabled"), int(bool(m.get("digest"))),
              m.get("bounce_score", 0), m.get("last_bounce"), m.get("disabled_reason", ""),
              m.get("disabled_at"), m.get("warnings", 0), m.get("last_warning"), m.get("subscribed") or now,
-             m.get("disabled_until"), int(bool(m.get("notmetoo"))), int(bool(m.get("ack"))),
-             int(bool(m.get("moderate"))))
+             m.get("disabled_until"), *(int(bool(m.get(k))) for k in ("notmetoo", "ack", "moderate")))
             for m in members])
         db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
         db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])
         held_ids = {}                           # the export's held numbers -> rows here
         for h in held:
-            held_ids[h["number"]] = db.execute(SQL["add_held"], (
-                list_id, h["received"], h["sender"], h["recipient"], h["from_addr"], h["subject"],
-                h["message_id"], h["reason"], h["raw"])).lastrowid
+            values = (list_id, *(h[k] for k in HELD_FIELDS))
+            held_ids[h["number"]] = db.execute(SQL["add_held"], values).lastrowid
         for p in tokens:
             if p.get("held") is not None and p["held"] not in held_ids:
                 continue                        # its held post was imported before: so was it
@@ -8727,22 +8641,9 @@ def split_lines(path):
         raise Failure(f"cannot read {path}: {e.strerror}", EX_NOPERM)
 
 
-def member_line(line):
-    """(address, name) from a line as `list_members -f` (Mailman 2) or
-    `mailman members` (Mailman 3) print it: "Full Name <addr>" or "addr"."""
-    m = re.fullmatch(r"(.*?)\s*<([^<>\s]+)>", line.strip())     # one member per line: commas are the name's
-    if not m:
-        return line.strip(), ""
-    name = m.group(1).strip()
-    if len(name) > 1 and name[0] == name[-1] == '"':
-        name = re.sub(r"\\(.)", r"\1", name[1:-1])
-    return m.group(2), name
-
-
 def mlmmj_plan(listdir, as_address=None):
-    """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the
-    files under control/, the address files under subscribers.d/,
-    digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
+    """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the files under control/, the
+    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
     if not os.path.isdir(os.path.join(listdir, "control")):
         raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
     control = lambda name: os.path.join(listdir, "control", name)
@@ -8807,10 +8708,9 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
                     "max_message_size", "emergency", "admin_notify_mchanges", "ban_list", "description"}
 
 
-def mailman2_plan(config_file, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
-    """An import plan from Mailman 2.1's `config_list -o` output and
-    `list_members -f` output (regular, digest, nomail: one file each), and
-    the pipermail mbox.  Settings with no redsky equivalent are listed."""
+def mailman2_plan(config_file, as_address=None):
+    """An import plan from Mailman 2.1's `config_list -o` output (its members and pipermail mbox:
+    add_member_files, add_mbox).  Settings with no redsky equivalent are listed."""
     with open(config_file, encoding="utf-8", errors="replace") as fh:
         values = python_assignments(fh.read())
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
@@ -8836,11 +8736,10 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
     footer = str(values.get("msg_footer", ""))
     fields = {"real_name": values.get("real_name", ""), "host_name": values.get("host_name", ""),
               "list_name": str(values.get("real_name", "")).lower()}
-    if re.search(r"%\((\w+)\)s", footer):
-        unknown = sorted({m for m in re.findall(r"%\((\w+)\)s", footer) if m not in fields})
-        if unknown:
-            plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
-        footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
+    unknown = sorted({m for m in re.findall(r"%\((\w+)\)s", footer) if m not in fields})
+    if unknown:
+        plan["not_carried"].append(f"msg_footer placeholders {', '.join(unknown)} (left out)")
+    footer = re.sub(r"%\((\w+)\)s", lambda m: str(fields.get(m.group(1), "")), footer)
     s["footer"] = footer.strip("\n")
     s["description"] = one_line(str(values.get("description", "")), 300)
     action = values.get("generic_nonmember_action", 1)
@@ -8860,17 +8759,12 @@ def mailman2_plan(config_file, members, digest_members=None, nomail_members=None
             plan["bans"].append(ban_pattern(str(pattern)))
         except Failure:
             plan["not_carried"].append(f"ban_list entry {str(pattern)!r}")
-    add_member_files(plan, members, digest_members, nomail_members)
-    add_mbox(plan, mbox)
     return plan
 
 
-def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=None, as_address=None):
-    """An import plan from what Mailman 3 prints: `mailman lists` (the list's
-    address, when it is the only one; or a "Posting address:" line) and
-    `mailman members LIST` output (regular, digest and nomail members, one
-    file each: --regular, --digest any, --nomail any), and the list's mbox
-    (HyperKitty's export or the prototype archiver)."""
+def mailman3_plan(info, as_address=None):
+    """An import plan from what Mailman 3 prints: `mailman lists` (the list's address, when it is the
+    only one; or a "Posting address:" line).  Its members and mbox: add_member_files, add_mbox."""
     address = as_address
     if info and not address:
         lines = split_lines(info)
@@ -8883,56 +8777,50 @@ def mailman3_plan(info, members, digest_members=None, nomail_members=None, mbox=
     plan = new_plan(address)
     plan["not_carried"].append("settings: Mailman 3 exports them only through its REST API; set them with"
                                " `redsky.py set`")
-    add_member_files(plan, members, digest_members, nomail_members)
-    add_mbox(plan, mbox)
     return plan
 
 
 def add_member_files(plan, members, digest_members, nomail_members):
+    """Mailman's members, one file each: regular, digest and nomail (Mailman 2's `list_members
+    -f`; Mailman 3's `mailman members --regular`, `--digest any`, `--nomail any`)."""
     for path, options in ((members, {}), (digest_members, {"digest": True}),
                           (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
         if path:
             if not os.path.exists(path):
                 raise Failure(f"no such file: {path}", EX_DATAERR)
             for line in split_lines(path):
-                address, name = member_line(line)
-                plan_member(plan, address, name, **options)
+                plan_member(plan, *name_addr(line), **options)
 
 
 def add_mbox(plan, path):
-    """The posts of an mbox, in order, for the archive."""
+    """The posts of an mbox, in order, for the archive (pipermail's, HyperKitty's
+    export or the prototype archiver's)."""
     if not path:
         return
     import mailbox
     if not os.path.exists(path):
         raise Failure(f"no such file: {path}", EX_DATAERR)
     box = mailbox.mbox(path, create=False)
-    for key in box.iterkeys():
-        plan["archive"].append(box.get_bytes(key))
+    plan["archive"] += [box.get_bytes(key) for key in box.iterkeys()]
 
 
 def export_document(store, config, row):
-    """A list as one JSON-able document: settings, members with their
-    options, names and bounce state, posting patterns, held posts (the
-    message base64) and pending requests."""
+    """A list as one JSON-able document: settings, members with their options, names and bounce
+    state, posting patterns, held posts (the message base64) and pending requests."""
     import base64
-    held, numbers = [], {}                     # held posts numbered in the document, not by row id
-    for h in store.q("held_export", row["id"]):
-        h = dict(h)
-        numbers[h.pop("id")] = h["number"] = len(held) + 1
+    held = [dict(h) for h in store.q("held_export", row["id"])]
+    numbers = {}                                # held posts numbered in the document, not by row id
+    for number, h in enumerate(held, 1):
+        numbers[h.pop("id")] = h["number"] = number
         h["raw"] = base64.b64encode(h["raw"]).decode()
-        held.append(h)
-    pending = []
-    for p in store.q("pending_export", row["id"]):
-        p = dict(p)
+    pending = [dict(p) for p in store.q("pending_export", row["id"])]
+    for p in pending:
         p["held"] = numbers.get(p.pop("held_id"))
-        pending.append(p)
     return {"format": "redsky-export", "version": 1, "list": list_address(row),
             "settings": {k: row[k] for k in EXPORTED_SETTINGS},
             "members": [dict(m) for m in store.q("members_export", row["id"])],
             "acl": [r[0] for r in store.q("acl", row["id"])],
-            "bans": [r[0] for r in store.q("bans", row["id"])],
-            "held": held, "pending": pending}
+            "bans": [r[0] for r in store.q("bans", row["id"])], "held": held, "pending": pending}
 
 
 def redsky_plan(path, as_address=None):
@@ -8945,8 +8833,7 @@ def redsky_plan(path, as_address=None):
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
         raise Failure(f"{path} is not a redsky export", EX_DATAERR)
-    held_keys = {"number", "received", "sender", "recipient", "from_addr", "subject", "message_id", "reason",
-                 "raw"}
+    held_keys = {"number", *HELD_FIELDS}
     pending_keys = {"token", "address", "action", "held", "created", "expires"}
     try:                                    # a damaged document is bad data, never a crash
         plan = new_plan(str(as_address or doc["list"]))
@@ -8962,8 +8849,7 @@ def redsky_plan(path, as_address=None):
             plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True)))
         for p in doc.get("pending", []):
             missing = pending_keys - set(p)
-            if missing or p["action"] not in ("subscribe", "unsubscribe", "approve-subscribe", "moderate",
-                                              "reenable"):
+            if missing or p["action"] not in schema_choices("pending")["action"]:
                 raise ValueError(f"a pending request lacks {', '.join(sorted(missing)) or 'a known action'}")
             plan["pending"].append(dict(p))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -8974,31 +8860,25 @@ def redsky_plan(path, as_address=None):
 
 def member_options(m):
     """A member's options from an export, each of its stored type (ValueError if not)."""
-    optional = lambda key, kind: None if m.get(key) is None else kind(m[key])
     status = str(m.get("status", "enabled"))
     if status not in ("enabled", "disabled"):
         raise ValueError(f"member status {status!r}")
     return {"status": status, **{o: bool(m.get(o, False)) for o in ("digest", "notmetoo", "ack", "moderate")},
             "bounce_score": float(m.get("bounce_score", 0)), "warnings": int(m.get("warnings", 0)),
             "disabled_reason": str(m.get("disabled_reason", "")),
-            "last_bounce": optional("last_bounce", float), "disabled_at": optional("disabled_at", float),
-            "disabled_until": optional("disabled_until", float),
-            "last_warning": optional("last_warning", float), "subscribed": optional("subscribed", float)}
+            **{t: None if m.get(t) is None else float(m[t])          # times, which may be unset
+               for t in ("last_bounce", "disabled_at", "disabled_until", "last_warning", "subscribed")}}
 
 
 def cmd_export(args, config):
     """One JSON document per list (export_document), and its archive as
     FILE.mbox beside it; without --output the document goes to stdout."""
-    store = open_store(config)
-    row = store.require_list(args.list)
+    store, row = store_and_list(config, args.list)
     text = json.dumps(export_document(store, config, row), indent=1, sort_keys=True) + "\n"
     if not args.output:
         sys.stdout.write(text)
         return EX_OK
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, args.output)
+    _write_page(args.output, text)          # atomically, as the archive's pages are written
     posts = archive_selection(config, row)
     if posts:
         export_mbox(posts, args.output + ".mbox")
@@ -9017,16 +8897,13 @@ def cmd_import(args, config):
     if args.kind == "mailman2" and not args.config_file:
         raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
     try:
-        if args.kind == "mlmmj":
-            plan = mlmmj_plan(args.path, args.as_address)
-        elif args.kind == "mailman2":
-            plan = mailman2_plan(args.config_file, args.members, args.digest_members, args.nomail_members,
-                                 args.mbox, args.as_address)
-        elif args.kind == "mailman3":
-            plan = mailman3_plan(args.info, args.members, args.digest_members, args.nomail_members, args.mbox,
-                                 args.as_address)
-        else:
-            plan = redsky_plan(args.path, args.as_address)
+        importer, source = {"mlmmj": (mlmmj_plan, args.path), "redsky": (redsky_plan, args.path),
+                            "mailman2": (mailman2_plan, args.config_file),
+                            "mailman3": (mailman3_plan, args.info)}[args.kind]
+        plan = importer(source, args.as_address)
+        if args.kind.startswith("mailman"):
+            add_member_files(plan, args.members, args.digest_members, args.nomail_members)
+            add_mbox(plan, args.mbox)
     except OSError as e:                        # a file of the import that cannot be read
         raise Failure(f"cannot read {e.filename or args.path}: {e.strerror or e}", EX_NOPERM)
     store = open_store(config, create=True)
@@ -9086,9 +8963,8 @@ def cmd_whois(args, config):
 
 
 def cmd_forget(args, config):
-    """Remove an address everywhere redsky keeps it (PERSONAL_DATA, the
-    lists' owners, redsky's own log file); --archive also removes the posts
-    it wrote from the archives and from digests not yet sent."""
+    """Remove an address everywhere redsky keeps it (PERSONAL_DATA, the lists' owners, redsky's own log
+    file); --archive also removes the posts it wrote from the archives and from digests not yet sent."""
     store = open_store(config)
     address = normalize_address(args.address)
     pattern = like_pattern(address)
@@ -9120,9 +8996,8 @@ def cmd_forget(args, config):
             removed["archive"] += count
             if count and row["archive"] == "public":
                 build_pages(config, dict(row))
-    log_path = config.get("redsky", "log")
-    log_path = config.path_of("redsky", "log") if log_path not in ("", "syslog", "stderr") else \
-        os.path.join(config.data_dir, "redsky.log") if not log_path else ""
+    log_path = {"": os.path.join(config.data_dir, "redsky.log"), "syslog": "", "stderr": ""}.get(
+        config.get("redsky", "log"), config.path_of("redsky", "log"))
     if log_path and os.path.exists(log_path):
         removed["log lines"] = redact_file(log_path, address)
     what = ", ".join(f"{k} {v}" for k, v in removed.items() if v)
@@ -9179,23 +9054,12 @@ def find_send_schedule(places=CRON_PLACES):
         files = [place] if os.path.isfile(place) else \
             [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
         for f in files:
-            try:
-                with open(f, errors="replace") as fh:
-                    text = fh.read(200_000)
-            except OSError:
-                continue
-            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", text):
+            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
                 return f
-    import shutil
-    import subprocess
-    if places is CRON_PLACES and shutil.which("crontab"):    # this user's own crontab
-        try:
-            r = subprocess.run(["crontab", "-l"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
-            import pwd
-            return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
+    r = run_program(["crontab", "-l"], timeout=10) if places is CRON_PLACES else None   # this user's own
+    if r and r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
+        import pwd
+        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
     return None
 
 
@@ -9205,10 +9069,8 @@ def schedule_user(path):
     named after, a systemd unit's User= (root without one); None if unknown."""
     if "/spool/cron" in path:
         return os.path.basename(path)
-    try:
-        with open(path, errors="replace") as fh:
-            text = fh.read(200_000)
-    except OSError:
+    text = read_text(path, 200_000)
+    if not text:
         return None
     if path.endswith((".service", ".timer")) or "/systemd/" in path:
         m = re.search(r"(?m)^\s*User\s*=\s*(\S+)", text)
@@ -9398,41 +9260,32 @@ def exim_checks(config, store):
     """When Exim is installed: does it route every list address to redsky's
     router (exim -bt, which reads the live configuration)?"""
     import shutil
-    import subprocess
     exe = shutil.which("exim4") or shutil.which("exim")
     if exe is None:
         return
     addresses = [list_address(r, suffix).lower() for r in store.q("all_lists") for suffix in LIST_SUFFIXES]
     lost = []
     for address in addresses[:90]:
-        try:
-            r = subprocess.run([exe, "-bt", address], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            lost.append(address)
-            continue
-        if "router = redsky" not in r.stdout:
+        r = run_program([exe, "-bt", address])
+        if r is None or "router = redsky" not in r.stdout:
             lost.append(address)
     if lost:
-        yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}:"
-                       " exim -bt shows its route)",
-               "add the router and transport of the README's Exim section, then update-exim4.conf and"
-               " restart exim4")
+        yield ("FAIL", f"Exim does not route {len(lost)} list addresses to redsky (e.g. {lost[0]}: exim"
+               " -bt shows its route)", "add the router and transport of the README's Exim section,"
+               " then update-exim4.conf and restart exim4")
     elif addresses:
         checked = min(len(addresses), 90)
         yield "OK", f"Exim routes all {checked} list addresses checked to redsky (exim -bt)", ""
 
 
 def opensmtpd_checks():
-    """When OpenSMTPD is installed: does its configuration parse (smtpd -n)
-    and name redsky?"""
+    """When OpenSMTPD is installed: does its configuration parse (smtpd -n) and name redsky?"""
     import shutil
-    import subprocess
-    exe = shutil.which("smtpd")
-    if exe is None:
+    if shutil.which("smtpd") is None:
         return
-    r = subprocess.run([exe, "-n"], capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        yield ("FAIL", f"OpenSMTPD's configuration does not parse: {one_line(r.stderr, 200)}",
+    r = run_program(["smtpd", "-n"])
+    if r is None or r.returncode != 0:
+        yield ("FAIL", f"OpenSMTPD's configuration does not parse: {one_line(r.stderr if r else '', 200)}",
                "smtpd -n says why")
     elif "redsky" not in read_text("/etc/smtpd.conf"):
         yield ("WARN", "OpenSMTPD runs, but /etc/smtpd.conf never names redsky",
@@ -9447,9 +9300,8 @@ def postfix_checks(config):
         yield "OK", "no Postfix configuration found: Postfix checks skipped", ""
         return
     if "+" not in main:
-        yield ("FAIL",
-               f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and LIST-confirm+TOKEN@"
-               " cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
+        yield ("FAIL", f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and"
+               " LIST-confirm+TOKEN@ cannot reach redsky", "postconf -e 'recipient_delimiter = +'")
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
@@ -9473,10 +9325,8 @@ def postfix_checks(config):
                    " every message (0.1 s of CPU and 30 MB each)",
                    "run as root: redsky.py postfix-config --apply; postfix reload")
         if (postconf("-h", "redsky_destination_recipient_limit") or "") != "1":
-            yield ("FAIL",
-                   "redsky_destination_recipient_limit is not 1: several recipients would reach one "
-                   "queue run",
-                   "postconf -e 'redsky_destination_recipient_limit = 1'")
+            yield ("FAIL", "redsky_destination_recipient_limit is not 1: several recipients would reach"
+                   " one queue run", "postconf -e 'redsky_destination_recipient_limit = 1'")
     maps = postconf("-h", "virtual_alias_maps") or ""
     if "redsky-aliases" not in maps and not lmtp:
         yield ("WARN", "Postfix virtual_alias_maps does not use redsky-aliases.cf",
@@ -9486,9 +9336,8 @@ def postfix_checks(config):
         if not os.path.exists(map_path):
             yield "FAIL", f"the Postfix list map {map_path} does not exist", "run: redsky.py postfix-config"
         elif not user_can(map_path, "postfix"):
-            yield ("FAIL",
-                   f"user postfix cannot read the list map {map_path}: every list address would be refused",
-                   f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
+            yield ("FAIL", f"user postfix cannot read the list map {map_path}: every list address would"
+                   " be refused", f"chmod o+x {config.data_dir} (and its parents); the map is 0644")
         else:
             yield "OK", f"user postfix can read the list map {map_path}", ""
     yield from postfix_routing_checks(config, service)
@@ -9521,10 +9370,9 @@ def lmtp_checks(endpoint):
         yield ("FAIL", f"Postfix sends the lists over LMTP to {endpoint}, where nothing answers ({e})",
                f"start it: redsky.py lmtp --listen {where if kind == 'inet' else endpoint}")
         return
-    if b"redsky LMTP" in greeting:
-        yield "OK", f"Postfix sends the lists over LMTP to {endpoint}, where redsky answers", ""
-    else:
-        yield "FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port"
+    yield ("OK", f"Postfix sends the lists over LMTP to {endpoint}, where redsky answers", "") \
+        if b"redsky LMTP" in greeting else \
+        ("FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port")
 
 
 def postfix_tables(value):
@@ -9537,21 +9385,15 @@ def postfix_tables(value):
 def postmap_query(keys, table):
     """{key: value} of the ``keys`` that ``table`` answers (postmap -q -)."""
     import shutil
-    import subprocess
     exe = shutil.which("postmap") or "/usr/sbin/postmap"
-    try:
-        r = subprocess.run([exe, "-q", "-", table], input="".join(f"{k}\n" for k in keys),
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)
+    r = run_program([exe, "-q", "-", table], "".join(f"{k}\n" for k in keys))
+    return dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line) if r else {}
 
 
 def postfix_routing_checks(config, service):
-    """What the live Postfix does with each list address: is the domain
-    accepted (and not also a local domain), does the alias map send every
-    address to redsky's transport, does that transport reach the pipe, and
-    does the pipe run as the owner of data_dir."""
+    """What the live Postfix does with each list address: is the domain accepted (and not also a
+    local domain), does the alias map send every address to redsky's transport, does that
+    transport reach the pipe, and does the pipe run as the owner of data_dir."""
     try:
         store = Store(config.database, 2.0, durable=False)
         rows = [dict(r) for r in store.q("all_lists")]
@@ -9561,9 +9403,13 @@ def postfix_routing_checks(config, service):
     local = {d.lower() for d in postfix_tables(postconf("-xh", "mydestination"))[1]}
     domain_tables, domain_words = postfix_tables(f"{postconf('-xh', 'virtual_alias_domains') or ''} "
                                                  f"{postconf('-xh', 'relay_domains') or ''}")
-    alias_tables = postfix_tables(postconf("-xh", "virtual_alias_maps"))[0]
-    transport_tables = postfix_tables(postconf("-xh", "transport_maps"))[0]
-    recipient_tables = postfix_tables(postconf("-xh", "relay_recipient_maps"))[0]
+
+    def lookup(setting, keys):
+        """What the tables of main.cf's ``setting`` answer for ``keys`` (the first to know one wins)."""
+        found = {}
+        for table in reversed(postfix_tables(postconf("-xh", setting))[0]):
+            found.update(postmap_query(keys, table))
+        return found
     for domain in sorted({r["domain"].lower() for r in rows}):
         if domain in local:
             yield ("FAIL", f"{domain} is in Postfix's mydestination too: its mail goes to local"
@@ -9575,24 +9421,19 @@ def postfix_routing_checks(config, service):
             yield ("FAIL", f"Postfix does not accept mail for {domain}: every list address there is refused",
                    "run as root: redsky.py postfix-config --apply; postfix reload")
     addresses = [list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES]
-    routed = {}
-    for table in alias_tables:
-        routed.update({k: v for k, v in postmap_query(addresses, table).items() if k not in routed})
-    over_lmtp, known = {}, set()             # Postfix's lmtp client: relay recipients, lmtp: transport
-    for table in transport_tables:
-        over_lmtp.update({k: v for k, v in postmap_query(addresses, table).items() if v.startswith("lmtp:")})
-    for table in recipient_tables:
-        known.update(postmap_query(addresses, table))
+    routed = lookup("virtual_alias_maps", addresses)
+    # Postfix's lmtp client: relay recipients with an lmtp: transport
+    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items() if v.startswith("lmtp:")}
+    known = lookup("relay_recipient_maps", addresses)
     lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")
             and not (a in over_lmtp and a in known)]
     if lost:
         yield ("FAIL", f"{len(lost)} of {len(addresses)} list addresses are not routed to redsky by"
-                       f" virtual_alias_maps (e.g. {lost[0]})",
+               f" virtual_alias_maps (e.g. {lost[0]})",
                "run as root: redsky.py postfix-config --apply; postfix reload")
     elif addresses:
         yield "OK", f"all {len(addresses)} list addresses are routed to redsky (postmap -q)", ""
-    transport = next((v for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
-                      for v in postmap_query(["redsky.invalid"], t).values()), "")
+    transport = lookup("transport_maps", ["redsky.invalid"]).get("redsky.invalid", "")
     if not over_lmtp and transport.split(":")[0] != "redsky":
         yield ("FAIL", "transport_maps does not send redsky.invalid to the 'redsky' pipe",
                "run as root: redsky.py postfix-config --apply; postfix reload")
@@ -9609,11 +9450,7 @@ def postfix_routing_checks(config, service):
                        " posts cannot be queued", f"run as root: chown -R {user} {config.data_dir}")
     for name in ("redsky-domains.cf", "redsky-aliases.cf"):
         path = os.path.join(postconf("-h", "config_directory") or "/etc/postfix", name)
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            continue
-        if mode & 0o022:
+        if os.path.exists(path) and os.stat(path).st_mode & 0o022:
             yield ("FAIL", f"{path} is group or other writable: Postfix refuses to trust it",
                    f"run as root: chmod 644 {path}")
 
@@ -9696,15 +9533,15 @@ def cmd_demo(args, config):
         log.setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
         print(f"== a throwaway redsky in {home}")
         store = open_store(demo, create=True)
+        members = ("alice@example.org", "bob@example.net", "carol@example.com")
         with store.transaction() as db:
             # dmarc = never: the demo works offline and asks no DNS server
-            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org",
-                                          "subject_tag": "[demo]",
-                                          "footer": "-- \nYou are on $post_address. To leave: $unsubscribe",
-                                          "dmarc": "never", "created": time.time()})
-            for a in ("alice@example.org", "bob@example.net", "carol@example.com"):
+            list_id = store.add_list(db, {"name": "demo", "domain": "lists.example.org", "dmarc": "never",
+                                          "created": time.time(), "subject_tag": "[demo]", "footer":
+                                          "-- \nYou are on $post_address. To leave: $unsubscribe"})
+            for a in members:
                 store.q("add_member", list_id, a, time.time())
-        print("   list demo@lists.example.org, members alice@example.org, bob@example.net, carol@example.com")
+        print(f"   list demo@lists.example.org, members {', '.join(members)}")
         print("\n== redsky.py queue --recipient demo@lists.example.org < post")
         ctx = Context(demo, store)
         ctx.raw, ctx.recipient, ctx.sender = DEMO_POST, "demo@lists.example.org", "alice@example.org"
@@ -9721,14 +9558,13 @@ def cmd_demo(args, config):
             print(f"   {name:15} {note}")
         base = demo.path_of("send", "maildir")
         print("\n== delivered")
-        first = None
+        copies = {}
         for person in sorted(os.listdir(base)):
             for f in os.listdir(os.path.join(base, person, "new")):
-                first = first or os.path.join(base, person, "new", f)
+                copies[person] = os.path.join(base, person, "new", f)
                 print(f"   {person}/new/{f}")
         print("\n== the copy bob@example.net received\n")
-        with open(os.path.join(base, "bob@example.net", "new",
-                               os.listdir(os.path.join(base, "bob@example.net", "new"))[0]), "rb") as fh:
+        with open(copies["bob@example.net"], "rb") as fh:
             sys.stdout.write("   " + fh.read().decode("utf-8").replace("\n", "\n   ").rstrip() + "\n")
         counts = dict(zip(("queued", "pending", "deferred", "sent"), store.q("status_counts").fetchone()))
         print(f"\n== ledger: {counts['sent']} sent, {counts['pending'] + counts['deferred']} still pending")

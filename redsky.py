@@ -1178,6 +1178,7 @@ SQL = {
 # ---------------------------------------------------------------------------
 # 5. Store: transactions, spool files and the Outbox
 # Owns: Store (connections, transactions, schema upgrades), spool files, the Outbox (mail and the changes
+#       that commit with it) and a post's recipients (ListMembers, member_stream).
 # Calls: sections 2-4.
 # ---------------------------------------------------------------------------
 
@@ -1542,6 +1543,7 @@ def member_addresses(store, list_id):
 # ---------------------------------------------------------------------------
 # 6. Mail primitives
 # Owns: RawMessage, addresses, list headers, footers, the subject tag, DMARC rewriting, is_robot, the
+#       SMTP wire form of a message, HTML to text.
 # Calls: sections 2-5.
 # ---------------------------------------------------------------------------
 
@@ -2215,6 +2217,7 @@ def smtp_plain(wire):
 # ---------------------------------------------------------------------------
 # 7. DNS and tokens
 # Owns: the DNS client and its caches (DMARC, DNSBL), tokens, passphrases, VERP and the signed leave
+#       tokens, Personalizer (one copy per recipient).
 # Calls: sections 2-6.
 # ---------------------------------------------------------------------------
 
@@ -2617,6 +2620,7 @@ class Personalizer:
 # ---------------------------------------------------------------------------
 # 8. Notices
 # Owns: every text redsky sends (TEXTS), render() and templates, Notices (rate-limited mail to people),
+#       pending confirmations.
 # Calls: sections 2-7.
 # ---------------------------------------------------------------------------
 
@@ -3455,6 +3459,7 @@ def policy_rejection(status, address):
 # ---------------------------------------------------------------------------
 # 11. The archive and its pages
 # Owns: the archive (maildir or mbox per list), the text of a post, the static HTML site of a public
+#       archive (PageWriter), its Atom feed and search.
 # Calls: sections 2-10.
 # ---------------------------------------------------------------------------
 
@@ -4702,6 +4707,7 @@ def send_now(config, sender, recipient, data):
 # ---------------------------------------------------------------------------
 # 14. Held posts and command mail
 # Owns: holding and releasing posts, the command interpreter of -request, -join, -leave and -confirm
+#       (Requests).
 # Calls: sections 2-13.
 # ---------------------------------------------------------------------------
 
@@ -6968,6 +6974,7 @@ def clean_spool(config, store, older_than=3600):
 # ---------------------------------------------------------------------------
 # 18. The web
 # Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page, archive pages
+#       and search; `web`, CGI.
 # Calls: sections 2-17.
 # ---------------------------------------------------------------------------
 

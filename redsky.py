@@ -1767,9 +1767,10 @@ _SUBJECT_PREFIX = re.compile(
 
 def without_prefixes(subject):
     """``subject`` without its reply and forward prefixes and [tags], one at a time (linear)."""
-    pos = 0
-    while (m := _SUBJECT_PREFIX.match(subject, pos)) is not None:
+    pos, m = 0, _SUBJECT_PREFIX.match(subject)
+    while m is not None:
         pos = m.end()
+        m = _SUBJECT_PREFIX.match(subject, pos)
     return subject[pos:].strip()
 
 

@@ -307,3 +307,10 @@ def test_no_top_level_name_is_bound_twice():
         elif isinstance(node, ast.Assign):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_the_source_is_python_37():
+    """The README promises Python 3.7: no syntax of a later Python (an assignment expression, say)."""
+    ast.parse(SOURCE, feature_version=(3, 7))
+    with pytest.raises(SyntaxError):
+        ast.parse("while (m := 1):\n    pass\n", feature_version=(3, 7))

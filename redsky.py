@@ -4089,9 +4089,7 @@ def chain_filter(stage, needs=(), check=False):
     def register(fn):
         if fn.__name__ in FILTERS:
             raise ConfigError(f"filter {fn.__name__!r} is already defined; a plugin cannot replace it")
-        fn.stage = stage
-        fn.needs = tuple(needs)
-        fn.check = check
+        fn.stage, fn.needs, fn.check = stage, tuple(needs), check
         FILTERS[fn.__name__] = fn
         return fn
     return register
@@ -4280,11 +4278,7 @@ def store_event(ctx):
 SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
 
 
-class Outcome:
-    __slots__ = ("kind", "detail")
-
-    def __init__(self, kind, detail=""):
-        self.kind, self.detail = kind, detail
+Outcome = collections.namedtuple("Outcome", "kind detail", defaults=("",))
 
 
 def outcome_of(code, text, stage):
@@ -4332,14 +4326,8 @@ class Transport:
 
 def batches(recipients, size):
     """Group an iterable of (address, attempts) into lists of ``size``."""
-    batch = []
-    for item in recipients:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    recipients = iter(recipients)
+    return iter(lambda: list(itertools.islice(recipients, size)), [])
 
 
 class SendmailTransport(Transport):
@@ -4379,11 +4367,9 @@ class SendmailTransport(Transport):
         detail = detail[-1][:300] if detail else ""
         if proc.returncode == 0:
             return Outcome(SENT, "sendmail exit 0")
-        if proc.returncode in self.PERMANENT_CODES:
-            return Outcome(PERMANENT,
-                           f"sendmail exit {proc.returncode} "
-                           f"({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
-        return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
+        why = self.PERMANENT_CODES.get(proc.returncode)
+        return Outcome(PERMANENT if why else TEMPORARY,
+                       f"sendmail exit {proc.returncode} {f'({why}) ' if why else ''}{detail}".strip())
 
     def send_one(self, sender, recipient, data):
         return self.run(sender or "<>", [recipient], data, verp=False)
@@ -4417,8 +4403,7 @@ def smtp_transaction(conn, sender, recipients, wire, xverp=False):
     ``wire``: smtp_wire's form."""
     def command(line):
         conn.send(line + b"\r\n")
-        code, text = conn.getreply()
-        return code, text.decode("utf-8", "replace")
+        return conn.getreply()
     try:
         mail_reply = command(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}".encode())
         if mail_reply[0] != 250:
@@ -4431,9 +4416,7 @@ def smtp_transaction(conn, sender, recipients, wire, xverp=False):
         data_reply = command(b"DATA") if accepted else (503, "no valid recipients")
         if data_reply[0] == 354:
             conn.send(wire)
-            code, text = conn.getreply()
-            text = text.decode("utf-8", "replace")
-            done = outcome_of(code, text, "DATA") if code != 250 else Outcome(SENT, f"250 {text}"[:300])
+            done = final_outcome(*conn.getreply())
         else:
             done = outcome_of(*data_reply, "DATA")
             command(b"RSET")
@@ -4584,7 +4567,7 @@ class SMTPTransport(Transport):
                     try:
                         for batch, outcome in pipe.receive():
                             for address, attempts in batch:
-                                record(address, attempts, outcome(address))
+                                record(address, attempts, outcome)
                         if not pipe.expect and not advance(pipe):
                             selector.unregister(pipe.conn.sock)
                             pipes.remove(pipe)
@@ -4600,9 +4583,8 @@ class SMTPTransport(Transport):
         finally:
             selector.close()
         failed = Outcome(TEMPORARY, self.down or "not sent")
-        for batch in again:
-            for address, attempts in batch:
-                record(address, attempts, failed)
+        for address, attempts in itertools.chain.from_iterable(again):
+            record(address, attempts, failed)
         for address, attempts in source:    # server down: rows are deferred, members wait for the next run
             if attempts is None:
                 break
@@ -4633,7 +4615,7 @@ class Pipeline:
     MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
     transactions, each message sent by BDAT LAST with no wait for a 354.
     receive() reads replies and, once the group's are all in, returns the
-    outcomes they settle."""
+    outcomes they settle: [(batch, Outcome)]."""
 
     def __init__(self, conn, per_recipient, xverp):
         self.conn, self.per_recipient, self.xverp = conn, per_recipient, xverp
@@ -4687,7 +4669,7 @@ class Pipeline:
         return [e[1] for e in self.expect if e[0] != "rset"] + ([self.body[0]] if self.body else [])
 
     def receive(self):
-        """Read what has arrived; [(batch, outcome of an address)] once every reply of the group is in."""
+        """Read what has arrived; [(batch, Outcome)] once every reply of the group is in."""
         chunk = self.conn.sock.recv(65536)
         if not chunk:
             raise SMTPError("connection closed by the server")
@@ -4716,9 +4698,9 @@ class Pipeline:
             if entry[0] == "rset":
                 next(replies)
             elif entry[0] == "end":
-                code, text = next(replies)
                 accepted = set(entry[2])
-                settled.append(([i for i in entry[1] if i[0] in accepted], final_outcome(code, text)))
+                settled.append(([i for i in entry[1] if i[0] in accepted],
+                                final_outcome(*next(replies))))
             else:
                 if entry[0] == "bdat":
                     next(replies)                   # RSET's
@@ -4731,29 +4713,26 @@ class Pipeline:
         and what the connection owes next: the body, or an RSET when the
         transaction may still be open on the server."""
         if mail[0] != 250:
-            refused = outcome_of(*mail, "MAIL")
             if data[0] == 354:                  # cannot happen with a sane server; end it
                 self.body = (batch, [])
-            return [(batch, lambda a: refused)]
+            return [(batch, outcome_of(*mail, "MAIL"))]
         failed = {a: outcome_of(*reply, "RCPT") for (a, _), reply in zip(batch, rcpts)
                   if reply[0] not in (250, 251)}
-        settled = [([i for i in batch if i[0] in failed], failed.get)] if failed else []
+        settled = [([i], failed[i[0]]) for i in batch if i[0] in failed]
         accepted = [i for i in batch if i[0] not in failed]
-        if kind == "bdat":
-            settled.append((accepted, final_outcome(*data)))
-        elif data[0] == 354:
+        if kind == "txn" and data[0] == 354:
             self.body = (batch, [a for a, _ in accepted])
         else:
             settled.append((accepted, final_outcome(*data)))
-            self.reset = True
+            self.reset = self.reset or kind == "txn"    # DATA refused: the transaction may be open
         return settled
 
 
 def final_outcome(code, text):
-    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST), for every address."""
-    done = Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300]) if code == 250 else \
-        outcome_of(code, text, "DATA")
-    return lambda address: done
+    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST)."""
+    if code != 250:
+        return outcome_of(code, text, "DATA")
+    return Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300])
 
 
 class MaildirTransport(Transport):
@@ -4811,13 +4790,10 @@ def take_approved(ctx):
     """Remove every Approved: header (and an Approved: line at the top of
     the first text part) so a passphrase never reaches the members; return
     the passphrase found, or None."""
-    found = None
     values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
-    if values:
-        found = values[0]
-        ctx.msg.remove("Approved", "Approve")
+    ctx.msg.remove("Approved", "Approve")
     body_value = _take_approved_line(ctx.msg)
-    found = found if found is not None else body_value
+    found = values[0] if values else body_value
     if found:                       # the same line in any other part, an HTML alternative too
         ctx.msg.body = _approved_text(found).sub(b"", ctx.msg.body)
     return found
@@ -4860,27 +4836,20 @@ def _take_approved_line(msg):
     take_approved, like its copies in the other parts)."""
     if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
         return None                 # the common case, without loading the email package
-    info = msg.header_message()
-    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
-        m = _APPROVED_LINE.match(msg.body)
-        if m:
-            msg.body = msg.body[m.end():]
-            return m.group(1).decode("utf-8", "replace").strip()
-    elif info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
+    info, start = msg.header_message(), 0      # the header of the part the body line would open
+    if info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
         b = re.escape(info.get_param("boundary").encode("utf-8", "surrogateescape"))
         first = re.search(rb"(?m)^--" + b + rb"[ \t]*\r?\n", msg.body)
-        if first:
-            head_end = re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
-            if head_end:
-                head = RawMessage(msg.body[first.end():head_end.end()]).header_message()
-                pcte = str(head.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-                if head.get_content_type() == "text/plain" and pcte in ("7bit", "8bit", ""):
-                    m = _APPROVED_LINE.match(msg.body[head_end.end():])
-                    if m:
-                        start = head_end.end()
-                        msg.body = msg.body[:start] + msg.body[start + m.end():]
-                        return m.group(1).decode("utf-8", "replace").strip()
+        head_end = first and re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
+        if head_end:
+            start = head_end.end()
+            info = RawMessage(msg.body[first.end():start]).header_message()
+    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
+        m = _APPROVED_LINE.match(msg.body[start:])
+        if m:
+            msg.body = msg.body[:start] + msg.body[start + m.end():]
+            return m.group(1).decode("utf-8", "replace").strip()
     # any other structure (multipart/alternative, nested parts): the first
     # such line that opens a part or a paragraph; take_approved removes it
     for m in itertools.islice(re.finditer(rb"(?im)^[ \t]*approved?:[ \t]*([^\r\n]*)", msg.body[:65536]), 10):
@@ -4997,10 +4966,8 @@ def finish_queue(ctx, verdict):
 # Command mail ----------------------------------------------------------------
 
 TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
-COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "unsubscribe",
-                 "leave": "unsubscribe", "signoff": "unsubscribe", "help": "help", "confirm": "confirm",
-                 "approve": "approve", "reject": "reject", "discard": "discard", "set": "set",
-                 "index": "index", "get": "get"}
+COMMAND_WORDS = {"join": "subscribe", "leave": "unsubscribe", "signoff": "unsubscribe", **{
+    w: w for w in "subscribe unsubscribe help confirm approve reject discard set index get".split()}}
 
 
 def command_lines(raw):
@@ -5118,7 +5085,7 @@ class Requests:
             self.help([], lines, why="help (no command found)")
         self.answers = []
         for self.line, (command, words) in parsed:
-            if getattr(self, self.HANDLERS[command])(words, lines):
+            if self.HANDLERS[command](self, words, lines):
                 break
         answers, self.answers = self.answers, None
         if len(answers) == 1:
@@ -5136,21 +5103,6 @@ class Requests:
         self.notice([self.sender], f"{list_address(self.list)}: help", "help", {"extra": ""})
         self.done.append(why)
 
-    def subscribe_command(self, words, lines):
-        self.subscribe(self.sender)
-
-    def unsubscribe_command(self, words, lines):
-        self.unsubscribe(self.sender)
-
-    def set_command(self, words, lines):
-        self.set_option(self.sender, words)
-
-    def index_command(self, words, lines):
-        self.archive_request(self.sender, "index", words)
-
-    def get_command(self, words, lines):
-        self.archive_request(self.sender, "get", words)
-
     def token_command(self, words, lines):
         """confirm / approve / reject / discard TOKEN: the token may stand on
         any line (a reply quotes it); returns True: it answers the message."""
@@ -5161,10 +5113,12 @@ class Requests:
             self.confirm(token, lines)
         return True
 
-    HANDLERS = {"subscribe": "subscribe_command", "unsubscribe": "unsubscribe_command", "help": "help",
-                "set": "set_command", "index": "index_command", "get": "get_command",
-                "confirm": "token_command", "approve": "token_command", "reject": "token_command",
-                "discard": "token_command"}
+    HANDLERS = {"help": help, **dict.fromkeys(["confirm", "approve", "reject", "discard"], token_command),
+                "subscribe": lambda self, words, lines: self.subscribe(self.sender),
+                "unsubscribe": lambda self, words, lines: self.unsubscribe(self.sender),
+                "set": lambda self, words, lines: self.set_option(self.sender, words),
+                "index": lambda self, words, lines: self.archive_request(self.sender, "index", words),
+                "get": lambda self, words, lines: self.archive_request(self.sender, "get", words)}
 
     # -- subscribe / unsubscribe ------------------------------------------------
 

@@ -4752,9 +4752,7 @@ class MaildirTransport(Transport):
 
     def send_one(self, sender, recipient, data):
         import mailbox
-        safe = recipient.replace("/", "_")
-        if safe.startswith("."):
-            safe = "_" + safe[1:]
+        safe = re.sub(r"^\.", "_", recipient.replace("/", "_"))
         try:
             os.makedirs(self.base, exist_ok=True)
             box = mailbox.Maildir(os.path.join(self.base, safe), create=True)
@@ -5074,17 +5072,15 @@ class Requests:
         """Up to ten commands, a repeated one (Subject and body) done once;
         the answers to the sender go in one reply.  A token command answers
         the whole message."""
-        parsed, seen = [], set()
+        parsed = {}                 # (command, its words) -> (line, command): a repeat is done once
         for line in lines:
             command = parse_command(line)
-            key = command and (command[0], tuple(w.lower() for w in command[1]))
-            if command and key not in seen and len(parsed) < 10:
-                seen.add(key)
-                parsed.append((line, command))
+            if command and len(parsed) < 10:
+                parsed.setdefault((command[0], tuple(w.lower() for w in command[1])), (line, command))
         if not parsed:
             self.help([], lines, why="help (no command found)")
         self.answers = []
-        for self.line, (command, words) in parsed:
+        for self.line, (command, words) in parsed.values():
             if self.HANDLERS[command](self, words, lines):
                 break
         answers, self.answers = self.answers, None
@@ -5123,11 +5119,10 @@ class Requests:
     # -- subscribe / unsubscribe ------------------------------------------------
 
     def subscribe(self, address):
-        policy_ = self.list["subscribe_policy"]
-        if banned(self.store, self.list, [address]):
+        policy_, ban = self.list["subscribe_policy"], banned(self.store, self.list, [address])
+        if ban:
             self.done.append(f"subscription of {address} refused: on the ban list")
-            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
-        if policy_ == "closed":
+        if ban or policy_ == "closed":
             return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
         if self.is_member(address):
             return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
@@ -5165,16 +5160,14 @@ class Requests:
         if banned(self.store, self.list, [address]):         # banned since the request
             self.done.append(f"subscription of {address} refused: on the ban list")
             return
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
+        self.change(lambda db: db.execute(SQL["add_member"], (self.list["id"], address, self.now)))
         self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
                     limit=False)
         tell_owners(self.notices, "joined", [address])
         self.done.append(f"subscribed {address}")
 
     def remove_member(self, address):
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["delete_member"], (list_id, address)))
+        self.change(lambda db: db.execute(SQL["delete_member"], (self.list["id"], address)))
         self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", {"address": address},
                     limit=False)
         tell_owners(self.notices, "left", [address])
@@ -5193,8 +5186,7 @@ class Requests:
         self.remove_member(member)
 
     def reenable(self, address):
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["reenable"], (list_id, address)))
+        self.change(lambda db: db.execute(SQL["reenable"], (self.list["id"], address)))
         self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled",
                     {"address": address}, limit=False)
         self.done.append(f"re-enabled {address}")
@@ -6413,7 +6405,8 @@ def finish_filter(ctx, verdict, show_trace=False):
     reason = verdict.reason
     if isinstance(verdict, Hold):
         try:
-            where = quarantine(ctx, reason)
+            where = quarantine_add(ctx.config, reason, ctx.sender or "", ctx.envelope_recipients,
+                                   ctx.raw)
             reason = f"held in quarantine ({where}): {reason}"
         except OSError as e:
             verdict, code = TryLater(""), EX_TEMPFAIL
@@ -6430,16 +6423,10 @@ def finish_filter(ctx, verdict, show_trace=False):
 QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients")
 
 
-def quarantine(ctx, reason):
-    """Keep a held message in the [filter] quarantine Maildir, the original
-    bytes after three fields that `quarantine release` needs: the reason,
-    the envelope sender and the envelope recipients.  Returns its key."""
-    return quarantine_add(ctx.config, reason, ctx.sender if ctx.sender is not None else "",
-                          ctx.envelope_recipients, ctx.raw)
-
-
 def quarantine_add(config, reason, sender, recipients, data):
-    """Write one quarantine entry: the QUARANTINE_FIELDS, then ``data``."""
+    """Keep a held message in the [filter] quarantine Maildir, the original
+    bytes after the three QUARANTINE_FIELDS that `quarantine release` needs:
+    the reason, the envelope sender and the envelope recipients.  Returns its key."""
     path = config.path_of("filter", "quarantine")
     if not path:
         raise OSError("[filter] quarantine is empty")
@@ -6456,14 +6443,9 @@ def quarantined(config):
         return {}
     box, found = mailbox.Maildir(path, create=False), {}
     for key in box.keys():
-        data = box.get_bytes(key)
-        values = []
-        for name in QUARANTINE_FIELDS:
-            line, _, rest = data.partition(b"\n")
-            if not line.startswith(name + b": "):
-                break
-            values.append(line[len(name) + 2:].decode("utf-8", "replace"))
-            data = rest
+        *lines, data = box.get_bytes(key).split(b"\n", len(QUARANTINE_FIELDS))
+        values = [line[len(name) + 2:].decode("utf-8", "replace")
+                  for name, line in zip(QUARANTINE_FIELDS, lines) if line.startswith(name + b": ")]
         if len(values) == len(QUARANTINE_FIELDS):
             found[key] = (values[0], values[1], [r for r in values[2].split(", ") if r], data)
     return found
@@ -6522,14 +6504,9 @@ class Ledger:
         if self.broken:
             raise StoreError(self.broken)
         now = time.time()
-        if outcome.kind == SENT:
-            state, next_attempt = "sent", 0
-        elif outcome.kind == PERMANENT:
-            state, next_attempt = "failed", 0
-        elif now - post["created"] >= self.max_age:
-            state, next_attempt = "expired", 0
-        else:
-            state, next_attempt = "pending", now + min(self.retry * (2 ** (attempts or 0)), self.cap)
+        state = {SENT: "sent", PERMANENT: "failed"}.get(outcome.kind) or \
+            ("expired" if now - post["created"] >= self.max_age else "pending")
+        next_attempt = 0 if state != "pending" else now + min(self.retry * 2 ** (attempts or 0), self.cap)
         row = (state, next_attempt, outcome.detail[:500], now, post["id"], address)
         bounce = None
         if state in ("failed", "expired"):

@@ -5025,6 +5025,7 @@ class Requests:
     def __init__(self, ctx, sender):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
         self.sender = sender        # who asked (sender_address); answers go there
+        self.post_address = list_address(ctx.list)
         self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
         self.now = self.notices.now
         self.done = []
@@ -5036,15 +5037,17 @@ class Requests:
     def change(self, fn):
         self.ctx.changes.append(fn)
 
-    def notice(self, to, title, text_name, values=None, **options):
-        """Notices.send, noting a reply the rate limit suppressed.  While
-        run() works through commands, a plain answer to the sender waits to
-        go in one reply with the others."""
+    def notice(self, to, title, text_name, values=None, done="", **options):
+        """Notices.send, noting a reply the rate limit suppressed, then ``done``
+        (what was done, for the log).  While run() works through commands, a
+        plain answer to the sender waits to go in one reply with the others."""
         if self.answers is not None and to == [self.sender] and not options:
             self.answers.append((self.line, title, text_name, values))
-            return
-        if not self.notices.send(to, title, text_name, values, **options) and options.get("limit", True):
+        elif not self.notices.send(to, title, text_name, values, **options) \
+                and options.get("limit", True):
             self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
+        if done:
+            self.done.append(done)
 
     def is_list_address(self, address):
         """Whether ``address`` is an address of a list on this installation:
@@ -5092,12 +5095,11 @@ class Requests:
             replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
                                    + render(name, self.list, values or {}, templates)
                                    for line, _, name, values in answers)
-            self.notice([self.sender], f"{list_address(self.list)}: answers to your {len(answers)} commands",
+            self.notice([self.sender], f"{self.post_address}: answers to your {len(answers)} commands",
                         "command-replies", {"replies": replies.rstrip("\n")})
 
     def help(self, words, lines, why="help"):
-        self.notice([self.sender], f"{list_address(self.list)}: help", "help", {"extra": ""})
-        self.done.append(why)
+        self.notice([self.sender], f"{self.post_address}: help", "help", {"extra": ""}, done=why)
 
     def token_command(self, words, lines):
         """confirm / approve / reject / discard TOKEN: the token may stand on
@@ -5123,9 +5125,9 @@ class Requests:
         if ban:
             self.done.append(f"subscription of {address} refused: on the ban list")
         if ban or policy_ == "closed":
-            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
+            return self.notice([address], f"{self.post_address}: subscriptions are closed", "closed")
         if self.is_member(address):
-            return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
+            return self.notice([address], f"{self.post_address}: already subscribed", "already-member",
                                {"address": address})
         if policy_ == "approve" or self.is_list_address(address):
             return self.ask_owners_to_approve(address)
@@ -5138,7 +5140,7 @@ class Requests:
         LIST-leave+TOKEN address), whatever the join policy: From: is forged
         as easily as written."""
         if not self.is_member(address):
-            return self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
+            return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
                                {"address": address})
         self.ask_to_confirm(address, "unsubscribe")
 
@@ -5153,25 +5155,22 @@ class Requests:
         # The Subject carries the token too, so a reply to -request confirms as well.
         self.notice([address], f"confirm {token}", f"confirm-{action}",
                     {"address": address, "confirm_address": confirm, "days": f"{expiry / 86400:g}"},
-                    limit=False, reply_to=confirm)
-        self.done.append(f"{action} {address}: confirmation sent")
+                    done=f"{action} {address}: confirmation sent", limit=False, reply_to=confirm)
 
     def add_member(self, address):
         if banned(self.store, self.list, [address]):         # banned since the request
             self.done.append(f"subscription of {address} refused: on the ban list")
             return
         self.change(lambda db: db.execute(SQL["add_member"], (self.list["id"], address, self.now)))
-        self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
-                    limit=False)
+        self.notice([address], f"Welcome to {self.post_address}", "welcome", {"address": address},
+                    done=f"subscribed {address}", limit=False)
         tell_owners(self.notices, "joined", [address])
-        self.done.append(f"subscribed {address}")
 
     def remove_member(self, address):
         self.change(lambda db: db.execute(SQL["delete_member"], (self.list["id"], address)))
-        self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", {"address": address},
-                    limit=False)
+        self.notice([address], f"Goodbye from {self.post_address}", "goodbye", {"address": address},
+                    done=f"unsubscribed {address}", limit=False)
         tell_owners(self.notices, "left", [address])
-        self.done.append(f"unsubscribed {address}")
 
     def leave_by_token(self, token):
         """One-click unsubscribe: the token in LIST-leave+TOKEN proves that
@@ -5187,9 +5186,8 @@ class Requests:
 
     def reenable(self, address):
         self.change(lambda db: db.execute(SQL["reenable"], (self.list["id"], address)))
-        self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled",
-                    {"address": address}, limit=False)
-        self.done.append(f"re-enabled {address}")
+        self.notice([address], f"{self.post_address}: delivery is on again", "reenabled",
+                    {"address": address}, done=f"re-enabled {address}", limit=False)
 
     def ask_owners_to_approve(self, address):
         owners = owners_of(self.list)
@@ -5200,11 +5198,11 @@ class Requests:
             return
         token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now,
                             self.config.duration("commands", "held_expiry"))
-        self.notice(owners, f"{list_address(self.list)}: {address} asks to join (token {token})",
+        self.notice(owners, f"{self.post_address}: {address} asks to join (token {token})",
                     "approve-subscribe", {"address": address, "token": token}, limit=False,
                     reply_to=list_address(self.list, f"-confirm+{token}"), auto="auto-generated")
-        self.notice([address], f"{list_address(self.list)}: waiting for approval", "awaiting-approval")
-        self.done.append(f"subscription of {address} waits for the owners")
+        self.notice([address], f"{self.post_address}: waiting for approval", "awaiting-approval",
+                    done=f"subscription of {address} waits for the owners")
 
     # -- delivery mode and archive ------------------------------------------------
 
@@ -5214,29 +5212,26 @@ class Requests:
         at least seen by its victim."""
         option, value = ([w.lower() for w in words[:2]] + ["", ""])[:2]
         if option not in SELF_SERVICE_OPTIONS or value not in ("on", "off"):
-            self.notice([address], f"{list_address(self.list)}: help", "help", {"extra": ""})
-            self.done.append(f"set {' '.join(words)[:40]}: not understood")
-            return
+            return self.notice([address], f"{self.post_address}: help", "help", {"extra": ""},
+                               done=f"set {' '.join(words)[:40]}: not understood")
         member = self.store.q("member_options", self.list["id"], address).fetchone()
         if member is None:
-            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
-                        {"address": address})
-            self.done.append(f"set {option} from non-member {address}")
-            return
+            return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
+                               {"address": address}, done=f"set {option} from non-member {address}")
         on = value == "on"
         if (option, on) in self.seen:               # the same command in Subject and body: once
             return
         self.seen.add((option, on))
         self.change(set_member_option(self.store, self.ctx.outbox, self.list, member, option, on))
         if option != "digest":
-            self.notice([address], f"{list_address(self.list)}: {option} {value}", "option-set",
+            self.notice([address], f"{self.post_address}: {option} {value}", "option-set",
                         {"address": member["address"], "option": option, "value": value,
                          "meaning": MEMBER_OPTIONS[option]})
         else:
             seconds = self.list["digest_interval"]
             count, unit = next((seconds / size, unit) for size, unit in ((604800, "week"), (86400, "day"),
                                (3600, "hour"), (60, "minute"), (1, "second")) if seconds >= size or size == 1)
-            self.notice([address], f"{list_address(self.list)}: digest {value}",
+            self.notice([address], f"{self.post_address}: digest {value}",
                         "digest-on" if on else "digest-off",
                         {"address": member["address"],
                          "interval": f"{count:g} {unit}{'' if count == 1 else 's'}",
@@ -5248,30 +5243,25 @@ class Requests:
         policy_ = self.list["archive"]
         if policy_ == "off" or (policy_ == "private" and not self.is_member(address)):
             why = "off" if policy_ == "off" else "open to members only"
-            self.notice([address], f"{list_address(self.list)}: archive", "archive-refused", {"why": why})
-            self.done.append(f"{command} refused for {address}: archive {why}")
-            return
+            return self.notice([address], f"{self.post_address}: archive", "archive-refused",
+                               {"why": why}, done=f"{command} refused for {address}: archive {why}")
         if command == "index":
-            entries = [(n, summary(data)) for n, data in archived(self.config, self.list)]
-            shown = entries[-100:]
+            posts = [(n, summary(data)) for n, data in archived(self.config, self.list)]
+            shown = posts[-100:]
             items = "\n".join(f"{n:5}  {time.strftime('%Y-%m-%d', time.gmtime(when)) if when else '?':10}  "
                               f"{author[:30]:30}  {subject[:60]}" for n, (when, author, subject) in shown)
-            self.notice([address], f"{list_address(self.list)}: archive index", "index",
-                        {"count": len(entries), "shown": len(shown), "items": items or "  (empty)"})
-            self.done.append(f"index to {address}")
-            return
+            return self.notice([address], f"{self.post_address}: archive index", "index",
+                               {"count": len(posts), "shown": len(shown), "items": items or "  (empty)"},
+                               done=f"index to {address}")
         number = words[0] if words else ""
         found = next((data for n, data in archived(self.config, self.list) if str(n) == number), None) \
             if number.isdigit() else None
         if found is None:
-            self.notice([address], f"{list_address(self.list)}: no post {one_line(number, 20)}",
-                        "not-archived",
-                        {"number": one_line(number, 20) or "(none given)"})
-            self.done.append(f"get {number[:20]}: not in the archive")
-            return
-        self.notice([address], f"{list_address(self.list)}: archived post {number}", "archived-post",
-                    {"number": number}, attachment=found)
-        self.done.append(f"get {number} to {address}")
+            return self.notice([address], f"{self.post_address}: no post {one_line(number, 20)}",
+                               "not-archived", {"number": one_line(number, 20) or "(none given)"},
+                               done=f"get {number[:20]}: not in the archive")
+        self.notice([address], f"{self.post_address}: archived post {number}", "archived-post",
+                    {"number": number}, done=f"get {number} to {address}", attachment=found)
 
     # -- tokens -----------------------------------------------------------------
 
@@ -5279,11 +5269,11 @@ class Requests:
         row = self.store.q("pending_by_token", token).fetchone()
         answer_to = [self.sender] if self.sender else []
         if row is None or row["list_id"] != self.list["id"] or row["used"] is not None:
-            self.done.append(f"token {token[:8]}…: unknown, used or for another list")
-            return self.notice(answer_to, f"{list_address(self.list)}: unknown confirmation", "bad-token")
+            return self.notice(answer_to, f"{self.post_address}: unknown confirmation", "bad-token",
+                               done=f"token {token[:8]}…: unknown, used or for another list")
         if row["expires"] < self.now:
-            self.done.append(f"token {token[:8]}…: expired")
-            return self.notice(answer_to, f"{list_address(self.list)}: confirmation expired", "expired-token")
+            return self.notice(answer_to, f"{self.post_address}: confirmation expired", "expired-token",
+                               done=f"token {token[:8]}…: expired")
         if row["action"] in ("moderate", "approve-subscribe"):
             return self.moderate(row, lines)
         self.use(token)
@@ -5311,18 +5301,17 @@ class Requests:
         senders = addresses_in(self.ctx.msg.get_all("From")) + ([self.ctx.sender] if self.ctx.sender else [])
         if not (any(s.lower() in moderators for s in senders)
                 or (passphrase and stored and check_passphrase(passphrase, stored))):
-            self.done.append(f"moderation by {senders[0] if senders else '?'} refused: not a moderator")
-            return self.notice(senders[:1], f"{list_address(self.list)}: not a moderator", "not-moderator")
-        decision = next((c for c in map(parse_command, lines)
-                         if c and c[0] in ("approve", "reject", "discard")),
-                        None)
+            return self.notice(senders[:1], f"{self.post_address}: not a moderator", "not-moderator",
+                               done=f"moderation by {(senders or ['?'])[0]} refused: not a moderator")
+        verbs = ("approve", "reject", "discard")
+        decision = next((c for c in map(parse_command, lines) if c and c[0] in verbs), None)
         if decision is None:
-            self.done.append("moderation reply without approve, reject or discard")
-            return self.notice(senders[:1], f"{list_address(self.list)}: what should happen?",
+            return self.notice(senders[:1], f"{self.post_address}: what should happen?",
                                "held" if row["action"] == "moderate" else "approve-subscribe",
                                {"token": row["token"], "address": row["address"],
                                 "reason": "(see the first notice)",
-                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""})
+                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""},
+                               done="moderation reply without approve, reject or discard")
         verb, words = decision
         reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
         self.use(row["token"])
@@ -5330,7 +5319,7 @@ class Requests:
             if verb == "approve":
                 return self.add_member(row["address"])
             if verb == "reject":
-                self.notice([row["address"]], f"{list_address(self.list)}: request declined",
+                self.notice([row["address"]], f"{self.post_address}: request declined",
                             "rejected-subscribe", {"reason": reason})
             self.done.append(f"subscription of {row['address']}: {verb}")
             return

@@ -4314,12 +4314,6 @@ class Transport:
         self.config = config
         self.verp = config.get("send", "verp")
 
-    def send(self, list_row, data, recipients, record, expected=0):
-        raise NotImplementedError
-
-    def send_one(self, sender, recipient, data):
-        raise NotImplementedError
-
     def close(self):
         pass
 
@@ -4485,9 +4479,8 @@ class SMTPTransport(Transport):
         bounces = list_address(list_row, "-bounces")
 
         def take(pipe):
-            if again:
-                return again.popleft()
-            return list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
+            return again.popleft() if again else \
+                list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
 
         def advance(pipe):
             """Send the pipeline's next group; False when it has nothing left to send.
@@ -4950,9 +4943,8 @@ def finish_queue(ctx, verdict):
         # held for the CLI, and must not make the MTA repeat the approval
         try:
             released = release_held(ctx.store, ctx.config, ctx.approve_held)
-            ctx.trace.append(("release",
-                              f"held post {ctx.approve_held} released: {released.outcome or 'queued'}"
-                                         f" for {len(released.recipients)} recipients"))
+            what = f"{released.outcome or 'queued'} for {len(released.recipients)} recipients"
+            ctx.trace.append(("release", f"held post {ctx.approve_held} released: {what}"))
         except Failure as e:
             log.error("held post %s approved by email but not released: %s", ctx.approve_held, e)
             ctx.trace.append(("release", f"held post {ctx.approve_held} not released: {e}"))
@@ -5233,9 +5225,8 @@ class Requests:
                                (3600, "hour"), (60, "minute"), (1, "second")) if seconds >= size or size == 1)
             self.notice([address], f"{self.post_address}: digest {value}",
                         "digest-on" if on else "digest-off",
-                        {"address": member["address"],
-                         "interval": f"{count:g} {unit}{'' if count == 1 else 's'}",
-                         "threshold": self.list["digest_size_threshold"]})
+                        {"address": member["address"], "threshold": self.list["digest_size_threshold"],
+                         "interval": f"{count:g} {unit}{'' if count == 1 else 's'}"})
         self.done.append(f"{option} {value} for {address}")
 
     def archive_request(self, address, command, words):
@@ -5424,8 +5415,7 @@ def read(ctx):
 
 @chain_filter("message", needs=("read",))
 def getinfo(ctx):
-    """Find the list by post address LIST@DOMAIN or bounce address
-    LIST-bounces[+user=host]@DOMAIN.  Writes list, role, verp; unknown → 67.
+    """Find the list by its address LIST@DOMAIN or LIST-ROLE[+EXTENSION]@DOMAIN; unknown → 67.
     Reads recipient, store; writes list, role, verp, verp_proof, token."""
     local, at, domain = ctx.recipient.rpartition("@")
     if not at or not local:
@@ -5465,10 +5455,9 @@ def loopdetect(ctx):
     limit = int(ctx.config.number("queue", "max_received"))
     if hops > limit:
         raise Discard(f"loop: {hops} Received: fields (limit {limit})")
-    if ctx.role == "post":
-        robot = is_robot(ctx.msg, ctx.sender, strict=False)
-        if robot:
-            raise Discard(f"robot mail to the post address: {robot}")
+    robot = ctx.role == "post" and is_robot(ctx.msg, ctx.sender, strict=False)
+    if robot:
+        raise Discard(f"robot mail to the post address: {robot}")
 
 
 @chain_filter("message", needs=("getinfo",))
@@ -5627,9 +5616,8 @@ def feedback_report(ctx, parsed):
     why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
            else "feedback report that no signed address identifies: recorded only")
     now = time.time()
-    row = bounce_record(list_row["id"], member or "", "feedback", received=now, action=kind,
-                        diagnostic=reporter, why=why, raw=ctx.raw[:65536] if member else None,
-                        cause="feedback")
+    row = bounce_record(list_row["id"], member or "", "feedback", received=now, action=kind, why=why,
+                        diagnostic=reporter, raw=ctx.raw[:65536] if member else None, cause="feedback")
     if ctx.outbox.dry_run:
         return f"{why} (dry run)"
     notices = Notices(store, config, list_row, ctx.outbox)
@@ -6209,11 +6197,9 @@ def dnsbl(ctx):
             continue
         if answer:
             reason = f"client {ip} is listed in {zone} ({answer})"
-            action = ctx.config.get("dnsbl", "action")
-            if action == "reject":
-                raise Reject(reason)
-            if action == "hold":
-                raise Hold(reason)
+            verdict = {"reject": Reject, "hold": Hold}.get(ctx.config.get("dnsbl", "action"))
+            if verdict:
+                raise verdict(reason)
             ctx.msg.append("X-Redsky-DNSBL", f"{ip} listed in {zone} ({answer})")
             ctx.note(f"tagged: {reason}")
             return
@@ -6641,8 +6627,7 @@ def housekeeping(ctx):
         outbox = Outbox()
         Notices(store, config, list_row, outbox).send(
             owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder",
-            {"items": items},
-            limit=False, auto="auto-generated")
+            {"items": items}, limit=False, auto="auto-generated")
         outbox.commit(store, config.spool, lambda db, list_id=list_row["id"]: db.execute(
             SQL["set_last_reminder"], (now, list_id)))
         reminded += 1
@@ -6771,9 +6756,8 @@ def digester(ctx):
                                                 ctx.config.path_of("redsky", "templates"),
                                                 ctx.config.get("web", "base_url"))
             except Exception as e:              # one list's digest must never stop the deliveries
-                log.error("digest of %s cannot be built, will retry: %s: %s",
-                          list_address(list_row), type(e).__name__, e,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error("digest of %s cannot be built, will retry: %s: %s", list_address(list_row),
+                          type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
                 continue
             outbox.add(list_row["id"], "post", message_id, data, recipients)
             if problems and owners_of(list_row):
@@ -6945,10 +6929,9 @@ def queuerunner(ctx):
     down = getattr(transport, "down", None)
     if down:                                    # the members not reached wait, unrecorded, for the next run
         log.warning("send: %s; the members not reached yet wait for the next run", down)
+    unreadable = f", {totals['unreadable']} unreadable spool files" if totals["unreadable"] else ""
     ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, "
-             f"expired {totals['expired']}"
-             + (f", {totals['unreadable']} unreadable spool files" if totals["unreadable"] else "")
-             + (f"; {down}" if down else ""))
+             f"expired {totals['expired']}{unreadable}" + (f"; {down}" if down else ""))
 
 
 def due_recipients(store, message, now, chunk=1000):
@@ -6959,8 +6942,7 @@ def due_recipients(store, message, now, chunk=1000):
         rows = store.q("due_recipients", message, now, after, chunk).fetchall()
         if not rows:
             return
-        for row in rows:
-            yield row["address"], row["attempts"]
+        yield from ((row["address"], row["attempts"]) for row in rows)
         after = rows[-1]["address"]
 
 

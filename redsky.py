@@ -4118,8 +4118,7 @@ def load_plugins(config):
         except OSError as e:
             raise ConfigError(f"plugin {path}: cannot read it: {e.strerror}")
         except Exception as e:
-            where = ""
-            tb = e.__traceback__
+            where, tb = "", e.__traceback__
             while tb is not None:               # the plugin's own line, not ours
                 if tb.tb_frame.f_code.co_filename == path:
                     where = f" (line {tb.tb_lineno})"
@@ -4964,16 +4963,14 @@ def command_lines(raw):
     """The Subject (without Re:/Fwd:) and the first lines of the first
     text/plain part, up to a blank line after text, a signature or a quote."""
     from email import message_from_bytes, policy
-    lines = []
     try:                                        # compat32: policy.default is slow on hostile headers
         parsed = message_from_bytes(raw, policy=policy.compat32)
         subject = decode_header_text(str(parsed.get("Subject", "") or ""))
     except Exception as e:                      # the email package gave up on it: no commands
         log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
-        return lines
+        return []
     subject = without_prefixes(subject)
-    if subject:
-        lines.append(subject)
+    lines = [subject] if subject else []
     try:
         part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
         body = "" if part is None else payload_text(part)
@@ -4994,9 +4991,7 @@ def command_lines(raw):
 def parse_command(line):
     """(command, arguments) for a known command line, else None."""
     words = line.split()
-    if not words:
-        return None
-    command = COMMAND_WORDS.get(words[0].lower().strip(".:!"))
+    command = words and COMMAND_WORDS.get(words[0].lower().strip(".:!"))
     return (command, words[1:]) if command else None
 
 
@@ -5277,10 +5272,8 @@ class Requests:
         return self.add_member(row["address"])
 
     def use(self, token):
-        now = self.now
-
         def mark(db):
-            if db.execute(SQL["use_pending"], (now, token)).rowcount != 1:
+            if db.execute(SQL["use_pending"], (self.now, token)).rowcount != 1:
                 raise TryLater("the token was used concurrently")
         self.change(mark)
 
@@ -5620,8 +5613,7 @@ def feedback_report(ctx, parsed):
                         diagnostic=reporter, raw=ctx.raw[:65536] if member else None, cause="feedback")
     if ctx.outbox.dry_run:
         return f"{why} (dry run)"
-    notices = Notices(store, config, list_row, ctx.outbox)
-    changes = ctx.outbox.changes
+    notices, changes = Notices(store, config, list_row, ctx.outbox), ctx.outbox.changes
     changes.append(lambda db: db.execute(SQL["add_bounce"], row))
     if member and action == "unsubscribe":
         changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
@@ -5736,9 +5728,8 @@ def access(ctx):
     passphrase = take_approved(ctx)
     if passphrase and passphrase_left(ctx.msg, passphrase):
         raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
-    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
-    if ctx.sender:
-        senders.append(normalize_address(ctx.sender))
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender")) \
+        + ([normalize_address(ctx.sender)] if ctx.sender else [])
     ban = banned(ctx.store, ctx.list, senders)
     if ban:
         raise Discard(f"{ban} is on the list's ban list")
@@ -6956,8 +6947,7 @@ def clean_spool(config, store, older_than=3600):
     except OSError:
         return 0
     queued = {r[0] for r in store.q("queued_spools")}
-    removed = 0
-    cutoff = time.time() - older_than
+    removed, cutoff = 0, time.time() - older_than
     for name in names:
         path = os.path.join(spool, name)
         try:

@@ -4081,11 +4081,10 @@ FILTERS = {}
 
 
 def chain_filter(stage, needs=(), check=False):
-    """Register a filter under its function name.  ``stage`` is "message"
-    (queue and filter chains) or "send"; ``needs`` names filters that must
-    run earlier in the same chain; ``check=True`` marks a filter that only
-    refuses mail, which a whitelisted sender skips (see Accept).  This is
-    also the decorator plugins use: ``@redsky.chain_filter("message")``."""
+    """Register a filter under its function name.  ``stage`` is "message" (queue and filter chains)
+    or "send"; ``needs`` names filters that must run earlier in the same chain; ``check=True`` marks
+    a filter that only refuses mail, which a whitelisted sender skips (see Accept).  This is also
+    the decorator plugins use: ``@redsky.chain_filter("message")``."""
     def register(fn):
         if fn.__name__ in FILTERS:
             raise ConfigError(f"filter {fn.__name__!r} is already defined; a plugin cannot replace it")
@@ -4213,12 +4212,11 @@ class Context:
 
 
 def run_chain(chain, ctx):
-    """Run filters in order; return the verdict that ended the chain, or
-    None.  After an Accept verdict the chain goes on without its checks.
-    A StoreError (nothing could be stored) becomes TryLater.  Once the post
-    is queued (ctx.committed), nothing a later filter does can take that
-    back: its verdict or error is logged and ignored, since a "try later"
-    now would make the MTA deliver the post a second time."""
+    """Run filters in order; return the verdict that ended the chain, or None.  After an Accept
+    verdict the chain goes on without its checks.  A StoreError (nothing could be stored) becomes
+    TryLater.  Once the post is queued (ctx.committed), nothing a later filter does can take that
+    back: its verdict or error is logged and ignored, since a "try later" now would make the MTA
+    deliver the post a second time."""
     for fn in chain:
         ctx.current = fn.__name__
         if ctx.accepted and fn.check:
@@ -4298,14 +4296,12 @@ def envelope_sender(list_row, verp, recipient=None):
 class Transport:
     """The interface every transport has (TRANSPORTS).
 
-    ``send(list_row, data, recipients, record, expected)`` delivers one post
-    to an iterable of (address, attempts; None for a member the post's
-    cursor reaches, who has no row yet), calling ``record(address,
-    attempts, Outcome)`` exactly once for each; ``expected`` is how many
-    there are.  ``send_one(sender, recipient, data)`` hands one generated
-    message over at once and returns its Outcome.  ``ledger_batch`` is how
-    many outcomes the ledger may hold before it commits (the most a killed
-    ``send`` can repeat).  ``close()`` ends the run."""
+    ``send(list_row, data, recipients, record, expected)`` delivers one post to an iterable of
+    (address, attempts; None for a member the post's cursor reaches, who has no row yet), calling
+    ``record(address, attempts, Outcome)`` exactly once for each; ``expected`` is how many there
+    are.  ``send_one(sender, recipient, data)`` hands one generated message over at once and returns
+    its Outcome.  ``ledger_batch`` is how many outcomes the ledger may hold before it commits (the
+    most a killed ``send`` can repeat).  ``close()`` ends the run."""
 
     ledger_batch = 1
 
@@ -4324,12 +4320,11 @@ def batches(recipients, size):
 
 
 class SendmailTransport(Transport):
-    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
-    VERP runs one process per recipient; with verp = xverp (Postfix's
-    ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
-    is sent; 67 (no user) and 68 (no host) are permanent; anything else,
-    including a missing program, is temporary (sysexits.h).  A process
-    costs far more than a commit, so the ledger commits every outcome."""
+    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient VERP runs one process per
+    recipient; with verp = xverp (Postfix's ``-XV``) or off, one process takes up to
+    smtp_max_recipients.  Exit 0 is sent; 67 (no user) and 68 (no host) are permanent; anything
+    else, including a missing program, is temporary (sysexits.h).  A process costs far more than a
+    commit, so the ledger commits every outcome."""
 
     PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
 
@@ -4391,9 +4386,8 @@ def smtp_connect(host, port, timeout):
 
 
 def smtp_transaction(conn, sender, recipients, wire, xverp=False):
-    """Send one message to ``recipients`` one command at a time (a server
-    without PIPELINING, a single notice); return {recipient: Outcome}.
-    ``wire``: smtp_wire's form."""
+    """Send one message to ``recipients`` one command at a time (a server without PIPELINING, a
+    single notice); return {recipient: Outcome}.  ``wire``: smtp_wire's form."""
     def command(line):
         conn.send(line + b"\r\n")
         return conn.getreply()
@@ -4428,17 +4422,14 @@ def smtp_close(conn):
 
 
 class SMTPTransport(Transport):
-    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections
-    connections, all driven by one thread (selectors): no hand-offs, and
-    the ledger records each outcome as its reply arrives.  With PIPELINING
-    (RFC 2920) a message and its final dot go in the same write as the next
-    transaction's MAIL, RCPT and DATA, so a transaction costs one round
-    trip.  verp = per-recipient: one transaction per recipient with its own
-    signed envelope sender; xverp (when the server offers XVERP, else per
-    recipient, with a warning) or off: up to smtp_max_recipients a
-    transaction.  A connection that breaks is replaced once; what it had in
-    flight goes again on another.  The ledger commits every [send]
-    ledger_batch outcomes."""
+    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections connections, all driven by one
+    thread (selectors): no hand-offs, and the ledger records each outcome as its reply arrives.
+    With PIPELINING (RFC 2920) a message and its final dot go in the same write as the next
+    transaction's MAIL, RCPT and DATA, so a transaction costs one round trip.  verp = per-recipient:
+    one transaction per recipient with its own signed envelope sender; xverp (when the server offers
+    XVERP, else per recipient, with a warning) or off: up to smtp_max_recipients a transaction.  A
+    connection that breaks is replaced once; what it had in flight goes again on another.  The
+    ledger commits every [send] ledger_batch outcomes."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -4601,13 +4592,11 @@ class SMTPTransport(Transport):
 
 
 class Pipeline:
-    """The transactions in flight on one pipelining connection (RFC 2920).
-    send_group() writes, in one write, what the connection owes (the body of
-    the transaction whose DATA got 354, an RSET) and the next transaction's
-    MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
-    transactions, each message sent by BDAT LAST with no wait for a 354.
-    receive() reads replies and, once the group's are all in, returns the
-    outcomes they settle: [(batch, Outcome)]."""
+    """The transactions in flight on one pipelining connection (RFC 2920).  send_group() writes, in
+    one write, what the connection owes (the body of the transaction whose DATA got 354, an RSET)
+    and the next transaction's MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
+    transactions, each message sent by BDAT LAST with no wait for a 354.  receive() reads replies
+    and, once the group's are all in, returns the outcomes they settle: [(batch, Outcome)]."""
 
     def __init__(self, conn, per_recipient, xverp):
         self.conn, self.per_recipient, self.xverp = conn, per_recipient, xverp
@@ -4728,9 +4717,8 @@ def final_outcome(code, text):
 
 
 class MaildirTransport(Transport):
-    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
-    Return-Path and Delivered-To as a local delivery would: for trying
-    redsky from the shell."""
+    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with Return-Path and
+    Delivered-To as a local delivery would: for trying redsky from the shell."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -4777,9 +4765,8 @@ def send_now(config, sender, recipient, data):
 # ---------------------------------------------------------------------------
 
 def take_approved(ctx):
-    """Remove every Approved: header (and an Approved: line at the top of
-    the first text part) so a passphrase never reaches the members; return
-    the passphrase found, or None."""
+    """Remove every Approved: header (and an Approved: line at the top of the first text part) so a
+    passphrase never reaches the members; return the passphrase found, or None."""
     values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
     ctx.msg.remove("Approved", "Approve")
     body_value = _take_approved_line(ctx.msg)
@@ -4819,11 +4806,10 @@ _APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n
 
 
 def _take_approved_line(msg):
-    """Mailman-style ``Approved: secret`` as the first line of the body, for
-    a plain single-part message or the first text/plain part of a
-    multipart/mixed one (removed here with the blank line after it), else
-    the first such line that opens any part or paragraph (removed by
-    take_approved, like its copies in the other parts)."""
+    """Mailman-style ``Approved: secret`` as the first line of the body, for a plain single-part
+    message or the first text/plain part of a multipart/mixed one (removed here with the blank line
+    after it), else the first such line that opens any part or paragraph (removed by take_approved,
+    like its copies in the other parts)."""
     if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
         return None                 # the common case, without loading the email package
     info, start = msg.header_message(), 0      # the header of the part the body line would open
@@ -4852,10 +4838,9 @@ def _take_approved_line(msg):
 # Held posts ------------------------------------------------------------------
 
 def hold_post(ctx, reason):
-    """Keep the message as received, with its envelope, for a moderator,
-    and send the moderators one notice with a token to act on it by reply.
-    What the chain had planned to commit (ctx.changes, ctx.outbox) is
-    dropped: the held row and its notice commit on their own."""
+    """Keep the message as received, with its envelope, for a moderator, and send the moderators one
+    notice with a token to act on it by reply.  What the chain had planned to commit (ctx.changes,
+    ctx.outbox) is dropped: the held row and its notice commit on their own."""
     senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
     subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
     author = (senders[0] if senders else "") or ctx.sender or ""
@@ -4886,10 +4871,9 @@ def hold_post(ctx, reason):
 
 
 def release_held(store, config, held_id):
-    """Distribute a held post: the queue chain runs again on it, approved;
-    the held row goes in the same transaction as the post, and the run is
-    kept in the trace (`trace MESSAGE-ID` shows the hold, then the release).
-    Returns the Context (its recipients say how many got it)."""
+    """Distribute a held post: the queue chain runs again on it, approved; the held row goes in the
+    same transaction as the post, and the run is kept in the trace (`trace MESSAGE-ID` shows the
+    hold, then the release).  Returns the Context (its recipients say how many got it)."""
     held = store.held(held_id)
     if held is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
@@ -4915,9 +4899,8 @@ def release_held(store, config, held_id):
 
 
 def finish_queue(ctx, verdict):
-    """After the queue chain: log the verdict, keep a held post, release a
-    post a moderator approved by email, store the trace; return the exit
-    code."""
+    """After the queue chain: log the verdict, keep a held post, release a post a moderator approved
+    by email, store the trace; return the exit code."""
     if verdict is None:
         ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
         log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
@@ -5004,10 +4987,9 @@ def sender_address(ctx):
 
 
 class Requests:
-    """The command interpreter of one message to LIST-request, -join, -leave
-    or -confirm+TOKEN.  Each command adds database changes (ctx.changes)
-    and notices (Notices, into ctx.outbox), which the commands filter
-    commits together; ``done`` says what happened, one line per action."""
+    """The command interpreter of one message to LIST-request, -join, -leave or -confirm+TOKEN.
+    Each command adds database changes (ctx.changes) and notices (Notices, into ctx.outbox), which
+    the commands filter commits together; ``done`` says what happened, one line per action."""
 
     def __init__(self, ctx, sender):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
@@ -5059,9 +5041,8 @@ class Requests:
     # -- LIST-request: one handler per command (HANDLERS) -------------------------
 
     def run(self, lines):
-        """Up to ten commands, a repeated one (Subject and body) done once;
-        the answers to the sender go in one reply.  A token command answers
-        the whole message."""
+        """Up to ten commands, a repeated one (Subject and body) done once; the answers to the
+        sender go in one reply.  A token command answers the whole message."""
         parsed = {}                 # (command, its words) -> (line, command): a repeat is done once
         for line in lines:
             command = parse_command(line)
@@ -5123,9 +5104,8 @@ class Requests:
         self.ask_to_confirm(address, "subscribe")
 
     def unsubscribe(self, address):
-        """Leaving always takes the member's confirmation (or the personal
-        LIST-leave+TOKEN address), whatever the join policy: From: is forged
-        as easily as written."""
+        """Leaving always takes the member's confirmation (or the personal LIST-leave+TOKEN
+        address), whatever the join policy: From: is forged as easily as written."""
         if not self.is_member(address):
             return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
                                {"address": address})
@@ -5194,9 +5174,8 @@ class Requests:
     # -- delivery mode and archive ------------------------------------------------
 
     def set_option(self, address, words):
-        """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own
-        membership; the answer goes to that address, so a forged request is
-        at least seen by its victim."""
+        """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own membership; the answer
+        goes to that address, so a forged request is at least seen by its victim."""
         option, value = ([w.lower() for w in words[:2]] + ["", ""])[:2]
         if option not in SELF_SERVICE_OPTIONS or value not in ("on", "off"):
             return self.notice([address], f"{self.post_address}: help", "help", {"extra": ""},
@@ -5328,10 +5307,9 @@ def tell_owners(notices, verb, addresses):
 
 
 def drop_held(held, notices, changes, notify, reason):
-    """Plan the removal of the held post ``held`` (a change in ``changes``);
-    with ``notify``, a notice (into ``notices``) tells its sender why, unless
-    [commands] notify_rejected is off or the sender is a robot.  Returns what
-    was done, for the log."""
+    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
+    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
+    sender is a robot.  Returns what was done, for the log."""
     changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
     to = held["from_addr"] or held["sender"]
     if notify and to and notices.config.flag("commands", "notify_rejected") and not \
@@ -5432,10 +5410,9 @@ def getinfo(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def loopdetect(ctx):
-    """Discard a message that already went through this list (List-Id or
-    X-Loop), that has more than [queue] max_received Received: fields, or
-    that a robot sent to the post address (null sender, Auto-Submitted,
-    multipart/report): answering robots is how mail loops start.
+    """Discard a message that already went through this list (List-Id or X-Loop), that has more than
+    [queue] max_received Received: fields, or that a robot sent to the post address (null sender,
+    Auto-Submitted, multipart/report): answering robots is how mail loops start.
     Reads list, role, msg, sender; writes nothing (ends the chain: discard)."""
     list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
     if ctx.role == "post" and any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
@@ -5455,20 +5432,16 @@ def loopdetect(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def bouncehandler(ctx):
-    """Consume mail to the bounce address and weigh it as evidence.  Only a
-    signed address proves who bounced: a permanent failure reported to a
-    member's signed VERP address (or to the probe address of one) counts
-    for that member with the weight of its cause (bounce_cause), whatever
-    the report names and whether or not it returns the post.  Any other
-    report (plain LIST-bounces, unsigned or wrongly signed VERP) is a claim
-    anyone could write: each member it names as failed is sent a probe
-    (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965)
-    go to feedback_report; an unrecognised report at a signed address is
-    kept for the owners' daily summary.  Every report is recorded in
-    ``bounces`` with why it counted or not.
-    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces,
-    probes, members.bounce_score and probe notices in the store (ends the
-    chain: consumed)."""
+    """Consume mail to the bounce address and weigh it as evidence.  Only a signed address proves
+    who bounced: a permanent failure reported to a member's signed VERP address (or to the probe
+    address of one) counts for that member with the weight of its cause (bounce_cause), whatever the
+    report names and whether or not it returns the post.  Any other report (plain LIST-bounces,
+    unsigned or wrongly signed VERP) is a claim anyone could write: each member it names as failed
+    is sent a probe (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965) go to
+    feedback_report; an unrecognised report at a signed address is kept for the owners' daily
+    summary.  Every report is recorded in ``bounces`` with why it counted or not.
+    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces, probes,
+    members.bounce_score and probe notices in the store (ends the chain: consumed)."""
     if ctx.role != "bounces":
         return
     try:
@@ -5573,13 +5546,11 @@ def send_probe(notices, key, member):
 
 
 def feedback_report(ctx, parsed):
-    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is
-    spam").  The member is known only from a signed VERP address: the one
-    the report was sent to, or the one the returned message carries in
-    Return-Path (its envelope sender).  For an identified member [bounces]
-    feedback_action applies (unsubscribe with a goodbye that says why, or
-    disable, or none) and the owners are told; anything else is recorded
-    only.  Returns the line for the log."""
+    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is spam").  The member is known
+    only from a signed VERP address: the one the report was sent to, or the one the returned message
+    carries in Return-Path (its envelope sender).  For an identified member [bounces]
+    feedback_action applies (unsubscribe with a goodbye that says why, or disable, or none) and the
+    owners are told; anything else is recorded only.  Returns the line for the log."""
     store, config, list_row = ctx.store, ctx.config, ctx.list
     fields = {}
     for part in parsed.walk():
@@ -5631,13 +5602,12 @@ def feedback_report(ctx, parsed):
 
 @chain_filter("message", needs=("getinfo",))
 def commands(ctx):
-    """Act on mail to LIST-request (commands in the Subject or first body
-    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
-    LIST-confirm+TOKEN (see Requests), then end the chain: consumed.
-    Reads role, token, msg, raw, sender; writes changes and outbox (both
-    committed here, together) and approve_held (a held post a moderator
-    approved by email: finish_queue releases it once the chain has ended).
-    Robots are never answered (RFC 3834)."""
+    """Act on mail to LIST-request (commands in the Subject or first body lines),
+    LIST-join/-subscribe, LIST-leave/-unsubscribe and LIST-confirm+TOKEN (see Requests), then end
+    the chain: consumed.
+    Reads role, token, msg, raw, sender; writes changes and outbox (both committed here, together)
+    and approve_held (a held post a moderator approved by email: finish_queue releases it once the
+    chain has ended).  Robots are never answered (RFC 3834)."""
     if ctx.role not in ("request", "join", "leave", "confirm"):
         return
     robot = is_robot(ctx.msg, ctx.sender)
@@ -5683,11 +5653,10 @@ def ownermail(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def getsubscribers(ctx):
-    """Load the list's members: writes members (all, with status),
-    recipients (the enabled ones that take single posts) and digest_members
-    (how many enabled ones take digests instead).
-    The sender's own membership (From:, else the envelope sender) is
-    ctx.poster: a member with notmetoo is not a recipient of their post.
+    """Load the list's members: writes members (all, with status), recipients (the enabled ones that
+    take single posts) and digest_members (how many enabled ones take digests instead).  The
+    sender's own membership (From:, else the envelope sender) is ctx.poster: a member with notmetoo
+    is not a recipient of their post.
     Reads role, list, store, msg, sender; writes members, poster, recipients, digest_members."""
     if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
         raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
@@ -5709,20 +5678,16 @@ def getsubscribers(ctx):
 
 @chain_filter("message", needs=("getsubscribers",))
 def access(ctx):
-    """Decide whether the sender may post, by the list's access mode:
-    open; subscribers (From, Sender or envelope sender is a member); acl
-    (an address or *@domain pattern in the list's acl); passphrase (an
-    Approved: header or first body line matches); moderated (everything is
-    held).  A sender on the list's ban list is discarded first, whatever
-    else.  A correct passphrase always approves.  Someone the mode does
-    not let post: the list's nonmember_action (nonmember); other failures
-    → hold.  Approved: is always stripped so the passphrase never leaks.
-    Whatever the mode, a moderator decides on every post while the list's
-    emergency is on, on a post over the list's max_size, on one whose From:
-    display name is another address (impersonation), on one that came
-    through a list subscribed to this one (two lists feeding each other
-    loop), on every post of a member whose option moderate is on, and on
-    posts past the poster's max_posts_per_day.
+    """Decide whether the sender may post, by the list's access mode: open; subscribers (From,
+    Sender or envelope sender is a member); acl (an address or *@domain pattern in the list's acl);
+    passphrase (an Approved: header or first body line matches); moderated (everything is held).  A
+    sender on the list's ban list is discarded first, whatever else.  A correct passphrase always
+    approves.  Someone the mode does not let post: the list's nonmember_action (nonmember); other
+    failures → hold.  Approved: is always stripped so the passphrase never leaks.  Whatever the
+    mode, a moderator decides on every post while the list's emergency is on, on a post over the
+    list's max_size, on one whose From: display name is another address (impersonation), on one that
+    came through a list subscribed to this one (two lists feeding each other loop), on every post of
+    a member whose option moderate is on, and on posts past the poster's max_posts_per_day.
     Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
     approved."""
     passphrase = take_approved(ctx)
@@ -5770,10 +5735,9 @@ def access(ctx):
 
 
 def nonmember(ctx, shown, why):
-    """A post from someone the access mode does not let post, by the list's
-    nonmember_action: hold (for the moderators), reject (dropped, and the
-    sender told why, as [commands] notify_rejected and the reply limit
-    allow; never a robot), discard (dropped silently), accept."""
+    """A post from someone the access mode does not let post, by the list's nonmember_action: hold
+    (for the moderators), reject (dropped, and the sender told why, as [commands] notify_rejected
+    and the reply limit allow; never a robot), discard (dropped silently), accept."""
     action = ctx.list["nonmember_action"]
     if action == "accept":
         ctx.note(f"{why}; accepted (nonmember_action accept)")
@@ -5794,9 +5758,8 @@ def nonmember(ctx, shown, why):
 
 
 def display_name_spoof(msg):
-    """Why a From: display name impersonates someone, or None: the name is
-    itself an address other than the mailbox's (a mail reader shows the
-    name; the mailbox is who it is)."""
+    """Why a From: display name impersonates someone, or None: the name is itself an address other
+    than the mailbox's (a mail reader shows the name; the mailbox is who it is)."""
     for name, address in mailboxes(msg.get_all("From")):
         shown = _ADDRESS.search(decode_header_text(name))
         if shown and normalize_address(shown.group(0)).lower() != address.lower():
@@ -5805,9 +5768,8 @@ def display_name_spoof(msg):
 
 
 def subscribed_list(ctx):
-    """Why this post must not go on unmoderated because it is another
-    list's copy and that list is a member here (its List-Post address, or
-    the address its List-Id names), or None."""
+    """Why this post must not go on unmoderated because it is another list's copy and that list is a
+    member here (its List-Post address, or the address its List-Id names), or None."""
     named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
     for value in ctx.msg.get_all("List-Id"):
         m = re.search(r"<([^<>\s]+)>", value)
@@ -5826,14 +5788,13 @@ def dmarc_listed(list_row, author):
 
 @chain_filter("message", needs=("getinfo",))
 def dmarc(ctx):
-    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
-    the author's domain publishes p=reject or p=quarantine (looked up in DNS
-    and cached, at the domain, then its organisational domain by the Public
-    Suffix List; or the list says dmarc = always, or its dmarc_addresses
-    name the author), apply the list's dmarc_action: munge_from or
-    wrap_message.  dmarc = never turns it off.
-    A failed lookup never blocks a post: [dmarc] fallback applies.
-    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped), author_from."""
+    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when the author's domain
+    publishes p=reject or p=quarantine (looked up in DNS and cached, at the domain, then its
+    organisational domain by the Public Suffix List; or the list says dmarc = always, or its
+    dmarc_addresses name the author), apply the list's dmarc_action: munge_from or wrap_message.
+    dmarc = never turns it off.  A failed lookup never blocks a post: [dmarc] fallback applies.
+    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped),
+    author_from."""
     setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
     authors = addresses_in(ctx.msg.get_all("From"))
     if setting == "never" or not authors:
@@ -5862,11 +5823,10 @@ def dmarc(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def subjecttag(ctx):
-    """Prefix the list's subject tag once; RFC 2047 subjects keep their
-    encoding; a missing subject becomes "[tag] (no subject)".  A tag with
-    %d gets the list's next post number (lists.post_number, taken in a
-    transaction of its own, so never given out twice); the numbered tag of
-    an earlier post (a reply) is removed first.
+    """Prefix the list's subject tag once; RFC 2047 subjects keep their encoding; a missing subject
+    becomes "[tag] (no subject)".  A tag with %d gets the list's next post number
+    (lists.post_number, taken in a transaction of its own, so never given out twice); the numbered
+    tag of an earlier post (a reply) is removed first.
     Reads list, msg; writes msg (Subject)."""
     tag = ctx.list["subject_tag"]
     if "%d" in tag:
@@ -5928,9 +5888,8 @@ def contentfilter(ctx):
 
 
 def _filter_part(part, rules, row, changes):
-    """``part`` (email.message.Message) with what the content rules remove
-    taken out, or None when nothing of it is left; ``changes`` gets a line
-    per change."""
+    """``part`` (email.message.Message) with what the content rules remove taken out, or None when
+    nothing of it is left; ``changes`` gets a line per change."""
     ctype = part.get_content_type()
     if ctype in ("multipart/signed", "multipart/encrypted"):
         return part
@@ -5965,11 +5924,10 @@ def _filter_part(part, rules, row, changes):
 
 @chain_filter("message", needs=("getinfo",))
 def replyto(ctx):
-    """Reply-To by the list's reply_to: none leaves the post as sent; list
-    or an address is added to the poster's own Reply-To (RFC 5322 3.6.2
-    allows several addresses), or replaces it when reply_to_strip is on
-    (which also works with none).  Runs before dmarc, so that a munged
-    From: keeps the author reachable only when no Reply-To was set here.
+    """Reply-To by the list's reply_to: none leaves the post as sent; list or an address is added to
+    the poster's own Reply-To (RFC 5322 3.6.2 allows several addresses), or replaces it when
+    reply_to_strip is on (which also works with none).  Runs before dmarc, so that a munged From:
+    keeps the author reachable only when no Reply-To was set here.
     Reads list, msg; writes msg (Reply-To)."""
     target = {"none": "", "list": list_address(ctx.list)}.get(ctx.list["reply_to"], ctx.list["reply_to"])
     own = ctx.msg.raw_value("Reply-To")
@@ -6039,9 +5997,8 @@ def queuer(ctx):
 
 
 def finish_post(ctx):
-    """Give the post its distributed form: list headers replaced, trace
-    headers of the incoming hop removed, a Message-ID and a Date (RFC 5322
-    3.6 requires one) if it had none."""
+    """Give the post its distributed form: list headers replaced, trace headers of the incoming hop
+    removed, a Message-ID and a Date (RFC 5322 3.6 requires one) if it had none."""
     msg = ctx.msg
     msg.remove(*REPLACED_HEADERS)
     if not ctx.message_id:
@@ -6122,11 +6079,10 @@ def out(ctx):
 
 @chain_filter("message", needs=("read",))
 def whitelist(ctx):
-    """A sender in [whitelist] senders (or its file) is trusted: Accept,
-    so the checks after this filter (dnsbl; access lets the post through)
-    are skipped.  The envelope sender is what counts, or From when the MTA
-    did not say; the null sender never matches.  Both can be forged: list
-    only senders whose mail your MTA authenticates (SPF/DKIM) or relays.
+    """A sender in [whitelist] senders (or its file) is trusted: Accept, so the checks after this
+    filter (dnsbl; access lets the post through) are skipped.  The envelope sender is what counts,
+    or From when the MTA did not say; the null sender never matches.  Both can be forged: list only
+    senders whose mail your MTA authenticates (SPF/DKIM) or relays.
     Reads sender, msg; writes nothing (Accept sets accepted)."""
     patterns = address_patterns(ctx.config, "whitelist")
     if not patterns or ctx.sender == "":
@@ -6167,10 +6123,9 @@ def address_matches(address, pattern):
 
 @chain_filter("message", needs=("read",), check=True)
 def dnsbl(ctx):
-    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when
-    one lists it, [dnsbl] action: reject (65, "550 5.7.1 ... listed"), tag
-    (an X-Redsky-DNSBL: header, the message goes on) or hold.  A lookup
-    that fails or times out never blocks mail: that zone is skipped.
+    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when one lists it, [dnsbl]
+    action: reject (65, "550 5.7.1 ... listed"), tag (an X-Redsky-DNSBL: header, the message goes
+    on) or hold.  A lookup that fails or times out never blocks mail: that zone is skipped.
     Reads client_address, msg, store (DNS cache); writes msg (X-Redsky-DNSBL, with action tag)."""
     zones = ctx.config.get("dnsbl", "zones").replace(",", " ").split()
     if not zones:
@@ -6198,12 +6153,11 @@ def dnsbl(ctx):
 
 
 def relay_ip(field):
-    """The address of the host that sent one Received: hop, as the receiving
-    MTA recorded it (RFC 5321 4.4 leaves the form to it): in a comment after
-    "from" — Postfix and sendmail "(rdns [IP])", Exim "([IP] helo=...)",
-    qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)".  The
-    sender's HELO, which it chooses itself, is never taken for it.  None
-    when the hop names no address."""
+    """The address of the host that sent one Received: hop, as the receiving MTA recorded it (RFC
+    5321 4.4 leaves the form to it): in a comment after "from" — Postfix and sendmail "(rdns [IP])",
+    Exim "([IP] helo=...)", qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)".  The
+    sender's HELO, which it chooses itself, is never taken for it.  None when the hop names no
+    address."""
     head = re.split(r"\bby\b", " ".join(field.split()), maxsplit=1)[0]
     for comment in re.findall(r"\(([^()]*)\)", head):
         if re.match(r"\s*(HELO|EHLO)\b", comment, re.IGNORECASE):
@@ -6217,13 +6171,11 @@ def relay_ip(field):
 
 
 def client_ip(ctx):
-    """The address of the client that handed the message to our MTAs: the
-    MTA's own word (--client-address, $CLIENT_ADDRESS, proxsmtpd's
-    $REMOTE/$CLIENT) unless it is a trusted address, else the first
-    untrusted relay found walking the Received: fields from the top (ours)
-    down, stopping at a hop that names no readable address.  Loopback,
-    private and link-local addresses and [dnsbl] trusted_networks are
-    trusted."""
+    """The address of the client that handed the message to our MTAs: the MTA's own word
+    (--client-address, $CLIENT_ADDRESS, proxsmtpd's $REMOTE/$CLIENT) unless it is a trusted address,
+    else the first untrusted relay found walking the Received: fields from the top (ours) down,
+    stopping at a hop that names no readable address.  Loopback, private and link-local addresses
+    and [dnsbl] trusted_networks are trusted."""
     import ipaddress
     trusted = []
     for net in ctx.config.get("dnsbl", "trusted_networks").replace(",", " ").split():
@@ -6255,13 +6207,11 @@ def client_ip(ctx):
 
 @chain_filter("message", needs=("read",))
 def autoreply(ctx):
-    """A vacation responder by RFC 3834: for each address of [autoreply]
-    addresses that received this message (an envelope recipient, when
-    known, named in To or Cc), answer the envelope sender once per
-    [autoreply] interval, never a robot, a list, a bounce or the null
-    sender.  The reply has Auto-Submitted: auto-replied, In-Reply-To and
-    References, Subject "Auto: ...", and the null envelope sender; it is
-    sent at once through [send] transport.  The message itself always goes
+    """A vacation responder by RFC 3834: for each address of [autoreply] addresses that received
+    this message (an envelope recipient, when known, named in To or Cc), answer the envelope sender
+    once per [autoreply] interval, never a robot, a list, a bounce or the null sender.  The reply
+    has Auto-Submitted: auto-replied, In-Reply-To and References, Subject "Auto: ...", and the null
+    envelope sender; it is sent at once through [send] transport.  The message itself always goes
     on: a reply that cannot be sent is logged and tried with the next one.
     Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the autoreplies
     log; a reply goes out at once (send_now)."""
@@ -6356,11 +6306,10 @@ FILTER_REPLIES = {"discard": "250 2.7.0", "hold": "250 2.7.0", "consumed": "250 
 
 
 def finish_filter(ctx, verdict, show_trace=False):
-    """Exit codes of content-filter mode: 0 with the message on stdout
-    (passed); 99 with nothing on stdout for a message dropped on purpose
-    (discard; hold keeps it in [filter] quarantine first); 65 reject,
-    75 try later.  Every verdict also ends stderr with an SMTP reply line,
-    which is what proxsmtpd reads (its "250" means dropped, not bounced)."""
+    """Exit codes of content-filter mode: 0 with the message on stdout (passed); 99 with nothing on
+    stdout for a message dropped on purpose (discard; hold keeps it in [filter] quarantine first);
+    65 reject, 75 try later.  Every verdict also ends stderr with an SMTP reply line, which is what
+    proxsmtpd reads (its "250" means dropped, not bounced)."""
     if verdict is None:
         ctx.outcome = "passed"
         log.info("filter passed %s", ctx.describe())
@@ -6426,24 +6375,21 @@ def quarantined(config):
 class Ledger:
     """Outcomes of one run, written in batched transactions.
 
-    A recipient's outcome is final only once flushed; a run killed before a
-    flush repeats at most the deliveries since the last one (``batch``
-    outcomes or one second).  Temporary failures are retried after
-    retry_delay, doubling up to retry_max_delay, and expire after max_age;
-    permanent failures and expiries count as bounces.
+    A recipient's outcome is final only once flushed; a run killed before a flush repeats at most
+    the deliveries since the last one (``batch`` outcomes or one second).  Temporary failures are
+    retried after retry_delay, doubling up to retry_max_delay, and expire after max_age; permanent
+    failures and expiries count as bounces.
 
-    A post to the list's members (``members()``) costs no write per member
-    sent: the flush moves the post's member_cursor past the members whose
-    outcomes are all in, in the order they were taken, adds them to
-    sent_count, and writes rows for the failures and deferrals among them
-    only.  Outcomes that arrive ahead of an earlier member's wait for it, so
-    the cursor never passes a member whose delivery is not recorded.
+    A post to the list's members (``members()``) costs no write per member sent: the flush moves the
+    post's member_cursor past the members whose outcomes are all in, in the order they were taken,
+    adds them to sent_count, and writes rows for the failures and deferrals among them only.
+    Outcomes that arrive ahead of an earlier member's wait for it, so the cursor never passes a
+    member whose delivery is not recorded.
 
-    Once a flush fails (disk full, database locked past busy_timeout) the
-    ledger is broken: every later record() raises StoreError, so the run
-    delivers nothing more and ends with 75; what it delivered since the last
-    flush (at most ``batch`` outcomes, plus the SMTP transactions in flight)
-    goes again on the next run."""
+    Once a flush fails (disk full, database locked past busy_timeout) the ledger is broken: every
+    later record() raises StoreError, so the run delivers nothing more and ends with 75; what it
+    delivered since the last flush (at most ``batch`` outcomes, plus the SMTP transactions in
+    flight) goes again on the next run."""
 
     def __init__(self, store, config, batch):
         self.store, self.config, self.batch = store, config, batch
@@ -6542,9 +6488,8 @@ class MemberProgress:
         self.exhausted = False          # every member has been taken
 
     def advance(self):
-        """(rows, bounces, members sent, new cursor) for the members at the
-        head of ``taken`` whose outcomes are in; the cursor is None once
-        every member is done."""
+        """(rows, bounces, members sent, new cursor) for the members at the head of ``taken`` whose
+        outcomes are in; the cursor is None once every member is done."""
         rows, bounces, sent, cursor = [], [], 0, self.cursor
         while self.taken and self.taken[0] in self.done:
             cursor = self.taken.popleft()
@@ -6579,13 +6524,11 @@ def singleinstance(ctx):
 
 @chain_filter("send")
 def housekeeping(ctx):
-    """Once per run: drop held posts older than [commands] held_expiry and
-    old tokens and traces, resume delivery to members whose nomail --until
-    passed, remind each list's moderators of posts waiting
-    for more than a day (at most once a day), warn members disabled by
-    bounces (bounce_housekeeping), alert owners of policy rejections
-    (policy_alerts) and remove orphan spool files.  Reads and writes only
-    the store."""
+    """Once per run: drop held posts older than [commands] held_expiry and old tokens and traces,
+    resume delivery to members whose nomail --until passed, remind each list's moderators of posts
+    waiting for more than a day (at most once a day), warn members disabled by bounces
+    (bounce_housekeeping), alert owners of policy rejections (policy_alerts) and remove orphan spool
+    files.  Reads and writes only the store."""
     store, config, now = ctx.store, ctx.config, time.time()
     expired = store.q("expired_held", now - config.duration("commands", "held_expiry")).fetchall()
     with store.transaction() as db:
@@ -6631,11 +6574,10 @@ def housekeeping(ctx):
 
 
 def bounce_housekeeping(store, config, now):
-    """Members disabled by bounces get a warning with a re-enable token at
-    once and every warning_interval, up to you_are_disabled_warnings; the
-    owners are told once.  After the last warning, unanswered for another
-    interval, the member is removed when [bounces] remove_after_warnings
-    says so.  Raw bounce messages older than keep_raw are pruned.  Returns
+    """Members disabled by bounces get a warning with a re-enable token at once and every
+    warning_interval, up to you_are_disabled_warnings; the owners are told once.  After the last
+    warning, unanswered for another interval, the member is removed when [bounces]
+    remove_after_warnings says so.  Raw bounce messages older than keep_raw are pruned.  Returns
     (members warned, members removed)."""
     interval = config.duration("bounces", "warning_interval")
     limit = int(config.number("bounces", "you_are_disabled_warnings"))
@@ -6695,10 +6637,9 @@ def policy_alerts(store, config, now):
 
 
 def unrecognised_summaries(store, config, now):
-    """Once a day per list, forward to the owners a summary of the reports
-    that reached a signed bounce address but could not be read (a real
-    bounce in a format redsky does not know must not go unseen; it never
-    counted).  The time of the last summary is kept in meta."""
+    """Once a day per list, forward to the owners a summary of the reports that reached a signed
+    bounce address but could not be read (a real bounce in a format redsky does not know must not go
+    unseen; it never counted).  The time of the last summary is kept in meta."""
     for list_row in [dict(r) for r in store.q("all_lists")]:
         key = f"unrecognised_summary:{list_row['id']}"
         last = store.q("meta", key).fetchone()
@@ -6719,13 +6660,11 @@ def unrecognised_summaries(store, config, now):
 
 @chain_filter("send", needs=("singleinstance",))
 def digester(ctx):
-    """Issue each list's digest when it is due: its posts waiting in
-    digest_posts reach the list's digest_size_threshold (KB), or
-    digest_interval has passed since the last digest (since the oldest
-    post, for the first).  The digest (build_digest) is queued for the
-    enabled digest members; the list's numbering and the removal of the
-    posts it holds commit with it, so a post is in exactly one digest.
-    Volume +1 each calendar year (issue back to 1), issue +1 each digest.
+    """Issue each list's digest when it is due: its posts waiting in digest_posts reach the list's
+    digest_size_threshold (KB), or digest_interval has passed since the last digest (since the
+    oldest post, for the first).  The digest (build_digest) is queued for the enabled digest
+    members; the list's numbering and the removal of the posts it holds commit with it, so a post is
+    in exactly one digest.  Volume +1 each calendar year (issue back to 1), issue +1 each digest.
     Reads store (digest_posts, members, lists); writes the digests queued in the store."""
     now = time.time()
     for backlog in ctx.store.q("digest_backlog").fetchall():
@@ -6776,11 +6715,10 @@ def digester(ctx):
 
 
 def build_digest(list_row, posts, volume, issue, problems=None, templates="", base_url=""):
-    """(Message-ID, bytes) of a digest of ``posts`` (the posts as
-    distributed, oldest first).  digest_format mime: multipart/mixed with
-    the masthead, a table of contents, a multipart/digest holding every
-    post byte-intact as message/rfc822 (RFC 2046 5.1.5; attachments and
-    all) and the footer.  plain: one text/plain message by RFC 1153."""
+    """(Message-ID, bytes) of a digest of ``posts`` (the posts as distributed, oldest first).
+    digest_format mime: multipart/mixed with the masthead, a table of contents, a multipart/digest
+    holding every post byte-intact as message/rfc822 (RFC 2046 5.1.5; attachments and all) and the
+    footer.  plain: one text/plain message by RFC 1153."""
     from email.message import MIMEPart
     from email.utils import formatdate, make_msgid
     name = list_row["name"]
@@ -6855,14 +6793,12 @@ def queuebuilder(ctx):
 
 @chain_filter("send", needs=("singleinstance", "queuebuilder"))
 def queuerunner(ctx):
-    """Deliver each due recipient through [send] transport (VERP envelope
-    sender LIST-bounces+user=host@DOMAIN, or the MTA's XVERP) and record
-    the outcomes in the ledger (see Ledger).  Recipients are read in chunks
-    and the message bytes once per post, so memory does not grow with the
-    list.  A post whose every recipient is final is marked done and its
-    spool file removed.  Nothing is delivered unless the ledger can be
-    written first, and nothing more once it cannot (Ledger).  A spool file
-    that cannot be read is counted in totals["unreadable"] (cmd_send
+    """Deliver each due recipient through [send] transport (VERP envelope sender
+    LIST-bounces+user=host@DOMAIN, or the MTA's XVERP) and record the outcomes in the ledger (see
+    Ledger).  Recipients are read in chunks and the message bytes once per post, so memory does not
+    grow with the list.  A post whose every recipient is final is marked done and its spool file
+    removed.  Nothing is delivered unless the ledger can be written first, and nothing more once it
+    cannot (Ledger).  A spool file that cannot be read is counted in totals["unreadable"] (cmd_send
     reports it with the fix).
     Reads queue, now, store; writes totals; the ledger, and bounces of failed deliveries, in the
     store."""

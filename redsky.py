@@ -4152,8 +4152,7 @@ class Context:
     each filter's docstring says which it reads and which it writes."""
 
     def __init__(self, config, store=None, stdin=None):
-        self.config = config
-        self.store = store
+        self.config, self.store = config, store
         self.stdin = stdin          # where read reads the message (default sys.stdin.buffer)
         self.stdout = None          # where out writes it (default sys.stdout.buffer)
         self.mode = "queue"         # or "filter": stdin -> stdout (cmd_filter)
@@ -4273,8 +4272,6 @@ def store_event(ctx):
 # ---------------------------------------------------------------------------
 
 SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
-
-
 Outcome = collections.namedtuple("Outcome", "kind detail", defaults=("",))
 
 
@@ -4283,14 +4280,6 @@ def outcome_of(code, text, stage):
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace").strip()
     return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
-
-
-def envelope_sender(list_row, verp, recipient=None):
-    """LIST-bounces+user=host@DOMAIN when we VERP per recipient, else
-    LIST-bounces@DOMAIN (the MTA adds +user=host itself with XVERP)."""
-    if verp == "per-recipient" and recipient:
-        return verp_encode(list_row, recipient)
-    return list_address(list_row, "-bounces")
 
 
 class Transport:
@@ -4321,10 +4310,10 @@ def batches(recipients, size):
 
 class SendmailTransport(Transport):
     """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient VERP runs one process per
-    recipient; with verp = xverp (Postfix's ``-XV``) or off, one process takes up to
-    smtp_max_recipients.  Exit 0 is sent; 67 (no user) and 68 (no host) are permanent; anything
-    else, including a missing program, is temporary (sysexits.h).  A process costs far more than a
-    commit, so the ledger commits every outcome."""
+    recipient; with verp = xverp (Postfix's ``-XV``: the MTA writes LIST-bounces+user=host) or off
+    (LIST-bounces@DOMAIN), one process takes up to smtp_max_recipients.  Exit 0 is sent; 67 (no
+    user) and 68 (no host) are permanent; anything else, including a missing program, is temporary
+    (sysexits.h).  A process costs far more than a commit, so the ledger commits every outcome."""
 
     PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
 
@@ -4334,11 +4323,12 @@ class SendmailTransport(Transport):
         self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
 
     def send(self, list_row, data, recipients, record, expected=0):
-        personal = Personalizer(list_row, data)
+        personal, bounces = Personalizer(list_row, data), list_address(list_row, "-bounces")
         for batch in batches(recipients, self.batch):
             addresses = [a for a, _ in batch]
             copy = personal(addresses[0]) if len(addresses) == 1 else personal.shared
-            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
+            sender = verp_encode(list_row, addresses[0]) if self.verp == "per-recipient" else bounces
+            outcome = self.run(sender, addresses, copy)
             for address, attempts in batch:
                 record(address, attempts, outcome)
 
@@ -4428,8 +4418,7 @@ class SMTPTransport(Transport):
     transaction's MAIL, RCPT and DATA, so a transaction costs one round trip.  verp = per-recipient:
     one transaction per recipient with its own signed envelope sender; xverp (when the server offers
     XVERP, else per recipient, with a warning) or off: up to smtp_max_recipients a transaction.  A
-    connection that breaks is replaced once; what it had in flight goes again on another.  The
-    ledger commits every [send] ledger_batch outcomes."""
+    connection that breaks is replaced once; what it had in flight goes again on another."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -4617,11 +4606,10 @@ class Pipeline:
             parts.append((personal(accepted[0]) if self.per_recipient else personal.shared) if accepted
                          else b".\r\n")
             expect.append(("end", body, accepted))
-            self.body = None
         if self.reset:
             parts.append(b"RSET\r\n")
             expect.append(("rset",))
-            self.reset = False
+        self.body, self.reset = None, False
         for batch, sender in jobs:
             # with CHUNKING transactions follow each other unseen: each starts with RSET, as one
             # left open (a server may keep it after BDAT found no valid recipient) would take
@@ -5437,7 +5425,8 @@ def bouncehandler(ctx):
     address of one) counts for that member with the weight of its cause (bounce_cause), whatever the
     report names and whether or not it returns the post.  Any other report (plain LIST-bounces,
     unsigned or wrongly signed VERP) is a claim anyone could write: each member it names as failed
-    is sent a probe (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965) go to
+    is sent a probe (from probe_address, so that only its own bounce counts; a delivered probe costs
+    the member nothing) and nothing else changes.  Feedback-loop reports (RFC 5965) go to
     feedback_report; an unrecognised report at a signed address is kept for the owners' daily
     summary.  Every report is recorded in ``bounces`` with why it counted or not.
     Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces, probes,
@@ -5500,8 +5489,10 @@ def bouncehandler(ctx):
                 why = f"{_CLAIM}; a probe was already sent {_ago(now - last[0])}"
             else:
                 why = f"{_CLAIM}; probe sent"
-                if not ctx.outbox.dry_run:
-                    send_probe(notices, store.verp_key, member)
+                if not ctx.outbox.dry_run:      # from its own signed address: only its bounce counts
+                    notices.send([member], f"A delivery check from {list_address(ctx.list)}", "probe",
+                                 {"address": member}, limit=False,
+                                 envelope=probe_address(ctx.list, store.verp_key, member))
                     records.append(lambda db, m=member: db.execute(SQL["probe_done"], (list_id, m, now)))
         if r["cause"] == "policy" and why is None:
             weight = 1                          # [bounces] count_policy_rejections
@@ -5535,14 +5526,6 @@ _CLAIM = "a claim anyone could write (no signed address)"
 
 def _ago(seconds):
     return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
-
-
-def send_probe(notices, key, member):
-    """Queue a probe to ``member``: a short notice whose envelope sender is
-    its own signed probe address (probe_address), so that only a bounce of
-    the probe itself can count.  A delivered probe costs the member nothing."""
-    notices.send([member], f"A delivery check from {list_address(notices.list)}", "probe",
-                 {"address": member}, limit=False, envelope=probe_address(notices.list, key, member))
 
 
 def feedback_report(ctx, parsed):
@@ -5602,12 +5585,11 @@ def feedback_report(ctx, parsed):
 
 @chain_filter("message", needs=("getinfo",))
 def commands(ctx):
-    """Act on mail to LIST-request (commands in the Subject or first body lines),
-    LIST-join/-subscribe, LIST-leave/-unsubscribe and LIST-confirm+TOKEN (see Requests), then end
-    the chain: consumed.
-    Reads role, token, msg, raw, sender; writes changes and outbox (both committed here, together)
-    and approve_held (a held post a moderator approved by email: finish_queue releases it once the
-    chain has ended).  Robots are never answered (RFC 3834)."""
+    """Act on mail to LIST-request (commands in the Subject or first body lines), -join
+    (-subscribe), -leave (-unsubscribe) and -confirm+TOKEN (see Requests), then end the chain:
+    consumed.  Robots are never answered (RFC 3834).
+    Reads role, token, msg, raw, sender; writes changes and outbox (committed here, together) and
+    approve_held (a held post a moderator approved by email: finish_queue releases it)."""
     if ctx.role not in ("request", "join", "leave", "confirm"):
         return
     robot = is_robot(ctx.msg, ctx.sender)
@@ -5653,10 +5635,9 @@ def ownermail(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def getsubscribers(ctx):
-    """Load the list's members: writes members (all, with status), recipients (the enabled ones that
-    take single posts) and digest_members (how many enabled ones take digests instead).  The
-    sender's own membership (From:, else the envelope sender) is ctx.poster: a member with notmetoo
-    is not a recipient of their post.
+    """Load the list's members (all, with status), the recipients (the enabled ones that take single
+    posts) and how many enabled members take digests instead.  The sender's own membership (From:,
+    else the envelope sender) is the poster, who with notmetoo is not a recipient.
     Reads role, list, store, msg, sender; writes members, poster, recipients, digest_members."""
     if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
         raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
@@ -5780,12 +5761,6 @@ def subscribed_list(ctx):
     return f"came through the list {member}, which is subscribed to this one" if member else None
 
 
-def dmarc_listed(list_row, author):
-    """Whether the list's dmarc_addresses name ``author`` (patterns as banned())."""
-    patterns = [p.strip() for p in list_row["dmarc_addresses"].split(",") if p.strip()]
-    return bool(patterns) and matches_any(patterns, [author]) is not None
-
-
 @chain_filter("message", needs=("getinfo",))
 def dmarc(ctx):
     """Keep posts from DMARC-protected domains deliverable (RFC 7489): when the author's domain
@@ -5793,14 +5768,13 @@ def dmarc(ctx):
     organisational domain by the Public Suffix List; or the list says dmarc = always, or its
     dmarc_addresses name the author), apply the list's dmarc_action: munge_from or wrap_message.
     dmarc = never turns it off.  A failed lookup never blocks a post: [dmarc] fallback applies.
-    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped),
-    author_from."""
+    Reads list, msg, store (DNS cache); writes msg (From: rewritten, or wrapped), author_from."""
     setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
     authors = addresses_in(ctx.msg.get_all("From"))
     if setting == "never" or not authors:
         return
-    author = authors[0]
-    if setting == "auto" and dmarc_listed(ctx.list, author):
+    author, listed = authors[0], [p.strip() for p in ctx.list["dmarc_addresses"].split(",") if p.strip()]
+    if setting == "auto" and matches_any(listed, [author]):      # patterns as banned()
         ctx.note(f"{author} is in the list's dmarc_addresses")
     elif setting == "auto":
         try:
@@ -5946,8 +5920,7 @@ def replyto(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def addfooter(ctx):
-    """Add the list's footer (placeholders $list, $domain, $post_address,
-    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer().
+    """Add the list's footer (footer_text fills its placeholders), MIME-correctly (add_footer).
     Reads list, msg; writes msg (body)."""
     if ctx.list["footer"]:
         ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list, ctx.store.verp_key)))
@@ -6028,12 +6001,10 @@ def kept_form(ctx, data):
 
 @chain_filter("message", needs=("queuer",))
 def archive(ctx):
-    """Keep the post, as distributed, in the list's archive ([archive]
-    format and dir) unless the list's archive is off.  The post is already
-    accepted when this runs: a failure is logged and the post goes out
-    unarchived rather than held back.
-    A public archive's web pages get the post too (publish_post).
-    Reads list, distributed, author_from, sender, outbox.dry_run; writes the list's archive and pages."""
+    """Keep the post, as distributed, in the list's archive ([archive] format and dir) unless its
+    archive is off, and in a public archive's web pages (publish_post).  The post is already
+    accepted when this runs: a failure is logged and the post goes out unarchived, not held back.
+    Reads list, distributed, author_from, sender, outbox.dry_run; writes the archive and pages."""
     if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
         return
     try:
@@ -6063,9 +6034,8 @@ def archive(ctx):
 # output back with sendmail).
 @chain_filter("message", needs=("read",))
 def out(ctx):
-    """Write the message, as the filters left it, to stdout in one write:
-    the last filter of the content-filter chain.  A write that fails →
-    try later (75), and the MTA ignores the partial output of a failed run.
+    """Write the message to stdout in one write: the last filter of the content-filter chain.  A
+    write that fails → try later (75), and the MTA ignores the partial output of a failed run.
     Reads msg, stdout; writes stdout."""
     data = bytes(ctx.msg)
     stream = ctx.stdout or sys.stdout.buffer
@@ -6211,10 +6181,9 @@ def autoreply(ctx):
     this message (an envelope recipient, when known, named in To or Cc), answer the envelope sender
     once per [autoreply] interval, never a robot, a list, a bounce or the null sender.  The reply
     has Auto-Submitted: auto-replied, In-Reply-To and References, Subject "Auto: ...", and the null
-    envelope sender; it is sent at once through [send] transport.  The message itself always goes
-    on: a reply that cannot be sent is logged and tried with the next one.
-    Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the autoreplies
-    log; a reply goes out at once (send_now)."""
+    envelope sender; it is sent at once through [send] transport (send_now).  The message itself
+    always goes on: a reply that cannot be sent is logged and tried with the next one.
+    Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the reply log."""
     addresses = [a.strip() for a in ctx.config.get("autoreply", "addresses").split(",") if a.strip()]
     envelope = {r.lower() for r in ctx.envelope_recipients or ([ctx.recipient] if ctx.recipient else [])}
     for address in addresses:
@@ -6783,9 +6752,8 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates="", ba
 
 @chain_filter("send")
 def queuebuilder(ctx):
-    """Find the posts with deliveries due now (new, or retry time reached).
-    Writes queue: a list of message rows; recipients are streamed later.
-    Reads store; writes now, queue."""
+    """Find the posts with deliveries due now (new, or retry time reached), not their recipients.
+    Reads store; writes now, queue (message rows)."""
     ctx.now = time.time()
     ctx.queue = [dict(r) for r in ctx.store.q("due_messages", ctx.now)]
     ctx.note(f"{len(ctx.queue)} posts with deliveries due")
@@ -6793,13 +6761,12 @@ def queuebuilder(ctx):
 
 @chain_filter("send", needs=("singleinstance", "queuebuilder"))
 def queuerunner(ctx):
-    """Deliver each due recipient through [send] transport (VERP envelope sender
-    LIST-bounces+user=host@DOMAIN, or the MTA's XVERP) and record the outcomes in the ledger (see
-    Ledger).  Recipients are read in chunks and the message bytes once per post, so memory does not
-    grow with the list.  A post whose every recipient is final is marked done and its spool file
-    removed.  Nothing is delivered unless the ledger can be written first, and nothing more once it
-    cannot (Ledger).  A spool file that cannot be read is counted in totals["unreadable"] (cmd_send
-    reports it with the fix).
+    """Deliver each due recipient through [send] transport and record the outcomes in the ledger.
+    Recipients are read in chunks and the message bytes once per post, so memory does not grow with
+    the list.  A post whose every recipient is final is marked done and its spool file removed.
+    Nothing is delivered unless the ledger can be written first, and nothing more once it cannot
+    (Ledger).  A spool file that cannot be read is counted in totals["unreadable"] (cmd_send reports
+    it with the fix).
     Reads queue, now, store; writes totals; the ledger, and bounces of failed deliveries, in the
     store."""
     config = ctx.config

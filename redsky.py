@@ -4095,9 +4095,8 @@ def chain_filter(stage, needs=(), check=False):
 
 
 def load_plugins(config):
-    """Load each file of ``[redsky] plugins`` (comma-separated paths) as a
-    Python module; its ``@redsky.chain_filter`` functions join FILTERS and
-    can be named in any chain.  A file that is missing, fails to import,
+    """Load each file of ``[redsky] plugins`` as a Python module; its ``@redsky.chain_filter``
+    functions join FILTERS and can be named in any chain.  A file that is missing, fails to import,
     defines no filter or reuses a filter's name is a configuration error."""
     import importlib.util
     paths = [p.strip() for p in config.get("redsky", "plugins").split(",") if p.strip()]
@@ -4174,7 +4173,6 @@ class Context:
         self.poster = None          # the sender's member row (member_options), when a member
         self.recipients = []        # who the post goes to: addresses, or ListMembers
         self.digest_members = 0     # enabled members who get digests instead of posts
-        # decisions
         self.approved = False       # moderator approval (passphrase or CLI)
         self.accepted = ""          # why the sender is whitelisted (Accept), else ""
         self.approve_held = None    # held post approved by email, released after the chain
@@ -4184,14 +4182,12 @@ class Context:
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
-        # the send chain
         self.lock_fd = None         # singleinstance's flock, held until the process ends
         self.now = 0.0              # queuebuilder's clock: what is due
         self.queue = []             # queuebuilder: message rows with deliveries due
         self.totals = None          # queuerunner: outcomes of this run, by kind
         self.unreadable = ""        # queuerunner: the last spool file it could not read, and why
-        # the trace
-        self.trace = []             # (filter, note)
+        self.trace = []             # (filter, note): the trace
         self.current = ""           # the filter running now, for note()
         self.outcome, self.outcome_reason = "", ""
 
@@ -4283,14 +4279,13 @@ def outcome_of(code, text, stage):
 
 
 class Transport:
-    """The interface every transport has (TRANSPORTS).
-
-    ``send(list_row, data, recipients, record, expected)`` delivers one post to an iterable of
-    (address, attempts; None for a member the post's cursor reaches, who has no row yet), calling
-    ``record(address, attempts, Outcome)`` exactly once for each; ``expected`` is how many there
-    are.  ``send_one(sender, recipient, data)`` hands one generated message over at once and returns
-    its Outcome.  ``ledger_batch`` is how many outcomes the ledger may hold before it commits (the
-    most a killed ``send`` can repeat).  ``close()`` ends the run."""
+    """The interface of every transport (TRANSPORTS): ``send(list_row, data, recipients, record,
+    expected)`` delivers one post to an iterable of (address, attempts; None for a member the post's
+    cursor reaches, who has no row yet), calling ``record(address, attempts, Outcome)`` exactly once
+    for each; ``expected`` is how many there are.  ``send_one(sender, recipient, data)`` hands one
+    generated message over at once and returns its Outcome.  ``ledger_batch`` is how many outcomes
+    the ledger may hold before it commits (the most a killed ``send`` can repeat).  ``close()`` ends
+    the run."""
 
     ledger_batch = 1
 
@@ -4736,9 +4731,9 @@ TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": M
 
 
 def send_now(config, sender, recipient, data):
-    """Hand one generated message to [send] transport at once, outside the
-    ledger (an automatic reply in filter mode has no list to be queued
-    under); return its Outcome.  ``sender`` "" is the null sender."""
+    """Hand one generated message to [send] transport at once, outside the ledger (an automatic
+    reply in filter mode has no list to be queued under); return its Outcome.  ``sender`` "" is the
+    null sender."""
     transport = TRANSPORTS[config.get("send", "transport")](config)
     try:
         return transport.send_one(sender, recipient, data)
@@ -4834,8 +4829,7 @@ def hold_post(ctx, reason):
     author = (senders[0] if senders else "") or ctx.sender or ""
     row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
            subject[:300], ctx.message_id, reason, ctx.raw)
-    outbox = Outbox(ctx.outbox.dry_run)
-    owners = owners_of(ctx.list)
+    outbox, owners = Outbox(ctx.outbox.dry_run), owners_of(ctx.list)
     held_expiry = ctx.config.duration("commands", "held_expiry")
     token = new_token() if owners else None
 
@@ -4890,12 +4884,10 @@ def finish_queue(ctx, verdict):
     """After the queue chain: log the verdict, keep a held post, release a post a moderator approved
     by email, store the trace; return the exit code."""
     if verdict is None:
-        ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
+        ctx.outcome, ctx.outcome_reason, code = "queued", f"for {len(ctx.recipients)} recipients", EX_OK
         log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
-        code = EX_OK
     else:
-        ctx.outcome, ctx.outcome_reason = verdict.name, verdict.reason
-        code = verdict.code
+        ctx.outcome, ctx.outcome_reason, code = verdict.name, verdict.reason, verdict.code
         if isinstance(verdict, Hold):
             try:
                 hold_post(ctx, verdict.reason)
@@ -4936,11 +4928,10 @@ def command_lines(raw):
     from email import message_from_bytes, policy
     try:                                        # compat32: policy.default is slow on hostile headers
         parsed = message_from_bytes(raw, policy=policy.compat32)
-        subject = decode_header_text(str(parsed.get("Subject", "") or ""))
+        subject = without_prefixes(decode_header_text(str(parsed.get("Subject", "") or "")))
     except Exception as e:                      # the email package gave up on it: no commands
         log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
         return []
-    subject = without_prefixes(subject)
     lines = [subject] if subject else []
     try:
         part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
@@ -5074,8 +5065,6 @@ class Requests:
                 "index": lambda self, words, lines: self.archive_request(self.sender, "index", words),
                 "get": lambda self, words, lines: self.archive_request(self.sender, "get", words)}
 
-    # -- subscribe / unsubscribe ------------------------------------------------
-
     def subscribe(self, address):
         policy_, ban = self.list["subscribe_policy"], banned(self.store, self.list, [address])
         if ban:
@@ -5159,8 +5148,6 @@ class Requests:
         self.notice([address], f"{self.post_address}: waiting for approval", "awaiting-approval",
                     done=f"subscription of {address} waits for the owners")
 
-    # -- delivery mode and archive ------------------------------------------------
-
     def set_option(self, address, words):
         """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own membership; the answer
         goes to that address, so a forged request is at least seen by its victim."""
@@ -5216,8 +5203,6 @@ class Requests:
         self.notice([address], f"{self.post_address}: archived post {number}", "archived-post",
                     {"number": number}, done=f"get {number} to {address}", attachment=found)
 
-    # -- tokens -----------------------------------------------------------------
-
     def confirm(self, token, lines):
         row = self.store.q("pending_by_token", token).fetchone()
         answer_to = [self.sender] if self.sender else []
@@ -5230,13 +5215,10 @@ class Requests:
         if row["action"] in ("moderate", "approve-subscribe"):
             return self.moderate(row, lines)
         self.use(token)
-        if row["action"] == "reenable":
-            return self.reenable(row["address"])
-        if row["action"] == "unsubscribe":
-            return self.remove_member(row["address"])
-        if self.list["subscribe_policy"] == "confirm+approve":
-            return self.ask_owners_to_approve(row["address"])
-        return self.add_member(row["address"])
+        confirmed = {"reenable": self.reenable, "unsubscribe": self.remove_member}.get(row["action"]) \
+            or (self.ask_owners_to_approve if self.list["subscribe_policy"] == "confirm+approve"
+                else self.add_member)
+        confirmed(row["address"])
 
     def use(self, token):
         def mark(db):
@@ -5617,10 +5599,8 @@ def commands(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def ownermail(ctx):
-    """Forward mail for LIST-owner to the list's owners (never to the
-    members), with X-Loop so that it cannot come round again.
-    Reads role, list, msg, message_id; writes msg (X-Loop added), outbox (committed here; ends the
-    chain: consumed)."""
+    """Forward mail for LIST-owner to the owners only, with X-Loop so that it cannot come back.
+    Reads role, list, msg, message_id; writes msg (X-Loop) and outbox, committed here (consumed)."""
     if ctx.role != "owner":
         return
     owners = owners_of(ctx.list)
@@ -5669,7 +5649,7 @@ def access(ctx):
     list's max_size, on one whose From: display name is another address (impersonation), on one that
     came through a list subscribed to this one (two lists feeding each other loop), on every post of
     a member whose option moderate is on, and on posts past the poster's max_posts_per_day.
-    Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
+    Reads list, msg, sender, members, poster, approved, accepted; writes msg (no Approved:),
     approved."""
     passphrase = take_approved(ctx)
     if passphrase and passphrase_left(ctx.msg, passphrase):
@@ -6029,9 +6009,8 @@ def archive(ctx):
 # Calls: sections 2-15.
 # ---------------------------------------------------------------------------
 
-# `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter
-# (proxsmtpd's FilterCommand, or a Postfix content_filter pipe that puts the
-# output back with sendmail).
+# `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter (proxsmtpd's
+# FilterCommand, or a Postfix content_filter pipe that puts the output back with sendmail).
 @chain_filter("message", needs=("read",))
 def out(ctx):
     """Write the message to stdout in one write: the last filter of the content-filter chain.  A
@@ -6308,9 +6287,9 @@ QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients
 
 
 def quarantine_add(config, reason, sender, recipients, data):
-    """Keep a held message in the [filter] quarantine Maildir, the original
-    bytes after the three QUARANTINE_FIELDS that `quarantine release` needs:
-    the reason, the envelope sender and the envelope recipients.  Returns its key."""
+    """Keep a held message in the [filter] quarantine Maildir, the original bytes after the three
+    QUARANTINE_FIELDS that `quarantine release` needs: the reason, the envelope sender and the
+    envelope recipients.  Returns its key."""
     path = config.path_of("filter", "quarantine")
     if not path:
         raise OSError("[filter] quarantine is empty")

@@ -4290,8 +4290,7 @@ class Transport:
     ledger_batch = 1
 
     def __init__(self, config):
-        self.config = config
-        self.verp = config.get("send", "verp")
+        self.config, self.verp = config, config.get("send", "verp")
 
     def close(self):
         pass
@@ -4418,8 +4417,7 @@ class SMTPTransport(Transport):
     def __init__(self, config):
         super().__init__(config)
         self.ledger_batch = int(config.number("send", "ledger_batch"))
-        self.host = config.get("send", "smtp_host")
-        self.port = int(config.number("send", "smtp_port"))
+        self.host, self.port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
         self.timeout = config.duration("send", "smtp_timeout")
         self.connections = max(1, int(config.number("send", "smtp_connections")))
         self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
@@ -5134,8 +5132,7 @@ class Requests:
                     {"address": address}, done=f"re-enabled {address}", limit=False)
 
     def ask_owners_to_approve(self, address):
-        owners = owners_of(self.list)
-        limited = self.rate_limited(address, "approve-subscribe")
+        owners, limited = owners_of(self.list), self.rate_limited(address, "approve-subscribe")
         if limited or not owners:
             self.done.append(f"subscription request of {address} ignored: "
                              f"{limited or 'the list has no owners'}")
@@ -5229,8 +5226,7 @@ class Requests:
     def moderate(self, row, lines):
         """approve / reject [reason] / discard, from a moderator only."""
         passphrase = take_approved(self.ctx)
-        stored = self.list["passphrase_hash"]
-        moderators = {o.lower() for o in owners_of(self.list)}
+        stored, moderators = self.list["passphrase_hash"], {o.lower() for o in owners_of(self.list)}
         senders = addresses_in(self.ctx.msg.get_all("From")) + ([self.ctx.sender] if self.ctx.sender else [])
         if not (any(s.lower() in moderators for s in senders)
                 or (passphrase and stored and check_passphrase(passphrase, stored))):
@@ -5391,8 +5387,7 @@ def loopdetect(ctx):
     looped = [v.strip() for v in ctx.msg.get_all("X-Loop") if v.strip().lower() in ours]
     if looped and ctx.role != "bounces":
         raise Discard(f"loop: already carries X-Loop {looped[0]}")
-    hops = len(ctx.msg.get_all("Received"))
-    limit = int(ctx.config.number("queue", "max_received"))
+    hops, limit = len(ctx.msg.get_all("Received")), int(ctx.config.number("queue", "max_received"))
     if hops > limit:
         raise Discard(f"loop: {hops} Received: fields (limit {limit})")
     robot = ctx.role == "post" and is_robot(ctx.msg, ctx.sender, strict=False)
@@ -5433,8 +5428,7 @@ def bouncehandler(ctx):
         failed = sorted((r for r in reports if r["action"] == "failed"), key=lambda r: -r["weight"])
         rows.append((ctx.verp, proof, (failed or reports or [None])[0]))
     else:
-        source = "unsigned" if ctx.verp else "plain"
-        named = [r for r in reports if r["recipient"]]
+        source, named = "unsigned" if ctx.verp else "plain", [r for r in reports if r["recipient"]]
         if ctx.verp and reports and \
                 not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
             failed = [r for r in reports if r["action"] == "failed"]
@@ -5580,8 +5574,7 @@ def commands(ctx):
     sender = sender_address(ctx)
     if sender is None:
         raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req = Requests(ctx, sender)
-    lines = command_lines(ctx.raw)
+    req, lines = Requests(ctx, sender), command_lines(ctx.raw)
     if ctx.role == "join":
         req.subscribe(sender)
     elif ctx.role == "leave" and ctx.token:
@@ -5678,8 +5671,7 @@ def access(ctx):
         raise Hold(suspicious)
     if ctx.poster and ctx.poster["moderate"]:
         raise Hold(f"the moderators review every post of {ctx.poster['address']} (member option moderate)")
-    mode = ctx.list["access"]
-    shown = senders[0] if senders else "(no sender)"
+    mode, shown = ctx.list["access"], senders[0] if senders else "(no sender)"
     if mode == "passphrase":
         raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
     if mode == "moderated":
@@ -5889,9 +5881,8 @@ def replyto(ctx):
         ctx.msg.remove("Reply-To")
         ctx.note("the poster's Reply-To removed")
         own = None
-    if not target:
-        return
-    if own is not None and target.lower() in {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))}:
+    named = {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))} if own is not None else set()
+    if not target or target.lower() in named:
         return
     ctx.msg.remove("Reply-To")
     ctx.msg.replace_raw("Reply-To", (own + b", " if own else b"") + f"<{target}>".encode())
@@ -6016,8 +6007,7 @@ def out(ctx):
     """Write the message to stdout in one write: the last filter of the content-filter chain.  A
     write that fails → try later (75), and the MTA ignores the partial output of a failed run.
     Reads msg, stdout; writes stdout."""
-    data = bytes(ctx.msg)
-    stream = ctx.stdout or sys.stdout.buffer
+    data, stream = bytes(ctx.msg), ctx.stdout or sys.stdout.buffer
     try:
         stream.write(data)
         stream.flush()
@@ -6264,8 +6254,7 @@ def finish_filter(ctx, verdict, show_trace=False):
         if show_trace:
             sys.stderr.write(explain(ctx, EX_OK) + "\n")
         return EX_OK
-    code = verdict.code if verdict.code else EX_DISCARDED
-    reason = verdict.reason
+    code, reason = verdict.code or EX_DISCARDED, verdict.reason
     if isinstance(verdict, Hold):
         try:
             where = quarantine_add(ctx.config, reason, ctx.sender or "", ctx.envelope_recipients,
@@ -6567,13 +6556,11 @@ def policy_alerts(store, config, now):
     """Tell the owners, at most once a day per list, when a domain rejected
     at least [bounces] policy_alert_threshold posts by policy (5.7.x) in a
     day: the posts, not the members, have a problem (DMARC, spam filters)."""
-    threshold = config.number("bounces", "policy_alert_threshold")
-    by_list = {}
+    threshold, by_list = config.number("bounces", "policy_alert_threshold"), {}
     for row in store.q("policy_rejections", now - 86400, now - 86400, threshold).fetchall():
         by_list.setdefault(row["list_id"], []).append(f"  {row['domain']}: {row['n']} rejections")
     for list_id, lines in by_list.items():
-        list_row = store.list_by_id(list_id)
-        outbox = Outbox()
+        list_row, outbox = store.list_by_id(list_id), Outbox()
         if owners_of(list_row):
             Notices(store, config, list_row, outbox).send(
                 owners_of(list_row), f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
@@ -6610,9 +6597,9 @@ def unrecognised_summaries(store, config, now):
 def digester(ctx):
     """Issue each list's digest when it is due: its posts waiting in digest_posts reach the list's
     digest_size_threshold (KB), or digest_interval has passed since the last digest (since the
-    oldest post, for the first).  The digest (build_digest) is queued for the enabled digest
-    members; the list's numbering and the removal of the posts it holds commit with it, so a post is
-    in exactly one digest.  Volume +1 each calendar year (issue back to 1), issue +1 each digest.
+    oldest post, for the first).  The digest (build_digest, numbered Vol N by calendar year) is
+    queued for the enabled digest members; the list's numbering and the removal of the posts it
+    holds commit with it, so a post is in exactly one digest.
     Reads store (digest_posts, members, lists); writes the digests queued in the store."""
     now = time.time()
     for backlog in ctx.store.q("digest_backlog").fetchall():
@@ -6746,8 +6733,7 @@ def queuerunner(ctx):
     Nothing is delivered unless the ledger can be written first, and nothing more once it cannot
     (Ledger).  A spool file that cannot be read is counted in totals["unreadable"] (cmd_send reports
     it with the fix).
-    Reads queue, now, store; writes totals; the ledger, and bounces of failed deliveries, in the
-    store."""
+    Reads queue, now, store; writes totals, and the ledger and bounces of failures in the store."""
     config = ctx.config
     try:                                        # a database that cannot record: deliver nothing
         with ctx.store.transaction():
@@ -6798,8 +6784,7 @@ def queuerunner(ctx):
         ctx.totals = ledger.totals
         transport.close()
         ledger.flush()
-    totals = ledger.totals
-    down = getattr(transport, "down", None)
+    totals, down = ledger.totals, getattr(transport, "down", None)
     if down:                                    # the members not reached wait, unrecorded, for the next run
         log.warning("send: %s; the members not reached yet wait for the next run", down)
     unreadable = f", {totals['unreadable']} unreadable spool files" if totals["unreadable"] else ""

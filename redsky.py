@@ -4335,8 +4335,7 @@ class SendmailTransport(Transport):
                                   stderr=subprocess.PIPE, timeout=600)
         except (OSError, subprocess.SubprocessError) as e:
             return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = detail[-1][:300] if detail else ""
+        detail = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
         if proc.returncode == 0:
             return Outcome(SENT, "sendmail exit 0")
         why = self.PERMANENT_CODES.get(proc.returncode)
@@ -4587,8 +4586,7 @@ class Pipeline:
         self.expect = []        # ("end", batch, accepted) / ("rset",) / ("txn" | "bdat", batch)
         self.needed = 0         # the replies they take
         self.body = None        # (batch, accepted addresses) whose message goes next
-        self.reset = False
-        self.deadline = 0.0
+        self.reset, self.deadline = False, 0.0
         self.settled = 0        # transactions settled on this connection
 
     def send_group(self, jobs, personal):
@@ -5423,10 +5421,10 @@ def bouncehandler(ctx):
     message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
     store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
     proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
-    rows = []                               # (address, source, result)
-    if proof:
+    if proof:                               # rows: (address, source, result)
         failed = sorted((r for r in reports if r["action"] == "failed"), key=lambda r: -r["weight"])
-        rows.append((ctx.verp, proof, (failed or reports or [None])[0]))
+        unrecognised = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
+        rows = [(ctx.verp, proof, (failed or reports or [unrecognised])[0])]
     else:
         source, named = "unsigned" if ctx.verp else "plain", [r for r in reports if r["recipient"]]
         if ctx.verp and reports and \
@@ -5441,11 +5439,8 @@ def bouncehandler(ctx):
         address = normalize_address(address)
         member = store.q("member_address", list_id, address).fetchone()
         member = member[0] if member else None
-        raw = None
-        if not raw_kept and (member or proof):      # evidence kept once, cut, only about a member
-            raw, raw_kept = ctx.raw[:65536], True
-        if r is None:
-            r = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
+        raw = ctx.raw[:65536] if not raw_kept and (member or proof) else None
+        raw_kept = raw_kept or raw is not None      # evidence kept once, cut, only about a member
         returned = delivered(store, list_id, address, message_ids) or ""
         why, weight = None, r["weight"]
         if r["action"] == "unrecognised":

@@ -4969,7 +4969,7 @@ class Requests:
     def __init__(self, ctx, sender):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
         self.sender = sender        # who asked (sender_address); answers go there
-        self.post_address = list_address(ctx.list)
+        self.post_address, self.members = list_address(ctx.list), MemberLookup(ctx.store, ctx.list["id"])
         self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
         self.now = self.notices.now
         self.done = []
@@ -4999,9 +4999,6 @@ class Requests:
         m = ROLE_ADDRESS.fullmatch(address.rpartition("@")[0])
         local = m.group(1) if m else address.rpartition("@")[0]
         return self.store.list_by_address(f"{local}@{address.rpartition('@')[2]}") is not None
-
-    def is_member(self, address):
-        return address in MemberLookup(self.store, self.list["id"])
 
     def rate_limited(self, address, action):
         """A repeated request is answered once, then ignored; at most
@@ -5067,7 +5064,7 @@ class Requests:
             self.done.append(f"subscription of {address} refused: on the ban list")
         if ban or policy_ == "closed":
             return self.notice([address], f"{self.post_address}: subscriptions are closed", "closed")
-        if self.is_member(address):
+        if address in self.members:
             return self.notice([address], f"{self.post_address}: already subscribed", "already-member",
                                {"address": address})
         if policy_ == "approve" or self.is_list_address(address):
@@ -5079,7 +5076,7 @@ class Requests:
     def unsubscribe(self, address):
         """Leaving always takes the member's confirmation (or the personal LIST-leave+TOKEN
         address), whatever the join policy: From: is forged as easily as written."""
-        if not self.is_member(address):
+        if address not in self.members:
             return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
                                {"address": address})
         self.ask_to_confirm(address, "unsubscribe")
@@ -5176,7 +5173,7 @@ class Requests:
     def archive_request(self, address, command, words):
         """index / get N: anyone may read a public archive, members a private one."""
         policy_ = self.list["archive"]
-        if policy_ == "off" or (policy_ == "private" and not self.is_member(address)):
+        if policy_ == "off" or (policy_ == "private" and address not in self.members):
             why = "off" if policy_ == "off" else "open to members only"
             return self.notice([address], f"{self.post_address}: archive", "archive-refused",
                                {"why": why}, done=f"{command} refused for {address}: archive {why}")
@@ -5630,15 +5627,14 @@ def access(ctx):
     """Decide whether the sender may post, by the list's access mode: open; subscribers (From,
     Sender or envelope sender is a member); acl (an address or *@domain pattern in the list's acl);
     passphrase (an Approved: header or first body line matches); moderated (everything is held).  A
-    sender on the list's ban list is discarded first, whatever else.  A correct passphrase always
-    approves.  Someone the mode does not let post: the list's nonmember_action (nonmember); other
-    failures → hold.  Approved: is always stripped so the passphrase never leaks.  Whatever the
-    mode, a moderator decides on every post while the list's emergency is on, on a post over the
-    list's max_size, on one whose From: display name is another address (impersonation), on one that
-    came through a list subscribed to this one (two lists feeding each other loop), on every post of
-    a member whose option moderate is on, and on posts past the poster's max_posts_per_day.
-    Reads list, msg, sender, members, poster, approved, accepted; writes msg (no Approved:),
-    approved."""
+    sender on the list's ban list is discarded first, whatever else; a correct passphrase always
+    approves; Approved: is always stripped, so the passphrase never leaks.  Someone the mode does
+    not let post: the list's nonmember_action (nonmember); other failures → hold.  Whatever the
+    mode, a moderator decides on every post while the list's emergency is on, and on a post over the
+    list's max_size, whose From: display name is another address (impersonation), that came through
+    a list subscribed to this one (two lists feeding each other loop), of a member whose option
+    moderate is on, or past the poster's max_posts_per_day.
+    Reads list, msg, sender, members, poster, approved, accepted; writes msg, approved."""
     passphrase = take_approved(ctx)
     if passphrase and passphrase_left(ctx.msg, passphrase):
         raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
@@ -6144,9 +6140,9 @@ def autoreply(ctx):
     """A vacation responder by RFC 3834: for each address of [autoreply] addresses that received
     this message (an envelope recipient, when known, named in To or Cc), answer the envelope sender
     once per [autoreply] interval, never a robot, a list, a bounce or the null sender.  The reply
-    has Auto-Submitted: auto-replied, In-Reply-To and References, Subject "Auto: ...", and the null
-    envelope sender; it is sent at once through [send] transport (send_now).  The message itself
-    always goes on: a reply that cannot be sent is logged and tried with the next one.
+    (autoreply_message), from the null envelope sender, goes at once through [send] transport
+    (send_now).  The message itself always goes on: a reply that cannot be sent is logged and tried
+    with the next one.
     Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the reply log."""
     addresses = [a.strip() for a in ctx.config.get("autoreply", "addresses").split(",") if a.strip()]
     envelope = {r.lower() for r in ctx.envelope_recipients or ([ctx.recipient] if ctx.recipient else [])}
@@ -6435,8 +6431,6 @@ class MemberProgress:
         return rows, bounces, sent, None if self.exhausted and not self.taken else cursor
 
 
-# Send filters ----------------------------------------------------------------
-
 @chain_filter("send")
 def singleinstance(ctx):
     """Take an exclusive flock on DATA_DIR/send.lock for the whole run; if
@@ -6456,11 +6450,10 @@ def singleinstance(ctx):
 
 @chain_filter("send")
 def housekeeping(ctx):
-    """Once per run: drop held posts older than [commands] held_expiry and old tokens and traces,
-    resume delivery to members whose nomail --until passed, remind each list's moderators of posts
-    waiting for more than a day (at most once a day), warn members disabled by bounces
-    (bounce_housekeeping), alert owners of policy rejections (policy_alerts) and remove orphan spool
-    files.  Reads and writes only the store."""
+    """Once per run: drop held posts older than [commands] held_expiry, and old tokens and traces;
+    resume members whose nomail --until passed; remind each list's moderators of posts waiting over
+    a day (at most once a day); then bounce_housekeeping, policy_alerts, unrecognised_summaries and
+    clean_spool.  Reads and writes only the store."""
     store, config, now = ctx.store, ctx.config, time.time()
     expired = store.q("expired_held", now - config.duration("commands", "held_expiry")).fetchall()
     with store.transaction() as db:
@@ -6679,9 +6672,8 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates="", ba
         chunks = [masthead, "\n", topics, "\n", "-" * 70, "\n\n"]
         for data, (when, author, subj) in zip(posts, infos):
             msg = RawMessage(data)
-            for field in ("Date", "From", "Subject", "To", "Cc", "Message-ID"):
-                if msg.get(field):
-                    chunks.append(f"{field}: {one_line(decode_header_text(msg.get(field)), 900)}\n")
+            chunks += [f"{f}: {one_line(decode_header_text(msg.get(f)), 900)}\n"
+                       for f in ("Date", "From", "Subject", "To", "Cc", "Message-ID") if msg.get(f)]
             body = text_of(data, problems).rstrip()
             if footer and body.endswith(footer.strip()):            # the footer comes once, at the end
                 body = body[:-len(footer.strip())].rstrip()

@@ -4282,10 +4282,9 @@ class Transport:
     """The interface of every transport (TRANSPORTS): ``send(list_row, data, recipients, record,
     expected)`` delivers one post to an iterable of (address, attempts; None for a member the post's
     cursor reaches, who has no row yet), calling ``record(address, attempts, Outcome)`` exactly once
-    for each; ``expected`` is how many there are.  ``send_one(sender, recipient, data)`` hands one
-    generated message over at once and returns its Outcome.  ``ledger_batch`` is how many outcomes
-    the ledger may hold before it commits (the most a killed ``send`` can repeat).  ``close()`` ends
-    the run."""
+    for each (``expected``: how many).  ``send_one(sender, recipient, data)`` hands one generated
+    message over at once: its Outcome.  ``ledger_batch`` is how many outcomes the ledger may hold
+    before it commits (the most a killed ``send`` can repeat).  ``close()`` ends the run."""
 
     ledger_batch = 1
 
@@ -6085,9 +6084,8 @@ def dnsbl(ctx):
 def relay_ip(field):
     """The address of the host that sent one Received: hop, as the receiving MTA recorded it (RFC
     5321 4.4 leaves the form to it): in a comment after "from" — Postfix and sendmail "(rdns [IP])",
-    Exim "([IP] helo=...)", qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)".  The
-    sender's HELO, which it chooses itself, is never taken for it.  None when the hop names no
-    address."""
+    Exim "([IP] helo=...)", qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)"; never
+    the sender's HELO, its own choice.  None when the hop names no address."""
     head = re.split(r"\bby\b", " ".join(field.split()), maxsplit=1)[0]
     for comment in re.findall(r"\(([^()]*)\)", head):
         if re.match(r"\s*(HELO|EHLO)\b", comment, re.IGNORECASE):
@@ -6301,12 +6299,11 @@ def quarantined(config):
 # ---------------------------------------------------------------------------
 
 class Ledger:
-    """Outcomes of one run, written in batched transactions.
-
-    A recipient's outcome is final only once flushed; a run killed before a flush repeats at most
-    the deliveries since the last one (``batch`` outcomes or one second).  Temporary failures are
-    retried after retry_delay, doubling up to retry_max_delay, and expire after max_age; permanent
-    failures and expiries count as bounces.
+    """Outcomes of one run, written in batched transactions.  A recipient's outcome is final only
+    once flushed; a run killed before a flush repeats at most the deliveries since the last one
+    (``batch`` outcomes or one second).  Temporary failures are retried after retry_delay, doubling
+    up to retry_max_delay, and expire after max_age; permanent failures and expiries count as
+    bounces.
 
     A post to the list's members (``members()``) costs no write per member sent: the flush moves the
     post's member_cursor past the members whose outcomes are all in, in the order they were taken,
@@ -6718,8 +6715,7 @@ def queuerunner(ctx):
     Recipients are read in chunks and the message bytes once per post, so memory does not grow with
     the list.  A post whose every recipient is final is marked done and its spool file removed.
     Nothing is delivered unless the ledger can be written first, and nothing more once it cannot
-    (Ledger).  A spool file that cannot be read is counted in totals["unreadable"] (cmd_send reports
-    it with the fix).
+    (Ledger).  An unreadable spool file counts in totals["unreadable"] (cmd_send says the fix).
     Reads queue, now, store; writes totals, and the ledger and bounces of failures in the store."""
     config = ctx.config
     try:                                        # a database that cannot record: deliver nothing

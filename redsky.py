@@ -4493,14 +4493,11 @@ class SMTPTransport(Transport):
             if pipe is None:
                 return
             try:
-                if pipe.conn.pipelining:
-                    if advance(pipe):
-                        pipes.append(pipe)
-                        selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
-                    else:
-                        self.idle.append(pipe)
+                if pipe.conn.pipelining and advance(pipe):
+                    pipes.append(pipe)
+                    selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
                     return
-                while not self.down:        # a server without PIPELINING: one command at a time
+                while not pipe.conn.pipelining and not self.down:    # else one command at a time
                     batch = pipe.expect = take(pipe)
                     if not batch:
                         break
@@ -4651,8 +4648,7 @@ class Pipeline:
         if len(self.replies) < self.needed:
             return []
         replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
-        self.settled += 1
-        settled = []
+        self.settled, settled = self.settled + 1, []
         for entry in expect:
             if entry[0] == "rset":
                 next(replies)
@@ -5027,8 +5023,7 @@ class Requests:
                 break
         answers, self.answers = self.answers, None
         if len(answers) == 1:
-            _, title, text_name, values = answers[0]
-            self.notice([self.sender], title, text_name, values)
+            self.notice([self.sender], *answers[0][1:])     # (line, title, text name, values)
         elif answers:
             templates = self.config.path_of("redsky", "templates")
             replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
@@ -6398,8 +6393,7 @@ class Ledger:
                 log.error("%s", self.broken)
                 raise StoreError(self.broken)
         self.waiting = sum(len(p.done) for p in self.progress.values())
-        self.rows, self.bounces = [], []
-        self.flushed = time.monotonic()
+        self.rows, self.bounces, self.flushed = [], [], time.monotonic()
 
 
 class MemberProgress:

@@ -4109,8 +4109,7 @@ def load_plugins(config):
         before = set(FILTERS)
         spec = importlib.util.spec_from_file_location(f"redsky_plugin_{number}", path)
         try:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
         except ConfigError as e:
             raise ConfigError(f"plugin {path}: {e}")
         except OSError as e:
@@ -4242,10 +4241,9 @@ def run_chain(chain, ctx):
 
 def explain(ctx, code):
     """The trace as text: one line per filter, then the outcome."""
-    lines = [f"{name:15} {note}" for name, note in ctx.trace]
-    lines.append(f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
-                 + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else ""))
-    return "\n".join(lines)
+    return "\n".join([f"{name:15} {note}" for name, note in ctx.trace]
+                     + [f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
+                        + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else "")])
 
 
 def store_event(ctx):
@@ -4376,8 +4374,7 @@ def smtp_transaction(conn, sender, recipients, wire, xverp=False):
     try:
         mail_reply = command(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}".encode())
         if mail_reply[0] != 250:
-            refused = outcome_of(*mail_reply, "MAIL")
-            return {r: refused for r in recipients}
+            return dict.fromkeys(recipients, outcome_of(*mail_reply, "MAIL"))
         rcpt_replies = [command(f"RCPT TO:<{r}>".encode()) for r in recipients]
         outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
                     if reply[0] not in (250, 251)}
@@ -5407,8 +5404,7 @@ def bouncehandler(ctx):
             str(parsed.get_param("report-type", "")).lower() == "feedback-report" or \
             any(p.get_content_type() == "message/feedback-report" for p in parsed.walk()):
         raise Consumed(feedback_report(ctx, parsed))
-    own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
-    reports = find_failures(parsed, own)
+    reports = find_failures(parsed, [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES])
     message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
     store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
     proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
@@ -5448,7 +5444,9 @@ def bouncehandler(ctx):
         elif not proof:
             last = store.q("probe_sent", list_id, member).fetchone()
             if last and now - last[0] < interval:
-                why = f"{_CLAIM}; a probe was already sent {_ago(now - last[0])}"
+                days = (now - last[0]) / 86400
+                ago = f"{days:.1f} days" if days >= 1 else f"{days * 24:.1f} hours"
+                why = f"{_CLAIM}; a probe was already sent {ago} ago"
             else:
                 why = f"{_CLAIM}; probe sent"
                 if not ctx.outbox.dry_run:      # from its own signed address: only its bounce counts
@@ -5484,10 +5482,6 @@ def bouncehandler(ctx):
 
 
 _CLAIM = "a claim anyone could write (no signed address)"
-
-
-def _ago(seconds):
-    return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
 
 
 def feedback_report(ctx, parsed):

@@ -4963,8 +4963,7 @@ class Requests:
         self.sender = sender        # who asked (sender_address); answers go there
         self.post_address, self.members = list_address(ctx.list), MemberLookup(ctx.store, ctx.list["id"])
         self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
-        self.now = self.notices.now
-        self.done = []
+        self.now, self.done = self.notices.now, []
         self.seen = set()           # (command, argument) already done for this message
         self.approve_held = None    # a held post a moderator approved
         self.answers = None         # run(): (command line, text name, values) of the answers to the sender
@@ -5001,8 +5000,6 @@ class Requests:
                 self.config.number("commands", "max_confirmations"):
             return "too many requests today"
         return None
-
-    # -- LIST-request: one handler per command (HANDLERS) -------------------------
 
     def run(self, lines):
         """Up to ten commands, a repeated one (Subject and body) done once; the answers to the
@@ -5051,10 +5048,9 @@ class Requests:
 
     def subscribe(self, address):
         policy_, ban = self.list["subscribe_policy"], banned(self.store, self.list, [address])
-        if ban:
-            self.done.append(f"subscription of {address} refused: on the ban list")
         if ban or policy_ == "closed":
-            return self.notice([address], f"{self.post_address}: subscriptions are closed", "closed")
+            return self.notice([address], f"{self.post_address}: subscriptions are closed", "closed",
+                               done=f"subscription of {address} refused: on the ban list" if ban else "")
         if address in self.members:
             return self.notice([address], f"{self.post_address}: already subscribed", "already-member",
                                {"address": address})
@@ -5555,16 +5551,10 @@ def commands(ctx):
     if sender is None:
         raise Discard(f"mail to {ctx.recipient} with no address to answer")
     req, lines = Requests(ctx, sender), command_lines(ctx.raw)
-    if ctx.role == "join":
-        req.subscribe(sender)
-    elif ctx.role == "leave" and ctx.token:
-        req.leave_by_token(ctx.token.lower())
-    elif ctx.role == "leave":
-        req.unsubscribe(sender)
-    elif ctx.role == "confirm":
-        req.confirm(ctx.token.lower(), lines)
-    else:
-        req.run(lines)
+    token = (ctx.token or "").lower()
+    {"join": lambda: req.subscribe(sender),
+     "leave": lambda: req.leave_by_token(token) if token else req.unsubscribe(sender),
+     "confirm": lambda: req.confirm(token, lines)}.get(ctx.role, lambda: req.run(lines))()
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
     ctx.approve_held = req.approve_held
     raise Consumed("; ".join(req.done) or "nothing to do")

@@ -4720,8 +4720,7 @@ TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": M
 
 def send_now(config, sender, recipient, data):
     """Hand one generated message to [send] transport at once, outside the ledger (an automatic
-    reply in filter mode has no list to be queued under); return its Outcome.  ``sender`` "" is the
-    null sender."""
+    reply in filter mode has no list to be queued under); return its Outcome.  Sender "" is <>."""
     transport = TRANSPORTS[config.get("send", "transport")](config)
     try:
         return transport.send_one(sender, recipient, data)
@@ -5693,11 +5692,8 @@ def subscribed_list(ctx):
     """Why this post must not go on unmoderated because it is another list's copy and that list is a
     member here (its List-Post address, or the address its List-Id names), or None."""
     named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
-    for value in ctx.msg.get_all("List-Id"):
-        m = re.search(r"<([^<>\s]+)>", value)
-        if m and "." in m.group(1):
-            name, _, domain = m.group(1).partition(".")
-            named.append(f"{name}@{domain}")
+    ids = [m.group(1) for m in map(re.compile(r"<([^<>\s]+)>").search, ctx.msg.get_all("List-Id")) if m]
+    named += [i.replace(".", "@", 1) for i in ids if "." in i]        # <LIST.DOMAIN>: LIST@DOMAIN
     member = next((a for a in named if a.lower() in ctx.members), None)
     return f"came through the list {member}, which is subscribed to this one" if member else None
 
@@ -6117,9 +6113,8 @@ def autoreply(ctx):
     """A vacation responder by RFC 3834: for each address of [autoreply] addresses that received
     this message (an envelope recipient, when known, named in To or Cc), answer the envelope sender
     once per [autoreply] interval, never a robot, a list, a bounce or the null sender.  The reply
-    (autoreply_message), from the null envelope sender, goes at once through [send] transport
-    (send_now).  The message itself always goes on: a reply that cannot be sent is logged and tried
-    with the next one.
+    (autoreply_message), from the null sender, goes at once through [send] transport (send_now).
+    The message itself always goes on: a reply that cannot be sent is logged, and tried next time.
     Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the reply log."""
     addresses = [a.strip() for a in ctx.config.get("autoreply", "addresses").split(",") if a.strip()]
     envelope = {r.lower() for r in ctx.envelope_recipients or ([ctx.recipient] if ctx.recipient else [])}
@@ -6507,8 +6502,7 @@ def bounce_housekeeping(store, config, now):
             notices.send(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
                          "disabled-owner", {"address": address, "score": f"{member['bounce_score']:g}"},
                          limit=False, auto="auto-generated")
-        changes.append(lambda db, a=address, l=list_id: db.execute(SQL["warned"], (now, l, a)))
-        outbox.commit(store, config.spool)
+        outbox.commit(store, config.spool, lambda db: db.execute(SQL["warned"], (now, list_id, address)))
         warned += 1
     with store.transaction() as db:
         db.execute(SQL["prune_raw_bounces"], (now - config.duration("bounces", "keep_raw"),))

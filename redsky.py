@@ -4751,9 +4751,8 @@ def _approved_text(passphrase):
 
 
 def passphrase_left(msg, passphrase):
-    """Whether "Approved: PASSPHRASE" is still somewhere in ``msg`` after
-    take_approved, as text a reader would see: in a part's decoded text
-    (base64, quoted-printable, HTML with tags and entities)."""
+    """Whether "Approved: PASSPHRASE" is still in ``msg`` after take_approved, as text a reader
+    would see: in a part's decoded text (base64, quoted-printable, HTML with tags and entities)."""
     if _approved_text(passphrase).search(msg.body):
         return True
     if not re.search(rb"(?i)base64|quoted-printable|text/html", msg.body):
@@ -5437,13 +5436,14 @@ def bouncehandler(ctx):
         elif member is None:
             why = "not a member"
         elif not proof:
+            why = "a claim anyone could write (no signed address); "
             last = store.q("probe_sent", list_id, member).fetchone()
             if last and now - last[0] < interval:
                 days = (now - last[0]) / 86400
                 ago = f"{days:.1f} days" if days >= 1 else f"{days * 24:.1f} hours"
-                why = f"{_CLAIM}; a probe was already sent {ago} ago"
+                why += f"a probe was already sent {ago} ago"
             else:
-                why = f"{_CLAIM}; probe sent"
+                why += "probe sent"
                 if not ctx.outbox.dry_run:      # from its own signed address: only its bounce counts
                     notices.send([member], f"A delivery check from {list_address(ctx.list)}", "probe",
                                  {"address": member}, limit=False,
@@ -5474,9 +5474,6 @@ def bouncehandler(ctx):
         ctx.outbox.commit(store, config.spool)
     raise Consumed(f"{rows[0][1]} bounce for {', '.join(str(r[0]) for r in rows[:5])}"
                    f"{' …' if len(rows) > 5 else ''}; scored: {', '.join(counted) or 'none'}")
-
-
-_CLAIM = "a claim anyone could write (no signed address)"
 
 
 def feedback_report(ctx, parsed):
@@ -5519,7 +5516,6 @@ def feedback_report(ctx, parsed):
     if ctx.outbox.dry_run:
         return f"{why} (dry run)"
     notices, changes = Notices(store, config, list_row, ctx.outbox), ctx.outbox.changes
-    changes.append(lambda db: db.execute(SQL["add_bounce"], row))
     if member and action == "unsubscribe":
         changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
         notices.send([member], f"Goodbye from {list_address(list_row)}", "feedback-goodbye",
@@ -5530,7 +5526,7 @@ def feedback_report(ctx, parsed):
         notices.send(owners_of(list_row), f"{list_address(list_row)}: {member} reported a post as spam",
                      "feedback-owner", {"address": member, "kind": kind, "action": action,
                                         "reporter": reporter or "unknown"}, limit=False, sender="-owner")
-    ctx.outbox.commit(store, config.spool)
+    ctx.outbox.commit(store, config.spool, lambda db: db.execute(SQL["add_bounce"], row))
     return f"{why}: {member or 'unknown member'}"
 
 

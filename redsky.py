@@ -4604,10 +4604,9 @@ class Pipeline:
             if self.chunking:
                 message = personal.plain(batch[0][0] if self.per_recipient else None)
                 parts += [b"BDAT %d LAST\r\n" % len(message), message]
-                expect.append(("bdat", batch))
             else:
                 parts.append(b"DATA\r\n")
-                expect.append(("txn", batch))
+            expect.append(("bdat" if self.chunking else "txn", batch))
         if not parts:
             return False
         self.expect = expect
@@ -5987,8 +5986,7 @@ def whitelist(ctx):
     patterns = address_patterns(ctx.config, "whitelist")
     if not patterns or ctx.sender == "":
         return
-    candidates = [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]
-    for address in candidates:
+    for address in [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]:
         match = next((p for p in patterns if address_matches(address, p)), None)
         if match:
             raise Accept(f"{address} matches {match}")
@@ -6295,7 +6293,7 @@ class Ledger:
         self.progress = {}              # post id -> MemberProgress
         self.waiting = 0                # outcomes not flushed yet
         self.flushed = time.monotonic()
-        self.totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0}
+        self.totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0, "unreadable": 0}
         self.broken = None              # why the ledger cannot be written
 
     def members(self, post, recipients):
@@ -6325,8 +6323,7 @@ class Ledger:
             self.progress[post["id"]].done[address] = (row, bounce)
         else:
             self.rows.append(row)
-            if bounce:
-                self.bounces.append(bounce)
+            self.bounces += [bounce] if bounce else []
         self.waiting += 1
         self.totals["expired" if state == "expired" else outcome.kind] += 1
         # every failure is in the ledger (see `trace`); the log gets failures, and successes at debug
@@ -6392,8 +6389,7 @@ class MemberProgress:
                 sent += 1
             else:
                 rows.append(row)
-                if bounce:
-                    bounces.append(bounce)
+                bounces += [bounce] if bounce else []
         return rows, bounces, sent, None if self.exhausted and not self.taken else cursor
 
 
@@ -6693,7 +6689,6 @@ def queuerunner(ctx):
         raise StoreError(f"the database cannot be written ({e}): delivering nothing")
     transport = TRANSPORTS[config.get("send", "transport")](config)
     ledger = Ledger(ctx.store, config, transport.ledger_batch)
-    ledger.totals["unreadable"] = 0
     verp_key = ctx.store.verp_key
     try:
         for post in ctx.queue:

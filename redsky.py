@@ -4815,8 +4815,7 @@ def hold_post(ctx, reason):
     row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
            subject[:300], ctx.message_id, reason, ctx.raw)
     outbox, owners = Outbox(ctx.outbox.dry_run), owners_of(ctx.list)
-    held_expiry = ctx.config.duration("commands", "held_expiry")
-    token = new_token() if owners else None
+    held_expiry, token = ctx.config.duration("commands", "held_expiry"), new_token() if owners else None
 
     def store_held(db):
         held_id = db.execute(SQL["add_held"], row).lastrowid
@@ -5336,8 +5335,7 @@ def getinfo(ctx):
     local, at, domain = ctx.recipient.rpartition("@")
     if not at or not local:
         raise UnknownList(f"{ctx.recipient!r} is not a list address")
-    role, extension = "post", None
-    row = ctx.store.list_by_address(ctx.recipient)
+    row, role, extension = ctx.store.list_by_address(ctx.recipient), "post", None
     if row is None:
         m = ROLE_ADDRESS.fullmatch(local)
         if m:
@@ -6270,14 +6268,12 @@ class Ledger:
     """Outcomes of one run, written in batched transactions.  A recipient's outcome is final only
     once flushed; a run killed before a flush repeats at most the deliveries since the last one
     (``batch`` outcomes or one second).  Temporary failures are retried after retry_delay, doubling
-    up to retry_max_delay, and expire after max_age; permanent failures and expiries count as
-    bounces.
+    up to retry_max_delay, and expire after max_age; permanent failures and expiries are bounces.
 
     A post to the list's members (``members()``) costs no write per member sent: the flush moves the
     post's member_cursor past the members whose outcomes are all in, in the order they were taken,
-    adds them to sent_count, and writes rows for the failures and deferrals among them only.
-    Outcomes that arrive ahead of an earlier member's wait for it, so the cursor never passes a
-    member whose delivery is not recorded.
+    adds them to sent_count, and writes rows only for their failures and deferrals.  An outcome that
+    comes before an earlier member's waits for it: the cursor never passes an unrecorded one.
 
     Once a flush fails (disk full, database locked past busy_timeout) the ledger is broken: every
     later record() raises StoreError, so the run delivers nothing more and ends with 75; what it
@@ -6526,8 +6522,7 @@ def unrecognised_summaries(store, config, now):
     unseen; it never counted).  The time of the last summary is kept in meta."""
     for list_row in [dict(r) for r in store.q("all_lists")]:
         key = f"unrecognised_summary:{list_row['id']}"
-        last = store.q("meta", key).fetchone()
-        last = float(last[0]) if last else 0.0
+        last = float((store.q("meta", key).fetchone() or [0.0])[0])
         if now - last < 86400:
             continue
         rows = store.q("unrecognised_since", list_row["id"], last).fetchall()

@@ -4440,9 +4440,8 @@ class SMTPTransport(Transport):
 
     def send(self, list_row, data, recipients, record, expected=0):
         import selectors
-        wire = smtp_wire(data)
         source, again = iter(recipients), collections.deque()   # again: what a broken connection had
-        personal, signer = Personalizer(list_row, wire), verp_signer(list_row)
+        personal, signer = Personalizer(list_row, smtp_wire(data)), verp_signer(list_row)
         bounces = list_address(list_row, "-bounces")
 
         def take(pipe):
@@ -5642,8 +5641,7 @@ def access(ctx):
     elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
                                    for s in senders):
         nonmember(ctx, shown, f"{shown} is not in the list's acl")
-    limit = ctx.list["max_posts_per_day"]
-    poster = ctx.poster["address"] if ctx.poster else shown
+    limit, poster = ctx.list["max_posts_per_day"], ctx.poster["address"] if ctx.poster else shown
     if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
         raise Hold(f"{poster} already posted {limit} times in the last 24 hours (max_posts_per_day)")
 

@@ -5034,7 +5034,7 @@ class Requests:
             self.confirm(token, lines)
         return True
 
-    HANDLERS = {"help": help, **dict.fromkeys(["confirm", "approve", "reject", "discard"], token_command),
+    HANDLERS = {"help": help, **dict.fromkeys("confirm approve reject discard".split(), token_command),
                 "subscribe": lambda self, words, lines: self.subscribe(self.sender),
                 "unsubscribe": lambda self, words, lines: self.unsubscribe(self.sender),
                 "set": lambda self, words, lines: self.set_option(self.sender, words),
@@ -6305,8 +6305,8 @@ class Ledger:
         now = time.time()
         state = {SENT: "sent", PERMANENT: "failed"}.get(outcome.kind) or \
             ("expired" if now - post["created"] >= self.max_age else "pending")
-        next_attempt = 0 if state != "pending" else now + min(self.retry * 2 ** (attempts or 0), self.cap)
-        row = (state, next_attempt, outcome.detail[:500], now, post["id"], address)
+        retry_at = now + min(self.retry * 2 ** (attempts or 0), self.cap) if state == "pending" else 0
+        row = (state, retry_at, outcome.detail[:500], now, post["id"], address)
         bounce = None
         if state in ("failed", "expired"):
             found = _STATUS.search(outcome.detail)

@@ -3985,26 +3985,22 @@ FILTERS = {}
 
 
 def chain_filter(stage, needs=(), check=False):
-    """Register a filter under its function name.  ``stage`` is "message"
-    (queue and filter chains) or "send"; ``needs`` names filters that must
-    run earlier in the same chain; ``check=True`` marks a filter that only
-    refuses mail, which a whitelisted sender skips (see Accept).  This is
-    also the decorator plugins use: ``@redsky.chain_filter("message")``."""
+    """Register a filter under its function name.  ``stage`` is "message" (queue and filter chains)
+    or "send"; ``needs`` names filters that must run earlier in the same chain; ``check=True`` marks
+    a filter that only refuses mail, which a whitelisted sender skips (see Accept).  This is also
+    the decorator plugins use: ``@redsky.chain_filter("message")``."""
     def register(fn):
         if fn.__name__ in FILTERS:
             raise ConfigError(f"filter {fn.__name__!r} is already defined; a plugin cannot replace it")
-        fn.stage = stage
-        fn.needs = tuple(needs)
-        fn.check = check
+        fn.stage, fn.needs, fn.check = stage, tuple(needs), check
         FILTERS[fn.__name__] = fn
         return fn
     return register
 
 
 def load_plugins(config):
-    """Load each file of ``[redsky] plugins`` (comma-separated paths) as a
-    Python module; its ``@redsky.chain_filter`` functions join FILTERS and
-    can be named in any chain.  A file that is missing, fails to import,
+    """Load each file of ``[redsky] plugins`` as a Python module; its ``@redsky.chain_filter``
+    functions join FILTERS and can be named in any chain.  A file that is missing, fails to import,
     defines no filter or reuses a filter's name is a configuration error."""
     paths = [p.strip() for p in config.get("redsky", "plugins").split(",") if p.strip()]
     if not paths:
@@ -4017,15 +4013,13 @@ def load_plugins(config):
         before = set(FILTERS)
         spec = importlib.util.spec_from_file_location(f"redsky_plugin_{number}", path)
         try:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
         except ConfigError as e:
             raise ConfigError(f"plugin {path}: {e}")
         except OSError as e:
             raise ConfigError(f"plugin {path}: cannot read it: {e.strerror}")
         except Exception as e:
-            where = ""
-            tb = e.__traceback__
+            where, tb = "", e.__traceback__
             while tb is not None:               # the plugin's own line, not ours
                 if tb.tb_frame.f_code.co_filename == path:
                     where = f" (line {tb.tb_lineno})"
@@ -4060,8 +4054,7 @@ class Context:
     each filter's docstring says which it reads and which it writes."""
 
     def __init__(self, config, store=None, stdin=None):
-        self.config = config
-        self.store = store
+        self.config, self.store = config, store
         self.stdin = stdin          # where read reads the message (default sys.stdin.buffer)
         self.stdout = None          # where out writes it (default sys.stdout.buffer)
         self.mode = "queue"         # or "filter": stdin -> stdout (cmd_filter)
@@ -4083,7 +4076,6 @@ class Context:
         self.poster = None          # the sender's member row (member_options), when a member
         self.recipients = []        # who the post goes to: addresses, or ListMembers
         self.digest_members = 0     # enabled members who get digests instead of posts
-        # decisions
         self.approved = False       # moderator approval (passphrase or CLI)
         self.accepted = ""          # why the sender is whitelisted (Accept), else ""
         self.approve_held = None    # held post approved by email, released after the chain
@@ -4093,14 +4085,12 @@ class Context:
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
-        # the send chain
         self.lock_fd = None         # singleinstance's flock, held until the process ends
         self.now = 0.0              # queuebuilder's clock: what is due
         self.queue = []             # queuebuilder: message rows with deliveries due
         self.totals = None          # queuerunner: outcomes of this run, by kind
         self.unreadable = ""        # queuerunner: the last spool file it could not read, and why
-        # the trace
-        self.trace = []             # (filter, note)
+        self.trace = []             # (filter, note): the trace
         self.current = ""           # the filter running now, for note()
         self.outcome, self.outcome_reason = "", ""
 
@@ -4120,12 +4110,11 @@ class Context:
 
 
 def run_chain(chain, ctx):
-    """Run filters in order; return the verdict that ended the chain, or
-    None.  After an Accept verdict the chain goes on without its checks.
-    A StoreError (nothing could be stored) becomes TryLater.  Once the post
-    is queued (ctx.committed), nothing a later filter does can take that
-    back: its verdict or error is logged and ignored, since a "try later"
-    now would make the MTA deliver the post a second time."""
+    """Run filters in order; return the verdict that ended the chain, or None.  After an Accept
+    verdict the chain goes on without its checks.  A StoreError (nothing could be stored) becomes
+    TryLater.  Once the post is queued (ctx.committed), nothing a later filter does can take that
+    back: its verdict or error is logged and ignored, since a "try later" now would make the MTA
+    deliver the post a second time."""
     for fn in chain:
         ctx.current = fn.__name__
         if ctx.accepted and fn.check:
@@ -4156,10 +4145,9 @@ def run_chain(chain, ctx):
 
 def explain(ctx, code):
     """The trace as text: one line per filter, then the outcome."""
-    lines = [f"{name:15} {note}" for name, note in ctx.trace]
-    lines.append(f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
-                 + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else ""))
-    return "\n".join(lines)
+    return "\n".join([f"{name:15} {note}" for name, note in ctx.trace]
+                     + [f"{'=> exit ' + str(code):15} {ctx.outcome}: {ctx.outcome_reason}"
+                        + ("  (dry run: nothing stored)" if ctx.outbox.dry_run else "")])
 
 
 def store_event(ctx):
@@ -4182,13 +4170,7 @@ def store_event(ctx):
 # ---------------------------------------------------------------------------
 
 SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
-
-
-class Outcome:
-    __slots__ = ("kind", "detail")
-
-    def __init__(self, kind, detail=""):
-        self.kind, self.detail = kind, detail
+Outcome = collections.namedtuple("Outcome", "kind detail", defaults=("",))
 
 
 def outcome_of(code, text, stage):
@@ -4198,37 +4180,18 @@ def outcome_of(code, text, stage):
     return Outcome(PERMANENT if 500 <= code < 600 else TEMPORARY, f"{stage} {code} {text}"[:300])
 
 
-def envelope_sender(list_row, verp, recipient=None):
-    """LIST-bounces+user=host@DOMAIN when we VERP per recipient, else
-    LIST-bounces@DOMAIN (the MTA adds +user=host itself with XVERP)."""
-    if verp == "per-recipient" and recipient:
-        return verp_encode(list_row, recipient)
-    return list_address(list_row, "-bounces")
-
-
 class Transport:
-    """The interface every transport has (TRANSPORTS).
-
-    ``send(list_row, data, recipients, record, expected)`` delivers one post
-    to an iterable of (address, attempts; None for a member the post's
-    cursor reaches, who has no row yet), calling ``record(address,
-    attempts, Outcome)`` exactly once for each; ``expected`` is how many
-    there are.  ``send_one(sender, recipient, data)`` hands one generated
-    message over at once and returns its Outcome.  ``ledger_batch`` is how
-    many outcomes the ledger may hold before it commits (the most a killed
-    ``send`` can repeat).  ``close()`` ends the run."""
+    """The interface of every transport (TRANSPORTS): ``send(list_row, data, recipients, record,
+    expected)`` delivers one post to an iterable of (address, attempts; None for a member the post's
+    cursor reaches, who has no row yet), calling ``record(address, attempts, Outcome)`` exactly once
+    for each (``expected``: how many).  ``send_one(sender, recipient, data)`` hands one generated
+    message over at once: its Outcome.  ``ledger_batch`` is how many outcomes the ledger may hold
+    before it commits (the most a killed ``send`` can repeat).  ``close()`` ends the run."""
 
     ledger_batch = 1
 
     def __init__(self, config):
-        self.config = config
-        self.verp = config.get("send", "verp")
-
-    def send(self, list_row, data, recipients, record, expected=0):
-        raise NotImplementedError
-
-    def send_one(self, sender, recipient, data):
-        raise NotImplementedError
+        self.config, self.verp = config, config.get("send", "verp")
 
     def close(self):
         pass
@@ -4236,23 +4199,16 @@ class Transport:
 
 def batches(recipients, size):
     """Group an iterable of (address, attempts) into lists of ``size``."""
-    batch = []
-    for item in recipients:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    recipients = iter(recipients)
+    return iter(lambda: list(itertools.islice(recipients, size)), [])
 
 
 class SendmailTransport(Transport):
-    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient
-    VERP runs one process per recipient; with verp = xverp (Postfix's
-    ``-XV``) or off, one process takes up to smtp_max_recipients.  Exit 0
-    is sent; 67 (no user) and 68 (no host) are permanent; anything else,
-    including a missing program, is temporary (sysexits.h).  A process
-    costs far more than a commit, so the ledger commits every outcome."""
+    """``sendmail -oi -f SENDER -- RCPT…``, never a shell.  Per-recipient VERP runs one process per
+    recipient; with verp = xverp (Postfix's ``-XV``: the MTA writes LIST-bounces+user=host) or off
+    (LIST-bounces@DOMAIN), one process takes up to smtp_max_recipients.  Exit 0 is sent; 67 (no
+    user) and 68 (no host) are permanent; anything else, including a missing program, is temporary
+    (sysexits.h).  A process costs far more than a commit, so the ledger commits every outcome."""
 
     PERMANENT_CODES = {67: "user unknown", 68: "host unknown"}
 
@@ -4262,11 +4218,12 @@ class SendmailTransport(Transport):
         self.batch = 1 if self.verp == "per-recipient" else int(config.number("send", "smtp_max_recipients"))
 
     def send(self, list_row, data, recipients, record, expected=0):
-        personal = Personalizer(list_row, data)
+        personal, bounces = Personalizer(list_row, data), list_address(list_row, "-bounces")
         for batch in batches(recipients, self.batch):
             addresses = [a for a, _ in batch]
             copy = personal(addresses[0]) if len(addresses) == 1 else personal.shared
-            outcome = self.run(envelope_sender(list_row, self.verp, addresses[0]), addresses, copy)
+            sender = verp_encode(list_row, addresses[0]) if self.verp == "per-recipient" else bounces
+            outcome = self.run(sender, addresses, copy)
             for address, attempts in batch:
                 record(address, attempts, outcome)
 
@@ -4279,15 +4236,12 @@ class SendmailTransport(Transport):
                                   stderr=subprocess.PIPE, timeout=600)
         except (OSError, subprocess.SubprocessError) as e:
             return Outcome(TEMPORARY, f"cannot run {self.path}: {getattr(e, 'strerror', None) or e}")
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = detail[-1][:300] if detail else ""
+        detail = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1][:300]
         if proc.returncode == 0:
             return Outcome(SENT, "sendmail exit 0")
-        if proc.returncode in self.PERMANENT_CODES:
-            return Outcome(PERMANENT,
-                           f"sendmail exit {proc.returncode} "
-                           f"({self.PERMANENT_CODES[proc.returncode]}) {detail}".strip())
-        return Outcome(TEMPORARY, f"sendmail exit {proc.returncode} {detail}".strip())
+        why = self.PERMANENT_CODES.get(proc.returncode)
+        return Outcome(PERMANENT if why else TEMPORARY,
+                       f"sendmail exit {proc.returncode} {f'({why}) ' if why else ''}{detail}".strip())
 
     def send_one(self, sender, recipient, data):
         return self.run(sender or "<>", [recipient], data, verp=False)
@@ -4316,18 +4270,15 @@ def smtp_connect(host, port, timeout):
 
 
 def smtp_transaction(conn, sender, recipients, wire, xverp=False):
-    """Send one message to ``recipients`` one command at a time (a server
-    without PIPELINING, a single notice); return {recipient: Outcome}.
-    ``wire``: smtp_wire's form."""
+    """Send one message to ``recipients`` one command at a time (a server without PIPELINING, a
+    single notice); return {recipient: Outcome}.  ``wire``: smtp_wire's form."""
     def command(line):
         conn.send(line + b"\r\n")
-        code, text = conn.getreply()
-        return code, text.decode("utf-8", "replace")
+        return conn.getreply()
     try:
         mail_reply = command(f"MAIL FROM:<{sender}>{' XVERP' if xverp else ''}".encode())
         if mail_reply[0] != 250:
-            refused = outcome_of(*mail_reply, "MAIL")
-            return {r: refused for r in recipients}
+            return dict.fromkeys(recipients, outcome_of(*mail_reply, "MAIL"))
         rcpt_replies = [command(f"RCPT TO:<{r}>".encode()) for r in recipients]
         outcomes = {r: outcome_of(*reply, "RCPT") for r, reply in zip(recipients, rcpt_replies)
                     if reply[0] not in (250, 251)}
@@ -4335,9 +4286,7 @@ def smtp_transaction(conn, sender, recipients, wire, xverp=False):
         data_reply = command(b"DATA") if accepted else (503, "no valid recipients")
         if data_reply[0] == 354:
             conn.send(wire)
-            code, text = conn.getreply()
-            text = text.decode("utf-8", "replace")
-            done = outcome_of(code, text, "DATA") if code != 250 else Outcome(SENT, f"250 {text}"[:300])
+            done = final_outcome(*conn.getreply())
         else:
             done = outcome_of(*data_reply, "DATA")
             command(b"RSET")
@@ -4356,23 +4305,18 @@ def smtp_close(conn):
 
 
 class SMTPTransport(Transport):
-    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections
-    connections, all driven by one thread (selectors): no hand-offs, and
-    the ledger records each outcome as its reply arrives.  With PIPELINING
-    (RFC 2920) a message and its final dot go in the same write as the next
-    transaction's MAIL, RCPT and DATA, so a transaction costs one round
-    trip.  verp = per-recipient: one transaction per recipient with its own
-    signed envelope sender; xverp (when the server offers XVERP, else per
-    recipient, with a warning) or off: up to smtp_max_recipients a
-    transaction.  A connection that breaks is replaced once; what it had in
-    flight goes again on another.  The ledger commits every [send]
-    ledger_batch outcomes."""
+    """SMTP to [send] smtp_host:smtp_port over up to smtp_connections connections, all driven by one
+    thread (selectors): no hand-offs, and the ledger records each outcome as its reply arrives.
+    With PIPELINING (RFC 2920) a message and its final dot go in the same write as the next
+    transaction's MAIL, RCPT and DATA, so a transaction costs one round trip.  verp = per-recipient:
+    one transaction per recipient with its own signed envelope sender; xverp (when the server offers
+    XVERP, else per recipient, with a warning) or off: up to smtp_max_recipients a transaction.  A
+    connection that breaks is replaced once; what it had in flight goes again on another."""
 
     def __init__(self, config):
         super().__init__(config)
         self.ledger_batch = int(config.number("send", "ledger_batch"))
-        self.host = config.get("send", "smtp_host")
-        self.port = int(config.number("send", "smtp_port"))
+        self.host, self.port = config.get("send", "smtp_host"), int(config.number("send", "smtp_port"))
         self.timeout = config.duration("send", "smtp_timeout")
         self.connections = max(1, int(config.number("send", "smtp_connections")))
         self.max_recipients = max(1, int(config.number("send", "smtp_max_recipients")))
@@ -4400,15 +4344,13 @@ class SMTPTransport(Transport):
 
     def send(self, list_row, data, recipients, record, expected=0):
         import selectors
-        wire = smtp_wire(data)
         source, again = iter(recipients), collections.deque()   # again: what a broken connection had
-        personal, signer = Personalizer(list_row, wire), verp_signer(list_row)
+        personal, signer = Personalizer(list_row, smtp_wire(data)), verp_signer(list_row)
         bounces = list_address(list_row, "-bounces")
 
         def take(pipe):
-            if again:
-                return again.popleft()
-            return list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
+            return again.popleft() if again else \
+                list(itertools.islice(source, 1 if pipe.per_recipient else self.max_recipients))
 
         def advance(pipe):
             """Send the pipeline's next group; False when it has nothing left to send.
@@ -4451,14 +4393,11 @@ class SMTPTransport(Transport):
             if pipe is None:
                 return
             try:
-                if pipe.conn.pipelining:
-                    if advance(pipe):
-                        pipes.append(pipe)
-                        selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
-                    else:
-                        self.idle.append(pipe)
+                if pipe.conn.pipelining and advance(pipe):
+                    pipes.append(pipe)
+                    selector.register(pipe.conn.sock, selectors.EVENT_READ, pipe)
                     return
-                while not self.down:        # a server without PIPELINING: one command at a time
+                while not pipe.conn.pipelining and not self.down:    # else one command at a time
                     batch = pipe.expect = take(pipe)
                     if not batch:
                         break
@@ -4488,7 +4427,7 @@ class SMTPTransport(Transport):
                     try:
                         for batch, outcome in pipe.receive():
                             for address, attempts in batch:
-                                record(address, attempts, outcome(address))
+                                record(address, attempts, outcome)
                         if not pipe.expect and not advance(pipe):
                             selector.unregister(pipe.conn.sock)
                             pipes.remove(pipe)
@@ -4504,9 +4443,8 @@ class SMTPTransport(Transport):
         finally:
             selector.close()
         failed = Outcome(TEMPORARY, self.down or "not sent")
-        for batch in again:
-            for address, attempts in batch:
-                record(address, attempts, failed)
+        for address, attempts in itertools.chain.from_iterable(again):
+            record(address, attempts, failed)
         for address, attempts in source:    # server down: rows are deferred, members wait for the next run
             if attempts is None:
                 break
@@ -4531,13 +4469,11 @@ class SMTPTransport(Transport):
 
 
 class Pipeline:
-    """The transactions in flight on one pipelining connection (RFC 2920).
-    send_group() writes, in one write, what the connection owes (the body of
-    the transaction whose DATA got 354, an RSET) and the next transaction's
-    MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
-    transactions, each message sent by BDAT LAST with no wait for a 354.
-    receive() reads replies and, once the group's are all in, returns the
-    outcomes they settle."""
+    """The transactions in flight on one pipelining connection (RFC 2920).  send_group() writes, in
+    one write, what the connection owes (the body of the transaction whose DATA got 354, an RSET)
+    and the next transaction's MAIL, RCPTs and DATA; with CHUNKING (RFC 3030) several whole
+    transactions, each message sent by BDAT LAST with no wait for a 354.  receive() reads replies
+    and, once the group's are all in, returns the outcomes they settle: [(batch, Outcome)]."""
 
     def __init__(self, conn, per_recipient, xverp):
         self.conn, self.per_recipient, self.xverp = conn, per_recipient, xverp
@@ -4546,8 +4482,7 @@ class Pipeline:
         self.expect = []        # ("end", batch, accepted) / ("rset",) / ("txn" | "bdat", batch)
         self.needed = 0         # the replies they take
         self.body = None        # (batch, accepted addresses) whose message goes next
-        self.reset = False
-        self.deadline = 0.0
+        self.reset, self.deadline = False, 0.0
         self.settled = 0        # transactions settled on this connection
 
     def send_group(self, jobs, personal):
@@ -4558,11 +4493,10 @@ class Pipeline:
             parts.append((personal(accepted[0]) if self.per_recipient else personal.shared) if accepted
                          else b".\r\n")
             expect.append(("end", body, accepted))
-            self.body = None
         if self.reset:
             parts.append(b"RSET\r\n")
             expect.append(("rset",))
-            self.reset = False
+        self.body, self.reset = None, False
         for batch, sender in jobs:
             # with CHUNKING transactions follow each other unseen: each starts with RSET, as one
             # left open (a server may keep it after BDAT found no valid recipient) would take
@@ -4573,10 +4507,9 @@ class Pipeline:
             if self.chunking:
                 message = personal.plain(batch[0][0] if self.per_recipient else None)
                 parts += [b"BDAT %d LAST\r\n" % len(message), message]
-                expect.append(("bdat", batch))
             else:
                 parts.append(b"DATA\r\n")
-                expect.append(("txn", batch))
+            expect.append(("bdat" if self.chunking else "txn", batch))
         if not parts:
             return False
         self.expect = expect
@@ -4591,7 +4524,7 @@ class Pipeline:
         return [e[1] for e in self.expect if e[0] != "rset"] + ([self.body[0]] if self.body else [])
 
     def receive(self):
-        """Read what has arrived; [(batch, outcome of an address)] once every reply of the group is in."""
+        """Read what has arrived; [(batch, Outcome)] once every reply of the group is in."""
         chunk = self.conn.sock.recv(65536)
         if not chunk:
             raise SMTPError("connection closed by the server")
@@ -4614,15 +4547,14 @@ class Pipeline:
         if len(self.replies) < self.needed:
             return []
         replies, self.replies, expect, self.expect = iter(self.replies), [], self.expect, []
-        self.settled += 1
-        settled = []
+        self.settled, settled = self.settled + 1, []
         for entry in expect:
             if entry[0] == "rset":
                 next(replies)
             elif entry[0] == "end":
-                code, text = next(replies)
                 accepted = set(entry[2])
-                settled.append(([i for i in entry[1] if i[0] in accepted], final_outcome(code, text)))
+                settled.append(([i for i in entry[1] if i[0] in accepted],
+                                final_outcome(*next(replies))))
             else:
                 if entry[0] == "bdat":
                     next(replies)                   # RSET's
@@ -4635,35 +4567,31 @@ class Pipeline:
         and what the connection owes next: the body, or an RSET when the
         transaction may still be open on the server."""
         if mail[0] != 250:
-            refused = outcome_of(*mail, "MAIL")
             if data[0] == 354:                  # cannot happen with a sane server; end it
                 self.body = (batch, [])
-            return [(batch, lambda a: refused)]
+            return [(batch, outcome_of(*mail, "MAIL"))]
         failed = {a: outcome_of(*reply, "RCPT") for (a, _), reply in zip(batch, rcpts)
                   if reply[0] not in (250, 251)}
-        settled = [([i for i in batch if i[0] in failed], failed.get)] if failed else []
+        settled = [([i], failed[i[0]]) for i in batch if i[0] in failed]
         accepted = [i for i in batch if i[0] not in failed]
-        if kind == "bdat":
-            settled.append((accepted, final_outcome(*data)))
-        elif data[0] == 354:
+        if kind == "txn" and data[0] == 354:
             self.body = (batch, [a for a, _ in accepted])
         else:
             settled.append((accepted, final_outcome(*data)))
-            self.reset = True
+            self.reset = self.reset or kind == "txn"    # DATA refused: the transaction may be open
         return settled
 
 
 def final_outcome(code, text):
-    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST), for every address."""
-    done = Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300]) if code == 250 else \
-        outcome_of(code, text, "DATA")
-    return lambda address: done
+    """The outcome of the reply to a message's end (DATA's dot or BDAT LAST)."""
+    if code != 250:
+        return outcome_of(code, text, "DATA")
+    return Outcome(SENT, f"250 {text.decode('utf-8', 'replace').strip()}"[:300])
 
 
 class MaildirTransport(Transport):
-    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with
-    Return-Path and Delivered-To as a local delivery would: for trying
-    redsky from the shell."""
+    """Writes each copy into ``[send] maildir``/RECIPIENT/, a Maildir, with Return-Path and
+    Delivered-To as a local delivery would: for trying redsky from the shell."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -4677,9 +4605,7 @@ class MaildirTransport(Transport):
 
     def send_one(self, sender, recipient, data):
         import mailbox
-        safe = recipient.replace("/", "_")
-        if safe.startswith("."):
-            safe = "_" + safe[1:]
+        safe = re.sub(r"^\.", "_", recipient.replace("/", "_"))
         try:
             os.makedirs(self.base, exist_ok=True)
             box = mailbox.Maildir(os.path.join(self.base, safe), create=True)
@@ -4695,9 +4621,8 @@ TRANSPORTS = {"sendmail": SendmailTransport, "smtp": SMTPTransport, "maildir": M
 
 
 def send_now(config, sender, recipient, data):
-    """Hand one generated message to [send] transport at once, outside the
-    ledger (an automatic reply in filter mode has no list to be queued
-    under); return its Outcome.  ``sender`` "" is the null sender."""
+    """Hand one generated message to [send] transport at once, outside the ledger (an automatic
+    reply in filter mode has no list to be queued under); return its Outcome.  Sender "" is <>."""
     transport = TRANSPORTS[config.get("send", "transport")](config)
     try:
         return transport.send_one(sender, recipient, data)
@@ -4713,16 +4638,12 @@ def send_now(config, sender, recipient, data):
 # ---------------------------------------------------------------------------
 
 def take_approved(ctx):
-    """Remove every Approved: header (and an Approved: line at the top of
-    the first text part) so a passphrase never reaches the members; return
-    the passphrase found, or None."""
-    found = None
+    """Remove every Approved: header (and an Approved: line at the top of the first text part) so a
+    passphrase never reaches the members; return the passphrase found, or None."""
     values = ctx.msg.get_all("Approved") + ctx.msg.get_all("Approve")
-    if values:
-        found = values[0]
-        ctx.msg.remove("Approved", "Approve")
+    ctx.msg.remove("Approved", "Approve")
     body_value = _take_approved_line(ctx.msg)
-    found = found if found is not None else body_value
+    found = values[0] if values else body_value
     if found:                       # the same line in any other part, an HTML alternative too
         ctx.msg.body = _approved_text(found).sub(b"", ctx.msg.body)
     return found
@@ -4733,9 +4654,8 @@ def _approved_text(passphrase):
 
 
 def passphrase_left(msg, passphrase):
-    """Whether "Approved: PASSPHRASE" is still somewhere in ``msg`` after
-    take_approved, as text a reader would see: in a part's decoded text
-    (base64, quoted-printable, HTML with tags and entities)."""
+    """Whether "Approved: PASSPHRASE" is still in ``msg`` after take_approved, as text a reader
+    would see: in a part's decoded text (base64, quoted-printable, HTML with tags and entities)."""
     if _approved_text(passphrase).search(msg.body):
         return True
     if not re.search(rb"(?i)base64|quoted-printable|text/html", msg.body):
@@ -4758,34 +4678,26 @@ _APPROVED_LINE = re.compile(rb"\A(?:[ \t]*\r?\n)*Approved?:[ \t]*([^\r\n]*)\r?\n
 
 
 def _take_approved_line(msg):
-    """Mailman-style ``Approved: secret`` as the first line of the body, for
-    a plain single-part message or the first text/plain part of a
-    multipart/mixed one (removed here with the blank line after it), else
-    the first such line that opens any part or paragraph (removed by
-    take_approved, like its copies in the other parts)."""
+    """Mailman-style ``Approved: secret`` as the first line of the body, for a plain single-part
+    message or the first text/plain part of a multipart/mixed one (removed here with the blank line
+    after it), else the first such line that opens any part or paragraph (removed by take_approved,
+    like its copies in the other parts)."""
     if not re.search(rb"(?im)^approved?:", msg.body[:65536]):
         return None                 # the common case, without loading the email package
-    info = msg.header_message()
-    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
-        m = _APPROVED_LINE.match(msg.body)
-        if m:
-            msg.body = msg.body[m.end():]
-            return m.group(1).decode("utf-8", "replace").strip()
-    elif info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
+    info, start = msg.header_message(), 0      # the header of the part the body line would open
+    if info.get_content_type() == "multipart/mixed" and info.get_param("boundary"):
         b = re.escape(info.get_param("boundary").encode("utf-8", "surrogateescape"))
         first = re.search(rb"(?m)^--" + b + rb"[ \t]*\r?\n", msg.body)
-        if first:
-            head_end = re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
-            if head_end:
-                head = RawMessage(msg.body[first.end():head_end.end()]).header_message()
-                pcte = str(head.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-                if head.get_content_type() == "text/plain" and pcte in ("7bit", "8bit", ""):
-                    m = _APPROVED_LINE.match(msg.body[head_end.end():])
-                    if m:
-                        start = head_end.end()
-                        msg.body = msg.body[:start] + msg.body[start + m.end():]
-                        return m.group(1).decode("utf-8", "replace").strip()
+        head_end = first and re.compile(rb"\r?\n\r?\n").search(msg.body, first.end() - 1)
+        if head_end:
+            start = head_end.end()
+            info = RawMessage(msg.body[first.end():start]).header_message()
+    cte = str(info.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if info.get_content_type() == "text/plain" and cte in ("7bit", "8bit", ""):
+        m = _APPROVED_LINE.match(msg.body[start:])
+        if m:
+            msg.body = msg.body[:start] + msg.body[start + m.end():]
+            return m.group(1).decode("utf-8", "replace").strip()
     # any other structure (multipart/alternative, nested parts): the first
     # such line that opens a part or a paragraph; take_approved removes it
     for m in itertools.islice(re.finditer(rb"(?im)^[ \t]*approved?:[ \t]*([^\r\n]*)", msg.body[:65536]), 10):
@@ -4798,19 +4710,16 @@ def _take_approved_line(msg):
 # Held posts ------------------------------------------------------------------
 
 def hold_post(ctx, reason):
-    """Keep the message as received, with its envelope, for a moderator,
-    and send the moderators one notice with a token to act on it by reply.
-    What the chain had planned to commit (ctx.changes, ctx.outbox) is
-    dropped: the held row and its notice commit on their own."""
+    """Keep the message as received, with its envelope, for a moderator, and send the moderators one
+    notice with a token to act on it by reply.  What the chain had planned to commit (ctx.changes,
+    ctx.outbox) is dropped: the held row and its notice commit on their own."""
     senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
     subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
     author = (senders[0] if senders else "") or ctx.sender or ""
     row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
            subject[:300], ctx.message_id, reason, ctx.raw)
-    outbox = Outbox(ctx.outbox.dry_run)
-    owners = owners_of(ctx.list)
-    held_expiry = ctx.config.duration("commands", "held_expiry")
-    token = new_token() if owners else None
+    outbox, owners = Outbox(ctx.outbox.dry_run), owners_of(ctx.list)
+    held_expiry, token = ctx.config.duration("commands", "held_expiry"), new_token() if owners else None
 
     def store_held(db):
         held_id = db.execute(SQL["add_held"], row).lastrowid
@@ -4832,10 +4741,9 @@ def hold_post(ctx, reason):
 
 
 def release_held(store, config, held_id):
-    """Distribute a held post: the queue chain runs again on it, approved;
-    the held row goes in the same transaction as the post, and the run is
-    kept in the trace (`trace MESSAGE-ID` shows the hold, then the release).
-    Returns the Context (its recipients say how many got it)."""
+    """Distribute a held post: the queue chain runs again on it, approved; the held row goes in the
+    same transaction as the post, and the run is kept in the trace (`trace MESSAGE-ID` shows the
+    hold, then the release).  Returns the Context (its recipients say how many got it)."""
     held = store.held(held_id)
     if held is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
@@ -4861,16 +4769,13 @@ def release_held(store, config, held_id):
 
 
 def finish_queue(ctx, verdict):
-    """After the queue chain: log the verdict, keep a held post, release a
-    post a moderator approved by email, store the trace; return the exit
-    code."""
+    """After the queue chain: log the verdict, keep a held post, release a post a moderator approved
+    by email, store the trace; return the exit code."""
     if verdict is None:
-        ctx.outcome, ctx.outcome_reason = "queued", f"for {len(ctx.recipients)} recipients"
+        ctx.outcome, ctx.outcome_reason, code = "queued", f"for {len(ctx.recipients)} recipients", EX_OK
         log.info("queued %s recipients=%d", ctx.describe(), len(ctx.recipients))
-        code = EX_OK
     else:
-        ctx.outcome, ctx.outcome_reason = verdict.name, verdict.reason
-        code = verdict.code
+        ctx.outcome, ctx.outcome_reason, code = verdict.name, verdict.reason, verdict.code
         if isinstance(verdict, Hold):
             try:
                 hold_post(ctx, verdict.reason)
@@ -4888,9 +4793,8 @@ def finish_queue(ctx, verdict):
         # held for the CLI, and must not make the MTA repeat the approval
         try:
             released = release_held(ctx.store, ctx.config, ctx.approve_held)
-            ctx.trace.append(("release",
-                              f"held post {ctx.approve_held} released: {released.outcome or 'queued'}"
-                                         f" for {len(released.recipients)} recipients"))
+            what = f"{released.outcome or 'queued'} for {len(released.recipients)} recipients"
+            ctx.trace.append(("release", f"held post {ctx.approve_held} released: {what}"))
         except Failure as e:
             log.error("held post %s approved by email but not released: %s", ctx.approve_held, e)
             ctx.trace.append(("release", f"held post {ctx.approve_held} not released: {e}"))
@@ -4902,26 +4806,21 @@ def finish_queue(ctx, verdict):
 # Command mail ----------------------------------------------------------------
 
 TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
-COMMAND_WORDS = {"subscribe": "subscribe", "join": "subscribe", "unsubscribe": "unsubscribe",
-                 "leave": "unsubscribe", "signoff": "unsubscribe", "help": "help", "confirm": "confirm",
-                 "approve": "approve", "reject": "reject", "discard": "discard", "set": "set",
-                 "index": "index", "get": "get"}
+COMMAND_WORDS = {"join": "subscribe", "leave": "unsubscribe", "signoff": "unsubscribe", **{
+    w: w for w in "subscribe unsubscribe help confirm approve reject discard set index get".split()}}
 
 
 def command_lines(raw):
     """The Subject (without Re:/Fwd:) and the first lines of the first
     text/plain part, up to a blank line after text, a signature or a quote."""
     from email import message_from_bytes, policy
-    lines = []
     try:                                        # compat32: policy.default is slow on hostile headers
         parsed = message_from_bytes(raw, policy=policy.compat32)
-        subject = decode_header_text(str(parsed.get("Subject", "") or ""))
+        subject = without_prefixes(decode_header_text(str(parsed.get("Subject", "") or "")))
     except Exception as e:                      # the email package gave up on it: no commands
         log.warning("command mail unreadable (%s: %s); treated as empty", type(e).__name__, e)
-        return lines
-    subject = without_prefixes(subject)
-    if subject:
-        lines.append(subject)
+        return []
+    lines = [subject] if subject else []
     try:
         part = next((p for p in parsed.walk() if p.get_content_type() == "text/plain"), None)
         body = "" if part is None else payload_text(part)
@@ -4942,9 +4841,7 @@ def command_lines(raw):
 def parse_command(line):
     """(command, arguments) for a known command line, else None."""
     words = line.split()
-    if not words:
-        return None
-    command = COMMAND_WORDS.get(words[0].lower().strip(".:!"))
+    command = words and COMMAND_WORDS.get(words[0].lower().strip(".:!"))
     return (command, words[1:]) if command else None
 
 
@@ -4957,17 +4854,16 @@ def sender_address(ctx):
 
 
 class Requests:
-    """The command interpreter of one message to LIST-request, -join, -leave
-    or -confirm+TOKEN.  Each command adds database changes (ctx.changes)
-    and notices (Notices, into ctx.outbox), which the commands filter
-    commits together; ``done`` says what happened, one line per action."""
+    """The command interpreter of one message to LIST-request, -join, -leave or -confirm+TOKEN.
+    Each command adds database changes (ctx.changes) and notices (Notices, into ctx.outbox), which
+    the commands filter commits together; ``done`` says what happened, one line per action."""
 
     def __init__(self, ctx, sender):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
         self.sender = sender        # who asked (sender_address); answers go there
+        self.post_address, self.members = list_address(ctx.list), MemberLookup(ctx.store, ctx.list["id"])
         self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
-        self.now = self.notices.now
-        self.done = []
+        self.now, self.done = self.notices.now, []
         self.seen = set()           # (command, argument) already done for this message
         self.approve_held = None    # a held post a moderator approved
         self.answers = None         # run(): (command line, text name, values) of the answers to the sender
@@ -4976,15 +4872,17 @@ class Requests:
     def change(self, fn):
         self.ctx.changes.append(fn)
 
-    def notice(self, to, title, text_name, values=None, **options):
-        """Notices.send, noting a reply the rate limit suppressed.  While
-        run() works through commands, a plain answer to the sender waits to
-        go in one reply with the others."""
+    def notice(self, to, title, text_name, values=None, done="", **options):
+        """Notices.send, noting a reply the rate limit suppressed, then ``done``
+        (what was done, for the log).  While run() works through commands, a
+        plain answer to the sender waits to go in one reply with the others."""
         if self.answers is not None and to == [self.sender] and not options:
             self.answers.append((self.line, title, text_name, values))
-            return
-        if not self.notices.send(to, title, text_name, values, **options) and options.get("limit", True):
+        elif not self.notices.send(to, title, text_name, values, **options) \
+                and options.get("limit", True):
             self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
+        if done:
+            self.done.append(done)
 
     def is_list_address(self, address):
         """Whether ``address`` is an address of a list on this installation:
@@ -4992,9 +4890,6 @@ class Requests:
         m = ROLE_ADDRESS.fullmatch(address.rpartition("@")[0])
         local = m.group(1) if m else address.rpartition("@")[0]
         return self.store.list_by_address(f"{local}@{address.rpartition('@')[2]}") is not None
-
-    def is_member(self, address):
-        return address in MemberLookup(self.store, self.list["id"])
 
     def rate_limited(self, address, action):
         """A repeated request is answered once, then ignored; at most
@@ -5006,55 +4901,33 @@ class Requests:
             return "too many requests today"
         return None
 
-    # -- LIST-request: one handler per command (HANDLERS) -------------------------
-
     def run(self, lines):
-        """Up to ten commands, a repeated one (Subject and body) done once;
-        the answers to the sender go in one reply.  A token command answers
-        the whole message."""
-        parsed, seen = [], set()
+        """Up to ten commands, a repeated one (Subject and body) done once; the answers to the
+        sender go in one reply.  A token command answers the whole message."""
+        parsed = {}                 # (command, its words) -> (line, command): a repeat is done once
         for line in lines:
             command = parse_command(line)
-            key = command and (command[0], tuple(w.lower() for w in command[1]))
-            if command and key not in seen and len(parsed) < 10:
-                seen.add(key)
-                parsed.append((line, command))
+            if command and len(parsed) < 10:
+                parsed.setdefault((command[0], tuple(w.lower() for w in command[1])), (line, command))
         if not parsed:
             self.help([], lines, why="help (no command found)")
         self.answers = []
-        for self.line, (command, words) in parsed:
-            if getattr(self, self.HANDLERS[command])(words, lines):
+        for self.line, (command, words) in parsed.values():
+            if self.HANDLERS[command](self, words, lines):
                 break
         answers, self.answers = self.answers, None
         if len(answers) == 1:
-            _, title, text_name, values = answers[0]
-            self.notice([self.sender], title, text_name, values)
+            self.notice([self.sender], *answers[0][1:])     # (line, title, text name, values)
         elif answers:
             templates = self.config.path_of("redsky", "templates")
             replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
                                    + render(name, self.list, values or {}, templates)
                                    for line, _, name, values in answers)
-            self.notice([self.sender], f"{list_address(self.list)}: answers to your {len(answers)} commands",
+            self.notice([self.sender], f"{self.post_address}: answers to your {len(answers)} commands",
                         "command-replies", {"replies": replies.rstrip("\n")})
 
     def help(self, words, lines, why="help"):
-        self.notice([self.sender], f"{list_address(self.list)}: help", "help", {"extra": ""})
-        self.done.append(why)
-
-    def subscribe_command(self, words, lines):
-        self.subscribe(self.sender)
-
-    def unsubscribe_command(self, words, lines):
-        self.unsubscribe(self.sender)
-
-    def set_command(self, words, lines):
-        self.set_option(self.sender, words)
-
-    def index_command(self, words, lines):
-        self.archive_request(self.sender, "index", words)
-
-    def get_command(self, words, lines):
-        self.archive_request(self.sender, "get", words)
+        self.notice([self.sender], f"{self.post_address}: help", "help", {"extra": ""}, done=why)
 
     def token_command(self, words, lines):
         """confirm / approve / reject / discard TOKEN: the token may stand on
@@ -5066,22 +4939,20 @@ class Requests:
             self.confirm(token, lines)
         return True
 
-    HANDLERS = {"subscribe": "subscribe_command", "unsubscribe": "unsubscribe_command", "help": "help",
-                "set": "set_command", "index": "index_command", "get": "get_command",
-                "confirm": "token_command", "approve": "token_command", "reject": "token_command",
-                "discard": "token_command"}
-
-    # -- subscribe / unsubscribe ------------------------------------------------
+    HANDLERS = {"help": help, **dict.fromkeys("confirm approve reject discard".split(), token_command),
+                "subscribe": lambda self, words, lines: self.subscribe(self.sender),
+                "unsubscribe": lambda self, words, lines: self.unsubscribe(self.sender),
+                "set": lambda self, words, lines: self.set_option(self.sender, words),
+                "index": lambda self, words, lines: self.archive_request(self.sender, "index", words),
+                "get": lambda self, words, lines: self.archive_request(self.sender, "get", words)}
 
     def subscribe(self, address):
-        policy_ = self.list["subscribe_policy"]
-        if banned(self.store, self.list, [address]):
-            self.done.append(f"subscription of {address} refused: on the ban list")
-            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
-        if policy_ == "closed":
-            return self.notice([address], f"{list_address(self.list)}: subscriptions are closed", "closed")
-        if self.is_member(address):
-            return self.notice([address], f"{list_address(self.list)}: already subscribed", "already-member",
+        policy_, ban = self.list["subscribe_policy"], banned(self.store, self.list, [address])
+        if ban or policy_ == "closed":
+            return self.notice([address], f"{self.post_address}: subscriptions are closed", "closed",
+                               done=f"subscription of {address} refused: on the ban list" if ban else "")
+        if address in self.members:
+            return self.notice([address], f"{self.post_address}: already subscribed", "already-member",
                                {"address": address})
         if policy_ == "approve" or self.is_list_address(address):
             return self.ask_owners_to_approve(address)
@@ -5090,11 +4961,10 @@ class Requests:
         self.ask_to_confirm(address, "subscribe")
 
     def unsubscribe(self, address):
-        """Leaving always takes the member's confirmation (or the personal
-        LIST-leave+TOKEN address), whatever the join policy: From: is forged
-        as easily as written."""
-        if not self.is_member(address):
-            return self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
+        """Leaving always takes the member's confirmation (or the personal LIST-leave+TOKEN
+        address), whatever the join policy: From: is forged as easily as written."""
+        if address not in self.members:
+            return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
                                {"address": address})
         self.ask_to_confirm(address, "unsubscribe")
 
@@ -5109,27 +4979,22 @@ class Requests:
         # The Subject carries the token too, so a reply to -request confirms as well.
         self.notice([address], f"confirm {token}", f"confirm-{action}",
                     {"address": address, "confirm_address": confirm, "days": f"{expiry / 86400:g}"},
-                    limit=False, reply_to=confirm)
-        self.done.append(f"{action} {address}: confirmation sent")
+                    done=f"{action} {address}: confirmation sent", limit=False, reply_to=confirm)
 
     def add_member(self, address):
         if banned(self.store, self.list, [address]):         # banned since the request
             self.done.append(f"subscription of {address} refused: on the ban list")
             return
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["add_member"], (list_id, address, self.now)))
-        self.notice([address], f"Welcome to {list_address(self.list)}", "welcome", {"address": address},
-                    limit=False)
+        self.change(lambda db: db.execute(SQL["add_member"], (self.list["id"], address, self.now)))
+        self.notice([address], f"Welcome to {self.post_address}", "welcome", {"address": address},
+                    done=f"subscribed {address}", limit=False)
         tell_owners(self.notices, "joined", [address])
-        self.done.append(f"subscribed {address}")
 
     def remove_member(self, address):
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["delete_member"], (list_id, address)))
-        self.notice([address], f"Goodbye from {list_address(self.list)}", "goodbye", {"address": address},
-                    limit=False)
+        self.change(lambda db: db.execute(SQL["delete_member"], (self.list["id"], address)))
+        self.notice([address], f"Goodbye from {self.post_address}", "goodbye", {"address": address},
+                    done=f"unsubscribed {address}", limit=False)
         tell_owners(self.notices, "left", [address])
-        self.done.append(f"unsubscribed {address}")
 
     def leave_by_token(self, token):
         """One-click unsubscribe: the token in LIST-leave+TOKEN proves that
@@ -5144,144 +5009,120 @@ class Requests:
         self.remove_member(member)
 
     def reenable(self, address):
-        list_id = self.list["id"]
-        self.change(lambda db: db.execute(SQL["reenable"], (list_id, address)))
-        self.notice([address], f"{list_address(self.list)}: delivery is on again", "reenabled",
-                    {"address": address}, limit=False)
-        self.done.append(f"re-enabled {address}")
+        self.change(lambda db: db.execute(SQL["reenable"], (self.list["id"], address)))
+        self.notice([address], f"{self.post_address}: delivery is on again", "reenabled",
+                    {"address": address}, done=f"re-enabled {address}", limit=False)
 
     def ask_owners_to_approve(self, address):
-        owners = owners_of(self.list)
-        limited = self.rate_limited(address, "approve-subscribe")
+        owners, limited = owners_of(self.list), self.rate_limited(address, "approve-subscribe")
         if limited or not owners:
             self.done.append(f"subscription request of {address} ignored: "
                              f"{limited or 'the list has no owners'}")
             return
         token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now,
                             self.config.duration("commands", "held_expiry"))
-        self.notice(owners, f"{list_address(self.list)}: {address} asks to join (token {token})",
+        self.notice(owners, f"{self.post_address}: {address} asks to join (token {token})",
                     "approve-subscribe", {"address": address, "token": token}, limit=False,
                     reply_to=list_address(self.list, f"-confirm+{token}"), auto="auto-generated")
-        self.notice([address], f"{list_address(self.list)}: waiting for approval", "awaiting-approval")
-        self.done.append(f"subscription of {address} waits for the owners")
-
-    # -- delivery mode and archive ------------------------------------------------
+        self.notice([address], f"{self.post_address}: waiting for approval", "awaiting-approval",
+                    done=f"subscription of {address} waits for the owners")
 
     def set_option(self, address, words):
-        """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own
-        membership; the answer goes to that address, so a forged request is
-        at least seen by its victim."""
+        """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own membership; the answer
+        goes to that address, so a forged request is at least seen by its victim."""
         option, value = ([w.lower() for w in words[:2]] + ["", ""])[:2]
         if option not in SELF_SERVICE_OPTIONS or value not in ("on", "off"):
-            self.notice([address], f"{list_address(self.list)}: help", "help", {"extra": ""})
-            self.done.append(f"set {' '.join(words)[:40]}: not understood")
-            return
+            return self.notice([address], f"{self.post_address}: help", "help", {"extra": ""},
+                               done=f"set {' '.join(words)[:40]}: not understood")
         member = self.store.q("member_options", self.list["id"], address).fetchone()
         if member is None:
-            self.notice([address], f"{list_address(self.list)}: not subscribed", "not-member",
-                        {"address": address})
-            self.done.append(f"set {option} from non-member {address}")
-            return
+            return self.notice([address], f"{self.post_address}: not subscribed", "not-member",
+                               {"address": address}, done=f"set {option} from non-member {address}")
         on = value == "on"
         if (option, on) in self.seen:               # the same command in Subject and body: once
             return
         self.seen.add((option, on))
         self.change(set_member_option(self.store, self.ctx.outbox, self.list, member, option, on))
         if option != "digest":
-            self.notice([address], f"{list_address(self.list)}: {option} {value}", "option-set",
+            self.notice([address], f"{self.post_address}: {option} {value}", "option-set",
                         {"address": member["address"], "option": option, "value": value,
                          "meaning": MEMBER_OPTIONS[option]})
         else:
             seconds = self.list["digest_interval"]
             count, unit = next((seconds / size, unit) for size, unit in ((604800, "week"), (86400, "day"),
                                (3600, "hour"), (60, "minute"), (1, "second")) if seconds >= size or size == 1)
-            self.notice([address], f"{list_address(self.list)}: digest {value}",
+            self.notice([address], f"{self.post_address}: digest {value}",
                         "digest-on" if on else "digest-off",
-                        {"address": member["address"],
-                         "interval": f"{count:g} {unit}{'' if count == 1 else 's'}",
-                         "threshold": self.list["digest_size_threshold"]})
+                        {"address": member["address"], "threshold": self.list["digest_size_threshold"],
+                         "interval": f"{count:g} {unit}{'' if count == 1 else 's'}"})
         self.done.append(f"{option} {value} for {address}")
 
     def archive_request(self, address, command, words):
         """index / get N: anyone may read a public archive, members a private one."""
         policy_ = self.list["archive"]
-        if policy_ == "off" or (policy_ == "private" and not self.is_member(address)):
+        if policy_ == "off" or (policy_ == "private" and address not in self.members):
             why = "off" if policy_ == "off" else "open to members only"
-            self.notice([address], f"{list_address(self.list)}: archive", "archive-refused", {"why": why})
-            self.done.append(f"{command} refused for {address}: archive {why}")
-            return
+            return self.notice([address], f"{self.post_address}: archive", "archive-refused",
+                               {"why": why}, done=f"{command} refused for {address}: archive {why}")
         if command == "index":
-            entries = [(n, summary(data)) for n, data in archived(self.config, self.list)]
-            shown = entries[-100:]
+            posts = [(n, summary(data)) for n, data in archived(self.config, self.list)]
+            shown = posts[-100:]
             items = "\n".join(f"{n:5}  {time.strftime('%Y-%m-%d', time.gmtime(when)) if when else '?':10}  "
                               f"{author[:30]:30}  {subject[:60]}" for n, (when, author, subject) in shown)
-            self.notice([address], f"{list_address(self.list)}: archive index", "index",
-                        {"count": len(entries), "shown": len(shown), "items": items or "  (empty)"})
-            self.done.append(f"index to {address}")
-            return
+            return self.notice([address], f"{self.post_address}: archive index", "index",
+                               {"count": len(posts), "shown": len(shown), "items": items or "  (empty)"},
+                               done=f"index to {address}")
         number = words[0] if words else ""
         found = next((data for n, data in archived(self.config, self.list) if str(n) == number), None) \
             if number.isdigit() else None
         if found is None:
-            self.notice([address], f"{list_address(self.list)}: no post {one_line(number, 20)}",
-                        "not-archived",
-                        {"number": one_line(number, 20) or "(none given)"})
-            self.done.append(f"get {number[:20]}: not in the archive")
-            return
-        self.notice([address], f"{list_address(self.list)}: archived post {number}", "archived-post",
-                    {"number": number}, attachment=found)
-        self.done.append(f"get {number} to {address}")
-
-    # -- tokens -----------------------------------------------------------------
+            return self.notice([address], f"{self.post_address}: no post {one_line(number, 20)}",
+                               "not-archived", {"number": one_line(number, 20) or "(none given)"},
+                               done=f"get {number[:20]}: not in the archive")
+        self.notice([address], f"{self.post_address}: archived post {number}", "archived-post",
+                    {"number": number}, done=f"get {number} to {address}", attachment=found)
 
     def confirm(self, token, lines):
         row = self.store.q("pending_by_token", token).fetchone()
         answer_to = [self.sender] if self.sender else []
         if row is None or row["list_id"] != self.list["id"] or row["used"] is not None:
-            self.done.append(f"token {token[:8]}…: unknown, used or for another list")
-            return self.notice(answer_to, f"{list_address(self.list)}: unknown confirmation", "bad-token")
+            return self.notice(answer_to, f"{self.post_address}: unknown confirmation", "bad-token",
+                               done=f"token {token[:8]}…: unknown, used or for another list")
         if row["expires"] < self.now:
-            self.done.append(f"token {token[:8]}…: expired")
-            return self.notice(answer_to, f"{list_address(self.list)}: confirmation expired", "expired-token")
+            return self.notice(answer_to, f"{self.post_address}: confirmation expired", "expired-token",
+                               done=f"token {token[:8]}…: expired")
         if row["action"] in ("moderate", "approve-subscribe"):
             return self.moderate(row, lines)
         self.use(token)
-        if row["action"] == "reenable":
-            return self.reenable(row["address"])
-        if row["action"] == "unsubscribe":
-            return self.remove_member(row["address"])
-        if self.list["subscribe_policy"] == "confirm+approve":
-            return self.ask_owners_to_approve(row["address"])
-        return self.add_member(row["address"])
+        confirmed = {"reenable": self.reenable, "unsubscribe": self.remove_member}.get(row["action"]) \
+            or (self.ask_owners_to_approve if self.list["subscribe_policy"] == "confirm+approve"
+                else self.add_member)
+        confirmed(row["address"])
 
     def use(self, token):
-        now = self.now
-
         def mark(db):
-            if db.execute(SQL["use_pending"], (now, token)).rowcount != 1:
+            if db.execute(SQL["use_pending"], (self.now, token)).rowcount != 1:
                 raise TryLater("the token was used concurrently")
         self.change(mark)
 
     def moderate(self, row, lines):
         """approve / reject [reason] / discard, from a moderator only."""
         passphrase = take_approved(self.ctx)
-        stored = self.list["passphrase_hash"]
-        moderators = {o.lower() for o in owners_of(self.list)}
+        stored, moderators = self.list["passphrase_hash"], {o.lower() for o in owners_of(self.list)}
         senders = addresses_in(self.ctx.msg.get_all("From")) + ([self.ctx.sender] if self.ctx.sender else [])
         if not (any(s.lower() in moderators for s in senders)
                 or (passphrase and stored and check_passphrase(passphrase, stored))):
-            self.done.append(f"moderation by {senders[0] if senders else '?'} refused: not a moderator")
-            return self.notice(senders[:1], f"{list_address(self.list)}: not a moderator", "not-moderator")
-        decision = next((c for c in map(parse_command, lines)
-                         if c and c[0] in ("approve", "reject", "discard")),
-                        None)
+            return self.notice(senders[:1], f"{self.post_address}: not a moderator", "not-moderator",
+                               done=f"moderation by {(senders or ['?'])[0]} refused: not a moderator")
+        verbs = ("approve", "reject", "discard")
+        decision = next((c for c in map(parse_command, lines) if c and c[0] in verbs), None)
         if decision is None:
-            self.done.append("moderation reply without approve, reject or discard")
-            return self.notice(senders[:1], f"{list_address(self.list)}: what should happen?",
+            return self.notice(senders[:1], f"{self.post_address}: what should happen?",
                                "held" if row["action"] == "moderate" else "approve-subscribe",
                                {"token": row["token"], "address": row["address"],
                                 "reason": "(see the first notice)",
-                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""})
+                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""},
+                               done="moderation reply without approve, reject or discard")
         verb, words = decision
         reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
         self.use(row["token"])
@@ -5289,7 +5130,7 @@ class Requests:
             if verb == "approve":
                 return self.add_member(row["address"])
             if verb == "reject":
-                self.notice([row["address"]], f"{list_address(self.list)}: request declined",
+                self.notice([row["address"]], f"{self.post_address}: request declined",
                             "rejected-subscribe", {"reason": reason})
             self.done.append(f"subscription of {row['address']}: {verb}")
             return
@@ -5314,10 +5155,9 @@ def tell_owners(notices, verb, addresses):
 
 
 def drop_held(held, notices, changes, notify, reason):
-    """Plan the removal of the held post ``held`` (a change in ``changes``);
-    with ``notify``, a notice (into ``notices``) tells its sender why, unless
-    [commands] notify_rejected is off or the sender is a robot.  Returns what
-    was done, for the log."""
+    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
+    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
+    sender is a robot.  Returns what was done, for the log."""
     changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
     to = held["from_addr"] or held["sender"]
     if notify and to and notices.config.flag("commands", "notify_rejected") and not \
@@ -5394,14 +5234,12 @@ def read(ctx):
 
 @chain_filter("message", needs=("read",))
 def getinfo(ctx):
-    """Find the list by post address LIST@DOMAIN or bounce address
-    LIST-bounces[+user=host]@DOMAIN.  Writes list, role, verp; unknown → 67.
+    """Find the list by its address LIST@DOMAIN or LIST-ROLE[+EXTENSION]@DOMAIN; unknown → 67.
     Reads recipient, store; writes list, role, verp, verp_proof, token."""
     local, at, domain = ctx.recipient.rpartition("@")
     if not at or not local:
         raise UnknownList(f"{ctx.recipient!r} is not a list address")
-    role, extension = "post", None
-    row = ctx.store.list_by_address(ctx.recipient)
+    row, role, extension = ctx.store.list_by_address(ctx.recipient), "post", None
     if row is None:
         m = ROLE_ADDRESS.fullmatch(local)
         if m:
@@ -5419,10 +5257,9 @@ def getinfo(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def loopdetect(ctx):
-    """Discard a message that already went through this list (List-Id or
-    X-Loop), that has more than [queue] max_received Received: fields, or
-    that a robot sent to the post address (null sender, Auto-Submitted,
-    multipart/report): answering robots is how mail loops start.
+    """Discard a message that already went through this list (List-Id or X-Loop), that has more than
+    [queue] max_received Received: fields, or that a robot sent to the post address (null sender,
+    Auto-Submitted, multipart/report): answering robots is how mail loops start.
     Reads list, role, msg, sender; writes nothing (ends the chain: discard)."""
     list_id = f"<{ctx.list['name']}.{ctx.list['domain']}>".lower()
     if ctx.role == "post" and any(list_id in v.lower() for v in ctx.msg.get_all("List-Id")):
@@ -5431,32 +5268,27 @@ def loopdetect(ctx):
     looped = [v.strip() for v in ctx.msg.get_all("X-Loop") if v.strip().lower() in ours]
     if looped and ctx.role != "bounces":
         raise Discard(f"loop: already carries X-Loop {looped[0]}")
-    hops = len(ctx.msg.get_all("Received"))
-    limit = int(ctx.config.number("queue", "max_received"))
+    hops, limit = len(ctx.msg.get_all("Received")), int(ctx.config.number("queue", "max_received"))
     if hops > limit:
         raise Discard(f"loop: {hops} Received: fields (limit {limit})")
-    if ctx.role == "post":
-        robot = is_robot(ctx.msg, ctx.sender, strict=False)
-        if robot:
-            raise Discard(f"robot mail to the post address: {robot}")
+    robot = ctx.role == "post" and is_robot(ctx.msg, ctx.sender, strict=False)
+    if robot:
+        raise Discard(f"robot mail to the post address: {robot}")
 
 
 @chain_filter("message", needs=("getinfo",))
 def bouncehandler(ctx):
-    """Consume mail to the bounce address and weigh it as evidence.  Only a
-    signed address proves who bounced: a permanent failure reported to a
-    member's signed VERP address (or to the probe address of one) counts
-    for that member with the weight of its cause (bounce_cause), whatever
-    the report names and whether or not it returns the post.  Any other
-    report (plain LIST-bounces, unsigned or wrongly signed VERP) is a claim
-    anyone could write: each member it names as failed is sent a probe
-    (send_probe) and nothing else changes.  Feedback-loop reports (RFC 5965)
-    go to feedback_report; an unrecognised report at a signed address is
-    kept for the owners' daily summary.  Every report is recorded in
-    ``bounces`` with why it counted or not.
-    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces,
-    probes, members.bounce_score and probe notices in the store (ends the
-    chain: consumed)."""
+    """Consume mail to the bounce address and weigh it as evidence.  Only a signed address proves
+    who bounced: a permanent failure reported to a member's signed VERP address (or to the probe
+    address of one) counts for that member with the weight of its cause (bounce_cause), whatever the
+    report names and whether or not it returns the post.  Any other report (plain LIST-bounces,
+    unsigned or wrongly signed VERP) is a claim anyone could write: each member it names as failed
+    is sent a probe (from probe_address, so that only its own bounce counts; a delivered probe costs
+    the member nothing) and nothing else changes.  Feedback-loop reports (RFC 5965) go to
+    feedback_report; an unrecognised report at a signed address is kept for the owners' daily
+    summary.  Every report is recorded in ``bounces`` with why it counted or not.
+    Reads role, list, raw, verp, verp_proof, outbox.dry_run; writes bounces, probes,
+    members.bounce_score and probe notices in the store (ends the chain: consumed)."""
     if ctx.role != "bounces":
         return
     try:
@@ -5467,18 +5299,16 @@ def bouncehandler(ctx):
             str(parsed.get_param("report-type", "")).lower() == "feedback-report" or \
             any(p.get_content_type() == "message/feedback-report" for p in parsed.walk()):
         raise Consumed(feedback_report(ctx, parsed))
-    own = [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES]
-    reports = find_failures(parsed, own)
+    reports = find_failures(parsed, [list_address(ctx.list, suffix) for suffix in LIST_SUFFIXES])
     message_ids = bounced_message_ids(parsed, ctx.raw.replace(b"\r\n", b"\n"))
     store, config, list_id, now = ctx.store, ctx.config, ctx.list["id"], time.time()
     proof = ctx.verp_proof                 # "verp", "probe" or "" (a claim)
-    rows = []                               # (address, source, result)
-    if proof:
+    if proof:                               # rows: (address, source, result)
         failed = sorted((r for r in reports if r["action"] == "failed"), key=lambda r: -r["weight"])
-        rows.append((ctx.verp, proof, (failed or reports or [None])[0]))
+        unrecognised = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
+        rows = [(ctx.verp, proof, (failed or reports or [unrecognised])[0])]
     else:
-        source = "unsigned" if ctx.verp else "plain"
-        named = [r for r in reports if r["recipient"]]
+        source, named = "unsigned" if ctx.verp else "plain", [r for r in reports if r["recipient"]]
         if ctx.verp and reports and \
                 not any(normalize_address(r["recipient"]).lower() == ctx.verp.lower() for r in named):
             failed = [r for r in reports if r["action"] == "failed"]
@@ -5491,11 +5321,8 @@ def bouncehandler(ctx):
         address = normalize_address(address)
         member = store.q("member_address", list_id, address).fetchone()
         member = member[0] if member else None
-        raw = None
-        if not raw_kept and (member or proof):      # evidence kept once, cut, only about a member
-            raw, raw_kept = ctx.raw[:65536], True
-        if r is None:
-            r = dict(_result("", "unrecognised", "", ""), cause="unrecognised", weight=0)
+        raw = ctx.raw[:65536] if not raw_kept and (member or proof) else None
+        raw_kept = raw_kept or raw is not None      # evidence kept once, cut, only about a member
         returned = delivered(store, list_id, address, message_ids) or ""
         why, weight = None, r["weight"]
         if r["action"] == "unrecognised":
@@ -5510,13 +5337,18 @@ def bouncehandler(ctx):
         elif member is None:
             why = "not a member"
         elif not proof:
+            why = "a claim anyone could write (no signed address); "
             last = store.q("probe_sent", list_id, member).fetchone()
             if last and now - last[0] < interval:
-                why = f"{_CLAIM}; a probe was already sent {_ago(now - last[0])}"
+                days = (now - last[0]) / 86400
+                ago = f"{days:.1f} days" if days >= 1 else f"{days * 24:.1f} hours"
+                why += f"a probe was already sent {ago} ago"
             else:
-                why = f"{_CLAIM}; probe sent"
-                if not ctx.outbox.dry_run:
-                    send_probe(notices, store.verp_key, member)
+                why += "probe sent"
+                if not ctx.outbox.dry_run:      # from its own signed address: only its bounce counts
+                    notices.send([member], f"A delivery check from {list_address(ctx.list)}", "probe",
+                                 {"address": member}, limit=False,
+                                 envelope=probe_address(ctx.list, store.verp_key, member))
                     records.append(lambda db, m=member: db.execute(SQL["probe_done"], (list_id, m, now)))
         if r["cause"] == "policy" and why is None:
             weight = 1                          # [bounces] count_policy_rejections
@@ -5545,29 +5377,12 @@ def bouncehandler(ctx):
                    f"{' …' if len(rows) > 5 else ''}; scored: {', '.join(counted) or 'none'}")
 
 
-_CLAIM = "a claim anyone could write (no signed address)"
-
-
-def _ago(seconds):
-    return f"{seconds / 86400:.1f} days ago" if seconds >= 86400 else f"{seconds / 3600:.1f} hours ago"
-
-
-def send_probe(notices, key, member):
-    """Queue a probe to ``member``: a short notice whose envelope sender is
-    its own signed probe address (probe_address), so that only a bounce of
-    the probe itself can count.  A delivered probe costs the member nothing."""
-    notices.send([member], f"A delivery check from {list_address(notices.list)}", "probe",
-                 {"address": member}, limit=False, envelope=probe_address(notices.list, key, member))
-
-
 def feedback_report(ctx, parsed):
-    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is
-    spam").  The member is known only from a signed VERP address: the one
-    the report was sent to, or the one the returned message carries in
-    Return-Path (its envelope sender).  For an identified member [bounces]
-    feedback_action applies (unsubscribe with a goodbye that says why, or
-    disable, or none) and the owners are told; anything else is recorded
-    only.  Returns the line for the log."""
+    """A feedback-loop report (RFC 5965 ARF: a member pressed "this is spam").  The member is known
+    only from a signed VERP address: the one the report was sent to, or the one the returned message
+    carries in Return-Path (its envelope sender).  For an identified member [bounces]
+    feedback_action applies (unsubscribe with a goodbye that says why, or disable, or none) and the
+    owners are told; anything else is recorded only.  Returns the line for the log."""
     store, config, list_row = ctx.store, ctx.config, ctx.list
     fields = {}
     for part in parsed.walk():
@@ -5597,14 +5412,11 @@ def feedback_report(ctx, parsed):
     why = (f"feedback report ({kind}) identified by a signed address: {action}" if member
            else "feedback report that no signed address identifies: recorded only")
     now = time.time()
-    row = bounce_record(list_row["id"], member or "", "feedback", received=now, action=kind,
-                        diagnostic=reporter, why=why, raw=ctx.raw[:65536] if member else None,
-                        cause="feedback")
+    row = bounce_record(list_row["id"], member or "", "feedback", received=now, action=kind, why=why,
+                        diagnostic=reporter, raw=ctx.raw[:65536] if member else None, cause="feedback")
     if ctx.outbox.dry_run:
         return f"{why} (dry run)"
-    notices = Notices(store, config, list_row, ctx.outbox)
-    changes = ctx.outbox.changes
-    changes.append(lambda db: db.execute(SQL["add_bounce"], row))
+    notices, changes = Notices(store, config, list_row, ctx.outbox), ctx.outbox.changes
     if member and action == "unsubscribe":
         changes.append(lambda db: db.execute(SQL["delete_member"], (list_row["id"], member)))
         notices.send([member], f"Goodbye from {list_address(list_row)}", "feedback-goodbye",
@@ -5615,19 +5427,17 @@ def feedback_report(ctx, parsed):
         notices.send(owners_of(list_row), f"{list_address(list_row)}: {member} reported a post as spam",
                      "feedback-owner", {"address": member, "kind": kind, "action": action,
                                         "reporter": reporter or "unknown"}, limit=False, sender="-owner")
-    ctx.outbox.commit(store, config.spool)
+    ctx.outbox.commit(store, config.spool, lambda db: db.execute(SQL["add_bounce"], row))
     return f"{why}: {member or 'unknown member'}"
 
 
 @chain_filter("message", needs=("getinfo",))
 def commands(ctx):
-    """Act on mail to LIST-request (commands in the Subject or first body
-    lines), LIST-join/-subscribe, LIST-leave/-unsubscribe and
-    LIST-confirm+TOKEN (see Requests), then end the chain: consumed.
-    Reads role, token, msg, raw, sender; writes changes and outbox (both
-    committed here, together) and approve_held (a held post a moderator
-    approved by email: finish_queue releases it once the chain has ended).
-    Robots are never answered (RFC 3834)."""
+    """Act on mail to LIST-request (commands in the Subject or first body lines), -join
+    (-subscribe), -leave (-unsubscribe) and -confirm+TOKEN (see Requests), then end the chain:
+    consumed.  Robots are never answered (RFC 3834).
+    Reads role, token, msg, raw, sender; writes changes and outbox (committed here, together) and
+    approve_held (a held post a moderator approved by email: finish_queue releases it)."""
     if ctx.role not in ("request", "join", "leave", "confirm"):
         return
     robot = is_robot(ctx.msg, ctx.sender)
@@ -5636,18 +5446,11 @@ def commands(ctx):
     sender = sender_address(ctx)
     if sender is None:
         raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req = Requests(ctx, sender)
-    lines = command_lines(ctx.raw)
-    if ctx.role == "join":
-        req.subscribe(sender)
-    elif ctx.role == "leave" and ctx.token:
-        req.leave_by_token(ctx.token.lower())
-    elif ctx.role == "leave":
-        req.unsubscribe(sender)
-    elif ctx.role == "confirm":
-        req.confirm(ctx.token.lower(), lines)
-    else:
-        req.run(lines)
+    req, lines = Requests(ctx, sender), command_lines(ctx.raw)
+    token = (ctx.token or "").lower()
+    {"join": lambda: req.subscribe(sender),
+     "leave": lambda: req.leave_by_token(token) if token else req.unsubscribe(sender),
+     "confirm": lambda: req.confirm(token, lines)}.get(ctx.role, lambda: req.run(lines))()
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
     ctx.approve_held = req.approve_held
     raise Consumed("; ".join(req.done) or "nothing to do")
@@ -5655,10 +5458,8 @@ def commands(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def ownermail(ctx):
-    """Forward mail for LIST-owner to the list's owners (never to the
-    members), with X-Loop so that it cannot come round again.
-    Reads role, list, msg, message_id; writes msg (X-Loop added), outbox (committed here; ends the
-    chain: consumed)."""
+    """Forward mail for LIST-owner to the owners only, with X-Loop so that it cannot come back.
+    Reads role, list, msg, message_id; writes msg (X-Loop) and outbox, committed here (consumed)."""
     if ctx.role != "owner":
         return
     owners = owners_of(ctx.list)
@@ -5673,11 +5474,9 @@ def ownermail(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def getsubscribers(ctx):
-    """Load the list's members: writes members (all, with status),
-    recipients (the enabled ones that take single posts) and digest_members
-    (how many enabled ones take digests instead).
-    The sender's own membership (From:, else the envelope sender) is
-    ctx.poster: a member with notmetoo is not a recipient of their post.
+    """Load the list's members (all, with status), the recipients (the enabled ones that take single
+    posts) and how many enabled members take digests instead.  The sender's own membership (From:,
+    else the envelope sender) is the poster, who with notmetoo is not a recipient.
     Reads role, list, store, msg, sender; writes members, poster, recipients, digest_members."""
     if ctx.role != "post":      # never distribute command or owner mail, whatever the chain
         raise Discard(f"mail to the {ctx.role} address and no filter in the chain handles it")
@@ -5699,28 +5498,22 @@ def getsubscribers(ctx):
 
 @chain_filter("message", needs=("getsubscribers",))
 def access(ctx):
-    """Decide whether the sender may post, by the list's access mode:
-    open; subscribers (From, Sender or envelope sender is a member); acl
-    (an address or *@domain pattern in the list's acl); passphrase (an
-    Approved: header or first body line matches); moderated (everything is
-    held).  A sender on the list's ban list is discarded first, whatever
-    else.  A correct passphrase always approves.  Someone the mode does
-    not let post: the list's nonmember_action (nonmember); other failures
-    → hold.  Approved: is always stripped so the passphrase never leaks.
-    Whatever the mode, a moderator decides on every post while the list's
-    emergency is on, on a post over the list's max_size, on one whose From:
-    display name is another address (impersonation), on one that came
-    through a list subscribed to this one (two lists feeding each other
-    loop), on every post of a member whose option moderate is on, and on
-    posts past the poster's max_posts_per_day.
-    Reads list, msg, sender, members, poster, approved, accepted; writes msg (Approved: removed),
-    approved."""
+    """Decide whether the sender may post, by the list's access mode: open; subscribers (From,
+    Sender or envelope sender is a member); acl (an address or *@domain pattern in the list's acl);
+    passphrase (an Approved: header or first body line matches); moderated (everything is held).  A
+    sender on the list's ban list is discarded first, whatever else; a correct passphrase always
+    approves; Approved: is always stripped, so the passphrase never leaks.  Someone the mode does
+    not let post: the list's nonmember_action (nonmember); other failures → hold.  Whatever the
+    mode, a moderator decides on every post while the list's emergency is on, and on a post over the
+    list's max_size, whose From: display name is another address (impersonation), that came through
+    a list subscribed to this one (two lists feeding each other loop), of a member whose option
+    moderate is on, or past the poster's max_posts_per_day.
+    Reads list, msg, sender, members, poster, approved, accepted; writes msg, approved."""
     passphrase = take_approved(ctx)
     if passphrase and passphrase_left(ctx.msg, passphrase):
         raise Hold("an Approved: passphrase is left in a part redsky cannot edit; not distributed")
-    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender"))
-    if ctx.sender:
-        senders.append(normalize_address(ctx.sender))
+    senders = addresses_in(ctx.msg.get_all("From") + ctx.msg.get_all("Sender")) \
+        + ([normalize_address(ctx.sender)] if ctx.sender else [])
     ban = banned(ctx.store, ctx.list, senders)
     if ban:
         raise Discard(f"{ban} is on the list's ban list")
@@ -5743,8 +5536,7 @@ def access(ctx):
         raise Hold(suspicious)
     if ctx.poster and ctx.poster["moderate"]:
         raise Hold(f"the moderators review every post of {ctx.poster['address']} (member option moderate)")
-    mode = ctx.list["access"]
-    shown = senders[0] if senders else "(no sender)"
+    mode, shown = ctx.list["access"], senders[0] if senders else "(no sender)"
     if mode == "passphrase":
         raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
     if mode == "moderated":
@@ -5754,17 +5546,15 @@ def access(ctx):
     elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
                                    for s in senders):
         nonmember(ctx, shown, f"{shown} is not in the list's acl")
-    limit = ctx.list["max_posts_per_day"]
-    poster = ctx.poster["address"] if ctx.poster else shown
+    limit, poster = ctx.list["max_posts_per_day"], ctx.poster["address"] if ctx.poster else shown
     if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
         raise Hold(f"{poster} already posted {limit} times in the last 24 hours (max_posts_per_day)")
 
 
 def nonmember(ctx, shown, why):
-    """A post from someone the access mode does not let post, by the list's
-    nonmember_action: hold (for the moderators), reject (dropped, and the
-    sender told why, as [commands] notify_rejected and the reply limit
-    allow; never a robot), discard (dropped silently), accept."""
+    """A post from someone the access mode does not let post, by the list's nonmember_action: hold
+    (for the moderators), reject (dropped, and the sender told why, as [commands] notify_rejected
+    and the reply limit allow; never a robot), discard (dropped silently), accept."""
     action = ctx.list["nonmember_action"]
     if action == "accept":
         ctx.note(f"{why}; accepted (nonmember_action accept)")
@@ -5785,9 +5575,8 @@ def nonmember(ctx, shown, why):
 
 
 def display_name_spoof(msg):
-    """Why a From: display name impersonates someone, or None: the name is
-    itself an address other than the mailbox's (a mail reader shows the
-    name; the mailbox is who it is)."""
+    """Why a From: display name impersonates someone, or None: the name is itself an address other
+    than the mailbox's (a mail reader shows the name; the mailbox is who it is)."""
     for name, address in mailboxes(msg.get_all("From")):
         shown = _ADDRESS.search(decode_header_text(name))
         if shown and normalize_address(shown.group(0)).lower() != address.lower():
@@ -5796,41 +5585,29 @@ def display_name_spoof(msg):
 
 
 def subscribed_list(ctx):
-    """Why this post must not go on unmoderated because it is another
-    list's copy and that list is a member here (its List-Post address, or
-    the address its List-Id names), or None."""
+    """Why this post must not go on unmoderated because it is another list's copy and that list is a
+    member here (its List-Post address, or the address its List-Id names), or None."""
     named = [a for v in ctx.msg.get_all("List-Post") for a in re.findall(r"<mailto:([^<>?\s]+)", v)]
-    for value in ctx.msg.get_all("List-Id"):
-        m = re.search(r"<([^<>\s]+)>", value)
-        if m and "." in m.group(1):
-            name, _, domain = m.group(1).partition(".")
-            named.append(f"{name}@{domain}")
+    ids = [m.group(1) for m in map(re.compile(r"<([^<>\s]+)>").search, ctx.msg.get_all("List-Id")) if m]
+    named += [i.replace(".", "@", 1) for i in ids if "." in i]        # <LIST.DOMAIN>: LIST@DOMAIN
     member = next((a for a in named if a.lower() in ctx.members), None)
     return f"came through the list {member}, which is subscribed to this one" if member else None
 
 
-def dmarc_listed(list_row, author):
-    """Whether the list's dmarc_addresses name ``author`` (patterns as banned())."""
-    patterns = [p.strip() for p in list_row["dmarc_addresses"].split(",") if p.strip()]
-    return bool(patterns) and matches_any(patterns, [author]) is not None
-
-
 @chain_filter("message", needs=("getinfo",))
 def dmarc(ctx):
-    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when
-    the author's domain publishes p=reject or p=quarantine (looked up in DNS
-    and cached, at the domain, then its organisational domain by the Public
-    Suffix List; or the list says dmarc = always, or its dmarc_addresses
-    name the author), apply the list's dmarc_action: munge_from or
-    wrap_message.  dmarc = never turns it off.
-    A failed lookup never blocks a post: [dmarc] fallback applies.
-    Reads list, msg, store (DNS cache); writes msg (From: rewritten or the post wrapped), author_from."""
+    """Keep posts from DMARC-protected domains deliverable (RFC 7489): when the author's domain
+    publishes p=reject or p=quarantine (looked up in DNS and cached, at the domain, then its
+    organisational domain by the Public Suffix List; or the list says dmarc = always, or its
+    dmarc_addresses name the author), apply the list's dmarc_action: munge_from or wrap_message.
+    dmarc = never turns it off.  A failed lookup never blocks a post: [dmarc] fallback applies.
+    Reads list, msg, store (DNS cache); writes msg (From: rewritten, or wrapped), author_from."""
     setting, action = ctx.list["dmarc"], ctx.list["dmarc_action"]
     authors = addresses_in(ctx.msg.get_all("From"))
     if setting == "never" or not authors:
         return
-    author = authors[0]
-    if setting == "auto" and dmarc_listed(ctx.list, author):
+    author, listed = authors[0], [p.strip() for p in ctx.list["dmarc_addresses"].split(",") if p.strip()]
+    if setting == "auto" and matches_any(listed, [author]):      # patterns as banned()
         ctx.note(f"{author} is in the list's dmarc_addresses")
     elif setting == "auto":
         try:
@@ -5853,11 +5630,10 @@ def dmarc(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def subjecttag(ctx):
-    """Prefix the list's subject tag once; RFC 2047 subjects keep their
-    encoding; a missing subject becomes "[tag] (no subject)".  A tag with
-    %d gets the list's next post number (lists.post_number, taken in a
-    transaction of its own, so never given out twice); the numbered tag of
-    an earlier post (a reply) is removed first.
+    """Prefix the list's subject tag once; RFC 2047 subjects keep their encoding; a missing subject
+    becomes "[tag] (no subject)".  A tag with %d gets the list's next post number
+    (lists.post_number, taken in a transaction of its own, so never given out twice); the numbered
+    tag of an earlier post (a reply) is removed first.
     Reads list, msg; writes msg (Subject)."""
     tag = ctx.list["subject_tag"]
     if "%d" in tag:
@@ -5919,9 +5695,8 @@ def contentfilter(ctx):
 
 
 def _filter_part(part, rules, row, changes):
-    """``part`` (email.message.Message) with what the content rules remove
-    taken out, or None when nothing of it is left; ``changes`` gets a line
-    per change."""
+    """``part`` (email.message.Message) with what the content rules remove taken out, or None when
+    nothing of it is left; ``changes`` gets a line per change."""
     ctype = part.get_content_type()
     if ctype in ("multipart/signed", "multipart/encrypted"):
         return part
@@ -5956,11 +5731,10 @@ def _filter_part(part, rules, row, changes):
 
 @chain_filter("message", needs=("getinfo",))
 def replyto(ctx):
-    """Reply-To by the list's reply_to: none leaves the post as sent; list
-    or an address is added to the poster's own Reply-To (RFC 5322 3.6.2
-    allows several addresses), or replaces it when reply_to_strip is on
-    (which also works with none).  Runs before dmarc, so that a munged
-    From: keeps the author reachable only when no Reply-To was set here.
+    """Reply-To by the list's reply_to: none leaves the post as sent; list or an address is added to
+    the poster's own Reply-To (RFC 5322 3.6.2 allows several addresses), or replaces it when
+    reply_to_strip is on (which also works with none).  Runs before dmarc, so that a munged From:
+    keeps the author reachable only when no Reply-To was set here.
     Reads list, msg; writes msg (Reply-To)."""
     target = {"none": "", "list": list_address(ctx.list)}.get(ctx.list["reply_to"], ctx.list["reply_to"])
     own = ctx.msg.raw_value("Reply-To")
@@ -5968,9 +5742,8 @@ def replyto(ctx):
         ctx.msg.remove("Reply-To")
         ctx.note("the poster's Reply-To removed")
         own = None
-    if not target:
-        return
-    if own is not None and target.lower() in {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))}:
+    named = {a.lower() for a in addresses_in(ctx.msg.get_all("Reply-To"))} if own is not None else set()
+    if not target or target.lower() in named:
         return
     ctx.msg.remove("Reply-To")
     ctx.msg.replace_raw("Reply-To", (own + b", " if own else b"") + f"<{target}>".encode())
@@ -5979,8 +5752,7 @@ def replyto(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def addfooter(ctx):
-    """Add the list's footer (placeholders $list, $domain, $post_address,
-    $list_id, $owner, $request, $unsubscribe), MIME-correctly; see add_footer().
+    """Add the list's footer (footer_text fills its placeholders), MIME-correctly (add_footer).
     Reads list, msg; writes msg (body)."""
     if ctx.list["footer"]:
         ctx.note("footer " + add_footer(ctx.msg, footer_text(ctx.list, ctx.store.verp_key)))
@@ -6032,9 +5804,8 @@ def queuer(ctx):
 
 
 def finish_post(ctx):
-    """Give the post its distributed form: list headers replaced, trace
-    headers of the incoming hop removed, a Message-ID and a Date (RFC 5322
-    3.6 requires one) if it had none."""
+    """Give the post its distributed form: list headers replaced, trace headers of the incoming hop
+    removed, a Message-ID and a Date (RFC 5322 3.6 requires one) if it had none."""
     msg = ctx.msg
     msg.remove(*REPLACED_HEADERS)
     if not ctx.message_id:
@@ -6062,12 +5833,10 @@ def kept_form(ctx, data):
 
 @chain_filter("message", needs=("queuer",))
 def archive(ctx):
-    """Keep the post, as distributed, in the list's archive ([archive]
-    format and dir) unless the list's archive is off.  The post is already
-    accepted when this runs: a failure is logged and the post goes out
-    unarchived rather than held back.
-    A public archive's web pages get the post too (publish_post).
-    Reads list, distributed, author_from, sender, outbox.dry_run; writes the list's archive and pages."""
+    """Keep the post, as distributed, in the list's archive ([archive] format and dir) unless its
+    archive is off, and in a public archive's web pages (publish_post).  The post is already
+    accepted when this runs: a failure is logged and the post goes out unarchived, not held back.
+    Reads list, distributed, author_from, sender, outbox.dry_run; writes the archive and pages."""
     if ctx.list["archive"] == "off" or ctx.outbox.dry_run or ctx.distributed is None:
         return
     try:
@@ -6092,17 +5861,14 @@ def archive(ctx):
 # Calls: sections 2-15.
 # ---------------------------------------------------------------------------
 
-# `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter
-# (proxsmtpd's FilterCommand, or a Postfix content_filter pipe that puts the
-# output back with sendmail).
+# `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter (proxsmtpd's
+# FilterCommand, or a Postfix content_filter pipe that puts the output back with sendmail).
 @chain_filter("message", needs=("read",))
 def out(ctx):
-    """Write the message, as the filters left it, to stdout in one write:
-    the last filter of the content-filter chain.  A write that fails →
-    try later (75), and the MTA ignores the partial output of a failed run.
+    """Write the message to stdout in one write: the last filter of the content-filter chain.  A
+    write that fails → try later (75), and the MTA ignores the partial output of a failed run.
     Reads msg, stdout; writes stdout."""
-    data = bytes(ctx.msg)
-    stream = ctx.stdout or sys.stdout.buffer
+    data, stream = bytes(ctx.msg), ctx.stdout or sys.stdout.buffer
     try:
         stream.write(data)
         stream.flush()
@@ -6113,17 +5879,15 @@ def out(ctx):
 
 @chain_filter("message", needs=("read",))
 def whitelist(ctx):
-    """A sender in [whitelist] senders (or its file) is trusted: Accept,
-    so the checks after this filter (dnsbl; access lets the post through)
-    are skipped.  The envelope sender is what counts, or From when the MTA
-    did not say; the null sender never matches.  Both can be forged: list
-    only senders whose mail your MTA authenticates (SPF/DKIM) or relays.
+    """A sender in [whitelist] senders (or its file) is trusted: Accept, so the checks after this
+    filter (dnsbl; access lets the post through) are skipped.  The envelope sender is what counts,
+    or From when the MTA did not say; the null sender never matches.  Both can be forged: list only
+    senders whose mail your MTA authenticates (SPF/DKIM) or relays.
     Reads sender, msg; writes nothing (Accept sets accepted)."""
     patterns = address_patterns(ctx.config, "whitelist")
     if not patterns or ctx.sender == "":
         return
-    candidates = [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]
-    for address in candidates:
+    for address in [ctx.sender] if ctx.sender else addresses_in(ctx.msg.get_all("From"))[:1]:
         match = next((p for p in patterns if address_matches(address, p)), None)
         if match:
             raise Accept(f"{address} matches {match}")
@@ -6158,10 +5922,9 @@ def address_matches(address, pattern):
 
 @chain_filter("message", needs=("read",), check=True)
 def dnsbl(ctx):
-    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when
-    one lists it, [dnsbl] action: reject (65, "550 5.7.1 ... listed"), tag
-    (an X-Redsky-DNSBL: header, the message goes on) or hold.  A lookup
-    that fails or times out never blocks mail: that zone is skipped.
+    """Look the client's IP (client_ip) up in each of [dnsbl] zones; when one lists it, [dnsbl]
+    action: reject (65, "550 5.7.1 ... listed"), tag (an X-Redsky-DNSBL: header, the message goes
+    on) or hold.  A lookup that fails or times out never blocks mail: that zone is skipped.
     Reads client_address, msg, store (DNS cache); writes msg (X-Redsky-DNSBL, with action tag)."""
     zones = ctx.config.get("dnsbl", "zones").replace(",", " ").split()
     if not zones:
@@ -6179,11 +5942,9 @@ def dnsbl(ctx):
             continue
         if answer:
             reason = f"client {ip} is listed in {zone} ({answer})"
-            action = ctx.config.get("dnsbl", "action")
-            if action == "reject":
-                raise Reject(reason)
-            if action == "hold":
-                raise Hold(reason)
+            verdict = {"reject": Reject, "hold": Hold}.get(ctx.config.get("dnsbl", "action"))
+            if verdict:
+                raise verdict(reason)
             ctx.msg.append("X-Redsky-DNSBL", f"{ip} listed in {zone} ({answer})")
             ctx.note(f"tagged: {reason}")
             return
@@ -6191,12 +5952,10 @@ def dnsbl(ctx):
 
 
 def relay_ip(field):
-    """The address of the host that sent one Received: hop, as the receiving
-    MTA recorded it (RFC 5321 4.4 leaves the form to it): in a comment after
-    "from" — Postfix and sendmail "(rdns [IP])", Exim "([IP] helo=...)",
-    qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)".  The
-    sender's HELO, which it chooses itself, is never taken for it.  None
-    when the hop names no address."""
+    """The address of the host that sent one Received: hop, as the receiving MTA recorded it (RFC
+    5321 4.4 leaves the form to it): in a comment after "from" — Postfix and sendmail "(rdns [IP])",
+    Exim "([IP] helo=...)", qmail and Exchange "(IP)" — else Exim's "from [IP] (helo=...)"; never
+    the sender's HELO, its own choice.  None when the hop names no address."""
     head = re.split(r"\bby\b", " ".join(field.split()), maxsplit=1)[0]
     for comment in re.findall(r"\(([^()]*)\)", head):
         if re.match(r"\s*(HELO|EHLO)\b", comment, re.IGNORECASE):
@@ -6210,13 +5969,11 @@ def relay_ip(field):
 
 
 def client_ip(ctx):
-    """The address of the client that handed the message to our MTAs: the
-    MTA's own word (--client-address, $CLIENT_ADDRESS, proxsmtpd's
-    $REMOTE/$CLIENT) unless it is a trusted address, else the first
-    untrusted relay found walking the Received: fields from the top (ours)
-    down, stopping at a hop that names no readable address.  Loopback,
-    private and link-local addresses and [dnsbl] trusted_networks are
-    trusted."""
+    """The address of the client that handed the message to our MTAs: the MTA's own word
+    (--client-address, $CLIENT_ADDRESS, proxsmtpd's $REMOTE/$CLIENT) unless it is a trusted address,
+    else the first untrusted relay found walking the Received: fields from the top (ours) down,
+    stopping at a hop that names no readable address.  Loopback, private and link-local addresses
+    and [dnsbl] trusted_networks are trusted."""
     import ipaddress
     trusted = []
     for net in ctx.config.get("dnsbl", "trusted_networks").replace(",", " ").split():
@@ -6248,16 +6005,12 @@ def client_ip(ctx):
 
 @chain_filter("message", needs=("read",))
 def autoreply(ctx):
-    """A vacation responder by RFC 3834: for each address of [autoreply]
-    addresses that received this message (an envelope recipient, when
-    known, named in To or Cc), answer the envelope sender once per
-    [autoreply] interval, never a robot, a list, a bounce or the null
-    sender.  The reply has Auto-Submitted: auto-replied, In-Reply-To and
-    References, Subject "Auto: ...", and the null envelope sender; it is
-    sent at once through [send] transport.  The message itself always goes
-    on: a reply that cannot be sent is logged and tried with the next one.
-    Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the autoreplies
-    log; a reply goes out at once (send_now)."""
+    """A vacation responder by RFC 3834: for each address of [autoreply] addresses that received
+    this message (an envelope recipient, when known, named in To or Cc), answer the envelope sender
+    once per [autoreply] interval, never a robot, a list, a bounce or the null sender.  The reply
+    (autoreply_message), from the null sender, goes at once through [send] transport (send_now).
+    The message itself always goes on: a reply that cannot be sent is logged, and tried next time.
+    Reads envelope_recipients or recipient, sender, msg, message_id, store; writes the reply log."""
     addresses = [a.strip() for a in ctx.config.get("autoreply", "addresses").split(",") if a.strip()]
     envelope = {r.lower() for r in ctx.envelope_recipients or ([ctx.recipient] if ctx.recipient else [])}
     for address in addresses:
@@ -6349,22 +6102,21 @@ FILTER_REPLIES = {"discard": "250 2.7.0", "hold": "250 2.7.0", "consumed": "250 
 
 
 def finish_filter(ctx, verdict, show_trace=False):
-    """Exit codes of content-filter mode: 0 with the message on stdout
-    (passed); 99 with nothing on stdout for a message dropped on purpose
-    (discard; hold keeps it in [filter] quarantine first); 65 reject,
-    75 try later.  Every verdict also ends stderr with an SMTP reply line,
-    which is what proxsmtpd reads (its "250" means dropped, not bounced)."""
+    """Exit codes of content-filter mode: 0 with the message on stdout (passed); 99 with nothing on
+    stdout for a message dropped on purpose (discard; hold keeps it in [filter] quarantine first);
+    65 reject, 75 try later.  Every verdict also ends stderr with an SMTP reply line, which is what
+    proxsmtpd reads (its "250" means dropped, not bounced)."""
     if verdict is None:
         ctx.outcome = "passed"
         log.info("filter passed %s", ctx.describe())
         if show_trace:
             sys.stderr.write(explain(ctx, EX_OK) + "\n")
         return EX_OK
-    code = verdict.code if verdict.code else EX_DISCARDED
-    reason = verdict.reason
+    code, reason = verdict.code or EX_DISCARDED, verdict.reason
     if isinstance(verdict, Hold):
         try:
-            where = quarantine(ctx, reason)
+            where = quarantine_add(ctx.config, reason, ctx.sender or "", ctx.envelope_recipients,
+                                   ctx.raw)
             reason = f"held in quarantine ({where}): {reason}"
         except OSError as e:
             verdict, code = TryLater(""), EX_TEMPFAIL
@@ -6381,16 +6133,10 @@ def finish_filter(ctx, verdict, show_trace=False):
 QUARANTINE_FIELDS = (b"X-Redsky-Held", b"X-Redsky-Sender", b"X-Redsky-Recipients")
 
 
-def quarantine(ctx, reason):
-    """Keep a held message in the [filter] quarantine Maildir, the original
-    bytes after three fields that `quarantine release` needs: the reason,
-    the envelope sender and the envelope recipients.  Returns its key."""
-    return quarantine_add(ctx.config, reason, ctx.sender if ctx.sender is not None else "",
-                          ctx.envelope_recipients, ctx.raw)
-
-
 def quarantine_add(config, reason, sender, recipients, data):
-    """Write one quarantine entry: the QUARANTINE_FIELDS, then ``data``."""
+    """Keep a held message in the [filter] quarantine Maildir, the original bytes after the three
+    QUARANTINE_FIELDS that `quarantine release` needs: the reason, the envelope sender and the
+    envelope recipients.  Returns its key."""
     path = config.path_of("filter", "quarantine")
     if not path:
         raise OSError("[filter] quarantine is empty")
@@ -6407,14 +6153,9 @@ def quarantined(config):
         return {}
     box, found = mailbox.Maildir(path, create=False), {}
     for key in box.keys():
-        data = box.get_bytes(key)
-        values = []
-        for name in QUARANTINE_FIELDS:
-            line, _, rest = data.partition(b"\n")
-            if not line.startswith(name + b": "):
-                break
-            values.append(line[len(name) + 2:].decode("utf-8", "replace"))
-            data = rest
+        *lines, data = box.get_bytes(key).split(b"\n", len(QUARANTINE_FIELDS))
+        values = [line[len(name) + 2:].decode("utf-8", "replace")
+                  for name, line in zip(QUARANTINE_FIELDS, lines) if line.startswith(name + b": ")]
         if len(values) == len(QUARANTINE_FIELDS):
             found[key] = (values[0], values[1], [r for r in values[2].split(", ") if r], data)
     return found
@@ -6427,26 +6168,20 @@ def quarantined(config):
 # ---------------------------------------------------------------------------
 
 class Ledger:
-    """Outcomes of one run, written in batched transactions.
+    """Outcomes of one run, written in batched transactions.  A recipient's outcome is final only
+    once flushed; a run killed before a flush repeats at most the deliveries since the last one
+    (``batch`` outcomes or one second).  Temporary failures are retried after retry_delay, doubling
+    up to retry_max_delay, and expire after max_age; permanent failures and expiries are bounces.
 
-    A recipient's outcome is final only once flushed; a run killed before a
-    flush repeats at most the deliveries since the last one (``batch``
-    outcomes or one second).  Temporary failures are retried after
-    retry_delay, doubling up to retry_max_delay, and expire after max_age;
-    permanent failures and expiries count as bounces.
+    A post to the list's members (``members()``) costs no write per member sent: the flush moves the
+    post's member_cursor past the members whose outcomes are all in, in the order they were taken,
+    adds them to sent_count, and writes rows only for their failures and deferrals.  An outcome that
+    comes before an earlier member's waits for it: the cursor never passes an unrecorded one.
 
-    A post to the list's members (``members()``) costs no write per member
-    sent: the flush moves the post's member_cursor past the members whose
-    outcomes are all in, in the order they were taken, adds them to
-    sent_count, and writes rows for the failures and deferrals among them
-    only.  Outcomes that arrive ahead of an earlier member's wait for it, so
-    the cursor never passes a member whose delivery is not recorded.
-
-    Once a flush fails (disk full, database locked past busy_timeout) the
-    ledger is broken: every later record() raises StoreError, so the run
-    delivers nothing more and ends with 75; what it delivered since the last
-    flush (at most ``batch`` outcomes, plus the SMTP transactions in flight)
-    goes again on the next run."""
+    Once a flush fails (disk full, database locked past busy_timeout) the ledger is broken: every
+    later record() raises StoreError, so the run delivers nothing more and ends with 75; what it
+    delivered since the last flush (at most ``batch`` outcomes, plus the SMTP transactions in
+    flight) goes again on the next run."""
 
     def __init__(self, store, config, batch):
         self.store, self.config, self.batch = store, config, batch
@@ -6457,7 +6192,7 @@ class Ledger:
         self.progress = {}              # post id -> MemberProgress
         self.waiting = 0                # outcomes not flushed yet
         self.flushed = time.monotonic()
-        self.totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0}
+        self.totals = {SENT: 0, TEMPORARY: 0, PERMANENT: 0, "expired": 0, "unreadable": 0}
         self.broken = None              # why the ledger cannot be written
 
     def members(self, post, recipients):
@@ -6473,15 +6208,10 @@ class Ledger:
         if self.broken:
             raise StoreError(self.broken)
         now = time.time()
-        if outcome.kind == SENT:
-            state, next_attempt = "sent", 0
-        elif outcome.kind == PERMANENT:
-            state, next_attempt = "failed", 0
-        elif now - post["created"] >= self.max_age:
-            state, next_attempt = "expired", 0
-        else:
-            state, next_attempt = "pending", now + min(self.retry * (2 ** (attempts or 0)), self.cap)
-        row = (state, next_attempt, outcome.detail[:500], now, post["id"], address)
+        state = {SENT: "sent", PERMANENT: "failed"}.get(outcome.kind) or \
+            ("expired" if now - post["created"] >= self.max_age else "pending")
+        retry_at = now + min(self.retry * 2 ** (attempts or 0), self.cap) if state == "pending" else 0
+        row = (state, retry_at, outcome.detail[:500], now, post["id"], address)
         bounce = None
         if state in ("failed", "expired"):
             found = _STATUS.search(outcome.detail)
@@ -6492,8 +6222,7 @@ class Ledger:
             self.progress[post["id"]].done[address] = (row, bounce)
         else:
             self.rows.append(row)
-            if bounce:
-                self.bounces.append(bounce)
+            self.bounces += [bounce] if bounce else []
         self.waiting += 1
         self.totals["expired" if state == "expired" else outcome.kind] += 1
         # every failure is in the ledger (see `trace`); the log gets failures, and successes at debug
@@ -6535,8 +6264,7 @@ class Ledger:
                 log.error("%s", self.broken)
                 raise StoreError(self.broken)
         self.waiting = sum(len(p.done) for p in self.progress.values())
-        self.rows, self.bounces = [], []
-        self.flushed = time.monotonic()
+        self.rows, self.bounces, self.flushed = [], [], time.monotonic()
 
 
 class MemberProgress:
@@ -6550,9 +6278,8 @@ class MemberProgress:
         self.exhausted = False          # every member has been taken
 
     def advance(self):
-        """(rows, bounces, members sent, new cursor) for the members at the
-        head of ``taken`` whose outcomes are in; the cursor is None once
-        every member is done."""
+        """(rows, bounces, members sent, new cursor) for the members at the head of ``taken`` whose
+        outcomes are in; the cursor is None once every member is done."""
         rows, bounces, sent, cursor = [], [], 0, self.cursor
         while self.taken and self.taken[0] in self.done:
             cursor = self.taken.popleft()
@@ -6561,12 +6288,9 @@ class MemberProgress:
                 sent += 1
             else:
                 rows.append(row)
-                if bounce:
-                    bounces.append(bounce)
+                bounces += [bounce] if bounce else []
         return rows, bounces, sent, None if self.exhausted and not self.taken else cursor
 
-
-# Send filters ----------------------------------------------------------------
 
 @chain_filter("send")
 def singleinstance(ctx):
@@ -6587,13 +6311,10 @@ def singleinstance(ctx):
 
 @chain_filter("send")
 def housekeeping(ctx):
-    """Once per run: drop held posts older than [commands] held_expiry and
-    old tokens and traces, resume delivery to members whose nomail --until
-    passed, remind each list's moderators of posts waiting
-    for more than a day (at most once a day), warn members disabled by
-    bounces (bounce_housekeeping), alert owners of policy rejections
-    (policy_alerts) and remove orphan spool files.  Reads and writes only
-    the store."""
+    """Once per run: drop held posts older than [commands] held_expiry, and old tokens and traces;
+    resume members whose nomail --until passed; remind each list's moderators of posts waiting over
+    a day (at most once a day); then bounce_housekeeping, policy_alerts, unrecognised_summaries and
+    clean_spool.  Reads and writes only the store."""
     store, config, now = ctx.store, ctx.config, time.time()
     expired = store.q("expired_held", now - config.duration("commands", "held_expiry")).fetchall()
     with store.transaction() as db:
@@ -6626,8 +6347,7 @@ def housekeeping(ctx):
         outbox = Outbox()
         Notices(store, config, list_row, outbox).send(
             owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder",
-            {"items": items},
-            limit=False, auto="auto-generated")
+            {"items": items}, limit=False, auto="auto-generated")
         outbox.commit(store, config.spool, lambda db, list_id=list_row["id"]: db.execute(
             SQL["set_last_reminder"], (now, list_id)))
         reminded += 1
@@ -6640,11 +6360,10 @@ def housekeeping(ctx):
 
 
 def bounce_housekeeping(store, config, now):
-    """Members disabled by bounces get a warning with a re-enable token at
-    once and every warning_interval, up to you_are_disabled_warnings; the
-    owners are told once.  After the last warning, unanswered for another
-    interval, the member is removed when [bounces] remove_after_warnings
-    says so.  Raw bounce messages older than keep_raw are pruned.  Returns
+    """Members disabled by bounces get a warning with a re-enable token at once and every
+    warning_interval, up to you_are_disabled_warnings; the owners are told once.  After the last
+    warning, unanswered for another interval, the member is removed when [bounces]
+    remove_after_warnings says so.  Raw bounce messages older than keep_raw are pruned.  Returns
     (members warned, members removed)."""
     interval = config.duration("bounces", "warning_interval")
     limit = int(config.number("bounces", "you_are_disabled_warnings"))
@@ -6674,8 +6393,7 @@ def bounce_housekeeping(store, config, now):
             notices.send(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
                          "disabled-owner", {"address": address, "score": f"{member['bounce_score']:g}"},
                          limit=False, auto="auto-generated")
-        changes.append(lambda db, a=address, l=list_id: db.execute(SQL["warned"], (now, l, a)))
-        outbox.commit(store, config.spool)
+        outbox.commit(store, config.spool, lambda db: db.execute(SQL["warned"], (now, list_id, address)))
         warned += 1
     with store.transaction() as db:
         db.execute(SQL["prune_raw_bounces"], (now - config.duration("bounces", "keep_raw"),))
@@ -6686,13 +6404,11 @@ def policy_alerts(store, config, now):
     """Tell the owners, at most once a day per list, when a domain rejected
     at least [bounces] policy_alert_threshold posts by policy (5.7.x) in a
     day: the posts, not the members, have a problem (DMARC, spam filters)."""
-    threshold = config.number("bounces", "policy_alert_threshold")
-    by_list = {}
+    threshold, by_list = config.number("bounces", "policy_alert_threshold"), {}
     for row in store.q("policy_rejections", now - 86400, now - 86400, threshold).fetchall():
         by_list.setdefault(row["list_id"], []).append(f"  {row['domain']}: {row['n']} rejections")
     for list_id, lines in by_list.items():
-        list_row = store.list_by_id(list_id)
-        outbox = Outbox()
+        list_row, outbox = store.list_by_id(list_id), Outbox()
         if owners_of(list_row):
             Notices(store, config, list_row, outbox).send(
                 owners_of(list_row), f"{list_address(list_row)}: posts rejected by policy", "policy-alert",
@@ -6704,14 +6420,12 @@ def policy_alerts(store, config, now):
 
 
 def unrecognised_summaries(store, config, now):
-    """Once a day per list, forward to the owners a summary of the reports
-    that reached a signed bounce address but could not be read (a real
-    bounce in a format redsky does not know must not go unseen; it never
-    counted).  The time of the last summary is kept in meta."""
+    """Once a day per list, forward to the owners a summary of the reports that reached a signed
+    bounce address but could not be read (a real bounce in a format redsky does not know must not go
+    unseen; it never counted).  The time of the last summary is kept in meta."""
     for list_row in [dict(r) for r in store.q("all_lists")]:
         key = f"unrecognised_summary:{list_row['id']}"
-        last = store.q("meta", key).fetchone()
-        last = float(last[0]) if last else 0.0
+        last = float((store.q("meta", key).fetchone() or [0.0])[0])
         if now - last < 86400:
             continue
         rows = store.q("unrecognised_since", list_row["id"], last).fetchall()
@@ -6728,13 +6442,11 @@ def unrecognised_summaries(store, config, now):
 
 @chain_filter("send", needs=("singleinstance",))
 def digester(ctx):
-    """Issue each list's digest when it is due: its posts waiting in
-    digest_posts reach the list's digest_size_threshold (KB), or
-    digest_interval has passed since the last digest (since the oldest
-    post, for the first).  The digest (build_digest) is queued for the
-    enabled digest members; the list's numbering and the removal of the
-    posts it holds commit with it, so a post is in exactly one digest.
-    Volume +1 each calendar year (issue back to 1), issue +1 each digest.
+    """Issue each list's digest when it is due: its posts waiting in digest_posts reach the list's
+    digest_size_threshold (KB), or digest_interval has passed since the last digest (since the
+    oldest post, for the first).  The digest (build_digest, numbered Vol N by calendar year) is
+    queued for the enabled digest members; the list's numbering and the removal of the posts it
+    holds commit with it, so a post is in exactly one digest.
     Reads store (digest_posts, members, lists); writes the digests queued in the store."""
     now = time.time()
     for backlog in ctx.store.q("digest_backlog").fetchall():
@@ -6756,9 +6468,8 @@ def digester(ctx):
                                                 ctx.config.path_of("redsky", "templates"),
                                                 ctx.config.get("web", "base_url"))
             except Exception as e:              # one list's digest must never stop the deliveries
-                log.error("digest of %s cannot be built, will retry: %s: %s",
-                          list_address(list_row), type(e).__name__, e,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error("digest of %s cannot be built, will retry: %s: %s", list_address(list_row),
+                          type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
                 continue
             outbox.add(list_row["id"], "post", message_id, data, recipients)
             if problems and owners_of(list_row):
@@ -6786,11 +6497,10 @@ def digester(ctx):
 
 
 def build_digest(list_row, posts, volume, issue, problems=None, templates="", base_url=""):
-    """(Message-ID, bytes) of a digest of ``posts`` (the posts as
-    distributed, oldest first).  digest_format mime: multipart/mixed with
-    the masthead, a table of contents, a multipart/digest holding every
-    post byte-intact as message/rfc822 (RFC 2046 5.1.5; attachments and
-    all) and the footer.  plain: one text/plain message by RFC 1153."""
+    """(Message-ID, bytes) of a digest of ``posts`` (the posts as distributed, oldest first).
+    digest_format mime: multipart/mixed with the masthead, a table of contents, a multipart/digest
+    holding every post byte-intact as message/rfc822 (RFC 2046 5.1.5; attachments and all) and the
+    footer.  plain: one text/plain message by RFC 1153."""
     from email.message import MIMEPart
     from email.utils import formatdate, make_msgid
     name = list_row["name"]
@@ -6821,9 +6531,8 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates="", ba
         chunks = [masthead, "\n", topics, "\n", "-" * 70, "\n\n"]
         for data, (when, author, subj) in zip(posts, infos):
             msg = RawMessage(data)
-            for field in ("Date", "From", "Subject", "To", "Cc", "Message-ID"):
-                if msg.get(field):
-                    chunks.append(f"{field}: {one_line(decode_header_text(msg.get(field)), 900)}\n")
+            chunks += [f"{f}: {one_line(decode_header_text(msg.get(f)), 900)}\n"
+                       for f in ("Date", "From", "Subject", "To", "Cc", "Message-ID") if msg.get(f)]
             body = text_of(data, problems).rstrip()
             if footer and body.endswith(footer.strip()):            # the footer comes once, at the end
                 body = body[:-len(footer.strip())].rstrip()
@@ -6855,9 +6564,8 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates="", ba
 
 @chain_filter("send")
 def queuebuilder(ctx):
-    """Find the posts with deliveries due now (new, or retry time reached).
-    Writes queue: a list of message rows; recipients are streamed later.
-    Reads store; writes now, queue."""
+    """Find the posts with deliveries due now (new, or retry time reached), not their recipients.
+    Reads store; writes now, queue (message rows)."""
     ctx.now = time.time()
     ctx.queue = [dict(r) for r in ctx.store.q("due_messages", ctx.now)]
     ctx.note(f"{len(ctx.queue)} posts with deliveries due")
@@ -6865,17 +6573,12 @@ def queuebuilder(ctx):
 
 @chain_filter("send", needs=("singleinstance", "queuebuilder"))
 def queuerunner(ctx):
-    """Deliver each due recipient through [send] transport (VERP envelope
-    sender LIST-bounces+user=host@DOMAIN, or the MTA's XVERP) and record
-    the outcomes in the ledger (see Ledger).  Recipients are read in chunks
-    and the message bytes once per post, so memory does not grow with the
-    list.  A post whose every recipient is final is marked done and its
-    spool file removed.  Nothing is delivered unless the ledger can be
-    written first, and nothing more once it cannot (Ledger).  A spool file
-    that cannot be read is counted in totals["unreadable"] (cmd_send
-    reports it with the fix).
-    Reads queue, now, store; writes totals; the ledger, and bounces of failed deliveries, in the
-    store."""
+    """Deliver each due recipient through [send] transport and record the outcomes in the ledger.
+    Recipients are read in chunks and the message bytes once per post, so memory does not grow with
+    the list.  A post whose every recipient is final is marked done and its spool file removed.
+    Nothing is delivered unless the ledger can be written first, and nothing more once it cannot
+    (Ledger).  An unreadable spool file counts in totals["unreadable"] (cmd_send says the fix).
+    Reads queue, now, store; writes totals, and the ledger and bounces of failures in the store."""
     config = ctx.config
     try:                                        # a database that cannot record: deliver nothing
         with ctx.store.transaction():
@@ -6884,7 +6587,6 @@ def queuerunner(ctx):
         raise StoreError(f"the database cannot be written ({e}): delivering nothing")
     transport = TRANSPORTS[config.get("send", "transport")](config)
     ledger = Ledger(ctx.store, config, transport.ledger_batch)
-    ledger.totals["unreadable"] = 0
     verp_key = ctx.store.verp_key
     try:
         for post in ctx.queue:
@@ -6926,14 +6628,12 @@ def queuerunner(ctx):
         ctx.totals = ledger.totals
         transport.close()
         ledger.flush()
-    totals = ledger.totals
-    down = getattr(transport, "down", None)
+    totals, down = ledger.totals, getattr(transport, "down", None)
     if down:                                    # the members not reached wait, unrecorded, for the next run
         log.warning("send: %s; the members not reached yet wait for the next run", down)
+    unreadable = f", {totals['unreadable']} unreadable spool files" if totals["unreadable"] else ""
     ctx.note(f"sent {totals[SENT]}, deferred {totals[TEMPORARY]}, failed {totals[PERMANENT]}, "
-             f"expired {totals['expired']}"
-             + (f", {totals['unreadable']} unreadable spool files" if totals["unreadable"] else "")
-             + (f"; {down}" if down else ""))
+             f"expired {totals['expired']}{unreadable}" + (f"; {down}" if down else ""))
 
 
 def due_recipients(store, message, now, chunk=1000):
@@ -6944,8 +6644,7 @@ def due_recipients(store, message, now, chunk=1000):
         rows = store.q("due_recipients", message, now, after, chunk).fetchall()
         if not rows:
             return
-        for row in rows:
-            yield row["address"], row["attempts"]
+        yield from ((row["address"], row["attempts"]) for row in rows)
         after = rows[-1]["address"]
 
 
@@ -6959,8 +6658,7 @@ def clean_spool(config, store, older_than=3600):
     except OSError:
         return 0
     queued = {r[0] for r in store.q("queued_spools")}
-    removed = 0
-    cutoff = time.time() - older_than
+    removed, cutoff = 0, time.time() - older_than
     for name in names:
         path = os.path.join(spool, name)
         try:

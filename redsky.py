@@ -99,10 +99,9 @@ above it).  Find a behaviour here, then search for the banner.
 # ---------------------------------------------------------------------------
 
 #
-# Import policy: the modules every run needs are imported here.  A module
-# only some paths need (email, hashlib, hmac, smtplib-sized ones, mailbox,
-# subprocess, socket ...) is imported inside the function that uses it, so
-# that `queue` for a plain post, which runs once per message, does not pay
+# Import policy: the modules every run needs are imported here.  A module only some paths need
+# (email, hashlib, hmac, smtplib-sized ones, mailbox, subprocess, socket ...) is imported inside the
+# function that uses it, so that `queue` for a plain post, which runs once per message, does not pay
 # for it.
 
 import collections
@@ -166,9 +165,8 @@ class InsecureFile(ConfigError):
 
 
 class StoreError(Failure):
-    """The database or the spool cannot be written now (disk full, locked,
-    no permission): nothing was stored.  A filter's run ends in TryLater
-    (run_chain), a command exits 75."""
+    """The database or the spool cannot be written now (disk full, locked, no permission): nothing
+    was stored.  A filter's run ends in TryLater (run_chain), a command exits 75."""
 
     code = EX_TEMPFAIL
 
@@ -191,8 +189,7 @@ class Discard(Verdict):
 
 
 class Hold(Verdict):
-    """The message is kept for a moderator; exit 0 so that a forged sender
-    is not sent a bounce."""
+    """The message is kept for a moderator; exit 0 so that a forged sender is not sent a bounce."""
     name = "hold"
 
 
@@ -511,9 +508,8 @@ def refuse_if_others_can_write(path, what):
 
 
 class SyslogHandler(logging.Handler):
-    """Records to syslog, facility mail, tagged redsky[PID], through the C
-    library's syslog(3): logging.handlers would cost every `queue` run the
-    socket, pickle and queue modules."""
+    """Records to syslog, facility mail, tagged redsky[PID], through the C library's syslog(3):
+    logging.handlers would cost every `queue` run the socket, pickle and queue modules."""
 
     PRIORITIES = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
@@ -531,10 +527,9 @@ class SyslogHandler(logging.Handler):
 
 
 def setup_logging(config, verbose=False):
-    """Syslog (facility mail) when /dev/log exists, else DATA_DIR/redsky.log
-    (or, before data_dir exists, warnings only on stderr): `send` under cron
-    prints only problems.  ``[redsky] log`` = syslog | stderr | PATH
-    overrides; --verbose adds debug to stderr."""
+    """Syslog (facility mail) when /dev/log exists, else DATA_DIR/redsky.log (or, before data_dir
+    exists, warnings only on stderr): `send` under cron prints only problems.  ``[redsky] log`` =
+    syslog | stderr | PATH overrides; --verbose adds debug to stderr."""
     global _log_on_stderr
     log.handlers.clear()
     log.propagate = False
@@ -1280,10 +1275,9 @@ class Store:
 
 
 def upgrade_schema(db):
-    """Bring a database made by an older redsky up to SCHEMA by adding what
-    it lacks: tables, indexes and columns (every column added since the
-    first version has a constant default, as ALTER TABLE ADD COLUMN needs).
-    SCHEMA stays the one source: the definitions are read from it."""
+    """Bring a database made by an older redsky up to SCHEMA by adding what it lacks: tables,
+    indexes and columns (every column added since the first version has a constant default, as ALTER
+    TABLE ADD COLUMN needs). SCHEMA stays the one source: the definitions are read from it."""
     existing = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     for statement in _sql_statements(SCHEMA):
         created = re.match(r"CREATE (?:TABLE|INDEX) (\w+)", statement)
@@ -1376,10 +1370,9 @@ def open_store(config, durable=True, create=False):
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
 
 
-# Postfix reads the list addresses from a small SQLite file of its own that
-# redsky replaces atomically (write, fsync, rename) whenever the lists change.
-# It never opens the live database: no WAL files it would need to write, no
-# lock it could meet, and members' addresses stay private.
+# Postfix reads the list addresses from a small SQLite file of its own that redsky replaces
+# atomically (write, fsync, rename) whenever the lists change. It never opens the live database: no
+# WAL files it would need to write, no lock it could meet, and members' addresses stay private.
 POSTFIX_MAP_SCHEMA = """\
 CREATE TABLE domains (domain TEXT PRIMARY KEY);
 CREATE TABLE addresses (address TEXT PRIMARY KEY);
@@ -1642,9 +1635,8 @@ class RawMessage:
             self.separator = self.eol
 
     def replace_raw(self, name, raw_value):
-        """Replace the first ``name`` field's value by ``raw_value`` bytes
-        (folding kept as given; any other CR, LF or NUL becomes a space);
-        add the field when missing."""
+        """Replace the first ``name`` field's value by ``raw_value`` bytes (folding kept as given;
+        any other CR, LF or NUL becomes a space); add the field when missing."""
         raw_value = _NOT_A_FOLD.sub(b" ", raw_value)
         for i, f in enumerate(self.fields):
             if self.name_of(f) == name.lower():
@@ -1665,10 +1657,9 @@ class RawMessage:
 
 
 def decode_header_text(value):
-    """An RFC 2047 header value as text, in linear time (the email package's
-    decoder is quadratic on unclosed encoded-words): each encoded-word is
-    decoded, white space between two of them is dropped (RFC 2047 6.2),
-    and one that cannot be decoded stays as written."""
+    """An RFC 2047 header value as text, in linear time (the email package's decoder is quadratic on
+    unclosed encoded-words): each encoded-word is decoded, white space between two of them is
+    dropped (RFC 2047 6.2), and one that cannot be decoded stays as written."""
     value = str(value or "")
     if "=?" not in value:
         return value
@@ -1707,10 +1698,9 @@ def addresses_in(values):
 
 
 def mailboxes(values):
-    """(display name, address) of every mailbox in header values, read in
-    linear time up to 64 KB each, comments removed: the addr-spec is what
-    stands in <angle brackets>, else the whole element; elements are
-    separated by commas outside quotes and brackets (RFC 5322 3.4)."""
+    """(display name, address) of every mailbox in header values, read in linear time up to 64 KB
+    each, comments removed: the addr-spec is what stands in <angle brackets>, else the whole
+    element; elements are separated by commas outside quotes and brackets (RFC 5322 3.4)."""
     found = []
     for value in values:
         text, raw, angles = [], [], []
@@ -1775,10 +1765,9 @@ def without_prefixes(subject):
 
 
 def one_line(text, limit=200):
-    """The one sanitiser of text taken out of a message for a header field
-    or a summary line: every run of white space and control characters (CR,
-    LF, NUL ...) becomes one space, so it can neither start a field nor end
-    the header (RFC 5322 2.2); at most ``limit`` characters."""
+    """The one sanitiser of text taken out of a message for a header field or a summary line: every
+    run of white space and control characters (CR, LF, NUL ...) becomes one space, so it can neither
+    start a field nor end the header (RFC 5322 2.2); at most ``limit`` characters."""
     return _NOT_ONE_LINE.sub(" ", str(text or "")).strip()[:limit]
 
 
@@ -1786,10 +1775,9 @@ _NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
 def is_robot(msg, sender, strict=True):
-    """Why a message comes from a robot (RFC 3834 2), or None: the one robot
-    detector of the program.  ``strict`` adds what redsky never answers and
-    whose commands never count: bulk and list mail, auto-reply subjects, and
-    MAILER-DAEMON, postmaster, -bounces and owner- senders."""
+    """Why a message comes from a robot (RFC 3834 2), or None: the one robot detector of the
+    program.  ``strict`` adds what redsky never answers and whose commands never count: bulk and
+    list mail, auto-reply subjects, and MAILER-DAEMON, postmaster, -bounces and owner- senders."""
     if sender == "":
         return "null envelope sender"
     auto = (msg.get("Auto-Submitted") or "no").split(";")[0].strip().lower()
@@ -1914,10 +1902,9 @@ def unknown_placeholders(text, extra=()):
 
 
 def footer_text(list_row, key=None):
-    """The list's footer filled in.  With ``key`` (the installation's
-    verp_key) $address and $unsubscribe_personal become markers that each
-    recipient's copy fills with their own (Personalizer); without, the
-    generic values a copy for many gets (impersonal)."""
+    """The list's footer filled in.  With ``key`` (the installation's verp_key) $address and
+    $unsubscribe_personal become markers that each recipient's copy fills with their own
+    (Personalizer); without, the generic values a copy for many gets (impersonal)."""
     personal = {kind: marker.decode() for marker, kind in personal_markers(list_row, key).items()} \
         if key else generic_personal(list_row)
     return expand(list_row["footer"], list_row, address=personal["address"],
@@ -1930,9 +1917,8 @@ def generic_personal(list_row):
 
 
 def personal_markers(list_row, key):
-    """{marker bytes: "address" | "leave"}: what addfooter writes for the
-    personal placeholders.  Keyed on the verp_key, so a poster cannot
-    write one into a post and have it filled."""
+    """{marker bytes: "address" | "leave"}: what addfooter writes for the personal placeholders.
+    Keyed on the verp_key, so a poster cannot write one into a post and have it filled."""
     import hashlib
     import hmac
     nonce = hmac.new(key.encode(), f"footer {list_address(list_row)}".lower().encode(),
@@ -2077,10 +2063,9 @@ def encoded_words(text):
 
 
 def with_subject_tag(msg, tag, earlier=None):
-    """Prefix ``tag`` to the Subject once (RFC 2047 aware); returns False
-    when the subject already carries it.  ``earlier``: a pattern of the
-    list's tags with another number, removed first (Re: [team 12] x
-    becomes [team 13] Re: x)."""
+    """Prefix ``tag`` to the Subject once (RFC 2047 aware); returns False when the subject already
+    carries it.  ``earlier``: a pattern of the list's tags with another number, removed first (Re:
+    [team 12] x becomes [team 13] Re: x)."""
     raw = msg.raw_value("Subject")
     text = decode_header_text(msg.get("Subject", "")) if raw is not None else ""
     if earlier and re.search(earlier, text, re.I):
@@ -2149,10 +2134,9 @@ def wrap_message(msg, list_row, author):
 
 
 def message_leaves(msg, depth=20):
-    """The leaf parts of ``msg`` (email.message.Message) in order; of a
-    multipart/alternative only the one redsky shows and keeps, its
-    text/plain part, else its first (as Mailman's collapse_alternatives);
-    nesting past ``depth`` levels is ignored."""
+    """The leaf parts of ``msg`` (email.message.Message) in order; of a multipart/alternative only
+    the one redsky shows and keeps, its text/plain part, else its first (as Mailman's
+    collapse_alternatives); nesting past ``depth`` levels is ignored."""
     todo = [(msg, 0)]
     while todo:
         part, level = todo.pop()
@@ -2166,11 +2150,10 @@ def message_leaves(msg, depth=20):
 
 
 def html_tokens(html, dropped=("script", "style")):
-    """(text, tag) pairs of an HTML text in order, in linear time (html.parser
-    is quadratic on unclosed tags): ``tag`` is a match of _HTML_TAG (groups:
-    "/" of a closing tag, name, attributes), or None for a comment and at the
-    end; comments and what ``dropped`` elements hold are skipped.  A '<'
-    that starts no tag is text."""
+    """(text, tag) pairs of an HTML text in order, in linear time (html.parser is quadratic on
+    unclosed tags): ``tag`` is a match of _HTML_TAG (groups: "/" of a closing tag, name,
+    attributes), or None for a comment and at the end; comments and what ``dropped`` elements hold
+    are skipped.  A '<' that starts no tag is text."""
     pos, end, lower = 0, len(html), None
     while pos < end:
         tag = _HTML_TAG.search(html, pos)
@@ -2225,15 +2208,14 @@ def smtp_plain(wire):
 # DNS client and caches -------------------------------------------------------
 
 def dns_query(name, qtype, nameserver, timeout):
-    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name``
-    (RFC 1035), as raw RDATA bytes; [] for NXDOMAIN or no such record.
+    """The answers of type ``qtype`` (1 A, 16 TXT, 28 AAAA) for ``name`` (RFC 1035), as raw RDATA
+    bytes; [] for NXDOMAIN or no such record.
 
-    Only the server can answer: the UDP socket is connected to it, the ID
-    is random (secrets), and a reply counts only with that ID, QR set and
-    our question echoed (RFC 5452); anything else is dropped and waited
-    past.  One deadline covers the whole lookup.  A truncated answer (TC)
-    is asked again over TCP (RFC 7766).  Raises OSError on a timeout, a
-    server failure or a malformed answer."""
+    Only the server can answer: the UDP socket is connected to it, the ID is random (secrets), and a
+    reply counts only with that ID, QR set and our question echoed (RFC 5452); anything else is
+    dropped and waited past.  One deadline covers the whole lookup.  A truncated answer (TC) is
+    asked again over TCP (RFC 7766).  Raises OSError on a timeout, a server failure or a malformed
+    answer."""
     import secrets
     import socket
     import struct
@@ -2334,10 +2316,9 @@ def _resolv_conf_nameserver():
 
 
 def dns_cached(store, config, section, key, look):
-    """The answer for ``key`` from the cache of ``section`` (dmarc or dnsbl),
-    else look(nameserver, timeout)'s, kept for [section] cache; expired
-    answers are dropped so the table stays small, and a cache that cannot be
-    written is only slower.  Raises what look raises (OSError)."""
+    """The answer for ``key`` from the cache of ``section`` (dmarc or dnsbl), else look(nameserver,
+    timeout)'s, kept for [section] cache; expired answers are dropped so the table stays small, and
+    a cache that cannot be written is only slower.  Raises what look raises (OSError)."""
     now = time.time()
     row = store.q(f"{section}_cache_get", key, now).fetchone()
     if row:
@@ -2407,10 +2388,9 @@ def organizational_domain(domain, psl_path):
 
 
 def dmarc_policy(store, config, domain):
-    """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain,
-    then its organisational domain's sp=, else p=), '' when there is no
-    record ("none" for a record without p=); cached for [dmarc] cache.
-    Raises OSError when DNS fails."""
+    """p= of the DMARC record for ``domain`` (RFC 7489 6.6.3: the domain, then its organisational
+    domain's sp=, else p=), '' when there is no record ("none" for a record without p=); cached for
+    [dmarc] cache. Raises OSError when DNS fails."""
     domain = domain.lower().rstrip(".")
     organizational = organizational_domain(domain, config.path_of("dmarc", "public_suffix_list"))
 
@@ -2486,9 +2466,8 @@ def verp_signature(key, list_row, recipient, purpose=""):
 
 
 def verp_encode(list_row, recipient):
-    """LIST-bounces+SIG+user=host@DOMAIN (SIG: verp_signature, when the
-    list row carries the installation's verp_key), else
-    LIST-bounces+user=host@DOMAIN as Postfix's XVERP writes it.  With
+    """LIST-bounces+SIG+user=host@DOMAIN (SIG: verp_signature, when the list row carries the
+    installation's verp_key), else LIST-bounces+user=host@DOMAIN as Postfix's XVERP writes it.  With
     recipient_delimiter = + both reach LIST-bounces@DOMAIN."""
     return verp_signer(list_row)(recipient)
 
@@ -2565,14 +2544,12 @@ def leave_token(key, list_row, address, mac=None):
 
 
 class Personalizer:
-    """Gives each recipient a copy whose List-Unsubscribe is their own
-    LIST-leave+TOKEN@DOMAIN and whose footer has their own $address and
-    $unsubscribe_personal (the markers footer_text left); the rest of the
-    message is shared, not copied per recipient.  ``shared`` is the copy
-    for a batch of recipients: the generic address, the generic values.
-    With the list row's ``base_url`` ([web]) List-Unsubscribe names the
-    one-click URL BASE/LIST@DOMAIN/leave/TOKEN first, List-Unsubscribe-Post
-    says so (RFC 8058), and $unsubscribe_personal is that URL."""
+    """Gives each recipient a copy whose List-Unsubscribe is their own LIST-leave+TOKEN@DOMAIN and
+    whose footer has their own $address and $unsubscribe_personal (the markers footer_text left);
+    the rest of the message is shared, not copied per recipient.  ``shared`` is the copy for a batch
+    of recipients: the generic address, the generic values. With the list row's ``base_url`` ([web])
+    List-Unsubscribe names the one-click URL BASE/LIST@DOMAIN/leave/TOKEN first,
+    List-Unsubscribe-Post says so (RFC 8058), and $unsubscribe_personal is that URL."""
 
     def __init__(self, list_row, data):
         self.data, self.list_row, self.plain_parts = data, list_row, None
@@ -2808,12 +2785,11 @@ def render(text_name, list_row, values, templates=""):
 
 
 class Notices:
-    """The messages redsky writes about one action (confirmations, welcomes,
-    moderation requests, warnings, alerts), queued in ``outbox`` so that
-    they commit with the action's change.  A limited notice goes to each
-    address at most once per Notices and to non-owners at most [commands]
-    max_replies times per list per day, so redsky cannot be made to flood
-    anyone; ``suppressed`` lists who did not get one."""
+    """The messages redsky writes about one action (confirmations, welcomes, moderation requests,
+    warnings, alerts), queued in ``outbox`` so that they commit with the action's change.  A limited
+    notice goes to each address at most once per Notices and to non-owners at most [commands]
+    max_replies times per list per day, so redsky cannot be made to flood anyone; ``suppressed``
+    lists who did not get one."""
 
     def __init__(self, store, config, list_row, outbox, in_reply_to=None):
         self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
@@ -2905,10 +2881,9 @@ def acl_allows(patterns, address):
 
 
 def banned(store, list_row, addresses):
-    """The first of ``addresses`` the list's ban list names, or None.  A
-    pattern is an address, a *@domain glob, or a regular expression
-    starting with ^ (searched case-insensitively in at most 254
-    characters of the address: bounded work whatever the input)."""
+    """The first of ``addresses`` the list's ban list names, or None.  A pattern is an address, a
+    *@domain glob, or a regular expression starting with ^ (searched case-insensitively in at most
+    254 characters of the address: bounded work whatever the input)."""
     patterns = [r[0] for r in store.q("bans", list_row["id"])]
     return matches_any(patterns, addresses) if patterns else None
 
@@ -3036,21 +3011,19 @@ def validate_setting(key, value):
 # ---------------------------------------------------------------------------
 
 def parse_report(raw):
-    """A report (a bounce, a feedback report) parsed by the email package,
-    made safe first: the package builds one Message per block of a
-    message/delivery-status part, which hostile input makes millions of,
-    so such parts are renamed text/x-delivery-status and parse_dsn reads
-    their blocks itself.  Raises RecursionError for absurdly deep MIME."""
+    """A report (a bounce, a feedback report) parsed by the email package, made safe first: the
+    package builds one Message per block of a message/delivery-status part, which hostile input
+    makes millions of, so such parts are renamed text/x-delivery-status and parse_dsn reads their
+    blocks itself.  Raises RecursionError for absurdly deep MIME."""
     from email import message_from_bytes, policy
     raw = re.sub(rb"(?i)message/delivery-status", b"text/x-delivery-status", raw)
     return message_from_bytes(raw, policy=policy.compat32)
 
 
 def parse_dsn(message):
-    """Per-recipient results (_result) of an RFC 3464 delivery-status report
-    (parsed by parse_report), action normalised; [] when it holds no
-    delivery-status fields.  A report whose MIME is broken (the fields in
-    the body of a single part) is read too."""
+    """Per-recipient results (_result) of an RFC 3464 delivery-status report (parsed by
+    parse_report), action normalised; [] when it holds no delivery-status fields.  A report whose
+    MIME is broken (the fields in the body of a single part) is read too."""
     texts = []
     for part in message.walk():
         if part.get_content_type() in ("text/x-delivery-status", "message/delivery-status"):
@@ -3077,9 +3050,8 @@ def parse_dsn(message):
 
 
 def _dsn_action(value, status):
-    """RFC 3464 2.3.3 Action, normalised: mailers also write "failure",
-    "error" or "failed (bad destination mailbox address)"; a block without
-    one is judged by its status."""
+    """RFC 3464 2.3.3 Action, normalised: mailers also write "failure", "error" or "failed (bad
+    destination mailbox address)"; a block without one is judged by its status."""
     value = value.strip().lower()
     for prefix, action in (("fail", "failed"), ("error", "failed"), ("delay", "delayed"),
                            ("deliver", "delivered"), ("relay", "relayed"), ("expand", "expanded")):
@@ -3165,12 +3137,11 @@ _ORIGINAL = re.compile(
 
 
 def find_failures(message, own=()):
-    """Per-recipient results (_result, action failed, delayed, delivered or
-    auto-reply, plus bounce_cause's cause and weight) of any bounce: RFC
-    3464 DSNs (parse_dsn), else the usual non-standard formats.  A report is
-    a failure when its text or X-Failed-Recipients says so, even if it also
-    says Auto-Submitted: auto-replied (Exim and Google put that on real
-    bounces).  ``own``: the list's addresses, never taken as a recipient."""
+    """Per-recipient results (_result, action failed, delayed, delivered or auto-reply, plus
+    bounce_cause's cause and weight) of any bounce: RFC 3464 DSNs (parse_dsn), else the usual
+    non-standard formats.  A report is a failure when its text or X-Failed-Recipients says so, even
+    if it also says Auto-Submitted: auto-replied (Exim and Google put that on real bounces).
+    ``own``: the list's addresses, never taken as a recipient."""
     results = parse_dsn(message) or _text_failures(message, own)
     text = _report_text(message, 20_000)
     cut = _ORIGINAL.search(text)
@@ -3182,10 +3153,9 @@ def find_failures(message, own=()):
 
 
 def _text_failures(message, own):
-    """find_failures for a report that is not RFC 3464: the verdict from
-    the text before the returned message, the recipients from
-    X-Failed-Recipients, else the addresses in that text, else the To: of
-    the returned message."""
+    """find_failures for a report that is not RFC 3464: the verdict from the text before the
+    returned message, the recipients from X-Failed-Recipients, else the addresses in that text, else
+    the To: of the returned message."""
     subject = decode_header_text(str(message.get("Subject", "")))
     daemon = re.search(r"mailer-daemon|postmaster|mail-?daemon|mmsc|bounce|no-?reply|notification",
                        " ".join(map(str, message.get_all("From", []))), re.I)
@@ -3258,9 +3228,8 @@ def _addresses_named(head, ignore):
     return [a for a in dict.fromkeys(found) if a.lower() not in ignore]
 
 
-# Lines of a report that name someone other than the failed recipient: the
-# returned message's header fields as the report quotes them, a transcript's
-# MAIL FROM.
+# Lines of a report that name someone other than the failed recipient: the returned message's header
+# fields as the report quotes them, a transcript's MAIL FROM.
 _NOT_A_RECIPIENT_LINE = re.compile(
     r"[ \t>]*(message-id|references|in-reply-to|from|sender|reply-to|return-path|to|cc|date|subject|"
     r"mail from|received|x-[\w-]+|sent|envelope-from)[ \t]*:", re.I)
@@ -3287,12 +3256,11 @@ def _ses_failures(text):
             if isinstance(r, dict) and _ADDRESS.fullmatch(str(r.get("emailAddress", "")))]
 
 
-# Causes, after RFC 3463's codes and the reasons Sisimai names.  Hard
-# failures weigh 1, soft ones 0.5; a refusal of the post or of the list's
-# own sender address (the post, not the member, is the problem) and
-# everything that is not a failure weigh nothing.  The refusals are looked
-# for first (a "5.1.1 IP address blacklisted" is about the post), then a
-# specific status code decides, then the diagnostic text.
+# Causes, after RFC 3463's codes and the reasons Sisimai names.  Hard failures weigh 1, soft ones
+# 0.5; a refusal of the post or of the list's own sender address (the post, not the member, is the
+# problem) and everything that is not a failure weigh nothing.  The refusals are looked for first (a
+# "5.1.1 IP address blacklisted" is about the post), then a specific status code decides, then the
+# diagnostic text.
 REFUSALS = (
     ("rejected", r"sender (address )?(rejected|refused|denied|verify failed)|domain of sender|"
      r"sender domain|envelope sender|return path|from address|5\.1\.[78]\b"),
@@ -3429,11 +3397,9 @@ def bounce_record(list_id, address, source, **columns):
 
 
 def score_bounce(db, config, list_id, address, now, weight=1):
-    """Raise a member's bounce score by ``weight`` (bounce_cause) for one
-    permanent failure, as the best list managers do: at most once a day; a
-    score untouched for info_stale_after starts again from zero; at
-    score_threshold the member is disabled (not removed).  Returns
-    (counted, why)."""
+    """Raise a member's bounce score by ``weight`` (bounce_cause) for one permanent failure, as the
+    best list managers do: at most once a day; a score untouched for info_stale_after starts again
+    from zero; at score_threshold the member is disabled (not removed).  Returns (counted, why)."""
     row = db.execute(SQL["member_bounce_state"], (list_id, address)).fetchone()
     if row is None:
         return False, "not a member"
@@ -3473,9 +3439,8 @@ def archive_path(config, list_row):
 
 
 def archive_add(config, list_row, data, sender=None):
-    """Add one post to the list's archive; return its key.  A Maildir
-    delivery is atomic; the mbox is locked (fcntl and dot-lock, as
-    mailbox.mbox does) against concurrent queue runs."""
+    """Add one post to the list's archive; return its key.  A Maildir delivery is atomic; the mbox
+    is locked (fcntl and dot-lock, as mailbox.mbox does) against concurrent queue runs."""
     path = archive_path(config, list_row)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if config.get("archive", "format") == "maildir":
@@ -3506,10 +3471,9 @@ def archive_add(config, list_row, data, sender=None):
 
 
 def maildir_add(path, data):
-    """Deliver ``data`` into the Maildir ``path`` the Maildir way (write in
-    tmp/, fsync, rename into new/) under a name mailbox.Maildir also makes
-    (SECONDS.MMICROSECONDSPPIDQN.HOST); return that name.  Done by hand
-    because importing mailbox would cost every queue run ~8 ms."""
+    """Deliver ``data`` into the Maildir ``path`` the Maildir way (write in tmp/, fsync, rename into
+    new/) under a name mailbox.Maildir also makes (SECONDS.MMICROSECONDSPPIDQN.HOST); return that
+    name.  Done by hand because importing mailbox would cost every queue run ~8 ms."""
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), exist_ok=True)
     now = time.time()
@@ -3555,10 +3519,9 @@ def summary(data):
 
 
 def text_of(data, problems=None):
-    """The text of a message, for searching and for plain digests (an HTML
-    part only without a plain alternative; other parts only named).  A
-    message the email package cannot take apart (broken MIME, absurd
-    nesting) is its raw text, and ``problems`` gets a line: this never fails."""
+    """The text of a message, for searching and for plain digests (an HTML part only without a plain
+    alternative; other parts only named).  A message the email package cannot take apart (broken
+    MIME, absurd nesting) is its raw text, and ``problems`` gets a line: this never fails."""
     try:
         return _text_of(data)
     except Exception as e:                      # never let one post stop a digest or a search
@@ -3620,9 +3583,8 @@ def esc(text):
 
 
 def page_policy():
-    """The Content-Security-Policy of every page: nothing but its own
-    stylesheet (by hash, so no other style), no script, no image, forms
-    only to itself."""
+    """The Content-Security-Policy of every page: nothing but its own stylesheet (by hash, so no
+    other style), no script, no image, forms only to itself."""
     import base64
     import hashlib
     digest = base64.b64encode(hashlib.sha256(PAGE_CSS.encode()).digest()).decode()
@@ -3654,10 +3616,9 @@ def text_html(text):
 
 
 def sanitize_html(html):
-    """An HTML part made safe to show, in linear time: only SAFE_TAGS, with
-    no attribute but an http(s) href and a cell's colspan/rowspan; scripts,
-    styles, frames and the like dropped with their content; images
-    dropped; every text re-escaped; open tags closed."""
+    """An HTML part made safe to show, in linear time: only SAFE_TAGS, with no attribute but an
+    http(s) href and a cell's colspan/rowspan; scripts, styles, frames and the like dropped with
+    their content; images dropped; every text re-escaped; open tags closed."""
     import html as entities
     out, stack = [], []
     for text, tag in html_tokens(html, DROPPED_ELEMENTS):
@@ -3707,9 +3668,8 @@ def safe_filename(name, fallback):
 
 
 def post_parts(data):
-    """(body HTML, [(file name, bytes)]) of a post: text parts shown (the
-    plain one of an alternative), every other part an attachment; nesting
-    past 20 levels is ignored."""
+    """(body HTML, [(file name, bytes)]) of a post: text parts shown (the plain one of an
+    alternative), every other part an attachment; nesting past 20 levels is ignored."""
     import email
     from email import policy
     bodies, files = [], []
@@ -5175,12 +5135,10 @@ def drop_held(held, notices, changes, notify, reason):
 
 @chain_filter("message")
 def read(ctx):
-    """Read the message from ctx.stdin (unless ctx.raw is preset) and parse
-    it; complete the envelope the command layer found (envelope_of) from
-    the header: X-Original-To or Delivered-To for the recipient,
-    Return-Path or an mbox From_ line for the sender.  Empty input, input
-    with no header fields, or a message over
-    [queue] max_size (filter mode: [filter] max_size) → reject.
+    """Read the message from ctx.stdin (unless ctx.raw is preset) and parse it; complete the
+    envelope the command layer found (envelope_of) from the header: X-Original-To or Delivered-To
+    for the recipient, Return-Path or an mbox From_ line for the sender.  Empty input, input with no
+    header fields, or a message over [queue] max_size (filter mode: [filter] max_size) → reject.
     Reads stdin, raw (when preset), recipient, sender, envelope_recipients; writes raw, msg,
     recipient, sender, envelope_recipients, message_id."""
     if ctx.raw is None:
@@ -5633,8 +5591,7 @@ def subjecttag(ctx):
     """Prefix the list's subject tag once; RFC 2047 subjects keep their encoding; a missing subject
     becomes "[tag] (no subject)".  A tag with %d gets the list's next post number
     (lists.post_number, taken in a transaction of its own, so never given out twice); the numbered
-    tag of an earlier post (a reply) is removed first.
-    Reads list, msg; writes msg (Subject)."""
+    tag of an earlier post (a reply) is removed first. Reads list, msg; writes msg (Subject)."""
     tag = ctx.list["subject_tag"]
     if "%d" in tag:
         number = ctx.store.q("post_number", ctx.list["id"]).fetchone()[0] + 1
@@ -5650,18 +5607,15 @@ def subjecttag(ctx):
 
 @chain_filter("message", needs=("getinfo",))
 def contentfilter(ctx):
-    """With the list's filter_content on, remove the parts its rules do not
-    want, as Mailman's content filter: a part whose MIME type is in
-    filter_types or whose file name ends in one of filter_extensions, and,
-    when pass_types / pass_extensions are set, every part they do not name;
-    multipart/alternative becomes its text/plain part (else its first) with
-    collapse_alternatives; text/html becomes text/plain with
-    convert_html_to_plaintext.  A post left with nothing is held with what
-    was removed.  Signed and encrypted parts (multipart/signed,
-    multipart/encrypted) are never altered: a post that is one passes whole
-    or is held, by signed_posts.  Header fields other than Content-* keep
-    their bytes; a post nothing is removed from is left as it was.
-    Reads list, msg; writes msg (body and Content-* fields)."""
+    """With the list's filter_content on, remove the parts its rules do not want, as Mailman's
+    content filter: a part whose MIME type is in filter_types or whose file name ends in one of
+    filter_extensions, and, when pass_types / pass_extensions are set, every part they do not name;
+    multipart/alternative becomes its text/plain part (else its first) with collapse_alternatives;
+    text/html becomes text/plain with convert_html_to_plaintext.  A post left with nothing is held
+    with what was removed.  Signed and encrypted parts (multipart/signed, multipart/encrypted) are
+    never altered: a post that is one passes whole or is held, by signed_posts.  Header fields other
+    than Content-* keep their bytes; a post nothing is removed from is left as it was. Reads list,
+    msg; writes msg (body and Content-* fields)."""
     row = ctx.list
     if not row["filter_content"]:
         return
@@ -5760,19 +5714,16 @@ def addfooter(ctx):
 
 @chain_filter("message", needs=("getsubscribers",))
 def queuer(ctx):
-    """Store the post: the final message in a spool file (atomic), then its
-    messages row (no row per member: ListMembers) in one transaction.
-    Only after the commit is the post accepted; any failure → try later (75)
-    with nothing half-written left behind.  Notices other filters left in
-    ctx.outbox go in the same transaction.  When members take digests, the
-    post is also kept for the next digest (digest_posts), in that same
-    transaction; a list with only digest members queues no single copies.
-    A poster with the member option ack gets a short note, in the same transaction.
-    A post this list queued within [queue] duplicate_window (same
-    Message-ID, or same bytes without one) is dropped: the MTA retried a
-    delivery whose success it never heard of.
-    Reads list, msg, message_id, raw, recipients, digest_members, poster, author_from, changes, outbox;
-    writes msg (list headers), message_id, distributed, committed; the post in the spool and the store."""
+    """Store the post: the final message in a spool file (atomic), then its messages row (no row per
+    member: ListMembers) in one transaction. Only after the commit is the post accepted; any failure
+    → try later (75) with nothing half-written left behind.  Notices other filters left in
+    ctx.outbox go in the same transaction.  When members take digests, the post is also kept for the
+    next digest (digest_posts), in that same transaction; a list with only digest members queues no
+    single copies. A poster with the member option ack gets a short note, in the same transaction. A
+    post this list queued within [queue] duplicate_window (same Message-ID, or same bytes without
+    one) is dropped: the MTA retried a delivery whose success it never heard of. Reads list, msg,
+    message_id, raw, recipients, digest_members, poster, author_from, changes, outbox; writes msg
+    (list headers), message_id, distributed, committed; the post in the spool and the store."""
     now = time.time()
     key = ctx.message_id.lower()
     if not key:
@@ -6294,9 +6245,8 @@ class MemberProgress:
 
 @chain_filter("send")
 def singleinstance(ctx):
-    """Take an exclusive flock on DATA_DIR/send.lock for the whole run; if
-    another send holds it, end at once (exit 0).
-    Reads config (data_dir); writes lock_fd."""
+    """Take an exclusive flock on DATA_DIR/send.lock for the whole run; if another send holds it,
+    end at once (exit 0). Reads config (data_dir); writes lock_fd."""
     path = os.path.join(ctx.config.data_dir, "send.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -6959,12 +6909,11 @@ def export_postfix_map(config, store):
 
 
 def become_list_user(config):
-    """Run as root, work as the owner of data_dir (as mlmmj does), before
-    anything is opened: a database, spool or log file that root created
-    would be unreadable to the MTA's pipe and to cron's `send`, and mail
-    would wait for ever.  A data_dir that does not exist yet is created for
-    [postfix] user when that names a user.  Root keeps working as root only
-    on a root-owned data_dir.  Returns the user name switched to, or None."""
+    """Run as root, work as the owner of data_dir (as mlmmj does), before anything is opened: a
+    database, spool or log file that root created would be unreadable to the MTA's pipe and to
+    cron's `send`, and mail would wait for ever.  A data_dir that does not exist yet is created for
+    [postfix] user when that names a user.  Root keeps working as root only on a root-owned
+    data_dir.  Returns the user name switched to, or None."""
     if os.geteuid() != 0:
         return None
     import pwd
@@ -7022,13 +6971,11 @@ def pipe_user(config):
     return "redsky" if user == "root" else user
 
 
-# The MTA's pipe runs this code (pipe_command): it imports redsky from the
-# directory named after it and runs main().  An imported module runs from
-# the bytecode that `init` and `postfix-config` compile as root
-# (compile_bytecode), where a script is compiled afresh on every run: 0.1 s
-# of CPU and 30 MB of the 0.15 s and 47 MB a message cost as a script.  It
-# has no quote, $, backslash or brace, so it is one { } group in master.cf,
-# one '...' word for a shell, Exim or OpenSMTPD.
+# The MTA's pipe runs this code (pipe_command): it imports redsky from the directory named after it
+# and runs main().  An imported module runs from the bytecode that `init` and `postfix-config`
+# compile as root (compile_bytecode), where a script is compiled afresh on every run: 0.1 s of CPU
+# and 30 MB of the 0.15 s and 47 MB a message cost as a script.  It has no quote, $, backslash or
+# brace, so it is one { } group in master.cf, one '...' word for a shell, Exim or OpenSMTPD.
 PIPE_CODE = "import sys; sys.path.insert(0, sys.argv.pop(1)); import redsky; sys.exit(redsky.main())"
 
 
@@ -7045,10 +6992,9 @@ def pipe_command(python, config_path, *args):
             *(["-c", os.path.abspath(config_path)] if config_path else []), *args]
 
 
-# Run by the pipe's python (bytecode()): prints the state of redsky.py's
-# cached bytecode for that python (fresh, missing, stale or unreadable) and
-# its path.  With "compile" it first makes a fresh one, hash-checked: Python
-# then compares the source's hash with it on every import, so a .pyc left
+# Run by the pipe's python (bytecode()): prints the state of redsky.py's cached bytecode for that
+# python (fresh, missing, stale or unreadable) and its path.  With "compile" it first makes a fresh
+# one, hash-checked: Python then compares the source's hash with it on every import, so a .pyc left
 # by an older redsky.py never runs, whatever the files' times.
 BYTECODE_CHECK = """\
 import importlib.util, os, sys
@@ -7114,10 +7060,9 @@ def compile_bytecode(python):
 
 
 def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
-    """The .cf files, main.cf and master.cf lines for this installation:
-    the pipe, or with ``lmtp`` (an endpoint such as inet:127.0.0.1:8024)
-    Postfix's own lmtp client to `redsky.py lmtp`, the list domains as
-    relay domains whose recipients the map lists."""
+    """The .cf files, main.cf and master.cf lines for this installation: the pipe, or with ``lmtp``
+    (an endpoint such as inet:127.0.0.1:8024) Postfix's own lmtp client to `redsky.py lmtp`, the
+    list domains as relay domains whose recipients the map lists."""
     map_path = config.path_of("postfix", "map")
     if not map_path:
         raise ConfigError("[postfix] map is empty: Postfix needs the list map")
@@ -7147,9 +7092,8 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
 
 
 def cmd_postfix_config(args, config):
-    """Print what Postfix needs to route the lists; --write also writes the
-    files into --dir; --apply merges the settings into the live main.cf and
-    master.cf (postfix_apply)."""
+    """Print what Postfix needs to route the lists; --write also writes the files into --dir;
+    --apply merges the settings into the live main.cf and master.cf (postfix_apply)."""
     as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
     cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
     cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
@@ -7202,10 +7146,9 @@ POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list"
 
 
 def postfix_apply(cf_dir, main, master):
-    """Merge redsky's settings into Postfix's main.cf (postconf -e) and
-    master.cf (postconf -M), keeping whatever else is there: a list setting
-    gets redsky's table added, recipient_delimiter gets "+" added.  The two
-    files are backed up first, and only when something changes; a second
+    """Merge redsky's settings into Postfix's main.cf (postconf -e) and master.cf (postconf -M),
+    keeping whatever else is there: a list setting gets redsky's table added, recipient_delimiter
+    gets "+" added.  The two files are backed up first, and only when something changes; a second
     run changes nothing.  Yields one line per change."""
     wanted = dict(line.split(" = ", 1) for line in main.strip().splitlines())
     changes = []
@@ -7292,10 +7235,9 @@ def postconf(*args):
 # ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
-    """Run the queue chain over the message on stdin.  Exit 0 only when
-    the post is durably stored (or deliberately discarded, held or
-    consumed); every unexpected failure is 75 so that the MTA retries, up
-    to [queue] max_failures times for the same message (poison_message)."""
+    """Run the queue chain over the message on stdin.  Exit 0 only when the post is durably stored
+    (or deliberately discarded, held or consumed); every unexpected failure is 75 so that the MTA
+    retries, up to [queue] max_failures times for the same message (poison_message)."""
     chain = build_chain(config.chain("queue"), "message", "queue")
     spec = globals().get("__spec__")
     if spec is not None and spec.cached:        # imported, as the pipe's command line does
@@ -9279,10 +9221,9 @@ def cmd_demo(args, config):
 
 
 def make_parser(wanted=None):
-    """The command line parser; with ``wanted`` (a command name) only that
-    command's subparser is built: the MTA runs `queue` once per message, and
-    the other thirty cost it 30 ms (a plain `queue` line does without it:
-    queue_args)."""
+    """The command line parser; with ``wanted`` (a command name) only that command's subparser is
+    built: the MTA runs `queue` once per message, and the other thirty cost it 30 ms (a plain
+    `queue` line does without it: queue_args)."""
     import argparse
 
     class _Parser(argparse.ArgumentParser):

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
+
+pytestmark = pytest.mark.mta
+
 ROOT = Path(__file__).resolve().parent.parent
 SMTPD = Path(os.environ.get("REDSKY_OPENSMTPD_ROOT", "/tmp/redsky-opensmtpd")) / "usr" / "sbin" / "smtpd"
 
@@ -15,10 +19,7 @@ SMTPD = Path(os.environ.get("REDSKY_OPENSMTPD_ROOT", "/tmp/redsky-opensmtpd")) /
 @pytest.fixture
 def smtpd():
     if not os.access(SMTPD, os.X_OK):
-        reason = f"OpenSMTPD is not extracted at {SMTPD} (.ci/run does it)"
-        if os.environ.get("REDSKY_REQUIRE_OPENSMTPD"):
-            pytest.fail(f"REDSKY_REQUIRE_OPENSMTPD is set but: {reason}")
-        pytest.skip(reason)
+        require(f"OpenSMTPD is not extracted at {SMTPD} (.ci/run does it)", "REDSKY_REQUIRE_OPENSMTPD")
     return SMTPD
 
 

@@ -4,31 +4,27 @@ Skipped (with the reason) where Postfix cannot run; .ci/run sets
 REDSKY_REQUIRE_POSTFIX=1 so that CI fails instead of skipping.
 """
 
-import email
-import os
+import functools
 import pwd
 import subprocess
 import re
 import smtplib
 import sqlite3
 import time
-from email import policy
 
 import pytest
 
 import postfix as pf
-from conftest import ledger_view
+from conftest import ledger_view, mta_post, parse, require
+
+pytestmark = pytest.mark.mta
 
 LIST = f"team@{pf.LISTS}"
 MEMBERS = (f"ann@{pf.USERS}", f"ben@{pf.USERS}")
 
 
 def require_postfix():
-    reason = pf.missing()
-    if reason:
-        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
-            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
-        pytest.skip(reason)
+    require(pf.missing(), "REDSKY_REQUIRE_POSTFIX")
 
 
 @pytest.fixture
@@ -64,21 +60,15 @@ def pfx(mta):
     return mta
 
 
-def post(subject="Through Postfix", sender=f"carl@{pf.USERS}"):
-    return (f"From: Carl <{sender}>\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <{time.time_ns()}@users.test>\n"
-            f"\nHello through a real MTA.\n").encode()
-
-
-def parse(data):
-    return email.message_from_bytes(data, policy=policy.default)
+post = functools.partial(mta_post, LIST, sender=f"carl@{pf.USERS}", body="Hello through a real MTA.\n")
 
 
 def ledger(mta):
-    return ledger_view(sqlite3.connect(mta.home / "redsky.db"))
+    return ledger_view(mta.home / "redsky.db")
 
 
 def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
-    pfx.sendmail(post(), LIST, sender=f"carl@{pf.USERS}")
+    pfx.sendmail(post("Through Postfix"), LIST, sender=f"carl@{pf.USERS}")
     pfx.wait_idle()
     assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
     pfx.redsky("send", check=True)

@@ -18,8 +18,8 @@ LIST_OPTIONS = ("--access", "open")
 
 def test_twenty_parallel_queues_then_send_deliver_each_post_once(lst):
     posts = [post(subject=f"post {i}", msgid=f"<p{i}@example.org>") for i in range(20)]
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda p: lst.queue(p), posts))
+    with ThreadPoolExecutor(20) as pool:          # twenty processes at once, as the MTA runs them
+        results = list(pool.map(lambda p: lst.queue(p, subprocess=True), posts))
     assert [r.returncode for r in results] == [0] * 20, [r.err for r in results if r.returncode]
     lst.run("send", check=0)
     got = Counter((argv[-1], parse(data)["Message-ID"]) for argv, data in lst.sent())
@@ -82,7 +82,7 @@ def _small_file_limit():
 
 def test_full_disk_during_queue_exits_75_and_leaves_nothing(lst):
     big = post(body="x" * 2_000_000 + "\n")
-    r = lst.queue(big, preexec_fn=_small_file_limit)
+    r = lst.queue(big, subprocess=True, preexec_fn=_small_file_limit)      # the limit is the process's
     assert r.returncode == 75, r.err
     assert "spool" in r.err and "Traceback" not in r.err and r.err.count("\n") == 1
     assert lst.status()["queued_posts"] == 0

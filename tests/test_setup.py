@@ -109,6 +109,7 @@ def postfix_etc(site, main="", master=""):
     return {"MAIL_CONFIG": str(etc)}
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_apply_merges_into_a_live_configuration_once(site):
@@ -142,6 +143,7 @@ def doctor_fails(r):
     return [line for line in r.out.splitlines() if line.startswith("FAIL")]
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_doctor_follows_each_list_address_through_the_live_maps(site):
@@ -168,6 +170,7 @@ def test_doctor_follows_each_list_address_through_the_live_maps(site):
     assert any("chmod 644" in line for line in redsky_as(site, "doctor", env=env).out.splitlines())
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_doctor_sees_a_pipe_user_that_does_not_own_the_data(site):

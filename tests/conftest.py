@@ -1,42 +1,43 @@
 """Fixtures and helpers: a throwaway redsky installation driven through its CLI.
 
-How the CLI runs.  ``rs.run(...)`` calls ``redsky.main(argv)`` in this
-process, as a fresh process would see it: its own stdin, stdout and stderr,
-environment, umask and cwd, and redsky's per-process state (the log
-handlers, the filter registry that plugins extend, the Public Suffix List
-cache) are swapped in and put back afterwards, and the SQLite connections
-it left open are closed as an exit would close them.  ``subprocess=True``
-runs a real ``python3`` instead; a test asks for it only where the process
-is the point: a server (`web --listen`, `lmtp`), a process killed, limited
-(rlimit) or run in parallel, a pipe that closes, the switch to the list
-user as root (an in-process run refuses it), the script's entry point.
-Real MTAs run redsky themselves.
+How the CLI runs.  ``rs.run(...)`` (and ``cli(...)``) call redsky.main() in
+this process, with what a fresh process would have of its own swapped in
+and put back afterwards: stdin, stdout and stderr, the environment, umask
+and cwd, redsky's log handlers, the filter registry plugins add to and the
+Public Suffix List cache; the SQLite connections a run leaves open are
+closed as an exit would close them, and SIGALRM enforces ``timeout``.
+``subprocess=True`` runs a real python3 instead; ask for it only where the
+process is the point: a server (`web --listen`, `lmtp`), a process killed,
+limited (rlimit) or run in parallel with others, a pipe that closes, the
+switch to the list user as root (an in-process run refuses it).  Tests of
+the entry point run redsky.py as a script (CGI, the README's commands); real
+MTAs run it themselves; the sendmail stand-in is a program of its own.
 
 Where a new test goes:
-- a message on its way through `queue` (the queue chain, headers, footer,
-  tags): test_queue.py; parsing and rewriting helpers called directly:
-  test_message.py; hostile or malformed input: test_badinput.py (outcomes),
-  test_hostile.py (growth of the parsers' CPU), test_security.py (attacks);
-- `send`, transports, the ledger, retries: test_send.py; crashes, locks,
-  full disks: test_reliability.py and test_faults.py;
-- command mail, confirmations, moderation: test_commands.py; member options
-  and list settings: test_options.py; archive and digests:
-  test_archive_digest.py; bounces: test_bounces.py (and the corpus tests);
-  DMARC: test_dmarc.py; filter mode: test_filter.py; plugins:
-  test_plugins.py; trace and --explain: test_trace.py;
+- the queue chain end to end (headers, tag, footer, who gets a copy):
+  test_queue.py; message helpers called directly: test_message.py;
+- odd or malformed mail: test_badinput.py; attacks by an outsider:
+  test_security.py; the parsers' CPU on hostile input: test_hostile.py;
+- `send`, transports, VERP, the ledger, retries: test_send.py; crashes,
+  locks, full disks, concurrency: test_reliability.py, test_faults.py;
+- command mail, confirmations, moderation, owner mail: test_commands.py;
+  member options and list settings: test_options.py; archive and digests:
+  test_archive_digest.py; bounces: test_bounces.py (recognition rates:
+  test_bounce_corpus.py, test_bounce_realworld.py); DMARC and the DNS
+  client: test_dmarc.py; filter mode: test_filter.py; plugins:
+  test_plugins.py; --explain and trace: test_trace.py;
 - admin commands, configuration, the parser, the README's promises:
-  test_admin.py; doctor: test_doctor.py; set-up as root and
-  postfix-config --apply: test_setup.py; import and export: test_move.py;
-  the layout rules of redsky.py: test_layout.py;
-- servers: test_lmtp.py, test_web.py (also CGI, Chromium, nginx, Apache);
-  real MTAs: test_postfix.py, test_exim.py, test_opensmtpd.py.
-A helper two files need lives here, not in either of them.
+  test_admin.py; doctor: test_doctor.py; root's set-up and postfix-config
+  --apply: test_setup.py; import, export, whois, forget: test_move.py; the
+  rules of redsky.py's layout: test_layout.py;
+- servers: test_lmtp.py, test_web.py (with CGI, WSGI, Chromium, nginx,
+  Apache); real MTAs: test_postfix.py, test_exim.py, test_opensmtpd.py.
+A helper that a second file needs moves here.
 
-Markers (pytest_configure): ``mta`` (a real Postfix, Exim, OpenSMTPD, mlmmj
-or Mailman 3), ``browser`` (Chromium), ``webserver`` (nginx, Apache), and
-``server`` (redsky's own `web --listen` / `lmtp` in a subprocess); each of
-them also marks the test ``real``.  ``python3 -m pytest -m "not real"`` is
-the quick subset; CI runs everything.
+Markers: ``mta`` (a real Postfix, Exim, OpenSMTPD, mlmmj or Mailman 3),
+``browser`` (Chromium), ``webserver`` (nginx, Apache), ``server`` (redsky's
+own servers in a subprocess); each also marks the test ``real``, so
+``python3 -m pytest -m "not real"`` is the quick subset.  CI runs them all.
 """
 
 import email
@@ -181,9 +182,6 @@ def _left_open(before):
             continue
         if not (path.startswith(("socket:", "pipe:", "anon_inode:")) or path.endswith((".db", "-wal", "-shm"))):
             left.append(path)
-    if left and os.environ.get("LEAKLOG"):
-        with open(os.environ["LEAKLOG"], "a") as fh:
-            fh.write(f"{left}\n")
     return left
 
 
@@ -193,6 +191,13 @@ def _in_process(argv, input, env, timeout, cwd):
         raise RuntimeError("in-process runs happen in the main thread; pass subprocess=True")
     if not _running.acquire(blocking=False):
         raise RuntimeError("an in-process run is already under way; pass subprocess=True")
+    try:
+        return _main_here(argv, input, env, timeout, cwd)
+    finally:
+        _running.release()
+
+
+def _main_here(argv, input, env, timeout, cwd):
     log = redsky.log
     saved = {"streams": (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__),
              "environ": dict(os.environ), "cwd": os.getcwd(),
@@ -283,7 +288,6 @@ def _in_process(argv, input, env, timeout, cwd):
         os.environ.clear()
         os.environ.update(saved["environ"])
         sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved["streams"]
-        _running.release()
     out, err = (_drained(stream) for stream in (stdout, stderr))
     if _left_open(fds):          # a file or lock left to the garbage collector: an exit closes it
         import gc

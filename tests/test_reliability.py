@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from conftest import REDSKY, parse, post
 
 MEMBERS = tuple(f"member{i}@example.net" for i in range(5))
@@ -46,6 +48,19 @@ def test_send_killed_mid_run_loses_nothing(lst):
     assert set(after) == set(MEMBERS)
     assert all(n == 1 for n in after.values())      # the in-flight one was never accepted, so no repeat
     assert lst.status()["sent"] == 5 and lst.status()["queued_posts"] == 0
+
+
+def test_a_send_that_outlives_its_timeout_is_stopped_and_the_next_one_finishes(lst):
+    """An in-process run has a timeout too: send waiting on a hung sendmail
+    ends in TimeoutExpired, and lets go of its lock for the next one."""
+    (lst.sendmail_dir / "slow").write_text("member2@example.net")
+    lst.queue(post(), check=0)
+    with pytest.raises(subprocess.TimeoutExpired):
+        lst.run("send", timeout=2)
+    (lst.sendmail_dir / "slow").unlink()
+    assert lst.run("send").returncode == 0
+    assert sorted(lst.sent_to()) == sorted(MEMBERS)
+    assert lst.status()["sent"] == 5
 
 
 def test_send_killed_after_delivery_before_record_repeats_only_that_one(lst):

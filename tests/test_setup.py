@@ -95,6 +95,24 @@ def test_a_data_dir_its_owner_cannot_reach_is_a_clear_77(site):
 
 
 @needs_root
+def test_an_in_process_run_never_switches_this_process_to_the_list_user(rs):
+    """The tests run as root and the CLI in their own process: a run that
+    would work as the owner of data_dir is refused (it needs a process of
+    its own, subprocess=True), and this process stays root."""
+    from conftest import UserSwitch
+    data = rs.home / "data"
+    data.mkdir()
+    os.chown(data, NOBODY.pw_uid, NOBODY.pw_gid)
+    rs.write_config(redsky={"data_dir": str(data)})
+    with pytest.raises(UserSwitch):
+        rs.run("init")
+    assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) == (0, 0, 0, 0)
+    assert list(data.iterdir()) == []
+    rs.write_config(redsky={"data_dir": str(rs.home)})
+    assert rs.run("init").returncode == 0                   # and the next run is whole
+
+
+@needs_root
 def test_a_missing_postfix_user_is_a_configuration_error(site):
     (site / "redsky.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n[postfix]\nuser = no-such-user\n")
     r = redsky_as(site, "init")

@@ -101,6 +101,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.real)
 
 
+def readme_block(marker, lang=""):
+    """The README's code block between <!-- marker --> and <!-- /marker -->."""
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"<!-- {marker} -->\n```{lang}\n")[1].split(f"```\n<!-- /{marker} -->")[0]
+
+
 def require(reason, variable):
     """Skip with ``reason`` when something a test needs is missing, unless
     $``variable`` is set (as .ci/run sets it): then the test fails."""

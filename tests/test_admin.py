@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import redsky
-from conftest import REDSKY, ROOT, cli, post
+from conftest import REDSKY, ROOT, cli, post, readme_block
 
 
 def test_schema_sql_is_what_redsky_creates(rs):
@@ -333,8 +333,7 @@ def test_readme_documents_every_command_and_filter():
 
 
 def test_readme_postfix_section_is_what_postfix_config_prints(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- postfix-config -->\n```\n")[1].split("```\n<!-- /postfix-config -->")[0]
+    block = readme_block("postfix-config")
     ini = tmp_path / "redsky.ini"
     ini.write_text("[postfix]\nuser = redsky\n")
     r = cli(["-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"])
@@ -381,8 +380,7 @@ def test_readme_try_it_block_runs_as_written(tmp_path):
     """The README's shell example, line by line, in a scratch place: every
     command succeeds, nothing reads a config it did not name, and each
     member's copy lands in the maildir."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- try-it -->\n```sh\n")[1].split("```\n<!-- /try-it -->")[0]
+    block = readme_block("try-it", "sh")
     assert "post.eml" not in block and block.count(" -c /tmp/redsky-try.ini") == 6
     script = block.replace("/tmp/redsky-try", str(tmp_path / "try")).replace("python3 redsky.py",
                                                                                 f"{sys.executable} {REDSKY}")

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import readme_block, require
 
 pytestmark = pytest.mark.mta
 
-ROOT = Path(__file__).resolve().parent.parent
 SMTPD = Path(os.environ.get("REDSKY_OPENSMTPD_ROOT", "/tmp/redsky-opensmtpd")) / "usr" / "sbin" / "smtpd"
 
 
@@ -32,8 +31,7 @@ def check(smtpd, text, tmp_path):
 def test_the_readme_configuration_passes_smtpd_n(smtpd, rs, tmp_path):
     rs.newlist("team@lists.example.org")          # writes list-domains beside the map
     assert (rs.home / "list-domains").read_text() == "lists.example.org\n"
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- opensmtpd -->\n```\n")[1].split("```\n<!-- /opensmtpd -->")[0]
+    block = readme_block("opensmtpd")
     text = block.replace("/var/lib/redsky", str(rs.home))
     r = check(smtpd, text, tmp_path)
     assert r.returncode == 0 and "configuration OK" in r.stdout + r.stderr, r.stderr

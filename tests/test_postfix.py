@@ -63,14 +63,10 @@ def pfx(mta):
 post = functools.partial(mta_post, LIST, sender=f"carl@{pf.USERS}", body="Hello through a real MTA.\n")
 
 
-def ledger(mta):
-    return ledger_view(mta.home / "redsky.db")
-
-
 def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
     pfx.sendmail(post("Through Postfix"), LIST, sender=f"carl@{pf.USERS}")
     pfx.wait_idle()
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
     pfx.redsky("send", check=True)
     pfx.wait_idle()
     for member in MEMBERS:
@@ -83,7 +79,7 @@ def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
         assert msg["Return-Path"].endswith(f"+{local}={domain}@{pf.LISTS}>")
         assert msg["Return-Path"].startswith("<team-bounces+")
         assert msg["X-Original-To"] == member          # the subscriber's, not the list's
-    assert ledger(pfx) == [(m, "sent") for m in MEMBERS]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "sent") for m in MEMBERS]
 
 
 def test_post_over_smtp(pfx):
@@ -135,7 +131,7 @@ def test_queue_exit_75_defers_in_postfix_and_a_flush_delivers_once(pfx):
         holder.close()
     pfx.flush()
     pfx.wait_idle()
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS]   # queued once, not twice
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS]   # queued once, not twice
     pfx.redsky("send", check=True)
     pfx.wait_idle()
     assert [len(pfx.maildir(m.split("@")[0])) for m in MEMBERS] == [1, 1]
@@ -202,7 +198,7 @@ def listed_received(ip=LISTED):
 
 def test_content_filter_passes_clean_mail_back_into_postfix(pfx):
     through_filter(pfx, post("Filtered and clean"), recipients=(LIST, f"dora@{pf.USERS}"))
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-3000:]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS], pfx.log()[-3000:]
     (copy,) = pfx.maildir("dora")                # a plain mailbox recipient in the same transaction
     assert parse(copy)["Subject"] == "Filtered and clean"
     assert "redsky-filter" in pfx.log() and "status=sent" in pfx.log()
@@ -212,7 +208,7 @@ def test_content_filter_rejects_a_listed_client_with_a_bounce(pfx):
     from conftest import fake_dns
     fake_dns().a_records[".".join(reversed(LISTED.split("."))) + "." + pf.FILTER_ZONE] = ["127.0.0.2"]
     through_filter(pfx, listed_received().encode() + post("From a listed host"))
-    assert ledger(pfx) == []                     # never reached the list
+    assert ledger_view(pfx.home / "redsky.db") == []                     # never reached the list
     (bounce,) = [parse(d) for d in pfx.maildir("carl")]
     assert bounce.get_content_type() == "multipart/report"
     report = " ".join(bounce.as_string().split())          # Postfix folds the diagnostic
@@ -229,7 +225,7 @@ def test_content_filter_hold_is_quarantined_not_bounced(pfx):
         through_filter(pfx, listed_received(ip).encode() + post("Held by the filter"))
     finally:
         pfx.config.write_text(original)
-    assert ledger(pfx) == [] and pfx.maildir("carl") == []          # not delivered, no bounce
+    assert ledger_view(pfx.home / "redsky.db") == [] and pfx.maildir("carl") == []          # not delivered, no bounce
     (held,) = list((pfx.home / "quarantine" / "new").iterdir())
     assert b"Subject: Held by the filter" in held.read_bytes()
 

@@ -242,8 +242,7 @@ def _main_here(argv, input, env, timeout, cwd):
     try:
         # sys.__stdout__ too: argparse's help is as wide as the terminal there (a pipe: 80 columns)
         sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr
-        os.environ.clear()
-        os.environ.update(env)
+        _set_environ(env)
         if cwd is not None:
             os.chdir(cwd)
         redsky._PUBLIC_SUFFIXES.clear()
@@ -291,8 +290,7 @@ def _main_here(argv, input, env, timeout, cwd):
         redsky._PUBLIC_SUFFIXES.update(saved["suffixes"])
         os.umask(umask)
         os.chdir(saved["cwd"])
-        os.environ.clear()
-        os.environ.update(saved["environ"])
+        _set_environ(saved["environ"])
         sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved["streams"]
     out, err = (_drained(stream) for stream in (stdout, stderr))
     if _left_open(fds):          # a file or lock left to the garbage collector: an exit closes it
@@ -301,6 +299,15 @@ def _main_here(argv, input, env, timeout, cwd):
     if timed_out:
         raise subprocess.TimeoutExpired(["redsky.py", *argv], timeout, output=out, stderr=err)
     return subprocess.CompletedProcess(["redsky.py", *argv], 0 if code is None else code, out, err)
+
+
+def _set_environ(env):
+    """Make os.environ ``env``, touching only what differs (each change is a putenv)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _drained(stream):

@@ -80,6 +80,12 @@ if os.path.exists("/usr/bin/python3") and subprocess.run(
     PYTHON = "/usr/bin/python3"
 REDSKY_MAIN = [PYTHON, "-c",
                f"import sys; sys.path.insert(0, {str(ROOT)!r}); import redsky; sys.exit(redsky.main(sys.argv[1:]))"]
+# The same for a copy of redsky.py elsewhere (an admin's site, an MTA's
+# instance): `python3 -c FILE_MAIN PATH ARGS` is `python3 PATH ARGS` from
+# cached bytecode; the bytecode is written only without PYTHONDONTWRITEBYTECODE.
+FILE_MAIN = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('redsky', sys.argv.pop(1)); "
+             "redsky = sys.modules['redsky'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(redsky); "
+             "sys.exit(redsky.main(sys.argv[1:]))")
 
 # What the environment of a run leaves out: the MTA's pipe variables and a
 # config named by the caller's environment would change what redsky reads.

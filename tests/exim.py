@@ -21,13 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import FILE_MAIN
 from smtpsink import free_port
-
-# An admin's `redsky.py ARGS`, but from cached bytecode (a script is compiled
-# afresh on every run, 0.1 s of CPU); the MTA's pipe runs the script itself.
-MAIN = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('redsky', sys.argv.pop(1)); "
-        "redsky = sys.modules['redsky'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(redsky); "
-        "sys.exit(redsky.main(sys.argv[1:]))")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIM_ROOT = Path(os.environ.get("REDSKY_EXIM_ROOT", "/tmp/redsky-exim"))
@@ -156,7 +151,7 @@ class PrivateExim:
 
     def redsky(self, *args, input=b"", check=False):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        r = subprocess.run(["/usr/bin/python3", "-c", MAIN, str(self.redsky_py), "-c", str(self.config), *args],
+        r = subprocess.run(["/usr/bin/python3", "-c", FILE_MAIN, str(self.redsky_py), "-c", str(self.config), *args],
                            input=input, capture_output=True, env=env, timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"redsky {' '.join(args)}: exit {r.returncode}: {r.stderr.decode()}")

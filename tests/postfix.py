@@ -20,6 +20,7 @@ from smtpsink import free_port
 
 # An admin's `redsky.py ARGS`, but from cached bytecode (a script is compiled
 # afresh on every run, 0.1 s of CPU); the MTA's pipe runs the script itself.
+# conftest's FILE_MAIN, repeated: bench.py uses this module without pytest.
 MAIN = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('redsky', sys.argv.pop(1)); "
         "redsky = sys.modules['redsky'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(redsky); "
         "sys.exit(redsky.main(sys.argv[1:]))")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import redsky
-from conftest import ROOT, post
+from conftest import FILE_MAIN, ROOT, post
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 needs_postconf = pytest.mark.skipif(shutil.which("postconf") is None and not os.path.exists("/usr/sbin/postconf"),
@@ -36,7 +36,8 @@ def site():
 
 
 def redsky_as(site, *args, user=None, input=b"", env=None):
-    """Run the site's redsky.py with /usr/bin/python3 (or this python), as root or as ``user``."""
+    """Run the site's redsky.py with /usr/bin/python3 (or this python), as root or as ``user``
+    (from cached bytecode: FILE_MAIN)."""
     python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else shutil.which("python3")
     def drop():
         if user is not None:
@@ -44,8 +45,9 @@ def redsky_as(site, *args, user=None, input=b"", env=None):
             os.setgroups([])
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
-    r = subprocess.run([python, str(site / "redsky.py"), "-c", str(site / "redsky.ini"), *args], input=input,
-                       capture_output=True, timeout=60, preexec_fn=drop, env={**os.environ, **(env or {})})
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    r = subprocess.run([python, "-c", FILE_MAIN, str(site / "redsky.py"), "-c", str(site / "redsky.ini"), *args],
+                       input=input, capture_output=True, timeout=60, preexec_fn=drop, env=env)
     r.out, r.err = r.stdout.decode(), r.stderr.decode()
     return r
 

@@ -1,17 +1,18 @@
 """Fixtures and helpers: a throwaway redsky installation driven through its CLI.
 
-How the CLI runs.  ``rs.run(...)`` (and ``cli(...)``) call redsky.main() in
-this process, with what a fresh process would have of its own swapped in
-and put back afterwards: stdin, stdout and stderr, the environment, umask
-and cwd, redsky's log handlers, the filter registry plugins add to and the
+How the CLI runs. ``rs.run(...)`` (and ``cli(...)``) call redsky.main() in
+this process, with what a fresh process would have of its own swapped in and
+put back afterwards: stdin, stdout and stderr, the environment, umask and
+cwd, redsky's log handlers, the filter registry plugins add to and the
 Public Suffix List cache; the SQLite connections a run leaves open are
 closed as an exit would close them, and SIGALRM enforces ``timeout``.
 ``subprocess=True`` runs a real python3 instead; ask for it only where the
 process is the point: a server (`web --listen`, `lmtp`), a process killed,
 limited (rlimit) or run in parallel with others, a pipe that closes, the
-switch to the list user as root (an in-process run refuses it).  Tests of
-the entry point run redsky.py as a script (CGI, the README's commands); real
-MTAs run it themselves; the sendmail stand-in is a program of its own.
+switch to the list user as root and the fork for it (an in-process run
+refuses both). Tests of the entry point run redsky.py as a script (CGI, the
+README's commands); real MTAs run it themselves; the sendmail stand-in is a
+program of its own.
 
 Where a new test goes:
 - the queue chain end to end (headers, tag, footer, who gets a copy):
@@ -153,7 +154,8 @@ class _Timeout(BaseException):
 
 
 class UserSwitch(BaseException):
-    """An in-process run tried to switch users (become_list_user as root)."""
+    """An in-process run tried to switch users (become_list_user as root) or
+    to fork (as_list_user as root): either needs a process of its own."""
 
 
 def _stdio(stream, default_errors):
@@ -163,14 +165,15 @@ def _stdio(stream, default_errors):
 # what a fresh python3 here would give its stdin, stdout and stderr
 _STDIN, _STDOUT, _STDERR = (_stdio(sys.__stdin__, "strict"), _stdio(sys.__stdout__, "strict"),
                             _stdio(sys.__stderr__, "backslashreplace"))
-_USER_CALLS = ("setuid", "setgid", "setgroups", "initgroups", "seteuid", "setegid", "setreuid", "setregid",
-               "setresuid", "setresgid")
+# what an in-process run may not do: a child forked from here would be a
+# copy of pytest with its threads, and a switch of users would be this process's
+_USER_CALLS = ("fork", "setuid", "setgid", "setgroups", "initgroups", "seteuid", "setegid", "setreuid",
+               "setregid", "setresuid", "setresgid")
 _running = threading.Lock()
 
 
 def _output_file(encoding, errors):
-    """A stream like a process's stdout: text over a real, unbuffered file,
-    so that a child forked during the run (as_list_user) writes into it too."""
+    """A stream like a process's stdout: text over a real file (it has a descriptor)."""
     return io.TextIOWrapper(tempfile.TemporaryFile(buffering=0), encoding=encoding, errors=errors,
                             write_through=True)
 
@@ -224,7 +227,7 @@ def _main_here(argv, input, env, timeout, cwd):
     fds = _open_fds()
     stdin = io.TextIOWrapper(io.BytesIO(input), encoding=_STDIN[0], errors=_STDIN[1])
     stdout, stderr = _output_file(*_STDOUT), _output_file(*_STDERR)
-    opened, pid, state = [], os.getpid(), {"running": True}
+    opened, state = [], {"running": True}
 
     def connect(*args, **kwargs):           # redsky's own connections, closed as an exit would
         conn = saved["connect"](*args, **kwargs)
@@ -232,12 +235,10 @@ def _main_here(argv, input, env, timeout, cwd):
             opened.append(conn)
         return conn
 
-    def refuse(name, real):
+    def refuse(name):
         def call(*args):
-            if os.getpid() != pid:          # a child forked during the run may switch
-                return real(*args)
-            raise UserSwitch(f"os.{name}{args} in an in-process run: it works as the list user, "
-                             "which needs its own process (pass subprocess=True)")
+            raise UserSwitch(f"os.{name}{args} in an in-process run: working as the list user needs "
+                             "a process of its own (pass subprocess=True)")
         return call
 
     def alarm(signum, frame):
@@ -254,7 +255,7 @@ def _main_here(argv, input, env, timeout, cwd):
         redsky._PUBLIC_SUFFIXES.clear()
         sqlite3.connect = connect
         for name, real in saved["user_calls"].items():
-            setattr(os, name, refuse(name, real))
+            setattr(os, name, refuse(name))
         if timeout:
             signal.signal(signal.SIGALRM, alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout)

@@ -336,7 +336,8 @@ def test_readme_postfix_section_is_what_postfix_config_prints(tmp_path):
     block = readme_block("postfix-config")
     ini = tmp_path / "redsky.ini"
     ini.write_text("[postfix]\nuser = redsky\n")
-    r = cli(["-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"])
+    # as root it writes the list map in a child process (as_list_user): a process of its own
+    r = cli(["-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"], subprocess=True)
     assert r.returncode == 0, r.err
     out = (r.out.replace(str(ini), "/etc/redsky/redsky.ini").replace(str(tmp_path), "/var/lib/redsky")
            .replace(REDSKY, "/opt/redsky/redsky.py"))

@@ -245,7 +245,7 @@ def _main_here(argv, input, env, timeout, cwd):
         if state["running"]:
             raise _Timeout()
 
-    code, timed_out = None, False
+    code, timed_out, outer_timer, started = None, False, (0, 0), time.monotonic()
     try:
         # sys.__stdout__ too: argparse's help is as wide as the terminal there (a pipe: 80 columns)
         sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr
@@ -258,7 +258,7 @@ def _main_here(argv, input, env, timeout, cwd):
             setattr(os, name, refuse(name))
         if timeout:
             signal.signal(signal.SIGALRM, alarm)
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            outer_timer = signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             code = redsky.main(argv)
         except SystemExit as e:             # argparse: usage errors, --help, --version
@@ -284,6 +284,9 @@ def _main_here(argv, input, env, timeout, cwd):
             setattr(os, name, real)
         for s, handler in saved["signals"].items():
             signal.signal(s, handler)
+        if outer_timer[0]:                  # someone else's alarm (pytest-timeout): what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer_timer[0] - (time.monotonic() - started), 0.001),
+                             outer_timer[1])
         for handler in log.handlers:
             if handler not in saved["handlers"]:
                 handler.close()

@@ -3996,7 +3996,7 @@ class Context:
         self.distributed = None     # the post as queued (queuer), for the archive
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
         # the send chain
-        self.lock_fd = None         # singleinstance's flock, held until cmd_send returns
+        self.lock_fd = None         # singleinstance's flock, held until the fd is closed (cmd_send)
         self.now = 0.0              # queuebuilder's clock: what is due
         self.queue = []             # queuebuilder: message rows with deliveries due
         self.totals = None          # queuerunner: outcomes of this run, by kind
@@ -7797,7 +7797,7 @@ def cmd_send(args, config):
     ctx = Context(config, store)
     try:
         verdict = run_chain(chain, ctx)
-    finally:                    # the lock and the store go when send returns, not when the process ends
+    finally:                    # the lock and the store go when send returns, not at exit
         if ctx.lock_fd is not None:
             os.close(ctx.lock_fd)
         store.close()

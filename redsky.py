@@ -3996,7 +3996,7 @@ class Context:
         self.distributed = None     # the post as queued (queuer), for the archive
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
         # the send chain
-        self.lock_fd = None         # singleinstance's flock, held until the fd is closed (cmd_send)
+        self.lock_fd = None         # singleinstance's flock, held until cmd_send closes it
         self.now = 0.0              # queuebuilder's clock: what is due
         self.queue = []             # queuebuilder: message rows with deliveries due
         self.totals = None          # queuerunner: outcomes of this run, by kind

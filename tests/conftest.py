@@ -333,16 +333,15 @@ def _drained(stream):
 # NAME.argv) and the message (NAME.msg, renamed into place last); a file
 # "fail_once" in its directory makes the next call exit 75, a file
 # "permanent" lists recipients that get exit 67, "slow" names a recipient to
-# hang on.  NAME is the time in microseconds, so names sort in order.
+# hang on.  NAME is the time it ends, in microseconds: names sort in order.
 CAPTURE_SENDMAIL = textwrap.dedent("""\
     #!/bin/bash
     here={here}
-    name=${{EPOCHREALTIME:-$(date +%s.%6N)}}
-    name=${{name/,/.}}.$$
     rcpt=${{@: -1}}
-    cat > "$here/out/$name.tmp"
+    tmp="$here/out/$$.tmp"
+    cat > "$tmp"
     if [ -e "$here/fail_once" ]; then
-        rm -f "$here/fail_once" "$here/out/$name.tmp"
+        rm -f "$here/fail_once" "$tmp"
         echo "stand-in: try again later" >&2
         exit 75
     fi
@@ -350,7 +349,7 @@ CAPTURE_SENDMAIL = textwrap.dedent("""\
         set -f
         for word in $(< "$here/permanent"); do
             if [ "$word" = "$rcpt" ]; then
-                rm -f "$here/out/$name.tmp"
+                rm -f "$tmp"
                 echo "stand-in: 5.1.1 user unknown" >&2
                 exit 67
             fi
@@ -363,8 +362,10 @@ CAPTURE_SENDMAIL = textwrap.dedent("""\
             sleep 60
         fi
     fi
+    name=${{EPOCHREALTIME:-$(date +%s.%6N)}}
+    name=${{name/,/.}}.$$
     printf '%s\\0' "$@" > "$here/out/$name.argv"
-    mv "$here/out/$name.tmp" "$here/out/$name.msg"
+    mv "$tmp" "$here/out/$name.msg"
 """)
 
 

@@ -4102,7 +4102,7 @@ class Context:
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
-        self.lock_fd = None         # singleinstance's flock, held until the process ends
+        self.lock_fd = None         # singleinstance's flock, held until cmd_send closes it
         self.now = 0.0              # queuebuilder's clock: what is due
         self.queue = []             # queuebuilder: message rows with deliveries due
         self.totals = None          # queuerunner: outcomes of this run, by kind
@@ -6313,7 +6313,7 @@ def singleinstance(ctx):
         if e.errno in (errno.EAGAIN, errno.EACCES):
             raise Discard("another redsky send is running")
         raise
-    ctx.lock_fd = fd            # closed (and so released) when the process ends
+    ctx.lock_fd = fd            # closed (and so released) by cmd_send when the chain ends
 
 
 @chain_filter("send")
@@ -7698,7 +7698,12 @@ def cmd_send(args, config):
     chain = build_chain(config.chain("send"), "send", "send")
     store = open_store(config, durable=False)
     ctx = Context(config, store)
-    verdict = run_chain(chain, ctx)
+    try:
+        verdict = run_chain(chain, ctx)
+    finally:                    # the lock and the store go when send returns, not at exit
+        if ctx.lock_fd is not None:
+            os.close(ctx.lock_fd)
+        store.close()
     if verdict is not None:
         report(verdict.reason, logging.INFO)
         return verdict.code

@@ -21,6 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import FILE_MAIN
 from smtpsink import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,8 +150,9 @@ class PrivateExim:
                               timeout=60)
 
     def redsky(self, *args, input=b"", check=False):
-        r = subprocess.run(["/usr/bin/python3", str(self.redsky_py), "-c", str(self.config), *args],
-                           input=input, capture_output=True, timeout=60)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        r = subprocess.run(["/usr/bin/python3", "-c", FILE_MAIN, str(self.redsky_py), "-c", str(self.config), *args],
+                           input=input, capture_output=True, env=env, timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"redsky {' '.join(args)}: exit {r.returncode}: {r.stderr.decode()}")
         return r

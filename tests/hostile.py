@@ -1,5 +1,5 @@
 """Hostile inputs for every parser of untrusted text, shared by
-tests/test_hostile.py (a CPU budget per parser) and tests/bench.py (the
+tests/test_hostile.py (how each parser's CPU grows) and tests/bench.py (the
 slowest input per parser).  Each input is about SIZE bytes of one
 adversarial pattern; each parser is called the way redsky calls it."""
 

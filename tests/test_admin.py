@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import redsky
-from conftest import REDSKY, ROOT, post
+from conftest import REDSKY, ROOT, cli, post, readme_block
 
 
 def test_schema_sql_is_what_redsky_creates(rs):
@@ -195,15 +195,17 @@ def test_help_lists_every_command_and_each_has_its_own_help():
     """--help names every command with its summary (a line of its own), the
     module docstring shows each, and COMMAND --help works for each."""
     import redsky
-    out = subprocess.run([sys.executable, REDSKY, "--help"], capture_output=True, text=True).stdout
+    r = cli(["--help"])
+    assert r.returncode == 0 and r.err == ""
+    out = r.out
     listed = set(re.findall(r"(?m)^    ([a-z][a-z-]*)\s{2,}\S", out))
     parser = redsky.make_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     assert len(commands) >= 27 and listed == commands
     for command in sorted(commands):
         assert re.search(rf"redsky\.py {re.escape(command)}\b|\| {re.escape(command)}\b", redsky.__doc__), command
-        r = subprocess.run([sys.executable, REDSKY, command, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and f"redsky.py {command}" in r.stdout, command
+        r = cli([command, "--help"])
+        assert r.returncode == 0 and f"redsky.py {command}" in r.out, command
 
 
 # -- configuration ---------------------------------------------------------------
@@ -256,9 +258,8 @@ def test_bad_config_values_exit_78(rs):
 
 
 def test_missing_config_file_exits_78(rs):
-    r = subprocess.run([sys.executable, REDSKY, "-c", str(rs.home / "nope.ini"), "status"],
-                       capture_output=True, text=True)
-    assert r.returncode == 78 and "nope.ini" in r.stderr
+    r = cli(["-c", str(rs.home / "nope.ini"), "status"])
+    assert r.returncode == 78 and "nope.ini" in r.err
 
 
 def test_config_search_order(tmp_path):
@@ -266,22 +267,21 @@ def test_config_search_order(tmp_path):
     env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    run = lambda **kw: subprocess.run([sys.executable, REDSKY, "init"], capture_output=True, text=True,
-                                      cwd=cwd, env=env, **kw)
+    run = lambda: cli(["init"], cwd=cwd, env=env)
     # no config anywhere: the per-user data directory
     if not os.path.exists("/etc/redsky/redsky.ini"):
-        assert str(tmp_path / "xdg" / "redsky" / "redsky.db") in run().stdout
+        assert str(tmp_path / "xdg" / "redsky" / "redsky.db") in run().out
     # ./redsky.ini is never read: whoever can write the current directory
     # would choose the plugins that run (as root, if root runs redsky there)
     (cwd / "redsky.ini").write_text("[redsky]\nlog = stderr\nplugins = evil.py\n")
     (cwd / "evil.py").write_text("open('pwned', 'w').close()\n")
-    assert str(cwd / "redsky.db") not in run().stdout and not (cwd / "pwned").exists()
+    assert str(cwd / "redsky.db") not in run().out and not (cwd / "pwned").exists()
     # $REDSKY_CONFIG is read
     other = tmp_path / "other"
     other.mkdir()
     (other / "r.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n")
     env["REDSKY_CONFIG"] = str(other / "r.ini")
-    assert str(other / "data" / "redsky.db") in run().stdout
+    assert str(other / "data" / "redsky.db") in run().out
 
 
 def test_log_to_file(rs):
@@ -299,12 +299,12 @@ def test_verbose_logs_to_stderr(rs):
 
 
 def test_demo_runs_every_filter():
-    r = subprocess.run([sys.executable, REDSKY, "demo"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = cli(["demo"], timeout=60)
+    assert r.returncode == 0, r.err
     for name in redsky.QUEUE_CHAIN.split() + redsky.SEND_CHAIN.split():
-        assert f"   {name}" in r.stdout
-    assert "sent 3" in r.stdout and "Subject: [demo] Hello" in r.stdout
-    assert re.search(r"Return-Path: <demo-bounces\+[0-9a-f]{8}\+bob=example.net@lists.example.org>", r.stdout)
+        assert f"   {name}" in r.out
+    assert "sent 3" in r.out and "Subject: [demo] Hello" in r.out
+    assert re.search(r"Return-Path: <demo-bounces\+[0-9a-f]{8}\+bob=example.net@lists.example.org>", r.out)
 
 
 def test_example_config_and_readme_are_the_settings_table(rs):
@@ -344,13 +344,13 @@ def test_readme_documents_every_command_and_filter():
 
 
 def test_readme_postfix_section_is_what_postfix_config_prints(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- postfix-config -->\n```\n")[1].split("```\n<!-- /postfix-config -->")[0]
+    block = readme_block("postfix-config")
     ini = tmp_path / "redsky.ini"
     ini.write_text("[postfix]\nuser = redsky\n")
-    r = subprocess.run([sys.executable, REDSKY, "-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"],
-                       capture_output=True, text=True, check=True)
-    out = (r.stdout.replace(str(ini), "/etc/redsky/redsky.ini").replace(str(tmp_path), "/var/lib/redsky")
+    # as root it writes the list map in a child process (as_list_user): a process of its own
+    r = cli(["-c", str(ini), "postfix-config", "--python", "/usr/bin/python3"], subprocess=True)
+    assert r.returncode == 0, r.err
+    out = (r.out.replace(str(ini), "/etc/redsky/redsky.ini").replace(str(tmp_path), "/var/lib/redsky")
            .replace(f" {os.path.dirname(os.path.realpath(REDSKY))} -c ", " /opt/redsky -c "))
     assert out == block
     assert "{import sys; sys.path.insert(0, sys.argv.pop(1)); import redsky; sys.exit(redsky.main())}" in block
@@ -372,13 +372,11 @@ def test_without_syslog_send_prints_only_problems_and_logs_to_a_file(tmp_path):
     """Under cron every line on stderr is a mail to the admin."""
     if os.path.exists("/dev/log"):
         pytest.skip("this host has /dev/log: the default there is syslog")
-    from conftest import REDSKY_MAIN
     ini = tmp_path / "redsky.ini"
     ini.write_text("[send]\ntransport = maildir\n[postfix]\nmap =\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
     def run(*args, data=b""):
-        return subprocess.run([*REDSKY_MAIN, "-c", str(ini), *args], input=data, capture_output=True, env=env)
+        return cli(["-c", str(ini), *args], input=data)
     for args in (["init"], ["newlist", "q@lists.example.org", "--access", "open"],
                  ["subscribe", "q@lists.example.org", "bob@example.net"]):
         assert run(*args).returncode == 0
@@ -395,8 +393,7 @@ def test_readme_try_it_block_runs_as_written(tmp_path):
     """The README's shell example, line by line, in a scratch place: every
     command succeeds, nothing reads a config it did not name, and each
     member's copy lands in the maildir."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- try-it -->\n```sh\n")[1].split("```\n<!-- /try-it -->")[0]
+    block = readme_block("try-it", "sh")
     assert "post.eml" not in block and block.count(" -c /tmp/redsky-try.ini") == 6
     script = block.replace("/tmp/redsky-try", str(tmp_path / "try")).replace("python3 redsky.py",
                                                                                 f"{sys.executable} {REDSKY}")

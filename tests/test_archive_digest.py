@@ -8,9 +8,11 @@ from email import policy
 
 import pytest
 
-from conftest import parse, post
+from conftest import parse, post, request
 
 LIST = "test@lists.example.org"
+LIST_OPTIONS = ("--access", "open")                 # the `team` fixture: this list, DMARC rewriting off
+MEMBERS = ("bob@example.net", "dana@example.net", "erin@example.net")
 
 
 def posts_with_attachment(n):
@@ -28,13 +30,6 @@ def posts_with_attachment(n):
             out.append(post(subject=f"Post {i}", body=f"Body of post {i}, word{i}.\n", msgid=f"<p{i}@example.org>",
                             sender="alice@example.org").replace(b"25 Nov", f"2{i} Nov".encode()))
     return out
-
-
-@pytest.fixture
-def team(rs):
-    rs.newlist(LIST, "--access", "open", members=("bob@example.net", "dana@example.net", "erin@example.net"))
-    rs.run("set", LIST, "dmarc", "never", check=0)
-    return rs
 
 
 # --- archive -----------------------------------------------------------------------------
@@ -98,12 +93,6 @@ def test_a_broken_archive_never_stops_a_post(team):
     assert r.returncode == 0 and "cannot archive" in r.err
     team.run("send", check=0)
     assert len(team.sent()) == 3
-
-
-def request(rs, body, sender):
-    return rs.queue(f"From: {sender}\nTo: test-request@lists.example.org\nSubject: {body}\n"
-                    f"Message-ID: <{abs(hash((body, sender)))}@x>\n\n{body}\n".encode(),
-                    recipient="test-request@lists.example.org", sender=sender)
 
 
 @pytest.mark.parametrize("policy_, member_ok, stranger_ok", [("public", True, True), ("private", True, False),
@@ -332,8 +321,8 @@ def test_parallel_queue_runs_archive_every_post_once_and_whole(team, fmt):
     team.write_config(archive={"format": fmt})
     bodies = [f"From: alice@example.org\nSubject: parallel {i}\nMessage-ID: <par{i}@example.org>\n\n"
               + ("From the start, line %d\n" % i) * 50 for i in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(lambda b: team.queue(b.encode()), bodies))
+    with ThreadPoolExecutor(12) as pool:          # twelve processes at once, as the MTA runs them
+        results = list(pool.map(lambda b: team.queue(b.encode(), subprocess=True), bodies))
     assert all(r.returncode == 0 for r in results)
     out = team.home / "all.mbox"
     team.run("archive", "export", LIST, "--output", str(out), check=0)

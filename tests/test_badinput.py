@@ -12,7 +12,8 @@ FOOTER = "-- \\nList footer é"
 LIST_OPTIONS = ("--access", "open", "--subject-tag", "[t]", "--footer", FOOTER)
 
 
-def deliver(rs, data, **kw):
+def queue_then_send(rs, data, **kw):
+    """Queue ``data`` (never a traceback) and, when it was taken, run send; the queue's result."""
     r = rs.queue(data, **kw)
     assert "Traceback" not in r.err
     if r.returncode == 0:
@@ -30,7 +31,7 @@ def deliver(rs, data, **kw):
     (b"Subject: x\x00y\n\nbody", "NUL byte"),
 ])
 def test_rejected_with_65_and_one_line(lst, data, why):
-    r = deliver(lst, data)
+    r = queue_then_send(lst, data)
     assert r.returncode == 65 and why in r.err and r.err.count("\n") == 1
     assert lst.status()["queued_posts"] == 0
 
@@ -39,10 +40,10 @@ def test_30mb_message_is_rejected_by_default_and_delivered_intact_when_allowed(l
     body = (b"0123456789abcdef" * 64 + b"\n") * 30_000          # ~30 MB
     data = post(body="") + body
     assert len(data) > 30_000_000
-    r = deliver(lst, data)
+    r = queue_then_send(lst, data)
     assert r.returncode == 65 and "larger than the limit" in r.err
     lst.write_config(queue={"max_size": "40M"})
-    deliver(lst, data)
+    queue_then_send(lst, data)
     ((argv, sent),) = lst.sent()
     assert body in sent                                              # body intact
     parts = parse(sent).get_payload()                                # non-ASCII footer: wrapped
@@ -52,7 +53,7 @@ def test_30mb_message_is_rejected_by_default_and_delivered_intact_when_allowed(l
 def test_8bit_headers_delivered_intact(lst):
     data = ("From: Jürgen Müller <jm@example.de>\nTo: test@lists.example.org\nSubject: Grüße\n"
             "X-Weird: \xff\n\nHallo\n").encode("utf-8")
-    deliver(lst, data, check=0)
+    queue_then_send(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert "From: Jürgen Müller <jm@example.de>".encode() in sent
     assert "Subject: [t] Grüße".encode() in sent
@@ -62,7 +63,7 @@ def test_broken_mime_boundaries_delivered_with_original_intact(lst):
     body = (b"--AAA\nContent-Type: text/plain\n\npart one\n--BBB\nContent-Type: text/html\n\n<b>x"
             b"\n(no closing boundary at all)\n")
     data = post(body="", extra='MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="AAA"\n') + body
-    deliver(lst, data, check=0)
+    queue_then_send(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert body in sent
     msg = parse(sent)
@@ -72,7 +73,7 @@ def test_broken_mime_boundaries_delivered_with_original_intact(lst):
 
 def test_multipart_without_boundary_parameter(lst):
     data = post(body="whatever\n", extra="MIME-Version: 1.0\nContent-Type: multipart/mixed\n")
-    deliver(lst, data, check=0)
+    queue_then_send(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert b"\nwhatever\n" in sent
 
@@ -81,7 +82,7 @@ def test_broken_base64_delivered_with_original_intact(lst):
     body = b"VGhpcyBpcyBmaW5l\n%%% not base64 at all %%%\n"
     data = post(body="", extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
                                "Content-Transfer-Encoding: base64\n") + body
-    deliver(lst, data, check=0)
+    queue_then_send(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert body in sent
 
@@ -90,7 +91,7 @@ def test_unknown_charset_and_encoding(lst):
     for extra in ("Content-Type: text/plain; charset=x-klingon\n",
                   "Content-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n",
                   "Content-Type: text/plain; charset=\"\n"):
-        r = deliver(lst, post(subject=extra[:20], body="odd\n", extra="MIME-Version: 1.0\n" + extra))
+        r = queue_then_send(lst, post(subject=extra[:20], body="odd\n", extra="MIME-Version: 1.0\n" + extra))
         assert r.returncode == 0, r.err
     assert len(lst.sent()) == 3
 
@@ -109,7 +110,7 @@ def test_unknown_charset_and_encoding(lst):
     b"Received: x\n" * 10 + b"Subject: s\n\nbody\n",
 ])
 def test_odd_but_valid_messages_are_delivered(lst, data):
-    r = deliver(lst, data)
+    r = queue_then_send(lst, data)
     assert r.returncode == 0, r.err
     ((_, sent),) = lst.sent()
     assert b"List-Id: <test.lists.example.org>" in sent
@@ -119,7 +120,7 @@ def test_base64_text_part_gets_footer_in_base64(lst):
     text = "Zeile eins\nZeile zwei\n"
     data = post(body="", extra="MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
                                "Content-Transfer-Encoding: base64\n") + base64.encodebytes(text.encode())
-    deliver(lst, data, check=0)
+    queue_then_send(lst, data, check=0)
     ((_, sent),) = lst.sent()
     assert parse(sent).get_content() == text + "-- \nList footer é\n"
 

@@ -3,8 +3,7 @@
 import json
 
 
-from conftest import post
-from test_message import dsn
+from conftest import dsn, post
 
 MEMBERS = ("bob@example.net", "carol@example.com")
 

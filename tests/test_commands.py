@@ -1,29 +1,16 @@
 """Acting by email: -request commands, -join/-leave, confirmations, moderation, owner mail."""
 
 import re
-import time
 
 import pytest
 
-from conftest import parse, post
+from conftest import inbox, mail, parse, post
 
 LIST = "test@lists.example.org"
 OWNER = "owner@example.org"
 
 
 LIST_OPTIONS = ("--owner", OWNER)
-
-
-def mail(rs, to, sender, subject="", body="", extra="", envelope=None, check=0):
-    data = post(subject=subject, body=body, sender=sender, extra=extra, to=to,
-                msgid=f"<{time.time_ns()}@example.org>")
-    return rs.queue(data, recipient=to, sender=sender if envelope is None else envelope, check=check)
-
-
-def inbox(rs, address):
-    """Messages delivered to ``address`` by `send`, oldest first (parsed)."""
-    rs.run("send", check=0)
-    return [parse(data) for argv, data in rs.sent() if argv[-1] == address]
 
 
 def token_in(msg):

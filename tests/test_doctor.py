@@ -116,6 +116,7 @@ def postfix_conf(tmp_path, main, master=""):
     return {"MAIL_CONFIG": str(etc)}
 
 
+@pytest.mark.mta
 @needs_postconf
 def test_postfix_without_recipient_delimiter_fails(ok, tmp_path):
     env = postfix_conf(tmp_path, "recipient_delimiter =\n")
@@ -124,6 +125,7 @@ def test_postfix_without_recipient_delimiter_fails(ok, tmp_path):
     assert "no 'redsky' pipe service" in out
 
 
+@pytest.mark.mta
 @needs_postconf
 def test_postfix_pipe_without_original_recipient_fails(ok, tmp_path):
     master = ("redsky    unix  -       n       n       -       -       pipe\n"
@@ -133,6 +135,7 @@ def test_postfix_pipe_without_original_recipient_fails(ok, tmp_path):
     assert code == 78 and "original_recipient" in fails(out)[0]
 
 
+@pytest.mark.mta
 @needs_postconf
 def test_postfix_recipient_limit_fails(ok, tmp_path):
     master = ("redsky    unix  -       n       n       -       -       pipe\n"
@@ -142,6 +145,7 @@ def test_postfix_recipient_limit_fails(ok, tmp_path):
     assert code == 78 and "redsky_destination_recipient_limit" in fails(out)[0]
 
 
+@pytest.mark.mta
 @needs_postconf
 @needs_root
 def test_postfix_cannot_read_the_map_fails(ok, tmp_path):

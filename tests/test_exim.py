@@ -3,18 +3,19 @@
 Skipped (with the reason) where Exim cannot run; .ci/run extracts Debian's
 Exim package and sets REDSKY_REQUIRE_EXIM=1 so that CI fails instead."""
 
-import email
+import functools
 import json
 import os
 import smtplib
 import sqlite3
 import subprocess
-import time
-from email import policy
 
 import pytest
 
 import exim as ex
+from conftest import mta_post, parse, require
+
+pytestmark = pytest.mark.mta
 
 LIST = f"team@{ex.LISTS}"
 MEMBERS = (f"ann@{ex.USERS}", f"ben@{ex.USERS}")
@@ -22,11 +23,7 @@ MEMBERS = (f"ann@{ex.USERS}", f"ben@{ex.USERS}")
 
 @pytest.fixture(scope="module")
 def mta():
-    reason = ex.missing()
-    if reason:
-        if os.environ.get("REDSKY_REQUIRE_EXIM"):
-            pytest.fail(f"REDSKY_REQUIRE_EXIM is set but: {reason}")
-        pytest.skip(reason)
+    require(ex.missing(), "REDSKY_REQUIRE_EXIM")
     instance = ex.PrivateExim()
     instance.redsky("newlist", LIST, "--access", "open", check=True)
     instance.redsky("subscribe", LIST, *MEMBERS, check=True)
@@ -37,13 +34,7 @@ def mta():
         instance.stop()
 
 
-def post(subject, sender=f"carl@{ex.USERS}"):
-    return (f"From: Carl <{sender}>\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <{time.time_ns()}@users.test>\n"
-            f"\nHello through Exim.\n").encode()
-
-
-def parse(data):
-    return email.message_from_bytes(data, policy=policy.default)
+post = functools.partial(mta_post, LIST, sender=f"carl@{ex.USERS}", body="Hello through Exim.\n")
 
 
 def test_a_post_through_exim_reaches_every_member(mta):

@@ -70,7 +70,7 @@ def test_a_ledger_that_fails_mid_run_stops_the_run_within_the_bound(rs):
             hold_lock(rs.home / "redsky.db", 4).join()
         locker = threading.Thread(target=lock_when_busy)
         locker.start()
-        r = rs.run("send")
+        r = rs.run("send", subprocess=True)     # its own process: the locker needs no turn from it
         locker.join()
         assert r.returncode == 75 and "ledger cannot be written" in r.err, r.err
         unrecorded = len(sink.messages) - rs.status()["sent"]

@@ -12,6 +12,8 @@ import pytest
 from conftest import ledger_view, REDSKY_MAIN, post
 from smtpsink import free_port
 
+pytestmark = pytest.mark.server         # every test runs `redsky.py lmtp` in a subprocess
+
 LIST_OPTIONS = ("--access", "open")
 MEMBERS = ("bob@example.net", "carol@example.com")
 
@@ -169,7 +171,7 @@ def test_a_port_in_use_is_a_clear_78(lst):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = lst.run("lmtp", "--listen", f"127.0.0.1:{port}", timeout=30)
+        r = lst.run("lmtp", "--listen", f"127.0.0.1:{port}", timeout=30, subprocess=True)     # a server
     assert r.returncode == 78 and "cannot listen" in r.err and "Traceback" not in r.err
 
 

@@ -8,7 +8,7 @@ from email import policy
 import pytest
 
 import redsky
-from conftest import parse
+from conftest import dsn, parse
 
 LIST = {"id": 1, "name": "test", "domain": "lists.example.org", "footer": "", "subject_tag": ""}
 
@@ -303,44 +303,6 @@ def test_footer_placeholders():
 
 
 # -- DSN parsing ---------------------------------------------------------------
-
-def dsn(action="failed", status="5.1.1", recipient="bob@example.net", message_id="<post1@example.org>",
-        diagnostic=None):
-    diagnostic = diagnostic or f"smtp; 550 5.1.1 <{recipient}>: Recipient address\n    rejected: User unknown"
-    return f"""\
-From: MAILER-DAEMON@mx.example.net
-To: test-bounces@lists.example.org
-Subject: Undelivered Mail Returned to Sender
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="R"
-
---R
-Content-Type: text/plain
-
-I'm sorry to have to inform you that your message could not be delivered.
---R
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.example.net
-Arrival-Date: Wed, 25 Nov 2026 10:00:00 +0000
-
-Final-Recipient: rfc822; {recipient}
-Original-Recipient: rfc822;{recipient}
-Action: {action}
-Status: {status}
-Diagnostic-Code: {diagnostic}
-
---R
-Content-Type: message/rfc822
-
-From: alice@example.org
-Subject: the post
-Message-ID: {message_id}
-
-body
---R--
-""".encode()
-
 
 def test_parse_dsn_failed():
     reports = redsky.parse_dsn(email.message_from_bytes(dsn(), policy=policy.compat32))

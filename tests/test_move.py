@@ -55,6 +55,7 @@ def mlmmj_list(tmp_path, sink):
     return listdir
 
 
+@pytest.mark.mta
 @needs_mlmmj
 def test_import_mlmmj_list_made_by_mlmmj(rs, tmp_path):
     with SMTPSink() as sink:
@@ -351,6 +352,7 @@ def test_forget_touches_only_that_address(rs):
 MAILMAN3 = os.environ.get("REDSKY_MAILMAN3", "")
 
 
+@pytest.mark.mta
 @pytest.mark.skipif(not (MAILMAN3 and os.access(MAILMAN3, os.X_OK)),
                     reason="no Mailman 3 here (.ci/run installs it into a venv and sets REDSKY_MAILMAN3)")
 def test_import_from_a_real_mailman3(rs, tmp_path):

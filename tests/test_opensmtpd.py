@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import readme_block, require
+
+pytestmark = pytest.mark.mta
+
 SMTPD = Path(os.environ.get("REDSKY_OPENSMTPD_ROOT", "/tmp/redsky-opensmtpd")) / "usr" / "sbin" / "smtpd"
 
 
 @pytest.fixture
 def smtpd():
     if not os.access(SMTPD, os.X_OK):
-        reason = f"OpenSMTPD is not extracted at {SMTPD} (.ci/run does it)"
-        if os.environ.get("REDSKY_REQUIRE_OPENSMTPD"):
-            pytest.fail(f"REDSKY_REQUIRE_OPENSMTPD is set but: {reason}")
-        pytest.skip(reason)
+        require(f"OpenSMTPD is not extracted at {SMTPD} (.ci/run does it)", "REDSKY_REQUIRE_OPENSMTPD")
     return SMTPD
 
 
@@ -31,8 +31,7 @@ def check(smtpd, text, tmp_path):
 def test_the_readme_configuration_passes_smtpd_n(smtpd, rs, tmp_path):
     rs.newlist("team@lists.example.org")          # writes list-domains beside the map
     assert (rs.home / "list-domains").read_text() == "lists.example.org\n"
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- opensmtpd -->\n```\n")[1].split("```\n<!-- /opensmtpd -->")[0]
+    block = readme_block("opensmtpd")
     text = block.replace("/var/lib/redsky", str(rs.home))
     r = check(smtpd, text, tmp_path)
     assert r.returncode == 0 and "configuration OK" in r.stdout + r.stderr, r.stderr

@@ -4,31 +4,27 @@ Skipped (with the reason) where Postfix cannot run; .ci/run sets
 REDSKY_REQUIRE_POSTFIX=1 so that CI fails instead of skipping.
 """
 
-import email
-import os
+import functools
 import pwd
 import subprocess
 import re
 import smtplib
 import sqlite3
 import time
-from email import policy
 
 import pytest
 
 import postfix as pf
-from conftest import ledger_view
+from conftest import ledger_view, mta_post, parse, require
+
+pytestmark = pytest.mark.mta
 
 LIST = f"team@{pf.LISTS}"
 MEMBERS = (f"ann@{pf.USERS}", f"ben@{pf.USERS}")
 
 
 def require_postfix():
-    reason = pf.missing()
-    if reason:
-        if os.environ.get("REDSKY_REQUIRE_POSTFIX"):
-            pytest.fail(f"REDSKY_REQUIRE_POSTFIX is set but: {reason}")
-        pytest.skip(reason)
+    require(pf.missing(), "REDSKY_REQUIRE_POSTFIX")
 
 
 @pytest.fixture
@@ -64,23 +60,13 @@ def pfx(mta):
     return mta
 
 
-def post(subject="Through Postfix", sender=f"carl@{pf.USERS}"):
-    return (f"From: Carl <{sender}>\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <{time.time_ns()}@users.test>\n"
-            f"\nHello through a real MTA.\n").encode()
-
-
-def parse(data):
-    return email.message_from_bytes(data, policy=policy.default)
-
-
-def ledger(mta):
-    return ledger_view(sqlite3.connect(mta.home / "redsky.db"))
+post = functools.partial(mta_post, LIST, sender=f"carl@{pf.USERS}", body="Hello through a real MTA.\n")
 
 
 def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
-    pfx.sendmail(post(), LIST, sender=f"carl@{pf.USERS}")
+    pfx.sendmail(post("Through Postfix"), LIST, sender=f"carl@{pf.USERS}")
     pfx.wait_idle()
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
     pfx.redsky("send", check=True)
     pfx.wait_idle()
     for member in MEMBERS:
@@ -93,7 +79,7 @@ def test_post_by_sendmail_reaches_queue_and_every_member(pfx):
         assert msg["Return-Path"].endswith(f"+{local}={domain}@{pf.LISTS}>")
         assert msg["Return-Path"].startswith("<team-bounces+")
         assert msg["X-Original-To"] == member          # the subscriber's, not the list's
-    assert ledger(pfx) == [(m, "sent") for m in MEMBERS]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "sent") for m in MEMBERS]
 
 
 def test_post_over_smtp(pfx):
@@ -170,7 +156,7 @@ def test_queue_exit_75_defers_in_postfix_and_a_flush_delivers_once(pfx):
         holder.close()
     pfx.flush()
     pfx.wait_idle()
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS]   # queued once, not twice
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS]   # queued once, not twice
     pfx.redsky("send", check=True)
     pfx.wait_idle()
     assert [len(pfx.maildir(m.split("@")[0])) for m in MEMBERS] == [1, 1]
@@ -237,7 +223,7 @@ def listed_received(ip=LISTED):
 
 def test_content_filter_passes_clean_mail_back_into_postfix(pfx):
     through_filter(pfx, post("Filtered and clean"), recipients=(LIST, f"dora@{pf.USERS}"))
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-3000:]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS], pfx.log()[-3000:]
     (copy,) = pfx.maildir("dora")                # a plain mailbox recipient in the same transaction
     assert parse(copy)["Subject"] == "Filtered and clean"
     assert "redsky-filter" in pfx.log() and "status=sent" in pfx.log()
@@ -247,7 +233,7 @@ def test_content_filter_rejects_a_listed_client_with_a_bounce(pfx):
     from conftest import fake_dns
     fake_dns().a_records[".".join(reversed(LISTED.split("."))) + "." + pf.FILTER_ZONE] = ["127.0.0.2"]
     through_filter(pfx, listed_received().encode() + post("From a listed host"))
-    assert ledger(pfx) == []                     # never reached the list
+    assert ledger_view(pfx.home / "redsky.db") == []                     # never reached the list
     (bounce,) = [parse(d) for d in pfx.maildir("carl")]
     assert bounce.get_content_type() == "multipart/report"
     report = " ".join(bounce.as_string().split())          # Postfix folds the diagnostic
@@ -264,7 +250,7 @@ def test_content_filter_hold_is_quarantined_not_bounced(pfx):
         through_filter(pfx, listed_received(ip).encode() + post("Held by the filter"))
     finally:
         pfx.config.write_text(original)
-    assert ledger(pfx) == [] and pfx.maildir("carl") == []          # not delivered, no bounce
+    assert ledger_view(pfx.home / "redsky.db") == [] and pfx.maildir("carl") == []          # not delivered, no bounce
     (held,) = list((pfx.home / "quarantine" / "new").iterdir())
     assert b"Subject: Held by the filter" in held.read_bytes()
 

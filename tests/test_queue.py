@@ -1,4 +1,4 @@
-"""The queue chain end to end: `redsky.py queue` through subprocess."""
+"""The queue chain end to end: `redsky.py queue` through the CLI."""
 
 
 import pytest

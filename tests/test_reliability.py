@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from conftest import REDSKY, parse, post
 
 MEMBERS = tuple(f"member{i}@example.net" for i in range(5))
@@ -18,8 +20,8 @@ LIST_OPTIONS = ("--access", "open")
 
 def test_twenty_parallel_queues_then_send_deliver_each_post_once(lst):
     posts = [post(subject=f"post {i}", msgid=f"<p{i}@example.org>") for i in range(20)]
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda p: lst.queue(p), posts))
+    with ThreadPoolExecutor(20) as pool:          # twenty processes at once, as the MTA runs them
+        results = list(pool.map(lambda p: lst.queue(p, subprocess=True), posts))
     assert [r.returncode for r in results] == [0] * 20, [r.err for r in results if r.returncode]
     lst.run("send", check=0)
     got = Counter((argv[-1], parse(data)["Message-ID"]) for argv, data in lst.sent())
@@ -46,6 +48,19 @@ def test_send_killed_mid_run_loses_nothing(lst):
     assert set(after) == set(MEMBERS)
     assert all(n == 1 for n in after.values())      # the in-flight one was never accepted, so no repeat
     assert lst.status()["sent"] == 5 and lst.status()["queued_posts"] == 0
+
+
+def test_a_send_that_outlives_its_timeout_is_stopped_and_the_next_one_finishes(lst):
+    """An in-process run has a timeout too: send waiting on a hung sendmail
+    ends in TimeoutExpired, and lets go of its lock for the next one."""
+    (lst.sendmail_dir / "slow").write_text("member2@example.net")
+    lst.queue(post(), check=0)
+    with pytest.raises(subprocess.TimeoutExpired):
+        lst.run("send", timeout=2)
+    (lst.sendmail_dir / "slow").unlink()
+    assert lst.run("send").returncode == 0
+    assert sorted(lst.sent_to()) == sorted(MEMBERS)
+    assert lst.status()["sent"] == 5
 
 
 def test_send_killed_after_delivery_before_record_repeats_only_that_one(lst):
@@ -82,7 +97,7 @@ def _small_file_limit():
 
 def test_full_disk_during_queue_exits_75_and_leaves_nothing(lst):
     big = post(body="x" * 2_000_000 + "\n")
-    r = lst.queue(big, preexec_fn=_small_file_limit)
+    r = lst.queue(big, subprocess=True, preexec_fn=_small_file_limit)      # the limit is the process's
     assert r.returncode == 75, r.err
     assert "spool" in r.err and "Traceback" not in r.err and r.err.count("\n") == 1
     assert lst.status()["queued_posts"] == 0

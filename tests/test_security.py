@@ -8,22 +8,12 @@ import time
 
 import pytest
 
-from conftest import parse, post
+from conftest import inbox, mail, post
 
 LIST = "test@lists.example.org"
 OWNER = "owner@example.org"
 LIST_OPTIONS = ("--owner", OWNER)
 MEMBERS = ("bob@example.net", "alice@example.org")
-
-
-def mail(rs, to, sender, subject="", body="", extra="", check=0):
-    data = post(subject=subject, body=body, sender=sender, extra=extra, to=to, msgid=f"<{time.time_ns()}@x.org>")
-    return rs.queue(data, recipient=to, sender=sender, check=check)
-
-
-def inbox(rs, address):
-    rs.run("send", check=0)
-    return [parse(data) for argv, data in rs.sent() if argv[-1] == address]
 
 
 # 1. header injection through a display name ------------------------------------------

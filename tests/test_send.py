@@ -5,17 +5,13 @@ import os
 
 import pytest
 
-from conftest import parse, post
+from conftest import ledger, parse, post
 from smtpsink import SMTPSink, free_port
 
 MEMBERS = ("bob@example.net", "carol@example.com", "dave@example.org")
 
 
 LIST_OPTIONS = ("--access", "open")
-
-
-def ledger(rs):
-    return {r["address"]: dict(r) for r in rs.db().execute("SELECT * FROM deliveries")}
 
 
 def test_sendmail_transport_verp_and_argv(lst):
@@ -187,6 +183,29 @@ def test_second_send_exits_at_once_while_one_runs(lst):
         r = lst.run("send")
     assert r.returncode == 0 and "another redsky send is running" in r.err
     assert lst.sent() == []
+
+
+def test_send_lets_go_of_its_lock_and_database_when_it_returns(lst):
+    """send run twice in one process (an embedding, or these tests): the
+    first releases send.lock and closes the database when it returns, not
+    when the process ends, so the second is not turned away."""
+    import redsky
+
+    def ours():                      # this process's open files inside the installation (Linux)
+        if not os.path.isdir("/proc/self/fd"):
+            return []
+        return sorted(path for path in (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+                      if path.startswith(str(lst.home)))
+    lst.queue(post(subject="first"), check=0)
+    before = ours()
+    assert redsky.cmd_send(None, redsky.Config(str(lst.config))) == 0
+    assert ours() == before
+    with open(lst.home / "send.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)             # BlockingIOError if still held
+    lst.queue(post(subject="second"), check=0)
+    assert redsky.cmd_send(None, redsky.Config(str(lst.config))) == 0
+    assert ours() == before
+    assert sorted(parse(data)["Subject"] for _, data in lst.sent()) == ["first"] * 3 + ["second"] * 3
 
 
 @pytest.mark.parametrize("key, value", [("transport", "carrier-pigeon"), ("verp", "per-recipent")])

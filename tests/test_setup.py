@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import redsky
-from conftest import ROOT, post
+from conftest import FILE_MAIN, ROOT, post
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 needs_postconf = pytest.mark.skipif(shutil.which("postconf") is None and not os.path.exists("/usr/sbin/postconf"),
@@ -36,7 +36,8 @@ def site():
 
 
 def redsky_as(site, *args, user=None, input=b"", env=None):
-    """Run the site's redsky.py with /usr/bin/python3 (or this python), as root or as ``user``."""
+    """Run the site's redsky.py with /usr/bin/python3 (or this python), as root or as ``user``
+    (from cached bytecode: FILE_MAIN)."""
     python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else shutil.which("python3")
     def drop():
         if user is not None:
@@ -44,8 +45,9 @@ def redsky_as(site, *args, user=None, input=b"", env=None):
             os.setgroups([])
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
-    r = subprocess.run([python, str(site / "redsky.py"), "-c", str(site / "redsky.ini"), *args], input=input,
-                       capture_output=True, timeout=60, preexec_fn=drop, env={**os.environ, **(env or {})})
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    r = subprocess.run([python, "-c", FILE_MAIN, str(site / "redsky.py"), "-c", str(site / "redsky.ini"), *args],
+                       input=input, capture_output=True, timeout=60, preexec_fn=drop, env=env)
     r.out, r.err = r.stdout.decode(), r.stderr.decode()
     return r
 
@@ -95,6 +97,24 @@ def test_a_data_dir_its_owner_cannot_reach_is_a_clear_77(site):
 
 
 @needs_root
+def test_an_in_process_run_never_switches_this_process_to_the_list_user(rs):
+    """The tests run as root and the CLI in their own process: a run that
+    would work as the owner of data_dir is refused (it needs a process of
+    its own, subprocess=True), and this process stays root."""
+    from conftest import UserSwitch
+    data = rs.home / "data"
+    data.mkdir()
+    os.chown(data, NOBODY.pw_uid, NOBODY.pw_gid)
+    rs.write_config(redsky={"data_dir": str(data)})
+    with pytest.raises(UserSwitch):
+        rs.run("init")
+    assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) == (0, 0, 0, 0)
+    assert list(data.iterdir()) == []
+    rs.write_config(redsky={"data_dir": str(rs.home)})
+    assert rs.run("init").returncode == 0                   # and the next run is whole
+
+
+@needs_root
 def test_a_missing_postfix_user_is_a_configuration_error(site):
     (site / "redsky.ini").write_text("[redsky]\ndata_dir = data\nlog = stderr\n[postfix]\nuser = no-such-user\n")
     r = redsky_as(site, "init")
@@ -109,6 +129,7 @@ def postfix_etc(site, main="", master=""):
     return {"MAIL_CONFIG": str(etc)}
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_apply_merges_into_a_live_configuration_once(site):
@@ -142,6 +163,7 @@ def doctor_fails(r):
     return [line for line in r.out.splitlines() if line.startswith("FAIL")]
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_doctor_follows_each_list_address_through_the_live_maps(site):
@@ -168,6 +190,7 @@ def test_doctor_follows_each_list_address_through_the_live_maps(site):
     assert any("chmod 644" in line for line in redsky_as(site, "doctor", env=env).out.splitlines())
 
 
+@pytest.mark.mta
 @needs_root
 @needs_postconf
 def test_apply_replaces_a_pipe_that_runs_redsky_as_a_script(site):

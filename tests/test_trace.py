@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from conftest import post
-from test_message import dsn
+from conftest import dsn, post
 
 
 LIST_OPTIONS = ("--owner", "owner@example.org")

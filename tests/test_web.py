@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import REDSKY, REDSKY_MAIN, parse, post
+from conftest import REDSKY, REDSKY_MAIN, parse, post, require
 from smtpsink import free_port
 
 LIST_OPTIONS = ("--access", "open")
@@ -78,6 +78,7 @@ def sent_copies(rs):
 
 # --- RFC 8058 on the copies -------------------------------------------------
 
+@pytest.mark.server
 def test_every_per_recipient_copy_offers_one_click_unsubscribe(web):
     import redsky
     web.rs.run("set", LIST, "footer", "Leave with one click: $unsubscribe_personal", check=0)
@@ -98,6 +99,7 @@ def test_every_per_recipient_copy_offers_one_click_unsubscribe(web):
     assert len(tokens) == 2
 
 
+@pytest.mark.server
 def test_one_click_headers_over_smtp_data_and_bdat_are_the_same(web):
     """The SMTP transport writes copies with CRLF (BDAT sends them as they
     are): the one-click fields keep their line ends and their folding."""
@@ -120,6 +122,7 @@ def test_one_click_headers_over_smtp_data_and_bdat_are_the_same(web):
                          head), head
 
 
+@pytest.mark.server
 def test_digests_offer_one_click_unsubscribe_and_the_archive(web):
     web.rs.run("set-member", LIST, "carol@example.com", "digest", "on", check=0)
     web.rs.run("set", LIST, "digest_size_threshold", "1", check=0)
@@ -133,6 +136,7 @@ def test_digests_offer_one_click_unsubscribe_and_the_archive(web):
     assert "carol@example.com" not in web.rs.members()
 
 
+@pytest.mark.server
 def test_batched_copies_keep_the_generic_mailto(web):
     web.rs.write_config(send={"verp": "off"})
     web.rs.queue(post(), check=0)
@@ -157,6 +161,7 @@ def leave_url(web, member):
     return one_click(sent_copies(web.rs)[member])[0][0]
 
 
+@pytest.mark.server
 def test_get_shows_a_button_and_never_unsubscribes(web):
     url = leave_url(web, "bob@example.net")
     for _ in range(3):                      # a link scanner, a previewer, the member
@@ -168,6 +173,7 @@ def test_get_shows_a_button_and_never_unsubscribes(web):
     assert set(web.rs.members()) == set(MEMBERS)
 
 
+@pytest.mark.server
 def test_post_one_click_unsubscribes_at_once_and_says_goodbye(web):
     url = leave_url(web, "bob@example.net")
     before = len(web.rs.sent())
@@ -183,6 +189,7 @@ def test_post_one_click_unsubscribes_at_once_and_says_goodbye(web):
     assert again[0] == 200 and again[2] == body
 
 
+@pytest.mark.server
 def test_multipart_form_data_one_click_works_too(web):
     url = leave_url(web, "carol@example.com")
     body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n")
@@ -191,6 +198,7 @@ def test_multipart_form_data_one_click_works_too(web):
     assert set(web.rs.members()) == {"bob@example.net"}
 
 
+@pytest.mark.server
 def test_wrong_token_or_body_changes_nothing(web):
     url = leave_url(web, "bob@example.net")
     token = url.rsplit("/", 1)[1]
@@ -211,6 +219,7 @@ def test_wrong_token_or_body_changes_nothing(web):
     assert "bob@example.net" in web.rs.members("other@lists.example.org")
 
 
+@pytest.mark.server
 def test_every_response_has_safe_headers(web):
     for path, method in (("/", "GET"), (f"/{LIST}/", "GET"), (f"/archive/{LIST}/", "GET"), ("/nowhere", "GET"),
                          ("/", "DELETE")):
@@ -224,6 +233,7 @@ def test_every_response_has_safe_headers(web):
 
 # --- the subscribe page -----------------------------------------------------------
 
+@pytest.mark.server
 def test_subscribe_form_starts_a_double_opt_in_and_tells_nothing(web):
     status, _, page = web.request(f"/{LIST}/")
     assert status == 200 and 'name="address"' in page and 'method="post"' in page
@@ -244,6 +254,7 @@ def test_subscribe_form_starts_a_double_opt_in_and_tells_nothing(web):
     assert web.request(f"/{LIST}/", data=b"address=%3Cscript%3E@x")[0] == 400
 
 
+@pytest.mark.server
 def test_subscribe_form_keeps_the_rate_limit(web):
     for _ in range(8):
         web.request(f"/{LIST}/", data=b"address=victim@example.com")
@@ -252,6 +263,7 @@ def test_subscribe_form_keeps_the_rate_limit(web):
     assert 1 <= len(mails) <= 3          # [commands] max_confirmations
 
 
+@pytest.mark.server
 def test_closed_list_page_has_no_form(web):
     web.rs.run("set", LIST, "subscribe_policy", "closed", check=0)
     status, _, page = web.request(f"/{LIST}/")
@@ -273,6 +285,7 @@ THREAD = [
 ]
 
 
+@pytest.mark.server
 def test_archive_index_month_thread_post_page_feed_and_search(web):
     for data in THREAD:
         assert web.rs.queue(data).returncode == 0
@@ -305,6 +318,7 @@ def test_archive_index_month_thread_post_page_feed_and_search(web):
     assert web.request(f"/archive/{LIST}")[0] == 200          # redirected to the slash
 
 
+@pytest.mark.server
 def test_pages_are_written_as_posts_come_and_can_be_rebuilt(web):
     folder = web.rs.home / "pages" / LIST
     web.rs.queue(THREAD[0], check=0)
@@ -318,6 +332,7 @@ def test_pages_are_written_as_posts_come_and_can_be_rebuilt(web):
     assert after == before
 
 
+@pytest.mark.server
 def test_private_archives_are_not_published(web):
     web.rs.queue(THREAD[0], check=0)
     assert web.request(f"/archive/{LIST}/1.html")[0] == 200
@@ -334,6 +349,7 @@ def test_private_archives_are_not_published(web):
     assert web.request(f"/archive/{LIST}/2.html")[0] == 200
 
 
+@pytest.mark.server
 def test_forgetting_an_author_takes_their_posts_off_the_pages(web):
     for data in THREAD[:3]:
         web.rs.queue(data, check=0)
@@ -391,6 +407,7 @@ def hostile_post(n, subject, name, html, filename):
             f"<script>alert('attachment')</script>\n--B--\n").encode()
 
 
+@pytest.mark.server
 def test_hostile_posts_make_pages_without_active_content(web):
     cases = [
         ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", HOSTILE_HTML, "<script>.html"),
@@ -436,6 +453,7 @@ def cgi(rs, path, method="GET", body=b"", query=""):
     return head.decode(), page.decode(), r.stderr.decode()
 
 
+@pytest.mark.server
 def test_runs_as_a_cgi_script(web):
     web.rs.queue(THREAD[0], check=0)
     head, page, err = cgi(web.rs, f"/archive/{LIST}/1.html")
@@ -464,14 +482,15 @@ def test_wsgi_application_is_importable(lst, monkeypatch):
     assert seen["headers"]["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.server
 def test_web_refuses_a_bad_listen_address(lst):
-    assert lst.run("web", "--listen", "nonsense").returncode == 64
+    assert lst.run("web", "--listen", "nonsense", subprocess=True).returncode == 64      # a server: its own process
     port = free_port()
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
         s.listen()
-        r = lst.run("web", "--listen", f"127.0.0.1:{port}")
+        r = lst.run("web", "--listen", f"127.0.0.1:{port}", subprocess=True)
     assert r.returncode == 78 and "cannot listen" in r.err and "Traceback" not in r.err
 
 
@@ -506,9 +525,7 @@ def test_doctor_checks_base_url_and_the_dkim_signer(lst, tmp_path):
 def chromium():
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
-        if os.environ.get("REDSKY_REQUIRE_CHROMIUM"):
-            pytest.fail("REDSKY_REQUIRE_CHROMIUM is set but no chromium is installed")
-        pytest.skip("no chromium (Debian: apt-get install chromium)")
+        require("no chromium (Debian: apt-get install chromium)", "REDSKY_REQUIRE_CHROMIUM")
     return exe
 
 
@@ -525,6 +542,8 @@ def visible_text(dom):
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"(?s)<(style|title)>.*?</\1>", "", dom)))
 
 
+@pytest.mark.server
+@pytest.mark.browser
 def test_a_real_browser_renders_the_pages_without_errors(web, tmp_path):
     import html as entities
     exe = chromium()
@@ -556,9 +575,7 @@ def readme_blocks(kind):
 def tool(name, *places):
     exe = shutil.which(name) or next((p for p in places if os.access(p, os.X_OK)), None)
     if exe is None:
-        if os.environ.get("REDSKY_REQUIRE_WEBSERVERS"):
-            pytest.fail(f"REDSKY_REQUIRE_WEBSERVERS is set but {name} is not installed")
-        pytest.skip(f"no {name} (Debian: apt-get install nginx-light fcgiwrap apache2)")
+        require(f"no {name} (Debian: apt-get install nginx-light fcgiwrap apache2)", "REDSKY_REQUIRE_WEBSERVERS")
     return exe
 
 
@@ -617,6 +634,8 @@ def nginx(web, tmp_path):
     wrap.wait(10)
 
 
+@pytest.mark.server
+@pytest.mark.webserver
 def test_the_readme_nginx_set_ups_work(nginx, web):
     assert len(nginx) == 3                          # proxy, fcgiwrap, static pages
     proxy, cgi_server, static = nginx
@@ -688,6 +707,8 @@ def apache(web, tmp_path):
     proc.wait(10)
 
 
+@pytest.mark.server
+@pytest.mark.webserver
 def test_the_readme_apache_set_ups_work(apache, web):
     (proxy, cgi_server), run = apache
     assert len(readme_blocks("apache")) == 2
@@ -704,6 +725,7 @@ def test_the_readme_apache_set_ups_work(apache, web):
     assert "bob@example.net" not in web.rs.members()
 
 
+@pytest.mark.server
 def test_imported_archives_are_published_and_deleted_lists_unpublished(web, tmp_path):
     for data in THREAD[:2]:
         web.rs.queue(data, check=0)
@@ -717,6 +739,7 @@ def test_imported_archives_are_published_and_deleted_lists_unpublished(web, tmp_
     assert web.request("/archive/moved@lists.example.org/2.html")[0] == 404
 
 
+@pytest.mark.server
 def test_the_servers_token_table_follows_joins_and_leaves(web):
     """`web` keeps each list's table of leave tokens while no member joins or
     leaves: a member who joins later still leaves with one click."""
@@ -732,6 +755,7 @@ def test_the_servers_token_table_follows_joins_and_leaves(web):
     assert set(web.rs.members()) == {"bob@example.net"}
 
 
+@pytest.mark.server
 def test_an_archive_from_before_the_pages_is_published_whole(web):
     """Upgrading: posts archived before redsky wrote pages are numbered and
     published with the next post, as `archive` numbers them."""
@@ -746,6 +770,7 @@ def test_an_archive_from_before_the_pages_is_published_whole(web):
     assert numbered[2].split()[0] == "3" and "plans for friday" in numbered[2]
 
 
+@pytest.mark.server
 def test_idle_clients_neither_stall_the_server_forever_nor_take_unbounded_threads(lst):
     """40 connections that send nothing: the server still answers once their
     [web] timeout runs out, and never holds more than 32 at once."""

@@ -7074,7 +7074,7 @@ def state():
     st = os.stat(source)
     stamp = [int.from_bytes(head[i:i + 4], "little") for i in (8, 12)]
     return "fresh" if stamp == [int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF] else "stale"
-if sys.argv[2:] == ["compile"] and state() != "fresh":
+if sys.argv[2:] == ["compile"]:             # always: a timestamp .pyc may be another redsky.py's
     import py_compile
     os.umask(0o022)                         # the pipe's user reads it
     try:

@@ -112,7 +112,7 @@ def test_the_pipe_runs_queue_from_the_bytecode_that_postfix_config_compiled(pfx)
         assert bytecode.snapshot(pyc.parent) == before                 # nothing compiled or written
     finally:
         pyc.write_bytes(original)
-    assert ledger(pfx) == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
+    assert ledger_view(pfx.home / "redsky.db") == [(m, "pending") for m in MEMBERS], pfx.log()[-2000:]
     assert bytecode.runs(marker) == [pwd.getpwnam("nobody").pw_uid], pfx.log()[-2000:]
 
 

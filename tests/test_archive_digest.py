@@ -65,7 +65,8 @@ def test_archive_is_the_distributed_copy_and_off_stores_nothing(team):
     team.run("set", LIST, "archive", "off", check=0)
     team.queue(post(subject="two"), check=0)
     listing = team.run("archive", LIST, check=0).out
-    assert "[t] one" in listing and "two" not in listing
+    assert "one" in listing and "[t]" not in listing and "two" not in listing     # the list's tag not repeated
+    assert b"Subject: [t] one" in team.run("archive", "export", LIST, check=0).stdout    # kept as distributed
 
 
 def test_archive_usage_errors(team):

@@ -3914,7 +3914,7 @@ def without_list_tag(subject, list_row):
     if not tag:
         return subject
     pattern = r"\d+".join(re.escape(p) for p in tag.split("%d"))
-    return re.sub(r"[ \t]*" + pattern + r"[ \t]*", " ", subject).strip()
+    return re.sub(pattern, " ", subject).strip()             # one_line joins the spaces it leaves
 
 
 def published_line(text, limit=300):
@@ -4180,13 +4180,13 @@ def published_copy(data):
 
 
 def _published_field(name, value):
-    return one_line(value if name in _IDENTIFIERS else hide_addresses(
-        value if name.startswith("content-") else decode_header_text(value)), 2000)
+    if name.startswith("content-"):             # MIME parameters (a file name) stay ASCII
+        return one_line(hide_addresses(value).replace("\u2026", "..."), 2000)
+    return one_line(value if name in _IDENTIFIERS else hide_addresses(decode_header_text(value)), 2000)
 
 
 def _publish_part(part, depth):
     from email.charset import Charset
-    from email.header import Header
     fields = [(k, str(v).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
               for k, v in part.raw_items()]
     for name in {k.lower() for k, _ in fields}:
@@ -4194,7 +4194,7 @@ def _publish_part(part, depth):
     for name, value in fields:
         if name.lower() in PUBLISHED_FIELDS:
             text = _published_field(name.lower(), value)
-            part[name] = text if text.isascii() else Header(text, "utf-8", header_name=name).encode()
+            part[name] = text.encode("utf-8").decode("ascii", "surrogateescape")     # RFC 6532: UTF-8
     if part.is_multipart():
         for sub in part.get_payload() if depth < 20 else []:
             if not isinstance(sub, str):
@@ -7588,7 +7588,8 @@ class WebApp:
         if name == "search":
             return search_page(config, store, list_row, environ.get("QUERY_STRING", ""))
         if name.startswith("msgid/"):
-            return by_message_id(store, list_row, name[6:], environ.get("SCRIPT_NAME", ""))
+            return by_message_id(store, list_row, name[6:], config.get("web", "base_url").rstrip("/")
+                                 or environ.get("SCRIPT_NAME", ""))
         try:
             with open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb") as fh:
                 data = fh.read()
@@ -7743,8 +7744,9 @@ def search_page(config, store, list_row, query_string):
          f"<nav>{pages}</nav>" if words.strip() else "")))
 
 
-def by_message_id(store, list_row, written, script_name):
-    """msgid/ID (Archived-At names it): a redirect to the post with that Message-ID."""
+def by_message_id(store, list_row, written, root):
+    """msgid/ID (Archived-At names it): a redirect to the post with that Message-ID, under ``root``
+    ([web] base_url, which a proxy in front cannot change, else the script's own path)."""
     try:
         message_id = written.encode("latin-1").decode("utf-8").strip().strip("<>")
     except UnicodeError:
@@ -7753,7 +7755,7 @@ def by_message_id(store, list_row, written, script_name):
     if row is None:
         return not_found()
     return message_page("Moved", f"This is post {row['number']}.", "301 Moved Permanently", [
-        ("Location", f"{script_name}/archive/{list_address(list_row).lower()}/{row['number']}.html")])
+        ("Location", f"{root}/archive/{list_address(list_row).lower()}/{row['number']}.html")])
 
 
 def page(title, html, status="200 OK", headers=()):
@@ -9251,7 +9253,7 @@ def apply_plan(store, config, plan, dry_run=False):
                                             held_ids.get(p.get("held")), p["created"], p["expires"]))
     list_row = store.list_by_id(list_id)
     renumbered = 0
-    for number, data in sorted(posts, key=lambda p: (p[0] is None, p[0] or 0)):
+    for number, data in sorted(posts, key=lambda p: (p[0] is None or p[0] in taken, p[0] or 0)):
         got = archive_post(config, store, list_row, data, number=number)["number"]
         renumbered += number is not None and got != number
     with store.transaction() as db:                 # numbers the source did not have: gaps, as there

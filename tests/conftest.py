@@ -610,6 +610,19 @@ def request(rs, body, sender, list_address="test@lists.example.org"):
     return r
 
 
+def wsgi(rs, path, query=""):
+    """(status, headers, body bytes) of a GET of ``path`` from redsky's WSGI application, in this
+    process (so a test may force what the process finds, e.g. redsky.FTS5 = False)."""
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"], seen["headers"] = status, dict(headers)
+    config = redsky.Config.find(str(rs.config))
+    body = b"".join(redsky.WebApp(config)({"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+                                           "SCRIPT_NAME": "", "wsgi.input": io.BytesIO()}, start_response))
+    return seen["status"], seen["headers"], body
+
+
 def deliver(rs, message, sender="alice@example.org"):
     """Queue ``message``, run send; {recipient: [Subject, ...]} of what went out since."""
     before = len(rs.sent())

@@ -109,6 +109,16 @@ PARSERS = {
     "sanitize_html_attributes": lambda t: redsky.sanitize_html("<a href=" + t + "><td colspan=" + t + ">"),
     "text_html": lambda t: redsky.text_html(t),
     "normalized_subject": lambda t: redsky.normalized_subject(t),
+    # what is published and searched: addresses hidden, a copy made, dates read, queries and snippets
+    "hide_addresses": lambda t: redsky.hide_addresses(t),
+    "published_copy": lambda t: redsky.published_copy(message("Content-Type", "multipart/mixed; boundary=b",
+                                                              "--b\nContent-Type: text/plain\n\n" + t + "\n--b--\n")),
+    "post_facts": lambda t: redsky.post_facts(message("Subject", t, t), LIST),
+    "parse_date": lambda t: redsky.parse_date(t),
+    "search_fold": lambda t: redsky.search_fold(t),
+    "parse_query": lambda t: redsky.parse_query(t),
+    "date_span": lambda t: redsky.date_span(t),
+    "snippet": lambda t: redsky.snippet(t, [["a"], ["a", "b"], ["x", "y", "z"]]),
     "post_page": lambda t: redsky.post_parts(message("Content-Type", "multipart/mixed; boundary=b",
                                                      "--b\nContent-Type: text/html\n\n" + t + "\n--b\n"
                                                      "Content-Disposition: attachment; filename=" + t[:5000]

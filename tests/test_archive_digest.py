@@ -2,13 +2,17 @@
 List-Archive, index/get by email) and digests (MIME and RFC 1153)."""
 
 import email
+import html
 import json
 import mailbox
+import re
+import shutil
 from email import policy
 
 import pytest
 
-from conftest import parse, post, request
+import redsky
+from conftest import parse, post, request, wsgi
 
 LIST = "test@lists.example.org"
 LIST_OPTIONS = ("--access", "open")                 # the `team` fixture: this list, DMARC rewriting off
@@ -357,3 +361,325 @@ def test_plain_digest_has_the_footer_once_at_the_end(team):
     text = digest.get_content()
     assert text.count("Unsubscribe: ") == 1 and all(f"Post number {n}." in text for n in range(3))
     assert text.index("Unsubscribe: ") > text.index("Post number 2.")
+
+
+# --- permanent numbers ---------------------------------------------------------------------
+
+def listing(rs):
+    """{number: subject} of `archive LIST`."""
+    return {r["number"]: r["subject"] for r in json.loads(rs.run("archive", LIST, "--json", check=0).out)}
+
+
+def got(rs, number, sender="bob@example.net"):
+    """What `get N` by email answers: the attached post's Message-ID, or the reply's text."""
+    rs.run("send", check=0)
+    before = len(rs.sent())
+    request(rs, f"get {number}", sender).check_returncode()
+    rs.run("send", check=0)
+    (reply,) = [email.message_from_bytes(d, policy=policy.default) for argv, d in rs.sent()[before:]
+                if argv[-1] == sender]
+    attached = list(reply.iter_attachments())
+    return attached[0].get_content()["Message-ID"] if attached else reply.get_body().get_content()
+
+
+def numbered_posts(n, authors=("alice@example.org",)):
+    return [post(subject=f"Number {i}", body=f"Post number {i}.\n", msgid=f"<n{i}@example.org>",
+                 sender=authors[(i - 1) % len(authors)]).replace(b"25 Nov", f"{10 + i} Nov".encode())
+            for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_forgetting_an_author_leaves_gaps_and_renumbers_nothing(team, fmt):
+    team.write_config(archive={"format": fmt})
+    team.run("set", LIST, "archive", "public", check=0)
+    for data in numbered_posts(6, authors=("alice@example.org", "carol@example.com", "dave@example.org")):
+        team.queue(data, check=0)
+    assert "archive 2" in team.run("forget", "carol@example.com", "--archive", check=0).out
+    assert listing(team) == {1: "Number 1", 3: "Number 3", 4: "Number 4", 6: "Number 6"}
+    assert got(team, 4) == "<n4@example.org>" and got(team, 6) == "<n6@example.org>"
+    assert "was removed" in got(team, 5) and "no post number 7" in got(team, 7)
+    folder = team.home / "pages" / LIST
+    assert "removed from this archive at its author's request" in html.unescape((folder / "2.html").read_text())
+    assert "<h1>Number 4</h1>" in (folder / "4.html").read_text() and not (folder / "5.eml").exists()
+    # a post archived after the gap takes the next number, never a freed one
+    team.queue(post(subject="Number 7", msgid="<n7@example.org>"), check=0)
+    assert max(listing(team)) == 7 and got(team, 7) == "<n7@example.org>"
+    feed = (folder / "atom.xml").read_text()
+    assert 'href="7.html"' in feed and 'href="2.html"' not in feed and 'href="5.html"' not in feed
+
+
+def test_an_owner_deletes_one_post_and_its_number_stays_a_gap(team):
+    team.run("set", LIST, "archive", "public", check=0)
+    for data in numbered_posts(3):
+        team.queue(data, check=0)
+    r = team.run("archive", "delete", LIST, "2", check=0)
+    assert "post 2 removed" in r.out
+    assert team.run("archive", "delete", LIST, "2").returncode == 65          # gone already
+    assert team.run("archive", "delete", LIST, "9").returncode == 65          # never there
+    assert team.run("archive", "delete", LIST, "two").returncode == 64
+    assert team.run("archive", "delete", LIST).returncode == 64
+    assert listing(team) == {1: "Number 1", 3: "Number 3"}
+    assert "was removed" in got(team, 2)
+    page = (team.home / "pages" / LIST / "2.html").read_text()
+    assert "by the list's owners" in html.unescape(page) and "Number 2" not in page
+    assert "Number 2" not in (team.home / "pages" / LIST / "2026-11.html").read_text()
+    # the function the owners' email command and the web admin call
+    store = redsky.open_store(redsky.Config.find(str(team.config)))
+    try:
+        row = store.require_list(LIST)
+        config = redsky.Config.find(str(team.config))
+        assert redsky.archive_delete(config, store, row, 3, "owner@example.org") is True
+        assert redsky.archive_delete(config, store, row, 3, "owner@example.org") is False
+    finally:
+        store.close()
+    assert listing(team) == {1: "Number 1"}
+
+
+def test_a_rebuild_keeps_every_number_and_gap(team):
+    team.run("set", LIST, "archive", "public", check=0)
+    for data in numbered_posts(5):
+        team.queue(data, check=0)
+    team.run("archive", "delete", LIST, "1", "3", check=0)
+    folder = team.home / "pages" / LIST
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    shutil.rmtree(folder)
+    assert "3 posts" in team.run("archive", "html", LIST, check=0).out
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    assert listing(team) == {2: "Number 2", 4: "Number 4", 5: "Number 5"}
+    # what `archive` numbers, `get`, the pages and the feed say are the same
+    for n in (2, 4, 5):
+        assert got(team, n) == f"<n{n}@example.org>"
+        assert f"Message-ID: <n{n}@example.org>" in (folder / f"{n}.eml").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_parallel_queue_runs_number_like_archive_get_and_the_pages(team, fmt):
+    from concurrent.futures import ThreadPoolExecutor
+    team.write_config(archive={"format": fmt}, web={"base_url": "https://lists.example.org/redsky"})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="first", msgid="<first@example.org>"), check=0)         # pages exist
+    bodies = [post(subject=f"parallel {i}", msgid=f"<par{i}@example.org>") for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda b: team.queue(b, subprocess=True), bodies))
+    assert all(r.returncode == 0 for r in results), [r.err for r in results]
+    numbers = listing(team)
+    assert sorted(numbers) == list(range(1, 12))
+    folder = team.home / "pages" / LIST
+    for n, subject in numbers.items():
+        msgid = "<first@example.org>" if subject == "first" else f"<par{subject.split()[1]}@example.org>"
+        assert f"Message-ID: {msgid}" in (folder / f"{n}.eml").read_text()
+        assert f"<h1>{subject}</h1>" in (folder / f"{n}.html").read_text()
+        status, headers, _ = wsgi(team, f"/archive/{LIST}/msgid/{msgid.strip('<>')}")
+        assert status.startswith("301") and headers["Location"].endswith(f"/{n}.html")
+    for n in (2, 7, 11):
+        assert got(team, n) == re.search(r"Message-ID: (\S+)", (folder / f"{n}.eml").read_text()).group(1)
+    assert "(11 posts)" in (folder / "index.html").read_text()
+
+
+# --- what must not be archived ---------------------------------------------------------------
+
+@pytest.mark.parametrize("header", ["X-No-Archive: yes", "x-no-archive: YES", "X-No-Archive: Yes; reason",
+                                    "X-Archive: No", "Archive: no; filename=x", "ARCHIVE: NO"])
+def test_a_post_that_asks_not_to_be_archived_is_delivered_and_kept_nowhere(team, header):
+    team.write_config(web={"base_url": "https://lists.example.org/redsky"})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.queue(post(subject="kept", msgid="<kept@example.org>"), check=0)
+    r = team.queue(post(subject="secret", msgid="<secret@example.org>", extra=header + "\n"), check=0)
+    assert "not archived" in team.run("trace", "<secret@example.org>", check=0).out
+    team.queue(post(subject="kept too", msgid="<kept2@example.org>"), check=0)
+    team.run("send", check=0)
+    copies = {parse(d)["Subject"]: parse(d) for argv, d in team.sent() if argv[-1] == "bob@example.net"}
+    assert set(copies) == {"kept", "secret", "kept too"}                       # delivered
+    assert copies["secret"]["Archived-At"] is None and copies["kept"]["Archived-At"] is not None
+    assert listing(team) == {1: "kept", 2: "kept too"}                         # not archived, no gap
+    folder = team.home / "pages" / LIST
+    everything = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+    assert b"secret" not in everything
+    found = wsgi(team, f"/archive/{LIST}/search", "q=secret")[2].decode()
+    assert "0 found" in found
+    with team.db() as db:                            # the digest has it, without an archive link
+        db.execute("UPDATE digest_posts SET received = received - 86401")
+    team.run("send", check=0)
+    (digest,) = digests(team, "dana@example.net")
+    inner = {m["Subject"]: m for m in (p.get_content() for p in list(digest.iter_parts())[2].iter_parts())}
+    assert inner["secret"]["Archived-At"] is None and inner["kept"]["Archived-At"] is not None
+    assert r.returncode == 0
+
+
+def test_x_no_archive_no_is_archived(team):
+    team.queue(post(subject="keep me", extra="X-No-Archive: no\nX-Archive: yes\n"), check=0)
+    assert listing(team) == {1: "keep me"}
+
+
+# --- from a mail to its page and back; threads ------------------------------------------------
+
+BASE = "https://lists.example.org/redsky"
+
+
+def test_every_copy_carries_archived_at_which_finds_its_page(team):
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="before", msgid="<b@example.org>"), check=0)
+    odd = "<odd/id+%41?#x@ex.example>"                  # the Message-ID's own / % ? # must survive the URL
+    forged = f"Archived-At: <https://evil.example/{LIST}/1>\n"
+    team.queue(post(subject="odd one", msgid=odd, extra=forged), check=0)
+    team.run("send", check=0)
+    copies = [parse(d) for argv, d in team.sent() if parse(d)["Subject"] == "odd one"]
+    assert len(copies) == 3 and all(len(c.get_all("Archived-At")) == 1 for c in copies)
+    url = copies[0]["Archived-At"].strip("<>")
+    assert {c["Archived-At"] for c in copies} == {f"<{url}>"} and "evil" not in url
+    assert url.startswith(f"{BASE}/archive/{LIST}/msgid/") and "%2F" in url and "%25" in url and "%3F" in url
+    from urllib.parse import unquote
+    status, headers, _ = wsgi(team, unquote(url[len(BASE):]).encode("utf-8").decode("latin-1"))
+    assert status.startswith("301") and headers["Location"] == f"/archive/{LIST}/2.html"
+    assert wsgi(team, f"/archive/{LIST}/2.html")[0] == "200 OK"
+    assert wsgi(team, f"/archive/{LIST}/msgid/nothing@example.org")[0].startswith("404")
+    # a private list's copies carry none: nothing there to point at
+    team.run("set", LIST, "archive", "private", check=0)
+    before = len(team.sent())
+    team.queue(post(subject="private"), check=0)
+    team.run("send", check=0)
+    assert all(parse(d)["Archived-At"] is None for _, d in team.sent()[before:])
+
+
+def test_the_raw_message_and_the_mboxes_of_a_post_its_thread_and_its_month(team):
+    team.run("set", LIST, "archive", "public", check=0)
+    first = post(subject="Plan", body="From the start: a line mbox must quote.\n", msgid="<t1@example.org>")
+    team.queue(first, check=0)
+    team.queue(post(subject="Re: Plan", body="Agreed.\n", msgid="<t2@example.org>",
+                    extra="In-Reply-To: <t1@example.org>\n"), check=0)
+    team.queue(post(subject="Other", body="Elsewhere.\n", msgid="<o1@example.org>"), check=0)
+    page = wsgi(team, f"/archive/{LIST}/2.html")[2].decode()
+    assert 'href="2.eml"' in page and 'href="thread/1.html"' in page and 'href="thread/1.mbox"' in page
+    status, headers, raw = wsgi(team, f"/archive/{LIST}/1.eml")
+    assert status == "200 OK" and headers["Content-Type"].startswith("text/plain")
+    assert parse(raw)["Message-ID"] == "<t1@example.org>" and b"Received:" not in raw
+    status, headers, thread = wsgi(team, f"/archive/{LIST}/thread/1.mbox")
+    assert headers["Content-Disposition"].startswith("attachment") and headers["Content-Type"] == "application/mbox"
+    path = team.home / "t.mbox"
+    path.write_bytes(thread)
+    box = list(mailbox.mbox(str(path)))
+    assert [m["Message-ID"] for m in box] == ["<t1@example.org>", "<t2@example.org>"]
+    assert box[0].get_payload().startswith(">From the start")           # quoted in the file: one message
+    month = wsgi(team, f"/archive/{LIST}/2026-11.mbox")[2]
+    path.write_bytes(month)
+    assert [m["Message-ID"] for m in mailbox.mbox(str(path))] == ["<t1@example.org>", "<t2@example.org>",
+                                                                  "<o1@example.org>"]
+    assert 'href="2026-11.mbox"' in wsgi(team, f"/archive/{LIST}/2026-11.html")[2].decode()
+
+
+def test_a_thread_is_whole_across_months_and_a_month_links_its_start(team):
+    team.run("set", LIST, "archive", "public", check=0)
+    team.run("set", LIST, "subject_tag", "[old]", check=0)
+    november = post(subject="Budget", body="The November words.\n", msgid="<nov@example.org>")
+    december = post(subject="Re: [old] Budget", body="The December words.\n", msgid="<dec@example.org>",
+                    extra="In-Reply-To: <nov@example.org>\n").replace(b"25 Nov 2026", b"03 Dec 2026")
+    by_subject = post(subject="RE: budget", body="Joined by its subject.\n",
+                      msgid="<jan@example.org>").replace(b"25 Nov 2026", b"05 Jan 2027")
+    for data in (november, post(subject="Something else", msgid="<x@example.org>"), december, by_subject):
+        team.queue(data, check=0)
+    thread = wsgi(team, f"/archive/{LIST}/thread/1.html")[2].decode()
+    assert thread.index("The November words.") < thread.index("The December words.") \
+        < thread.index("Joined by its subject.")
+    assert "Something else" not in thread and "3 posts" in thread
+    december_page = wsgi(team, f"/archive/{LIST}/2026-12.html")[2].decode()
+    assert re.search(r'continues <a href="thread/1.html">a thread</a> from <a href="2026-11.html">2026-11</a>',
+                     december_page)
+    for month in ("2026-11", "2026-12", "2027-01"):            # the list's tag is not on every line
+        assert "[old]" not in wsgi(team, f"/archive/{LIST}/{month}.html")[2].decode()
+    assert "[old]" in (team.home / "pages" / LIST / "3.eml").read_text()    # the post itself keeps it
+    index = wsgi(team, f"/archive/{LIST}/")[2].decode()
+    latest = re.findall(r'<li><a href="(\d+)\.html"><bdi>', index)
+    assert latest == ["4", "3", "2", "1"] and "Latest posts" in index
+
+
+# --- search ------------------------------------------------------------------------------------
+
+SEARCHED = [
+    ("Ann Example <ann@example.org>", "Zürich budget meeting", "The budget for the meeting in Zürich is ready.",
+     "15 Jan 2026"),
+    ("Bob <bob.smith@example.net>", "Meeting notes", "The meeting about the budget went well.", "10 Feb 2026"),
+    ("Zoë <zoe@example.org>", "\ufb01nance report", "Ελληνικά: Άλφα. CAFÉ au lait.", "05 Mar 2026"),
+    ("Ann Example <ann@example.org>", "Old post", "We need a budget meeting soon.", "31 Dec 2025"),
+]
+
+
+@pytest.fixture(params=["fts5", "fallback"])
+def searchable(team, request, monkeypatch):
+    """The list, public, with SEARCHED archived, its search by FTS5 or by the fallback scan."""
+    if request.param == "fallback":
+        monkeypatch.setattr(redsky, "FTS5", False)
+    elif not redsky.fts5_available(team.db()):
+        pytest.skip("this SQLite has no FTS5")
+    team.run("set", LIST, "archive", "public", check=0)
+    for i, (author, subject, body, day) in enumerate(SEARCHED, 1):
+        data = (f"From: {author}\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <s{i}@example.org>\n"
+                f"Date: Thu, {day} 10:00:00 +0000\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+                f"Content-Transfer-Encoding: 8bit\n\n{body}\n").encode()
+        team.queue(data, check=0)
+    assert redsky.search_index_ready(team.db()) == (request.param == "fts5")
+    return team
+
+
+def search(rs, query, **more):
+    from urllib.parse import urlencode
+    status, headers, body = wsgi(rs, f"/archive/{LIST}/search", urlencode({"q": query, **more}))
+    assert status == "200 OK"
+    return body.decode()
+
+
+def found(rs, query):
+    return [int(n) for n in re.findall(r'<li><a href="(\d+)\.html">', search(rs, query))]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("zurich", [1]), ("ZÜRICH", [1]), ("zürich   budget", [1]), ('"budget meeting"', [1, 4]),
+    ("budget meeting", [2, 1, 4]), ('"meeting budget"', []), ("finance", [3]), ("FINANCE", [3]),
+    ("αλφα", [3]), ("ελληνικα", [3]), ("cafe", [3]), ("Café", [3]),
+    ("from:bob", [2]), ("from:zoe", [3]), ('from:"ann example"', [1, 4]), ("from:example", [1, 4]),
+    ("subject:meeting", [2, 1]), ("subject:budget", [1]), ("subject:ready", []),
+    ("d:2026-01..2026-02 budget", [2, 1]), ("d:2026 budget", [2, 1]), ("d:..2025-12", [4]),
+    ("d:2026-02-10", [2]), ("date:2026-01-16..", [3, 2]), ("d:2025 d:2026", []), ("", []), ('"', []),
+])
+def test_search_finds_phrases_folded_words_fields_and_dates_newest_first(searchable, query, expected):
+    assert found(searchable, query) == expected
+
+
+def test_search_results_have_snippets_a_feed_and_pages(searchable):
+    page = search(searchable, "zurich")
+    assert "<mark>Zürich</mark> is ready" in page and "1 found" in page
+    assert "d:2026-13" in search(searchable, "d:2026-13 budget") and "write a date as" in search(searchable, "d:1x")
+    import xml.etree.ElementTree as ET
+    status, headers, feed = wsgi(searchable, f"/archive/{LIST}/search", "q=budget&format=atom")
+    assert headers["Content-Type"].startswith("application/atom+xml")
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    entries = ET.fromstring(feed).findall("a:entry", ns)
+    assert [e.find("a:title", ns).text for e in entries] == ["Meeting notes", "Zürich budget meeting", "Old post"]
+    assert "budget" in entries[0].find("a:summary", ns).text
+    for i in range(25):
+        searchable.queue(post(subject=f"many {i}", body="a common word\n", msgid=f"<many{i}@example.org>"), check=0)
+    first, second = search(searchable, "common"), search(searchable, "common", page=1)
+    assert first.count("<li>") == 20 and "20+ found" in first and "page=1" in first
+    assert second.count("<li>") == 5 and "page=0" in second
+
+
+def test_the_search_index_follows_removals_and_catches_up(team, monkeypatch):
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="alpha", body="findable words\n", msgid="<a@example.org>"), check=0)
+    team.queue(post(subject="beta", body="findable words\n", msgid="<b@example.org>"), check=0)
+    fts = redsky.fts5_available(team.db())
+    assert found(team, "findable") == [2, 1]
+    team.run("archive", "delete", LIST, "1", check=0)
+    assert found(team, "findable") == [2]
+    monkeypatch.setattr(redsky, "FTS5", False)          # a process whose SQLite has no FTS5 archives one
+    team.queue(post(subject="gamma", body="findable words\n", msgid="<c@example.org>"), check=0)
+    monkeypatch.setattr(redsky, "FTS5", fts)
+    assert not redsky.search_index_ready(team.db())     # left behind: the search reads the texts instead
+    assert found(team, "findable") == [3, 2]
+    team.queue(post(subject="delta", body="findable words\n", msgid="<d@example.org>"), check=0)
+    assert redsky.search_index_ready(team.db()) == fts  # the next writer with FTS5 made it again
+    assert found(team, "findable") == [4, 3, 2]
+    team.run("set", LIST, "archive", "private", check=0)     # no public archive: no texts to search
+    assert team.db().execute("SELECT count(*) FROM archive_texts").fetchone()[0] == 0

@@ -377,3 +377,51 @@ def test_one_rule_picks_the_part_of_an_alternative_everywhere():
         assert [p.get_content_type() for p in leaves] == [shown]
         assert f"{shown} body" in redsky.text_of(data) or shown == "text/html"
         assert all(f"{k} body" not in redsky.text_of(data) for k in kinds if k != shown)
+
+
+# --- what the archive publishes: addresses hidden, dates read ---------------------------------
+
+@pytest.mark.parametrize("text, shown", [
+    ("write to robert@example.org now", "write to ro\u2026@example.org now"),
+    ("bob@example.org", "b\u2026@example.org"),                      # never the whole of a short one
+    ("b@x.example", "\u2026@x.example"),
+    ("<jean.dupont+list@mail.example.fr>", "<je\u2026@mail.example.fr>"),
+    ('"Jean Dupont"@example.org', '"J\u2026@example.org'),
+    ("josé.müller@exämple.de", "jo\u2026@exämple.de"),               # letters beyond ASCII
+    ("https://x.example/?to=someone%40example.org&a=1", "https://x.example/?t\u2026%40example.org&a=1"),
+    ("someone&#64;example.org", "so\u2026&#64;example.org"),
+    ("ｓｏｍｅｏｎｅ＠example.org", "ｓｏ\u2026＠example.org"),
+    ("root@[192.0.2.1]", "ro\u2026@[192.0.2.1]"),
+    ("no address @ here, nor @example.org, nor user@", "no address @ here, nor @example.org, nor user@"),
+])
+def test_hide_addresses_leaves_no_address_whole(text, shown):
+    hidden = redsky.hide_addresses(text)
+    assert hidden == shown
+    assert redsky.hide_addresses(hidden) == hidden                  # hiding twice changes nothing
+
+
+@pytest.mark.parametrize("value", ["Wed, 25 Nov 2026 10:00:00 +0000", "25 Nov 2026 10:00 -0730",
+                                   "Thu, 1 Jan 70 00:00:00 GMT", "Mon, 5 Feb 2024 23:59:59 EST",
+                                   "Tue,  3 Mar 2026 12:00:00 +0100 (CET)", "Sun, 31 Dec 2023 23:00:00 Z"])
+def test_parse_date_reads_rfc5322_dates_as_the_email_package_does(value):
+    from email.utils import parsedate_to_datetime
+    assert redsky.parse_date(value) == parsedate_to_datetime(value).timestamp()
+
+
+@pytest.mark.parametrize("value", ["", "yesterday", "32 Nov 2026 10:00:00", "25 Foo 2026 10:00:00",
+                                   "25 Nov 2026 25:00:00"])
+def test_parse_date_refuses_what_is_no_date(value):
+    assert redsky.parse_date(value) is None
+
+
+def test_a_published_copy_keeps_what_a_reader_needs_and_never_fails():
+    data = (b"Received: from mx.example by lists (for <bob@example.net>)\nDKIM-Signature: v=1; a=rsa\n"
+            b"From: Bob <bob.smith@example.net>\nTo: list@example.org\nSubject: hi\nMessage-ID: <k@example.org>\n"
+            b"References: <ref@example.org>\nX-Mailer: thing\n\nbody of bob.smith@example.net\n")
+    copy = parse(redsky.published_copy(data))
+    assert set(copy.keys()) == {"From", "To", "Subject", "Message-ID", "References", "MIME-Version",
+                                "Content-Type", "Content-Transfer-Encoding"}
+    assert copy["From"] == "Bob <bo\u2026@example.net>" and copy["Message-ID"] == "<k@example.org>"
+    assert copy.get_content() == "body of bo\u2026@example.net\n"
+    broken = b"From: a@example.org\nContent-Type: multipart/mixed; boundary=\"\n\n\x00\xff bob.smith@example.net"
+    assert b"bob.smith" not in redsky.published_copy(broken)

@@ -397,3 +397,66 @@ def test_forget_says_when_nothing_was_stored(rs):
     rs.newlist("team@lists.example.org", members=("bob@example.net",))
     assert rs.run("forget", "nobody@example.org", check=0).out.strip() == "forgot nobody@example.org: nothing stored"
     assert rs.run("forget", "Bob@Example.NET", check=0).out.lower().startswith("forgot bob@example.net: members 1")
+
+
+def mlmmj_archive(path, numbers, domain="lists.example.org"):
+    """A list directory as mlmmj leaves one, its archive holding posts under ``numbers``."""
+    (path / "control").mkdir(parents=True)
+    (path / "control" / "listaddress").write_text(f"team@{domain}\n")
+    (path / "archive").mkdir()
+    for n in numbers:
+        (path / "archive" / str(n)).write_bytes(
+            f"From: ann@example.org\nTo: team@{domain}\nSubject: mlmmj {n}\nMessage-ID: <ml{n}@example.org>\n"
+            f"Date: Wed, 25 Nov 2026 10:00:00 +0000\n\nbody {n}\n".encode())
+    return path
+
+
+def test_an_mlmmj_archive_keeps_its_numbers_and_its_gaps(rs, tmp_path):
+    listdir = mlmmj_archive(tmp_path / "team", [1, 2, 5, 7])             # 3, 4 and 6 mlmmj no longer had
+    rs.run("init", check=0)
+    rs.run("import", "mlmmj", str(listdir), check=0)
+    rs.run("set", "team@lists.example.org", "archive", "public", check=0)
+    rs.run("subscribe", "team@lists.example.org", "bob@example.net", check=0)
+    listing = {r["number"]: r["subject"] for r in json.loads(rs.run("archive", "team@lists.example.org", "--json",
+                                                                    check=0).out)}
+    assert listing == {1: "mlmmj 1", 2: "mlmmj 2", 5: "mlmmj 5", 7: "mlmmj 7"}
+    pages = rs.home / "pages" / "team@lists.example.org"
+    assert "<h1>mlmmj 5</h1>" in (pages / "5.html").read_text() and "did not have it" in (pages / "4.html").read_text()
+    rs.run("set", "team@lists.example.org", "access", "open", check=0)
+    rs.queue(post(to="team@lists.example.org", subject="new"), recipient="team@lists.example.org", check=0)
+    assert max(r["number"] for r in json.loads(rs.run("archive", "team@lists.example.org", "--json",
+                                                      check=0).out)) == 8
+    assert "archived posts" not in rs.run("import", "mlmmj", str(listdir), check=0).out     # none twice
+
+
+def test_an_import_into_an_archive_that_has_the_numbers_numbers_anew_and_says_so(rs, tmp_path):
+    rs.newlist("team@lists.example.org", "--access", "open", members=("bob@example.net",))
+    for i in (1, 2):
+        rs.queue(post(to="team@lists.example.org", subject=f"here {i}"), recipient="team@lists.example.org",
+                 check=0)
+    out = rs.run("import", "mlmmj", str(mlmmj_archive(tmp_path / "team", [2, 3])), check=0).out
+    assert "1 archived posts numbered anew" in out
+    listing = {r["number"]: r["subject"] for r in json.loads(rs.run("archive", "team@lists.example.org", "--json",
+                                                                    check=0).out)}
+    assert listing == {1: "here 1", 2: "here 2", 3: "mlmmj 3", 4: "mlmmj 2"}
+
+
+def test_an_export_carries_the_numbers_and_gaps_to_the_next_host(rs, tmp_path):
+    from conftest import Redsky
+    populate(rs)
+    for i in range(2, 6):
+        rs.queue(post(sender="ann@example.org", subject=f"more {i}", msgid=f"<p{i}@example.org>"),
+                 recipient="team@lists.example.org", sender="ann@example.org", check=0)
+    rs.run("archive", "delete", "team@lists.example.org", "2", "4", check=0)
+    out = tmp_path / "team.json"
+    rs.run("export", "team@lists.example.org", "--output", str(out), check=0)
+    other = Redsky(tmp_path / "other")
+    other.run("init", check=0)
+    other.run("import", "redsky", str(out), check=0)
+    numbers = lambda home: [r["number"] for r in json.loads(home.run("archive", "team@lists.example.org", "--json",
+                                                                         check=0).out)]
+    assert numbers(other) == numbers(rs) == [1, 3, 5]
+    assert "removed" in (other.home / "pages" / "team@lists.example.org" / "4.html").read_text()
+    other.queue(post(sender="ann@example.org", subject="after", msgid="<after@example.org>"),
+                recipient="team@lists.example.org", sender="ann@example.org", check=0)
+    assert numbers(other) == [1, 3, 5, 6]

@@ -196,3 +196,106 @@ def test_leaving_always_needs_the_members_confirmation(lst, policy):
     to = re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1)
     mail(lst, to, "bob@example.net", subject="Re: confirm")                         # bob really confirms
     assert "bob@example.net" not in lst.members(LIST)
+
+
+# 29.5: the public archive shows no address whole, and its search confirms none -------------
+
+PLANTED = ["zqvictim@example.com", "zqtwo@example.org", "zqreply@example.net", "zqcc@example.net",
+           "zqquoted@example.net", "zqplain@example.com", "zqjosé@exämple.org", "zqurl@example.com",
+           "zqhtml@example.com", "zqmailto@example.com", "zqhref@example.com", "zqfwd@example.com",
+           "zqfwdbody@example.com", "zqattached@example.com", "zqattachtext@example.com", "zqfull@example.com",
+           "zqcode@example.com"]
+
+
+def planted_post():
+    text = ("On Mon, Quoted Person <zqquoted@example.net> wrote:\n> hi\n"
+            "write to zqplain@example.com or zqjosé@exämple.org or \"zq quoted\"@example.com\n"
+            "url https://x.example/?u=zqurl%40example.com and ｚｑｆｕｌｌ＠example.com, zqcode&#64;example.com\n")
+    html = ('<p>zqhtml&#64;example.com <a href="mailto:zqmailto@example.com">mail</a> '
+            '<a href="https://x.example/?e=zqhref@example.com">link</a></p>')
+    return (f'From: "zqvictim@example.com" <zqvictim@example.com>\nTo: {LIST}\nReply-To: zqreply@example.net\n'
+            'Cc: "Carbon" <zqcc@example.net>\nSubject: =?utf-8?q?Call_zqtwo=40example=2Eorg_now?=\n'
+            "Message-ID: <planted@example.org>\nDate: Wed, 25 Nov 2026 10:00:00 +0000\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/mixed; boundary=B\n\n--B\nContent-Type: text/plain; charset=utf-8\n"
+            "Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(text.encode()).decode() +
+            f"--B\nContent-Type: text/html; charset=utf-8\n\n{html}\n--B\nContent-Type: message/rfc822\n\n"
+            "From: Forwarded <zqfwd@example.com>\nSubject: fwd\n\nthe body says zqfwdbody@example.com\n"
+            '--B\nContent-Type: text/plain; name="zqattached@example.com.txt"\n'
+            'Content-Disposition: attachment; filename="zqattached@example.com.txt"\n\n'
+            "a text attachment: zqattachtext@example.com\n--B--\n").encode()
+
+
+def readable(data):
+    """The text of a published file as a reader gets it: mail decoded (headers, every part)."""
+    import email
+    from email import policy
+    text = data.decode("utf-8", "replace")
+    if re.match(rb"(From |[A-Za-z-]+: )", data):
+        for chunk in re.split(rb"\nFrom archive@redsky [^\n]*\n", b"\n" + data):
+            msg = email.message_from_bytes(chunk.lstrip(b"\n"), policy=policy.default)
+            for part in msg.walk():
+                text += "".join(f"\n{k}: {v}" for k, v in part.items())
+                payload = part.get_payload(decode=True)
+                text += payload.decode("utf-8", "replace") if payload else ""
+    return text.lower()
+
+
+def test_no_published_surface_holds_a_whole_address_and_search_confirms_none(rs):
+    from urllib.parse import urlencode
+    from conftest import request, wsgi
+    rs.newlist(LIST, "--access", "open", members=("bob@example.net",))
+    rs.write_config(web={"base_url": "https://lists.example.org/redsky"})
+    rs.run("set", LIST, "archive", "public", check=0)
+    rs.run("set", LIST, "dmarc", "never", check=0)
+    assert rs.queue(planted_post(), sender="zqvictim@example.com").returncode == 0
+    surfaces = {str(p): readable(p.read_bytes()) for p in (rs.home / "pages").rglob("*") if p.is_file()}
+    assert any(name.endswith(".mbox") for name in surfaces) and any("/att/" in name for name in surfaces)
+    queries = ["zq", "call", "zqvictim", "zqvi", "zqv", "zqvictim@example.com", '"zqvictim example com"',
+               "from:zqvictim", "subject:zqtwo", "zqjose", "zqfull", "ｚｑｆｕｌｌ"]
+    import html
+    from urllib.parse import quote_plus
+    for q in queries:
+        for extra in ({}, {"format": "atom"}):
+            page = html.unescape(wsgi(rs, f"/archive/{LIST}/search", urlencode({"q": q, **extra}))[2].decode())
+            for echo in (q, quote_plus(q), html.escape(q)):         # the query itself, as the page repeats it
+                page = page.replace(echo, "")
+            surfaces[f"search {q} {extra}"] = page.lower()
+    request(rs, "get 1\nindex", "stranger@example.com").check_returncode()
+    rs.run("send", check=0)
+    for argv, data in rs.sent():
+        if argv[-1] == "stranger@example.com":
+            surfaces[f"mail to a stranger {len(surfaces)}"] = readable(data)
+    for address in PLANTED:
+        local = address.split("@")[0]
+        leaks = [name for name, text in surfaces.items() if local in text]
+        assert not leaks, f"{address} whole in {leaks}"
+    assert "zq\u2026@example.com" in surfaces[str(rs.home / "pages" / LIST / "1.html")]
+    assert "subject: call zq\u2026@example.org now" in surfaces[str(rs.home / "pages" / LIST / "1.eml")]   # decoded
+    # the search finds what is published (zq…), and nothing of what is hidden: no oracle
+    hits = lambda q: re.findall(r'<li><a href="\d+\.html">', wsgi(rs, f"/archive/{LIST}/search",
+                                                                    urlencode({"q": q}))[2].decode())
+    assert len(hits("zq")) == 1 and len(hits("example.com")) == 1
+    for guess in [f"zq{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["zqvictim", "victim", "zqvictim@example.com",
+                                                                   "from:zqvictim", "zqjosé", "zqtwo example"]:
+        assert hits(guess) == [], guess
+    # a member asking gets the post as it was sent to the members
+    request(rs, "get 1", "bob@example.net").check_returncode()
+    rs.run("send", check=0)
+    member = [readable(d) for argv, d in rs.sent() if argv[-1] == "bob@example.net" and b"Post number 1" in d]
+    assert member and "zqplain@example.com" in member[0]
+
+
+def test_bidirectional_controls_cannot_reorder_what_stands_beside_them(rs):
+    rs.newlist(LIST, "--access", "open", members=("bob@example.net",))
+    rs.run("set", LIST, "archive", "public", check=0)
+    controls = "\u202e\u202d\u202a\u202b\u202c\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    for n, control in enumerate(controls):
+        data = (f"From: =?utf-8?b?{base64.b64encode(f'Mal{control}lory'.encode()).decode()}?= <m@example.org>\n"
+                f"To: {LIST}\nSubject: =?utf-8?b?{base64.b64encode(f'{control}txet 2026-11-25'.encode()).decode()}?=\n"
+                f"Message-ID: <bidi{n}@example.org>\n\nbody\n").encode()
+        assert rs.queue(data, sender="m@example.org").returncode == 0
+    for page in (rs.home / "pages" / LIST).rglob("*.html"):
+        text = page.read_text()
+        assert not set(text) & set(controls), page.name
+    month = next((rs.home / "pages" / LIST).glob("20*.html")).read_text()
+    assert month.count("<bdi>Mallory</bdi>") == len(controls) and "<bdi>txet 2026-11-25</bdi>" in month

@@ -173,3 +173,59 @@ def test_a_held_post_number_is_never_given_again(rs):
         rs.run("discard", str(held["id"]), check=0)
     assert ids == sorted(set(ids)) and len(set(ids)) == 3
     assert rs.run("approve", str(ids[0])).returncode == 65
+
+
+def pages_era_commit():
+    """(commit, source) of the newest redsky before permanent archive numbers (its pages keep a
+    state.json and month JSON files), or None without the history."""
+    try:
+        commits = git("log", "--format=%h", "--", "redsky.py").decode().split()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    for commit in commits:
+        source = git("show", f"{commit}:redsky.py").decode("utf-8", "replace")
+        if "state.json" in source and "archived_posts" not in source:
+            return commit, source
+    return None
+
+
+def test_an_archive_published_before_permanent_numbers_keeps_every_published_number(tmp_path):
+    """redsky 0.4 numbered the pages as it wrote them: a post whose page could not be written left
+    the pages' numbers behind the archive's.  The upgrade keeps the published ones (people link to
+    them), gives the others their old place when free, and builds the pages anew without the JSON."""
+    found = pages_era_commit()
+    if found is None:
+        pytest.skip("the git history with redsky 0.4 is needed")
+    data, now = old_redsky(tmp_path, *found)
+    old = tmp_path / "old" / "redsky.py"
+
+    def run(script, *args, input=b""):
+        return subprocess.run([PYTHON, str(script), "-c", str(data / "redsky.ini"), *args], input=input,
+                              capture_output=True, timeout=120)
+    for args in (("set", "team@lists.example.org", "archive", "public"),
+                 ("set", "team@lists.example.org", "dmarc", "never")):
+        assert run(old, *args).returncode == 0
+    pages = data / "pages" / "team@lists.example.org"
+
+    def queue(script, name):
+        mail = (f"From: Carol <carol@example.org>\nTo: team@lists.example.org\nSubject: {name}\n"
+                f"Message-ID: <{name}@example.org>\nDate: Wed, 25 Nov 2026 10:00:00 +0000\n\n{name}\n").encode()
+        r = run(script, "queue", "--recipient", "team@lists.example.org", "--sender", "carol@example.org",
+                input=mail)
+        assert r.returncode == 0, r.stderr
+    queue(old, "alpha")                                   # archive 2 (after "before the upgrade"), page 2
+    (pages / "3.html").mkdir()                            # the next page cannot be written
+    queue(old, "beta")                                    # archive 3, no page
+    (pages / "3.html").rmdir()
+    queue(old, "gamma")                                   # archive 4, page 3
+    queue(old, "delta")                                   # archive 5, page 4
+    assert (pages / "state.json").exists() and "<h1>gamma</h1>" in (pages / "3.html").read_text()
+    listing = json.loads(now("archive", "team@lists.example.org", "--json").stdout)
+    numbers = {r["number"]: r["subject"] for r in listing}
+    assert numbers == {1: "before the upgrade", 2: "alpha", 3: "gamma", 4: "delta", 5: "beta"}
+    queue(ROOT / "redsky.py", "epsilon")
+    assert {r["number"]: r["subject"] for r in json.loads(now("archive", "team@lists.example.org",
+                                                              "--json").stdout)}[6] == "epsilon"
+    for n, name in ((2, "alpha"), (3, "gamma"), (4, "delta"), (5, "beta"), (6, "epsilon")):
+        assert f"<h1>{name}</h1>" in (pages / f"{n}.html").read_text()
+    assert not list(pages.glob("*.json"))                 # the 0.4 files, with full addresses, are gone

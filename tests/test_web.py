@@ -369,7 +369,7 @@ class Tags(html.parser.HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-ALLOWED_PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "nav", "h1", "table", "tr", "th", "td", "bdi",
+ALLOWED_PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "nav", "h1", "table", "tr", "th", "td", "bdi", "mark",
                      "hr", "div", "span", "p", "ul", "li", "a", "small", "form", "input", "button", "label",
                      "br", "b", "i", "em", "strong", "u", "s", "ol", "blockquote", "pre", "code", "h2", "h3",
                      "h4", "h5", "h6", "thead", "tbody", "tfoot", "dl", "dt", "dd", "sub", "sup", "big", "tt"}
@@ -383,7 +383,7 @@ def assert_no_active_content(page):
         assert not [a for a in attrs if a.startswith("on") or a in ("style", "src", "srcdoc", "formaction")], attrs
         if tag == "a" and "href" in attrs:
             assert re.match(r"(https?://|[\w.-]*\.(html|eml|mbox)$|thread/\d+\.(html|mbox)$|\./$|att/|\.\./|#p\d+$"
-                            r"|atom\.xml$)", attrs["href"]), attrs
+                            r"|atom\.xml$|search\?q=[^:]*$)", attrs["href"]), attrs
     assert parser.tags.count(("style", {})) == 1        # only the page's own stylesheet
 
 
@@ -556,6 +556,8 @@ def test_a_real_browser_renders_the_pages_without_errors(web, tmp_path):
                                                        "knows the way: https://example.org/map"]),
                            (f"/archive/{LIST}/2026-11.html", ["Re: Plans for Friday", "Something else"]),
                            (f"/archive/{LIST}/5.html", ["<script>alert(1)</script> hostile", "Hi", "bold"]),
+                           (f"/archive/{LIST}/thread/1.html", ["Shall we meet?", "Yes.", "Count me in."]),
+                           (f"/archive/{LIST}/search?q=%22plans+for%22", ["3 found", "Plans for Friday"]),
                            (f"/{LIST}/", ["Subscribe"])):
         code, dom, console = render(exe, web.base + path, tmp_path)
         assert code == 0 and console == [], (path, console)
@@ -660,8 +662,19 @@ def test_the_readme_nginx_set_ups_work(nginx, web):
     status, headers, body = web.request(f"{static}/redsky/archive/{LIST}/att/2-1-evil.html")
     assert status == 200 and headers["Content-Type"] == "application/octet-stream"
     assert headers["Content-Disposition"] == "attachment" and headers["X-Content-Type-Options"] == "nosniff"
-    status, _, found = web.request(f"{static}/redsky/archive/{LIST}/search?q=Friday")
-    assert status == 200 and '<a href="1.html">Plans for Friday</a>' in found
+    status, _, found = web.request(f"{static}/redsky/archive/{LIST}/search?q=%22plans+for%22")
+    assert status == 200 and '<a href="1.html"><bdi>Plans for Friday</bdi></a>' in found
+    status, headers, raw = web.request(f"{static}/redsky/archive/{LIST}/1.eml")
+    assert headers["Content-Type"].startswith("text/plain") and headers["X-Content-Type-Options"] == "nosniff"
+    assert "Message-ID: <p1@example.org>" in raw
+    # Archived-At resolves through the static block too, whatever a Message-ID holds
+    for n, msgid in enumerate(("<odd/one+%41?#x@ex.example>", "<a=b&c;d\"e@ex.example>", "<ünï@ex.example>"), 3):
+        web.rs.queue(post(subject=f"odd {n}", msgid=msgid), check=0)
+        web.rs.run("send", check=0)
+        copy = next(parse(d) for _, d in web.rs.sent() if b"Message-ID: " + msgid.encode() in d)
+        url = copy["Archived-At"].strip("<>").replace(web.base, static)
+        status, _, page = web.request(url)
+        assert status == 200 and f"<h1>odd {n}</h1>" in page, (url, status)
 
 
 @pytest.fixture
@@ -791,3 +804,39 @@ def test_idle_clients_neither_stall_the_server_forever_nor_take_unbounded_thread
         for s in idle:
             s.close()
         web.stop()
+
+
+@pytest.mark.server
+def test_numbers_threads_downloads_and_search_over_http(web):
+    """Issue 33 through `redsky.py web`: a copy's Archived-At leads to its page; numbers stay when
+    an author is forgotten and an owner deletes a post; the thread and month come as mboxes; the
+    search takes phrases and fields and offers a feed."""
+    for data in THREAD:
+        web.rs.queue(data, check=0)
+    web.rs.run("send", check=0)
+    copy = next(parse(d) for _, d in web.rs.sent() if parse(d)["Message-ID"] == "<p3@example.org>")
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+    url = copy["Archived-At"].strip("<>").replace(web.base + "/redsky", web.base)
+    with pytest.raises(urllib.error.HTTPError) as moved:
+        urllib.request.build_opener(NoRedirect).open(url, timeout=30)
+    assert moved.value.code == 301 and moved.value.headers["Location"] == f"{web.base}/redsky/archive/{LIST}/3.html"
+    status, _, page = web.request(moved.value.headers["Location"])         # [web] base_url: behind the proxy
+    assert status == 200 and "plans for friday</h1>" in page.lower()
+    web.rs.run("forget", "carol@example.com", "--archive", check=0)         # post 2
+    web.rs.run("archive", "delete", LIST, "4", check=0)
+    assert "its author" in web.request(f"/archive/{LIST}/2.html")[2]
+    assert "owners" in web.request(f"/archive/{LIST}/4.html")[2]
+    assert "Count me in." in web.request(f"/archive/{LIST}/3.html")[2]
+    status, headers, mbox = web.request(f"/archive/{LIST}/thread/1.mbox")
+    assert status == 200 and headers["Content-Type"] == "application/mbox"
+    assert re.findall(r"(?m)^Message-ID: (\S+)", mbox) == ["<p1@example.org>", "<p3@example.org>"]
+    assert re.findall(r"(?m)^Message-ID: (\S+)", web.request(f"/archive/{LIST}/2026-11.mbox")[2]) == \
+        ["<p1@example.org>", "<p3@example.org>"]
+    found = web.request(f"/archive/{LIST}/search?q=%22shall+we+meet%22+from%3Aalice")[2]
+    assert re.findall(r'<li><a href="(\d+)\.html">', found) == ["1"] and "<mark>Shall</mark>" in found
+    status, headers, feed = web.request(f"/archive/{LIST}/search?q=friday&format=atom")
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    links = [e.find("a:link", ns).get("href") for e in ET.fromstring(feed).findall("a:entry", ns)]
+    assert links == [f"{web.base}/redsky/archive/{LIST}/3.html", f"{web.base}/redsky/archive/{LIST}/1.html"]

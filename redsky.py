@@ -66,15 +66,18 @@ above it).  Find a behaviour here, then search for the banner.
      2. Exit codes, verdicts and errors  EX_*, Failure, StoreError, Discard, Hold, Reject, ...
      3. Configuration                    DEFAULTS (every option), Config, logging
      4. Store: schema and queries        SCHEMA, SQL (every statement, by name)
-     5. Store: transactions and spool    Store, schema upgrades, spool files, Outbox, a post's members
-     6. Mail primitives                  RawMessage, addresses, list headers, footers, subject tag,
-                                         DMARC rewriting, is_robot, HTML to text, the SMTP wire form
+     5. Store: transactions and spool    Store, schema upgrades, spool files, Outbox, a post's members,
+                                         the archive's search index (FTS5)
+     6. Mail primitives                  RawMessage, addresses (hidden), list headers, dates, footers,
+                                         subject tag, DMARC rewriting, is_robot, HTML to text, search folding,
+                                         the SMTP wire form
      7. DNS and tokens                   DNS client and caches, DMARC and DNSBL look-ups, tokens,
                                          VERP, leave tokens, Personalizer
      8. Notices                          TEXTS, render, Notices, pending confirmations
      9. List and member options          SETTABLE, validate_setting, MEMBER_OPTIONS, ban patterns
     10. Bounce parsing and scoring       DSNs, feedback reports, free-text bounces, causes, scores
-    11. The archive and its pages        the archive, a post's text, the static pages, feed, search
+    11. The archive and its pages        the archive's permanent numbers, a post's text, what is published,
+                                         the static pages: posts, gaps, months, threads, mboxes, feed
     12. The runner                       chain_filter, plugins, Context, run_chain, the trace
     13. Transports                       sendmail, SMTP (pipelining), maildir; outcomes; send_now
     14. Held posts and command mail      Approved:, hold and release, Requests (-request, -join,
@@ -83,7 +86,7 @@ above it).  Find a behaviour here, then search for the banner.
     16. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
     17. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
     18. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
-                                         the subscribe page, archive pages and search; `web`, CGI
+                                         the subscribe page, archive pages, msgid/ and search; `web`, CGI
     19. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
     20. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
     21. Administration commands          lists, members, moderation, bounces, status, trace

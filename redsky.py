@@ -1263,7 +1263,8 @@ SQL = {
     "index_archive_text": "INSERT INTO archive_fts (rowid, subject, author, body) VALUES (?, ?, ?, ?)",
     "unindex_archive_text": "INSERT INTO archive_fts (archive_fts, rowid, subject, author, body)"
                             " SELECT 'delete', post, subject, author, body FROM archive_texts WHERE post = ?",
-    "search_index": "SELECT p.* FROM archive_fts f JOIN archived_posts p ON p.id = f.rowid"
+    # CROSS JOIN: the matches lead (else SQLite may walk every post by date and ask FTS5 of each)
+    "search_index": "SELECT p.* FROM archive_fts f CROSS JOIN archived_posts p ON p.id = f.rowid"
                     " WHERE archive_fts MATCH ? AND p.list_id = ? AND p.removed IS NULL AND p.date >= ?"
                     " AND p.date < ? ORDER BY p.date DESC, p.number DESC LIMIT ? OFFSET ?",
     "search_scan": "SELECT p.*, t.subject AS s, t.author AS a, t.body AS b FROM archived_posts p"
@@ -7299,8 +7300,8 @@ def build_digest(list_row, posts, volume, issue, problems=None, templates="", ba
         chunks = [masthead, "\n", topics, "\n", "-" * 70, "\n\n"]
         for data, (when, author, subj) in zip(posts, infos):
             msg = RawMessage(data)
-            chunks += [f"{f}: {one_line(decode_header_text(msg.get(f)), 900)}\n"
-                       for f in ("Date", "From", "Subject", "To", "Cc", "Message-ID") if msg.get(f)]
+            chunks += [f"{f}: {one_line(decode_header_text(msg.get(f)), 900)}\n" for f in
+                       ("Date", "From", "Subject", "To", "Cc", "Message-ID", "Archived-At") if msg.get(f)]
             body = text_of(data, problems).rstrip()
             if footer and body.endswith(footer.strip()):            # the footer comes once, at the end
                 body = body[:-len(footer.strip())].rstrip()

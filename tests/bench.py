@@ -22,6 +22,9 @@ script, beside `python3 -c pass`, mlmmj's receive + process and `lmtp` per
 message: CPU (user + system) and peak RSS.
 `--intake`: posts per second and CPU per post through `queue` (a process
 per message, as an MTA pipe runs it) against `lmtp` (one server).
+`--search [N ...]`: issue 33's table at N archived posts (default 10,000 and
+100,000): CPU per search query by the FTS5 index and by the fallback scan,
+the index's size on disk, and the CPU to archive and publish one more post.
 `--web [N]`: issue 20's table for N members (default 100,000): `queue` with
 a private and with a public archive (its pages written), `send` per recipient
 with and without one-click headers, a one-click POST and page GETs against
@@ -631,6 +634,107 @@ def web_table(runs, n):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
+def search_table(runs, sizes):
+    """Issue 33: the archive's search at each size of archive: CPU per query (FTS5 and the
+    fallback scan, the whole results page with its snippets), the index's size on disk, and
+    the CPU to archive one more post (in `queue`, and the archive's own part of it)."""
+    import random
+    sys.path.insert(0, str(HERE.parent))
+    import redsky
+    random.seed(33)
+    vocabulary = [w for w in re.findall(r"[a-z]{3,}", (HERE.parent / "README.md").read_text().lower())]
+    vocabulary = sorted(set(vocabulary)) + ["zürich", "café", "naïve", "grüße", "ελληνικά"]
+    weights = [1 / (i + 1) for i in range(len(vocabulary))]           # Zipf: a few words everywhere
+    names = [f"{random.choice(vocabulary).title()} {random.choice(vocabulary).title()}" for _ in range(500)]
+    queries = ["list", "zürich", "budget meeting", '"the list"', "from:" + names[0].split()[0],
+               "subject:archive", "d:2024-01..2024-03 list", "nothingmatchesthis"]
+    address = "bench@lists.example.org"
+    rows = []
+    for n in sizes:
+        home = Home(1)
+        subprocess.run(home.cmd("set", address, "archive", "public"), check=True, stdout=subprocess.DEVNULL)
+        config = redsky.Config.find(str(home.config))
+        store = redsky.open_store(config, durable=False)
+        list_row = store.require_list(address)
+        start, ids, texts = time.time() - 4 * 365 * 86400, [], []
+        with store.transaction() as db:
+            for i in range(n):
+                parent = ids[-random.randrange(1, min(50, len(ids)) + 1)] if ids and random.random() < 0.4 else None
+                words = random.choices(vocabulary, weights, k=random.randrange(60, 300))
+                body = "\n".join(" ".join(words[j:j + 12]) for j in range(0, len(words), 12))
+                name = random.choice(names)
+                when = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(start + i * 4 * 365 * 86400 / n))
+                data = (f"From: {name} <{name.split()[0].lower()}@example.org>\nTo: {address}\n"
+                        f"Subject: {'Re: ' if parent else ''}{' '.join(random.choices(vocabulary, k=4))}\n"
+                        f"Message-ID: <b{i}@example.org>\nDate: {when}\n"
+                        + (f"In-Reply-To: <b{parent}@example.org>\n" if parent is not None else "")
+                        + f"\n{body}\n-- \n{name} <{name.split()[0].lower()}@example.org>\n").encode()
+                facts = redsky.post_facts(data, list_row)
+                row = redsky.add_archive_row(db, list_row, facts, f"bench{i}")
+                texts.append((row["id"], *redsky.search_texts(facts, redsky.published_copy(data))))
+                ids.append(i)
+                if len(texts) == 1000:
+                    redsky.index_texts(db, texts)
+                    texts = []
+            redsky.index_texts(db, texts)
+        sizes_on_disk = {}
+        try:
+            for name, size in store.db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
+                kind = "index" if name.startswith("archive_fts") else "texts" if name == "archive_texts" else \
+                    "numbers" if name.startswith("archived_posts") else None
+                if kind:
+                    sizes_on_disk[kind] = sizes_on_disk.get(kind, 0) + size
+        except sqlite3.Error:
+            sizes_on_disk["database"] = os.path.getsize(home.dir / "redsky.db")
+        pages = redsky.Pages(config, store, list_row)
+        try:
+            pages.refresh([time.strftime("%Y-%m", time.gmtime(start + 4 * 365 * 86400))])
+        finally:
+            pages.close()
+        fts = redsky.search_index_ready(store.db)
+        for label, forced in (("FTS5", None), ("scan", False)):
+            if label == "FTS5" and not fts:
+                continue
+            saved, redsky.FTS5 = redsky.FTS5, forced if forced is not None else redsky.FTS5
+            try:
+                for q in queries:
+                    from urllib.parse import urlencode
+                    cpu = []
+                    for _ in range(runs):
+                        t = time.process_time()
+                        status, body, _, _ = redsky.search_page(config, store, list_row, urlencode({"q": q}))
+                        cpu.append(time.process_time() - t)
+                    found = len(re.findall(r"<li><a href", body))
+                    rows.append((f"search {label}: {q}", f"{n:,}", f"{statistics.median(cpu) * 1000:.1f} ms CPU",
+                                 f"{found} shown"))
+            finally:
+                redsky.FTS5 = saved
+        store.close()
+        for kind, size in sorted(sizes_on_disk.items()):
+            rows.append((f"on disk: {kind}", f"{n:,}", f"{size / 2**20:.1f} MB", f"{size / n:,.0f} B/post"))
+        cpu = []
+        for k in range(runs):
+            home.post.write_bytes(POST.replace(b"<bench@", f"<new{k}@".encode()))
+            cpu.append(home.queue(cpu=True)[2])
+        rows.append(("queue a post (public archive)", f"{n:,}", f"{statistics.median(cpu):.3f} s CPU", ""))
+        store = redsky.open_store(config)
+        cpu = []
+        for k in range(runs):
+            data = POST.replace(b"<bench@", f"<own{k}@".encode())
+            t = time.process_time()
+            published = redsky.published_copy(data)
+            row = redsky.archive_post(config, store, list_row, data, published=published)
+            redsky.publish_post(config, store, list_row, row, data, published)
+            cpu.append(time.process_time() - t)
+        store.close()
+        rows.append(("  of which archiving and publishing it", f"{n:,}", f"{statistics.median(cpu) * 1000:.1f} ms CPU",
+                     ""))
+        home.cleanup()
+    print(f"redsky search: median of {runs}, SQLite {sqlite3.sqlite_version}\n")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+
+
 def main():
     global PYTHON
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -649,9 +753,14 @@ def main():
     ap.add_argument("--pipe", type=int, metavar="N", nargs="?", const=100_000,
                     help="only the pipe: one post to 10 and N members (default 100,000) through the MTA's"
                          " pipe command line, as a script, beside python3 -c pass, mlmmj and lmtp")
+    ap.add_argument("--search", type=int, metavar="N", nargs="*",
+                    help="only the archive's search: CPU per query, index size, archiving a post at N posts"
+                         " (default 10,000 and 100,000)")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
+    if args.search is not None:
+        return search_table(args.runs, args.search or (10_000, 100_000))
     if args.pipe:
         return pipe_table(args.runs, (10, args.pipe))
     if args.delivery:

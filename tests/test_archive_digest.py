@@ -508,6 +508,22 @@ def test_a_post_that_asks_not_to_be_archived_is_delivered_and_kept_nowhere(team,
     assert r.returncode == 0
 
 
+def test_a_plain_digest_links_the_archived_posts_only(team):
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.run("set", LIST, "digest_format", "plain", check=0)
+    team.run("set-member", LIST, "dana@example.net", "digest", "on", check=0)
+    team.queue(post(subject="linked", msgid="<linked@example.org>"), check=0)
+    team.queue(post(subject="unlinked", msgid="<unlinked@example.org>", extra="X-No-Archive: yes\n"), check=0)
+    with team.db() as db:
+        db.execute("UPDATE digest_posts SET received = received - 86401")
+    team.run("send", check=0)
+    (digest,) = digests(team, "dana@example.net")
+    text = digest.get_content()
+    assert text.count("Archived-At:") == 1
+    assert f"Archived-At: <{BASE}/archive/{LIST}/msgid/linked@example.org>" in text
+
+
 def test_x_no_archive_no_is_archived(team):
     team.queue(post(subject="keep me", extra="X-No-Archive: no\nX-Archive: yes\n"), check=0)
     assert listing(team) == {1: "keep me"}

@@ -3736,8 +3736,8 @@ def policy_rejection(status, address):
 # ---------------------------------------------------------------------------
 # 11. The archive and its pages
 # Owns: the archive (maildir or mbox per list) and its permanent numbers (archived_posts), the text of
-#       a post, what is published of it (published_copy, hide_addresses), the search index of its
-#       texts, the static HTML site of a public archive (Pages), its threads, mboxes and Atom feed.
+#       a post, what is published of it (published_copy) and searched (search_texts), the static HTML
+#       site of a public archive (Pages), its threads, mboxes and Atom feed.
 # Calls: sections 2-10.
 # ---------------------------------------------------------------------------
 

@@ -398,6 +398,11 @@ def test_forgetting_an_author_leaves_gaps_and_renumbers_nothing(team, fmt):
     assert listing(team) == {1: "Number 1", 3: "Number 3", 4: "Number 4", 6: "Number 6"}
     assert got(team, 4) == "<n4@example.org>" and got(team, 6) == "<n6@example.org>"
     assert "was removed" in got(team, 5) and "no post number 7" in got(team, 7)
+    before = len(team.sent())
+    request(team, "index", "erin@example.net").check_returncode()
+    team.run("send", check=0)
+    (answer,) = [parse(d) for argv, d in team.sent()[before:] if argv[-1] == "erin@example.net"]
+    assert re.findall(r"(?m)^ +(\d+) ", answer.get_body().get_content()) == ["1", "3", "4", "6"]
     folder = team.home / "pages" / LIST
     assert "removed from this archive at its author's request" in html.unescape((folder / "2.html").read_text())
     assert "<h1>Number 4</h1>" in (folder / "4.html").read_text() and not (folder / "5.eml").exists()

@@ -554,7 +554,7 @@ def test_every_copy_carries_archived_at_which_finds_its_page(team):
     assert url.startswith(f"{BASE}/archive/{LIST}/msgid/") and "%2F" in url and "%25" in url and "%3F" in url
     from urllib.parse import unquote
     status, headers, _ = wsgi(team, unquote(url[len(BASE):]).encode("utf-8").decode("latin-1"))
-    assert status.startswith("301") and headers["Location"] == f"/archive/{LIST}/2.html"
+    assert status.startswith("301") and headers["Location"] == f"{BASE}/archive/{LIST}/2.html"
     assert wsgi(team, f"/archive/{LIST}/2.html")[0] == "200 OK"
     assert wsgi(team, f"/archive/{LIST}/msgid/nothing@example.org")[0].startswith("404")
     # a private list's copies carry none: nothing there to point at

@@ -4368,14 +4368,23 @@ def pages_dir(config, list_row):
     return os.path.join(config.path_of("web", "pages"), list_address(list_row).lower())
 
 
-def _write_page(path, text):
-    _write_file(path, text.encode("utf-8"))
+# A public archive's files and folders, whatever [redsky] umask: the web server's user reads them
+# (the README's static block serves them itself).  The .lock beside them stays the list user's.
+PAGE_MODE, PAGE_DIR_MODE = 0o644, 0o755
 
 
-def _write_file(path, data):
+def _write_page(path, text, mode=None):
+    _write_file(path, text.encode("utf-8"), mode)
+
+
+def _write_file(path, data, mode=None):
+    """Write ``path`` whole or not at all (a temporary file renamed over it), with ``mode`` when
+    given (whatever the umask), else what the umask leaves."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             fh.write(data)
         os.replace(tmp, path)
     except OSError:
@@ -4532,6 +4541,15 @@ def mbox_entry(row, data):
             + data + (b"\n" if data.endswith(b"\n") else b"\n\n"))
 
 
+def _public_dir(path):
+    """Make the folder ``path`` of the pages (with its parents) and, when it is redsky's own, open
+    it to anyone (PAGE_DIR_MODE): an older redsky made them 0770, as the umask said."""
+    os.makedirs(path, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o7777 != PAGE_DIR_MODE and st.st_uid == os.geteuid():
+        os.chmod(path, PAGE_DIR_MODE)
+
+
 class Pages:
     """One list's pages in ``folder`` (default its place in [web] pages), written under its lock: a
     post's own files (post, gap), then what it touches (refresh)."""
@@ -4539,8 +4557,8 @@ class Pages:
     def __init__(self, config, store, list_row, folder=None):
         self.config, self.store, self.list = config, store, list_row
         self.dir = folder or pages_dir(config, list_row)
-        for sub in ("att", "thread"):
-            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        for path in (os.path.dirname(self.dir), self.dir, self.file("att"), self.file("thread")):
+            _public_dir(path)
         self.lock = open(os.path.join(self.dir, ".lock"), "a")
         fcntl.flock(self.lock, fcntl.LOCK_EX)
 
@@ -4549,6 +4567,10 @@ class Pages:
 
     def file(self, name):
         return os.path.join(self.dir, name)
+
+    def write(self, name, data):
+        """The file ``name`` of the pages, written whole, readable by anyone (PAGE_MODE)."""
+        _write_file(self.file(name), data.encode("utf-8") if isinstance(data, str) else data, PAGE_MODE)
 
     def post(self, row, data, published=None):
         """Post ``row``'s page, its published copy (N.eml) and its attachments."""
@@ -4560,9 +4582,9 @@ class Pages:
             log.info("post %d shown as raw text (%s: %s)", n, type(e).__name__, one_line(e, 100))
             body, files = text_html(published[:PAGE_PART_LIMIT].decode("utf-8", "replace")), []
         for k, (name, payload) in enumerate(files, 1):
-            _write_file(self.file(f"att/{n}-{k}-{name}"), payload)
-        _write_file(self.file(f"{n}.eml"), published)
-        _write_page(self.file(f"{n}.html"), post_page(self.list, row, body, files))
+            self.write(f"att/{n}-{k}-{name}", payload)
+        self.write(f"{n}.eml", published)
+        self.write(f"{n}.html", post_page(self.list, row, body, files))
 
     def gap(self, n, why):
         """The page of a removed post; its copy and attachments go."""
@@ -4570,7 +4592,7 @@ class Pages:
         for name in os.listdir(self.file("att")):
             if name.startswith(f"{n}-"):
                 _unlink_quietly(self.file(f"att/{name}"))
-        _write_page(self.file(f"{n}.html"), gap_page(self.list, n, why))
+        self.write(f"{n}.html", gap_page(self.list, n, why))
 
     def body(self, n):
         """Post n's text as its page shows it, or None."""
@@ -4594,6 +4616,7 @@ class Pages:
             mode, target = "wb", f"{path}.{os.getpid()}.tmp"
         try:
             with open(target, mode) as fh:
+                os.fchmod(fh.fileno(), PAGE_MODE)
                 for row in rows:
                     try:
                         with open(self.file(f"{row['number']}.eml"), "rb") as eml:
@@ -4615,7 +4638,7 @@ class Pages:
             firsts = {r["thread"] for r in rows if r["thread"] != r["number"]}
             starts = {t: self.store.q("archived_post", list_id, t).fetchone() for t in firsts}
             sizes = dict(self.store.q("archived_thread_sizes", list_id, month).fetchall())
-            _write_page(self.file(f"{month}.html"), month_page(self.list, month, rows, starts, sizes))
+            self.write(f"{month}.html", month_page(self.list, month, rows, starts, sizes))
             self.mbox(f"{month}.mbox", rows, added if added and added["month"] == month else None)
         for thread in sorted(set(threads)):
             rows = [dict(r) for r in self.store.q("archived_thread", list_id, thread)]
@@ -4623,14 +4646,13 @@ class Pages:
                 _unlink_quietly(self.file(f"thread/{thread}.html"))
             else:
                 bodies = {r["number"]: self.body(r["number"]) for r in rows[:THREAD_PAGE_POSTS]}
-                _write_page(self.file(f"thread/{thread}.html"), thread_page(self.list, thread, rows, bodies))
+                self.write(f"thread/{thread}.html", thread_page(self.list, thread, rows, bodies))
             self.mbox(f"thread/{thread}.mbox", rows, added if added and added["thread"] == thread else None)
         latest = [dict(r) for r in self.store.q("archived_latest", list_id, FEED_POSTS)]
-        _write_page(self.file("index.html"),
-                    index_page(self.list, dict(self.store.q("archived_months", list_id).fetchall()), latest))
+        self.write("index.html",
+                   index_page(self.list, dict(self.store.q("archived_months", list_id).fetchall()), latest))
         texts = {r["id"]: archive_text(self.store, r["id"]) for r in latest}
-        _write_page(self.file("atom.xml"), atom_feed(self.list, latest, self.config.get("web", "base_url"),
-                                                     texts))
+        self.write("atom.xml", atom_feed(self.list, latest, self.config.get("web", "base_url"), texts))
 
 
 def _pages_are_current(folder):

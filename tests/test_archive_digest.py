@@ -482,6 +482,37 @@ def test_parallel_queue_runs_number_like_archive_get_and_the_pages(team, fmt):
     assert "(11 posts)" in (folder / "index.html").read_text()
 
 
+
+@pytest.mark.parametrize("umask", ["007", "077"])
+def test_the_pages_are_readable_by_the_web_server_whatever_the_umask(team, umask):
+    """The README's static nginx block serves the pages as the web server's user: every page is
+    0644 and every folder 0755 however they were made (a post, a rebuild, a removal), the rest of
+    redsky's files as [redsky] umask says."""
+    import os
+    import stat
+    team.write_config(redsky={"umask": umask})
+    team.run("set", LIST, "archive", "public", check=0)
+    root = team.home / "pages"
+
+    def modes():
+        found = {p: stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")] if p.name != ".lock"}
+        assert any(p.suffix == ".mbox" for p in found) and any(p.parent.name == "att" for p in found)
+        return {p.relative_to(root): oct(m) for p, m in found.items()
+                if m != (0o755 if p.is_dir() else 0o644)}
+    for data in posts_with_attachment(3):
+        team.queue(data, check=0)
+    assert modes() == {}
+    team.run("archive", "delete", LIST, "1", check=0)
+    assert modes() == {}
+    os.chmod(root / LIST, 0o770)                    # as an older redsky left them
+    os.chmod(root, 0o770)
+    team.queue(post(subject="after"), check=0)
+    assert modes() == {}
+    assert team.run("archive", "html", LIST).returncode == 0
+    assert modes() == {}
+    private = stat.S_IMODE((team.home / "redsky.db").stat().st_mode)
+    assert private & 0o007 == 0, oct(private)      # the database stays closed to others
+
 # --- what must not be archived ---------------------------------------------------------------
 
 @pytest.mark.parametrize("header", ["X-No-Archive: yes", "x-no-archive: YES", "X-No-Archive: Yes; reason",

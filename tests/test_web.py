@@ -599,11 +599,22 @@ def wait_for_http(ports, proc, log):
 @pytest.fixture
 def nginx(web, tmp_path):
     """Each nginx block of the README in a server of its own (proxy, CGI by
-    fcgiwrap, static pages), its paths pointed at this installation."""
+    fcgiwrap, static pages), its paths pointed at this installation.  Run by
+    root, its workers are nobody's, as Debian's are www-data's: the static
+    block reads what the list user wrote, through a data_dir opened as the
+    README opens it (o+x)."""
     nginx_exe = tool("nginx", "/usr/sbin/nginx")
     fcgiwrap = tool("fcgiwrap", "/usr/sbin/fcgiwrap")
     run = tmp_path / "nginx"
     run.mkdir()
+    workers = "master_process off;"
+    if os.geteuid() == 0:
+        import grp
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        workers = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};"
+        for path in [tmp_path, *tmp_path.parents][:3]:      # data_dir (tmp_path) and the folders above it
+            path.chmod(path.stat().st_mode | 0o001)
     shutil.copy(REDSKY, run / "redsky.py")
     os.chmod(run / "redsky.py", 0o755)
     sock = run / "fcgiwrap.sock"
@@ -619,7 +630,7 @@ def nginx(web, tmp_path):
         ports.append(free_port())
         servers.append(f"server {{ listen 127.0.0.1:{ports[-1]}; {block} }}")
     (run / "nginx.conf").write_text(
-        f"daemon off; master_process off; pid {run}/nginx.pid; error_log {run}/error.log;\n"
+        f"daemon off; {workers} pid {run}/nginx.pid; error_log {run}/error.log;\n"
         "events { worker_connections 64; }\n"
         f"http {{ include /etc/nginx/mime.types; access_log off; client_body_temp_path {run}/body;"
         f" proxy_temp_path {run}/proxy; fastcgi_temp_path {run}/fastcgi; uwsgi_temp_path {run}/uwsgi;"
@@ -629,6 +640,8 @@ def nginx(web, tmp_path):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not sock.exists():
         time.sleep(0.05)
+    if sock.exists():
+        sock.chmod(0o666)                           # the workers (nobody) connect to fcgiwrap
     wait_for_http(ports, proc, run / "error.log")
     yield [f"http://127.0.0.1:{p}" for p in ports]
     proc.terminate()

@@ -3943,7 +3943,7 @@ def post_facts(data, list_row, now=None):
             "month": time.strftime("%Y-%m", time.gmtime(when)),
             "subject": published_line(without_list_tag(subject, list_row)) or "(no subject)",
             "author": published_line(decode_header_text(name) or address, 200) or "(unknown)",
-            "subject_key": normalized_subject(subject)}
+            "subject_key": normalized_subject(hide_addresses(subject[:2000]))}     # no thread by a hidden part
 
 
 def normalized_subject(subject):

@@ -702,6 +702,8 @@ def test_search_finds_phrases_folded_words_fields_and_dates_newest_first(searcha
 def test_search_results_have_snippets_a_feed_and_pages(searchable):
     page = search(searchable, "zurich")
     assert "<mark>Zürich</mark> is ready" in page and "1 found" in page
+    for shown in (page, wsgi(searchable, f"/archive/{LIST}/")[2].decode()):     # the syntax, on the page
+        assert all(w in html.unescape(shown) for w in ('"a phrase"', "from:", "subject:", "d:2026-01..2026-03"))
     assert "d:2026-13" in search(searchable, "d:2026-13 budget") and "write a date as" in search(searchable, "d:1x")
     import xml.etree.ElementTree as ET
     status, headers, feed = wsgi(searchable, f"/archive/{LIST}/search", "q=budget&format=atom")

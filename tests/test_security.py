@@ -299,3 +299,20 @@ def test_bidirectional_controls_cannot_reorder_what_stands_beside_them(rs):
         assert not set(text) & set(controls), page.name
     month = next((rs.home / "pages" / LIST).glob("20*.html")).read_text()
     assert month.count("<bdi>Mallory</bdi>") == len(controls) and "<bdi>txet 2026-11-25</bdi>" in month
+
+
+def test_threads_by_subject_confirm_no_hidden_address(rs):
+    """A reply without References joins the thread of its subject: a guessed address in a subject
+    must join it whether the guess is right or wrong, or the thread links would be an oracle."""
+    import json
+    rs.newlist(LIST, "--access", "open", members=("bob@example.net",))
+    rs.run("set", LIST, "archive", "public", check=0)
+    for n, subject in enumerate(["Write to zqsecret@example.org now", "Re: Write to zqwrong@example.org now",
+                                 "Re: Write to zqsecret@example.org now", "Re: write to ZQSECRET@example.org now",
+                                 "Re: Write to zxsecret@example.org now"]):
+        data = f"From: m@example.org\nTo: {LIST}\nSubject: {subject}\nMessage-ID: <g{n}@example.org>\n\nbody\n"
+        assert rs.queue(data.encode(), sender="m@example.org").returncode == 0
+    threads = [r[0] for r in rs.db().execute("SELECT thread FROM archived_posts ORDER BY number")]
+    assert threads == [1, 1, 1, 1, 5], threads          # zx… is another subject as published, zq… one
+    pages = json.dumps([p.read_text() for p in (rs.home / "pages" / LIST).glob("*.html")])
+    assert "zqsecret" not in pages.lower() and "zqwrong" not in pages.lower()

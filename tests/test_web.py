@@ -680,6 +680,10 @@ def test_the_readme_nginx_set_ups_work(nginx, web):
     status, headers, raw = web.request(f"{static}/redsky/archive/{LIST}/1.eml")
     assert headers["Content-Type"].startswith("text/plain") and headers["X-Content-Type-Options"] == "nosniff"
     assert "Message-ID: <p1@example.org>" in raw
+    for name in ("thread/1.mbox", "2026-11.mbox"):              # mboxes: as text, never sniffed
+        status, headers, box = web.request(f"{static}/redsky/archive/{LIST}/{name}")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain"), name
+        assert headers["X-Content-Type-Options"] == "nosniff" and "Message-ID: <p1@example.org>" in box
     # Archived-At resolves through the static block too, whatever a Message-ID holds
     for n, msgid in enumerate(("<odd/one+%41?#x@ex.example>", "<a=b&c;d\"e@ex.example>", "<ünï@ex.example>"), 3):
         web.rs.queue(post(subject=f"odd {n}", msgid=msgid), check=0)

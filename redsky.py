@@ -8759,18 +8759,43 @@ CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/
 
 
 def find_send_schedule(places=CRON_PLACES):
-    """The first cron or systemd file that runs `redsky.py ... send`, or None."""
+    """(the first cron or systemd file that runs `redsky.py ... send` or None, the places this user
+    could not read): a crontab directory is often closed to the list user (Debian: 1730 root:crontab)."""
+    closed = []
     for place in places:
-        files = [place] if os.path.isfile(place) else \
-            [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
+        try:
+            files = [place] if os.path.isfile(place) else \
+                [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
+        except OSError:
+            closed.append(place)
+            continue
         for f in files:
-            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
-                return f
+            if os.access(f, os.R_OK) or not os.path.isfile(f):
+                if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
+                    return f, closed
+            else:
+                closed.append(f)
     r = run_program(["crontab", "-l"], timeout=10) if places is CRON_PLACES else None   # this user's own
     if r and r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
         import pwd
-        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
-    return None
+        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}", closed
+    return None, closed
+
+
+def running_programs():
+    """The names (comm) of the running processes, or None when /proc cannot be listed."""
+    try:
+        pids = [pid for pid in os.listdir("/proc") if pid.isdigit()]
+    except OSError:
+        return None
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                names.add(fh.read().strip())
+        except OSError:
+            continue
+    return names
 
 
 def schedule_user(path):
@@ -8867,23 +8892,12 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             yield ("FAIL", f"{who} cannot read {len(stuck)} queued spool files (e.g. {stuck[0]}):"
                    " they are never sent",
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
-    yield from bytecode_checks(config, runner)
-    yield from web_checks(config)
-    yield from postfix_checks(config)
-    yield from exim_checks(config, store)
-    yield from opensmtpd_checks()
-    schedule = find_send_schedule(cron_places)
-    cron_user = schedule_user(schedule) if schedule else None
-    if cron_user and cron_user not in (runner, "root"):
-        yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
-               f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
-    elif schedule:
-        who = f" as {cron_user}" if cron_user else ""
-        yield "OK", f"'redsky.py send' is scheduled in {schedule}{who}", ""
-    else:
-        yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
-               f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
-               f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    yield from looked("the bytecode", bytecode_checks(config, runner))
+    yield from looked("the web", web_checks(config))
+    yield from looked("Postfix", postfix_checks(config))
+    yield from looked("Exim", exim_checks(config, store))
+    yield from looked("OpenSMTPD", opensmtpd_checks())
+    yield from looked("the schedule of send", schedule_checks(config, runner, cron_places))
     for row in store.q("all_lists"):
         changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"]))
                    if on]
@@ -8893,6 +8907,43 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
+
+
+def looked(what, checks):
+    """The findings of ``checks``; one that cannot look (a directory closed to this user, a program
+    that fails) is a WARN that says so, and doctor goes on with the next."""
+    try:
+        yield from checks
+    except Exception as e:                      # any: doctor's own bug must not hide the other checks
+        yield ("WARN", f"cannot check {what}: {type(e).__name__}: {one_line(e, 200)}",
+               "run doctor as root (it looks as the list user where it can)")
+
+
+def schedule_checks(config, runner, cron_places=CRON_PLACES):
+    """Is `send` scheduled, as whom, and does a cron daemon run it?"""
+    schedule, closed = find_send_schedule(cron_places)
+    cron_user = schedule_user(schedule) if schedule else None
+    cron_line = (f"* * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
+                 f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    if cron_user and cron_user not in (runner, "root"):
+        yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
+               f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
+    elif schedule:
+        who = f" as {cron_user}" if cron_user else ""
+        yield "OK", f"'redsky.py send' is scheduled in {schedule}{who}", ""
+        running = running_programs()
+        wanted = {"systemd"} if "/systemd/" in schedule else {"cron", "crond", "cronie", "fcron"}
+        if running is None:
+            yield "WARN", "cannot tell whether a cron daemon runs (/proc cannot be listed)", ""
+        elif not running & wanted:
+            yield ("FAIL", f"no {' or '.join(sorted(wanted))} runs here, so {schedule} never runs 'redsky.py"
+                   " send': posts wait in the spool", "install and start it (Debian: apt-get install cron)")
+    elif closed:
+        yield ("WARN", f"no job that runs 'redsky.py send' found, but {', '.join(closed[:3])} cannot be read"
+               " by this user: a crontab there is not seen", "run doctor as root to look there too")
+    else:
+        yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
+               f"add to /etc/cron.d/redsky: {cron_line}")
 
 
 def bytecode_checks(config, runner, python=None):

@@ -543,22 +543,18 @@ def setup_logging(config, verbose=False):
     target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "")
     fmt = "redsky[%(process)d]: %(levelname)s %(message)s"
     quiet = False
-    if not target:                  # no syslog: data_dir/redsky.log, so cron mails only problems
-        try:
-            handler = logging.FileHandler(os.path.join(config.data_dir, "redsky.log"))
-            fmt = "%(asctime)s " + fmt
-        except OSError:             # no data_dir yet: problems only, on stderr
-            handler, quiet = logging.StreamHandler(sys.stderr), True
-    elif target == "syslog":
+    if target == "syslog":
         handler = SyslogHandler() if os.path.exists("/dev/log") else logging.StreamHandler(sys.stderr)
     elif target == "stderr":
         handler = logging.StreamHandler(sys.stderr)
-    else:
+    else:                           # no syslog: data_dir/redsky.log, so cron mails only problems
         try:
-            handler = logging.FileHandler(os.path.join(config.data_dir, target))
-        except OSError as e:
-            raise ConfigError(f"cannot open log file {target}: {e.strerror}")
-        fmt = "%(asctime)s " + fmt
+            handler = logging.FileHandler(os.path.join(config.data_dir, target or "redsky.log"))
+            fmt = "%(asctime)s " + fmt
+        except OSError as e:        # before `init` made data_dir: problems only, on stderr
+            if target and os.path.isdir(config.data_dir):
+                raise ConfigError(f"cannot open log file {target}: {e.strerror}")
+            handler, quiet = logging.StreamHandler(sys.stderr), True
     syslogged = isinstance(handler, SyslogHandler)       # syslog adds redsky[PID]: itself
     handler.setFormatter(logging.Formatter(fmt.split(": ", 1)[1] if syslogged else fmt))
     if quiet:

@@ -69,6 +69,22 @@ def test_a_database_from_a_newer_redsky_is_refused(rs):
     assert r.returncode == 78 and "schema version" in r.err
 
 
+@pytest.mark.parametrize("log", ["redsky.log", "logs/redsky.log"])
+def test_init_makes_data_dir_even_when_the_log_file_is_to_be_inside_it(tmp_path, log):
+    """`[redsky] log = redsky.log` names a file in data_dir, which init is about to make."""
+    config = tmp_path / "redsky.ini"
+    config.write_text(f"[redsky]\ndata_dir = data\nlog = {log}\n[send]\ntransport = maildir\n")
+    r = cli(["-c", str(config), "init"])
+    assert r.returncode == 0, r.err
+    assert (tmp_path / "data" / "redsky.db").exists()
+    if "/" not in log:                          # from now on the log is that file
+        cli(["-c", str(config), "queue", "--recipient", "nosuch@lists.example.org"], input=post())
+        assert "nosuch@lists.example.org" in (tmp_path / "data" / log).read_text()
+    else:                                       # a directory that does not exist is still an error
+        r = cli(["-c", str(config), "lists"])
+        assert r.returncode == 78 and "cannot open log file logs/redsky.log" in r.err
+
+
 def test_init_reports_paths_and_is_idempotent(rs):
     r = rs.run("init", check=0)
     assert str(rs.home / "redsky.db") in r.out and str(rs.home / "spool") in r.out

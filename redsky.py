@@ -7703,8 +7703,8 @@ def cmd_send(args, config):
     if verdict is not None:
         report(verdict.reason, logging.INFO)
         return verdict.code
-    if ctx.totals is not None:
-        log.info("send: %s", ctx.trace[-1][1])
+    if ctx.totals is not None:     # an idle run (every minute from cron) is worth no line
+        log.log(logging.INFO if any(ctx.totals.values()) else logging.DEBUG, "send: %s", ctx.trace[-1][1])
         if ctx.totals.get("unreadable"):
             report(f"{ctx.totals['unreadable']} queued posts cannot be read ({ctx.unreadable}); "
                    f"fix: chown -R {pipe_user(config)} {config.spool} and run queue as that user")

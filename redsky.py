@@ -303,8 +303,8 @@ SETTINGS = (
     ("commands", "held_expiry", "14d", "duration", "held posts and join requests nobody answered are"
      " dropped after this"),
     ("commands", "notify_rejected", "yes", "flag", "`reject` tells the sender why (`discard` never does)"),
-    ("bounces", "score_threshold", "5", "number", "the bounce score at which a member is disabled; a"
-     " report counts only when it returns a post the ledger shows was delivered to that member"),
+    ("bounces", "score_threshold", "5", "number", "the bounce score at which a member is disabled; only"
+     " a report at the member's signed address, or redsky's own failed delivery, counts (README: Bounces)"),
     ("bounces", "info_stale_after", "7d", "duration", "a score not raised for this long restarts from"
      " zero"),
     ("bounces", "you_are_disabled_warnings", "3", "number", "warnings (with a re-enable token) to a"

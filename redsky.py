@@ -21,7 +21,7 @@ Commands::
                       [--passphrase P] [--subject-tag T] [--footer F] [--owner ADDR]
                       [--subscribe-policy open|confirm|approve|confirm+approve|closed]
     redsky.py lists [--json]             redsky.py set LIST KEY VALUE
-    redsky.py dellist LIST
+    redsky.py dellist LIST [--dry-run]
     redsky.py subscribe [--welcome] LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
     redsky.py members LIST [--option OPT] [--json]   redsky.py acl LIST [add|del PATTERN...]
     redsky.py ban LIST [add|del PATTERN...]      redsky.py invite LIST ADDR...|-
@@ -1033,6 +1033,10 @@ SQL = {
                         " ON m.list_id = mb.list_id WHERE m.id = deliveries.message"
                         " AND mb.address = deliveries.address))",
     "list_spools": "SELECT spool FROM messages WHERE list_id = ?",
+    "list_contents": "SELECT (SELECT count(*) FROM members WHERE list_id = ?1) AS members,"
+                     " (SELECT count(*) FROM messages WHERE list_id = ?1 AND state = 'queued') AS queued,"
+                     " (SELECT count(*) FROM held WHERE list_id = ?1) AS held,"
+                     " (SELECT count(*) FROM pending WHERE list_id = ?1 AND used IS NULL) AS pending",
     "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
                      " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
     # a post to the members reached ?3 when the cursor passed a member with no row of a failure
@@ -7811,6 +7815,12 @@ def cmd_set(args, config):
 def cmd_dellist(args, config):
     store, row = store_and_list(config, args.list)
     spools = [r[0] for r in store.q("list_spools", row["id"])]
+    if args.dry_run:
+        what = store.q("list_contents", row["id"]).fetchone()
+        print(f"would delete list {list_address(row)}: {what['members']} members, {what['queued']} posts"
+              f" and notices waiting to be sent, {what['held']} held posts, {what['pending']} pending"
+              f" confirmations; its web pages go, its archive ({archive_path(config, row)}) stays")
+        return EX_OK
     with store.transaction():
         store.q("delete_list", row["id"])
     for name in spools:
@@ -9401,6 +9411,7 @@ def make_parser(wanted=None):
     p.add_argument("value")
     p = command("dellist", cmd_dellist, "delete a list, its members and its queued posts")
     p.add_argument("list")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     for name, func in (("subscribe", cmd_subscribe), ("unsubscribe", cmd_unsubscribe)):
         p = command(name, func, f"{name} addresses ('-': read stdin; 'Name <addr>' lines keep the name)")
         if name == "subscribe":

@@ -427,3 +427,17 @@ def test_ci_runs_the_readme_test_command():
     assert "python3 -m pytest" in line
     ci = (ROOT / ".ci" / "run").read_text()
     assert "# the test suite" in ci and "python3 -m pip install --quiet pytest" not in ci
+
+
+def test_dellist_dry_run_says_what_would_go_and_keeps_it(rs):
+    rs.newlist("team@lists.example.org", "--owner", "owner@example.org",
+               members=("a@example.org", "b@example.org", "c@example.org"))
+    rs.queue(post(to="team@lists.example.org"), recipient="team@lists.example.org", sender="a@example.org", check=0)
+    rs.queue(post(subject="from outside", to="team@lists.example.org"), recipient="team@lists.example.org",
+             sender="x@example.org", check=0)
+    out = rs.run("dellist", "team@lists.example.org", "--dry-run", check=0).out
+    assert out.startswith("would delete list team@lists.example.org: 3 members, ")
+    assert " 1 held posts, " in out and "archive" in out
+    assert len(rs.members("team@lists.example.org")) == 3            # nothing went
+    assert rs.run("dellist", "team@lists.example.org", check=0).out.startswith("deleted list")
+    assert rs.run("members", "team@lists.example.org").returncode == 67

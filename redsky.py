@@ -1684,8 +1684,10 @@ class RawMessage:
                 break
             if line[:1] in (b" ", b"\t") and self.fields:
                 self.fields[-1] += line
-            elif _FIELD.match(line):
-                self.fields.append(line)
+            elif _FIELD.match(line):            # obsolete syntax (RFC 5322 4.5): read, never written
+                colon = line.index(b":")
+                self.fields.append(line if line[colon - 1:colon] not in (b" ", b"\t") else
+                                   line[:colon].rstrip(b" \t") + line[colon:])
             else:
                 break             # not a header line: the body starts here (as Postfix does)
             pos = end
@@ -7330,7 +7332,7 @@ def cmd_queue(args, config):
     retries, up to [queue] max_failures times for the same message (poison_message)."""
     chain = build_chain(config.chain("queue"), "message", "queue")
     spec = globals().get("__spec__")
-    if spec is not None and spec.cached:        # imported, as the pipe's command line does
+    if spec is not None and spec.cached and sys.flags.isolated:     # imported by the pipe's `python3 -I`
         try:
             stale = os.stat(spec.cached).st_mtime < os.stat(spec.origin).st_mtime
         except OSError:

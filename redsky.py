@@ -1203,6 +1203,8 @@ SQL = {
     "digest_done": "DELETE FROM digest_posts WHERE list_id = ? AND id <= ?",
     "digest_numbering": "UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
     # the Postfix map, a database of its own (POSTFIX_MAP_SCHEMA)
+    "map_clear_domains": "DELETE FROM domains",
+    "map_clear_addresses": "DELETE FROM addresses",
     "map_domain": "INSERT OR IGNORE INTO domains VALUES (?)",
     "map_address": "INSERT OR IGNORE INTO addresses VALUES (?)",
 }
@@ -1460,9 +1462,12 @@ def open_store(config, durable=True, create=False):
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
 
 
-# Postfix reads the list addresses from a small SQLite file of its own that redsky replaces
-# atomically (write, fsync, rename) whenever the lists change. It never opens the live database: no
-# WAL files it would need to write, no lock it could meet, and members' addresses stay private.
+# Postfix reads the list addresses from a small SQLite file of its own, never the live database:
+# no WAL files it would need to write, no lock of ours it could meet, and members' addresses stay
+# private.  redsky makes it once (write, fsync, rename) and then changes it in place, in one
+# transaction: Postfix's daemons keep the file open, so a file replaced by rename would go on
+# answering from the old lists until they restart, while a change in place is seen at their next
+# lookup (SQLite rereads a file another process changed).
 POSTFIX_MAP_SCHEMA = """\
 CREATE TABLE domains (domain TEXT PRIMARY KEY);
 CREATE TABLE addresses (address TEXT PRIMARY KEY);
@@ -1470,16 +1475,33 @@ CREATE TABLE addresses (address TEXT PRIMARY KEY);
 
 
 def write_postfix_map(path, domains, addresses):
+    def fill(db):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(SQL["map_clear_domains"])
+        db.execute(SQL["map_clear_addresses"])
+        db.executemany(SQL["map_domain"], [(d,) for d in sorted(domains)])
+        db.executemany(SQL["map_address"], [(a,) for a in sorted(addresses)])
+        db.execute("COMMIT")
+    if os.path.exists(path):
+        db = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            try:
+                ours = db.execute("PRAGMA journal_mode").fetchone()[0] == "delete" and \
+                    {r[0] for r in db.execute("SELECT name FROM sqlite_master")} >= {"domains", "addresses"}
+            except sqlite3.DatabaseError:   # not a database: made anew below
+                ours = False
+            if ours:
+                db.execute("PRAGMA synchronous = FULL")
+                return fill(db)
+        finally:
+            db.close()
     tmp = f"{path}.{os.getpid()}.tmp"
     _unlink_quietly(tmp)
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = DELETE")
         db.executescript(POSTFIX_MAP_SCHEMA)
-        db.execute("BEGIN")
-        db.executemany(SQL["map_domain"], [(d,) for d in sorted(domains)])
-        db.executemany(SQL["map_address"], [(a,) for a in sorted(addresses)])
-        db.execute("COMMIT")
+        fill(db)
     finally:
         db.close()
     os.chmod(tmp, 0o644)                   # Postfix's daemons (user postfix) read it

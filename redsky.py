@@ -7211,6 +7211,10 @@ def cmd_postfix_config(args, config):
     as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
     cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
     cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
+    if args.apply and not os.path.isfile(os.path.join(cf_dir, "main.cf")):     # before writing anything
+        raise Failure(f"Postfix has no {os.path.join(cf_dir, 'main.cf')} to merge into (Debian's \"No"
+                      " configuration\"): run `dpkg-reconfigure postfix` and choose \"Internet Site\" (or"
+                      f" copy /usr/share/postfix/main.cf.debian to {cf_dir}/main.cf), then this again", EX_CONFIG)
     if args.write or args.apply:
         os.makedirs(cf_dir, exist_ok=True)
         files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
@@ -7295,8 +7299,11 @@ def postfix_apply(cf_dir, main, master):
             shutil.copy2(path, f"{path}.redsky-{stamp}")
             yield f"backup: {path}.redsky-{stamp}"
     for argv, line in changes:
-        if postconf(*argv) is None:
-            raise Failure(f"postconf {' '.join(argv)} failed", EX_CONFIG)
+        r = run_program([shutil.which("postconf") or "/usr/sbin/postconf", *argv])
+        if r is None or r.returncode != 0:
+            said = one_line(r.stderr or r.stdout, 300) if r else "it could not be run"
+            raise Failure(f"postconf {' '.join(argv)} failed: {said} (main.cf and master.cf are as the backups"
+                          f" above, but for the lines before this one); fix that and run this again", EX_CONFIG)
         yield line
     yield "now run: postfix reload"
 

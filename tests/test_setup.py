@@ -159,6 +159,34 @@ def test_apply_merges_into_a_live_configuration_once(site):
     assert owners(site / "data") == {"nobody"}             # the map was made as the list user
 
 
+@pytest.mark.mta
+@needs_root
+@needs_postconf
+def test_apply_on_a_postfix_with_no_main_cf_says_what_to_do_and_writes_nothing(site):
+    """Debian's "No configuration" leaves no main.cf: --apply used to write its files, then print
+    only "postconf -e ... failed"."""
+    etc = site / "etc"
+    etc.mkdir()
+    (etc / "master.cf").write_text("smtp      inet  n       -       n       -       -       smtpd\n")
+    redsky_as(site, "init")
+    r = redsky_as(site, "postfix-config", "--apply", "--dir", str(etc), env={"MAIL_CONFIG": str(etc)})
+    assert r.returncode == 78, r.err
+    assert f"no {etc}/main.cf" in r.err and "dpkg-reconfigure postfix" in r.err
+    assert sorted(p.name for p in etc.iterdir()) == ["master.cf"]          # nothing written
+    # a postconf that refuses a change says why, in its own words
+    (etc / "main.cf").write_text("compatibility_level = 3.6\n")
+    fake = site / "bin"
+    fake.mkdir()
+    (fake / "postconf").write_text("#!/bin/sh\ncase \"$1\" in -e|-M) case \"$2\" in *=*) echo 'postconf: fatal:"
+                                   " open /x/main.cf: Read-only file system' >&2; exit 1;; esac;; esac\n"
+                                   "exec /usr/sbin/postconf \"$@\"\n")
+    (fake / "postconf").chmod(0o755)
+    fake.chmod(0o755)
+    r = redsky_as(site, "postfix-config", "--apply",
+                  env={"MAIL_CONFIG": str(etc), "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.returncode == 78 and "failed: postconf: fatal: open /x/main.cf: Read-only file system" in r.err, r.err
+
+
 def doctor_fails(r):
     return [line for line in r.out.splitlines() if line.startswith("FAIL")]
 

@@ -34,6 +34,7 @@ Commands::
     redsky.py enable LIST ADDR           redsky.py status [--json]
     redsky.py trace MESSAGE-ID           redsky.py doctor
     redsky.py config [--defaults|--changed]
+    redsky.py backup FILE [--wait SECONDS]   redsky.py restore FILE
     redsky.py postfix-config [--write|--apply]   redsky.py schema
     redsky.py export LIST [--output FILE]
     redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
@@ -1061,6 +1062,7 @@ SQL = {
                         " ON m.list_id = mb.list_id WHERE m.id = deliveries.message"
                         " AND mb.address = deliveries.address))",
     "list_spools": "SELECT spool FROM messages WHERE list_id = ?",
+    "queued_spools": "SELECT spool FROM messages WHERE state = 'queued' ORDER BY id",
     "list_contents": "SELECT (SELECT count(*) FROM members WHERE list_id = ?1) AS members,"
                      " (SELECT count(*) FROM messages WHERE list_id = ?1 AND state = 'queued') AS queued,"
                      " (SELECT count(*) FROM held WHERE list_id = ?1) AS held,"
@@ -7214,7 +7216,8 @@ def cmd_postfix_config(args, config):
     if args.apply and not os.path.isfile(os.path.join(cf_dir, "main.cf")):     # before writing anything
         raise Failure(f"Postfix has no {os.path.join(cf_dir, 'main.cf')} to merge into (Debian's \"No"
                       " configuration\"): run `dpkg-reconfigure postfix` and choose \"Internet Site\" (or"
-                      f" copy /usr/share/postfix/main.cf.debian to {cf_dir}/main.cf), then this again", EX_CONFIG)
+                      f" copy /usr/share/postfix/main.cf.debian to {cf_dir}/main.cf), then this again",
+                      EX_CONFIG)
     if args.write or args.apply:
         os.makedirs(cf_dir, exist_ok=True)
         files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
@@ -7302,8 +7305,9 @@ def postfix_apply(cf_dir, main, master):
         r = run_program([shutil.which("postconf") or "/usr/sbin/postconf", *argv])
         if r is None or r.returncode != 0:
             said = one_line(r.stderr or r.stdout, 300) if r else "it could not be run"
-            raise Failure(f"postconf {' '.join(argv)} failed: {said} (main.cf and master.cf are as the backups"
-                          f" above, but for the lines before this one); fix that and run this again", EX_CONFIG)
+            raise Failure(f"postconf {' '.join(argv)} failed: {said} (main.cf and master.cf are as the"
+                          " backups above, but for the lines before this one); fix that and run this again",
+                          EX_CONFIG)
         yield line
     yield "now run: postfix reload"
 
@@ -8281,6 +8285,132 @@ def cmd_trace(args, config):
             detail = f"{b['status']} {b['cause']} ({b['source']} report) {b['diagnostic']}"[:200]
         print(f"    {d['address']:30} {d['state']:8} attempts {d['attempts']}  {when}  {detail}")
     return EX_OK
+
+
+# Backup and restore -------------------------------------------------------------
+# One tar file holds the state of an installation: the database (a snapshot by SQLite's online
+# backup), the spool file of every post still waiting, the archive, the web pages, the quarantine
+# and the configuration.  `send` is kept out while it is taken (send.lock): what the snapshot says
+# was delivered is exactly what was, so a restored installation delivers each waiting post once.
+BACKUP_PARTS = (("archive", "archive", "dir"), ("pages", "web", "pages"),
+                ("quarantine", "filter", "quarantine"))
+
+
+def cmd_backup(args, config):
+    import shutil
+    import tarfile
+    import tempfile
+    target, folder = os.path.abspath(args.file), None
+    lock = os.open(os.path.join(config.data_dir, "send.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + args.wait
+    try:
+        while True:                         # a running send finishes its run first
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Failure(f"`send` has been running for {args.wait:g} s: try again later",
+                                  EX_TEMPFAIL)
+                time.sleep(0.2)
+        store = open_store(config)
+        mask = os.umask(0o077)              # members, posts and the installation's key: root's eyes only
+        try:
+            folder = tempfile.mkdtemp(prefix=".redsky-backup-", dir=os.path.dirname(target))
+            snapshot = os.path.join(folder, "redsky.db")
+            copy = sqlite3.connect(snapshot)
+            try:
+                store.db.backup(copy)
+            finally:
+                copy.close()
+            spools = [row[0] for row in store.q("queued_spools")]
+            mode = "w:gz" if target.endswith((".gz", ".tgz")) else "w"
+            with tarfile.open(f"{target}.tmp", mode, format=tarfile.PAX_FORMAT) as tar:
+                tar.add(snapshot, "redsky.db")
+                for name in spools:
+                    tar.add(os.path.join(config.spool, name), f"spool/{name}")
+                for part, section, key in BACKUP_PARTS:
+                    path = config.path_of(section, key)
+                    if os.path.isdir(path):
+                        tar.add(path, part, filter=lambda i: i if i.isreg() or i.isdir() else None)
+                if config.path:
+                    tar.add(config.path, "redsky.ini")
+            with open(f"{target}.tmp", "rb") as fh:
+                os.fsync(fh.fileno())
+            os.rename(f"{target}.tmp", target)
+        except OSError as e:
+            _unlink_quietly(f"{target}.tmp")
+            raise Failure(f"cannot write the backup {target}: {e.strerror or e}", EX_TEMPFAIL)
+        finally:
+            os.umask(mask)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            store.close()
+    finally:
+        os.close(lock)                      # send may run again
+    print(f"backup {target}: the database, {len(spools)} waiting posts, "
+          f"{', '.join(p for p, s, k in BACKUP_PARTS if os.path.isdir(config.path_of(s, k))) or 'no archive'}"
+          f"{', the config' if config.path else ''}")
+    return EX_OK
+
+
+def cmd_restore(args, config):
+    """Restore a backup into an empty data directory; the configuration it held is put beside it
+    for you to compare (the one in use is not changed)."""
+    import tarfile
+    if os.path.exists(config.database):
+        raise Failure(f"{config.data_dir} has a database already: restore goes into an empty data"
+                      " directory (move it away, or set another data_dir)", EX_USAGE)
+    places = {"spool": config.spool, "redsky.db": config.database,
+              "redsky.ini": os.path.join(config.data_dir, "redsky.ini.from-backup"),
+              **{part: config.path_of(section, key) for part, section, key in BACKUP_PARTS}}
+    try:
+        tar = tarfile.open(args.file, "r:*")
+    except (OSError, tarfile.TarError) as e:
+        raise Failure(f"cannot read the backup {args.file}: {e}", EX_DATAERR)
+    written = []
+    try:
+        with tar:
+            members = tar.getmembers()
+            for info in members:            # a file someone handed over: only what a backup holds
+                parts, plain = info.name.split("/"), info.isreg() or info.isdir()
+                if not plain or info.name.startswith("/") or ".." in parts or parts[0] not in places \
+                        or (parts[0] in ("redsky.db", "redsky.ini") and len(parts) > 1):
+                    raise Failure(f"{args.file} is not a redsky backup: it holds {info.name!r}"
+                                  f" ({'elsewhere' if plain else 'a link or device'})", EX_DATAERR)
+            if "redsky.db" not in [m.name for m in members]:
+                raise Failure(f"{args.file} is not a redsky backup: it has no redsky.db", EX_DATAERR)
+            for info in members:
+                parts = info.name.split("/")
+                path = os.path.join(places[parts[0]], *parts[1:])
+                if info.isdir():
+                    os.makedirs(path, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with tar.extractfile(info) as source, open(path, "xb") as fh:
+                    while True:
+                        chunk = source.read(1 << 20)
+                        if not chunk:
+                            break
+                        fh.write(chunk)
+                written.append(path)
+    except FileExistsError as e:
+        raise Failure(f"{e.filename} exists already: restore goes into an empty data directory", EX_USAGE)
+    except (OSError, tarfile.TarError) as e:
+        for path in written:
+            _unlink_quietly(path)
+        raise Failure(f"cannot restore {args.file}: {e}", EX_TEMPFAIL)
+    store = open_store(config)               # an older backup is upgraded here
+    waiting = [name for (name,) in store.q("queued_spools")]
+    missing = [name for name in waiting if not os.path.exists(os.path.join(config.spool, name))]
+    export_postfix_map(config, store)
+    lists = store.q("all_lists").fetchall()
+    store.close()
+    print(f"restored {args.file} into {config.data_dir}: {len(lists)} lists, {len(waiting)} waiting posts"
+          + (f" ({len(missing)} without their spool file!)" if missing else "")
+          + (f"; its configuration is {places['redsky.ini']}" if os.path.exists(places["redsky.ini"])
+             else ""))
+    return EX_TEMPFAIL if missing else EX_OK
 
 
 # ---------------------------------------------------------------------------
@@ -9503,6 +9633,12 @@ def make_parser(wanted=None):
     p.add_argument("--search", metavar="TEXT", help="only posts whose From, Subject or text contains TEXT")
     p.add_argument("--output", metavar="FILE", help="export: write the mbox here instead of stdout")
     p.add_argument("--json", action="store_true")
+    p = command("backup", cmd_backup, "everything of this installation in one tar file, taken online")
+    p.add_argument("file", metavar="FILE", help="the tar file (.tar.gz or .tgz: compressed)")
+    p.add_argument("--wait", type=float, default=300, metavar="SECONDS",
+                   help="how long to wait for a running send to finish (default 300)")
+    p = command("restore", cmd_restore, "restore a backup into an empty data directory")
+    p.add_argument("file", metavar="FILE")
     p = command("export", cmd_export, "a list as one JSON document (and its archive as FILE.mbox)")
     p.add_argument("list")
     p.add_argument("--output", metavar="FILE", help="write FILE (and FILE.mbox) instead of stdout")

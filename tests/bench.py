@@ -22,6 +22,8 @@ script, beside `python3 -c pass`, mlmmj's receive + process and `lmtp` per
 message: CPU (user + system) and peak RSS.
 `--intake`: posts per second and CPU per post through `queue` (a process
 per message, as an MTA pipe runs it) against `lmtp` (one server).
+`--backup [N]`: issue 30's table, `backup` and `restore` of a list of N
+members (default 100,000) with 1,000 archived posts and 100 waiting.
 `--web [N]`: issue 20's table for N members (default 100,000): `queue` with
 a private and with a public archive (its pages written), `send` per recipient
 with and without one-click headers, a one-click POST and page GETs against
@@ -631,6 +633,55 @@ def web_table(runs, n):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
+def backup_table(runs, members):
+    """`backup` (plain and gzip) and `restore` of N members, 1,000 archived posts, 100 waiting."""
+    home = Home(members)
+    home.configure("[archive]\ndir = archive\n")
+    subprocess.run(home.cmd("set", "bench@lists.example.org", "archive", "private"), check=True,
+                   stdout=subprocess.DEVNULL)
+    sys.path.insert(0, str(HERE.parent))
+    import io
+    import redsky
+    logging.getLogger("redsky").setLevel(logging.WARNING)
+    for n in range(1_100):                  # in this process: 1,100 queue runs would take a minute
+        data = POST.replace(b"<bench@example.org>", b"<bench%d@example.org>" % n)
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+        assert redsky.main(["-c", str(home.config), "queue", "--recipient", "bench@lists.example.org"]) == 0
+        if n == 999:                        # the first 1,000 are delivered, 100 wait
+            db = sqlite3.connect(home.dir / "redsky.db")
+            with db:
+                db.execute("UPDATE messages SET state = 'done', member_cursor = NULL")
+            db.close()
+    sys.stdin = sys.__stdin__
+    os.umask(0o022)                         # main() set redsky's own
+    logging.getLogger("redsky").handlers.clear()
+    rows = []
+    for name in ("backup.tar", "backup.tar.gz"):
+        target = home.dir.parent / f"{home.dir.name}-{name}"
+        results = []
+        for _ in range(runs):
+            target.unlink(missing_ok=True)
+            results.append(measure(home.cmd("backup", str(target)), cpu=True))
+        wall, rss, cpu = (statistics.median(r[i] for r in results) for i in range(3))
+        rows.append((f"backup {name}", f"{wall:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MB",
+                     f"{target.stat().st_size / 1e6:.1f} MB"))
+    results = []
+    for _ in range(runs):
+        fresh = Path(tempfile.mkdtemp(prefix="redsky-restore-"))
+        (fresh / "redsky.ini").write_text("[redsky]\nlog = stderr\n[archive]\ndir = archive\n")
+        results.append(measure([PYTHON, REDSKY, "-c", str(fresh / "redsky.ini"), "restore", str(target)],
+                               cpu=True))
+        shutil.rmtree(fresh, ignore_errors=True)
+    wall, rss, cpu = (statistics.median(r[i] for r in results) for i in range(3))
+    rows.append(("restore (from .tar.gz)", f"{wall:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MB", ""))
+    size = (home.dir / "redsky.db").stat().st_size / 1e6
+    print(f"{members:,} members, 1,000 archived posts, 100 waiting; database {size:.1f} MB; median of {runs}")
+    print(f"{'':24} {'wall':>8} {'CPU':>8} {'peak RSS':>9} {'file':>9}")
+    for row in rows:
+        print(f"{row[0]:24} {row[1]:>8} {row[2]:>8} {row[3]:>9} {row[4]:>9}")
+    home.cleanup()
+
+
 def main():
     global PYTHON
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -649,11 +700,15 @@ def main():
     ap.add_argument("--pipe", type=int, metavar="N", nargs="?", const=100_000,
                     help="only the pipe: one post to 10 and N members (default 100,000) through the MTA's"
                          " pipe command line, as a script, beside python3 -c pass, mlmmj and lmtp")
+    ap.add_argument("--backup", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only backup and restore of N members (default 100,000) with 1,000 archived posts")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
     if args.pipe:
         return pipe_table(args.runs, (10, args.pipe))
+    if args.backup:
+        return backup_table(args.runs, args.backup)
     if args.delivery:
         return delivery_table(args.runs, args.delivery)
     if args.web:

@@ -134,3 +134,26 @@ def test_backup_waits_for_a_running_send_and_says_so_when_it_cannot(rs, tmp_path
         r = rs.run("backup", str(tmp_path / "b.tar"), "--wait", "0.5")
     assert r.returncode == 75 and "send" in r.err
     assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob("b.tar*"))
+
+
+def test_the_readmes_backup_block_works_as_written(tmp_path):
+    """The README's commands, with its paths made this test's: back up one host, restore on another."""
+    from conftest import readme_block
+    block = readme_block("backup", "sh").splitlines()
+    old, new = Redsky(tmp_path / "old"), Redsky(tmp_path / "new")
+    old.newlist(LIST, members=("bob@example.net", "ann@example.org"))
+    old.queue(post(to=LIST, sender="bob@example.net"), recipient=LIST, sender="bob@example.net", check=0)
+    (new.home / "redsky.db").unlink(missing_ok=True)
+    (tmp_path / "backups").mkdir()
+    day = time.strftime("%Y-%m-%d")
+    prefix = "python3 /opt/redsky/redsky.py -c /etc/redsky/redsky.ini "
+    commands = [line for line in block if line.strip() and not line.startswith("#")]
+    assert commands and all(line.startswith(prefix) for line in commands), commands
+    for line in commands:
+        line = line[len(prefix):].replace("$(date +%F)", day).replace("2026-12-05", day)
+        args = [word.replace("/var/backups", str(tmp_path / "backups")) for word in line.split()]
+        r = (old if args[0] == "backup" else new).run(*args)
+        assert r.returncode == 0, (line, r.err)
+    assert new.sent_to() == ["ann@example.org", "bob@example.net"] or \
+        sorted(new.sent_to()) == ["ann@example.org", "bob@example.net"]
+    assert old.sent_to() == []

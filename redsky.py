@@ -7048,7 +7048,7 @@ def redirect(name):
     another host, and it holds under any base_url or proxy prefix."""
     from urllib.parse import quote
     target = f"./{quote(name, safe='@.+_-')}/"
-    if not re.fullmatch(r"\./[A-Za-z0-9][A-Za-z0-9@.+_%-]*/", target):
+    if not re.fullmatch(r"\./(?!\.)[A-Za-z0-9@.+_%-]+/", target):
         return not_found()
     return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
                         [("Location", target)])
@@ -7065,7 +7065,7 @@ def client_network(config, environ):
             proxies.append(ipaddress.ip_network(net, strict=False))
         except ValueError:
             raise ConfigError(f"[web] trusted_proxies: {net!r} is not a network")
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")[-1000:].split(",")
+    forwarded = [hop for hop in environ.get("HTTP_X_FORWARDED_FOR", "")[-1000:].split(",") if hop.strip()]
     ip = None
     for hop in [environ.get("REMOTE_ADDR", "")] + forwarded[::-1]:
         try:

@@ -2715,7 +2715,7 @@ def check_token(key, purpose, scope, subject, token, now, max_age, min_age=0):
     if not hmac.compare_digest(_token_mac(key, purpose, scope, subject, issued, nonce), m.group(3)):
         return "bad", ""
     age = now - issued
-    return ("young" if age < min_age else "stale" if age > max_age or age < -60 else "ok"), nonce
+    return ("stale" if age > max_age or age < -60 else "young" if age < min_age else "ok"), nonce
 
 
 def _token_mac(key, purpose, scope, subject, issued, nonce):

@@ -977,3 +977,219 @@ def test_the_readme_nginx_blocks_redirect_only_to_the_site(nginx, web):
     proxy, cgi_server, _ = nginx
     for base in (proxy, cgi_server):
         assert_stays_on_the_site(int(base.rsplit(":", 1)[1]), b"/redsky")
+
+
+# --- issue 29: the subscribe form mails no stranger ------------------------------------
+
+def aged_form(rs, age=10.0, address=LIST, purpose="subscribe", subject=""):
+    """A form token as the list's page gave it ``age`` seconds ago."""
+    import redsky
+    return redsky.sign_token(rs.verp_key(), purpose, address, subject, issued=time.time() - age)
+
+
+def page_form(page):
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page))
+
+
+def pending(rs):
+    return {p["address"] for p in json.loads(rs.run("pending", "--json", check=0).out)}
+
+
+def post_form(rs, address, remote="192.0.2.10", age=10.0, **fields):
+    """POST the subscribe form with a token ``age`` seconds old: (status, answer with ADDR for the address)."""
+    status, _, body = wsgi(rs, f"/{LIST}/", "POST", {"form": aged_form(rs, age), "address": address, **fields},
+                           remote=remote)
+    return status, body.replace(address, "ADDR")
+
+
+def mailed(rs):
+    """Who `send` delivers the queued notices to."""
+    rs.run("send", check=0)
+    return sorted(rs.sent_to())
+
+
+def test_signed_tokens_are_bound_to_purpose_scope_subject_and_age():
+    import redsky
+    token = redsky.sign_token("k", "subscribe", "Test@Lists.example.org", "", issued=1000)
+    assert re.fullmatch(r"[0-9a-f]+-[0-9a-f]{16}-[0-9a-f]{32}", token)
+    check = lambda *a, **kw: redsky.check_token(*a, **kw)[0]       # noqa: E731
+    assert check("k", "subscribe", "test@lists.example.org", "", token, 1010, 3600, 3) == "ok"
+    assert check("k", "subscribe", "test@lists.example.org", "", token.upper(), 1010, 3600, 3) == "ok"
+    assert check("k", "subscribe", "test@lists.example.org", "", token, 1002, 3600, 3) == "young"
+    assert check("k", "subscribe", "test@lists.example.org", "", token, 4601, 3600, 3) == "stale"
+    assert check("k", "subscribe", "test@lists.example.org", "", token, 900, 3600) == "stale"    # from the future
+    for wrong in (("other", "subscribe", "test@lists.example.org", ""), ("k", "leave", "test@lists.example.org", ""),
+                  ("k", "subscribe", "other@lists.example.org", ""), ("k", "subscribe", "test@lists.example.org", "x")):
+        assert check(*wrong, token, 1010, 3600) == "bad", wrong
+    issued, nonce, mac = token.split("-")
+    for forged in (f"{int(issued, 16) + 1:x}-{nonce}-{mac}", f"{issued}-{nonce[::-1]}-{mac}", token[:-1] + "0",
+                   token + "0", "", None, "x" * 5000, f"{issued}-{nonce}", token.replace("-", ".")):
+        assert check("k", "subscribe", "test@lists.example.org", "", forged, 1010, 3600) in ("bad",), forged
+    assert redsky.check_token("k", "subscribe", "test@lists.example.org", "", token, 1010, 3600)[1] == nonce
+    assert redsky.sign_token("k", "subscribe", "x@y") != redsky.sign_token("k", "subscribe", "x@y")
+
+
+def test_a_subscribe_form_counts_only_with_a_fresh_token_of_its_list_taken_once(lst):
+    """Issue 29.7: a POST that did not come from this list's page, came back faster than a person
+    fills a form, or too late, mails nobody and says "please try again"; the page's token works
+    once, after [web] form_min_age (3 s: one real wait here)."""
+    lst.run("newlist", "other@lists.example.org", check=0)
+    status, _, page = wsgi(lst, f"/{LIST}/")
+    fields = page_form(page)
+    assert status == 200 and set(fields) == {"form"}
+    tries = {"no token": {}, "the page's, at once": fields, "two hours old": {"form": aged_form(lst, 7200)},
+             "another list's": {"form": aged_form(lst, address="other@lists.example.org")},
+             "another purpose": {"form": aged_form(lst, purpose="leave")},
+             "from the future": {"form": aged_form(lst, -600)},
+             "forged": {"form": aged_form(lst)[:-2] + "00"}}
+    for n, (why, form) in enumerate(tries.items()):
+        status, _, body = wsgi(lst, f"/{LIST}/", "POST", {**form, "address": f"s{n}@example.com"})
+        assert status == 400 and "Please try again" in body and f'value="s{n}@example.com"' in body, why
+        assert page_form(body)["form"] != form.get("form"), why          # a new form to send
+    assert ("quicker than a person" in wsgi(lst, f"/{LIST}/", "POST", {**fields, "address": "q@example.com"})[2])
+    assert pending(lst) == set()
+    time.sleep(3.2)
+    assert wsgi(lst, f"/{LIST}/", "POST", {**fields, "address": "person@example.com"})[0] == 200
+    replay = wsgi(lst, f"/{LIST}/", "POST", {**fields, "address": "second@example.com"})
+    assert replay[0] == 200 and "second@example.com" in replay[2]          # the usual answer ...
+    assert pending(lst) == {"person@example.com"}                         # ... and nothing sent
+    assert mailed(lst) == ["person@example.com"]
+
+
+def test_one_client_network_cannot_mail_forty_strangers(lst):
+    """The issue's script: 40 different addresses from one client, each with a good token, make
+    [web] subscribe_per_client (5) confirmations; an IPv6 /64 is one client; behind a trusted proxy
+    the client is what X-Forwarded-For's last hop names, not what the client wrote before it."""
+    answers = set()
+    for i in range(40):
+        answers.add(post_form(lst, f"stranger{i}@example.com", remote="198.51.100.7"))
+    assert len(answers) == 1 and next(iter(answers))[0] == 200
+    assert len(pending(lst)) == 5
+    for i, remote in enumerate(["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::3%eth0"] * 3):
+        post_form(lst, f"six{i}@example.com", remote=remote)
+    assert len(pending(lst)) == 10
+    assert post_form(lst, "mapped@example.com", remote="::ffff:198.51.100.7")[0] == 200
+    for i, forwarded in enumerate(["203.0.113.9", "192.0.2.1, 203.0.113.9", "10.9.9.9 , 203.0.113.9, 127.0.0.1"] * 3):
+        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"proxied{i}@example.com"},
+             remote="127.0.0.1", headers={"HTTP_X_FORWARDED_FOR": forwarded})
+    assert len(pending(lst)) == 15 and "mapped@example.com" not in pending(lst)
+    for i in range(3):                   # an untrusted client's own X-Forwarded-For names nobody
+        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"liar{i}@example.com"},
+             remote="198.51.100.7", headers={"HTTP_X_FORWARDED_FOR": f"192.0.2.{i}"})
+    assert len(pending(lst)) == 15
+    assert len([a for a in mailed(lst) if a not in MEMBERS]) == 15
+
+
+def test_client_networks_as_budgets_count_them(lst):
+    import redsky
+    config = redsky.Config(str(lst.config))
+    net = lambda remote, forwarded="": redsky.client_network(         # noqa: E731
+        config, {"REMOTE_ADDR": remote, **({"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {})})
+    assert net("192.0.2.7") == "192.0.2.7" and net("::ffff:192.0.2.7") == "192.0.2.7"
+    assert net("2001:DB8:0:1:2:3:4:5") == net("2001:db8:0:1::9") == "2001:db8:0:1::/64"
+    assert net("2001:db8:0:2::9") != net("2001:db8:0:1::9")
+    assert net("127.0.0.1") == "127.0.0.1" and net("::1") == "::/64"
+    assert net("127.0.0.1", "[2001:db8::7]") == "2001:db8::/64"
+    assert net("127.0.0.1", "garbage") == net("", "") == net("not an address") == "unknown"
+    assert net("192.0.2.7", "198.51.100.1") == "192.0.2.7"
+    lst.write_config(web={"trusted_proxies": "192.0.2.0/24, 2001:db8::/32"})
+    config = redsky.Config(str(lst.config))
+    assert net("192.0.2.7", "198.51.100.1, 192.0.2.9") == "198.51.100.1"
+    assert net("127.0.0.1", "198.51.100.1") == "127.0.0.1"
+    lst.write_config(web={"trusted_proxies": "192.0.2.0/33"})
+    with pytest.raises(redsky.ConfigError):
+        redsky.client_network(redsky.Config(str(lst.config)), {"REMOTE_ADDR": "192.0.2.7"})
+
+
+def test_a_list_takes_a_few_requests_an_hour_and_a_day_and_the_owners_hear_of_it_once(lst):
+    """[web] subscribe_per_list per hour over all clients; [web] subscribe_per_day for requests
+    that may mail someone, after which the owners get one notice that day, however many more come."""
+    lst.run("set", LIST, "owners", "owner@example.org", check=0)
+    lst.write_config(web={"subscribe_per_list": "4"})
+    for i in range(9):
+        post_form(lst, f"hour{i}@example.com", remote=f"198.51.100.{i}")
+    assert len(pending(lst)) == 4
+    lst.write_config(web={"subscribe_per_list": "0", "subscribe_per_day": "6"})
+    answers = {post_form(lst, f"day{i}@example.com", remote=f"203.0.113.{i}") for i in range(12)}
+    assert len(answers) == 1 and answers.pop()[0] == 200
+    assert len(pending(lst)) == 6           # the day's 6 counted the hour's 4 too
+    for i in range(3):
+        post_form(lst, f"later{i}@example.com", remote=f"192.0.2.{i}")
+    sent = [(argv[-1], parse(data)["Subject"]) for argv, data in (lst.run("send", check=0), lst.sent())[1]]
+    told = [subject for to, subject in sent if to == "owner@example.org"]
+    assert told == ["test@lists.example.org: the subscribe form reached its daily limit"]
+    assert sorted(to for to, _ in sent if to != "owner@example.org") == sorted(pending(lst))
+
+
+def test_a_field_no_person_fills_stops_robots_silently(lst):
+    status, _, page = wsgi(lst, f"/{LIST}/")
+    field = re.search(r'<p class="hp"><label>Leave this empty <input name="website" tabindex="-1"'
+                      r' autocomplete="off"></label></p>', page)
+    assert field and ".hp{position:absolute;width:1px;height:1px;overflow:hidden;" in page   # the stylesheet's
+    assert "hidden" not in field.group(0) and "style=" not in page
+    good = post_form(lst, "person@example.com", remote="192.0.2.20")
+    for i in range(5):
+        assert post_form(lst, f"robot{i}@example.com", website="https://spam.example") == good
+    assert post_form(lst, "after@example.com") == good                    # the robots used the budget
+    assert pending(lst) == {"person@example.com"}
+
+
+def test_owners_can_ask_a_question(lst):
+    """A list's subscribe_question and subscribe_answers (set LIST ...): the answer is checked
+    case-insensitively, spaces aside; a wrong one is an error a person can put right, until the
+    client's budget is used up, then it gets the usual answer too."""
+    lst.run("set", LIST, "subscribe_question", "What colour <is> the sky?", check=0)
+    assert 'name="answer"' not in wsgi(lst, f"/{LIST}/")[2]            # no answers: not asked
+    lst.run("set", LIST, "subscribe_answers", " Blue |azure  | | sky   blue ", check=0)
+    (row,) = json.loads(lst.run("lists", "--json", check=0).out)
+    assert row["subscribe_answers"] == "Blue | azure | sky blue"
+    page = wsgi(lst, f"/{LIST}/")[2]
+    assert "What colour &lt;is&gt; the sky?" in page and 'name="answer" required' in page
+    status, body = post_form(lst, "person@example.com", answer="green")
+    assert status == 400 and "not the answer" in body and 'value="ADDR"' in body
+    assert post_form(lst, "blank@example.com")[0] == 400
+    for answer in ("  AZURE ", "Sky\tBlue", "bLUE"):
+        assert post_form(lst, f"{answer.split()[0].lower()}@example.com", remote="192.0.2.30", answer=answer)[0] == 200
+    assert pending(lst) == {"azure@example.com", "sky@example.com", "blue@example.com"}
+    for i in range(3):
+        post_form(lst, f"guess{i}@example.com", answer=f"guess {i}")         # 5 tries of 192.0.2.10 used
+    assert post_form(lst, "guess@example.com", answer="red") == post_form(lst, "x@example.com", answer="blue")
+    assert len(pending(lst)) == 3
+    assert lst.run("set", LIST, "subscribe_answers", "|".join(map(str, range(21)))).returncode == 65
+    assert lst.run("set", LIST, "subscribe_answers", "x" * 101).returncode == 65
+
+
+def test_the_answer_is_the_same_whatever_happened_and_a_refused_form_mails_nobody(lst):
+    """A new address, a member, a banned one, a robot, a replay, a client without budget, a list
+    without room: one page, one status; only the first and the member's reply send mail."""
+    lst.run("ban", LIST, "add", "*@banned.example", check=0)
+    lst.write_config(web={"subscribe_per_client": "3"})
+    form = aged_form(lst)
+    cases = [("new@example.com", {"form": form}, "192.0.2.40"), ("bob@example.net", {}, "192.0.2.41"),
+             ("someone@banned.example", {}, "192.0.2.42"), ("robot@example.com", {"website": "x"}, "192.0.2.43"),
+             ("replay@example.com", {"form": form}, "192.0.2.44")]
+    cases += [(f"budget{i}@example.com", {}, "192.0.2.45") for i in range(5)]
+    answers = set()
+    for address, fields, remote in cases:
+        status, _, body = wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": address, **fields},
+                               remote=remote)
+        answers.add((status, body.replace(address, "ADDR")))
+    assert len(answers) == 1 and answers.pop()[0] == 200
+    assert pending(lst) == {"new@example.com", "budget0@example.com", "budget1@example.com", "budget2@example.com"}
+    assert set(mailed(lst)) == {"new@example.com", "bob@example.net", "someone@banned.example",
+                                "budget0@example.com", "budget1@example.com", "budget2@example.com"}
+
+
+def test_search_has_a_budget_per_client_network(lst):
+    lst.run("set", LIST, "archive", "public", check=0)
+    lst.queue(post(subject="zanzibar"), check=0)
+    lst.write_config(web={"search_per_client": "3"})
+    search = lambda remote: wsgi(lst, f"/archive/{LIST}/search", query="q=zanzibar", remote=remote)   # noqa: E731
+    assert [search("192.0.2.50")[0] for _ in range(3)] == [200] * 3
+    status, headers, body = search("192.0.2.50")
+    assert status == 429 and headers["Retry-After"] == "60" and "zanzibar" not in body
+    assert search("2001:db8:5:5::1")[0] == 200 and search("192.0.2.51")[0] == 200
+    with lst.db() as db:
+        db.execute("UPDATE web_budgets SET since = since - 61")           # a minute later
+    assert search("192.0.2.50")[0] == 200
+    assert wsgi(lst, f"/archive/{LIST}/")[0] == 200                         # pages have no budget

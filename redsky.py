@@ -2660,15 +2660,18 @@ def leave_member(store, list_row, token, write=True):
     token = token.lower()
     if not re.fullmatch(r"[0-9a-f]{16}", token):
         return None
-    key = store.verp_key
-    new = _new_leave_tokens(store, key)
-    if new and write:
+    key, new = store.verp_key, []
+    newest = store.q("leave_tokens_newest").fetchone()[0] or 0
+    behind = (store.q("members_newest").fetchone()[0] or 0) > newest
+    if behind and not write:
+        new = _new_leave_tokens(store, key)
+    elif behind:
         with store.transaction() as db:
-            new = _new_leave_tokens(store, key)         # another process may have added them since
+            new = _new_leave_tokens(store, key)         # another process may have added some since
             db.executemany(SQL["add_leave_token"], ((list_id, bytes.fromhex(t), member_id)
                                                     for member_id, list_id, t, _ in new))
     row = store.q("leave_token_member", list_row["id"], bytes.fromhex(token)).fetchone()
-    address = row[0] if row else next((a for _, list_id, t, a in new or ()
+    address = row[0] if row else next((a for _, list_id, t, a in new
                                        if list_id == list_row["id"] and t == token), None)
     if address is None or not hmac.compare_digest(leave_token(key, list_row, address), token):
         return None         # none, or a row a tool without foreign keys left for a member now gone
@@ -2679,8 +2682,6 @@ def _new_leave_tokens(store, key):
     """(member id, list id, leave token, address) of each member the table of tokens lacks: those
     whose id is above the newest it holds."""
     newest = store.q("leave_tokens_newest").fetchone()[0] or 0
-    if (store.q("members_newest").fetchone()[0] or 0) <= newest:
-        return []
     macs = {}
     rows = []
     for member_id, list_id, address, name, domain in store.q("members_after", newest):

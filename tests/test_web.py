@@ -1193,3 +1193,96 @@ def test_search_has_a_budget_per_client_network(lst):
         db.execute("UPDATE web_budgets SET since = since - 61")           # a minute later
     assert search("192.0.2.50")[0] == 200
     assert wsgi(lst, f"/archive/{LIST}/")[0] == 200                         # pages have no budget
+
+
+# --- issue 29: a made-up one-click token costs one look-up ---------------------------------
+
+def add_members(rs, n, prefix="m", list_address=LIST):
+    with rs.db() as db:
+        (list_id,) = db.execute("SELECT id FROM lists WHERE name || '@' || domain = ?", (list_address,)).fetchone()
+        db.executemany("INSERT INTO members (list_id, address, subscribed) VALUES (?, ?, 0)",
+                       ((list_id, f"{prefix}{i}@example.net") for i in range(n)))
+
+
+def token_of(rs, member, list_address=LIST):
+    import redsky
+    name, domain = list_address.split("@")
+    return redsky.leave_token(rs.verp_key(), {"name": name, "domain": domain}, member)
+
+
+def leave_by_web(rs, token, remote="192.0.2.60"):
+    return wsgi(rs, f"/{LIST}/leave/{token}", "POST", b"List-Unsubscribe=One-Click", remote=remote)
+
+
+def leave_by_mail(rs, token, sender):
+    return rs.queue(post(subject="unsubscribe", sender=sender, msgid=f"<{sender}.{token}@example.org>"),
+                    recipient=f"test-leave+{token}@lists.example.org", sender=sender, check=0)
+
+
+def test_a_made_up_leave_token_costs_one_look_up_however_many_members(lst, monkeypatch):
+    """Issue 29.10: on an open list, a subscribe then a one-click POST with a made-up token (as CGI:
+    a new app per request) and a LIST-leave+BOGUS@ mail compute one member's token, not every
+    member's; the tokens already in people's mailboxes (the same HMAC as ever) keep working."""
+    import redsky
+    lst.run("set", LIST, "subscribe_policy", "open", check=0)
+    add_members(lst, 3000)
+    old_tokens = {m: token_of(lst, m) for m in ("m7@example.net", "m2999@example.net", "bob@example.net")}
+    computed = []
+    real = redsky.leave_token
+    monkeypatch.setattr(redsky, "leave_token", lambda *a, **kw: computed.append(a[2]) or real(*a, **kw))
+    assert leave_by_web(lst, "0123456789abcdef")[0] == 200
+    assert 3000 <= len(computed) <= 3010                               # every member once, ever
+    for i in range(8):
+        computed.clear()
+        assert wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"new{i}@example.org"},
+                    remote=f"198.51.100.{i}")[0] == 200
+        assert f"new{i}@example.org" in lst.members()
+        assert leave_by_web(lst, f"{i:016x}")[0] == 200
+        leave_by_mail(lst, f"{i + 100:016x}", sender=f"new{i}@example.org")
+        assert computed == [f"new{i}@example.org"], computed[:5]      # the one who joined; no look-up else
+    assert len(lst.members()) == 3000 + 2 + 8
+    assert leave_by_web(lst, old_tokens["m7@example.net"])[0] == 200
+    leave_by_mail(lst, old_tokens["m2999@example.net"], sender="someone@example.org")
+    leave_by_mail(lst, old_tokens["bob@example.net"].upper(), sender="bob@example.net")
+    assert not {"m7@example.net", "m2999@example.net", "bob@example.net"} & set(lst.members())
+
+
+def test_the_table_of_leave_tokens_follows_the_members(lst):
+    import redsky
+    lst.run("newlist", "other@lists.example.org", check=0)
+    lst.run("subscribe", "other@lists.example.org", "bob@example.net", check=0)
+    rows = lambda: lst.db().execute("SELECT count(*) FROM leave_tokens").fetchone()[0]      # noqa: E731
+    bob = token_of(lst, "bob@example.net")
+    assert lst.run("queue", "--dry-run", "--recipient", f"test-leave+{bob}@lists.example.org",
+                   input=post(subject="dry run"), check=0).returncode == 0
+    assert rows() == 0 and "bob@example.net" in lst.members()           # a dry run stores nothing
+    assert leave_by_web(lst, token_of(lst, "bob@example.net", "other@lists.example.org"))[0] == 200
+    assert "bob@example.net" in lst.members() and rows() == 3           # another list's token: nobody
+    lst.run("subscribe", LIST, "dave@example.org", check=0)             # joins after the table was made
+    assert leave_by_web(lst, token_of(lst, "dave@example.org"))[0] == 200
+    assert "dave@example.org" not in lst.members() and rows() == 3      # his row went with him
+    with lst.db() as db:                       # the newest member leaves; the next one takes his id
+        newest = db.execute("SELECT max(id) FROM members").fetchone()[0]
+    lst.run("subscribe", LIST, "erin@example.org", check=0)
+    leave_by_web(lst, "f" * 16)
+    lst.run("unsubscribe", LIST, "erin@example.org", check=0)
+    lst.run("subscribe", LIST, "fred@example.org", check=0)
+    with lst.db() as db:
+        assert db.execute("SELECT id FROM members WHERE address = 'fred@example.org'").fetchone()[0] == newest + 1
+    assert leave_by_web(lst, token_of(lst, "erin@example.org"))[0] == 200
+    assert leave_by_web(lst, token_of(lst, "fred@example.org"))[0] == 200
+    assert "fred@example.org" not in lst.members()
+    # a row a tool without foreign keys left behind names nobody else
+    lst.run("subscribe", LIST, "gina@example.org", check=0)
+    leave_by_web(lst, "e" * 16)
+    db = lst.db()
+    with db:
+        gina = db.execute("SELECT id FROM members WHERE address = 'gina@example.org'").fetchone()[0]
+        db.execute("DELETE FROM members WHERE address = 'gina@example.org'")            # no cascade here
+        db.execute("INSERT INTO members (list_id, address, subscribed) VALUES (1, 'hank@example.org', 0)")
+        assert db.execute("SELECT id FROM members WHERE address = 'hank@example.org'").fetchone()[0] == gina
+    assert leave_by_web(lst, token_of(lst, "gina@example.org"))[0] == 200
+    assert "hank@example.org" in lst.members()
+    lst.run("dellist", "other@lists.example.org", check=0)
+    assert lst.db().execute("SELECT count(*) FROM leave_tokens WHERE list_id <> 1").fetchone()[0] == 0
+    assert redsky.leave_member is not None

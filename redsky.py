@@ -6928,34 +6928,36 @@ class WebApp:
         (subscribe_checks); the answer is the same whatever the address's state and whatever
         check failed, but for the errors a person can put right: not an address, the wrong answer
         to the owners' question, a form sent back too fast or too late ("please try again")."""
+        client = client_network(config, environ)
         if method != "POST" or list_row["subscribe_policy"] == "closed":
-            return self.subscribe_page(store, list_row)
+            return self.subscribe_page(store, list_row, client)
         address = (fields.get("address") or "").strip()
         if not valid_address(address) or len(address) > 254:
-            return self.subscribe_page(store, list_row, "Please give an email address.", address)
-        error = self.subscribe_checks(config, store, environ, fields, list_row, address)
+            return self.subscribe_page(store, list_row, client, "Please give an email address.", address)
+        error = self.subscribe_checks(config, store, client, fields, list_row, address)
         if error:
-            return self.subscribe_page(store, list_row, error, address)
+            return self.subscribe_page(store, list_row, client, error, address)
         return message_page(f"Subscribing to {list_address(list_row)}", f"If {address} can join "
                             f"{list_address(list_row)}, a message is on its way to it: reply to it (or"
                             " follow what it says) to finish.")
 
-    def subscribe_checks(self, config, store, environ, fields, list_row, address):
-        """Start the double opt-in for a POSTed form that passes every check, else nothing: the form's
-        signed token ("form", sign_token) is for this list, at least [web] form_min_age old and at most
-        form_max_age, and taken once only; the field a person never fills ("website") is empty; the
-        answer is one of the list's subscribe_answers; and the client's network, the list's hour and
-        the list's day ([web] subscribe_per_client, _per_list, _per_day) have room.  Returns the
-        error a person can put right, else ""."""
+    def subscribe_checks(self, config, store, client, fields, list_row, address):
+        """Start the double opt-in for a POSTed form that passes every check, else nothing: the
+        form's signed token ("form", sign_token) is for this list and this client's network
+        (client_network: a token fetched elsewhere, by a script that has visitors send it, does not
+        count), at least [web] form_min_age old and at most form_max_age, and taken once only; the
+        field a person never fills ("website") is empty; the answer is one of the list's
+        subscribe_answers; and the client's network, the list's hour and the list's day ([web]
+        subscribe_per_client, _per_list, _per_day) have room.  Returns the error a person can put
+        right, else ""."""
         now, name = time.time(), list_address(list_row)
-        verdict, nonce = check_token(store.verp_key, "subscribe", name, "", fields.get("form"), now,
+        verdict, nonce = check_token(store.verp_key, "subscribe", name, client, fields.get("form"), now,
                                      config.duration("web", "form_max_age"),
                                      config.duration("web", "form_min_age"))
         if verdict != "ok":
-            log.info("web: subscribe to %s from %s: form %s", name, client_network(config, environ), verdict)
+            log.info("web: subscribe to %s from %s: form %s", name, client, verdict)
             return "Please try again: " + ("that was quicker than a person fills in a form." if verdict ==
                                            "young" else "the form was too old, or not this page's.")
-        client = client_network(config, environ)
         per_client = (f"subscribe client {client}", config.number("web", "subscribe_per_client"), 3600)
         answers = [a.casefold() for a in list_row["subscribe_answers"].split(" | ") if a]
         wrong = list_row["subscribe_question"] and answers and \
@@ -6977,17 +6979,18 @@ class WebApp:
         web_request(config, store, list_row, address, "join", lambda req: req.subscribe(address), client)
         return ""
 
-    def subscribe_page(self, store, list_row, error="", address=""):
-        """The list's page: its description, and the form (none when the list is closed) with a fresh
-        signed token, the owners' question, and a field a person leaves empty, which the stylesheet
-        hides from sight (not from screen readers: its label says to leave it empty)."""
+    def subscribe_page(self, store, list_row, client, error="", address=""):
+        """The list's page: its description, and the form (none when the list is closed) with a
+        fresh signed token for the client's network, the owners' question, and a field a person
+        leaves empty, which the stylesheet hides from sight (not from screen readers: its label
+        says to leave it empty)."""
         name, question = list_address(list_row), list_row["subscribe_question"]
         archive = f'<p><a href="../archive/{esc(name.lower())}/">The archive</a></p>' \
             if list_row["archive"] == "public" else ""
         asked = (f'<p><label>{esc(question)} <input name="answer" required autocomplete="off"></label></p>\n'
                  if question and list_row["subscribe_answers"] else "")
         form = (f'<form method="post"><input type="hidden" name="form"'
-                f' value="{sign_token(store.verp_key, "subscribe", name)}">\n'
+                f' value="{sign_token(store.verp_key, "subscribe", name, client)}">\n'
                 f'<p><label>Your email address <input type="email" name="address" value="{esc(address)}"'
                 f' required></label></p>\n{asked}'
                 '<p class="hp"><label>Leave this empty <input name="website" tabindex="-1"'

@@ -655,7 +655,7 @@ def token_table(runs, n):
     def form(email):
         fields = {"address": email}
         if hasattr(redsky, "sign_token"):       # a form fetched a minute ago
-            fields["form"] = redsky.sign_token(key, "subscribe", address, issued=time.time() - 60)
+            fields["form"] = redsky.sign_token(key, "subscribe", address, "127.0.0.1", issued=time.time() - 60)
         return urllib.parse.urlencode(fields).encode()
 
     def cgi(path, body=b""):

@@ -981,10 +981,17 @@ def test_the_readme_nginx_blocks_redirect_only_to_the_site(nginx, web):
 
 # --- issue 29: the subscribe form mails no stranger ------------------------------------
 
-def aged_form(rs, age=10.0, address=LIST, purpose="subscribe", subject=""):
-    """A form token as the list's page gave it ``age`` seconds ago."""
+def network(rs, remote, forwarded=""):
     import redsky
-    return redsky.sign_token(rs.verp_key(), purpose, address, subject, issued=time.time() - age)
+    return redsky.client_network(redsky.Config(str(rs.config)), {
+        "REMOTE_ADDR": remote, **({"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {})})
+
+
+def aged_form(rs, age=10.0, address=LIST, purpose="subscribe", remote="192.0.2.10", forwarded=""):
+    """A form token as the list's page gave it to ``remote`` ``age`` seconds ago."""
+    import redsky
+    return redsky.sign_token(rs.verp_key(), purpose, address, network(rs, remote, forwarded),
+                             issued=time.time() - age)
 
 
 def page_form(page):
@@ -997,7 +1004,8 @@ def pending(rs):
 
 def post_form(rs, address, remote="192.0.2.10", age=10.0, **fields):
     """POST the subscribe form with a token ``age`` seconds old: (status, answer with ADDR for the address)."""
-    status, _, body = wsgi(rs, f"/{LIST}/", "POST", {"form": aged_form(rs, age), "address": address, **fields},
+    status, _, body = wsgi(rs, f"/{LIST}/", "POST", {"form": aged_form(rs, age, remote=remote), "address": address,
+                                                     **fields},
                            remote=remote)
     return status, body.replace(address, "ADDR")
 
@@ -1022,8 +1030,8 @@ def test_signed_tokens_are_bound_to_purpose_scope_subject_and_age():
                   ("k", "subscribe", "other@lists.example.org", ""), ("k", "subscribe", "test@lists.example.org", "x")):
         assert check(*wrong, token, 1010, 3600) == "bad", wrong
     issued, nonce, mac = token.split("-")
-    for forged in (f"{int(issued, 16) + 1:x}-{nonce}-{mac}", f"{issued}-{nonce[::-1]}-{mac}", token[:-1] + "01"[token[-1] == "0"],
-                   token + "0", "", None, "x" * 5000, f"{issued}-{nonce}", token.replace("-", ".")):
+    for forged in (f"{int(issued, 16) + 1:x}-{nonce}-{mac}", f"{issued}-{nonce[::-1]}-{mac}",
+                   token[:-1] + "01"[token[-1] == "0"], token + "0", "", None, "x" * 5000, f"{issued}-{nonce}", token.replace("-", ".")):
         assert check("k", "subscribe", "test@lists.example.org", "", forged, 1010, 3600) in ("bad",), forged
     assert redsky.check_token("k", "subscribe", "test@lists.example.org", "", token, 1010, 3600)[1] == nonce
     assert redsky.sign_token("k", "subscribe", "x@y") != redsky.sign_token("k", "subscribe", "x@y")
@@ -1040,6 +1048,7 @@ def test_a_subscribe_form_counts_only_with_a_fresh_token_of_its_list_taken_once(
     tries = {"no token": {}, "the page's, at once": fields, "two hours old": {"form": aged_form(lst, 7200)},
              "another list's": {"form": aged_form(lst, address="other@lists.example.org")},
              "another purpose": {"form": aged_form(lst, purpose="leave")},
+             "another network's": {"form": aged_form(lst, remote="203.0.113.99")},
              "from the future": {"form": aged_form(lst, -600)},
              "forged": {"form": re.sub(".$", lambda m: "01"[m.group(0) == "0"], aged_form(lst))}}
     for n, (why, form) in enumerate(tries.items()):
@@ -1070,11 +1079,13 @@ def test_one_client_network_cannot_mail_forty_strangers(lst):
     assert len(pending(lst)) == 10
     assert post_form(lst, "mapped@example.com", remote="::ffff:198.51.100.7")[0] == 200
     for i, forwarded in enumerate(["203.0.113.9", "192.0.2.1, 203.0.113.9", "10.9.9.9 , 203.0.113.9, 127.0.0.1"] * 3):
-        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"proxied{i}@example.com"},
+        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst, remote="127.0.0.1", forwarded=forwarded),
+                                        "address": f"proxied{i}@example.com"},
              remote="127.0.0.1", headers={"HTTP_X_FORWARDED_FOR": forwarded})
     assert len(pending(lst)) == 15 and "mapped@example.com" not in pending(lst)
     for i in range(3):                   # an untrusted client's own X-Forwarded-For names nobody
-        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"liar{i}@example.com"},
+        wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst, remote="198.51.100.7"),
+                                        "address": f"liar{i}@example.com"},
              remote="198.51.100.7", headers={"HTTP_X_FORWARDED_FOR": f"192.0.2.{i}"})
     assert len(pending(lst)) == 15
     assert len([a for a in mailed(lst) if a not in MEMBERS]) == 15
@@ -1164,14 +1175,15 @@ def test_the_answer_is_the_same_whatever_happened_and_a_refused_form_mails_nobod
     without room: one page, one status; only the first and the member's reply send mail."""
     lst.run("ban", LIST, "add", "*@banned.example", check=0)
     lst.write_config(web={"subscribe_per_client": "3"})
-    form = aged_form(lst)
+    form = aged_form(lst, remote="192.0.2.40")
     cases = [("new@example.com", {"form": form}, "192.0.2.40"), ("bob@example.net", {}, "192.0.2.41"),
              ("someone@banned.example", {}, "192.0.2.42"), ("robot@example.com", {"website": "x"}, "192.0.2.43"),
-             ("replay@example.com", {"form": form}, "192.0.2.44")]
+             ("replay@example.com", {"form": form}, "192.0.2.40")]
     cases += [(f"budget{i}@example.com", {}, "192.0.2.45") for i in range(5)]
     answers = set()
     for address, fields, remote in cases:
-        status, _, body = wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": address, **fields},
+        status, _, body = wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst, remote=remote), "address": address,
+                                                          **fields},
                                remote=remote)
         answers.add((status, body.replace(address, "ADDR")))
     assert len(answers) == 1 and answers.pop()[0] == 200
@@ -1234,7 +1246,8 @@ def test_a_made_up_leave_token_costs_one_look_up_however_many_members(lst, monke
     assert 3000 <= len(computed) <= 3010                               # every member once, ever
     for i in range(8):
         computed.clear()
-        assert wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst), "address": f"new{i}@example.org"},
+        assert wsgi(lst, f"/{LIST}/", "POST", {"form": aged_form(lst, remote=f"198.51.100.{i}"),
+                                               "address": f"new{i}@example.org"},
                     remote=f"198.51.100.{i}")[0] == 200
         assert f"new{i}@example.org" in lst.members()
         assert leave_by_web(lst, f"{i:016x}")[0] == 200

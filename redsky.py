@@ -2307,7 +2307,8 @@ def smtp_plain(wire):
 # ---------------------------------------------------------------------------
 # 7. DNS and tokens
 # Owns: the DNS client and its caches (DMARC, DNSBL), tokens, passphrases, VERP and the signed leave
-#       tokens, Personalizer (one copy per recipient).
+#       tokens (and their table, leave_member), signed tokens (sign_token, check_token), Personalizer
+#       (one copy per recipient).
 # Calls: sections 2-6.
 # ---------------------------------------------------------------------------
 
@@ -6815,8 +6816,8 @@ def clean_spool(config, store, older_than=3600):
 
 # ---------------------------------------------------------------------------
 # 18. The web
-# Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page, archive pages
-#       and search; `web`, CGI.
+# Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page and its
+#       checks, archive pages and search; the web's budgets (client_network, web_budget); `web`, CGI.
 # Calls: sections 2-17.
 # ---------------------------------------------------------------------------
 
@@ -6959,7 +6960,7 @@ class WebApp:
             return "Please try again: " + ("that was quicker than a person fills in a form." if verdict ==
                                            "young" else "the form was too old, or not this page's.")
         per_client = (f"subscribe client {client}", config.number("web", "subscribe_per_client"), 3600)
-        answers = [a.casefold() for a in list_row["subscribe_answers"].split(" | ") if a]
+        answers = [" ".join(a.split()).casefold() for a in list_row["subscribe_answers"].split("|") if a.strip()]
         wrong = list_row["subscribe_question"] and answers and \
             " ".join((fields.get("answer") or "").split()).casefold() not in answers
         if fields.get("website") or wrong:            # a robot filled the field every person leaves empty

@@ -6960,7 +6960,8 @@ class WebApp:
             return "Please try again: " + ("that was quicker than a person fills in a form." if verdict ==
                                            "young" else "the form was too old, or not this page's.")
         per_client = (f"subscribe client {client}", config.number("web", "subscribe_per_client"), 3600)
-        answers = [" ".join(a.split()).casefold() for a in list_row["subscribe_answers"].split("|") if a.strip()]
+        answers = [" ".join(a.split()).casefold() for a in list_row["subscribe_answers"].split("|")
+                   if a.strip()]
         wrong = list_row["subscribe_question"] and answers and \
             " ".join((fields.get("answer") or "").split()).casefold() not in answers
         if fields.get("website") or wrong:            # a robot filled the field every person leaves empty

@@ -754,7 +754,7 @@ def test_imported_archives_are_published_and_deleted_lists_unpublished(web, tmp_
 
 @pytest.mark.server
 def test_the_servers_token_table_follows_joins_and_leaves(web):
-    """`web` keeps each list's table of leave tokens while no member joins or
+    """The table of leave tokens (kept in the database) follows joins and
     leaves: a member who joins later still leaves with one click."""
     assert web.request(f"/{LIST}/leave/{'0' * 16}", data=b"List-Unsubscribe=One-Click")[0] == 200
     web.rs.run("subscribe", LIST, "dave@example.org", check=0)

@@ -28,6 +28,8 @@ members (default 100,000) with 1,000 archived posts and 100 waiting.
 a private and with a public archive (its pages written), `send` per recipient
 with and without one-click headers, a one-click POST and page GETs against
 `redsky.py web`, and `archive html` over 1,000 posts.
+`--tokens [N]`: issue 29's made-up one-click tokens at N members (default
+100,000): the CGI script, `web` and mail to LIST-leave+TOKEN@, CPU each.
 Not a unit test: timings depend on the machine.
 """
 
@@ -682,6 +684,98 @@ def backup_table(runs, members):
     home.cleanup()
 
 
+def token_table(runs, n):
+    """Issue 29.10: what a made-up one-click token costs, at N members: a leave POST to the CGI
+    script (a process per request), a subscribe POST then a leave POST with a made-up token to a
+    running `web` (an open list: every pair adds a member), and mail to LIST-leave+TOKEN@ against
+    a `help` mail to LIST-request@ (CPU of the process, or of the server per pair)."""
+    import secrets
+    import urllib.parse
+    import urllib.request
+    from smtpsink import free_port
+    sys.path.insert(0, str(HERE.parent))
+    import redsky
+    rows, address = [], "bench@lists.example.org"
+    home = Home(n)
+    extra = "[web]\nsubscribe_per_client = 0\nsubscribe_per_list = 0\nsubscribe_per_day = 0\n" \
+        if hasattr(redsky, "sign_token") else ""
+    home.configure(extra)
+    subprocess.run(home.cmd("set", address, "subscribe_policy", "open"), check=True, stdout=subprocess.DEVNULL)
+    key = sqlite3.connect(home.dir / "redsky.db").execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
+
+    def form(email):
+        fields = {"address": email}
+        if hasattr(redsky, "sign_token"):       # a form fetched a minute ago
+            fields["form"] = redsky.sign_token(key, "subscribe", address, "127.0.0.1", issued=time.time() - 60)
+        return urllib.parse.urlencode(fields).encode()
+
+    def cgi(path, body=b""):
+        env = {**os.environ, "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": "POST" if body else "GET",
+               "PATH_INFO": path, "SCRIPT_NAME": "/redsky", "SERVER_NAME": "lists.example.org",
+               "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1", "REDSKY_CONFIG": str(home.config),
+               "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/x-www-form-urlencoded",
+               "REMOTE_ADDR": "192.0.2.7"}
+        stdin = home.dir / "body"
+        stdin.write_bytes(body)
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(stdin), PYTHON, REDSKY], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return float(out[1]), int(out[2]) / 1024, float(out[3])
+
+    def add(what, values):
+        rows.append((what, f"{statistics.median(values) * 1000:.1f} ms CPU"))
+    bogus = lambda: secrets.token_hex(8)                                       # noqa: E731
+    add("CGI: GET the subscribe page", [cgi(f"/{address}/")[2] for _ in range(runs)])
+    add(f"CGI: the first one-click POST (since {n:,} members joined)",
+        [cgi(f"/{address}/leave/{bogus()}", b"List-Unsubscribe=One-Click")[2]])
+    add("CGI: one-click POST, made-up token", [cgi(f"/{address}/leave/{bogus()}", b"List-Unsubscribe=One-Click")[2]
+                                              for _ in range(runs)])
+    for name, recipient in (("help", "bench-request"), ("LIST-leave+BOGUS", None)):
+        values = []
+        for i in range(runs):
+            to = f"{recipient or 'bench-leave+' + bogus()}@lists.example.org"
+            home.post.write_bytes(f"From: someone{i}{name[:4]}@example.com\nTo: {to}\nSubject: help\n"
+                                  f"Message-ID: <{secrets.token_hex(8)}@example.com>\n\nhelp\n".encode())
+            values.append(measure(home.cmd("queue", "--recipient", to), str(home.post), cpu=True)[2])
+        add(f"mail: `queue` of a {name} mail", values)
+    port = free_port()
+    server = subprocess.Popen(home.cmd("web", "--listen", f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/").read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        leave = b"List-Unsubscribe=One-Click"
+        urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()     # the first: table built
+        pairs = 10 if hasattr(redsky, "sign_token") else 1        # CPU ticks are 10 ms: count many
+        values = []
+        for i in range(runs):
+            before = process_cpu(server.pid)
+            for j in range(pairs):
+                urllib.request.urlopen(f"{url}/{address}/", data=form(f"pair{i}.{j}@example.com")).read()
+                urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()
+            values.append((process_cpu(server.pid) - before) / pairs)
+        add("web: subscribe POST + one-click POST with a made-up token, per pair", values)
+        values = []
+        for i in range(runs):
+            before = process_cpu(server.pid)
+            for j in range(pairs):
+                urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()
+            values.append((process_cpu(server.pid) - before) / pairs)
+        add("web: one-click POST with a made-up token, nobody joined", values)
+    finally:
+        server.terminate()
+        server.wait()
+    members = sqlite3.connect(home.dir / "redsky.db").execute("SELECT count(*) FROM members").fetchone()[0]
+    home.cleanup()
+    print(f"made-up one-click tokens: N = {n:,} ({members:,} at the end), median of {runs}, {PYTHON}\n")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} |")
+
+
 def main():
     global PYTHON
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -702,6 +796,8 @@ def main():
                          " pipe command line, as a script, beside python3 -c pass, mlmmj and lmtp")
     ap.add_argument("--backup", type=int, metavar="N", nargs="?", const=100_000,
                     help="only backup and restore of N members (default 100,000) with 1,000 archived posts")
+    ap.add_argument("--tokens", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only made-up one-click tokens: CGI, web and mail for N members (default 100,000)")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
@@ -713,6 +809,8 @@ def main():
         return delivery_table(args.runs, args.delivery)
     if args.web:
         return web_table(args.runs, args.web)
+    if args.tokens:
+        return token_table(args.runs, args.tokens)
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:

@@ -113,6 +113,10 @@ PARSERS = {
                                                      "--b\nContent-Type: text/html\n\n" + t + "\n--b\n"
                                                      "Content-Disposition: attachment; filename=" + t[:5000]
                                                      + "\n\n" + t + "\n--b--\n")),
+    # the web's forms: a signed form token, the client behind X-Forwarded-For
+    "check_token": lambda t: redsky.check_token("key", "subscribe", "test@lists.example.org", "", t, 0, 3600),
+    "client_network": lambda t: redsky.client_network(redsky.Config(None), {
+        "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": t + ", " + t[:1000]}),
 }
 
 

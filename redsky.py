@@ -2819,8 +2819,9 @@ TEXTS = {
     "not-owner": "'$command' is for the owners of $post_address, written from an owner's address.\n"
                  "Nothing was done.  Send 'help' to $request for what you can do.\n",
     "owner-help": "$help\n"
-                  "As an owner of $post_address you can also send these to $request (from this\n"
-                  "address; a change waits until you confirm it, by the message sent back to you):\n"
+                  "As an owner of $post_address, you can also send these to\n"
+                  "$request (from this address; a change waits until you\n"
+                  "confirm it, by the message sent back to you):\n"
                   "  invite ADDRESS...       ask each address to join (each must confirm)\n"
                   "  subscribe ADDRESS...    the same\n"
                   "  remove ADDRESS...       take members off the list (each is told)\n"
@@ -2836,7 +2837,8 @@ TEXTS = {
                   "  approve TOKEN, reject TOKEN REASON, discard TOKEN\n"
                   "                          decide on a held post or a join request\n",
     "moderator-help": "$help\n"
-                      "As a moderator of $post_address you can also send these to $request:\n"
+                      "As a moderator of $post_address, you can also send these to\n"
+                      "$request:\n"
                       "  held                    the held posts, with links to decide on each\n"
                       "  approve TOKEN, reject TOKEN REASON, discard TOKEN\n"
                       "                          decide on a held post or a join request\n",
@@ -5177,14 +5179,14 @@ class Requests:
     def own_or_owner(self, command, words):
         """subscribe / unsubscribe: for the sender's own address (also when it is named), or, from
         an owner and naming other addresses, the owner's invite / remove."""
-        others = [w for w in words if "@" in w and w.strip("<>,;").lower() != self.sender.lower()]
-        if others:
+        others = [w for w in words if w.strip("<>,;").lower() != self.sender.lower()]
+        if any("@" in w for w in others):
             return self.owner_action("invite" if command == "subscribe" else "remove", others)
         (self.subscribe if command == "subscribe" else self.unsubscribe)(self.sender)
 
     def set_command(self, command, words):
         """set OPTION on|off for the sender's own membership, or an owner's set SETTING VALUE."""
-        if self.is_owner and words and words[0].lower() in SETTABLE:
+        if words and words[0].lower() in SETTABLE:     # a list setting: the owners' (owner_action)
             return self.owner_action("set", words)
         self.set_option(self.sender, words)
 
@@ -5475,7 +5477,7 @@ class Requests:
         action, problems = plan_owner_action(self.list, command, words, m.group(1).strip() if m else "", room)
         if action:
             self.actions.append(action)
-        lines = [f"  {describe_action(action)}: waits for your confirmation."] * bool(action) + \
+        lines = ([f"  {describe_action(action)}: waits for your confirmation."] if action else []) + \
             [f"  {p}" for p in problems]
         self.notice([self.sender], f"{self.post_address}: {command}", "done", {"lines": "\n".join(lines)},
                     aside=not problems,

@@ -1143,7 +1143,7 @@ SQL = {
     "requests_today": "SELECT count(*) FROM pending WHERE address = ? AND created > ?"
                       " AND action IN ('subscribe', 'unsubscribe', 'set-option')",
     "owner_requests_today": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ?"
-                            " AND action = 'owner-command' AND created > ?",
+                            " AND action = 'owner-command' AND created > ? AND used IS NULL",
     # join requests waiting for the moderators (the daily summary, `pending` by email)
     "join_requests": "SELECT token, address, created, expires FROM pending WHERE list_id = ?"
                      " AND action = 'approve-subscribe' AND used IS NULL AND expires > ? AND created < ?"
@@ -1903,7 +1903,8 @@ def owners_of(list_row):
 def moderation_team(list_row):
     """Who may act on held posts and join requests: the owners, then the list's moderators (who
     may do nothing else).  Each address once, compared without case."""
-    team = owners_of(list_row) + [m.strip() for m in (list_row.get("moderators") or "").split(",")]
+    moderators = list_row.get("moderators") if isinstance(list_row, dict) else list_row["moderators"]
+    team = owners_of(list_row) + [m.strip() for m in (moderators or "").split(",")]
     return list({a.lower(): a for a in reversed(team) if a}.values())[::-1]
 
 
@@ -5444,7 +5445,10 @@ class Requests:
             self.approve_held.append(held["id"])
             always = always_accept(self.store, self.list, held["from_addr"] or held["sender"],
                                    self.ctx.changes) if [w.lower() for w in rest][:1] == ["always"] else ""
-            lines = [f"  {what} approved; it goes to the members now."] + [f"  {always}."] * bool(always)
+            wanted = [w.lower() for w in rest][:1] == ["always"]
+            lines = [f"  {what} approved; it goes to the members now."] + [f"  {always}."] * bool(always) \
+                + ["  (Always accepting the sender does not apply: not held as a non-member or as a"
+                   " moderated member.)"] * (wanted and not always)
             self.done.append(f"held post {held['id']} approved by email" + (f"; {always}" if always else ""))
         else:
             self.done.append(drop_held(held, self.notices, self.ctx.changes, command == "reject",
@@ -5489,10 +5493,11 @@ class Requests:
 
     def confirm_actions(self):
         """One confirmation to the owner for every change of this message (an 'owner-command'
-        token bound to the list, the owner's address and these actions, as checked JSON)."""
+        token bound to the list, the owner's address and these actions, as checked JSON); at most
+        5 x [commands] max_replies unanswered ones a day (a forger could fill a smaller cap)."""
         owner, day = self.sender, self.now - 86400
         if self.store.q("owner_requests_today", self.list["id"], owner, day).fetchone()[0] >= \
-                self.config.number("commands", "max_replies"):
+                5 * self.config.number("commands", "max_replies"):
             return self.notice([owner], f"{self.post_address}: not done", "done",
                                {"lines": "  Nothing was done: too many confirmations went to you today."},
                                done=f"owner changes by {owner} ignored: too many confirmations today")

@@ -5581,22 +5581,24 @@ def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
             return None, ["set owners: name at least one owner, or nobody could run the list by email"]
         shown = "(a new passphrase)" if key == "passphrase" else one_line(value, 200) or "(empty)"
         return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown}, []
-    items, problems = [], []
-    for word in words:
+    items, problems, seen = [], [], set()
+    for n, word in enumerate(words):
+        if len(items) >= room or len(problems) >= 20:
+            problems.append(f"{verb}: at most {MAX_OWNER_ITEMS} addresses or patterns (and 20 mistakes) in"
+                            f" one message; {len(words) - n} words left out")
+            break
         word = word.strip("<>,;")
         try:
             item = ban_pattern(word) if verb in ("ban", "unban") else \
                 normalize_address(word) if valid_address(word) and not word.startswith("-") else None
         except Failure as e:
-            item, problems = None, problems + [f"{verb} {one_line(word, 80)}: {e}"]
+            item = None
+            problems.append(f"{verb} {one_line(word, 80)}: {one_line(e, 200)}")
         if item is None and verb in ("invite", "remove"):
             problems.append(f"{verb} {one_line(word, 80)}: not a valid address")
-        elif item and item.lower() not in {i.lower() for i in items}:
+        elif item and item.lower() not in seen:
             items.append(item)
-    if len(items) > room:
-        problems.append(f"{verb}: at most {MAX_OWNER_ITEMS} addresses or patterns in one message;"
-                        f" {len(items) - max(room, 0)} left out")
-        items = items[:max(room, 0)]
+            seen.add(item.lower())
     if not items and not problems:
         problems.append(f"{verb}: name at least one " + ("pattern" if verb in ("ban", "unban") else
                                                           "address"))

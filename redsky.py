@@ -6032,7 +6032,7 @@ def commands(ctx):
      "confirm": lambda: req.confirm(token)}.get(ctx.role, lambda: req.run(lines))()
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
     ctx.approve_held = req.approve_held
-    for after in req.after_commit:          # committed: a failure here must not make the MTA retry
+    for after in req.after_commit if not ctx.outbox.dry_run else ():    # committed: never a retry
         try:
             after()
         except Exception as e:

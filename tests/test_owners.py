@@ -124,9 +124,10 @@ def test_an_owner_removes_bans_and_unbans(lst):
                  "*@spam.example is banned", "*@never.example was not banned"):
         assert line in text(done)
     assert "removed from the test@lists.example.org mailing list" in inbox(lst, "bob@example.net")[-1].get_content()
-    send(lst, "unban *@spam.example", OWNER)
-    reply(lst, new_mail(lst, OWNER, seen)[0], OWNER)
-    assert lst.run("ban", LIST, check=0).out == ""
+    send(lst, "unban *@spam.example\nunsubscribe carol@example.net", OWNER)
+    (confirmation,) = new_mail(lst, OWNER, seen)
+    tap(lst, links(confirmation)["confirm"], OWNER)               # the confirmation's one-tap link
+    assert lst.run("ban", LIST, check=0).out == "" and members(lst) == set()
 
 
 def test_an_owner_sets_and_shows_list_settings(lst):
@@ -151,11 +152,13 @@ def test_an_owner_sets_and_shows_list_settings(lst):
 def test_an_owner_s_reports_go_to_the_owner_s_own_address_only(lst):
     lst.run("set-member", LIST, "carol@example.net", "digest", "on", check=0)
     seen = []
-    send(lst, "who\nbounces\npending", OWNER, envelope=MALLORY, extra=f"Reply-To: {MALLORY}\n")
-    (answer,) = new_mail(lst, OWNER, seen)
+    hold(lst, subject="held one")
+    send(lst, "who\nbounces\npending\nheld\nshow", OWNER, envelope=MALLORY, extra=f"Reply-To: {MALLORY}\n")
+    (answer,) = [m for m in new_mail(lst, OWNER, seen) if "answers" in m["Subject"]]
     body = text(answer)
-    assert "has 2 members" in body and "bob@example.net  enabled" in body and "carol@example.net  enabled  digest" in body
-    assert "whose mail bounces" in body and "Join requests waiting" in body
+    assert "has 2 members" in body and "bob@example.net  enabled" in body
+    assert "carol@example.net  enabled  digest" in body and "Subject: held one" in body
+    assert "whose mail bounces" in body and "Join requests waiting" in body and "access = subscribers" in body
     lst.run("send", check=0)
     assert MALLORY not in [argv[-1] for argv, _ in lst.sent()]
 
@@ -313,7 +316,16 @@ def test_moderation_by_someone_off_the_team_does_nothing(lst):
     assert held_count(lst) == 1 and inbox(lst, "bob@example.net")[-1]["Subject"] != "Sneaky"
     lst.newlist("other@lists.example.org", "--owner", OWNER)            # the token at another list
     send(lst, approve[1], OWNER, to="other-request@lists.example.org")
-    assert held_count(lst) == 1
+    # a forged From of the owner with a made-up token, a token of another list, or none at all
+    lst.run("set", "other@lists.example.org", "access", "moderated", check=0)
+    lst.queue(post(subject="other's", sender=OWNER, to="other@lists.example.org"), recipient="other@lists.example.org",
+              sender=OWNER, check=0)
+    (elsewhere,) = [m for m in inbox(lst, OWNER) if "other's" in m["Subject"]]
+    before = inbox(lst, MALLORY)
+    assert {m["Subject"] for m in before} == {f"{LIST}: not a moderator"}
+    for command in ("approve " + "0" * 32, f"approve {token_of(elsewhere)}", "approve", "approve always"):
+        send(lst, command, OWNER, envelope=MALLORY)
+    assert held_count(lst) == 2 and inbox(lst, MALLORY) == before
 
 
 def test_join_requests_have_links_and_pending_lists_them(lst):
@@ -400,3 +412,16 @@ def test_the_daily_summary_names_what_waits_with_its_links(lst):
     assert all("quiet@" not in m["Subject"] for m in inbox(lst, OWNER))
     tap(lst, nth(summary, "approve", 0), MOD)
     assert [m["Subject"] for m in inbox(lst, "bob@example.net")] == ["old post"]
+
+
+def test_an_archive_made_public_by_email_is_published_then_taken_down(lst):
+    lst.queue(post(subject="archived", sender="bob@example.net"), sender="bob@example.net", check=0)
+    folder = lst.home / "pages" / LIST
+    seen = []
+    for value in ("public", "private"):
+        send(lst, f"set archive {value}", OWNER)
+        (confirmation,) = new_mail(lst, OWNER, seen)
+        assert folder.exists() is (value == "private")          # nothing changes before the owner confirms
+        reply(lst, confirmation, OWNER)
+        assert "set archive" in text(new_mail(lst, OWNER, seen)[0])
+        assert (folder / "index.html").exists() is (value == "public")

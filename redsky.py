@@ -4920,8 +4920,10 @@ def always_accept(store, list_row, address, changes=None):
     """Whether later posts of ``address`` can go out without a moderator: a member whose option
     moderate holds their posts (turned off), or a non-member of a list whose access checks
     membership or the acl (added to the list's acl, which a `subscribers` list also honours).
-    With ``changes``, plan that change and return what it does, else "" (it does not apply)."""
-    if not address or not valid_address(address):
+    With ``changes``, plan that change and return what it does, else "" (it does not apply).  An
+    address with a glob character (``*@example.org`` is a valid address) is never added: it would
+    let a whole domain post."""
+    if not address or not valid_address(address) or re.search(r"[*?\[\]]", address):
         return ""
     member = store.q("member_options", list_row["id"], address).fetchone()
     if member is not None and member["moderate"]:

@@ -284,9 +284,14 @@ def test_approve_and_always_accept_lets_the_sender_s_next_posts_through(lst):
 
 
 def test_a_moderator_cannot_always_accept_where_it_does_not_apply(lst):
+    hold(lst, sender="*@gmail.example", subject="a glob")        # a valid address, but a pattern in the acl
+    (notice,) = inbox(lst, OWNER)
+    assert set(links(notice)) == {"approve", "reject (edit the reason first)", "drop it silently"}
+    tap(lst, links(notice)["approve"][:1] + (links(notice)["approve"][1] + " always", ""), OWNER)
+    assert "does not apply" in text(inbox(lst, OWNER)[-1]) and lst.run("acl", LIST, check=0).out == ""
     lst.run("set", LIST, "access", "moderated", check=0)
     hold(lst, sender="bob@example.net", subject="from a member")
-    (notice,) = inbox(lst, OWNER)
+    notice = inbox(lst, OWNER)[-1]
     assert "approve and always accept bob@example.net" not in links(notice)
 
 

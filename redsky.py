@@ -5084,7 +5084,9 @@ class Requests:
         self.approve_held = []      # held posts a moderator approved
         self.answers = None         # run(): the answers to the sender, sent in one reply
         self.line = ""              # run(): the command line being done
-        who = (sender or "").lower()
+        # an owner or a moderator is one by the From: address (the envelope sender never counts)
+        written = addresses_in(ctx.msg.get_all("From"))[:1] if ctx.msg is not None else []
+        who = (sender or "").lower() if [a.lower() for a in written] == [(sender or "").lower()] else ""
         self.is_owner = bool(who) and who in {o.lower() for o in owners_of(ctx.list)}
         self.is_moderator = bool(who) and who in {m.lower() for m in moderation_team(ctx.list)}
         self.actions = []           # run(): an owner's checked changes, confirmed together

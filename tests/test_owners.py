@@ -430,3 +430,11 @@ def test_an_archive_made_public_by_email_is_published_then_taken_down(lst):
         reply(lst, confirmation, OWNER)
         assert "set archive" in text(new_mail(lst, OWNER, seen)[0])
         assert (folder / "index.html").exists() is (value == "public")
+
+
+def test_an_envelope_sender_alone_makes_nobody_an_owner(lst):
+    lst.queue(b"To: test-request@lists.example.org\nSubject: who\n\nwho\n", recipient=REQUEST, sender=OWNER, check=0)
+    lst.queue(b"From: <>\nSubject: held\n\nheld\n", recipient=REQUEST, sender=MOD, check=0)
+    for address in (OWNER, MOD):
+        (answer,) = inbox(lst, address)
+        assert "is for the owners" in text(answer) and "bob@example.net" not in text(answer)

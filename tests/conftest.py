@@ -22,6 +22,8 @@ Where a new test goes:
 - `send`, transports, VERP, the ledger, retries: test_send.py; crashes,
   locks, full disks, concurrency: test_reliability.py, test_faults.py;
 - command mail, confirmations, moderation, owner mail: test_commands.py;
+  owners and moderators by email (owner commands, one-tap links, the daily
+  summary) with their forgeries: test_owners.py;
   member options and list settings: test_options.py; archive and digests:
   test_archive_digest.py; bounces: test_bounces.py (recognition rates:
   test_bounce_corpus.py, test_bounce_realworld.py); DMARC and the DNS

@@ -109,6 +109,12 @@ PARSERS = {
     "sanitize_html_attributes": lambda t: redsky.sanitize_html("<a href=" + t + "><td colspan=" + t + ">"),
     "text_html": lambda t: redsky.text_html(t),
     "normalized_subject": lambda t: redsky.normalized_subject(t),
+    # an owner's commands by email (their words and a set's value), the tokens of a reply, a notice's HTML
+    "owner_command": lambda t: [redsky.plan_owner_action(LIST, verb, words, value) for verb, words, value in
+                                (("invite", t.split(), ""), ("ban", t.split(), ""), ("set", ["footer"], t),
+                                 ("set", ["owners"], t))],
+    "token_in": lambda t: redsky.token_in(t.split() + [t]),
+    "notice_html": lambda t: redsky.notice_html(t, [("approve", "mailto:" + t[:200])]),
     "post_page": lambda t: redsky.post_parts(message("Content-Type", "multipart/mixed; boundary=b",
                                                      "--b\nContent-Type: text/html\n\n" + t + "\n--b\n"
                                                      "Content-Disposition: attachment; filename=" + t[:5000]

@@ -103,7 +103,8 @@ def test_newlist_lists_set_dellist(rs):
            "--footer", "bye\\n$list", "--owner", "boss@example.org", check=0)
     (row,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
-                   "footer": "bye\n$list", "owners": "boss@example.org", "subscribe_policy": "confirm",
+                   "footer": "bye\n$list", "owners": "boss@example.org", "moderators": "",
+                   "subscribe_policy": "confirm",
                    "members": 0, "archive": "private", "archive_url": "", "digest_format": "mime",
                    "digest_size_threshold": 30, "digest_interval": 86400.0, "welcome": "", "goodbye": "",
                    "dmarc": "auto", "dmarc_action": "munge_from", "reply_to": "none", "reply_to_strip": 0,

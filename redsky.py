@@ -77,19 +77,20 @@ above it).  Find a behaviour here, then search for the banner.
     11. The archive and its pages        the archive, a post's text, the static pages, feed, search
     12. The runner                       chain_filter, plugins, Context, run_chain, the trace
     13. Transports                       sendmail, SMTP (pipelining), maildir; outcomes; send_now
-    14. Held posts and command mail      Approved:, hold and release, Requests (-request, -join,
-                                         -leave, -confirm)
-    15. The queue chain                  read ... archive in chain order, finish_queue
-    16. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
-    17. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
-    18. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
+    14. Held posts and owners' actions   Approved:, hold and release, one-tap moderation links, an
+                                         owner's changes and reports (email and web)
+    15. Command mail                     Requests (-request, -join, -leave, -confirm)
+    16. The queue chain                  read ... archive in chain order, finish_queue
+    17. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
+    18. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
+    19. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
                                          the subscribe page, archive pages and search; `web`, CGI
-    19. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
-    20. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
-    21. Administration commands          lists, members, moderation, bounces, status, trace
-    22. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
-    23. Doctor                           every check of the installation
-    24. Command line                     demo, the argument parser, main
+    20. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
+    21. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
+    22. Administration commands          lists, members, moderation, bounces, status, trace
+    23. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
+    24. Doctor                           every check of the installation
+    25. Command line                     demo, the argument parser, main
 """
 
 
@@ -4955,9 +4956,9 @@ def send_now(config, sender, recipient, data):
 
 
 # ---------------------------------------------------------------------------
-# 14. Held posts and command mail
-# Owns: holding and releasing posts, the command interpreter of -request, -join, -leave and -confirm
-#       (Requests).
+# 14. Held posts and owners' actions
+# Owns: Approved:, holding and releasing posts, moderation notices and their one-tap links, an
+#       owner's changes and reports (by email and on the web).
 # Calls: sections 2-13.
 # ---------------------------------------------------------------------------
 
@@ -5198,18 +5199,232 @@ def finish_queue(ctx, verdict):
     if not ctx.outbox.dry_run:
         store_event(ctx)
     return code
-
-
-# Command mail ----------------------------------------------------------------
-
-TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
 MODERATION_VERBS = ("approve", "reject", "discard")
 OWNER_ACTIONS = ("invite", "remove", "ban", "unban")      # and set SETTING VALUE: confirmed by the owner
 OWNER_REPORTS = ("who", "held", "pending", "bounces", "show", "admin")     # answered to the owner at once
+MAX_OWNER_ITEMS = 100           # addresses and patterns in one owner's message
+
+
+def tell_owners(notices, verb, addresses):
+    """With the list's notify_owners on, one notice to the owners that
+    ``addresses`` joined or left (verb "joined" / "left")."""
+    owners = owners_of(notices.list)
+    if notices.list["notify_owners"] and owners and addresses:
+        shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
+        notices.send(owners, f"{list_address(notices.list)}: {shown} {verb}", "membership-change",
+                     {"verb": verb, "addresses": "\n".join("  " + a for a in addresses)},
+                     limit=False, auto="auto-generated")
+
+
+def drop_held(held, notices, changes, notify, reason):
+    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
+    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
+    sender is a robot.  Returns what was done, for the log."""
+    changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
+    to = held["from_addr"] or held["sender"]
+    if notify and to and notices.config.flag("commands", "notify_rejected") and not \
+            is_robot(RawMessage(held["raw"]), held["sender"] or None):
+        notices.send([to], f"{list_address(notices.list)}: your post was not distributed", "rejected-post",
+                     {"subject": one_line(held["subject"]), "reason": one_line(reason, 500)})
+    return f"held post {held['id']} {'rejected' if notify else 'discarded'}"
+
+
+# An owner's changes and reports: by email here (Requests), and the web admin's to reuse ------
+
+def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
+    """An owner's change checked as `redsky.py` checks it: (the action to carry out once the owner
+    confirms, a dict that JSON keeps, or None; the problems, one line each).  ``value``: the
+    rest of a `set` line as written; ``room``: how many more addresses or patterns may come."""
+    verb = {"subscribe": "invite", "unsubscribe": "remove"}.get(verb, verb)
+    if verb == "set":
+        key = words[0].lower() if words else ""
+        try:
+            column, stored = validate_setting(key, value)
+        except Failure as e:
+            return None, [f"set {one_line(key, 40)}: {e}"]
+        if column == "access" and stored == "passphrase" and not list_row["passphrase_hash"]:
+            return None, ["set access passphrase: set a passphrase first (set passphrase SECRET)"]
+        if column == "owners" and not stored:
+            return None, ["set owners: name at least one owner, or nobody could run the list by email"]
+        shown = "(a new passphrase)" if key == "passphrase" else one_line(value, 200) or "(empty)"
+        return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown}, []
+    items, problems, seen = [], [], set()
+    for n, word in enumerate(words):
+        if len(items) >= room or len(problems) >= 20:
+            problems.append(f"{verb}: at most {MAX_OWNER_ITEMS} addresses or patterns (and 20 mistakes) in"
+                            f" one message; {len(words) - n} words left out")
+            break
+        word = word.strip("<>,;")
+        try:
+            item = ban_pattern(word) if verb in ("ban", "unban") else \
+                normalize_address(word) if valid_address(word) and not word.startswith("-") else None
+        except Failure as e:
+            item = None
+            problems.append(f"{verb} {one_line(word, 80)}: {one_line(e, 200)}")
+        if item is None and verb in ("invite", "remove"):
+            problems.append(f"{verb} {one_line(word, 80)}: not a valid address")
+        elif item and item.lower() not in seen:
+            items.append(item)
+            seen.add(item.lower())
+    if not items and not problems:
+        problems.append(f"{verb}: name at least one " + ("pattern" if verb in ("ban", "unban") else
+                                                          "address"))
+    return ({"verb": verb, "items": items} if items else None), problems
+
+
+def describe_action(action):
+    """One line for a planned owner's action (the confirmation names each)."""
+    if action["verb"] == "set":
+        return f"set {action['key']} {action['shown']}"
+    why = {"invite": " (each is asked to confirm)", "remove": " (each is told)"}.get(action["verb"], "")
+    return f"{action['verb']} {', '.join(action['items'])}{why}"
+
+
+def apply_owner_actions(store, config, list_row, notices, changes, actions, now, after_commit):
+    """Carry out an owner's confirmed actions (plan_owner_action): the changes go into ``changes``
+    and the notices into ``notices``, to commit together; what must wait for the commit (a public
+    archive's pages) into ``after_commit``.  The state is checked again now.  Returns what was
+    done, one line each."""
+    lines, list_id, post = [], list_row["id"], list_address(list_row)
+    members, removed, invited = MemberLookup(store, list_id), [], set()
+    bans = {p.lower() for p in (r[0] for r in store.q("bans", list_id))}
+    for action in actions:
+        verb, items = action.get("verb"), [str(i) for i in action.get("items", ())]
+        if verb == "set" and action.get("column") in LIST_COLUMNS.replace(",", " ").split() and \
+                action["column"] not in ("id", "name", "domain"):
+            changes.append(lambda db, a=action: store.set_list(db, list_id, a["column"], a["value"]))
+            lines.append(f"  set {action['key']} {action.get('shown', '')}: done.")
+            if action["column"] in ("archive", "description") and \
+                    "public" in (list_row["archive"], action["value"]):
+                after_commit.append(lambda: build_pages(config, store.list_by_id(list_id)))
+        elif verb == "invite":
+            expiry = config.duration("commands", "confirm_expiry")
+            for address in items:
+                refused = "is a member" if address in members else "is banned" if banned(
+                    store, list_row, [address]) else "was invited already" if address.lower() in invited or \
+                    store.q("open_request", list_id, address, "subscribe", "", now).fetchone()[0] else ""
+                if refused:
+                    lines.append(f"  {address} {refused}: not invited.")
+                    continue
+                invited.add(address.lower())
+                token = add_pending(changes, list_row, address, "subscribe", now, expiry)
+                confirm = list_address(list_row, f"-confirm+{token}")
+                notices.send([address], f"Invitation to join {post} (confirm {token})", "invite",
+                             {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
+                             limit=False, reply_to=confirm)
+                lines.append(f"  {address} is invited: joins once they reply.")
+        elif verb == "remove":
+            for address in items:
+                if address not in members or address.lower() in removed:
+                    lines.append(f"  {address} is not a member: nothing to remove.")
+                    continue
+                removed.append(address.lower())
+                changes.append(lambda db, a=address: db.execute(SQL["delete_member"], (list_id, a)))
+                notices.send([address], f"You were removed from {post}", "removed", {"address": address},
+                             limit=False, auto="auto-generated")
+                lines.append(f"  {address} is removed, and told.")
+        elif verb in ("ban", "unban"):
+            for pattern in items:
+                there = pattern.lower() in bans
+                if there == (verb == "ban"):
+                    lines.append(f"  {pattern} {'is banned already' if there else 'was not banned'}.")
+                    continue
+                bans.add(pattern.lower()) if verb == "ban" else bans.discard(pattern.lower())
+                changes.append(lambda db, p=pattern, v=verb: db.execute(
+                    SQL["ban_add" if v == "ban" else "ban_del"], (list_id, p)))
+                member = verb == "ban" and matches_any([pattern], member_addresses(store, list_id))
+                lines.append(f"  {pattern} is {'banned' if verb == 'ban' else 'no longer banned'}."
+                             + (f" ({member} stays a member until removed.)" if member else ""))
+        else:
+            lines.append(f"  {one_line(verb, 20)}: not an action.")
+    tell_owners(notices, "left", removed)
+    return lines
+
+
+def list_report(store, config, list_row, what, changes, now):
+    """The text of an owner's report (who, held, pending, bounces, show) and the one-tap links it
+    names: (text, [(label, URL)]).  A held post without an open token gets one (into ``changes``)."""
+    list_id, post = list_row["id"], list_address(list_row)
+    if what == "who":
+        rows = store.q("members", list_id).fetchall()
+        lines = [f"  {r['address']}" + (f" ({one_line(r['name'], 60)})" if r["name"] else "")
+                 + f"  {r['status']}" + (f" ({r['disabled_reason']})" if r["status"] == "disabled" else "")
+                 + "".join(f"  {o}" for o, on in options_of(r).items() if on and o != "nomail")
+                 for r in rows[:10_000]]
+        more = [f"  ... and {len(rows) - 10_000} more"] * (len(rows) > 10_000)
+        return f"{post} has {len(rows)} members:\n\n" + "\n".join(lines + more), []
+    if what == "held":
+        rows = store.q("held_waiting", list_id, now + 1, now).fetchall()
+        text, links = moderation_items(store, config, list_row, changes, rows, [], now)
+        return f"Posts held on {post}: {len(rows)}\n\n{text}", links
+    if what == "pending":
+        joins = store.q("join_requests", list_id, now, now + 1).fetchall()
+        text, links = moderation_items(store, config, list_row, changes, [], joins, now)
+        waiting = {"subscribe": "was asked to confirm joining", "unsubscribe": "was asked to confirm leaving",
+                   "reenable": "was asked to turn delivery back on",
+                   "set-option": "was asked to confirm an option", "owner-command": "(an owner) was asked to"
+                                                                                      " confirm changes"}
+        others = [f"  {r['address']} {waiting[r['action']]}, {utc_time(r['created'])}"
+                  for r in store.q("open_pending", now, list_id, list_id) if r["action"] in waiting]
+        return (f"Join requests waiting for a decision on {post}: {len(joins)}\n\n{text}\n\n"
+                f"Waiting for someone's confirmation: {len(others)}\n" + "\n".join(others)), links
+    if what == "bounces":
+        history = {}
+        for b in store.q("bounce_history", list_id):
+            history.setdefault(b["address"].lower(), []).append(b)
+        lines = []
+        for m in store.q("members_bounce_status", list_id):
+            if not m["bounce_score"] and m["disabled_reason"] not in ("bounce", "feedback"):
+                continue
+            lines.append(f"  {m['address']}: score {m['bounce_score']:g}, {m['status']}"
+                         + (f" ({m['disabled_reason']}, {m['warnings']} warnings)" if m["disabled_reason"]
+                            else ""))
+            lines += [f"      {utc_time(b['received'])}  {b['cause'] or '?'} {b['status'] or ''}"
+                      f" ({'counted' if b['counted'] else 'not counted'}): {one_line(b['why'], 120)}"
+                      for b in history.get(m["address"].lower(), [])[-5:]]
+        return f"Members of {post} whose mail bounces:\n\n" + ("\n".join(lines) or "  none"), []
+    shown = {k: ("(set)" if list_row["passphrase_hash"] else "(none)") if k == "passphrase"
+             else str(list_row[k]).replace("\n", "\\n") for k in SETTABLE
+             if k in list_row or k == "passphrase"}
+    return f"The settings of {post} (change one with: set SETTING VALUE):\n\n" + "\n".join(
+        f"  {k} = {v}" for k, v in shown.items()), []
+
+
+def moderation_items(store, config, list_row, changes, held_rows, join_rows, now, limit=50):
+    """The held posts (held_waiting rows) and join requests (join_requests rows), each with its
+    facts and one-tap links, at most ``limit`` of them: (text, links).  A held post whose token
+    is gone gets a new one, into ``changes``, that ends with the post."""
+    items, links = [], []
+    held_expiry = config.duration("commands", "held_expiry")
+    for r in held_rows[:limit]:
+        author = r["from_addr"] or r["sender"] or ""
+        token = r["token"] or add_pending(changes, list_row, author or "?", "moderate", now,
+                                          max(r["received"] + held_expiry - now, 3600), held_id=r["id"])
+        these = moderation_links(list_row, token, author if always_accept(store, list_row, author) else "")
+        items.append(f"Held post {r['id']} from {author or '?'}, {utc_time(r['received'])},"
+                     f" {r['size']} bytes\n"
+                     f"  Subject: {one_line(r['subject'], 200) or '(no subject)'}\n"
+                     f"  Reason:  {one_line(r['reason'], 200)}\n  Token:   {token}\n" + links_text(these))
+        links += these
+    for r in join_rows[:max(limit - len(items), 0)]:
+        these = moderation_links(list_row, r["token"])
+        items.append(f"{r['address']} asks to join, since {utc_time(r['created'])}\n  Token:   {r['token']}\n"
+                     + links_text(these))
+        links += these
+    more = len(held_rows) + len(join_rows) - len(items)
+    return "\n\n".join(items + [f"... and {more} more (answer these first)"] * (more > 0)) or "  none", links
+
+
+# ---------------------------------------------------------------------------
+# 15. Command mail
+# Owns: the command interpreter of -request, -join, -leave and -confirm (Requests).
+# Calls: sections 2-14.
+# ---------------------------------------------------------------------------
+
+TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
 COMMAND_WORDS = {"join": "subscribe", "leave": "unsubscribe", "signoff": "unsubscribe", **{
     w: w for w in "subscribe unsubscribe help confirm set index get".split() + list(MODERATION_VERBS)
     + list(OWNER_ACTIONS + OWNER_REPORTS)}}
-MAX_OWNER_ITEMS = 100           # addresses and patterns in one owner's message
 
 
 def command_lines(raw):
@@ -5738,220 +5953,10 @@ class Requests:
                     links=links, done=f"{command} sent to {self.sender}")
 
 
-def tell_owners(notices, verb, addresses):
-    """With the list's notify_owners on, one notice to the owners that
-    ``addresses`` joined or left (verb "joined" / "left")."""
-    owners = owners_of(notices.list)
-    if notices.list["notify_owners"] and owners and addresses:
-        shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
-        notices.send(owners, f"{list_address(notices.list)}: {shown} {verb}", "membership-change",
-                     {"verb": verb, "addresses": "\n".join("  " + a for a in addresses)},
-                     limit=False, auto="auto-generated")
-
-
-def drop_held(held, notices, changes, notify, reason):
-    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
-    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
-    sender is a robot.  Returns what was done, for the log."""
-    changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
-    to = held["from_addr"] or held["sender"]
-    if notify and to and notices.config.flag("commands", "notify_rejected") and not \
-            is_robot(RawMessage(held["raw"]), held["sender"] or None):
-        notices.send([to], f"{list_address(notices.list)}: your post was not distributed", "rejected-post",
-                     {"subject": one_line(held["subject"]), "reason": one_line(reason, 500)})
-    return f"held post {held['id']} {'rejected' if notify else 'discarded'}"
-
-
-# An owner's changes and reports: by email here (Requests), and the web admin's to reuse ------
-
-def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
-    """An owner's change checked as `redsky.py` checks it: (the action to carry out once the owner
-    confirms, a dict that JSON keeps, or None; the problems, one line each).  ``value``: the
-    rest of a `set` line as written; ``room``: how many more addresses or patterns may come."""
-    verb = {"subscribe": "invite", "unsubscribe": "remove"}.get(verb, verb)
-    if verb == "set":
-        key = words[0].lower() if words else ""
-        try:
-            column, stored = validate_setting(key, value)
-        except Failure as e:
-            return None, [f"set {one_line(key, 40)}: {e}"]
-        if column == "access" and stored == "passphrase" and not list_row["passphrase_hash"]:
-            return None, ["set access passphrase: set a passphrase first (set passphrase SECRET)"]
-        if column == "owners" and not stored:
-            return None, ["set owners: name at least one owner, or nobody could run the list by email"]
-        shown = "(a new passphrase)" if key == "passphrase" else one_line(value, 200) or "(empty)"
-        return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown}, []
-    items, problems, seen = [], [], set()
-    for n, word in enumerate(words):
-        if len(items) >= room or len(problems) >= 20:
-            problems.append(f"{verb}: at most {MAX_OWNER_ITEMS} addresses or patterns (and 20 mistakes) in"
-                            f" one message; {len(words) - n} words left out")
-            break
-        word = word.strip("<>,;")
-        try:
-            item = ban_pattern(word) if verb in ("ban", "unban") else \
-                normalize_address(word) if valid_address(word) and not word.startswith("-") else None
-        except Failure as e:
-            item = None
-            problems.append(f"{verb} {one_line(word, 80)}: {one_line(e, 200)}")
-        if item is None and verb in ("invite", "remove"):
-            problems.append(f"{verb} {one_line(word, 80)}: not a valid address")
-        elif item and item.lower() not in seen:
-            items.append(item)
-            seen.add(item.lower())
-    if not items and not problems:
-        problems.append(f"{verb}: name at least one " + ("pattern" if verb in ("ban", "unban") else
-                                                          "address"))
-    return ({"verb": verb, "items": items} if items else None), problems
-
-
-def describe_action(action):
-    """One line for a planned owner's action (the confirmation names each)."""
-    if action["verb"] == "set":
-        return f"set {action['key']} {action['shown']}"
-    why = {"invite": " (each is asked to confirm)", "remove": " (each is told)"}.get(action["verb"], "")
-    return f"{action['verb']} {', '.join(action['items'])}{why}"
-
-
-def apply_owner_actions(store, config, list_row, notices, changes, actions, now, after_commit):
-    """Carry out an owner's confirmed actions (plan_owner_action): the changes go into ``changes``
-    and the notices into ``notices``, to commit together; what must wait for the commit (a public
-    archive's pages) into ``after_commit``.  The state is checked again now.  Returns what was
-    done, one line each."""
-    lines, list_id, post = [], list_row["id"], list_address(list_row)
-    members, removed, invited = MemberLookup(store, list_id), [], set()
-    bans = {p.lower() for p in (r[0] for r in store.q("bans", list_id))}
-    for action in actions:
-        verb, items = action.get("verb"), [str(i) for i in action.get("items", ())]
-        if verb == "set" and action.get("column") in LIST_COLUMNS.replace(",", " ").split() and \
-                action["column"] not in ("id", "name", "domain"):
-            changes.append(lambda db, a=action: store.set_list(db, list_id, a["column"], a["value"]))
-            lines.append(f"  set {action['key']} {action.get('shown', '')}: done.")
-            if action["column"] in ("archive", "description") and \
-                    "public" in (list_row["archive"], action["value"]):
-                after_commit.append(lambda: build_pages(config, store.list_by_id(list_id)))
-        elif verb == "invite":
-            expiry = config.duration("commands", "confirm_expiry")
-            for address in items:
-                refused = "is a member" if address in members else "is banned" if banned(
-                    store, list_row, [address]) else "was invited already" if address.lower() in invited or \
-                    store.q("open_request", list_id, address, "subscribe", "", now).fetchone()[0] else ""
-                if refused:
-                    lines.append(f"  {address} {refused}: not invited.")
-                    continue
-                invited.add(address.lower())
-                token = add_pending(changes, list_row, address, "subscribe", now, expiry)
-                confirm = list_address(list_row, f"-confirm+{token}")
-                notices.send([address], f"Invitation to join {post} (confirm {token})", "invite",
-                             {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
-                             limit=False, reply_to=confirm)
-                lines.append(f"  {address} is invited: joins once they reply.")
-        elif verb == "remove":
-            for address in items:
-                if address not in members or address.lower() in removed:
-                    lines.append(f"  {address} is not a member: nothing to remove.")
-                    continue
-                removed.append(address.lower())
-                changes.append(lambda db, a=address: db.execute(SQL["delete_member"], (list_id, a)))
-                notices.send([address], f"You were removed from {post}", "removed", {"address": address},
-                             limit=False, auto="auto-generated")
-                lines.append(f"  {address} is removed, and told.")
-        elif verb in ("ban", "unban"):
-            for pattern in items:
-                there = pattern.lower() in bans
-                if there == (verb == "ban"):
-                    lines.append(f"  {pattern} {'is banned already' if there else 'was not banned'}.")
-                    continue
-                bans.add(pattern.lower()) if verb == "ban" else bans.discard(pattern.lower())
-                changes.append(lambda db, p=pattern, v=verb: db.execute(
-                    SQL["ban_add" if v == "ban" else "ban_del"], (list_id, p)))
-                member = verb == "ban" and matches_any([pattern], member_addresses(store, list_id))
-                lines.append(f"  {pattern} is {'banned' if verb == 'ban' else 'no longer banned'}."
-                             + (f" ({member} stays a member until removed.)" if member else ""))
-        else:
-            lines.append(f"  {one_line(verb, 20)}: not an action.")
-    tell_owners(notices, "left", removed)
-    return lines
-
-
-def list_report(store, config, list_row, what, changes, now):
-    """The text of an owner's report (who, held, pending, bounces, show) and the one-tap links it
-    names: (text, [(label, URL)]).  A held post without an open token gets one (into ``changes``)."""
-    list_id, post = list_row["id"], list_address(list_row)
-    if what == "who":
-        rows = store.q("members", list_id).fetchall()
-        lines = [f"  {r['address']}" + (f" ({one_line(r['name'], 60)})" if r["name"] else "")
-                 + f"  {r['status']}" + (f" ({r['disabled_reason']})" if r["status"] == "disabled" else "")
-                 + "".join(f"  {o}" for o, on in options_of(r).items() if on and o != "nomail")
-                 for r in rows[:10_000]]
-        more = [f"  ... and {len(rows) - 10_000} more"] * (len(rows) > 10_000)
-        return f"{post} has {len(rows)} members:\n\n" + "\n".join(lines + more), []
-    if what == "held":
-        rows = store.q("held_waiting", list_id, now + 1, now).fetchall()
-        text, links = moderation_items(store, config, list_row, changes, rows, [], now)
-        return f"Posts held on {post}: {len(rows)}\n\n{text}", links
-    if what == "pending":
-        joins = store.q("join_requests", list_id, now, now + 1).fetchall()
-        text, links = moderation_items(store, config, list_row, changes, [], joins, now)
-        waiting = {"subscribe": "was asked to confirm joining", "unsubscribe": "was asked to confirm leaving",
-                   "reenable": "was asked to turn delivery back on",
-                   "set-option": "was asked to confirm an option", "owner-command": "(an owner) was asked to"
-                                                                                      " confirm changes"}
-        others = [f"  {r['address']} {waiting[r['action']]}, {utc_time(r['created'])}"
-                  for r in store.q("open_pending", now, list_id, list_id) if r["action"] in waiting]
-        return (f"Join requests waiting for a decision on {post}: {len(joins)}\n\n{text}\n\n"
-                f"Waiting for someone's confirmation: {len(others)}\n" + "\n".join(others)), links
-    if what == "bounces":
-        history = {}
-        for b in store.q("bounce_history", list_id):
-            history.setdefault(b["address"].lower(), []).append(b)
-        lines = []
-        for m in store.q("members_bounce_status", list_id):
-            if not m["bounce_score"] and m["disabled_reason"] not in ("bounce", "feedback"):
-                continue
-            lines.append(f"  {m['address']}: score {m['bounce_score']:g}, {m['status']}"
-                         + (f" ({m['disabled_reason']}, {m['warnings']} warnings)" if m["disabled_reason"]
-                            else ""))
-            lines += [f"      {utc_time(b['received'])}  {b['cause'] or '?'} {b['status'] or ''}"
-                      f" ({'counted' if b['counted'] else 'not counted'}): {one_line(b['why'], 120)}"
-                      for b in history.get(m["address"].lower(), [])[-5:]]
-        return f"Members of {post} whose mail bounces:\n\n" + ("\n".join(lines) or "  none"), []
-    shown = {k: ("(set)" if list_row["passphrase_hash"] else "(none)") if k == "passphrase"
-             else str(list_row[k]).replace("\n", "\\n") for k in SETTABLE
-             if k in list_row or k == "passphrase"}
-    return f"The settings of {post} (change one with: set SETTING VALUE):\n\n" + "\n".join(
-        f"  {k} = {v}" for k, v in shown.items()), []
-
-
-def moderation_items(store, config, list_row, changes, held_rows, join_rows, now, limit=50):
-    """The held posts (held_waiting rows) and join requests (join_requests rows), each with its
-    facts and one-tap links, at most ``limit`` of them: (text, links).  A held post whose token
-    is gone gets a new one, into ``changes``, that ends with the post."""
-    items, links = [], []
-    held_expiry = config.duration("commands", "held_expiry")
-    for r in held_rows[:limit]:
-        author = r["from_addr"] or r["sender"] or ""
-        token = r["token"] or add_pending(changes, list_row, author or "?", "moderate", now,
-                                          max(r["received"] + held_expiry - now, 3600), held_id=r["id"])
-        these = moderation_links(list_row, token, author if always_accept(store, list_row, author) else "")
-        items.append(f"Held post {r['id']} from {author or '?'}, {utc_time(r['received'])},"
-                     f" {r['size']} bytes\n"
-                     f"  Subject: {one_line(r['subject'], 200) or '(no subject)'}\n"
-                     f"  Reason:  {one_line(r['reason'], 200)}\n  Token:   {token}\n" + links_text(these))
-        links += these
-    for r in join_rows[:max(limit - len(items), 0)]:
-        these = moderation_links(list_row, r["token"])
-        items.append(f"{r['address']} asks to join, since {utc_time(r['created'])}\n  Token:   {r['token']}\n"
-                     + links_text(these))
-        links += these
-    more = len(held_rows) + len(join_rows) - len(items)
-    return "\n\n".join(items + [f"... and {more} more (answer these first)"] * (more > 0)) or "  none", links
-
-
 # ---------------------------------------------------------------------------
-# 15. The queue chain
+# 16. The queue chain
 # Owns: the queue filters in chain order (read ... archive) and finish_queue.
-# Calls: sections 2-14.
+# Calls: sections 2-15.
 # ---------------------------------------------------------------------------
 
 @chain_filter("message")
@@ -6635,9 +6640,9 @@ def archive(ctx):
 
 
 # ---------------------------------------------------------------------------
-# 16. The content-filter chain
+# 17. The content-filter chain
 # Owns: out, whitelist, dnsbl, autoreply, quarantine.
-# Calls: sections 2-15.
+# Calls: sections 2-16.
 # ---------------------------------------------------------------------------
 
 # `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter (proxsmtpd's
@@ -6941,9 +6946,9 @@ def quarantined(config):
 
 
 # ---------------------------------------------------------------------------
-# 17. The ledger and the send chain
+# 18. The ledger and the send chain
 # Owns: Ledger, the send filters singleinstance ... queuerunner, housekeeping, digests.
-# Calls: sections 2-16.
+# Calls: sections 2-17.
 # ---------------------------------------------------------------------------
 
 class Ledger:
@@ -7459,10 +7464,10 @@ def clean_spool(config, store, older_than=3600):
 
 
 # ---------------------------------------------------------------------------
-# 18. The web
+# 19. The web
 # Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page and its
 #       checks, archive pages and search; the web's budgets (client_network, web_budget); `web`, CGI.
-# Calls: sections 2-17.
+# Calls: sections 2-18.
 # ---------------------------------------------------------------------------
 
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
@@ -7869,9 +7874,9 @@ def run_cgi():
 
 
 # ---------------------------------------------------------------------------
-# 19. Postfix and the list user
+# 20. Postfix and the list user
 # Owns: the Postfix map and settings, postfix-config, become_list_user.
-# Calls: sections 2-18.
+# Calls: sections 2-19.
 # ---------------------------------------------------------------------------
 
 POSTFIX_QUERIES = {
@@ -8231,9 +8236,9 @@ def postconf(*args):
 
 
 # ---------------------------------------------------------------------------
-# 20. Intake: queue, filter and LMTP
+# 21. Intake: queue, filter and LMTP
 # Owns: cmd_queue, cmd_filter, quarantine, poison messages, the LMTP server, cmd_send.
-# Calls: sections 2-19.
+# Calls: sections 2-20.
 # ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
@@ -8662,9 +8667,9 @@ def cmd_send(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 21. Administration commands
+# 22. Administration commands
 # Owns: the cmd_* of lists, members, moderation, bounces, status and trace.
-# Calls: sections 2-20.
+# Calls: sections 2-21.
 # ---------------------------------------------------------------------------
 
 # Lists and members -----------------------------------------------------------
@@ -9291,9 +9296,9 @@ def cmd_restore(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 22. Moving in and out
+# 23. Moving in and out
 # Owns: export, import (mlmmj, Mailman 2 and 3, redsky), whois and forget.
-# Calls: sections 2-21.
+# Calls: sections 2-22.
 # ---------------------------------------------------------------------------
 
 # The list settings an export carries: what `set` sets (the passphrase as its hash) and the
@@ -9826,9 +9831,9 @@ def archive_remove_author(config, list_row, address):
 
 
 # ---------------------------------------------------------------------------
-# 23. Doctor
+# 24. Doctor
 # Owns: doctor's checks of the installation, Postfix, Exim, OpenSMTPD, LMTP and the web.
-# Calls: sections 2-22.
+# Calls: sections 2-23.
 # ---------------------------------------------------------------------------
 
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
@@ -10339,9 +10344,9 @@ def cmd_schema(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 24. Command line
+# 25. Command line
 # Owns: demo, the argument parser, main.
-# Calls: sections 2-23.
+# Calls: sections 2-24.
 # ---------------------------------------------------------------------------
 
 DEMO_POST = b"""\

@@ -37,6 +37,7 @@ Commands::
     redsky.py postfix-config [--write|--apply]   redsky.py schema
     redsky.py export LIST [--output FILE]
     redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
+                     [--into-existing] [--rewrite-addresses]
     redsky.py whois ADDR [--json]        redsky.py forget ADDR [--archive]
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
@@ -8298,7 +8299,8 @@ class ImportSource:
 
     def _open(self, dir_fd, name, directory, rel):
         """(descriptor, None), (None, why not) or (None, None) when there is no such name."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | (os.O_DIRECTORY if directory else 0)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        flags |= os.O_DIRECTORY if directory else 0
         try:
             seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             why = file_kind(seen, directory)
@@ -8332,7 +8334,8 @@ class ImportSource:
                 fd = opened
                 if opened is None:
                     if why:
-                        self.skip("/".join(parts[:i + 1]) + ("" if last and not directory else "/"), why, strict)
+                        shown = "/".join(parts[:i + 1]) + ("" if last and not directory else "/")
+                        self.skip(shown, why, strict)
                     return None
             return fd
         except BaseException:
@@ -8482,7 +8485,7 @@ def apply_plan(store, config, plan, dry_run=False, into_existing=False):
         raise Failure(f"list {address} exists here: importing into it changes its settings and owners and"
                       " adds members; --dry-run shows what would change, --into-existing does it", EX_DATAERR)
     would = "would " if dry_run else ""
-    some = lambda items, n=20: ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+    some = lambda items, n=20: ", ".join(items[:n]) + (f" and {len(items) - n} more" * (len(items) > n))
     if row is None:
         yield f"{would}create list {address}"
     elif to_change and not into_existing:
@@ -8498,7 +8501,8 @@ def apply_plan(store, config, plan, dry_run=False, into_existing=False):
         yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)" + \
             (f": {some([m['address'] for m in members])}" if dry_run and row is not None else "")
     if row is not None and len(plan["members"]) > len(members):
-        yield f"{len(plan['members']) - len(members)} members of the file are members already: left as they are"
+        kept = len(plan["members"]) - len(members)
+        yield f"{kept} members of the file are members already: left as they were"
     for what, items in (("posting patterns", acl), ("ban patterns", bans), ("archived posts", posts)):
         if items:
             yield f"{would}add {len(items)} {what}"
@@ -8625,8 +8629,8 @@ MLMMJ_ADDRESSES = {"subscribe": "-join", "unsubscribe": "-leave", "owner": "-own
 
 
 def mlmmj_addresses(plan, addresses, delimiter, rewrite):
-    """Warn about the footer and prefix naming mlmmj's own addresses (LIST+unsubscribe@…), which no
-    longer answer once redsky has the list, and say redsky's; ``rewrite`` puts redsky's in their place."""
+    """Warn about the footer and prefix naming mlmmj's own addresses (LIST+unsubscribe@…), which redsky
+    refuses (no list there: 550), and say redsky's; ``rewrite`` puts redsky's in their place."""
     local, _, domain = plan["address"].lower().partition("@")
     names = [a.lower().partition("@")[::2] for a in addresses if valid_address(a)]
     pattern = re.compile(r"(?<![\w.+-])(?:%s)%s([A-Za-z0-9][\w.=-]{0,200})@(?:%s)(?![\w-]|\.\w)" % (
@@ -8643,7 +8647,7 @@ def mlmmj_addresses(plan, addresses, delimiter, rewrite):
             note = f" (then `set digest on` or `set nomail on` to {local}-request@{domain})" \
                 if word.startswith("subscribe-") else ""
             plan["warnings"].append(
-                f"{what} names {m.group(0)}, mlmmj's address, which nothing answers once redsky has the list: "
+                f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
                 + (f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it")
                 + ("" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place"))
         if rewrite and any(theirs.values()):
@@ -8678,7 +8682,8 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
 def mailman2_plan(config_file, as_address=None):
     """An import plan from Mailman 2.1's `config_list -o` output (its members and pipermail mbox:
     add_member_files, add_mbox).  Settings with no redsky equivalent are listed."""
-    values = python_assignments(read_named(config_file, IMPORT_LIMITS["config"], []).decode("utf-8", "replace"))
+    text = read_named(config_file, IMPORT_LIMITS["config"], []).decode("utf-8", "replace")
+    values = python_assignments(text)
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
                              if values.get("real_name") and values.get("host_name") else "")
     if not address:

@@ -8592,7 +8592,9 @@ def mlmmj_plan(listdir, as_address=None, rewrite=False):
         addresses = text_lines(control("listaddress"))
         address = as_address or (addresses or [""])[0]
         if not address:
-            raise Failure(f"{listdir}: control/listaddress is empty; give --as LIST@DOMAIN", EX_DATAERR)
+            why = dict(skipped).get("control/listaddress")
+            raise Failure(f"{listdir}: control/listaddress " + (f"is {why}: not read" if why else "is empty")
+                          + "; give --as LIST@DOMAIN", EX_DATAERR)
         plan = new_plan(address)
         plan["skipped"] = skipped
         s = plan["settings"]
@@ -8795,8 +8797,10 @@ def redsky_plan(path, as_address=None):
     with ImportSource(where or ".", skipped, shown=os.path.join(where, ""), follow=True) as source:
         data = source.read(os.path.basename(path), IMPORT_LIMITS["export"], strict=True)
         mbox = source.read(os.path.basename(path) + ".mbox", IMPORT_LIMITS["mbox"])
+    def no_constant(name):                  # NaN and Infinity: no time, score or number of ours
+        raise ValueError(f"{name} is not a number here")
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"), parse_constant=no_constant)
     except (ValueError, RecursionError) as e:
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":

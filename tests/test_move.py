@@ -280,6 +280,10 @@ DAMAGED = {
     "a score that is no number": {"members": [{"address": "a@b.org", "bounce_score": "y"}]},
     "an unknown member status": {"members": [{"address": "a@b.org", "status": "gone"}]},
     "a duration that is none": {"settings": {"digest_interval": "zz"}},
+    "a score that is NaN": {"members": [{"address": "a@b.org", "bounce_score": float("nan")}]},
+    "a held post received at Infinity": {"held": [{"number": 1, "received": float("inf"), "sender": "",
+                                                   "recipient": "", "from_addr": "", "subject": "",
+                                                   "message_id": "", "reason": "", "raw": ""}]},
 }
 
 
@@ -501,11 +505,20 @@ def test_an_import_reads_only_regular_files_inside_the_list(rs, tmp_path, plante
 def test_a_device_node_is_never_opened(rs, tmp_path):
     listdir = small_mlmmj(tmp_path)
     try:
-        os.mknod(listdir / "control" / "footer", 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 5))  # /dev/zero
+        # /dev/null: /dev/zero would show it as well, but a reader that opens devices reads it until it is
+        # killed for want of memory (as this test did with the code before)
+        os.mknod(listdir / "control" / "footer", 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 3))
     except (PermissionError, OSError) as e:
         pytest.skip(f"cannot make a device node here: {e}")
     r = rs.run("import", "mlmmj", str(listdir), timeout=30)
     assert r.returncode == 0 and "skipped: control/footer is a device: not read" in r.out, r.out + r.err
+
+
+def test_a_linked_listaddress_is_named_when_the_import_cannot_go_on(rs, tmp_path):
+    listdir = small_mlmmj(tmp_path)
+    replace_with_link(listdir / "control" / "listaddress", tmp_path / "elsewhere")
+    r = rs.run("import", "mlmmj", str(listdir))
+    assert r.returncode == 65 and "control/listaddress is a symbolic link: not read; give --as" in r.err, r.err
 
 
 def test_an_oversized_file_is_skipped(rs, tmp_path, monkeypatch):

@@ -8310,8 +8310,8 @@ class ImportSource:
         except FileNotFoundError:
             return None, None
         except OSError as e:
-            if e.errno == errno.ELOOP:          # made a link after the lstat
-                return None, "a symbolic link"
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):        # made a link (or a file) after the lstat
+                return None, "a symbolic link" if e.errno == errno.ELOOP else "replaced while it was read"
             raise import_read_error(self.full(rel), e)
         st = os.fstat(fd)
         why = "replaced while it was read" if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) \

@@ -38,6 +38,7 @@ Commands::
     redsky.py postfix-config [--write|--apply]   redsky.py schema
     redsky.py export LIST [--output FILE]
     redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
+                     [--into-existing] [--rewrite-addresses]
     redsky.py whois ADDR [--json]        redsky.py forget ADDR [--archive]
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
@@ -9309,10 +9310,216 @@ EXPORTED_SETTINGS = tuple("passphrase_hash" if k == "passphrase" else k for k in
 HELD_FIELDS = ("received", "sender", "recipient", "from_addr", "subject", "message_id", "reason", "raw")
 
 
+# Reading what an import is handed ------------------------------------------------------------
+#
+# An import reads files that someone else may have made (an mlmmj list directory from another host,
+# Mailman's dumps, an export), and reads them as whoever runs it, root included (main reads them
+# before working as the list user).  So it reads only regular files really inside what it was
+# given: every name is opened relative to its directory's descriptor with O_NOFOLLOW (no symbolic
+# link at any level, so no path leaves the directory) and O_NONBLOCK (a FIFO never blocks), and the
+# opened descriptor's fstat decides: a regular file, the very one lstat saw (lstat first only so
+# that a device node is never opened: opening one can have effects), with no other name (a hard
+# link may be any file of the disk), within its size limit.  Everything is read into memory before
+# anything is changed, so nothing is read twice.  What is skipped is listed in the output.
+
+IMPORT_LIMITS = {"control": 1 << 20, "config": 16 << 20, "addresses": 256 << 20, "post": 64 << 20,
+                 "export": 1 << 30, "mbox": 4 << 30}
+
+
+def import_read_error(path, e):
+    """The Failure for a file or directory an import cannot open: what to do about it."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return Failure(f"cannot read {path}: permission denied" + (
+            " even to root (a network file system?): copy it to a local disk first" if os.geteuid() == 0 else
+            "; run the import as root (it reads what it imports before it works as the list user), or make"
+            " it readable to this user"), EX_NOPERM)
+    if e.errno == errno.ENOENT:
+        return Failure(f"no such file or directory: {path}", EX_DATAERR)
+    return Failure(f"cannot read {path}: {e.strerror or e}", EX_DATAERR)
+
+
+def file_kind(st, directory=False):
+    """Why an lstat result is not what an import reads (None when it is)."""
+    import stat
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return None if directory else "a directory"
+    if directory:
+        return "not a directory"
+    if stat.S_ISREG(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+class ImportSource:
+    """A directory an import reads from, opened once: ``read``, ``names`` and ``exists`` take paths
+    inside it ("control/footer") and follow no link at any level.  A file or directory that is not
+    read is added to ``skipped`` as (path, why), the path as ``shown`` + the path inside, unless
+    ``strict`` (a file named on the command line), which makes it a Failure.  Use it in a ``with``."""
+
+    def __init__(self, path, skipped, shown=None, follow=False):
+        self.path, self.skipped, self.shown = path, skipped, shown or ""
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+            why = file_kind(st, directory=True)
+            if why:
+                raise Failure(f"{path} is {why}" + (f" (to {os.path.realpath(path)}): name the directory"
+                              " itself if you mean it" if why == "a symbolic link" else ""), EX_DATAERR)
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK
+                              | (0 if follow else os.O_NOFOLLOW))
+        except OSError as e:
+            raise import_read_error(path, e)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+    def _open(self, dir_fd, name, directory, rel):
+        """(descriptor, None), (None, why not) or (None, None) when there is no such name."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        flags |= os.O_DIRECTORY if directory else 0
+        try:
+            seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            why = file_kind(seen, directory)
+            if why:
+                return None, why
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):        # made a link (or a file) after the lstat
+                return None, "a symbolic link" if e.errno == errno.ELOOP else "replaced while it was read"
+            raise import_read_error(self.full(rel), e)
+        st = os.fstat(fd)
+        why = "replaced while it was read" if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) \
+            else file_kind(st, directory) or (None if directory or st.st_nlink == 1 else
+                                              f"a hard link ({st.st_nlink} names)")
+        if why:
+            os.close(fd)
+            return None, why
+        return fd, None
+
+    def _walk(self, rel, directory, strict=False):
+        """The descriptor of ``rel`` (a directory or a file), opened component by component."""
+        fd, parts = self.fd, rel.split("/")
+        try:
+            for i, name in enumerate(parts):
+                last = i == len(parts) - 1
+                opened, why = self._open(fd, name, directory or not last, "/".join(parts[:i + 1]))
+                if fd != self.fd:
+                    os.close(fd)
+                fd = opened
+                if opened is None:
+                    if why:
+                        shown = "/".join(parts[:i + 1]) + ("" if last and not directory else "/")
+                        self.skip(shown, why, strict)
+                    return None
+            return fd
+        except BaseException:
+            if fd is not None and fd != self.fd:
+                os.close(fd)
+            raise
+
+    def full(self, rel):
+        return self.shown + rel if self.shown else os.path.join(self.path, rel)
+
+    def skip(self, rel, why, strict=False):
+        if strict:
+            raise Failure(f"{self.shown}{rel} is {why}: not read", EX_DATAERR)
+        self.skipped.append((self.shown + rel, why))
+
+    def read(self, rel, limit, strict=False):
+        """The bytes of file ``rel``, or None (no such file, or skipped)."""
+        fd = self._walk(rel, False, strict)
+        if fd is None:
+            if strict:
+                raise Failure(f"no such file: {self.shown}{rel}", EX_DATAERR)
+            return None
+        try:
+            chunks, size = [], 0
+            if os.fstat(fd).st_size > limit:
+                size = limit + 1
+            while size <= limit:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+            self.skip(rel, f"larger than {limit >> 20} MB" if limit >> 20 else f"larger than {limit} bytes",
+                      strict)
+            return None
+        except OSError as e:
+            raise import_read_error(self.full(rel), e)
+        finally:
+            os.close(fd)
+
+    def names(self, rel):
+        """The names in directory ``rel``, sorted ([] when there is none, or it is skipped)."""
+        fd = self._walk(rel, True)
+        if fd is None:
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    def exists(self, rel):
+        """Whether ``rel`` is there, whatever it is (a flag file: nothing of it is read)."""
+        head, _, name = rel.rpartition("/")
+        fd = self._walk(head, True) if head else self.fd
+        if fd is None:
+            return False
+        try:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            if fd != self.fd:
+                os.close(fd)
+
+
+def read_named(path, limit, skipped):
+    """The bytes of a file named on the command line: the file itself must be a regular file,
+    not a link (the directories above it are the admin's path, and are followed)."""
+    with ImportSource(os.path.dirname(path) or ".", skipped, shown=os.path.join(os.path.dirname(path), ""),
+                      follow=True) as where:
+        return where.read(os.path.basename(path), limit, strict=True)
+
+
+def text_lines(data):
+    """The non-empty, non-comment lines of a text (bytes), stripped."""
+    text = (data or b"").decode("utf-8", "replace")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def mbox_posts(data):
+    """The messages of an mbox (bytes), as mailbox.mbox reads them: each begins at a line starting
+    "From ", which is not part of it, and the empty line before the next one separates them."""
+    starts = [0] if data.startswith(b"From ") else []
+    at = data.find(b"\nFrom ")
+    while at != -1:
+        starts.append(at + 1)
+        at = data.find(b"\nFrom ", at + 1)
+    posts = []
+    for start, end in zip(starts, starts[1:] + [len(data)]):
+        body = data.find(b"\n", start, end)
+        post = data[end if body == -1 else body + 1:end]
+        posts.append(post[:-1] if post.endswith(b"\n\n") else post)
+    return posts
+
+
 def new_plan(address):
-    """What an import would bring: filled by an importer, carried out by apply_plan."""
+    """What an import would bring: filled by an importer, carried out by apply_plan.  "seen" holds
+    the members' addresses (lower case) so that adding one costs the same however many there are."""
     return {"address": address, "settings": {}, "members": [], "acl": [], "bans": [], "held": [],
-            "pending": [], "archive": [], "not_carried": [], "invalid": []}
+            "pending": [], "archive": [], "not_carried": [], "invalid": [], "skipped": [], "warnings": [],
+            "seen": set()}
 
 
 def plan_member(plan, address, name="", **options):
@@ -9321,21 +9528,26 @@ def plan_member(plan, address, name="", **options):
     if not valid_address(address):
         plan["invalid"].append(address)
         return
-    if address.lower() not in {m["address"].lower() for m in plan["members"]}:
+    if address.lower() not in plan["seen"]:
+        plan["seen"].add(address.lower())
         plan["members"].append({"address": address, "name": one_line(name, 200), **options})
 
 
-def apply_plan(store, config, plan, dry_run=False):
+def apply_plan(store, config, plan, dry_run=False, into_existing=False):
     """Carry out an import plan: the list created if missing, settings that differ set, members,
-    patterns, held posts and requests that are not there yet added, all in one transaction; then
-    the archive posts whose Message-ID the archive does not hold yet.  Running it twice changes
-    nothing the second time.  Yields what it does (or would do) line by line."""
+    patterns and held posts that are not there yet added, all in one transaction; then the archive
+    posts whose Message-ID the archive does not hold yet.  A list that exists already is changed only
+    ``into_existing`` (the file names its own target).  Tokens from a file are never trusted: a held
+    post gets a new one, and pending confirmations and requests are left out, with a line saying so;
+    nobody is sent anything.  Running it twice changes nothing the second time.  Yields what it
+    does (or would do) line by line."""
     try:
         name, domain = split_list_address(plan["address"])
         settings = dict(import_setting(k, v) for k, v in plan["settings"].items())
     except Failure as e:                    # in a file, not on the command line: bad data
         raise Failure(f"{e}", EX_DATAERR)
-    row = store.list_by_address(f"{name}@{domain}")
+    address = f"{name}@{domain}"
+    row = store.list_by_address(address)
     list_id = row["id"] if row else None           # a new list has no rows yet
     changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
     have = {a.lower() for a in member_addresses(store, list_id)}
@@ -9345,35 +9557,62 @@ def apply_plan(store, config, plan, dry_run=False):
     bans = [p for p in plan["bans"] if p not in bans_have]
     held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", list_id)}
     held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
-    tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
+    dropped = [p for p in plan["pending"] if p["action"] != "moderate"]
     archived_ids = {RawMessage(data).get("Message-ID") for _, data, _ in archive_selection(config, row)} \
         if row is not None and plan["archive"] else set()
     posts = [p for p in plan["archive"] if RawMessage(p).get("Message-ID") not in archived_ids
              or not RawMessage(p).get("Message-ID")]
+    to_change = row is None or changed or members or acl or bans or held or posts
+    if row is not None and to_change and not into_existing and not dry_run:
+        raise Failure(f"list {address} exists here: importing into it changes its settings and owners and"
+                      " adds members; --dry-run shows what would change, --into-existing does it", EX_DATAERR)
     would = "would " if dry_run else ""
+    some = lambda items, n=20: ", ".join(items[:n]) + (f" and {len(items) - n} more" * (len(items) > n))
     if row is None:
-        yield f"{would}create list {name}@{domain}"
+        yield f"{would}create list {address}"
+    elif to_change and not into_existing:
+        yield f"list {address} exists here: importing into it takes --into-existing; it would:"
     for key, value in changed.items():
-        shown = "(set)" if key == "passphrase_hash" else repr(value) if isinstance(value, str) else value
-        yield f"{would}set {key} = {shown}"
+        shown = lambda v, new="(set)": repr(v) if isinstance(v, str) and key != "passphrase_hash" else \
+            v if key != "passphrase_hash" else new if v else "(none)"
+        yield f"{would}set {key} = {shown(value)}" if row is None else \
+            f"{would}change {key}: {shown(row[key])} -> {shown(value, '(another)')}"
     if members:
         digest = sum(1 for m in members if m.get("digest"))
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
-        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)"
-    for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
-                        ("pending requests", tokens), ("archived posts", posts)):
+        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)" + \
+            (f": {some([m['address'] for m in members])}" if dry_run and row is not None else "")
+    if row is not None and len(plan["members"]) > len(members):
+        kept = len(plan["members"]) - len(members)
+        yield f"{kept} members of the file are members already: left as they were"
+    for what, items in (("posting patterns", acl), ("ban patterns", bans), ("archived posts", posts)):
         if items:
             yield f"{would}add {len(items)} {what}"
+    if held:
+        yield (f"{would}add {len(held)} held posts with new tokens (the owners' earlier notices no longer"
+               f" work): `redsky.py held {address}` lists them, `approve ID` releases one, and send's daily"
+               " reminder gives the owners the new tokens")
+    requests = [p["address"] for p in dropped if p["action"] == "approve-subscribe"]
+    confirmations = [f"{p['action']} {p['address']}" for p in dropped if p["action"] != "approve-subscribe"]
+    if confirmations:
+        yield (f"not imported: {len(confirmations)} pending confirmations ({some(confirmations, 5)}): a token"
+               " from a file is never trusted; whoever asked asks again")
+    if requests:
+        yield (f"not imported: {len(requests)} requests to join waiting for the owners ({some(requests, 5)}):"
+               f" `redsky.py subscribe {address} ADDR` admits one")
     if plan["invalid"]:
-        yield f"invalid addresses, not imported: {', '.join(plan['invalid'][:20])}" + \
-            (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
+        yield f"invalid addresses, not imported: {some(plan['invalid'])}"
+    for path, why in dict.fromkeys(plan["skipped"]):
+        yield f"skipped: {path} is {why}: not read"
+    for warning in plan["warnings"]:
+        yield f"warning: {warning}"
     for item in plan["not_carried"]:
         yield f"not carried over: {item}"
-    if not (row is None or changed or members or acl or bans or held or tokens or posts):
+    if not to_change:
         yield "nothing to change"
     if dry_run:
         return
-    now = time.time()
+    now, held_expiry = time.time(), config.duration("commands", "held_expiry")
     with store.transaction() as db:
         if row is None:
             list_id = store.add_list(db, {"name": name, "domain": domain, "created": now, **changed})
@@ -9388,15 +9627,11 @@ def apply_plan(store, config, plan, dry_run=False):
             for m in members])
         db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
         db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])
-        held_ids = {}                           # the export's held numbers -> rows here
-        for h in held:
-            values = (list_id, *(h[k] for k in HELD_FIELDS))
-            held_ids[h["number"]] = db.execute(SQL["add_held"], values).lastrowid
-        for p in tokens:
-            if p.get("held") is not None and p["held"] not in held_ids:
-                continue                        # its held post was imported before: so was it
-            db.execute(SQL["add_pending"], (p["token"], list_id, p["address"], p["action"],
-                                            held_ids.get(p.get("held")), p["created"], p["expires"]))
+        for h in held:                          # a token of our own for each, as hold_post makes it
+            held_id = db.execute(SQL["add_held"], (list_id, *(h[k] for k in HELD_FIELDS))).lastrowid
+            since = min(h["received"], now)
+            db.execute(SQL["add_pending"], (new_token(), list_id, h["from_addr"] or h["sender"] or "?",
+                                            "moderate", held_id, since, since + held_expiry))
     list_row = store.list_by_id(list_id)
     for data in posts:
         archive_add(config, list_row, data)
@@ -9422,57 +9657,85 @@ def import_setting(key, value):
         raise Failure(f"setting {key} = {value!r}: {e}", EX_DATAERR)
 
 
-def split_lines(path):
-    """The non-empty, non-comment lines of a text file, stripped."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise Failure(f"cannot read {path}: {e.strerror}", EX_NOPERM)
-
-
-def mlmmj_plan(listdir, as_address=None):
+def mlmmj_plan(listdir, as_address=None, rewrite=False):
     """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the files under control/, the
-    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
-    if not os.path.isdir(os.path.join(listdir, "control")):
-        raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
-    control = lambda name: os.path.join(listdir, "control", name)
-    flag = lambda name: os.path.exists(control(name))
-    first = lambda name: (split_lines(control(name)) or [""])[0]
-    address = as_address or first("listaddress")
-    if not address:
-        raise Failure(f"{listdir}: control/listaddress is empty; give --as LIST@DOMAIN", EX_DATAERR)
-    plan = new_plan(address)
-    s = plan["settings"]
-    s["subject_tag"] = first("prefix")
-    if flag("footer"):
-        with open(control("footer"), encoding="utf-8", errors="replace") as fh:
-            s["footer"] = fh.read().strip("\n")
-    s["access"] = "moderated" if flag("moderated") or flag("modonlypost") else \
-        "subscribers" if flag("subonlypost") else "open"
-    s["subscribe_policy"] = "closed" if flag("closedlist") or flag("closedlistsub") else \
-        "confirm+approve" if flag("submod") else "open" if flag("nosubconfirm") else "confirm"
-    s["archive"] = "off" if flag("noarchive") else "private"
-    owners = split_lines(control("owner")) + split_lines(control("moderators"))
-    s["owners"] = ",".join(dict.fromkeys(o for o in owners if valid_address(o)))
-    used = {"listaddress", "prefix", "footer", "moderated", "modonlypost", "subonlypost", "closedlist",
-            "closedlistsub", "submod", "nosubconfirm", "noarchive", "owner", "moderators"}
-    plan["not_carried"] = sorted(f"control/{n}" for n in os.listdir(os.path.join(listdir, "control"))
-                                 if n not in used)
-    for sub, options in (("subscribers.d", {}), ("digesters.d", {"digest": True}),
-                         ("nomailsubs.d", {"status": "disabled", "disabled_reason": "nomail"})):
-        directory = os.path.join(listdir, sub)
-        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
-            for line in split_lines(os.path.join(directory, name)):
-                plan_member(plan, line, **options)
-    archive_dir = os.path.join(listdir, "archive")
-    numbers = os.listdir(archive_dir) if os.path.isdir(archive_dir) else []
-    for n in sorted(int(n) for n in numbers if n.isdigit()):
-        with open(os.path.join(archive_dir, str(n)), "rb") as fh:
-            plan["archive"].append(fh.read())
+    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N),
+    read as ImportSource reads: regular files inside it only."""
+    skipped = []
+    with ImportSource(listdir, skipped) as source:
+        if not source.exists("control"):
+            raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
+        names = source.names("control")
+        if skipped:
+            raise Failure(f"{listdir}: control/ is {skipped[0][1]}: not read", EX_DATAERR)
+        control = lambda name, limit="control": source.read(f"control/{name}", IMPORT_LIMITS[limit])
+        flag = lambda name: source.exists(f"control/{name}")
+        first = lambda name: (text_lines(control(name)) or [""])[0]
+        addresses = text_lines(control("listaddress"))
+        address = as_address or (addresses or [""])[0]
+        if not address:
+            why = dict(skipped).get("control/listaddress")
+            raise Failure(f"{listdir}: control/listaddress " + (f"is {why}: not read" if why else "is empty")
+                          + "; give --as LIST@DOMAIN", EX_DATAERR)
+        plan = new_plan(address)
+        plan["skipped"] = skipped
+        s = plan["settings"]
+        s["subject_tag"] = first("prefix")
+        footer = control("footer")
+        if footer is not None:
+            s["footer"] = footer.decode("utf-8", "replace").strip("\n")
+        s["access"] = "moderated" if flag("moderated") or flag("modonlypost") else \
+            "subscribers" if flag("subonlypost") else "open"
+        s["subscribe_policy"] = "closed" if flag("closedlist") or flag("closedlistsub") else \
+            "confirm+approve" if flag("submod") else "open" if flag("nosubconfirm") else "confirm"
+        s["archive"] = "off" if flag("noarchive") else "private"
+        owners = text_lines(control("owner")) + text_lines(control("moderators"))
+        s["owners"] = ",".join(dict.fromkeys(o for o in owners if valid_address(o)))
+        used = {"listaddress", "prefix", "footer", "moderated", "modonlypost", "subonlypost", "closedlist",
+                "closedlistsub", "submod", "nosubconfirm", "noarchive", "owner", "moderators"}
+        plan["not_carried"] = [f"control/{n}" for n in names if n not in used]
+        mlmmj_addresses(plan, addresses + [plan["address"]], first("delimiter") or "+", rewrite)
+        for sub, options in (("subscribers.d", {}), ("digesters.d", {"digest": True}),
+                             ("nomailsubs.d", {"status": "disabled", "disabled_reason": "nomail"})):
+            for name in source.names(sub):
+                for line in text_lines(source.read(f"{sub}/{name}", IMPORT_LIMITS["addresses"])):
+                    plan_member(plan, line, **options)
+        for n in sorted(int(n) for n in source.names("archive") if n.isdigit() and n.isascii()):
+            data = source.read(f"archive/{n}", IMPORT_LIMITS["post"])
+            if data is not None:
+                plan["archive"].append(data)
     return plan
+
+
+# mlmmj's own addresses (LIST+WORD@DOMAIN, WORD as in its listtexts) and what redsky answers instead.
+MLMMJ_ADDRESSES = {"subscribe": "-join", "unsubscribe": "-leave", "owner": "-owner", "help": "-request",
+                   "get": "-request", "index": "-request", "faq": "-request", "list": "-request"}
+
+
+def mlmmj_addresses(plan, addresses, delimiter, rewrite):
+    """Warn about the footer and prefix naming mlmmj's own addresses (LIST+unsubscribe@…), which redsky
+    refuses (no list there: 550), and say redsky's; ``rewrite`` puts redsky's in their place."""
+    local, _, domain = plan["address"].lower().partition("@")
+    names = [a.lower().partition("@")[::2] for a in addresses if valid_address(a)]
+    pattern = re.compile(r"(?<![\w.+-])(?:%s)%s([A-Za-z0-9][\w.=-]{0,200})@(?:%s)(?![\w-]|\.\w)" % (
+        "|".join(sorted({re.escape(n) for n, _ in names})), re.escape(delimiter),
+        "|".join(sorted({re.escape(d) for _, d in names}))), re.IGNORECASE)
+    for key, what in (("footer", "the footer"), ("subject_tag", "the prefix")):
+        text, theirs = plan["settings"].get(key) or "", {}
+        for m in pattern.finditer(text):
+            word = m.group(1).lower()
+            suffix = MLMMJ_ADDRESSES.get(word.split("-")[0])
+            if m.group(0) in theirs:
+                continue
+            theirs[m.group(0)] = f"{local}{suffix}@{domain}" if suffix else None
+            note = f" (then `set digest on` or `set nomail on` to {local}-request@{domain})" \
+                if word.startswith("subscribe-") else ""
+            plan["warnings"].append(
+                f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
+                + (f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it")
+                + ("" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place"))
+        if rewrite and any(theirs.values()):
+            plan["settings"][key] = pattern.sub(lambda m: theirs[m.group(0)] or m.group(0), text)
 
 
 def python_assignments(text):
@@ -9503,8 +9766,8 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
 def mailman2_plan(config_file, as_address=None):
     """An import plan from Mailman 2.1's `config_list -o` output (its members and pipermail mbox:
     add_member_files, add_mbox).  Settings with no redsky equivalent are listed."""
-    with open(config_file, encoding="utf-8", errors="replace") as fh:
-        values = python_assignments(fh.read())
+    text = read_named(config_file, IMPORT_LIMITS["config"], []).decode("utf-8", "replace")
+    values = python_assignments(text)
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
                              if values.get("real_name") and values.get("host_name") else "")
     if not address:
@@ -9559,7 +9822,7 @@ def mailman3_plan(info, as_address=None):
     only one; or a "Posting address:" line).  Its members and mbox: add_member_files, add_mbox."""
     address = as_address
     if info and not address:
-        lines = split_lines(info)
+        lines = text_lines(read_named(info, IMPORT_LIMITS["config"], []))
         posting = [v.strip() for k, _, v in (line.partition(":") for line in lines)
                    if k.strip().lower() in ("posting address", "list address")]
         bare = [line for line in lines if valid_address(line)]
@@ -9578,22 +9841,15 @@ def add_member_files(plan, members, digest_members, nomail_members):
     for path, options in ((members, {}), (digest_members, {"digest": True}),
                           (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
         if path:
-            if not os.path.exists(path):
-                raise Failure(f"no such file: {path}", EX_DATAERR)
-            for line in split_lines(path):
+            for line in text_lines(read_named(path, IMPORT_LIMITS["addresses"], plan["skipped"])):
                 plan_member(plan, *name_addr(line), **options)
 
 
 def add_mbox(plan, path):
     """The posts of an mbox, in order, for the archive (pipermail's, HyperKitty's
     export or the prototype archiver's)."""
-    if not path:
-        return
-    import mailbox
-    if not os.path.exists(path):
-        raise Failure(f"no such file: {path}", EX_DATAERR)
-    box = mailbox.mbox(path, create=False)
-    plan["archive"] += [box.get_bytes(key) for key in box.iterkeys()]
+    if path:
+        plan["archive"] += mbox_posts(read_named(path, IMPORT_LIMITS["mbox"], plan["skipped"]))
 
 
 def export_document(store, config, row):
@@ -9616,12 +9872,18 @@ def export_document(store, config, row):
 
 
 def redsky_plan(path, as_address=None):
-    """An import plan from `redsky.py export` output (and FILE.mbox beside it)."""
+    """An import plan from `redsky.py export` output (and FILE.mbox beside it, from the same
+    directory, read as ImportSource reads)."""
     import base64
+    skipped, where = [], os.path.dirname(path)
+    with ImportSource(where or ".", skipped, shown=os.path.join(where, ""), follow=True) as source:
+        data = source.read(os.path.basename(path), IMPORT_LIMITS["export"], strict=True)
+        mbox = source.read(os.path.basename(path) + ".mbox", IMPORT_LIMITS["mbox"])
+    def no_constant(name):                  # NaN and Infinity: no time, score or number of ours
+        raise ValueError(f"{name} is not a number here")
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError, RecursionError) as e:
+        doc = json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
         raise Failure(f"{path} is not a redsky export", EX_DATAERR)
@@ -9638,7 +9900,8 @@ def redsky_plan(path, as_address=None):
             missing = held_keys - set(h)
             if missing:
                 raise ValueError(f"a held post lacks {', '.join(sorted(missing))}")
-            plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True)))
+            plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True),
+                                     received=float(h["received"])))
         for p in doc.get("pending", []):
             missing = pending_keys - set(p)
             if missing or p["action"] not in schema_choices("pending")["action"]:
@@ -9646,7 +9909,8 @@ def redsky_plan(path, as_address=None):
             plan["pending"].append(dict(p))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Failure(f"{path} is not a valid redsky export: {one_line(e, 200)}", EX_DATAERR)
-    add_mbox(plan, path + ".mbox" if os.path.exists(path + ".mbox") else None)
+    plan["skipped"] = skipped
+    plan["archive"] = mbox_posts(mbox or b"")
     return plan
 
 
@@ -9672,35 +9936,47 @@ def cmd_export(args, config):
         return EX_OK
     _write_page(args.output, text)          # atomically, as the archive's pages are written
     posts = archive_selection(config, row)
-    if posts:
-        export_mbox(posts, args.output + ".mbox")
-    print(f"{list_address(row)}: exported to {args.output}" + (f" and {args.output}.mbox" if posts else ""),
+    first = next(posts, None)               # a generator: is there any post at all?
+    if first is not None:
+        export_mbox(itertools.chain([first], posts), args.output + ".mbox")
+    elif os.path.exists(args.output + ".mbox"):     # an earlier export's: import would take it for this one's
+        os.unlink(args.output + ".mbox")
+    print(f"{list_address(row)}: exported to {args.output}" +
+          (f" and {args.output}.mbox" if first is not None else " (no archived posts, so no .mbox)"),
           file=sys.stderr)
     return EX_OK
 
 
-def cmd_import(args, config):
-    """import mlmmj LISTDIR | mailman2 | mailman3 | redsky FILE: print what
-    changes (--dry-run: only that), then carry it out in one transaction."""
+def import_plan(args):
+    """Read everything an import names and make its plan.  main calls it before it works as the list
+    user, so that root reads what only root may (an mlmmj list's subscribers.d/ is 0600); nothing is
+    read later.  ImportSource decides what is read."""
     if args.kind in ("mlmmj", "redsky") and not args.path:
         raise Failure(f"use: import {args.kind} {'LISTDIR' if args.kind == 'mlmmj' else 'FILE'}", EX_USAGE)
     if args.kind in ("mailman2", "mailman3") and not args.members:
         raise Failure(f"use: import {args.kind} --members FILE ...", EX_USAGE)
     if args.kind == "mailman2" and not args.config_file:
         raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
-    try:
-        importer, source = {"mlmmj": (mlmmj_plan, args.path), "redsky": (redsky_plan, args.path),
-                            "mailman2": (mailman2_plan, args.config_file),
-                            "mailman3": (mailman3_plan, args.info)}[args.kind]
-        plan = importer(source, args.as_address)
-        if args.kind.startswith("mailman"):
-            add_member_files(plan, args.members, args.digest_members, args.nomail_members)
-            add_mbox(plan, args.mbox)
-    except OSError as e:                        # a file of the import that cannot be read
-        raise Failure(f"cannot read {e.filename or args.path}: {e.strerror or e}", EX_NOPERM)
+    if args.rewrite_addresses and args.kind != "mlmmj":
+        raise Failure("--rewrite-addresses is for import mlmmj", EX_USAGE)
+    if args.kind == "mlmmj":
+        return mlmmj_plan(args.path, args.as_address, args.rewrite_addresses)
+    if args.kind == "redsky":
+        return redsky_plan(args.path, args.as_address)
+    plan = mailman2_plan(args.config_file, args.as_address) if args.kind == "mailman2" else \
+        mailman3_plan(args.info, args.as_address)
+    add_member_files(plan, args.members, args.digest_members, args.nomail_members)
+    add_mbox(plan, args.mbox)
+    return plan
+
+
+def cmd_import(args, config):
+    """import mlmmj LISTDIR | mailman2 | mailman3 | redsky FILE: print what
+    changes (--dry-run: only that), then carry it out in one transaction."""
+    plan = getattr(args, "plan", None) or import_plan(args)
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
-    for line in apply_plan(store, config, plan, args.dry_run):
+    for line in apply_plan(store, config, plan, args.dry_run, args.into_existing):
         print(f"{plan['address']}: {line}")
     return EX_OK
 
@@ -10536,6 +10812,10 @@ def make_parser(wanted=None):
     p.add_argument("--nomail-members", metavar="FILE", help="mailman2/3: members with delivery off")
     p.add_argument("--mbox", metavar="FILE", help="mailman2/3: the archive mbox")
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.add_argument("--into-existing", action="store_true",
+                   help="import into a list that exists here: its settings and owners are replaced")
+    p.add_argument("--rewrite-addresses", action="store_true",
+                   help="mlmmj: put redsky's addresses where the footer and prefix name mlmmj's")
     p = command("whois", cmd_whois, "everything redsky stores about an address")
     p.add_argument("address")
     p.add_argument("--json", action="store_true")
@@ -10664,6 +10944,8 @@ def main(argv=None):
         os.umask(config.umask)
         if args.command == "init" or (args.command == "postfix-config" and not args.lmtp):
             args.bytecode = compile_bytecode(getattr(args, "python", None) or default_python())  # as root
+        if args.command == "import":               # read as the caller (root may read what it imports)
+            args.plan = import_plan(args)
         if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
             become_list_user(config)
         setup_logging(config, args.verbose)

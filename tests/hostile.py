@@ -104,6 +104,14 @@ PARSERS = {
         {"pass_types": [], "filter_types": ["application/*"], "pass_extensions": [], "filter_extensions": ["exe"]},
         {"collapse_alternatives": 1, "convert_html_to_plaintext": 1}, []),
     "ban_patterns": lambda t: redsky.matches_any(["*@x.example", r"^spam\d+@"], [t]),
+    # what an import is handed: an mbox, member lines, mlmmj's addresses in a footer
+    "mbox_posts": lambda t: redsky.mbox_posts(("From " + t + "\n\nFrom " + t.replace(".", "\nFrom "))
+                                              .encode("utf-8", "surrogateescape")),
+    "import_member_lines": lambda t: [redsky.name_addr(line) for line in redsky.text_lines(
+        t.encode("utf-8", "surrogateescape"))],
+    "mlmmj_addresses": lambda t: [redsky.mlmmj_addresses(
+        dict(redsky.new_plan(address), settings={"footer": "a+" + t, "subject_tag": t}), [address], delimiter,
+        True) for address, delimiter in (("a@a.a", "+"), ("a-b@a", "-"))],
     # the archive pages: an HTML part, a text part, the addresses hidden, the thread key, a whole post
     "sanitize_html": lambda t: redsky.sanitize_html(t),
     "sanitize_html_attributes": lambda t: redsky.sanitize_html("<a href=" + t + "><td colspan=" + t + ">"),

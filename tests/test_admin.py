@@ -443,3 +443,13 @@ def test_dellist_dry_run_says_what_would_go_and_keeps_it(rs):
     assert len(rs.members("team@lists.example.org")) == 3            # nothing went
     assert rs.run("dellist", "team@lists.example.org", check=0).out.startswith("deleted list")
     assert rs.run("members", "team@lists.example.org").returncode == 67
+
+
+def test_the_readmes_exit_code_tables_name_the_codes_redsky_uses():
+    """Admins write MTA and proxsmtpd rules from these tables (a renumbering once shifted them all)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit codes (sysexits)")[1].split("\n## ")[0]
+    codes = [int(c) for c in re.findall(r"(?m)^\| (\d+) \|", section)]
+    assert {redsky.EX_OK, redsky.EX_USAGE, redsky.EX_DATAERR, redsky.EX_NOUSER, redsky.EX_TEMPFAIL,
+            redsky.EX_NOPERM, redsky.EX_CONFIG, redsky.EX_DISCARDED} <= set(codes) | {0}
+    assert set(codes) <= {0, 64, 65, 67, 75, 77, 78, 99, 128 + 13}, codes

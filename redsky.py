@@ -301,8 +301,8 @@ SETTINGS = (
     ("commands", "confirm_expiry", "3d", "duration", "confirmation tokens expire after this"),
     ("commands", "max_confirmations", "3", "number", "confirmations to one address a day, over all lists"
      " (a request repeated while one is pending is ignored)"),
-    ("commands", "max_replies", "10", "number", "other replies (help, errors) to one address per list a"
-     " day"),
+    ("commands", "max_replies", "10", "number", "other replies (help, errors, reports) to one address per"
+     " list a day, whatever its spelling; ten times as many to the list's owners and moderators"),
     ("commands", "held_expiry", "14d", "duration", "held posts and join requests nobody answered are"
      " dropped after this"),
     ("commands", "notify_rejected", "yes", "flag", "`reject` tells the sender why (`discard` never does)"),
@@ -1126,7 +1126,8 @@ SQL = {
                      " (SELECT count(*) FROM held WHERE list_id = ?1) AS held,"
                      " (SELECT count(*) FROM pending WHERE list_id = ?1 AND used IS NULL) AS pending",
     "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
-                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
+                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? COLLATE NOCASE"
+                     " AND m.created > ?",
     # a post to the members reached ?3 when the cursor passed a member with no row of a failure
     "delivered_to": "SELECT 1 FROM messages m LEFT JOIN deliveries d ON d.message = m.id"
                     " AND d.address = ?3 COLLATE NOCASE WHERE m.list_id = ?1 AND m.message_id = ?2"
@@ -3139,7 +3140,7 @@ class Notices:
         self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
         self.in_reply_to, self.now = in_reply_to, time.time()
         self.answered, self.suppressed = set(), []
-        self.team = {a.lower() for a in moderation_team(list_row)}     # not capped per day
+        self.team = {a.lower() for a in moderation_team(list_row)}     # capped ten times higher
 
     def send(self, to, title, text_name, values=None, *, limit=True, kind="notice", reply_to=None,
              attachment=None, auto="auto-replied", sender="-request", envelope="", links=()):
@@ -3148,9 +3149,9 @@ class Notices:
         text = render(text_name, self.list, values or {}, self.config.path_of("redsky", "templates"))
         if limit:
             day, cap = self.now - 86400, self.config.number("commands", "max_replies")
-            wanted, to = to, [a for a in to if a.lower() not in self.answered and (
-                a.lower() in self.team
-                or self.store.q("notices_today", self.list["id"], a, day).fetchone()[0] < cap)]
+            wanted, to = to, [a for a in to if a.lower() not in self.answered and  # the team: 10 times
+                              self.store.q("notices_today", self.list["id"], a, day).fetchone()[0]
+                              < cap * (10 if a.lower() in self.team else 1)]
             self.suppressed += [a for a in wanted if a not in to]
             self.answered.update(a.lower() for a in to)
         if not to:
@@ -5548,8 +5549,9 @@ class Requests:
         parsed = {}                 # (command, its words) -> (line, command): a repeat is done once
         for line in lines:
             command = parse_command(line)
-            if command and len(parsed) < 10:
-                parsed.setdefault((command[0], tuple(w.lower() for w in command[1])), (line, command))
+            if command and len(parsed) < 10:    # a report (who, held ...) once, whatever words follow
+                words = () if command[0] in OWNER_REPORTS + ("help", "index") else command[1]
+                parsed.setdefault((command[0], tuple(w.lower() for w in words)), (line, command))
         self.answers, self.lines = [], list(lines)
         if not parsed:
             self.help(why="help (no command found)")

@@ -438,3 +438,25 @@ def test_an_envelope_sender_alone_makes_nobody_an_owner(lst):
     for address in (OWNER, MOD):
         (answer,) = inbox(lst, address)
         assert "is for the owners" in text(answer) and "bob@example.net" not in text(answer)
+
+
+def test_replies_are_capped_whatever_the_spelling_and_for_the_team_too(rs):
+    """A forged From in another case got past the daily cap (30 replies instead of 10); the owners'
+    reports had no cap at all, and one message asked for `who` ten times."""
+    rs.newlist("team@lists.example.org", "--owner", "owner@example.org",
+               members=[f"m{i}@example.org" for i in range(5)])
+    rs.write_config(commands={"max_replies": "3"})
+    for n in range(8):
+        victim = "".join(c.upper() if (n >> i) & 1 else c for i, c in enumerate("victim")) + "@example.org"
+        rs.queue(f"From: {victim}\nTo: team-request@lists.example.org\nSubject: help\n"
+                 f"Message-ID: <cap{n}@x>\n\nhelp\n".encode(), recipient="team-request@lists.example.org",
+                 sender=victim, check=0)
+    assert rs.db().execute("SELECT count(*) FROM deliveries WHERE lower(address) = 'victim@example.org'"
+                           ).fetchone()[0] == 3
+    asked = "\n".join(["who"] + [f"who {n}" for n in range(1, 10)])
+    for n in range(40):
+        rs.queue(f"From: owner@example.org\nTo: team-request@lists.example.org\nSubject: x\n"
+                 f"Message-ID: <who{n}@x>\n\n{asked}\n".encode(), recipient="team-request@lists.example.org",
+                 sender="owner@example.org", check=0)
+    rows = rs.db().execute("SELECT count(*) FROM deliveries WHERE address = 'owner@example.org'").fetchone()[0]
+    assert rows == 30                                          # ten times the cap, one reply a message

@@ -1725,7 +1725,9 @@ def member_addresses(store, list_id):
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")     # RFC 5322 field name, then ':'
 _ADDR_SPEC = re.compile(
     r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r'|"(?:[^"\\\r\n]|\\.)+")'
+    # qtext and quoted-pair (RFC 5322 3.2.4), non-ASCII as RFC 6531 allows, but no control character:
+    # an address goes into header fields, where CR, LF, VT, FF, NEL or U+2028 could end one
+    r'|"(?:[ !#-\[\]-~\u00a0-\u2027\u202a-\U0010ffff]|\\[\t -~])+")'
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])")
 

@@ -196,3 +196,23 @@ def test_leaving_always_needs_the_members_confirmation(lst, policy):
     to = re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1)
     mail(lst, to, "bob@example.net", subject="Re: confirm")                         # bob really confirms
     assert "bob@example.net" not in lst.members(LIST)
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028", "\u2029", "\x7f"])
+def test_a_quoted_address_with_a_line_breaking_character_is_no_address(rs, char):
+    """Such an address went into a notice's To: and the email package refused it: 75 on every
+    retry, then the quarantine (and a moderator could never reject the post by email)."""
+    import redsky
+    sender = f'"a{char}approve"@evil.example'
+    assert not redsky.valid_address(sender)
+    rs.newlist("test@lists.example.org", "--owner", "owner@example.org", members=("bob@example.net",))
+    rs.run("set", "test@lists.example.org", "nonmember_action", "reject", check=0)
+    raw = (f"From: {sender}\nTo: test-request@lists.example.org\nSubject: help\nMessage-ID: <q1@x>\n\nhelp\n"
+           .encode("utf-8"))
+    for to in ("test-request@lists.example.org", "test@lists.example.org", "test-join@lists.example.org"):
+        r = rs.queue(raw.replace(b"To: test-request@", b"To: " + to.split("@")[0].encode() + b"@"),
+                     recipient=to, sender=sender)
+        assert r.returncode in (0, 65), (to, r.err)
+        assert "internal error" not in r.err and "Traceback" not in r.err
+    rs.run("send", check=0)
+    assert all(char not in argv[-1] for argv, _ in rs.sent())

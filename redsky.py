@@ -3343,11 +3343,11 @@ def validate_setting(key, value):
             raise Failure("archive_url must be an http(s), ftp or mailto URL, or empty", EX_DATAERR)
         return key, value
     if key == "digest_size_threshold":
-        if not re.fullmatch(r"\d+", value) or int(value) < 1:
-            raise Failure("digest_size_threshold is a number of KB, 1 or more", EX_USAGE)
+        if not re.fullmatch(r"\d{1,9}", value) or int(value) < 1:      # SQLite's integers end somewhere
+            raise Failure("digest_size_threshold is a number of KB, from 1 to 999999999", EX_USAGE)
         return key, int(value)
     if key == "digest_interval":
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip().lower())
+        m = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)([smhdw]?)", value.strip().lower())
         if not m or float(m.group(1)) <= 0:
             raise Failure("digest_interval is a duration like 1d, 12h or 1w", EX_USAGE)
         return key, float(m.group(1)) * _DURATION_UNITS[m.group(2)]

@@ -811,3 +811,12 @@ def test_real_world_mime_through_every_rewrite(team):
         assert b"redsky-personal-" not in data
         msg = parse(data)
         assert msg["Subject"].startswith("[t ") and msg["Reply-To"]
+
+
+@pytest.mark.parametrize("key,value", [("digest_size_threshold", "9" * 25), ("digest_interval", "9" * 400 + "d"),
+                                       ("max_size", "9" * 30), ("max_posts_per_day", "1" * 20)])
+def test_a_number_too_large_for_the_database_is_a_usage_error(team, key, value):
+    """An OverflowError was exit 70 on the command line, and 75 (retried, then quarantined) when an
+    owner confirmed it by email."""
+    r = team.run("set", LIST, key, value)
+    assert r.returncode in (64, 65) and "internal error" not in r.err, r.err

@@ -3303,7 +3303,7 @@ def validate_setting(key, value):
         bad = [o for o in owners if not valid_address(o)]
         if bad:
             raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
-        return key, ", ".join(normalize_address(o) for o in owners)
+        return key, ", ".join(dict.fromkeys(normalize_address(o) for o in owners))      # each once
     if key in ("footer", "welcome", "goodbye"):
         value = value.replace("\\n", "\n")
         unknown = unknown_placeholders(value, PLACEHOLDERS[key])
@@ -5250,8 +5250,11 @@ def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
             return None, ["set access passphrase: set a passphrase first (set passphrase SECRET)"]
         if column == "owners" and not stored:
             return None, ["set owners: name at least one owner, or nobody could run the list by email"]
-        shown = "(a new passphrase)" if key == "passphrase" else one_line(value, 200) or "(empty)"
-        return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown}, []
+        if len(str(stored)) > 2000:                 # all of it is shown in the confirmation
+            return None, [f"set {one_line(key, 40)}: too long to confirm by email (2,000 characters at most)"]
+        shown = "(a new passphrase)" if key == "passphrase" else str(stored) or "(empty)"
+        was = "" if key == "passphrase" else str(list_row.get(column, "") if hasattr(list_row, "get") else "")
+        return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown, "was": was}, []
     items, problems, seen = [], [], set()
     for n, word in enumerate(words):
         if len(items) >= room or len(problems) >= 20:
@@ -5278,8 +5281,12 @@ def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
 
 def describe_action(action):
     """One line for a planned owner's action (the confirmation names each)."""
-    if action["verb"] == "set":
-        return f"set {action['key']} {action['shown']}"
+    if action["verb"] == "set":             # the whole new value, and the one it replaces
+        def block(text):
+            return ("\n      " + text.replace("\n", "\n      ")) if "\n" in text else " " + text
+        return (f"set {action['key']} to:{block(action['shown'])}"
+                + (f"\n    (now:{block(action['was']) if action.get('was') else ' (empty)'})"
+                   if "was" in action else ""))
     why = {"invite": " (each is asked to confirm)", "remove": " (each is told)"}.get(action["verb"], "")
     return f"{action['verb']} {', '.join(action['items'])}{why}"
 

@@ -135,7 +135,8 @@ def test_an_owner_sets_and_shows_list_settings(lst):
     send(lst, "set subject_tag [team %d]\nset passphrase s3cret\nset access bogus", OWNER)
     got = new_mail(lst, OWNER, seen)
     confirmation = next(m for m in got if m["Subject"].startswith("confirm "))
-    assert "set subject_tag [team %d]" in text(confirmation) and "s3cret" not in text(confirmation)
+    assert "set subject_tag to: [team %d]\n    (now: (empty))" in text(confirmation)
+    assert "s3cret" not in text(confirmation)
     assert "access must be one of" in text(next(m for m in got if m is not confirmation))
     assert "s3cret" not in str([dict(r) for r in lst.db().execute("SELECT * FROM pending")])
     assert lst.run("lists", "--json", check=0).out.count("[team %d]") == 0
@@ -460,3 +461,17 @@ def test_replies_are_capped_whatever_the_spelling_and_for_the_team_too(rs):
                  sender="owner@example.org", check=0)
     rows = rs.db().execute("SELECT count(*) FROM deliveries WHERE address = 'owner@example.org'").fetchone()[0]
     assert rows == 30                                          # ten times the cap, one reply a message
+
+
+def test_a_confirmation_shows_the_whole_value_and_the_one_it_replaces(lst):
+    """A value cut at 200 characters hid an owner added at its end: the confirmation showed
+    `set owners owner@example.org, ...` and the reply made mallory an owner."""
+    long_value = ", ".join([OWNER] * 12 + ["mallory@evil.example"])
+    seen = []
+    send(lst, f"set owners {long_value}", OWNER)
+    (confirmation,) = new_mail(lst, OWNER, seen)
+    body = text(confirmation)
+    assert f"set owners to: {OWNER}, mallory@evil.example\n" in body          # each once, all of it
+    assert f"(now: {OWNER}" in body
+    send(lst, "set footer " + "x" * 2100, OWNER)
+    assert "too long to confirm by email" in text(new_mail(lst, OWNER, seen)[0])

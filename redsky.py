@@ -7596,6 +7596,7 @@ class WebApp:
         address = (fields.get("address") or "").strip()
         if not valid_address(address) or len(address) > 254:
             return self.subscribe_page(store, list_row, client, "Please give an email address.", address)
+        address = normalize_address(address)        # the one form the ban list and members know
         error = self.subscribe_checks(config, store, client, fields, list_row, address)
         if error:
             return self.subscribe_page(store, list_row, client, error, address)

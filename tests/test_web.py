@@ -1300,3 +1300,20 @@ def test_the_table_of_leave_tokens_follows_the_members(lst):
     lst.run("dellist", "other@lists.example.org", check=0)
     assert lst.db().execute("SELECT count(*) FROM leave_tokens WHERE list_id <> 1").fetchone()[0] == 0
     assert redsky.leave_member is not None
+
+
+@pytest.mark.parametrize("spelling,bob", [('"spammer"@evil.example', '"bob"@example.net'),
+                                          ('"sp\\ammer"@Evil.Example', '"b\\ob"@Example.NET'),
+                                          ("spammer@EVIL.example", "bob@EXAMPLE.net")])
+def test_the_form_knows_an_address_in_any_spelling_as_the_mail_path_does(lst, spelling, bob):
+    """A quoted spelling got past the ban list, and subscribed a member a second time."""
+    lst.run("ban", LIST, "add", "spammer@evil.example", check=0)
+    status, _ = post_form(lst, spelling)
+    assert status == 200
+    assert pending(lst) == set()                              # the ban holds: no confirmation to join
+    assert [parse(d)["Subject"] for _, d in lst.sent()] in ([], [f"{LIST}: subscriptions are closed"]) or \
+        mailed(lst) == ["spammer@evil.example"]
+    post_form(lst, bob, remote="192.0.2.11")
+    assert pending(lst) == set()                              # bob is a member already: no second row
+    lst.run("send", check=0)
+    assert "already subscribed" in str(parse(lst.sent()[-1][1])["Subject"])

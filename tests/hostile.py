@@ -62,6 +62,13 @@ LIST = {"id": 1, "name": "test", "domain": "lists.example.org", "footer": "", "s
 # parser name -> function of one adversarial text; each places it where
 # hostile mail would put it
 PARSERS = {
+    "web_form_multipart": lambda t: redsky.form_fields(
+        ('--B\r\nContent-Disposition: form-data; name="a"\r\n' + t).encode("utf-8", "surrogateescape"),
+        "multipart/form-data; boundary=B"),
+    "web_form_multipart_names": lambda t: redsky.form_fields(
+        ('name="a"\r\n' * (len(t) // 10)).encode(), "multipart/form-data; boundary=B"),
+    "web_form_urlencoded": lambda t: redsky.form_fields(t.encode("utf-8", "surrogateescape"),
+                                                        "application/x-www-form-urlencoded"),
     "RawMessage": lambda t: redsky.RawMessage(message("X-Long", t, t)),
     "decode_header_text": lambda t: redsky.decode_header_text(t),
     "addresses_in": lambda t: redsky.addresses_in([t]),

@@ -7753,12 +7753,11 @@ def client_network(config, environ):
     for hop in [environ.get("REMOTE_ADDR", "")] + forwarded[::-1]:
         try:
             ip = ipaddress.ip_address(hop.strip().strip("[]").split("%")[0])
+            ip = ip.ipv4_mapped or ip if ip.version == 6 else ip     # ::ffff:127.0.0.1 is 127.0.0.1
         except ValueError:
             ip = None
         if ip is None or not any(ip in net for net in proxies):
             break
-    if ip is not None and ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
     if ip is None:
         return "unknown"
     return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))

@@ -1101,6 +1101,7 @@ def test_client_networks_as_budgets_count_them(lst):
     assert net("2001:db8:0:2::9") != net("2001:db8:0:1::9")
     assert net("127.0.0.1") == "127.0.0.1" and net("::1") == "::/64"
     assert net("127.0.0.1", "[2001:db8::7]") == "2001:db8::/64"
+    assert net("::ffff:127.0.0.1", "198.51.100.4") == "198.51.100.4"     # a dual-stack server's proxy
     assert net("127.0.0.1", "garbage") == net("", "") == net("not an address") == "unknown"
     assert net("192.0.2.7", "198.51.100.1") == "192.0.2.7"
     lst.write_config(web={"trusted_proxies": "192.0.2.0/24, 2001:db8::/32"})

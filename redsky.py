@@ -9205,13 +9205,36 @@ BACKUP_PARTS = (("archive", "archive", "dir"), ("pages", "web", "pages"),
                 ("quarantine", "filter", "quarantine"))
 
 
+def open_backup(args):
+    """Open FILE.tmp for the backup as the caller, before redsky works as the list user: root's
+    nightly backup goes to a directory only root may write (/var/backups)."""
+    args.target = os.path.abspath(args.file)
+    try:
+        args.backup_fd = os.open(f"{args.target}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                 0o600)     # members, posts and the installation's key: its owner's only
+    except OSError as e:
+        raise Failure(f"cannot write the backup {args.target}: {e.strerror}", EX_TEMPFAIL)
+
+
+def finish_backup(args, code):
+    """In the caller's process: FILE.tmp becomes FILE when the backup was written whole, else goes."""
+    try:
+        if code == EX_OK:
+            os.fsync(args.backup_fd)
+            os.rename(f"{args.target}.tmp", args.target)
+        else:
+            _unlink_quietly(f"{args.target}.tmp")
+    finally:
+        os.close(args.backup_fd)
+    return code
+
+
 def cmd_backup(args, config):
     import shutil
     import tarfile
     import tempfile
-    target, folder = os.path.abspath(args.file), None
     lock = os.open(os.path.join(config.data_dir, "send.lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    deadline = time.monotonic() + args.wait
+    deadline, folder = time.monotonic() + args.wait, None
     try:
         while True:                         # a running send finishes its run first
             try:
@@ -9223,9 +9246,9 @@ def cmd_backup(args, config):
                                   EX_TEMPFAIL)
                 time.sleep(0.2)
         store = open_store(config)
-        mask = os.umask(0o077)              # members, posts and the installation's key: root's eyes only
+        mask = os.umask(0o077)
         try:
-            folder = tempfile.mkdtemp(prefix=".redsky-backup-", dir=os.path.dirname(target))
+            folder = tempfile.mkdtemp(prefix=".backup-", dir=config.data_dir)
             snapshot = os.path.join(folder, "redsky.db")
             copy = sqlite3.connect(snapshot)
             try:
@@ -9233,8 +9256,9 @@ def cmd_backup(args, config):
             finally:
                 copy.close()
             spools = [row[0] for row in store.q("queued_spools")]
-            mode = "w:gz" if target.endswith((".gz", ".tgz")) else "w"
-            with tarfile.open(f"{target}.tmp", mode, format=tarfile.PAX_FORMAT) as tar:
+            out = os.fdopen(os.dup(args.backup_fd), "wb")
+            mode = "w:gz" if args.target.endswith((".gz", ".tgz")) else "w"
+            with out, tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tar:
                 tar.add(snapshot, "redsky.db")
                 for name in spools:
                     tar.add(os.path.join(config.spool, name), f"spool/{name}")
@@ -9244,12 +9268,8 @@ def cmd_backup(args, config):
                         tar.add(path, part, filter=lambda i: i if i.isreg() or i.isdir() else None)
                 if config.path:
                     tar.add(config.path, "redsky.ini")
-            with open(f"{target}.tmp", "rb") as fh:
-                os.fsync(fh.fileno())
-            os.rename(f"{target}.tmp", target)
         except OSError as e:
-            _unlink_quietly(f"{target}.tmp")
-            raise Failure(f"cannot write the backup {target}: {e.strerror or e}", EX_TEMPFAIL)
+            raise Failure(f"cannot write the backup {args.target}: {e.strerror or e}", EX_TEMPFAIL)
         finally:
             os.umask(mask)
             if folder:
@@ -9257,7 +9277,7 @@ def cmd_backup(args, config):
             store.close()
     finally:
         os.close(lock)                      # send may run again
-    print(f"backup {target}: the database, {len(spools)} waiting posts, "
+    print(f"backup {args.target}: the database, {len(spools)} waiting posts, "
           f"{', '.join(p for p, s, k in BACKUP_PARTS if os.path.isdir(config.path_of(s, k))) or 'no archive'}"
           f"{', the config' if config.path else ''}")
     return EX_OK
@@ -10960,6 +10980,37 @@ def queue_args(argv):
     return Arguments(**values) if command else None
 
 
+def works_as_list_user(args, config, fork=False):
+    """The command's own work, as the owner of data_dir; with ``fork`` (backup, run as root) in a
+    child process, so that this one stays the caller and can finish what it opened."""
+    if fork and os.geteuid() == 0 and os.path.isdir(config.data_dir) and os.stat(config.data_dir).st_uid:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid:
+            status = os.waitpid(pid, 0)[1]
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EX_SOFTWARE
+        code = EX_SOFTWARE
+        try:
+            code = main_as_list_user(args, config)
+        except Failure as e:
+            report(f"{e}")
+            code = e.code
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return main_as_list_user(args, config)
+
+
+def main_as_list_user(args, config):
+    if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
+        become_list_user(config)
+    setup_logging(config, args.verbose)
+    load_plugins(config)
+    code = args.func(args, config)
+    sys.stdout.flush()                          # a closed pipe shows here, not at exit
+    return code
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = queue_args(argv) or make_parser(command_named(argv)).parse_args(argv)
@@ -10972,12 +11023,14 @@ def main(argv=None):
             args.bytecode = compile_bytecode(getattr(args, "python", None) or default_python())  # as root
         if args.command == "import":               # read as the caller (root may read what it imports)
             args.plan = import_plan(args)
-        if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
-            become_list_user(config)
-        setup_logging(config, args.verbose)
-        load_plugins(config)
-        code = args.func(args, config)
-        sys.stdout.flush()                          # a closed pipe shows here, not at exit
+        if args.command != "backup":
+            return works_as_list_user(args, config)
+        open_backup(args)                           # written where the caller may write, then renamed
+        code = EX_SOFTWARE
+        try:
+            code = works_as_list_user(args, config, fork=True)
+        finally:
+            finish_backup(args, code)
         return code
     except BrokenPipeError as e:
         if queue:                                   # the MTA keeps the message and retries

@@ -283,3 +283,26 @@ def test_doctor_fails_a_cron_job_that_runs_as_a_third_user(site, tmp_path):
     checks = list(redsky.doctor_checks(redsky.Config(str(site / "redsky.ini")), cron_places=[str(cron)]))
     assert any(level == "FAIL" and "as daemon, but the data belongs to nobody" in finding
                for level, finding, _ in checks), checks
+
+
+@needs_root
+def test_roots_nightly_backup_goes_where_only_root_may_write(site, tmp_path):
+    """The README's `backup /var/backups/...` as root: the list user cannot write there, so the file
+    is opened by root, written by the list user's process, and renamed by root; nothing in data_dir
+    becomes root's."""
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    redsky_as(site, "subscribe", "team@lists.example.org", "bob@example.net")
+    backups = site / "backups"
+    backups.mkdir(mode=0o700)                   # root's, like /var/backups
+    r = redsky_as(site, "backup", str(backups / "nightly.tar.gz"))
+    assert r.returncode == 0, r.err
+    made = backups / "nightly.tar.gz"
+    assert made.stat().st_uid == 0 and stat.S_IMODE(made.stat().st_mode) == 0o600
+    assert not list(backups.glob("*.tmp")) and owners(site / "data") == {"nobody"}
+    import tarfile
+    with tarfile.open(made) as tar:
+        assert "redsky.db" in tar.getnames()
+    # a backup that fails leaves no file behind, and says why in one line
+    r = redsky_as(site, "backup", str(backups / "missing-dir" / "b.tar"))
+    assert r.returncode == 75 and "cannot write the backup" in r.err and "Traceback" not in r.err

@@ -6914,23 +6914,23 @@ def parse_listen(text, unix=False):
 
 def peer_of(sock, address):
     """Who is at the other end of an accepted connection, as a key for per-peer limits: the IPv4
-    address or the IPv6 /64, and on loopback or a Unix socket also the local user (Linux tells), so
-    that a proxy on this host and another user's processes are different peers."""
-    if not isinstance(address, tuple):                  # a Unix socket
-        uid = _peer_uid(sock, None)
-        return "local" if uid is None else f"local uid {uid}"
-    host = address[0].split("%")[0]
-    if host[:7].lower() == "::ffff:" and "." in host:
-        host = host[7:]                                 # an IPv4 client of an IPv6 socket
-    if ":" not in host:
-        loopback = host.startswith("127.")
-    else:
-        import ipaddress
-        ip = ipaddress.ip_address(host)
-        loopback = ip.is_loopback
-        host = str(ip) if loopback else str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    uid = _peer_uid(sock, address) if loopback else None
-    return host if uid is None else f"{host} uid {uid}"
+    address or the IPv6 /64; on loopback or a Unix socket the local user instead (Linux tells whose
+    process it is), so that a proxy or an MTA on this host and another user's processes are
+    different peers, and one user gains nothing from 127.0.0.2, 127.0.0.3 …"""
+    if isinstance(address, tuple):
+        host = address[0].split("%")[0]
+        if host[:7].lower() == "::ffff:" and "." in host:
+            host = host[7:]                             # an IPv4 client of an IPv6 socket
+        if ":" not in host:
+            if not host.startswith("127."):
+                return host
+        else:
+            import ipaddress
+            ip = ipaddress.ip_address(host)
+            if not ip.is_loopback:
+                return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    uid = _peer_uid(sock, address if isinstance(address, tuple) else None)
+    return f"local uid {uid}" if uid is not None else host if isinstance(address, tuple) else "local"
 
 
 def _peer_uid(sock, address):
@@ -7181,6 +7181,7 @@ class WebClient:
         self.sock, self.address, self.peer, self.deadline = sock, address, peer, deadline
         self.phase, self.reader, self.out, self.sent, self.drained = "head", RequestReader(), None, 0, 0
         self.continued, self.counted = False, True       # counted: in its peer's share (not once answered)
+        self.events = 0                                   # what the selector watches for it
 
 
 class WebServer:
@@ -7244,6 +7245,8 @@ class WebServer:
                         break
                 wait = min(max(0.0, self.next_expiry - time.monotonic()), 1.0)
                 for key, events in self.selector.select(wait):
+                    while self.done:            # first: what they free counts for new connections
+                        self.answer(*self.done.popleft())
                     if key.fileobj is self.listener:
                         self.accept()
                     elif key.fileobj is self.wake_r:
@@ -7263,6 +7266,8 @@ class WebServer:
         finally:
             for _ in threads:
                 self.jobs.put(None)
+            for thread in threads:          # what a worker is doing (a commit, a spool file) ends first
+                thread.join(self.timeout)
             for client in list(self.clients):
                 self.close(client)
             self.selector.close()
@@ -7294,7 +7299,7 @@ class WebServer:
             self.clients.add(client)
             self.peers[peer] += 1
             self.next_expiry = min(self.next_expiry, client.deadline)
-            self.selector.register(sock, self.READ, client)
+            self.watch(client, self.READ)
             self.read(client)
 
     def refuse(self, sock, peer, answer):
@@ -7348,12 +7353,13 @@ class WebServer:
                 except OSError:
                     pass
             return
-        self.selector.unregister(client.sock)
+        self.watch(client, 0)
         client.phase, client.deadline = "queued", float("inf")
         self.jobs.put((client, whole))
 
     def work(self):
         """A worker thread: run the application on whole requests, hand the answers to the loop."""
+        import socket
         while True:
             job = self.jobs.get()
             if job is None:
@@ -7370,19 +7376,31 @@ class WebServer:
             log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
                      else "-", request["method"], request["target"][:300], request["version"], status[:3],
                      len(data))
-            self.done.append((client, answer))
-            self.wake()
+            try:                    # the usual case: the socket takes it all at once, no thread switch
+                sent = client.sock.send(answer)
+                if sent == len(answer):
+                    client.sock.shutdown(socket.SHUT_WR)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = None
+            if sent == len(answer):
+                self.done.append((client, None))            # the loop only lingers, when it comes to it
+            else:
+                self.done.append((client, False if sent is None else answer[sent:]))
+                self.wake()
 
     def answer(self, client, data):
+        """Send ``data`` (bytes still to send; None: a worker sent it all and half-closed; False:
+        the connection failed)."""
         if client not in self.clients:          # closed meanwhile (stopping)
             return
+        if data is None or data is False:
+            return self.linger(client) if data is None else self.close(client)
         client.out, client.sent, client.phase = memoryview(data), 0, "write"
         client.deadline = time.monotonic() + self.timeout + len(data) / 65536
         self.next_expiry = min(self.next_expiry, client.deadline)
-        try:
-            self.selector.modify(client.sock, self.WRITE, client)
-        except KeyError:
-            self.selector.register(client.sock, self.WRITE, client)
+        self.watch(client, self.WRITE)
         self.write(client)
 
     def write(self, client):
@@ -7401,9 +7419,14 @@ class WebServer:
         except OSError:
             self.close(client)
             return
+        self.linger(client)
+
+    def linger(self, client):
+        """The answer is sent and the sending side closed: read and drop what the client still sends
+        until it closes (so that closing does not reset the answer away), for LINGER seconds."""
         client.out, client.phase, client.deadline = None, "linger", time.monotonic() + self.LINGER
         self.next_expiry = min(self.next_expiry, client.deadline)
-        self.selector.modify(client.sock, self.READ, client)
+        self.watch(client, self.READ)
         self.release(client)                # answered: no longer in its peer's share
         self.lingering.append(client)
         while self.lingering[0] not in self.clients:        # closed since: at most LINGER's worth stay
@@ -7430,6 +7453,17 @@ class WebServer:
             self.close(client)
         self.next_expiry = upcoming
 
+    def watch(self, client, events):
+        if events == client.events:
+            return
+        if not events:
+            self.selector.unregister(client.sock)
+        elif client.events:
+            self.selector.modify(client.sock, events, client)
+        else:
+            self.selector.register(client.sock, events, client)
+        client.events = events
+
     def release(self, client):
         if client.counted:
             client.counted = False
@@ -7442,10 +7476,8 @@ class WebServer:
             return
         self.clients.discard(client)
         self.release(client)
-        try:
+        if client.events:
             self.selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
         client.sock.close()
 
 
@@ -8038,7 +8070,7 @@ class LMTPServer:
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
         self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
-        self.peers = collections.Counter()
+        self.peers, self.told = collections.Counter(), {}
         self.hostname = __import__("socket").getfqdn()
 
     async def serve(self, listen):
@@ -8072,7 +8104,10 @@ class LMTPServer:
                 await writer.drain()
                 return
             if self.peers[peer] >= int(c.number("lmtp", "sessions_per_peer")):
-                log.warning("lmtp: %s holds %d sessions already: 421", peer, self.peers[peer])
+                if self.told.get(peer, 0) < time.monotonic() - 60:      # a line a minute, not one each
+                    self.told = {} if len(self.told) > 1000 else self.told
+                    self.told[peer] = time.monotonic()
+                    log.warning("lmtp: %s holds %d sessions already: more get 421", peer, self.peers[peer])
                 writer.write(b"421 4.7.0 too many sessions from you, try again later\r\n")
                 await writer.drain()
                 return

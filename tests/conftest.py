@@ -626,6 +626,23 @@ def ledger(rs):
     return {r["address"]: dict(r) for r in rs.db().execute("SELECT * FROM deliveries")}
 
 
+def as_nobody(code, *args, timeout=60):
+    """`python3 -c CODE ARGS` run by the user nobody: on loopback, a client
+    of redsky's servers that is another peer than this process (the servers
+    tell local users apart).  Skips unless root, who alone can switch."""
+    import pwd
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another local user")
+    nobody = pwd.getpwnam("nobody")
+
+    def become():
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    return subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=become, cwd="/")
+
+
 def ledger_view(db):
     """[(address, state)] of every queued recipient, sorted: the deliveries
     rows, and for a post to the members (no row per member) each member it

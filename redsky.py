@@ -6953,7 +6953,7 @@ def _peer_uid(sock, address):
             "!HH16s16s", theirs[1], ours[1], packed(theirs[0]), packed(ours[0])) + struct.pack(
             "=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as netlink:      # NETLINK_SOCK_DIAG
-            netlink.settimeout(1)
+            netlink.settimeout(0.2)
             netlink.sendto(struct.pack("=IHHII", 16 + len(request), 20, 1, 1, 0) + request, (0, 0))
             answer = netlink.recv(4096)
         # a SOCK_DIAG_BY_FAMILY answer: nlmsghdr, then inet_diag_msg, whose uid is at offset 64

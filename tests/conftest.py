@@ -473,6 +473,17 @@ class Redsky:
         self.connections = []
 
 
+@pytest.fixture(autouse=True)
+def _umask_put_back():
+    """redsky sets [redsky] umask whenever it opens its store (open_store),
+    in any process: a test that calls redsky's functions in this process
+    gets this process's umask back afterwards, as rs.run does."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 @pytest.fixture
 def rs(tmp_path):
     home = Redsky(tmp_path)

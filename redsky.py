@@ -295,9 +295,9 @@ SETTINGS = (
     ("lmtp", "sessions", "20", "number", "LMTP sessions at once (more are answered 421)"),
     ("lmtp", "sessions_per_peer", "10", "number", "LMTP sessions one client may hold (an IPv4 address, an"
      " IPv6 /64; on loopback and a Unix socket, each local user); more are answered 421"),
-    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP client may go without progress (a"
-     " greeting, a sender, a recipient, a message): silent, or sending only NOOP, RSET, VRFY or refused"
-     " commands"),
+    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP session may go without a message (from"
+     " its start or its last one), whatever else it sends: NOOP, RSET and the like keep no session"
+     " alive"),
     ("lmtp", "session_timeout", "30m", "duration", "how long an LMTP client may stay connected"),
     ("commands", "confirm_expiry", "3d", "duration", "confirmation tokens expire after this"),
     ("commands", "max_confirmations", "3", "number", "confirmations to one address a day, over all lists"
@@ -6930,7 +6930,9 @@ def peer_of(sock, address):
             if not ip.is_loopback:
                 return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     uid = _peer_uid(sock, address if isinstance(address, tuple) else None)
-    return f"local uid {uid}" if uid is not None else host if isinstance(address, tuple) else "local"
+    if uid is not None:
+        return f"local uid {uid}"
+    return host if isinstance(address, tuple) else "local"
 
 
 def _peer_uid(sock, address):
@@ -8135,9 +8137,10 @@ class LMTPServer:
             writer.close()
 
     async def dialogue(self, reader, writer, max_size, idle):
-        """The commands of one session.  ``idle`` counts from the last progress (LHLO, a sender, a
-        recipient, a message), not from the last command: a client that only sends NOOP, RSET, VRFY or
-        refused commands is closed once it runs out, and after LMTP_JUNK_LIMIT of them at once."""
+        """The commands of one session.  ``idle`` counts from the session's start or its last message,
+        not from its last command, and every command but the first LHLO and an accepted RCPT costs
+        one of LMTP_JUNK_LIMIT until a message is delivered: NOOP, RSET, VRFY, a MAIL that leads
+        nowhere or a refused command keeps no session alive."""
         import asyncio
         loop = asyncio.get_running_loop()
 
@@ -8154,11 +8157,11 @@ class LMTPServer:
                 raise ConnectionError("client went away")
             # a command line ends in CRLF, or a bare LF taken as one (Postfix's normalize)
             command = data[:-2] if data.endswith(b"\r\n") else data.rstrip(b"\n")
-            verb, progress = command[:4].upper(), False
+            verb, junk = command[:4].upper(), junk + 1
             if b"\r" in command or b"\0" in command:
                 await reply("500 5.5.2 bare <CR> or NUL in a command")
             elif verb == b"LHLO":
-                progress, greeted = not greeted, True
+                junk, greeted = junk - (not greeted), True
                 await reply(f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
                             f"250-SIZE {max_size}", "250 8BITMIME")
             elif verb == b"MAIL":
@@ -8171,7 +8174,7 @@ class LMTPServer:
                 elif size and int(size.group(1)) > max_size:
                     await reply(f"552 5.3.4 message larger than {max_size} bytes")
                 else:
-                    sender, recipients, progress = m.group(1), [], True
+                    sender, recipients = m.group(1), []
                     await reply("250 2.1.0 sender ok")
             elif verb == b"RCPT":
                 m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command.decode("utf-8", "replace"))
@@ -8179,11 +8182,13 @@ class LMTPServer:
                     await reply("503 5.5.1 MAIL first")
                 elif m is None:
                     await reply("501 5.5.4 syntax: RCPT TO:<address>")
+                elif len(recipients) >= LMTP_MAX_RECIPIENTS:
+                    await reply(f"452 4.5.3 at most {LMTP_MAX_RECIPIENTS} recipients, the rest next time")
                 else:
                     address = m.group(1).strip()
                     if await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address):
                         recipients.append(address)
-                        progress = True
+                        junk -= 1
                         await reply("250 2.1.5 recipient ok")
                     else:
                         await reply(f"550 5.1.1 <{address}>: no list here")
@@ -8193,7 +8198,7 @@ class LMTPServer:
                 else:
                     await reply("354 end with <CRLF>.<CRLF>")
                     await self.deliver(reader, reply, loop, sender, recipients, max_size, idle)
-                    sender, recipients, progress = None, [], True
+                    sender, recipients, junk, deadline = None, [], 0, loop.time() + idle
             elif verb == b"QUIT":
                 await reply("221 2.0.0 bye")
                 return
@@ -8203,11 +8208,8 @@ class LMTPServer:
             else:
                 await reply({b"NOOP": "250 2.0.0 ok", b"VRFY": "252 2.1.5 send some mail and see"}.get(
                     verb, "500 5.5.2 unknown command"))
-            if progress:
-                deadline = loop.time() + idle
-            junk = 0 if progress else junk + 1
             if junk >= LMTP_JUNK_LIMIT:
-                log.info("lmtp: %d commands without mail: 421", junk)
+                log.info("lmtp: %d commands without a message: 421", junk)
                 await reply("421 4.7.0 too many commands without mail, closing")
                 return
         await reply("421 4.3.2 shutting down, try again later")
@@ -8232,7 +8234,8 @@ class LMTPServer:
             self.busy.discard(asyncio.current_task())
 
 
-LMTP_JUNK_LIMIT = 100       # commands in a row that deliver nothing (NOOP, RSET, refusals …): then 421
+LMTP_JUNK_LIMIT = 100       # commands without a message (NOOP, RSET, MAIL, refusals …): then 421
+LMTP_MAX_RECIPIENTS = 1000  # per transaction (RFC 5321 asks for 100 at least): more get 452
 
 
 class LMTPData:

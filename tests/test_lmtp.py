@@ -310,10 +310,11 @@ def test_noop_and_rset_do_not_keep_a_session_alive(server):
     c = Client(server.lmtp_port)
     c.command("LHLO x")
     start, answers = time.monotonic(), []
+    keepalives = ["RSET", "NOOP", "MAIL FROM:<alice@example.org>", "VRFY bob", "RCPT TO:<nosuch@lists.example.org>"]
     with pytest.raises((ConnectionError, OSError)):
         while time.monotonic() - start < 5:
-            answers.append(c.command("NOOP" if len(answers) % 2 else "RSET"))
-            time.sleep(0.3)
+            answers.append(c.command(keepalives[len(answers) % len(keepalives)]))
+            time.sleep(0.2)
     assert answers[-1].startswith("421 4.4.2") and time.monotonic() - start < 2.5, answers
     # real progress keeps it: a message every 0.6 s, for longer than idle_timeout
     c = Client(server.lmtp_port)
@@ -327,14 +328,26 @@ def test_a_flood_of_commands_without_mail_is_cut(server):
     import redsky
     c = Client(server.lmtp_port)
     c.command("LHLO x")
-    c.sock.sendall(b"NOOP\r\n" * 150)
+    c.sock.sendall(b"NOOP\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<test@lists.example.org>\r\n" * 150)
     answers = []
     try:
         while True:
             answers.append(c.reply())
     except (ConnectionError, OSError):
         pass
-    assert answers[-1].startswith("421 4.7.0") and len(answers) == redsky.LMTP_JUNK_LIMIT + 1, answers[-3:]
+    # an accepted RCPT is free, NOOP and MAIL cost one each: the 100th is the 50th MAIL, then 421
+    limit = redsky.LMTP_JUNK_LIMIT
+    assert answers[-1].startswith("421 4.7.0") and len(answers) == 3 * (limit // 2 - 1) + 2 + 1, \
+        (len(answers), answers[-3:])
+    # a delivered message starts the count again; a transaction takes 1,000 recipients, then 452
+    c = Client(server.lmtp_port)
+    for _ in range(3):
+        _, replies = c.deliver("alice@example.org", ["test@lists.example.org"] * 60, post())
+        assert all(r.startswith("250") for r in replies)
+    c.command("MAIL FROM:<alice@example.org>")
+    c.sock.sendall(b"RCPT TO:<test@lists.example.org>\r\n" * (redsky.LMTP_MAX_RECIPIENTS + 1))
+    rcpt = [c.reply() for _ in range(redsky.LMTP_MAX_RECIPIENTS + 1)]
+    assert all(r.startswith("250") for r in rcpt[:-1]) and rcpt[-1].startswith("452 4.5.3"), rcpt[-2:]
 
 
 def test_lmtp_listens_on_ipv6_and_a_unix_socket(lst, tmp_path):

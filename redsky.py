@@ -296,7 +296,11 @@ SETTINGS = (
     ("lmtp", "max_size", "25M", "size", "`redsky.py lmtp`: the largest message (larger: 552 per"
      " recipient)"),
     ("lmtp", "sessions", "20", "number", "LMTP sessions at once (more are answered 421)"),
-    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP client may stay silent"),
+    ("lmtp", "sessions_per_peer", "10", "number", "LMTP sessions one client may hold (an IPv4 address, an"
+     " IPv6 /64; on loopback and a Unix socket, each local user); more are answered 421"),
+    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP session may go without a message (from"
+     " its start or its last one), whatever else it sends: NOOP, RSET and the like keep no session"
+     " alive"),
     ("lmtp", "session_timeout", "30m", "duration", "how long an LMTP client may stay connected"),
     ("commands", "confirm_expiry", "3d", "duration", "confirmation tokens expire after this"),
     ("commands", "max_confirmations", "3", "number", "confirmations to one address a day, over all lists"
@@ -365,7 +369,14 @@ SETTINGS = (
      " https://lists.example.org/redsky: copies then carry the one-click List-Unsubscribe (RFC 8058)"),
     ("web", "pages", "pages", "path", "the archive pages of public lists, one folder per list"
      " (PAGES/LIST@DOMAIN/)"),
-    ("web", "timeout", "30s", "duration", "`web --listen`: how long a client may take to send its request"),
+    ("web", "timeout", "10s", "duration", "`web --listen`: the deadline for a client's whole request, head"
+     " and body (then 408, closed), and again for taking the answer"),
+    ("web", "workers", "4", "number", "`web --listen`: threads that run the pages; a request still arriving"
+     " waits in the one event loop, not in a thread"),
+    ("web", "connections", "256", "number", "`web --listen`: connections open at once (more are closed at"
+     " once)"),
+    ("web", "peer_connections", "8", "number", "`web --listen`: connections one client may have open (an"
+     " IPv4 address, an IPv6 /64; on loopback, each local user); more are answered 503"),
     ("web", "dkim_signers", "/etc/opendkim.conf, /etc/rspamd/local.d/dkim_signing.conf,"
      " /etc/rspamd/override.d/dkim_signing.conf", "text", "where `doctor` reads the DKIM signer's settings"
      " (List-Unsubscribe and List-Unsubscribe-Post must be signed)"),
@@ -1524,6 +1535,10 @@ class _Transaction:
 
 
 def open_store(config, durable=True, create=False):
+    """The database, with [redsky] umask in force first: whatever redsky writes (spool, archive,
+    pages, the database) it writes after opening the store, so the mask is the config's in every
+    mode, main() or not (CGI, a WSGI server's `application`, lmtp after SIGHUP)."""
+    os.umask(config.umask)
     try:
         return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
     except sqlite3.Error as e:
@@ -7483,7 +7498,6 @@ def clean_spool(config, store, older_than=3600):
 # ---------------------------------------------------------------------------
 
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
-WEB_THREADS = 32                # requests `web --listen` serves at once
 _LIST_PATH = re.compile(r"/([^/@\s]{1,64}@[^/@\s]{1,255})/(?:leave/([0-9a-fA-F]{16}))?")
 _ARCHIVE_PATH = re.compile(r"/archive/([^/@\s]{1,64}@[^/@\s]{1,255})/(|search|atom\.xml|index\.html"
                            r"|\d{4}-\d{2}\.html|\d{1,9}\.html|att/[A-Za-z0-9._-]{1,120})")
@@ -7845,54 +7859,624 @@ def web_request(config, store, list_row, address, role, action, client=""):
 application = WebApp()
 
 
-def cmd_web(args, config):
-    """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM."""
-    import contextlib
-    import signal
-    import socketserver
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+# `web --listen` and `lmtp --listen`: where to listen, and who is at the other end ---------------
 
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads, request_queue_size = True, 128
-        slots = threading.BoundedSemaphore(WEB_THREADS)
+def parse_listen(text, unix=False):
+    """--listen as (host, port): HOST:PORT, [IPV6]:PORT, or :PORT for 127.0.0.1; with ``unix`` also
+    unix:PATH, as ("unix", PATH).  Anything else is a usage error (64), for `web` and `lmtp` alike."""
+    import socket
+    usage = "HOST:PORT or [IPV6]:PORT" + (" or unix:PATH" if unix else "")
+    if unix and text.startswith("unix:") and len(text) > 5:
+        return "unix", text[5:]
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]{2,45})\]|([A-Za-z0-9.-]{0,253})):(\d{1,5})", text)
+    ok = m and 0 < int(m.group(3)) < 65536
+    if ok and m.group(1):
+        try:
+            socket.inet_pton(socket.AF_INET6, m.group(1))
+        except OSError:
+            ok = False
+    if not ok:
+        raise Failure(f"--listen {text}: use {usage}", EX_USAGE)
+    return m.group(1) or m.group(2) or "127.0.0.1", int(m.group(3))
 
-        def process_request(self, request, client_address):
-            self.slots.acquire()            # past WEB_THREADS clients, the next waits to be accepted
-            super().process_request(request, client_address)
 
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.slots.release()
+def peer_of(sock, address):
+    """Who is at the other end of an accepted connection, as a key for per-peer limits: the IPv4
+    address or the IPv6 /64; on loopback or a Unix socket the local user instead (Linux tells whose
+    process it is), so that a proxy or an MTA on this host and another user's processes are
+    different peers, and one user gains nothing from 127.0.0.2, 127.0.0.3 …"""
+    if isinstance(address, tuple):
+        host = address[0].split("%")[0]
+        if host[:7].lower() == "::ffff:" and "." in host:
+            host = host[7:]                             # an IPv4 client of an IPv6 socket
+        if ":" not in host:
+            if not host.startswith("127."):
+                return host
+        else:
+            import ipaddress
+            ip = ipaddress.ip_address(host)
+            if not ip.is_loopback:
+                return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    uid = _peer_uid(sock, address if isinstance(address, tuple) else None)
+    if uid is not None:
+        return f"local uid {uid}"
+    return host if isinstance(address, tuple) else "local"
 
-    class Handler(WSGIRequestHandler):
-        timeout = config.duration("web", "timeout")
 
-        def log_message(self, fmt, *values):
-            log.info("web: %s %s", self.client_address[0], fmt % values)
-
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit():
-        raise Failure(f"--listen {args.listen}: use HOST:PORT", EX_USAGE)
+def _peer_uid(sock, address):
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED) or of a loopback TCP
+    connection (one sock_diag query for exactly that connection: /proc/net/tcp would cost a read of
+    every socket, TIME_WAIT ones included), or None where the system does not say."""
+    import socket
+    import struct
     try:
-        server = make_server(host.strip("[]") or "127.0.0.1", int(port), WebApp(config), Server, Handler)
+        if address is None:
+            return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        family, ours, theirs = sock.family, sock.getsockname(), sock.getpeername()
+
+        def packed(ip):
+            if family == socket.AF_INET:
+                return socket.inet_aton(ip) + bytes(12)
+            return socket.inet_pton(socket.AF_INET6, ip.split("%")[0])
+        # inet_diag_req_v2 for the peer's own socket: its source is our peer, its destination us
+        request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + struct.pack(
+            "!HH16s16s", theirs[1], ours[1], packed(theirs[0]), packed(ours[0])) + struct.pack(
+            "=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as netlink:      # NETLINK_SOCK_DIAG
+            netlink.settimeout(0.2)
+            netlink.sendto(struct.pack("=IHHII", 16 + len(request), 20, 1, 1, 0) + request, (0, 0))
+            answer = netlink.recv(4096)
+        # a SOCK_DIAG_BY_FAMILY answer: nlmsghdr, then inet_diag_msg, whose uid is at offset 64
+        if len(answer) >= 16 + 72 and struct.unpack_from("=H", answer, 4)[0] == 20:
+            return struct.unpack_from("=I", answer, 16 + 64)[0]
+    except (OSError, AttributeError, struct.error, ValueError):
+        pass
+    return None
+
+
+def listen_socket(host, port):
+    """A listening TCP socket on host:port (an IPv4 or IPv6 address, or a name)."""
+    import socket
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                                         socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# HTTP/1.1 for `web --listen` (RFC 9112), read strictly: what a proxy in front and this server could
+# read two ways is refused, never guessed at.  Every request ends its connection (Connection: close).
+HTTP_MAX_REQUEST_LINE = 8 * 1024        # longer: 414
+HTTP_MAX_HEAD = 16 * 1024               # request line and fields; more: 431
+HTTP_MAX_FIELDS = 64
+HTTP_REASONS = {100: "Continue", 400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
+                413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+                431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_HTTP_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HTTP_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HTTP_ABSOLUTE = re.compile(r"(?i)https?://[^/?#]+(/[^?#]*)?(\?[^#]*)?")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class HTTPRefused(ValueError):
+    """A request `web --listen` answers itself with ``status`` (4xx, 5xx), then closes."""
+
+    def __init__(self, status, why):
+        super().__init__(why)
+        self.status = status
+
+
+def parse_http_head(head, limit=HTTP_MAX_HEAD):
+    """A request's head (the bytes before its empty line) as a dict: method, target, version,
+    fields [(lowercased name, value)], path and query, length (the body's) and expect_continue.
+    Refused (HTTPRefused): a bare CR or LF, a folded or malformed field, a name with space before its
+    colon, control characters, Transfer-Encoding (411 for chunked, else 501: the body's length is
+    Content-Length, one number, or nothing), a body over WEB_MAX_BODY (413), HTTP/1.1 without
+    exactly one Host, a version other than 1.0 and 1.1 (505), a head over ``limit`` (431)."""
+    if limit and len(head) > limit:
+        raise HTTPRefused(431, "head too large")
+    lines = head.decode("latin-1").split("\r\n")
+    if any("\r" in line or "\n" in line for line in lines):
+        raise HTTPRefused(400, "bare CR or LF in the head")
+    parts = lines[0].split(" ")
+    if len(lines[0]) > HTTP_MAX_REQUEST_LINE:
+        raise HTTPRefused(414, "request line too long")
+    if len(parts) != 3 or not _HTTP_TOKEN.fullmatch(parts[0]) or not re.fullmatch(r"HTTP/\d\.\d", parts[2]):
+        raise HTTPRefused(400, "not a request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise HTTPRefused(505, f"{version} is not spoken here")
+    if not re.fullmatch(r"[\x21-\x7e]+", target) or "#" in target:
+        raise HTTPRefused(400, "not a request target")
+    fields, named = [], collections.defaultdict(list)
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _HTTP_TOKEN.fullmatch(name):        # obs-fold, "Name :", no colon
+            raise HTTPRefused(400, "malformed header field")
+        value = value.strip(" \t")
+        if _HTTP_BAD_VALUE.search(value):
+            raise HTTPRefused(400, "control character in a header field")
+        fields.append((name.lower(), value))
+        named[name.lower()].append(value)
+    if len(fields) > HTTP_MAX_FIELDS:
+        raise HTTPRefused(431, "too many header fields")
+    if "transfer-encoding" in named:
+        chunked = named["transfer-encoding"][-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        raise HTTPRefused(411 if chunked else 501, "Transfer-Encoding in a request (send Content-Length)")
+    lengths = named.get("content-length", [])
+    if len(lengths) > 1 or (lengths and not re.fullmatch(r"\d{1,12}", lengths[0])):
+        raise HTTPRefused(400, "Content-Length is not one number")
+    length = int(lengths[0]) if lengths else 0
+    if length > WEB_MAX_BODY:
+        raise HTTPRefused(413, f"a body of {length} bytes")
+    if len(named.get("host", [])) > 1 or (version == "HTTP/1.1" and "host" not in named):
+        raise HTTPRefused(400, "HTTP/1.1 takes exactly one Host")
+    expect = [v.lower() for v in named.get("expect", [])]
+    if expect and expect != ["100-continue"]:
+        raise HTTPRefused(417, "unknown Expect")
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+    elif target == "*" and method == "OPTIONS":
+        path, query = "*", ""
+    else:
+        m = _HTTP_ABSOLUTE.fullmatch(target)
+        if not m:
+            raise HTTPRefused(400, "not a request target")
+        path, query = m.group(1) or "/", (m.group(2) or "?")[1:]
+    return {"method": method, "target": target, "version": version, "fields": fields, "path": path,
+            "query": query, "length": length,
+            "expect_continue": bool(expect) and version == "HTTP/1.1" and length > 0}
+
+
+class RequestReader:
+    """One request's bytes as they arrive: feed() returns None until the head and the body are whole,
+    then (request, body) with parse_http_head's request; raises HTTPRefused.  Each byte is looked at a
+    bounded number of times, however the client cuts what it sends."""
+
+    def __init__(self):
+        self.buffer, self.request, self.received = bytearray(), None, 0
+
+    def feed(self, data):
+        old = len(self.buffer)
+        self.buffer += data
+        self.received += len(data)
+        if self.request is None:
+            end = self.buffer.find(b"\r\n\r\n", max(0, old - 3))
+            if end < 0:
+                if _BARE_LF.search(self.buffer, old):
+                    raise HTTPRefused(400, "bare LF in the head")
+                if len(self.buffer) > HTTP_MAX_HEAD:
+                    line_end = self.buffer.find(b"\r\n", 0, HTTP_MAX_REQUEST_LINE + 2)
+                    raise HTTPRefused(431 if line_end >= 0 else 414, "head too large")
+                return None
+            self.request = parse_http_head(bytes(self.buffer[:end]))
+            del self.buffer[:end + 4]
+        if len(self.buffer) < self.request["length"]:
+            return None
+        return self.request, bytes(self.buffer[:self.request["length"]])
+
+
+def wsgi_environ(request, body, address, server, peer):
+    """The WSGI environ (PEP 3333) of a request read by RequestReader: PATH_INFO unquoted as latin-1
+    (as wsgiref does), a header field named with "_" left out (it would pass for one with "-")."""
+    import io
+    from urllib.parse import unquote
+    remote = address[0] if isinstance(address, tuple) else ""
+    if remote.lower().startswith("::ffff:") and "." in remote:
+        remote = remote[7:]                 # an IPv4 client of an IPv6 socket is an IPv4 client
+    environ = {"REQUEST_METHOD": request["method"], "SCRIPT_NAME": "",
+               "PATH_INFO": unquote(request["path"], "latin-1"), "QUERY_STRING": request["query"],
+               "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
+               "SERVER_PROTOCOL": request["version"], "SERVER_SOFTWARE": "redsky",
+               "GATEWAY_INTERFACE": "CGI/1.1", "REMOTE_ADDR": remote,
+               "REMOTE_PORT": str(address[1]) if isinstance(address, tuple) else "",
+               "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+               "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+               "wsgi.run_once": False, "redsky.peer": peer}
+    for name, value in request["fields"]:
+        if name in ("content-type", "content-length"):
+            environ[name.upper().replace("-", "_")] = value
+        elif "_" not in name:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            environ[key] = f"{environ[key]}{'; ' if key == 'HTTP_COOKIE' else ', '}{value}" \
+                if key in environ else value
+    return environ
+
+
+def run_wsgi(app, environ):
+    """(status, headers, body) of one call of a WSGI application, its body whole (pages are small)."""
+    answer, chunks = {}, []
+
+    def start_response(status, headers, exc_info=None):
+        if "status" in answer and not exc_info:
+            raise AssertionError("start_response called twice without exc_info")
+        answer["status"], answer["headers"] = status, list(headers)    # nothing is sent before the end
+        return chunks.append
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            chunks.append(chunk)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    if "status" not in answer:
+        raise AssertionError("the application never called start_response")
+    return answer["status"], answer["headers"], b"".join(chunks)
+
+
+def http_response(status, headers, body, method):
+    """The bytes of an answer: the application's status and fields (checked: no CR, LF or other
+    control character can split it), a true Content-Length, Date and Connection: close; HEAD and
+    204/304 without a body."""
+    if not re.fullmatch(r"[1-5]\d\d [^\x00-\x1f\x7f]*", status):
+        raise ValueError(f"bad status {status!r}")
+    code, lines, length = int(status[:3]), [f"HTTP/1.1 {status}"], None
+    for name, value in headers:
+        if not _HTTP_TOKEN.fullmatch(name) or _HTTP_BAD_VALUE.search(value):
+            raise ValueError(f"bad header field {name!r}")
+        if name.lower() == "content-length":
+            length = value
+        elif name.lower() not in ("connection", "keep-alive", "transfer-encoding", "date"):
+            lines.append(f"{name}: {value}")
+    no_body = method == "HEAD" or code in (204, 304) or code < 200
+    if method == "HEAD" and length is not None:
+        lines.append(f"Content-Length: {length}")       # what GET would send
+    elif code >= 200 and code != 204 and method != "HEAD":
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT", time.gmtime()), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
+
+
+def http_refusal(status):
+    """The server's own short answer (400, 408, 413, 503 …), closing the connection."""
+    reason = HTTP_REASONS[status]
+    body = f"{status} {reason}\n".encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nContent-Security-Policy: default-src 'none'\r\n"
+            "X-Content-Type-Options: nosniff\r\n" + ("Retry-After: 10\r\n" if status == 503 else "")
+            + "Connection: close\r\n\r\n").encode() + body
+
+
+class WebClient:
+    """One connection of WebServer: its peer, phase (head, queued, write, linger), deadline and bytes."""
+
+    def __init__(self, sock, address, peer, deadline):
+        self.sock, self.address, self.peer, self.deadline = sock, address, peer, deadline
+        self.phase, self.reader, self.out, self.sent, self.drained = "head", RequestReader(), None, 0, 0
+        self.continued, self.counted = False, True       # counted: in its peer's share (not once answered)
+        self.events = 0                                   # what the selector watches for it
+
+
+class WebServer:
+    """`web --listen`.  One thread runs an event loop (selectors) that accepts connections and reads
+    each request, head and body, under one deadline ([web] timeout: then 408 and one log line), and
+    writes the answers; [web] workers threads run the WSGI application on whole requests only, so a
+    slow client holds a socket, never a thread.  A peer (peer_of) has at most [web] peer_connections
+    connections open (more get 503), all peers [web] connections (more are closed at once)."""
+
+    LINGER = 2.0            # seconds to read and drop what a client still sends after its answer
+
+    def __init__(self, app, config, listener):
+        import queue
+        import selectors
+        import socket
+        self.app, self.listener = app, listener
+        self.timeout = config.duration("web", "timeout")
+        self.workers = max(1, int(config.number("web", "workers")))
+        self.max_connections = max(1, int(config.number("web", "connections")))
+        self.per_peer = max(1, int(config.number("web", "peer_connections")))
+        self.selector, self.jobs, self.done = selectors.DefaultSelector(), queue.Queue(), collections.deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+        for sock in (listener, self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        self.clients, self.peers, self.told = set(), collections.Counter(), {}
+        self.lingering = collections.deque()    # answered connections, oldest first: closed first when full
+        self.server_address = listener.getsockname()[:2]
+        self.stopping, self.next_expiry, self.accepting = False, float("inf"), 0.0
+        self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+    def stop(self, *_):
+        """SIGTERM, SIGINT: take no new request, answer those being served, then return."""
+        self.stopping = True
+        self.wake()
+
+    def wake(self):
+        try:
+            self.wake_w.send(b"\0")
+        except OSError:             # full: the loop has a wake-up waiting already
+            pass
+
+    def serve_forever(self):
+        import threading
+        threads = [threading.Thread(target=self.work, name=f"web-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        self.selector.register(self.listener, self.READ)
+        self.selector.register(self.wake_r, self.READ)
+        stop_by = None
+        try:
+            while True:
+                if self.stopping:
+                    if stop_by is None:     # no new connection; requests not whole yet are dropped
+                        stop_by = time.monotonic() + self.timeout + self.LINGER
+                        if not self.accepting:
+                            self.selector.unregister(self.listener)
+                        for client in [c for c in self.clients if c.phase == "head"]:
+                            self.close(client)
+                    if not self.clients or time.monotonic() >= stop_by:
+                        break
+                wait = min(max(0.0, self.next_expiry - time.monotonic()), 1.0)
+                for key, events in self.selector.select(wait):
+                    while self.done:            # first: what they free counts for new connections
+                        self.answer(*self.done.popleft())
+                    if key.fileobj is self.listener:
+                        self.accept()
+                    elif key.fileobj is self.wake_r:
+                        self.wake_r.recv(4096)
+                    elif events & self.WRITE:
+                        self.write(key.data)
+                    else:
+                        self.read(key.data)
+                while self.done:
+                    self.answer(*self.done.popleft())
+                now = time.monotonic()
+                if now >= self.next_expiry:
+                    self.expire(now)
+                if self.accepting and now >= self.accepting and not self.stopping:
+                    self.accepting = 0.0
+                    self.selector.register(self.listener, self.READ)
+        finally:
+            for _ in threads:
+                self.jobs.put(None)
+            for thread in threads:          # what a worker is doing (a commit, a spool file) ends first
+                thread.join(self.timeout)
+            for client in list(self.clients):
+                self.close(client)
+            self.selector.close()
+            for sock in (self.listener, self.wake_r, self.wake_w):
+                sock.close()
+
+    def accept(self):
+        for _ in range(64):
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:        # out of file descriptors: stop accepting for a second
+                log.warning("web: cannot accept a connection: %s", e.strerror or e)
+                self.selector.unregister(self.listener)
+                self.accepting = time.monotonic() + 1.0
+                return
+            sock.setblocking(False)
+            try:
+                peer = peer_of(sock, address)
+            except (OSError, ValueError):
+                peer = str(address)
+            while len(self.clients) >= self.max_connections and self.lingering:
+                self.close(self.lingering.popleft())
+            if len(self.clients) >= self.max_connections or self.peers[peer] >= self.per_peer:
+                self.refuse(sock, peer, len(self.clients) < self.max_connections)
+                continue
+            client = WebClient(sock, address, peer, time.monotonic() + self.timeout)
+            self.clients.add(client)
+            self.peers[peer] += 1
+            self.next_expiry = min(self.next_expiry, client.deadline)
+            self.watch(client, self.READ)
+            self.read(client)
+
+    def refuse(self, sock, peer, answer):
+        """A peer over its share gets 503 at once (what it sent so far is read first, so that the
+        close does not reset the answer away); past [web] connections a connection is just closed."""
+        if answer:
+            try:
+                sock.recv(65536)
+            except OSError:
+                pass
+            try:
+                sock.send(http_refusal(503))
+            except OSError:
+                pass
+        sock.close()
+        now = time.monotonic()
+        if self.told.get(peer, 0) < now - 60:         # one line a minute per peer, not one per connection
+            if len(self.told) > 1000:
+                self.told.clear()
+            self.told[peer] = now
+            log.warning("web: %s: %s", peer, f"{self.peers[peer]} connections open, more refused (503)"
+                        if answer else f"{len(self.clients)} connections open in all, more closed")
+
+    def read(self, client):
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if client.phase == "linger":
+            client.drained += len(data)
+            if not data or client.drained > 65536:
+                self.close(client)
+            return
+        if not data:                # gone before its request was whole: nobody to answer
+            self.close(client)
+            return
+        try:
+            whole = client.reader.feed(data)
+        except HTTPRefused as e:
+            log.info("web: %s: %s %s: %s", client.address[0], e.status, HTTP_REASONS[e.status], e)
+            self.answer(client, http_refusal(e.status))
+            return
+        if whole is None:
+            request = client.reader.request
+            if request and request["expect_continue"] and not client.continued:
+                client.continued = True
+                try:
+                    client.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                except OSError:
+                    pass
+            return
+        self.watch(client, 0)
+        client.phase, client.deadline = "queued", float("inf")
+        self.jobs.put((client, whole))
+
+    def work(self):
+        """A worker thread: run the application on whole requests, hand the answers to the loop."""
+        import socket
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            client, (request, body) = job
+            try:
+                environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
+                status, headers, data = run_wsgi(self.app, environ)
+                answer = http_response(status, headers, data, request["method"])
+            except Exception as e:
+                log.error("web: %s %s: %s: %s", request["method"], request["path"], type(e).__name__,
+                          one_line(e, 300), exc_info=True)
+                status, answer, data = "500", http_refusal(500), b""
+            log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
+                     else "-", request["method"], request["target"][:300], request["version"], status[:3],
+                     len(data))
+            try:                    # the usual case: the socket takes it all at once, no thread switch
+                sent = client.sock.send(answer)
+                if sent == len(answer):
+                    client.sock.shutdown(socket.SHUT_WR)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = None
+            if sent == len(answer):
+                self.done.append((client, None))            # the loop only lingers, when it comes to it
+            else:
+                self.done.append((client, False if sent is None else answer[sent:]))
+                self.wake()
+
+    def answer(self, client, data):
+        """Send ``data`` (bytes still to send; None: a worker sent it all and half-closed; False:
+        the connection failed)."""
+        if client not in self.clients:          # closed meanwhile (stopping)
+            return
+        if data is None or data is False:
+            return self.linger(client) if data is None else self.close(client)
+        client.out, client.sent, client.phase = memoryview(data), 0, "write"
+        client.deadline = time.monotonic() + self.timeout + len(data) / 65536
+        self.next_expiry = min(self.next_expiry, client.deadline)
+        self.watch(client, self.WRITE)
+        self.write(client)
+
+    def write(self, client):
+        import socket
+        try:
+            client.sent += client.sock.send(client.out[client.sent:client.sent + 262144])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(client)
+            return
+        if client.sent < len(client.out):
+            return
+        try:                        # all sent: read and drop what still comes, then close
+            client.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(client)
+            return
+        self.linger(client)
+
+    def linger(self, client):
+        """The answer is sent and the sending side closed: read and drop what the client still sends
+        until it closes (so that closing does not reset the answer away), for LINGER seconds."""
+        client.out, client.phase, client.deadline = None, "linger", time.monotonic() + self.LINGER
+        self.next_expiry = min(self.next_expiry, client.deadline)
+        self.watch(client, self.READ)
+        self.release(client)                # answered: no longer in its peer's share
+        self.lingering.append(client)
+        while self.lingering[0] not in self.clients:        # closed since: at most LINGER's worth stay
+            self.lingering.popleft()
+
+    def expire(self, now):
+        """Close the connections past their deadline: one log line each, never a traceback."""
+        upcoming = float("inf")
+        for client in list(self.clients):
+            if client.deadline > now:
+                upcoming = min(upcoming, client.deadline)
+                continue
+            if client.phase == "head":
+                log.info("web: %s: no whole request within %gs (%d bytes came): 408, closed",
+                         client.address[0] if isinstance(client.address, tuple) else client.peer,
+                         self.timeout, client.reader.received)
+                if client.reader.received:
+                    try:
+                        client.sock.send(http_refusal(408))
+                    except OSError:
+                        pass
+            elif client.phase == "write":
+                log.info("web: %s: the answer was not taken within the deadline: closed", client.peer)
+            self.close(client)
+        self.next_expiry = upcoming
+
+    def watch(self, client, events):
+        if events == client.events:
+            return
+        if not events:
+            self.selector.unregister(client.sock)
+        elif client.events:
+            self.selector.modify(client.sock, events, client)
+        else:
+            self.selector.register(client.sock, events, client)
+        client.events = events
+
+    def release(self, client):
+        if client.counted:
+            client.counted = False
+            self.peers[client.peer] -= 1
+            if self.peers[client.peer] <= 0:
+                del self.peers[client.peer]
+
+    def close(self, client):
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        self.release(client)
+        if client.events:
+            self.selector.unregister(client.sock)
+        client.sock.close()
+
+
+def cmd_web(args, config):
+    """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM
+    (WebServer: one event loop reads requests, [web] workers threads run WebApp)."""
+    import signal
+    host, port = parse_listen(args.listen)
+    try:
+        listener = listen_socket(host, port)
     except OSError as e:
-        raise Failure(f"cannot listen on {args.listen}: {e.strerror}", EX_CONFIG)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}", EX_CONFIG)
+    server = WebServer(WebApp(config), config, listener)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
     log.info("web: serving on %s", args.listen)
     print(f"serving on http://{args.listen}/ (Ctrl-C to stop)", flush=True)
-    with server, contextlib.suppress(KeyboardInterrupt):       # closed on the way out
-        server.serve_forever()
+    server.serve_forever()
     return EX_OK
 
 
 def run_cgi():
-    """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG."""
+    """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
+    [redsky] umask, as every command has it (the web server's own umask would leave files others
+    may read)."""
     from wsgiref.handlers import CGIHandler
     try:
         config = Config.find(None)
+        os.umask(config.umask)
         setup_logging(config)
     except Failure as e:
         sys.stdout.write(f"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n{e}\n")
@@ -8457,25 +9041,26 @@ LMTP_REPLIES = {EX_OK: "250 2.0.0", EX_DATAERR: "554 5.6.0", EX_NOUSER: "550 5.1
 class LMTPServer:
     """LMTP over TCP or a Unix socket: a list address is refused at RCPT (550 5.1.1) when no list
     answers it; after DATA each accepted recipient gets its own reply, 250 only once the post is
-    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
-    session_timeout.  stop() (SIGTERM) refuses new sessions and commands with 421 and lets the
-    message in flight finish."""
+    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, sessions_per_peer
+    (peer_of), idle_timeout (without progress: NOOP and the like do not count), session_timeout, and
+    LMTP_JUNK_LIMIT commands without a message.  stop() (SIGTERM) refuses new sessions and commands
+    with 421 and lets the message in flight finish."""
 
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
         self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
+        self.peers, self.told = collections.Counter(), {}
         self.hostname = __import__("socket").getfqdn()
 
     async def serve(self, listen):
         import asyncio
-        if listen.startswith("unix:"):
-            path = listen[5:]
-            _unlink_quietly(path)
-            self.server = await asyncio.start_unix_server(self.session, path)
-            os.chmod(path, 0o660)
+        host, port = parse_listen(listen, unix=True)
+        if host == "unix":
+            _unlink_quietly(port)
+            self.server = await asyncio.start_unix_server(self.session, port)
+            os.chmod(port, 0o660)
         else:
-            host, _, port = listen.rpartition(":")
-            self.server = await asyncio.start_server(self.session, host.strip("[]") or "127.0.0.1", int(port))
+            self.server = await asyncio.start_server(self.session, host, port)
         log.info("lmtp: listening on %s", listen)
         async with self.server:
             await self.server.serve_forever()
@@ -8487,29 +9072,52 @@ class LMTPServer:
 
     async def session(self, reader, writer):
         import asyncio
-        c, task = self.config, asyncio.current_task()
+        c, task, peer = self.config, asyncio.current_task(), None
         try:
+            try:
+                peer = peer_of(writer.get_extra_info("socket"), writer.get_extra_info("peername"))
+            except (OSError, ValueError, TypeError):
+                peer = str(writer.get_extra_info("peername"))
             if self.stopping or len(self.sessions) >= int(c.number("lmtp", "sessions")):
                 writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
                 await writer.drain()
                 return
+            if self.peers[peer] >= int(c.number("lmtp", "sessions_per_peer")):
+                if self.told.get(peer, 0) < time.monotonic() - 60:      # a line a minute, not one each
+                    self.told = {} if len(self.told) > 1000 else self.told
+                    self.told[peer] = time.monotonic()
+                    log.warning("lmtp: %s holds %d sessions already: more get 421", peer, self.peers[peer])
+                writer.write(b"421 4.7.0 too many sessions from you, try again later\r\n")
+                await writer.drain()
+                return
             self.sessions.add(task)
+            self.peers[peer] += 1
             await asyncio.wait_for(self.dialogue(reader, writer, c.size("lmtp", "max_size"),
                                                  c.duration("lmtp", "idle_timeout")),
                                    c.duration("lmtp", "session_timeout"))
         except asyncio.CancelledError:          # shutting down while the client was idle
             pass
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            if isinstance(e, asyncio.TimeoutError):
+                log.info("lmtp: %s: timeout (no progress, or the session's time is up): 421", peer)
             try:
                 writer.write(b"421 4.4.2 timeout, closing\r\n")
                 await writer.drain()
             except ConnectionError:
                 pass
         finally:
-            self.sessions.discard(task)
+            if task in self.sessions:
+                self.sessions.discard(task)
+                self.peers[peer] -= 1
+                if self.peers[peer] <= 0:
+                    del self.peers[peer]
             writer.close()
 
     async def dialogue(self, reader, writer, max_size, idle):
+        """The commands of one session.  ``idle`` counts from the session's start or its last message,
+        not from its last command, and every command but the first LHLO and an accepted RCPT costs
+        one of LMTP_JUNK_LIMIT until a message is delivered: NOOP, RSET, VRFY, a MAIL that leads
+        nowhere or a refused command keeps no session alive."""
         import asyncio
         loop = asyncio.get_running_loop()
 
@@ -8518,19 +9126,23 @@ class LMTPServer:
             await writer.drain()
 
         await reply(f"220 {self.hostname} redsky LMTP ready")
-        sender, recipients, greeted = None, [], False
+        sender, recipients, greeted, junk = None, [], False, 0
+        deadline = loop.time() + idle
         while not self.stopping:
-            data = await asyncio.wait_for(read_line(reader, 4096), idle)
+            data = await asyncio.wait_for(read_line(reader, 4096), max(0.0, deadline - loop.time()))
             if not data:
                 raise ConnectionError("client went away")
-            command = data.decode("utf-8", "replace").rstrip("\r\n")
-            verb = command[:4].upper()
-            if verb == "LHLO":
-                greeted = True
+            # a command line ends in CRLF, or a bare LF taken as one (Postfix's normalize)
+            command = data[:-2] if data.endswith(b"\r\n") else data.rstrip(b"\n")
+            verb, junk = command[:4].upper(), junk + 1
+            if b"\r" in command or b"\0" in command:
+                await reply("500 5.5.2 bare <CR> or NUL in a command")
+            elif verb == b"LHLO":
+                junk, greeted = junk - (not greeted), True
                 await reply(f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
                             f"250-SIZE {max_size}", "250 8BITMIME")
-            elif verb == "MAIL":
-                m = re.match(r"(?i)MAIL FROM:\s*<([^<>]*)>(.*)", command)
+            elif verb == b"MAIL":
+                m = re.match(r"(?i)MAIL FROM:\s*<([^<>]*)>(.*)", command.decode("utf-8", "replace"))
                 size = re.search(r"(?i)\bSIZE=(\d+)", m.group(2)) if m else None
                 if not greeted:
                     await reply("503 5.5.1 LHLO first")
@@ -8541,74 +9153,111 @@ class LMTPServer:
                 else:
                     sender, recipients = m.group(1), []
                     await reply("250 2.1.0 sender ok")
-            elif verb == "RCPT":
-                m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command)
+            elif verb == b"RCPT":
+                m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command.decode("utf-8", "replace"))
                 if sender is None:
                     await reply("503 5.5.1 MAIL first")
                 elif m is None:
                     await reply("501 5.5.4 syntax: RCPT TO:<address>")
+                elif len(recipients) >= LMTP_MAX_RECIPIENTS:
+                    await reply(f"452 4.5.3 at most {LMTP_MAX_RECIPIENTS} recipients, the rest next time")
                 else:
                     address = m.group(1).strip()
                     if await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address):
                         recipients.append(address)
+                        junk -= 1
                         await reply("250 2.1.5 recipient ok")
                     else:
                         await reply(f"550 5.1.1 <{address}>: no list here")
-            elif verb == "DATA":
+            elif verb == b"DATA":
                 if not recipients:
                     await reply("503 5.5.1 no valid recipients")
-                    continue
-                await reply("354 end with <CRLF>.<CRLF>")
-                data, too_big = await self.read_data(reader, max_size, idle)
-                self.busy.add(asyncio.current_task())
-                for recipient in recipients:
-                    if too_big:
-                        await reply(f"552 5.3.4 message larger than {max_size} bytes")
-                        continue
-                    code, reason = await loop.run_in_executor(self.worker.pool, self.worker.queue, data,
-                                                              recipient, sender)
-                    status = LMTP_REPLIES.get(code, "550 5.7.1" if code == EX_NOPERM else "451 4.3.0")
-                    await reply(f"{status} <{recipient}> {reason or 'ok'}")
-                self.busy.discard(asyncio.current_task())
-                sender, recipients = None, []
-            elif verb == "RSET":
-                sender, recipients = None, []
-                await reply("250 2.0.0 ok")
-            elif verb == "QUIT":
+                else:
+                    await reply("354 end with <CRLF>.<CRLF>")
+                    await self.deliver(reader, reply, loop, sender, recipients, max_size, idle)
+                    sender, recipients, junk, deadline = None, [], 0, loop.time() + idle
+            elif verb == b"QUIT":
                 await reply("221 2.0.0 bye")
                 return
+            elif verb == b"RSET":
+                sender, recipients = None, []
+                await reply("250 2.0.0 ok")
             else:
-                await reply({"NOOP": "250 2.0.0 ok", "VRFY": "252 2.1.5 send some mail and see"}.get(
+                await reply({b"NOOP": "250 2.0.0 ok", b"VRFY": "252 2.1.5 send some mail and see"}.get(
                     verb, "500 5.5.2 unknown command"))
+            if junk >= LMTP_JUNK_LIMIT:
+                log.info("lmtp: %d commands without a message: 421", junk)
+                await reply("421 4.7.0 too many commands without mail, closing")
+                return
         await reply("421 4.3.2 shutting down, try again later")
 
-    @staticmethod
-    async def read_data(reader, max_size, idle):
-        """The message up to the final dot, dot-unstuffed (RFC 5321 4.5.2), with
-        LF line ends; past max_size the rest is read and dropped."""
+    async def deliver(self, reader, reply, loop, sender, recipients, max_size, idle):
+        """Read the message after 354, then queue it for each recipient, one reply each."""
         import asyncio
-        chunks, size, too_big = [], 0, False
-        while True:
-            data = await asyncio.wait_for(read_line(reader, max_size + 2), idle)
-            if not data:
-                raise ConnectionError("client went away in DATA")  # nothing is queued
-            if data in (b".\r\n", b".\n"):
-                return b"".join(chunks), too_big
-            if data.startswith(b"."):
-                data = data[1:]
-            size += len(data)
-            if size > max_size:
-                too_big, chunks = True, []
-            elif not too_big:
-                chunks.append(data[:-2] + b"\n" if data.endswith(b"\r\n") else data)
+        data = LMTPData(max_size)
+        while not data.add(await asyncio.wait_for(read_line(reader, max_size + 2), idle)):
+            pass
+        self.busy.add(asyncio.current_task())
+        try:
+            for recipient in recipients:
+                if data.too_big:
+                    await reply(f"552 5.3.4 message larger than {max_size} bytes")
+                    continue
+                code, reason = await loop.run_in_executor(self.worker.pool, self.worker.queue, data.message(),
+                                                          recipient, sender)
+                status = LMTP_REPLIES.get(code, "550 5.7.1" if code == EX_NOPERM else "451 4.3.0")
+                await reply(f"{status} <{recipient}> {reason or 'ok'}")
+        finally:
+            self.busy.discard(asyncio.current_task())
+
+
+LMTP_JUNK_LIMIT = 100       # commands without a message (NOOP, RSET, MAIL, refusals …): then 421
+LMTP_MAX_RECIPIENTS = 1000  # per transaction (RFC 5321 asks for 100 at least): more get 452
+
+
+class LMTPData:
+    """The lines of DATA as read_line gives them.  Only <CRLF>.<CRLF> ends the message (RFC 5321
+    4.1.1.4; Postfix's smtpd_forbid_bare_newline = normalize, its default since 3.9): a line that ends
+    in a bare LF is a line, but a "." line next to one (LF.LF, LF.CRLF, CRLF.LF) is neither the end nor
+    content, so no end that a client or a relay might read differently cuts the message short and
+    runs what follows as commands (SMTP smuggling).  A CR not before the LF that ends a line becomes a
+    space (Postfix's cleanup_replace_stray_cr_lf), so CR.CR is text and no bare CR goes out again.
+    Dot-unstuffed, LF line ends; past max_size the rest is read and dropped (too_big)."""
+
+    def __init__(self, max_size):
+        self.max_size, self.chunks, self.size, self.too_big, self.bare_lf = max_size, [], 0, False, False
+
+    def add(self, data):
+        """Take one line (with its LF); True once the message has ended."""
+        if not data.endswith(b"\n"):
+            raise ConnectionError("client went away in DATA")       # nothing is queued
+        crlf = data.endswith(b"\r\n")
+        line = data[:-2] if crlf else data[:-1]
+        after_bare_lf, self.bare_lf = self.bare_lf, not crlf
+        if line == b".":
+            return crlf and not after_bare_lf
+        if line.startswith(b"."):
+            line = line[1:]
+        if b"\r" in line:
+            line = line.replace(b"\r", b" ")
+        self.size += len(line) + 1
+        if self.size > self.max_size:
+            self.too_big, self.chunks = True, []
+        elif not self.too_big:
+            self.chunks.append(line + b"\n")
+        return False
+
+    def message(self):
+        return b"".join(self.chunks)
 
 
 async def read_line(reader, cap):
     """One line, newline included, however long (asyncio's readline gives
     up at 64 KB, and real mail has longer lines); past ``cap`` bytes the rest
-    of the line is read and dropped.  b"" at the end of the stream."""
+    of the line is read and dropped, its own line end kept (CRLF or LF).  b"" at the end of the
+    stream."""
     import asyncio
-    parts, size = [], 0
+    parts, size, tail = [], 0, b""
     while True:
         try:
             part = await reader.readuntil(b"\n")
@@ -8620,10 +9269,12 @@ async def read_line(reader, cap):
                 return b"".join(parts)
         if size < cap:
             parts.append(part[:cap - size])
-        size += len(part)
+        size, tail = size + len(part), (tail + part)[-2:]
         if part.endswith(b"\n") or not part:
             joined = b"".join(parts)
-            return joined if joined.endswith(b"\n") or size <= cap else joined + b"\n"
+            if size <= cap or joined.endswith(b"\n"):
+                return joined
+            return joined + (b"\r\n" if tail == b"\r\n" else b"\n")
 
 
 def cmd_lmtp(args, config):
@@ -8631,6 +9282,7 @@ def cmd_lmtp(args, config):
     SIGHUP reloads the config for the messages that follow."""
     import asyncio
     import signal
+    parse_listen(args.listen, unix=True)            # a usage error (64) before anything starts
     worker = QueueWorker(config)
     server = LMTPServer(config, worker)
 

@@ -475,6 +475,17 @@ class Redsky:
         self.connections = []
 
 
+@pytest.fixture(autouse=True)
+def _umask_put_back():
+    """redsky sets [redsky] umask whenever it opens its store (open_store),
+    in any process: a test that calls redsky's functions in this process
+    gets this process's umask back afterwards, as rs.run does."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 @pytest.fixture
 def rs(tmp_path):
     home = Redsky(tmp_path)
@@ -626,6 +637,23 @@ def deliver(rs, message, sender="alice@example.org"):
 def ledger(rs):
     """{address: row} of the deliveries table."""
     return {r["address"]: dict(r) for r in rs.db().execute("SELECT * FROM deliveries")}
+
+
+def as_nobody(code, *args, timeout=60):
+    """`python3 -c CODE ARGS` run by the user nobody: on loopback, a client
+    of redsky's servers that is another peer than this process (the servers
+    tell local users apart).  Skips unless root, who alone can switch."""
+    import pwd
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another local user")
+    nobody = pwd.getpwnam("nobody")
+
+    def become():
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    return subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=become, cwd="/")
 
 
 def ledger_view(db):

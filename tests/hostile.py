@@ -138,7 +138,39 @@ PARSERS = {
     "check_token": lambda t: redsky.check_token("key", "subscribe", "test@lists.example.org", "", t, 0, 3600),
     "client_network": lambda t: redsky.client_network(redsky.Config(None), {
         "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": t + ", " + t[:1000]}),
+    # the servers: an HTTP request head (strict, uncapped here to show it is linear), the same bytes
+    # as `web --listen` takes them in pieces, and LMTP's DATA lines
+    "http_head": lambda t: _each(redsky.parse_http_head, [
+        ("GET /" + t + " HTTP/1.1\r\nHost: a\r\n").encode("utf-8", "surrogateescape"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: " + t).encode("utf-8", "surrogateescape"),
+        ("GET / HTTP/1.1\r\n" + "".join(f"X-{i}: {t[i:i + 200]}\r\n" for i in range(0, len(t), 200))
+         ).encode("utf-8", "surrogateescape")], limit=None),
+    "http_request_stream": lambda t: _fed(redsky.RequestReader().feed, (
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nX: " + t).encode("utf-8", "surrogateescape"), 512),
+    "lmtp_data": lambda t: _lmtp_data(t.encode("utf-8", "surrogateescape")),
 }
+
+
+def _each(fn, inputs, **kwargs):
+    """fn over every input, its refusals (ValueError) taken as answers."""
+    for data in inputs:
+        try:
+            fn(data, **kwargs)
+        except ValueError:
+            pass
+
+
+def _fed(feed, data, piece):
+    for i in range(0, len(data), piece):
+        feed(data[i:i + piece])
+
+
+def _lmtp_data(data):
+    """The lines of DATA as the server reads them (each up to its LF), then the end."""
+    reader = redsky.LMTPData(len(data) * 2)
+    for line in (data + b"\r\n.\r\n").split(b"\n")[:-1]:
+        if reader.add(line + b"\n"):
+            break
 
 
 def _compat32(data):

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -15,6 +16,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from conftest import REDSKY, REDSKY_MAIN, ROOT, as_nobody, parse, post, require
 
 from conftest import REDSKY, REDSKY_MAIN, parse, post, require
 from smtpsink import free_port
@@ -455,13 +458,14 @@ def test_hostile_posts_make_pages_without_active_content(web):
 
 # --- CGI and WSGI ------------------------------------------------------------------
 
-def cgi(rs, path, method="GET", body=b"", query=""):
+def cgi(rs, path, method="GET", body=b"", query="", umask=None):
     env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
     env.update(GATEWAY_INTERFACE="CGI/1.1", REQUEST_METHOD=method, PATH_INFO=path, SCRIPT_NAME="/cgi-bin/redsky",
                QUERY_STRING=query, SERVER_NAME="lists.example.org", SERVER_PORT="443", SERVER_PROTOCOL="HTTP/1.1",
                REDSKY_CONFIG=str(rs.config), CONTENT_LENGTH=str(len(body)),
                CONTENT_TYPE="application/x-www-form-urlencoded")
-    r = subprocess.run(["python3", REDSKY], input=body, capture_output=True, env=env, timeout=60)
+    r = subprocess.run(["python3", REDSKY], input=body, capture_output=True, env=env, timeout=60,
+                       preexec_fn=None if umask is None else lambda: os.umask(umask))
     head, _, page = r.stdout.partition(b"\r\n\r\n")
     return head.decode(), page.decode(), r.stderr.decode()
 
@@ -489,10 +493,45 @@ def test_wsgi_application_is_importable(lst, monkeypatch):
 
     def start_response(status, headers):
         seen["status"], seen["headers"] = status, dict(headers)
-    body = b"".join(redsky.application({"REQUEST_METHOD": "GET", "PATH_INFO": f"/{LIST}/",
-                                        "wsgi.input": io.BytesIO()}, start_response))
+    umask = os.umask(0o022)                 # what a WSGI server's process may have
+    try:
+        body = b"".join(redsky.application({"REQUEST_METHOD": "GET", "PATH_INFO": f"/{LIST}/",
+                                            "wsgi.input": io.BytesIO()}, start_response))
+        assert os.umask(0o022) == 0o007     # [redsky] umask, as main() would have set it
+    finally:
+        os.umask(umask)
     assert seen["status"] == "200 OK" and b'name="address"' in body
     assert seen["headers"]["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.server
+def test_cgi_and_a_wsgi_server_write_with_the_configured_umask(web):
+    """A web server runs the CGI script, or loads `application`, with its
+    own umask (022: files anyone may read); what redsky writes follows
+    [redsky] umask all the same (0660, as the pipe's)."""
+    spool = web.rs.home / "spool"
+
+    def new_files(before):
+        return {p: p.stat().st_mode & 0o777 for p in spool.glob("*.eml") if p not in before}
+    before = set(spool.glob("*.eml"))
+    form = aged_form(web.rs, remote="")             # the form's token, for a client the script cannot name
+    head, _, err = cgi(web.rs, f"/{LIST}/", "POST", f"form={form}&address=cgi-mask@example.com".encode(),
+                       umask=0o022)
+    assert head.startswith("Status: 200"), err
+    written = new_files(before)
+    assert written and set(written.values()) == {0o660}, {p.name: oct(m) for p, m in written.items()}
+    before = set(spool.glob("*.eml"))
+    code = ("import io, os, sys; os.umask(0o022); sys.path.insert(0, sys.argv[1]); import redsky; "
+            "body = sys.argv[3].encode(); "
+            "env = {'REQUEST_METHOD': 'POST', 'PATH_INFO': sys.argv[2], 'CONTENT_LENGTH': str(len(body)), "
+            "'CONTENT_TYPE': 'application/x-www-form-urlencoded', 'wsgi.input': io.BytesIO(body)}; "
+            "print(b''.join(redsky.application(env, lambda status, headers: print(status))))")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT), f"/{LIST}/",
+                        f"form={aged_form(web.rs, remote='')}&address=wsgi-mask@example.com"], capture_output=True, text=True,
+                       env={**os.environ, "REDSKY_CONFIG": str(web.rs.config)}, timeout=60)
+    assert r.stdout.startswith("200 OK"), r.stderr
+    written = new_files(before)
+    assert written and set(written.values()) == {0o660}, {p.name: oct(m) for p, m in written.items()}
 
 
 @pytest.mark.server
@@ -783,26 +822,270 @@ def test_an_archive_from_before_the_pages_is_published_whole(web):
     assert numbered[2].split()[0] == "3" and "plans for friday" in numbered[2]
 
 
-@pytest.mark.server
-def test_idle_clients_neither_stall_the_server_forever_nor_take_unbounded_threads(lst):
-    """40 connections that send nothing: the server still answers once their
-    [web] timeout runs out, and never holds more than 32 at once."""
+# --- `web --listen`: deadlines, peers, strict HTTP ----------------------------------
+
+def raw_http(port, data, source="127.0.0.1", timeout=15):
+    """Send ``data`` as it is on one connection from ``source`` and return
+    all the server sends back until it closes."""
     import socket
-    lst.write_config(web={"timeout": "2s"})
-    web = Web(lst)
-    idle = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(40)]
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as s:
+        s.sendall(data)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
+
+
+def web_log(rs):
+    path = rs.home / "web.log"
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def slow_web(lst):
+    """`web --listen` with short deadlines and a small share per peer, logging to a file."""
+    lst.write_config(redsky={"log": str(lst.home / "web.log")},
+                     web={"timeout": "3s", "peer_connections": "4", "workers": "2"})
+    server = Web(lst)
+    yield server
+    server.stop()
+
+
+class Trickle:
+    """Connections from one address that send a request head a byte at a
+    time, never finishing it, and reconnect whenever the server closes one."""
+
+    def __init__(self, port, count, source="127.0.0.1", every=0.5):
+        import socket
+        import threading
+        self.port, self.source, self.every, self.stopped = port, source, every, threading.Event()
+        self.socket, self.closed = socket, 0
+        self.threads = [threading.Thread(target=self.one, daemon=True) for _ in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def one(self):
+        while not self.stopped.is_set():
+            try:
+                with self.socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                                   source_address=(self.source, 0)) as s:
+                    for byte in b"GET /" + b"a" * 10_000:
+                        s.sendall(bytes([byte]))
+                        if self.stopped.wait(self.every):
+                            return
+            except OSError:
+                self.closed += 1
+                time.sleep(0.05)
+
+    def stop(self):
+        self.stopped.set()
+        for t in self.threads:
+            t.join(10)
+
+
+# a client of its own: another local user, who times each of five requests
+TIMED_GETS = """
+import http.client, sys, time
+for _ in range(5):
+    start = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+    c.request("GET", sys.argv[2])
+    r = c.getresponse()
+    print(r.status, len(r.read()), round(time.monotonic() - start, 3))
+    time.sleep(0.7)
+"""
+
+
+@pytest.mark.server
+def test_a_slowloris_from_one_peer_leaves_another_peer_served_promptly(slow_web):
+    """40 connections from this process trickle a head each and reconnect
+    when cut: another local user is still served at once, every time, and
+    each of those connections past the peer's share is refused at once."""
+    trickle = Trickle(slow_web.port, 40, source="127.0.0.2")        # another address: the same user
     try:
-        time.sleep(0.5)                          # the server has taken in what it will
-        threads = int(subprocess.run(["ps", "-o", "nlwp=", "-p", str(web.proc.pid)], capture_output=True,
-                                     text=True).stdout)
-        assert 20 < threads <= 32 + 2
-        start = time.monotonic()
-        status, _, _ = web.request(f"/{LIST}/")
-        assert status == 200 and time.monotonic() - start < 15
+        time.sleep(1.0)
+        r = as_nobody(TIMED_GETS, str(slow_web.port), f"/{LIST}/")
+        answers = [line.split() for line in r.stdout.splitlines()]
+        assert len(answers) == 5 and all(a[0] == "200" and float(a[2]) < 1.0 for a in answers), (answers, r.stderr)
+        # the trickling user itself gets 503 at once past its share, from any loopback address
+        assert status_of(raw_http(slow_web.port, b"GET / HTTP/1.0\r\n\r\n")) == 503
     finally:
-        for s in idle:
+        trickle.stop()
+    assert trickle.closed > 20              # past its 4 connections, each is answered and closed at once
+    assert "Traceback" not in web_log(slow_web.rs)
+
+
+@pytest.mark.server
+def test_a_request_that_never_completes_is_cut_at_its_deadline_with_one_log_line(slow_web):
+    """A head that keeps coming a byte at a time, and a connection that says
+    nothing: both closed when the deadline for the whole request (3 s) is
+    reached, whatever they sent meanwhile; one line in the log for each."""
+    import socket
+    silent = socket.create_connection(("127.0.0.1", slow_web.port), timeout=10)
+    slow = socket.create_connection(("127.0.0.1", slow_web.port), timeout=10)
+    start, answer = time.monotonic(), b""
+    try:
+        for byte in b"POST /" + b"x" * 100:
+            slow.sendall(bytes([byte]))
+            time.sleep(0.2)
+    except OSError:                              # closed by the server: what did it say?
+        pass
+    cut = time.monotonic() - start
+    try:
+        answer = slow.recv(4096)
+    except OSError:
+        pass
+    assert 2.5 < cut < 5.0, cut
+    assert status_of(answer) == 408
+    silent.settimeout(5)
+    assert silent.recv(4096) == b""              # closed, nothing said: it sent nothing
+    assert time.monotonic() - start < 6
+    time.sleep(0.3)
+    log = web_log(slow_web.rs)
+    lines = [line for line in log.splitlines() if "no whole request" in line]
+    assert len(lines) == 2 and "(0 bytes came)" in log, log
+    assert "Traceback" not in log and len(log.splitlines()) < 10, log
+
+
+@pytest.mark.server
+def test_one_peer_holds_a_few_connections_and_other_peers_the_rest(slow_web):
+    import socket
+    held = [socket.create_connection(("127.0.0.1", slow_web.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        assert status_of(raw_http(slow_web.port, b"GET / HTTP/1.0\r\n\r\n")) == 503
+        assert b"Retry-After" in raw_http(slow_web.port, b"GET / HTTP/1.0\r\n\r\n", source="127.0.0.3")
+        r = as_nobody(TIMED_GETS.replace("range(5)", "range(1)"), str(slow_web.port), "/")
+        assert r.stdout.startswith("200 "), r.stderr
+    finally:
+        for s in held:
             s.close()
-        web.stop()
+    time.sleep(0.3)
+    assert status_of(raw_http(slow_web.port, b"GET / HTTP/1.0\r\n\r\n")) == 200   # freed when they close
+    assert web_log(slow_web.rs).count("more refused (503)") == 1                  # once a minute, per peer
+
+
+HOSTILE_REQUESTS = [
+    # what a proxy in front could read another way: refused, never guessed at
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\nhello", 411),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\n\tX: y\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\nHost: a\n\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nNo-Colon\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\n\r\n", 400),                                   # 1.1 needs one Host
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /x HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    (b"GET /x HTTP/1.1 extra\r\nHost: a\r\n\r\n", 400),
+    (b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET /x#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"G\xc9T /x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\n" + b"X-Many: y\r\n" * 100 + b"\r\n", 431),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 17000 + b"\r\n\r\n", 431),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n", 413),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx", 417),
+]
+
+
+@pytest.mark.server
+def test_http_is_read_strictly(web):
+    for request, status in HOSTILE_REQUESTS:
+        answer = raw_http(web.port, request)
+        assert status_of(answer) == status, (request[:120], answer[:200])
+        assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:300]
+    # a request behind one with a body is never answered: one request, one answer, closed
+    smuggled = (f"POST /{LIST}/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+                f"GET /archive/{LIST}/ HTTP/1.1\r\nHost: a\r\n\r\n").encode()
+    answer = raw_http(web.port, smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1 and status_of(answer) == 400      # no address given
+    assert web.proc.poll() is None
+
+
+@pytest.mark.server
+def test_http_1_0_1_1_head_expect_and_the_environ(web):
+    web.rs.queue(THREAD[0], check=0)
+    get = raw_http(web.port, f"GET /{LIST}/ HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    head = raw_http(web.port, f"HEAD /{LIST}/ HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert status_of(get) == status_of(head) == 200
+    length = int(re.search(rb"Content-Length: (\d+)", get).group(1))
+    assert head.endswith(b"\r\n\r\n") and f"Content-Length: {length}".encode() in head
+    assert len(get.split(b"\r\n\r\n", 1)[1]) == length
+    # HTTP/1.0 without Host; PATH_INFO unquoted; the absolute form a proxy may send
+    assert status_of(raw_http(web.port, "GET /%74est@lists.example.org/ HTTP/1.0\r\n\r\n".encode())) == 200
+    assert status_of(raw_http(web.port, f"GET http://lists.example.org/{LIST}/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        .encode())) == 200
+    search = raw_http(web.port, f"GET /archive/{LIST}/search?q=Friday HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status_of(search) == 200 and b'value="Friday"' in search
+    # Expect: 100-continue gets its 100 before the body is sent
+    import socket
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
+        body = f"form={aged_form(web.rs, remote='127.0.0.1')}&address=expect@example.com".encode()
+        s.sendall(f"POST /{LIST}/ HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert status_of(answer) == 200 and b"expect@example.com" in answer
+    assert "expect@example.com" in web.rs.run("pending", "--json", check=0).out
+
+
+@pytest.mark.server
+def test_web_and_lmtp_listen_on_ipv6_and_read_listen_alike(lst):
+    import socket
+    assert lst.run("web", "--listen", "127.0.0.1:abc", subprocess=True).returncode == 64
+    for bad in ("127.0.0.1:abc", "::1:8025", "[::1]", "[nonsense]:25", "127.0.0.1:70000", ""):
+        r = lst.run("lmtp", "--listen", bad, subprocess=True, timeout=30)
+        assert r.returncode == 64 and "Traceback" not in r.err and "--listen" in r.err, (bad, r.err)
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 on loopback")
+    port = free_port()
+    lst.write_config(web={"base_url": ""})
+    proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(lst.config), "web", "--listen", f"[::1]:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("::1", port), timeout=5) as s:
+                    s.sendall(f"GET /{LIST}/ HTTP/1.0\r\n\r\n".encode())
+                    assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+                    break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError(proc.stderr.read1(4000))
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
 
 
 # --- issue 29: redirects stay on the site ---------------------------------------------

@@ -85,13 +85,14 @@ above it).  Find a behaviour here, then search for the banner.
     17. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
     18. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
     19. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
-                                         the subscribe page, archive pages and search; `web`, CGI
-    20. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
-    21. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
-    22. Administration commands          lists, members, moderation, bounces, status, trace
-    23. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
-    24. Doctor                           every check of the installation
-    25. Command line                     demo, the argument parser, main
+                                         the subscribe page, archive pages and search
+    20. The web server                   `web --listen` (event loop, deadlines, shares per peer), CGI
+    21. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
+    22. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
+    23. Administration commands          lists, members, moderation, bounces, status, trace
+    24. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
+    25. Doctor                           every check of the installation
+    26. Command line                     demo, the argument parser, main
 """
 
 
@@ -7859,7 +7860,15 @@ def web_request(config, store, list_row, address, role, action, client=""):
 application = WebApp()
 
 
-# `web --listen` and `lmtp --listen`: where to listen, and who is at the other end ---------------
+# ---------------------------------------------------------------------------
+# 20. The web server
+# Owns: `web --listen` (an event loop that reads whole requests under one deadline, a share per
+#       peer, workers that run the WSGI app, strict HTTP), the CGI entry, and where a server listens
+#       and who its peer is (for `lmtp` too).
+# Calls: sections 2-19.
+# ---------------------------------------------------------------------------
+
+# Where to listen, and who is at the other end (`web --listen`, `lmtp --listen`) --------------
 
 def parse_listen(text, unix=False):
     """--listen as (host, port): HOST:PORT, [IPV6]:PORT, or :PORT for 127.0.0.1; with ``unix`` also
@@ -8485,9 +8494,9 @@ def run_cgi():
 
 
 # ---------------------------------------------------------------------------
-# 20. Postfix and the list user
+# 21. Postfix and the list user
 # Owns: the Postfix map and settings, postfix-config, become_list_user.
-# Calls: sections 2-19.
+# Calls: sections 2-20.
 # ---------------------------------------------------------------------------
 
 POSTFIX_QUERIES = {
@@ -8847,9 +8856,9 @@ def postconf(*args):
 
 
 # ---------------------------------------------------------------------------
-# 21. Intake: queue, filter and LMTP
+# 22. Intake: queue, filter and LMTP
 # Owns: cmd_queue, cmd_filter, quarantine, poison messages, the LMTP server, cmd_send.
-# Calls: sections 2-20.
+# Calls: sections 2-21.
 # ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
@@ -9346,9 +9355,9 @@ def cmd_send(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 22. Administration commands
+# 23. Administration commands
 # Owns: the cmd_* of lists, members, moderation, bounces, status and trace.
-# Calls: sections 2-21.
+# Calls: sections 2-22.
 # ---------------------------------------------------------------------------
 
 # Lists and members -----------------------------------------------------------
@@ -9995,9 +10004,9 @@ def cmd_restore(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 23. Moving in and out
+# 24. Moving in and out
 # Owns: export, import (mlmmj, Mailman 2 and 3, redsky), whois and forget.
-# Calls: sections 2-22.
+# Calls: sections 2-23.
 # ---------------------------------------------------------------------------
 
 # The list settings an export carries: what `set` sets (the passphrase as its hash) and the
@@ -10805,9 +10814,9 @@ def archive_remove_author(config, list_row, address):
 
 
 # ---------------------------------------------------------------------------
-# 24. Doctor
+# 25. Doctor
 # Owns: doctor's checks of the installation, Postfix, Exim, OpenSMTPD, LMTP and the web.
-# Calls: sections 2-23.
+# Calls: sections 2-24.
 # ---------------------------------------------------------------------------
 
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
@@ -11318,9 +11327,9 @@ def cmd_schema(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 25. Command line
+# 26. Command line
 # Owns: demo, the argument parser, main.
-# Calls: sections 2-24.
+# Calls: sections 2-25.
 # ---------------------------------------------------------------------------
 
 DEMO_POST = b"""\

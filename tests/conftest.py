@@ -524,11 +524,13 @@ def pytest_make_parametrize_id(config, val, argname):
 class Web:
     """A running `redsky.py web` for the test's installation."""
 
-    def __init__(self, rs):
+    def __init__(self, rs, prefix="/redsky"):
+        """``prefix``: the path of base_url, as behind a proxy that takes it off (a browser, which
+        follows base_url's paths and cookies, needs "")."""
         from smtpsink import free_port
         self.rs, self.port = rs, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        rs.write_config(web={"base_url": self.base + "/redsky"})
+        rs.write_config(web={"base_url": self.base + prefix})
         self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
                                       f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20

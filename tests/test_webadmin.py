@@ -8,6 +8,7 @@ in-process (wsgi), and the whole way in headless Chromium with an
 accessibility audit (axe-core) at the end of this file."""
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -17,7 +18,7 @@ import urllib.request
 import pytest
 
 import redsky
-from conftest import Web, dsn, inbox, mail, parse, post, request, wsgi
+from conftest import Web, dsn, inbox, mail, post, request, require, wsgi
 
 LIST = "test@lists.example.org"
 OTHER = "other@lists.example.org"
@@ -567,3 +568,155 @@ def test_every_page_has_main_and_labelled_navigation(lst):
         page = wsgi(lst, path)[2]
         assert page.count("<main>") == 1, path
         assert all('aria-label="' in nav for nav in re.findall(r"<nav[^>]*>", page)), path
+
+
+# -- the whole way in a real browser, with an accessibility audit ---------------------------------
+
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+
+def axe_source():
+    """axe-core's axe.min.js ($REDSKY_AXE; .ci/run fetches it from the npm registry)."""
+    path = os.environ.get("REDSKY_AXE", "")
+    if not os.path.isfile(path):
+        require("no axe-core (REDSKY_AXE=path/to/axe.min.js; `npm pack axe-core@4` has it)", "REDSKY_REQUIRE_AXE")
+    return open(path).read()
+
+
+class Audited:
+    """A browser at 390 px whose every page is audited: axe-core's WCAG 2.1 A and AA rules, no
+    horizontal scrolling, no console message (a CSP violation would be one), no script."""
+
+    def __init__(self, browser, axe):
+        self.browser, self.axe, self.pages = browser, axe, []
+
+    def check(self):
+        b = self.browser
+        where = b.js("location.pathname")
+        b.js(self.axe)                  # Runtime.evaluate: outside the page's CSP, which allows no script
+        violations = json.loads(b.js(
+            f"axe.run(document, {{runOnly: {{type: 'tag', values: {json.dumps(AXE_TAGS)}}}}})"
+            ".then(r => JSON.stringify(r.violations.map(v => ({id: v.id, help: v.help,"
+            " nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))))", await_promise=True))
+        assert violations == [], (where, violations)
+        width = b.js("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1] == 390, (where, width)
+        # no script element (axe runs by Runtime.evaluate, not as one); one <main>; every nav labelled
+        assert b.js("document.scripts.length") == 0 and b.js("document.querySelectorAll('main').length") == 1, where
+        assert b.js("[...document.querySelectorAll('nav')].every(n => n.getAttribute('aria-label'))"), where
+        assert b.problems() == [], where
+        self.pages.append(where)
+
+    def open(self, url):
+        self.browser.open(url)
+        self.check()
+
+    def submit(self, script):
+        """Fill a form and press its button (as the page's own script never could)."""
+        self.browser.load(lambda: self.browser.js(script))
+        self.check()
+
+
+@pytest.fixture
+def browser():
+    from test_web import chromium
+    from cdp import Browser
+    exe = chromium()
+    b = Browser(exe)
+    yield b
+    b.quit()
+
+
+@pytest.fixture
+def root_site(lst):
+    server = Web(lst, prefix="")
+    yield server
+    server.stop()
+
+
+@pytest.mark.server
+@pytest.mark.browser
+def test_an_owner_and_a_member_do_it_all_in_a_browser_and_every_page_passes_the_audit(root_site, browser):
+    rs, base = root_site.rs, root_site.base
+    page = Audited(browser, axe_source())
+    hold(rs, 2)
+    rs.run("set", LIST, "advertised", "yes", check=0)
+    rs.run("set", LIST, "description", "A list to try things on", check=0)
+    rs.queue(dsn(recipient="carol@example.com"), recipient=rs.verp("carol@example.com"), sender="", check=0)
+    page.open(base + "/")
+    page.open(f"{base}/{LIST}/")
+    # the owner asks for a link with the keyboard alone: Tab to the field, type, Enter
+    page.open(f"{base}/{LIST}/admin/")
+    for _ in range(20):
+        if browser.js("document.activeElement.id") == "address":
+            break
+        browser.key("Tab")
+    assert browser.js("document.activeElement.id") == "address"
+    browser.type(OWNER)
+    browser.load(lambda: browser.key("Enter", text="\r"))
+    page.check()
+    assert "a message with a link to sign in is on its way" in browser.js("document.body.innerText")
+    page.open(link_in(rs, OWNER))
+    page.submit("document.querySelector('button').click()")         # "Sign in": on to the admin
+    assert browser.js("document.querySelector('h1').innerText") == "At a glance"
+    for path in ("settings", "members", "member?who=bob@example.net", "bounces", "held"):
+        page.open(f"{base}/{LIST}/admin/{path}")
+    # approve a held post
+    page.submit("document.querySelector('input[name=held]').checked = true;"
+                " document.querySelector('button[value=approve]').click()")
+    assert "approved" in browser.js("document.body.innerText")
+    # a held post's own page, as its notice's link opens it
+    token = re.search(r'href="held/([0-9a-f]{32})"', browser.js("document.body.innerHTML")).group(1)
+    page.open(f"{base}/{LIST}/admin/held/{token}")
+    # add a member
+    page.open(f"{base}/{LIST}/admin/members")
+    page.submit("document.querySelector('#addresses').value = 'dave@example.org';"
+                " document.querySelector('#how-add').checked = true;"
+                " document.querySelector('button[value=add]').click()")
+    assert "dave@example.org is added." in browser.js("document.body.innerText")
+    # change a setting
+    page.open(f"{base}/{LIST}/admin/settings")
+    page.submit("document.querySelector('#s-subject_tag').value = '[try]';"
+                " document.querySelector('main form button').click()")
+    assert "set subject_tag [try]: done." in browser.js("document.body.innerText")
+    # and a wrong one, shown with its field
+    page.submit("document.querySelector('#s-max_size').value = 'big';"
+                " document.querySelector('main form button').click()")
+    assert "Nothing was changed" in browser.js("document.body.innerText")
+    page.submit("document.querySelector('nav button').click()")     # sign out
+    assert "signed out" in browser.js("document.body.innerText")
+    page.open(f"{base}/{LIST}/admin/members")
+    assert "Mail me a link" in browser.js("document.body.innerText")
+    # a member changes their digest format
+    page.open(f"{base}/manage/")
+    page.submit(f"document.querySelector('#address').value = 'carol@example.com';"
+                " document.querySelector('form button').click()")
+    page.open(link_in(rs, "carol@example.com"))
+    page.submit("document.querySelector('button').click()")
+    assert LIST in browser.js("document.body.innerText")
+    page.submit("document.querySelector('#digest0').checked = true;"
+                " document.querySelector('#format0').value = 'plain';"
+                " document.querySelector('button[value=save]').click()")
+    assert "digest format plain" in browser.js("document.body.innerText")
+    leave = redsky.leave_token(rs.verp_key(), {"name": "test", "domain": "lists.example.org"}, "bob@example.net")
+    page.open(f"{base}/{LIST}/leave/{leave}")
+    # what it did
+    assert "dave@example.org" in members(rs) and rs.status()["held"] == 1
+    assert json.loads(rs.run("lists", "--json", check=0).out)[1]["subject_tag"] == "[try]"
+    carol = rs.members()["carol@example.com"]
+    assert carol["digest"] and rs.db().execute(
+        "SELECT digest_format FROM members WHERE list_id = 1 AND address = 'carol@example.com'").fetchone()[0] == "plain"
+    assert len(page.pages) >= 20, page.pages
+
+
+@pytest.mark.browser
+def test_the_audit_can_fail(browser):
+    page = Audited(browser, axe_source())
+    browser.open("data:text/html,<!DOCTYPE html><html lang=en><title>t</title><main><form><input name=x>"
+                 "</form></main>")
+    with pytest.raises(AssertionError, match="label"):
+        page.check()
+    browser.open("data:text/html,<!DOCTYPE html><html lang=en><meta name=viewport content='width=device-width'>"
+                 "<title>t</title><main><p>" + "w" * 300 + "</p></main>")
+    with pytest.raises(AssertionError, match=r"\d+ <= \d+"):
+        page.check()

@@ -8817,7 +8817,8 @@ class Admin:
             what, reason = field(fields, "action"), field(fields, "reason").strip() or "no reason given"
             if what in MODERATION_VERBS:
                 for held_id in fields.get("held", [])[:MAX_OWNER_ITEMS]:
-                    held = self.store.held(int(held_id)) if held_id.isdigit() else None
+                    number = int(held_id) if held_id.isdigit() and len(held_id) < 12 else 0
+                    held = self.store.held(number) if number else None
                     if held is None or held["list_id"] != self.list["id"]:
                         lines.append(f"Held post {one_line(held_id, 12)} is gone (decided or expired).")
                         continue

@@ -8183,12 +8183,13 @@ def csrf_ok(config, key, session, scope, fields):
                        config.duration("web", "session_max_age"))[0] == "ok"
 
 
-def web_event(config, store, list_row, who, lines, message_id="", outcome="web"):
+def web_event(config, store, list_row, who, lines, message_id="", outcome="web", page="admin"):
     """Keep what ``who`` did on the web for `trace` (a held post's Message-ID) and `whois`: an event
-    of the list whose sender is ``who`` and whose trace says, line by line, what was done."""
+    of the list whose sender is ``who`` and whose trace says, line by line, what was done; its
+    recipient names the page (the list's admin, or a member's /manage/)."""
     ctx = Context(config, store)
     ctx.list, ctx.sender, ctx.message_id = list_row, who, message_id
-    ctx.recipient = f"{list_address(list_row).lower()}/admin (web)"
+    ctx.recipient = f"{list_address(list_row).lower()}/admin (web)" if page == "admin" else "manage (web)"
     ctx.trace = [("web", one_line(line, 300)) for line in lines]
     ctx.outcome, ctx.outcome_reason = outcome, one_line(f"by {who} on the web: " + "; ".join(lines), 500)
     log.info("web: %s: %s", list_address(list_row), ctx.outcome_reason)
@@ -8329,12 +8330,11 @@ def manage_pages(app, config, store, environ, method, m):
         return signin_with_link(config, store, environ, method, fields, "member", None,
                                 "manage your subscriptions on this host")
     session = current_session(store, environ, "member")
-    if m.group(1) == "signout":
-        if method == "POST" and session is not None and not csrf_ok(config, key, session, "*", fields):
+    if m.group(1) == "signout" and method == "POST" and session is not None:
+        if not csrf_ok(config, key, session, "*", fields):
             return message_page("Please try again", "That form was too old, or not this page's.",
                                 "400 Bad Request")
-        return signed_out_page(config, "member", path, session if method == "POST" else None, store) \
-            if method == "POST" else member_signin_page(config, store, environ)
+        return signed_out_page(config, "member", path, session, store)
     if session is None:
         if method != "POST":
             return member_signin_page(config, store, environ)
@@ -8351,7 +8351,7 @@ def manage_pages(app, config, store, environ, method, m):
         return message_page("Check your mail", f"If {address or 'that address'} is subscribed to a list"
                             " here, a message with a link to sign in is on its way to it.")
     done = []
-    if method == "POST":
+    if method == "POST" and m.group(1) == "":
         if not csrf_ok(config, key, session, "*", fields):
             return message_page("Please try again", "That form was too old, or not this page's; nothing"
                                 " was changed.", "400 Bad Request")
@@ -8442,7 +8442,8 @@ def member_change(config, store, address, fields):
     if not lines:
         return [f"Nothing to change on {name}."]
     outbox.commit(store, config.spool)
-    web_event(config, store, list_row, member["address"], [f"the member set {line}" for line in lines])
+    web_event(config, store, list_row, member["address"], [f"the member set {line}" for line in lines],
+              page="manage")
     return [f"On {name}: " + ", ".join(lines) + "."]
 
 

@@ -139,6 +139,9 @@ def test_an_owner_signs_in_with_the_link_admin_mails_and_out_again(site):
     # the link works once
     again = post_to(site, f"/{LIST}/admin/signin", query)
     assert again[0] == 400 and "Set-Cookie" not in again[1]
+    # a GET of the sign-out signs nobody out (a link checker, a prefetch)
+    assert "At a glance" in get(site, ADMIN + "signout", session)[2]
+    assert "At a glance" in get(site, ADMIN, session)[2]
     # signing out ends the session: the cookie then opens nothing, and does nothing
     token = csrf_of(site, session)
     status, headers, _ = post_to(site, ADMIN + "signout", {"csrf": token}, session)
@@ -517,9 +520,33 @@ def test_a_member_manages_every_list_of_the_address(site):
     assert "bob@example.net" not in rs.members(OTHER)
     assert inbox(rs, "bob@example.net")[-1]["Subject"].startswith("Goodbye from")
     assert any("the member set digest on" in e["reason"] for e in events_by(rs, "bob@example.net"))
-    # signed out, the cookie opens nothing
+    # a GET signs nobody out; a POST does, and the cookie then opens nothing
+    get(site, "/manage/signout", cookie)
+    assert LIST in get(site, "/manage/", cookie)[2]
     post_to(site, "/manage/signout", {"csrf": csrf}, cookie)
     assert "Mail me a link" in get(site, "/manage/", cookie)[2]
+
+
+def test_forged_member_links_sign_nobody_in(lst):
+    lst.write_config(web={"base_url": "http://lists.example.org"})
+    key = lst.verp_key()
+
+    def attempt(token, who="bob@example.net"):
+        return wsgi(lst, "/manage/signin", "POST", {"who": who, "token": token})
+    forged = [redsky.sign_token(key, "member-signin", "*", "bob@example.net", issued=time.time() - 3600),
+              redsky.sign_token(key, "owner-signin", LIST, "bob@example.net"),
+              redsky.sign_token(key, "member-signin", LIST, "bob@example.net"),
+              redsky.sign_token("0" * 32, "member-signin", "*", "bob@example.net")]
+    answers = {attempt(t)[2] for t in forged}
+    answers.add(attempt(redsky.sign_token(key, "member-signin", "*", "nobody@example.org"),
+                        "nobody@example.org")[2])       # signed, but no member
+    real = redsky.sign_token(key, "member-signin", "*", "bob@example.net")
+    assert attempt(real, "carol@example.com")[0] == 400     # another member's address
+    status, headers, _ = attempt(real)
+    assert status == 303 and headers["Set-Cookie"].startswith("redsky_member=")
+    status, headers, page = attempt(real)                   # once only
+    answers.add(page)
+    assert status == 400 and "Set-Cookie" not in headers and len(answers) == 1
 
 
 @pytest.mark.server

@@ -747,3 +747,20 @@ def test_the_audit_can_fail(browser):
                  "<title>t</title><main><p>" + "w" * 300 + "</p></main>")
     with pytest.raises(AssertionError, match=r"\d+ <= \d+"):
         page.check()
+
+
+def test_a_held_post_is_decided_once_even_by_two_at_a_time(lst):
+    hold(lst, 1)
+    config = redsky.Config(str(lst.config))
+    store = redsky.open_store(config)
+    held = store.held(store.db.execute("SELECT id FROM held").fetchone()[0])
+    first, second = redsky.Outbox(), redsky.Outbox()
+    for outbox in (first, second):          # both read the post before either decided
+        notices = redsky.Notices(store, config, store.list_by_id(held["list_id"]), outbox)
+        redsky.drop_held(held, notices, outbox.changes, True, "not today")
+    first.commit(store, config.spool)
+    with pytest.raises(redsky.StoreError, match="decided meanwhile"):
+        second.commit(store, config.spool)
+    store.close()
+    assert [m["Subject"] for m in inbox(lst, "stranger@example.org")].count(
+        "test@lists.example.org: your post was not distributed") == 1

@@ -8196,9 +8196,11 @@ def web_event(config, store, list_row, who, lines, message_id="", outcome="web",
     store_event(ctx)
 
 
-def signin_form(key, client, purpose, scope, action, label, error=""):
+def signin_form(config, key, client, purpose, scope, action, label, error=""):
     """The form that asks for an address to mail a sign-in link to, with a signed form token."""
     return ((f'<p role="alert"><strong>{esc(error)}</strong></p>\n' if error else "")
+            + ("" if config.get("web", "base_url") else "<p><strong>This site has no [web] base_url set, so"
+               " it cannot mail sign-in links.</strong></p>\n")
             + f'<form method="post" action="{action}"><input type="hidden" name="form"'
             f' value="{sign_token(key, purpose, scope, client)}">\n'
             f'<p><label for="address">{esc(label)}</label><br>'
@@ -8234,7 +8236,11 @@ def signin_request(config, store, environ, fields, purpose, scope, qualifies, se
 
 def mail_signin_link(config, store, list_row, address, link, owner):
     """The sign-in ``link`` of an ``owner`` (else a member) to ``address``, committed now (from the
-    list's -request address)."""
+    list's -request address).  Without [web] base_url there is no link to mail: a link is never made
+    of the Host a request names (a forged Host would have the owner mailed a link to another site)."""
+    if not link:
+        log.warning("web: no sign-in link mailed to %s: [web] base_url is not set", address)
+        return
     outbox = Outbox()
     Notices(store, config, list_row, outbox).send(
         [address], f"{list_address(list_row)}: your sign-in link", "admin-link" if owner else "member-link",
@@ -8360,7 +8366,7 @@ def manage_pages(app, config, store, environ, method, m):
 
 
 def member_signin_page(config, store, environ, error="", status="200 OK"):
-    form = signin_form(store.verp_key, client_network(config, environ), "member-form", "*", "./",
+    form = signin_form(config, store.verp_key, client_network(config, environ), "member-form", "*", "./",
                        "Your email address", error)
     return page("Manage my subscription", "<h1>Manage my subscription</h1>\n<p>Give the address you are"
                 " subscribed with: a link to sign in is mailed to it. Signed in, you can switch digests"
@@ -8570,8 +8576,8 @@ class Admin:
                 return message_page("Check your mail", f"If {address or 'that address'} runs {self.name}, a"
                                     " message with a link to sign in is on its way to it.")
             status = "400 Bad Request"
-        form = signin_form(self.key, client_network(self.config, self.environ), "admin-form", self.name,
-                           "./", "Your owner address", error)       # ./ is admin/ from every admin page
+        form = signin_form(self.config, self.key, client_network(self.config, self.environ), "admin-form",
+                           self.name, "./", "Your owner address", error)     # ./ is admin/ from every page
         return page(f"Sign in: {self.name}", f"<h1>The web admin of {esc(self.name)}</h1>\n<p>For the list's"
                     " owners. Give your owner address: a link to sign in is mailed to it. (Or send"
                     f" 'admin' to {esc(list_address(self.list, '-request'))} from it.)</p>\n{form}", status)

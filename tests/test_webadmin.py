@@ -764,3 +764,15 @@ def test_a_held_post_is_decided_once_even_by_two_at_a_time(lst):
     store.close()
     assert [m["Subject"] for m in inbox(lst, "stranger@example.org")].count(
         "test@lists.example.org: your post was not distributed") == 1
+
+
+def test_without_a_base_url_no_link_is_mailed_nor_made_of_the_host(lst):
+    """A link made of the request's Host would let a forged Host have the owner mailed a link to
+    another site: without [web] base_url, nothing is mailed, and the page says why."""
+    status, _, page = wsgi(lst, ADMIN, headers={"HTTP_HOST": "evil.example"})
+    assert "no [web] base_url" in page
+    status, _, answer = wsgi(lst, ADMIN, "POST", {"form": hidden(page, "form"), "address": OWNER},
+                             headers={"HTTP_HOST": "evil.example"})
+    assert status == 200
+    lst.run("send", check=0)
+    assert lst.sent_to() == []

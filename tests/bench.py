@@ -30,6 +30,9 @@ with and without one-click headers, a one-click POST and page GETs against
 `redsky.py web`, and `archive html` over 1,000 posts.
 `--tokens [N]`: issue 29's made-up one-click tokens at N members (default
 100,000): the CGI script, `web` and mail to LIST-leave+TOKEN@, CPU each.
+`--admin [N]`: issue 32's web admin and member's pages for a list of N members
+(default 10,000): each page's weight (bytes) and the CPU `web` spends per
+request (100 requests, the server's own CPU), and the CGI script's per request.
 Not a unit test: timings depend on the machine.
 """
 
@@ -635,6 +638,110 @@ def web_table(runs, n):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
+def admin_table(runs, n, requests=100):
+    """Issue 32: each page of the web admin and of the member's pages, its bytes and its CPU."""
+    import urllib.parse
+    import urllib.request
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
+    import redsky
+    from smtpsink import free_port
+    address, owner = "bench@lists.example.org", "owner@example.org"
+    home = Home(n)
+    port = free_port()
+    home.configure(f"[web]\nbase_url = http://127.0.0.1:{port}\nsignin_per_client = 0\nsignin_per_address = 0\n",
+                   transport="maildir")
+    subprocess.run(home.cmd("set", address, "owners", owner), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(home.cmd("set", address, "access", "subscribers"), check=True, stdout=subprocess.DEVNULL)
+    for i in range(20):                         # held posts: from a stranger
+        home.post.write_bytes(POST.replace(b"<bench@", f"<held{i}@".encode()))
+        measure(home.cmd("queue", "--recipient", address, "--sender", "stranger@example.org"), str(home.post))
+    config = redsky.Config(str(home.config))
+    store = redsky.open_store(config)
+    list_row = store.list_by_address(address)
+    signin = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, list_row, owner))
+    member_signin = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "member7@example.net"))
+    token = store.db.execute("SELECT token FROM pending WHERE action = 'moderate' LIMIT 1").fetchone()[0]
+    store.close()
+    server = subprocess.Popen(home.cmd("web", "--listen", f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def fetch(path, fields=None, cookie=""):
+        data = urllib.parse.urlencode(fields, doseq=True).encode() if fields is not None else None
+        req = urllib.request.Request(url + path, data=data, headers={"Cookie": cookie} if cookie else {})
+        try:
+            with opener.open(req) as r:
+                return r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.headers, e.read()
+    rows = []
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/").read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        headers, _ = fetch(signin.path, dict(urllib.parse.parse_qsl(signin.query)))
+        owner_cookie = headers["Set-Cookie"].split(";")[0]
+        headers, _ = fetch(member_signin.path, dict(urllib.parse.parse_qsl(member_signin.query)))
+        member_cookie = headers["Set-Cookie"].split(";")[0]
+        csrf = re.search(rb'name="csrf" value="([^"]+)"', fetch(f"/{address}/admin/", cookie=owner_cookie)[1])
+        csrf = csrf.group(1).decode()
+        admin = f"/{address}/admin/"
+        pages = [("/ (front page)", "/", None, ""), ("the list's page", f"/{address}/", None, ""),
+                 ("admin: sign-in form", admin, None, ""), ("admin: at a glance", admin, None, owner_cookie),
+                 ("admin: settings", admin + "settings", None, owner_cookie),
+                 (f"admin: members (first 200 of {n:,})", admin + "members", None, owner_cookie),
+                 ("admin: a member's options", admin + "member?who=member7@example.net", None, owner_cookie),
+                 ("admin: held posts (20)", admin + "held", None, owner_cookie),
+                 ("admin: a held post (notice's link)", admin + f"held/{token}", None, ""),
+                 ("admin: bounces", admin + "bounces", None, owner_cookie),
+                 (f"admin: members.csv ({n:,})", admin + "members.csv", None, owner_cookie),
+                 ("manage: sign-in form", "/manage/", None, ""),
+                 ("manage: a member's lists", "/manage/", None, member_cookie),
+                 ("POST settings (one change)", admin + "settings", {"csrf": csrf, "subject_tag": "[b]"},
+                  owner_cookie),
+                 ("POST a member's options", admin + "member", {"csrf": csrf, "who": "member7@example.net",
+                                                                "notmetoo": "on"}, owner_cookie)]
+        for what, path, fields, cookie in pages:
+            size = len(fetch(path, fields, cookie)[1])
+            count = 10 if "csv" in path else requests
+            before = process_cpu(server.pid)
+            for _ in range(count):
+                fetch(path, fields, cookie)
+            rows.append((what, size, (process_cpu(server.pid) - before) / count))
+    finally:
+        server.terminate()
+        server.wait()
+    cgi_env = {**os.environ, "REDSKY_CONFIG": str(home.config), "GATEWAY_INTERFACE": "CGI/1.1",
+               "REQUEST_METHOD": "GET", "PATH_INFO": f"/{address}/admin/", "HTTP_COOKIE": owner_cookie,
+               "REMOTE_ADDR": "127.0.0.1", "SERVER_NAME": "x", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}
+    cgi = []
+    for _ in range(runs):
+        start = resource_children()
+        subprocess.run([PYTHON, REDSKY], env=cgi_env, stdout=subprocess.DEVNULL, check=True)
+        cgi.append(resource_children() - start)
+    home.cleanup()
+    print(f"redsky web admin: N = {n:,} members, {requests} requests each, `web`'s CPU per request; {PYTHON}\n")
+    print("| page | bytes | CPU per request |\n| --- | ---: | ---: |")
+    for what, size, cpu in rows:
+        print(f"| {what} | {size:,} | {cpu * 1000:.1f} ms |")
+    print(f"| the CGI script, a signed-in page (a process per request) | | {statistics.median(cgi) * 1000:.0f} ms |")
+
+
+def resource_children():
+    import resource
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def backup_table(runs, members):
     """`backup` (plain and gzip) and `restore` of N members, 1,000 archived posts, 100 waiting."""
     home = Home(members)
@@ -798,6 +905,8 @@ def main():
                     help="only backup and restore of N members (default 100,000) with 1,000 archived posts")
     ap.add_argument("--tokens", type=int, metavar="N", nargs="?", const=100_000,
                     help="only made-up one-click tokens: CGI, web and mail for N members (default 100,000)")
+    ap.add_argument("--admin", type=int, metavar="N", nargs="?", const=10_000,
+                    help="only the web admin's and the member's pages: bytes and CPU per request, N members")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
@@ -811,6 +920,8 @@ def main():
         return web_table(args.runs, args.web)
     if args.tokens:
         return token_table(args.runs, args.tokens)
+    if args.admin:
+        return admin_table(args.runs, args.admin)
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:

@@ -34,7 +34,10 @@ Where a new test goes:
   --apply: test_setup.py; import, export, whois, forget: test_move.py; the
   rules of redsky.py's layout: test_layout.py;
 - servers: test_lmtp.py, test_web.py (with CGI, WSGI, Chromium, nginx,
-  Apache); real MTAs: test_postfix.py, test_exim.py, test_opensmtpd.py.
+  Apache); the web's sign-in, the owner's and the member's pages, their
+  forgeries and the accessibility audit in Chromium: test_webadmin.py
+  (Chromium over the DevTools protocol: cdp.py); real MTAs: test_postfix.py,
+  test_exim.py, test_opensmtpd.py.
 A helper that a second file needs moves here.
 
 Markers: ``mta`` (a real Postfix, Exim, OpenSMTPD, mlmmj or Mailman 3),
@@ -58,6 +61,8 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from email import policy
 from pathlib import Path
 
@@ -523,6 +528,61 @@ def pytest_make_parametrize_id(config, val, argname):
         if len(text) > 32 or first != text:
             return f"{first or 'blank'}~{len(text)}"
     return None
+
+
+# -- redsky's web server --------------------------------------------------------------------
+
+class Web:
+    """A running `redsky.py web` for the test's installation."""
+
+    def __init__(self, rs, prefix="/redsky"):
+        """``prefix``: the path of base_url, as behind a proxy that takes it off (a browser, which
+        follows base_url's paths and cookies, needs "")."""
+        from smtpsink import free_port
+        self.rs, self.port = rs, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        rs.write_config(web={"base_url": self.base + prefix})
+        self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
+                                      f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.base + "/", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"web did not start: {self.proc.stderr.read1(4000)}")
+
+    def request(self, path, data=None, headers=None, method=None):
+        """(status, headers, body text); the app is mounted at / here, /redsky behind a proxy."""
+        url = path if path.startswith("http") else self.base + path
+        url = url.replace(self.base + "/redsky", self.base)
+        req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read().decode("utf-8", "replace")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wsgi(rs, path, method="GET", fields=None, remote="192.0.2.10", script="", headers=None, query=""):
+    """(status, headers, body) of one request to a new WebApp (as the CGI script makes one per
+    request), with PATH_INFO as the server decoded it."""
+    import urllib.parse
+    body = urllib.parse.urlencode(fields, doseq=True).encode() if isinstance(fields, dict) else (fields or b"")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": script, "QUERY_STRING": query,
+               "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "CONTENT_TYPE": "application/x-www-form-urlencoded", **(headers or {})}
+    seen = {}
+
+    def start_response(status, response_headers):
+        seen["status"], seen["headers"] = int(status[:3]), dict(response_headers)
+    data = b"".join(redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response))
+    return seen["status"], seen["headers"], data.decode()
 
 
 # -- messages ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ slowest input per parser).  Each input is about SIZE bytes of one
 adversarial pattern; each parser is called the way redsky calls it."""
 
 import email
+import io
 import time
 from email import policy
 
@@ -148,6 +149,11 @@ PARSERS = {
     "http_request_stream": lambda t: _fed(redsky.RequestReader().feed, (
         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nX: " + t).encode("utf-8", "surrogateescape"), 512),
     "lmtp_data": lambda t: _lmtp_data(t.encode("utf-8", "surrogateescape")),
+    # the web admin: a POSTed form, the session cookie, a day typed in
+    "read_form": lambda t: redsky.read_form({"CONTENT_LENGTH": str(len(t.encode())),
+                                             "wsgi.input": io.BytesIO(t.encode())}, limit=1 << 30),
+    "cookie_values": lambda t: redsky.cookie_values({"HTTP_COOKIE": t + "; redsky_owner=" + t}, "redsky_owner"),
+    "utc_day": lambda t: redsky.utc_day(t),
 }
 
 

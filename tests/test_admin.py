@@ -18,7 +18,7 @@ def test_schema_sql_is_what_redsky_creates(rs):
     tables = {r[0] for r in rs.db().execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache",
                       "digest_posts", "dnsbl_cache", "autoreplies", "recent_posts", "failures", "probes", "bans",
-                      "leave_tokens", "web_budgets"}
+                      "leave_tokens", "web_budgets", "web_sessions"}
     assert rs.db().execute("PRAGMA auto_vacuum").fetchone()[0] == 2          # incremental
     assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
@@ -112,7 +112,7 @@ def test_newlist_lists_set_dellist(rs):
                    "notify_owners": 0, "dmarc_addresses": "", "filter_content": 0, "pass_types": "",
                    "filter_types": "", "pass_extensions": "", "filter_extensions": "",
                    "convert_html_to_plaintext": 0, "collapse_alternatives": 0, "signed_posts": "pass",
-                   "description": "", "subscribe_question": "", "subscribe_answers": ""}
+                   "description": "", "subscribe_question": "", "subscribe_answers": "", "advertised": 0}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out

@@ -392,9 +392,16 @@ def test_help_names_what_each_may_do(lst):
     assert "remove ADDRESS" not in bob and "approve TOKEN" not in bob
 
 
-def test_admin_is_reserved_for_the_web_admin(lst):
+def test_admin_mails_the_web_admins_sign_in_link_to_the_owner_only(lst):
     send(lst, "admin", OWNER)
-    assert "web admin of test@lists.example.org is not available yet" in text(inbox(lst, OWNER)[-1])
+    assert "web admin of test@lists.example.org is not set up on this host" in text(inbox(lst, OWNER)[-1])
+    lst.write_config(web={"base_url": "https://lists.example.org/redsky"})
+    send(lst, "admin", OWNER)
+    assert re.search(r"https://lists.example.org/redsky/test@lists.example.org/admin/signin\?who=\S+&token=\S+",
+                     text(inbox(lst, OWNER)[-1]))
+    for sender in (MOD, "bob@example.net"):             # no link for anyone else
+        send(lst, "admin", sender)
+        assert "/signin?" not in text(inbox(lst, sender)[-1])
 
 
 # -- the daily summary ----------------------------------------------------------------------

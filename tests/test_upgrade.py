@@ -187,3 +187,16 @@ def test_an_upgrade_takes_a_name_in_the_old_database_as_a_name(rs):
     assert set(rs.members("team@lists.example.org")) == {"bob@example.net"}
     names = {n for (n,) in sqlite3.connect(rs.home / "redsky.db").execute("SELECT name FROM sqlite_master")}
     assert "main.members" not in names and "lists" in names and "members" in names
+
+
+def test_lists_on_the_front_page_stay_there_after_the_upgrade(tmp_path):
+    """The front page named the lists with a public archive; after the upgrade that added the
+    setting `advertised`, they are advertised (the others are not)."""
+    commit, source = next((c, s) for c, s in reversed(COMMITS) if "advertised" not in s)
+    data, now = old_redsky(tmp_path, commit, source)
+    old = tmp_path / "old" / "redsky.py"
+    config = data / "redsky.ini"
+    for args in (("newlist", "open@lists.example.org"), ("set", "open@lists.example.org", "archive", "public")):
+        subprocess.run([PYTHON, str(old), "-c", str(config), *args], check=True, capture_output=True)
+    lists = {r["list"]: r for r in json.loads(now("lists", "--json").stdout)}
+    assert lists["open@lists.example.org"]["advertised"] == 1 and lists["team@lists.example.org"]["advertised"] == 0

@@ -17,48 +17,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import REDSKY, REDSKY_MAIN, ROOT, as_nobody, parse, post, require
-
-from conftest import REDSKY, REDSKY_MAIN, parse, post, require
+import redsky  # noqa: E402  (conftest put it on the path)
+from conftest import REDSKY, REDSKY_MAIN, ROOT, Web, as_nobody, parse, post, require, wsgi
 from smtpsink import free_port
 
 LIST_OPTIONS = ("--access", "open")
 MEMBERS = ("bob@example.net", "carol@example.com")
 LIST = "test@lists.example.org"
-
-
-class Web:
-    """A running `redsky.py web` for the test's installation."""
-
-    def __init__(self, rs):
-        self.rs, self.port = rs, free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        rs.write_config(web={"base_url": self.base + "/redsky"})
-        self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
-                                      f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.base + "/", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"web did not start: {self.proc.stderr.read1(4000)}")
-
-    def request(self, path, data=None, headers=None, method=None):
-        """(status, headers, body text); the app is mounted at / here, /redsky behind a proxy."""
-        url = path if path.startswith("http") else self.base + path
-        url = url.replace(self.base + "/redsky", self.base)
-        req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.headers, r.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read().decode("utf-8", "replace")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -385,7 +350,7 @@ class Tags(html.parser.HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-ALLOWED_PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "nav", "h1", "table", "tr", "th", "td",
+ALLOWED_PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "main", "nav", "h1", "table", "tr", "th", "td",
                      "hr", "div", "span", "p", "ul", "li", "a", "small", "form", "input", "button", "label",
                      "br", "b", "i", "em", "strong", "u", "s", "ol", "blockquote", "pre", "code", "h2", "h3",
                      "h4", "h5", "h6", "thead", "tbody", "tfoot", "dl", "dt", "dd", "sub", "sup", "big", "tt"}
@@ -398,7 +363,7 @@ def assert_no_active_content(page):
         assert tag in ALLOWED_PAGE_TAGS, tag
         assert not [a for a in attrs if a.startswith("on") or a in ("style", "src", "srcdoc", "formaction")], attrs
         if tag == "a" and "href" in attrs:
-            assert re.match(r"(https?://|[\w.-]*\.html$|\./$|att/|\.\./|atom\.xml$)", attrs["href"]), attrs
+            assert re.match(r"(https?://|[\w.-]*\.html$|\./$|att/|\.\./|atom\.xml$|admin/$)", attrs["href"]), attrs
     assert parser.tags.count(("style", {})) == 1        # only the page's own stylesheet
 
 
@@ -1004,7 +969,7 @@ HOSTILE_REQUESTS = [
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
     (b"GET /x HTTP/1.1\r\nHost: a\r\n" + b"X-Many: y\r\n" * 100 + b"\r\n", 431),
     (b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 17000 + b"\r\n\r\n", 431),
-    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n", 413),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: " + str(redsky.WEB_FORM_MAX_BODY + 1).encode() + b"\r\n\r\n", 413),
     (b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx", 417),
 ]
 
@@ -1140,23 +1105,6 @@ def test_the_resolver_follows_a_browser():
     assert whatwg_resolve(base, "javascript:alert(1)")[0] == "javascript:"
     assert whatwg_resolve(base, "./test@lists.example.org/") == ("lists.example.org", "/redsky/test@lists.example.org/")
     assert whatwg_resolve("http://h/a/b/c", "../d") == ("h", "/a/d")
-
-
-def wsgi(rs, path, method="GET", fields=None, remote="192.0.2.10", script="", headers=None, query=""):
-    """(status, headers, body) of one request to a new WebApp (as the CGI script makes one per
-    request), with PATH_INFO as the server decoded it."""
-    import io
-    import redsky
-    body = urllib.parse.urlencode(fields).encode() if isinstance(fields, dict) else (fields or b"")
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": script, "QUERY_STRING": query,
-               "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
-               "CONTENT_TYPE": "application/x-www-form-urlencoded", **(headers or {})}
-    seen = {}
-
-    def start_response(status, response_headers):
-        seen["status"], seen["headers"] = int(status[:3]), dict(response_headers)
-    data = b"".join(redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response))
-    return seen["status"], seen["headers"], data.decode()
 
 
 def hostile_spellings(rng, names):

@@ -21,7 +21,7 @@ Commands::
                       [--passphrase P] [--subject-tag T] [--footer F] [--owner ADDR]
                       [--subscribe-policy open|confirm|approve|confirm+approve|closed]
     redsky.py lists [--json]             redsky.py set LIST KEY VALUE
-    redsky.py dellist LIST
+    redsky.py dellist LIST [--dry-run]
     redsky.py subscribe [--welcome] LIST ADDR...|-   redsky.py unsubscribe LIST ADDR...|-
     redsky.py members LIST [--option OPT] [--json]   redsky.py acl LIST [add|del PATTERN...]
     redsky.py ban LIST [add|del PATTERN...]      redsky.py invite LIST ADDR...|-
@@ -35,9 +35,11 @@ Commands::
     redsky.py enable LIST ADDR           redsky.py status [--json]
     redsky.py trace MESSAGE-ID           redsky.py doctor
     redsky.py config [--defaults|--changed]
+    redsky.py backup FILE [--wait SECONDS]   redsky.py restore FILE
     redsky.py postfix-config [--write|--apply]   redsky.py schema
     redsky.py export LIST [--output FILE]
     redsky.py import mlmmj LISTDIR | mailman2 --config F --members F | mailman3 | redsky FILE [--dry-run]
+                     [--into-existing] [--rewrite-addresses]
     redsky.py whois ADDR [--json]        redsky.py forget ADDR [--archive]
     redsky.py queue [--recipient ADDR] [--sender ADDR] [--client-address IP] [--explain] [--dry-run] < message
     redsky.py send
@@ -76,23 +78,30 @@ above it).  Find a behaviour here, then search for the banner.
      8. Notices                          TEXTS, render, Notices, pending confirmations
      9. List and member options          SETTABLE, validate_setting, MEMBER_OPTIONS, ban patterns
     10. Bounce parsing and scoring       DSNs, feedback reports, free-text bounces, causes, scores
-    11. The archive and its pages        the archive's permanent numbers, a post's text, what is published,
-                                         the static pages: posts, gaps, months, threads, mboxes, feed
-    12. The runner                       chain_filter, plugins, Context, run_chain, the trace
-    13. Transports                       sendmail, SMTP (pipelining), maildir; outcomes; send_now
-    14. Held posts and command mail      Approved:, hold and release, Requests (-request, -join,
-                                         -leave, -confirm)
-    15. The queue chain                  read ... archive in chain order, finish_queue
-    16. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
-    17. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
-    18. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
-                                         the subscribe page, archive pages, msgid/ and search; `web`, CGI
-    19. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
-    20. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
-    21. Administration commands          lists, members, moderation, bounces, status, trace
-    22. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
-    23. Doctor                           every check of the installation
-    24. Command line                     demo, the argument parser, main
+    11. The archive                      the archive's permanent numbers, a post's text, what is published
+    12. The archive's pages              the static pages: posts, gaps, months, threads, mboxes, feed;
+                                         removing a post
+    13. The runner                       chain_filter, plugins, Context, run_chain, the trace
+    14. Transports                       sendmail, SMTP (pipelining), maildir; outcomes; send_now
+    15. Held posts and owners' actions   Approved:, hold and release, one-tap moderation links, an
+                                         owner's changes and reports (email and web)
+    16. Command mail                     Requests (-request, -join, -leave, -confirm)
+    17. The queue chain                  read ... archive in chain order, finish_queue
+    18. The content-filter chain         out, whitelist, dnsbl, autoreply, quarantine
+    19. The ledger and the send chain    Ledger, singleinstance ... queuerunner, digests
+    20. The web                          WebApp (WSGI `application`): one-click unsubscribe (RFC 8058),
+                                         the subscribe page, archive pages, msgid/ and search
+    21. The web server                   `web --listen` (event loop, deadlines, shares per peer), CGI
+    22. Signing in and the member's pages  sign-in links, sessions, CSRF tokens, the page register;
+                                         /manage/: a member's own options on every list
+    23. The owner's pages                /LIST@DOMAIN/admin/: at a glance, settings, members, bans,
+                                         held posts and requests, bounces
+    24. Postfix and the list user        the Postfix map and settings, postfix-config, become_list_user
+    25. Intake: queue, filter and LMTP   cmd_queue, cmd_filter, poison messages, the LMTP server, send
+    26. Administration commands          lists, members, moderation, bounces, status, trace
+    27. Moving in and out                export, import (mlmmj, Mailman 2/3, redsky), whois, forget
+    28. Doctor                           every check of the installation
+    29. Command line                     demo, the argument parser, main
 """
 
 
@@ -297,18 +306,22 @@ SETTINGS = (
     ("lmtp", "max_size", "25M", "size", "`redsky.py lmtp`: the largest message (larger: 552 per"
      " recipient)"),
     ("lmtp", "sessions", "20", "number", "LMTP sessions at once (more are answered 421)"),
-    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP client may stay silent"),
+    ("lmtp", "sessions_per_peer", "10", "number", "LMTP sessions one client may hold (an IPv4 address, an"
+     " IPv6 /64; on loopback and a Unix socket, each local user); more are answered 421"),
+    ("lmtp", "idle_timeout", "5m", "duration", "how long an LMTP session may go without a message (from"
+     " its start or its last one), whatever else it sends: NOOP, RSET and the like keep no session"
+     " alive"),
     ("lmtp", "session_timeout", "30m", "duration", "how long an LMTP client may stay connected"),
     ("commands", "confirm_expiry", "3d", "duration", "confirmation tokens expire after this"),
     ("commands", "max_confirmations", "3", "number", "confirmations to one address a day, over all lists"
      " (a request repeated while one is pending is ignored)"),
-    ("commands", "max_replies", "10", "number", "other replies (help, errors) to one address per list a"
-     " day"),
+    ("commands", "max_replies", "10", "number", "other replies (help, errors, reports) to one address per"
+     " list a day, whatever its spelling; ten times as many to the list's owners and moderators"),
     ("commands", "held_expiry", "14d", "duration", "held posts and join requests nobody answered are"
      " dropped after this"),
     ("commands", "notify_rejected", "yes", "flag", "`reject` tells the sender why (`discard` never does)"),
-    ("bounces", "score_threshold", "5", "number", "the bounce score at which a member is disabled; a"
-     " report counts only when it returns a post the ledger shows was delivered to that member"),
+    ("bounces", "score_threshold", "5", "number", "the bounce score at which a member is disabled; only"
+     " a report at the member's signed address, or redsky's own failed delivery, counts (README: Bounces)"),
     ("bounces", "info_stale_after", "7d", "duration", "a score not raised for this long restarts from"
      " zero"),
     ("bounces", "you_are_disabled_warnings", "3", "number", "warnings (with a re-enable token) to a"
@@ -366,10 +379,39 @@ SETTINGS = (
      " https://lists.example.org/redsky: copies then carry the one-click List-Unsubscribe (RFC 8058)"),
     ("web", "pages", "pages", "path", "the archive pages of public lists, one folder per list"
      " (PAGES/LIST@DOMAIN/)"),
-    ("web", "timeout", "30s", "duration", "`web --listen`: how long a client may take to send its request"),
+    ("web", "timeout", "10s", "duration", "`web --listen`: the deadline for a client's whole request, head"
+     " and body (then 408, closed), and again for taking the answer"),
+    ("web", "workers", "4", "number", "`web --listen`: threads that run the pages; a request still arriving"
+     " waits in the one event loop, not in a thread"),
+    ("web", "connections", "256", "number", "`web --listen`: connections open at once (more are closed at"
+     " once)"),
+    ("web", "peer_connections", "8", "number", "`web --listen`: connections one client may have open (an"
+     " IPv4 address, an IPv6 /64; on loopback, each local user); more are answered 503"),
     ("web", "dkim_signers", "/etc/opendkim.conf, /etc/rspamd/local.d/dkim_signing.conf,"
      " /etc/rspamd/override.d/dkim_signing.conf", "text", "where `doctor` reads the DKIM signer's settings"
      " (List-Unsubscribe and List-Unsubscribe-Post must be signed)"),
+    ("web", "trusted_proxies", "127.0.0.0/8, ::1", "text", "proxies (CIDR, comma-separated) whose"
+     " X-Forwarded-For names the client: the budgets below count that client, not the proxy"),
+    ("web", "form_min_age", "3s", "duration", "a subscribe form sent back sooner than this after the"
+     " page was served is refused with \"please try again\" (scripts are fast, people are not)"),
+    ("web", "form_max_age", "1h", "duration", "an older form is refused with \"please try again\""),
+    ("web", "subscribe_per_client", "5", "number", "subscribe requests one client network (an IPv4"
+     " address, an IPv6 /64) may make in an hour, over all lists; more mail nobody; 0: no limit"),
+    ("web", "subscribe_per_list", "30", "number", "subscribe requests from the web per list in an hour;"
+     " more mail nobody; 0: no limit"),
+    ("web", "subscribe_per_day", "100", "number", "subscribe requests from the web per list in a day"
+     " that may mail someone (a confirmation, a welcome); past it the form mails nobody and the owners"
+     " are told, once a day; 0: no limit"),
+    ("web", "search_per_client", "30", "number", "archive searches one client network may make in a"
+     " minute (more: 429); 0: no limit"),
+    ("web", "link_max_age", "30m", "duration", "a sign-in link mailed to an owner or a member works this"
+     " long, once"),
+    ("web", "session_max_age", "12h", "duration", "how long a sign-in on the web lasts (signing out ends it"
+     " at once)"),
+    ("web", "signin_per_client", "10", "number", "sign-in links one client network may ask for in an hour"
+     " (owners' and members' forms); more mail nobody; 0: no limit"),
+    ("web", "signin_per_address", "3", "number", "sign-in links the web's forms may mail to one address in"
+     " an hour, over all lists; more mail nobody; 0: no limit"),
     ("send", "filters", SEND_CHAIN, "chain", "the filters `send` runs, in order"),
     ("send", "transport", "sendmail", "sendmail|smtp|maildir", "how posts leave (maildir: one Maildir per"
      " recipient, for trying things out)"),
@@ -547,22 +589,18 @@ def setup_logging(config, verbose=False):
     target = config.get("redsky", "log") or ("syslog" if os.path.exists("/dev/log") else "")
     fmt = "redsky[%(process)d]: %(levelname)s %(message)s"
     quiet = False
-    if not target:                  # no syslog: data_dir/redsky.log, so cron mails only problems
-        try:
-            handler = logging.FileHandler(os.path.join(config.data_dir, "redsky.log"))
-            fmt = "%(asctime)s " + fmt
-        except OSError:             # no data_dir yet: problems only, on stderr
-            handler, quiet = logging.StreamHandler(sys.stderr), True
-    elif target == "syslog":
+    if target == "syslog":
         handler = SyslogHandler() if os.path.exists("/dev/log") else logging.StreamHandler(sys.stderr)
     elif target == "stderr":
         handler = logging.StreamHandler(sys.stderr)
-    else:
+    else:                           # no syslog: data_dir/redsky.log, so cron mails only problems
         try:
-            handler = logging.FileHandler(os.path.join(config.data_dir, target))
-        except OSError as e:
-            raise ConfigError(f"cannot open log file {target}: {e.strerror}")
-        fmt = "%(asctime)s " + fmt
+            handler = logging.FileHandler(os.path.join(config.data_dir, target or "redsky.log"))
+            fmt = "%(asctime)s " + fmt
+        except OSError as e:        # before `init` made data_dir: problems only, on stderr
+            if target and os.path.isdir(config.data_dir):
+                raise ConfigError(f"cannot open log file {target}: {e.strerror}")
+            handler, quiet = logging.StreamHandler(sys.stderr), True
     syslogged = isinstance(handler, SyslogHandler)       # syslog adds redsky[PID]: itself
     handler.setFormatter(logging.Formatter(fmt.split(": ", 1)[1] if syslogged else fmt))
     if quiet:
@@ -589,7 +627,7 @@ def setup_logging(config, verbose=False):
 # checks that the two agree.  Times are Unix seconds (REAL).
 SCHEMA = """\
 -- redsky database schema (SQLite).  Generated by `redsky.py schema`; do not edit.
-PRAGMA user_version = 9;
+PRAGMA user_version = 13;
 
 -- Installation-wide values: 'verp_key' signs the VERP bounce addresses.
 CREATE TABLE meta (
@@ -607,12 +645,14 @@ CREATE TABLE lists (
     passphrase_hash TEXT NOT NULL DEFAULT '',
     subject_tag     TEXT NOT NULL DEFAULT '',
     footer          TEXT NOT NULL DEFAULT '',
-    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses (also the moderators)
+    owners          TEXT NOT NULL DEFAULT '',   -- comma-separated addresses: run the list, and moderate it
+    moderators      TEXT NOT NULL DEFAULT '',   -- comma-separated addresses: act on held posts and join
+                                                -- requests, nothing else
     subscribe_policy TEXT NOT NULL DEFAULT 'confirm'
                     CHECK (subscribe_policy IN ('open', 'confirm', 'approve', 'confirm+approve', 'closed')),
     welcome         TEXT NOT NULL DEFAULT '',   -- empty: the built-in text
     goodbye         TEXT NOT NULL DEFAULT '',
-    last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last reminded of held posts
+    last_reminder   REAL NOT NULL DEFAULT 0,    -- when the moderators were last sent the daily summary
     last_policy_alert REAL NOT NULL DEFAULT 0,  -- when the owners were last told of policy rejections
     dmarc           TEXT NOT NULL DEFAULT 'auto' CHECK (dmarc IN ('auto', 'always', 'never')),
     dmarc_action    TEXT NOT NULL DEFAULT 'munge_from' CHECK (dmarc_action IN ('munge_from', 'wrap_message')),
@@ -645,6 +685,9 @@ CREATE TABLE lists (
     convert_html_to_plaintext INTEGER NOT NULL DEFAULT 0,
     collapse_alternatives INTEGER NOT NULL DEFAULT 0,
     signed_posts    TEXT NOT NULL DEFAULT 'pass' CHECK (signed_posts IN ('pass', 'hold')),
+    subscribe_question TEXT NOT NULL DEFAULT '',        -- asked on the web's subscribe form
+    subscribe_answers TEXT NOT NULL DEFAULT '',         -- its right answers, separated by |
+    advertised      INTEGER NOT NULL DEFAULT 0,         -- 1: named on the web's front page (/)
     UNIQUE (name, domain)
 );
 
@@ -668,6 +711,8 @@ CREATE TABLE members (
     notmetoo     INTEGER NOT NULL DEFAULT 0,    -- 1: no copy of their own posts
     ack          INTEGER NOT NULL DEFAULT 0,    -- 1: a short acknowledgement of each accepted post
     moderate     INTEGER NOT NULL DEFAULT 0,    -- 1: their posts are held for the moderators
+    digest_format TEXT NOT NULL DEFAULT '' CHECK (digest_format IN ('', 'mime', 'plain')),
+                                                -- their digests' format; '': the list's digest_format
     UNIQUE (list_id, address)
 );
 -- `queue` counts a post's audience from this index alone (getsubscribers)
@@ -774,16 +819,20 @@ CREATE TABLE held (
 
 -- Confirmation tokens: bound to a list, an address and an action; single use
 -- (used is set), and kept a while after use so that rate limits can count them.
+-- 'set-option': a member's option change that stops or delays their mail (command: JSON
+-- [option, "on"|"off"]); 'owner-command': an owner's changes by email, confirmed by that
+-- owner (address; command: the JSON list of checked actions, see plan_owner_action).
 CREATE TABLE pending (
     token    TEXT PRIMARY KEY,
     list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
     address  TEXT NOT NULL COLLATE NOCASE,
     action   TEXT NOT NULL CHECK (action IN ('subscribe', 'unsubscribe', 'approve-subscribe', 'moderate',
-                                         'reenable')),
+                                         'reenable', 'set-option', 'owner-command')),
     held_id  INTEGER REFERENCES held(id) ON DELETE CASCADE,
     created  REAL NOT NULL,
     expires  REAL NOT NULL,
-    used     REAL
+    used     REAL,
+    command  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX pending_address ON pending (address, created);
 
@@ -893,13 +942,75 @@ CREATE TABLE failures (
     last     REAL NOT NULL,
     reason   TEXT NOT NULL DEFAULT ''
 );
+
+-- The members' one-click leave tokens (leave_token: an HMAC of list and address), so that the
+-- member a token names is one look-up away, and a made-up token costs no more.  leave_member adds
+-- the tokens of the members who joined since (members.id above the newest here); a row goes with
+-- its member.
+CREATE TABLE leave_tokens (
+    list_id   INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    token     BLOB NOT NULL,                      -- the 16 hex digits as 8 bytes
+    member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+    PRIMARY KEY (list_id, token)
+) WITHOUT ROWID;
+CREATE INDEX leave_tokens_member ON leave_tokens (member_id);
+
+-- What the web's forms and search have used of their budgets: a count per key (a client's
+-- network, a list) in a window that began at since; and the form tokens already taken once.
+CREATE TABLE web_budgets (
+    key     TEXT PRIMARY KEY,           -- e.g. 'subscribe client 192.0.2.7', 'subscribe list 3'
+    count   INTEGER NOT NULL,
+    since   REAL NOT NULL,
+    expires REAL NOT NULL               -- when the row may go
+) WITHOUT ROWID;
+CREATE INDEX web_budgets_expires ON web_budgets (expires);
+
+-- Who is signed in on the web: an owner of one list (list_id), or a member (list_id NULL) for every
+-- list of the address.  Only a hash of the session id the cookie holds is kept; a row goes when it
+-- expires or its holder signs out.
+CREATE TABLE web_sessions (
+    id_hash TEXT PRIMARY KEY,           -- SHA-256 of the cookie's session id, hex
+    kind    TEXT NOT NULL CHECK (kind IN ('owner', 'member')),
+    list_id INTEGER REFERENCES lists(id) ON DELETE CASCADE,
+    address TEXT NOT NULL COLLATE NOCASE,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX web_sessions_expires ON web_sessions (expires);
+
+-- A post to the members has no row per member: who got it is worked out from the members as they
+-- are.  A member who leaves, or stops getting mail, first gets a 'sent' row for each post that had
+-- reached them, so that `trace` and `whois` still show those deliveries (not when a whole list goes).
+CREATE TRIGGER members_leaving_keep_deliveries BEFORE DELETE ON members
+WHEN EXISTS (SELECT 1 FROM lists WHERE id = OLD.list_id)
+BEGIN
+    INSERT OR IGNORE INTO deliveries (message, address, state, attempts, updated)
+    SELECT m.id, OLD.address, 'sent', 1, m.created FROM messages m
+    WHERE m.list_id = OLD.list_id AND m.to_members AND NOT m.summarized
+      AND (m.member_cursor IS NULL OR OLD.address <= m.member_cursor COLLATE NOCASE)
+      AND OLD.status = 'enabled' AND OLD.subscribed <= m.created
+      AND (OLD.digest = 0) = (OLD.digest_changed <= m.created) AND OLD.address <> m.poster;
+END;
+CREATE TRIGGER members_stopping_keep_deliveries BEFORE UPDATE OF status ON members
+WHEN OLD.status = 'enabled' AND NEW.status <> 'enabled'
+BEGIN
+    INSERT OR IGNORE INTO deliveries (message, address, state, attempts, updated)
+    SELECT m.id, OLD.address, 'sent', 1, m.created FROM messages m
+    WHERE m.list_id = OLD.list_id AND m.to_members AND NOT m.summarized
+      AND (m.member_cursor IS NULL OR OLD.address <= m.member_cursor COLLATE NOCASE)
+      AND OLD.status = 'enabled' AND OLD.subscribed <= m.created
+      AND (OLD.digest = 0) = (OLD.digest_changed <= m.created) AND OLD.address <> m.poster;
+END;
 """
 
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 13
 # Data migrations: {version: statements that make the data of the version before it right}, run
 # by upgrade_schema after the tables have SCHEMA's form.
-MIGRATIONS = {}
+MIGRATIONS = {
+    # the web's front page named the lists whose archive is public: they stay named (advertised)
+    12: ["UPDATE lists SET advertised = 1 WHERE archive = 'public'"],
+}
 # SQL: post m to the members has reached member ?2 (or ?3 where so numbered); see messages.member_cursor
 # SQL: member mb is a recipient of post m (queued at m.created): subscribed by then, enabled, and taking
 # single posts then (a member who took digests then finds the post in the digest backlog), and not
@@ -910,17 +1021,21 @@ REACHED_MEMBER = ("m.to_members AND (m.member_cursor IS NULL OR {a} <= m.member_
                   " AND EXISTS (SELECT 1 FROM members mb WHERE mb.list_id = m.list_id AND mb.address = {a}"
                   " AND " + AUDIENCE.format(created="m.created", poster="m.poster") + ")")
 # a member's options (member_options()); nomail is status 'disabled' for disabled_reason 'nomail'
-MEMBER_OPTION_COLUMNS = "digest, disabled_reason, disabled_until, notmetoo, ack, moderate"
-LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, subscribe_policy,"
+MEMBER_OPTION_COLUMNS = "digest, disabled_reason, disabled_until, notmetoo, ack, moderate, digest_format"
+LIST_COLUMNS = ("id, name, domain, access, passphrase_hash, subject_tag, footer, owners, moderators,"
+                " subscribe_policy,"
                 " welcome, goodbye, last_reminder, last_policy_alert, dmarc, dmarc_action, created, archive,"
                 " archive_url, digest_format, digest_size_threshold, digest_interval, digest_volume,"
                 " digest_issue, digest_last, reply_to, reply_to_strip, post_number, max_size,"
                 " nonmember_action, emergency, max_posts_per_day, notify_owners, dmarc_addresses,"
                 " filter_content, pass_types, filter_types, pass_extensions, filter_extensions,"
-                " convert_html_to_plaintext, collapse_alternatives, signed_posts, description")
+                " convert_html_to_plaintext, collapse_alternatives, signed_posts, description,"
+                " subscribe_question, subscribe_answers, advertised")
 SQL = {
     # meta, lists, members, acl
     "meta": "SELECT value FROM meta WHERE key = ?",
+    "schema_version": "PRAGMA user_version",
+    "triggers_and_views": "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')",
     "add_meta": "INSERT INTO meta VALUES (?, ?)",
     "set_meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
     "list_by_address": f"SELECT {LIST_COLUMNS} FROM lists WHERE name = ? AND domain = ?",
@@ -934,8 +1049,36 @@ SQL = {
     "members": "SELECT address, name, status, bounce_score, " + MEMBER_OPTION_COLUMNS
                + " FROM members WHERE list_id = ? ORDER BY address",
     "member_counts": "SELECT list_id, count(*) FROM members GROUP BY list_id",
-    # changes whenever a member joins or leaves: when the web's token table is stale (WebApp.member_of)
-    "member_set_version": "SELECT count(*), max(id) FROM members WHERE list_id = ?",
+    # the table of leave tokens (leave_member): the members it lacks are those above its newest
+    "leave_tokens_newest": "SELECT max(member_id) FROM leave_tokens",
+    "members_newest": "SELECT max(id) FROM members",
+    "members_after": "SELECT mb.id, mb.list_id, mb.address, l.name, l.domain FROM members mb"
+                     " JOIN lists l ON l.id = mb.list_id WHERE mb.id > ? ORDER BY mb.id",
+    "add_leave_token": "INSERT OR REPLACE INTO leave_tokens (list_id, token, member_id) VALUES (?, ?, ?)",
+    "leave_token_member": "SELECT mb.address FROM leave_tokens t JOIN members mb ON mb.id = t.member_id"
+                          " AND mb.list_id = t.list_id WHERE t.list_id = ? AND t.token = ?",
+    # the web's budgets (web_budget)
+    "budget_get": "SELECT count, since FROM web_budgets WHERE key = ?",
+    "budget_put": "INSERT OR REPLACE INTO web_budgets (key, count, since, expires) VALUES (?, ?, ?, ?)",
+    "budget_prune": "DELETE FROM web_budgets WHERE expires < ?",
+    # who is signed in on the web (web_sessions)
+    "session_add": "INSERT INTO web_sessions (id_hash, kind, list_id, address, created, expires)"
+                   " VALUES (?, ?, ?, ?, ?, ?)",
+    "session_get": "SELECT kind, list_id, address, created, expires FROM web_sessions"
+                   " WHERE id_hash = ? AND expires > ?",
+    "session_end": "DELETE FROM web_sessions WHERE id_hash = ?",
+    "session_prune": "DELETE FROM web_sessions WHERE expires < ?",
+    # the web's pages for owners and members
+    "member_lists": "SELECT list_id FROM members WHERE address = ? ORDER BY list_id",
+    "set_digest_format": "UPDATE members SET digest_format = ? WHERE list_id = ? AND address = ?",
+    "members_matching": "SELECT address, name, status, bounce_score, " + MEMBER_OPTION_COLUMNS
+                        + " FROM members WHERE list_id = ? AND (address LIKE ? ESCAPE '\\'"
+                        " OR name LIKE ? ESCAPE '\\') ORDER BY address LIMIT ?",
+    "member_summary": "SELECT count(*), coalesce(sum(status = 'enabled'), 0), coalesce(sum(digest), 0),"
+                      " coalesce(sum(bounce_score > 0 OR disabled_reason IN ('bounce', 'feedback')), 0)"
+                      " FROM members WHERE list_id = ?",
+    "recent_events": "SELECT received, message_id, sender, outcome, reason FROM events"
+                     " WHERE list_id = ? AND recipient = ? ORDER BY id DESC LIMIT ?",
     # getsubscribers: how many members by status and digest, without loading them (members_audience)
     "audience": "SELECT status, digest, count(*) FROM members WHERE list_id = ? GROUP BY status, digest",
     "member_status": "SELECT status FROM members WHERE list_id = ? AND address = ?",
@@ -965,12 +1108,19 @@ SQL = {
                      " m.bounce_score, m.subscribed FROM members m JOIN lists l ON l.id = m.list_id"
                      " WHERE m.address = ?1 AND ?2 IS NOT NULL",
     "forget_members": "DELETE FROM members WHERE address = ?1 AND ?2 IS NOT NULL",
+    "whois_web_sessions": "SELECT kind, created, expires FROM web_sessions"
+                          " WHERE address = ?1 AND ?2 IS NOT NULL",
+    "forget_web_sessions": "DELETE FROM web_sessions WHERE address = ?1 AND ?2 IS NOT NULL",
     "whois_acl": "SELECT l.name || '@' || l.domain AS list, a.pattern FROM acl a"
                  " JOIN lists l ON l.id = a.list_id WHERE a.pattern = ?1 AND ?2 IS NOT NULL",
     "forget_acl": "DELETE FROM acl WHERE pattern = ?1 AND ?2 IS NOT NULL",
+    # with the posts to the members that reached the address (no row of their own: REACHED_MEMBER)
     "whois_deliveries": "SELECT m.message_id, d.state, d.attempts, d.updated FROM deliveries d"
                         " JOIN messages m ON m.id = d.message WHERE d.address = ?1 COLLATE NOCASE"
-                        " AND ?2 IS NOT NULL ORDER BY d.updated",
+                        " AND ?2 IS NOT NULL UNION ALL SELECT m.message_id, 'sent', 1, m.created"
+                        " FROM messages m WHERE ?2 IS NOT NULL AND " + REACHED_MEMBER.format(a="?1") +
+                        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+                        " AND d.address = ?1 COLLATE NOCASE) ORDER BY 4",
     "forget_deliveries": "DELETE FROM deliveries WHERE address = ?1 COLLATE NOCASE AND ?2 IS NOT NULL",
     "whois_bounces": "SELECT received, source, action, status, cause, counted, why FROM bounces"
                      " WHERE address = ?1 AND ?2 IS NOT NULL ORDER BY id",
@@ -1080,8 +1230,14 @@ SQL = {
                         " ON m.list_id = mb.list_id WHERE m.id = deliveries.message"
                         " AND mb.address = deliveries.address))",
     "list_spools": "SELECT spool FROM messages WHERE list_id = ?",
+    "queued_spools": "SELECT spool FROM messages WHERE state = 'queued' ORDER BY id",
+    "list_contents": "SELECT (SELECT count(*) FROM members WHERE list_id = ?1) AS members,"
+                     " (SELECT count(*) FROM messages WHERE list_id = ?1 AND state = 'queued') AS queued,"
+                     " (SELECT count(*) FROM held WHERE list_id = ?1) AS held,"
+                     " (SELECT count(*) FROM pending WHERE list_id = ?1 AND used IS NULL) AS pending",
     "notices_today": "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message"
-                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? AND m.created > ?",
+                     " WHERE m.kind = 'notice' AND m.list_id = ? AND d.address = ? COLLATE NOCASE"
+                     " AND m.created > ?",
     # a post to the members reached ?3 when the cursor passed a member with no row of a failure
     "delivered_to": "SELECT 1 FROM messages m LEFT JOIN deliveries d ON d.message = m.id"
                     " AND d.address = ?3 COLLATE NOCASE WHERE m.list_id = ?1 AND m.message_id = ?2"
@@ -1163,18 +1319,27 @@ SQL = {
     "held_posts": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason,"
                   " length(h.raw) AS size, l.name, l.domain FROM held h JOIN lists l ON l.id = h.list_id"
                   " WHERE ? IS NULL OR h.list_id = ? ORDER BY h.id",
-    "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason, p.token FROM held h"
-                    " LEFT JOIN pending p ON p.held_id = h.id AND p.used IS NULL"
-                    " WHERE h.list_id = ? AND h.received < ? ORDER BY h.id",
+    "held_waiting": "SELECT h.id, h.received, h.from_addr, h.sender, h.subject, h.reason,"
+                    " length(h.raw) AS size, (SELECT p.token FROM pending p WHERE p.held_id = h.id"
+                    " AND p.used IS NULL AND p.expires > ?3 LIMIT 1) AS token FROM held h"
+                    " WHERE h.list_id = ?1 AND h.received < ?2 ORDER BY h.id",
     "add_pending": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "add_pending_command": "INSERT INTO pending (token, list_id, address, action, held_id, created, expires,"
+                           " command) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     "pending_by_token": "SELECT p.*, l.name || '@' || l.domain AS list FROM pending p"
                         " JOIN lists l ON l.id = p.list_id WHERE p.token = ?",
     "use_pending": "UPDATE pending SET used = ? WHERE token = ? AND used IS NULL",
     "open_request": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ? AND action = ?"
-                    " AND used IS NULL AND expires > ?",
+                    " AND command = ? AND used IS NULL AND expires > ?",
     "requests_today": "SELECT count(*) FROM pending WHERE address = ? AND created > ?"
-                      " AND action IN ('subscribe', 'unsubscribe')",
+                      " AND action IN ('subscribe', 'unsubscribe', 'set-option')",
+    "owner_requests_today": "SELECT count(*) FROM pending WHERE list_id = ? AND address = ?"
+                            " AND action = 'owner-command' AND created > ? AND used IS NULL",
+    # join requests waiting for the moderators (the daily summary, `pending` by email)
+    "join_requests": "SELECT token, address, created, expires FROM pending WHERE list_id = ?"
+                     " AND action = 'approve-subscribe' AND used IS NULL AND expires > ? AND created < ?"
+                     " ORDER BY created",
     "open_pending": "SELECT p.token, p.action, p.address, p.held_id, p.created, p.expires,"
                     " l.name || '@' || l.domain AS list FROM pending p JOIN lists l ON l.id = p.list_id"
                     " WHERE p.used IS NULL AND p.expires > ? AND (? IS NULL OR p.list_id = ?)"
@@ -1213,7 +1378,8 @@ SQL = {
     "digest_backlog": "SELECT list_id, count(*) AS posts, sum(length(raw)) AS size, min(received) AS oldest,"
                       " max(id) AS last FROM digest_posts GROUP BY list_id",
     "digest_posts": "SELECT raw FROM digest_posts WHERE list_id = ? AND id <= ? ORDER BY id",
-    "digest_members": "SELECT address FROM members WHERE list_id = ? AND status = 'enabled' AND digest = 1"
+    "digest_members": "SELECT address, digest_format FROM members WHERE list_id = ? AND status = 'enabled'"
+                      " AND digest = 1"
                       " ORDER BY address",
     "digest_done": "DELETE FROM digest_posts WHERE list_id = ? AND id <= ?",
     "digest_numbering": "UPDATE lists SET digest_volume = ?, digest_issue = ?, digest_last = ? WHERE id = ?",
@@ -1271,6 +1437,8 @@ SQL = {
                    " JOIN archive_texts t ON t.post = p.id WHERE p.list_id = ? AND p.removed IS NULL"
                    " AND p.date >= ? AND p.date < ? ORDER BY p.date DESC, p.number DESC",
     # the Postfix map, a database of its own (POSTFIX_MAP_SCHEMA)
+    "map_clear_domains": "DELETE FROM domains",
+    "map_clear_addresses": "DELETE FROM addresses",
     "map_domain": "INSERT OR IGNORE INTO domains VALUES (?)",
     "map_address": "INSERT OR IGNORE INTO addresses VALUES (?)",
 }
@@ -1417,15 +1585,15 @@ def upgrade_schema(db):
     wanted = {}
     db.execute("PRAGMA legacy_alter_table = ON")    # a rename leaves other tables' REFERENCES alone
     for statement in _sql_statements(SCHEMA):
-        created = re.match(r"CREATE (?:UNIQUE )?(TABLE|INDEX) (\w+)", statement)
+        created = re.match(r"CREATE (?:UNIQUE )?(TABLE|INDEX|TRIGGER) (\w+)", statement)
         if created is None:                 # PRAGMA user_version: set last
             continue
         kind, name = created.groups()
         wanted[name] = statement
         if have.get(name, (0, 0, ""))[2] == " ".join(statement.split()):
             continue
-        if kind == "INDEX":
-            db.execute(f"DROP INDEX IF EXISTS {name}")
+        if kind != "TABLE":
+            db.execute(f"DROP {kind} IF EXISTS {name}")
             db.execute(statement)
         elif name not in have:
             db.execute(statement)
@@ -1436,10 +1604,11 @@ def upgrade_schema(db):
             columns = ", ".join(row[1] for row in db.execute(f"PRAGMA table_info({name})") if row[1] in old)
             db.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM redsky_old_{name}")
             db.execute(f"DROP TABLE redsky_old_{name}")
-            have = {n: v for n, v in have.items() if v[:2] != ("index", name)}     # gone with it
+            have = {n: v for n, v in have.items() if v[0] == "table" or v[1] != name}  # gone with it
     for name, (kind, _, _) in have.items():
         if name not in wanted:
-            db.execute(f"DROP {kind.upper()} IF EXISTS {name}")
+            quoted = '"' + name.replace('"', '""') + '"'       # a name as it is, whatever it holds
+            db.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
     db.execute("PRAGMA legacy_alter_table = OFF")
     for version in range(old_version + 1, SCHEMA_VERSION + 1):
         for statement in MIGRATIONS.get(version, ()):
@@ -1468,9 +1637,14 @@ def schema_choices(table):
 
 
 def _sql_statements(script):
-    """Split the schema into statements (it holds no ';' inside strings)."""
-    body = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-    return [s.strip() for s in body.split(";") if s.strip()]
+    """Split the schema into statements (it holds no ';' inside strings; a trigger's ends at END)."""
+    statements = []
+    for piece in "\n".join(line.split("--", 1)[0] for line in script.splitlines()).split(";"):
+        if statements and statements[-1].startswith("CREATE TRIGGER") and not statements[-1].endswith("END"):
+            statements[-1] += ";\n" + piece.strip()
+        elif piece.strip():
+            statements.append(piece.strip())
+    return statements
 
 
 class _Transaction:
@@ -1516,6 +1690,10 @@ class _Transaction:
 
 
 def open_store(config, durable=True, create=False):
+    """The database, with [redsky] umask in force first: whatever redsky writes (spool, archive,
+    pages, the database) it writes after opening the store, so the mask is the config's in every
+    mode, main() or not (CGI, a WSGI server's `application`, lmtp after SIGHUP)."""
+    os.umask(config.umask)
     try:
         return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
     except sqlite3.Error as e:
@@ -1588,9 +1766,12 @@ def unindex_texts(db, post_ids):
     _search_changed(db, indexed)
 
 
-# Postfix reads the list addresses from a small SQLite file of its own that redsky replaces
-# atomically (write, fsync, rename) whenever the lists change. It never opens the live database: no
-# WAL files it would need to write, no lock it could meet, and members' addresses stay private.
+# Postfix reads the list addresses from a small SQLite file of its own, never the live database:
+# no WAL files it would need to write, no lock of ours it could meet, and members' addresses stay
+# private.  redsky makes it once (write, fsync, rename) and then changes it in place, in one
+# transaction: Postfix's daemons keep the file open, so a file replaced by rename would go on
+# answering from the old lists until they restart, while a change in place is seen at their next
+# lookup (SQLite rereads a file another process changed).
 POSTFIX_MAP_SCHEMA = """\
 CREATE TABLE domains (domain TEXT PRIMARY KEY);
 CREATE TABLE addresses (address TEXT PRIMARY KEY);
@@ -1598,16 +1779,33 @@ CREATE TABLE addresses (address TEXT PRIMARY KEY);
 
 
 def write_postfix_map(path, domains, addresses):
+    def fill(db):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(SQL["map_clear_domains"])
+        db.execute(SQL["map_clear_addresses"])
+        db.executemany(SQL["map_domain"], [(d,) for d in sorted(domains)])
+        db.executemany(SQL["map_address"], [(a,) for a in sorted(addresses)])
+        db.execute("COMMIT")
+    if os.path.exists(path):
+        db = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            try:
+                ours = db.execute("PRAGMA journal_mode").fetchone()[0] == "delete" and \
+                    {r[0] for r in db.execute("SELECT name FROM sqlite_master")} >= {"domains", "addresses"}
+            except sqlite3.DatabaseError:   # not a database: made anew below
+                ours = False
+            if ours:
+                db.execute("PRAGMA synchronous = FULL")
+                return fill(db)
+        finally:
+            db.close()
     tmp = f"{path}.{os.getpid()}.tmp"
     _unlink_quietly(tmp)
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = DELETE")
         db.executescript(POSTFIX_MAP_SCHEMA)
-        db.execute("BEGIN")
-        db.executemany(SQL["map_domain"], [(d,) for d in sorted(domains)])
-        db.executemany(SQL["map_address"], [(a,) for a in sorted(addresses)])
-        db.execute("COMMIT")
+        fill(db)
     finally:
         db.close()
     os.chmod(tmp, 0o644)                   # Postfix's daemons (user postfix) read it
@@ -1762,7 +1960,9 @@ def member_addresses(store, list_id):
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")     # RFC 5322 field name, then ':'
 _ADDR_SPEC = re.compile(
     r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r'|"(?:[^"\\\r\n]|\\.)+")'
+    # qtext and quoted-pair (RFC 5322 3.2.4), non-ASCII as RFC 6531 allows, but no control character:
+    # an address goes into header fields, where CR, LF, VT, FF, NEL or U+2028 could end one
+    r'|"(?:[ !#-\[\]-~\u00a0-\u2027\u202a-\U0010ffff]|\\[\t -~])+")'
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])")
 
@@ -1813,8 +2013,10 @@ class RawMessage:
                 break
             if line[:1] in (b" ", b"\t") and self.fields:
                 self.fields[-1] += line
-            elif _FIELD.match(line):
-                self.fields.append(line)
+            elif _FIELD.match(line):            # obsolete syntax (RFC 5322 4.5): read, never written
+                colon = line.index(b":")
+                self.fields.append(line if line[colon - 1:colon] not in (b" ", b"\t") else
+                                   line[:colon].rstrip(b" \t") + line[colon:])
             else:
                 break             # not a header line: the body starts here (as Postfix does)
             pos = end
@@ -2044,6 +2246,14 @@ def list_address(list_row, suffix=""):
 
 def owners_of(list_row):
     return [o.strip() for o in list_row["owners"].split(",") if o.strip()]
+
+
+def moderation_team(list_row):
+    """Who may act on held posts and join requests: the owners, then the list's moderators (who
+    may do nothing else).  Each address once, compared without case."""
+    moderators = list_row.get("moderators") if isinstance(list_row, dict) else list_row["moderators"]
+    team = owners_of(list_row) + [m.strip() for m in (moderators or "").split(",")]
+    return list({a.lower(): a for a in reversed(team) if a}.values())[::-1]
 
 
 def list_headers(list_row, base_url=""):
@@ -2510,7 +2720,8 @@ def smtp_plain(wire):
 # ---------------------------------------------------------------------------
 # 7. DNS and tokens
 # Owns: the DNS client and its caches (DMARC, DNSBL), tokens, passphrases, VERP and the signed leave
-#       tokens, Personalizer (one copy per recipient).
+#       tokens (and their table, leave_member), signed tokens (sign_token, check_token), Personalizer
+#       (one copy per recipient).
 # Calls: sections 2-6.
 # ---------------------------------------------------------------------------
 
@@ -2852,6 +3063,80 @@ def leave_token(key, list_row, address, mac=None):
     return (mac or leave_mac(key, list_row))(address.lower())[:16]
 
 
+def leave_member(store, list_row, token, write=True):
+    """The address of the member of ``list_row`` whose leave token (leave_token) is ``token``, or
+    None: one look-up in the table of tokens (leave_tokens), whatever the list's size, so a made-up
+    token costs as little as a real one.  The tokens of members who joined since the last look-up
+    are added first, each member's computed once ever (members' ids only grow past the table's
+    newest, and a member's row goes with them); ``write`` False (a dry run) computes them without
+    storing them.  The member found is checked against the token again."""
+    import hmac
+    token = token.lower()
+    if not re.fullmatch(r"[0-9a-f]{16}", token):
+        return None
+    key, new = store.verp_key, []
+    newest = store.q("leave_tokens_newest").fetchone()[0] or 0
+    behind = (store.q("members_newest").fetchone()[0] or 0) > newest
+    if behind and not write:
+        new = _new_leave_tokens(store, key)
+    elif behind:
+        with store.transaction() as db:
+            new = _new_leave_tokens(store, key)         # another process may have added some since
+            db.executemany(SQL["add_leave_token"], ((list_id, bytes.fromhex(t), member_id)
+                                                    for member_id, list_id, t, _ in new))
+    row = store.q("leave_token_member", list_row["id"], bytes.fromhex(token)).fetchone()
+    address = row[0] if row else next((a for _, list_id, t, a in new
+                                       if list_id == list_row["id"] and t == token), None)
+    if address is None or not hmac.compare_digest(leave_token(key, list_row, address), token):
+        return None         # none, or a row a tool without foreign keys left for a member now gone
+    return address
+
+
+def _new_leave_tokens(store, key):
+    """(member id, list id, leave token, address) of each member the table of tokens lacks: those
+    whose id is above the newest it holds."""
+    newest = store.q("leave_tokens_newest").fetchone()[0] or 0
+    macs = {}
+    rows = []
+    for member_id, list_id, address, name, domain in store.q("members_after", newest):
+        if list_id not in macs:
+            macs[list_id] = leave_mac(key, {"name": name, "domain": domain})
+        rows.append((member_id, list_id, leave_token(None, None, address, macs[list_id]), address))
+    return rows
+
+
+def sign_token(key, purpose, scope, subject="", issued=None, nonce=None):
+    """A signed token "ISSUED-NONCE-MAC" (lower-case hex): ISSUED the Unix time it was made, NONCE 64
+    random bits, MAC 128 bits of HMAC-SHA256 with the installation's key over purpose, scope (e.g. a
+    list address), subject (e.g. an address, a session; "" for none), ISSUED and NONCE.  It carries
+    no secret and names none of them: whoever checks it (check_token) says what it must be for, and
+    how old it may be.  Used for the web's forms (a CSRF token that also proves its age) and
+    capabilities in links; NONCE lets a checker take it once only."""
+    import secrets
+    issued = int(time.time() if issued is None else issued)
+    nonce = nonce or secrets.token_hex(8)
+    return f"{issued:x}-{nonce}-{_token_mac(key, purpose, scope, subject, issued, nonce)}"
+
+
+def check_token(key, purpose, scope, subject, token, now, max_age, min_age=0):
+    """(verdict, nonce) for a sign_token token: verdict "ok", "young" (made less than ``min_age``
+    seconds ago: a form sent back faster than a person fills it), "stale" (more than ``max_age``),
+    or "bad" (not one, or made for another purpose, scope or subject)."""
+    import hmac
+    m = re.fullmatch(r"([0-9a-f]{1,12})-([0-9a-f]{16})-([0-9a-f]{32})", (token or "")[:80].strip().lower())
+    if m is None:
+        return "bad", ""
+    issued, nonce = int(m.group(1), 16), m.group(2)
+    if not hmac.compare_digest(_token_mac(key, purpose, scope, subject, issued, nonce), m.group(3)):
+        return "bad", ""
+    age = now - issued
+    return ("stale" if age > max_age or age < -60 else "young" if age < min_age else "ok"), nonce
+
+
+def _token_mac(key, purpose, scope, subject, issued, nonce):
+    return hmac_after(key, "signed|")(json.dumps([purpose, scope.lower(), subject, issued, nonce]))[:32]
+
+
 class Personalizer:
     """Gives each recipient a copy whose List-Unsubscribe is their own LIST-leave+TOKEN@DOMAIN and
     whose footer has their own $address and $unsubscribe_personal (the markers footer_text left);
@@ -2933,6 +3218,7 @@ TEXTS = {
             "  set nomail on    stay a member but get no posts (off: get them again)\n"
             "  set notmetoo on  get no copy of your own posts\n"
             "  set ack on       get a short note when a post of yours goes out\n"
+            "  (a change that stops, delays or thins your mail waits for your confirmation)\n"
             "  index            the list of archived posts, numbered\n"
             "  get N            archived post number N\n"
             "  help             this text\n"
@@ -2953,18 +3239,18 @@ TEXTS = {
                            "  $confirm_address\n\n"
                            "If you did not ask for this, ignore this message: you stay subscribed.\n",
     "held": "A post to $post_address is waiting for your approval.\n\n"
-            "  Reason:  $reason\n  From:    $from_addr\n  Subject: $subject\n  Size:   $size bytes\n\n"
+            "  Reason:  $reason\n  From:    $from_addr\n  Subject: $subject\n  Size:    $size bytes\n"
+            "  Held:    $received\n\n"
             "$excerpt\n\n"
-            "Reply to this message with one of these words as the first line:\n"
-            "  approve            distribute the post\n"
-            "  reject REASON      refuse it and tell the sender why\n"
-            "  discard            drop it silently\n"
-            "(or write 'approve $token' etc. to $request). The post is attached.\n"
-            "Unanswered posts are dropped after $days days.\n",
+            "To answer, tap a link and send the message it opens:\n$links\n\n"
+            "Or reply to this message with 'approve', 'reject REASON' or 'discard' as its\n"
+            "first line (or write 'approve $token' etc.\nto $request).\n"
+            "${attached}Unless someone answers, the post is dropped on $expires.\n",
     "approve-subscribe": "$address asks to join $post_address.\n\n"
-                         "Reply to this message with 'approve', 'reject REASON' or 'discard' as the "
-                         "first line\n"
-                         "(or write 'approve $token' etc. to $request).\n",
+                         "To answer, tap a link and send the message it opens:\n$links\n\n"
+                         "Or reply to this message with 'approve', 'reject REASON' or 'discard' as its\n"
+                         "first line (or write 'approve $token' etc.\nto $request).\n"
+                         "Unless someone answers, the request is dropped on $expires.\n",
     "awaiting-approval": "Your request to join $post_address is waiting for the list owners' approval.\n",
     "rejected-post": "Your post to $post_address was not distributed.\n\n  Subject: $subject\n  "
                      "Reason:  $reason\n\n"
@@ -2983,9 +3269,10 @@ TEXTS = {
                 "To receive the list again, reply to this message, or write to\n"
                 "  $confirm_address\n\n"
                 "$removal",
-    "disabled-owner": "$address was disabled on $post_address after repeated bounces\n"
-                      "(bounce score $score).  `redsky.py bounces $post_address` shows the evidence;\n"
-                      "`redsky.py enable $post_address $address` re-enables it.\n",
+    "bounce-owner": "Mail from $post_address to these members keeps bouncing:\n\n$lines\n\n"
+                    "A disabled member stays on the list but is sent nothing, and is asked to reply to\n"
+                    "turn delivery back on.  Send 'bounces' to $request for the reports, 'who' for\n"
+                    "the members.\n",
     "policy-alert": "In the last day these domains refused posts from $post_address by policy\n"
                     "(status 5.7.x: DMARC, spam filters, blocklists):\n\n$domains\n\n"
                     "These rejections are caused by the posts, not by the members, so nobody's bounce\n"
@@ -3021,6 +3308,11 @@ TEXTS = {
     "command-replies": "Answers to the commands in your message to $request:\n\n$replies\n",
     "membership-change": "These addresses $verb $post_address:\n\n$addresses\n\n"
                          "(The list's notify_owners setting sends this notice.)\n",
+    "web-cap": "The subscribe form of $post_address on the web has been sent $cap requests in the\n"
+               "last day, its limit ([web] subscribe_per_day): until the day is over, it mails\n"
+               "nobody (a form sent now gets the usual answer, and no confirmation goes out).\n\n"
+               "If you expected that many people, raise the limit.  If not, someone may be using\n"
+               "the form to have this host mail strangers.  Joining by email still works.\n",
     "ack": "Your post to $post_address, \"$subject\", was accepted and goes to the members.\n",
     "index": "The archive of $post_address ($count posts, the last $shown shown).\n"
              "Send 'get N' to $request for post number N.\n\n$items\n",
@@ -3034,16 +3326,69 @@ TEXTS = {
                    "`redsky.py quarantine release $key` delivers it once the cause is fixed.\n",
     "digest-problem": "These posts in the $post_address digest ($issue) could not be taken\n"
                       "apart as MIME, so the digest shows them as they were written:\n\n$posts\n",
-    "reminder": "Posts and requests waiting for your approval on $post_address:\n\n$items\n"
-                "Reply to each notice, or write 'approve TOKEN', 'reject TOKEN REASON' or\n"
-                "'discard TOKEN' to $request.\n",
+    "reminder": "Waiting for a decision on $post_address:\n\n$items\n\n"
+                "To answer, tap a link and send the message it opens, reply to the notice of each,\n"
+                "or write 'approve TOKEN', 'reject TOKEN REASON' or 'discard TOKEN' to $request.\n"
+                "This summary comes once a day while something has waited more than a day.\n",
+    "option-confirm": "Someone, probably you, asked to turn $option $value for $address on the\n"
+                      "$post_address mailing list: $change.\n\n"
+                      "To confirm, just reply to this message, or write to\n  $confirm_address\n\n"
+                      "If you did not ask for this, ignore this message: nothing changes.\n"
+                      "The request expires in $days days.\n",
+    "confirmation-sent": "This waits for a confirmation: a separate message went to $address.\n",
+    "not-owner": "'$command' is for the owners of $post_address, written from an owner's address.\n"
+                 "Nothing was done.  Send 'help' to $request for what you can do.\n",
+    "owner-help": "$help\n"
+                  "As an owner of $post_address, you can also send these to\n"
+                  "$request (from this address; a change waits until you\n"
+                  "confirm it, by the message sent back to you):\n"
+                  "  invite ADDRESS...       ask each address to join (each must confirm)\n"
+                  "  subscribe ADDRESS...    the same\n"
+                  "  remove ADDRESS...       take members off the list (each is told)\n"
+                  "  ban PATTERN...          who may neither post nor join: an address, *@domain,\n"
+                  "                          or a regular expression starting with ^\n"
+                  "  unban PATTERN...        take patterns off the ban list\n"
+                  "  set SETTING VALUE       change a list setting ('show' lists them)\n"
+                  "  who                     the members and their options\n"
+                  "  held                    the held posts, with links to decide on each\n"
+                  "  pending                 requests waiting for an answer\n"
+                  "  bounces                 members whose mail bounces, and why\n"
+                  "  show                    the list's settings\n"
+                  "  admin                   a link to sign in to the web admin\n"
+                  "  approve TOKEN, reject TOKEN REASON, discard TOKEN\n"
+                  "                          decide on a held post or a join request\n",
+    "moderator-help": "$help\n"
+                      "As a moderator of $post_address, you can also send these to\n"
+                      "$request:\n"
+                      "  held                    the held posts, with links to decide on each\n"
+                      "  approve TOKEN, reject TOKEN REASON, discard TOKEN\n"
+                      "                          decide on a held post or a join request\n",
+    "owner-confirm": "You asked for these changes to $post_address:\n\n$actions\n\n"
+                     "To carry them out, reply to this message, or tap\n  $link\n"
+                     "and send the message it opens.\n\n"
+                     "If you did not ask for this, ignore this message: nothing changes.\n"
+                     "The request expires in $days days.\n",
+    "done": "On $post_address:\n\n$lines\n",
+    "owner-report": "$report\n",
+    "admin-unavailable": "The web admin of $post_address is not set up on this host ([web] base_url).\n"
+                         "Send 'help' to $request for what owners can do by email.\n",
+    "admin-link": "To sign in to the web admin of $post_address as $address, open\n  $link\n"
+                  "and press the button there.  The link works once, for $minutes minutes.\n\n"
+                  "If you did not ask for it, ignore this message: nobody signs in without it.\n",
+    "member-link": "To manage the subscriptions of $address on this host (digests, no mail,\n"
+                   "leaving), open\n  $link\nand press the button there.  The link works once, for $minutes"
+                   " minutes.\n\nIf you did not ask for it, ignore this message: nothing changes.\n",
+    "removed": "$address was removed from the $post_address mailing list by its owners.\n\n"
+               "Questions go to $owner.\n",
 }
 
 
 def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None,
-                auto="auto-replied", in_reply_to=None, attachment=None):
+                auto="auto-replied", in_reply_to=None, attachment=None, links=()):
     """A message redsky writes (RFC 3834: Auto-Submitted; never answered by
-    well-behaved robots).  Returns (Message-ID, bytes)."""
+    well-behaved robots).  ``attachment``: a message's bytes, or a list of them.  ``links``:
+    (label, mailto URL) that the text names; the message then has an HTML alternative too, where
+    each is a link a phone opens with one tap.  Returns (Message-ID, bytes)."""
     import email
     from email import policy
     from email.message import EmailMessage
@@ -3060,17 +3405,42 @@ def make_notice(list_row, to, subject, text, *, sender="-request", reply_to=None
                         ("X-Loop", list_address(list_row))):
         if value is not None:                   # no Reply-To, no reference
             msg[name] = value
-    msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
-    if attachment is not None:
+    attachments = attachment if isinstance(attachment, list) else [attachment] * (attachment is not None)
+    for as_message in (True, False):
+        msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
+        if links:
+            msg.add_alternative(notice_html(text, links), subtype="html", cte="quoted-printable")
         try:
-            msg.add_attachment(email.message_from_bytes(attachment, policy=policy.compat32))
+            for data in attachments:
+                if as_message:
+                    msg.add_attachment(email.message_from_bytes(data, policy=policy.compat32))
+                else:                   # too broken to re-serialise: the bytes as they are
+                    msg.add_attachment(data, maintype="application", subtype="octet-stream",
+                                       filename="original.eml")
             return message_id, msg.as_bytes()
-        except Exception:           # too broken to re-serialise: attach the bytes as they are
+        except Exception:
+            if not as_message:
+                raise
             msg.clear_content()
-            msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
-            msg.add_attachment(attachment, maintype="application", subtype="octet-stream",
-                               filename="original.eml")
-    return message_id, msg.as_bytes()
+
+
+def notice_html(text, links):
+    """``text`` as HTML, each of ``links`` (label, URL) that it names a link with its label.
+    Everything else is escaped text: nothing a held post's author wrote becomes markup or a link."""
+    import html
+    anchors = {html.escape(url, quote=False):
+               f'<a href="{html.escape(url)}">{html.escape(label, quote=False)}</a>' for label, url in links}
+    body = re.sub(r"(?:mailto:|https?://)[^\s<>]+", lambda m: anchors.get(m.group(0), m.group(0)),
+                  html.escape(text, quote=False))
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+            f'<pre style="white-space: pre-wrap">{body}</pre>\n</body></html>\n')
+
+
+def mailto(address, subject, body=""):
+    """A mailto: URL (RFC 6068) that opens a message to ``address`` with ``subject`` (and ``body``)."""
+    from urllib.parse import quote
+    return f"mailto:{address}?subject={quote(subject, safe='')}" + \
+        (f"&body={quote(body, safe='')}" if body else "")
 
 
 def render(text_name, list_row, values, templates=""):
@@ -3105,32 +3475,35 @@ class Notices:
         self.store, self.config, self.list, self.outbox = store, config, list_row, outbox
         self.in_reply_to, self.now = in_reply_to, time.time()
         self.answered, self.suppressed = set(), []
+        self.team = {a.lower() for a in moderation_team(list_row)}     # capped ten times higher
 
     def send(self, to, title, text_name, values=None, *, limit=True, kind="notice", reply_to=None,
-             attachment=None, auto="auto-replied", sender="-request", envelope=""):
+             attachment=None, auto="auto-replied", sender="-request", envelope="", links=()):
         """Queue notice ``text_name`` (render) to the addresses ``to``; return
         whether anybody gets it.  ``envelope``: its own envelope sender (a probe)."""
         text = render(text_name, self.list, values or {}, self.config.path_of("redsky", "templates"))
         if limit:
             day, cap = self.now - 86400, self.config.number("commands", "max_replies")
-            wanted, to = to, [a for a in to if a.lower() not in self.answered
-                              and self.store.q("notices_today", self.list["id"], a, day).fetchone()[0] < cap]
+            wanted, to = to, [a for a in to if a.lower() not in self.answered and  # the team: 10 times
+                              self.store.q("notices_today", self.list["id"], a, day).fetchone()[0]
+                              < cap * (10 if a.lower() in self.team else 1)]
             self.suppressed += [a for a in wanted if a not in to]
             self.answered.update(a.lower() for a in to)
         if not to:
             return False
         message_id, data = make_notice(self.list, to, title, text, in_reply_to=self.in_reply_to,
-                                       reply_to=reply_to, attachment=attachment, auto=auto, sender=sender)
+                                       reply_to=reply_to, attachment=attachment, auto=auto, sender=sender,
+                                       links=links)
         self.outbox.add(self.list["id"], kind, message_id, data, to, envelope)
         return True
 
 
-def add_pending(changes, list_row, address, action, now, expiry, held_id=None):
-    """A new confirmation token for ``action`` on ``address``; its pending
-    row is appended to ``changes``, to commit with the notice that carries it."""
+def add_pending(changes, list_row, address, action, now, expiry, held_id=None, command=""):
+    """A new confirmation token for ``action`` on ``address`` (``command``: what it carries out, as
+    JSON); its pending row is appended to ``changes``, to commit with the notice that carries it."""
     token = new_token()
-    row = (token, list_row["id"], address, action, held_id, now, now + expiry)
-    changes.append(lambda db: db.execute(SQL["add_pending"], row))
+    row = (token, list_row["id"], address, action, held_id, now, now + expiry, command)
+    changes.append(lambda db: db.execute(SQL["add_pending_command"], row))
     return token
 
 
@@ -3157,6 +3530,14 @@ MEMBER_OPTIONS = {"digest": "several posts at a time, in digests",
                   "ack": "a short note when a post of theirs is accepted",
                   "moderate": "every post of theirs is held for the moderators"}
 SELF_SERVICE_OPTIONS = ("digest", "nomail", "notmetoo", "ack")    # moderate is the moderators' to set
+# What a member asks for by email that stops, delays or thins their mail waits for their
+# confirmation, sent to their address (From: is forged as easily as written, as for leaving):
+# ack off included, since the note of each accepted post is how a member sees someone post in
+# their name.  The other changes only bring more mail: done at once, and the member is told.
+CONFIRMED_OPTION_CHANGES = {("nomail", True): "no posts are sent to you until you turn it off again",
+                            ("digest", True): "posts come later, several at a time, in digests",
+                            ("notmetoo", True): "you get no copy of your own posts",
+                            ("ack", False): "no more notes when a post of yours is accepted"}
 
 
 def options_of(member):
@@ -3226,16 +3607,59 @@ def ban_pattern(pattern):
 LIST_CHOICES = schema_choices("lists")       # access, subscribe_policy, dmarc, archive, ...
 ACCESS_MODES = LIST_CHOICES["access"]
 SUBSCRIBE_POLICIES = LIST_CHOICES["subscribe_policy"]
-SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "subscribe_policy", "welcome",
-            "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
+SETTABLE = ("access", "passphrase", "subject_tag", "footer", "owners", "moderators", "subscribe_policy",
+            "welcome", "goodbye", "dmarc", "dmarc_action", "archive", "archive_url", "digest_format",
             "digest_size_threshold", "digest_interval", "reply_to", "reply_to_strip", "max_size",
             "nonmember_action", "emergency", "max_posts_per_day", "notify_owners", "dmarc_addresses",
             "filter_content", "pass_types", "filter_types", "pass_extensions", "filter_extensions",
-            "convert_html_to_plaintext", "collapse_alternatives", "signed_posts", "description")
+            "convert_html_to_plaintext", "collapse_alternatives", "signed_posts", "description",
+            "subscribe_question", "subscribe_answers", "advertised")
 LIST_FLAGS = ("reply_to_strip", "emergency", "notify_owners", "filter_content", "convert_html_to_plaintext",
-              "collapse_alternatives")                                  # yes/no, on/off
+              "collapse_alternatives", "advertised")                    # yes/no, on/off
 CONTENT_LISTS = ("pass_types", "filter_types", "pass_extensions", "filter_extensions")
 LIST_NUMBERS = ("max_size", "max_posts_per_day")                        # 0: no limit
+# What each setting does, one line: `show` by email and the owner's settings page on the web.
+SETTING_HELP = {
+    "access": "who may post: open (anyone), subscribers (members and the acl), acl (the acl only), "
+              "passphrase (an Approved: passphrase), moderated (every post is held)",
+    "passphrase": "the passphrase an Approved: header or first line carries to approve a post (only a hash"
+                  " is kept)",
+    "subject_tag": "put before every Subject, e.g. [team]; %d is the list's post number",
+    "footer": "added to every post; $unsubscribe_personal is each member's own leave link",
+    "owners": "who run the list, by email and on the web, and moderate it (addresses, comma-separated)",
+    "moderators": "who decide on held posts and join requests, and nothing else (comma-separated)",
+    "subscribe_policy": "joining: confirm (the address confirms), open, approve (the moderators decide), "
+                        "confirm+approve, closed",
+    "welcome": "the text new members get (empty: the built-in one); $address is theirs",
+    "goodbye": "the text leaving members get (empty: the built-in one)",
+    "dmarc": "rewrite posts whose author's domain asks receivers to refuse forgeries: auto, always, never",
+    "dmarc_action": "how: munge_from (From becomes the list, the author goes to Reply-To) or wrap_message",
+    "archive": "private (members read it by email), public (anyone, and on the web), off (nothing kept)",
+    "archive_url": "the List-Archive link of every post (empty: the web archive when public)",
+    "digest_format": "the digests of members who did not choose: mime (the posts attached) or plain (text)",
+    "digest_size_threshold": "KB of waiting posts that make a digest go out",
+    "digest_interval": "a digest goes out at the latest this long after the last one (1d, 12h, 1w)",
+    "reply_to": "none (as the poster wrote it), list, or an address added to Reply-To",
+    "reply_to_strip": "remove the poster's own Reply-To first",
+    "max_size": "KB; a larger post is held for the moderators (0: no limit)",
+    "nonmember_action": "a post from someone who may not post: hold, reject (and tell them), discard, accept",
+    "emergency": "hold every post for the moderators, whatever the access mode",
+    "max_posts_per_day": "a poster's posts past this many in 24 hours are held (0: no limit)",
+    "notify_owners": "tell the owners who joins and who leaves",
+    "dmarc_addresses": "authors always given dmarc_action: domains, *@domain, addresses, ^expressions",
+    "filter_content": "remove the MIME parts the five settings below do not want",
+    "pass_types": "keep only parts of these MIME types (empty: all), e.g. text/plain, image/*",
+    "filter_types": "remove parts of these MIME types",
+    "pass_extensions": "keep only attachments with these file name extensions (empty: all)",
+    "filter_extensions": "remove attachments with these file name extensions, e.g. exe, bat",
+    "convert_html_to_plaintext": "turn HTML parts into plain text",
+    "collapse_alternatives": "keep only the plain text of a multipart/alternative",
+    "signed_posts": "a signed or encrypted post is never altered: pass it whole, or hold it",
+    "description": "one line on the list's web pages and the front page",
+    "subscribe_question": "a question the web's subscribe form asks (with subscribe_answers)",
+    "subscribe_answers": "its right answers, separated by |",
+    "advertised": "name the list on the web's front page, with its description",
+}
 # what expand() fills in texts the owners write, beyond the list's own addresses
 PLACEHOLDERS = {"footer": ("address", "unsubscribe_personal"), "welcome": ("address",),
                 "goodbye": ("address",)}
@@ -3249,12 +3673,12 @@ def validate_setting(key, value):
         return key, value
     if key == "passphrase":
         return "passphrase_hash", hash_passphrase(value) if value else ""
-    if key == "owners":
+    if key in ("owners", "moderators"):
         owners = [o.strip() for o in value.replace(";", ",").split(",") if o.strip()]
         bad = [o for o in owners if not valid_address(o)]
         if bad:
             raise Failure(f"not a valid address: {bad[0]!r}", EX_DATAERR)
-        return "owners", ", ".join(normalize_address(o) for o in owners)
+        return key, ", ".join(dict.fromkeys(normalize_address(o) for o in owners))      # each once
     if key in ("footer", "welcome", "goodbye"):
         value = value.replace("\\n", "\n")
         unknown = unknown_placeholders(value, PLACEHOLDERS[key])
@@ -3294,16 +3718,24 @@ def validate_setting(key, value):
             raise Failure("archive_url must be an http(s), ftp or mailto URL, or empty", EX_DATAERR)
         return key, value
     if key == "digest_size_threshold":
-        if not re.fullmatch(r"\d+", value) or int(value) < 1:
-            raise Failure("digest_size_threshold is a number of KB, 1 or more", EX_USAGE)
+        if not re.fullmatch(r"\d{1,9}", value) or int(value) < 1:      # SQLite's integers end somewhere
+            raise Failure("digest_size_threshold is a number of KB, from 1 to 999999999", EX_USAGE)
         return key, int(value)
     if key == "digest_interval":
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip().lower())
+        m = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)([smhdw]?)", value.strip().lower())
         if not m or float(m.group(1)) <= 0:
             raise Failure("digest_interval is a duration like 1d, 12h or 1w", EX_USAGE)
         return key, float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if key == "description":
         return key, one_line(value, 300)
+    if key == "subscribe_question":
+        return key, one_line(value, 200)
+    if key == "subscribe_answers":
+        answers = [one_line(a, 1000) for a in value.split("|") if one_line(a)]
+        if len(answers) > 20 or any(len(a) > 100 for a in answers):
+            raise Failure("subscribe_answers: at most 20 answers of at most 100 characters, separated"
+                          " by |", EX_DATAERR)
+        return key, " | ".join(answers)
     if key == "subject_tag":
         if "\n" in value or "\r" in value:
             raise Failure("subject_tag must be one line", EX_DATAERR)
@@ -3734,10 +4166,9 @@ def policy_rejection(status, address):
 
 
 # ---------------------------------------------------------------------------
-# 11. The archive and its pages
+# 11. The archive
 # Owns: the archive (maildir or mbox per list) and its permanent numbers (archived_posts), the text of
-#       a post, what is published of it (published_copy) and searched (search_texts), the static HTML
-#       site of a public archive (Pages), its threads, mboxes and Atom feed.
+#       a post, what is published of it (published_copy) and searched (search_texts).
 # Calls: sections 2-10.
 # ---------------------------------------------------------------------------
 
@@ -3750,6 +4181,11 @@ def archive_path(config, list_row):
     """[archive] dir/LIST@DOMAIN: a Maildir, or an mbox file ending .mbox."""
     return os.path.join(config.path_of("archive", "dir"), list_address(list_row).lower()
                         + (".mbox" if config.get("archive", "format") == "mbox" else ""))
+
+
+def pages_dir(config, list_row):
+    """[web] pages/LIST@DOMAIN: the web pages of a public archive (section 12)."""
+    return os.path.join(config.path_of("web", "pages"), list_address(list_row).lower())
 
 
 def archive_add(config, list_row, data, sender=None, name=None):
@@ -3943,7 +4379,8 @@ def post_facts(data, list_row, now=None):
             "month": time.strftime("%Y-%m", time.gmtime(when)),
             "subject": published_line(without_list_tag(subject, list_row)) or "(no subject)",
             "author": published_line(decode_header_text(name) or address, 200) or "(unknown)",
-            "subject_key": normalized_subject(hide_addresses(subject[:2000]))}     # no thread by a hidden part
+            # the subject as published joins a thread: a guessed address in it confirms nothing
+            "subject_key": normalized_subject(hide_addresses(subject[:2000]))}
 
 
 def normalized_subject(subject):
@@ -4062,52 +4499,6 @@ def gap_facts(now):
             "subject": "", "author": "", "subject_key": ""}
 
 
-def archive_remove(config, store, list_row, numbers, why):
-    """Remove posts: bytes, texts and what their rows said, each row kept as a gap that says ``why``
-    ('author': forget, 'owner'); then the pages.  Returns the numbers removed."""
-    import mailbox
-    rows = [row for row, _ in archived(config, store, list_row, numbers)] if numbers else []
-    if not rows:
-        return []
-    path = archive_path(config, list_row)
-    if config.get("archive", "format") == "mbox":
-        if os.path.exists(path):
-            box = _locked_mbox(config, path)
-            try:
-                keys = _mbox_keys(box, [dict(r) for r in store.q("archived_present", list_row["id"])])
-                for row in rows:
-                    if row["id"] in keys:
-                        box.remove(keys[row["id"]])
-                box.flush()
-            finally:
-                box.unlock()
-                box.close()
-    else:
-        cur = {}
-        for row in rows:
-            name = _maildir_file(path, row["location"], cur)
-            if name:
-                os.unlink(name)
-    with store.transaction() as db:
-        unindex_texts(db, [row["id"] for row in rows])
-        for row in rows:
-            db.execute(SQL["archive_remove"], (time.time(), why, row["id"]))
-    if list_row["archive"] == "public":
-        unpublish(config, store, list_row, rows, why)
-    return [row["number"] for row in rows]
-
-
-def archive_delete(config, store, list_row, number, by=""):
-    """Remove post ``number`` at an owner's word (`archive delete`, an owner's command, the web admin):
-    its number stays as a page that says the owners removed it; ``by`` (who) goes to the log.
-    Returns True, or False when the archive has no such post (any more)."""
-    ensure_numbered(config, store, list_row)
-    if not archive_remove(config, store, list_row, [number], "owner"):
-        return False
-    log.info("archive of %s: post %d removed by %s", list_address(list_row), number, one_line(by, 99))
-    return True
-
-
 def summary(data):
     """(Date as a timestamp or None, From, Subject) of a message, decoded."""
     from email.utils import parsedate_to_datetime
@@ -4222,7 +4613,13 @@ def search_texts(facts, published):
             zlib.compress(body.encode("utf-8", "replace")))
 
 
-# Archive pages ---------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# 12. The archive's pages
+# Owns: the static web site of a public archive (Pages): posts and the gaps removed posts leave,
+#       months, threads, mboxes, the Atom feed; removing a post (archive_remove, archive_delete).
+# Calls: sections 2-11.
+# ---------------------------------------------------------------------------
+
 # A public archive is a static web site, [web] pages/LIST@DOMAIN/: index.html, YYYY-MM.html and
 # .mbox, N.html (post N, or its gap), N.eml (its published copy), att/N-K-NAME, thread/T.html (all of
 # thread T, whatever months it spans) and .mbox, atom.xml; made from the rows and published copies.
@@ -4234,6 +4631,8 @@ PAGE_CSS = ("body{font:16px/1.5 system-ui,sans-serif;max-width:52rem;margin:0 au
             "table{border-collapse:collapse}td,th{padding:.1rem .6rem .1rem 0;vertical-align:top;"
             "text-align:left}small,.meta{color:#666}nav{margin:.6rem 0}input{font-size:1rem;max-width:100%}"
             "button{font-size:1rem;padding:.3rem .9rem}.post{border-top:1px solid #ccc;margin-top:1rem}"
+            ".hp{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);"
+            "white-space:nowrap}"
             + "".join(f".d{i}{{margin-left:{i * 1.2:g}rem}}" for i in range(1, 13)))
 # Tags a sanitised HTML part keeps (without attributes, but a's href and a
 # cell's spans); the contents of DROPPED_ELEMENTS go too.
@@ -4362,10 +4761,6 @@ def post_parts(data):
         name = safe_filename(hide_addresses(decode_header_text(name or "")), f"part{len(files) + 1}{ext}")
         files.append((name, payload))
     return "\n".join(bodies), files
-
-
-def pages_dir(config, list_row):
-    return os.path.join(config.path_of("web", "pages"), list_address(list_row).lower())
 
 
 # A public archive's files and folders, whatever [redsky] umask: the web server's user reads them
@@ -4755,10 +5150,58 @@ def build_pages(config, list_row, store=None):
             store.close()
 
 
+# Removing a post ------------------------------------------------------------
+
+def archive_remove(config, store, list_row, numbers, why):
+    """Remove posts: bytes, texts and what their rows said, each row kept as a gap that says ``why``
+    ('author': forget, 'owner'); then the pages.  Returns the numbers removed."""
+    import mailbox
+    rows = [row for row, _ in archived(config, store, list_row, numbers)] if numbers else []
+    if not rows:
+        return []
+    path = archive_path(config, list_row)
+    if config.get("archive", "format") == "mbox":
+        if os.path.exists(path):
+            box = _locked_mbox(config, path)
+            try:
+                keys = _mbox_keys(box, [dict(r) for r in store.q("archived_present", list_row["id"])])
+                for row in rows:
+                    if row["id"] in keys:
+                        box.remove(keys[row["id"]])
+                box.flush()
+            finally:
+                box.unlock()
+                box.close()
+    else:
+        cur = {}
+        for row in rows:
+            name = _maildir_file(path, row["location"], cur)
+            if name:
+                os.unlink(name)
+    with store.transaction() as db:
+        unindex_texts(db, [row["id"] for row in rows])
+        for row in rows:
+            db.execute(SQL["archive_remove"], (time.time(), why, row["id"]))
+    if list_row["archive"] == "public":
+        unpublish(config, store, list_row, rows, why)
+    return [row["number"] for row in rows]
+
+
+def archive_delete(config, store, list_row, number, by=""):
+    """Remove post ``number`` at an owner's word (`archive delete`, an owner's command, the web admin):
+    its number stays as a page that says the owners removed it; ``by`` (who) goes to the log.
+    Returns True, or False when the archive has no such post (any more)."""
+    ensure_numbered(config, store, list_row)
+    if not archive_remove(config, store, list_row, [number], "owner"):
+        return False
+    log.info("archive of %s: post %d removed by %s", list_address(list_row), number, one_line(by, 99))
+    return True
+
+
 # ---------------------------------------------------------------------------
-# 12. The runner
+# 13. The runner
 # Owns: chain_filter, plugins, Context, run_chain, the trace.
-# Calls: sections 2-11.
+# Calls: sections 2-12.
 # ---------------------------------------------------------------------------
 
 FILTERS = {}
@@ -4858,7 +5301,7 @@ class Context:
         self.digest_members = 0     # enabled members who get digests instead of posts
         self.approved = False       # moderator approval (passphrase or CLI)
         self.accepted = ""          # why the sender is whitelisted (Accept), else ""
-        self.approve_held = None    # held post approved by email, released after the chain
+        self.approve_held = []      # held posts approved by email, released after the chain
         # what is committed together (queuer, commands): changes run inside the transaction
         self.changes = []           # database changes (callables of db)
         self.outbox = Outbox()      # generated messages queued with the post or the action
@@ -4944,9 +5387,9 @@ def store_event(ctx):
 
 
 # ---------------------------------------------------------------------------
-# 13. Transports
+# 14. Transports
 # Owns: Transport and its kinds (sendmail, SMTP with pipelining, maildir), outcomes, send_now.
-# Calls: sections 2-12.
+# Calls: sections 2-13.
 # ---------------------------------------------------------------------------
 
 SENT, TEMPORARY, PERMANENT = "sent", "temporary", "permanent"
@@ -5411,10 +5854,10 @@ def send_now(config, sender, recipient, data):
 
 
 # ---------------------------------------------------------------------------
-# 14. Held posts and command mail
-# Owns: holding and releasing posts, the command interpreter of -request, -join, -leave and -confirm
-#       (Requests).
-# Calls: sections 2-13.
+# 15. Held posts and owners' actions
+# Owns: Approved:, holding and releasing posts, moderation notices and their one-tap links, an
+#       owner's changes and reports (by email and on the web).
+# Calls: sections 2-14.
 # ---------------------------------------------------------------------------
 
 def take_approved(ctx):
@@ -5490,48 +5933,161 @@ def _take_approved_line(msg):
 # Held posts ------------------------------------------------------------------
 
 def hold_post(ctx, reason):
-    """Keep the message as received, with its envelope, for a moderator, and send the moderators one
-    notice with a token to act on it by reply.  What the chain had planned to commit (ctx.changes,
-    ctx.outbox) is dropped: the held row and its notice commit on their own."""
+    """Keep the message as received, with its envelope, for a moderator, and send the moderation
+    team (owners and moderators) one notice with a token to act on it by reply or with one tap
+    (send_held_notice).  What the chain had planned to commit (ctx.changes, ctx.outbox) is
+    dropped: the held row and its notice commit on their own."""
     senders = addresses_in(ctx.msg.get_all("From")) if ctx.msg else []
     subject = decode_header_text(ctx.msg.get("Subject", "")) if ctx.msg else ""
     author = (senders[0] if senders else "") or ctx.sender or ""
-    row = (ctx.list["id"], time.time(), ctx.sender or "", ctx.recipient, senders[0] if senders else "",
-           subject[:300], ctx.message_id, reason, ctx.raw)
-    outbox, owners = Outbox(ctx.outbox.dry_run), owners_of(ctx.list)
-    held_expiry, token = ctx.config.duration("commands", "held_expiry"), new_token() if owners else None
+    held = dict(list_id=ctx.list["id"], received=time.time(), sender=ctx.sender or "",
+                recipient=ctx.recipient, from_addr=senders[0] if senders else "", subject=subject[:300],
+                message_id=ctx.message_id, reason=reason, raw=ctx.raw)
+    outbox, team = Outbox(ctx.outbox.dry_run), moderation_team(ctx.list)
+    held_expiry, token = ctx.config.duration("commands", "held_expiry"), new_token() if team else None
 
     def store_held(db):
-        held_id = db.execute(SQL["add_held"], row).lastrowid
+        held_id = db.execute(SQL["add_held"], tuple(held.values())).lastrowid
         if token:
             db.execute(SQL["add_pending"], (token, ctx.list["id"], author or "?", "moderate", held_id,
-                                            row[1], row[1] + held_expiry))
+                                            held["received"], held["received"] + held_expiry))
     if token:
-        text_body = ctx.msg.body[:2000].decode("utf-8", "replace")
-        excerpt = "\n".join("  > " + line for line in text_body.splitlines()[:10])
-        Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id).send(
-            owners, f"{list_address(ctx.list)}: post from {author or '?'} held: {one_line(subject, 80)}"
-                    f" (token {token})", "held",
-            {"reason": one_line(reason, 300), "from_addr": author or "(unknown)",
-             "subject": one_line(subject),
-             "size": len(ctx.raw), "excerpt": excerpt, "token": token, "days": f"{held_expiry / 86400:g}"},
-            limit=False, auto="auto-generated", reply_to=list_address(ctx.list, f"-confirm+{token}"),
-            attachment=ctx.raw)
+        send_held_notice(Notices(ctx.store, ctx.config, ctx.list, outbox, ctx.message_id), team, held, token)
     outbox.commit(ctx.store, ctx.config.spool, store_held)
 
 
-def release_held(store, config, held_id):
+def utc_time(when):
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+
+
+REJECT_REASON = "This post does not fit the list."      # the reason line a reject link offers to edit
+
+
+def moderation_links(list_row, token, always="", base_url=""):
+    """(label, mailto: URL) of each one-tap answer to the held post or join request of ``token``:
+    a message to LIST-request whose Subject is the command; reject's body is the command with a
+    reason to edit.  ``always``: a sender approve-and-always-accept applies to (always_accept).
+    ``base_url`` ([web], for a held post): its page on the web too (held_page_url)."""
+    request = list_address(list_row, "-request")
+    links = [("approve", mailto(request, f"approve {token}")),
+             ("reject (edit the reason first)", mailto(request, f"reject {token}",
+                                                       f"reject {token} {REJECT_REASON}")),
+             ("drop it silently", mailto(request, f"discard {token}"))]
+    if always:
+        links.append((f"approve and always accept {always}", mailto(request, f"approve {token} always")))
+    if base_url:
+        links.append(("see it and decide on the web", held_page_url(base_url, list_row, token)))
+    return links
+
+
+def held_page_url(base_url, list_row, token):
+    """The web page of the held post whose moderation token is ``token``: the capability the notice
+    already carries (a 128-bit secret bound to that post of that list, which works until the post is
+    decided or dropped), so it opens that post's page, and decides it, without signing in."""
+    return f"{base_url.rstrip('/')}/{list_address(list_row).lower()}/admin/held/{token}"
+
+
+def signin_link(config, key, list_row, address):
+    """The sign-in link of the web admin of ``list_row`` for its owner ``address`` (of every list of
+    this host ``address`` is on, without a list), or "" without [web] base_url: a token signed for
+    that purpose, list and address (sign_token), which works once, for [web] link_max_age, and only
+    with the button of the page it opens (a GET never signs in: mail scanners fetch links)."""
+    from urllib.parse import quote
+    base = config.get("web", "base_url").rstrip("/")
+    if not base:
+        return ""
+    if list_row is None:
+        token = sign_token(key, "member-signin", "*", address.lower())
+        return f"{base}/manage/signin?who={quote(address, safe='@')}&token={token}"
+    token = sign_token(key, "owner-signin", list_address(list_row), address.lower())
+    return f"{base}/{list_address(list_row).lower()}/admin/signin?who={quote(address, safe='@')}" \
+        f"&token={token}"
+
+
+def links_text(links):
+    """The lines of a plain-text notice that name ``links``; no line starts with a command word, so
+    a reply that quotes them without '>' acts on nothing."""
+    return "\n".join(f"  Tap to {label}:\n    {url}" for label, url in links)
+
+
+def send_held_notice(notices, to, held, token):
+    """The notice of the held post ``held`` (a held row) to ``to``: every fact, its first lines,
+    the one-tap links, the post attached, and the day it is dropped; a reply acts on ``token``.
+    The first notice and the one a moderator gets for an unclear answer are the same."""
+    list_row, config = notices.list, notices.config
+    author, expiry = held["from_addr"] or held["sender"] or "", config.duration("commands", "held_expiry")
+    lines = text_of(held["raw"][:200_000]).strip().splitlines()[:10]
+    links = moderation_links(list_row, token, author * bool(always_accept(notices.store, list_row, author)),
+                             config.get("web", "base_url"))
+    notices.send(to, f"{list_address(list_row)}: post from {author or '?'} held: "
+                     f"{one_line(held['subject'], 80)} (token {token})", "held",
+                 {"reason": one_line(held["reason"], 300), "from_addr": author or "(unknown)",
+                  "subject": one_line(held["subject"]) or "(no subject)", "size": len(held["raw"]),
+                  "received": utc_time(held["received"]),
+                  "excerpt": "\n".join("  > " + one_line(line, 300) for line in lines) or "  (no text)",
+                  "token": token, "days": f"{expiry / 86400:g}",
+                  "expires": utc_time(held["received"] + expiry),
+                  "links": links_text(links), "attached": "The post is attached.\n"},
+                 limit=False, auto="auto-generated", reply_to=list_address(list_row, f"-confirm+{token}"),
+                 attachment=held["raw"], links=links)
+
+
+def send_join_request(notices, to, address, token, expires):
+    """The request to the moderation team to approve ``address`` joining, with one-tap links."""
+    links = moderation_links(notices.list, token)
+    notices.send(to, f"{list_address(notices.list)}: {address} asks to join (token {token})",
+                 "approve-subscribe", {"address": address, "token": token, "links": links_text(links),
+                                       "expires": utc_time(expires)},
+                 limit=False, reply_to=list_address(notices.list, f"-confirm+{token}"), auto="auto-generated",
+                 links=links)
+
+
+def always_accept(store, list_row, address, changes=None):
+    """Whether later posts of ``address`` can go out without a moderator: a member whose option
+    moderate holds their posts (turned off), or a non-member of a list whose access checks
+    membership or the acl (added to the list's acl, which a `subscribers` list also honours).
+    With ``changes``, plan that change and return what it does, else "" (it does not apply).  An
+    address with a glob character (``*@example.org`` is a valid address) is never added: it would
+    let a whole domain post."""
+    if not address or not valid_address(address) or re.search(r"[*?\[\]]", address):
+        return ""
+    member = store.q("member_options", list_row["id"], address).fetchone()
+    if member is not None and member["moderate"]:
+        if changes is not None:
+            changes.append(lambda db: db.execute(SQL["set_member_option"].format(column="moderate"),
+                                                 (0, list_row["id"], member["address"])))
+        return f"{member['address']}'s posts are no longer held (member option moderate off)"
+    if member is None and list_row["access"] in ("subscribers", "acl"):
+        if changes is not None:
+            changes.append(lambda db: db.execute(SQL["acl_add"], (list_row["id"], address.lower())))
+        return f"{address} may post from now on (added to the list's acl)"
+    return ""
+
+
+def held_decided(held_id):
+    """The change that takes held post ``held_id`` away, decided: it fails (StoreError) when the
+    post is gone already, so that two decisions at once (two moderators, a double click) commit one,
+    and a post is never distributed twice nor rejected after it went out."""
+    def change(db):
+        if db.execute(SQL["delete_held"], (held_id,)).rowcount != 1:
+            raise StoreError(f"held post {held_id} was decided meanwhile")
+    return change
+
+
+def release_held(store, config, held_id, by=""):
     """Distribute a held post: the queue chain runs again on it, approved; the held row goes in the
     same transaction as the post, and the run is kept in the trace (`trace MESSAGE-ID` shows the
-    hold, then the release).  Returns the Context (its recipients say how many got it)."""
+    hold, then the release, with ``by``: who approved it, e.g. "by ann@example.org on the web").
+    Returns the Context (its recipients say how many got it)."""
     held = store.held(held_id)
     if held is None:
         raise Failure(f"no held post with id {held_id}", EX_DATAERR)
     ctx = Context(config, store)
     ctx.raw, ctx.recipient, ctx.sender, ctx.approved = held["raw"], held["recipient"], held["sender"], True
     ctx.accepted = "approved by a moderator"    # checks (dnsbl, ...) must not stop it again
-    ctx.changes.append(lambda db: db.execute(SQL["delete_held"], (held_id,)))
-    ctx.trace.append(("approve", f"held post {held_id} ({one_line(held['reason'], 120)}) approved"))
+    ctx.changes.append(held_decided(held_id))
+    ctx.trace.append(("approve", f"held post {held_id} ({one_line(held['reason'], 120)}) approved"
+                      + (f" {by}" if by else "")))
     verdict = run_chain(build_chain(config.chain("queue"), "message", "queue"), ctx)
     if verdict is not None:
         if verdict.code or isinstance(verdict, Hold):
@@ -5568,26 +6124,270 @@ def finish_queue(ctx, verdict):
             report(line, logging.WARNING)
         else:
             log.info("%s", line)
-    if ctx.approve_held is not None and not ctx.outbox.dry_run:
+    for held_id in ctx.approve_held if not ctx.outbox.dry_run else ():
         # the approval is committed: a release that fails leaves the post
         # held for the CLI, and must not make the MTA repeat the approval
         try:
-            released = release_held(ctx.store, ctx.config, ctx.approve_held)
+            released = release_held(ctx.store, ctx.config, held_id)
             what = f"{released.outcome or 'queued'} for {len(released.recipients)} recipients"
-            ctx.trace.append(("release", f"held post {ctx.approve_held} released: {what}"))
+            ctx.trace.append(("release", f"held post {held_id} released: {what}"))
         except Failure as e:
-            log.error("held post %s approved by email but not released: %s", ctx.approve_held, e)
-            ctx.trace.append(("release", f"held post {ctx.approve_held} not released: {e}"))
+            log.error("held post %s approved by email but not released: %s", held_id, e)
+            ctx.trace.append(("release", f"held post {held_id} not released: {e}"))
     if not ctx.outbox.dry_run:
         store_event(ctx)
     return code
+MODERATION_VERBS = ("approve", "reject", "discard")
+OWNER_ACTIONS = ("invite", "remove", "ban", "unban")      # and set SETTING VALUE: confirmed by the owner
+OWNER_REPORTS = ("who", "held", "pending", "bounces", "show", "admin")     # answered to the owner at once
+MAX_OWNER_ITEMS = 100           # addresses and patterns in one owner's message
 
 
-# Command mail ----------------------------------------------------------------
+def tell_owners(notices, verb, addresses):
+    """With the list's notify_owners on, one notice to the owners that
+    ``addresses`` joined or left (verb "joined" / "left")."""
+    owners = owners_of(notices.list)
+    if notices.list["notify_owners"] and owners and addresses:
+        shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
+        notices.send(owners, f"{list_address(notices.list)}: {shown} {verb}", "membership-change",
+                     {"verb": verb, "addresses": "\n".join("  " + a for a in addresses)},
+                     limit=False, auto="auto-generated")
+
+
+def drop_held(held, notices, changes, notify, reason):
+    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
+    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
+    sender is a robot.  Returns what was done, for the log."""
+    changes.append(held_decided(held["id"]))
+    to = held["from_addr"] or held["sender"]
+    if notify and to and notices.config.flag("commands", "notify_rejected") and not \
+            is_robot(RawMessage(held["raw"]), held["sender"] or None):
+        notices.send([to], f"{list_address(notices.list)}: your post was not distributed", "rejected-post",
+                     {"subject": one_line(held["subject"]), "reason": one_line(reason, 500)})
+    return f"held post {held['id']} {'rejected' if notify else 'discarded'}"
+
+
+# An owner's changes and reports: by email here (Requests), and the web admin's to reuse ------
+
+def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
+    """An owner's change checked as `redsky.py` checks it: (the action to carry out once the owner
+    confirms, a dict that JSON keeps, or None; the problems, one line each).  ``value``: the
+    rest of a `set` line as written; ``room``: how many more addresses or patterns may come."""
+    verb = {"subscribe": "invite", "unsubscribe": "remove"}.get(verb, verb)
+    if verb == "set":
+        key = words[0].lower() if words else ""
+        try:
+            column, stored = validate_setting(key, value)
+        except Failure as e:
+            return None, [f"set {one_line(key, 40)}: {e}"]
+        if column == "access" and stored == "passphrase" and not list_row["passphrase_hash"]:
+            return None, ["set access passphrase: set a passphrase first (set passphrase SECRET)"]
+        if column == "owners" and not stored:
+            return None, ["set owners: name at least one owner, or nobody could run the list by email"]
+        if len(str(stored)) > 2000:                 # all of it is shown in the confirmation
+            return None, [f"set {one_line(key, 40)}: too long to confirm by email (2,000 characters at most)"]
+        shown = "(a new passphrase)" if key == "passphrase" else str(stored) or "(empty)"
+        was = "" if key == "passphrase" else str(list_row.get(column, "") if hasattr(list_row, "get") else "")
+        return {"verb": "set", "key": key, "column": column, "value": stored, "shown": shown, "was": was}, []
+    items, problems, seen = [], [], set()
+    for n, word in enumerate(words):
+        if len(items) >= room or len(problems) >= 20:
+            problems.append(f"{verb}: at most {MAX_OWNER_ITEMS} addresses or patterns (and 20 mistakes) in"
+                            f" one message; {len(words) - n} words left out")
+            break
+        word = word.strip("<>,;")
+        try:
+            item = ban_pattern(word) if verb in ("ban", "unban") else \
+                normalize_address(word) if valid_address(word) and not word.startswith("-") else None
+        except Failure as e:
+            item = None
+            problems.append(f"{verb} {one_line(word, 80)}: {one_line(e, 200)}")
+        if item is None and verb in ("invite", "remove", "add"):
+            problems.append(f"{verb} {one_line(word, 80)}: not a valid address")
+        elif item and item.lower() not in seen:
+            items.append(item)
+            seen.add(item.lower())
+    if not items and not problems:
+        problems.append(f"{verb}: name at least one " + ("pattern" if verb in ("ban", "unban") else
+                                                          "address"))
+    return ({"verb": verb, "items": items} if items else None), problems
+
+
+def describe_action(action):
+    """One line for a planned owner's action (the confirmation names each)."""
+    if action["verb"] == "set":             # the whole new value, and the one it replaces
+        def block(text):
+            return ("\n      " + text.replace("\n", "\n      ")) if "\n" in text else " " + text
+        return (f"set {action['key']} to:{block(action['shown'])}"
+                + (f"\n    (now:{block(action['was']) if action.get('was') else ' (empty)'})"
+                   if "was" in action else ""))
+    why = {"invite": " (each is asked to confirm)", "remove": " (each is told)",
+           "add": " (at once, without asking them" + (", welcomed)" if action.get("welcome") else ")")
+           }.get(action["verb"], "")
+    return f"{action['verb']} {', '.join(action['items'])}{why}"
+
+
+def apply_owner_actions(store, config, list_row, notices, changes, actions, now, after_commit):
+    """Carry out an owner's confirmed actions (plan_owner_action): the changes go into ``changes``
+    and the notices into ``notices``, to commit together; what must wait for the commit (a public
+    archive's pages) into ``after_commit``.  The state is checked again now.  Returns what was
+    done, one line each."""
+    lines, list_id, post = [], list_row["id"], list_address(list_row)
+    members, removed, invited = MemberLookup(store, list_id), [], set()
+    bans = {p.lower() for p in (r[0] for r in store.q("bans", list_id))}
+    for action in actions:
+        verb, items = action.get("verb"), [str(i) for i in action.get("items", ())]
+        if verb == "set" and action.get("column") in LIST_COLUMNS.replace(",", " ").split() and \
+                action["column"] not in ("id", "name", "domain"):
+            changes.append(lambda db, a=action: store.set_list(db, list_id, a["column"], a["value"]))
+            lines.append(f"  set {action['key']} {action.get('shown', '')}: done.")
+            if action["column"] in ("archive", "description") and \
+                    "public" in (list_row["archive"], action["value"]):
+                after_commit.append(lambda: build_pages(config, store.list_by_id(list_id)))
+        elif verb == "invite":
+            expiry = config.duration("commands", "confirm_expiry")
+            for address in items:
+                refused = "is a member" if address in members else "is banned" if banned(
+                    store, list_row, [address]) else "was invited already" if address.lower() in invited or \
+                    store.q("open_request", list_id, address, "subscribe", "", now).fetchone()[0] else ""
+                if refused:
+                    lines.append(f"  {address} {refused}: not invited.")
+                    continue
+                invited.add(address.lower())
+                token = add_pending(changes, list_row, address, "subscribe", now, expiry)
+                confirm = list_address(list_row, f"-confirm+{token}")
+                notices.send([address], f"Invitation to join {post} (confirm {token})", "invite",
+                             {"confirm_address": confirm, "days": f"{expiry / 86400:g}"},
+                             limit=False, reply_to=confirm)
+                lines.append(f"  {address} is invited: joins once they reply.")
+        elif verb == "add":                 # the web admin's "add at once", as `redsky.py subscribe`
+            added = []
+            for address in items:
+                refused = "is a member already" if address in members or address.lower() in added else \
+                    "is banned" if banned(store, list_row, [address]) else ""
+                if refused:
+                    lines.append(f"  {address} {refused}: not added.")
+                    continue
+                added.append(address.lower())
+                changes.append(lambda db, a=address: db.execute(SQL["add_member"], (list_id, a, now)))
+                if action.get("welcome"):
+                    notices.send([address], f"Welcome to {post}", "welcome", {"address": address},
+                                 limit=False)
+                lines.append(f"  {address} is added" + (", and welcomed." if action.get("welcome") else "."))
+            tell_owners(notices, "joined", [a for a in items if a.lower() in added])
+        elif verb == "remove":
+            for address in items:
+                if address not in members or address.lower() in removed:
+                    lines.append(f"  {address} is not a member: nothing to remove.")
+                    continue
+                removed.append(address.lower())
+                changes.append(lambda db, a=address: db.execute(SQL["delete_member"], (list_id, a)))
+                notices.send([address], f"You were removed from {post}", "removed", {"address": address},
+                             limit=False, auto="auto-generated")
+                lines.append(f"  {address} is removed, and told.")
+        elif verb in ("ban", "unban"):
+            for pattern in items:
+                there = pattern.lower() in bans
+                if there == (verb == "ban"):
+                    lines.append(f"  {pattern} {'is banned already' if there else 'was not banned'}.")
+                    continue
+                bans.add(pattern.lower()) if verb == "ban" else bans.discard(pattern.lower())
+                changes.append(lambda db, p=pattern, v=verb: db.execute(
+                    SQL["ban_add" if v == "ban" else "ban_del"], (list_id, p)))
+                member = verb == "ban" and matches_any([pattern], member_addresses(store, list_id))
+                lines.append(f"  {pattern} is {'banned' if verb == 'ban' else 'no longer banned'}."
+                             + (f" ({member} stays a member until removed.)" if member else ""))
+        else:
+            lines.append(f"  {one_line(verb, 20)}: not an action.")
+    tell_owners(notices, "left", removed)
+    return lines
+
+
+def list_report(store, config, list_row, what, changes, now):
+    """The text of an owner's report (who, held, pending, bounces, show) and the one-tap links it
+    names: (text, [(label, URL)]).  A held post without an open token gets one (into ``changes``)."""
+    list_id, post = list_row["id"], list_address(list_row)
+    if what == "who":
+        rows = store.q("members", list_id).fetchall()
+        lines = [f"  {r['address']}" + (f" ({one_line(r['name'], 60)})" if r["name"] else "")
+                 + f"  {r['status']}" + (f" ({r['disabled_reason']})" if r["status"] == "disabled" else "")
+                 + "".join(f"  {o}" for o, on in options_of(r).items() if on and o != "nomail")
+                 for r in rows[:10_000]]
+        more = [f"  ... and {len(rows) - 10_000} more"] * (len(rows) > 10_000)
+        return f"{post} has {len(rows)} members:\n\n" + "\n".join(lines + more), []
+    if what == "held":
+        rows = store.q("held_waiting", list_id, now + 1, now).fetchall()
+        text, links = moderation_items(store, config, list_row, changes, rows, [], now)
+        return f"Posts held on {post}: {len(rows)}\n\n{text}", links
+    if what == "pending":
+        joins = store.q("join_requests", list_id, now, now + 1).fetchall()
+        text, links = moderation_items(store, config, list_row, changes, [], joins, now)
+        waiting = {"subscribe": "was asked to confirm joining", "unsubscribe": "was asked to confirm leaving",
+                   "reenable": "was asked to turn delivery back on",
+                   "set-option": "was asked to confirm an option", "owner-command": "(an owner) was asked to"
+                                                                                      " confirm changes"}
+        others = [f"  {r['address']} {waiting[r['action']]}, {utc_time(r['created'])}"
+                  for r in store.q("open_pending", now, list_id, list_id) if r["action"] in waiting]
+        return (f"Join requests waiting for a decision on {post}: {len(joins)}\n\n{text}\n\n"
+                f"Waiting for someone's confirmation: {len(others)}\n" + "\n".join(others)), links
+    if what == "bounces":
+        history = {}
+        for b in store.q("bounce_history", list_id):
+            history.setdefault(b["address"].lower(), []).append(b)
+        lines = []
+        for m in store.q("members_bounce_status", list_id):
+            if not m["bounce_score"] and m["disabled_reason"] not in ("bounce", "feedback"):
+                continue
+            lines.append(f"  {m['address']}: score {m['bounce_score']:g}, {m['status']}"
+                         + (f" ({m['disabled_reason']}, {m['warnings']} warnings)" if m["disabled_reason"]
+                            else ""))
+            lines += [f"      {utc_time(b['received'])}  {b['cause'] or '?'} {b['status'] or ''}"
+                      f" ({'counted' if b['counted'] else 'not counted'}): {one_line(b['why'], 120)}"
+                      for b in history.get(m["address"].lower(), [])[-5:]]
+        return f"Members of {post} whose mail bounces:\n\n" + ("\n".join(lines) or "  none"), []
+    shown = {k: ("(set)" if list_row["passphrase_hash"] else "(none)") if k == "passphrase"
+             else str(list_row[k]).replace("\n", "\\n") for k in SETTABLE
+             if k in list_row or k == "passphrase"}
+    return f"The settings of {post} (change one with: set SETTING VALUE):\n\n" + "\n".join(
+        f"  {k} = {v}" for k, v in shown.items()), []
+
+
+def moderation_items(store, config, list_row, changes, held_rows, join_rows, now, limit=50):
+    """The held posts (held_waiting rows) and join requests (join_requests rows), each with its
+    facts and one-tap links, at most ``limit`` of them: (text, links).  A held post whose token
+    is gone gets a new one, into ``changes``, that ends with the post."""
+    items, links = [], []
+    held_expiry = config.duration("commands", "held_expiry")
+    for r in held_rows[:limit]:
+        author = r["from_addr"] or r["sender"] or ""
+        token = r["token"] or add_pending(changes, list_row, author or "?", "moderate", now,
+                                          max(r["received"] + held_expiry - now, 3600), held_id=r["id"])
+        these = moderation_links(list_row, token, author if always_accept(store, list_row, author) else "",
+                                 config.get("web", "base_url"))
+        items.append(f"Held post {r['id']} from {author or '?'}, {utc_time(r['received'])},"
+                     f" {r['size']} bytes\n"
+                     f"  Subject: {one_line(r['subject'], 200) or '(no subject)'}\n"
+                     f"  Reason:  {one_line(r['reason'], 200)}\n  Token:   {token}\n" + links_text(these))
+        links += these
+    for r in join_rows[:max(limit - len(items), 0)]:
+        these = moderation_links(list_row, r["token"])
+        items.append(f"{r['address']} asks to join, since {utc_time(r['created'])}\n  Token:   {r['token']}\n"
+                     + links_text(these))
+        links += these
+    more = len(held_rows) + len(join_rows) - len(items)
+    return "\n\n".join(items + [f"... and {more} more (answer these first)"] * (more > 0)) or "  none", links
+
+
+# ---------------------------------------------------------------------------
+# 16. Command mail
+# Owns: the command interpreter of -request, -join, -leave and -confirm (Requests).
+# Calls: sections 2-15.
+# ---------------------------------------------------------------------------
 
 TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
 COMMAND_WORDS = {"join": "subscribe", "leave": "unsubscribe", "signoff": "unsubscribe", **{
-    w: w for w in "subscribe unsubscribe help confirm approve reject discard set index get".split()}}
+    w: w for w in "subscribe unsubscribe help confirm set index get".split() + list(MODERATION_VERBS)
+    + list(OWNER_ACTIONS + OWNER_REPORTS)}}
 
 
 def command_lines(raw):
@@ -5625,6 +6425,11 @@ def parse_command(line):
     return (command, words[1:]) if command else None
 
 
+def token_in(words):
+    """The first confirmation token among ``words``, or None."""
+    return next((m.group(1) for w in words for m in [TOKEN.search(w.lower())] if m), None)
+
+
 def sender_address(ctx):
     """Who asked: the first From address, else the envelope sender."""
     senders = addresses_in(ctx.msg.get_all("From"))
@@ -5636,28 +6441,46 @@ def sender_address(ctx):
 class Requests:
     """The command interpreter of one message to LIST-request, -join, -leave or -confirm+TOKEN.
     Each command adds database changes (ctx.changes) and notices (Notices, into ctx.outbox), which
-    the commands filter commits together; ``done`` says what happened, one line per action."""
+    the commands filter commits together; ``done`` says what happened, one line per action.
 
-    def __init__(self, ctx, sender):
+    Who may do what: anyone, for their own address (a change that stops or delays their mail
+    waits for their confirmation); the moderation team (owners and moderators) acts on held posts
+    and join requests with their tokens; an owner, writing from the owner's address, also gets
+    reports (who, held, pending, bounces, show) at that address, and changes the list (invite,
+    remove, ban, unban, set), carried out only once the owner answers the confirmation sent to
+    that same address.  Answers go to the sender's own address, never to a Reply-To."""
+
+    def __init__(self, ctx, sender, lines=()):
         self.ctx, self.store, self.list, self.config = ctx, ctx.store, ctx.list, ctx.config
         self.sender = sender        # who asked (sender_address); answers go there
+        self.lines = list(lines)    # the command lines of the message (command_lines)
         self.post_address, self.members = list_address(ctx.list), MemberLookup(ctx.store, ctx.list["id"])
         self.notices = Notices(ctx.store, ctx.config, ctx.list, ctx.outbox, ctx.message_id)
         self.now, self.done = self.notices.now, []
         self.seen = set()           # (command, argument) already done for this message
-        self.approve_held = None    # a held post a moderator approved
-        self.answers = None         # run(): (command line, text name, values) of the answers to the sender
+        self.approve_held = []      # held posts a moderator approved
+        self.answers = None         # run(): the answers to the sender, sent in one reply
         self.line = ""              # run(): the command line being done
+        # an owner or a moderator is one by the From: address (the envelope sender never counts)
+        written = addresses_in(ctx.msg.get_all("From"))[:1] if ctx.msg is not None else []
+        who = (sender or "").lower() if [a.lower() for a in written] == [(sender or "").lower()] else ""
+        self.is_owner = bool(who) and who in {o.lower() for o in owners_of(ctx.list)}
+        self.is_moderator = bool(who) and who in {m.lower() for m in moderation_team(ctx.list)}
+        self.actions = []           # run(): an owner's checked changes, confirmed together
+        self.tokens_done = set()    # each token is acted on once per message
+        self.after_commit = []      # run by the commands filter once everything is committed
+        self._passphrase = False    # take_approved() once: False before
 
     def change(self, fn):
         self.ctx.changes.append(fn)
 
-    def notice(self, to, title, text_name, values=None, done="", **options):
+    def notice(self, to, title, text_name, values=None, done="", aside=False, **options):
         """Notices.send, noting a reply the rate limit suppressed, then ``done``
         (what was done, for the log).  While run() works through commands, a
-        plain answer to the sender waits to go in one reply with the others."""
-        if self.answers is not None and to == [self.sender] and not options:
-            self.answers.append((self.line, title, text_name, values))
+        plain answer to the sender waits to go in one reply with the others;
+        an ``aside`` (a confirmation went out on its own) only goes with others."""
+        if self.answers is not None and to == [self.sender] and set(options) <= {"attachment", "links"}:
+            self.answers.append((self.line, title, text_name, values, options, aside))
         elif not self.notices.send(to, title, text_name, values, **options) \
                 and options.get("limit", True):
             self.done.append(f"reply to {', '.join(to) or 'nobody'} suppressed (rate limit)")
@@ -5671,10 +6494,10 @@ class Requests:
         local = m.group(1) if m else address.rpartition("@")[0]
         return self.store.list_by_address(f"{local}@{address.rpartition('@')[2]}") is not None
 
-    def rate_limited(self, address, action):
+    def rate_limited(self, address, action, command=""):
         """A repeated request is answered once, then ignored; at most
         [commands] max_confirmations requests per address per day."""
-        if self.store.q("open_request", self.list["id"], address, action, self.now).fetchone()[0]:
+        if self.store.q("open_request", self.list["id"], address, action, command, self.now).fetchone()[0]:
             return "a confirmation is already pending"
         if self.store.q("requests_today", address, self.now - 86400).fetchone()[0] >= \
                 self.config.number("commands", "max_confirmations"):
@@ -5682,49 +6505,81 @@ class Requests:
         return None
 
     def run(self, lines):
-        """Up to ten commands, a repeated one (Subject and body) done once; the answers to the
-        sender go in one reply.  A token command answers the whole message."""
+        """Up to ten commands, a repeated one (Subject and body) done once, each token acted on
+        once; every answer to the sender goes in one reply, whatever the mix."""
         parsed = {}                 # (command, its words) -> (line, command): a repeat is done once
         for line in lines:
             command = parse_command(line)
-            if command and len(parsed) < 10:
-                parsed.setdefault((command[0], tuple(w.lower() for w in command[1])), (line, command))
+            if command and len(parsed) < 10:    # a report (who, held ...) once, whatever words follow
+                words = () if command[0] in OWNER_REPORTS + ("help", "index") else command[1]
+                parsed.setdefault((command[0], tuple(w.lower() for w in words)), (line, command))
+        self.answers, self.lines = [], list(lines)
         if not parsed:
-            self.help([], lines, why="help (no command found)")
-        self.answers = []
+            self.help(why="help (no command found)")
         for self.line, (command, words) in parsed.values():
-            if self.HANDLERS[command](self, words, lines):
-                break
+            self.HANDLERS[command](self, command, words)
+        self.line = ""
+        if self.actions:
+            self.confirm_actions()
         answers, self.answers = self.answers, None
+        if all(aside for *_, aside in answers):
+            return                  # nothing to say beyond the confirmations, each its own message
+        attachments = [a for *_, options, _ in answers for found in [options.get("attachment")]
+                       for a in (found if isinstance(found, list) else [found] * (found is not None))]
+        links = [link for *_, options, _ in answers for link in options.get("links", ())]
         if len(answers) == 1:
-            self.notice([self.sender], *answers[0][1:])     # (line, title, text name, values)
-        elif answers:
-            templates = self.config.path_of("redsky", "templates")
-            replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
-                                   + render(name, self.list, values or {}, templates)
-                                   for line, _, name, values in answers)
-            self.notice([self.sender], f"{self.post_address}: answers to your {len(answers)} commands",
-                        "command-replies", {"replies": replies.rstrip("\n")})
+            self.notice([self.sender], *answers[0][1:4], attachment=attachments or None, links=links)
+            return
+        templates = self.config.path_of("redsky", "templates")
+        replies = "\n\n".join(f"> {one_line(line, 200)}\n\n"
+                              + render(name, self.list, values or {}, templates)
+                              for line, _, name, values, *_ in answers)
+        self.notice([self.sender], f"{self.post_address}: answers to your {len(answers)} commands",
+                    "command-replies", {"replies": replies.rstrip("\n")}, attachment=attachments or None,
+                    links=links)
 
-    def help(self, words, lines, why="help"):
-        self.notice([self.sender], f"{self.post_address}: help", "help", {"extra": ""}, done=why)
+    def help(self, command="help", words=(), why="help"):
+        """The help text; an owner's and a moderator's name what they can do besides."""
+        if not self.is_moderator:
+            return self.notice([self.sender], f"{self.post_address}: help", "help", {"extra": ""}, done=why)
+        member_help = render("help", self.list, {"extra": ""}, self.config.path_of("redsky", "templates"))
+        if self.is_owner:
+            return self.notice([self.sender], f"{self.post_address}: help", "owner-help",
+                               {"help": member_help}, done=why)
+        self.notice([self.sender], f"{self.post_address}: help", "moderator-help", {"help": member_help},
+                    done=why)
 
-    def token_command(self, words, lines):
-        """confirm / approve / reject / discard TOKEN: the token may stand on
-        any line (a reply quotes it); returns True: it answers the message."""
-        token = next((m.group(1) for line in lines for m in [TOKEN.search(line.lower())] if m), None)
+    def token_command(self, command, words):
+        """confirm / approve / reject / discard TOKEN: a line without a token acts on the message's
+        (its -confirm+TOKEN address, else the first token any line names: a reply quotes it)."""
+        token = token_in(words) or (self.ctx.token or "").lower() or token_in(self.lines)
         if token is None:
-            self.help(words, lines, why="a token command without a token")
-        else:
-            self.confirm(token, lines)
-        return True
+            return self.help(why="a token command without a token")
+        if token not in self.tokens_done:
+            self.tokens_done.add(token)
+            self.confirm(token, command, words)
 
-    HANDLERS = {"help": help, **dict.fromkeys("confirm approve reject discard".split(), token_command),
-                "subscribe": lambda self, words, lines: self.subscribe(self.sender),
-                "unsubscribe": lambda self, words, lines: self.unsubscribe(self.sender),
-                "set": lambda self, words, lines: self.set_option(self.sender, words),
-                "index": lambda self, words, lines: self.archive_request(self.sender, "index", words),
-                "get": lambda self, words, lines: self.archive_request(self.sender, "get", words)}
+    def own_or_owner(self, command, words):
+        """subscribe / unsubscribe: for the sender's own address (also when it is named), or, from
+        an owner and naming other addresses, the owner's invite / remove."""
+        others = [w for w in words if w.strip("<>,;").lower() != self.sender.lower()]
+        if any("@" in w for w in others):
+            return self.owner_action("invite" if command == "subscribe" else "remove", others)
+        (self.subscribe if command == "subscribe" else self.unsubscribe)(self.sender)
+
+    def set_command(self, command, words):
+        """set OPTION on|off for the sender's own membership, or an owner's set SETTING VALUE."""
+        if words and words[0].lower() in SETTABLE:     # a list setting: the owners' (owner_action)
+            return self.owner_action("set", words)
+        self.set_option(self.sender, words)
+
+    HANDLERS = {"help": help, **dict.fromkeys(("confirm",) + MODERATION_VERBS, token_command),
+                "subscribe": own_or_owner, "unsubscribe": own_or_owner, "set": set_command,
+                "index": lambda self, command, words: self.archive_request(self.sender, "index", words),
+                "get": lambda self, command, words: self.archive_request(self.sender, "get", words),
+                **dict.fromkeys(OWNER_ACTIONS, lambda self, command, words:
+                                self.owner_action(command, words)),
+                **dict.fromkeys(OWNER_REPORTS, lambda self, command, words: self.owner_report(command))}
 
     def subscribe(self, address):
         policy_, ban = self.list["subscribe_policy"], banned(self.store, self.list, [address])
@@ -5748,18 +6603,31 @@ class Requests:
                                {"address": address})
         self.ask_to_confirm(address, "unsubscribe")
 
-    def ask_to_confirm(self, address, action):
-        limited = self.rate_limited(address, action)
+    def ask_to_confirm(self, address, action, command=""):
+        """A confirmation to ``address`` for ``action`` (subscribe, unsubscribe, set-option with
+        ``command`` [option, on|off]); inside run(), the reply to the sender says it went out."""
+        limited = self.rate_limited(address, action, command)
         if limited:
-            self.done.append(f"{action} {address} ignored: {limited}")
+            self.done.append(f"{action} {command} {address} ignored: {limited}")
             return
         expiry = self.config.duration("commands", "confirm_expiry")
-        token = add_pending(self.ctx.changes, self.list, address, action, self.now, expiry)
-        confirm = list_address(self.list, f"-confirm+{token}")
+        token = add_pending(self.ctx.changes, self.list, address, action, self.now, expiry, command=command)
+        confirm, days = list_address(self.list, f"-confirm+{token}"), f"{expiry / 86400:g}"
         # The Subject carries the token too, so a reply to -request confirms as well.
-        self.notice([address], f"confirm {token}", f"confirm-{action}",
-                    {"address": address, "confirm_address": confirm, "days": f"{expiry / 86400:g}"},
-                    done=f"{action} {address}: confirmation sent", limit=False, reply_to=confirm)
+        if action == "set-option":
+            option, value = json.loads(command)
+            self.notice([address], f"confirm {token}", "option-confirm",
+                        {"address": address, "option": option, "value": value, "confirm_address": confirm,
+                         "change": CONFIRMED_OPTION_CHANGES[(option, value == "on")], "days": days},
+                        done=f"{option} {value} for {address}: confirmation sent", limit=False,
+                        reply_to=confirm)
+        else:
+            self.notice([address], f"confirm {token}", f"confirm-{action}",
+                        {"address": address, "confirm_address": confirm, "days": days},
+                        done=f"{action} {address}: confirmation sent", limit=False, reply_to=confirm)
+        if address == self.sender and self.answers is not None:
+            self.notice([address], f"{self.post_address}: confirmation sent", "confirmation-sent",
+                        {"address": address}, aside=True)
 
     def add_member(self, address):
         if banned(self.store, self.list, [address]):         # banned since the request
@@ -5779,10 +6647,7 @@ class Requests:
     def leave_by_token(self, token):
         """One-click unsubscribe: the token in LIST-leave+TOKEN proves that
         the member received a post, so no second confirmation is asked."""
-        import hmac
-        mac = leave_mac(self.store.verp_key, self.list)
-        member = next((a for a in member_addresses(self.store, self.list["id"])
-                       if hmac.compare_digest(leave_token(None, None, a, mac), token)), None)
+        member = leave_member(self.store, self.list, token, write=not self.ctx.outbox.dry_run)
         if member is None:
             self.done.append("unknown leave token: asking the sender to confirm")
             return self.unsubscribe(self.sender)
@@ -5794,22 +6659,22 @@ class Requests:
                     {"address": address}, done=f"re-enabled {address}", limit=False)
 
     def ask_owners_to_approve(self, address):
-        owners, limited = owners_of(self.list), self.rate_limited(address, "approve-subscribe")
-        if limited or not owners:
+        team, limited = moderation_team(self.list), self.rate_limited(address, "approve-subscribe")
+        if limited or not team:
             self.done.append(f"subscription request of {address} ignored: "
                              f"{limited or 'the list has no owners'}")
             return
-        token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now,
-                            self.config.duration("commands", "held_expiry"))
-        self.notice(owners, f"{self.post_address}: {address} asks to join (token {token})",
-                    "approve-subscribe", {"address": address, "token": token}, limit=False,
-                    reply_to=list_address(self.list, f"-confirm+{token}"), auto="auto-generated")
+        expiry = self.config.duration("commands", "held_expiry")
+        token = add_pending(self.ctx.changes, self.list, address, "approve-subscribe", self.now, expiry)
+        send_join_request(self.notices, team, address, token, self.now + expiry)
         self.notice([address], f"{self.post_address}: waiting for approval", "awaiting-approval",
                     done=f"subscription of {address} waits for the owners")
 
     def set_option(self, address, words):
         """set OPTION on|off (SELF_SERVICE_OPTIONS), for the sender's own membership; the answer
-        goes to that address, so a forged request is at least seen by its victim."""
+        goes to that address.  A change that stops, delays or thins the member's mail
+        (CONFIRMED_OPTION_CHANGES) waits for the member's confirmation; the rest is done at once,
+        and the member is told."""
         option, value = ([w.lower() for w in words[:2]] + ["", ""])[:2]
         if option not in SELF_SERVICE_OPTIONS or value not in ("on", "off"):
             return self.notice([address], f"{self.post_address}: help", "help", {"extra": ""},
@@ -5822,6 +6687,13 @@ class Requests:
         if (option, on) in self.seen:               # the same command in Subject and body: once
             return
         self.seen.add((option, on))
+        if (option, on) in CONFIRMED_OPTION_CHANGES and options_of(member)[option] != on:
+            return self.ask_to_confirm(member["address"], "set-option", json.dumps([option, value]))
+        self.apply_option(address, member, option, on)
+
+    def apply_option(self, address, member, option, on):
+        """Set ``option`` of ``member`` and tell ``address`` what it means now."""
+        value = "on" if on else "off"
         self.change(set_member_option(self.store, self.ctx.outbox, self.list, member, option, on))
         if option != "digest":
             self.notice([address], f"{self.post_address}: {option} {value}", "option-set",
@@ -5835,7 +6707,7 @@ class Requests:
                         "digest-on" if on else "digest-off",
                         {"address": member["address"], "threshold": self.list["digest_size_threshold"],
                          "interval": f"{count:g} {unit}{'' if count == 1 else 's'}"})
-        self.done.append(f"{option} {value} for {address}")
+        self.done.append(f"{option} {value} for {member['address']}")
 
     def archive_request(self, address, command, words):
         """index / get N: anyone may read a public archive, members a private one."""
@@ -5870,18 +6742,31 @@ class Requests:
         self.notice([address], f"{self.post_address}: archived post {number}", "archived-post",
                     {"number": number}, done=f"get {number} to {address}", attachment=found)
 
-    def confirm(self, token, lines):
+    def confirm(self, token, command="confirm", words=()):
+        """Act on ``token``: a member's or an owner's confirmation, or a moderator's decision.  An
+        owner's token works for that owner only, from the owner's address; any other misuse gets
+        the answer an unknown token gets."""
         row = self.store.q("pending_by_token", token).fetchone()
         answer_to = [self.sender] if self.sender else []
-        if row is None or row["list_id"] != self.list["id"] or row["used"] is not None:
+        if row is None or row["list_id"] != self.list["id"] or row["used"] is not None or (
+                row["action"] == "owner-command" and not (
+                    self.is_owner and row["address"].lower() == self.sender.lower())):
             return self.notice(answer_to, f"{self.post_address}: unknown confirmation", "bad-token",
-                               done=f"token {token[:8]}…: unknown, used or for another list")
+                               done=f"token {token[:8]}…: unknown, used, for another list or owner")
         if row["expires"] < self.now:
             return self.notice(answer_to, f"{self.post_address}: confirmation expired", "expired-token",
                                done=f"token {token[:8]}…: expired")
         if row["action"] in ("moderate", "approve-subscribe"):
-            return self.moderate(row, lines)
+            return self.moderate(row, command, words)
         self.use(token)
+        if command in ("reject", "discard"):         # "no" to a confirmation: nothing is done
+            return self.notice(answer_to, f"{self.post_address}: cancelled", "done",
+                               {"lines": f"  The request ({row['action']} {row['address']}) is cancelled."},
+                               done=f"token {token[:8]}…: {row['action']} cancelled")
+        if row["action"] == "set-option":
+            return self.confirmed_option(row)
+        if row["action"] == "owner-command":
+            return self.owner_confirmed(row)
         confirmed = {"reenable": self.reenable, "unsubscribe": self.remove_member}.get(row["action"]) \
             or (self.ask_owners_to_approve if self.list["subscribe_policy"] == "confirm+approve"
                 else self.add_member)
@@ -5893,72 +6778,163 @@ class Requests:
                 raise TryLater("the token was used concurrently")
         self.change(mark)
 
-    def moderate(self, row, lines):
-        """approve / reject [reason] / discard, from a moderator only."""
-        passphrase = take_approved(self.ctx)
-        stored, moderators = self.list["passphrase_hash"], {o.lower() for o in owners_of(self.list)}
-        senders = addresses_in(self.ctx.msg.get_all("From")) + ([self.ctx.sender] if self.ctx.sender else [])
-        if not (any(s.lower() in moderators for s in senders)
-                or (passphrase and stored and check_passphrase(passphrase, stored))):
-            return self.notice(senders[:1], f"{self.post_address}: not a moderator", "not-moderator",
-                               done=f"moderation by {(senders or ['?'])[0]} refused: not a moderator")
-        verbs = ("approve", "reject", "discard")
-        decision = next((c for c in map(parse_command, lines) if c and c[0] in verbs), None)
-        if decision is None:
-            return self.notice(senders[:1], f"{self.post_address}: what should happen?",
-                               "held" if row["action"] == "moderate" else "approve-subscribe",
-                               {"token": row["token"], "address": row["address"],
-                                "reason": "(see the first notice)",
-                                "from_addr": "", "subject": "", "size": "?", "excerpt": "", "days": ""},
-                               done="moderation reply without approve, reject or discard")
-        verb, words = decision
-        reason = " ".join(w for w in words if w != row["token"]) or "no reason given"
-        self.use(row["token"])
+    def confirmed_option(self, row):
+        """A member's confirmed option change: done, and the member told."""
+        try:
+            option, value = json.loads(row["command"])
+            assert (option, value == "on") in CONFIRMED_OPTION_CHANGES and value in ("on", "off")
+        except (ValueError, TypeError, AssertionError):
+            return self.done.append(f"set-option token {row['token'][:8]}…: unreadable, nothing done")
+        member = self.store.q("member_options", self.list["id"], row["address"]).fetchone()
+        if member is None:
+            return self.notice([row["address"]], f"{self.post_address}: not subscribed", "not-member",
+                               {"address": row["address"]}, done=f"set {option} for {row['address']}: gone")
+        self.apply_option(row["address"], member, option, value == "on")
+
+    def may_moderate(self):
+        """The sender is on the moderation team, or the message carries the list's passphrase."""
+        if self._passphrase is False:
+            self._passphrase = take_approved(self.ctx) if self.ctx.msg is not None else None
+        stored = self.list["passphrase_hash"]
+        return self.is_moderator or bool(self._passphrase and stored
+                                         and check_passphrase(self._passphrase, stored))
+
+    def moderate(self, row, command="confirm", words=()):
+        """approve [always] / reject [reason] / discard, from the moderation team only.  A bare
+        confirm (a reply without a verb) gets the whole notice again, links and all."""
+        if not self.may_moderate():
+            return self.notice([self.sender], f"{self.post_address}: not a moderator", "not-moderator",
+                               done=f"moderation by {self.sender} refused: not a moderator")
+        token = row["token"]
+        decisions = [c for c in map(parse_command, self.lines)
+                     if c and c[0] in MODERATION_VERBS and token_in(c[1]) in (None, token)]
+        if command not in MODERATION_VERBS:
+            command, words = decisions[0] if decisions else (None, ())
+        if command is None:
+            self.done.append("moderation reply without approve, reject or discard: the notice sent again")
+            if row["action"] == "approve-subscribe":
+                return send_join_request(self.notices, [self.sender], row["address"], token, row["expires"])
+            held = self.store.held(row["held_id"])
+            return held and send_held_notice(self.notices, [self.sender], held, token)
+        rest = [w for w in words if token_in([w]) != token]
+        reason = " ".join(rest) or next((" ".join(w for w in ws if token_in([w]) != token)
+                                         for c, ws in decisions if c == "reject" and len(ws) > 1), "")
+        self.use(token)
         if row["action"] == "approve-subscribe":
-            if verb == "approve":
-                return self.add_member(row["address"])
-            if verb == "reject":
-                self.notice([row["address"]], f"{self.post_address}: request declined",
-                            "rejected-subscribe", {"reason": reason})
-            self.done.append(f"subscription of {row['address']}: {verb}")
-            return
-        if verb == "approve":
-            self.approve_held = row["held_id"]
-            self.done.append(f"held post {row['held_id']} approved by email")
-            return
+            return self.decide_join(row["address"], command, reason or "no reason given")
         held = self.store.held(row["held_id"])
-        if held is not None:
-            self.done.append(drop_held(held, self.notices, self.ctx.changes, verb == "reject", reason))
+        if held is None:
+            return self.notice([self.sender], f"{self.post_address}: done", "done",
+                               {"lines": "  That held post is gone (decided or expired)."})
+        what = f"Held post {held['id']} from {held['from_addr'] or held['sender'] or '?'}, " \
+               f"\"{one_line(held['subject'], 80)}\":"
+        if command == "approve":
+            self.approve_held.append(held["id"])
+            always = always_accept(self.store, self.list, held["from_addr"] or held["sender"],
+                                   self.ctx.changes) if [w.lower() for w in rest][:1] == ["always"] else ""
+            wanted = [w.lower() for w in rest][:1] == ["always"]
+            lines = [f"  {what} approved; it goes to the members now."] + [f"  {always}."] * bool(always) \
+                + ["  (Always accepting the sender does not apply: not held as a non-member or as a"
+                   " moderated member.)"] * (wanted and not always)
+            self.done.append(f"held post {held['id']} approved by email" + (f"; {always}" if always else ""))
+        else:
+            self.done.append(drop_held(held, self.notices, self.ctx.changes, command == "reject",
+                                       reason or "no reason given"))
+            lines = [f"  {what} {'rejected, the sender is told why' if command == 'reject' else 'dropped'}."]
+        self.notice([self.sender], f"{self.post_address}: {command}", "done", {"lines": "\n".join(lines)})
 
+    def decide_join(self, address, verb, reason):
+        if verb == "approve":
+            self.add_member(address)
+        elif verb == "reject":
+            self.notice([address], f"{self.post_address}: request declined", "rejected-subscribe",
+                        {"reason": reason})
+        self.done.append(f"subscription of {address}: {verb}")
+        outcome = {"approve": "subscribed.", "reject": "declined, and told why.",
+                   "discard": "request dropped."}
+        self.notice([self.sender], f"{self.post_address}: {verb}", "done",
+                    {"lines": f"  {address} asked to join: {outcome[verb]}"})
 
-def tell_owners(notices, verb, addresses):
-    """With the list's notify_owners on, one notice to the owners that
-    ``addresses`` joined or left (verb "joined" / "left")."""
-    owners = owners_of(notices.list)
-    if notices.list["notify_owners"] and owners and addresses:
-        shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
-        notices.send(owners, f"{list_address(notices.list)}: {shown} {verb}", "membership-change",
-                     {"verb": verb, "addresses": "\n".join("  " + a for a in addresses)},
-                     limit=False, auto="auto-generated")
+    # Owners ------------------------------------------------------------------
 
+    def owner_action(self, command, words):
+        """invite / remove ADDRESS..., ban / unban PATTERN..., set SETTING VALUE from an owner:
+        checked now (the answer names every problem), carried out only once the owner confirms
+        (confirm_actions sends one confirmation for the whole message)."""
+        if not self.is_owner:
+            return self.not_owner(command)
+        m = re.match(r"\s*\S+\s+\S+\s?(.*)", self.line) if command == "set" else None
+        room = MAX_OWNER_ITEMS - sum(len(a.get("items", ())) for a in self.actions)
+        action, problems = plan_owner_action(self.list, command, words, m.group(1).strip() if m else "", room)
+        if action:
+            self.actions.append(action)
+        lines = ([f"  {describe_action(action)}: waits for your confirmation."] if action else []) + \
+            [f"  {p}" for p in problems]
+        self.notice([self.sender], f"{self.post_address}: {command}", "done", {"lines": "\n".join(lines)},
+                    aside=not problems,
+                    done=f"{command} by {self.sender}: " + ("; ".join(problems) or "to be confirmed"))
 
-def drop_held(held, notices, changes, notify, reason):
-    """Plan the removal of the held post ``held`` (a change in ``changes``); with ``notify``, a
-    notice (into ``notices``) tells its sender why, unless [commands] notify_rejected is off or the
-    sender is a robot.  Returns what was done, for the log."""
-    changes.append(lambda db: db.execute(SQL["delete_held"], (held["id"],)))
-    to = held["from_addr"] or held["sender"]
-    if notify and to and notices.config.flag("commands", "notify_rejected") and not \
-            is_robot(RawMessage(held["raw"]), held["sender"] or None):
-        notices.send([to], f"{list_address(notices.list)}: your post was not distributed", "rejected-post",
-                     {"subject": one_line(held["subject"]), "reason": one_line(reason, 500)})
-    return f"held post {held['id']} {'rejected' if notify else 'discarded'}"
+    def not_owner(self, command):
+        self.notice([self.sender], f"{self.post_address}: for the owners", "not-owner", {"command": command},
+                    done=f"{command} from {self.sender} refused: not an owner")
+
+    def confirm_actions(self):
+        """One confirmation to the owner for every change of this message (an 'owner-command'
+        token bound to the list, the owner's address and these actions, as checked JSON); at most
+        5 x [commands] max_replies unanswered ones a day (a forger could fill a smaller cap)."""
+        owner, day = self.sender, self.now - 86400
+        if self.store.q("owner_requests_today", self.list["id"], owner, day).fetchone()[0] >= \
+                5 * self.config.number("commands", "max_replies"):
+            return self.notice([owner], f"{self.post_address}: not done", "done",
+                               {"lines": "  Nothing was done: too many confirmations went to you today."},
+                               done=f"owner changes by {owner} ignored: too many confirmations today")
+        expiry = self.config.duration("commands", "confirm_expiry")
+        token = add_pending(self.ctx.changes, self.list, owner, "owner-command", self.now, expiry,
+                            command=json.dumps(self.actions))
+        link = mailto(list_address(self.list, "-request"), f"confirm {token}")
+        confirm = list_address(self.list, f"-confirm+{token}")
+        self.notice([owner], f"confirm {token} ({len(self.actions)} change(s) to {self.post_address})",
+                    "owner-confirm", {"actions": "\n".join("  " + describe_action(a) for a in self.actions),
+                                      "link": link, "days": f"{expiry / 86400:g}"},
+                    limit=False, reply_to=confirm, links=[("confirm", link)],
+                    done=f"{len(self.actions)} changes wait for {owner}'s confirmation")
+
+    def owner_confirmed(self, row):
+        """The owner confirmed: carry out the stored actions; the answer says what was done."""
+        try:
+            actions = json.loads(row["command"] or "[]")
+            assert isinstance(actions, list) and all(isinstance(a, dict) for a in actions)
+        except (ValueError, AssertionError):
+            actions = []
+        lines = apply_owner_actions(self.store, self.config, self.list, self.notices, self.ctx.changes,
+                                    actions, self.now, self.after_commit)
+        self.done += [line.strip() for line in lines]
+        self.notice([self.sender], f"{self.post_address}: done", "done",
+                    {"lines": "\n".join(lines) or "  Nothing to do."})
+
+    def owner_report(self, command):
+        """who, held, pending, bounces, show: to the owner's own address at once (held: to a
+        moderator's too); admin: the web admin's sign-in link (signin_link), to that address."""
+        if not (self.is_owner or (command == "held" and self.is_moderator)):
+            return self.not_owner(command)
+        if command == "admin":              # the web admin's sign-in link, to the owner's own address
+            link = signin_link(self.config, self.store.verp_key, self.list, self.sender)
+            if not link:
+                return self.notice([self.sender], f"{self.post_address}: admin", "admin-unavailable",
+                                   done=f"admin for {self.sender}: no [web] base_url")
+            minutes = f"{self.config.duration('web', 'link_max_age') / 60:g}"
+            return self.notice([self.sender], f"{self.post_address}: sign in to the web admin", "admin-link",
+                               {"address": self.sender, "link": link, "minutes": minutes},
+                               done=f"admin: a sign-in link sent to {self.sender}")
+        report, links = list_report(self.store, self.config, self.list, command, self.ctx.changes, self.now)
+        self.notice([self.sender], f"{self.post_address}: {command}", "owner-report", {"report": report},
+                    links=links, done=f"{command} sent to {self.sender}")
 
 
 # ---------------------------------------------------------------------------
-# 15. The queue chain
+# 17. The queue chain
 # Owns: the queue filters in chain order (read ... archive) and finish_queue.
-# Calls: sections 2-14.
+# Calls: sections 2-16.
 # ---------------------------------------------------------------------------
 
 @chain_filter("message")
@@ -6223,7 +7199,7 @@ def commands(ctx):
     (-subscribe), -leave (-unsubscribe) and -confirm+TOKEN (see Requests), then end the chain:
     consumed.  Robots are never answered (RFC 3834).
     Reads role, token, msg, raw, sender; writes changes and outbox (committed here, together) and
-    approve_held (a held post a moderator approved by email: finish_queue releases it)."""
+    approve_held (held posts a moderator approved by email: finish_queue releases them)."""
     if ctx.role not in ("request", "join", "leave", "confirm"):
         return
     robot = is_robot(ctx.msg, ctx.sender)
@@ -6232,13 +7208,18 @@ def commands(ctx):
     sender = sender_address(ctx)
     if sender is None:
         raise Discard(f"mail to {ctx.recipient} with no address to answer")
-    req, lines = Requests(ctx, sender), command_lines(ctx.raw)
-    token = (ctx.token or "").lower()
+    lines = command_lines(ctx.raw)
+    req, token = Requests(ctx, sender, lines), (ctx.token or "").lower()
     {"join": lambda: req.subscribe(sender),
      "leave": lambda: req.leave_by_token(token) if token else req.unsubscribe(sender),
-     "confirm": lambda: req.confirm(token, lines)}.get(ctx.role, lambda: req.run(lines))()
+     "confirm": lambda: req.confirm(token)}.get(ctx.role, lambda: req.run(lines))()
     ctx.outbox.commit(ctx.store, ctx.config.spool, ctx.apply_changes)
     ctx.approve_held = req.approve_held
+    for after in req.after_commit if not ctx.outbox.dry_run else ():    # committed: never a retry
+        try:
+            after()
+        except Exception as e:
+            log.error("after %s: %s: %s", ctx.describe(), type(e).__name__, e)
     raise Consumed("; ".join(req.done) or "nothing to do")
 
 
@@ -6285,7 +7266,8 @@ def getsubscribers(ctx):
 @chain_filter("message", needs=("getsubscribers",))
 def access(ctx):
     """Decide whether the sender may post, by the list's access mode: open; subscribers (From,
-    Sender or envelope sender is a member); acl (an address or *@domain pattern in the list's acl);
+    Sender or envelope sender is a member, or in the list's acl); acl (an address or *@domain pattern
+    in the list's acl);
     passphrase (an Approved: header or first body line matches); moderated (everything is held).  A
     sender on the list's ban list is discarded first, whatever else; a correct passphrase always
     approves; Approved: is always stripped, so the passphrase never leaks.  Someone the mode does
@@ -6327,10 +7309,11 @@ def access(ctx):
         raise Hold("missing or wrong passphrase" if passphrase is not None or stored else "no passphrase set")
     if mode == "moderated":
         raise Hold("the list is moderated")
-    if mode == "subscribers" and not any(s.lower() in ctx.members for s in senders):
+    acl = lambda: [r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])]     # noqa: E731
+    if mode == "subscribers" and not any(s.lower() in ctx.members for s in senders) \
+            and not any(acl_allows(acl(), s) for s in senders):     # whom a moderator always accepts
         nonmember(ctx, shown, f"{shown} is not a member of the list")
-    elif mode == "acl" and not any(acl_allows([r["pattern"] for r in ctx.store.q("acl", ctx.list["id"])], s)
-                                   for s in senders):
+    elif mode == "acl" and not any(acl_allows(acl(), s) for s in senders):
         nonmember(ctx, shown, f"{shown} is not in the list's acl")
     limit, poster = ctx.list["max_posts_per_day"], ctx.poster["address"] if ctx.poster else shown
     if limit and ctx.store.q("posts_by", ctx.list["id"], poster, time.time() - 86400).fetchone()[0] >= limit:
@@ -6648,9 +7631,9 @@ def archive(ctx):
 
 
 # ---------------------------------------------------------------------------
-# 16. The content-filter chain
+# 18. The content-filter chain
 # Owns: out, whitelist, dnsbl, autoreply, quarantine.
-# Calls: sections 2-15.
+# Calls: sections 2-17.
 # ---------------------------------------------------------------------------
 
 # `redsky.py filter` runs [filter] filters as a stdin -> stdout content filter (proxsmtpd's
@@ -6954,9 +7937,9 @@ def quarantined(config):
 
 
 # ---------------------------------------------------------------------------
-# 17. The ledger and the send chain
+# 19. The ledger and the send chain
 # Owns: Ledger, the send filters singleinstance ... queuerunner, housekeeping, digests.
-# Calls: sections 2-16.
+# Calls: sections 2-18.
 # ---------------------------------------------------------------------------
 
 class Ledger:
@@ -7103,9 +8086,11 @@ def singleinstance(ctx):
 @chain_filter("send")
 def housekeeping(ctx):
     """Once per run: drop held posts older than [commands] held_expiry, and old tokens and traces;
-    resume members whose nomail --until passed; remind each list's moderators of posts waiting over
-    a day (at most once a day); then bounce_housekeeping, policy_alerts, unrecognised_summaries and
-    clean_spool.  Reads and writes only the store."""
+    resume members whose nomail --until passed; send each list's moderation team the daily summary
+    of the held posts and join requests waiting over a day, each with its one-tap links (as
+    Mailman's checkdbs; at most once a day, only to lists that have some); then
+    bounce_housekeeping, policy_alerts, unrecognised_summaries and clean_spool.  Reads and writes
+    only the store."""
     store, config, now = ctx.store, ctx.config, time.time()
     expired = store.q("expired_held", now - config.duration("commands", "held_expiry")).fetchall()
     with store.transaction() as db:
@@ -7126,19 +8111,18 @@ def housekeeping(ctx):
     store.vacuum()
     reminded = 0
     for list_row in [dict(r) for r in store.q("all_lists")]:
-        owners = owners_of(list_row)
-        if not owners or now - list_row["last_reminder"] < 86400:
+        team = moderation_team(list_row)
+        if not team or now - list_row["last_reminder"] < 86400:
             continue
-        waiting = store.q("held_waiting", list_row["id"], now - 86400).fetchall()
-        if not waiting:
+        waiting = store.q("held_waiting", list_row["id"], now - 86400, now).fetchall()
+        joins = store.q("join_requests", list_row["id"], now, now - 86400).fetchall()
+        if not waiting and not joins:
             continue
-        items = "\n".join(f"  {r['id']}. from {r['from_addr'] or r['sender'] or '?'}: "
-                          f"{one_line(r['subject'], 60)!r}\n"
-                          f"     {one_line(r['reason'], 100)}; token {r['token'] or '-'}" for r in waiting)
         outbox = Outbox()
+        items, links = moderation_items(store, config, list_row, outbox.changes, waiting, joins, now)
         Notices(store, config, list_row, outbox).send(
-            owners, f"{list_address(list_row)}: {len(waiting)} held post(s) waiting", "reminder",
-            {"items": items}, limit=False, auto="auto-generated")
+            team, f"{list_address(list_row)}: {len(waiting)} held post(s), {len(joins)} join request(s)"
+                  " waiting", "reminder", {"items": items}, limit=False, auto="auto-generated", links=links)
         outbox.commit(store, config.spool, lambda db, list_id=list_row["id"]: db.execute(
             SQL["set_last_reminder"], (now, list_id)))
         reminded += 1
@@ -7152,40 +8136,49 @@ def housekeeping(ctx):
 
 def bounce_housekeeping(store, config, now):
     """Members disabled by bounces get a warning with a re-enable token at once and every
-    warning_interval, up to you_are_disabled_warnings; the owners are told once.  After the last
-    warning, unanswered for another interval, the member is removed when [bounces]
-    remove_after_warnings says so.  Raw bounce messages older than keep_raw are pruned.  Returns
-    (members warned, members removed)."""
+    warning_interval, up to you_are_disabled_warnings.  After the last warning, unanswered for
+    another interval, the member is removed when [bounces] remove_after_warnings says so.  The
+    owners get one notice per list and run that names who was disabled (at the first warning) and
+    who removed, committed with those changes.  Raw bounce messages older than keep_raw are
+    pruned.  Returns (members warned, members removed)."""
     interval = config.duration("bounces", "warning_interval")
     limit = int(config.number("bounces", "you_are_disabled_warnings"))
-    warned = dropped = 0
+    remove, warned, dropped, by_list = config.flag("bounces", "remove_after_warnings"), 0, 0, {}
     for member in store.q("members_to_warn", now - interval).fetchall():
-        list_row = store.list_by_id(member["list_id"])
-        address, list_id = member["address"], list_row["id"]
-        if member["warnings"] >= limit:
-            if config.flag("bounces", "remove_after_warnings"):
-                with store.transaction() as db:
-                    db.execute(SQL["delete_member"], (list_id, address))
-                log.info("removed %s from %s after %d unanswered bounce warnings", address,
-                         list_address(list_row), limit)
-                dropped += 1
-            continue
-        outbox = Outbox()
+        by_list.setdefault(member["list_id"], []).append(member)
+    for list_id, members in by_list.items():
+        list_row, outbox, disabled, removed = store.list_by_id(list_id), Outbox(), [], []
         changes, notices = outbox.changes, Notices(store, config, list_row, outbox)
-        token = add_pending(changes, list_row, address, "reenable", now, interval * 2)
-        confirm = list_address(list_row, f"-confirm+{token}")
-        last = member["warnings"] + 1 >= limit
-        removal = ("This is the last warning: without a reply the address will be removed from the list.\n"
-                   if last and config.flag("bounces", "remove_after_warnings") else "")
-        notices.send([address], f"confirm {token}", "disabled",
-                     {"address": address, "confirm_address": confirm, "removal": removal},
-                     limit=False, reply_to=confirm, auto="auto-generated")
-        if member["warnings"] == 0 and owners_of(list_row):
-            notices.send(owners_of(list_row), f"{list_address(list_row)}: {address} disabled by bounces",
-                         "disabled-owner", {"address": address, "score": f"{member['bounce_score']:g}"},
-                         limit=False, auto="auto-generated")
-        outbox.commit(store, config.spool, lambda db: db.execute(SQL["warned"], (now, list_id, address)))
-        warned += 1
+        for member in members:
+            address = member["address"]
+            if member["warnings"] >= limit:
+                if remove:
+                    changes.append(lambda db, a=address: db.execute(SQL["delete_member"], (list_id, a)))
+                    removed.append(address)
+                continue
+            token = add_pending(changes, list_row, address, "reenable", now, interval * 2)
+            confirm = list_address(list_row, f"-confirm+{token}")
+            removal = ("This is the last warning: without a reply the address will be removed from the"
+                       " list.\n" if member["warnings"] + 1 >= limit and remove else "")
+            notices.send([address], f"confirm {token}", "disabled",
+                         {"address": address, "confirm_address": confirm, "removal": removal},
+                         limit=False, reply_to=confirm, auto="auto-generated")
+            changes.append(lambda db, a=address: db.execute(SQL["warned"], (now, list_id, a)))
+            disabled += [(address, member["bounce_score"])] * (member["warnings"] == 0)
+            warned += 1
+        shown = [f"{names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''} {what}"
+                 for names, what in (([a for a, _ in disabled], "disabled by bounces"),
+                                     (removed, "removed after bounces")) if names]
+        if shown and owners_of(list_row):
+            lines = [f"  {a}: disabled (bounce score {score:g})" for a, score in disabled] + \
+                [f"  {a}: removed after {limit} unanswered warnings" for a in removed]
+            notices.send(owners_of(list_row), f"{list_address(list_row)}: " + "; ".join(shown),
+                         "bounce-owner", {"lines": "\n".join(lines)}, limit=False, auto="auto-generated")
+        outbox.commit(store, config.spool)
+        dropped += len(removed)
+        for address in removed:
+            log.info("removed %s from %s after %d unanswered bounce warnings", address,
+                     list_address(list_row), limit)
     with store.transaction() as db:
         db.execute(SQL["prune_raw_bounces"], (now - config.duration("bounces", "keep_raw"),))
     return warned, dropped
@@ -7236,7 +8229,8 @@ def digester(ctx):
     """Issue each list's digest when it is due: its posts waiting in digest_posts reach the list's
     digest_size_threshold (KB), or digest_interval has passed since the last digest (since the
     oldest post, for the first).  The digest (build_digest, numbered Vol N by calendar year) is
-    queued for the enabled digest members; the list's numbering and the removal of the posts it
+    queued for the enabled digest members, in the format each chose (members.digest_format, else the
+    list's: one message per format, the same issue); the list's numbering and the removal of the posts it
     holds commit with it, so a post is in exactly one digest.
     Reads store (digest_posts, members, lists); writes the digests queued in the store."""
     now = time.time()
@@ -7246,7 +8240,10 @@ def digester(ctx):
         if (backlog["size"] < list_row["digest_size_threshold"] * 1024
                 and now - since < list_row["digest_interval"]):
             continue
-        recipients = [r[0] for r in ctx.store.q("digest_members", list_row["id"])]
+        formats = {}                            # a member's own format, else the list's
+        for address, chosen in ctx.store.q("digest_members", list_row["id"]):
+            formats.setdefault(chosen or list_row["digest_format"], []).append(address)
+        recipients = [a for addresses in formats.values() for a in addresses]
         volume, issue = list_row["digest_volume"], list_row["digest_issue"] + 1
         last = list_row["digest_last"]
         if last and time.gmtime(now).tm_year != time.gmtime(last).tm_year:
@@ -7255,14 +8252,16 @@ def digester(ctx):
         outbox, problems = Outbox(), []
         if recipients:
             try:
-                message_id, data = build_digest(list_row, posts, volume, issue, problems,
-                                                ctx.config.path_of("redsky", "templates"),
-                                                ctx.config.get("web", "base_url"))
+                for form in sorted(formats):
+                    message_id, data = build_digest({**list_row, "digest_format": form}, posts, volume, issue,
+                                                    problems, ctx.config.path_of("redsky", "templates"),
+                                                    ctx.config.get("web", "base_url"))
+                    outbox.add(list_row["id"], "post", message_id, data, formats[form])
             except Exception as e:              # one list's digest must never stop the deliveries
                 log.error("digest of %s cannot be built, will retry: %s: %s", list_address(list_row),
                           type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
                 continue
-            outbox.add(list_row["id"], "post", message_id, data, recipients)
+            problems = list(dict.fromkeys(problems))    # the same post, in each format
             if problems and owners_of(list_row):
                 Notices(ctx.store, ctx.config, list_row, outbox).send(
                     owners_of(list_row), f"{list_address(list_row)}: posts shown raw in a digest",
@@ -7462,20 +8461,52 @@ def clean_spool(config, store, older_than=3600):
 
 
 # ---------------------------------------------------------------------------
-# 18. The web
-# Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page, archive pages
-#       and search; `web`, CGI.
-# Calls: sections 2-17.
+# 20. The web
+# Owns: WebApp (WSGI `application`): one-click unsubscribe (RFC 8058), the subscribe page and its
+#       checks, archive pages and search; the web's budgets (client_network, web_budget); `web`, CGI.
+# Calls: sections 2-19.
 # ---------------------------------------------------------------------------
 
 WEB_MAX_BODY = 16 * 1024        # bytes of a request body; a larger one is refused (413)
-WEB_THREADS = 32                # requests `web --listen` serves at once
+WEB_FORM_MAX_BODY = 64 * 1024   # bytes of an owner's or a member's form (settings, many addresses)
 _LIST_PATH = re.compile(r"/([^/@\s]{1,64}@[^/@\s]{1,255})/(?:leave/([0-9a-fA-F]{16}))?")
 _ARCHIVE_PATH = re.compile(r"/archive/([^/@\s]{1,64}@[^/@\s]{1,255})/(|search|atom\.xml|index\.html"
                            r"|\d{4}-\d{2}\.(?:html|mbox)|\d{1,9}\.(?:html|eml)|thread/\d{1,9}\.(?:html|mbox)"
                            r"|att/[A-Za-z0-9._-]{1,120}|msgid/.{1,500})", re.S)
 PAGE_TYPES = {".html": "text/html; charset=utf-8", ".xml": "application/atom+xml; charset=utf-8",
               ".eml": "text/plain; charset=utf-8", ".mbox": "application/mbox"}
+WEB_PAGES = []                  # (compiled path pattern, handler) that later sections add (web_page)
+
+
+def web_page(pattern):
+    """Register ``handler(app, config, store, environ, method, match)`` for the paths ``pattern``
+    matches whole: pages the sections below this one add (signing in, the owner's and the member's
+    pages), which WebApp.route tries after its own."""
+    def register(handler):
+        WEB_PAGES.append((re.compile(pattern), handler))
+        return handler
+    return register
+
+
+def form_fields(body, kind):
+    """{name: value} of a POSTed form: urlencoded, or multipart (RFC 7578; RFC 8058 allows it, its
+    parts split once, in linear time); at most 20 fields, and a body with more gives none."""
+    from urllib.parse import parse_qsl
+    if "multipart/form-data" in kind:
+        boundary = re.search(r'boundary="?([^";\s]{1,70})', kind)
+        mark = b"--" + boundary.group(1).encode("latin-1", "replace") if boundary else None
+        fields = {}
+        for part in body.split(mark)[1:21] if mark else []:
+            head, _, value = part.partition(b"\r\n\r\n" if b"\r\n\r\n" in part else b"\n\n")
+            name = re.search(rb'(?im)^content-disposition:[^\r\n]*?\bname="([^"\r\n]{1,100})"', head)
+            if name:
+                fields[name.group(1).decode("utf-8", "replace")] = \
+                    value.rstrip(b"\r\n").decode("utf-8", "replace")[:1000]
+        return fields
+    try:
+        return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
+    except ValueError:                          # more fields than any form here has: none of them
+        return {}
 
 
 class WebApp:
@@ -7483,23 +8514,11 @@ class WebApp:
     /                        the lists with a public archive
     /LIST@DOMAIN/            the list's subscribe page (POST: start a double opt-in)
     /LIST@DOMAIN/leave/TOKEN one-click unsubscribe: POST leaves (RFC 8058), GET shows a button
-    /archive/LIST@DOMAIN/... the archive pages, and search?q=WORDS"""
+    /archive/LIST@DOMAIN/... the archive pages, and search?q=WORDS
+    and the pages later sections register (web_page): /manage/, /LIST@DOMAIN/admin/..."""
 
     def __init__(self, config=None):
         self.config = config
-        self.tokens = {}            # list id -> (member_set_version, {leave token: address}): member_of
-
-    def member_of(self, store, list_row, token):
-        """The member whose leave token is ``token``, or None.  Finding it takes an HMAC of every
-        member's address; a server that keeps running (`web`, WSGI) keeps the table until a member
-        joins or leaves, so that a flood of made-up tokens costs nothing each."""
-        version = tuple(store.q("member_set_version", list_row["id"]).fetchone())
-        if self.tokens.get(list_row["id"], (None,))[0] != version:
-            mac = leave_mac(store.verp_key, list_row)
-            self.tokens[list_row["id"]] = version, {leave_token(None, None, a, mac): a
-                                                    for a in member_addresses(store, list_row["id"])}
-        # str hashing is keyed per process: no timing oracle worth having
-        return self.tokens[list_row["id"]][1].get(token)
 
     def __call__(self, environ, start_response):
         try:
@@ -7539,32 +8558,28 @@ class WebApp:
                                         "413 Payload Too Large")
                 if m.group(2):
                     return self.leave(config, store, fields, method, list_row, m.group(2).lower())
-                return self.subscribe(config, store, fields, method, list_row)
-            if _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/"):
-                return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
-                                    [("Location", environ.get("SCRIPT_NAME", "") + path + "/")])
+                return self.subscribe(config, store, environ, fields, method, list_row)
+            for pattern, handler in WEB_PAGES:
+                m = pattern.fullmatch(path)
+                if m:
+                    return handler(self, config, store, environ, method, m)
+            m = _ARCHIVE_PATH.fullmatch(path + "/") or _LIST_PATH.fullmatch(path + "/")
+            list_row = store.list_by_address(m.group(1)) if m else None
+            if list_row:                # the list's own address, never the path as the client wrote it
+                return redirect(list_address(list_row).lower())
             if path == "/" and method != "POST":
-                items = "".join(f'<li><a href="{esc(list_address(r).lower())}/">{esc(list_address(r))}</a> '
-                                f'<a href="archive/{esc(list_address(r).lower())}/">archive</a></li>'
-                                for r in store.q("all_lists") if r["archive"] == "public")
-                return page("Mailing lists", f"<h1>Mailing lists</h1><ul>{items}</ul>")
+                return front_page(store)
             return not_found()
         finally:
             store.close()
 
     @staticmethod
     def form(environ):
-        """The POSTed urlencoded (or multipart) body as {name: value}; None if too large."""
-        from urllib.parse import parse_qsl
+        """The POSTed form (form_fields); None if too large."""
         length = environ.get("CONTENT_LENGTH") or "0"
         if not re.fullmatch(r"\d{1,9}", length) or int(length) > WEB_MAX_BODY:
             return None
-        body = environ["wsgi.input"].read(int(length))
-        if b"multipart/form-data" in environ.get("CONTENT_TYPE", "").encode("latin-1", "replace"):
-            # RFC 8058 allows it: each part is 'name="NAME"' CRLF CRLF 'VALUE'
-            return {m.group(1).decode(): m.group(2).decode("utf-8", "replace") for m in re.finditer(
-                rb'name="([^"\r\n]{1,100})"[^\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{0,1000})', body)}
-        return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
+        return form_fields(environ["wsgi.input"].read(int(length)), environ.get("CONTENT_TYPE", ""))
 
     def leave(self, config, store, fields, method, list_row, token):
         """RFC 8058: POST with List-Unsubscribe=One-Click leaves at once, and every answer (a
@@ -7575,36 +8590,99 @@ class WebApp:
             return page(f"Leave {list_address(list_row)}", (
                 f"<h1>Leave {name}</h1>\n<form method=\"post\"><input type=\"hidden\""
                 f" name=\"List-Unsubscribe\" value=\"One-Click\"><button>Unsubscribe me from {name}</button>"
-                "</form>"))
+                "</form>\n<p>Or keep it and change how you get it (digests, no mail for a while):"
+                ' <a href="../../../manage/">manage my subscription</a>.</p>'))
         if fields.get("List-Unsubscribe") != "One-Click":
             return message_page("Not understood", "Use the button on this page.", "400 Bad Request")
-        member = self.member_of(store, list_row, token)
+        member = leave_member(store, list_row, token)
         if member is not None:
             web_request(config, store, list_row, member, "leave", lambda req: req.remove_member(member))
         return message_page(f"Left {list_address(list_row)}",
                             f"You are no longer subscribed to {list_address(list_row)}.")
 
-    def subscribe(self, config, store, fields, method, list_row):
-        """The list's page; a POSTed address gets the same confirmation as
-        mail to LIST-join@ (rate limits, ban list and policy included), and
-        the answer is the same whatever the address's state."""
-        closed = list_row["subscribe_policy"] == "closed"
-        if method == "POST" and not closed:
-            address = (fields.get("address") or "").strip()
-            if not valid_address(address) or len(address) > 254:
-                return message_page("Not an address", "Please give an email address.", "400 Bad Request")
-            web_request(config, store, list_row, address, "join", lambda req: req.subscribe(address))
-            return message_page(f"Subscribing to {list_address(list_row)}", f"If {address} can join "
-                                f"{list_address(list_row)}, a message is on its way to it: reply to it (or"
-                                " follow what it says) to finish.")
-        archive = f'<p><a href="../archive/{esc(list_address(list_row).lower())}/">The archive</a></p>' \
+    def subscribe(self, config, store, environ, fields, method, list_row):
+        """The list's page and its form.  A POSTed address gets the same confirmation as mail to
+        LIST-join@ (rate limits, ban list and policy included) if the form passes every check
+        (subscribe_checks); the answer is the same whatever the address's state and whatever
+        check failed, but for the errors a person can put right: not an address, the wrong answer
+        to the owners' question, a form sent back too fast or too late ("please try again")."""
+        client = client_network(config, environ)
+        if method != "POST" or list_row["subscribe_policy"] == "closed":
+            return self.subscribe_page(store, list_row, client)
+        address = (fields.get("address") or "").strip()
+        if not valid_address(address) or len(address) > 254:
+            return self.subscribe_page(store, list_row, client, "Please give an email address.", address)
+        address = normalize_address(address)        # the one form the ban list and members know
+        error = self.subscribe_checks(config, store, client, fields, list_row, address)
+        if error:
+            return self.subscribe_page(store, list_row, client, error, address)
+        return message_page(f"Subscribing to {list_address(list_row)}", f"If {address} can join "
+                            f"{list_address(list_row)}, a message is on its way to it: reply to it (or"
+                            " follow what it says) to finish.")
+
+    def subscribe_checks(self, config, store, client, fields, list_row, address):
+        """Start the double opt-in for a POSTed form that passes every check, else nothing: the
+        form's signed token ("form", sign_token) is for this list and this client's network
+        (client_network: a token fetched elsewhere, by a script that has visitors send it, does not
+        count), at least [web] form_min_age old and at most form_max_age, and taken once only; the
+        field a person never fills ("website") is empty; the answer is one of the list's
+        subscribe_answers; and the client's network, the list's hour and the list's day ([web]
+        subscribe_per_client, _per_list, _per_day) have room.  Returns the error a person can put
+        right, else ""."""
+        now, name = time.time(), list_address(list_row)
+        verdict, nonce = check_token(store.verp_key, "subscribe", name, client, fields.get("form"), now,
+                                     config.duration("web", "form_max_age"),
+                                     config.duration("web", "form_min_age"))
+        if verdict != "ok":
+            log.info("web: subscribe to %s from %s: form %s", name, client, verdict)
+            return "Please try again: " + ("that was quicker than a person fills in a form." if verdict ==
+                                           "young" else "the form was too old, or not this page's.")
+        per_client = (f"subscribe client {client}", config.number("web", "subscribe_per_client"), 3600)
+        answers = [" ".join(a.split()).casefold() for a in list_row["subscribe_answers"].split("|")
+                   if a.strip()]
+        wrong = list_row["subscribe_question"] and answers and \
+            " ".join((fields.get("answer") or "").split()).casefold() not in answers
+        if fields.get("website") or wrong:            # a robot filled the field every person leaves empty
+            over = web_budget(store, now, [per_client])
+            log.info("web: subscribe to %s from %s refused: %s", name, client,
+                     "a wrong answer" if wrong else "the empty field filled")
+            return "That is not the answer to the question; please try again." if wrong and not over else ""
+        day = (f"subscribe day {list_row['id']}", config.number("web", "subscribe_per_day"), 86400)
+        per_list = (f"subscribe list {list_row['id']}", config.number("web", "subscribe_per_list"), 3600)
+        once = (f"form {nonce}", 1, config.duration("web", "form_max_age"))     # a form is taken once
+        refused = web_budget(store, now, [per_client, day, per_list, once])
+        if refused:
+            log.info("web: subscribe to %s from %s refused: no room in %s", name, client, refused)
+            if refused == day[0]:
+                tell_owners_of_cap(config, store, list_row, now, int(day[1]))
+            return ""
+        web_request(config, store, list_row, address, "join", lambda req: req.subscribe(address), client)
+        return ""
+
+    def subscribe_page(self, store, list_row, client, error="", address=""):
+        """The list's page: its description, and the form (none when the list is closed) with a
+        fresh signed token for the client's network, the owners' question, and a field a person
+        leaves empty, which the stylesheet hides from sight (not from screen readers: its label
+        says to leave it empty)."""
+        name, question = list_address(list_row), list_row["subscribe_question"]
+        archive = f'<a href="../archive/{esc(name.lower())}/">The archive</a> ' \
             if list_row["archive"] == "public" else ""
-        return page(list_address(list_row), (
-            f"<h1>{esc(list_address(list_row))}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
-            + ("<p>This list takes no new members.</p>" if closed else
-               "<form method=\"post\"><label>Your email address <input type=\"email\" name=\"address\""
-               " required></label> <button>Subscribe</button></form>\n"
-               "<p><small>You will get a message asking you to confirm.</small></p>") + archive))
+        archive = (f'<nav aria-label="This list"><p>{archive}<a href="../manage/">Manage my subscription</a>'
+                   ' <a href="admin/">For the owners</a></p></nav>')
+        asked = (f'<p><label>{esc(question)} <input name="answer" required autocomplete="off"></label></p>\n'
+                 if question and list_row["subscribe_answers"] else "")
+        form = (f'<form method="post"><input type="hidden" name="form"'
+                f' value="{sign_token(store.verp_key, "subscribe", name, client)}">\n'
+                f'<p><label>Your email address <input type="email" name="address" value="{esc(address)}"'
+                f' required></label></p>\n{asked}'
+                '<p class="hp"><label>Leave this empty <input name="website" tabindex="-1"'
+                ' autocomplete="off"></label></p>\n<button>Subscribe</button></form>\n'
+                "<p><small>You will get a message asking you to confirm.</small></p>")
+        return page(name, (
+            f"<h1>{esc(name)}</h1>\n<p>{esc(list_row.get('description') or '')}</p>\n"
+            + (f'<p role="alert"><strong>{esc(error)}</strong></p>\n' if error else "")
+            + ("<p>This list takes no new members.</p>" if list_row["subscribe_policy"] == "closed"
+               else form) + archive), "400 Bad Request" if error else "200 OK")
 
     def archive(self, config, store, environ, method, address, name):
         """A public archive's pages and files as [web] pages holds them; search; msgid/ID."""
@@ -7612,6 +8690,9 @@ class WebApp:
         if list_row is None or list_row["archive"] != "public" or method == "POST":
             return not_found()
         if name == "search":
+            if search_refused(config, store, environ):          # issue 29.7: a budget per client
+                return message_page("Too many searches", "Please wait a minute.", "429 Too Many Requests",
+                                    [("Retry-After", "60")])
             return search_page(config, store, list_row, environ.get("QUERY_STRING", ""))
         if name.startswith("msgid/"):
             return by_message_id(store, list_row, name[6:], config.get("web", "base_url").rstrip("/")
@@ -7785,8 +8866,26 @@ def by_message_id(store, list_row, written, root):
 
 
 def page(title, html, status="200 OK", headers=()):
-    """An HTML answer of WebApp.route: (status, body, None for HTML, more headers)."""
-    return status, html_page(title, html), None, list(headers)
+    """An HTML answer of WebApp.route: (status, body, None for HTML, more headers); the body is the
+    page's <main> (unless ``html`` has its own)."""
+    return status, html_page(title, html if "<main" in html else f"<main>\n{html}\n</main>"), None, \
+        list(headers)
+
+
+def front_page(store):
+    """/: every list its owners advertise (the setting advertised), with its description and
+    whether its archive is public; the others are not named."""
+    items = []
+    for r in store.q("all_lists"):
+        if r["advertised"]:
+            name = list_address(r)
+            archive = {"public": f' <a href="archive/{esc(name.lower())}/">archive</a> (public)',
+                       "private": " (the archive is for members)"}.get(r["archive"], "")
+            about = f"<br><small>{esc(r['description'])}</small>" if r["description"] else ""
+            items.append(f'<li><a href="{esc(name.lower())}/">{esc(name)}</a>{archive}{about}</li>')
+    return page("Mailing lists", "<h1>Mailing lists</h1>\n"
+                + (f"<ul>{''.join(items)}</ul>" if items else "<p>No list is listed here.</p>")
+                + '\n<p><a href="manage/">Manage my subscriptions</a></p>')
 
 
 def message_page(title, text, status="200 OK", headers=()):
@@ -7797,71 +8896,754 @@ def not_found():
     return message_page("Not found", "There is no such page here.", "404 Not Found")
 
 
-def web_request(config, store, list_row, address, role, action):
+def redirect(name):
+    """301 to the folder ``name`` (a list address, looked up) beside the requested path: the
+    relative reference ./NAME/, made only of what the route found, never of the path as the client
+    spelled it, so that no spelling (backslashes, //, tabs, encoded forms) sends a browser to
+    another host, and it holds under any base_url or proxy prefix."""
+    from urllib.parse import quote
+    target = f"./{quote(name, safe='@.+_-')}/"
+    if not re.fullmatch(r"\./(?!\.)[A-Za-z0-9@.+_%-]+/", target):
+        return not_found()
+    return message_page("Moved", "See the address with a slash.", "301 Moved Permanently",
+                        [("Location", target)])
+
+
+def client_network(config, environ):
+    """What a budget counts a client as: its IPv4 address, or its IPv6 /64 (what one customer gets);
+    "unknown" without either.  A client among [web] trusted_proxies is a proxy: then the client is
+    the last address of X-Forwarded-For that is not one (each proxy appends the address it saw)."""
+    import ipaddress
+    proxies = []
+    for net in config.get("web", "trusted_proxies").replace(",", " ").split():
+        try:
+            proxies.append(ipaddress.ip_network(net, strict=False))
+        except ValueError:
+            raise ConfigError(f"[web] trusted_proxies: {net!r} is not a network")
+    forwarded = [hop for hop in environ.get("HTTP_X_FORWARDED_FOR", "")[-1000:].split(",") if hop.strip()]
+    ip = None
+    for hop in [environ.get("REMOTE_ADDR", "")] + forwarded[::-1]:
+        try:
+            ip = ipaddress.ip_address(hop.strip().strip("[]").split("%")[0])
+            ip = ip.ipv4_mapped or ip if ip.version == 6 else ip     # ::ffff:127.0.0.1 is 127.0.0.1
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip in net for net in proxies):
+            break
+    if ip is None:
+        return "unknown"
+    return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def web_budget(store, now, budgets):
+    """Count one request against each of ``budgets`` ((key, limit, seconds): at most ``limit``
+    requests in a window of that many seconds from the first; limit 0: no limit), all or none:
+    returns the key of the first that has no room left (nothing is counted), else None.  Kept in
+    the database, so that the CGI's process per request and a running `web` count together."""
+    budgets = [b for b in budgets if b[1] > 0]
+    if not budgets:
+        return None
+    with store.transaction():
+        return _count_budgets(store, now, budgets)
+
+
+def _count_budgets(store, now, budgets):
+    """web_budget inside the caller's transaction."""
+    store.q("budget_prune", now)
+    counted = []
+    for key, limit, seconds in budgets:
+        row = store.q("budget_get", key).fetchone()
+        count, since = (row[0], row[1]) if row and row[1] > now - seconds else (0, now)
+        if count >= limit:
+            return key
+        counted.append((key, count + 1, since, since + seconds))
+    for row in counted:
+        store.q("budget_put", *row)
+    return None
+
+
+def search_refused(config, store, environ):
+    """Whether the client's network has used its searches of the minute ([web] search_per_client).
+    A budget the database cannot count now (locked) refuses nobody."""
+    store.relax()                               # a count worth no extra fsync
+    try:
+        return web_budget(store, time.time(), [(f"search client {client_network(config, environ)}",
+                                                config.number("web", "search_per_client"), 60)]) is not None
+    except StoreError as e:
+        log.warning("web: search budget not counted: %s", e)
+        return False
+
+
+class _ToldToday(Exception):
+    pass
+
+
+def tell_owners_of_cap(config, store, list_row, now, cap):
+    """Tell the owners, once a day, that the list's subscribe form reached [web] subscribe_per_day."""
+    owners, outbox = owners_of(list_row), Outbox()
+    if not owners:
+        return
+    Notices(store, config, list_row, outbox).send(
+        owners, f"{list_address(list_row)}: the subscribe form reached its daily limit", "web-cap",
+        {"cap": str(cap)}, limit=False, auto="auto-generated")
+
+    def once_a_day(db):
+        if _count_budgets(store, now, [(f"subscribe day told {list_row['id']}", 1, 86400)]):
+            raise _ToldToday
+    try:
+        outbox.commit(store, config.spool, once_a_day)
+        log.warning("web: the subscribe form of %s reached [web] subscribe_per_day (%d); owners told",
+                    list_address(list_row), cap)
+    except _ToldToday:
+        pass
+
+
+def web_request(config, store, list_row, address, role, action, client=""):
     """Do what mail to LIST-join@ or a LIST-leave+TOKEN@ would (Requests),
     committed with its notices, and keep a trace for `trace`."""
     ctx = Context(config, store)
     ctx.list, ctx.role, ctx.sender = list_row, role, address
     ctx.recipient = list_address(list_row, f"-{role}")
+    ctx.client_address = client or None
     req = Requests(ctx, address)
     action(req)
     ctx.outbox.commit(store, config.spool, ctx.apply_changes)
     ctx.outcome, ctx.outcome_reason = "web", "; ".join(req.done) or "nothing to do"
-    log.info("web: %s %s: %s", role, list_address(list_row), ctx.outcome_reason)
+    log.info("web: %s %s%s: %s", role, list_address(list_row), f" from {client}" if client else "",
+             ctx.outcome_reason)
     store_event(ctx)
 
 
 application = WebApp()
 
 
-def cmd_web(args, config):
-    """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM."""
-    import contextlib
-    import signal
-    import socketserver
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+# ---------------------------------------------------------------------------
+# 21. The web server
+# Owns: `web --listen` (an event loop that reads whole requests under one deadline, a share per
+#       peer, workers that run the WSGI app, strict HTTP), the CGI entry, and where a server listens
+#       and who its peer is (for `lmtp` too).
+# Calls: sections 2-20.
+# ---------------------------------------------------------------------------
 
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads, request_queue_size = True, 128
-        slots = threading.BoundedSemaphore(WEB_THREADS)
+# Where to listen, and who is at the other end (`web --listen`, `lmtp --listen`) --------------
 
-        def process_request(self, request, client_address):
-            self.slots.acquire()            # past WEB_THREADS clients, the next waits to be accepted
-            super().process_request(request, client_address)
+def parse_listen(text, unix=False):
+    """--listen as (host, port): HOST:PORT, [IPV6]:PORT, or :PORT for 127.0.0.1; with ``unix`` also
+    unix:PATH, as ("unix", PATH).  Anything else is a usage error (64), for `web` and `lmtp` alike."""
+    import socket
+    usage = "HOST:PORT or [IPV6]:PORT" + (" or unix:PATH" if unix else "")
+    if unix and text.startswith("unix:") and len(text) > 5:
+        return "unix", text[5:]
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]{2,45})\]|([A-Za-z0-9.-]{0,253})):(\d{1,5})", text)
+    ok = m and 0 < int(m.group(3)) < 65536
+    if ok and m.group(1):
+        try:
+            socket.inet_pton(socket.AF_INET6, m.group(1))
+        except OSError:
+            ok = False
+    if not ok:
+        raise Failure(f"--listen {text}: use {usage}", EX_USAGE)
+    return m.group(1) or m.group(2) or "127.0.0.1", int(m.group(3))
 
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.slots.release()
 
-    class Handler(WSGIRequestHandler):
-        timeout = config.duration("web", "timeout")
+def peer_of(sock, address):
+    """Who is at the other end of an accepted connection, as a key for per-peer limits: the IPv4
+    address or the IPv6 /64; on loopback or a Unix socket the local user instead (Linux tells whose
+    process it is), so that a proxy or an MTA on this host and another user's processes are
+    different peers, and one user gains nothing from 127.0.0.2, 127.0.0.3 …"""
+    if isinstance(address, tuple):
+        host = address[0].split("%")[0]
+        if host[:7].lower() == "::ffff:" and "." in host:
+            host = host[7:]                             # an IPv4 client of an IPv6 socket
+        if ":" not in host:
+            if not host.startswith("127."):
+                return host
+        else:
+            import ipaddress
+            ip = ipaddress.ip_address(host)
+            if not ip.is_loopback:
+                return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    uid = _peer_uid(sock, address if isinstance(address, tuple) else None)
+    if uid is not None:
+        return f"local uid {uid}"
+    return host if isinstance(address, tuple) else "local"
 
-        def log_message(self, fmt, *values):
-            log.info("web: %s %s", self.client_address[0], fmt % values)
 
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit():
-        raise Failure(f"--listen {args.listen}: use HOST:PORT", EX_USAGE)
+def _peer_uid(sock, address):
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED) or of a loopback TCP
+    connection (one sock_diag query for exactly that connection: /proc/net/tcp would cost a read of
+    every socket, TIME_WAIT ones included), or None where the system does not say."""
+    import socket
+    import struct
     try:
-        server = make_server(host.strip("[]") or "127.0.0.1", int(port), WebApp(config), Server, Handler)
+        if address is None:
+            return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        family, ours, theirs = sock.family, sock.getsockname(), sock.getpeername()
+
+        def packed(ip):
+            if family == socket.AF_INET:
+                return socket.inet_aton(ip) + bytes(12)
+            return socket.inet_pton(socket.AF_INET6, ip.split("%")[0])
+        # inet_diag_req_v2 for the peer's own socket: its source is our peer, its destination us
+        request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + struct.pack(
+            "!HH16s16s", theirs[1], ours[1], packed(theirs[0]), packed(ours[0])) + struct.pack(
+            "=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as netlink:      # NETLINK_SOCK_DIAG
+            netlink.settimeout(0.2)
+            netlink.sendto(struct.pack("=IHHII", 16 + len(request), 20, 1, 1, 0) + request, (0, 0))
+            answer = netlink.recv(4096)
+        # a SOCK_DIAG_BY_FAMILY answer: nlmsghdr, then inet_diag_msg, whose uid is at offset 64
+        if len(answer) >= 16 + 72 and struct.unpack_from("=H", answer, 4)[0] == 20:
+            return struct.unpack_from("=I", answer, 16 + 64)[0]
+    except (OSError, AttributeError, struct.error, ValueError):
+        pass
+    return None
+
+
+def listen_socket(host, port):
+    """A listening TCP socket on host:port (an IPv4 or IPv6 address, or a name)."""
+    import socket
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                                         socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# HTTP/1.1 for `web --listen` (RFC 9112), read strictly: what a proxy in front and this server could
+# read two ways is refused, never guessed at.  Every request ends its connection (Connection: close).
+HTTP_MAX_REQUEST_LINE = 8 * 1024        # longer: 414
+HTTP_MAX_HEAD = 16 * 1024               # request line and fields; more: 431
+HTTP_MAX_FIELDS = 64
+HTTP_REASONS = {100: "Continue", 400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
+                413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+                431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_HTTP_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HTTP_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HTTP_ABSOLUTE = re.compile(r"(?i)https?://[^/?#]+(/[^?#]*)?(\?[^#]*)?")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class HTTPRefused(ValueError):
+    """A request `web --listen` answers itself with ``status`` (4xx, 5xx), then closes."""
+
+    def __init__(self, status, why):
+        super().__init__(why)
+        self.status = status
+
+
+def parse_http_head(head, limit=HTTP_MAX_HEAD):
+    """A request's head (the bytes before its empty line) as a dict: method, target, version,
+    fields [(lowercased name, value)], path and query, length (the body's) and expect_continue.
+    Refused (HTTPRefused): a bare CR or LF, a folded or malformed field, a name with space before its
+    colon, control characters, Transfer-Encoding (411 for chunked, else 501: the body's length is
+    Content-Length, one number, or nothing), a body over WEB_FORM_MAX_BODY (413; the pages check
+    their own, smaller limits), HTTP/1.1 without
+    exactly one Host, a version other than 1.0 and 1.1 (505), a head over ``limit`` (431)."""
+    if limit and len(head) > limit:
+        raise HTTPRefused(431, "head too large")
+    lines = head.decode("latin-1").split("\r\n")
+    if any("\r" in line or "\n" in line for line in lines):
+        raise HTTPRefused(400, "bare CR or LF in the head")
+    parts = lines[0].split(" ")
+    if len(lines[0]) > HTTP_MAX_REQUEST_LINE:
+        raise HTTPRefused(414, "request line too long")
+    if len(parts) != 3 or not _HTTP_TOKEN.fullmatch(parts[0]) or not re.fullmatch(r"HTTP/\d\.\d", parts[2]):
+        raise HTTPRefused(400, "not a request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise HTTPRefused(505, f"{version} is not spoken here")
+    if not re.fullmatch(r"[\x21-\x7e]+", target) or "#" in target:
+        raise HTTPRefused(400, "not a request target")
+    fields, named = [], collections.defaultdict(list)
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _HTTP_TOKEN.fullmatch(name):        # obs-fold, "Name :", no colon
+            raise HTTPRefused(400, "malformed header field")
+        value = value.strip(" \t")
+        if _HTTP_BAD_VALUE.search(value):
+            raise HTTPRefused(400, "control character in a header field")
+        fields.append((name.lower(), value))
+        named[name.lower()].append(value)
+    if len(fields) > HTTP_MAX_FIELDS:
+        raise HTTPRefused(431, "too many header fields")
+    if "transfer-encoding" in named:
+        chunked = named["transfer-encoding"][-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        raise HTTPRefused(411 if chunked else 501, "Transfer-Encoding in a request (send Content-Length)")
+    lengths = named.get("content-length", [])
+    if len(lengths) > 1 or (lengths and not re.fullmatch(r"\d{1,12}", lengths[0])):
+        raise HTTPRefused(400, "Content-Length is not one number")
+    length = int(lengths[0]) if lengths else 0
+    if length > WEB_FORM_MAX_BODY:
+        raise HTTPRefused(413, f"a body of {length} bytes")
+    if len(named.get("host", [])) > 1 or (version == "HTTP/1.1" and "host" not in named):
+        raise HTTPRefused(400, "HTTP/1.1 takes exactly one Host")
+    expect = [v.lower() for v in named.get("expect", [])]
+    if expect and expect != ["100-continue"]:
+        raise HTTPRefused(417, "unknown Expect")
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+    elif target == "*" and method == "OPTIONS":
+        path, query = "*", ""
+    else:
+        m = _HTTP_ABSOLUTE.fullmatch(target)
+        if not m:
+            raise HTTPRefused(400, "not a request target")
+        path, query = m.group(1) or "/", (m.group(2) or "?")[1:]
+    return {"method": method, "target": target, "version": version, "fields": fields, "path": path,
+            "query": query, "length": length,
+            "expect_continue": bool(expect) and version == "HTTP/1.1" and length > 0}
+
+
+class RequestReader:
+    """One request's bytes as they arrive: feed() returns None until the head and the body are whole,
+    then (request, body) with parse_http_head's request; raises HTTPRefused.  Each byte is looked at a
+    bounded number of times, however the client cuts what it sends."""
+
+    def __init__(self):
+        self.buffer, self.request, self.received = bytearray(), None, 0
+
+    def feed(self, data):
+        old = len(self.buffer)
+        self.buffer += data
+        self.received += len(data)
+        if self.request is None:
+            end = self.buffer.find(b"\r\n\r\n", max(0, old - 3))
+            if end < 0:
+                if _BARE_LF.search(self.buffer, old):
+                    raise HTTPRefused(400, "bare LF in the head")
+                if len(self.buffer) > HTTP_MAX_HEAD:
+                    line_end = self.buffer.find(b"\r\n", 0, HTTP_MAX_REQUEST_LINE + 2)
+                    raise HTTPRefused(431 if line_end >= 0 else 414, "head too large")
+                return None
+            self.request = parse_http_head(bytes(self.buffer[:end]))
+            del self.buffer[:end + 4]
+        if len(self.buffer) < self.request["length"]:
+            return None
+        return self.request, bytes(self.buffer[:self.request["length"]])
+
+
+def wsgi_environ(request, body, address, server, peer):
+    """The WSGI environ (PEP 3333) of a request read by RequestReader: PATH_INFO unquoted as latin-1
+    (as wsgiref does), a header field named with "_" left out (it would pass for one with "-")."""
+    import io
+    from urllib.parse import unquote
+    remote = address[0] if isinstance(address, tuple) else ""
+    if remote.lower().startswith("::ffff:") and "." in remote:
+        remote = remote[7:]                 # an IPv4 client of an IPv6 socket is an IPv4 client
+    environ = {"REQUEST_METHOD": request["method"], "SCRIPT_NAME": "",
+               "PATH_INFO": unquote(request["path"], "latin-1"), "QUERY_STRING": request["query"],
+               "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
+               "SERVER_PROTOCOL": request["version"], "SERVER_SOFTWARE": "redsky",
+               "GATEWAY_INTERFACE": "CGI/1.1", "REMOTE_ADDR": remote,
+               "REMOTE_PORT": str(address[1]) if isinstance(address, tuple) else "",
+               "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+               "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+               "wsgi.run_once": False, "redsky.peer": peer}
+    for name, value in request["fields"]:
+        if name in ("content-type", "content-length"):
+            environ[name.upper().replace("-", "_")] = value
+        elif "_" not in name:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            environ[key] = f"{environ[key]}{'; ' if key == 'HTTP_COOKIE' else ', '}{value}" \
+                if key in environ else value
+    return environ
+
+
+def run_wsgi(app, environ):
+    """(status, headers, body) of one call of a WSGI application, its body whole (pages are small)."""
+    answer, chunks = {}, []
+
+    def start_response(status, headers, exc_info=None):
+        if "status" in answer and not exc_info:
+            raise AssertionError("start_response called twice without exc_info")
+        answer["status"], answer["headers"] = status, list(headers)    # nothing is sent before the end
+        return chunks.append
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            chunks.append(chunk)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    if "status" not in answer:
+        raise AssertionError("the application never called start_response")
+    return answer["status"], answer["headers"], b"".join(chunks)
+
+
+def http_response(status, headers, body, method):
+    """The bytes of an answer: the application's status and fields (checked: no CR, LF or other
+    control character can split it), a true Content-Length, Date and Connection: close; HEAD and
+    204/304 without a body."""
+    if not re.fullmatch(r"[1-5]\d\d [^\x00-\x1f\x7f]*", status):
+        raise ValueError(f"bad status {status!r}")
+    code, lines, length = int(status[:3]), [f"HTTP/1.1 {status}"], None
+    for name, value in headers:
+        if not _HTTP_TOKEN.fullmatch(name) or _HTTP_BAD_VALUE.search(value):
+            raise ValueError(f"bad header field {name!r}")
+        if name.lower() == "content-length":
+            length = value
+        elif name.lower() not in ("connection", "keep-alive", "transfer-encoding", "date"):
+            lines.append(f"{name}: {value}")
+    no_body = method == "HEAD" or code in (204, 304) or code < 200
+    if method == "HEAD" and length is not None:
+        lines.append(f"Content-Length: {length}")       # what GET would send
+    elif code >= 200 and code != 204 and method != "HEAD":
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT", time.gmtime()), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
+
+
+def http_refusal(status):
+    """The server's own short answer (400, 408, 413, 503 …), closing the connection."""
+    reason = HTTP_REASONS[status]
+    body = f"{status} {reason}\n".encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nContent-Security-Policy: default-src 'none'\r\n"
+            "X-Content-Type-Options: nosniff\r\n" + ("Retry-After: 10\r\n" if status == 503 else "")
+            + "Connection: close\r\n\r\n").encode() + body
+
+
+class WebClient:
+    """One connection of WebServer: its peer, phase (head, queued, write, linger), deadline and bytes."""
+
+    def __init__(self, sock, address, peer, deadline):
+        self.sock, self.address, self.peer, self.deadline = sock, address, peer, deadline
+        self.phase, self.reader, self.out, self.sent, self.drained = "head", RequestReader(), None, 0, 0
+        self.continued, self.counted = False, True       # counted: in its peer's share (not once answered)
+        self.events = 0                                   # what the selector watches for it
+
+
+class WebServer:
+    """`web --listen`.  One thread runs an event loop (selectors) that accepts connections and reads
+    each request, head and body, under one deadline ([web] timeout: then 408 and one log line), and
+    writes the answers; [web] workers threads run the WSGI application on whole requests only, so a
+    slow client holds a socket, never a thread.  A peer (peer_of) has at most [web] peer_connections
+    connections open (more get 503), all peers [web] connections (more are closed at once)."""
+
+    LINGER = 2.0            # seconds to read and drop what a client still sends after its answer
+
+    def __init__(self, app, config, listener):
+        import queue
+        import selectors
+        import socket
+        self.app, self.listener = app, listener
+        self.timeout = config.duration("web", "timeout")
+        self.workers = max(1, int(config.number("web", "workers")))
+        self.max_connections = max(1, int(config.number("web", "connections")))
+        self.per_peer = max(1, int(config.number("web", "peer_connections")))
+        self.selector, self.jobs, self.done = selectors.DefaultSelector(), queue.Queue(), collections.deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+        for sock in (listener, self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        self.clients, self.peers, self.told = set(), collections.Counter(), {}
+        self.lingering = collections.deque()    # answered connections, oldest first: closed first when full
+        self.server_address = listener.getsockname()[:2]
+        self.stopping, self.next_expiry, self.accepting = False, float("inf"), 0.0
+        self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+    def stop(self, *_):
+        """SIGTERM, SIGINT: take no new request, answer those being served, then return."""
+        self.stopping = True
+        self.wake()
+
+    def wake(self):
+        try:
+            self.wake_w.send(b"\0")
+        except OSError:             # full: the loop has a wake-up waiting already
+            pass
+
+    def serve_forever(self):
+        import threading
+        threads = [threading.Thread(target=self.work, name=f"web-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        self.selector.register(self.listener, self.READ)
+        self.selector.register(self.wake_r, self.READ)
+        stop_by = None
+        try:
+            while True:
+                if self.stopping:
+                    if stop_by is None:     # no new connection; requests not whole yet are dropped
+                        stop_by = time.monotonic() + self.timeout + self.LINGER
+                        if not self.accepting:
+                            self.selector.unregister(self.listener)
+                        for client in [c for c in self.clients if c.phase == "head"]:
+                            self.close(client)
+                    if not self.clients or time.monotonic() >= stop_by:
+                        break
+                wait = min(max(0.0, self.next_expiry - time.monotonic()), 1.0)
+                for key, events in self.selector.select(wait):
+                    while self.done:            # first: what they free counts for new connections
+                        self.answer(*self.done.popleft())
+                    if key.fileobj is self.listener:
+                        self.accept()
+                    elif key.fileobj is self.wake_r:
+                        self.wake_r.recv(4096)
+                    elif events & self.WRITE:
+                        self.write(key.data)
+                    else:
+                        self.read(key.data)
+                while self.done:
+                    self.answer(*self.done.popleft())
+                now = time.monotonic()
+                if now >= self.next_expiry:
+                    self.expire(now)
+                if self.accepting and now >= self.accepting and not self.stopping:
+                    self.accepting = 0.0
+                    self.selector.register(self.listener, self.READ)
+        finally:
+            for _ in threads:
+                self.jobs.put(None)
+            for thread in threads:          # what a worker is doing (a commit, a spool file) ends first
+                thread.join(self.timeout)
+            for client in list(self.clients):
+                self.close(client)
+            self.selector.close()
+            for sock in (self.listener, self.wake_r, self.wake_w):
+                sock.close()
+
+    def accept(self):
+        for _ in range(64):
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:        # out of file descriptors: stop accepting for a second
+                log.warning("web: cannot accept a connection: %s", e.strerror or e)
+                self.selector.unregister(self.listener)
+                self.accepting = time.monotonic() + 1.0
+                return
+            sock.setblocking(False)
+            try:
+                peer = peer_of(sock, address)
+            except (OSError, ValueError):
+                peer = str(address)
+            while len(self.clients) >= self.max_connections and self.lingering:
+                self.close(self.lingering.popleft())
+            if len(self.clients) >= self.max_connections or self.peers[peer] >= self.per_peer:
+                self.refuse(sock, peer, len(self.clients) < self.max_connections)
+                continue
+            client = WebClient(sock, address, peer, time.monotonic() + self.timeout)
+            self.clients.add(client)
+            self.peers[peer] += 1
+            self.next_expiry = min(self.next_expiry, client.deadline)
+            self.watch(client, self.READ)
+            self.read(client)
+
+    def refuse(self, sock, peer, answer):
+        """A peer over its share gets 503 at once (what it sent so far is read first, so that the
+        close does not reset the answer away); past [web] connections a connection is just closed."""
+        if answer:
+            try:
+                sock.recv(65536)
+            except OSError:
+                pass
+            try:
+                sock.send(http_refusal(503))
+            except OSError:
+                pass
+        sock.close()
+        now = time.monotonic()
+        if self.told.get(peer, 0) < now - 60:         # one line a minute per peer, not one per connection
+            if len(self.told) > 1000:
+                self.told.clear()
+            self.told[peer] = now
+            log.warning("web: %s: %s", peer, f"{self.peers[peer]} connections open, more refused (503)"
+                        if answer else f"{len(self.clients)} connections open in all, more closed")
+
+    def read(self, client):
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if client.phase == "linger":
+            client.drained += len(data)
+            if not data or client.drained > 65536:
+                self.close(client)
+            return
+        if not data:                # gone before its request was whole: nobody to answer
+            self.close(client)
+            return
+        try:
+            whole = client.reader.feed(data)
+        except HTTPRefused as e:
+            log.info("web: %s: %s %s: %s", client.address[0], e.status, HTTP_REASONS[e.status], e)
+            self.answer(client, http_refusal(e.status))
+            return
+        if whole is None:
+            request = client.reader.request
+            if request and request["expect_continue"] and not client.continued:
+                client.continued = True
+                try:
+                    client.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                except OSError:
+                    pass
+            return
+        self.watch(client, 0)
+        client.phase, client.deadline = "queued", float("inf")
+        self.jobs.put((client, whole))
+
+    def work(self):
+        """A worker thread: run the application on whole requests, hand the answers to the loop."""
+        import socket
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            client, (request, body) = job
+            try:
+                environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
+                status, headers, data = run_wsgi(self.app, environ)
+                answer = http_response(status, headers, data, request["method"])
+            except Exception as e:
+                log.error("web: %s %s: %s: %s", request["method"], request["path"], type(e).__name__,
+                          one_line(e, 300), exc_info=True)
+                status, answer, data = "500", http_refusal(500), b""
+            log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
+                     else "-", request["method"], request["target"][:300], request["version"], status[:3],
+                     len(data))
+            try:                    # the usual case: the socket takes it all at once, no thread switch
+                sent = client.sock.send(answer)
+                if sent == len(answer):
+                    client.sock.shutdown(socket.SHUT_WR)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = None
+            if sent == len(answer):
+                self.done.append((client, None))            # the loop only lingers, when it comes to it
+            else:
+                self.done.append((client, False if sent is None else answer[sent:]))
+                self.wake()
+
+    def answer(self, client, data):
+        """Send ``data`` (bytes still to send; None: a worker sent it all and half-closed; False:
+        the connection failed)."""
+        if client not in self.clients:          # closed meanwhile (stopping)
+            return
+        if data is None or data is False:
+            return self.linger(client) if data is None else self.close(client)
+        client.out, client.sent, client.phase = memoryview(data), 0, "write"
+        client.deadline = time.monotonic() + self.timeout + len(data) / 65536
+        self.next_expiry = min(self.next_expiry, client.deadline)
+        self.watch(client, self.WRITE)
+        self.write(client)
+
+    def write(self, client):
+        import socket
+        try:
+            client.sent += client.sock.send(client.out[client.sent:client.sent + 262144])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(client)
+            return
+        if client.sent < len(client.out):
+            return
+        try:                        # all sent: read and drop what still comes, then close
+            client.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(client)
+            return
+        self.linger(client)
+
+    def linger(self, client):
+        """The answer is sent and the sending side closed: read and drop what the client still sends
+        until it closes (so that closing does not reset the answer away), for LINGER seconds."""
+        client.out, client.phase, client.deadline = None, "linger", time.monotonic() + self.LINGER
+        self.next_expiry = min(self.next_expiry, client.deadline)
+        self.watch(client, self.READ)
+        self.release(client)                # answered: no longer in its peer's share
+        self.lingering.append(client)
+        while self.lingering[0] not in self.clients:        # closed since: at most LINGER's worth stay
+            self.lingering.popleft()
+
+    def expire(self, now):
+        """Close the connections past their deadline: one log line each, never a traceback."""
+        upcoming = float("inf")
+        for client in list(self.clients):
+            if client.deadline > now:
+                upcoming = min(upcoming, client.deadline)
+                continue
+            if client.phase == "head":
+                log.info("web: %s: no whole request within %gs (%d bytes came): 408, closed",
+                         client.address[0] if isinstance(client.address, tuple) else client.peer,
+                         self.timeout, client.reader.received)
+                if client.reader.received:
+                    try:
+                        client.sock.send(http_refusal(408))
+                    except OSError:
+                        pass
+            elif client.phase == "write":
+                log.info("web: %s: the answer was not taken within the deadline: closed", client.peer)
+            self.close(client)
+        self.next_expiry = upcoming
+
+    def watch(self, client, events):
+        if events == client.events:
+            return
+        if not events:
+            self.selector.unregister(client.sock)
+        elif client.events:
+            self.selector.modify(client.sock, events, client)
+        else:
+            self.selector.register(client.sock, events, client)
+        client.events = events
+
+    def release(self, client):
+        if client.counted:
+            client.counted = False
+            self.peers[client.peer] -= 1
+            if self.peers[client.peer] <= 0:
+                del self.peers[client.peer]
+
+    def close(self, client):
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        self.release(client)
+        if client.events:
+            self.selector.unregister(client.sock)
+        client.sock.close()
+
+
+def cmd_web(args, config):
+    """Serve the web pages on --listen HOST:PORT (for a reverse proxy, or to try them) until SIGTERM
+    (WebServer: one event loop reads requests, [web] workers threads run WebApp)."""
+    import signal
+    host, port = parse_listen(args.listen)
+    try:
+        listener = listen_socket(host, port)
     except OSError as e:
-        raise Failure(f"cannot listen on {args.listen}: {e.strerror}", EX_CONFIG)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}", EX_CONFIG)
+    server = WebServer(WebApp(config), config, listener)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
     log.info("web: serving on %s", args.listen)
     print(f"serving on http://{args.listen}/ (Ctrl-C to stop)", flush=True)
-    with server, contextlib.suppress(KeyboardInterrupt):       # closed on the way out
-        server.serve_forever()
+    server.serve_forever()
     return EX_OK
 
 
 def run_cgi():
-    """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG."""
+    """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
+    [redsky] umask, as every command has it (the web server's own umask would leave files others
+    may read)."""
     from wsgiref.handlers import CGIHandler
     try:
         config = Config.find(None)
+        os.umask(config.umask)
         setup_logging(config)
     except Failure as e:
         sys.stdout.write(f"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n{e}\n")
@@ -7870,9 +9652,940 @@ def run_cgi():
 
 
 # ---------------------------------------------------------------------------
-# 19. Postfix and the list user
+# 22. Signing in and the member's pages
+# Owns: sign-in links and sessions (web_sessions: only a hash of the id is kept), the CSRF token of a
+#       session's forms, the web's page register (web_page), /manage/: members help themselves.
+# Calls: sections 2-21.
+# ---------------------------------------------------------------------------
+
+SESSION_COOKIES = {"owner": "redsky_owner", "member": "redsky_member"}
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def read_form(environ, limit=WEB_FORM_MAX_BODY):
+    """{name: [values, ...]} of a POSTed urlencoded form (a name may come more than once: the
+    checked boxes of a list); None if it is too large."""
+    from urllib.parse import parse_qsl
+    length = environ.get("CONTENT_LENGTH") or "0"
+    if not re.fullmatch(r"\d{1,9}", length) or int(length) > limit:
+        return None
+    fields = {}
+    try:
+        pairs = parse_qsl(environ["wsgi.input"].read(int(length)).decode("utf-8", "replace"),
+                          keep_blank_values=True, max_num_fields=2000)
+    except ValueError:
+        return None
+    for name, value in pairs:
+        fields.setdefault(name[:100], []).append(value.replace("\r\n", "\n"))
+    return fields
+
+
+def field(fields, name, default=""):
+    """The first value of ``name`` in a read_form form."""
+    return (fields.get(name) or [default])[0]
+
+
+def base_path(config, environ):
+    """The path this application is published at: [web] base_url's, else SCRIPT_NAME (CGI)."""
+    from urllib.parse import urlsplit
+    base = config.get("web", "base_url")
+    return (urlsplit(base).path if base else environ.get("SCRIPT_NAME", "")).rstrip("/")
+
+
+def session_hash(session_id):
+    import hashlib
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def session_cookie(config, kind, value, path, max_age):
+    """A Set-Cookie header: HttpOnly, SameSite=Strict, Secure under an https base_url, for ``path``."""
+    secure = "; Secure" if config.get("web", "base_url").lower().startswith("https:") else ""
+    return ("Set-Cookie", f"{SESSION_COOKIES[kind]}={value}; Path={path}; Max-Age={int(max_age)}; HttpOnly;"
+                          f" SameSite=Strict{secure}")
+
+
+def start_session(config, store, kind, list_row, address, path):
+    """A new session of ``kind`` (an owner of ``list_row``, or a member): only the hash of its id
+    is stored; returns the Set-Cookie header that hands the id to the browser."""
+    import secrets
+    session_id, now = secrets.token_urlsafe(32), time.time()
+    max_age = config.duration("web", "session_max_age")
+    with store.transaction():
+        store.q("session_prune", now)
+        store.q("session_add", session_hash(session_id), kind, list_row["id"] if list_row else None, address,
+                now, now + max_age)
+    return session_cookie(config, kind, session_id, path, max_age)
+
+
+def cookie_values(environ, name):
+    """The values of the cookies called ``name`` in the request's Cookie header (its first 8 KB)."""
+    return re.findall(rf"(?:^|;)\s*{re.escape(name)}=([^;\s]*)", environ.get("HTTP_COOKIE", "")[:8000])
+
+
+def current_session(store, environ, kind, list_row=None):
+    """The session of ``kind`` the request's cookie names, or None: one that exists, has not
+    expired, and (an owner's) is for this list and an address that still owns it."""
+    for session_id in cookie_values(environ, SESSION_COOKIES[kind])[:4]:
+        if not _SESSION_ID.fullmatch(session_id):
+            continue
+        row = store.q("session_get", session_hash(session_id), time.time()).fetchone()
+        if row is None or row["kind"] != kind:
+            continue
+        if kind == "owner" and (list_row is None or row["list_id"] != list_row["id"] or row["address"].lower()
+                                not in {o.lower() for o in owners_of(list_row)}):
+            continue
+        return {**dict(row), "hash": session_hash(session_id)}
+    return None
+
+
+def end_session(store, session):
+    with store.transaction():
+        store.q("session_end", session["hash"])
+
+
+def csrf_field(key, session, scope):
+    """The hidden field every form of a signed-in page carries: a token signed for this session."""
+    return f'<input type="hidden" name="csrf" value="{sign_token(key, "csrf", scope, session["hash"])}">'
+
+
+def csrf_ok(config, key, session, scope, fields):
+    """Whether a POSTed form carries a CSRF token of this session (csrf_field)."""
+    return check_token(key, "csrf", scope, session["hash"], field(fields, "csrf"), time.time(),
+                       config.duration("web", "session_max_age"))[0] == "ok"
+
+
+def web_event(config, store, list_row, who, lines, message_id="", outcome="web", page="admin"):
+    """Keep what ``who`` did on the web for `trace` (a held post's Message-ID) and `whois`: an event
+    of the list whose sender is ``who`` and whose trace says, line by line, what was done; its
+    recipient names the page (the list's admin, or a member's /manage/)."""
+    ctx = Context(config, store)
+    ctx.list, ctx.sender, ctx.message_id = list_row, who, message_id
+    ctx.recipient = f"{list_address(list_row).lower()}/admin (web)" if page == "admin" else "manage (web)"
+    ctx.trace = [("web", one_line(line, 300)) for line in lines]
+    ctx.outcome, ctx.outcome_reason = outcome, one_line(f"by {who} on the web: " + "; ".join(lines), 500)
+    log.info("web: %s: %s", list_address(list_row), ctx.outcome_reason)
+    store_event(ctx)
+
+
+def signin_form(config, key, client, purpose, scope, action, label, error=""):
+    """The form that asks for an address to mail a sign-in link to, with a signed form token."""
+    return ((f'<p role="alert"><strong>{esc(error)}</strong></p>\n' if error else "")
+            + ("" if config.get("web", "base_url") else "<p><strong>This site has no [web] base_url set, so"
+               " it cannot mail sign-in links.</strong></p>\n")
+            + f'<form method="post" action="{action}"><input type="hidden" name="form"'
+            f' value="{sign_token(key, purpose, scope, client)}">\n'
+            f'<p><label for="address">{esc(label)}</label><br>'
+            '<input type="email" id="address" name="address" autocomplete="email" required></p>\n'
+            '<button>Mail me a link</button></form>\n')
+
+
+def signin_request(config, store, environ, fields, purpose, scope, qualifies, send):
+    """A POSTed sign-in form: the form token (``purpose``, ``scope``, the client's network) is fresh;
+    the client's network and the address have room in their hours ([web] signin_per_client,
+    signin_per_address); then, if ``qualifies(address)``, ``send(address)`` mails the link.  The
+    answer is the same whatever the address: returns (what was typed, "") or ("", what to try
+    again)."""
+    client, now = client_network(config, environ), time.time()
+    address = typed = field(fields, "address").strip()[:254]
+    verdict, nonce = check_token(store.verp_key, purpose, scope, client, field(fields, "form"), now,
+                                 config.duration("web", "form_max_age"))
+    if verdict != "ok":
+        return "", "Please try again: the form was too old, or not this page's."
+    budgets = [(f"signin client {client}", config.number("web", "signin_per_client"), 3600),
+               (f"form {nonce}", 1, config.duration("web", "form_max_age"))]
+    if valid_address(address) and not address.startswith("-"):
+        address = normalize_address(address)
+        budgets.append((f"signin address {address.lower()}", config.number("web", "signin_per_address"),
+                        3600))
+    refused = web_budget(store, now, budgets)
+    if refused:
+        log.info("web: sign-in link for %s from %s refused: no room in %s", scope, client, refused)
+    elif valid_address(address) and qualifies(address):
+        send(address)
+    return typed, ""
+
+
+def mail_signin_link(config, store, list_row, address, link, owner):
+    """The sign-in ``link`` of an ``owner`` (else a member) to ``address``, committed now (from the
+    list's -request address).  Without [web] base_url there is no link to mail: a link is never made
+    of the Host a request names (a forged Host would have the owner mailed a link to another site)."""
+    if not link:
+        log.warning("web: no sign-in link mailed to %s: [web] base_url is not set", address)
+        return
+    outbox = Outbox()
+    Notices(store, config, list_row, outbox).send(
+        [address], f"{list_address(list_row)}: your sign-in link", "admin-link" if owner else "member-link",
+        {"address": address, "link": link, "minutes": f"{config.duration('web', 'link_max_age') / 60:g}"},
+        limit=False, auto="auto-generated")
+    outbox.commit(store, config.spool)
+    log.info("web: a sign-in link (%s) mailed to %s", "owner" if owner else "member", address)
+
+
+def signin_with_link(config, store, environ, method, fields, kind, list_row, what):
+    """/…/signin?who=ADDRESS&token=TOKEN, the link a sign-in mail carries.  GET shows a button only
+    (mail scanners fetch links); its POST, with a token made for this purpose, list and address, at
+    most [web] link_max_age old and never used before, by an address that may sign in, starts a
+    session and goes on to the signed-in page.  Anything else gets one answer."""
+    from urllib.parse import parse_qs
+    query = parse_qs(environ.get("QUERY_STRING", "")[:2000])
+    who = field(fields, "who") if method == "POST" else (query.get("who") or [""])[0]
+    token = field(fields, "token") if method == "POST" else (query.get("token") or [""])[0]
+    purpose, scope = (f"{kind}-signin", list_address(list_row) if list_row else "*")
+    now, max_age = time.time(), config.duration("web", "link_max_age")
+    verdict, nonce = check_token(store.verp_key, purpose, scope, who.lower()[:254], token, now, max_age)
+    allowed = verdict == "ok" and (who.lower() in {o.lower() for o in owners_of(list_row)} if kind == "owner"
+                                   else bool(store.q("member_lists", who).fetchone()))
+    if allowed and method == "POST":
+        allowed = web_budget(store, now, [(f"signin {nonce}", 1, max_age)]) is None        # once
+    if not allowed:
+        log.info("web: %s sign-in for %s refused: %s", kind, scope, verdict if verdict != "ok" else
+                 "used, or not allowed")
+        return message_page("This link does not work", "It was used already, is too old, or is not for this"
+                            " page. Ask for a new one where you asked for this one.", "400 Bad Request")
+    if method != "POST":
+        return page("Sign in", f"<h1>Sign in</h1>\n<p>Sign in as {esc(who)} to {esc(what)}.</p>\n"
+                    '<form method="post"><input type="hidden" name="who" value="' + esc(who) + '">'
+                    f'<input type="hidden" name="token" value="{esc(token)}">'
+                    "<button>Sign in</button></form>")
+    path = base_path(config, environ) + (f"/{list_address(list_row).lower()}/admin/" if kind == "owner"
+                                         else "/manage/")
+    cookie = start_session(config, store, kind, list_row, normalize_address(who), path)
+    log.info("web: %s %s signed in for %s", kind, who, scope)
+    return message_page("Signed in", "Signed in; on to your page.", "303 See Other",
+                        [cookie, ("Location", "./")])
+
+
+def signed_out_page(config, kind, path, session, store):
+    if session is not None:
+        end_session(store, session)
+    return message_page("Signed out", "You are signed out. The link of a sign-in mail works once only:"
+                        " ask for a new one to sign in again.", "200 OK",
+                        [session_cookie(config, kind, "", path, 0)])
+
+
+def utc_day(value):
+    """A YYYY-MM-DD day as the Unix time of its start (UTC), or None."""
+    from datetime import datetime, timezone
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+# The member's pages ------------------------------------------------------------
+# /manage/ asks for an address and mails it a sign-in link (the same answer whatever its state);
+# signed in, it shows every list of this host the address is on, with its options.  Changes are
+# made at once: the link proved control of the address (by email, a change that stops or delays
+# mail waits for a confirmation instead).  As in Mailman's Postorius, changing options sends no
+# mail; leaving sends the list's goodbye.
+
+DIGEST_FORMATS = {"": "as the list sends them", "mime": "MIME (each post attached)",
+                  "plain": "plain text (RFC 1153)"}
+
+
+def digest_format_options(chosen):
+    return "".join(f'<option value="{v}"{" selected" * (chosen == v)}>{esc(t)}</option>'
+                   for v, t in DIGEST_FORMATS.items())
+
+
+def day_field(id_, label, until, on):
+    """A text field for a day (YYYY-MM-DD), filled with ``until`` when ``on``."""
+    shown = time.strftime("%Y-%m-%d", time.gmtime(until)) if until and on else ""
+    return (f'<p><label for="{id_}">{label}</label><br><input id="{id_}" name="until" inputmode="numeric"'
+            f' pattern="[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}" value="{shown}"></p>\n')
+
+
+@web_page(r"/manage/(|signin|signout)")
+def manage_pages(app, config, store, environ, method, m):
+    fields = read_form(environ) if method == "POST" else {}
+    if fields is None:
+        return message_page("Too large", "That request is too large.", "413 Payload Too Large")
+    path, key = base_path(config, environ) + "/manage/", store.verp_key
+    if m.group(1) == "signin":
+        return signin_with_link(config, store, environ, method, fields, "member", None,
+                                "manage your subscriptions on this host")
+    session = current_session(store, environ, "member")
+    if m.group(1) == "signout" and method == "POST" and session is not None:
+        if not csrf_ok(config, key, session, "*", fields):
+            return message_page("Please try again", "That form was too old, or not this page's.",
+                                "400 Bad Request")
+        return signed_out_page(config, "member", path, session, store)
+    if session is None:
+        if method != "POST":
+            return member_signin_page(config, store, environ)
+
+        def send(address):              # to the address as the first of its lists has it
+            first = store.list_by_id(store.q("member_lists", address).fetchone()[0])
+            address = store.q("member_options", first["id"], address).fetchone()["address"]
+            mail_signin_link(config, store, first, address, signin_link(config, key, None, address),
+                             owner=False)
+        address, error = signin_request(config, store, environ, fields, "member-form", "*",
+                                        lambda a: store.q("member_lists", a).fetchone() is not None, send)
+        if error:
+            return member_signin_page(config, store, environ, error, "400 Bad Request")
+        return message_page("Check your mail", f"If {address or 'that address'} is subscribed to a list"
+                            " here, a message with a link to sign in is on its way to it.")
+    done = []
+    if method == "POST" and m.group(1) == "":
+        if not csrf_ok(config, key, session, "*", fields):
+            return message_page("Please try again", "That form was too old, or not this page's; nothing"
+                                " was changed.", "400 Bad Request")
+        done = member_change(config, store, session["address"], fields)
+    return member_page(config, store, session, done)
+
+
+def member_signin_page(config, store, environ, error="", status="200 OK"):
+    form = signin_form(config, store.verp_key, client_network(config, environ), "member-form", "*", "./",
+                       "Your email address", error)
+    return page("Manage my subscription", "<h1>Manage my subscription</h1>\n<p>Give the address you are"
+                " subscribed with: a link to sign in is mailed to it. Signed in, you can switch digests"
+                " on or off and choose their format, stop mail for a while, and leave, on every list of"
+                " this site.</p>\n" + form, status)
+
+
+def member_page(config, store, session, done):
+    address, key = session["address"], store.verp_key
+    csrf = csrf_field(key, session, "*")
+    parts = [f"<h1>Your subscriptions</h1>\n<p>Signed in as {esc(address)}.</p>"]
+    if done:
+        parts.append('<div role="status"><ul>' + "".join(f"<li>{esc(d)}</li>" for d in done) + "</ul></div>")
+    rows = [store.list_by_id(r[0]) for r in store.q("member_lists", address)]
+    if not rows:
+        parts.append("<p>This address is not subscribed to any list here.</p>")
+    for n, list_row in enumerate(rows):
+        member = store.q("member_options", list_row["id"], address).fetchone()
+        if member is None:
+            continue
+        on, name = options_of(member), list_address(list_row)
+        until = member["disabled_until"]
+        bounce = member["status"] == "disabled" and not on["nomail"]
+        checks = "".join(
+            f'<p><input type="checkbox" id="{option}{n}" name="{option}" value="on"{" checked" * on[option]}>'
+            f' <label for="{option}{n}">{label}</label></p>\n'
+            for option, label in (("digest", "Digests: several posts at a time"),
+                                  ("nomail", "No mail for now (you stay a member)"),
+                                  ("notmetoo", "No copy of my own posts"),
+                                  ("ack", "A short note when a post of mine goes out")))
+        formats = digest_format_options(member["digest_format"])
+        parts.append(
+            f'<section aria-labelledby="l{n}"><h2 id="l{n}">{esc(name)}</h2>\n'
+            + (f"<p><small>{esc(list_row['description'])}</small></p>\n" if list_row["description"] else "")
+            + ("<p>Mail to you bounced, so delivery is stopped; turning no mail off does not restart it"
+               " (write to the list's owners).</p>\n" if bounce else "")
+            + f'<form method="post">{csrf}<input type="hidden" name="list" value="{esc(name)}">\n{checks}'
+            f'<p><label for="format{n}">Digest format</label><br><select id="format{n}" name="digest_format">'
+            f"{formats}</select></p>\n"
+            + day_field(f"until{n}", "No mail until (a day, YYYY-MM-DD; empty: until I turn it off)", until,
+                        on["nomail"]) +
+            '<button name="action" value="save">Save</button></form>\n'
+            f'<form method="post">{csrf}<input type="hidden" name="list" value="{esc(name)}">'
+            f'<button name="action" value="leave">Leave {esc(name)}</button></form></section>')
+    parts.append(f'<form method="post" action="signout">{csrf}<button>Sign out</button></form>')
+    return page("Your subscriptions", "\n".join(parts))
+
+
+def member_change(config, store, address, fields):
+    """Save one list's options, or leave it, for the signed-in member: at once, through the same
+    code as set-member and the email commands (set_member_option, Requests.remove_member), kept in
+    the trace.  Returns what was done, one line each."""
+    list_row = store.list_by_address(field(fields, "list"))
+    member = list_row and store.q("member_options", list_row["id"], address).fetchone()
+    if member is None:
+        return ["Nothing was changed: that is not a list of yours."]
+    name = list_address(list_row)
+    if field(fields, "action") == "leave":
+        web_request(config, store, list_row, member["address"], "leave",
+                    lambda req: req.remove_member(member["address"]))
+        return [f"You left {name}; a goodbye message is on its way."]
+    until_text = field(fields, "until").strip()
+    until = utc_day(until_text)
+    if until_text and (until is None or until <= time.time()):
+        return [f"Nothing was changed on {name}: 'no mail until' takes a day to come, like 2030-12-24."]
+    outbox, lines, now_on = Outbox(), [], options_of(member)
+    for option in SELF_SERVICE_OPTIONS:
+        on = field(fields, option) == "on"
+        if on != now_on[option] or (option == "nomail" and on and until != member["disabled_until"]):
+            outbox.changes.append(set_member_option(store, outbox, list_row, member, option, on,
+                                                    until if option == "nomail" else None))
+            lines.append(f"{option} {'on' if on else 'off'}"
+                         + (f" until {until_text}" if option == "nomail" and on and until else ""))
+    chosen = field(fields, "digest_format")
+    if chosen in DIGEST_FORMATS and chosen != member["digest_format"]:
+        outbox.changes.append(lambda db: db.execute(SQL["set_digest_format"],
+                                                    (chosen, list_row["id"], member["address"])))
+        lines.append(f"digest format {chosen or 'as the list sends them'}")
+    if not lines:
+        return [f"Nothing to change on {name}."]
+    outbox.commit(store, config.spool)
+    web_event(config, store, list_row, member["address"], [f"the member set {line}" for line in lines],
+              page="manage")
+    return [f"On {name}: " + ", ".join(lines) + "."]
+
+
+# ---------------------------------------------------------------------------
+# 23. The owner's pages
+# Owns: /LIST@DOMAIN/admin/: the list at a glance, settings, members, the ban list, held posts and
+#       requests, bounces; a held post's page by the capability in its notice.
+# Calls: sections 2-22.
+# ---------------------------------------------------------------------------
+
+_ADMIN_PATH = (r"/([^/@\s]{1,64}@[^/@\s]{1,255})/admin/(|signin|signout|settings|members|members\.csv"
+               r"|members\.txt|member|held|held/[0-9a-f]{32}|bounces)")
+ADMIN_NAV = (("", "At a glance"), ("settings", "Settings"), ("members", "Members"), ("held", "Held posts"),
+             ("bounces", "Bounces"))
+TEXT_SETTINGS = ("footer", "welcome", "goodbye")        # several lines: a text area
+
+
+@web_page(_ADMIN_PATH)
+def admin_pages(app, config, store, environ, method, m):
+    """/LIST@DOMAIN/admin/...: a signed-in owner's pages (sessions: section 22).  Without a session
+    of an owner of this list every page is the sign-in form; every POST needs the session's CSRF
+    token; a held post's page also opens by the capability of its notice (held_post_page)."""
+    list_row = store.list_by_address(m.group(1))
+    if list_row is None:
+        return not_found()
+    fields = read_form(environ) if method == "POST" else {}
+    if fields is None:
+        return message_page("Too large", "That request is too large.", "413 Payload Too Large")
+    name, what = list_address(list_row), m.group(2)
+    if what == "signin":
+        return signin_with_link(config, store, environ, method, fields, "owner", list_row,
+                                f"the web admin of {name}")
+    session = current_session(store, environ, "owner", list_row)
+    admin = Admin(config, store, environ, list_row, session)
+    if what.startswith("held/"):
+        return admin.held_post(method, fields, what[5:])
+    if what == "signout" and method == "POST" and session is not None:
+        if not csrf_ok(config, store.verp_key, session, name, fields):
+            return admin.retry()
+        return signed_out_page(config, "owner", base_path(config, environ) + f"/{name.lower()}/admin/",
+                               session, store)
+    if session is None:
+        return admin.signin(method, fields)
+    if method == "POST" and not csrf_ok(config, store.verp_key, session, name, fields):
+        return admin.retry()
+    return getattr(admin, ADMIN_PAGES[what])(method, fields)
+
+
+ADMIN_PAGES = {"": "glance", "signout": "glance", "settings": "settings", "members": "members",
+               "members.csv": "export", "members.txt": "export", "member": "member", "held": "held",
+               "bounces": "bounces"}
+
+
+def duration_text(seconds):
+    """86400 -> 1d: a duration as digest_interval is written."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def shown_setting(list_row, key):
+    """A list setting as its field shows it, in a form validate_setting takes back."""
+    if key == "passphrase":
+        return ""
+    if key in LIST_FLAGS:
+        return "yes" if list_row[key] else "no"
+    if key == "digest_interval":
+        return duration_text(list_row[key])
+    return str(list_row[key])
+
+
+class Admin:
+    """One request to a list's admin pages, by the owner of ``session`` (None: nobody signed in)."""
+
+    def __init__(self, config, store, environ, list_row, session):
+        self.config, self.store, self.environ = config, store, environ
+        self.list, self.session = list_row, session
+        self.name, self.key, self.now = list_address(list_row), store.verp_key, time.time()
+        self.who = session["address"] if session else ""
+
+    # pages ---------------------------------------------------------------------
+
+    def page(self, title, html, status="200 OK", headers=(), up=""):
+        """A signed-in page: the navigation (``up``: the way back from a deeper path), then <main>."""
+        links = " ".join(f'<a href="{up}{path or "./"}">{label}</a>' for path, label in ADMIN_NAV)
+        nav = (f'<nav aria-label="Admin of {esc(self.name)}"><p>{links}</p>'
+               f'<form method="post" action="{up}signout">{self.csrf()}<button>Sign out</button></form>'
+               "</nav>")
+        return page(f"{title}: {self.name}", f"{nav}\n<main>\n<h1>{esc(title)}</h1>\n"
+                    f"<p><small>{esc(self.name)}, signed in as {esc(self.who)}</small></p>\n{html}\n</main>",
+                    status, headers)
+
+    def csrf(self):
+        return csrf_field(self.key, self.session, self.name) if self.session else ""
+
+    def retry(self):
+        return message_page("Please try again", "That form was too old, or not this page's; nothing was"
+                            " done. Reload the page and send it again.", "400 Bad Request")
+
+    @staticmethod
+    def done(lines, problems=()):
+        return ("".join(f'<p role="alert"><strong>{esc(p)}</strong></p>\n' for p in problems)
+                + ('<div role="status"><ul>' + "".join(f"<li>{esc(line.strip())}</li>" for line in lines)
+                   + "</ul></div>\n" if lines else ""))
+
+    def record(self, lines, message_id="", outcome="web", by=None):
+        web_event(self.config, self.store, self.list, by or self.who, [line.strip() for line in lines],
+                  message_id, outcome)
+
+    def signin(self, method, fields):
+        """The sign-in form (the answer to every page without an owner's session): an address in,
+        a link mailed if it is an owner's; the same answer whatever was typed."""
+        error, status = "", "200 OK"
+        if method == "POST" and "address" in fields:
+            def send(address):          # to the owner address as the list has it
+                address = next(o for o in owners_of(self.list) if o.lower() == address.lower())
+                mail_signin_link(self.config, self.store, self.list, address,
+                                 signin_link(self.config, self.key, self.list, address), owner=True)
+            address, error = signin_request(self.config, self.store, self.environ, fields, "admin-form",
+                                            self.name, lambda a: a.lower() in {o.lower() for o in
+                                                                               owners_of(self.list)}, send)
+            if not error:
+                return message_page("Check your mail", f"If {address or 'that address'} runs {self.name}, a"
+                                    " message with a link to sign in is on its way to it.")
+            status = "400 Bad Request"
+        form = signin_form(self.config, self.key, client_network(self.config, self.environ), "admin-form",
+                           self.name, "./", "Your owner address", error)     # ./ is admin/ from every page
+        return page(f"Sign in: {self.name}", f"<h1>The web admin of {esc(self.name)}</h1>\n<p>For the list's"
+                    " owners. Give your owner address: a link to sign in is mailed to it. (Or send"
+                    f" 'admin' to {esc(list_address(self.list, '-request'))} from it.)</p>\n{form}", status)
+
+    def glance(self, method, fields):
+        total, enabled, digests, bouncing = self.store.q("member_summary", self.list["id"]).fetchone()
+        held = self.store.q("held_waiting", self.list["id"], self.now + 1, self.now).fetchall()
+        joins = self.store.q("join_requests", self.list["id"], self.now, self.now + 1).fetchall()
+        recent = self.store.q("recent_events", self.list["id"], self.name, 10).fetchall()
+        posts = "".join(f"<li>{utc_time(r['received'])}: {esc(r['sender'] or '?')}, {esc(r['outcome'])}"
+                        f" <small>{esc(one_line(r['reason'], 120))}</small></li>" for r in recent)
+        return self.page("At a glance", (
+            f'<h2>Members</h2>\n<p><a href="members">{total} members</a>: {enabled} get mail,'
+            f" {digests} take digests, {total - enabled} get none.</p>\n"
+            f'<h2>Waiting for you</h2>\n<p><a href="held">{len(held)} held posts, {len(joins)} requests to'
+            " join</a>.</p>\n"
+            f'<h2>Bounces</h2>\n<p><a href="bounces">{bouncing} members whose mail bounces</a>.</p>\n'
+            f"<h2>The last posts</h2>\n" + (f"<ul>{posts}</ul>" if posts else "<p>None yet.</p>")))
+
+    # settings ------------------------------------------------------------------
+
+    def settings(self, method, fields):
+        """Every setting `set` changes, with its help; a POST changes those that differ, checked
+        as the CLI checks them (plan_owner_action, validate_setting), all or none."""
+        values, errors, lines = {k: shown_setting(self.list, k) for k in SETTABLE}, {}, []
+        if method == "POST":
+            actions = []
+            for key in sorted(SETTABLE, key=lambda k: k != "passphrase"):      # a passphrase first
+                if key not in fields and not (key == "passphrase" and "passphrase_clear" in fields):
+                    continue
+                value = field(fields, key)
+                if key == "passphrase":
+                    if not value and field(fields, "passphrase_clear") != "on":
+                        continue
+                    value = "" if field(fields, "passphrase_clear") == "on" else value
+                elif value.strip() == values[key].strip():
+                    continue
+                values[key] = value
+                new_passphrase = any(a["key"] == "passphrase" and a["value"] for a in actions)
+                action, problems = plan_owner_action(
+                    {**self.list, "passphrase_hash": self.list["passphrase_hash"] or "new" * new_passphrase},
+                    "set", [key], value)
+                if problems:
+                    errors[key] = problems[0]
+                else:
+                    actions.append(action)
+            if errors:
+                return self.settings_form(values, errors, "400 Bad Request")
+            if actions:
+                lines = self.carry_out(actions)
+                self.list = self.store.list_by_id(self.list["id"])
+                values = {k: shown_setting(self.list, k) for k in SETTABLE}
+            else:
+                lines = ["Nothing was changed."]
+        return self.settings_form(values, {}, "200 OK", lines)
+
+    def settings_form(self, values, errors, status, lines=()):
+        rows = []
+        for key in SETTABLE:
+            value, help_id = values[key], f"h-{key}"
+            described = f' aria-describedby="{help_id}"' + (f' aria-invalid="true"' if key in errors else "")
+            if key in LIST_CHOICES or key in LIST_FLAGS:
+                choices = LIST_CHOICES.get(key, ("yes", "no"))
+                control = (f'<select id="s-{key}" name="{key}"{described}>' + "".join(
+                    f'<option{" selected" * (c == value)}>{esc(c)}</option>' for c in choices) + "</select>")
+            elif key in TEXT_SETTINGS:
+                control = f'<textarea id="s-{key}" name="{key}" rows="4"{described}>{esc(value)}</textarea>'
+            elif key == "passphrase":
+                control = (f'<input type="password" id="s-{key}" name="{key}" autocomplete="new-password"'
+                           f'{described}> <label><input type="checkbox" name="passphrase_clear" value="on">'
+                           " remove it</label>")
+            else:
+                control = f'<input id="s-{key}" name="{key}" value="{esc(value)}"{described}>'
+            now = " (set)" if key == "passphrase" and self.list["passphrase_hash"] else \
+                " (none)" if key == "passphrase" else ""
+            rows.append(f'<p><label for="s-{key}">{key}{now}</label><br>{control}<br>'
+                        f'<small id="{help_id}">{esc(SETTING_HELP[key])}</small>'
+                        + (f'<br><strong>{esc(errors[key])}</strong>' if key in errors else "") + "</p>")
+        problems = ["Nothing was changed: " + "; ".join(errors.values())] if errors else []
+        return self.page("Settings", self.done(lines, problems) + f'<form method="post">{self.csrf()}\n'
+                         + "\n".join(rows) + "\n<button>Save</button></form>", status)
+
+    def carry_out(self, actions):
+        """The owner's checked actions, done by the code the email commands use (apply_owner_actions),
+        committed with their notices, and kept in the trace."""
+        outbox, after = Outbox(), []
+        notices = Notices(self.store, self.config, self.list, outbox)
+        lines = apply_owner_actions(self.store, self.config, self.list, notices, outbox.changes, actions,
+                                    self.now, after)
+        outbox.commit(self.store, self.config.spool)
+        for fn in after:
+            try:
+                fn()
+            except Exception as e:          # the change is made; its pages come with the next post
+                log.error("web: %s: after the change: %s: %s", self.name, type(e).__name__, e)
+        self.record(lines)
+        return lines
+
+    # members -------------------------------------------------------------------
+
+    def members(self, method, fields):
+        lines, problems = [], []
+        if method == "POST":
+            what = field(fields, "action")
+            words = re.split(r"[\s,;]+", field(fields, "addresses") + " " + field(fields, "patterns"))
+            words = [w for w in words if w]
+            verb, items = {"add": ("invite" if field(fields, "how") == "invite" else "add", words),
+                           "remove": ("remove", fields.get("who", [])), "ban": ("ban", words),
+                           "unban": ("unban", fields.get("pattern", []))}.get(what, (None, []))
+            if verb is None:
+                problems = ["Nothing was done: which action?"]
+            else:
+                action, problems = plan_owner_action(self.list, verb, items)
+                if action and verb == "add":
+                    action["welcome"] = field(fields, "welcome") == "on"
+                if action:
+                    lines = self.carry_out([action])
+        from urllib.parse import parse_qs
+        q = (parse_qs(self.environ.get("QUERY_STRING", "")[:1000]).get("q") or [""])[0][:100].strip()
+        like = "%" + re.sub(r"([\\%_])", r"\\\1", q) + "%"
+        rows = self.store.q("members_matching", self.list["id"], like, like, 201).fetchall()
+        total = self.store.q("member_summary", self.list["id"]).fetchone()[0]
+        items = "".join(
+            f'<li><input type="checkbox" id="m{n}" name="who" value="{esc(r["address"])}">'
+            f' <label for="m{n}">{esc(r["address"])}</label>' + (f" ({esc(r['name'])})" if r["name"] else "")
+            + f' <small>{esc(member_state(r))}</small> <a href="member?who={quote_url(r["address"])}"'
+            f' aria-label="options of {esc(r["address"])}">options</a></li>'
+            for n, r in enumerate(rows[:200]))
+        bans = [r[0] for r in self.store.q("bans", self.list["id"])]
+        ban_items = "".join(f'<li><input type="checkbox" id="b{n}" name="pattern" value="{esc(p)}">'
+                            f' <label for="b{n}">{esc(p)}</label></li>' for n, p in enumerate(bans))
+        csrf = self.csrf()
+        return self.page("Members", self.done(lines, problems) + (
+            f'<form method="get"><p><label for="q">Find members (address or name)</label><br>'
+            f'<input id="q" name="q" value="{esc(q)}"> <button>Find</button></p></form>\n'
+            f"<p>{total} members" + (f"; {len(rows)}{'+' if len(rows) > 200 else ''} match" if q else "")
+            + '. Export: <a href="members.csv">CSV</a>, <a href="members.txt">text</a>.</p>\n'
+            f'<form method="post">{csrf}<ul class="plain">{items}</ul>'
+            + ("<p>Only the first 200 are shown: find them by name.</p>" if len(rows) > 200 else "")
+            + ('<button name="action" value="remove">Remove the checked members (each is told)</button>'
+               if rows else "") + "</form>\n"
+            f'<h2 id="add">Add members</h2>\n<form method="post">{csrf}'
+            '<p><label for="addresses">Addresses, one a line</label><br>'
+            '<textarea id="addresses" name="addresses" rows="4"></textarea></p>\n<fieldset><legend>How'
+            "</legend><p><input type=\"radio\" id=\"how-invite\" name=\"how\" value=\"invite\" checked>"
+            ' <label for="how-invite">Invite them: each joins by answering the invitation</label></p>'
+            '<p><input type="radio" id="how-add" name="how" value="add"> <label for="how-add">Add them at'
+            ' once, without asking</label></p><p><input type="checkbox" id="welcome" name="welcome"'
+            ' value="on"> <label for="welcome">and send them the welcome</label></p></fieldset>\n'
+            '<button name="action" value="add">Add</button></form>\n'
+            f'<h2 id="bans">The ban list</h2>\n<p>Who may neither post nor join: an address, *@domain, or a'
+            " regular expression starting with ^.</p>\n"
+            + (f'<form method="post">{csrf}<ul class="plain">{ban_items}</ul><button name="action"'
+               ' value="unban">Take the checked patterns off</button></form>\n' if bans else
+               "<p>Nobody is banned.</p>\n")
+            + f'<form method="post">{csrf}<p><label for="patterns">Ban (one a line)</label><br>'
+            '<textarea id="patterns" name="patterns" rows="2"></textarea></p>'
+            '<button name="action" value="ban">Ban</button></form>'), "200 OK" if not problems else
+            "400 Bad Request")
+
+    def export(self, method, fields):
+        """members.csv (every column of `members --json`) or members.txt (one address a line)."""
+        rows = self.store.q("members", self.list["id"]).fetchall()
+        if self.environ.get("PATH_INFO", "").endswith(".txt"):
+            return "200 OK", "".join(f"{r['address']}\n" for r in rows), "text/plain; charset=utf-8", [
+                ("Content-Disposition", 'attachment; filename="members.txt"')]
+        import csv
+        import io
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["address", "name", "status", "bounce_score", *MEMBER_OPTIONS, "nomail_until",
+                         "digest_format"])
+
+        def cell(value):                # no cell a spreadsheet would run as a formula
+            value = str(value)
+            return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+        for r in rows:
+            on = options_of(r)
+            writer.writerow([cell(v) for v in (r["address"], r["name"], r["status"], f"{r['bounce_score']:g}",
+                                               *("yes" if on[o] else "no" for o in MEMBER_OPTIONS),
+                                               utc_time(r["disabled_until"]) if on["nomail"] and
+                                               r["disabled_until"] else "", r["digest_format"])])
+        return "200 OK", out.getvalue(), "text/csv; charset=utf-8", [
+            ("Content-Disposition", 'attachment; filename="members.csv"')]
+
+    def member(self, method, fields):
+        """One member's options, set as `set-member` sets them (set_member_option)."""
+        from urllib.parse import parse_qs
+        address = field(fields, "who") if method == "POST" else \
+            (parse_qs(self.environ.get("QUERY_STRING", "")[:1000]).get("who") or [""])[0]
+        member = self.store.q("member_options", self.list["id"], address[:254]).fetchone()
+        if member is None:
+            return self.page("No such member", f"<p>{esc(address)} is not a member of {esc(self.name)}.</p>",
+                             "404 Not Found")
+        lines, problems = [], []
+        if method == "POST":
+            until_text = field(fields, "until").strip()
+            until = utc_day(until_text)
+            if until_text and (until is None or until <= self.now):
+                problems = ["Nothing was changed: 'no mail until' takes a day to come, like 2030-12-24."]
+            else:
+                outbox, on_now = Outbox(), options_of(member)
+                for option in MEMBER_OPTIONS:
+                    on = field(fields, option) == "on"
+                    until_changed = option == "nomail" and on and until != member["disabled_until"]
+                    if on != on_now[option] or until_changed:
+                        outbox.changes.append(set_member_option(self.store, outbox, self.list, member, option,
+                                                                on, until if option == "nomail" else None))
+                        lines.append(f"{member['address']} {option} {'on' if on else 'off'}")
+                chosen = field(fields, "digest_format")
+                if chosen in DIGEST_FORMATS and chosen != member["digest_format"]:
+                    outbox.changes.append(lambda db: db.execute(SQL["set_digest_format"], (
+                        chosen, self.list["id"], member["address"])))
+                    lines.append(f"{member['address']} digest format {chosen or 'the list s'}")
+                if lines:
+                    outbox.commit(self.store, self.config.spool)
+                    self.record(lines)
+                else:
+                    lines = ["Nothing was changed."]
+                member = self.store.q("member_options", self.list["id"], member["address"]).fetchone()
+        on, until = options_of(member), member["disabled_until"]
+        checks = "".join(
+            f'<p><input type="checkbox" id="o-{o}" name="{o}" value="on"{" checked" * on[o]}>'
+            f' <label for="o-{o}">{o}: {esc(meaning)}</label></p>\n' for o, meaning in MEMBER_OPTIONS.items())
+        formats = digest_format_options(member["digest_format"])
+        return self.page(member["address"], self.done(lines, problems) + (
+            f"<p>{esc(member_state(member))}</p>\n"
+            f'<form method="post">{self.csrf()}<input type="hidden" name="who"'
+            f' value="{esc(member["address"])}">\n'
+            f'{checks}<p><label for="o-format">Digest format</label><br><select id="o-format"'
+            f' name="digest_format">{formats}</select></p>\n'
+            + day_field("o-until", "No mail until (YYYY-MM-DD; empty: until turned off)", until, on["nomail"])
+            + '<button>Save</button></form>\n'
+            f'<form method="post" action="members">{self.csrf()}<input type="hidden" name="who"'
+            f' value="{esc(member["address"])}"><button name="action" value="remove">Remove'
+            f' {esc(member["address"])} (they are told)</button></form>'),
+            "400 Bad Request" if problems else "200 OK")
+
+    # held posts and requests ---------------------------------------------------
+
+    def held(self, method, fields):
+        lines = []
+        if method == "POST":
+            what, reason = field(fields, "action"), field(fields, "reason").strip() or "no reason given"
+            if what in MODERATION_VERBS:
+                for held_id in fields.get("held", [])[:MAX_OWNER_ITEMS]:
+                    number = int(held_id) if held_id.isdigit() and len(held_id) < 12 else 0
+                    held = self.store.held(number) if number else None
+                    if held is None or held["list_id"] != self.list["id"]:
+                        lines.append(f"Held post {one_line(held_id, 12)} is gone (decided or expired).")
+                        continue
+                    lines.append(self.decide(held, what, reason))
+            elif what in ("join-approve", "join-reject", "join-discard"):
+                lines += self.decide_joins(fields.get("join", [])[:MAX_OWNER_ITEMS], what[5:], reason)
+            if not lines:
+                lines = ["Nothing was checked: nothing was done."]
+        held = self.store.q("held_waiting", self.list["id"], self.now + 1, self.now).fetchall()
+        joins = self.store.q("join_requests", self.list["id"], self.now, self.now + 1).fetchall()
+        csrf = self.csrf()
+        held_items = "".join(
+            f'<li><input type="checkbox" id="h{r["id"]}" name="held" value="{r["id"]}">'
+            f' <label for="h{r["id"]}">'
+            f'{esc(one_line(r["subject"], 120) or "(no subject)")}</label><br><small>from'
+            f' {esc(r["from_addr"] or r["sender"] or "?")}, {utc_time(r["received"])}, {r["size"]} bytes;'
+            f' held: {esc(one_line(r["reason"], 200))}</small>'
+            + (f' <a href="held/{r["token"]}">read it</a>' if r["token"] else "") + "</li>"
+            for r in held[:200])
+        join_items = "".join(
+            f'<li><input type="checkbox" id="j{n}" name="join" value="{r["token"]}"> <label for="j{n}">'
+            f'{esc(r["address"])}</label> <small>asks since {utc_time(r["created"])}</small></li>'
+            for n, r in enumerate(joins[:200]))
+        reason = ('<p><label for="{id}">Reason (for reject)</label><br><input id="{id}" name="reason"'
+                  ' value="' + esc(REJECT_REASON) + '"></p>')
+        return self.page("Held posts and requests", self.done(lines) + (
+            f"<h2>Held posts ({len(held)})</h2>\n"
+            + (f'<form method="post">{csrf}<ul class="plain">{held_items}</ul>{reason.format(id="r-held")}'
+               '<button name="action" value="approve">Approve</button> <button name="action" value="reject">'
+               'Reject</button> <button name="action" value="discard">Discard</button></form>\n'
+               if held else "<p>None.</p>\n")
+            + f"<h2>Requests to join ({len(joins)})</h2>\n"
+            + (f'<form method="post">{csrf}<ul class="plain">{join_items}</ul>{reason.format(id="r-join")}'
+               '<button name="action" value="join-approve">Approve</button> <button name="action"'
+               ' value="join-reject">Reject</button> <button name="action" value="join-discard">Discard'
+               "</button></form>" if joins else "<p>None.</p>")))
+
+    def decide(self, held, verb, reason, always=False, actor=None):
+        """approve (the queue chain again, as `approve` and the email answer), reject or discard
+        (drop_held) one held post; kept in its trace as done by ``actor`` (default: the signed-in
+        owner) on the web.  Returns what was done."""
+        actor = actor or self.who
+        by = f"by {actor} on the web"
+        what = f"Held post {held['id']} ({one_line(held['subject'], 60) or 'no subject'})"
+        if verb == "approve":
+            try:
+                ctx = release_held(self.store, self.config, held["id"], by)
+            except Failure as e:
+                return f"{what}: not released: {one_line(e, 200)}"
+            outbox = Outbox()
+            author = held["from_addr"] or held["sender"]
+            extra = always_accept(self.store, self.list, author, outbox.changes) if always else ""
+            if extra:
+                outbox.commit(self.store, self.config.spool)
+                self.record([extra], held["message_id"], "approved", by=actor)
+            return f"{what}: approved; it goes to {len(ctx.recipients)} members." \
+                + (f" {extra}." if extra else "")
+        outbox = Outbox()
+        notices = Notices(self.store, self.config, self.list, outbox, held["message_id"])
+        done = drop_held(held, notices, outbox.changes, verb == "reject", reason)
+        try:
+            outbox.commit(self.store, self.config.spool)
+        except StoreError:
+            return f"{what}: gone meanwhile (decided or expired)."
+        self.record([f"{done} {by}"], held["message_id"], "rejected" if verb == "reject" else "discarded",
+                    by=actor)
+        return f"{what}: " + ("rejected; the sender is told why." if verb == "reject" else "discarded.")
+
+    def decide_joins(self, tokens, verb, reason):
+        """Join requests decided as the moderators' email answers decide them (Requests.decide_join)."""
+        lines = []
+        ctx = Context(self.config, self.store)
+        ctx.list, ctx.role, ctx.sender = self.list, "request", self.who
+        ctx.recipient = list_address(self.list, "-request")
+        req = Requests(ctx, self.who)
+        req.answers = []                # what email would answer the owner: the page says it
+        for token in tokens:
+            row = self.store.q("pending_by_token", token.lower()[:32]).fetchone()
+            if row is None or row["list_id"] != self.list["id"] or row["action"] != "approve-subscribe" or \
+                    row["used"] is not None or row["expires"] < self.now:
+                lines.append("A request is gone (decided or expired).")
+                continue
+            req.use(row["token"])
+            req.decide_join(row["address"], verb, reason)
+            lines.append(f"{row['address']}: " + {"approve": "subscribed.", "discard": "request dropped.",
+                                                   "reject": "declined, and told why."}[verb])
+        if len(lines) > sum(line.startswith("A request") for line in lines):
+            ctx.outbox.commit(self.store, self.config.spool, ctx.apply_changes)
+            self.record([line for line in lines if not line.startswith("A request")])
+        return lines
+
+    def held_post(self, method, fields, token):
+        """One held post's page, by the token of its notice (held_page_url): no sign-in needed; the
+        facts, its first lines, and buttons; once the post is decided or dropped, the link says so."""
+        row = self.store.q("pending_by_token", token).fetchone()
+        held = self.store.held(row["held_id"]) if row and row["held_id"] else None
+        if row is None or held is None or row["list_id"] != self.list["id"] or row["action"] != "moderate" \
+                or row["used"] is not None or row["expires"] < self.now:
+            return message_page("Decided already", "This post is no longer held: someone decided on it, or"
+                                " it expired.", "410 Gone")
+        lines = []
+        if method == "POST":
+            verdict, _ = check_token(self.key, "held-form", self.name, token, field(fields, "form"), self.now,
+                                     self.config.duration("commands", "held_expiry"))
+            what = field(fields, "action")
+            if verdict != "ok" or what not in ("approve", "always", "reject", "discard"):
+                return self.retry()
+            with self.store.transaction() as db:          # the token is used once, as by email
+                if db.execute(SQL["use_pending"], (self.now, token)).rowcount != 1:
+                    return message_page("Decided already", "This post is no longer held: someone decided on"
+                                        " it, or it expired.", "410 Gone")
+            actor = self.who or "the link of the held notice (sent to the moderation team)"
+            reason = field(fields, "reason").strip() or "no reason given"
+            verb = "approve" if what == "always" else what
+            result = self.decide(held, verb, reason, what == "always", actor)
+            return message_page("Done", result)
+        author = held["from_addr"] or held["sender"] or ""
+        text = text_of(held["raw"][:200_000]).strip().splitlines()[:40]
+        always = always_accept(self.store, self.list, author)
+        form = sign_token(self.key, "held-form", self.name, token)
+        return page(f"Held post: {self.name}", self.done(lines) + (
+            f"<h1>A post held on {esc(self.name)}</h1>\n<dl><dt>From</dt><dd>{esc(author or '?')}</dd>"
+            f"<dt>Subject</dt><dd>{esc(one_line(held['subject'], 300) or '(no subject)')}</dd>"
+            f"<dt>Held because</dt><dd>{esc(one_line(held['reason'], 300))}</dd>"
+            f"<dt>Received</dt><dd>{utc_time(held['received'])}, {len(held['raw'])} bytes</dd></dl>\n"
+            f'<h2>Its first lines</h2>\n<div class="text">{esc(chr(10).join(text)) or "(no text)"}</div>\n'
+            f'<form method="post"><input type="hidden" name="form" value="{form}">\n'
+            f'<p><button name="action" value="approve">Approve</button>'
+            + (f' <button name="action" value="always">Approve, and always accept {esc(author)}</button>'
+               if always else "")
+            + ' <button name="action" value="discard">Discard</button></p>\n'
+            '<p><label for="reason">Reason</label><br><input id="reason" name="reason" value="'
+            + esc(REJECT_REASON) + '"> <button name="action" value="reject">Reject (the sender is told'
+            " why)</button></p></form>"))
+
+    # bounces -------------------------------------------------------------------
+
+    def bounces(self, method, fields):
+        lines = []
+        if method == "POST" and field(fields, "action") == "enable":
+            address = field(fields, "who")[:254]
+            with self.store.transaction() as db:        # as `redsky.py enable`
+                changed = db.execute(SQL["reenable"], (self.list["id"], address)).rowcount
+            lines = [f"{address}: delivery on again, bounce score reset." if changed else
+                     f"{address} is not a member."]
+            if changed:
+                self.record(lines)
+        history = {}
+        for b in self.store.q("bounce_history", self.list["id"]):
+            history.setdefault(b["address"].lower(), []).append(b)
+        items = []
+        for n, mb in enumerate(self.store.q("members_bounce_status", self.list["id"])):
+            if not mb["bounce_score"] and mb["disabled_reason"] not in ("bounce", "feedback"):
+                continue
+            reports = "".join(
+                f"<li>{utc_time(b['received'])}: {esc(b['cause'] or '?')} {esc(b['status'] or '')}"
+                f" ({esc(b['source'])}, weight {b['weight']:g},"
+                f" {'counted' if b['counted'] else 'not counted'})"
+                f"<br><small>{esc(one_line(b['why'], 200))}"
+                + (f"; {esc(one_line(b['diagnostic'], 200))}" if b["diagnostic"] else "") + "</small></li>"
+                for b in history.get(mb["address"].lower(), [])[-10:])
+            enable = (f'<form method="post">{self.csrf()}<input type="hidden" name="who"'
+                      f' value="{esc(mb["address"])}"><button name="action" value="enable">Deliver to'
+                      f' {esc(mb["address"])} again</button></form>' if mb["status"] == "disabled" else "")
+            items.append(f'<section aria-labelledby="bm{n}"><h2 id="bm{n}">{esc(mb["address"])}</h2>\n'
+                         f"<p>Score {mb['bounce_score']:g}, {esc(mb['status'])}"
+                         + (f" ({esc(mb['disabled_reason'])}, {mb['warnings']} warnings)"
+                            if mb["disabled_reason"] else "") + f"</p><ul>{reports}</ul>{enable}</section>")
+        return self.page("Bounces", self.done(lines) + ("\n".join(items) or
+                                                        "<p>No member's mail bounces.</p>"))
+
+
+def member_state(row):
+    """A member's status and the options that are on, in words."""
+    on = [o for o, v in options_of(row).items() if v]
+    state = row["status"] + (f" ({row['disabled_reason']})" if row["status"] == "disabled" else "")
+    return state + ("; " + ", ".join(on) if on else "") + \
+        (f"; digests {row['digest_format']}" if row["digest_format"] else "")
+
+
+def quote_url(text):
+    from urllib.parse import quote
+    return quote(text, safe="@")
+
+
+# ---------------------------------------------------------------------------
+# 24. Postfix and the list user
 # Owns: the Postfix map and settings, postfix-config, become_list_user.
-# Calls: sections 2-18.
+# Calls: sections 2-23.
 # ---------------------------------------------------------------------------
 
 POSTFIX_QUERIES = {
@@ -8091,6 +10804,11 @@ def cmd_postfix_config(args, config):
     as_list_user(config, lambda: export_postfix_map(config, open_store(config, create=True)))
     cf_dir = args.dir or postconf("-h", "config_directory") or "/etc/postfix"
     cf, main, master = postfix_settings(config, cf_dir, args.user, args.python, args.lmtp)
+    if args.apply and not os.path.isfile(os.path.join(cf_dir, "main.cf")):     # before writing anything
+        raise Failure(f"Postfix has no {os.path.join(cf_dir, 'main.cf')} to merge into (Debian's \"No"
+                      " configuration\"): run `dpkg-reconfigure postfix` and choose \"Internet Site\" (or"
+                      f" copy /usr/share/postfix/main.cf.debian to {cf_dir}/main.cf), then this again",
+                      EX_CONFIG)
     if args.write or args.apply:
         os.makedirs(cf_dir, exist_ok=True)
         files = {**cf, "redsky-main.cf": main, "redsky-master.cf": master} if args.write else dict(cf)
@@ -8175,8 +10893,12 @@ def postfix_apply(cf_dir, main, master):
             shutil.copy2(path, f"{path}.redsky-{stamp}")
             yield f"backup: {path}.redsky-{stamp}"
     for argv, line in changes:
-        if postconf(*argv) is None:
-            raise Failure(f"postconf {' '.join(argv)} failed", EX_CONFIG)
+        r = run_program([shutil.which("postconf") or "/usr/sbin/postconf", *argv])
+        if r is None or r.returncode != 0:
+            said = one_line(r.stderr or r.stdout, 300) if r else "it could not be run"
+            raise Failure(f"postconf {' '.join(argv)} failed: {said} (main.cf and master.cf are as the"
+                          " backups above, but for the lines before this one); fix that and run this again",
+                          EX_CONFIG)
         yield line
     yield "now run: postfix reload"
 
@@ -8223,9 +10945,9 @@ def postconf(*args):
 
 
 # ---------------------------------------------------------------------------
-# 20. Intake: queue, filter and LMTP
+# 25. Intake: queue, filter and LMTP
 # Owns: cmd_queue, cmd_filter, quarantine, poison messages, the LMTP server, cmd_send.
-# Calls: sections 2-19.
+# Calls: sections 2-24.
 # ---------------------------------------------------------------------------
 
 def cmd_queue(args, config):
@@ -8234,7 +10956,7 @@ def cmd_queue(args, config):
     retries, up to [queue] max_failures times for the same message (poison_message)."""
     chain = build_chain(config.chain("queue"), "message", "queue")
     spec = globals().get("__spec__")
-    if spec is not None and spec.cached:        # imported, as the pipe's command line does
+    if spec is not None and spec.cached and sys.flags.isolated:     # imported by the pipe's `python3 -I`
         try:
             stale = os.stat(spec.cached).st_mtime < os.stat(spec.origin).st_mtime
         except OSError:
@@ -8417,25 +11139,26 @@ LMTP_REPLIES = {EX_OK: "250 2.0.0", EX_DATAERR: "554 5.6.0", EX_NOUSER: "550 5.1
 class LMTPServer:
     """LMTP over TCP or a Unix socket: a list address is refused at RCPT (550 5.1.1) when no list
     answers it; after DATA each accepted recipient gets its own reply, 250 only once the post is
-    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, idle_timeout,
-    session_timeout.  stop() (SIGTERM) refuses new sessions and commands with 421 and lets the
-    message in flight finish."""
+    durably queued, 4xx for anything temporary.  Limits: [lmtp] max_size, sessions, sessions_per_peer
+    (peer_of), idle_timeout (without progress: NOOP and the like do not count), session_timeout, and
+    LMTP_JUNK_LIMIT commands without a message.  stop() (SIGTERM) refuses new sessions and commands
+    with 421 and lets the message in flight finish."""
 
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
         self.sessions, self.busy, self.stopping, self.server = set(), set(), False, None
+        self.peers, self.told = collections.Counter(), {}
         self.hostname = __import__("socket").getfqdn()
 
     async def serve(self, listen):
         import asyncio
-        if listen.startswith("unix:"):
-            path = listen[5:]
-            _unlink_quietly(path)
-            self.server = await asyncio.start_unix_server(self.session, path)
-            os.chmod(path, 0o660)
+        host, port = parse_listen(listen, unix=True)
+        if host == "unix":
+            _unlink_quietly(port)
+            self.server = await asyncio.start_unix_server(self.session, port)
+            os.chmod(port, 0o660)
         else:
-            host, _, port = listen.rpartition(":")
-            self.server = await asyncio.start_server(self.session, host.strip("[]") or "127.0.0.1", int(port))
+            self.server = await asyncio.start_server(self.session, host, port)
         log.info("lmtp: listening on %s", listen)
         async with self.server:
             await self.server.serve_forever()
@@ -8447,29 +11170,52 @@ class LMTPServer:
 
     async def session(self, reader, writer):
         import asyncio
-        c, task = self.config, asyncio.current_task()
+        c, task, peer = self.config, asyncio.current_task(), None
         try:
+            try:
+                peer = peer_of(writer.get_extra_info("socket"), writer.get_extra_info("peername"))
+            except (OSError, ValueError, TypeError):
+                peer = str(writer.get_extra_info("peername"))
             if self.stopping or len(self.sessions) >= int(c.number("lmtp", "sessions")):
                 writer.write(b"421 4.3.2 too busy or shutting down, try again later\r\n")
                 await writer.drain()
                 return
+            if self.peers[peer] >= int(c.number("lmtp", "sessions_per_peer")):
+                if self.told.get(peer, 0) < time.monotonic() - 60:      # a line a minute, not one each
+                    self.told = {} if len(self.told) > 1000 else self.told
+                    self.told[peer] = time.monotonic()
+                    log.warning("lmtp: %s holds %d sessions already: more get 421", peer, self.peers[peer])
+                writer.write(b"421 4.7.0 too many sessions from you, try again later\r\n")
+                await writer.drain()
+                return
             self.sessions.add(task)
+            self.peers[peer] += 1
             await asyncio.wait_for(self.dialogue(reader, writer, c.size("lmtp", "max_size"),
                                                  c.duration("lmtp", "idle_timeout")),
                                    c.duration("lmtp", "session_timeout"))
         except asyncio.CancelledError:          # shutting down while the client was idle
             pass
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            if isinstance(e, asyncio.TimeoutError):
+                log.info("lmtp: %s: timeout (no progress, or the session's time is up): 421", peer)
             try:
                 writer.write(b"421 4.4.2 timeout, closing\r\n")
                 await writer.drain()
             except ConnectionError:
                 pass
         finally:
-            self.sessions.discard(task)
+            if task in self.sessions:
+                self.sessions.discard(task)
+                self.peers[peer] -= 1
+                if self.peers[peer] <= 0:
+                    del self.peers[peer]
             writer.close()
 
     async def dialogue(self, reader, writer, max_size, idle):
+        """The commands of one session.  ``idle`` counts from the session's start or its last message,
+        not from its last command, and every command but the first LHLO and an accepted RCPT costs
+        one of LMTP_JUNK_LIMIT until a message is delivered: NOOP, RSET, VRFY, a MAIL that leads
+        nowhere or a refused command keeps no session alive."""
         import asyncio
         loop = asyncio.get_running_loop()
 
@@ -8478,19 +11224,23 @@ class LMTPServer:
             await writer.drain()
 
         await reply(f"220 {self.hostname} redsky LMTP ready")
-        sender, recipients, greeted = None, [], False
+        sender, recipients, greeted, junk = None, [], False, 0
+        deadline = loop.time() + idle
         while not self.stopping:
-            data = await asyncio.wait_for(read_line(reader, 4096), idle)
+            data = await asyncio.wait_for(read_line(reader, 4096), max(0.0, deadline - loop.time()))
             if not data:
                 raise ConnectionError("client went away")
-            command = data.decode("utf-8", "replace").rstrip("\r\n")
-            verb = command[:4].upper()
-            if verb == "LHLO":
-                greeted = True
+            # a command line ends in CRLF, or a bare LF taken as one (Postfix's normalize)
+            command = data[:-2] if data.endswith(b"\r\n") else data.rstrip(b"\n")
+            verb, junk = command[:4].upper(), junk + 1
+            if b"\r" in command or b"\0" in command:
+                await reply("500 5.5.2 bare <CR> or NUL in a command")
+            elif verb == b"LHLO":
+                junk, greeted = junk - (not greeted), True
                 await reply(f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
                             f"250-SIZE {max_size}", "250 8BITMIME")
-            elif verb == "MAIL":
-                m = re.match(r"(?i)MAIL FROM:\s*<([^<>]*)>(.*)", command)
+            elif verb == b"MAIL":
+                m = re.match(r"(?i)MAIL FROM:\s*<([^<>]*)>(.*)", command.decode("utf-8", "replace"))
                 size = re.search(r"(?i)\bSIZE=(\d+)", m.group(2)) if m else None
                 if not greeted:
                     await reply("503 5.5.1 LHLO first")
@@ -8501,74 +11251,111 @@ class LMTPServer:
                 else:
                     sender, recipients = m.group(1), []
                     await reply("250 2.1.0 sender ok")
-            elif verb == "RCPT":
-                m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command)
+            elif verb == b"RCPT":
+                m = re.match(r"(?i)RCPT TO:\s*<([^<>]+)>", command.decode("utf-8", "replace"))
                 if sender is None:
                     await reply("503 5.5.1 MAIL first")
                 elif m is None:
                     await reply("501 5.5.4 syntax: RCPT TO:<address>")
+                elif len(recipients) >= LMTP_MAX_RECIPIENTS:
+                    await reply(f"452 4.5.3 at most {LMTP_MAX_RECIPIENTS} recipients, the rest next time")
                 else:
                     address = m.group(1).strip()
                     if await loop.run_in_executor(self.worker.pool, self.worker.is_list_address, address):
                         recipients.append(address)
+                        junk -= 1
                         await reply("250 2.1.5 recipient ok")
                     else:
                         await reply(f"550 5.1.1 <{address}>: no list here")
-            elif verb == "DATA":
+            elif verb == b"DATA":
                 if not recipients:
                     await reply("503 5.5.1 no valid recipients")
-                    continue
-                await reply("354 end with <CRLF>.<CRLF>")
-                data, too_big = await self.read_data(reader, max_size, idle)
-                self.busy.add(asyncio.current_task())
-                for recipient in recipients:
-                    if too_big:
-                        await reply(f"552 5.3.4 message larger than {max_size} bytes")
-                        continue
-                    code, reason = await loop.run_in_executor(self.worker.pool, self.worker.queue, data,
-                                                              recipient, sender)
-                    status = LMTP_REPLIES.get(code, "550 5.7.1" if code == EX_NOPERM else "451 4.3.0")
-                    await reply(f"{status} <{recipient}> {reason or 'ok'}")
-                self.busy.discard(asyncio.current_task())
-                sender, recipients = None, []
-            elif verb == "RSET":
-                sender, recipients = None, []
-                await reply("250 2.0.0 ok")
-            elif verb == "QUIT":
+                else:
+                    await reply("354 end with <CRLF>.<CRLF>")
+                    await self.deliver(reader, reply, loop, sender, recipients, max_size, idle)
+                    sender, recipients, junk, deadline = None, [], 0, loop.time() + idle
+            elif verb == b"QUIT":
                 await reply("221 2.0.0 bye")
                 return
+            elif verb == b"RSET":
+                sender, recipients = None, []
+                await reply("250 2.0.0 ok")
             else:
-                await reply({"NOOP": "250 2.0.0 ok", "VRFY": "252 2.1.5 send some mail and see"}.get(
+                await reply({b"NOOP": "250 2.0.0 ok", b"VRFY": "252 2.1.5 send some mail and see"}.get(
                     verb, "500 5.5.2 unknown command"))
+            if junk >= LMTP_JUNK_LIMIT:
+                log.info("lmtp: %d commands without a message: 421", junk)
+                await reply("421 4.7.0 too many commands without mail, closing")
+                return
         await reply("421 4.3.2 shutting down, try again later")
 
-    @staticmethod
-    async def read_data(reader, max_size, idle):
-        """The message up to the final dot, dot-unstuffed (RFC 5321 4.5.2), with
-        LF line ends; past max_size the rest is read and dropped."""
+    async def deliver(self, reader, reply, loop, sender, recipients, max_size, idle):
+        """Read the message after 354, then queue it for each recipient, one reply each."""
         import asyncio
-        chunks, size, too_big = [], 0, False
-        while True:
-            data = await asyncio.wait_for(read_line(reader, max_size + 2), idle)
-            if not data:
-                raise ConnectionError("client went away in DATA")  # nothing is queued
-            if data in (b".\r\n", b".\n"):
-                return b"".join(chunks), too_big
-            if data.startswith(b"."):
-                data = data[1:]
-            size += len(data)
-            if size > max_size:
-                too_big, chunks = True, []
-            elif not too_big:
-                chunks.append(data[:-2] + b"\n" if data.endswith(b"\r\n") else data)
+        data = LMTPData(max_size)
+        while not data.add(await asyncio.wait_for(read_line(reader, max_size + 2), idle)):
+            pass
+        self.busy.add(asyncio.current_task())
+        try:
+            for recipient in recipients:
+                if data.too_big:
+                    await reply(f"552 5.3.4 message larger than {max_size} bytes")
+                    continue
+                code, reason = await loop.run_in_executor(self.worker.pool, self.worker.queue, data.message(),
+                                                          recipient, sender)
+                status = LMTP_REPLIES.get(code, "550 5.7.1" if code == EX_NOPERM else "451 4.3.0")
+                await reply(f"{status} <{recipient}> {reason or 'ok'}")
+        finally:
+            self.busy.discard(asyncio.current_task())
+
+
+LMTP_JUNK_LIMIT = 100       # commands without a message (NOOP, RSET, MAIL, refusals …): then 421
+LMTP_MAX_RECIPIENTS = 1000  # per transaction (RFC 5321 asks for 100 at least): more get 452
+
+
+class LMTPData:
+    """The lines of DATA as read_line gives them.  Only <CRLF>.<CRLF> ends the message (RFC 5321
+    4.1.1.4; Postfix's smtpd_forbid_bare_newline = normalize, its default since 3.9): a line that ends
+    in a bare LF is a line, but a "." line next to one (LF.LF, LF.CRLF, CRLF.LF) is neither the end nor
+    content, so no end that a client or a relay might read differently cuts the message short and
+    runs what follows as commands (SMTP smuggling).  A CR not before the LF that ends a line becomes a
+    space (Postfix's cleanup_replace_stray_cr_lf), so CR.CR is text and no bare CR goes out again.
+    Dot-unstuffed, LF line ends; past max_size the rest is read and dropped (too_big)."""
+
+    def __init__(self, max_size):
+        self.max_size, self.chunks, self.size, self.too_big, self.bare_lf = max_size, [], 0, False, False
+
+    def add(self, data):
+        """Take one line (with its LF); True once the message has ended."""
+        if not data.endswith(b"\n"):
+            raise ConnectionError("client went away in DATA")       # nothing is queued
+        crlf = data.endswith(b"\r\n")
+        line = data[:-2] if crlf else data[:-1]
+        after_bare_lf, self.bare_lf = self.bare_lf, not crlf
+        if line == b".":
+            return crlf and not after_bare_lf
+        if line.startswith(b"."):
+            line = line[1:]
+        if b"\r" in line:
+            line = line.replace(b"\r", b" ")
+        self.size += len(line) + 1
+        if self.size > self.max_size:
+            self.too_big, self.chunks = True, []
+        elif not self.too_big:
+            self.chunks.append(line + b"\n")
+        return False
+
+    def message(self):
+        return b"".join(self.chunks)
 
 
 async def read_line(reader, cap):
     """One line, newline included, however long (asyncio's readline gives
     up at 64 KB, and real mail has longer lines); past ``cap`` bytes the rest
-    of the line is read and dropped.  b"" at the end of the stream."""
+    of the line is read and dropped, its own line end kept (CRLF or LF).  b"" at the end of the
+    stream."""
     import asyncio
-    parts, size = [], 0
+    parts, size, tail = [], 0, b""
     while True:
         try:
             part = await reader.readuntil(b"\n")
@@ -8580,10 +11367,12 @@ async def read_line(reader, cap):
                 return b"".join(parts)
         if size < cap:
             parts.append(part[:cap - size])
-        size += len(part)
+        size, tail = size + len(part), (tail + part)[-2:]
         if part.endswith(b"\n") or not part:
             joined = b"".join(parts)
-            return joined if joined.endswith(b"\n") or size <= cap else joined + b"\n"
+            if size <= cap or joined.endswith(b"\n"):
+                return joined
+            return joined + (b"\r\n" if tail == b"\r\n" else b"\n")
 
 
 def cmd_lmtp(args, config):
@@ -8591,6 +11380,7 @@ def cmd_lmtp(args, config):
     SIGHUP reloads the config for the messages that follow."""
     import asyncio
     import signal
+    parse_listen(args.listen, unix=True)            # a usage error (64) before anything starts
     worker = QueueWorker(config)
     server = LMTPServer(config, worker)
 
@@ -8644,8 +11434,8 @@ def cmd_send(args, config):
     if verdict is not None:
         report(verdict.reason, logging.INFO)
         return verdict.code
-    if ctx.totals is not None:
-        log.info("send: %s", ctx.trace[-1][1])
+    if ctx.totals is not None:     # an idle run (every minute from cron) is worth no line
+        log.log(logging.INFO if any(ctx.totals.values()) else logging.DEBUG, "send: %s", ctx.trace[-1][1])
         if ctx.totals.get("unreadable"):
             report(f"{ctx.totals['unreadable']} queued posts cannot be read ({ctx.unreadable}); "
                    f"fix: chown -R {pipe_user(config)} {config.spool} and run queue as that user")
@@ -8654,9 +11444,9 @@ def cmd_send(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 21. Administration commands
+# 26. Administration commands
 # Owns: the cmd_* of lists, members, moderation, bounces, status and trace.
-# Calls: sections 2-20.
+# Calls: sections 2-25.
 # ---------------------------------------------------------------------------
 
 # Lists and members -----------------------------------------------------------
@@ -8752,6 +11542,12 @@ def cmd_set(args, config):
 def cmd_dellist(args, config):
     store, row = store_and_list(config, args.list)
     spools = [r[0] for r in store.q("list_spools", row["id"])]
+    if args.dry_run:
+        what = store.q("list_contents", row["id"]).fetchone()
+        print(f"would delete list {list_address(row)}: {what['members']} members, {what['queued']} posts"
+              f" and notices waiting to be sent, {what['held']} held posts, {what['pending']} pending"
+              f" confirmations; its web pages go, its archive ({archive_path(config, row)}) stays")
+        return EX_OK
     with store.transaction():
         store.q("delete_list", row["id"])
     for name in spools:
@@ -9170,10 +11966,228 @@ def cmd_trace(args, config):
     return EX_OK
 
 
+# Backup and restore -------------------------------------------------------------
+# One tar file holds the state of an installation: the database (a snapshot by SQLite's online
+# backup), the spool file of every post still waiting, the archive, the web pages, the quarantine
+# and the configuration.  `send` is kept out while it is taken (send.lock): what the snapshot says
+# was delivered is exactly what was, so a restored installation delivers each waiting post once.
+BACKUP_PARTS = (("archive", "archive", "dir"), ("pages", "web", "pages"),
+                ("quarantine", "filter", "quarantine"))
+
+
+def open_backup(args):
+    """Open FILE.tmp for the backup as the caller, before redsky works as the list user: root's
+    nightly backup goes to a directory only root may write (/var/backups)."""
+    args.target = os.path.abspath(args.file)
+    try:
+        args.backup_fd = os.open(f"{args.target}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                 0o600)     # members, posts and the installation's key: its owner's only
+    except OSError as e:
+        raise Failure(f"cannot write the backup {args.target}: {e.strerror}", EX_TEMPFAIL)
+
+
+def finish_backup(args, code):
+    """In the caller's process: FILE.tmp becomes FILE when the backup was written whole, else goes."""
+    try:
+        if code == EX_OK:
+            os.fsync(args.backup_fd)
+            os.rename(f"{args.target}.tmp", args.target)
+        else:
+            _unlink_quietly(f"{args.target}.tmp")
+    finally:
+        os.close(args.backup_fd)
+    return code
+
+
+def cmd_backup(args, config):
+    import shutil
+    import tarfile
+    import tempfile
+    lock = os.open(os.path.join(config.data_dir, "send.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    deadline, folder = time.monotonic() + args.wait, None
+    try:
+        while True:                         # a running send finishes its run first
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Failure(f"`send` has been running for {args.wait:g} s: try again later",
+                                  EX_TEMPFAIL)
+                time.sleep(0.2)
+        store = open_store(config)
+        mask = os.umask(0o077)
+        try:
+            folder = tempfile.mkdtemp(prefix=".backup-", dir=config.data_dir)
+            snapshot = os.path.join(folder, "redsky.db")
+            copy = sqlite3.connect(snapshot)
+            try:
+                store.db.backup(copy)
+            finally:
+                copy.close()
+            spools = [row[0] for row in store.q("queued_spools")]
+            out = os.fdopen(os.dup(args.backup_fd), "wb")
+            mode = "w:gz" if args.target.endswith((".gz", ".tgz")) else "w"
+            with out, tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tar:
+                tar.add(snapshot, "redsky.db")
+                for name in spools:
+                    tar.add(os.path.join(config.spool, name), f"spool/{name}")
+                for part, section, key in BACKUP_PARTS:
+                    path = config.path_of(section, key)
+                    if os.path.isdir(path):
+                        tar.add(path, part, filter=lambda i: i if i.isreg() or i.isdir() else None)
+                if config.path:
+                    tar.add(config.path, "redsky.ini")
+        except OSError as e:
+            raise Failure(f"cannot write the backup {args.target}: {e.strerror or e}", EX_TEMPFAIL)
+        finally:
+            os.umask(mask)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            store.close()
+    finally:
+        os.close(lock)                      # send may run again
+    print(f"backup {args.target}: the database, {len(spools)} waiting posts, "
+          f"{', '.join(p for p, s, k in BACKUP_PARTS if os.path.isdir(config.path_of(s, k))) or 'no archive'}"
+          f"{', the config' if config.path else ''}")
+    return EX_OK
+
+
+RESTORE_MAX_FILES = 2_000_000               # entries of one backup
+
+
+def backup_entries(tar, name, places):
+    """The entries of a backup, checked before anything is written: regular files and folders
+    with a name of the parts a backup holds, each once, none sparse; raise Failure (65) else."""
+    def wrong(info, parts):
+        if not (info.isreg() or info.isdir()) or info.issparse():
+            return "a link, device or sparse file"
+        if re.search(r"[\x00-\x1f\x7f]", info.name):
+            return "a name with a control character"
+        if info.name.startswith("/") or ".." in parts or "" in parts:
+            return "a name that leaves the data directory"
+        if parts[0] not in places:
+            return "something that is no part of a backup"
+        if parts[0] in ("redsky.db", "redsky.ini") and (len(parts) > 1 or not info.isreg()):
+            return f"{parts[0]} not as a file"
+        if len(parts) == 1 and parts[0] not in ("redsky.db", "redsky.ini") and not info.isdir():
+            return f"{parts[0]} not as a folder"
+        if "/".join(parts) in seen:
+            return "a name twice"
+        return "too many files" if len(entries) >= RESTORE_MAX_FILES else ""
+    entries, seen, total = [], set(), 0
+    for info in tar:
+        parts = info.name.rstrip("/").split("/")
+        problem = wrong(info, parts)
+        if problem:
+            raise Failure(f"{name} is not a redsky backup: it holds {one_line(repr(info.name), 120)}"
+                          f" ({problem}); nothing was restored", EX_DATAERR)
+        seen.add("/".join(parts))
+        entries.append(info)
+        total += info.size
+    if "redsky.db" not in seen:
+        raise Failure(f"{name} is not a redsky backup: it has no redsky.db; nothing was restored", EX_DATAERR)
+    return entries, total
+
+
+def restored_database(path, name):
+    """Refuse a database that is not one a redsky made: not SQLite, a schema newer than this
+    redsky's, or a trigger or view of its own (one could copy every notice elsewhere)."""
+    wanted = {re.match(r"CREATE (?:UNIQUE )?\w+ (\w+)", s).group(1) for s in _sql_statements(SCHEMA)
+              if s.startswith("CREATE")}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)    # no -shm beside it
+        try:
+            version = db.execute(SQL["schema_version"]).fetchone()[0]
+            extra = [n for t, n in db.execute(SQL["triggers_and_views"]) if n not in wanted]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise Failure(f"{name}: its redsky.db is not a database ({e}); nothing was restored", EX_DATAERR)
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise Failure(f"{name}: its redsky.db has schema version {version}, this redsky {__version__} reads"
+                      f" 1 to {SCHEMA_VERSION}; nothing was restored", EX_DATAERR)
+    if extra:
+        raise Failure(f"{name}: its redsky.db holds {', '.join(extra[:3])}, which no redsky makes; nothing"
+                      " was restored", EX_DATAERR)
+
+
+def cmd_restore(args, config):
+    """Restore a backup into an empty data directory; the configuration it held is put beside it
+    for you to compare (the one in use is not changed).  All or nothing: what was written goes
+    again if anything fails."""
+    import shutil
+    import tarfile
+    places = {"spool": config.spool, "redsky.db": config.database,
+              "redsky.ini": os.path.join(config.data_dir, "redsky.ini.from-backup"),
+              **{part: config.path_of(section, key) for part, section, key in BACKUP_PARTS}}
+    taken = [p for part, p in places.items() if os.path.exists(p) and (part != "spool" or os.listdir(p))]
+    if taken:
+        raise Failure(f"{taken[0]} exists already: restore goes into an empty data directory (move it"
+                      " away, or set another data_dir)", EX_USAGE)
+    try:
+        tar = tarfile.open(args.file, "r:*")
+    except (OSError, tarfile.TarError) as e:
+        raise Failure(f"cannot read the backup {args.file}: {e}", EX_DATAERR)
+    made, current = [], None                    # files and folders this restore created
+    try:
+        with tar:
+            try:
+                entries, total = backup_entries(tar, args.file, places)
+            except (tarfile.TarError, ValueError) as e:
+                raise Failure(f"{args.file} is not a redsky backup ({e}); nothing was restored", EX_DATAERR)
+            os.makedirs(config.data_dir, exist_ok=True)
+            free = shutil.disk_usage(config.data_dir).free
+            if total > free - 100 * 1024 * 1024:        # and 100 MB left for the mail that comes next
+                raise Failure(f"{args.file} holds {total / 1e6:.0f} MB, {config.data_dir} has"
+                              f" {free / 1e6:.0f} MB free; nothing was restored", EX_TEMPFAIL)
+            for info in sorted(entries, key=lambda i: i.name != "redsky.db"):   # the database first
+                parts = info.name.rstrip("/").split("/")
+                path = os.path.join(places[parts[0]], *parts[1:])
+                if info.isdir():
+                    if not os.path.isdir(path):
+                        os.makedirs(path)
+                        made.append(path)
+                    continue
+                if not os.path.isdir(os.path.dirname(path)):
+                    os.makedirs(os.path.dirname(path))
+                    made.append(os.path.dirname(path))
+                current = path if info.name != "redsky.db" else f"{path}.restoring"
+                with tar.extractfile(info) as source, open(current, "xb") as fh:
+                    made.append(current)
+                    shutil.copyfileobj(source, fh, 1 << 20)
+                if info.name == "redsky.db":
+                    restored_database(current, args.file)
+        os.rename(f"{config.database}.restoring", config.database)
+        made.append(config.database)
+    except BaseException as e:
+        for path in reversed(made):             # all or nothing
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink_quietly(path)
+        if isinstance(e, FileExistsError):
+            raise Failure(f"{e.filename} exists already: restore goes into an empty data directory", EX_USAGE)
+        if isinstance(e, (OSError, tarfile.TarError, EOFError)):
+            raise Failure(f"cannot restore {args.file}: {e}; nothing was restored", EX_TEMPFAIL)
+        raise
+    store = open_store(config)               # an older backup is upgraded here
+    waiting = [name for (name,) in store.q("queued_spools")]
+    missing = [name for name in waiting if not os.path.exists(os.path.join(config.spool, name))]
+    export_postfix_map(config, store)
+    lists = store.q("all_lists").fetchall()
+    store.close()
+    print(f"restored {args.file} into {config.data_dir}: {len(lists)} lists, {len(waiting)} waiting posts"
+          + (f" ({len(missing)} without their spool file!)" if missing else "")
+          + (f"; its configuration is {places['redsky.ini']}" if os.path.exists(places["redsky.ini"])
+             else ""))
+    return EX_TEMPFAIL if missing else EX_OK
+
+
 # ---------------------------------------------------------------------------
-# 22. Moving in and out
+# 27. Moving in and out
 # Owns: export, import (mlmmj, Mailman 2 and 3, redsky), whois and forget.
-# Calls: sections 2-21.
+# Calls: sections 2-26.
 # ---------------------------------------------------------------------------
 
 # The list settings an export carries: what `set` sets (the passphrase as its hash) and the
@@ -9184,10 +12198,236 @@ EXPORTED_SETTINGS = tuple("passphrase_hash" if k == "passphrase" else k for k in
 HELD_FIELDS = ("received", "sender", "recipient", "from_addr", "subject", "message_id", "reason", "raw")
 
 
+# Reading what an import is handed ------------------------------------------------------------
+#
+# An import reads files that someone else may have made (an mlmmj list directory from another host,
+# Mailman's dumps, an export), and reads them as whoever runs it, root included (main reads them
+# before working as the list user).  So it reads only regular files really inside what it was
+# given: every name is opened relative to its directory's descriptor with O_NOFOLLOW (no symbolic
+# link at any level, so no path leaves the directory) and O_NONBLOCK (a FIFO never blocks), and the
+# opened descriptor's fstat decides: a regular file, the very one lstat saw (lstat first only so
+# that a device node is never opened: opening one can have effects), with no other name (a hard
+# link may be any file of the disk), within its size limit.  Everything is read into memory before
+# anything is changed, so nothing is read twice.  What is skipped is listed in the output.
+
+IMPORT_LIMITS = {"control": 1 << 20, "config": 16 << 20, "addresses": 256 << 20, "post": 64 << 20,
+                 "export": 1 << 30, "mbox": 4 << 30}
+IMPORT_MAX_NUMBER = 10**6           # an archived post's number an import keeps (a larger one: numbered here)
+IMPORT_MAX_GAPS = 100_000           # numbers the source no longer has that become gap pages, at most
+
+
+def archive_gaps(plan, kept, gaps=None):
+    """The gaps of an import's archive (plan["archive_gaps"]): ``gaps`` as the source names them, else
+    every number below the highest of ``kept`` that is not in it; none when there are more than
+    IMPORT_MAX_GAPS (a warning says so: those numbers stay unused, without the page of a gap)."""
+    if gaps is None:
+        count = max(kept, default=0) - len(kept)
+        gaps = range(1, max(kept, default=0) + 1) if count <= IMPORT_MAX_GAPS else ()
+    else:
+        gaps = [n for n in gaps if isinstance(n, int) and 0 < n <= IMPORT_MAX_NUMBER]
+        count = len(gaps)
+    if count > IMPORT_MAX_GAPS:
+        plan["warnings"].append(f"the archive lacks {count} numbers: they stay unused, without the page"
+                                " that says so")
+        gaps = ()
+    plan["archive_gaps"] = sorted(set(gaps) - set(kept))
+
+
+def import_read_error(path, e):
+    """The Failure for a file or directory an import cannot open: what to do about it."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return Failure(f"cannot read {path}: permission denied" + (
+            " even to root (a network file system?): copy it to a local disk first" if os.geteuid() == 0 else
+            "; run the import as root (it reads what it imports before it works as the list user), or make"
+            " it readable to this user"), EX_NOPERM)
+    if e.errno == errno.ENOENT:
+        return Failure(f"no such file or directory: {path}", EX_DATAERR)
+    return Failure(f"cannot read {path}: {e.strerror or e}", EX_DATAERR)
+
+
+def file_kind(st, directory=False):
+    """Why an lstat result is not what an import reads (None when it is)."""
+    import stat
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return None if directory else "a directory"
+    if directory:
+        return "not a directory"
+    if stat.S_ISREG(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+class ImportSource:
+    """A directory an import reads from, opened once: ``read``, ``names`` and ``exists`` take paths
+    inside it ("control/footer") and follow no link at any level.  A file or directory that is not
+    read is added to ``skipped`` as (path, why), the path as ``shown`` + the path inside, unless
+    ``strict`` (a file named on the command line), which makes it a Failure.  Use it in a ``with``."""
+
+    def __init__(self, path, skipped, shown=None, follow=False):
+        self.path, self.skipped, self.shown = path, skipped, shown or ""
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+            why = file_kind(st, directory=True)
+            if why:
+                raise Failure(f"{path} is {why}" + (f" (to {os.path.realpath(path)}): name the directory"
+                              " itself if you mean it" if why == "a symbolic link" else ""), EX_DATAERR)
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK
+                              | (0 if follow else os.O_NOFOLLOW))
+        except OSError as e:
+            raise import_read_error(path, e)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+    def _open(self, dir_fd, name, directory, rel):
+        """(descriptor, None), (None, why not) or (None, None) when there is no such name."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        flags |= os.O_DIRECTORY if directory else 0
+        try:
+            seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            why = file_kind(seen, directory)
+            if why:
+                return None, why
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):        # made a link (or a file) after the lstat
+                return None, "a symbolic link" if e.errno == errno.ELOOP else "replaced while it was read"
+            raise import_read_error(self.full(rel), e)
+        st = os.fstat(fd)
+        why = "replaced while it was read" if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) \
+            else file_kind(st, directory) or (None if directory or st.st_nlink == 1 else
+                                              f"a hard link ({st.st_nlink} names)")
+        if why:
+            os.close(fd)
+            return None, why
+        return fd, None
+
+    def _walk(self, rel, directory, strict=False):
+        """The descriptor of ``rel`` (a directory or a file), opened component by component."""
+        fd, parts = self.fd, rel.split("/")
+        try:
+            for i, name in enumerate(parts):
+                last = i == len(parts) - 1
+                opened, why = self._open(fd, name, directory or not last, "/".join(parts[:i + 1]))
+                if fd != self.fd:
+                    os.close(fd)
+                fd = opened
+                if opened is None:
+                    if why:
+                        shown = "/".join(parts[:i + 1]) + ("" if last and not directory else "/")
+                        self.skip(shown, why, strict)
+                    return None
+            return fd
+        except BaseException:
+            if fd is not None and fd != self.fd:
+                os.close(fd)
+            raise
+
+    def full(self, rel):
+        return self.shown + rel if self.shown else os.path.join(self.path, rel)
+
+    def skip(self, rel, why, strict=False):
+        if strict:
+            raise Failure(f"{self.shown}{rel} is {why}: not read", EX_DATAERR)
+        self.skipped.append((self.shown + rel, why))
+
+    def read(self, rel, limit, strict=False):
+        """The bytes of file ``rel``, or None (no such file, or skipped)."""
+        fd = self._walk(rel, False, strict)
+        if fd is None:
+            if strict:
+                raise Failure(f"no such file: {self.shown}{rel}", EX_DATAERR)
+            return None
+        try:
+            chunks, size = [], 0
+            if os.fstat(fd).st_size > limit:
+                size = limit + 1
+            while size <= limit:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+            self.skip(rel, f"larger than {limit >> 20} MB" if limit >> 20 else f"larger than {limit} bytes",
+                      strict)
+            return None
+        except OSError as e:
+            raise import_read_error(self.full(rel), e)
+        finally:
+            os.close(fd)
+
+    def names(self, rel):
+        """The names in directory ``rel``, sorted ([] when there is none, or it is skipped)."""
+        fd = self._walk(rel, True)
+        if fd is None:
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    def exists(self, rel):
+        """Whether ``rel`` is there, whatever it is (a flag file: nothing of it is read)."""
+        head, _, name = rel.rpartition("/")
+        fd = self._walk(head, True) if head else self.fd
+        if fd is None:
+            return False
+        try:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            if fd != self.fd:
+                os.close(fd)
+
+
+def read_named(path, limit, skipped):
+    """The bytes of a file named on the command line: the file itself must be a regular file,
+    not a link (the directories above it are the admin's path, and are followed)."""
+    with ImportSource(os.path.dirname(path) or ".", skipped, shown=os.path.join(os.path.dirname(path), ""),
+                      follow=True) as where:
+        return where.read(os.path.basename(path), limit, strict=True)
+
+
+def text_lines(data):
+    """The non-empty, non-comment lines of a text (bytes), stripped."""
+    text = (data or b"").decode("utf-8", "replace")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def mbox_posts(data):
+    """The messages of an mbox (bytes), as mailbox.mbox reads them: each begins at a line starting
+    "From ", which is not part of it, and the empty line before the next one separates them."""
+    starts = [0] if data.startswith(b"From ") else []
+    at = data.find(b"\nFrom ")
+    while at != -1:
+        starts.append(at + 1)
+        at = data.find(b"\nFrom ", at + 1)
+    posts = []
+    for start, end in zip(starts, starts[1:] + [len(data)]):
+        body = data.find(b"\n", start, end)
+        post = data[end if body == -1 else body + 1:end]
+        posts.append(post[:-1] if post.endswith(b"\n\n") else post)
+    return posts
+
+
 def new_plan(address):
-    """What an import would bring: filled by an importer, carried out by apply_plan."""
+    """What an import would bring: filled by an importer, carried out by apply_plan.  "seen" holds
+    the members' addresses (lower case) so that adding one costs the same however many there are."""
     return {"address": address, "settings": {}, "members": [], "acl": [], "bans": [], "held": [],
-            "pending": [], "archive": [], "archive_gaps": [], "not_carried": [], "invalid": []}
+            "pending": [], "archive": [], "archive_gaps": [], "not_carried": [], "invalid": [], "skipped": [],
+            "warnings": [],
+            "seen": set()}
 
 
 def plan_member(plan, address, name="", **options):
@@ -9196,21 +12436,26 @@ def plan_member(plan, address, name="", **options):
     if not valid_address(address):
         plan["invalid"].append(address)
         return
-    if address.lower() not in {m["address"].lower() for m in plan["members"]}:
+    if address.lower() not in plan["seen"]:
+        plan["seen"].add(address.lower())
         plan["members"].append({"address": address, "name": one_line(name, 200), **options})
 
 
-def apply_plan(store, config, plan, dry_run=False):
+def apply_plan(store, config, plan, dry_run=False, into_existing=False):
     """Carry out an import plan: the list created if missing, settings that differ set, members,
-    patterns, held posts and requests that are not there yet added, all in one transaction; then
-    the archive posts whose Message-ID the archive does not hold yet.  Running it twice changes
-    nothing the second time.  Yields what it does (or would do) line by line."""
+    patterns and held posts that are not there yet added, all in one transaction; then the archive
+    posts whose Message-ID the archive does not hold yet.  A list that exists already is changed only
+    ``into_existing`` (the file names its own target).  Tokens from a file are never trusted: a held
+    post gets a new one, and pending confirmations and requests are left out, with a line saying so;
+    nobody is sent anything.  Running it twice changes nothing the second time.  Yields what it
+    does (or would do) line by line."""
     try:
         name, domain = split_list_address(plan["address"])
         settings = dict(import_setting(k, v) for k, v in plan["settings"].items())
     except Failure as e:                    # in a file, not on the command line: bad data
         raise Failure(f"{e}", EX_DATAERR)
-    row = store.list_by_address(f"{name}@{domain}")
+    address = f"{name}@{domain}"
+    row = store.list_by_address(address)
     list_id = row["id"] if row else None           # a new list has no rows yet
     changed = {k: v for k, v in settings.items() if row is None or row[k] != v}
     have = {a.lower() for a in member_addresses(store, list_id)}
@@ -9220,7 +12465,7 @@ def apply_plan(store, config, plan, dry_run=False):
     bans = [p for p in plan["bans"] if p not in bans_have]
     held_have = {(h["message_id"], h["received"]) for h in store.q("held_keys", list_id)}
     held = [h for h in plan["held"] if (h["message_id"], h["received"]) not in held_have]
-    tokens = [p for p in plan["pending"] if not store.q("pending_by_token", p["token"]).fetchone()]
+    dropped = [p for p in plan["pending"] if p["action"] != "moderate"]
     if row is not None and plan["archive"] and not dry_run:
         ensure_numbered(config, store, row)
     archived_ids = {r["message_id"] for r in store.q("archived_present", list_id)} | \
@@ -9230,30 +12475,57 @@ def apply_plan(store, config, plan, dry_run=False):
     taken = {r["number"] for r in store.q("archived_present", list_id)} | \
         {r["number"] for r in store.q("archived_removed", list_id)} if row is not None else set()
     gaps = sorted(set(plan.get("archive_gaps", ())) - taken - {n for n, _ in posts})
+    to_change = row is None or changed or members or acl or bans or held or posts or gaps
+    if row is not None and to_change and not into_existing and not dry_run:
+        raise Failure(f"list {address} exists here: importing into it changes its settings and owners and"
+                      " adds members; --dry-run shows what would change, --into-existing does it", EX_DATAERR)
     would = "would " if dry_run else ""
+    some = lambda items, n=20: ", ".join(items[:n]) + (f" and {len(items) - n} more" * (len(items) > n))
     if row is None:
-        yield f"{would}create list {name}@{domain}"
+        yield f"{would}create list {address}"
+    elif to_change and not into_existing:
+        yield f"list {address} exists here: importing into it takes --into-existing; it would:"
     for key, value in changed.items():
-        shown = "(set)" if key == "passphrase_hash" else repr(value) if isinstance(value, str) else value
-        yield f"{would}set {key} = {shown}"
+        shown = lambda v, new="(set)": repr(v) if isinstance(v, str) and key != "passphrase_hash" else \
+            v if key != "passphrase_hash" else new if v else "(none)"
+        yield f"{would}set {key} = {shown(value)}" if row is None else \
+            f"{would}change {key}: {shown(row[key])} -> {shown(value, '(another)')}"
     if members:
         digest = sum(1 for m in members if m.get("digest"))
         nomail = sum(1 for m in members if m.get("disabled_reason") == "nomail")
-        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)"
-    for what, items in (("posting patterns", acl), ("ban patterns", bans), ("held posts", held),
-                        ("pending requests", tokens), ("archived posts", posts)):
+        yield f"{would}add {len(members)} members ({digest} digest, {nomail} nomail)" + \
+            (f": {some([m['address'] for m in members])}" if dry_run and row is not None else "")
+    if row is not None and len(plan["members"]) > len(members):
+        kept = len(plan["members"]) - len(members)
+        yield f"{kept} members of the file are members already: left as they were"
+    for what, items in (("posting patterns", acl), ("ban patterns", bans), ("archived posts", posts)):
         if items:
             yield f"{would}add {len(items)} {what}"
+    if held:
+        yield (f"{would}add {len(held)} held posts with new tokens (the owners' earlier notices no longer"
+               f" work): `redsky.py held {address}` lists them, `approve ID` releases one, and send's daily"
+               " reminder gives the owners the new tokens")
+    requests = [p["address"] for p in dropped if p["action"] == "approve-subscribe"]
+    confirmations = [f"{p['action']} {p['address']}" for p in dropped if p["action"] != "approve-subscribe"]
+    if confirmations:
+        yield (f"not imported: {len(confirmations)} pending confirmations ({some(confirmations, 5)}): a token"
+               " from a file is never trusted; whoever asked asks again")
+    if requests:
+        yield (f"not imported: {len(requests)} requests to join waiting for the owners ({some(requests, 5)}):"
+               f" `redsky.py subscribe {address} ADDR` admits one")
     if plan["invalid"]:
-        yield f"invalid addresses, not imported: {', '.join(plan['invalid'][:20])}" + \
-            (f" and {len(plan['invalid']) - 20} more" if len(plan["invalid"]) > 20 else "")
+        yield f"invalid addresses, not imported: {some(plan['invalid'])}"
+    for path, why in dict.fromkeys(plan["skipped"]):
+        yield f"skipped: {path} is {why}: not read"
+    for warning in plan["warnings"]:
+        yield f"warning: {warning}"
     for item in plan["not_carried"]:
         yield f"not carried over: {item}"
-    if not (row is None or changed or members or acl or bans or held or tokens or posts):
+    if not to_change:
         yield "nothing to change"
     if dry_run:
         return
-    now = time.time()
+    now, held_expiry = time.time(), config.duration("commands", "held_expiry")
     with store.transaction() as db:
         if row is None:
             list_id = store.add_list(db, {"name": name, "domain": domain, "created": now, **changed})
@@ -9268,15 +12540,11 @@ def apply_plan(store, config, plan, dry_run=False):
             for m in members])
         db.executemany(SQL["acl_add"], [(list_id, p) for p in acl])
         db.executemany(SQL["ban_add"], [(list_id, p) for p in bans])
-        held_ids = {}                           # the export's held numbers -> rows here
-        for h in held:
-            values = (list_id, *(h[k] for k in HELD_FIELDS))
-            held_ids[h["number"]] = db.execute(SQL["add_held"], values).lastrowid
-        for p in tokens:
-            if p.get("held") is not None and p["held"] not in held_ids:
-                continue                        # its held post was imported before: so was it
-            db.execute(SQL["add_pending"], (p["token"], list_id, p["address"], p["action"],
-                                            held_ids.get(p.get("held")), p["created"], p["expires"]))
+        for h in held:                          # a token of our own for each, as hold_post makes it
+            held_id = db.execute(SQL["add_held"], (list_id, *(h[k] for k in HELD_FIELDS))).lastrowid
+            since = min(h["received"], now)
+            db.execute(SQL["add_pending"], (new_token(), list_id, h["from_addr"] or h["sender"] or "?",
+                                            "moderate", held_id, since, since + held_expiry))
     list_row = store.list_by_id(list_id)
     renumbered = 0
     for number, data in sorted(posts, key=lambda p: (p[0] is None or p[0] in taken, p[0] or 0)):
@@ -9310,59 +12578,86 @@ def import_setting(key, value):
         raise Failure(f"setting {key} = {value!r}: {e}", EX_DATAERR)
 
 
-def split_lines(path):
-    """The non-empty, non-comment lines of a text file, stripped."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise Failure(f"cannot read {path}: {e.strerror}", EX_NOPERM)
-
-
-def mlmmj_plan(listdir, as_address=None):
+def mlmmj_plan(listdir, as_address=None, rewrite=False):
     """An import plan from an mlmmj list directory (mlmmj's TUNABLES: the files under control/, the
-    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N)."""
-    if not os.path.isdir(os.path.join(listdir, "control")):
-        raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
-    control = lambda name: os.path.join(listdir, "control", name)
-    flag = lambda name: os.path.exists(control(name))
-    first = lambda name: (split_lines(control(name)) or [""])[0]
-    address = as_address or first("listaddress")
-    if not address:
-        raise Failure(f"{listdir}: control/listaddress is empty; give --as LIST@DOMAIN", EX_DATAERR)
-    plan = new_plan(address)
-    s = plan["settings"]
-    s["subject_tag"] = first("prefix")
-    if flag("footer"):
-        with open(control("footer"), encoding="utf-8", errors="replace") as fh:
-            s["footer"] = fh.read().strip("\n")
-    s["access"] = "moderated" if flag("moderated") or flag("modonlypost") else \
-        "subscribers" if flag("subonlypost") else "open"
-    s["subscribe_policy"] = "closed" if flag("closedlist") or flag("closedlistsub") else \
-        "confirm+approve" if flag("submod") else "open" if flag("nosubconfirm") else "confirm"
-    s["archive"] = "off" if flag("noarchive") else "private"
-    owners = split_lines(control("owner")) + split_lines(control("moderators"))
-    s["owners"] = ",".join(dict.fromkeys(o for o in owners if valid_address(o)))
-    used = {"listaddress", "prefix", "footer", "moderated", "modonlypost", "subonlypost", "closedlist",
-            "closedlistsub", "submod", "nosubconfirm", "noarchive", "owner", "moderators"}
-    plan["not_carried"] = sorted(f"control/{n}" for n in os.listdir(os.path.join(listdir, "control"))
-                                 if n not in used)
-    for sub, options in (("subscribers.d", {}), ("digesters.d", {"digest": True}),
-                         ("nomailsubs.d", {"status": "disabled", "disabled_reason": "nomail"})):
-        directory = os.path.join(listdir, sub)
-        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
-            for line in split_lines(os.path.join(directory, name)):
-                plan_member(plan, line, **options)
-    archive_dir = os.path.join(listdir, "archive")
-    numbers = os.listdir(archive_dir) if os.path.isdir(archive_dir) else []
-    for n in sorted(int(n) for n in numbers if n.isdigit()):
-        with open(os.path.join(archive_dir, str(n)), "rb") as fh:
-            plan["archive"].append((n, fh.read()))         # under mlmmj's number
-    kept = {n for n, _ in plan["archive"]}
-    plan["archive_gaps"] = [n for n in range(1, max(kept) + 1) if n not in kept] if kept else []
+    address files under subscribers.d/, digesters.d/ and nomailsubs.d/, the archive under archive/N),
+    read as ImportSource reads: regular files inside it only."""
+    skipped = []
+    with ImportSource(listdir, skipped) as source:
+        if not source.exists("control"):
+            raise Failure(f"{listdir} is not an mlmmj list directory (no control/)", EX_DATAERR)
+        names = source.names("control")
+        if skipped:
+            raise Failure(f"{listdir}: control/ is {skipped[0][1]}: not read", EX_DATAERR)
+        control = lambda name, limit="control": source.read(f"control/{name}", IMPORT_LIMITS[limit])
+        flag = lambda name: source.exists(f"control/{name}")
+        first = lambda name: (text_lines(control(name)) or [""])[0]
+        addresses = text_lines(control("listaddress"))
+        address = as_address or (addresses or [""])[0]
+        if not address:
+            why = dict(skipped).get("control/listaddress")
+            raise Failure(f"{listdir}: control/listaddress " + (f"is {why}: not read" if why else "is empty")
+                          + "; give --as LIST@DOMAIN", EX_DATAERR)
+        plan = new_plan(address)
+        plan["skipped"] = skipped
+        s = plan["settings"]
+        s["subject_tag"] = first("prefix")
+        footer = control("footer")
+        if footer is not None:
+            s["footer"] = footer.decode("utf-8", "replace").strip("\n")
+        s["access"] = "moderated" if flag("moderated") or flag("modonlypost") else \
+            "subscribers" if flag("subonlypost") else "open"
+        s["subscribe_policy"] = "closed" if flag("closedlist") or flag("closedlistsub") else \
+            "confirm+approve" if flag("submod") else "open" if flag("nosubconfirm") else "confirm"
+        s["archive"] = "off" if flag("noarchive") else "private"
+        owners = text_lines(control("owner")) + text_lines(control("moderators"))
+        s["owners"] = ",".join(dict.fromkeys(o for o in owners if valid_address(o)))
+        used = {"listaddress", "prefix", "footer", "moderated", "modonlypost", "subonlypost", "closedlist",
+                "closedlistsub", "submod", "nosubconfirm", "noarchive", "owner", "moderators"}
+        plan["not_carried"] = [f"control/{n}" for n in names if n not in used]
+        mlmmj_addresses(plan, addresses + [plan["address"]], first("delimiter") or "+", rewrite)
+        for sub, options in (("subscribers.d", {}), ("digesters.d", {"digest": True}),
+                             ("nomailsubs.d", {"status": "disabled", "disabled_reason": "nomail"})):
+            for name in source.names(sub):
+                for line in text_lines(source.read(f"{sub}/{name}", IMPORT_LIMITS["addresses"])):
+                    plan_member(plan, line, **options)
+        for n in sorted(int(n) for n in source.names("archive") if n.isdigit() and n.isascii()):
+            data = source.read(f"archive/{n}", IMPORT_LIMITS["post"])
+            if data is not None:                        # under mlmmj's number (a gap for each it lacks)
+                plan["archive"].append((n if n <= IMPORT_MAX_NUMBER else None, data))
+        archive_gaps(plan, {n for n, _ in plan["archive"] if n})
     return plan
+
+
+# mlmmj's own addresses (LIST+WORD@DOMAIN, WORD as in its listtexts) and what redsky answers instead.
+MLMMJ_ADDRESSES = {"subscribe": "-join", "unsubscribe": "-leave", "owner": "-owner", "help": "-request",
+                   "get": "-request", "index": "-request", "faq": "-request", "list": "-request"}
+
+
+def mlmmj_addresses(plan, addresses, delimiter, rewrite):
+    """Warn about the footer and prefix naming mlmmj's own addresses (LIST+unsubscribe@…), which redsky
+    refuses (no list there: 550), and say redsky's; ``rewrite`` puts redsky's in their place."""
+    local, _, domain = plan["address"].lower().partition("@")
+    names = [a.lower().partition("@")[::2] for a in addresses if valid_address(a)]
+    pattern = re.compile(r"(?<![\w.+-])(?:%s)%s([A-Za-z0-9][\w.=-]{0,200})@(?:%s)(?![\w-]|\.\w)" % (
+        "|".join(sorted({re.escape(n) for n, _ in names})), re.escape(delimiter),
+        "|".join(sorted({re.escape(d) for _, d in names}))), re.IGNORECASE)
+    for key, what in (("footer", "the footer"), ("subject_tag", "the prefix")):
+        text, theirs = plan["settings"].get(key) or "", {}
+        for m in pattern.finditer(text):
+            word = m.group(1).lower()
+            suffix = MLMMJ_ADDRESSES.get(word.split("-")[0])
+            if m.group(0) in theirs:
+                continue
+            theirs[m.group(0)] = f"{local}{suffix}@{domain}" if suffix else None
+            note = f" (then `set digest on` or `set nomail on` to {local}-request@{domain})" \
+                if word.startswith("subscribe-") else ""
+            plan["warnings"].append(
+                f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
+                + (f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it")
+                + ("" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place"))
+        if rewrite and any(theirs.values()):
+            plan["settings"][key] = pattern.sub(lambda m: theirs[m.group(0)] or m.group(0), text)
 
 
 def python_assignments(text):
@@ -9393,8 +12688,8 @@ MAILMAN2_CARRIED = {"real_name", "host_name", "subject_prefix", "msg_footer", "g
 def mailman2_plan(config_file, as_address=None):
     """An import plan from Mailman 2.1's `config_list -o` output (its members and pipermail mbox:
     add_member_files, add_mbox).  Settings with no redsky equivalent are listed."""
-    with open(config_file, encoding="utf-8", errors="replace") as fh:
-        values = python_assignments(fh.read())
+    text = read_named(config_file, IMPORT_LIMITS["config"], []).decode("utf-8", "replace")
+    values = python_assignments(text)
     address = as_address or (f"{str(values.get('real_name', '')).lower()}@{values.get('host_name', '')}"
                              if values.get("real_name") and values.get("host_name") else "")
     if not address:
@@ -9449,7 +12744,7 @@ def mailman3_plan(info, as_address=None):
     only one; or a "Posting address:" line).  Its members and mbox: add_member_files, add_mbox."""
     address = as_address
     if info and not address:
-        lines = split_lines(info)
+        lines = text_lines(read_named(info, IMPORT_LIMITS["config"], []))
         posting = [v.strip() for k, _, v in (line.partition(":") for line in lines)
                    if k.strip().lower() in ("posting address", "list address")]
         bare = [line for line in lines if valid_address(line)]
@@ -9468,22 +12763,15 @@ def add_member_files(plan, members, digest_members, nomail_members):
     for path, options in ((members, {}), (digest_members, {"digest": True}),
                           (nomail_members, {"status": "disabled", "disabled_reason": "nomail"})):
         if path:
-            if not os.path.exists(path):
-                raise Failure(f"no such file: {path}", EX_DATAERR)
-            for line in split_lines(path):
+            for line in text_lines(read_named(path, IMPORT_LIMITS["addresses"], plan["skipped"])):
                 plan_member(plan, *name_addr(line), **options)
 
 
 def add_mbox(plan, path):
     """The posts of an mbox, in order, for the archive (pipermail's, HyperKitty's
     export or the prototype archiver's)."""
-    if not path:
-        return
-    import mailbox
-    if not os.path.exists(path):
-        raise Failure(f"no such file: {path}", EX_DATAERR)
-    box = mailbox.mbox(path, create=False)
-    plan["archive"] += [box.get_bytes(key) for key in box.iterkeys()]
+    if path:
+        plan["archive"] += mbox_posts(read_named(path, IMPORT_LIMITS["mbox"], plan["skipped"]))
 
 
 def export_document(store, config, row):
@@ -9509,12 +12797,18 @@ def export_document(store, config, row):
 
 
 def redsky_plan(path, as_address=None):
-    """An import plan from `redsky.py export` output (and FILE.mbox beside it)."""
+    """An import plan from `redsky.py export` output (and FILE.mbox beside it, from the same
+    directory, read as ImportSource reads)."""
     import base64
+    skipped, where = [], os.path.dirname(path)
+    with ImportSource(where or ".", skipped, shown=os.path.join(where, ""), follow=True) as source:
+        data = source.read(os.path.basename(path), IMPORT_LIMITS["export"], strict=True)
+        mbox = source.read(os.path.basename(path) + ".mbox", IMPORT_LIMITS["mbox"])
+    def no_constant(name):                  # NaN and Infinity: no time, score or number of ours
+        raise ValueError(f"{name} is not a number here")
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError, RecursionError) as e:
+        doc = json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
         raise Failure(f"cannot read {path}: {one_line(e, 200)}", EX_DATAERR)
     if not isinstance(doc, dict) or doc.get("format") != "redsky-export":
         raise Failure(f"{path} is not a redsky export", EX_DATAERR)
@@ -9531,7 +12825,8 @@ def redsky_plan(path, as_address=None):
             missing = held_keys - set(h)
             if missing:
                 raise ValueError(f"a held post lacks {', '.join(sorted(missing))}")
-            plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True)))
+            plan["held"].append(dict(h, raw=base64.b64decode(h["raw"], validate=True),
+                                     received=float(h["received"])))
         for p in doc.get("pending", []):
             missing = pending_keys - set(p)
             if missing or p["action"] not in schema_choices("pending")["action"]:
@@ -9539,13 +12834,16 @@ def redsky_plan(path, as_address=None):
             plan["pending"].append(dict(p))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Failure(f"{path} is not a valid redsky export: {one_line(e, 200)}", EX_DATAERR)
-    add_mbox(plan, path + ".mbox" if os.path.exists(path + ".mbox") else None)
+    plan["skipped"] = skipped
+    plan["archive"] = mbox_posts(mbox or b"")
     numbers = doc.get("archive_numbers") or []
-    if not (isinstance(numbers, list) and all(isinstance(n, int) and 0 < n < 10**9 for n in numbers)):
+    if not isinstance(numbers, list) or not all(isinstance(n, int) and 0 < n <= IMPORT_MAX_NUMBER
+                                                for n in numbers):
         numbers = []                        # a damaged list of numbers: the posts are numbered here
     plan["archive"] = [(numbers[i] if i < len(numbers) else None, data)
                        for i, data in enumerate(plan["archive"])]
-    plan["archive_gaps"] = [n for n in doc.get("archive_gaps") or [] if isinstance(n, int) and 0 < n < 10**6]
+    gaps = doc.get("archive_gaps")
+    archive_gaps(plan, set(numbers[:len(plan["archive"])]), gaps if isinstance(gaps, list) else [])
     return plan
 
 
@@ -9571,35 +12869,47 @@ def cmd_export(args, config):
         return EX_OK
     _write_page(args.output, text)          # atomically, as the archive's pages are written
     posts = archive_selection(config, row, store=store)
-    if posts:
-        export_mbox(posts, args.output + ".mbox")
-    print(f"{list_address(row)}: exported to {args.output}" + (f" and {args.output}.mbox" if posts else ""),
+    first = next(posts, None)               # a generator: is there any post at all?
+    if first is not None:
+        export_mbox(itertools.chain([first], posts), args.output + ".mbox")
+    elif os.path.exists(args.output + ".mbox"):     # an earlier export's: import would take it for this one's
+        os.unlink(args.output + ".mbox")
+    print(f"{list_address(row)}: exported to {args.output}" +
+          (f" and {args.output}.mbox" if first is not None else " (no archived posts, so no .mbox)"),
           file=sys.stderr)
     return EX_OK
 
 
-def cmd_import(args, config):
-    """import mlmmj LISTDIR | mailman2 | mailman3 | redsky FILE: print what
-    changes (--dry-run: only that), then carry it out in one transaction."""
+def import_plan(args):
+    """Read everything an import names and make its plan.  main calls it before it works as the list
+    user, so that root reads what only root may (an mlmmj list's subscribers.d/ is 0600); nothing is
+    read later.  ImportSource decides what is read."""
     if args.kind in ("mlmmj", "redsky") and not args.path:
         raise Failure(f"use: import {args.kind} {'LISTDIR' if args.kind == 'mlmmj' else 'FILE'}", EX_USAGE)
     if args.kind in ("mailman2", "mailman3") and not args.members:
         raise Failure(f"use: import {args.kind} --members FILE ...", EX_USAGE)
     if args.kind == "mailman2" and not args.config_file:
         raise Failure("use: import mailman2 --config FILE --members FILE [--mbox FILE]", EX_USAGE)
-    try:
-        importer, source = {"mlmmj": (mlmmj_plan, args.path), "redsky": (redsky_plan, args.path),
-                            "mailman2": (mailman2_plan, args.config_file),
-                            "mailman3": (mailman3_plan, args.info)}[args.kind]
-        plan = importer(source, args.as_address)
-        if args.kind.startswith("mailman"):
-            add_member_files(plan, args.members, args.digest_members, args.nomail_members)
-            add_mbox(plan, args.mbox)
-    except OSError as e:                        # a file of the import that cannot be read
-        raise Failure(f"cannot read {e.filename or args.path}: {e.strerror or e}", EX_NOPERM)
+    if args.rewrite_addresses and args.kind != "mlmmj":
+        raise Failure("--rewrite-addresses is for import mlmmj", EX_USAGE)
+    if args.kind == "mlmmj":
+        return mlmmj_plan(args.path, args.as_address, args.rewrite_addresses)
+    if args.kind == "redsky":
+        return redsky_plan(args.path, args.as_address)
+    plan = mailman2_plan(args.config_file, args.as_address) if args.kind == "mailman2" else \
+        mailman3_plan(args.info, args.as_address)
+    add_member_files(plan, args.members, args.digest_members, args.nomail_members)
+    add_mbox(plan, args.mbox)
+    return plan
+
+
+def cmd_import(args, config):
+    """import mlmmj LISTDIR | mailman2 | mailman3 | redsky FILE: print what
+    changes (--dry-run: only that), then carry it out in one transaction."""
+    plan = getattr(args, "plan", None) or import_plan(args)
     store = open_store(config, create=True)
     os.makedirs(config.spool, exist_ok=True)
-    for line in apply_plan(store, config, plan, args.dry_run):
+    for line in apply_plan(store, config, plan, args.dry_run, args.into_existing):
         print(f"{plan['address']}: {line}")
     return EX_OK
 
@@ -9608,7 +12918,7 @@ def cmd_import(args, config):
 # SQL name to show it, SQL name to delete it).
 PERSONAL_DATA = tuple((table, f"whois_{table}", f"forget_{table}") for table in (
     "members", "acl", "deliveries", "bounces", "probes", "pending", "autoreplies", "recent_posts",
-    "messages"))
+    "messages", "web_sessions"))
 # ... and where it may be written inside a text: (table, SQL name of the
 # candidates, SQL name to delete one by id); mentions() decides.
 MENTIONING = (("held", "mentioning_held", "delete_held"), ("events", "mentioning_events", "delete_event"))
@@ -9715,9 +13025,9 @@ def archive_remove_author(config, store, list_row, address):
 
 
 # ---------------------------------------------------------------------------
-# 23. Doctor
+# 28. Doctor
 # Owns: doctor's checks of the installation, Postfix, Exim, OpenSMTPD, LMTP and the web.
-# Calls: sections 2-22.
+# Calls: sections 2-27.
 # ---------------------------------------------------------------------------
 
 CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron",
@@ -9725,18 +13035,43 @@ CRON_PLACES = ("/etc/crontab", "/etc/cron.d", "/var/spool/cron/crontabs", "/var/
 
 
 def find_send_schedule(places=CRON_PLACES):
-    """The first cron or systemd file that runs `redsky.py ... send`, or None."""
+    """(the first cron or systemd file that runs `redsky.py ... send` or None, the places this user
+    could not read): a crontab directory is often closed to the list user (Debian: 1730 root:crontab)."""
+    closed = []
     for place in places:
-        files = [place] if os.path.isfile(place) else \
-            [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
+        try:
+            files = [place] if os.path.isfile(place) else \
+                [os.path.join(place, f) for f in sorted(os.listdir(place))] if os.path.isdir(place) else []
+        except OSError:
+            closed.append(place)
+            continue
         for f in files:
-            if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
-                return f
+            if os.access(f, os.R_OK) or not os.path.isfile(f):
+                if re.search(r"redsky(\.py)?\b[^\n]*\bsend\b", read_text(f, 200_000)):
+                    return f, closed
+            else:
+                closed.append(f)
     r = run_program(["crontab", "-l"], timeout=10) if places is CRON_PLACES else None   # this user's own
     if r and r.returncode == 0 and re.search(r"(?m)^[^#\n]*redsky(\.py)?\b[^\n]*\bsend\b", r.stdout):
         import pwd
-        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}"
-    return None
+        return f"/var/spool/cron/crontabs/{pwd.getpwuid(os.geteuid()).pw_name}", closed
+    return None, closed
+
+
+def running_programs():
+    """The names (comm) of the running processes, or None when /proc cannot be listed."""
+    try:
+        pids = [pid for pid in os.listdir("/proc") if pid.isdigit()]
+    except OSError:
+        return None
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                names.add(fh.read().strip())
+        except OSError:
+            continue
+    return names
 
 
 def schedule_user(path):
@@ -9833,23 +13168,12 @@ def doctor_checks(config, cron_places=CRON_PLACES):
             yield ("FAIL", f"{who} cannot read {len(stuck)} queued spool files (e.g. {stuck[0]}):"
                    " they are never sent",
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
-    yield from bytecode_checks(config, runner)
-    yield from web_checks(config)
-    yield from postfix_checks(config)
-    yield from exim_checks(config, store)
-    yield from opensmtpd_checks()
-    schedule = find_send_schedule(cron_places)
-    cron_user = schedule_user(schedule) if schedule else None
-    if cron_user and cron_user not in (runner, "root"):
-        yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
-               f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
-    elif schedule:
-        who = f" as {cron_user}" if cron_user else ""
-        yield "OK", f"'redsky.py send' is scheduled in {schedule}{who}", ""
-    else:
-        yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
-               f"add to /etc/cron.d/redsky: * * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
-               f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    yield from looked("the bytecode", bytecode_checks(config, runner))
+    yield from looked("the web", web_checks(config))
+    yield from looked("Postfix", postfix_checks(config))
+    yield from looked("Exim", exim_checks(config, store))
+    yield from looked("OpenSMTPD", opensmtpd_checks())
+    yield from looked("the schedule of send", schedule_checks(config, runner, cron_places))
     for row in store.q("all_lists"):
         changes = [what for what, on in (("subject tag", row["subject_tag"]), ("footer", row["footer"]))
                    if on]
@@ -9859,6 +13183,43 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    "posts, so authors' DKIM signatures fail (and DMARC p=reject senders' posts get rejected)",
                    f"redsky.py set {row['name']}@{row['domain']} subject_tag '' / footer ''")
     store.close()
+
+
+def looked(what, checks):
+    """The findings of ``checks``; one that cannot look (a directory closed to this user, a program
+    that fails) is a WARN that says so, and doctor goes on with the next."""
+    try:
+        yield from checks
+    except Exception as e:                      # any: doctor's own bug must not hide the other checks
+        yield ("WARN", f"cannot check {what}: {type(e).__name__}: {one_line(e, 200)}",
+               "run doctor as root (it looks as the list user where it can)")
+
+
+def schedule_checks(config, runner, cron_places=CRON_PLACES):
+    """Is `send` scheduled, as whom, and does a cron daemon run it?"""
+    schedule, closed = find_send_schedule(cron_places)
+    cron_user = schedule_user(schedule) if schedule else None
+    cron_line = (f"* * * * * {runner} /usr/bin/python3 {os.path.abspath(__file__)}"
+                 f"{' -c ' + os.path.abspath(config.path) if config.path else ''} send")
+    if cron_user and cron_user not in (runner, "root"):
+        yield ("FAIL", f"{schedule} runs 'redsky.py send' as {cron_user}, but the data belongs to {runner}",
+               f"run it as {runner} (or as root: redsky then works as the owner of {config.data_dir})")
+    elif schedule:
+        who = f" as {cron_user}" if cron_user else ""
+        yield "OK", f"'redsky.py send' is scheduled in {schedule}{who}", ""
+        running = running_programs()
+        wanted = {"systemd"} if "/systemd/" in schedule else {"cron", "crond", "cronie", "fcron"}
+        if running is None:
+            yield "WARN", "cannot tell whether a cron daemon runs (/proc cannot be listed)", ""
+        elif not running & wanted:
+            yield ("FAIL", f"no {' or '.join(sorted(wanted))} runs here, so {schedule} never runs 'redsky.py"
+                   " send': posts wait in the spool", "install and start it (Debian: apt-get install cron)")
+    elif closed:
+        yield ("WARN", f"no job that runs 'redsky.py send' found, but {', '.join(closed[:3])} cannot be read"
+               " by this user: a crontab there is not seen", "run doctor as root to look there too")
+    else:
+        yield ("WARN", "no cron job or systemd timer runs 'redsky.py send': posts wait in the spool",
+               f"add to /etc/cron.d/redsky: {cron_line}")
 
 
 def bytecode_checks(config, runner, python=None):
@@ -10177,9 +13538,9 @@ def cmd_schema(args, config):
 
 
 # ---------------------------------------------------------------------------
-# 24. Command line
+# 29. Command line
 # Owns: demo, the argument parser, main.
-# Calls: sections 2-23.
+# Calls: sections 2-28.
 # ---------------------------------------------------------------------------
 
 DEMO_POST = b"""\
@@ -10320,6 +13681,7 @@ def make_parser(wanted=None):
     p.add_argument("value")
     p = command("dellist", cmd_dellist, "delete a list, its members and its queued posts")
     p.add_argument("list")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     for name, func in (("subscribe", cmd_subscribe), ("unsubscribe", cmd_unsubscribe)):
         p = command(name, func, f"{name} addresses ('-': read stdin; 'Name <addr>' lines keep the name)")
         if name == "subscribe":
@@ -10347,6 +13709,12 @@ def make_parser(wanted=None):
     p.add_argument("--search", metavar="TEXT", help="only posts whose From, Subject or text contains TEXT")
     p.add_argument("--output", metavar="FILE", help="export: write the mbox here instead of stdout")
     p.add_argument("--json", action="store_true")
+    p = command("backup", cmd_backup, "everything of this installation in one tar file, taken online")
+    p.add_argument("file", metavar="FILE", help="the tar file (.tar.gz or .tgz: compressed)")
+    p.add_argument("--wait", type=float, default=300, metavar="SECONDS",
+                   help="how long to wait for a running send to finish (default 300)")
+    p = command("restore", cmd_restore, "restore a backup into an empty data directory")
+    p.add_argument("file", metavar="FILE")
     p = command("export", cmd_export, "a list as one JSON document (and its archive as FILE.mbox)")
     p.add_argument("list")
     p.add_argument("--output", metavar="FILE", help="write FILE (and FILE.mbox) instead of stdout")
@@ -10362,6 +13730,10 @@ def make_parser(wanted=None):
     p.add_argument("--nomail-members", metavar="FILE", help="mailman2/3: members with delivery off")
     p.add_argument("--mbox", metavar="FILE", help="mailman2/3: the archive mbox")
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.add_argument("--into-existing", action="store_true",
+                   help="import into a list that exists here: its settings and owners are replaced")
+    p.add_argument("--rewrite-addresses", action="store_true",
+                   help="mlmmj: put redsky's addresses where the footer and prefix name mlmmj's")
     p = command("whois", cmd_whois, "everything redsky stores about an address")
     p.add_argument("address")
     p.add_argument("--json", action="store_true")
@@ -10480,6 +13852,37 @@ def queue_args(argv):
     return Arguments(**values) if command else None
 
 
+def works_as_list_user(args, config, fork=False):
+    """The command's own work, as the owner of data_dir; with ``fork`` (backup, run as root) in a
+    child process, so that this one stays the caller and can finish what it opened."""
+    if fork and os.geteuid() == 0 and os.path.isdir(config.data_dir) and os.stat(config.data_dir).st_uid:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid:
+            status = os.waitpid(pid, 0)[1]
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EX_SOFTWARE
+        code = EX_SOFTWARE
+        try:
+            code = main_as_list_user(args, config)
+        except Failure as e:
+            report(f"{e}")
+            code = e.code
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return main_as_list_user(args, config)
+
+
+def main_as_list_user(args, config):
+    if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
+        become_list_user(config)
+    setup_logging(config, args.verbose)
+    load_plugins(config)
+    code = args.func(args, config)
+    sys.stdout.flush()                          # a closed pipe shows here, not at exit
+    return code
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = queue_args(argv) or make_parser(command_named(argv)).parse_args(argv)
@@ -10490,12 +13893,16 @@ def main(argv=None):
         os.umask(config.umask)
         if args.command == "init" or (args.command == "postfix-config" and not args.lmtp):
             args.bytecode = compile_bytecode(getattr(args, "python", None) or default_python())  # as root
-        if args.command not in ("demo", "schema", "config", "postfix-config"):   # postfix-config: see there
-            become_list_user(config)
-        setup_logging(config, args.verbose)
-        load_plugins(config)
-        code = args.func(args, config)
-        sys.stdout.flush()                          # a closed pipe shows here, not at exit
+        if args.command == "import":               # read as the caller (root may read what it imports)
+            args.plan = import_plan(args)
+        if args.command != "backup":
+            return works_as_list_user(args, config)
+        open_backup(args)                           # written where the caller may write, then renamed
+        code = EX_SOFTWARE
+        try:
+            code = works_as_list_user(args, config, fork=True)
+        finally:
+            finish_backup(args, code)
         return code
     except BrokenPipeError as e:
         if queue:                                   # the MTA keeps the message and retries

@@ -25,10 +25,17 @@ per message, as an MTA pipe runs it) against `lmtp` (one server).
 `--search [N ...]`: issue 33's table at N archived posts (default 10,000 and
 100,000): CPU per search query by the FTS5 index and by the fallback scan,
 the index's size on disk, and the CPU to archive and publish one more post.
+`--backup [N]`: issue 30's table, `backup` and `restore` of a list of N
+members (default 100,000) with 1,000 archived posts and 100 waiting.
 `--web [N]`: issue 20's table for N members (default 100,000): `queue` with
 a private and with a public archive (its pages written), `send` per recipient
 with and without one-click headers, a one-click POST and page GETs against
 `redsky.py web`, and `archive html` over 1,000 posts.
+`--tokens [N]`: issue 29's made-up one-click tokens at N members (default
+100,000): the CGI script, `web` and mail to LIST-leave+TOKEN@, CPU each.
+`--admin [N]`: issue 32's web admin and member's pages for a list of N members
+(default 10,000): each page's weight (bytes) and the CPU `web` spends per
+request (100 requests, the server's own CPU), and the CGI script's per request.
 Not a unit test: timings depend on the machine.
 """
 
@@ -733,6 +740,249 @@ def search_table(runs, sizes):
     print(f"redsky search: median of {runs}, SQLite {sqlite3.sqlite_version}\n")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+def admin_table(runs, n, requests=100):
+    """Issue 32: each page of the web admin and of the member's pages, its bytes and its CPU."""
+    import urllib.parse
+    import urllib.request
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
+    import redsky
+    from smtpsink import free_port
+    address, owner = "bench@lists.example.org", "owner@example.org"
+    home = Home(n)
+    port = free_port()
+    home.configure(f"[web]\nbase_url = http://127.0.0.1:{port}\nsignin_per_client = 0\nsignin_per_address = 0\n",
+                   transport="maildir")
+    subprocess.run(home.cmd("set", address, "owners", owner), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(home.cmd("set", address, "access", "subscribers"), check=True, stdout=subprocess.DEVNULL)
+    for i in range(20):                         # held posts: from a stranger
+        home.post.write_bytes(POST.replace(b"<bench@", f"<held{i}@".encode()))
+        measure(home.cmd("queue", "--recipient", address, "--sender", "stranger@example.org"), str(home.post))
+    config = redsky.Config(str(home.config))
+    store = redsky.open_store(config)
+    list_row = store.list_by_address(address)
+    signin = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, list_row, owner))
+    member_signin = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "member7@example.net"))
+    token = store.db.execute("SELECT token FROM pending WHERE action = 'moderate' LIMIT 1").fetchone()[0]
+    store.close()
+    server = subprocess.Popen(home.cmd("web", "--listen", f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def fetch(path, fields=None, cookie=""):
+        data = urllib.parse.urlencode(fields, doseq=True).encode() if fields is not None else None
+        req = urllib.request.Request(url + path, data=data, headers={"Cookie": cookie} if cookie else {})
+        try:
+            with opener.open(req) as r:
+                return r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.headers, e.read()
+    rows = []
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/").read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        headers, _ = fetch(signin.path, dict(urllib.parse.parse_qsl(signin.query)))
+        owner_cookie = headers["Set-Cookie"].split(";")[0]
+        headers, _ = fetch(member_signin.path, dict(urllib.parse.parse_qsl(member_signin.query)))
+        member_cookie = headers["Set-Cookie"].split(";")[0]
+        csrf = re.search(rb'name="csrf" value="([^"]+)"', fetch(f"/{address}/admin/", cookie=owner_cookie)[1])
+        csrf = csrf.group(1).decode()
+        admin = f"/{address}/admin/"
+        pages = [("/ (front page)", "/", None, ""), ("the list's page", f"/{address}/", None, ""),
+                 ("admin: sign-in form", admin, None, ""), ("admin: at a glance", admin, None, owner_cookie),
+                 ("admin: settings", admin + "settings", None, owner_cookie),
+                 (f"admin: members (first 200 of {n:,})", admin + "members", None, owner_cookie),
+                 ("admin: a member's options", admin + "member?who=member7@example.net", None, owner_cookie),
+                 ("admin: held posts (20)", admin + "held", None, owner_cookie),
+                 ("admin: a held post (notice's link)", admin + f"held/{token}", None, ""),
+                 ("admin: bounces", admin + "bounces", None, owner_cookie),
+                 (f"admin: members.csv ({n:,})", admin + "members.csv", None, owner_cookie),
+                 ("manage: sign-in form", "/manage/", None, ""),
+                 ("manage: a member's lists", "/manage/", None, member_cookie),
+                 ("POST settings (one change)", admin + "settings", {"csrf": csrf, "subject_tag": "[b]"},
+                  owner_cookie),
+                 ("POST a member's options", admin + "member", {"csrf": csrf, "who": "member7@example.net",
+                                                                "notmetoo": "on"}, owner_cookie)]
+        for what, path, fields, cookie in pages:
+            size = len(fetch(path, fields, cookie)[1])
+            count = 10 if "csv" in path else requests
+            before = process_cpu(server.pid)
+            for _ in range(count):
+                fetch(path, fields, cookie)
+            rows.append((what, size, (process_cpu(server.pid) - before) / count))
+    finally:
+        server.terminate()
+        server.wait()
+    cgi_env = {**os.environ, "REDSKY_CONFIG": str(home.config), "GATEWAY_INTERFACE": "CGI/1.1",
+               "REQUEST_METHOD": "GET", "PATH_INFO": f"/{address}/admin/", "HTTP_COOKIE": owner_cookie,
+               "REMOTE_ADDR": "127.0.0.1", "SERVER_NAME": "x", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}
+    cgi = []
+    for _ in range(runs):
+        start = resource_children()
+        subprocess.run([PYTHON, REDSKY], env=cgi_env, stdout=subprocess.DEVNULL, check=True)
+        cgi.append(resource_children() - start)
+    home.cleanup()
+    print(f"redsky web admin: N = {n:,} members, {requests} requests each, `web`'s CPU per request; {PYTHON}\n")
+    print("| page | bytes | CPU per request |\n| --- | ---: | ---: |")
+    for what, size, cpu in rows:
+        print(f"| {what} | {size:,} | {cpu * 1000:.1f} ms |")
+    print(f"| the CGI script, a signed-in page (a process per request) | | {statistics.median(cgi) * 1000:.0f} ms |")
+
+
+def resource_children():
+    import resource
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def backup_table(runs, members):
+    """`backup` (plain and gzip) and `restore` of N members, 1,000 archived posts, 100 waiting."""
+    home = Home(members)
+    home.configure("[archive]\ndir = archive\n")
+    subprocess.run(home.cmd("set", "bench@lists.example.org", "archive", "private"), check=True,
+                   stdout=subprocess.DEVNULL)
+    sys.path.insert(0, str(HERE.parent))
+    import io
+    import redsky
+    logging.getLogger("redsky").setLevel(logging.WARNING)
+    for n in range(1_100):                  # in this process: 1,100 queue runs would take a minute
+        data = POST.replace(b"<bench@example.org>", b"<bench%d@example.org>" % n)
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+        assert redsky.main(["-c", str(home.config), "queue", "--recipient", "bench@lists.example.org"]) == 0
+        if n == 999:                        # the first 1,000 are delivered, 100 wait
+            db = sqlite3.connect(home.dir / "redsky.db")
+            with db:
+                db.execute("UPDATE messages SET state = 'done', member_cursor = NULL")
+            db.close()
+    sys.stdin = sys.__stdin__
+    os.umask(0o022)                         # main() set redsky's own
+    logging.getLogger("redsky").handlers.clear()
+    rows = []
+    for name in ("backup.tar", "backup.tar.gz"):
+        target = home.dir.parent / f"{home.dir.name}-{name}"
+        results = []
+        for _ in range(runs):
+            target.unlink(missing_ok=True)
+            results.append(measure(home.cmd("backup", str(target)), cpu=True))
+        wall, rss, cpu = (statistics.median(r[i] for r in results) for i in range(3))
+        rows.append((f"backup {name}", f"{wall:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MB",
+                     f"{target.stat().st_size / 1e6:.1f} MB"))
+    results = []
+    for _ in range(runs):
+        fresh = Path(tempfile.mkdtemp(prefix="redsky-restore-"))
+        (fresh / "redsky.ini").write_text("[redsky]\nlog = stderr\n[archive]\ndir = archive\n")
+        results.append(measure([PYTHON, REDSKY, "-c", str(fresh / "redsky.ini"), "restore", str(target)],
+                               cpu=True))
+        shutil.rmtree(fresh, ignore_errors=True)
+    wall, rss, cpu = (statistics.median(r[i] for r in results) for i in range(3))
+    rows.append(("restore (from .tar.gz)", f"{wall:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MB", ""))
+    size = (home.dir / "redsky.db").stat().st_size / 1e6
+    print(f"{members:,} members, 1,000 archived posts, 100 waiting; database {size:.1f} MB; median of {runs}")
+    print(f"{'':24} {'wall':>8} {'CPU':>8} {'peak RSS':>9} {'file':>9}")
+    for row in rows:
+        print(f"{row[0]:24} {row[1]:>8} {row[2]:>8} {row[3]:>9} {row[4]:>9}")
+    home.cleanup()
+
+
+def token_table(runs, n):
+    """Issue 29.10: what a made-up one-click token costs, at N members: a leave POST to the CGI
+    script (a process per request), a subscribe POST then a leave POST with a made-up token to a
+    running `web` (an open list: every pair adds a member), and mail to LIST-leave+TOKEN@ against
+    a `help` mail to LIST-request@ (CPU of the process, or of the server per pair)."""
+    import secrets
+    import urllib.parse
+    import urllib.request
+    from smtpsink import free_port
+    sys.path.insert(0, str(HERE.parent))
+    import redsky
+    rows, address = [], "bench@lists.example.org"
+    home = Home(n)
+    extra = "[web]\nsubscribe_per_client = 0\nsubscribe_per_list = 0\nsubscribe_per_day = 0\n" \
+        if hasattr(redsky, "sign_token") else ""
+    home.configure(extra)
+    subprocess.run(home.cmd("set", address, "subscribe_policy", "open"), check=True, stdout=subprocess.DEVNULL)
+    key = sqlite3.connect(home.dir / "redsky.db").execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
+
+    def form(email):
+        fields = {"address": email}
+        if hasattr(redsky, "sign_token"):       # a form fetched a minute ago
+            fields["form"] = redsky.sign_token(key, "subscribe", address, "127.0.0.1", issued=time.time() - 60)
+        return urllib.parse.urlencode(fields).encode()
+
+    def cgi(path, body=b""):
+        env = {**os.environ, "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": "POST" if body else "GET",
+               "PATH_INFO": path, "SCRIPT_NAME": "/redsky", "SERVER_NAME": "lists.example.org",
+               "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1", "REDSKY_CONFIG": str(home.config),
+               "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/x-www-form-urlencoded",
+               "REMOTE_ADDR": "192.0.2.7"}
+        stdin = home.dir / "body"
+        stdin.write_bytes(body)
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(stdin), PYTHON, REDSKY], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return float(out[1]), int(out[2]) / 1024, float(out[3])
+
+    def add(what, values):
+        rows.append((what, f"{statistics.median(values) * 1000:.1f} ms CPU"))
+    bogus = lambda: secrets.token_hex(8)                                       # noqa: E731
+    add("CGI: GET the subscribe page", [cgi(f"/{address}/")[2] for _ in range(runs)])
+    add(f"CGI: the first one-click POST (since {n:,} members joined)",
+        [cgi(f"/{address}/leave/{bogus()}", b"List-Unsubscribe=One-Click")[2]])
+    add("CGI: one-click POST, made-up token", [cgi(f"/{address}/leave/{bogus()}", b"List-Unsubscribe=One-Click")[2]
+                                              for _ in range(runs)])
+    for name, recipient in (("help", "bench-request"), ("LIST-leave+BOGUS", None)):
+        values = []
+        for i in range(runs):
+            to = f"{recipient or 'bench-leave+' + bogus()}@lists.example.org"
+            home.post.write_bytes(f"From: someone{i}{name[:4]}@example.com\nTo: {to}\nSubject: help\n"
+                                  f"Message-ID: <{secrets.token_hex(8)}@example.com>\n\nhelp\n".encode())
+            values.append(measure(home.cmd("queue", "--recipient", to), str(home.post), cpu=True)[2])
+        add(f"mail: `queue` of a {name} mail", values)
+    port = free_port()
+    server = subprocess.Popen(home.cmd("web", "--listen", f"127.0.0.1:{port}"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/").read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        leave = b"List-Unsubscribe=One-Click"
+        urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()     # the first: table built
+        pairs = 10 if hasattr(redsky, "sign_token") else 1        # CPU ticks are 10 ms: count many
+        values = []
+        for i in range(runs):
+            before = process_cpu(server.pid)
+            for j in range(pairs):
+                urllib.request.urlopen(f"{url}/{address}/", data=form(f"pair{i}.{j}@example.com")).read()
+                urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()
+            values.append((process_cpu(server.pid) - before) / pairs)
+        add("web: subscribe POST + one-click POST with a made-up token, per pair", values)
+        values = []
+        for i in range(runs):
+            before = process_cpu(server.pid)
+            for j in range(pairs):
+                urllib.request.urlopen(f"{url}/{address}/leave/{bogus()}", data=leave).read()
+            values.append((process_cpu(server.pid) - before) / pairs)
+        add("web: one-click POST with a made-up token, nobody joined", values)
+    finally:
+        server.terminate()
+        server.wait()
+    members = sqlite3.connect(home.dir / "redsky.db").execute("SELECT count(*) FROM members").fetchone()[0]
+    home.cleanup()
+    print(f"made-up one-click tokens: N = {n:,} ({members:,} at the end), median of {runs}, {PYTHON}\n")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} |")
 
 
 def main():
@@ -756,6 +1006,12 @@ def main():
     ap.add_argument("--search", type=int, metavar="N", nargs="*",
                     help="only the archive's search: CPU per query, index size, archiving a post at N posts"
                          " (default 10,000 and 100,000)")
+    ap.add_argument("--backup", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only backup and restore of N members (default 100,000) with 1,000 archived posts")
+    ap.add_argument("--tokens", type=int, metavar="N", nargs="?", const=100_000,
+                    help="only made-up one-click tokens: CGI, web and mail for N members (default 100,000)")
+    ap.add_argument("--admin", type=int, metavar="N", nargs="?", const=10_000,
+                    help="only the web admin's and the member's pages: bytes and CPU per request, N members")
     ap.add_argument("--python", default=PYTHON, help=f"the interpreter that runs redsky (default {PYTHON})")
     args = ap.parse_args()
     PYTHON = args.python
@@ -763,10 +1019,16 @@ def main():
         return search_table(args.runs, args.search or (10_000, 100_000))
     if args.pipe:
         return pipe_table(args.runs, (10, args.pipe))
+    if args.backup:
+        return backup_table(args.runs, args.backup)
     if args.delivery:
         return delivery_table(args.runs, args.delivery)
     if args.web:
         return web_table(args.runs, args.web)
+    if args.tokens:
+        return token_table(args.runs, args.tokens)
+    if args.admin:
+        return admin_table(args.runs, args.admin)
     if args.hostile:
         return hostile_table(args.runs)
     if args.year:

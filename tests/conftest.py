@@ -22,6 +22,8 @@ Where a new test goes:
 - `send`, transports, VERP, the ledger, retries: test_send.py; crashes,
   locks, full disks, concurrency: test_reliability.py, test_faults.py;
 - command mail, confirmations, moderation, owner mail: test_commands.py;
+  owners and moderators by email (owner commands, one-tap links, the daily
+  summary) with their forgeries: test_owners.py;
   member options and list settings: test_options.py; archive and digests:
   test_archive_digest.py; bounces: test_bounces.py (recognition rates:
   test_bounce_corpus.py, test_bounce_realworld.py); DMARC and the DNS
@@ -32,7 +34,10 @@ Where a new test goes:
   --apply: test_setup.py; import, export, whois, forget: test_move.py; the
   rules of redsky.py's layout: test_layout.py;
 - servers: test_lmtp.py, test_web.py (with CGI, WSGI, Chromium, nginx,
-  Apache); real MTAs: test_postfix.py, test_exim.py, test_opensmtpd.py.
+  Apache); the web's sign-in, the owner's and the member's pages, their
+  forgeries and the accessibility audit in Chromium: test_webadmin.py
+  (Chromium over the DevTools protocol: cdp.py); real MTAs: test_postfix.py,
+  test_exim.py, test_opensmtpd.py.
 A helper that a second file needs moves here.
 
 Markers: ``mta`` (a real Postfix, Exim, OpenSMTPD, mlmmj or Mailman 3),
@@ -56,6 +61,8 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from email import policy
 from pathlib import Path
 
@@ -473,6 +480,17 @@ class Redsky:
         self.connections = []
 
 
+@pytest.fixture(autouse=True)
+def _umask_put_back():
+    """redsky sets [redsky] umask whenever it opens its store (open_store),
+    in any process: a test that calls redsky's functions in this process
+    gets this process's umask back afterwards, as rs.run does."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 @pytest.fixture
 def rs(tmp_path):
     home = Redsky(tmp_path)
@@ -510,6 +528,61 @@ def pytest_make_parametrize_id(config, val, argname):
         if len(text) > 32 or first != text:
             return f"{first or 'blank'}~{len(text)}"
     return None
+
+
+# -- redsky's web server --------------------------------------------------------------------
+
+class Web:
+    """A running `redsky.py web` for the test's installation."""
+
+    def __init__(self, rs, prefix="/redsky"):
+        """``prefix``: the path of base_url, as behind a proxy that takes it off (a browser, which
+        follows base_url's paths and cookies, needs "")."""
+        from smtpsink import free_port
+        self.rs, self.port = rs, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        rs.write_config(web={"base_url": self.base + prefix})
+        self.proc = subprocess.Popen([*REDSKY_MAIN, "-c", str(rs.config), "web", "--listen",
+                                      f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.base + "/", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"web did not start: {self.proc.stderr.read1(4000)}")
+
+    def request(self, path, data=None, headers=None, method=None):
+        """(status, headers, body text); the app is mounted at / here, /redsky behind a proxy."""
+        url = path if path.startswith("http") else self.base + path
+        url = url.replace(self.base + "/redsky", self.base)
+        req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read().decode("utf-8", "replace")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wsgi(rs, path, method="GET", fields=None, remote="192.0.2.10", script="", headers=None, query=""):
+    """(status, headers, body) of one request to a new WebApp (as the CGI script makes one per
+    request), with PATH_INFO as the server decoded it."""
+    import urllib.parse
+    body = urllib.parse.urlencode(fields, doseq=True).encode() if isinstance(fields, dict) else (fields or b"")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": script, "QUERY_STRING": query,
+               "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "CONTENT_TYPE": "application/x-www-form-urlencoded", **(headers or {})}
+    seen = {}
+
+    def start_response(status, response_headers):
+        seen["status"], seen["headers"] = int(status[:3]), dict(response_headers)
+    data = b"".join(redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response))
+    return seen["status"], seen["headers"], data.decode()
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -610,19 +683,6 @@ def request(rs, body, sender, list_address="test@lists.example.org"):
     return r
 
 
-def wsgi(rs, path, query=""):
-    """(status, headers, body bytes) of a GET of ``path`` from redsky's WSGI application, in this
-    process (so a test may force what the process finds, e.g. redsky.FTS5 = False)."""
-    seen = {}
-
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-    config = redsky.Config.find(str(rs.config))
-    body = b"".join(redsky.WebApp(config)({"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
-                                           "SCRIPT_NAME": "", "wsgi.input": io.BytesIO()}, start_response))
-    return seen["status"], seen["headers"], body
-
-
 def deliver(rs, message, sender="alice@example.org"):
     """Queue ``message``, run send; {recipient: [Subject, ...]} of what went out since."""
     before = len(rs.sent())
@@ -637,6 +697,23 @@ def deliver(rs, message, sender="alice@example.org"):
 def ledger(rs):
     """{address: row} of the deliveries table."""
     return {r["address"]: dict(r) for r in rs.db().execute("SELECT * FROM deliveries")}
+
+
+def as_nobody(code, *args, timeout=60):
+    """`python3 -c CODE ARGS` run by the user nobody: on loopback, a client
+    of redsky's servers that is another peer than this process (the servers
+    tell local users apart).  Skips unless root, who alone can switch."""
+    import pwd
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another local user")
+    nobody = pwd.getpwnam("nobody")
+
+    def become():
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    return subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=become, cwd="/")
 
 
 def ledger_view(db):

@@ -4,6 +4,7 @@ slowest input per parser).  Each input is about SIZE bytes of one
 adversarial pattern; each parser is called the way redsky calls it."""
 
 import email
+import io
 import time
 from email import policy
 
@@ -62,6 +63,13 @@ LIST = {"id": 1, "name": "test", "domain": "lists.example.org", "footer": "", "s
 # parser name -> function of one adversarial text; each places it where
 # hostile mail would put it
 PARSERS = {
+    "web_form_multipart": lambda t: redsky.form_fields(
+        ('--B\r\nContent-Disposition: form-data; name="a"\r\n' + t).encode("utf-8", "surrogateescape"),
+        "multipart/form-data; boundary=B"),
+    "web_form_multipart_names": lambda t: redsky.form_fields(
+        ('name="a"\r\n' * (len(t) // 10)).encode(), "multipart/form-data; boundary=B"),
+    "web_form_urlencoded": lambda t: redsky.form_fields(t.encode("utf-8", "surrogateescape"),
+                                                        "application/x-www-form-urlencoded"),
     "RawMessage": lambda t: redsky.RawMessage(message("X-Long", t, t)),
     "decode_header_text": lambda t: redsky.decode_header_text(t),
     "addresses_in": lambda t: redsky.addresses_in([t]),
@@ -104,6 +112,14 @@ PARSERS = {
         {"pass_types": [], "filter_types": ["application/*"], "pass_extensions": [], "filter_extensions": ["exe"]},
         {"collapse_alternatives": 1, "convert_html_to_plaintext": 1}, []),
     "ban_patterns": lambda t: redsky.matches_any(["*@x.example", r"^spam\d+@"], [t]),
+    # what an import is handed: an mbox, member lines, mlmmj's addresses in a footer
+    "mbox_posts": lambda t: redsky.mbox_posts(("From " + t + "\n\nFrom " + t.replace(".", "\nFrom "))
+                                              .encode("utf-8", "surrogateescape")),
+    "import_member_lines": lambda t: [redsky.name_addr(line) for line in redsky.text_lines(
+        t.encode("utf-8", "surrogateescape"))],
+    "mlmmj_addresses": lambda t: [redsky.mlmmj_addresses(
+        dict(redsky.new_plan(address), settings={"footer": "a+" + t, "subject_tag": t}), [address], delimiter,
+        True) for address, delimiter in (("a@a.a", "+"), ("a-b@a", "-"))],
     # the archive pages: an HTML part, a text part, the addresses hidden, the thread key, a whole post
     "sanitize_html": lambda t: redsky.sanitize_html(t),
     "sanitize_html_attributes": lambda t: redsky.sanitize_html("<a href=" + t + "><td colspan=" + t + ">"),
@@ -119,11 +135,58 @@ PARSERS = {
     "parse_query": lambda t: redsky.parse_query(t),
     "date_span": lambda t: redsky.date_span(t),
     "snippet": lambda t: redsky.snippet(t, [["a"], ["a", "b"], ["x", "y", "z"]]),
+    # an owner's commands by email (their words and a set's value), the tokens of a reply, a notice's HTML
+    "owner_command": lambda t: [redsky.plan_owner_action(LIST, verb, words, value) for verb, words, value in
+                                (("invite", t.split(), ""), ("ban", t.split(), ""), ("set", ["footer"], t),
+                                 ("set", ["owners"], t))],
+    "token_in": lambda t: redsky.token_in(t.split() + [t]),
+    "notice_html": lambda t: redsky.notice_html(t, [("approve", "mailto:" + t[:200])]),
     "post_page": lambda t: redsky.post_parts(message("Content-Type", "multipart/mixed; boundary=b",
                                                      "--b\nContent-Type: text/html\n\n" + t + "\n--b\n"
                                                      "Content-Disposition: attachment; filename=" + t[:5000]
                                                      + "\n\n" + t + "\n--b--\n")),
+    # the web's forms: a signed form token, the client behind X-Forwarded-For
+    "check_token": lambda t: redsky.check_token("key", "subscribe", "test@lists.example.org", "", t, 0, 3600),
+    "client_network": lambda t: redsky.client_network(redsky.Config(None), {
+        "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": t + ", " + t[:1000]}),
+    # the servers: an HTTP request head (strict, uncapped here to show it is linear), the same bytes
+    # as `web --listen` takes them in pieces, and LMTP's DATA lines
+    "http_head": lambda t: _each(redsky.parse_http_head, [
+        ("GET /" + t + " HTTP/1.1\r\nHost: a\r\n").encode("utf-8", "surrogateescape"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: " + t).encode("utf-8", "surrogateescape"),
+        ("GET / HTTP/1.1\r\n" + "".join(f"X-{i}: {t[i:i + 200]}\r\n" for i in range(0, len(t), 200))
+         ).encode("utf-8", "surrogateescape")], limit=None),
+    "http_request_stream": lambda t: _fed(redsky.RequestReader().feed, (
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nX: " + t).encode("utf-8", "surrogateescape"), 512),
+    "lmtp_data": lambda t: _lmtp_data(t.encode("utf-8", "surrogateescape")),
+    # the web admin: a POSTed form, the session cookie, a day typed in
+    "read_form": lambda t: redsky.read_form({"CONTENT_LENGTH": str(len(t.encode())),
+                                             "wsgi.input": io.BytesIO(t.encode())}, limit=1 << 30),
+    "cookie_values": lambda t: redsky.cookie_values({"HTTP_COOKIE": t + "; redsky_owner=" + t}, "redsky_owner"),
+    "utc_day": lambda t: redsky.utc_day(t),
 }
+
+
+def _each(fn, inputs, **kwargs):
+    """fn over every input, its refusals (ValueError) taken as answers."""
+    for data in inputs:
+        try:
+            fn(data, **kwargs)
+        except ValueError:
+            pass
+
+
+def _fed(feed, data, piece):
+    for i in range(0, len(data), piece):
+        feed(data[i:i + piece])
+
+
+def _lmtp_data(data):
+    """The lines of DATA as the server reads them (each up to its LF), then the end."""
+    reader = redsky.LMTPData(len(data) * 2)
+    for line in (data + b"\r\n.\r\n").split(b"\n")[:-1]:
+        if reader.add(line + b"\n"):
+            break
 
 
 def _compat32(data):

@@ -266,12 +266,13 @@ class PrivatePostfix:
             return ""
 
     def reset(self):
-        """Between tests: empty Maildirs, a fresh redsky database."""
+        """Between tests: empty Maildirs, a fresh redsky database (the list map stays: Postfix's
+        daemons hold it open, and init empties it in place)."""
         self.wait_idle()
         for d in self.mail.iterdir():
             shutil.rmtree(d, ignore_errors=True)
         for f in self.home.iterdir():
-            if f.name not in ("redsky.ini",):
+            if f.name not in ("redsky.ini", "postfix-map.db"):
                 if f.is_dir():
                     shutil.rmtree(f)
                 else:

@@ -18,7 +18,8 @@ def test_schema_sql_is_what_redsky_creates(rs):
     tables = {r[0] for r in rs.db().execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache",
                       "digest_posts", "dnsbl_cache", "autoreplies", "recent_posts", "failures", "probes", "bans",
-                      "archived_posts", "archive_texts"}
+                      "archived_posts", "archive_texts",
+                      "leave_tokens", "web_budgets", "web_sessions"}
     assert rs.db().execute("PRAGMA auto_vacuum").fetchone()[0] == 2          # incremental
     assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
@@ -70,6 +71,22 @@ def test_a_database_from_a_newer_redsky_is_refused(rs):
     assert r.returncode == 78 and "schema version" in r.err
 
 
+@pytest.mark.parametrize("log", ["redsky.log", "logs/redsky.log"])
+def test_init_makes_data_dir_even_when_the_log_file_is_to_be_inside_it(tmp_path, log):
+    """`[redsky] log = redsky.log` names a file in data_dir, which init is about to make."""
+    config = tmp_path / "redsky.ini"
+    config.write_text(f"[redsky]\ndata_dir = data\nlog = {log}\n[send]\ntransport = maildir\n")
+    r = cli(["-c", str(config), "init"])
+    assert r.returncode == 0, r.err
+    assert (tmp_path / "data" / "redsky.db").exists()
+    if "/" not in log:                          # from now on the log is that file
+        cli(["-c", str(config), "queue", "--recipient", "nosuch@lists.example.org"], input=post())
+        assert "nosuch@lists.example.org" in (tmp_path / "data" / log).read_text()
+    else:                                       # a directory that does not exist is still an error
+        r = cli(["-c", str(config), "lists"])
+        assert r.returncode == 78 and "cannot open log file logs/redsky.log" in r.err
+
+
 def test_init_reports_paths_and_is_idempotent(rs):
     r = rs.run("init", check=0)
     assert str(rs.home / "redsky.db") in r.out and str(rs.home / "spool") in r.out
@@ -87,7 +104,8 @@ def test_newlist_lists_set_dellist(rs):
            "--footer", "bye\\n$list", "--owner", "boss@example.org", check=0)
     (row,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert row == {"list": "Team@example.org", "access": "open", "subject_tag": "[team]",
-                   "footer": "bye\n$list", "owners": "boss@example.org", "subscribe_policy": "confirm",
+                   "footer": "bye\n$list", "owners": "boss@example.org", "moderators": "",
+                   "subscribe_policy": "confirm",
                    "members": 0, "archive": "private", "archive_url": "", "digest_format": "mime",
                    "digest_size_threshold": 30, "digest_interval": 86400.0, "welcome": "", "goodbye": "",
                    "dmarc": "auto", "dmarc_action": "munge_from", "reply_to": "none", "reply_to_strip": 0,
@@ -95,7 +113,7 @@ def test_newlist_lists_set_dellist(rs):
                    "notify_owners": 0, "dmarc_addresses": "", "filter_content": 0, "pass_types": "",
                    "filter_types": "", "pass_extensions": "", "filter_extensions": "",
                    "convert_html_to_plaintext": 0, "collapse_alternatives": 0, "signed_posts": "pass",
-                   "description": ""}
+                   "description": "", "subscribe_question": "", "subscribe_answers": "", "advertised": 0}
     assert rs.run("newlist", "team@example.org").returncode == 65       # exists (case-insensitive)
     rs.run("set", "team@example.org", "access", "moderated", check=0)
     assert "moderated" in rs.run("lists", check=0).out
@@ -412,3 +430,27 @@ def test_ci_runs_the_readme_test_command():
     assert "python3 -m pytest" in line
     ci = (ROOT / ".ci" / "run").read_text()
     assert "# the test suite" in ci and "python3 -m pip install --quiet pytest" not in ci
+
+
+def test_dellist_dry_run_says_what_would_go_and_keeps_it(rs):
+    rs.newlist("team@lists.example.org", "--owner", "owner@example.org",
+               members=("a@example.org", "b@example.org", "c@example.org"))
+    rs.queue(post(to="team@lists.example.org"), recipient="team@lists.example.org", sender="a@example.org", check=0)
+    rs.queue(post(subject="from outside", to="team@lists.example.org"), recipient="team@lists.example.org",
+             sender="x@example.org", check=0)
+    out = rs.run("dellist", "team@lists.example.org", "--dry-run", check=0).out
+    assert out.startswith("would delete list team@lists.example.org: 3 members, ")
+    assert " 1 held posts, " in out and "archive" in out
+    assert len(rs.members("team@lists.example.org")) == 3            # nothing went
+    assert rs.run("dellist", "team@lists.example.org", check=0).out.startswith("deleted list")
+    assert rs.run("members", "team@lists.example.org").returncode == 67
+
+
+def test_the_readmes_exit_code_tables_name_the_codes_redsky_uses():
+    """Admins write MTA and proxsmtpd rules from these tables (a renumbering once shifted them all)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit codes (sysexits)")[1].split("\n## ")[0]
+    codes = [int(c) for c in re.findall(r"(?m)^\| (\d+) \|", section)]
+    assert {redsky.EX_OK, redsky.EX_USAGE, redsky.EX_DATAERR, redsky.EX_NOUSER, redsky.EX_TEMPFAIL,
+            redsky.EX_NOPERM, redsky.EX_CONFIG, redsky.EX_DISCARDED} <= set(codes) | {0}
+    assert set(codes) <= {0, 64, 65, 67, 75, 77, 78, 99, 128 + 13}, codes

@@ -325,6 +325,29 @@ def test_unanswered_warnings_remove_when_the_list_says_so(lst):
     assert "bob@example.net" not in lst.members()
 
 
+def test_owners_get_one_notice_per_list_and_run_naming_who_was_disabled_and_who_removed(lst):
+    lst.run("set", "test@lists.example.org", "owners", "owner@example.org", check=0)
+    lst.write_config(bounces={"score_threshold": "1", "you_are_disabled_warnings": "1", "warning_interval": "1d",
+                              "remove_after_warnings": "yes"})
+    bounce(lst)
+    bounce(lst, "carol@example.com")
+    lst.run("send", check=0)
+    (disabled,) = sent_to(lst, "owner@example.org")
+    assert disabled["Subject"].strip() == "test@lists.example.org: bob@example.net and 1 more disabled by bounces"
+    text = disabled.get_content()
+    assert "bob@example.net: disabled (bounce score 1)" in text and "carol@example.com: disabled" in text
+    assert "Send 'bounces' to test-request@lists.example.org" in text and "redsky.py" not in text
+    with lst.db() as db:
+        db.execute("UPDATE members SET last_warning = last_warning - 2 * 86400")
+    lst.run("send", check=0)
+    assert lst.members() == {}
+    (removed,) = sent_to(lst, "owner@example.org")[1:]
+    assert removed["Subject"].strip() == "test@lists.example.org: bob@example.net and 1 more removed after bounces"
+    assert "carol@example.com: removed after 1 unanswered warnings" in removed.get_content()
+    lst.run("send", check=0)
+    assert len(sent_to(lst, "owner@example.org")) == 2
+
+
 def test_enable_command_resets_the_score(lst):
     disable_bob(lst)
     r = lst.run("enable", "test@lists.example.org", "BOB@example.net", check=0)

@@ -231,9 +231,10 @@ def test_held_post_notice_approve_by_email_distributed_once(lst):
     mail(lst, LIST, "stranger@example.com", subject="Let me in", body="A post from outside.\n")
     notice = held_notice(lst)
     assert "held" in notice["Subject"] and notice["Auto-Submitted"] == "auto-generated"
-    text, attached = notice.get_payload()
-    assert "not a member" in text.get_content() and "Let me in" in text.get_content()
-    assert "A post from outside." in text.get_content()
+    texts, attached = notice.get_payload()          # the text (and its HTML alternative), the post
+    text = notice.get_body(("plain",)).get_content()
+    assert texts.get_content_type() == "multipart/alternative"
+    assert "not a member" in text and "Let me in" in text and "A post from outside." in text
     assert attached.get_content_type() == "message/rfc822"
     assert attached.get_payload()[0]["Subject"] == "Let me in"
     token = token_in(notice)
@@ -324,8 +325,8 @@ def test_held_posts_expire_and_moderators_are_reminded_daily(lst):
         db.execute("UPDATE held SET received = received - 4 * 86400 WHERE subject = 'older one'")
     notices = inbox(lst, OWNER)                 # 3 held notices + 1 reminder
     reminder = [m for m in notices if "waiting" in m["Subject"]]
-    assert len(reminder) == 1 and "old one" in reminder[0].get_content()
-    assert "fresh one" not in reminder[0].get_content()
+    text = reminder[0].get_body(("plain",)).get_content()
+    assert len(reminder) == 1 and "old one" in text and "fresh one" not in text
     assert lst.status()["held"] == 2            # "older one" expired
     assert len(inbox(lst, OWNER)) == len(notices)   # at most one reminder a day
 

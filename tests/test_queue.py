@@ -345,3 +345,25 @@ def test_a_post_without_date_gets_one(lst):
     assert abs(parsedate_to_datetime(dates[0][5:].decode().strip()).timestamp() - before) < 60
     lst.queue(post(subject="dated"), check=0)
     assert spooled(lst)[1].count(b"Date: Wed, 25 Nov 2026 10:00:00 +0000") == 1     # a Date is kept as it is
+
+
+@pytest.mark.parametrize("field", [b"Subject     : ", b"Subject\t: ", b"SUBJECT :", b"subject:", b"Subject : \n "])
+@pytest.mark.parametrize("tag", ["[t]", "[t %d]"])
+def test_obsolete_header_syntax_gets_the_tag_once(lst, field, tag):
+    """RFC 5322 4.5 obsolete syntax (white space before the colon, folding right after it) is
+    still a Subject: the copy is tagged once, the tag is not added again to a reply, and the
+    copy is written in today's syntax, which every mail client reads (Python's email package
+    saw no Subject at all in `Subject     : ...`)."""
+    for key, value in (("subject_tag", tag), ("footer", "-- \nthe list"), ("filter_content", "yes"),
+                       ("convert_html_to_plaintext", "yes")):
+        lst.run("set", "test@lists.example.org", key, value, check=0)
+    for n, subject in enumerate((b"hello there", b"Re: " + tag.replace("%d", "1").encode() + b" hello")):
+        data = (b"From: alice@example.org\nTo: test@lists.example.org\n" + field + subject +
+                b"\nMessage-ID: <obs%d@example.org>\n\nbody\n" % n)
+        lst.queue(data, check=0)
+    lst.run("send", check=0)
+    subjects = sorted({" ".join(str(parse(data)["Subject"]).split()) for argv, data in lst.sent()})
+    if "%d" in tag:                 # a numbered tag goes first, with the post's own number
+        assert subjects == ["[t 1] hello there", "[t 2] Re: hello"], subjects
+    else:
+        assert subjects == ["Re: [t] hello", "[t] hello there"], subjects

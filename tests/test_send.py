@@ -459,3 +459,17 @@ def test_the_precomputed_hmac_is_rfc_2104_hmac_sha256(key):
     for message in ("", "bob@example.net", "ünï@example.net"):
         expected = hmac.new(key.encode(), ("list@x|" + message).encode(), hashlib.sha256).hexdigest()
         assert redsky.hmac_after(key, "list@x|")(message) == expected
+
+
+def test_an_idle_send_writes_no_log_line(lst):
+    """Cron runs send every minute: 1,440 lines a day saying 'sent 0' drown what matters."""
+    lst.write_config(redsky={"log": "redsky.log"})
+    log = lst.home / "redsky.log"
+    lst.run("send", check=0)
+    lst.run("send", check=0)
+    assert "send:" not in log.read_text()
+    lst.queue(post(), check=0)
+    lst.run("send", check=0)
+    assert log.read_text().count("send: sent 3,") == 1
+    lst.run("send", "--verbose", check=0)          # --verbose still shows it
+    assert "send: sent 0" in log.read_text()

@@ -159,6 +159,34 @@ def test_apply_merges_into_a_live_configuration_once(site):
     assert owners(site / "data") == {"nobody"}             # the map was made as the list user
 
 
+@pytest.mark.mta
+@needs_root
+@needs_postconf
+def test_apply_on_a_postfix_with_no_main_cf_says_what_to_do_and_writes_nothing(site):
+    """Debian's "No configuration" leaves no main.cf: --apply used to write its files, then print
+    only "postconf -e ... failed"."""
+    etc = site / "etc"
+    etc.mkdir()
+    (etc / "master.cf").write_text("smtp      inet  n       -       n       -       -       smtpd\n")
+    redsky_as(site, "init")
+    r = redsky_as(site, "postfix-config", "--apply", "--dir", str(etc), env={"MAIL_CONFIG": str(etc)})
+    assert r.returncode == 78, r.err
+    assert f"no {etc}/main.cf" in r.err and "dpkg-reconfigure postfix" in r.err
+    assert sorted(p.name for p in etc.iterdir()) == ["master.cf"]          # nothing written
+    # a postconf that refuses a change says why, in its own words
+    (etc / "main.cf").write_text("compatibility_level = 3.6\n")
+    fake = site / "bin"
+    fake.mkdir()
+    (fake / "postconf").write_text("#!/bin/sh\ncase \"$1\" in -e|-M) case \"$2\" in *=*) echo 'postconf: fatal:"
+                                   " open /x/main.cf: Read-only file system' >&2; exit 1;; esac;; esac\n"
+                                   "exec /usr/sbin/postconf \"$@\"\n")
+    (fake / "postconf").chmod(0o755)
+    fake.chmod(0o755)
+    r = redsky_as(site, "postfix-config", "--apply",
+                  env={"MAIL_CONFIG": str(etc), "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.returncode == 78 and "failed: postconf: fatal: open /x/main.cf: Read-only file system" in r.err, r.err
+
+
 def doctor_fails(r):
     return [line for line in r.out.splitlines() if line.startswith("FAIL")]
 
@@ -255,3 +283,26 @@ def test_doctor_fails_a_cron_job_that_runs_as_a_third_user(site, tmp_path):
     checks = list(redsky.doctor_checks(redsky.Config(str(site / "redsky.ini")), cron_places=[str(cron)]))
     assert any(level == "FAIL" and "as daemon, but the data belongs to nobody" in finding
                for level, finding, _ in checks), checks
+
+
+@needs_root
+def test_roots_nightly_backup_goes_where_only_root_may_write(site, tmp_path):
+    """The README's `backup /var/backups/...` as root: the list user cannot write there, so the file
+    is opened by root, written by the list user's process, and renamed by root; nothing in data_dir
+    becomes root's."""
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    redsky_as(site, "subscribe", "team@lists.example.org", "bob@example.net")
+    backups = site / "backups"
+    backups.mkdir(mode=0o700)                   # root's, like /var/backups
+    r = redsky_as(site, "backup", str(backups / "nightly.tar.gz"))
+    assert r.returncode == 0, r.err
+    made = backups / "nightly.tar.gz"
+    assert made.stat().st_uid == 0 and stat.S_IMODE(made.stat().st_mode) == 0o600
+    assert not list(backups.glob("*.tmp")) and owners(site / "data") == {"nobody"}
+    import tarfile
+    with tarfile.open(made) as tar:
+        assert "redsky.db" in tar.getnames()
+    # a backup that fails leaves no file behind, and says why in one line
+    r = redsky_as(site, "backup", str(backups / "missing-dir" / "b.tar"))
+    assert r.returncode == 75 and "cannot write the backup" in r.err and "Traceback" not in r.err

@@ -129,3 +129,35 @@ def test_trace_and_status_show_a_delivery_that_bounced_later(lst):
     lst.queue(dsn(recipient="ann@example.org"), recipient="test-bounces@lists.example.org", sender="",
               check=0)
     assert lst.status()["bounced"] == 1
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "nomail", "bounce-disabled", "digest"])
+def test_trace_and_whois_keep_deliveries_to_a_member_who_later_stopped(lst, how):
+    """A post to the members has no row per member; trace used to work out 'sent' from today's
+    members, so bob's delivery vanished once he left or turned on nomail."""
+    before = post(sender="ann@example.org", subject="before")
+    lst.queue(before, sender="ann@example.org", check=0)
+    msgid = before.msgid
+    lst.run("send", check=0)
+    assert "bob@example.net" in lst.sent_to()
+    if how == "unsubscribe":
+        lst.run("unsubscribe", "test@lists.example.org", "bob@example.net", check=0)
+    elif how == "nomail":
+        lst.run("set-member", "test@lists.example.org", "bob@example.net", "nomail", "on", check=0)
+    elif how == "digest":
+        lst.run("set-member", "test@lists.example.org", "bob@example.net", "digest", "on", check=0)
+    else:
+        with lst.db() as db:
+            db.execute("UPDATE members SET status = 'disabled', disabled_reason = 'bounce'"
+                       " WHERE address = 'bob@example.net'")
+    trace = json.loads(lst.run("trace", msgid, "--json", check=0).out)
+    states = {d["address"]: d["state"] for d in trace["deliveries"]}
+    assert states == {"bob@example.net": "sent", "ann@example.org": "sent"}, trace
+    who = json.loads(lst.run("whois", "bob@example.net", "--json", check=0).out)
+    assert len(who["deliveries"]) == 1
+    # a later post does not reach bob, and forget still forgets everything
+    lst.queue(post(sender="ann@example.org", subject="after"), sender="ann@example.org", check=0)
+    lst.run("send", check=0)
+    assert not [data for argv, data in lst.sent() if argv[-1] == "bob@example.net" and b"Subject: after" in data]
+    lst.run("forget", "bob@example.net", check=0)
+    assert json.loads(lst.run("whois", "bob@example.net", "--json", check=0).out)["deliveries"] == []

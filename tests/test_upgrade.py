@@ -229,3 +229,28 @@ def test_an_archive_published_before_permanent_numbers_keeps_every_published_num
     for n, name in ((2, "alpha"), (3, "gamma"), (4, "delta"), (5, "beta"), (6, "epsilon")):
         assert f"<h1>{name}</h1>" in (pages / f"{n}.html").read_text()
     assert not list(pages.glob("*.json"))                 # the 0.4 files, with full addresses, are gone
+def test_an_upgrade_takes_a_name_in_the_old_database_as_a_name(rs):
+    """A table named "main.members" in an older database made the upgrade drop the real members."""
+    rs.newlist("team@lists.example.org", members=("bob@example.net",))
+    db = sqlite3.connect(rs.home / "redsky.db")
+    db.execute('CREATE TABLE "main.members" (x)')
+    db.execute('CREATE TABLE "x; DROP TABLE lists" (x)')
+    db.execute(f"PRAGMA user_version = {redsky.SCHEMA_VERSION - 1}")
+    db.commit()
+    db.close()
+    assert set(rs.members("team@lists.example.org")) == {"bob@example.net"}
+    names = {n for (n,) in sqlite3.connect(rs.home / "redsky.db").execute("SELECT name FROM sqlite_master")}
+    assert "main.members" not in names and "lists" in names and "members" in names
+
+
+def test_lists_on_the_front_page_stay_there_after_the_upgrade(tmp_path):
+    """The front page named the lists with a public archive; after the upgrade that added the
+    setting `advertised`, they are advertised (the others are not)."""
+    commit, source = next((c, s) for c, s in reversed(COMMITS) if "advertised" not in s)
+    data, now = old_redsky(tmp_path, commit, source)
+    old = tmp_path / "old" / "redsky.py"
+    config = data / "redsky.ini"
+    for args in (("newlist", "open@lists.example.org"), ("set", "open@lists.example.org", "archive", "public")):
+        subprocess.run([PYTHON, str(old), "-c", str(config), *args], check=True, capture_output=True)
+    lists = {r["list"]: r for r in json.loads(now("lists", "--json").stdout)}
+    assert lists["open@lists.example.org"]["advertised"] == 1 and lists["team@lists.example.org"]["advertised"] == 0

@@ -12158,6 +12158,11 @@ def cmd_restore(args, config):
                     shutil.copyfileobj(source, fh, 1 << 20)
                 if info.name == "redsky.db":
                     restored_database(current, args.file)
+            for folder, _, names in os.walk(places["pages"]):     # read by the web server, as written
+                os.chmod(folder, PAGE_DIR_MODE)
+                for name in names:
+                    if name != ".lock":
+                        os.chmod(os.path.join(folder, name), PAGE_MODE)
         os.rename(f"{config.database}.restoring", config.database)
         made.append(config.database)
     except BaseException as e:

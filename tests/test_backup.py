@@ -231,3 +231,29 @@ def test_restore_takes_nothing_into_a_data_directory_with_a_spool_file(tmp_path)
     r = rs.run("restore", str(path))
     assert r.returncode == 64 and "exists already" in r.err
     assert not (rs.home / "redsky.db").exists()
+
+
+def test_a_restored_archive_keeps_its_numbers_and_its_pages_stay_readable(tmp_path):
+    """The numbers are in the database, the pages in [web] pages: both come back as they were, and
+    the pages readable by the web server (0644 in 0755 folders) whatever the umask restore runs with."""
+    import stat
+    old = Redsky(tmp_path / "old")
+    old.newlist(LIST, "--access", "open", members=("bob@example.net",))
+    old.run("set", LIST, "archive", "public", check=0)
+    for n in range(4):
+        old.queue(post(subject=f"kept {n}", to=LIST), recipient=LIST, check=0)
+    old.run("archive", "delete", LIST, "2", check=0)
+    backup = tmp_path / "b.tar"
+    old.run("backup", str(backup), check=0)
+    new = Redsky(tmp_path / "new")
+    (new.home / "redsky.db").unlink(missing_ok=True)
+    new.write_config(redsky={"umask": "077"})
+    assert new.run("restore", str(backup)).returncode == 0
+    numbers = lambda rs: [a["number"] for a in json.loads(rs.run("archive", LIST, "--json", check=0).out)]  # noqa
+    assert numbers(new) == numbers(old) == [1, 3, 4]
+    pages = new.home / "pages"
+    wrong = {str(p.relative_to(pages)): oct(stat.S_IMODE(p.stat().st_mode)) for p in [pages, *pages.rglob("*")]
+             if p.name != ".lock" and stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)}
+    assert wrong == {} and (pages / LIST / "2.html").exists()
+    new.queue(post(subject="after", to=LIST), recipient=LIST, check=0)
+    assert numbers(new) == [1, 3, 4, 5]

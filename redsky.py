@@ -1413,6 +1413,8 @@ SQL = {
     "archived_latest": "SELECT * FROM archived_posts WHERE list_id = ? AND removed IS NULL"
                        " ORDER BY number DESC LIMIT ?",
     "archived_count": "SELECT count(*) FROM archived_posts WHERE list_id = ? AND removed IS NULL",
+    "archived_range": "SELECT * FROM archived_posts WHERE list_id = ? AND removed IS NULL"
+                      " AND number BETWEEN ? AND ? ORDER BY number LIMIT ?",
     "add_archive_text": "INSERT INTO archive_texts (post, subject, author, body, text)"
                         " VALUES (?, ?, ?, ?, ?)",
     "delete_archive_text": "DELETE FROM archive_texts WHERE post = ?",
@@ -3220,7 +3222,7 @@ TEXTS = {
             "  set ack on       get a short note when a post of yours goes out\n"
             "  (a change that stops, delays or thins your mail waits for your confirmation)\n"
             "  index            the list of archived posts, numbered\n"
-            "  get N            archived post number N\n"
+            "  get N            archived post number N (get 3-7 9: several, up to 10)\n"
             "  help             this text\n"
             "$extra",
     "confirm-subscribe": "Someone, probably you, asked to subscribe $address to the\n"
@@ -3320,6 +3322,13 @@ TEXTS = {
     "not-archived": "The archive of $post_address has no post number $number.\n",
     "archive-removed": "Post number $number was removed from the archive of $post_address.\n",
     "archived-post": "Post number $number from the archive of $post_address is attached.\n",
+    "archived-posts": "Posts $numbers from the archive of $post_address are attached.\n",
+    "archived-posts-capped": "Posts $numbers from the archive of $post_address are attached.\n\n"
+                             "Not sent: $rest.  One reply carries at most $posts posts and $size of\n"
+                             "them; ask for the rest in another message:\n\n  get $rest\n",
+    "archive-capped": "Not sent: $rest of the archive of $post_address.  One reply carries at most\n"
+                      "$posts posts and $size of them; ask for these in another message:\n\n"
+                      "  get $rest\n",
     "quarantined": "A message to $post_address (Message-ID $message_id) failed $count times with\n"
                    "an internal error of redsky, so it is no longer retried:\n\n  $reason\n\n"
                    "It is kept in the quarantine as $key.  `redsky.py quarantine` shows it;\n"
@@ -6385,6 +6394,38 @@ def moderation_items(store, config, list_row, changes, held_rows, join_rows, now
 # ---------------------------------------------------------------------------
 
 TOKEN = re.compile(r"\b([0-9a-f]{32})\b")
+GET_POSTS = 10                  # archived posts one command mail gets at most, however it asks (get 1-500)
+GET_BYTES = 10 * 2**20          # and bytes of them; a larger post still goes, alone
+_GET_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+
+
+def get_ranges(words):
+    """The numbers `get` asks for, as [(first, last)] in the order written (get 3 5-9,12), or None
+    when a word is none (at most 20 words); linear in the words."""
+    ranges = []
+    for piece in ",".join(words[:20]).split(","):
+        m = _GET_RANGE.fullmatch(piece.strip())
+        if piece.strip() and (m is None or int(m.group(2) or m.group(1)) < int(m.group(1))):
+            return None
+        if m:
+            ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
+    return ranges or None
+
+
+def number_ranges(ranges):
+    """[(first, last)] written as 3, 5-9."""
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def merged_ranges(numbers):
+    """Ascending ``numbers`` as [(first, last)] of consecutive ones."""
+    ranges = []
+    for n in numbers:
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], n)
+        else:
+            ranges.append((n, n))
+    return ranges
 COMMAND_WORDS = {"join": "subscribe", "leave": "unsubscribe", "signoff": "unsubscribe", **{
     w: w for w in "subscribe unsubscribe help confirm set index get".split() + list(MODERATION_VERBS)
     + list(OWNER_ACTIONS + OWNER_REPORTS)}}
@@ -6469,6 +6510,7 @@ class Requests:
         self.actions = []           # run(): an owner's checked changes, confirmed together
         self.tokens_done = set()    # each token is acted on once per message
         self.after_commit = []      # run by the commands filter once everything is committed
+        self.got = [0, 0]           # archive_request: posts and bytes attached to the reply so far
         self._passphrase = False    # take_approved() once: False before
 
     def change(self, fn):
@@ -6725,22 +6767,60 @@ class Requests:
             return self.notice([address], f"{self.post_address}: archive index", "index",
                                {"count": count, "shown": len(shown), "items": items or "  (empty)"},
                                done=f"index to {address}")
-        number = words[0] if words else ""
-        row = self.store.q("archived_post", self.list["id"], int(number)).fetchone() \
-            if number.isdigit() and len(number) < 10 else None
-        found = next((data for _, data in archived(self.config, self.store, self.list, [row["number"]])),
-                     None) if row and row["removed"] is None else None
+        ranges = get_ranges(words)
+        if ranges is None or len(ranges) > 1 or ranges[0][0] != ranges[0][1]:
+            return self.get_posts(address, ranges, words)
+        number = str(ranges[0][0])
+        row = self.store.q("archived_post", self.list["id"], int(number)).fetchone()
         if row is not None and row["removed"] is not None:
             return self.notice([address], f"{self.post_address}: post {number} was removed",
                                "archive-removed", {"number": number}, done=f"get {number}: removed")
-        if found is None:
-            return self.notice([address], f"{self.post_address}: no post {one_line(number, 20)}",
-                               "not-archived", {"number": one_line(number, 20) or "(none given)"},
-                               done=f"get {number[:20]}: not in the archive")
-        if self.list["archive"] == "public" and address not in self.members:
-            found = published_copy(found)           # what the web shows anyone: addresses hidden
-        self.notice([address], f"{self.post_address}: archived post {number}", "archived-post",
-                    {"number": number}, done=f"get {number} to {address}", attachment=found)
+        self.get_posts(address, ranges, words)
+
+    def get_posts(self, address, ranges, words):
+        """get N, N-M ...: the posts attached to the reply, at most GET_POSTS and GET_BYTES of them
+        for the whole message (several get lines share them); what is left is named, to ask again."""
+        if ranges is None:
+            return self.notice([address], f"{self.post_address}: no post {one_line(' '.join(words), 20)}",
+                               "not-archived", {"number": one_line(" ".join(words), 20) or "(none given)"},
+                               done=f"get {' '.join(words)[:20]}: not understood")
+        rows, seen = [], set()              # (range, row) of the present posts asked: one more than room
+        for i, (first, last) in enumerate(ranges):
+            room = GET_POSTS - self.got[0] + 1 - len(rows)
+            for r in self.store.q("archived_range", self.list["id"], first, last, max(room, 0)):
+                if r["number"] not in seen:
+                    seen.add(r["number"])
+                    rows.append((i, dict(r)))
+        found = dict((r["number"], data) for r, data in archived(
+            self.config, self.store, self.list, [r["number"] for _, r in rows])) if rows else {}
+        public = self.list["archive"] == "public" and address not in self.members
+        sent, attached, rest = [], [], []
+        for i, row in rows:
+            data = found.get(row["number"])
+            if data is None:                # its file is gone: `archive html` shows it as missing
+                continue
+            data = published_copy(data) if public else data     # what the web shows anyone: addresses hidden
+            if self.got[0] >= GET_POSTS or (self.got[0] and self.got[1] + len(data) > GET_BYTES):
+                rest = [(row["number"], ranges[i][1])] + ranges[i + 1:]
+                break
+            self.got = [self.got[0] + 1, self.got[1] + len(data)]
+            sent.append(row["number"])
+            attached.append(data)
+        numbers, left = number_ranges(merged_ranges(sorted(sent))), number_ranges(rest)
+        asked = one_line(number_ranges(ranges), 40)
+        said = f"get {asked}: " + (f"{numbers[:40]} to {address}" if sent else "none") + \
+            (f", not {left[:40]}" if rest else "")
+        if not sent and not rest:
+            return self.notice([address], f"{self.post_address}: no post {asked}", "not-archived",
+                               {"number": asked}, done=f"get {asked}: not in the archive")
+        if len(sent) == 1 and not rest and len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+            return self.notice([address], f"{self.post_address}: archived post {numbers}", "archived-post",
+                               {"number": numbers}, done=said, attachment=attached[0])
+        title = f"archived posts {numbers}" if sent else f"posts not sent: {left}"
+        self.notice([address], f"{self.post_address}: {one_line(title, 60)}",
+                    "archived-posts" if not rest else "archived-posts-capped" if sent else "archive-capped",
+                    {"numbers": numbers, "rest": left, "posts": GET_POSTS, "size": f"{GET_BYTES >> 20} MB"},
+                    done=said, attachment=attached or None)
 
     def confirm(self, token, command="confirm", words=()):
         """Act on ``token``: a member's or an owner's confirmation, or a moderator's decision.  An

@@ -135,6 +135,7 @@ PARSERS = {
     "parse_query": lambda t: redsky.parse_query(t),
     "date_span": lambda t: redsky.date_span(t),
     "snippet": lambda t: redsky.snippet(t, [["a"], ["a", "b"], ["x", "y", "z"]]),
+    "get_ranges": lambda t: redsky.get_ranges(t.split()) or redsky.get_ranges([t]),
     # an owner's commands by email (their words and a set's value), the tokens of a reply, a notice's HTML
     "owner_command": lambda t: [redsky.plan_owner_action(LIST, verb, words, value) for verb, words, value in
                                 (("invite", t.split(), ""), ("ban", t.split(), ""), ("set", ["footer"], t),

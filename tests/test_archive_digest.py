@@ -135,6 +135,66 @@ def test_get_a_post_that_is_not_there(team):
     assert "no post number 42" in reply.get_body().get_content()
 
 
+
+def replies_to(rs, body, sender="stranger@example.com"):
+    """The replies `body` mailed to -request gets: [(text, [Message-ID of each attached post])]."""
+    rs.run("send", check=0)
+    before = len(rs.sent())
+    request(rs, body, sender).check_returncode()
+    rs.run("send", check=0)
+    got = []
+    for argv, data in rs.sent()[before:]:
+        if argv[-1] == sender:
+            msg = email.message_from_bytes(data, policy=policy.default)
+            got.append((msg.get_body(("plain",)).get_content(),
+                        [p.get_content()["Message-ID"] for p in msg.iter_attachments()]))
+    return got
+
+
+@pytest.mark.parametrize("asked, sent, rest", [
+    ("get 1-500", range(1, 11), ["11-500"]),                     # a range: ten, and what is left
+    ("get 3-5 7,9 14-12", None, None),                            # a backwards range: not understood
+    ("get 3-5 7,9", [3, 4, 5, 7, 9], []),
+    ("get 12-20", [12, 13, 14, 15], []),                          # beyond the last post: what there is
+    ("\n".join(f"get {n}" for n in range(15, 5, -1)), range(6, 16), []),   # ten lines: ten posts
+    ("get 1-8 11-12 14-15", [*range(1, 9), 11, 12], ["14-15"]),
+    ("get 2\nget 4-30\nget 1", [2, *range(4, 13)], ["13-30", "1"]),  # lines share the ten
+    ("get 16-99", [], None),
+])
+def test_one_command_mail_gets_at_most_ten_posts_and_is_told_the_rest(team, asked, sent, rest):
+    """`get` takes numbers and ranges; one mail, however many get lines it holds, gets at most
+    GET_POSTS posts (and GET_BYTES), and the reply names what it did not send, to ask again."""
+    team.run("set", LIST, "archive", "public", check=0)
+    team.write_config(commands={"max_replies": "100"})
+    for data in numbered_posts(15):
+        team.queue(data, check=0)
+    (text, ids), = replies_to(team, asked)
+    if sent is None:
+        assert ids == [] and "has no post number" in text
+        return
+    assert sorted(ids) == sorted(f"<n{n}@example.org>" for n in sent), text
+    assert len(ids) <= redsky.GET_POSTS
+    if rest:
+        assert all(f"  get {r}\n" in text for r in rest) and "at most 10 posts" in text, text
+    else:
+        assert "Not sent" not in text
+    if not sent:
+        assert "no post" in text and "16-99" in text
+
+
+def test_the_bytes_of_one_reply_are_capped_too(team, monkeypatch):
+    team.run("set", LIST, "archive", "public", check=0)
+    team.write_config(commands={"max_replies": "100"})
+    big = "x" * 70 + "\n"
+    for n in range(1, 5):
+        team.queue(post(subject=f"big {n}", body=big * 4000, msgid=f"<big{n}@example.org>"), check=0)
+    monkeypatch.setattr(redsky, "GET_BYTES", 600_000)          # two posts of 290 KB fit, not three
+    (text, ids), = replies_to(team, "get 1-4")
+    assert ids == ["<big1@example.org>", "<big2@example.org>"] and "get 3-4\n" in text
+    monkeypatch.setattr(redsky, "GET_BYTES", 1000)              # one post larger than the cap still goes
+    (text, ids), = replies_to(team, "get 3\nget 4")
+    assert ids == ["<big3@example.org>"] and "get 4\n" in text
+
 # --- digest ------------------------------------------------------------------------------
 
 def digests(rs, address):

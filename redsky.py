@@ -3358,6 +3358,8 @@ TEXTS = {
                   "                          or a regular expression starting with ^\n"
                   "  unban PATTERN...        take patterns off the ban list\n"
                   "  set SETTING VALUE       change a list setting ('show' lists them)\n"
+                  "  delete N...             remove archived posts (index numbers them); each\n"
+                  "                          number stays, as a page that says you removed it\n"
                   "  who                     the members and their options\n"
                   "  held                    the held posts, with links to decide on each\n"
                   "  pending                 requests waiting for an answer\n"
@@ -5197,9 +5199,11 @@ def archive_remove(config, store, list_row, numbers, why):
 
 
 def archive_delete(config, store, list_row, number, by=""):
-    """Remove post ``number`` at an owner's word (`archive delete`, an owner's command, the web admin):
-    its number stays as a page that says the owners removed it; ``by`` (who) goes to the log.
-    Returns True, or False when the archive has no such post (any more)."""
+    """Remove post ``number`` at an owner's word (`archive delete`; `delete N` by email, confirmed,
+    through apply_owner_actions, which the web admin's Admin.carry_out runs too, given
+    plan_owner_action(list_row, "delete", ["N"])): its number stays as a page that says the owners
+    removed it; ``by`` (who) goes to the log.  Returns True, or False when the archive has no such
+    post (any more)."""
     ensure_numbered(config, store, list_row)
     if not archive_remove(config, store, list_row, [number], "owner"):
         return False
@@ -6147,7 +6151,7 @@ def finish_queue(ctx, verdict):
         store_event(ctx)
     return code
 MODERATION_VERBS = ("approve", "reject", "discard")
-OWNER_ACTIONS = ("invite", "remove", "ban", "unban")      # and set SETTING VALUE: confirmed by the owner
+OWNER_ACTIONS = ("invite", "remove", "ban", "unban", "delete")   # and set SETTING VALUE: the owner confirms
 OWNER_REPORTS = ("who", "held", "pending", "bounces", "show", "admin")     # answered to the owner at once
 MAX_OWNER_ITEMS = 100           # addresses and patterns in one owner's message
 
@@ -6207,18 +6211,22 @@ def plan_owner_action(list_row, verb, words, value="", room=MAX_OWNER_ITEMS):
         word = word.strip("<>,;")
         try:
             item = ban_pattern(word) if verb in ("ban", "unban") else \
+                (str(int(word)) if word.isdigit() and word.isascii() and len(word) < 10 else None) \
+                if verb == "delete" else \
                 normalize_address(word) if valid_address(word) and not word.startswith("-") else None
         except Failure as e:
             item = None
             problems.append(f"{verb} {one_line(word, 80)}: {one_line(e, 200)}")
         if item is None and verb in ("invite", "remove", "add"):
             problems.append(f"{verb} {one_line(word, 80)}: not a valid address")
+        elif item is None and verb == "delete":
+            problems.append(f"delete {one_line(word, 80)}: not a post's number (index lists them)")
         elif item and item.lower() not in seen:
             items.append(item)
             seen.add(item.lower())
     if not items and not problems:
         problems.append(f"{verb}: name at least one " + ("pattern" if verb in ("ban", "unban") else
-                                                          "address"))
+                                                          "post's number" if verb == "delete" else "address"))
     return ({"verb": verb, "items": items} if items else None), problems
 
 
@@ -6231,9 +6239,10 @@ def describe_action(action):
                 + (f"\n    (now:{block(action['was']) if action.get('was') else ' (empty)'})"
                    if "was" in action else ""))
     why = {"invite": " (each is asked to confirm)", "remove": " (each is told)",
+           "delete": " from the archive (each number stays, as a page that says the owners removed it)",
            "add": " (at once, without asking them" + (", welcomed)" if action.get("welcome") else ")")
            }.get(action["verb"], "")
-    return f"{action['verb']} {', '.join(action['items'])}{why}"
+    return f"{action['verb']} {'post ' * (action['verb'] == 'delete')}{', '.join(action['items'])}{why}"
 
 
 def apply_owner_actions(store, config, list_row, notices, changes, actions, now, after_commit):
@@ -6306,6 +6315,16 @@ def apply_owner_actions(store, config, list_row, notices, changes, actions, now,
                 member = verb == "ban" and matches_any([pattern], member_addresses(store, list_id))
                 lines.append(f"  {pattern} is {'banned' if verb == 'ban' else 'no longer banned'}."
                              + (f" ({member} stays a member until removed.)" if member else ""))
+        elif verb == "delete":          # archive_delete once committed: it writes files and pages
+            for number in dict.fromkeys(int(i) for i in items if i.isdigit() and len(i) < 10):
+                row = store.q("archived_post", list_id, number).fetchone()
+                if row is None or row["removed"] is not None:
+                    lines.append(f"  post {number} is not in the archive (or removed already).")
+                    continue
+                after_commit.append(lambda n=number: archive_delete(
+                    config, store, store.list_by_id(list_id), n, "an owner's confirmed delete"))
+                lines.append(f"  post {number} is removed from the archive; its number stays, as a page that"
+                             " says the owners removed it.")
         else:
             lines.append(f"  {one_line(verb, 20)}: not an action.")
     tell_owners(notices, "left", removed)

@@ -180,7 +180,8 @@ def test_one_confirmation_for_every_change_of_a_message_and_one_reply_for_the_re
 # -- forgeries: nothing done, nothing revealed --------------------------------------------
 
 OWNER_COMMANDS = ["who", "pending", "bounces", "show", "admin", "remove bob@example.net", "invite x@example.org",
-                  "ban bob@example.net", "unban *@x.example", "set access open", "subscribe x@example.org"]
+                  "ban bob@example.net", "unban *@x.example", "set access open", "subscribe x@example.org",
+                  "delete 1"]
 
 
 @pytest.mark.parametrize("command", OWNER_COMMANDS)
@@ -199,7 +200,7 @@ def test_a_moderator_or_an_outsider_trying_an_owner_s_command_gets_nothing(lst, 
 
 
 @pytest.mark.parametrize("command", ["remove bob@example.net", "set access open", "ban bob@example.net",
-                                     "invite x@example.org"])
+                                     "invite x@example.org", "delete 1"])
 def test_a_forged_from_only_sends_the_owner_a_confirmation(lst, command):
     before = (members(lst), lst.run("lists", "--json", check=0).out)
     send(lst, command, OWNER, envelope=MALLORY, extra=f"Reply-To: {MALLORY}\n")
@@ -482,3 +483,67 @@ def test_a_confirmation_shows_the_whole_value_and_the_one_it_replaces(lst):
     assert f"(now: {OWNER}" in body
     send(lst, "set footer " + "x" * 2100, OWNER)
     assert "too long to confirm by email" in text(new_mail(lst, OWNER, seen)[0])
+
+
+def archived(rs):
+    import json
+    return {a["number"]: a["subject"] for a in json.loads(rs.run("archive", LIST, "--json", check=0).out)}
+
+
+def test_an_owner_deletes_archived_posts_by_email_once_confirmed(lst):
+    """delete N... (issue 33): checked now, done once the owner confirms, each number left as a gap
+    whose page says the owners removed the post; an outsider's or a forged delete removes nothing."""
+    import html
+    lst.run("set", LIST, "archive", "public", check=0)
+    for n in range(1, 5):
+        lst.queue(post(subject=f"Number {n}", msgid=f"<d{n}@example.org>", sender="bob@example.net"),
+                  sender="bob@example.net", check=0)
+    seen = []
+    send(lst, "delete 3", MALLORY)
+    send(lst, "delete 3", OWNER, envelope=MALLORY, extra=f"Reply-To: {MALLORY}\n")     # forged: the owner is asked
+    forged = [m for m in new_mail(lst, OWNER, seen) if m["Subject"].startswith("confirm ")]
+    assert len(forged) == 1 and archived(lst) == {n: f"Number {n}" for n in range(1, 5)}
+    send(lst, "delete 2 9 two 4", OWNER)
+    got = new_mail(lst, OWNER, seen)
+    confirmation = next(m for m in got if m["Subject"].startswith("confirm "))
+    assert "delete post 2, 9, 4 from the archive" in text(confirmation)
+    assert "delete two: not a post's number" in text(next(m for m in got if m is not confirmation))
+    assert len(archived(lst)) == 4                                  # nothing before the owner confirms
+    reply(lst, confirmation, OWNER)
+    (done,) = new_mail(lst, OWNER, seen)
+    assert "post 2 is removed from the archive" in text(done) and "post 9 is not in the archive" in text(done)
+    assert archived(lst) == {1: "Number 1", 3: "Number 3"}
+    pages = lst.home / "pages" / LIST
+    assert "by the list's owners" in html.unescape((pages / "2.html").read_text())
+    assert "Number 2" not in (pages / "index.html").read_text() and not (pages / "4.eml").exists()
+    reply(lst, confirmation, OWNER)                                 # the token works once
+    assert archived(lst) == {1: "Number 1", 3: "Number 3"}
+    send(lst, "delete 2", OWNER)                                    # removed already: said so, number kept
+    reply(lst, next(m for m in new_mail(lst, OWNER, seen) if m["Subject"].startswith("confirm ")), OWNER)
+    assert "post 2 is not in the archive (or removed already)" in text(new_mail(lst, OWNER, seen)[-1])
+    lst.queue(post(subject="Number 5", msgid="<d5@example.org>", sender="bob@example.net"),
+              sender="bob@example.net", check=0)
+    assert max(archived(lst)) == 5
+
+
+def test_the_web_admin_deletes_a_post_with_the_email_command_s_code(lst):
+    """The hook the web admin calls: plan_owner_action("delete") then Admin.carry_out, as for its
+    other changes (apply_owner_actions), committed, then the pages."""
+    import redsky
+    lst.run("set", LIST, "archive", "public", check=0)
+    for n in range(1, 3):
+        lst.queue(post(subject=f"Number {n}", msgid=f"<w{n}@example.org>", sender="bob@example.net"),
+                  sender="bob@example.net", check=0)
+    config = redsky.Config(str(lst.config))
+    store = redsky.open_store(config)
+    try:
+        list_row = store.require_list(LIST)
+        action, problems = redsky.plan_owner_action(list_row, "delete", ["1"])
+        assert problems == []
+        admin = redsky.Admin(config, store, {"REMOTE_ADDR": "192.0.2.1"}, list_row,
+                             {"address": OWNER, "kind": "owner"})
+        lines = admin.carry_out([action])
+    finally:
+        store.close()
+    assert "post 1 is removed" in "".join(lines) and archived(lst) == {2: "Number 2"}
+    assert "by the list's owners" in (lst.home / "pages" / LIST / "1.html").read_text().replace("&#x27;", "'")

@@ -6420,9 +6420,11 @@ _GET_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
 
 def get_ranges(words):
     """The numbers `get` asks for, as [(first, last)] in the order written (get 3 5-9,12), or None
-    when a word is none (at most 20 words); linear in the words."""
-    ranges = []
-    for piece in ",".join(words[:20]).split(","):
+    when a word is none or there are more than 50 (of at most 20 words); linear in the words."""
+    ranges, pieces = [], ",".join(words[:20]).split(",")
+    if len(pieces) > 50:
+        return None
+    for piece in pieces:
         m = _GET_RANGE.fullmatch(piece.strip())
         if piece.strip() and (m is None or int(m.group(2) or m.group(1)) < int(m.group(1))):
             return None
@@ -6806,7 +6808,9 @@ class Requests:
         rows, seen = [], set()              # (range, row) of the present posts asked: one more than room
         for i, (first, last) in enumerate(ranges):
             room = GET_POSTS - self.got[0] + 1 - len(rows)
-            for r in self.store.q("archived_range", self.list["id"], first, last, max(room, 0)):
+            if room <= 0:
+                break
+            for r in self.store.q("archived_range", self.list["id"], first, last, room):
                 if r["number"] not in seen:
                     seen.add(r["number"])
                     rows.append((i, dict(r)))

@@ -107,6 +107,7 @@ class Home:
     def configure(self, extra="", **send):
         lines = ["[redsky]", "log = stderr", "[send]"] + [f"{k} = {v}" for k, v in send.items()]
         self.config.write_text("\n".join(lines) + "\n" + extra)
+        self.config.chmod(0o644)        # redsky run in this process (--search) leaves its umask, 007
 
     def cmd(self, *args):
         return [PYTHON, REDSKY, "-c", str(self.config), *args]

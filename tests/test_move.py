@@ -975,3 +975,23 @@ def test_mbox_posts_reads_as_mailbox_does(tmp_path):
     data = (tmp_path / "m").read_bytes()
     assert redsky.mbox_posts(data) == [box.get_bytes(key) for key in box.iterkeys()]
     assert redsky.mbox_posts(b"") == [] and redsky.mbox_posts(b"no From line\n") == []
+
+
+def test_an_import_takes_no_absurd_number_nor_a_flood_of_gaps(rs, tmp_path):
+    """A list directory handed over by someone else: archive/N with N past 10^6 is numbered here,
+    and a source lacking more than 100,000 numbers gets no gap page for each (a warning says so)."""
+    import redsky
+    listdir = mlmmj_archive(tmp_path / "team", [1, 3, redsky.IMPORT_MAX_NUMBER + 1])
+    rs.run("init", check=0)
+    rs.run("import", "mlmmj", str(listdir), check=0)
+    numbers = lambda: [r["number"] for r in json.loads(rs.run("archive", "team@lists.example.org", "--json",  # noqa
+                                                               check=0).out)]
+    assert numbers() == [1, 3, 4]
+    assert [tuple(r) for r in rs.db().execute("SELECT number, removed_by FROM archived_posts"
+                                              " WHERE removed IS NOT NULL")] == [(2, "import")]
+    sparse = mlmmj_archive(tmp_path / "sparse", [1, redsky.IMPORT_MAX_GAPS + 10], domain="other.example.org")
+    out = rs.run("import", "mlmmj", str(sparse), check=0).out
+    assert "they stay unused, without the page that says so" in out
+    assert rs.db().execute("SELECT count(*) FROM archived_posts WHERE removed IS NOT NULL").fetchone()[0] == 1
+    listing = json.loads(rs.run("archive", "team@other.example.org", "--json", check=0).out)
+    assert [r["number"] for r in listing] == [1, redsky.IMPORT_MAX_GAPS + 10]

@@ -3326,11 +3326,48 @@ def banned(store, list_row, addresses):
 
 
 def matches_any(patterns, addresses):
-    """The first of ``addresses`` one of ``patterns`` names (see banned()), or None."""
+    """The first of ``addresses`` one of ``patterns`` names (see banned()), or None.  An expression
+    an older redsky stored that could backtrack for long (see expression_cost) is not used."""
     globs = [p for p in patterns if not p.startswith("^")]
-    expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^")]
+    expressions = [re.compile(p, re.I) for p in patterns if p.startswith("^") and not expression_cost(p)]
     return next((a for a in addresses if acl_allows(globs, a)
                  or any(e.search(a[:254]) for e in expressions)), None)
+
+
+def expression_cost(pattern):
+    """Why matching ``pattern`` (a ^regular expression) against an address of 254 characters
+    could take long, or "" when it cannot: it must start with ^ outside any alternative; a repeat
+    of more than once repeats one character (a letter, ., a class), never a group; no
+    back-references or look-arounds; and the paths the matcher may try (a repeat up to 255
+    places, an alternative its branches) multiply to at most 255**3 (~20 ms on a crafted address)."""
+    parser = getattr(re, "_parser", None) or __import__("sre_parse")   # 3.11 renamed sre_parse
+    try:
+        items = list(parser.parse(pattern))
+    except (re.error, RecursionError, OverflowError):
+        return "not a regular expression"
+    if not items or str(items[0][0]) != "AT" or str(items[0][1]) not in ("AT_BEGINNING", "AT_BEGINNING_STRING"):
+        return "it must start with ^ outside any alternative (write ^(a|b), not ^a|b)"
+    paths, todo = 1, items
+    while todo:
+        op, arg = todo.pop()
+        op = str(op)
+        if op in ("GROUPREF", "GROUPREF_EXISTS", "GROUPREF_IGNORE", "ASSERT", "ASSERT_NOT"):
+            return "back-references and look-arounds are not taken"
+        if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            low, high, body = arg
+            if high > 1 and (len(body) != 1 or str(body[0][0]) not in ("LITERAL", "NOT_LITERAL", "ANY", "IN")):
+                return "a repeated group can take exponential time on a crafted address; repeat one character"
+            paths *= min(high, 254) + 1
+            todo.extend(body)
+        elif op == "BRANCH":
+            paths *= len(arg[1])
+            for branch in arg[1]:
+                todo.extend(branch)
+        elif op in ("SUBPATTERN", "ATOMIC_GROUP"):
+            todo.extend(arg[-1])
+        if paths > 255 ** 3:
+            return "too many repeats and alternatives (at most three repeats, fewer with alternatives)"
+    return ""
 
 
 def ban_pattern(pattern):
@@ -3341,9 +3378,9 @@ def ban_pattern(pattern):
             re.compile(pattern)
         except re.error as e:
             raise Failure(f"not a regular expression: {pattern!r}: {e}", EX_DATAERR)
-        if re.search(r"\([^()]*[*+}][^()]*\)[*+{?]", pattern):     # (a+)+: backtracking without end
-            raise Failure(f"{pattern!r}: a repeated group that itself repeats can take exponential time"
-                          " on a crafted address; write it without the nesting", EX_DATAERR)
+        why = expression_cost(pattern)
+        if why:
+            raise Failure(f"{pattern!r}: {why}", EX_DATAERR)
         return pattern
     if not re.fullmatch(r"[^\s@]+@[^\s@]+", pattern):
         raise Failure(f"not an address, *@domain or ^regular expression: {pattern!r}", EX_DATAERR)

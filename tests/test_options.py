@@ -541,6 +541,21 @@ def test_one_command_is_answered_as_before(team):
 
 # --- ban list -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("key, value", [("subject_tag", "[t]\x0bX: 1"), ("footer", "a\x00b"), ("goodbye", "a\x1bb"),
+                                        ("archive_url", "http://x.example/\x01"), ("description", "a\u2029b"),
+                                        ("subscribe_question", "why\x7f"), ("footer", "a\rb")])
+def test_settings_take_no_control_characters(team, key, value):
+    before = team.run("lists", "--json", check=0).out
+    proc = team.run("set", LIST, key, value)
+    assert proc.returncode == 65 and "control character" in proc.err and "Traceback" not in proc.err
+    assert team.run("lists", "--json", check=0).out == before
+
+
+def test_a_footer_typed_on_one_line_takes_backslash_n_as_a_line_break(team):
+    team.run("set", LIST, "footer", "one\\ntwo\tcolumn", check=0)
+    assert json.loads(team.run("lists", "--json", check=0).out)[0]["footer"] == "one\ntwo\tcolumn"
+
+
 def test_ban_list_stops_posting_and_joining(team):
     team.run("set", LIST, "subscribe_policy", "open", check=0)
     team.run("ban", LIST, "add", "bob@example.net", "*@spam.example", r"^troll\d+@", check=0)

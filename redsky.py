@@ -3358,7 +3358,8 @@ def expression_cost(pattern):
             return "back-references and look-arounds are not taken"
         if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             low, high, body = arg
-            if high > 1 and (len(body) != 1 or str(body[0][0]) not in ("LITERAL", "NOT_LITERAL", "ANY", "IN")):
+            one_character = len(body) == 1 and str(body[0][0]) in ("LITERAL", "NOT_LITERAL", "ANY", "IN")
+            if high > 1 and not one_character:
                 return "a repeated group can take exponential time on a crafted address; repeat one character"
             paths *= min(high, 254) + 1
             todo.extend(body)

@@ -276,7 +276,7 @@ SETTINGS = (
     ("redsky", "busy_timeout", "10s", "duration", "how long to wait for a database another process has"
      " locked; then `queue` exits 75 and the MTA retries"),
     ("redsky", "umask", "007", "umask", "the file creation mask: database and spool 0660, closed to"
-     " others"),
+     " others; the group keeps read and write (the web server's user writes there with [web] cgi)"),
     ("redsky", "plugins", "", "text", "Python files with your own filters, comma-separated (README: Your"
      " own filters); one that fails to load stops every command with 78"),
     ("redsky", "templates", "", "path", "a directory of texts that replace redsky's own:"
@@ -370,6 +370,12 @@ SETTINGS = (
      " https://lists.example.org/redsky: copies then carry the one-click List-Unsubscribe (RFC 8058)"),
     ("web", "pages", "pages", "path", "the archive pages of public lists, one folder per list"
      " (PAGES/LIST@DOMAIN/)"),
+    ("web", "user", "", "text", "the user your web server runs as (Debian: www-data) when it runs the"
+     " CGI script or serves the archive pages itself: `doctor` checks that it can reach what it needs;"
+     " empty: neither"),
+    ("web", "cgi", "no", "flag", "yes: the web server runs redsky.py as a CGI script (or WSGI application)"
+     " as [web] user, which must be in the list user's group; `init`, run as root, then shares data_dir"
+     " and the spool with that group (set-group-ID, group-writable: README: As CGI)"),
     ("web", "timeout", "10s", "duration", "`web --listen`: the deadline for a client's whole request, head"
      " and body (then 408, closed), and again for taking the answer"),
     ("web", "workers", "4", "number", "`web --listen`: threads that run the pages; a request still arriving"
@@ -1543,12 +1549,65 @@ def open_store(config, durable=True, create=False):
     pages, the database) it writes after opening the store, so the mask is the config's in every
     mode, main() or not (CGI, a WSGI server's `application`, lmtp after SIGHUP)."""
     os.umask(config.umask)
+    refuse_unshared_writes(config)
     try:
         return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open database {config.database}: {e}")
     except PermissionError as e:
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
+
+
+def refuse_unshared_writes(config):
+    """A process that is neither root nor the owner of data_dir (the web server's user running the
+    CGI script) makes files the owner must then read and write: the database's -wal and -shm,
+    spool files.  They take this process's group, unless data_dir is set-group-ID, and the mode
+    [redsky] umask leaves.  When the owner could not use them, refuse before anything is written:
+    a -wal file the owner cannot open stops every `queue` (README: As CGI)."""
+    uid = os.geteuid()
+    try:
+        st = os.stat(config.data_dir)
+    except OSError:
+        return                                  # not there yet: opening the store says why
+    if 0 in (uid, st.st_uid) or uid == st.st_uid or not config.umask & 0o006:
+        return                                  # the owner, root (who reads anything), or files anyone may use
+    import grp
+    import pwd
+
+    def name_of(lookup, key):
+        try:
+            return lookup(key)[0]
+        except (KeyError, TypeError):
+            return str(key)
+    setgid = st.st_mode & 0o2000
+    group = st.st_gid if setgid else os.getegid()
+    owner, me, gname = name_of(pwd.getpwuid, st.st_uid), name_of(pwd.getpwuid, uid), name_of(grp.getgrgid, group)
+    try:
+        owner_gid = pwd.getpwuid(st.st_uid).pw_gid
+    except KeyError:
+        owner_gid = None
+    try:
+        shared = owner_gid == group or owner in grp.getgrgid(group).gr_mem
+    except KeyError:
+        shared = False
+    share = (f"set [web] user = {me} and [web] cgi = yes, then run `redsky.py init` as root (README: As CGI),"
+             f" or run this as {owner}")
+    if not setgid and not shared:
+        why = f"{config.data_dir} is not set-group-ID, so they would be group {gname}, closed to {owner}"
+    elif group != os.getegid() and group not in os.getgroups():
+        why, share = (f"{me} is not in {config.data_dir}'s group {gname}",
+                      f"run as root: adduser {me} {gname}, then restart the web server")
+    elif not shared:
+        why, share = (f"{owner} is not in {config.data_dir}'s group {gname}",
+                      f"run as root: chgrp {name_of(grp.getgrgid, owner_gid)} {config.data_dir}, then"
+                      " `redsky.py init`")
+    elif config.umask & 0o060:
+        why, share = (f"[redsky] umask = {config.umask:03o} closes them to the group",
+                      "set [redsky] umask = 007")
+    else:
+        return
+    raise Failure(f"{me} cannot share {config.data_dir} with {owner}, its owner, who must read and write"
+                  f" what {me} would write there: {why}; {share}", EX_NOPERM)
 
 
 # Postfix reads the list addresses from a small SQLite file of its own, never the live database:
@@ -8579,6 +8638,73 @@ def become_list_user(config):
     return name
 
 
+def groups_of(user):
+    """The ids of ``user``'s groups (its own and those /etc/group lists it in: what a server that
+    starts as it gets), or None when there is no such user."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+
+def log_file(config):
+    """The file redsky logs to ([redsky] log), or None for syslog and stderr."""
+    target = config.get("redsky", "log")
+    if target in ("syslog", "stderr") or (not target and os.path.exists("/dev/log")):
+        return None
+    return os.path.join(config.data_dir, target or "redsky.log")
+
+
+def share_with_web(config):
+    """[web] cgi = yes: the web server's user runs the CGI script, which writes the database (and
+    the -wal and -shm SQLite makes beside it) and the spool.  Make data_dir, the spool and its tmp
+    set-group-ID and group-writable, so that what either user makes there takes data_dir's group
+    (the list user's), and give that group the database, its -wal and -shm and the log file.  Run
+    by init as the owner of data_dir; links are left alone.  Yields the lines init prints."""
+    import grp
+    import stat
+    st = os.stat(config.data_dir)
+    group = grp.getgrgid(st.st_gid).gr_name if st.st_gid in {g.gr_gid for g in grp.getgrall()} \
+        else str(st.st_gid)
+    tmp = os.path.join(config.spool, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    paths = [config.data_dir, config.spool, tmp] + [config.database + s for s in ("", "-wal", "-shm")]
+    closed = []
+    for path in paths + [p for p in [log_file(config)] if p]:
+        try:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            if info.st_gid != st.st_gid:
+                os.chown(path, -1, st.st_gid, follow_symlinks=False)
+            mode = stat.S_IMODE(info.st_mode) | 0o060 | (0o2010 if stat.S_ISDIR(info.st_mode) else 0)
+            if stat.S_IMODE(os.lstat(path).st_mode) != mode:
+                os.chmod(path, mode)
+        except FileNotFoundError:
+            continue
+        except PermissionError:                 # another user's (an earlier web server's -wal)
+            closed.append(path)
+    user = config.get("web", "user")
+    yield f"shared:   {config.data_dir} and its spool with group {group} (set-group-ID, group-writable)"
+    for path in closed:
+        yield f"warning: cannot give {path} to group {group}: run as root: chgrp {group} {path}; chmod g+rw {path}"
+    groups = groups_of(user) if user else None
+    if not user:
+        yield (f"warning: [web] cgi = yes, but [web] user is empty: name the web server's user (Debian:"
+               f" www-data), and add it to group {group}")
+    elif groups is None:
+        yield f"warning: [web] user {user} does not exist"
+    elif st.st_gid not in groups:
+        yield (f"warning: {user} is not in group {group}, so the CGI script cannot write the database: run"
+               f" as root: adduser {user} {group}, then restart the web server")
+    if config.umask & 0o060:
+        yield (f"warning: [redsky] umask = {config.umask:03o} closes what one of them writes to the other:"
+               " set it to 007")
+
+
 def pipe_user(config):
     """Who runs `queue` for the MTA: [postfix] user, else the owner of
     data_dir (never root: Postfix's pipe refuses it)."""
@@ -8820,7 +8946,6 @@ def postfix_apply(cf_dir, main, master):
 def user_can(path, user, write=False):
     """Whether ``user`` may read (or write) ``path`` and reach it through
     every parent directory, by the mode bits (root may do anything)."""
-    import grp
     import pwd
     try:
         pw = pwd.getpwnam(user)
@@ -8828,7 +8953,7 @@ def user_can(path, user, write=False):
         return False
     if pw.pw_uid == 0:
         return True
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    groups = groups_of(user) or {pw.pw_gid}
 
     def allowed(st, bits):
         shift = 6 if st.st_uid == pw.pw_uid else 3 if st.st_gid in groups else 0
@@ -9393,6 +9518,9 @@ def cmd_init(args, config):
     print(f"database: {config.database}\nspool:    {config.spool}")
     if exported:
         print(f"postfix:  {exported}")
+    if config.flag("web", "cgi"):               # the web server's user writes here too
+        for line in share_with_web(config):
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     if getattr(args, "bytecode", None):
         print(f"bytecode: {args.bytecode} (what the MTA's pipe runs)")
     return EX_OK
@@ -11034,6 +11162,7 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
     yield from looked("the bytecode", bytecode_checks(config, runner))
     yield from looked("the web", web_checks(config))
+    yield from looked("the web server's user", web_user_checks(config, store, runner))
     yield from looked("Postfix", postfix_checks(config))
     yield from looked("Exim", exim_checks(config, store))
     yield from looked("OpenSMTPD", opensmtpd_checks())
@@ -11155,6 +11284,76 @@ def web_checks(config):
                " unsubscribe only in mail whose DKIM signature covers List-Unsubscribe and"
                " List-Unsubscribe-Post",
                "sign outgoing mail (README: DKIM), or name its settings in [web] dkim_signers")
+
+
+def web_user_checks(config, store, runner):
+    """[web] user, the web server's: with [web] cgi, can it read the config and write what the CGI
+    script writes (the database, the -wal and -shm SQLite makes beside it in data_dir, the spool),
+    and does what it writes stay the list user's (data_dir's group, set-group-ID directories, a
+    umask that leaves the group read and write)?  And can it read the pages of public archives?"""
+    import grp
+    user, cgi = config.get("web", "user"), config.flag("web", "cgi")
+    if not user:
+        if cgi:
+            yield ("WARN", "[web] cgi = yes, but [web] user is empty: doctor cannot check what the CGI script"
+                   " may write", "set [web] user to your web server's user (Debian: www-data)")
+        return
+    groups = groups_of(user)
+    if groups is None:
+        yield ("FAIL", f"[web] user {user} does not exist",
+               "set [web] user to the user your web server runs as (Debian: www-data)")
+        return
+    st = os.stat(config.data_dir)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    member = st.st_gid in groups
+    join = f"run as root: adduser {user} {group}, then restart the web server (systemctl restart apache2, or" \
+           " fcgiwrap): a running one keeps the groups it started with"
+    init = (f"run as root: {default_python()} {os.path.realpath(__file__)}"
+            f"{' -c ' + os.path.abspath(config.path) if config.path else ''} init (it shares them when"
+            " [web] cgi = yes)")
+    if cgi:
+        failed = False
+        if not member:
+            failed = True
+            yield ("FAIL", f"{user} is not in {config.data_dir}'s group {group}: the CGI script cannot write"
+                   " the database and answers \"Not now\"", join)
+        tmp = os.path.join(config.spool, "tmp")
+        unshared = [p for p in (config.data_dir, config.spool, tmp) if os.path.isdir(p) and (
+            os.stat(p).st_gid != st.st_gid or os.stat(p).st_mode & 0o2070 != 0o2070)]
+        if unshared:
+            failed = True
+            yield ("FAIL", f"{', '.join(unshared)}: not set-group-ID and group-writable for {group}: the CGI"
+                   " script cannot make the database's -wal and -shm there, or what it makes would be"
+                   f" closed to {runner}", init)
+        if config.umask & 0o060:
+            failed = True
+            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script writes to {runner},"
+                   f" and what {runner} writes to it", "set [redsky] umask = 007")
+        needs = [(config.path, False), (config.database, True)] + \
+            [(p, True) for p in (config.database + "-wal", config.database + "-shm", log_file(config))
+             if p and os.path.exists(p)]
+        closed = [p for p, write in needs if p and not user_can(p, user, write)]
+        if member and not unshared and closed:
+            failed = True
+            yield ("FAIL", f"{user} cannot {'read' if closed == [config.path] else 'write'} {', '.join(closed)}:"
+                   " the CGI script answers \"Not now\"",
+                   f"run as root: chmod 644 {config.path}" if closed == [config.path] else init)
+        if not failed:
+            yield ("OK", f"{user} (the CGI script) can write the database, its -wal and -shm and the spool,"
+                   f" which stay {runner}'s (group {group}, set-group-ID)", "")
+    public = [pages_dir(config, r) for r in store.q("all_lists") if r["archive"] == "public"]
+    public = [p for p in public if os.path.isdir(p)]
+    closed = [p for p in public if not (user_can(p, user) and user_can(os.path.join(p, "index.html"), user))
+              or (os.path.isdir(os.path.join(p, "att")) and not user_can(os.path.join(p, "att"), user))]
+    if closed:
+        yield ("FAIL", f"{user} cannot read the archive pages in {closed[0]}"
+               f"{f' (and {len(closed) - 1} more lists)' if len(closed) > 1 else ''}: a web server that runs"
+               " as it answers 403", f"{join}; or let redsky serve them (README: On the web)")
+    elif public:
+        yield "OK", f"{user} can read the archive pages of {len(public)} public lists", ""
 
 
 def exim_checks(config, store):

@@ -8543,14 +8543,18 @@ def cmd_web(args, config):
 def run_cgi():
     """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
     [redsky] umask, as every command has it (the web server's own umask would leave files others
-    may read)."""
+    may read).  A script that cannot start (a bad config, a data_dir it cannot share with the list
+    user: refuse_unshared_writes) answers 503 and tells the web server's error log why."""
     from wsgiref.handlers import CGIHandler
     try:
         config = Config.find(None)
         os.umask(config.umask)
+        refuse_unshared_writes(config)          # before the log file: nothing the list user cannot use
         setup_logging(config)
-    except Failure as e:
-        sys.stdout.write(f"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n{e}\n")
+    except Failure as e:                        # the why for the web server's error log, not the client
+        print(f"redsky: {e}", file=sys.stderr)
+        sys.stdout.write("Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 60\r\n"
+                         "\r\nNot now: please try again later.\n")
         return
     CGIHandler().run(WebApp(config))
 
@@ -11326,12 +11330,12 @@ def web_user_checks(config, store, runner):
         if unshared:
             failed = True
             yield ("FAIL", f"{', '.join(unshared)}: not set-group-ID and group-writable for {group}: the CGI"
-                   " script cannot make the database's -wal and -shm there, or what it makes would be"
-                   f" closed to {runner}", init)
+                   f" script ({user}) cannot make the database's -wal and -shm there, or what it makes would"
+                   f" be closed to {runner}", init)
         if config.umask & 0o060:
             failed = True
-            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script writes to {runner},"
-                   f" and what {runner} writes to it", "set [redsky] umask = 007")
+            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script ({user}) writes to"
+                   f" {runner}, and what {runner} writes to it", "set [redsky] umask = 007")
         needs = [(config.path, False), (config.database, True)] + \
             [(p, True) for p in (config.database + "-wal", config.database + "-shm", log_file(config))
              if p and os.path.exists(p)]
@@ -11344,14 +11348,16 @@ def web_user_checks(config, store, runner):
         if not failed:
             yield ("OK", f"{user} (the CGI script) can write the database, its -wal and -shm and the spool,"
                    f" which stay {runner}'s (group {group}, set-group-ID)", "")
-    public = [pages_dir(config, r) for r in store.q("all_lists") if r["archive"] == "public"]
-    public = [p for p in public if os.path.isdir(p)]
+    public = {pages_dir(config, r): list_address(r) for r in store.q("all_lists") if r["archive"] == "public"}
+    public = {p: name for p, name in public.items() if os.path.isdir(p)}
     closed = [p for p in public if not (user_can(p, user) and user_can(os.path.join(p, "index.html"), user))
               or (os.path.isdir(os.path.join(p, "att")) and not user_can(os.path.join(p, "att"), user))]
     if closed:
+        again = (f"run: redsky.py archive html {public[closed[0]]} (made anew with [redsky] umask)" if member
+                 else f"{join}; or let redsky serve them (README: On the web)")
         yield ("FAIL", f"{user} cannot read the archive pages in {closed[0]}"
                f"{f' (and {len(closed) - 1} more lists)' if len(closed) > 1 else ''}: a web server that runs"
-               " as it answers 403", f"{join}; or let redsky serve them (README: On the web)")
+               " as it answers 403", again)
     elif public:
         yield "OK", f"{user} can read the archive pages of {len(public)} public lists", ""
 

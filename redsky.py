@@ -8669,11 +8669,24 @@ def share_with_web(config):
     (the list user's), and give that group the database, its -wal and -shm and the log file.  Run
     by init as the owner of data_dir; links are left alone.  Yields the lines init prints."""
     import grp
+    import pwd
     import stat
     st = os.stat(config.data_dir)
     group = grp.getgrgid(st.st_gid).gr_name if st.st_gid in {g.gr_gid for g in grp.getgrall()} \
         else str(st.st_gid)
+    owners = {p.pw_uid for p in pwd.getpwall()}
     tmp = os.path.join(config.spool, "tmp")
+    code = [config.path] if config.path else []        # what redsky runs must stay closed to the group
+    code += [os.path.join(config.data_dir, os.path.expanduser(p.strip()))
+             for p in config.get("redsky", "plugins").split(",") if p.strip()]
+    shared = {os.path.realpath(d) for d in (config.data_dir, config.spool, tmp)}
+    for path in code:
+        if os.path.realpath(os.path.dirname(os.path.abspath(path))) in shared:
+            raise ConfigError(f"[web] cgi = yes makes {os.path.dirname(os.path.abspath(path))} writable by the"
+                              f" group {group}, and {path} is there: whoever could change it would run code as"
+                              f" {pwd.getpwuid(st.st_uid).pw_name if st.st_uid in owners else st.st_uid}; move it"
+                              " out first (the README's config is /etc/redsky/redsky.ini, its data_dir"
+                              " /var/lib/redsky)")
     os.makedirs(tmp, exist_ok=True)
     paths = [config.data_dir, config.spool, tmp] + [config.database + s for s in ("", "-wal", "-shm")]
     closed = []
@@ -11336,15 +11349,14 @@ def web_user_checks(config, store, runner):
             failed = True
             yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script ({user}) writes to"
                    f" {runner}, and what {runner} writes to it", "set [redsky] umask = 007")
-        needs = [(config.path, False), (config.database, True)] + \
-            [(p, True) for p in (config.database + "-wal", config.database + "-shm", log_file(config))
-             if p and os.path.exists(p)]
-        closed = [p for p, write in needs if p and not user_can(p, user, write)]
-        if member and not unshared and closed:
+        unread = [config.path] if config.path and not user_can(config.path, user) else []
+        unwritten = [p for p in (config.database, config.database + "-wal", config.database + "-shm",
+                                 log_file(config)) if p and os.path.exists(p) and not user_can(p, user, True)]
+        if unread or (member and not unshared and unwritten):
             failed = True
-            yield ("FAIL", f"{user} cannot {'read' if closed == [config.path] else 'write'} {', '.join(closed)}:"
-                   " the CGI script answers \"Not now\"",
-                   f"run as root: chmod 644 {config.path}" if closed == [config.path] else init)
+            said = [f"read {p}" for p in unread] + ([f"write {', '.join(unwritten)}"] if unwritten else [])
+            yield ("FAIL", f"{user} cannot {' nor '.join(said)}: the CGI script answers \"Not now\"",
+                   "; ".join([f"run as root: chmod 644 {p}" for p in unread] + ([init] if unwritten else [])))
         if not failed:
             yield ("OK", f"{user} (the CGI script) can write the database, its -wal and -shm and the spool,"
                    f" which stay {runner}'s (group {group}, set-group-ID)", "")

@@ -8834,13 +8834,18 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
     if lmtp:
         if not re.fullmatch(r"(inet:[\w.\[\]:-]+:\d+|unix:/[^\s']+)", lmtp):
             raise Failure(f"--lmtp {lmtp!r}: use inet:HOST:PORT or unix:/PATH", EX_USAGE)
-        cf["redsky-transport.cf"] = (f"dbpath = {map_path}\nquery = SELECT 'lmtp:{lmtp}' FROM addresses"
-                                     " WHERE address = '%s'\n")
+        cf["redsky-transport.cf"] = (f"dbpath = {map_path}\nquery = SELECT 'redsky-lmtp:{lmtp}' FROM"
+                                     " addresses WHERE address = '%s'\n")
         main = (f"recipient_delimiter = +\n"
                 f"relay_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
                 f"relay_recipient_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
-                f"transport_maps = sqlite:{os.path.join(cf_dir, 'redsky-transport.cf')}\n")
-        return cf, main, ""
+                f"transport_maps = sqlite:{os.path.join(cf_dir, 'redsky-transport.cf')}\n"
+                f"redsky-lmtp_destination_concurrency_limit = {lmtp_peer_sessions(config)}\n")
+        # Postfix's lmtp client in a service of its own, so that its sessions to redsky, all of one
+        # peer (the user postfix), stay within what `redsky.py lmtp` grants a peer, and nothing
+        # else the host delivers over LMTP (Dovecot) is limited by it
+        master = "redsky-lmtp unix  -       -       n       -       -       lmtp\n"
+        return cf, main, master
     main = (f"recipient_delimiter = +\n"
             f"virtual_alias_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
             f"virtual_alias_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
@@ -8853,6 +8858,12 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
               f"  flags=OR user={user} null_sender=\n  argv={' '.join(argv[:4])}\n  {' '.join(argv[4:])}"
               " --recipient=${original_recipient} --sender=${sender}\n")
     return cf, main, master
+
+
+def lmtp_peer_sessions(config):
+    """The LMTP sessions `redsky.py lmtp` grants one peer ([lmtp] sessions_per_peer, within [lmtp]
+    sessions): Postfix, whose lmtp clients all run as one user, must open no more."""
+    return max(1, min(int(config.number("lmtp", "sessions_per_peer")), int(config.number("lmtp", "sessions"))))
 
 
 def cmd_postfix_config(args, config):
@@ -8911,7 +8922,8 @@ def as_list_user(config, work):
 # main.cf settings redsky needs, and how to merge each into a value already set
 POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
                  "virtual_alias_maps": "list", "transport_maps": "list", "relay_domains": "list",
-                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value"}
+                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value",
+                 "redsky-lmtp_destination_concurrency_limit": "value"}
 
 
 def postfix_apply(cf_dir, main, master):
@@ -8934,10 +8946,11 @@ def postfix_apply(cf_dir, main, master):
             changes.append((["-e", f"{key} = {new}"], f"main.cf: {key} = {new}"
                             + (f" (was {current})" if current else "")))
     entry = " ".join(master.split())
-    service = " ".join((postconf("-M", "redsky/unix") or "").split())
+    name = f"{entry.split()[0]}/unix" if entry else ""
+    service = " ".join((postconf("-M", name) or "").split()) if entry else ""
     if entry and service != entry:
-        changes.append((["-M", f"redsky/unix={entry}"],
-                        f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
+        changes.append((["-M", f"{name}={entry}"],
+                        f"master.cf: {name} {'changed' if service else 'added'}: {entry}"))
     if not changes:
         yield "nothing to change: main.cf and master.cf already have redsky's settings"
         return
@@ -11423,11 +11436,12 @@ def postfix_checks(config):
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
-    lmtp = re.search(r"lmtp:(inet:\S+|unix:\S+)'", " ".join(
+    lmtp = re.search(r"((?:redsky-)?lmtp):(inet:\S+|unix:\S+)'", " ".join(
         read_text(t.split(":", 1)[1]) for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
         if t.startswith("sqlite:") and "redsky" in t))
     if lmtp:                                # Postfix's lmtp client to `redsky.py lmtp`
-        yield from lmtp_checks(lmtp.group(1))
+        yield from lmtp_checks(lmtp.group(2))
+        yield from lmtp_concurrency_checks(config, lmtp.group(1), lmtp.group(2))
     elif not service:
         yield ("WARN", "Postfix master.cf has no 'redsky' pipe service",
                "add the lines 'redsky.py postfix-config' prints")
@@ -11493,6 +11507,23 @@ def lmtp_checks(endpoint):
         ("FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port")
 
 
+def lmtp_concurrency_checks(config, transport, endpoint):
+    """Does Postfix open no more sessions to `redsky.py lmtp` than it grants one peer?  Postfix's lmtp
+    clients all run as the user postfix, one peer: past [lmtp] sessions_per_peer, a session gets 421
+    and its mail waits for Postfix's next try."""
+    grants = lmtp_peer_sessions(config)
+    setting = f"{transport}_destination_concurrency_limit"
+    limit = postconf("-xh", setting) or ""
+    if limit.isdigit() and int(limit) <= grants:
+        yield "OK", f"Postfix opens at most {limit} LMTP sessions to redsky, which grants one peer {grants}", ""
+        return
+    yield ("WARN", f"{setting} is {limit or 'unknown'}, but redsky grants one peer {grants} LMTP sessions"
+           " ([lmtp] sessions_per_peer): Postfix's sessions past that get 421 and their mail waits",
+           f"postconf -e '{setting} = {grants}'; postfix reload (or raise [lmtp] sessions_per_peer)"
+           if transport != "lmtp" else f"run as root: redsky.py postfix-config --lmtp {endpoint} --apply (a"
+           " service of redsky's own, limited to that share); postfix reload")
+
+
 def postfix_tables(value):
     """The lookup tables in a Postfix list setting (``type:name``, an
     ``inline:{…}`` kept whole), and the plain words."""
@@ -11541,7 +11572,8 @@ def postfix_routing_checks(config, service):
     addresses = [list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES]
     routed = lookup("virtual_alias_maps", addresses)
     # Postfix's lmtp client: relay recipients with an lmtp: transport
-    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items() if v.startswith("lmtp:")}
+    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items()
+                 if v.startswith(("lmtp:", "redsky-lmtp:"))}
     known = lookup("relay_recipient_maps", addresses)
     lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")
             and not (a in over_lmtp and a in known)]

@@ -165,6 +165,52 @@ def test_apply_merges_into_a_live_configuration_once(site):
 @pytest.mark.mta
 @needs_root
 @needs_postconf
+def test_lmtp_apply_keeps_postfix_within_the_sessions_redsky_grants_one_peer(site):
+    """Postfix's lmtp clients all run as one user, one peer to `redsky.py lmtp`, which grants a peer
+    [lmtp] sessions_per_peer sessions (10): Postfix opened up to 20 (its default destination
+    concurrency), and the rest got 421.  --lmtp routes the lists through a service of their own
+    whose concurrency limit is that share, and only that service: the host's other LMTP (Dovecot)
+    keeps its own; a changed share is applied again; doctor says when they disagree."""
+    env = postfix_etc(site, "lmtp_destination_concurrency_limit = 3\n",
+                      "lmtp      unix  -       -       y       -       -       lmtp\n")
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    postconf = lambda *a: subprocess.run(["postconf", *a], capture_output=True, text=True,
+                                         env={**os.environ, **env}).stdout.strip()
+    printed = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024")
+    assert "redsky-lmtp_destination_concurrency_limit = 10\n" in printed.out, printed.out
+    assert "redsky-lmtp unix  -       -       n       -       -       lmtp" in printed.out
+    r = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply", env=env)
+    assert r.returncode == 0, r.err
+    assert postconf("-h", "redsky-lmtp_destination_concurrency_limit") == "10"
+    assert postconf("-h", "lmtp_destination_concurrency_limit") == "3"                 # the admin's, kept
+    assert postconf("-M", "redsky-lmtp/unix").split() == "redsky-lmtp unix - - n - - lmtp".split()
+    assert postconf("-M", "lmtp/unix").split()[:5] == ["lmtp", "unix", "-", "-", "y"]
+    transport = (site / "etc" / "redsky-transport.cf").read_text()
+    assert "SELECT 'redsky-lmtp:inet:127.0.0.1:8024' FROM addresses" in transport
+    assert redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply",
+                     env=env).out.startswith("nothing to change")
+    config = site / "redsky.ini"
+    config.write_text(config.read_text() + "[lmtp]\nsessions_per_peer = 30\nsessions = 6\n")     # within sessions
+    r = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply", env=env)
+    assert "main.cf: redsky-lmtp_destination_concurrency_limit = 6 (was 10)" in r.out, r.out
+    subprocess.run(["postconf", "-e", "redsky-lmtp_destination_concurrency_limit = 9"], env={**os.environ, **env},
+                   check=True)
+    out = redsky_as(site, "doctor", env=env).out
+    assert "WARN  redsky-lmtp_destination_concurrency_limit is 9, but redsky grants one peer 6 LMTP" in out, out
+    assert "postconf -e 'redsky-lmtp_destination_concurrency_limit = 6'" in out
+    # a route made before: Postfix's own lmtp service, with its default concurrency (20)
+    cf = site / "etc" / "redsky-transport.cf"
+    cf.write_text(cf.read_text().replace("'redsky-lmtp:", "'lmtp:"))
+    subprocess.run(["postconf", "-X", "lmtp_destination_concurrency_limit"], env={**os.environ, **env}, check=True)
+    out = redsky_as(site, "doctor", env=env).out
+    assert "WARN  lmtp_destination_concurrency_limit is 20, but redsky grants one peer 6 LMTP sessions" in out, out
+    assert "fix: run as root: redsky.py postfix-config --lmtp inet:127.0.0.1:8024 --apply" in out
+
+
+@pytest.mark.mta
+@needs_root
+@needs_postconf
 def test_apply_on_a_postfix_with_no_main_cf_says_what_to_do_and_writes_nothing(site):
     """Debian's "No configuration" leaves no main.cf: --apply used to write its files, then print
     only "postconf -e ... failed"."""

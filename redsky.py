@@ -1570,7 +1570,7 @@ def refuse_unshared_writes(config):
     except OSError:
         return                                  # not there yet: opening the store says why
     if 0 in (uid, st.st_uid) or uid == st.st_uid or not config.umask & 0o006:
-        return                                  # the owner, root (who reads anything), or files anyone may use
+        return                                  # the owner, root (reads anything), or files anyone may use
     import grp
     import pwd
 
@@ -1581,7 +1581,8 @@ def refuse_unshared_writes(config):
             return str(key)
     setgid = st.st_mode & 0o2000
     group = st.st_gid if setgid else os.getegid()
-    owner, me, gname = name_of(pwd.getpwuid, st.st_uid), name_of(pwd.getpwuid, uid), name_of(grp.getgrgid, group)
+    owner, me = name_of(pwd.getpwuid, st.st_uid), name_of(pwd.getpwuid, uid)
+    gname = name_of(grp.getgrgid, group)
     try:
         owner_gid = pwd.getpwuid(st.st_uid).pw_gid
     except KeyError:
@@ -8666,48 +8667,63 @@ def share_with_web(config):
     """[web] cgi = yes: the web server's user runs the CGI script, which writes the database (and
     the -wal and -shm SQLite makes beside it) and the spool.  Make data_dir, the spool and its tmp
     set-group-ID and group-writable, so that what either user makes there takes data_dir's group
-    (the list user's), and give that group the database, its -wal and -shm and the log file.  Run
-    by init as the owner of data_dir; links are left alone.  Yields the lines init prints."""
+    (the list user's), and give that group the database, its -wal and -shm and the log file.
+    data_dir is sticky too: the web server's user cannot remove or replace the list user's files
+    there (the database, the Postfix map, the log).  Run by init as the owner of data_dir; links
+    are left alone.  Yields the lines init prints."""
     import grp
     import pwd
     import stat
     st = os.stat(config.data_dir)
-    group = grp.getgrgid(st.st_gid).gr_name if st.st_gid in {g.gr_gid for g in grp.getgrall()} \
-        else str(st.st_gid)
-    owners = {p.pw_uid for p in pwd.getpwall()}
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
     tmp = os.path.join(config.spool, "tmp")
     code = [config.path] if config.path else []        # what redsky runs must stay closed to the group
     code += [os.path.join(config.data_dir, os.path.expanduser(p.strip()))
              for p in config.get("redsky", "plugins").split(",") if p.strip()]
     shared = {os.path.realpath(d) for d in (config.data_dir, config.spool, tmp)}
     for path in code:
-        if os.path.realpath(os.path.dirname(os.path.abspath(path))) in shared:
-            raise ConfigError(f"[web] cgi = yes makes {os.path.dirname(os.path.abspath(path))} writable by the"
-                              f" group {group}, and {path} is there: whoever could change it would run code as"
-                              f" {pwd.getpwuid(st.st_uid).pw_name if st.st_uid in owners else st.st_uid}; move it"
-                              " out first (the README's config is /etc/redsky/redsky.ini, its data_dir"
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.realpath(folder) in shared:
+            raise ConfigError(f"[web] cgi = yes makes {folder} writable by the group {group}, and {path} is"
+                              f" there: whoever could change it would run code as {owner}; move it out"
+                              " first (the README's config is /etc/redsky/redsky.ini, its data_dir"
                               " /var/lib/redsky)")
     os.makedirs(tmp, exist_ok=True)
     paths = [config.data_dir, config.spool, tmp] + [config.database + s for s in ("", "-wal", "-shm")]
     closed = []
     for path in paths + [p for p in [log_file(config)] if p]:
-        try:
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                continue
-            if info.st_gid != st.st_gid:
-                os.chown(path, -1, st.st_gid, follow_symlinks=False)
-            mode = stat.S_IMODE(info.st_mode) | 0o060 | (0o2010 if stat.S_ISDIR(info.st_mode) else 0)
-            if stat.S_IMODE(os.lstat(path).st_mode) != mode:
-                os.chmod(path, mode)
+        try:                                    # by its descriptor: a link put in its place is not followed
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             continue
-        except PermissionError:                 # another user's (an earlier web server's -wal)
+        except OSError:                         # a link (ELOOP), another user's closed file
             closed.append(path)
+            continue
+        try:
+            info = os.fstat(fd)
+            if info.st_gid != st.st_gid:
+                os.fchown(fd, -1, st.st_gid)
+            extra = (0o3010 if path == config.data_dir else 0o2010) if stat.S_ISDIR(info.st_mode) else 0
+            mode = stat.S_IMODE(info.st_mode) | 0o060 | extra
+            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+        except OSError:                         # another user's (an earlier web server's -wal)
+            closed.append(path)
+        finally:
+            os.close(fd)
     user = config.get("web", "user")
-    yield f"shared:   {config.data_dir} and its spool with group {group} (set-group-ID, group-writable)"
+    yield (f"shared:   {config.data_dir} and its spool with group {group} (set-group-ID, group-writable;"
+           " data_dir sticky)")
     for path in closed:
-        yield f"warning: cannot give {path} to group {group}: run as root: chgrp {group} {path}; chmod g+rw {path}"
+        yield (f"warning: cannot give {path} to group {group}: run as root: chgrp {group} {path};"
+               f" chmod g+rw {path}")
     groups = groups_of(user) if user else None
     if not user:
         yield (f"warning: [web] cgi = yes, but [web] user is empty: name the web server's user (Debian:"
@@ -8863,7 +8879,8 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
 def lmtp_peer_sessions(config):
     """The LMTP sessions `redsky.py lmtp` grants one peer ([lmtp] sessions_per_peer, within [lmtp]
     sessions): Postfix, whose lmtp clients all run as one user, must open no more."""
-    return max(1, min(int(config.number("lmtp", "sessions_per_peer")), int(config.number("lmtp", "sessions"))))
+    return max(1, min(int(config.number("lmtp", "sessions_per_peer")),
+                      int(config.number("lmtp", "sessions"))))
 
 
 def cmd_postfix_config(args, config):
@@ -11339,8 +11356,8 @@ def web_user_checks(config, store, runner):
     except KeyError:
         group = str(st.st_gid)
     member = st.st_gid in groups
-    join = f"run as root: adduser {user} {group}, then restart the web server (systemctl restart apache2, or" \
-           " fcgiwrap): a running one keeps the groups it started with"
+    join = (f"run as root: adduser {user} {group}, then restart the web server (systemctl restart apache2,"
+            " or fcgiwrap): a running one keeps the groups it started with")
     init = (f"run as root: {default_python()} {os.path.realpath(__file__)}"
             f"{' -c ' + os.path.abspath(config.path) if config.path else ''} init (it shares them when"
             " [web] cgi = yes)")
@@ -11360,8 +11377,8 @@ def web_user_checks(config, store, runner):
                    f" be closed to {runner}", init)
         if config.umask & 0o060:
             failed = True
-            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script ({user}) writes to"
-                   f" {runner}, and what {runner} writes to it", "set [redsky] umask = 007")
+            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script ({user}) writes"
+                   f" to {runner}, and what {runner} writes to it", "set [redsky] umask = 007")
         unread = [config.path] if config.path and not user_can(config.path, user) else []
         unwritten = [p for p in (config.database, config.database + "-wal", config.database + "-shm",
                                  log_file(config)) if p and os.path.exists(p) and not user_can(p, user, True)]
@@ -11515,7 +11532,8 @@ def lmtp_concurrency_checks(config, transport, endpoint):
     setting = f"{transport}_destination_concurrency_limit"
     limit = postconf("-xh", setting) or ""
     if limit.isdigit() and int(limit) <= grants:
-        yield "OK", f"Postfix opens at most {limit} LMTP sessions to redsky, which grants one peer {grants}", ""
+        yield ("OK", f"Postfix opens at most {limit} LMTP sessions to redsky, which grants one peer {grants}",
+               "")
         return
     yield ("WARN", f"{setting} is {limit or 'unknown'}, but redsky grants one peer {grants} LMTP sessions"
            " ([lmtp] sessions_per_peer): Postfix's sessions past that get 421 and their mail waits",

@@ -202,7 +202,7 @@ def web_user_checks(ok, data):
     assert " init (it shares them when [web] cgi = yes)" in out, out
     assert "FAIL  www-data cannot read the archive pages" in out          # data_dir 0700: no way in
     assert ok.run("init").returncode == 0                                # the fix doctor names
-    assert stat.S_IMODE(data.stat().st_mode) == 0o2770
+    assert stat.S_IMODE(data.stat().st_mode) == 0o3770
     out = doctor(ok)[1]
     assert "OK    www-data can read the archive pages of 1 public lists" in out, out
     assert "OK    www-data (the CGI script) can write the database, its -wal and -shm and the spool" in out, out

@@ -520,7 +520,7 @@ def test_the_readme_cgi_set_up_lets_the_web_servers_user_write_and_keeps_it_all_
                          " which stay redsky's (group redsky, set-group-ID)",
                          "OK    www-data can read the archive pages of 1 public lists"], doctor.out
     data = top / "var/lib/redsky"
-    assert stat.S_IMODE(data.stat().st_mode) == 0o2771 and stat.S_IMODE((data / "spool").stat().st_mode) == 0o2770
+    assert stat.S_IMODE(data.stat().st_mode) == 0o3771 and stat.S_IMODE((data / "spool").stat().st_mode) == 0o2770
     status, page, err = cgi_as(accounts, top, "GET", f"/{LIST}/")
     assert status == "Status: 200 OK" and 'name="address"' in page, err
     form = aged(top, web_form(page))
@@ -550,6 +550,19 @@ def test_the_readme_cgi_set_up_lets_the_web_servers_user_write_and_keeps_it_all_
     maildir = data / "maildir"
     assert {p.name for p in maildir.iterdir()} >= {"new@example.net", "you@example.org"}, sent.err
     assert accounts.run([*rs, "status"]).returncode == 0
+    # data_dir is sticky: the web server's user cannot remove or replace the list user's files
+    r = accounts.run(["mv", "-f", str(data / "redsky.db"), str(data / "gone")], user="www-data")
+    assert r.returncode != 0 and (data / "redsky.db").exists()
+    assert accounts.run(["rm", "-f", str(data / "postfix-map.db")], user="www-data").returncode != 0
+    # and init, run again, changes no file a link put in a shared folder points to
+    elsewhere = top / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    os.chown(elsewhere, accounts.id, accounts.id)
+    assert accounts.run(["sh", "-c", f"rmdir {data}/spool/tmp && ln -s {elsewhere} {data}/spool/tmp"],
+                        user="www-data").returncode == 0        # the spool is not sticky: its files are moved
+    r = accounts.run([*rs, "init"])
+    assert r.returncode == 0 and f"warning: cannot give {data}/spool/tmp to group redsky" in r.err, r.err
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("mistake", ["no adduser", "not set-group-ID", "umask 077"])

@@ -280,7 +280,7 @@ SETTINGS = (
     ("redsky", "busy_timeout", "10s", "duration", "how long to wait for a database another process has"
      " locked; then `queue` exits 75 and the MTA retries"),
     ("redsky", "umask", "007", "umask", "the file creation mask: database and spool 0660, closed to"
-     " others"),
+     " others; the group keeps read and write (the web server's user writes there with [web] cgi)"),
     ("redsky", "plugins", "", "text", "Python files with your own filters, comma-separated (README: Your"
      " own filters); one that fails to load stops every command with 78"),
     ("redsky", "templates", "", "path", "a directory of texts that replace redsky's own:"
@@ -374,6 +374,12 @@ SETTINGS = (
      " https://lists.example.org/redsky: copies then carry the one-click List-Unsubscribe (RFC 8058)"),
     ("web", "pages", "pages", "path", "the archive pages of public lists, one folder per list"
      " (PAGES/LIST@DOMAIN/)"),
+    ("web", "user", "", "text", "the user your web server runs as (Debian: www-data) when it runs the"
+     " CGI script or serves the archive pages itself: `doctor` checks that it can reach what it needs;"
+     " empty: neither"),
+    ("web", "cgi", "no", "flag", "yes: the web server runs redsky.py as a CGI script (or WSGI application)"
+     " as [web] user, which must be in the list user's group; `init`, run as root, then shares data_dir"
+     " and the spool with that group (set-group-ID, group-writable: README: As CGI)"),
     ("web", "timeout", "10s", "duration", "`web --listen`: the deadline for a client's whole request, head"
      " and body (then 408, closed), and again for taking the answer"),
     ("web", "workers", "4", "number", "`web --listen`: threads that run the pages; a request still arriving"
@@ -1597,12 +1603,66 @@ def open_store(config, durable=True, create=False):
     pages, the database) it writes after opening the store, so the mask is the config's in every
     mode, main() or not (CGI, a WSGI server's `application`, lmtp after SIGHUP)."""
     os.umask(config.umask)
+    refuse_unshared_writes(config)
     try:
         return Store(config.database, config.duration("redsky", "busy_timeout"), durable, create)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open database {config.database}: {e}")
     except PermissionError as e:
         raise Failure(f"cannot open database {config.database}: {e.strerror}", EX_NOPERM)
+
+
+def refuse_unshared_writes(config):
+    """A process that is neither root nor the owner of data_dir (the web server's user running the
+    CGI script) makes files the owner must then read and write: the database's -wal and -shm,
+    spool files.  They take this process's group, unless data_dir is set-group-ID, and the mode
+    [redsky] umask leaves.  When the owner could not use them, refuse before anything is written:
+    a -wal file the owner cannot open stops every `queue` (README: As CGI)."""
+    uid = os.geteuid()
+    try:
+        st = os.stat(config.data_dir)
+    except OSError:
+        return                                  # not there yet: opening the store says why
+    if 0 in (uid, st.st_uid) or uid == st.st_uid or not config.umask & 0o006:
+        return                                  # the owner, root (reads anything), or files anyone may use
+    import grp
+    import pwd
+
+    def name_of(lookup, key):
+        try:
+            return lookup(key)[0]
+        except (KeyError, TypeError):
+            return str(key)
+    setgid = st.st_mode & 0o2000
+    group = st.st_gid if setgid else os.getegid()
+    owner, me = name_of(pwd.getpwuid, st.st_uid), name_of(pwd.getpwuid, uid)
+    gname = name_of(grp.getgrgid, group)
+    try:
+        owner_gid = pwd.getpwuid(st.st_uid).pw_gid
+    except KeyError:
+        owner_gid = None
+    try:
+        shared = owner_gid == group or owner in grp.getgrgid(group).gr_mem
+    except KeyError:
+        shared = False
+    share = (f"set [web] user = {me} and [web] cgi = yes, then run `redsky.py init` as root (README: As CGI),"
+             f" or run this as {owner}")
+    if not setgid and not shared:
+        why = f"{config.data_dir} is not set-group-ID, so they would be group {gname}, closed to {owner}"
+    elif group != os.getegid() and group not in os.getgroups():
+        why, share = (f"{me} is not in {config.data_dir}'s group {gname}",
+                      f"run as root: adduser {me} {gname}, then restart the web server")
+    elif not shared:
+        why, share = (f"{owner} is not in {config.data_dir}'s group {gname}",
+                      f"run as root: chgrp {name_of(grp.getgrgid, owner_gid)} {config.data_dir}, then"
+                      " `redsky.py init`")
+    elif config.umask & 0o060:
+        why, share = (f"[redsky] umask = {config.umask:03o} closes them to the group",
+                      "set [redsky] umask = 007")
+    else:
+        return
+    raise Failure(f"{me} cannot share {config.data_dir} with {owner}, its owner, who must read and write"
+                  f" what {me} would write there: {why}; {share}", EX_NOPERM)
 
 
 # Postfix reads the list addresses from a small SQLite file of its own, never the live database:
@@ -8742,14 +8802,18 @@ def cmd_web(args, config):
 def run_cgi():
     """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
     [redsky] umask, as every command has it (the web server's own umask would leave files others
-    may read)."""
+    may read).  A script that cannot start (a bad config, a data_dir it cannot share with the list
+    user: refuse_unshared_writes) answers 503 and tells the web server's error log why."""
     from wsgiref.handlers import CGIHandler
     try:
         config = Config.find(None)
         os.umask(config.umask)
+        refuse_unshared_writes(config)          # before the log file: nothing the list user cannot use
         setup_logging(config)
-    except Failure as e:
-        sys.stdout.write(f"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n{e}\n")
+    except Failure as e:                        # the why for the web server's error log, not the client
+        print(f"redsky: {e}", file=sys.stderr)
+        sys.stdout.write("Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 60\r\n"
+                         "\r\nNot now: please try again later.\n")
         return
     CGIHandler().run(WebApp(config))
 
@@ -9768,6 +9832,101 @@ def become_list_user(config):
     return name
 
 
+def groups_of(user):
+    """The ids of ``user``'s groups (its own and those /etc/group lists it in: what a server that
+    starts as it gets), or None when there is no such user."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+
+def log_file(config):
+    """The file redsky logs to ([redsky] log), or None for syslog and stderr."""
+    target = config.get("redsky", "log")
+    if target in ("syslog", "stderr") or (not target and os.path.exists("/dev/log")):
+        return None
+    return os.path.join(config.data_dir, target or "redsky.log")
+
+
+def share_with_web(config):
+    """[web] cgi = yes: the web server's user runs the CGI script, which writes the database (and
+    the -wal and -shm SQLite makes beside it) and the spool.  Make data_dir, the spool and its tmp
+    set-group-ID and group-writable, so that what either user makes there takes data_dir's group
+    (the list user's), and give that group the database, its -wal and -shm and the log file.
+    data_dir is sticky too: the web server's user cannot remove or replace the list user's files
+    there (the database, the Postfix map, the log).  Run by init as the owner of data_dir; links
+    are left alone.  Yields the lines init prints."""
+    import grp
+    import pwd
+    import stat
+    st = os.stat(config.data_dir)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    tmp = os.path.join(config.spool, "tmp")
+    code = [config.path] if config.path else []        # what redsky runs must stay closed to the group
+    code += [os.path.join(config.data_dir, os.path.expanduser(p.strip()))
+             for p in config.get("redsky", "plugins").split(",") if p.strip()]
+    shared = {os.path.realpath(d) for d in (config.data_dir, config.spool, tmp)}
+    for path in code:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.realpath(folder) in shared:
+            raise ConfigError(f"[web] cgi = yes makes {folder} writable by the group {group}, and {path} is"
+                              f" there: whoever could change it would run code as {owner}; move it out"
+                              " first (the README's config is /etc/redsky/redsky.ini, its data_dir"
+                              " /var/lib/redsky)")
+    os.makedirs(tmp, exist_ok=True)
+    paths = [config.data_dir, config.spool, tmp] + [config.database + s for s in ("", "-wal", "-shm")]
+    closed = []
+    for path in paths + [p for p in [log_file(config)] if p]:
+        try:                                    # by its descriptor: a link put in its place is not followed
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError:                         # a link (ELOOP), another user's closed file
+            closed.append(path)
+            continue
+        try:
+            info = os.fstat(fd)
+            if info.st_gid != st.st_gid:
+                os.fchown(fd, -1, st.st_gid)
+            extra = (0o3010 if path == config.data_dir else 0o2010) if stat.S_ISDIR(info.st_mode) else 0
+            mode = stat.S_IMODE(info.st_mode) | 0o060 | extra
+            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+        except OSError:                         # another user's (an earlier web server's -wal)
+            closed.append(path)
+        finally:
+            os.close(fd)
+    user = config.get("web", "user")
+    yield (f"shared:   {config.data_dir} and its spool with group {group} (set-group-ID, group-writable;"
+           " data_dir sticky)")
+    for path in closed:
+        yield (f"warning: cannot give {path} to group {group}: run as root: chgrp {group} {path};"
+               f" chmod g+rw {path}")
+    groups = groups_of(user) if user else None
+    if not user:
+        yield (f"warning: [web] cgi = yes, but [web] user is empty: name the web server's user (Debian:"
+               f" www-data), and add it to group {group}")
+    elif groups is None:
+        yield f"warning: [web] user {user} does not exist"
+    elif st.st_gid not in groups:
+        yield (f"warning: {user} is not in group {group}, so the CGI script cannot write the database: run"
+               f" as root: adduser {user} {group}, then restart the web server")
+    if config.umask & 0o060:
+        yield (f"warning: [redsky] umask = {config.umask:03o} closes what one of them writes to the other:"
+               " set it to 007")
+
+
 def pipe_user(config):
     """Who runs `queue` for the MTA: [postfix] user, else the owner of
     data_dir (never root: Postfix's pipe refuses it)."""
@@ -9880,13 +10039,18 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
     if lmtp:
         if not re.fullmatch(r"(inet:[\w.\[\]:-]+:\d+|unix:/[^\s']+)", lmtp):
             raise Failure(f"--lmtp {lmtp!r}: use inet:HOST:PORT or unix:/PATH", EX_USAGE)
-        cf["redsky-transport.cf"] = (f"dbpath = {map_path}\nquery = SELECT 'lmtp:{lmtp}' FROM addresses"
-                                     " WHERE address = '%s'\n")
+        cf["redsky-transport.cf"] = (f"dbpath = {map_path}\nquery = SELECT 'redsky-lmtp:{lmtp}' FROM"
+                                     " addresses WHERE address = '%s'\n")
         main = (f"recipient_delimiter = +\n"
                 f"relay_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
                 f"relay_recipient_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
-                f"transport_maps = sqlite:{os.path.join(cf_dir, 'redsky-transport.cf')}\n")
-        return cf, main, ""
+                f"transport_maps = sqlite:{os.path.join(cf_dir, 'redsky-transport.cf')}\n"
+                f"redsky-lmtp_destination_concurrency_limit = {lmtp_peer_sessions(config)}\n")
+        # Postfix's lmtp client in a service of its own, so that its sessions to redsky, all of one
+        # peer (the user postfix), stay within what `redsky.py lmtp` grants a peer, and nothing
+        # else the host delivers over LMTP (Dovecot) is limited by it
+        master = "redsky-lmtp unix  -       -       n       -       -       lmtp\n"
+        return cf, main, master
     main = (f"recipient_delimiter = +\n"
             f"virtual_alias_domains = sqlite:{os.path.join(cf_dir, 'redsky-domains.cf')}\n"
             f"virtual_alias_maps = sqlite:{os.path.join(cf_dir, 'redsky-aliases.cf')}\n"
@@ -9899,6 +10063,13 @@ def postfix_settings(config, cf_dir, user=None, python=None, lmtp=None):
               f"  flags=OR user={user} null_sender=\n  argv={' '.join(argv[:4])}\n  {' '.join(argv[4:])}"
               " --recipient=${original_recipient} --sender=${sender}\n")
     return cf, main, master
+
+
+def lmtp_peer_sessions(config):
+    """The LMTP sessions `redsky.py lmtp` grants one peer ([lmtp] sessions_per_peer, within [lmtp]
+    sessions): Postfix, whose lmtp clients all run as one user, must open no more."""
+    return max(1, min(int(config.number("lmtp", "sessions_per_peer")),
+                      int(config.number("lmtp", "sessions"))))
 
 
 def cmd_postfix_config(args, config):
@@ -9957,7 +10128,8 @@ def as_list_user(config, work):
 # main.cf settings redsky needs, and how to merge each into a value already set
 POSTFIX_MERGE = {"recipient_delimiter": "chars", "virtual_alias_domains": "list",
                  "virtual_alias_maps": "list", "transport_maps": "list", "relay_domains": "list",
-                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value"}
+                 "relay_recipient_maps": "list", "redsky_destination_recipient_limit": "value",
+                 "redsky-lmtp_destination_concurrency_limit": "value"}
 
 
 def postfix_apply(cf_dir, main, master):
@@ -9980,10 +10152,11 @@ def postfix_apply(cf_dir, main, master):
             changes.append((["-e", f"{key} = {new}"], f"main.cf: {key} = {new}"
                             + (f" (was {current})" if current else "")))
     entry = " ".join(master.split())
-    service = " ".join((postconf("-M", "redsky/unix") or "").split())
+    name = f"{entry.split()[0]}/unix" if entry else ""
+    service = " ".join((postconf("-M", name) or "").split()) if entry else ""
     if entry and service != entry:
-        changes.append((["-M", f"redsky/unix={entry}"],
-                        f"master.cf: redsky/unix {'changed' if service else 'added'}: {entry}"))
+        changes.append((["-M", f"{name}={entry}"],
+                        f"master.cf: {name} {'changed' if service else 'added'}: {entry}"))
     if not changes:
         yield "nothing to change: main.cf and master.cf already have redsky's settings"
         return
@@ -10009,7 +10182,6 @@ def postfix_apply(cf_dir, main, master):
 def user_can(path, user, write=False):
     """Whether ``user`` may read (or write) ``path`` and reach it through
     every parent directory, by the mode bits (root may do anything)."""
-    import grp
     import pwd
     try:
         pw = pwd.getpwnam(user)
@@ -10017,7 +10189,7 @@ def user_can(path, user, write=False):
         return False
     if pw.pw_uid == 0:
         return True
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    groups = groups_of(user) or {pw.pw_gid}
 
     def allowed(st, bits):
         shift = 6 if st.st_uid == pw.pw_uid else 3 if st.st_gid in groups else 0
@@ -10582,6 +10754,9 @@ def cmd_init(args, config):
     print(f"database: {config.database}\nspool:    {config.spool}")
     if exported:
         print(f"postfix:  {exported}")
+    if config.flag("web", "cgi"):               # the web server's user writes here too
+        for line in share_with_web(config):
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     if getattr(args, "bytecode", None):
         print(f"bytecode: {args.bytecode} (what the MTA's pipe runs)")
     return EX_OK
@@ -12223,6 +12398,7 @@ def doctor_checks(config, cron_places=CRON_PLACES):
                    f"chown -R {runner} {config.spool}, and run queue and send as {runner}")
     yield from looked("the bytecode", bytecode_checks(config, runner))
     yield from looked("the web", web_checks(config))
+    yield from looked("the web server's user", web_user_checks(config, store, runner))
     yield from looked("Postfix", postfix_checks(config))
     yield from looked("Exim", exim_checks(config, store))
     yield from looked("OpenSMTPD", opensmtpd_checks())
@@ -12346,6 +12522,77 @@ def web_checks(config):
                "sign outgoing mail (README: DKIM), or name its settings in [web] dkim_signers")
 
 
+def web_user_checks(config, store, runner):
+    """[web] user, the web server's: with [web] cgi, can it read the config and write what the CGI
+    script writes (the database, the -wal and -shm SQLite makes beside it in data_dir, the spool),
+    and does what it writes stay the list user's (data_dir's group, set-group-ID directories, a
+    umask that leaves the group read and write)?  And can it read the pages of public archives?"""
+    import grp
+    user, cgi = config.get("web", "user"), config.flag("web", "cgi")
+    if not user:
+        if cgi:
+            yield ("WARN", "[web] cgi = yes, but [web] user is empty: doctor cannot check what the CGI script"
+                   " may write", "set [web] user to your web server's user (Debian: www-data)")
+        return
+    groups = groups_of(user)
+    if groups is None:
+        yield ("FAIL", f"[web] user {user} does not exist",
+               "set [web] user to the user your web server runs as (Debian: www-data)")
+        return
+    st = os.stat(config.data_dir)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    member = st.st_gid in groups
+    join = (f"run as root: adduser {user} {group}, then restart the web server (systemctl restart apache2,"
+            " or fcgiwrap): a running one keeps the groups it started with")
+    init = (f"run as root: {default_python()} {os.path.realpath(__file__)}"
+            f"{' -c ' + os.path.abspath(config.path) if config.path else ''} init (it shares them when"
+            " [web] cgi = yes)")
+    if cgi:
+        failed = False
+        if not member:
+            failed = True
+            yield ("FAIL", f"{user} is not in {config.data_dir}'s group {group}: the CGI script cannot write"
+                   " the database and answers \"Not now\"", join)
+        tmp = os.path.join(config.spool, "tmp")
+        unshared = [p for p in (config.data_dir, config.spool, tmp) if os.path.isdir(p) and (
+            os.stat(p).st_gid != st.st_gid or os.stat(p).st_mode & 0o2070 != 0o2070)]
+        if unshared:
+            failed = True
+            yield ("FAIL", f"{', '.join(unshared)}: not set-group-ID and group-writable for {group}: the CGI"
+                   f" script ({user}) cannot make the database's -wal and -shm there, or what it makes would"
+                   f" be closed to {runner}", init)
+        if config.umask & 0o060:
+            failed = True
+            yield ("FAIL", f"[redsky] umask = {config.umask:03o} closes what the CGI script ({user}) writes"
+                   f" to {runner}, and what {runner} writes to it", "set [redsky] umask = 007")
+        unread = [config.path] if config.path and not user_can(config.path, user) else []
+        unwritten = [p for p in (config.database, config.database + "-wal", config.database + "-shm",
+                                 log_file(config)) if p and os.path.exists(p) and not user_can(p, user, True)]
+        if unread or (member and not unshared and unwritten):
+            failed = True
+            said = [f"read {p}" for p in unread] + ([f"write {', '.join(unwritten)}"] if unwritten else [])
+            yield ("FAIL", f"{user} cannot {' nor '.join(said)}: the CGI script answers \"Not now\"",
+                   "; ".join([f"run as root: chmod 644 {p}" for p in unread] + ([init] if unwritten else [])))
+        if not failed:
+            yield ("OK", f"{user} (the CGI script) can write the database, its -wal and -shm and the spool,"
+                   f" which stay {runner}'s (group {group}, set-group-ID)", "")
+    public = {pages_dir(config, r): list_address(r) for r in store.q("all_lists") if r["archive"] == "public"}
+    public = {p: name for p, name in public.items() if os.path.isdir(p)}
+    closed = [p for p in public if not (user_can(p, user) and user_can(os.path.join(p, "index.html"), user))
+              or (os.path.isdir(os.path.join(p, "att")) and not user_can(os.path.join(p, "att"), user))]
+    if closed:
+        again = (f"run: redsky.py archive html {public[closed[0]]} (made anew with [redsky] umask)" if member
+                 else f"{join}; or let redsky serve them (README: On the web)")
+        yield ("FAIL", f"{user} cannot read the archive pages in {closed[0]}"
+               f"{f' (and {len(closed) - 1} more lists)' if len(closed) > 1 else ''}: a web server that runs"
+               " as it answers 403", again)
+    elif public:
+        yield "OK", f"{user} can read the archive pages of {len(public)} public lists", ""
+
+
 def exim_checks(config, store):
     """When Exim is installed: does it route every list address to redsky's
     router (exim -bt, which reads the live configuration)?"""
@@ -12395,11 +12642,12 @@ def postfix_checks(config):
     else:
         yield "OK", "Postfix recipient_delimiter has +", ""
     service = postconf("-M", "redsky/unix") or ""
-    lmtp = re.search(r"lmtp:(inet:\S+|unix:\S+)'", " ".join(
+    lmtp = re.search(r"((?:redsky-)?lmtp):(inet:\S+|unix:\S+)'", " ".join(
         read_text(t.split(":", 1)[1]) for t in postfix_tables(postconf("-xh", "transport_maps"))[0]
         if t.startswith("sqlite:") and "redsky" in t))
     if lmtp:                                # Postfix's lmtp client to `redsky.py lmtp`
-        yield from lmtp_checks(lmtp.group(1))
+        yield from lmtp_checks(lmtp.group(2))
+        yield from lmtp_concurrency_checks(config, lmtp.group(1), lmtp.group(2))
     elif not service:
         yield ("WARN", "Postfix master.cf has no 'redsky' pipe service",
                "add the lines 'redsky.py postfix-config' prints")
@@ -12465,6 +12713,24 @@ def lmtp_checks(endpoint):
         ("FAIL", f"{endpoint} answers, but it is not redsky: {greeting[:80]!r}", "check the port")
 
 
+def lmtp_concurrency_checks(config, transport, endpoint):
+    """Does Postfix open no more sessions to `redsky.py lmtp` than it grants one peer?  Postfix's lmtp
+    clients all run as the user postfix, one peer: past [lmtp] sessions_per_peer, a session gets 421
+    and its mail waits for Postfix's next try."""
+    grants = lmtp_peer_sessions(config)
+    setting = f"{transport}_destination_concurrency_limit"
+    limit = postconf("-xh", setting) or ""
+    if limit.isdigit() and int(limit) <= grants:
+        yield ("OK", f"Postfix opens at most {limit} LMTP sessions to redsky, which grants one peer {grants}",
+               "")
+        return
+    yield ("WARN", f"{setting} is {limit or 'unknown'}, but redsky grants one peer {grants} LMTP sessions"
+           " ([lmtp] sessions_per_peer): Postfix's sessions past that get 421 and their mail waits",
+           f"postconf -e '{setting} = {grants}'; postfix reload (or raise [lmtp] sessions_per_peer)"
+           if transport != "lmtp" else f"run as root: redsky.py postfix-config --lmtp {endpoint} --apply (a"
+           " service of redsky's own, limited to that share); postfix reload")
+
+
 def postfix_tables(value):
     """The lookup tables in a Postfix list setting (``type:name``, an
     ``inline:{…}`` kept whole), and the plain words."""
@@ -12513,7 +12779,8 @@ def postfix_routing_checks(config, service):
     addresses = [list_address(r, suffix).lower() for r in rows for suffix in LIST_SUFFIXES]
     routed = lookup("virtual_alias_maps", addresses)
     # Postfix's lmtp client: relay recipients with an lmtp: transport
-    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items() if v.startswith("lmtp:")}
+    over_lmtp = {a for a, v in lookup("transport_maps", addresses).items()
+                 if v.startswith(("lmtp:", "redsky-lmtp:"))}
     known = lookup("relay_recipient_maps", addresses)
     lost = [a for a in addresses if not routed.get(a, "").endswith("@redsky.invalid")
             and not (a in over_lmtp and a in known)]

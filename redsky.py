@@ -3076,14 +3076,15 @@ TEXTS = {
                "If you expected that many people, raise the limit.  If not, someone may be using\n"
                "the form to have this host mail strangers.  Joining by email still works.\n",
     "ack": "Your post to $post_address, \"$subject\", was accepted and goes to the members.\n",
-    "allowance-spent": "Requests made in the name of $address have had $what today,\n"
+    "allowance-spent": "Requests made in the name of $address have brought it, today:\n  $what\n"
                        "as many as this host sends one address in a day$mailbox.\n"
                        "Until $until, further requests in its name get no answer.\n\n"
                        "If you sent them, please try again after that.  If you did not, someone else\n"
                        "is using your address: nothing was done, and you need do nothing.\n$leave_now",
-    "requests-refused": "Requests to $post_address are being refused today: $address has had\n"
-                        "$what, as many as this host sends one address in a day, and requests\n"
-                        "in its name get no answer until $until.  The address was told so, once.\n\n"
+    "requests-refused": "Requests to $post_address are being refused today.  Requests made in the name\n"
+                        "of $address have brought it, today:\n  $what\n"
+                        "as many as this host sends one address in a day; until $until\n"
+                        "further ones get no answer.  The address was told so, once.\n\n"
                         "If this goes on, someone may be sending requests in other people's names.  A\n"
                         "member can always leave at once by the personal address or link in any post,\n"
                         "and asking again works once the day is over.  You get this notice at most\n"
@@ -5735,7 +5736,7 @@ class Requests:
                                        f"a confirmation to leave {self.post_address}",
                                        mailbox=address.lower(), leave=True)
         return self.notices.within(address, f"confirm {origin}", cap,
-                                   f"{cap} confirmation(s) of requests made in its name")
+                                   f"{cap} confirmation(s)")
 
     def run(self, lines):
         """Up to ten commands, a repeated one (Subject and body) done once, each token acted on

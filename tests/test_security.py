@@ -366,11 +366,18 @@ def test_the_mail_the_mta_authenticated_has_an_allowance_no_forger_can_spend(lst
     assert len(inbox(lst, victim)) == before + len(got)
 
 
-def test_allowances_are_personal_data(lst):
-    spend(lst, "request", "vic@example.com", 1)
+def test_allowances_are_personal_data_and_go_when_their_day_is_over(lst):
+    spend(lst, "request", "vic+x@example.com", 1)
     assert '"allowances": [' in lst.run("whois", "vic@example.com", "--json", check=0).out
-    assert "confirm anyone" in lst.run("whois", "vic@example.com", check=0).out
+    assert "confirm anyone" in lst.run("whois", "Vic@example.com", check=0).out
     assert "allowances 1" in lst.run("forget", "vic@example.com", check=0).out
+    spend(lst, "request", "ann@example.com", 1)
+    spend(lst, "request", "vic@example.com", 1)
+    db = lst.db()
+    db.execute("UPDATE allowances SET since = since - 86401 WHERE mailbox = 'ann@example.com'")
+    db.commit()
+    lst.run("send", check=0)                                # housekeeping
+    assert {r[0] for r in db.execute("SELECT mailbox FROM allowances")} == {"vic@example.com"}
 
 
 # 12. +tags and a list's own addresses count as one mailbox (F13) ---------------------------------

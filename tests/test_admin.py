@@ -19,7 +19,7 @@ def test_schema_sql_is_what_redsky_creates(rs):
     tables = {r[0] for r in rs.db().execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache",
                       "digest_posts", "dnsbl_cache", "autoreplies", "recent_posts", "failures", "probes", "bans",
-                      "leave_tokens", "web_budgets", "web_sessions"}
+                      "leave_tokens", "web_budgets", "web_sessions", "allowances"}
     assert rs.db().execute("PRAGMA auto_vacuum").fetchone()[0] == 2          # incremental
     assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION

@@ -242,8 +242,8 @@ def test_subscribe_form_keeps_the_rate_limit(web):
     for _ in range(8):
         subscribe(web, "victim@example.com")
     web.rs.run("send", check=0)
-    mails = [a for a, _ in web.rs.sent() if a[-1] == "victim@example.com"]
-    assert 1 <= len(mails) <= 3          # [commands] max_confirmations
+    mails = [parse(d)["Subject"] for a, d in web.rs.sent() if a[-1] == "victim@example.com"]
+    assert 1 <= len(mails) <= 3 + 1 and "ignored until" in mails[-1]     # [commands] max_confirmations
 
 
 @pytest.mark.server
@@ -1378,6 +1378,50 @@ def test_a_list_takes_a_few_requests_an_hour_and_a_day_and_the_owners_hear_of_it
     told = [subject for to, subject in sent if to == "owner@example.org"]
     assert told == ["test@lists.example.org: the subscribe form reached its daily limit"]
     assert sorted(to for to, _ in sent if to != "owner@example.org") == sorted(pending(lst))
+
+
+@pytest.mark.parametrize("spelling", ["dave+{i}@example.org", "Dave+web{i}@Example.ORG", '"dave+{i}"@example.org'])
+def test_the_form_spends_only_an_allowance_anyone_could_spend(lst, spelling):
+    """F12/F13 on the web: forms for dave+1@, dave+2@ … (from as many networks) all draw on the one
+    allowance of dave's mailbox for requests anyone could have made: 3 confirmations, then one
+    notice of until when; dave's own mail, which the MTA authenticated, still gets a confirmation."""
+    from conftest import inbox, mail
+    lst.write_config(commands={"authserv_id": "mx.example.net"})
+    used = [spelling.format(i=i) for i in range(8)]
+    for i, address in enumerate(used):
+        assert post_form(lst, address, remote=f"198.51.100.{i}")[0] == 200
+    lst.run("send", check=0)
+    import redsky
+    spelt = {redsky.normalize_address(a).lower() for a in used}
+    got = [parse(d)["Subject"] for argv, d in lst.sent() if argv[-1].lower() in spelt]
+    assert len(got) == 3 + 1 and "ignored until" in got[-1], got
+    mail(lst, "test-join@lists.example.org", "dave@example.org",
+         extra="Authentication-Results: mx.example.net; dkim=pass header.d=example.org\n")
+    assert inbox(lst, "dave@example.org")[-1]["Subject"].startswith("confirm ")
+
+
+@pytest.mark.parametrize("how", ["one-click", "mailto"])
+def test_a_member_leaves_at_once_whatever_was_spent_in_their_name(lst, how):
+    """RFC 8058's one-click POST and the personal mailto of List-Unsubscribe need no confirmation and
+    draw on no allowance: after forms, join, leave and help requests spent every allowance of the
+    member's mailbox, the member still leaves."""
+    import redsky
+    from conftest import mail
+    lst.run("set", LIST, "owners", "owner@example.org", check=0)
+    member = "carol@example.com"
+    for i in range(6):
+        post_form(lst, f"carol+{i}@example.com", remote=f"198.51.100.{i}")
+        for to, subject in (("test-leave", "bye"), ("test-request", "help"), ("test-request", "set digest on")):
+            mail(lst, f"{to}@lists.example.org", member, subject=subject, envelope="m@evil.example")
+    token = redsky.leave_token(lst.verp_key(), {"name": "test", "domain": "lists.example.org"}, member)
+    if how == "one-click":
+        status, _, body = wsgi(lst, f"/{LIST}/leave/{token}", "POST", {"List-Unsubscribe": "One-Click"})
+        assert status == 200
+    else:
+        mail(lst, f"test-leave+{token}@lists.example.org", member, subject="unsubscribe")
+    assert member not in lst.members(LIST)
+    lst.run("send", check=0)
+    assert parse([d for argv, d in lst.sent() if argv[-1] == member][-1])["Subject"].startswith("Goodbye")
 
 
 def test_a_field_no_person_fills_stops_robots_silently(lst):

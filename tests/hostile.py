@@ -150,6 +150,11 @@ PARSERS = {
     "check_token": lambda t: redsky.check_token("key", "subscribe", "test@lists.example.org", "", t, 0, 3600),
     "client_network": lambda t: redsky.client_network(redsky.Config(None), {
         "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": t + ", " + t[:1000]}),
+    # the limits: the mailbox an address counts as, the MTA's Authentication-Results on a request
+    "mailbox_key": lambda t: (redsky.mailbox_key(t), redsky.mailbox_key('"' + t + '"@' + t)),
+    "authentication_results": lambda t: redsky.from_authenticated(redsky.RawMessage(message(
+        "Authentication-Results", "mx; dkim=pass header.d=" + t + "; dmarc=pass header.from=" + t + " (" + t)),
+        "a@example.org", "mx"),
     # the servers: an HTTP request head (strict, uncapped here to show it is linear), the same bytes
     # as `web --listen` takes them in pieces, and LMTP's DATA lines
     "http_head": lambda t: _each(redsky.parse_http_head, [

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ def test_schema_sql_is_what_redsky_creates(rs):
     assert tables == {"lists", "members", "acl", "messages", "deliveries", "bounces", "held", "pending", "events", "meta", "dmarc_cache",
                       "digest_posts", "dnsbl_cache", "autoreplies", "recent_posts", "failures", "probes", "bans",
                       "archived_posts", "archive_texts",
-                      "leave_tokens", "web_budgets", "web_sessions"}
+                      "leave_tokens", "web_budgets", "web_sessions", "allowances"}
     assert rs.db().execute("PRAGMA auto_vacuum").fetchone()[0] == 2          # incremental
     assert rs.db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert rs.db().execute("PRAGMA user_version").fetchone()[0] == redsky.SCHEMA_VERSION
@@ -454,3 +455,53 @@ def test_the_readmes_exit_code_tables_name_the_codes_redsky_uses():
     assert {redsky.EX_OK, redsky.EX_USAGE, redsky.EX_DATAERR, redsky.EX_NOUSER, redsky.EX_TEMPFAIL,
             redsky.EX_NOPERM, redsky.EX_CONFIG, redsky.EX_DISCARDED} <= set(codes) | {0}
     assert set(codes) <= {0, 64, 65, 67, 75, 77, 78, 99, 128 + 13}, codes
+
+
+def test_the_readmes_systemd_units_run_what_the_set_up_installs_as_its_user(tmp_path):
+    """Issue 30: the hints said /usr/local/lib/redsky/redsky.py and User=list where the set-up
+    installs /opt/redsky/redsky.py for the user redsky, and `web` had no unit.  Every unit of the
+    README (`# /etc/systemd/system/NAME`) runs the set-up's python, program and config, as its
+    user, a command redsky's parser takes, listening where the README's MTA and web server
+    blocks send; every path to redsky.py and every user named anywhere is the set-up's."""
+    import configparser
+    import shlex
+    readme = (ROOT / "README.md").read_text()
+    setup = readme_block("setup", "sh")
+    user = re.search(r"useradd .* (\S+)$", setup, re.M).group(1)
+    program = re.search(r"install -m 755 redsky\.py (\S+)$", setup, re.M).group(1)
+    config = re.search(r"> (\S+\.ini)$", setup, re.M).group(1)
+    assert (user, program, config) == ("redsky", "/opt/redsky/redsky.py", "/etc/redsky/redsky.ini")
+    assert f"[postfix]\\nuser = {user}\\n" in setup
+    units = {m.group(1): m.group(2) for m in re.finditer(r"```ini\n# /etc/systemd/system/(\S+)\n(.*?)```", readme, re.S)}
+    assert set(units) == {"redsky-lmtp.service", "redsky-web.service"}
+    listen = {}
+    for name, text in units.items():
+        unit = configparser.ConfigParser(interpolation=None, strict=True)
+        unit.optionxform = str
+        unit.read_string(text)
+        assert unit["Service"]["User"] == user, name
+        argv = shlex.split(unit["Service"]["ExecStart"])
+        assert argv[:4] == ["/usr/bin/python3", program, "-c", config], name
+        args = redsky.make_parser(argv[4]).parse_args(argv[4:])
+        assert args.command == name.split("-")[1].split(".")[0] and args.listen, name
+        listen[args.command] = args.listen
+        assert unit["Install"]["WantedBy"] == "multi-user.target" and "network.target" in unit["Unit"]["After"]
+        verify = shutil.which("systemd-analyze")
+        if verify:                                          # systemd's own reading of it
+            (tmp_path / name).write_text(text)
+            r = subprocess.run([verify, "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True)
+            assert r.returncode == 0 and "Unknown" not in r.stderr and "Invalid" not in r.stderr, r.stderr
+    # where the MTA and the web server blocks send, the units listen
+    assert f"postfix-config --lmtp inet:{listen['lmtp']} --apply" in readme
+    assert "port = " + listen["lmtp"].rsplit(":", 1)[1] in readme.split("redsky_lmtp:")[1].split("```")[0]
+    assert f"proxy_pass http://{listen['web']}/;" in readme and f"ProxyPass        /redsky/ http://{listen['web']}/" in readme
+    restart = re.search(r"`systemctl restart ([\w -]+)`", readme.split("### Upgrading")[1]).group(1)
+    assert set(restart.split()) == {n.split(".")[0] for n in units}     # what Upgrading restarts
+    # every path to redsky.py and every user the README names for running it
+    paths = set(re.findall(r"(/[\w./-]+)/redsky\.py\b", readme))
+    assert paths == {program.rsplit("/", 1)[0]}, paths
+    assert set(re.findall(r"(?m)^User=(\S+)", readme)) == {user}
+    assert set(re.findall(r"(?m)^\* \* \* \* \* +(\S+) ", readme)) == {user}
+    assert set(re.findall(r"flags=\w+ user=(\w+)", readme)) == {user}    # Postfix's pipes
+    assert set(re.findall(r"(?m)^  user = (\S+)", readme)) == {user}      # Exim's transport
+    assert "/usr/local/lib/redsky" not in readme and "User=list" not in readme

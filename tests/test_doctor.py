@@ -140,3 +140,85 @@ def test_doctor_as_the_list_user_says_what_it_cannot_read_and_goes_on():
     assert r.returncode == 0, r.stderr
     assert f"WARN no job that runs 'redsky.py send' found, but {closed} cannot be read" in r.stdout
     assert "OK first\nWARN cannot check a thing: PermissionError" in r.stdout
+
+
+@needs_root
+def test_doctor_checks_what_the_web_servers_user_can_reach(ok):
+    """[web] user (and [web] cgi): doctor says whether that user can write what the CGI script
+    writes and read the pages of public archives, each FAIL with its fix, until all is OK.
+    (tests/test_setup.py runs the README's set-up, the script as www-data and doctor end to end.)"""
+    import grp
+    import stat
+    import tempfile
+    from pathlib import Path
+    from conftest import post
+    web = [line for line in doctor(ok)[1].splitlines() if "www-data" in line or "[web] user" in line]
+    assert web == []                                        # no [web] user: nothing to check
+    # init refuses to open to the group the folder of the config (here in data_dir): it is code
+    ok.write_config(web={"cgi": "yes", "user": "www-data"})
+    modes = {p: p.stat().st_mode for p in [ok.home, *ok.home.rglob("*")]}
+    r = ok.run("init")
+    assert r.returncode == 78 and "move it out first" in r.err and str(ok.config) in r.err, r.err
+    assert {p: p.stat().st_mode for p in [ok.home, *ok.home.rglob("*")]} == modes
+    del ok.settings["web"]
+    # a host's layout: the config in a folder of root's, data_dir beside it, everyone may pass
+    top = Path(tempfile.mkdtemp(prefix="redsky-doctor-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        (top / "etc").mkdir(mode=0o755)
+        (top / "data").mkdir(mode=0o700)
+        ok.config.unlink()
+        ok.config, data = top / "etc" / "redsky.ini", top / "data"
+        ok.write_config(redsky={"data_dir": str(data)})
+        ok.config.chmod(0o644)
+        ok.run("init", check=0)
+        ok.newlist("test@lists.example.org", members=("a@example.org",))
+        ok.run("set", "test@lists.example.org", "archive", "public", check=0)
+        ok.queue(post(), check=0)
+        web_user_checks(ok, data)
+    finally:
+        shutil.rmtree(top)
+
+
+def web_user_checks(ok, data):
+    import grp
+    import stat
+    ok.write_config(web={"cgi": "yes"})
+    assert "WARN  [web] cgi = yes, but [web] user is empty" in doctor(ok)[1]
+    ok.write_config(web={"user": "no-such-web-user"})
+    assert "FAIL  [web] user no-such-web-user does not exist" in doctor(ok)[1]
+    ok.write_config(web={"user": "www-data"})
+    out = doctor(ok)[1]
+    assert f"FAIL  www-data is not in {data}'s group root" in out, out
+    assert "fix: run as root: adduser www-data root, then restart the web server" in out
+    assert "FAIL  www-data cannot read the archive pages" in out         # 0770 and 0660, group root
+    # the list user's group is one www-data is in (its own here): the folders are not shared yet
+    www = grp.getgrnam("www-data").gr_gid
+    for root, dirs, files in os.walk(data):
+        for name in [root, *(os.path.join(root, f) for f in files)]:
+            os.chown(name, -1, www)
+    out = doctor(ok)[1]
+    assert f"FAIL  {data}, {data}/spool: not set-group-ID and group-writable for www-data" in out, out
+    assert " init (it shares them when [web] cgi = yes)" in out, out
+    assert "FAIL  www-data cannot read the archive pages" in out          # data_dir 0700: no way in
+    assert ok.run("init").returncode == 0                                # the fix doctor names
+    assert stat.S_IMODE(data.stat().st_mode) == 0o3770
+    out = doctor(ok)[1]
+    assert "OK    www-data can read the archive pages of 1 public lists" in out, out
+    assert "OK    www-data (the CGI script) can write the database, its -wal and -shm and the spool" in out, out
+    assert not [line for line in fails(out) if "www-data" in line]
+    ok.write_config(redsky={"umask": "027"})
+    out = doctor(ok)[1]
+    assert "FAIL  [redsky] umask = 027 closes what the CGI script (www-data) writes" in out
+    assert "fix: set [redsky] umask = 007" in out
+    ok.write_config(redsky={"umask": "007"})
+    os.chmod(data / "redsky.db", 0o640)                              # a database the group cannot write
+    out = doctor(ok)[1]
+    assert f"FAIL  www-data cannot write {data}/redsky.db" in out, out
+    os.chmod(ok.config, 0o600)                                       # nor read the config
+    out = doctor(ok)[1]
+    assert f"FAIL  www-data cannot read {ok.config} nor write {data}/redsky.db" in out, out
+    assert f"fix: run as root: chmod 644 {ok.config}; run as root: " in out
+    os.chmod(data / "redsky.db", 0o660)
+    out = doctor(ok)[1]
+    assert f"FAIL  www-data cannot read {ok.config}: the CGI" in out and f"fix: run as root: chmod 644 {ok.config}\n" in out

@@ -461,14 +461,14 @@ def test_replies_are_capped_whatever_the_spelling_and_for_the_team_too(rs):
                  f"Message-ID: <cap{n}@x>\n\nhelp\n".encode(), recipient="team-request@lists.example.org",
                  sender=victim, check=0)
     assert rs.db().execute("SELECT count(*) FROM deliveries WHERE lower(address) = 'victim@example.org'"
-                           ).fetchone()[0] == 3
+                           ).fetchone()[0] == 3 + 1                 # and one notice: the rest are ignored
     asked = "\n".join(["who"] + [f"who {n}" for n in range(1, 10)])
     for n in range(40):
         rs.queue(f"From: owner@example.org\nTo: team-request@lists.example.org\nSubject: x\n"
                  f"Message-ID: <who{n}@x>\n\n{asked}\n".encode(), recipient="team-request@lists.example.org",
                  sender="owner@example.org", check=0)
     rows = rs.db().execute("SELECT count(*) FROM deliveries WHERE address = 'owner@example.org'").fetchone()[0]
-    assert rows == 30                                          # ten times the cap, one reply a message
+    assert rows == 1 + 30 + 1       # "requests refused" (victim's, once a day), ten times the cap, "ignored"
 
 
 def test_a_confirmation_shows_the_whole_value_and_the_one_it_replaces(lst):
@@ -547,3 +547,27 @@ def test_the_web_admin_deletes_a_post_with_the_email_command_s_code(lst):
         store.close()
     assert "post 1 is removed" in "".join(lines) and archived(lst) == {2: "Number 2"}
     assert "by the list's owners" in (lst.home / "pages" / LIST / "1.html").read_text().replace("&#x27;", "'")
+
+
+def test_forged_owner_commands_spend_only_what_anyone_could_and_the_owner_is_told(rs):
+    """F12 for owners: changes forged in an owner's name took every confirmation of the owner's day,
+    and the owner's own changes then got "nothing was done" until the next day.  Now the owner is
+    told once until when, and the owner's mail that the MTA authenticated has its own allowance."""
+    rs.newlist(LIST, *LIST_OPTIONS, members=MEMBERS)
+    rs.write_config(commands={"max_replies": "1", "authserv_id": "mx.lists.example.org"})   # 5 a day
+    seen = []
+    for n in range(7):
+        send(rs, f"ban spammer{n}@evil.example", OWNER, envelope=MALLORY)
+    got = new_mail(rs, OWNER, seen)
+    assert [m["Subject"].startswith("confirm ") for m in got[:5]] == [True] * 5
+    assert any("ignored until" in m["Subject"] for m in got[5:])
+    assert sum("ignored until" in m["Subject"] for m in got) == 1
+    told = [m for m in inbox(rs, BOSS) if "requests refused" in m["Subject"]]
+    assert len(told) == 1 and OWNER in text(told[0])
+    send(rs, "ban spammer9@evil.example", OWNER, envelope=MALLORY)     # forged: nothing at all now
+    assert [m for m in new_mail(rs, OWNER, seen) if m["Subject"].startswith("confirm ")] == []
+    send(rs, "ban spammer8@evil.example", OWNER,                         # the owner, authenticated
+         extra="Authentication-Results: mx.lists.example.org; dmarc=pass header.from=example.org\n")
+    (confirmation,) = [m for m in new_mail(rs, OWNER, seen) if m["Subject"].startswith("confirm ")]
+    reply(rs, confirmation, OWNER)
+    assert "spammer8@evil.example" in rs.run("ban", LIST, check=0).out

@@ -312,7 +312,9 @@ def test_postfix_lmtp_client_to_redsky_lmtp(bare):
     script.write_bytes((pf.ROOT / "redsky.py").read_bytes())
     script.chmod(0o755)
     config = site / "redsky.ini"
-    config.write_text("[redsky]\ndata_dir = data\nlog = redsky.log\n[postfix]\nuser = nobody\n" + bare.send_settings)
+    # a share of 2 sessions per peer: Postfix's lmtp clients, all of one user, would open 5 at once
+    config.write_text("[redsky]\ndata_dir = data\nlog = redsky.log\n[postfix]\nuser = nobody\n"
+                      "[lmtp]\nsessions_per_peer = 2\n" + bare.send_settings)
     rs = lambda *a: subprocess.run(["/usr/bin/python3", str(script), "-c", str(config), *a], capture_output=True,
                                    text=True, env=bare.env, timeout=60)
     port = free_port()
@@ -341,6 +343,27 @@ def test_postfix_lmtp_client_to_redsky_lmtp(bare):
         doctor = rs("doctor").stdout
         assert "OK    Postfix sends the lists over LMTP to inet:127.0.0.1:" in doctor, doctor
         assert "OK    all 9 list addresses are routed to redsky" in doctor, doctor
+        assert "OK    Postfix opens at most 2 LMTP sessions to redsky, which grants one peer 2" in doctor, doctor
+        # a burst: 24 posts held back, then let go at once; no session is refused (421)
+        postconf = lambda *a: subprocess.run(["postconf", "-c", str(bare.etc), *a], env=bare.env, check=True,
+                                             capture_output=True, text=True).stdout
+        assert "lmtp" in postconf("-M", "redsky-lmtp/unix")
+        postconf("-e", "defer_transports = redsky-lmtp")
+        bare.postfix("reload")
+        time.sleep(1)
+        for i in range(24):
+            bare.sendmail(post(f"Burst {i}"), LIST, sender=f"carl@{pf.USERS}")
+        deadline = time.time() + 30
+        while len(bare.queued()) < 24 and time.time() < deadline:
+            time.sleep(0.1)
+        postconf("-e", "defer_transports =")
+        bare.postfix("reload")
+        time.sleep(1)
+        bare.flush()
+        bare.wait_idle(60)
+        log = bare.log()
+        assert log.count("status=sent") >= 25 and "421" not in log, log[-3000:]
+        assert "more get 421" not in (site / "data" / "redsky.log").read_text()
     finally:
         if server is not None:
             server.terminate()

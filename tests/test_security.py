@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import inbox, mail, post
+from conftest import inbox, mail, parse, post
 
 LIST = "test@lists.example.org"
 OWNER = "owner@example.org"
@@ -127,8 +127,10 @@ def test_rate_limits_count_one_address_however_it_is_spelt(lst):
                     f"Message-ID: <{time.time_ns()}@x.org>\n\njoin\n").encode()
             lst.queue(data, recipient="test-join@lists.example.org", sender="mallory@evil.example", check=0)
     lst.run("send", check=0)
-    confirmations = [argv[-1] for argv, _ in lst.sent()]
-    assert confirmations == ["victim@example.org"]          # one confirmation, to one spelling
+    confirmations = [argv[-1] for argv, _ in lst.sent() if argv[-1] != OWNER]    # owners: told once
+    subjects = [parse(data)["Subject"] for argv, data in lst.sent() if argv[-1] != OWNER]
+    assert confirmations == ["victim@example.org"] * 4      # to one spelling: 3, then "ignored until"
+    assert len({s for s in subjects if s.startswith("confirm ")}) == 1 and "ignored until" in subjects[-1]
 
 
 # 7. auto-replies never confirm ---------------------------------------------------------------
@@ -191,8 +193,9 @@ def test_leaving_always_needs_the_members_confirmation(lst, policy):
     mail(lst, "test-leave@lists.example.org", "bob@example.net", subject="bye")       # forged From
     mail(lst, "test-request@lists.example.org", "bob@example.net", subject="unsubscribe")
     assert "bob@example.net" in lst.members(LIST)
-    (confirmation,) = inbox(lst, "bob@example.net")
-    assert "unsubscribe" in confirmation.get_content()
+    confirmation, again = inbox(lst, "bob@example.net")     # again the same day: the notice with
+    assert "unsubscribe" in confirmation.get_content() and "ignored until" in again["Subject"]
+    assert re.search(r"test-leave\+[0-9a-f]{16}@", again.get_content())      # bob's own leave address
     to = re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1)
     mail(lst, to, "bob@example.net", subject="Re: confirm")                         # bob really confirms
     assert "bob@example.net" not in lst.members(LIST)
@@ -338,3 +341,200 @@ def test_a_quoted_address_with_a_line_breaking_character_is_no_address(rs, char)
         assert "internal error" not in r.err and "Traceback" not in r.err
     rs.run("send", check=0)
     assert all(char not in argv[-1] for argv, _ in rs.sent())
+
+
+# 11. a forger spends someone's daily allowance (F12) ---------------------------------------------
+
+def subjects_to(rs, address):
+    return [m["Subject"] for m in inbox(rs, address)]
+
+
+def spend(rs, how, victim, count):
+    """``count`` requests in ``victim``'s name, each asking for a confirmation, the way ``how`` says."""
+    for n in range(count):
+        if how == "join":                                   # -join of lists of this host
+            name = f"l{n}"
+            if not rs.db().execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone():
+                rs.newlist(f"{name}@lists.example.org", "--owner", OWNER)
+            mail(rs, f"{name}-join@lists.example.org", victim, envelope="mallory@evil.example")
+        elif how == "request":                              # the subscribe command, the same list
+            mail(rs, "test-request@lists.example.org", victim, subject="subscribe")
+        elif how == "set":                                  # a member's option changes
+            option = ["set nomail on", "set digest on", "set notmetoo on"][n % 3]
+            mail(rs, "test-request@lists.example.org", victim, subject=option, envelope="m@evil.example")
+
+
+@pytest.mark.parametrize("how", ["join", "request", "set"])
+def test_a_spent_allowance_is_told_once_with_until_when_and_the_owners_once_a_day(lst, how):
+    """F12: confirmations forged in someone's name used up the daily cap, and then the person's own
+    requests got nothing, silently.  Now the address gets one notice saying until when requests in
+    its name are ignored, and the owners one notice a day; after the day, requests work again."""
+    victim = "bob@example.net" if how == "set" else "vic@example.com"
+    spend(lst, how, victim, 7)
+    got = subjects_to(lst, victim)
+    assert len(got) == 3 + 1 and all(s.startswith("confirm ") for s in got[:3]), got
+    until = re.search(r"ignored until (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", got[3]).group(1)
+    assert abs(time.mktime(time.strptime(until, "%Y-%m-%d %H:%M UTC")) - time.timezone
+               - (time.time() + 86400)) < 120
+    text = inbox(lst, victim)[3].get_content()
+    assert "If you did not, someone else" in text and until in text
+    spend(lst, how, victim, 3)                              # more: nothing, not even another notice
+    assert len(subjects_to(lst, victim)) == 4
+    refused = [s for s in subjects_to(lst, OWNER) if "requests refused" in s]
+    if how != "join":                                       # "join" spends it at lists of their own
+        assert refused == [f"{LIST}: requests refused today"]
+    assert victim in inbox(lst, OWNER)[-1].get_content()
+    lst.db().execute("UPDATE allowances SET since = since - 86400").connection.commit()   # a day later
+    spend(lst, how, victim, 1)
+    assert subjects_to(lst, victim)[-1].startswith("confirm ")
+
+
+@pytest.mark.parametrize("asked", ["subscribe", "set nomail on"])
+def test_a_request_while_its_confirmation_waits_gets_that_token_again(lst, asked):
+    """The forger asked first; the person's own request, which was ignored as a repeat, now brings
+    the pending confirmation again (good for confirm_expiry from now), and it works."""
+    who = "bob@example.net" if asked.startswith("set") else "new@example.com"
+    mail(lst, "test-request@lists.example.org", who, subject=asked, envelope="mallory@evil.example")
+    (forged,) = inbox(lst, who)
+    lst.db().execute("UPDATE pending SET expires = ?", (time.time() + 60,)).connection.commit()
+    mail(lst, "test-request@lists.example.org", who, subject=asked)
+    forged, own = inbox(lst, who)
+    assert own["Reply-To"] == forged["Reply-To"] and own["Subject"].startswith("confirm ")
+    assert lst.db().execute("SELECT expires FROM pending").fetchone()[0] > time.time() + 2 * 86400
+    mail(lst, re.search(r"<?([^<>\s]+)>?", own["Reply-To"]).group(1), who, subject="Re: x")
+    if who == "bob@example.net":
+        assert lst.members(LIST)[who]["status"] == "disabled"
+    else:
+        assert who in lst.members(LIST)
+
+
+@pytest.mark.parametrize("spent", ["others", "replies", "one-leave", "leave"])
+def test_a_member_can_always_leave_by_mail_whatever_was_sent_in_their_name(lst, spent):
+    """The generic LIST-leave@ (List-Unsubscribe of batched copies) asked for a confirmation from the
+    same daily cap a forger had spent: the member could not leave.  A member's leave has one
+    confirmation a day of its own; past it, the notice that the rest are ignored carries the member's
+    own LIST-leave+TOKEN address, which leaves at once: so whatever a forger sent, the member either
+    gets something that leaves, or got it today already."""
+    lst.run("set", LIST, "subscribe_policy", "open", check=0)
+    member = "bob@example.net"
+    spend(lst, "join", member, 5)                           # every confirmation of the day, elsewhere
+    if spent == "replies":
+        for n in range(12):
+            mail(lst, "test-request@lists.example.org", member, subject=f"help {n}", envelope="m@evil.example")
+    for n in range({"one-leave": 1, "leave": 6}.get(spent, 0)):
+        mail(lst, "test-leave@lists.example.org", member, envelope="m@evil.example")
+    before = len(inbox(lst, member))
+    mail(lst, "test-leave@lists.example.org", member)      # the member, really
+    got = inbox(lst, member)
+    leave_confirmations = [m for m in got if "unsubscribe" in m.get_content() and "confirm " in m["Subject"]]
+    assert len(leave_confirmations) == 1                    # one a day: a forger cannot flood with them
+    if spent in ("others", "replies"):
+        assert got[-1]["Subject"].startswith("confirm ") and len(got) == before + 1
+        to = re.search(r"<?([^<>\s]+)>?", got[-1]["Reply-To"]).group(1)
+    else:
+        (notice,) = [m for m in got if "ignored until" in m["Subject"] and "test-leave+" in m.get_content()]
+        to = re.search(r"test-leave\+[0-9a-f]{16}@lists\.example\.org", notice.get_content()).group(0)
+        assert len(got) == before + (spent == "one-leave")  # now, or earlier today
+    mail(lst, to, member, subject="Re: leave")
+    assert member not in lst.members(LIST)
+
+
+def test_an_answer_to_a_token_is_sent_whatever_was_spent(lst):
+    """What a member's confirmation carries out is answered: the replies a forger spent with help
+    requests in their name suppressed the "nomail is on" the member was waiting for."""
+    lst.write_config(commands={"max_replies": "2"})
+    mail(lst, "test-request@lists.example.org", "bob@example.net", subject="set nomail on")
+    (confirmation,) = inbox(lst, "bob@example.net")
+    for n in range(5):
+        mail(lst, "test-request@lists.example.org", "bob@example.net", subject=f"help {n}")
+    mail(lst, re.search(r"<?([^<>\s]+)>?", confirmation["Reply-To"]).group(1), "bob@example.net",
+         subject="Re: confirm")
+    assert inbox(lst, "bob@example.net")[-1]["Subject"] == f"{LIST}: nomail on"
+
+
+AUTHENTIC = ["mx.lists.example.org; dmarc=pass (p=reject dis=none) header.from=example.com",
+             "MX.lists.example.org 1; spf=fail smtp.mailfrom=x.example; dkim=pass header.d=example.com"
+             " header.s=s1",
+             'mx.lists.example.org; dkim=pass header.i="@example.com" header.b=abc']
+FORGED = ["evil.example; dmarc=pass header.from=example.com",                    # another authserv-id
+          "(mx.lists.example.org) evil.example; dmarc=pass header.from=example.com",
+          "mx.lists.example.org; dkim=pass header.d=evil.example",              # another signer
+          "mx.lists.example.org; dkim=pass (header.d=example.com) header.d=evil.example",
+          "mx.lists.example.org; dmarc=fail header.from=example.com",
+          "mx.lists.example.org; dmarc=pass header.from=example.com.evil.example",
+          "mx.lists.example.org; dkim=pass header.d=sub.example.com",
+          "mx.lists.example.org; spf=pass smtp.mailfrom=example.com"]
+
+
+@pytest.mark.parametrize("results", AUTHENTIC + FORGED)
+def test_the_mail_the_mta_authenticated_has_an_allowance_no_forger_can_spend(lst, results):
+    """With [commands] authserv_id, a request whose From: the MTA vouches for (DMARC, or DKIM of
+    that very domain, in its own Authentication-Results) draws on the address's own allowance: what
+    requests anyone could have made in its name spent does not stop it.  A field of another
+    authserv-id, another domain, or a result other than pass vouches for nothing."""
+    lst.write_config(commands={"authserv_id": "mx.lists.example.org"})
+    victim = "vic@example.com"
+    spend(lst, "join", victim, 5)
+    before = len(inbox(lst, victim))
+    mail(lst, "test-join@lists.example.org", victim, extra=f"Authentication-Results: {results}\n")
+    got = inbox(lst, victim)[before:]
+    if results in AUTHENTIC:
+        assert [m["Subject"][:8] for m in got] == ["confirm "]
+    else:
+        assert got == []
+    lst.write_config(commands={"authserv_id": ""})          # without it, nothing vouches
+    mail(lst, "test-request@lists.example.org", victim, subject="subscribe",
+         extra=f"Authentication-Results: {AUTHENTIC[0]}\n")
+    assert len(inbox(lst, victim)) == before + len(got)
+
+
+def test_allowances_are_personal_data_and_go_when_their_day_is_over(lst):
+    spend(lst, "request", "vic+x@example.com", 1)
+    assert '"allowances": [' in lst.run("whois", "vic@example.com", "--json", check=0).out
+    assert "confirm anyone" in lst.run("whois", "Vic@example.com", check=0).out
+    assert "allowances 1" in lst.run("forget", "vic@example.com", check=0).out
+    spend(lst, "request", "ann@example.com", 1)
+    spend(lst, "request", "vic@example.com", 1)
+    db = lst.db()
+    db.execute("UPDATE allowances SET since = since - 86401 WHERE mailbox = 'ann@example.com'")
+    db.commit()
+    lst.run("send", check=0)                                # housekeeping
+    assert {r[0] for r in db.execute("SELECT mailbox FROM allowances")} == {"vic@example.com"}
+
+
+# 12. +tags and a list's own addresses count as one mailbox (F13) ---------------------------------
+
+SPELLINGS = ["bob+{n}@example.com", "Bob+{n}@Example.COM", '"bob+{n}"@example.com', "bob+{n}+x@example.com",
+             '"bob+ {n}"@example.com', "BOB+tag{n}@example.com"]
+
+
+@pytest.mark.parametrize("how", ["join", "help", "open"])
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_subaddresses_share_their_mailbox_allowance(lst, spelling, how):
+    """bob+1@, bob+2@ … each had a cap of their own, so a forger could mail bob's one mailbox
+    without limit; limits now count the mailbox (members stay their full address)."""
+    lst.write_config(commands={"max_replies": "3"})
+    if how == "open":
+        lst.run("set", LIST, "subscribe_policy", "open", check=0)
+    used = [spelling.format(n=n) for n in range(8)]
+    for address in used:
+        mail(lst, f"test-{'request' if how == 'help' else 'join'}@lists.example.org", address,
+             subject="help" if how == "help" else "join", envelope="mallory@evil.example")
+    lst.run("send", check=0)
+    import redsky
+    got = [parse(data)["Subject"] for argv, data in lst.sent() if redsky.normalize_address(argv[-1])
+           in {redsky.normalize_address(a) for a in used}]
+    assert len(got) == 3 + 1 and "ignored until" in got[-1], got
+    if how == "open":                                      # members keep the address they joined with
+        joined = [a for a in lst.members(LIST) if a != "bob@example.net" and a != "alice@example.org"]
+        assert sorted(joined) == sorted(redsky.normalize_address(a) for a in used[:3])
+
+
+def test_a_lists_own_addresses_count_as_that_list(lst):
+    """LIST-request+1@, LIST-owner@ … of a list here are one mailbox, the list's: joining another
+    list in their names asked that list's owners again for every spelling."""
+    lst.newlist("other@lists.example.org", "--owner", "boss@example.org")
+    for n, role in enumerate(["request+1", "request+2", "owner", "join+x", "subscribe", "leave+9", "request"]):
+        mail(lst, "other-join@lists.example.org", f"test-{role}@lists.example.org", envelope="m@evil.example")
+    asked = [s for s in subjects_to(lst, "boss@example.org") if "asks to join" in s]
+    assert len(asked) == 3

@@ -4,10 +4,13 @@
 
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -162,6 +165,52 @@ def test_apply_merges_into_a_live_configuration_once(site):
 @pytest.mark.mta
 @needs_root
 @needs_postconf
+def test_lmtp_apply_keeps_postfix_within_the_sessions_redsky_grants_one_peer(site):
+    """Postfix's lmtp clients all run as one user, one peer to `redsky.py lmtp`, which grants a peer
+    [lmtp] sessions_per_peer sessions (10): Postfix opened up to 20 (its default destination
+    concurrency), and the rest got 421.  --lmtp routes the lists through a service of their own
+    whose concurrency limit is that share, and only that service: the host's other LMTP (Dovecot)
+    keeps its own; a changed share is applied again; doctor says when they disagree."""
+    env = postfix_etc(site, "lmtp_destination_concurrency_limit = 3\n",
+                      "lmtp      unix  -       -       y       -       -       lmtp\n")
+    redsky_as(site, "init")
+    redsky_as(site, "newlist", "team@lists.example.org")
+    postconf = lambda *a: subprocess.run(["postconf", *a], capture_output=True, text=True,
+                                         env={**os.environ, **env}).stdout.strip()
+    printed = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024")
+    assert "redsky-lmtp_destination_concurrency_limit = 10\n" in printed.out, printed.out
+    assert "redsky-lmtp unix  -       -       n       -       -       lmtp" in printed.out
+    r = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply", env=env)
+    assert r.returncode == 0, r.err
+    assert postconf("-h", "redsky-lmtp_destination_concurrency_limit") == "10"
+    assert postconf("-h", "lmtp_destination_concurrency_limit") == "3"                 # the admin's, kept
+    assert postconf("-M", "redsky-lmtp/unix").split() == "redsky-lmtp unix - - n - - lmtp".split()
+    assert postconf("-M", "lmtp/unix").split()[:5] == ["lmtp", "unix", "-", "-", "y"]
+    transport = (site / "etc" / "redsky-transport.cf").read_text()
+    assert "SELECT 'redsky-lmtp:inet:127.0.0.1:8024' FROM addresses" in transport
+    assert redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply",
+                     env=env).out.startswith("nothing to change")
+    config = site / "redsky.ini"
+    config.write_text(config.read_text() + "[lmtp]\nsessions_per_peer = 30\nsessions = 6\n")     # within sessions
+    r = redsky_as(site, "postfix-config", "--lmtp", "inet:127.0.0.1:8024", "--apply", env=env)
+    assert "main.cf: redsky-lmtp_destination_concurrency_limit = 6 (was 10)" in r.out, r.out
+    subprocess.run(["postconf", "-e", "redsky-lmtp_destination_concurrency_limit = 9"], env={**os.environ, **env},
+                   check=True)
+    out = redsky_as(site, "doctor", env=env).out
+    assert "WARN  redsky-lmtp_destination_concurrency_limit is 9, but redsky grants one peer 6 LMTP" in out, out
+    assert "postconf -e 'redsky-lmtp_destination_concurrency_limit = 6'" in out
+    # a route made before: Postfix's own lmtp service, with its default concurrency (20)
+    cf = site / "etc" / "redsky-transport.cf"
+    cf.write_text(cf.read_text().replace("'redsky-lmtp:", "'lmtp:"))
+    subprocess.run(["postconf", "-X", "lmtp_destination_concurrency_limit"], env={**os.environ, **env}, check=True)
+    out = redsky_as(site, "doctor", env=env).out
+    assert "WARN  lmtp_destination_concurrency_limit is 20, but redsky grants one peer 6 LMTP sessions" in out, out
+    assert "fix: run as root: redsky.py postfix-config --lmtp inet:127.0.0.1:8024 --apply" in out
+
+
+@pytest.mark.mta
+@needs_root
+@needs_postconf
 def test_apply_on_a_postfix_with_no_main_cf_says_what_to_do_and_writes_nothing(site):
     """Debian's "No configuration" leaves no main.cf: --apply used to write its files, then print
     only "postconf -e ... failed"."""
@@ -306,3 +355,269 @@ def test_roots_nightly_backup_goes_where_only_root_may_write(site, tmp_path):
     # a backup that fails leaves no file behind, and says why in one line
     r = redsky_as(site, "backup", str(backups / "missing-dir" / "b.tar"))
     assert r.returncode == 75 and "cannot write the backup" in r.err and "Traceback" not in r.err
+
+
+# -- the CGI script as the web server's user (README: As CGI) ---------------------------------
+
+LIST = "team@lists.example.org"
+
+
+class Accounts:
+    """This host's /etc/passwd and /etc/group plus the README's list user `redsky` (ids nobody
+    has), bound over the real ones in a private mount namespace (unshare -m) for each command:
+    the host's accounts never change (a test must not add users).  `adduser USER GROUP`, which
+    would rewrite /etc/group, is done to the copy (``join``)."""
+
+    def __init__(self, top):
+        self.passwd, self.group = top / "passwd", top / "group"
+        used = {int(line.split(":")[2]) for f in ("/etc/passwd", "/etc/group") for line in open(f) if line.count(":") >= 3}
+        self.id = next(i for i in range(64100, 65000) if i not in used)
+        self.passwd.write_text(Path("/etc/passwd").read_text()
+                               + f"redsky:x:{self.id}:{self.id}::/var/lib/redsky:/usr/sbin/nologin\n")
+        self.group.write_text(Path("/etc/group").read_text() + f"redsky:x:{self.id}:\n")
+        for f in (self.passwd, self.group):
+            f.chmod(0o644)
+        probe = self.run(["id", "redsky"])
+        if probe.returncode != 0:
+            pytest.skip(f"no private mount namespace here (unshare -m): {probe.err.strip()}")
+
+    def join(self, user, group):
+        lines = self.group.read_text().splitlines()
+        for i, line in enumerate(lines):
+            name, x, gid, members = line.split(":")
+            if name == group:
+                lines[i] = ":".join([name, x, gid, ",".join([m for m in members.split(",") if m] + [user])])
+        self.group.write_text("\n".join(lines) + "\n")
+
+    def run(self, argv, user=None, input=b"", env=None, umask="022"):
+        """``argv`` as root, or as ``user`` with the groups /etc/group gives it (initgroups, as a web
+        server that starts as it, or systemd's User=), in the namespace."""
+        switch = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+        shell = ('mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && umask "$3" && shift 3'
+                 ' && exec "$@"')
+        r = subprocess.run(["unshare", "-m", "sh", "-c", shell, "sh", str(self.passwd), str(self.group), umask,
+                            *switch, *argv], input=input, capture_output=True, timeout=120,
+                           env=env or {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        r.out, r.err = r.stdout.decode(), r.stderr.decode()
+        return r
+
+
+@pytest.fixture
+def host():
+    """A host laid out as *From a bare host to a working list* leaves it, steps 1 to 3 as the
+    README writes them (paths under a scratch root, `[send] transport = maildir` added), with
+    its list user `redsky` (Accounts)."""
+    top = Path(tempfile.mkdtemp(prefix="redsky-cgi-", dir="/tmp"))
+    top.chmod(0o755)
+    try:
+        if os.geteuid() != 0:
+            pytest.skip("switching users needs root")
+        accounts = Accounts(top)
+        steps = redsky_setup_block().split("# 4.")[0]
+        script = "set -e\n" + localized(steps, top) + \
+            f"printf '[send]\\ntransport = maildir\\n' >> {top}/etc/redsky/redsky.ini\n"
+        r = accounts.run(["bash", "-c", script], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        assert r.returncode == 0, r.out + r.err
+        yield top, accounts
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def redsky_setup_block():
+    text = (ROOT / "README.md").read_text()
+    return text.split("<!-- setup -->\n```sh\n")[1].split("```\n<!-- /setup -->")[0]
+
+
+def localized(text, top):
+    """The README's commands with its paths under ``top``, run from the checkout."""
+    for path in ("/opt/redsky", "/etc/redsky", "/var/lib/redsky"):
+        text = text.replace(path, f"{top}{path}")
+    return text.replace("install -m 755 redsky.py ", f"install -m 755 {ROOT}/redsky.py ")
+
+
+def cgi_as(accounts, top, method, path, body=b"", user="www-data", remote="192.0.2.7"):
+    """One request to the CGI script as the README's Apache block runs it, as ``user``:
+    (status line, page, stderr: the web server's error log)."""
+    block = readme_blocks_of("apache")[1]
+    script = re.search(r"ScriptAlias /redsky (\S+)", block).group(1)
+    config = re.search(r"SetEnv REDSKY_CONFIG (\S+)", block).group(1)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": method,
+           "PATH_INFO": path, "SCRIPT_NAME": "/redsky", "QUERY_STRING": "", "SERVER_NAME": "lists.example.org",
+           "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": remote,
+           "REDSKY_CONFIG": localized(config, top), "CONTENT_LENGTH": str(len(body)),
+           "CONTENT_TYPE": "application/x-www-form-urlencoded"}
+    r = accounts.run([localized(script, top)], user=user, input=body, env=env)
+    head, _, page = r.out.partition("\r\n\r\n")
+    return head.splitlines()[0] if head else "", page, r.err
+
+
+def readme_blocks_of(kind):
+    return re.findall(rf"```{kind}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def cgi_setup(accounts, top, skip_join=False, warning=None):
+    """The README's CGI set-up (<!-- cgi-setup -->) as root: its `adduser` done to the namespace's
+    /etc/group, the web server's restart left out (each request here starts the script afresh);
+    init warns only with ``warning``; returns doctor's run, its last line."""
+    block = (ROOT / "README.md").read_text().split("<!-- cgi-setup -->\n```sh\n")[1].split("```\n")[0]
+    lines = block.strip().splitlines()
+    assert lines[-1].endswith(" doctor") and any(line.startswith("systemctl restart") for line in lines)
+    doctor = None
+    for line in lines:
+        if line.startswith("adduser "):
+            _, user, group = line.split()
+            if not skip_join:
+                accounts.join(user, group)
+        elif line.startswith("systemctl "):
+            continue
+        else:
+            r = accounts.run(["bash", "-c", localized(line, top)])
+            if line.endswith(" doctor"):
+                doctor = r
+            else:
+                assert r.returncode == 0, (line, r.out, r.err)
+                assert (warning in r.err) if warning and " init" in line else "warning" not in r.err, r.err
+    return doctor
+
+
+def web_form(page):
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page))
+
+
+def aged(top, form):
+    """The page's form token made 10 s older: [web] form_min_age (3 s) has passed."""
+    import sqlite3
+    db = sqlite3.connect(top / "var/lib/redsky/redsky.db")
+    key = db.execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
+    db.close()
+    config = redsky.Config(str(top / "etc/redsky/redsky.ini"))
+    network = redsky.client_network(config, {"REMOTE_ADDR": "192.0.2.7"})
+    assert redsky.check_token(key, "subscribe", LIST, network, form["form"], time.time(), 3600)[0] != "bad"
+    return {**form, "form": redsky.sign_token(key, "subscribe", LIST, network, issued=time.time() - 10)}
+
+
+def owned(top):
+    """{path: (user, group, mode)} of everything in the data directory."""
+    import grp
+    data = top / "var/lib/redsky"
+    return {p: (p.stat().st_uid, p.stat().st_gid, stat.S_IMODE(p.stat().st_mode)) for p in [data, *data.rglob("*")]}
+
+
+def test_the_readme_cgi_set_up_lets_the_web_servers_user_write_and_keeps_it_all_the_list_users(host):
+    """Issue 30: CGI as the web user said "Not now" (`attempt to write a readonly database`: init
+    made data_dir 0751, and SQLite makes the -wal and -shm there).  The README's set-up, then the
+    script as www-data in the list user's group, as Apache or fcgiwrap run it: it subscribes,
+    unsubscribes with one click and shows the archive; `send`, as the list user, delivers what the
+    script queued; every file stays the group's; doctor says so."""
+    top, accounts = host
+    rs = ["/usr/bin/python3", f"{top}/opt/redsky/redsky.py", "-c", f"{top}/etc/redsky/redsky.ini"]
+    assert accounts.run([*rs, "set", LIST, "archive", "public"]).returncode == 0
+    assert accounts.run([*rs, "queue", "--recipient", LIST, "--sender", "you@example.org"],
+                        input=post(sender="you@example.org", to=LIST)).returncode == 0
+    doctor = cgi_setup(accounts, top)
+    web_lines = [line for line in doctor.out.splitlines() if "www-data" in line]
+    assert web_lines == ["OK    www-data (the CGI script) can write the database, its -wal and -shm and the spool,"
+                         " which stay redsky's (group redsky, set-group-ID)",
+                         "OK    www-data can read the archive pages of 1 public lists"], doctor.out
+    data = top / "var/lib/redsky"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o3771 and stat.S_IMODE((data / "spool").stat().st_mode) == 0o2770
+    status, page, err = cgi_as(accounts, top, "GET", f"/{LIST}/")
+    assert status == "Status: 200 OK" and 'name="address"' in page, err
+    form = aged(top, web_form(page))
+    status, page, err = cgi_as(accounts, top, "POST", f"/{LIST}/",
+                               urllib.parse.urlencode({**form, "address": "new@example.net"}).encode())
+    assert status == "Status: 200 OK" and "new@example.net" in page, (status, page, err)
+    import sqlite3
+    db = sqlite3.connect(data / "redsky.db")
+    row = db.execute("SELECT name, domain FROM lists").fetchone()
+    key = db.execute("SELECT value FROM meta WHERE key = 'verp_key'").fetchone()[0]
+    db.close()
+    token = redsky.leave_token(key, {"name": row[0], "domain": row[1]}, "you@example.org")
+    status, page, err = cgi_as(accounts, top, "POST", f"/{LIST}/leave/{token}", b"List-Unsubscribe=One-Click")
+    assert status == "Status: 200 OK", (page, err)
+    status, page, err = cgi_as(accounts, top, "GET", f"/archive/{LIST}/1.html")
+    assert status == "Status: 200 OK" and "hello" in page.lower(), (status, err)
+    www = pwd.getpwnam("www-data").pw_uid
+    files = owned(top)
+    assert any(uid == www for uid, _, _ in files.values())                  # the script wrote here
+    assert {gid for _, gid, _ in files.values()} == {accounts.id}, files      # all of it the group redsky's
+    assert not [p for p, (uid, _, mode) in files.items() if uid == www and mode & 0o066 != 0o060], files
+    members = accounts.run([*rs, "members", LIST])
+    assert "you@example.org" not in members.out and members.returncode == 0, members.err
+    # the list user's `send` (cron's) reads what the script queued: the confirmation, the goodbye
+    sent = accounts.run([*rs, "send"])
+    assert sent.returncode == 0, sent.err
+    maildir = data / "maildir"
+    assert {p.name for p in maildir.iterdir()} >= {"new@example.net", "you@example.org"}, sent.err
+    assert accounts.run([*rs, "status"]).returncode == 0
+    # data_dir is sticky: the web server's user cannot remove or replace the list user's files
+    r = accounts.run(["mv", "-f", str(data / "redsky.db"), str(data / "gone")], user="www-data")
+    assert r.returncode != 0 and (data / "redsky.db").exists()
+    assert accounts.run(["rm", "-f", str(data / "postfix-map.db")], user="www-data").returncode != 0
+    # and init, run again, changes no file a link put in a shared folder points to
+    elsewhere = top / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    os.chown(elsewhere, accounts.id, accounts.id)
+    assert accounts.run(["sh", "-c", f"rmdir {data}/spool/tmp && ln -s {elsewhere} {data}/spool/tmp"],
+                        user="www-data").returncode == 0        # the spool is not sticky: its files are moved
+    r = accounts.run([*rs, "init"])
+    assert r.returncode == 0 and f"warning: cannot give {data}/spool/tmp to group redsky" in r.err, r.err
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mistake", ["no adduser", "not set-group-ID", "umask 077"])
+def test_a_cgi_set_up_that_cannot_share_refuses_before_writing_and_doctor_names_the_fix(host, mistake):
+    """The web server's user not in the group (or a server started before it joined), a data_dir
+    that is not set-group-ID (what the script wrote would be group www-data: a -wal file the pipe
+    cannot open stops every `queue`), a umask that closes the group: the script answers "Not now"
+    and writes nothing; its error log and doctor give the fix; mail goes on.  The fix works."""
+    top, accounts = host
+    rs = ["/usr/bin/python3", f"{top}/opt/redsky/redsky.py", "-c", f"{top}/etc/redsky/redsky.ini"]
+    config, data = top / "etc/redsky/redsky.ini", top / "var/lib/redsky"
+    assert accounts.run([*rs, "set", LIST, "archive", "public"]).returncode == 0
+    assert accounts.run([*rs, "queue", "--recipient", LIST, "--sender", "you@example.org"],
+                        input=post(sender="you@example.org", to=LIST)).returncode == 0
+    if mistake == "umask 077":
+        config.write_text(config.read_text().replace("[redsky]\n", "[redsky]\numask = 077\n"))
+    doctor = cgi_setup(accounts, top, skip_join=mistake == "no adduser",
+                       warning={"no adduser": "run as root: adduser www-data redsky, then restart the web server",
+                                "umask 077": "set it to 007"}.get(mistake))
+    if mistake == "not set-group-ID":
+        data.chmod(0o0771)                       # as an admin who made it by hand
+        doctor = accounts.run([*rs, "doctor"])
+    said, fix = {"no adduser": ("www-data is not in", "adduser www-data redsky"),
+                 "not set-group-ID": ("not set-group-ID", " init"),
+                 "umask 077": ("umask = 077", "set [redsky] umask = 007")}[mistake]
+    fails = [line for line in doctor.out.splitlines() if line.startswith("FAIL") and "www-data" in line]
+    assert fails and said in doctor.out and fix in doctor.out, doctor.out
+    before = owned(top)
+    for method, path, body in (("GET", f"/{LIST}/", b""), ("POST", f"/{LIST}/", b"address=x%40example.net"),
+                               ("GET", f"/archive/{LIST}/1.html", b"")):
+        status, page, err = cgi_as(accounts, top, method, path, body)
+        assert status == "Status: 503 Service Unavailable" and "Not now" in page, (status, err)
+        assert fix in err and "Traceback" not in err, err
+    assert owned(top) == before                                  # nothing written, nothing changed
+    # mail goes on: the pipe and cron's send as the list user
+    r = accounts.run([*rs, "queue", "--recipient", LIST, "--sender", "you@example.org"],
+                     input=post(sender="you@example.org", to=LIST, subject="still here"), user="redsky")
+    assert r.returncode == 0, r.err
+    assert accounts.run([*rs, "send"], user="redsky").returncode == 0
+    # doctor's word on the pages is what www-data meets
+    page = data / "pages" / LIST / "index.html"
+    readable = accounts.run(["cat", str(page)], user="www-data").returncode == 0
+    doctor = accounts.run([*rs, "doctor"])
+    assert ("OK    www-data can read the archive pages" in doctor.out) == readable, doctor.out
+    assert ("FAIL  www-data cannot read the archive pages" in doctor.out) == (not readable), doctor.out
+    # the fix named, then the script works
+    if mistake == "no adduser":
+        accounts.join("www-data", "redsky")
+    elif mistake == "umask 077":
+        config.write_text(config.read_text().replace("umask = 077\n", ""))
+        if not readable:                       # the pages written meanwhile, as doctor says
+            assert f"run: redsky.py archive html {LIST}" in doctor.out
+            assert accounts.run([*rs, "archive", "html", LIST]).returncode == 0
+    else:
+        assert accounts.run([*rs, "init"]).returncode == 0
+    assert cgi_as(accounts, top, "GET", f"/{LIST}/")[0] == "Status: 200 OK"
+    assert "FAIL" not in "".join(line for line in accounts.run([*rs, "doctor"]).out.splitlines(True)
+                                 if "www-data" in line or "umask" in line)

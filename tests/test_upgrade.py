@@ -30,9 +30,11 @@ def git(*args):
 
 
 def schema_commits():
-    """(commit, redsky.py source) of every commit whose SCHEMA differs from the one before it."""
+    """(commit, redsky.py source) of every commit whose SCHEMA differs from the one before it, on
+    the main line (--first-parent): a branch's own commits never ran anywhere, and two branches
+    gave their schemas the same number until the merge renumbered one."""
     try:
-        commits = git("log", "--format=%h", "--reverse", "--", "redsky.py").decode().split()
+        commits = git("log", "--first-parent", "--format=%h", "--reverse", "--", "redsky.py").decode().split()
     except (subprocess.CalledProcessError, FileNotFoundError):
         return []
     found, last = [], None

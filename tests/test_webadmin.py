@@ -7,6 +7,7 @@ cookie after sign-out).  Over HTTP against `redsky.py web`, the budgets
 in-process (wsgi), and the whole way in headless Chromium with an
 accessibility audit (axe-core) at the end of this file."""
 
+import io
 import json
 import os
 import re
@@ -332,9 +333,31 @@ def test_every_setting_is_shown_with_its_help_and_checked_as_the_cli_checks_it(s
 
 
 @pytest.mark.server
+def test_a_text_box_is_taken_as_typed_and_control_characters_are_refused(site):
+    """A footer typed in the web's text box keeps a written backslash-n (the shell's escape is the
+    shell's); a control character in any setting is refused there as everywhere: a vertical tab
+    in subject_tag went raw into every post's Subject:, a NUL into every footer."""
+    rs = site.rs
+    cookie = owner_session(site, rs)
+    csrf = csrf_of(site, cookie)
+    status, _, page = post_to(site, ADMIN + "settings", {"csrf": csrf, "footer": "Files: C:\\new\\reports\r\nbye"},
+                              cookie)
+    row = json.loads(rs.run("lists", "--json", check=0).out)[1]
+    assert status == 200 and row["footer"] == "Files: C:\\new\\reports\nbye"
+    for key, value in (("subject_tag", "[t]\x0bX-Injected: 1"), ("footer", "foot\x00er"), ("welcome", "a\x85b"),
+                       ("archive_url", "https://x.example/\x7f"), ("description", "one\u2028two"),
+                       ("dmarc_addresses", "*@exa\x01mple.com")):
+        status, _, page = post_to(site, ADMIN + "settings", {"csrf": csrf, key: value}, cookie)
+        assert status == 400 and "control character" in page, key
+    after = json.loads(rs.run("lists", "--json", check=0).out)[1]
+    assert after == row
+
+
+@pytest.mark.server
 def test_members_are_found_added_invited_removed_banned_and_exported(site):
     rs = site.rs
-    rs.run("subscribe", LIST, "=HYPERLINK(1) <formula@example.org>", check=0)
+    rs.run("subscribe", LIST, "=HYPERLINK(1) <formula@example.org>", "\"x;=cmd|' /C calc'!A0\" <semi@example.org>",
+           '" +1 tab\tsep" <space@example.org>', check=0)
     cookie = owner_session(site, rs)
     csrf = csrf_of(site, cookie)
     page = get(site, ADMIN + "members?q=carol", cookie)[2]
@@ -352,7 +375,7 @@ def test_members_are_found_added_invited_removed_banned_and_exported(site):
     assert "Invitation to join" in inbox(rs, "erin@example.org")[-1]["Subject"]
     post_to(site, ADMIN + "members", {"csrf": csrf, "action": "remove",
                                       "who": ["carol@example.com", "dave@example.org"]}, cookie)
-    assert members(rs) == {"bob@example.net", "formula@example.org"}
+    assert members(rs) == {"bob@example.net", "formula@example.org", "semi@example.org", "space@example.org"}
     assert "removed" in inbox(rs, "carol@example.com")[-1]["Subject"]
     post_to(site, ADMIN + "members", {"csrf": csrf, "action": "ban", "patterns": "*@spam.example ^x\\d+@"},
             cookie)
@@ -362,8 +385,15 @@ def test_members_are_found_added_invited_removed_banned_and_exported(site):
     status, headers, csv_text = get(site, ADMIN + "members.csv", cookie)
     assert status == 200 and headers["Content-Type"].startswith("text/csv") and "attachment" in \
         headers["Content-Disposition"]
-    assert csv_text.splitlines()[0].startswith("address,name,status") and "'=HYPERLINK(1)" in csv_text
-    assert get(site, ADMIN + "members.txt", cookie)[2].split() == ["bob@example.net", "formula@example.org"]
+    assert csv_text.splitlines()[0].startswith('"address","name","status"') and "'=HYPERLINK(1)" in csv_text
+    # every cell quoted, so a spreadsheet that splits at ; or tabs keeps a name whole; a formula
+    # after spaces is disarmed too
+    import csv
+    cells = {row[0]: row for row in csv.reader(io.StringIO(csv_text))}
+    assert cells["semi@example.org"][1] == "x;=cmd|' /C calc'!A0" and '"x;=cmd' in csv_text
+    assert cells["space@example.org"][1] == "'+1 tab sep"
+    assert all(line.startswith('"') and line.endswith('"') for line in csv_text.splitlines())
+    assert get(site, ADMIN + "members.txt", cookie)[2].split() == ["bob@example.net", "formula@example.org", "semi@example.org", "space@example.org"]
     done = " ".join(e["reason"] for e in events_by(rs, OWNER))
     for what in ("dave@example.org is added", "erin@example.org is invited", "carol@example.com is removed",
                  "*@spam.example is banned", "no longer banned"):

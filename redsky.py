@@ -8361,8 +8361,8 @@ def wsgi_environ(request, body, address, server, peer):
 
 
 def run_wsgi(app, environ):
-    """(status, headers, body, close) of one call of a WSGI application, its body whole (pages are
-    small); the caller calls close() once the client has the answer (WebAnswer's work waits)."""
+    """(status, headers, body, result) of one call of a WSGI application, its body whole (pages are
+    small); the caller closes ``result`` once the client has the answer (WebAnswer's work waits)."""
     answer, chunks = {}, []
 
     def start_response(status, headers, exc_info=None):
@@ -8371,16 +8371,16 @@ def run_wsgi(app, environ):
         answer["status"], answer["headers"] = status, list(headers)    # nothing is sent before the end
         return chunks.append
     result = app(environ, start_response)
-    close = getattr(result, "close", None) or (lambda: None)
     try:
         for chunk in result:
             chunks.append(chunk)
         if "status" not in answer:
             raise AssertionError("the application never called start_response")
     except BaseException:
-        close()
+        if hasattr(result, "close"):
+            result.close()
         raise
-    return answer["status"], answer["headers"], b"".join(chunks), close
+    return answer["status"], answer["headers"], b"".join(chunks), result
 
 
 def http_response(status, headers, body, method):
@@ -8434,6 +8434,8 @@ class WebServer:
     connections open (more get 503), all peers [web] connections (more are closed at once)."""
 
     LINGER = 2.0            # seconds to read and drop what a client still sends after its answer
+    AFTER_ANSWER = 0.01     # seconds the CPU is left to a proxy or client on this host to take an
+                            # answer, before the work that waited for it (mailing a sign-in link)
 
     def __init__(self, app, config, listener):
         import queue
@@ -8607,10 +8609,10 @@ class WebServer:
             if job is None:
                 return
             client, (request, body) = job
-            close = None
+            result = None
             try:
                 environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
-                status, headers, data, close = run_wsgi(self.app, environ)
+                status, headers, data, result = run_wsgi(self.app, environ)
                 answer = http_response(status, headers, data, request["method"])
             except Exception as e:
                 log.error("web: %s %s: %s: %s", request["method"], log_target(request["path"]),
@@ -8632,9 +8634,11 @@ class WebServer:
             else:
                 self.done.append((client, False if sent is None else answer[sent:]))
                 self.wake()
-            if close is not None:           # the answer is the client's: now what waited for it
+            if hasattr(result, "close"):    # the answer is the client's: now what waited for it
+                if getattr(result, "later", None):
+                    time.sleep(self.AFTER_ANSWER)
                 try:
-                    close()
+                    result.close()
                 except Exception as e:
                     log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300))
 
@@ -8751,8 +8755,9 @@ def run_cgi():
     """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
     [redsky] umask, as every command has it (the web server's own umask would leave files others
     may read).  The answer is complete when stdout and stderr are closed (fcgiwrap waits for both,
-    Apache for stdout): only then does the work that waits for it (WebAnswer) run, deaf to the
-    SIGTERM Apache sends a script still running after its answer (it kills it 3 s later)."""
+    Apache for stdout): only then does the work that waits for it (WebAnswer) run, at a lower
+    priority than the web server that passes the answer on, and deaf to the SIGTERM Apache sends a
+    script still running after its answer (it kills it 3 s later)."""
     import signal
     from wsgiref.handlers import CGIHandler
     try:
@@ -8775,6 +8780,11 @@ def run_cgi():
             for fd in (1, 2):               # the web server's ends: the answer is complete
                 os.dup2(nothing, fd)
             os.close(nothing)
+            try:
+                if getattr(self.result, "later", None):
+                    os.nice(10)
+            except OSError:
+                pass
             super().close()
     Handler().run(WebApp(config))
 

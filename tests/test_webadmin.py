@@ -7,9 +7,12 @@ cookie after sign-out).  Over HTTP against `redsky.py web`, the budgets
 in-process (wsgi), and the whole way in headless Chromium with an
 accessibility audit (axe-core) at the end of this file."""
 
+import io
 import json
 import os
 import re
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -18,7 +21,7 @@ import urllib.request
 import pytest
 
 import redsky
-from conftest import Web, dsn, inbox, mail, post, request, require, wsgi
+from conftest import PYTHON, ROOT, Web, dsn, inbox, mail, post, request, require, wsgi
 
 LIST = "test@lists.example.org"
 OTHER = "other@lists.example.org"
@@ -969,3 +972,263 @@ def test_decisions_and_options_that_mail_wait_for_the_budget_too(lst):
     assert status == 400 and "Not done: bob@example.net digest off" in page
     assert lst.members()["bob@example.net"]["digest"]
     assert mails_to(lst, people) - before == 2
+
+
+# -- the sign-in forms take the same time whoever is typed ------------------------------------------
+
+def _shape(sql):
+    """A statement without its values (the addresses and keys differ, not the work)."""
+    return re.sub(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", "?", sql)
+
+
+def test_a_signin_form_does_the_same_work_before_its_answer_whoever_is_typed(lst, monkeypatch):
+    """Mailing a link (an owner's, a member's) takes a few milliseconds; done before the answer,
+    they told an owner or a member from a stranger.  Before the answer, the database sees the same
+    statements whoever is typed, and nothing is queued; the link is built and queued in the
+    answer's close(), once a WSGI server has sent it."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    statements, real_open = [], redsky.open_store
+
+    def traced(config, *args, **kwargs):
+        store = real_open(config, *args, **kwargs)
+        store.db.set_trace_callback(lambda sql: statements.append(_shape(sql)))
+        return store
+    monkeypatch.setattr(redsky, "open_store", traced)
+    config = redsky.Config(str(lst.config))
+
+    def queued():
+        return lst.db().execute("SELECT count(*) FROM messages").fetchone()[0]
+    n = 0
+    for path, cases in ((ADMIN, {OWNER: 1, OWNER.upper(): 1, "stranger@example.org": 0, "bob@example.net": 0}),
+                        ("/manage/", {"carol@example.com": 1, " Carol@Example.com": 1, OWNER: 0,
+                                      "nobody@example.org": 0})):
+        before = {}
+        for typed, mailed in cases.items():
+            n += 1
+            remote = f"192.0.2.{n}"
+            form = hidden(wsgi(lst, path, remote=remote)[2], "form")
+            body = urllib.parse.urlencode({"form": form, "address": typed}).encode()
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+                       "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+                       "CONTENT_TYPE": "application/x-www-form-urlencoded"}
+            count, spool = queued(), sorted(os.listdir(config.spool))
+            del statements[:]
+            answer = redsky.WebApp(config)(environ, lambda status, headers: None)
+            page = b"".join(answer).decode()
+            before[typed] = list(statements)
+            assert "Check your mail" in page and queued() == count and sorted(os.listdir(config.spool)) == spool
+            answer.close()              # the answer has gone: now the link, if any
+            assert queued() == count + mailed, typed
+        shapes = {tuple(work) for work in before.values()}
+        assert len(shapes) == 1 and any("web_budgets" in s for s in next(iter(shapes))), before
+    lst.run("send", check=0)
+    assert sorted(lst.sent_to()) == ["carol@example.com"] * 2 + [OWNER] * 2
+
+
+def test_web_listen_answers_before_the_work_that_waits_for_the_answer(lst):
+    """`web --listen` sends the whole answer, then closes the application's result (where the
+    link is mailed): the close() here waits until the client has read the answer."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    config = redsky.Config(str(lst.config))
+    app, answered, seen = redsky.WebApp(config), threading.Event(), []
+
+    def application(environ, start_response):
+        result = app(environ, start_response)
+        if environ["REQUEST_METHOD"] != "POST":
+            return result
+
+        class Waiting(list):
+            def close(self):
+                seen.append(answered.wait(20))          # False: closed before the client had it all
+                result.close()
+        return Waiting(result)
+    server = redsky.WebServer(application, config, redsky.listen_socket("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = "http://127.0.0.1:%d" % server.server_address[1]
+        form = hidden(urllib.request.urlopen(base + ADMIN, timeout=30).read().decode(), "form")
+        data = urllib.parse.urlencode({"form": form, "address": OWNER}).encode()
+        with urllib.request.urlopen(urllib.request.Request(base + ADMIN, data=data), timeout=60) as r:
+            assert "Check your mail" in r.read().decode()
+        answered.set()
+        for _ in range(300):
+            if seen:
+                break
+            time.sleep(0.1)
+        assert seen == [True]
+        assert [m["Subject"] for m in inbox(lst, OWNER)] == [f"{LIST}: your sign-in link"]
+    finally:
+        server.stop()
+        thread.join(30)
+
+
+CGI_WAITING = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import redsky
+flag, seen, mail_link = sys.argv[2], sys.argv[3], redsky.mail_signin_link
+
+def waiting(*args, **kwargs):          # the link is mailed only once the web server has the answer
+    for _ in range(400):
+        if os.path.exists(flag):
+            break
+        time.sleep(0.05)
+    with open(seen, "w") as fh:
+        fh.write("after" if os.path.exists(flag) else "before")
+    return mail_link(*args, **kwargs)
+redsky.mail_signin_link = waiting
+redsky.run_cgi()
+"""
+
+
+@pytest.mark.server
+def test_as_a_cgi_script_the_answer_is_complete_before_the_link_is_mailed(lst, tmp_path):
+    """The CGI gives the web server its end of file (stdout and stderr: fcgiwrap waits for both)
+    before the work that waits for the answer."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    form = hidden(wsgi(lst, ADMIN, remote="192.0.2.77")[2], "form")
+    body = urllib.parse.urlencode({"form": form, "address": OWNER}).encode()
+    env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
+    env.update(GATEWAY_INTERFACE="CGI/1.1", REQUEST_METHOD="POST", PATH_INFO=ADMIN, SCRIPT_NAME="/redsky",
+               QUERY_STRING="", SERVER_NAME="lists.example.org", SERVER_PORT="80", SERVER_PROTOCOL="HTTP/1.1",
+               REMOTE_ADDR="192.0.2.77", REDSKY_CONFIG=str(lst.config), CONTENT_LENGTH=str(len(body)),
+               CONTENT_TYPE="application/x-www-form-urlencoded")
+    flag, seen = tmp_path / "answered", tmp_path / "seen"
+    proc = subprocess.Popen([PYTHON, "-c", CGI_WAITING, str(ROOT), str(flag), str(seen)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(body)
+        proc.stdin.close()
+        out, err = proc.stdout.read(), proc.stderr.read()         # to their ends of file
+        flag.touch()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.startswith(b"Status: 200 OK") and b"Check your mail" in out, err
+    assert seen.read_text() == "after"
+    assert [m["Subject"] for m in inbox(lst, OWNER)] == [f"{LIST}: your sign-in link"]
+
+
+# -- what the log keeps --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, kept", [
+    ("/test@lists.example.org/admin/held/0123456789abcdef0123456789abcdef", "/test@lists.example.org/admin/held/…"),
+    ("/x@y/leave/DEADBEEFCAFE0123", "/x@y/leave/…"),
+    ("/x@y/leave/%64%65adbeefcafe0123?a=1", "/x@y/leave/…?a=1"),
+    ("/manage/signin?who=bob@example.net&token=66a1b2c3-0011223344556677-00112233445566778899aabbccddeeff",
+     "/manage/signin?who=bob@example.net&token=…"),
+    ("/x@y/admin/members?q=bob&csrf=short;form=abc&page=p&TOKEN=t", "/x@y/admin/members?q=bob&csrf=…;form=…&page=…&TOKEN=…"),
+    ("/x@y/admin/?tok=0123456789abcdef0", "/x@y/admin/?tok=…"),
+    ("/archive/x@y/2026-11.html", "/archive/x@y/2026-11.html"),
+])
+def test_the_log_keeps_no_capability(target, kept):
+    assert redsky.log_target(target) == kept
+
+
+@pytest.mark.server
+def test_web_listen_logs_requests_without_their_tokens(lst):
+    lst.write_config(redsky={"log": "redsky.log"})
+    site = Web(lst)
+    try:
+        (msgid,) = hold(lst, 1)
+        held = re.findall(r"/admin/held/([0-9a-f]{32})", text(inbox(lst, OWNER)[-1]))[0]
+        leave = redsky.leave_token(lst.verp_key(), {"name": "test", "domain": "lists.example.org"},
+                                   "bob@example.net")
+        request(lst, "admin", OWNER)
+        link = link_in(lst, OWNER)
+        signin = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["token"][0]
+        fields, cookie = signin_page(site, link)
+        session = sign_in(site, link)
+        csrf = csrf_of(site, session)
+        get(site, f"/{LIST}/admin/held/{held}")
+        get(site, f"/{LIST}/admin/held/" + "".join(f"%{ord(c):02x}" for c in held))
+        post_to(site, f"/{LIST}/leave/{leave}", {"List-Unsubscribe": "One-Click"})
+        get(site, f"{ADMIN}members?csrf={csrf}", session)
+        get(site, f"{ADMIN}members?q=" + fields["page"], session)
+    finally:
+        site.stop()
+    logged = (lst.home / "redsky.log").read_text()
+    assert logged.count('"GET /test@lists.example.org/admin/held/… HTTP/1.1" 200') == 2, logged
+    assert f'"POST /{LIST}/leave/… HTTP/1.1" 200' in logged
+    assert f"signin?who={OWNER}&token=… HTTP/1.1" in logged
+    for secret in (held, leave, signin, csrf, fields["page"], *signin.split("-")[1:], *csrf.split("-")[1:]):
+        assert secret not in logged, secret
+
+
+# -- login CSRF: another site's page cannot sign its visitor in ---------------------------------
+
+def test_another_sites_page_cannot_sign_its_visitor_in_as_someone_else(lst):
+    """An attacker who got a sign-in link (their own) cannot have a victim's browser press its
+    button: a POST counts only from the link's own page in the same browser (its cookie and the
+    field signed for it), and never when the browser says it comes from another site."""
+    lst.write_config(web={"base_url": "https://lists.example.org/redsky"})
+    config = redsky.Config(str(lst.config))
+    store = redsky.open_store(config)
+    links = {"owner": urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, store.list_by_address(LIST),
+                                                                OWNER)),
+             "member": urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "bob@example.net"))}
+    store.close()
+    sessions = 0
+    for kind, link in links.items():
+        path = link.path.replace("/redsky", "", 1)
+        status, headers, page = wsgi(lst, path, query=link.query)
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert status == 200 and cookie.startswith("redsky_signin=") and "Secure" in headers["Set-Cookie"]
+        fields = {**dict(urllib.parse.parse_qsl(link.query)), "page": hidden(page, "page")}
+        other_scope = page_pass(lst, kind, OTHER if kind == "owner" else LIST)
+        refused = {
+            "no cookie (another site's form, an old browser)": (fields, {}),
+            "no page field": ({**fields, "page": ""}, {"HTTP_COOKIE": cookie}),
+            "another browser's cookie": (fields, {"HTTP_COOKIE": "redsky_signin=" + "x" * 22}),
+            "another page's field": ({**fields, **other_scope[0]}, {"HTTP_COOKIE": other_scope[1]}),
+            "Sec-Fetch-Site: cross-site": (fields, {"HTTP_COOKIE": cookie, "HTTP_SEC_FETCH_SITE": "cross-site"}),
+            "Sec-Fetch-Site: same-site (a sibling host)": (fields, {"HTTP_COOKIE": cookie,
+                                                                   "HTTP_SEC_FETCH_SITE": "same-site"}),
+            "Origin: another site": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "https://evil.example"}),
+            "Origin: http, not https": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "http://lists.example.org"}),
+        }
+        answers = set()
+        for name, (sent, headers) in refused.items():
+            status, got, page = wsgi(lst, path, "POST", sent, headers=headers)
+            assert status == 400 and "redsky_owner" not in str(got) and "redsky_member" not in str(got), name
+            answers.add(page)
+        assert len(answers) == 1 and "Please open the link again" in answers.pop()
+        assert lst.db().execute("SELECT count(*) FROM web_sessions").fetchone()[0] == sessions
+        # the page's own button: with the cookie, from this site (as a browser says it, or does not)
+        status, got, _ = wsgi(lst, path, "POST", fields, headers={
+            "HTTP_COOKIE": f"other=1; {cookie}", "HTTP_SEC_FETCH_SITE": "same-origin",
+            "HTTP_ORIGIN": "null"})
+        sessions += 1
+        assert status == 303 and got["Set-Cookie"].startswith(f"redsky_{kind}=")
+    # an old browser that says nothing of where a POST comes from, and the origin spelled with its port
+    status, headers, page = wsgi(lst, "/manage/signin", query=links["member"].query,
+                                 headers={"HTTP_COOKIE": cookie})
+    assert headers["Set-Cookie"].split(";")[0] == cookie            # the same cookie, kept
+    store = redsky.open_store(config)
+    again = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "carol@example.com"))
+    store.close()
+    page = wsgi(lst, "/manage/signin", query=again.query, headers={"HTTP_COOKIE": cookie})[2]
+    status, got, _ = wsgi(lst, "/manage/signin", "POST", {**dict(urllib.parse.parse_qsl(again.query)),
+                                                          "page": hidden(page, "page")},
+                          headers={"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "https://Lists.Example.org:443"})
+    assert status == 303
+
+
+def test_the_forms_that_mail_links_refuse_another_sites_post(lst):
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    for path, address in ((ADMIN, OWNER), ("/manage/", "bob@example.net")):
+        for n, headers in enumerate(({"HTTP_SEC_FETCH_SITE": "cross-site"}, {"HTTP_ORIGIN": "http://evil.example"},
+                                     {"HTTP_SEC_FETCH_SITE": "same-site", "HTTP_ORIGIN": "null"})):
+            remote = f"192.0.2.{n + 1}"
+            form = hidden(wsgi(lst, path, remote=remote)[2], "form")
+            status, _, page = wsgi(lst, path, "POST", {"form": form, "address": address}, remote=remote,
+                                   headers=headers)
+            assert status == 400 and "Please try again" in page
+        form = hidden(wsgi(lst, path, remote="192.0.2.9")[2], "form")
+        status, _, page = wsgi(lst, path, "POST", {"form": form, "address": address}, remote="192.0.2.9",
+                               headers={"HTTP_SEC_FETCH_SITE": "same-origin", "HTTP_ORIGIN": "null"})
+        assert status == 200 and "Check your mail" in page
+    lst.run("send", check=0)
+    assert sorted(lst.sent_to()) == ["bob@example.net", OWNER]

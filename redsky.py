@@ -7746,11 +7746,13 @@ class WebApp:
                 "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
                 [("Retry-After", "60")])
         data = body if isinstance(body, bytes) else body.encode("utf-8")
+        referrer = next((v for n, v in extra if n == "Referrer-Policy"), "no-referrer")  # a page's own
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
                                 ("Content-Security-Policy", page_policy() + "; frame-ancestors 'none'"),
-                                ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
-                                ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")] + extra)
+                                ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", referrer),
+                                ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")]
+                       + [h for h in extra if h[0] != "Referrer-Policy"])
         return WebAnswer(data if environ.get("REQUEST_METHOD") != "HEAD" else b"", config, later)
 
     def route(self, config, environ):
@@ -8935,17 +8937,19 @@ def own_origin(url):
     return f"{parts.scheme.lower()}://{host.lower()}" + (f":{port}" if port and port != default else "")
 
 
-def cross_site(config, environ):
+def cross_site(config, environ, null_origin=True):
     """Whether a POST comes from another site's page, as the browser tells it: Sec-Fetch-Site says
     cross-site or same-site (a sibling host, which could also set cookies for this one); without
-    it, an Origin that is not base_url's ("null", which this site's no-referrer pages make browsers
-    send for their own forms, tells nothing).  A client that tells neither (an old browser, a
-    script) is not refused here: the sign-in page's cookie (signin_with_link) holds for it."""
+    it, an Origin that is not base_url's.  "Origin: null" passes only with ``null_origin``: this
+    site's no-referrer pages make browsers send it for their own forms, but another site's page
+    can have it sent too (the sign-in link's page is same-origin: its browser names this site).
+    A client that tells neither (an old browser, a script) is not refused here: the sign-in page's
+    cookie (signin_with_link) holds for it."""
     fetch_site = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
     if fetch_site:
         return fetch_site not in ("same-origin", "none")
     origin, base = environ.get("HTTP_ORIGIN", "").strip().lower(), config.get("web", "base_url")
-    if not origin or origin == "null" or not base:
+    if not origin or not base or (origin == "null" and null_origin):
         return False
     return own_origin(origin) != own_origin(base)
 
@@ -8983,8 +8987,7 @@ def signin_request(config, store, environ, fields, purpose, scope, qualifies, se
         budgets += signin_budgets(config, address, client)
     refused = web_budget(store, now, budgets)
     if refused:
-        log.info("web: sign-in link for %s from %s refused: no room in %s", scope, client,
-                 refused.replace(address.lower(), "ADDRESS"))
+        log.info("web: sign-in link for %s from %s refused: no room in %s", scope, client, refused)
     elif valid_address(address) and qualifies(address):
         after_answer(environ, lambda later: send(later, address))
     return typed, ""
@@ -9025,7 +9028,7 @@ def signin_with_link(config, store, environ, method, fields, kind, list_row, wha
     # a POST comes from must bring this page's cookie (SameSite=Strict: no other site's page sends
     # it) and the field signed for it
     nonces = [n for n in cookie_values(environ, SIGNIN_COOKIE)[:4] if _SIGNIN_NONCE.fullmatch(n)]
-    if method == "POST" and (cross_site(config, environ) or not any(
+    if method == "POST" and (cross_site(config, environ, null_origin=False) or not any(
             check_token(store.verp_key, "signin-page", f"{kind} {scope}", n, field(fields, "page"), now,
                         max_age)[0] == "ok" for n in nonces)):
         log.info("web: %s sign-in for %s refused: not from the sign-in page in this browser", kind, scope)
@@ -9051,7 +9054,8 @@ def signin_with_link(config, store, environ, method, fields, kind, list_row, wha
                     f'<input type="hidden" name="token" value="{esc(token)}">'
                     f'<input type="hidden" name="page" value="{page_field}">'
                     "<button>Sign in</button></form>", "200 OK",
-                    [session_cookie(config, SIGNIN_COOKIE, pass_nonce, path + "signin", max_age)])
+                    [session_cookie(config, SIGNIN_COOKIE, pass_nonce, path + "signin", max_age),
+                     ("Referrer-Policy", "same-origin")])       # its button's POST names this site
     cookie = start_session(config, store, kind, list_row, normalize_address(who), path)
     log.info("web: %s %s signed in for %s", kind, who, scope)
     return message_page("Signed in", "Signed in; on to your page.", "303 See Other",

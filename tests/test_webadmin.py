@@ -1176,6 +1176,7 @@ def test_another_sites_page_cannot_sign_its_visitor_in_as_someone_else(lst):
         status, headers, page = wsgi(lst, path, query=link.query)
         cookie = headers["Set-Cookie"].split(";")[0]
         assert status == 200 and cookie.startswith("redsky_signin=") and "Secure" in headers["Set-Cookie"]
+        assert headers["Referrer-Policy"] == "same-origin"      # so that its POST's Origin names this site
         fields = {**dict(urllib.parse.parse_qsl(link.query)), "page": hidden(page, "page")}
         other_scope = page_pass(lst, kind, OTHER if kind == "owner" else LIST)
         refused = {
@@ -1188,6 +1189,8 @@ def test_another_sites_page_cannot_sign_its_visitor_in_as_someone_else(lst):
                                                                    "HTTP_SEC_FETCH_SITE": "same-site"}),
             "Origin: another site": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "https://evil.example"}),
             "Origin: http, not https": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "http://lists.example.org"}),
+            "Origin: null (a no-referrer page elsewhere), no Sec-Fetch-Site": (
+                fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "null"}),
         }
         answers = set()
         for name, (sent, headers) in refused.items():

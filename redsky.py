@@ -425,7 +425,14 @@ SETTINGS = (
     ("web", "signin_per_client", "10", "number", "sign-in links one client network may ask for in an hour"
      " (owners' and members' forms); more mail nobody; 0: no limit"),
     ("web", "signin_per_address", "3", "number", "sign-in links the web's forms may mail to one address in"
-     " an hour, over all lists; more mail nobody; 0: no limit"),
+     " an hour at the asking of one client network, over all lists; more mail nobody; 0: no limit"),
+    ("web", "signin_per_address_all", "20", "number", "sign-in links the web's forms may mail to one"
+     " address in an hour at the asking of all client networks together (so that strangers cannot lock"
+     " its owner out, nor flood it); more mail nobody; 0: no limit"),
+    ("web", "admin_mail_per_day", "100", "number", "mails the web admin's actions may send per list in a"
+     " day: invitations, welcomes, removal notices, answers to the senders of held posts and join"
+     " requests, the posts a member missed while on digests; past it the page says what was not done;"
+     " 0: no limit"),
     ("send", "filters", SEND_CHAIN, "chain", "the filters `send` runs, in order"),
     ("send", "transport", "sendmail", "sendmail|smtp|maildir", "how posts leave (maildir: one Maildir per"
      " recipient, for trying things out)"),
@@ -8924,22 +8931,28 @@ class WebApp:
         self.config = config
 
     def __call__(self, environ, start_response):
+        later = environ["redsky.after"] = []
+        config = self.config
         try:
-            config = self.config or Config.find(None)
+            config = config or Config.find(None)
             status, body, kind, extra = self.route(config, environ)
         except Exception as e:      # one line in the log; a page that says nothing of the inside
-            log.error("web: %s %s: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                      type(e).__name__, one_line(e, 300), exc_info=not isinstance(e, (Failure, StoreError)))
+            del later[:]
+            log.error("web: %s %s: %s: %s", environ.get("REQUEST_METHOD"),
+                      one_line(log_target(environ.get("PATH_INFO") or ""), 300), type(e).__name__,
+                      one_line(e, 300), exc_info=not isinstance(e, (Failure, StoreError)))
             status, body, kind, extra = message_page(
                 "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
                 [("Retry-After", "60")])
         data = body if isinstance(body, bytes) else body.encode("utf-8")
+        referrer = next((v for n, v in extra if n == "Referrer-Policy"), "no-referrer")  # a page's own
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
                                 ("Content-Security-Policy", page_policy() + "; frame-ancestors 'none'"),
-                                ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
-                                ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")] + extra)
-        return [data] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+                                ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", referrer),
+                                ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")]
+                       + [h for h in extra if h[0] != "Referrer-Policy"])
+        return WebAnswer(data if environ.get("REQUEST_METHOD") != "HEAD" else b"", config, later)
 
     def route(self, config, environ):
         """(status, body, content type or None for HTML, more headers)."""
@@ -9268,6 +9281,44 @@ def by_message_id(store, list_row, written, root):
         ("Location", f"{root}/archive/{list_address(list_row).lower()}/{row['number']}.html")])
 
 
+class WebAnswer(list):
+    """What WebApp returns: the body, and the work that waits for the answer to be complete (WSGI
+    calls close() once it has sent the body; `web --listen` and the CGI once the client has it
+    all): after_answer's, each with a database of its own."""
+
+    def __init__(self, data, config, later):
+        super().__init__([data])
+        self.config, self.later = config, later
+
+    def close(self):
+        while self.later:
+            work = self.later.pop(0)
+            try:
+                store = open_store(self.config)
+                try:
+                    work(store)
+                finally:
+                    store.close()
+            except Exception as e:      # the answer is gone: one line in the log
+                log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300),
+                          exc_info=not isinstance(e, (Failure, StoreError)))
+
+
+def after_answer(environ, work):
+    """Do ``work(store)`` once the answer to this request is complete (WebAnswer), not before it:
+    so that what only some requests do (mailing a sign-in link to an owner or a member) takes no
+    time the client can see.  Lost if the process dies first (the person asks again)."""
+    environ["redsky.after"].append(work)
+
+
+def log_target(target):
+    """A request's path and query as the log keeps them: the capabilities in them (a held post's
+    and a one-click leave token, a sign-in link's, a form's or CSRF token: 16 hex digits or more,
+    percent-encoded or not, and the values of token, csrf, form and page) as "…".  Linear time."""
+    target = re.sub(r"(?i)(^|[?&;])(token|csrf|form|page)=[^&;]*", r"\1\2=…", target)
+    return re.sub(r"(?:[0-9a-fA-F]|%3[0-9]|%[46][1-6]){16,}", "…", target)
+
+
 def page(title, html, status="200 OK", headers=()):
     """An HTML answer of WebApp.route: (status, body, None for HTML, more headers); the body is the
     page's <main> (unless ``html`` has its own)."""
@@ -9340,7 +9391,8 @@ def client_network(config, environ):
 
 def web_budget(store, now, budgets):
     """Count one request against each of ``budgets`` ((key, limit, seconds): at most ``limit``
-    requests in a window of that many seconds from the first; limit 0: no limit), all or none:
+    requests in a window of that many seconds from the first; limit 0: no limit; a fourth item
+    counts that many at once, as the mails of one action), all or none:
     returns the key of the first that has no room left (nothing is counted), else None.  Kept in
     the database, so that the CGI's process per request and a running `web` count together."""
     budgets = [b for b in budgets if b[1] > 0]
@@ -9354,12 +9406,12 @@ def _count_budgets(store, now, budgets):
     """web_budget inside the caller's transaction."""
     store.q("budget_prune", now)
     counted = []
-    for key, limit, seconds in budgets:
+    for key, limit, seconds, *weight in budgets:
         row = store.q("budget_get", key).fetchone()
         count, since = (row[0], row[1]) if row and row[1] > now - seconds else (0, now)
-        if count >= limit:
+        if count + (weight[0] if weight else 1) > limit:
             return key
-        counted.append((key, count + 1, since, since + seconds))
+        counted.append((key, count + (weight[0] if weight else 1), since, since + seconds))
     for row in counted:
         store.q("budget_put", *row)
     return None
@@ -9661,7 +9713,8 @@ def wsgi_environ(request, body, address, server, peer):
 
 
 def run_wsgi(app, environ):
-    """(status, headers, body) of one call of a WSGI application, its body whole (pages are small)."""
+    """(status, headers, body, result) of one call of a WSGI application, its body whole (pages are
+    small); the caller closes ``result`` once the client has the answer (WebAnswer's work waits)."""
     answer, chunks = {}, []
 
     def start_response(status, headers, exc_info=None):
@@ -9673,12 +9726,13 @@ def run_wsgi(app, environ):
     try:
         for chunk in result:
             chunks.append(chunk)
-    finally:
+        if "status" not in answer:
+            raise AssertionError("the application never called start_response")
+    except BaseException:
         if hasattr(result, "close"):
             result.close()
-    if "status" not in answer:
-        raise AssertionError("the application never called start_response")
-    return answer["status"], answer["headers"], b"".join(chunks)
+        raise
+    return answer["status"], answer["headers"], b"".join(chunks), result
 
 
 def http_response(status, headers, body, method):
@@ -9732,6 +9786,8 @@ class WebServer:
     connections open (more get 503), all peers [web] connections (more are closed at once)."""
 
     LINGER = 2.0            # seconds to read and drop what a client still sends after its answer
+    AFTER_ANSWER = 0.01     # seconds the CPU is left to a proxy or client on this host to take an
+                            # answer, before the work that waited for it (mailing a sign-in link)
 
     def __init__(self, app, config, listener):
         import queue
@@ -9905,17 +9961,18 @@ class WebServer:
             if job is None:
                 return
             client, (request, body) = job
+            result = None
             try:
                 environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
-                status, headers, data = run_wsgi(self.app, environ)
+                status, headers, data, result = run_wsgi(self.app, environ)
                 answer = http_response(status, headers, data, request["method"])
             except Exception as e:
-                log.error("web: %s %s: %s: %s", request["method"], request["path"], type(e).__name__,
-                          one_line(e, 300), exc_info=True)
+                log.error("web: %s %s: %s: %s", request["method"], log_target(request["path"]),
+                          type(e).__name__, one_line(e, 300), exc_info=True)
                 status, answer, data = "500", http_refusal(500), b""
             log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
-                     else "-", request["method"], request["target"][:300], request["version"], status[:3],
-                     len(data))
+                     else "-", request["method"], log_target(request["target"][:300]), request["version"],
+                     status[:3], len(data))
             try:                    # the usual case: the socket takes it all at once, no thread switch
                 sent = client.sock.send(answer)
                 if sent == len(answer):
@@ -9929,6 +9986,13 @@ class WebServer:
             else:
                 self.done.append((client, False if sent is None else answer[sent:]))
                 self.wake()
+            if hasattr(result, "close"):    # the answer is the client's: now what waited for it
+                if getattr(result, "later", None):
+                    time.sleep(self.AFTER_ANSWER)
+                try:
+                    result.close()
+                except Exception as e:
+                    log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300))
 
     def answer(self, client, data):
         """Send ``data`` (bytes still to send; None: a worker sent it all and half-closed; False:
@@ -10043,7 +10107,12 @@ def run_cgi():
     """Run as a CGI script (Apache, lighttpd, nginx + fcgiwrap): config from $REDSKY_CONFIG, and
     [redsky] umask, as every command has it (the web server's own umask would leave files others
     may read).  A script that cannot start (a bad config, a data_dir it cannot share with the list
-    user: refuse_unshared_writes) answers 503 and tells the web server's error log why."""
+    user: refuse_unshared_writes) answers 503 and tells the web server's error log why.  The answer
+    is complete when stdout and stderr are closed (fcgiwrap waits for both, Apache for stdout): only
+    then does the work that waits for it (WebAnswer) run, at a lower priority than the web server
+    that passes the answer on, and deaf to the SIGTERM Apache sends a script still running after its
+    answer (it kills it 3 s later)."""
+    import signal
     from wsgiref.handlers import CGIHandler
     try:
         config = Config.find(None)
@@ -10055,7 +10124,26 @@ def run_cgi():
         sys.stdout.write("Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 60\r\n"
                          "\r\nNot now: please try again later.\n")
         return
-    CGIHandler().run(WebApp(config))
+
+    class Handler(CGIHandler):
+        def close(self):
+            try:
+                self.stdout.flush()
+                sys.stderr.flush()
+            except OSError:
+                pass
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            nothing = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):               # the web server's ends: the answer is complete
+                os.dup2(nothing, fd)
+            os.close(nothing)
+            try:
+                if getattr(self.result, "later", None):
+                    os.nice(10)
+            except OSError:
+                pass
+            super().close()
+    Handler().run(WebApp(config))
 
 
 # ---------------------------------------------------------------------------
@@ -10067,6 +10155,8 @@ def run_cgi():
 
 SESSION_COOKIES = {"owner": "redsky_owner", "member": "redsky_member"}
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+SIGNIN_COOKIE = "redsky_signin"         # the sign-in page's own (signin_with_link)
+_SIGNIN_NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
 def read_form(environ, limit=WEB_FORM_MAX_BODY):
@@ -10107,8 +10197,8 @@ def session_hash(session_id):
 def session_cookie(config, kind, value, path, max_age):
     """A Set-Cookie header: HttpOnly, SameSite=Strict, Secure under an https base_url, for ``path``."""
     secure = "; Secure" if config.get("web", "base_url").lower().startswith("https:") else ""
-    return ("Set-Cookie", f"{SESSION_COOKIES[kind]}={value}; Path={path}; Max-Age={int(max_age)}; HttpOnly;"
-                          f" SameSite=Strict{secure}")
+    return ("Set-Cookie", f"{SESSION_COOKIES.get(kind, kind)}={value}; Path={path}; Max-Age={int(max_age)};"
+                          f" HttpOnly; SameSite=Strict{secure}")
 
 
 def start_session(config, store, kind, list_row, address, path):
@@ -10186,36 +10276,83 @@ def signin_form(config, key, client, purpose, scope, action, label, error=""):
             '<button>Mail me a link</button></form>\n')
 
 
+def own_origin(url):
+    """scheme://host[:port] of ``url``, lower-cased, the default port left out: what a browser's
+    Origin says of a page there; "" if ``url`` is not http(s)."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url.strip()[:2000])
+        port = parts.port
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return ""
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme.lower()]
+    return f"{parts.scheme.lower()}://{host.lower()}" + (f":{port}" if port and port != default else "")
+
+
+def cross_site(config, environ, null_origin=True):
+    """Whether a POST comes from another site's page, as the browser tells it: Sec-Fetch-Site says
+    cross-site or same-site (a sibling host, which could also set cookies for this one); without
+    it, an Origin that is not base_url's.  "Origin: null" passes only with ``null_origin``: this
+    site's no-referrer pages make browsers send it for their own forms, but another site's page
+    can have it sent too (the sign-in link's page is same-origin: its browser names this site).
+    A client that tells neither (an old browser, a script) is not refused here: the sign-in page's
+    cookie (signin_with_link) holds for it."""
+    fetch_site = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
+    if fetch_site:
+        return fetch_site not in ("same-origin", "none")
+    origin, base = environ.get("HTTP_ORIGIN", "").strip().lower(), config.get("web", "base_url")
+    if not origin or not base or (origin == "null" and null_origin):
+        return False
+    return own_origin(origin) != own_origin(base)
+
+
+def signin_budgets(config, address, client):
+    """The budgets a sign-in link mailed to ``address`` at the asking of ``client`` (its network)
+    spends, an hour each: [web] signin_per_address from that network, and signin_per_address_all
+    from all networks together, so that strangers elsewhere cannot spend the budget of the
+    address's owner on their own network (only many networks can), nor flood the address.  The one
+    place that says which address a budget counts."""
+    key = address.lower()
+    return [(f"signin address {key} from {client}", config.number("web", "signin_per_address"), 3600),
+            (f"signin address {key}", config.number("web", "signin_per_address_all"), 3600)]
+
+
 def signin_request(config, store, environ, fields, purpose, scope, qualifies, send):
-    """A POSTed sign-in form: the form token (``purpose``, ``scope``, the client's network) is fresh;
-    the client's network and the address have room in their hours ([web] signin_per_client,
-    signin_per_address); then, if ``qualifies(address)``, ``send(address)`` mails the link.  The
-    answer is the same whatever the address: returns (what was typed, "") or ("", what to try
-    again)."""
+    """A POSTed sign-in form: from this site's page (cross_site), with a fresh form token
+    (``purpose``, ``scope``, the client's network); the client's network and the address have room
+    in their hours ([web] signin_per_client, signin_budgets); then, if ``qualifies(address)``,
+    ``send(store, address)`` mails the link once the answer has gone (after_answer), so that the
+    answer takes the same work whoever is typed.  The answer is the same whatever the address:
+    returns (what was typed, "") or ("", what to try again)."""
     client, now = client_network(config, environ), time.time()
     address = typed = field(fields, "address").strip()[:254]
     verdict, nonce = check_token(store.verp_key, purpose, scope, client, field(fields, "form"), now,
                                  config.duration("web", "form_max_age"))
-    if verdict != "ok":
+    if verdict != "ok" or cross_site(config, environ):
+        log.info("web: sign-in form for %s from %s refused: %s", scope, client,
+                 "another site's" if verdict == "ok" else f"form {verdict}")
         return "", "Please try again: the form was too old, or not this page's."
     budgets = [(f"signin client {client}", config.number("web", "signin_per_client"), 3600),
                (f"form {nonce}", 1, config.duration("web", "form_max_age"))]
     if valid_address(address) and not address.startswith("-"):
         address = normalize_address(address)
-        budgets.append((f"signin address {address.lower()}", config.number("web", "signin_per_address"),
-                        3600))
+        budgets += signin_budgets(config, address, client)
     refused = web_budget(store, now, budgets)
     if refused:
         log.info("web: sign-in link for %s from %s refused: no room in %s", scope, client, refused)
     elif valid_address(address) and qualifies(address):
-        send(address)
+        after_answer(environ, lambda later: send(later, address))
     return typed, ""
 
 
 def mail_signin_link(config, store, list_row, address, link, owner):
     """The sign-in ``link`` of an ``owner`` (else a member) to ``address``, committed now (from the
-    list's -request address).  Without [web] base_url there is no link to mail: a link is never made
-    of the Host a request names (a forged Host would have the owner mailed a link to another site)."""
+    list's -request address; the forms call it once their answer has gone, signin_request).
+    Without [web] base_url there is no link to mail: a link is never made of the Host a request
+    names (a forged Host would have the owner mailed a link to another site)."""
     if not link:
         log.warning("web: no sign-in link mailed to %s: [web] base_url is not set", address)
         return
@@ -10239,6 +10376,20 @@ def signin_with_link(config, store, environ, method, fields, kind, list_row, wha
     token = field(fields, "token") if method == "POST" else (query.get("token") or [""])[0]
     purpose, scope = (f"{kind}-signin", list_address(list_row) if list_row else "*")
     now, max_age = time.time(), config.duration("web", "link_max_age")
+    path = base_path(config, environ) + (f"/{list_address(list_row).lower()}/admin/" if kind == "owner"
+                                         else "/manage/")
+    # Login CSRF: a POST counts only from this page in this browser: another site's page (cross_site)
+    # could sign its visitor in as whoever sent it the link, and a browser that does not say where
+    # a POST comes from must bring this page's cookie (SameSite=Strict: no other site's page sends
+    # it) and the field signed for it
+    nonces = [n for n in cookie_values(environ, SIGNIN_COOKIE)[:4] if _SIGNIN_NONCE.fullmatch(n)]
+    if method == "POST" and (cross_site(config, environ, null_origin=False) or not any(
+            check_token(store.verp_key, "signin-page", f"{kind} {scope}", n, field(fields, "page"), now,
+                        max_age)[0] == "ok" for n in nonces)):
+        log.info("web: %s sign-in for %s refused: not from the sign-in page in this browser", kind, scope)
+        return message_page("Please open the link again", "This button works only on the page the link"
+                            " opens, in the browser that opened it, with cookies on. Open the link of the"
+                            " mail again (it works until it is used).", "400 Bad Request")
     verdict, nonce = check_token(store.verp_key, purpose, scope, who.lower()[:254], token, now, max_age)
     allowed = verdict == "ok" and (who.lower() in {o.lower() for o in owners_of(list_row)} if kind == "owner"
                                    else bool(store.q("member_lists", who).fetchone()))
@@ -10250,12 +10401,16 @@ def signin_with_link(config, store, environ, method, fields, kind, list_row, wha
         return message_page("This link does not work", "It was used already, is too old, or is not for this"
                             " page. Ask for a new one where you asked for this one.", "400 Bad Request")
     if method != "POST":
+        import secrets
+        pass_nonce = nonces[0] if nonces else secrets.token_urlsafe(16)
+        page_field = sign_token(store.verp_key, "signin-page", f"{kind} {scope}", pass_nonce)
         return page("Sign in", f"<h1>Sign in</h1>\n<p>Sign in as {esc(who)} to {esc(what)}.</p>\n"
                     '<form method="post"><input type="hidden" name="who" value="' + esc(who) + '">'
                     f'<input type="hidden" name="token" value="{esc(token)}">'
-                    "<button>Sign in</button></form>")
-    path = base_path(config, environ) + (f"/{list_address(list_row).lower()}/admin/" if kind == "owner"
-                                         else "/manage/")
+                    f'<input type="hidden" name="page" value="{page_field}">'
+                    "<button>Sign in</button></form>", "200 OK",
+                    [session_cookie(config, SIGNIN_COOKIE, pass_nonce, path + "signin", max_age),
+                     ("Referrer-Policy", "same-origin")])       # its button's POST names this site
     cookie = start_session(config, store, kind, list_row, normalize_address(who), path)
     log.info("web: %s %s signed in for %s", kind, who, scope)
     return message_page("Signed in", "Signed in; on to your page.", "303 See Other",
@@ -10323,11 +10478,13 @@ def manage_pages(app, config, store, environ, method, m):
         if method != "POST":
             return member_signin_page(config, store, environ)
 
-        def send(address):              # to the address as the first of its lists has it
-            first = store.list_by_id(store.q("member_lists", address).fetchone()[0])
-            address = store.q("member_options", first["id"], address).fetchone()["address"]
-            mail_signin_link(config, store, first, address, signin_link(config, key, None, address),
-                             owner=False)
+        def send(store, address):       # to the address as the first of its lists has it
+            row = store.q("member_lists", address).fetchone()
+            first = row and store.list_by_id(row[0])
+            member = first and store.q("member_options", first["id"], address).fetchone()
+            if member is not None:      # (it left meanwhile: no link)
+                mail_signin_link(config, store, first, member["address"],
+                                 signin_link(config, key, None, member["address"]), owner=False)
         address, error = signin_request(config, store, environ, fields, "member-form", "*",
                                         lambda a: store.q("member_lists", a).fetchone() is not None, send)
         if error:
@@ -10500,6 +10657,10 @@ def shown_setting(list_row, key):
     return str(list_row[key])
 
 
+class _NoMailRoom(Exception):
+    """The mails of an owner's action on the web do not fit in the list's day (Admin.commit)."""
+
+
 class Admin:
     """One request to a list's admin pages, by the owner of ``session`` (None: nobody signed in)."""
 
@@ -10508,6 +10669,7 @@ class Admin:
         self.list, self.session = list_row, session
         self.name, self.key, self.now = list_address(list_row), store.verp_key, time.time()
         self.who = session["address"] if session else ""
+        self.refused = []           # what the day's mail budget left undone (Admin.no_room)
 
     # pages ---------------------------------------------------------------------
 
@@ -10538,18 +10700,54 @@ class Admin:
         web_event(self.config, self.store, self.list, by or self.who, [line.strip() for line in lines],
                   message_id, outcome)
 
+    # the day's mail budget: whoever holds an owner's session (or a held notice's link) can make the
+    # host mail only so many people a day from this list's admin ([web] admin_mail_per_day); by
+    # email, every change that mails someone waits for the owner's confirmation instead
+
+    def mail_limit(self):
+        return int(self.config.number("web", "admin_mail_per_day"))
+
+    def mail_room(self):
+        """How many more mails the list's web admin may send today; None: no limit."""
+        limit = self.mail_limit()
+        if limit <= 0:
+            return None
+        row = self.store.q("budget_get", f"admin mail {self.list['id']}").fetchone()
+        return max(0, limit - (row[0] if row and row[1] > self.now - 86400 else 0))
+
+    def commit(self, outbox, change=None):
+        """``outbox`` committed (with ``change``), its mails (one per recipient) counted against
+        the list's day in the same transaction: _NoMailRoom, and nothing committed, if they do
+        not fit."""
+        mails, limit = sum(len(item[4]) for item in outbox.items), self.mail_limit()
+
+        def counted(db):
+            if change is not None:
+                change(db)
+            if mails and limit > 0 and _count_budgets(self.store, self.now, [
+                    (f"admin mail {self.list['id']}", limit, 86400, mails)]):
+                raise _NoMailRoom(mails)
+        return outbox.commit(self.store, self.config.spool, counted)
+
+    def no_room(self, what):
+        """Say that ``what`` was not done for the day's mail budget (kept for the page)."""
+        line = (f"Not done: {what}. The web admin of {self.name} may send {self.mail_limit()} mails a day"
+                " ([web] admin_mail_per_day, set by the host's admin), and today's are spent.")
+        self.refused.append(line)
+        return line
+
     def signin(self, method, fields):
         """The sign-in form (the answer to every page without an owner's session): an address in,
         a link mailed if it is an owner's; the same answer whatever was typed."""
         error, status = "", "200 OK"
         if method == "POST" and "address" in fields:
-            def send(address):          # to the owner address as the list has it
-                address = next(o for o in owners_of(self.list) if o.lower() == address.lower())
-                mail_signin_link(self.config, self.store, self.list, address,
+            def send(store, address):   # to the owner address as the list has it
+                mail_signin_link(self.config, store, self.list, address,
                                  signin_link(self.config, self.key, self.list, address), owner=True)
+            owners = {o.lower(): o for o in owners_of(self.list)}
             address, error = signin_request(self.config, self.store, self.environ, fields, "admin-form",
-                                            self.name, lambda a: a.lower() in {o.lower() for o in
-                                                                               owners_of(self.list)}, send)
+                                            self.name, lambda a: a.lower() in owners,
+                                            lambda store, a: send(store, owners[a.lower()]))
             if not error:
                 return message_page("Check your mail", f"If {address or 'that address'} runs {self.name}, a"
                                     " message with a link to sign in is on its way to it.")
@@ -10640,12 +10838,27 @@ class Admin:
 
     def carry_out(self, actions):
         """The owner's checked actions, done by the code the email commands use (apply_owner_actions),
-        committed with their notices, and kept in the trace."""
-        outbox, after = Outbox(), []
-        notices = Notices(self.store, self.config, self.list, outbox)
-        lines = apply_owner_actions(self.store, self.config, self.list, notices, outbox.changes, actions,
-                                    self.now, after)
-        outbox.commit(self.store, self.config.spool)
+        committed with their notices within the day's mail budget (the addresses whose mails would
+        not fit are left out, from the last; the page names them), and kept in the trace."""
+        room, actions, left = self.mail_room(), [dict(a) for a in actions], []
+        while True:
+            outbox, after = Outbox(), []
+            notices = Notices(self.store, self.config, self.list, outbox)
+            lines = apply_owner_actions(self.store, self.config, self.list, notices, outbox.changes,
+                                        [a for a in actions if a.get("items") or "items" not in a],
+                                        self.now, after)
+            mails, cut = sum(len(item[4]) for item in outbox.items), [a for a in actions if a.get("items")]
+            if room is None or mails <= room or not cut:
+                break
+            n = min(len(cut[-1]["items"]), mails - room)        # each address mails once at most
+            left[:0] = [(cut[-1]["verb"], a) for a in cut[-1]["items"][-n:]]
+            cut[-1]["items"] = cut[-1]["items"][:-n]
+        try:
+            self.commit(outbox)
+        except _NoMailRoom as e:            # spent meanwhile, by another request
+            lines, after = [self.no_room(f"nothing of this, which would send {e} mails")], []
+        for verb in dict.fromkeys(v for v, _ in left):
+            lines.append(self.no_room(f"{verb} " + ", ".join(a for v, a in left if v == verb)))
         for fn in after:
             try:
                 fn()
@@ -10672,7 +10885,8 @@ class Admin:
                 if action and verb == "add":
                     action["welcome"] = field(fields, "welcome") == "on"
                 if action:
-                    lines = self.carry_out([action])
+                    lines = [line for line in self.carry_out([action]) if line not in self.refused]
+                    problems += self.refused
         from urllib.parse import parse_qs
         q = (parse_qs(self.environ.get("QUERY_STRING", "")[:1000]).get("q") or [""])[0][:100].strip()
         like = "%" + re.sub(r"([\\%_])", r"\\\1", q) + "%"
@@ -10771,8 +10985,13 @@ class Admin:
                         chosen, self.list["id"], member["address"])))
                     lines.append(f"{member['address']} digest format {chosen or 'the list s'}")
                 if lines:
-                    outbox.commit(self.store, self.config.spool)
-                    self.record(lines)
+                    try:                # digests off sends the posts waiting for the next digest
+                        self.commit(outbox)
+                        self.record(lines)
+                    except _NoMailRoom as e:
+                        problems = [self.no_room(", ".join(lines) + ", which would mail the posts that"
+                                                 f" wait for the next digest ({e})")]
+                        lines = []
                 else:
                     lines = ["Nothing was changed."]
                 member = self.store.q("member_options", self.list["id"], member["address"]).fetchone()
@@ -10812,6 +11031,7 @@ class Admin:
                 lines += self.decide_joins(fields.get("join", [])[:MAX_OWNER_ITEMS], what[5:], reason)
             if not lines:
                 lines = ["Nothing was checked: nothing was done."]
+            lines = [line for line in lines if line not in self.refused]
         held = self.store.q("held_waiting", self.list["id"], self.now + 1, self.now).fetchall()
         joins = self.store.q("join_requests", self.list["id"], self.now, self.now + 1).fetchall()
         csrf = self.csrf()
@@ -10829,7 +11049,7 @@ class Admin:
             for n, r in enumerate(joins[:200]))
         reason = ('<p><label for="{id}">Reason (for reject)</label><br><input id="{id}" name="reason"'
                   ' value="' + esc(REJECT_REASON) + '"></p>')
-        return self.page("Held posts and requests", self.done(lines) + (
+        return self.page("Held posts and requests", self.done(lines, self.refused) + (
             f"<h2>Held posts ({len(held)})</h2>\n"
             + (f'<form method="post">{csrf}<ul class="plain">{held_items}</ul>{reason.format(id="r-held")}'
                '<button name="action" value="approve">Approve</button> <button name="action" value="reject">'
@@ -10841,10 +11061,11 @@ class Admin:
                ' value="join-reject">Reject</button> <button name="action" value="join-discard">Discard'
                "</button></form>" if joins else "<p>None.</p>")))
 
-    def decide(self, held, verb, reason, always=False, actor=None):
+    def decide(self, held, verb, reason, always=False, actor=None, change=None):
         """approve (the queue chain again, as `approve` and the email answer), reject or discard
-        (drop_held) one held post; kept in its trace as done by ``actor`` (default: the signed-in
-        owner) on the web.  Returns what was done."""
+        (drop_held, with ``change``; the rejection's notice within the day's mail budget) one held
+        post; kept in its trace as done by ``actor`` (default: the signed-in owner) on the web.
+        Returns what was done."""
         actor = actor or self.who
         by = f"by {actor} on the web"
         what = f"Held post {held['id']} ({one_line(held['subject'], 60) or 'no subject'})"
@@ -10865,33 +11086,49 @@ class Admin:
         notices = Notices(self.store, self.config, self.list, outbox, held["message_id"])
         done = drop_held(held, notices, outbox.changes, verb == "reject", reason)
         try:
-            outbox.commit(self.store, self.config.spool)
+            self.commit(outbox, change)
         except StoreError:
             return f"{what}: gone meanwhile (decided or expired)."
+        except _NoMailRoom:
+            return self.no_room(f"{what}: rejecting it, which tells its sender why (discarding it does"
+                                " not)")
         self.record([f"{done} {by}"], held["message_id"], "rejected" if verb == "reject" else "discarded",
                     by=actor)
         return f"{what}: " + ("rejected; the sender is told why." if verb == "reject" else "discarded.")
 
     def decide_joins(self, tokens, verb, reason):
-        """Join requests decided as the moderators' email answers decide them (Requests.decide_join)."""
-        lines = []
-        ctx = Context(self.config, self.store)
-        ctx.list, ctx.role, ctx.sender = self.list, "request", self.who
-        ctx.recipient = list_address(self.list, "-request")
-        req = Requests(ctx, self.who)
-        req.answers = []                # what email would answer the owner: the page says it
+        """Join requests decided as the moderators' email answers decide them (Requests.decide_join),
+        each committed with its mails (a welcome, a refusal) within the day's mail budget."""
+        lines, left = [], []
         for token in tokens:
             row = self.store.q("pending_by_token", token.lower()[:32]).fetchone()
             if row is None or row["list_id"] != self.list["id"] or row["action"] != "approve-subscribe" or \
                     row["used"] is not None or row["expires"] < self.now:
                 lines.append("A request is gone (decided or expired).")
                 continue
+            if left:
+                left.append(row["address"])
+                continue
+            ctx = Context(self.config, self.store)
+            ctx.list, ctx.role, ctx.sender = self.list, "request", self.who
+            ctx.recipient = list_address(self.list, "-request")
+            req = Requests(ctx, self.who)
+            req.answers = []            # what email would answer the owner: the page says it
             req.use(row["token"])
             req.decide_join(row["address"], verb, reason)
+            try:
+                self.commit(ctx.outbox, ctx.apply_changes)
+            except _NoMailRoom:
+                left.append(row["address"])
+                continue
+            except (StoreError, TryLater):
+                lines.append("A request is gone (decided or expired).")
+                continue
             lines.append(f"{row['address']}: " + {"approve": "subscribed.", "discard": "request dropped.",
                                                    "reject": "declined, and told why."}[verb])
+        if left:
+            lines.append(self.no_room(f"{verb} the requests of " + ", ".join(left)))
         if len(lines) > sum(line.startswith("A request") for line in lines):
-            ctx.outbox.commit(self.store, self.config.spool, ctx.apply_changes)
             self.record([line for line in lines if not line.startswith("A request")])
         return lines
 
@@ -10911,13 +11148,26 @@ class Admin:
             what = field(fields, "action")
             if verdict != "ok" or what not in ("approve", "always", "reject", "discard"):
                 return self.retry()
-            with self.store.transaction() as db:          # the token is used once, as by email
-                if db.execute(SQL["use_pending"], (self.now, token)).rowcount != 1:
-                    return message_page("Decided already", "This post is no longer held: someone decided on"
-                                        " it, or it expired.", "410 Gone")
             actor = self.who or "the link of the held notice (sent to the moderation team)"
             reason = field(fields, "reason").strip() or "no reason given"
             verb = "approve" if what == "always" else what
+
+            def used(db):                   # the token is used once, as by email
+                if db.execute(SQL["use_pending"], (self.now, token)).rowcount != 1:
+                    raise StoreError("decided meanwhile")
+            gone = message_page("Decided already", "This post is no longer held: someone decided on it,"
+                                " or it expired.", "410 Gone")
+            if verb != "approve":           # with the decision (and its notice, if the budget has room)
+                result = self.decide(held, verb, reason, actor=actor, change=used)
+                if result.endswith("gone meanwhile (decided or expired)."):
+                    return gone
+                return message_page("Not done" if self.refused else "Done", result,
+                                    "429 Too Many Requests" if self.refused else "200 OK")
+            try:
+                with self.store.transaction() as db:
+                    used(db)
+            except StoreError:
+                return gone
             result = self.decide(held, verb, reason, what == "always", actor)
             return message_page("Done", result)
         author = held["from_addr"] or held["sender"] or ""

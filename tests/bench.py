@@ -791,10 +791,13 @@ def admin_table(runs, n, requests=100):
                 break
             except OSError:
                 time.sleep(0.1)
-        headers, _ = fetch(signin.path, dict(urllib.parse.parse_qsl(signin.query)))
-        owner_cookie = headers["Set-Cookie"].split(";")[0]
-        headers, _ = fetch(member_signin.path, dict(urllib.parse.parse_qsl(member_signin.query)))
-        member_cookie = headers["Set-Cookie"].split(";")[0]
+        def sign_in(link):              # open the link's page, press its button (with the page's cookie)
+            headers, page = fetch(f"{link.path}?{link.query}")
+            fields = {**dict(urllib.parse.parse_qsl(link.query)),
+                      "page": re.search(rb'name="page" value="([^"]+)"', page).group(1).decode()}
+            headers, _ = fetch(link.path, fields, headers["Set-Cookie"].split(";")[0])
+            return headers["Set-Cookie"].split(";")[0]
+        owner_cookie, member_cookie = sign_in(signin), sign_in(member_signin)
         csrf = re.search(rb'name="csrf" value="([^"]+)"', fetch(f"/{address}/admin/", cookie=owner_cookie)[1])
         csrf = csrf.group(1).decode()
         admin = f"/{address}/admin/"

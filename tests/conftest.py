@@ -581,7 +581,10 @@ def wsgi(rs, path, method="GET", fields=None, remote="192.0.2.10", script="", he
 
     def start_response(status, response_headers):
         seen["status"], seen["headers"] = int(status[:3]), dict(response_headers)
-    data = b"".join(redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response))
+    result = redsky.WebApp(redsky.Config(str(rs.config)))(environ, start_response)
+    data = b"".join(result)
+    if hasattr(result, "close"):        # as a WSGI server does once it has sent the answer
+        result.close()
     return seen["status"], seen["headers"], data.decode()
 
 

@@ -170,6 +170,9 @@ PARSERS = {
                                              "wsgi.input": io.BytesIO(t.encode())}, limit=1 << 30),
     "cookie_values": lambda t: redsky.cookie_values({"HTTP_COOKIE": t + "; redsky_owner=" + t}, "redsky_owner"),
     "utc_day": lambda t: redsky.utc_day(t),
+    # what the log keeps of a request target, and where a sign-in POST comes from
+    "log_target": lambda t: redsky.log_target("/x@y/admin/held/" + t + "?token=" + t + "&q=" + t),
+    "own_origin": lambda t: (redsky.own_origin("https://" + t), redsky.own_origin("http://[" + t + "]:1/" + t)),
 }
 
 

@@ -616,6 +616,20 @@ def wait_for_http(ports, proc, log):
     assert proc.poll() is None, proc.stderr.read().decode() + (log.read_text() if log.exists() else "")
 
 
+def signin_link_mailed(web, base):
+    """The admin's sign-in form through ``base`` (a CGI server): the answer, then the link mailed
+    once the answer is complete (the CGI lives on after it, SIGTERM or not), within 20 s."""
+    web.rs.run("set", LIST, "owners", "owner@example.org", check=0)
+    status, _, page = subscribe(web, "owner@example.org", f"{base}/redsky/{LIST}/admin/")
+    assert status == 200 and "Check your mail" in page, page
+    for _ in range(200):
+        web.rs.run("send", check=0)
+        if "owner@example.org" in web.rs.sent_to():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture
 def nginx(web, tmp_path):
     """Each nginx block of the README in a server of its own (proxy, CGI by
@@ -685,6 +699,7 @@ def test_the_readme_nginx_set_ups_work(nginx, web):
         assert status == 200 and 'name="address"' in page
     status, _, page = subscribe(web, "cgi@example.com", f"{cgi_server}/redsky/{LIST}/")
     assert status == 200 and "cgi@example.com" in web.rs.run("pending", "--json", check=0).out
+    assert signin_link_mailed(web, cgi_server)
     url = leave_url(web, "carol@example.com").replace(web.base, proxy)
     assert web.request(url, data=b"List-Unsubscribe=One-Click")[0] == 200
     assert "carol@example.com" not in web.rs.members()
@@ -779,6 +794,7 @@ def test_the_readme_apache_set_ups_work(apache, web):
     status, _, page = subscribe(web, "apache@example.com", f"{cgi_server}/redsky/{LIST}/")
     assert status == 200, (run / "error.log").read_text()
     assert "apache@example.com" in web.rs.run("pending", "--json", check=0).out
+    assert signin_link_mailed(web, cgi_server), (run / "error.log").read_text()
     url = leave_url(web, "bob@example.net")
     assert web.request(url.replace(web.base, cgi_server), data=b"List-Unsubscribe=One-Click")[0] == 200
     assert "bob@example.net" not in web.rs.members()

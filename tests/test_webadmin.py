@@ -11,6 +11,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +21,7 @@ import urllib.request
 import pytest
 
 import redsky
-from conftest import Web, dsn, inbox, mail, post, request, require, wsgi
+from conftest import PYTHON, ROOT, Web, dsn, inbox, mail, post, request, require, wsgi
 
 LIST = "test@lists.example.org"
 OTHER = "other@lists.example.org"
@@ -47,10 +49,14 @@ def text(msg):
 
 
 def link_in(rs, address, kind="admin"):
-    """The sign-in link of the last mail to ``address``."""
-    found = [link for msg in inbox(rs, address) for link in re.findall(r"http://\S+/signin\?\S+", text(msg))]
-    assert found, [m["Subject"] for m in inbox(rs, address)]
-    return found[-1]
+    """The sign-in link of the last mail to ``address`` (a form mails it once its answer has gone:
+    `web --listen` may still be writing it)."""
+    for _ in range(100):
+        found = [link for msg in inbox(rs, address) for link in re.findall(r"http://\S+/signin\?\S+", text(msg))]
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise AssertionError([m["Subject"] for m in inbox(rs, address)])
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -85,12 +91,28 @@ def hidden(page, name):
     return m.group(1) if m else ""
 
 
+def signin_page(web, link):
+    """Open a sign-in link: (the fields its button POSTs, the page's own cookie "name=value");
+    opening it starts no session."""
+    status, headers, page = http(web, link)
+    cookies = headers.get_all("Set-Cookie") or []
+    assert status == 200 and "<button>Sign in</button>" in page and len(cookies) == 1, (status, cookies)
+    assert cookies[0].startswith("redsky_signin=") and "HttpOnly; SameSite=Strict" in cookies[0]
+    fields = {**dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query)), "page": hidden(page, "page")}
+    return fields, cookies[0].split(";")[0]
+
+
+def page_pass(rs, kind="owner", scope=LIST):
+    """What the sign-in page of ``kind`` gives a browser, made here: ({"page": field}, its cookie)."""
+    nonce = "n" * 22
+    return ({"page": redsky.sign_token(rs.verp_key(), "signin-page", f"{kind} {scope}", nonce)},
+            f"redsky_signin={nonce}")
+
+
 def sign_in(web, link):
     """Press the button of a sign-in link's page: the session cookie ("name=value")."""
-    status, headers, page = http(web, link)
-    assert status == 200 and "Set-Cookie" not in headers and "<button>Sign in</button>" in page
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
-    status, headers, _ = post_to(web, urllib.parse.urlsplit(link).path, query)
+    fields, cookie = signin_page(web, link)
+    status, headers, _ = post_to(web, urllib.parse.urlsplit(link).path, fields, cookie)
     assert status == 303 and headers["Location"] == "./", status
     return headers["Set-Cookie"].split(";")[0]
 
@@ -124,9 +146,9 @@ def test_an_owner_signs_in_with_the_link_admin_mails_and_out_again(site):
     assert link.startswith(f"{site.base}/redsky/{LIST}/admin/signin?who={OWNER}&token=")
     for _ in range(3):                  # a mail scanner, a previewer, the owner: nobody is signed in
         status, headers, page = site.request(link)
-        assert status == 200 and "Set-Cookie" not in headers and 'method="post"' in page
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
-    status, headers, _ = post_to(site, f"/{LIST}/admin/signin", query)
+        assert status == 200 and "redsky_owner" not in str(headers) and 'method="post"' in page
+    query, pass_cookie = signin_page(site, link)
+    status, headers, _ = post_to(site, f"/{LIST}/admin/signin", query, pass_cookie)
     assert status == 303 and headers["Location"] == "./"
     cookie = headers["Set-Cookie"]
     assert re.fullmatch(rf"redsky_owner=[A-Za-z0-9_-]{{43}}; Path=/redsky/{LIST}/admin/; Max-Age=43200;"
@@ -138,7 +160,7 @@ def test_an_owner_signs_in_with_the_link_admin_mails_and_out_again(site):
     status, _, page = get(site, ADMIN, session)
     assert status == 200 and "At a glance" in page and f"signed in as {OWNER}" in page
     # the link works once
-    again = post_to(site, f"/{LIST}/admin/signin", query)
+    again = post_to(site, f"/{LIST}/admin/signin", query, pass_cookie)
     assert again[0] == 400 and "Set-Cookie" not in again[1]
     # a GET of the sign-out signs nobody out (a link checker, a prefetch)
     assert "At a glance" in get(site, ADMIN + "signout", session)[2]
@@ -160,8 +182,12 @@ def test_a_session_cookie_is_secure_under_https(lst):
     store = redsky.open_store(redsky.Config(str(lst.config)))
     link = redsky.signin_link(redsky.Config(str(lst.config)), store.verp_key, store.list_by_address(LIST), OWNER)
     store.close()
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
-    status, headers, _ = wsgi(lst, f"/{LIST}/admin/signin", "POST", query)
+    status, headers, _ = wsgi(lst, f"/{LIST}/admin/signin", query=urllib.parse.urlsplit(link).query)
+    assert headers["Set-Cookie"].endswith("; HttpOnly; SameSite=Strict; Secure")     # the page's own, too
+    assert f"Path=/redsky/{LIST}/admin/signin;" in headers["Set-Cookie"]
+    extra, cookie = page_pass(lst)
+    query = {**dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query)), **extra}
+    status, headers, _ = wsgi(lst, f"/{LIST}/admin/signin", "POST", query, headers={"HTTP_COOKIE": cookie})
     assert status == 303 and headers["Set-Cookie"].endswith("; HttpOnly; SameSite=Strict; Secure")
     assert f"Path=/redsky/{LIST}/admin/;" in headers["Set-Cookie"]
 
@@ -196,22 +222,54 @@ def test_the_signin_form_answers_the_same_whatever_is_typed_and_mails_owners_onl
 
 def test_signin_links_have_budgets_per_client_network_and_per_address(lst):
     lst.write_config(web={"base_url": "http://lists.example.org/redsky", "signin_per_client": "3",
-                          "signin_per_address": "2"})
+                          "signin_per_address": "2", "signin_per_address_all": "7"})
     for n in range(4):                  # one network: three requests an hour
         assert signin_form_answer(lst, f"stranger{n}@example.org", remote="192.0.2.7")[0] == 200
     assert signin_form_answer(lst, OWNER, remote="192.0.2.7")[0] == 200
     lst.run("send", check=0)
     assert lst.sent_to() == []
-    for n in range(4):                  # one address: two links an hour, from any network
-        signin_form_answer(lst, OWNER, remote=f"203.0.113.{n}")
+    # one address: two links an hour at the asking of one network; a stranger asking from three
+    # networks spends theirs, not the owner's on another network; all networks together: seven
+    for n in range(3):
+        for typed in (OWNER, OWNER.upper(), f" {OWNER} "):
+            signin_form_answer(lst, typed, remote=f"203.0.113.{n}")
     lst.run("send", check=0)
-    assert lst.sent_to() == [OWNER, OWNER]
+    assert lst.sent_to() == [OWNER] * 6
+    signin_form_answer(lst, OWNER, remote="2001:db8:1:2::99")        # the owner, at home
+    lst.run("send", check=0)
+    assert lst.sent_to() == [OWNER] * 7
+    for n in range(3):                  # more networks: the address gets no more this hour
+        signin_form_answer(lst, OWNER, remote=f"198.51.100.{n}")
+    signin_form_answer(lst, OWNER, remote="2001:db8:1:3::1", path="/manage/")
+    lst.run("send", check=0)
+    assert lst.sent_to() == [OWNER] * 7
+    # the members' form: the same budgets (an address's, whichever form names it)
+    for n in range(2):
+        for _ in range(3):
+            signin_form_answer(lst, "carol@example.com", remote=f"192.0.2.{50 + n}", path="/manage/")
+    signin_form_answer(lst, "carol@example.com", remote="192.0.2.60", path="/manage/")
+    lst.run("send", check=0)
+    assert lst.sent_to() == [OWNER] * 7 + ["carol@example.com"] * 5
     status, _, page = wsgi(lst, ADMIN, remote="192.0.2.99")     # a form used twice counts once
     fields = {"form": hidden(page, "form"), "address": "x@example.org"}
     wsgi(lst, ADMIN, "POST", fields, remote="192.0.2.99")
     wsgi(lst, ADMIN, "POST", fields, remote="192.0.2.99")
     count = lst.db().execute("SELECT count FROM web_budgets WHERE key = 'signin client 192.0.2.99'").fetchone()
     assert count[0] == 1
+
+
+def test_a_stranger_on_a_few_networks_does_not_lock_the_owner_out_with_the_defaults(lst):
+    """The review's case: three requests naming the owner from three networks, then the owner's
+    own from a fourth, with the default budgets: the owner gets the link."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    for n in range(3):
+        for _ in range(3):
+            signin_form_answer(lst, OWNER, remote=f"203.0.113.{n + 1}")
+    lst.run("send", check=0)
+    sent = len(lst.sent_to())
+    signin_form_answer(lst, OWNER, remote="192.0.2.200")
+    lst.run("send", check=0)
+    assert lst.sent_to()[sent:] == [OWNER]
 
 
 @pytest.mark.server
@@ -233,23 +291,24 @@ def test_forged_and_used_links_sign_nobody_in_and_get_one_answer(site):
         "another key": link(redsky.sign_token("0" * 32, "owner-signin", LIST, OWNER)),
     }
     answers = set()
+    extra, cookie = page_pass(rs)               # pressed on this list's sign-in page
     for name, url in forged.items():
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
-        status, headers, page = post_to(site, urllib.parse.urlsplit(url).path, query)
+        status, headers, page = post_to(site, urllib.parse.urlsplit(url).path, {**query, **extra}, cookie)
         assert status == 400 and "Set-Cookie" not in headers, name
         answers.add(page)
     request(rs, "admin", OWNER)                     # a real link, used twice
     real = link_in(rs, OWNER)
     sign_in(site, real)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(real).query))
-    status, headers, page = post_to(site, urllib.parse.urlsplit(real).path, query)
+    status, headers, page = post_to(site, urllib.parse.urlsplit(real).path, {**query, **extra}, cookie)
     answers.add(page)
     assert status == 400 and "Set-Cookie" not in headers and len(answers) == 1
     # the other list's own link works there, not here
     request(rs, "admin", OWNER2, OTHER)
     other = link_in(rs, OWNER2)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(other).query))
-    assert post_to(site, f"/{LIST}/admin/signin", query)[0] == 400
+    assert post_to(site, f"/{LIST}/admin/signin", {**query, **extra}, cookie)[0] == 400
     assert rs.db().execute("SELECT count(*) FROM web_sessions").fetchone()[0] == 1
 
 
@@ -561,8 +620,11 @@ def test_forged_member_links_sign_nobody_in(lst):
     lst.write_config(web={"base_url": "http://lists.example.org"})
     key = lst.verp_key()
 
+    extra, cookie = page_pass(lst, "member", "*")
+
     def attempt(token, who="bob@example.net"):
-        return wsgi(lst, "/manage/signin", "POST", {"who": who, "token": token})
+        return wsgi(lst, "/manage/signin", "POST", {"who": who, "token": token, **extra},
+                    headers={"HTTP_COOKIE": cookie})
     forged = [redsky.sign_token(key, "member-signin", "*", "bob@example.net", issued=time.time() - 3600),
               redsky.sign_token(key, "owner-signin", LIST, "bob@example.net"),
               redsky.sign_token(key, "member-signin", LIST, "bob@example.net"),
@@ -806,3 +868,399 @@ def test_without_a_base_url_no_link_is_mailed_nor_made_of_the_host(lst):
     assert status == 200
     lst.run("send", check=0)
     assert lst.sent_to() == []
+
+
+# -- what the web admin may make the host mail --------------------------------------------------
+
+def wsgi_owner(rs, owner=OWNER, list_address=LIST):
+    """An owner's session through the WSGI application (in this process): (cookie, CSRF token)."""
+    config = redsky.Config(str(rs.config))
+    store = redsky.open_store(config)
+    link = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, store.list_by_address(list_address),
+                                                    owner))
+    store.close()
+    path = f"/{list_address}/admin/signin"
+    status, headers, page = wsgi(rs, path, query=link.query)
+    fields = {**dict(urllib.parse.parse_qsl(link.query)), "page": hidden(page, "page")}
+    status, headers, _ = wsgi(rs, path, "POST", fields, headers={"HTTP_COOKIE": headers["Set-Cookie"].split(";")[0]})
+    assert status == 303
+    cookie = headers["Set-Cookie"].split(";")[0]
+    return cookie, hidden(wsgi(rs, f"/{list_address}/admin/", headers={"HTTP_COOKIE": cookie})[2], "csrf")
+
+
+def as_owner(rs, session, page, fields, list_address=LIST):
+    cookie, csrf = session
+    return wsgi(rs, f"/{list_address}/admin/{page}", "POST", {"csrf": csrf, **fields},
+                headers={"HTTP_COOKIE": cookie})
+
+
+def mails_to(rs, addresses):
+    rs.run("send", check=0)
+    return sum(rs.sent_to().count(a) for a in addresses)
+
+
+def budget_used(rs, list_id=1):
+    row = rs.db().execute("SELECT count FROM web_budgets WHERE key = ?", (f"admin mail {list_id}",)).fetchone()
+    return row[0] if row else 0
+
+
+def test_the_web_admin_mails_at_most_its_daily_budget_per_list_whatever_the_action(lst):
+    """A session (an owner's, or a stolen one) cannot make the host mail without limit: welcomes,
+    invitations, removal notices and the owners' notices count, mail by mail, against the list's
+    day; what would mail past it is not done, and the page names it."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky", "admin_mail_per_day": "10"})
+    lst.run("set", LIST, "welcome", "Cheap watches for $address!", check=0)
+    session = wsgi_owner(lst)
+    new = [f"new{n}@example.org" for n in range(20)]
+    status, _, page = as_owner(lst, session, "members", {"action": "add", "how": "add", "welcome": "on",
+                                                         "addresses": "\n".join(new[:6])})
+    assert status == 200 and page.count("and welcomed") == 6 and "Not done" not in page
+    status, _, page = as_owner(lst, session, "members", {"action": "add", "how": "invite",
+                                                         "addresses": " ".join(new[6:12])})
+    assert page.count("is invited") == 4 and "Not done: invite new10@example.org, new11@example.org" in page
+    assert "[web] admin_mail_per_day" in page and 'role="alert"' in page
+    assert budget_used(lst) == 10
+    # spent: nothing that mails is done, in part or whole
+    page = as_owner(lst, session, "members", {"action": "add", "how": "add", "welcome": "on",
+                                              "addresses": f"{new[12]}, {new[13]}"})[2]
+    assert f"Not done: add {new[12]}, {new[13]}" in page
+    page = as_owner(lst, session, "members", {"action": "remove", "who": ["bob@example.net", new[0]]})[2]
+    assert f"Not done: remove bob@example.net, {new[0]}" in page
+    # what mails nobody still works
+    page = as_owner(lst, session, "members", {"action": "add", "how": "add", "addresses": new[14]})[2]
+    assert f"{new[14]} is added." in page
+    assert as_owner(lst, session, "members", {"action": "ban", "patterns": "*@spam.example"})[0] == 200
+    assert members(lst) == {"bob@example.net", "carol@example.com", *new[:6], new[14]}
+    assert mails_to(lst, new + list(MEMBERS)) == 10 and budget_used(lst) == 10
+    # another list's day is its own
+    other = wsgi_owner(lst, OWNER2, OTHER)
+    page = as_owner(lst, other, "members", {"action": "add", "how": "invite", "addresses": new[15]}, OTHER)[2]
+    assert f"{new[15]} is invited" in page and budget_used(lst, 2) == 1
+    # a new day, a new budget
+    lst.db().execute("UPDATE web_budgets SET since = since - 86401 WHERE key = 'admin mail 1'").connection.commit()
+    page = as_owner(lst, session, "members", {"action": "remove", "who": ["bob@example.net"]})[2]
+    assert "bob@example.net is removed, and told." in page and budget_used(lst) == 1
+
+
+def test_the_owners_notices_count_too(lst):
+    """notify_owners and a long list of owners: one add without a welcome mails every owner; the
+    day counts each of those mails, and stops the adds that would mail past it."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky", "admin_mail_per_day": "7"})
+    others = [f"victim{n}@example.net" for n in range(4)]
+    lst.run("set", LIST, "owners", ", ".join([OWNER] + others), check=0)
+    lst.run("set", LIST, "notify_owners", "yes", check=0)
+    session = wsgi_owner(lst)
+    page = as_owner(lst, session, "members", {"action": "add", "how": "add", "addresses": "a@example.org"})[2]
+    assert "a@example.org is added." in page and budget_used(lst) == 5         # five owners told
+    page = as_owner(lst, session, "members", {"action": "add", "how": "add", "welcome": "on",
+                                              "addresses": "b@example.org c@example.org"})[2]
+    assert "Not done: add b@example.org, c@example.org" in page                # 2 + 5 > 2 left
+    page = as_owner(lst, session, "members", {"action": "add", "how": "add", "addresses": "d@example.org"})[2]
+    assert "Not done: add d@example.org" in page and "d@example.org" not in members(lst)
+    assert mails_to(lst, [OWNER] + others) == 5 and budget_used(lst) == 5
+
+
+def test_decisions_and_options_that_mail_wait_for_the_budget_too(lst):
+    """Rejecting held posts and join requests (the sender is told) and turning a member's digests
+    off (the posts waiting for the digest go out) mail people too: within the same day's budget.
+    Discarding, approving and what sends nothing are done whatever is left."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky", "admin_mail_per_day": "2"})
+    hold(lst, 3)
+    lst.run("set-member", LIST, "bob@example.net", "digest", "on", check=0)
+    lst.queue(post(subject="for the digest", sender="carol@example.com"), sender="carol@example.com", check=0)
+    lst.run("set", LIST, "subscribe_policy", "approve", check=0)
+    for who in ("joiner@example.org", "nope@example.org"):
+        mail(lst, "test-join@lists.example.org", who)
+    notice_links = re.findall(r"http://lists\.example\.org/redsky/\S+/admin/held/([0-9a-f]{32})",
+                              " ".join(text(m) for m in inbox(lst, OWNER)))
+    people = ["stranger@example.org", "joiner@example.org", "nope@example.org", "bob@example.net"]
+    before = mails_to(lst, people)
+    session = wsgi_owner(lst)
+    page = wsgi(lst, ADMIN + "held", headers={"HTTP_COOKIE": session[0]})[2]
+    ids = re.findall(r'name="held" value="(\d+)"', page)
+    joins = re.findall(r'name="join" value="([0-9a-f]{32})"', page)
+    page = as_owner(lst, session, "held", {"action": "reject", "held": ids, "reason": "spam"})[2]
+    assert page.count("rejected; the sender is told why") == 2 and page.count("Not done: Held post") == 1
+    assert lst.status()["held"] == 1 and budget_used(lst) == 2
+    page = as_owner(lst, session, "held", {"action": "join-reject", "join": joins, "reason": "no"})[2]
+    assert "Not done: reject the requests of" in page and "declined" not in page
+    page = as_owner(lst, session, "held", {"action": "join-discard", "join": joins[:1]})[2]
+    assert "request dropped" in page
+    # the held notice's own link: a rejection waits too, and the link still works for the rest
+    assert len(set(notice_links)) == 3
+    (token,) = [t for t in set(notice_links) if lst.db().execute(
+        "SELECT count(*) FROM pending WHERE token = ? AND used IS NULL", (t,)).fetchone()[0]]
+    status, _, page = wsgi(lst, f"{ADMIN}held/{token}")
+    form = hidden(page, "form")
+    status, _, page = wsgi(lst, f"{ADMIN}held/{token}", "POST", {"form": form, "action": "reject"})
+    assert status == 429 and "admin_mail_per_day" in page and lst.status()["held"] == 1
+    status, _, page = wsgi(lst, f"{ADMIN}held/{token}", "POST", {"form": form, "action": "discard"})
+    assert status == 200 and lst.status()["held"] == 0
+    # a member's digests off would send the post that waits for the digest: not done
+    status, _, page = as_owner(lst, session, "member", {"who": "bob@example.net"})
+    assert status == 400 and "Not done: bob@example.net digest off" in page
+    assert lst.members()["bob@example.net"]["digest"]
+    assert mails_to(lst, people) - before == 2
+
+
+# -- the sign-in forms take the same time whoever is typed ------------------------------------------
+
+def _shape(sql):
+    """A statement without its values (the addresses and keys differ, not the work)."""
+    return re.sub(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", "?", sql)
+
+
+def test_a_signin_form_does_the_same_work_before_its_answer_whoever_is_typed(lst, monkeypatch):
+    """Mailing a link (an owner's, a member's) takes a few milliseconds; done before the answer,
+    they told an owner or a member from a stranger.  Before the answer, the database sees the same
+    statements whoever is typed, and nothing is queued; the link is built and queued in the
+    answer's close(), once a WSGI server has sent it."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    statements, real_open = [], redsky.open_store
+
+    def traced(config, *args, **kwargs):
+        store = real_open(config, *args, **kwargs)
+        store.db.set_trace_callback(lambda sql: statements.append(_shape(sql)))
+        return store
+    monkeypatch.setattr(redsky, "open_store", traced)
+    config = redsky.Config(str(lst.config))
+
+    def queued():
+        return lst.db().execute("SELECT count(*) FROM messages").fetchone()[0]
+    n = 0
+    for path, cases in ((ADMIN, {OWNER: 1, OWNER.upper(): 1, "stranger@example.org": 0, "bob@example.net": 0}),
+                        ("/manage/", {"carol@example.com": 1, " Carol@Example.com": 1, OWNER: 0,
+                                      "nobody@example.org": 0})):
+        before = {}
+        for typed, mailed in cases.items():
+            n += 1
+            remote = f"192.0.2.{n}"
+            form = hidden(wsgi(lst, path, remote=remote)[2], "form")
+            body = urllib.parse.urlencode({"form": form, "address": typed}).encode()
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+                       "REMOTE_ADDR": remote, "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+                       "CONTENT_TYPE": "application/x-www-form-urlencoded"}
+            count, spool = queued(), sorted(os.listdir(config.spool))
+            del statements[:]
+            answer = redsky.WebApp(config)(environ, lambda status, headers: None)
+            page = b"".join(answer).decode()
+            before[typed] = list(statements)
+            assert "Check your mail" in page and queued() == count and sorted(os.listdir(config.spool)) == spool
+            answer.close()              # the answer has gone: now the link, if any
+            assert queued() == count + mailed, typed
+        shapes = {tuple(work) for work in before.values()}
+        assert len(shapes) == 1 and any("web_budgets" in s for s in next(iter(shapes))), before
+    lst.run("send", check=0)
+    assert sorted(lst.sent_to()) == ["carol@example.com"] * 2 + [OWNER] * 2
+
+
+def test_web_listen_answers_before_the_work_that_waits_for_the_answer(lst):
+    """`web --listen` sends the whole answer, then closes the application's result (where the
+    link is mailed): the close() here waits until the client has read the answer."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    config = redsky.Config(str(lst.config))
+    app, answered, seen = redsky.WebApp(config), threading.Event(), []
+
+    def application(environ, start_response):
+        result = app(environ, start_response)
+        if environ["REQUEST_METHOD"] != "POST":
+            return result
+
+        class Waiting(list):
+            def close(self):
+                seen.append(answered.wait(20))          # False: closed before the client had it all
+                result.close()
+        return Waiting(result)
+    server = redsky.WebServer(application, config, redsky.listen_socket("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = "http://127.0.0.1:%d" % server.server_address[1]
+        form = hidden(urllib.request.urlopen(base + ADMIN, timeout=30).read().decode(), "form")
+        data = urllib.parse.urlencode({"form": form, "address": OWNER}).encode()
+        with urllib.request.urlopen(urllib.request.Request(base + ADMIN, data=data), timeout=60) as r:
+            assert "Check your mail" in r.read().decode()
+        answered.set()
+        for _ in range(300):
+            if seen:
+                break
+            time.sleep(0.1)
+        assert seen == [True]
+        assert [m["Subject"] for m in inbox(lst, OWNER)] == [f"{LIST}: your sign-in link"]
+    finally:
+        server.stop()
+        thread.join(30)
+
+
+CGI_WAITING = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import redsky
+flag, seen, mail_link = sys.argv[2], sys.argv[3], redsky.mail_signin_link
+
+def waiting(*args, **kwargs):          # the link is mailed only once the web server has the answer
+    for _ in range(400):
+        if os.path.exists(flag):
+            break
+        time.sleep(0.05)
+    with open(seen, "w") as fh:
+        fh.write("after" if os.path.exists(flag) else "before")
+    return mail_link(*args, **kwargs)
+redsky.mail_signin_link = waiting
+redsky.run_cgi()
+"""
+
+
+@pytest.mark.server
+def test_as_a_cgi_script_the_answer_is_complete_before_the_link_is_mailed(lst, tmp_path):
+    """The CGI gives the web server its end of file (stdout and stderr: fcgiwrap waits for both)
+    before the work that waits for the answer."""
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    form = hidden(wsgi(lst, ADMIN, remote="192.0.2.77")[2], "form")
+    body = urllib.parse.urlencode({"form": form, "address": OWNER}).encode()
+    env = {k: v for k, v in os.environ.items() if k != "REDSKY_CONFIG"}
+    env.update(GATEWAY_INTERFACE="CGI/1.1", REQUEST_METHOD="POST", PATH_INFO=ADMIN, SCRIPT_NAME="/redsky",
+               QUERY_STRING="", SERVER_NAME="lists.example.org", SERVER_PORT="80", SERVER_PROTOCOL="HTTP/1.1",
+               REMOTE_ADDR="192.0.2.77", REDSKY_CONFIG=str(lst.config), CONTENT_LENGTH=str(len(body)),
+               CONTENT_TYPE="application/x-www-form-urlencoded")
+    flag, seen = tmp_path / "answered", tmp_path / "seen"
+    proc = subprocess.Popen([PYTHON, "-c", CGI_WAITING, str(ROOT), str(flag), str(seen)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(body)
+        proc.stdin.close()
+        out, err = proc.stdout.read(), proc.stderr.read()         # to their ends of file
+        flag.touch()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.startswith(b"Status: 200 OK") and b"Check your mail" in out, err
+    assert seen.read_text() == "after"
+    assert [m["Subject"] for m in inbox(lst, OWNER)] == [f"{LIST}: your sign-in link"]
+
+
+# -- what the log keeps --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, kept", [
+    ("/test@lists.example.org/admin/held/0123456789abcdef0123456789abcdef", "/test@lists.example.org/admin/held/…"),
+    ("/x@y/leave/DEADBEEFCAFE0123", "/x@y/leave/…"),
+    ("/x@y/leave/%64%65adbeefcafe0123?a=1", "/x@y/leave/…?a=1"),
+    ("/manage/signin?who=bob@example.net&token=66a1b2c3-0011223344556677-00112233445566778899aabbccddeeff",
+     "/manage/signin?who=bob@example.net&token=…"),
+    ("/x@y/admin/members?q=bob&csrf=short;form=abc&page=p&TOKEN=t", "/x@y/admin/members?q=bob&csrf=…;form=…&page=…&TOKEN=…"),
+    ("/x@y/admin/?tok=0123456789abcdef0", "/x@y/admin/?tok=…"),
+    ("/archive/x@y/2026-11.html", "/archive/x@y/2026-11.html"),
+])
+def test_the_log_keeps_no_capability(target, kept):
+    assert redsky.log_target(target) == kept
+
+
+@pytest.mark.server
+def test_web_listen_logs_requests_without_their_tokens(lst):
+    lst.write_config(redsky={"log": "redsky.log"})
+    site = Web(lst)
+    try:
+        (msgid,) = hold(lst, 1)
+        held = re.findall(r"/admin/held/([0-9a-f]{32})", text(inbox(lst, OWNER)[-1]))[0]
+        leave = redsky.leave_token(lst.verp_key(), {"name": "test", "domain": "lists.example.org"},
+                                   "bob@example.net")
+        request(lst, "admin", OWNER)
+        link = link_in(lst, OWNER)
+        signin = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["token"][0]
+        fields, cookie = signin_page(site, link)
+        session = sign_in(site, link)
+        csrf = csrf_of(site, session)
+        get(site, f"/{LIST}/admin/held/{held}")
+        get(site, f"/{LIST}/admin/held/" + "".join(f"%{ord(c):02x}" for c in held))
+        post_to(site, f"/{LIST}/leave/{leave}", {"List-Unsubscribe": "One-Click"})
+        get(site, f"{ADMIN}members?csrf={csrf}", session)
+        get(site, f"{ADMIN}members?q=" + fields["page"], session)
+    finally:
+        site.stop()
+    logged = (lst.home / "redsky.log").read_text()
+    assert logged.count('"GET /test@lists.example.org/admin/held/… HTTP/1.1" 200') == 2, logged
+    assert f'"POST /{LIST}/leave/… HTTP/1.1" 200' in logged
+    assert f"signin?who={OWNER}&token=… HTTP/1.1" in logged
+    for secret in (held, leave, signin, csrf, fields["page"], *signin.split("-")[1:], *csrf.split("-")[1:]):
+        assert secret not in logged, secret
+
+
+# -- login CSRF: another site's page cannot sign its visitor in ---------------------------------
+
+def test_another_sites_page_cannot_sign_its_visitor_in_as_someone_else(lst):
+    """An attacker who got a sign-in link (their own) cannot have a victim's browser press its
+    button: a POST counts only from the link's own page in the same browser (its cookie and the
+    field signed for it), and never when the browser says it comes from another site."""
+    lst.write_config(web={"base_url": "https://lists.example.org/redsky"})
+    config = redsky.Config(str(lst.config))
+    store = redsky.open_store(config)
+    links = {"owner": urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, store.list_by_address(LIST),
+                                                                OWNER)),
+             "member": urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "bob@example.net"))}
+    store.close()
+    sessions = 0
+    for kind, link in links.items():
+        path = link.path.replace("/redsky", "", 1)
+        status, headers, page = wsgi(lst, path, query=link.query)
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert status == 200 and cookie.startswith("redsky_signin=") and "Secure" in headers["Set-Cookie"]
+        assert headers["Referrer-Policy"] == "same-origin"      # so that its POST's Origin names this site
+        fields = {**dict(urllib.parse.parse_qsl(link.query)), "page": hidden(page, "page")}
+        other_scope = page_pass(lst, kind, OTHER if kind == "owner" else LIST)
+        refused = {
+            "no cookie (another site's form, an old browser)": (fields, {}),
+            "no page field": ({**fields, "page": ""}, {"HTTP_COOKIE": cookie}),
+            "another browser's cookie": (fields, {"HTTP_COOKIE": "redsky_signin=" + "x" * 22}),
+            "another page's field": ({**fields, **other_scope[0]}, {"HTTP_COOKIE": other_scope[1]}),
+            "Sec-Fetch-Site: cross-site": (fields, {"HTTP_COOKIE": cookie, "HTTP_SEC_FETCH_SITE": "cross-site"}),
+            "Sec-Fetch-Site: same-site (a sibling host)": (fields, {"HTTP_COOKIE": cookie,
+                                                                   "HTTP_SEC_FETCH_SITE": "same-site"}),
+            "Origin: another site": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "https://evil.example"}),
+            "Origin: http, not https": (fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "http://lists.example.org"}),
+            "Origin: null (a no-referrer page elsewhere), no Sec-Fetch-Site": (
+                fields, {"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "null"}),
+        }
+        answers = set()
+        for name, (sent, headers) in refused.items():
+            status, got, page = wsgi(lst, path, "POST", sent, headers=headers)
+            assert status == 400 and "redsky_owner" not in str(got) and "redsky_member" not in str(got), name
+            answers.add(page)
+        assert len(answers) == 1 and "Please open the link again" in answers.pop()
+        assert lst.db().execute("SELECT count(*) FROM web_sessions").fetchone()[0] == sessions
+        # the page's own button: with the cookie, from this site (as a browser says it, or does not)
+        status, got, _ = wsgi(lst, path, "POST", fields, headers={
+            "HTTP_COOKIE": f"other=1; {cookie}", "HTTP_SEC_FETCH_SITE": "same-origin",
+            "HTTP_ORIGIN": "null"})
+        sessions += 1
+        assert status == 303 and got["Set-Cookie"].startswith(f"redsky_{kind}=")
+    # an old browser that says nothing of where a POST comes from, and the origin spelled with its port
+    status, headers, page = wsgi(lst, "/manage/signin", query=links["member"].query,
+                                 headers={"HTTP_COOKIE": cookie})
+    assert headers["Set-Cookie"].split(";")[0] == cookie            # the same cookie, kept
+    store = redsky.open_store(config)
+    again = urllib.parse.urlsplit(redsky.signin_link(config, store.verp_key, None, "carol@example.com"))
+    store.close()
+    page = wsgi(lst, "/manage/signin", query=again.query, headers={"HTTP_COOKIE": cookie})[2]
+    status, got, _ = wsgi(lst, "/manage/signin", "POST", {**dict(urllib.parse.parse_qsl(again.query)),
+                                                          "page": hidden(page, "page")},
+                          headers={"HTTP_COOKIE": cookie, "HTTP_ORIGIN": "https://Lists.Example.org:443"})
+    assert status == 303
+
+
+def test_the_forms_that_mail_links_refuse_another_sites_post(lst):
+    lst.write_config(web={"base_url": "http://lists.example.org/redsky"})
+    for path, address in ((ADMIN, OWNER), ("/manage/", "bob@example.net")):
+        for n, headers in enumerate(({"HTTP_SEC_FETCH_SITE": "cross-site"}, {"HTTP_ORIGIN": "http://evil.example"},
+                                     {"HTTP_SEC_FETCH_SITE": "same-site", "HTTP_ORIGIN": "null"})):
+            remote = f"192.0.2.{n + 1}"
+            form = hidden(wsgi(lst, path, remote=remote)[2], "form")
+            status, _, page = wsgi(lst, path, "POST", {"form": form, "address": address}, remote=remote,
+                                   headers=headers)
+            assert status == 400 and "Please try again" in page
+        form = hidden(wsgi(lst, path, remote="192.0.2.9")[2], "form")
+        status, _, page = wsgi(lst, path, "POST", {"form": form, "address": address}, remote="192.0.2.9",
+                               headers={"HTTP_SEC_FETCH_SITE": "same-origin", "HTTP_ORIGIN": "null"})
+        assert status == 200 and "Check your mail" in page
+    lst.run("send", check=0)
+    assert sorted(lst.sent_to()) == ["bob@example.net", OWNER]

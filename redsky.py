@@ -10596,9 +10596,9 @@ def member_change(config, store, address, fields):
 # ---------------------------------------------------------------------------
 
 _ADMIN_PATH = (r"/([^/@\s]{1,64}@[^/@\s]{1,255})/admin/(|signin|signout|settings|members|members\.csv"
-               r"|members\.txt|member|held|held/[0-9a-f]{32}|bounces)")
+               r"|members\.txt|member|held|held/[0-9a-f]{32}|bounces|archive)")
 ADMIN_NAV = (("", "At a glance"), ("settings", "Settings"), ("members", "Members"), ("held", "Held posts"),
-             ("bounces", "Bounces"))
+             ("bounces", "Bounces"), ("archive", "Archive"))
 TEXT_SETTINGS = ("footer", "welcome", "goodbye")        # several lines: a text area
 
 
@@ -10635,7 +10635,7 @@ def admin_pages(app, config, store, environ, method, m):
 
 ADMIN_PAGES = {"": "glance", "signout": "glance", "settings": "settings", "members": "members",
                "members.csv": "export", "members.txt": "export", "member": "member", "held": "held",
-               "bounces": "bounces"}
+               "bounces": "bounces", "archive": "archive"}
 
 
 def duration_text(seconds):
@@ -11224,6 +11224,42 @@ class Admin:
                             if mb["disabled_reason"] else "") + f"</p><ul>{reports}</ul>{enable}</section>")
         return self.page("Bounces", self.done(lines) + ("\n".join(items) or
                                                         "<p>No member's mail bounces.</p>"))
+
+    # the archive --------------------------------------------------------------------
+
+    def archive(self, method, fields):
+        """The latest archived posts; the checked ones (or the numbers typed) removed, by the code
+        `delete N` by email and `archive delete` run: each number stays, as a page that says so."""
+        lines, problems = [], []
+        if method == "POST" and field(fields, "action") == "delete":
+            words = fields.get("number", []) + re.split(r"[\s,;]+", field(fields, "numbers"))
+            action, problems = plan_owner_action(self.list, "delete", [w for w in words if w])
+            if action:
+                lines = self.carry_out([action])
+        rows = self.store.q("archived_latest", self.list["id"], ARCHIVE_ADMIN_POSTS).fetchall()
+        public = self.list["archive"] == "public"
+        where = f"../../archive/{quote_url(self.name.lower())}/"
+        items = "".join(
+            f'<li><input type="checkbox" id="p{r["number"]}" name="number" value="{r["number"]}">'
+            f' <label for="p{r["number"]}">{r["number"]}: {esc(one_line(r["subject"], 120) or "(no subject)")}'
+            f"</label> <small>{esc(r['author'])}, {utc_time(r['date'])}</small>"
+            + (f' <a href="{where}{r["number"]}.html" aria-label="post {r["number"]}">page</a>' if public else "")
+            + "</li>" for r in rows)
+        total = self.store.q("archived_count", self.list["id"]).fetchone()[0]
+        return self.page("Archive", self.done(lines, problems) + (
+            f"<p>{total} posts in the archive ({esc(self.list['archive'])})"
+            + (f"; the latest {len(rows)}" if total > len(rows) else "") + ". A removed post's number"
+            " stays, as a page that says the owners removed it; no other post takes it.</p>\n"
+            + (f'<form method="post">{self.csrf()}<ul class="plain">{items}</ul>'
+               '<button name="action" value="delete">Remove the checked posts from the archive</button>'
+               "</form>\n" if rows else "")
+            + f'<form method="post">{self.csrf()}<p><label for="numbers">Remove posts by number'
+            ' (e.g. 12 15)</label><br><input id="numbers" name="numbers" inputmode="numeric"></p>'
+            '<button name="action" value="delete">Remove</button></form>'),
+            "200 OK" if not problems else "400 Bad Request")
+
+
+ARCHIVE_ADMIN_POSTS = 50        # the archive page of the web admin lists the latest this many
 
 
 def member_state(row):

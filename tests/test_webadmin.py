@@ -313,13 +313,51 @@ def test_forged_and_used_links_sign_nobody_in_and_get_one_answer(site):
 
 
 @pytest.mark.server
+def test_an_owner_removes_archived_posts_and_their_numbers_stay(site):
+    """The web admin's archive page (issue 33's delete, by the email command's code): the checked
+    posts or the numbers typed are removed, each number stays a gap whose page says so, the others
+    keep theirs; a GET, a missing CSRF token or another list's owner removes nothing."""
+    rs = site.rs
+    rs.run("set", LIST, "archive", "public", check=0)
+    for n in range(1, 5):
+        rs.queue(post(subject=f"Topic {n}", msgid=f"<arch{n}@example.org>", sender="bob@example.net"),
+                 sender="bob@example.net", check=0)
+    numbers = lambda: {a["number"]: a["subject"] for a in json.loads(rs.run("archive", LIST, "--json", check=0).out)}
+    assert set(numbers()) == {1, 2, 3, 4}
+    cookie = owner_session(site, rs)
+    status, _, page = get(site, ADMIN + "archive?action=delete&number=1", cookie)
+    assert status == 200 and "Topic 4" in page and 'href="../../archive/test@lists.example.org/4.html"' in page
+    post_to(site, ADMIN + "archive", {"action": "delete", "number": "1"}, cookie)              # no CSRF
+    theirs = owner_session(site, rs, OWNER2, OTHER)
+    post_to(site, ADMIN + "archive", {"csrf": csrf_of(site, theirs, f"/{OTHER}/admin/"), "action": "delete",
+                                      "number": "1"}, theirs)
+    assert set(numbers()) == {1, 2, 3, 4}
+    csrf = csrf_of(site, cookie)
+    status, _, page = post_to(site, ADMIN + "archive", {"csrf": csrf, "action": "delete", "number": ["2"],
+                                                        "numbers": "4"}, cookie)
+    assert status == 200 and "Topic 2" not in page and "Topic 3" in page
+    assert {n: s.rsplit(" ", 1)[-1] for n, s in numbers().items()} == {1: "1", 3: "3"}
+    gap = (rs.home / "pages" / LIST / "2.html").read_text().replace("&#x27;", "'")
+    assert "by the list's owners" in gap and "Topic 2" not in gap
+    assert "Topic 3" in (rs.home / "pages" / LIST / "3.html").read_text()
+    # a number that is no post, or one already removed: said, nothing else done
+    status, _, page = post_to(site, ADMIN + "archive", {"csrf": csrf, "action": "delete", "numbers": "2 99 x"},
+                              cookie)
+    assert status == 400 and set(numbers()) == {1, 3}
+    assert any("on the web" in e["reason"] and "post 4 is removed" in e["reason"] for e in events_by(rs, OWNER))
+    rs.queue(post(subject="Topic 5", msgid="<arch5@example.org>", sender="bob@example.net"),
+             sender="bob@example.net", check=0)
+    assert max(numbers()) == 5
+
+
+@pytest.mark.server
 def test_another_owners_session_or_none_gets_the_signin_page_and_does_nothing(site):
     rs = site.rs
     theirs = owner_session(site, rs, OWNER2, OTHER)
     assert "At a glance" in get(site, f"/{OTHER}/admin/", theirs)[2]
     csrf = csrf_of(site, theirs, f"/{OTHER}/admin/")
     nobody = get(site, ADMIN + "members")[2]
-    for path in ("", "settings", "members", "held", "bounces", "members.csv"):
+    for path in ("", "settings", "members", "held", "bounces", "members.csv", "archive"):
         status, _, page = get(site, ADMIN + path, theirs)
         assert status == 200 and "Mail me a link" in page and "bob@example.net" not in page, path
         assert re.sub(r'value="[^"]*"', "", page) == re.sub(r'value="[^"]*"', "", nobody)
@@ -778,7 +816,7 @@ def test_an_owner_and_a_member_do_it_all_in_a_browser_and_every_page_passes_the_
     page.open(link_in(rs, OWNER))
     page.submit("document.querySelector('button').click()")         # "Sign in": on to the admin
     assert browser.js("document.querySelector('h1').innerText") == "At a glance"
-    for path in ("settings", "members", "member?who=bob@example.net", "bounces", "held"):
+    for path in ("settings", "members", "member?who=bob@example.net", "bounces", "archive", "held"):
         page.open(f"{base}/{LIST}/admin/{path}")
     # approve a held post
     page.submit("document.querySelector('input[name=held]').checked = true;"

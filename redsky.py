@@ -11240,11 +11240,11 @@ class Admin:
         public = self.list["archive"] == "public"
         where = f"../../archive/{quote_url(self.name.lower())}/"
         items = "".join(
-            f'<li><input type="checkbox" id="p{r["number"]}" name="number" value="{r["number"]}">'
-            f' <label for="p{r["number"]}">{r["number"]}: {esc(one_line(r["subject"], 120) or "(no subject)")}'
-            f"</label> <small>{esc(r['author'])}, {utc_time(r['date'])}</small>"
-            + (f' <a href="{where}{r["number"]}.html" aria-label="post {r["number"]}">page</a>' if public else "")
-            + "</li>" for r in rows)
+            f'<li><input type="checkbox" id="p{n}" name="number" value="{n}"> <label for="p{n}">{n}:'
+            f' {esc(one_line(r["subject"], 120) or "(no subject)")}</label>'
+            f" <small>{esc(r['author'])}, {utc_time(r['date'])}</small>"
+            + (f' <a href="{where}{n}.html" aria-label="post {n}">page</a>' if public else "") + "</li>"
+            for n, r in ((r["number"], r) for r in rows))
         total = self.store.q("archived_count", self.list["id"]).fetchone()[0]
         return self.page("Archive", self.done(lines, problems) + (
             f"<p>{total} posts in the archive ({esc(self.list['archive'])})"

@@ -131,7 +131,7 @@ import sys
 import time
 from contextlib import nullcontext
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["chain_filter", "Context", "RawMessage", "Config", "addresses_in", "normalize_address",
            "valid_address", "decode_header_text", "list_address", "log",
            "Verdict", "Discard", "Hold", "Consumed", "Reject", "TryLater", "Accept", "ConfigError"]

@@ -12320,7 +12320,7 @@ def cmd_newlist(args, config):
 
 
 def cmd_lists(args, config):
-    store = open_store(config, create=True)
+    store = open_store(config)                  # a read: it makes no database (a restore waits for none)
     counts = dict(store.q("member_counts").fetchall())
     rows = [{"list": list_address(r), "members": counts.get(r["id"], 0),
              **{k: r[k] for k in SETTABLE if k in r}} for r in map(dict, store.q("all_lists"))]
@@ -12930,7 +12930,7 @@ def cmd_restore(args, config):
         raise Failure(f"{taken[0]} exists already: restore goes into an empty data directory (move it"
                       " away, or set another data_dir)", EX_USAGE)
     try:
-        tar = tarfile.open(args.file, "r:*")
+        tar = tarfile.open(fileobj=args.source, mode="r:*")      # opened by the caller (main)
     except (OSError, tarfile.TarError) as e:
         raise Failure(f"cannot read the backup {args.file}: {e}", EX_DATAERR)
     made, current = [], None                    # files and folders this restore created
@@ -14796,8 +14796,18 @@ def main(argv=None):
             args.bytecode = compile_bytecode(getattr(args, "python", None) or default_python())  # as root
         if args.command == "import":               # read as the caller (root may read what it imports)
             args.plan = import_plan(args)
+        if args.command == "restore":              # as backup writes it: root's file, opened by root
+            try:
+                args.source = open(args.file, "rb")
+            except OSError as e:
+                raise Failure(f"cannot read the backup {args.file}: {e.strerror or e}",
+                              EX_NOPERM if isinstance(e, PermissionError) else EX_DATAERR)
         if args.command != "backup":
-            return works_as_list_user(args, config)
+            try:
+                return works_as_list_user(args, config)
+            finally:
+                if args.command == "restore":
+                    args.source.close()
         open_backup(args)                           # written where the caller may write, then renamed
         code = EX_SOFTWARE
         try:

@@ -355,6 +355,17 @@ def test_roots_nightly_backup_goes_where_only_root_may_write(site, tmp_path):
     # a backup that fails leaves no file behind, and says why in one line
     r = redsky_as(site, "backup", str(backups / "missing-dir" / "b.tar"))
     assert r.returncode == 75 and "cannot write the backup" in r.err and "Traceback" not in r.err
+    # restored by root on a new host, as the README says: root's 0600 file is read by root (the list
+    # user could not open it: 65), and what it writes is the list user's
+    (site / "data").rename(site / "data-old")
+    r = redsky_as(site, "restore", str(backups / "missing.tar.gz"))
+    assert r.returncode == 65 and "cannot read the backup" in r.err and "Traceback" not in r.err
+    assert redsky_as(site, "lists").returncode == 78            # a read makes no database: a restore
+    assert not (site / "data" / "redsky.db").exists()           # can follow a failed one
+    r = redsky_as(site, "restore", str(made))
+    assert r.returncode == 0, r.err
+    assert owners(site / "data") == {"nobody"}
+    assert redsky_as(site, "members", "team@lists.example.org").out.split()[0] == "bob@example.net"
 
 
 # -- the CGI script as the web server's user (README: As CGI) ---------------------------------

@@ -12320,10 +12320,13 @@ def cmd_newlist(args, config):
 
 
 def cmd_lists(args, config):
-    store = open_store(config)                  # a read: it makes no database (a restore waits for none)
-    counts = dict(store.q("member_counts").fetchall())
-    rows = [{"list": list_address(r), "members": counts.get(r["id"], 0),
-             **{k: r[k] for k in SETTABLE if k in r}} for r in map(dict, store.q("all_lists"))]
+    if not os.path.exists(config.database):    # no lists, and no database made: a restore may follow
+        rows = []
+    else:
+        store = open_store(config, create=True)
+        counts = dict(store.q("member_counts").fetchall())
+        rows = [{"list": list_address(r), "members": counts.get(r["id"], 0),
+                 **{k: r[k] for k in SETTABLE if k in r}} for r in map(dict, store.q("all_lists"))]
     return show(args, rows, lambda r: f"{r['list']}\t{r['access']}\t{r['members']} members")
 
 
@@ -13462,7 +13465,8 @@ def mlmmj_addresses(plan, addresses, delimiter, rewrite):
             note = f" (then `set digest on` or `set nomail on` to {local}-request@{domain})" \
                 if word.startswith("subscribe-") else ""
             plan["warnings"].append(
-                f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
+                f"{what} named {m.group(0)}, mlmmj's address: now {theirs[m.group(0)]}{note}"
+                if rewrite and suffix else f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
                 + (f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it")
                 + ("" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place"))
         if rewrite and any(theirs.values()):

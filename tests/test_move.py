@@ -850,7 +850,9 @@ def test_rewrite_addresses_puts_redskys_in_the_footer_and_prefix(rs, tmp_path):
     listdir = small_mlmmj(tmp_path)
     (listdir / "control" / "footer").write_text(MLMMJ_FOOTER)
     (listdir / "control" / "prefix").write_text("[team+help@lists.example.org]\n")
-    rs.run("import", "mlmmj", str(listdir), "--rewrite-addresses", check=0)
+    out = rs.run("import", "mlmmj", str(listdir), "--rewrite-addresses", check=0).out
+    # what was rewritten is said as done, not as a refusal
+    assert "now team-leave@lists.example.org" in out and "which redsky refuses: redsky's is" not in out
     (listing,) = json.loads(rs.run("lists", "--json", check=0).out)
     footer = listing["footer"]
     assert "send a mail to team-leave@lists.example.org\n" in footer
@@ -869,8 +871,8 @@ def test_mlmmj_addresses_of_the_old_name_and_its_delimiter_are_found_too(rs, tmp
                                                 "Old: team+unsubscribe@lists.example.org\n")
     out = rs.run("import", "mlmmj", str(listdir), "--as", "crew@new.example.org", "--rewrite-addresses",
                  check=0).out
-    assert "names team-unsubscribe@lists.example.org, mlmmj's address" in out
-    assert "redsky's is crew-leave@new.example.org" in out and "names team+unsubscribe" not in out
+    assert "named team-unsubscribe@lists.example.org, mlmmj's address" in out
+    assert "now crew-leave@new.example.org" in out and "named team+unsubscribe" not in out
     (listing,) = json.loads(rs.run("lists", "--json", check=0).out)
     assert listing["footer"].splitlines() == ["Leave: crew-leave@new.example.org",
                                               "Old: team+unsubscribe@lists.example.org"]

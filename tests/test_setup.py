@@ -360,7 +360,7 @@ def test_roots_nightly_backup_goes_where_only_root_may_write(site, tmp_path):
     (site / "data").rename(site / "data-old")
     r = redsky_as(site, "restore", str(backups / "missing.tar.gz"))
     assert r.returncode == 65 and "cannot read the backup" in r.err and "Traceback" not in r.err
-    assert redsky_as(site, "lists").returncode == 78            # a read makes no database: a restore
+    assert redsky_as(site, "lists").returncode == 0             # a read makes no database: a restore
     assert not (site / "data" / "redsky.db").exists()           # can follow a failed one
     r = redsky_as(site, "restore", str(made))
     assert r.returncode == 0, r.err

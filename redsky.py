@@ -13464,11 +13464,11 @@ def mlmmj_addresses(plan, addresses, delimiter, rewrite):
             theirs[m.group(0)] = f"{local}{suffix}@{domain}" if suffix else None
             note = f" (then `set digest on` or `set nomail on` to {local}-request@{domain})" \
                 if word.startswith("subscribe-") else ""
-            plan["warnings"].append(
-                f"{what} named {m.group(0)}, mlmmj's address: now {theirs[m.group(0)]}{note}"
-                if rewrite and suffix else f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: "
-                + (f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it")
-                + ("" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place"))
+            refused = f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: " + (
+                f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it") + (
+                "" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place")
+            plan["warnings"].append(f"{what} named {m.group(0)}, mlmmj's address: now {theirs[m.group(0)]}{note}"
+                                    if rewrite and suffix else refused)
         if rewrite and any(theirs.values()):
             plan["settings"][key] = pattern.sub(lambda m: theirs[m.group(0)] or m.group(0), text)
 

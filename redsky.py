@@ -13467,8 +13467,8 @@ def mlmmj_addresses(plan, addresses, delimiter, rewrite):
             refused = f"{what} names {m.group(0)}, mlmmj's address, which redsky refuses: " + (
                 f"redsky's is {theirs[m.group(0)]}{note}" if suffix else "redsky has none like it") + (
                 "" if rewrite or not suffix else "; --rewrite-addresses puts redsky's in its place")
-            plan["warnings"].append(f"{what} named {m.group(0)}, mlmmj's address: now {theirs[m.group(0)]}{note}"
-                                    if rewrite and suffix else refused)
+            done = f"{what} named {m.group(0)}, mlmmj's address: now {theirs[m.group(0)]}{note}"
+            plan["warnings"].append(done if rewrite and suffix else refused)
         if rewrite and any(theirs.values()):
             plan["settings"][key] = pattern.sub(lambda m: theirs[m.group(0)] or m.group(0), text)
 

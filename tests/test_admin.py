@@ -486,6 +486,10 @@ def test_the_readmes_systemd_units_run_what_the_set_up_installs_as_its_user(tmp_
         assert args.command == name.split("-")[1].split(".")[0] and args.listen, name
         listen[args.command] = args.listen
         assert unit["Install"]["WantedBy"] == "multi-user.target" and "network.target" in unit["Unit"]["After"]
+        # confined, yet free to write the set-up's data_dir (all a server writes there)
+        data_dir = re.search(r"data_dir = (\S+?)\\n", setup).group(1)
+        assert unit["Service"]["ProtectSystem"] == "strict" and unit["Service"]["NoNewPrivileges"] == "yes"
+        assert data_dir in unit["Service"]["ReadWritePaths"].split(), name
         verify = shutil.which("systemd-analyze")
         if verify:                                          # systemd's own reading of it
             (tmp_path / name).write_text(text)

@@ -2478,8 +2478,14 @@ def message_id_of(data):
 
 # an @ as text, in a URL, in HTML, and full width; before it the local part (read backwards, at
 # most 64 characters or a quoted string), after it the domain (labels, or an address literal)
-_AT = re.compile(r"@|%40|&#0*64;|&#x0*40;|&commat;|\uff20", re.I)
-_LOCAL_BACKWARDS = re.compile(r'"[^"\r\n]{1,62}"|[^\s<>()\[\],;:"@/\\\uff20\u2026\x00-\x1f\x7f]{1,64}')
+# (an entity without its semicolon counts, as browsers read it; so do the look-alikes whose NFKC is @);
+# characters that show nothing (soft hyphen, zero width, joiners, bidi controls) may stand after it
+_AT = re.compile(r"@|%40|&#0*64(?![0-9]);?|&#x0*40(?![0-9a-f]);?|&commat;|\uff20|\ufe6b", re.I)
+INVISIBLE = "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e" \
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+_INVISIBLES = re.compile(f"[{INVISIBLE}]+")
+_INVISIBLE_RUN = re.compile(f"[{INVISIBLE}]{{0,16}}")
+_LOCAL_BACKWARDS = re.compile(r'"[^"\r\n]{1,62}"|[^\s<>()\[\],;:"@/\\\uff20\ufe6b\u2026\x00-\x1f\x7f]{1,64}')
 _DOMAIN = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]|[^\W_][\w-]{0,62}(?:[.\uff0e\u3002][^\W_][\w-]{0,62}){0,20}")
 
 
@@ -2491,14 +2497,15 @@ def hide_addresses(text):
     for at in _AT.finditer(text):
         if at.start() < pos:
             continue
-        domain = _DOMAIN.match(text, at.end())
+        after = _INVISIBLE_RUN.match(text, at.end()).end()
+        domain = _DOMAIN.match(text, after)
         window = text[max(pos, at.start() - 64):at.start()]
         local = _LOCAL_BACKWARDS.match(window[::-1]) if domain else None
         if local is None:
             continue
         local = local.group(0)[::-1]
         keep = local[:2] if len(local) > 3 else local[:1] if len(local) > 1 else ""
-        out += [text[pos:at.start() - len(local)], keep, "\u2026", at.group(0), domain.group(0)]
+        out += [text[pos:at.start() - len(local)], keep, "\u2026", text[at.start():after], domain.group(0)]
         pos = domain.end()
     return "".join(out) + text[pos:] if out else text
 
@@ -2816,6 +2823,24 @@ def html_text(html):
 
 
 _HTML_TAG = re.compile(r"<!--|<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>")
+# all a browser or a mail reader may take for markup: comments as they end (-->, --!>, <!-->, or
+# never), tags, <!...>, <?...>, </...> (to their ">", or the end)
+_HTML_MARKUP = re.compile(r"<!--(?:-?>|[\s\S]*?(?:--!?>|\Z))|<[!/?a-zA-Z][^>]*(?:>|\Z)")
+
+
+def html_shown(html, lines=False):
+    """What a reader of an HTML text may see of it, joined: every markup removed (more than a browser
+    removes, never less), entities resolved, characters that show nothing dropped; with ``lines``,
+    block tags make line breaks and spaces are collapsed.  Linear time."""
+    import html as entities
+
+    def markup(m):
+        name = re.match(r"</?([a-zA-Z][a-zA-Z0-9]*)", m.group(0))
+        return "\n" if lines and name and name.group(1).lower() in _BLOCK_TAGS else ""
+    text = _INVISIBLES.sub("", entities.unescape(_HTML_MARKUP.sub(markup, html)))
+    if lines:
+        text = re.sub(r"\n[ \t]+", "\n", re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t\r\f\v]+", " ", text)))
+    return text
 _BLOCK_TAGS = ("br", "p", "div", "tr", "li", "h1", "h2", "h3", "blockquote")     # a line break in html_text
 
 
@@ -4615,11 +4640,18 @@ def archived(config, store, list_row, numbers=None):
 
 def archive_refused(msg):
     """Why a post asks not to be archived, or None: X-No-Archive (Mailman honours it whatever it
-    says; here anything but "no"), X-Archive: no (Mailman's too), Archive: no (netnews, RFC 5536)."""
-    said = {n: str(msg.get(n)).split(";")[0].strip().strip('"').lower()
-            for n in ("X-No-Archive", "X-Archive", "Archive") if msg.get(n) is not None}
-    return "X-No-Archive" if said.get("X-No-Archive", "no") != "no" else \
-        next((f"{n}: no" for n in ("X-Archive", "Archive") if said.get(n) == "no"), None)
+    says; here anything but "no"), X-Archive: no (Mailman's too), Archive: no (netnews, RFC 5536).
+    Every copy of each field counts (one that refuses wins), read as words: encoded words decoded,
+    (comments) and quotes dropped, case ignored."""
+    for name in ("X-No-Archive", "X-Archive", "Archive"):
+        for value in msg.get_all(name) or []:
+            text = decode_header_text(str(value)[:1000])
+            for _ in range(5):                                  # (comments), nested a few deep
+                text = re.sub(r"\([^()]*\)", " ", text)
+            word = (re.findall(r"[^\W_]+", text.split(";")[0].lower()) or [""])[0]
+            if name == "X-No-Archive" and word != "no" or name != "X-No-Archive" and word == "no":
+                return "X-No-Archive" if name == "X-No-Archive" else f"{name}: no"
+    return None
 
 
 def archived_at(base_url, list_row, message_id):
@@ -4773,7 +4805,10 @@ def ensure_numbered(config, store, list_row):
             return
         for position in order:
             key, data, _ = found[position - 1]
-            add_archive_row(db, list_row, post_facts(data, list_row, now), key, numbers[position])
+            if archive_refused(RawMessage(data)):        # archived before redsky honoured it: a gap
+                add_archive_row(db, list_row, gap_facts(now), key, numbers[position], now, "refused")
+            else:
+                add_archive_row(db, list_row, post_facts(data, list_row, now), key, numbers[position])
         for n in gaps:
             add_archive_row(db, list_row, gap_facts(now), "", n, now, "gone")
     log.info("archive of %s: %d posts numbered, %d published numbers kept, %d gaps", list_address(list_row),
@@ -4881,7 +4916,14 @@ def _publish_part(part, depth):
             if not isinstance(sub, str):
                 _publish_part(sub, depth + 1)
     elif part.get_content_maintype() == "text":
-        text = hide_addresses(payload_text(part, "utf-8"))
+        raw = payload_text(part, "utf-8")
+        text = hide_addresses(raw)
+        if part.get_content_type() == "text/html" and html_shown(text) != hide_addresses(html_shown(raw)):
+            # markup, entities or invisible characters split an address, so hiding it in the HTML
+            # did not hide what a reader sees: the part is published as its text, hidden, escaped
+            import html as entities
+            shown = hide_addresses(html_shown(raw, lines=True).strip())
+            text = "<div>" + "<br>\n".join(entities.escape(line) for line in shown.split("\n")) + "</div>\n"
         charset = Charset("utf-8")
         charset.body_encoding = None                # 8bit: the raw message reads as text
         del part["Content-Transfer-Encoding"]
@@ -4894,7 +4936,7 @@ SEARCH_TEXT_LIMIT = 200_000          # characters of a post's text that the sear
 def search_texts(facts, published):
     """(subject, author, body folded, the body as published, zlib) of a post: its archive_texts."""
     import zlib
-    body = text_of(published)[:SEARCH_TEXT_LIMIT]
+    body = hide_addresses(_INVISIBLES.sub("", text_of(published)[:SEARCH_TEXT_LIMIT]))
     return (search_fold(facts["subject"]), search_fold(facts["author"]), search_fold(body),
             zlib.compress(body.encode("utf-8", "replace")))
 
@@ -4936,7 +4978,8 @@ BODY_START, BODY_END = "<!--body-->", "<!--/body-->"       # a post's text on it
 REMOVED_WHY = {"author": "at its author's request", "owner": "by the list's owners",
                "gone": "before this archive numbered its posts for good",
                "import": "before the list came here: the archive it came from did not have it",
-               "missing": "(its message is missing from the archive)"}
+               "missing": "(its message is missing from the archive)",
+               "refused": "its author asked that it not be archived (X-No-Archive, X-Archive or Archive)"}
 
 
 def esc(text):
@@ -5400,8 +5443,8 @@ def build_pages(config, list_row, store=None):
             for row, data in archived(config, store, list_row):
                 months.add(row["month"])
                 threads.add(row["thread"])
-                if data is None:
-                    pages.gap(row["number"], "missing")
+                if data is None or archive_refused(RawMessage(data)):     # kept before redsky honoured it
+                    pages.gap(row["number"], "missing" if data is None else "refused")
                     continue
                 seen.add(row["id"])
                 published = published_copy(data)
@@ -13358,14 +13401,17 @@ def apply_plan(store, config, plan, dry_run=False, into_existing=False):
             db.execute(SQL["add_pending"], (new_token(), list_id, h["from_addr"] or h["sender"] or "?",
                                             "moderate", held_id, since, since + held_expiry))
     list_row = store.list_by_id(list_id)
-    renumbered = 0
+    renumbered, refused = 0, []
     for number, data in sorted(posts, key=lambda p: (p[0] is None or p[0] in taken, p[0] or 0)):
+        if archive_refused(RawMessage(data)):       # not archived here either; its number a gap
+            refused.append(number)
+            continue
         got = archive_post(config, store, list_row, data, number=number)["number"]
         renumbered += number is not None and got != number
     with store.transaction() as db:                 # numbers the source did not have: gaps, as there
-        for n in gaps:
+        for n, why in [(n, "import") for n in gaps] + [(n, "refused") for n in refused if n is not None]:
             if not db.execute(SQL["archived_post"], (list_id, n)).fetchone():
-                add_archive_row(db, list_row, gap_facts(now), "", n, now, "import")
+                add_archive_row(db, list_row, gap_facts(now), "", n, now, why)
     if renumbered:
         yield f"{renumbered} archived posts numbered anew: their numbers were taken here"
     if (posts or gaps) and list_row["archive"] == "public":

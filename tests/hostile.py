@@ -129,6 +129,8 @@ PARSERS = {
     "hide_addresses": lambda t: redsky.hide_addresses(t),
     "published_copy": lambda t: redsky.published_copy(message("Content-Type", "multipart/mixed; boundary=b",
                                                               "--b\nContent-Type: text/plain\n\n" + t + "\n--b--\n")),
+    "html_shown": lambda t: (redsky.html_shown(t), redsky.html_shown(t, lines=True)),
+    "published_copy_html": lambda t: redsky.published_copy(message("Content-Type", "text/html", t + "a@b.c")),
     "post_facts": lambda t: redsky.post_facts(message("Subject", t, t), LIST),
     "parse_date": lambda t: redsky.parse_date(t),
     "search_fold": lambda t: redsky.search_fold(t),

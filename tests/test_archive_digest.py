@@ -580,7 +580,10 @@ def test_the_pages_are_readable_by_the_web_server_whatever_the_umask(team, umask
 # --- what must not be archived ---------------------------------------------------------------
 
 @pytest.mark.parametrize("header", ["X-No-Archive: yes", "x-no-archive: YES", "X-No-Archive: Yes; reason",
-                                    "X-Archive: No", "Archive: no; filename=x", "ARCHIVE: NO"])
+                                    "X-Archive: No", "Archive: no; filename=x", "ARCHIVE: NO",
+                                    "X-No-Archive: no\nX-No-Archive: yes", "X-Archive: no (please)",
+                                    "Archive: No (a comment)", "X-Archive: =?utf-8?q?no?=",
+                                    "Archive: (why (not)) NO", "X-Archive: yes\nX-Archive: no"])
 def test_a_post_that_asks_not_to_be_archived_is_delivered_and_kept_nowhere(team, header):
     team.write_config(web={"base_url": "https://lists.example.org/redsky"})
     team.run("set", LIST, "archive", "public", check=0)

@@ -441,6 +441,22 @@ def test_an_mlmmj_archive_keeps_its_numbers_and_its_gaps(rs, tmp_path):
     assert "archived posts" not in rs.run("import", "mlmmj", str(listdir), "--into-existing", check=0).out  # once
 
 
+@pytest.mark.parametrize("header", ["X-No-Archive: yes", "X-Archive: no (please)", "Archive: =?utf-8?q?No?="])
+def test_an_imported_post_that_asked_not_to_be_archived_is_a_gap_never_published(rs, tmp_path, header):
+    listdir = mlmmj_archive(tmp_path / "team", [1, 2, 3])
+    secret = listdir / "archive" / "2"
+    secret.write_bytes(secret.read_bytes().replace(b"Subject: mlmmj 2", header.encode() + b"\nSubject: zqrefused"))
+    rs.run("init", check=0)
+    rs.run("import", "mlmmj", str(listdir), check=0)
+    rs.run("set", "team@lists.example.org", "archive", "public", check=0)
+    listing = {r["number"]: r["subject"] for r in json.loads(rs.run("archive", "team@lists.example.org", "--json",
+                                                                    check=0).out)}
+    assert listing == {1: "mlmmj 1", 3: "mlmmj 3"}
+    pages = rs.home / "pages" / "team@lists.example.org"
+    assert "asked that it not be archived" in (pages / "2.html").read_text()
+    assert not [p for p in pages.rglob("*") if p.is_file() and b"zqrefused" in p.read_bytes()]
+
+
 def test_an_import_into_an_archive_that_has_the_numbers_numbers_anew_and_says_so(rs, tmp_path):
     rs.newlist("team@lists.example.org", "--access", "open", members=("bob@example.net",))
     for i in (1, 2):

@@ -292,6 +292,46 @@ def test_no_published_surface_holds_a_whole_address_and_search_confirms_none(rs)
     assert member and "zqplain@example.com" in member[0]
 
 
+SPLITTERS = ["<b></b>", "<!-- x -->", "<wbr>", "<span>s</span>", "&shy;", "&#8203;", "\u200b", "<?x>",
+             "</ x>", "<!-->", "<!-- a --!>", '<span style="display:none">zz</span>', "<i\n>", "&#x00AD;"]
+ATS = ["@", "&#64", "&#x40;", "&#64;", "\ufe6b", "\uff20", "\u200b@\u200b", "&commat;"]
+
+
+@pytest.mark.parametrize("n", range(len(SPLITTERS)))
+def test_an_address_split_by_markup_entities_or_invisibles_is_hidden_everywhere(rs, n):
+    """Hiding an address in an HTML part's source does not hide what a reader sees when markup,
+    an entity or an invisible character splits it: every published surface, read as shown."""
+    import html
+    from urllib.parse import urlencode
+    import redsky
+    from conftest import request, wsgi
+    rs.newlist(LIST, "--access", "open", members=("bob@example.net",))
+    rs.write_config(web={"base_url": "https://lists.example.org/redsky", "search_per_client": "0"})
+    rs.run("set", LIST, "archive", "public", check=0)
+    split, at = SPLITTERS[n], ATS[n % len(ATS)]
+    body = (f"<html><body><p>Hello, write to zqhiddenxx.localyy{split}{at}example.com or "
+            f"zqotherxx.nameyy{at}{split}example.org, and &lt;zqthirdxx{split}partyy@example.net&gt;</p></body></html>")
+    data = (f"From: m@example.org\nTo: {LIST}\nSubject: zqsplit\nMessage-ID: <split{n}@example.org>\n"
+            "MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=B\n\n--B\n"
+            "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+            f"{body}\n--B--\n").encode()
+    assert rs.queue(data, sender="m@example.org").returncode == 0
+    shown = lambda text: redsky.html_shown(text.replace("\u2026", " ")).lower()      # noqa: E731
+    surfaces = {str(p): shown(readable(p.read_bytes())) for p in (rs.home / "pages").rglob("*") if p.is_file()}
+    for extra in ({}, {"format": "atom"}):
+        status, _, page = wsgi(rs, f"/archive/{LIST}/search", query=urlencode({"q": "zqsplit hello", **extra}))
+        assert status == 200 and "zqsplit" in page
+        surfaces[f"search {extra}"] = shown(html.unescape(page))
+    request(rs, "get 1", "stranger@example.com").check_returncode()
+    rs.run("send", check=0)
+    surfaces.update({f"mail {i}": shown(readable(d)) for i, (argv, d) in enumerate(rs.sent())
+                     if argv[-1] == "stranger@example.com"})
+    assert "hello, write to" in surfaces[str(rs.home / "pages" / LIST / "1.html")]
+    for secret in ("hiddenxx", "localyy", "otherxx", "nameyy", "thirdxx", "partyy"):
+        leaks = [name for name, text in surfaces.items() if secret in text]
+        assert not leaks, (secret, leaks)
+
+
 def test_bidirectional_controls_cannot_reorder_what_stands_beside_them(rs):
     rs.newlist(LIST, "--access", "open", members=("bob@example.net",))
     rs.run("set", LIST, "archive", "public", check=0)

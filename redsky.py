@@ -1433,7 +1433,7 @@ SQL = {
                          " VALUES (:list_id, :number, :message_id, :archived, :date, :month, :subject,"
                          " :author, :thread, :parent, :subject_key, :location, :removed, :removed_by)",
     "archive_drop": "DELETE FROM archived_posts WHERE id = ?",
-    "archive_remove": "UPDATE archived_posts SET removed = ?, removed_by = ?, message_id = '', subject = '',"
+    "archive_remove": "UPDATE archived_posts SET removed = ?, removed_by = ?, message_id = ?, subject = '',"
                       " author = '', subject_key = '' WHERE id = ?",
     "archived_post": "SELECT * FROM archived_posts WHERE list_id = ? AND number = ?",
     "archived_present": "SELECT * FROM archived_posts WHERE list_id = ? AND removed IS NULL ORDER BY number",
@@ -1441,6 +1441,9 @@ SQL = {
                         " ORDER BY number",
     "archived_by_message_id": "SELECT * FROM archived_posts WHERE list_id = ? AND message_id = ?"
                               " AND removed IS NULL ORDER BY number LIMIT 1",
+    # msgid/: the first post ever archived under an ID (a removed one's by its gap_id)
+    "archived_first_by_message_id": "SELECT * FROM archived_posts WHERE list_id = ? AND message_id IN (?, ?)"
+                                    " ORDER BY number LIMIT 1",
     "archived_by_subject": "SELECT number, thread FROM archived_posts WHERE list_id = ? AND subject_key = ?"
                            " AND removed IS NULL AND date > ? ORDER BY number DESC LIMIT 1",
     "archived_month": "SELECT * FROM archived_posts WHERE list_id = ? AND month = ? AND removed IS NULL"
@@ -4622,6 +4625,21 @@ def archive_refused(msg):
         next((f"{n}: no" for n in ("X-Archive", "Archive") if said.get(n) == "no"), None)
 
 
+def gap_id(store, message_id):
+    """What a removed post's row keeps of its Message-ID, so that msgid/ still finds its gap and no
+    later post takes its link: a keyed hash (the ID itself is not kept), '' for none."""
+    import hmac
+    return "gap:" + hmac.new(store.verp_key.encode(), message_id.encode("utf-8", "replace"),
+                             "sha256").hexdigest()[:40] if message_id else ""
+
+
+def first_archived(store, list_row, message_id):
+    """The row of the first post ever archived under ``message_id`` ('<...>'), present or removed
+    (its gap), or None: the one post msgid/ and Archived-At name by that ID."""
+    return store.q("archived_first_by_message_id", list_row["id"], message_id,
+                   gap_id(store, message_id)).fetchone() if message_id else None
+
+
 def archived_at(base_url, list_row, message_id):
     """The Archived-At value (RFC 5064) of a post: its page by Message-ID under [web] base_url."""
     safe = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_~!$&'*+=:@")
@@ -4706,11 +4724,13 @@ def add_archive_row(db, list_row, facts, location="", number=None, removed=None,
     return values
 
 
-def archive_post(config, store, list_row, data, sender=None, number=None, published=None):
+def archive_post(config, store, list_row, data, sender=None, number=None, published=None, message_id=""):
     """Keep a post: its row and number in one transaction (with its search texts when ``published``,
-    its published_copy, is given), then its bytes, else the number goes back (unseen).  The row."""
+    its published_copy, is given), then its bytes, else the number goes back (unseen).  The row
+    keeps ``message_id`` (the ID its Archived-At names, finish_post) when given, else its own."""
     ensure_numbered(config, store, list_row)
     facts = post_facts(data, list_row)
+    facts["message_id"] = message_id or facts["message_id"]
     location = maildir_name() if config.get("archive", "format") == "maildir" else ""
     texts = search_texts(facts, published) if published is not None else None
     with store.transaction() as db:
@@ -5442,9 +5462,11 @@ def archive_remove(config, store, list_row, numbers, why):
     """Remove posts: bytes, texts and what their rows said, each row kept as a gap that says ``why``
     ('author': forget, 'owner'); then the pages.  Returns the numbers removed."""
     import mailbox
-    rows = [row for row, _ in archived(config, store, list_row, numbers)] if numbers else []
+    found = list(archived(config, store, list_row, numbers)) if numbers else []
+    rows = [row for row, _ in found]
     if not rows:
         return []
+    kept_ids = {row["id"]: _gap_id_kept(store, row, data) for row, data in found}
     path = archive_path(config, list_row)
     if config.get("archive", "format") == "mbox":
         if os.path.exists(path):
@@ -5467,10 +5489,23 @@ def archive_remove(config, store, list_row, numbers, why):
     with store.transaction() as db:
         unindex_texts(db, [row["id"] for row in rows])
         for row in rows:
-            db.execute(SQL["archive_remove"], (time.time(), why, row["id"]))
+            db.execute(SQL["archive_remove"], (time.time(), why, kept_ids[row["id"]], row["id"]))
     if list_row["archive"] == "public":
         unpublish(config, store, list_row, rows, why)
     return [row["number"] for row in rows]
+
+
+def _gap_id_kept(store, row, data):
+    """The gap_id a removed post's row keeps, or '' when its Message-ID names an address of its
+    author (From, Sender, Reply-To): then msgid/ could tell that this person's post was removed."""
+    message_id = row["message_id"] or ""
+    said = set()
+    if data is not None:
+        msg = RawMessage(data)
+        for field in ("From", "Sender", "Reply-To"):
+            said.update(a.lower() for a in addresses_in(msg.get_all(field)[:5]))
+    own = message_id.strip("<>").lower()
+    return "" if any(a and a in own for a in said) else gap_id(store, message_id)
 
 
 def archive_delete(config, store, list_row, number, by=""):
@@ -5595,6 +5630,7 @@ class Context:
         self.outbox = Outbox()      # generated messages queued with the post or the action
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
+        self.archive_id = ""        # the ID its Archived-At names when not its Message-ID (finish_post)
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
         self.lock_fd = None         # singleinstance's flock, held until cmd_send closes it
         self.now = 0.0              # queuebuilder's clock: what is due
@@ -7988,9 +8024,14 @@ def finish_post(ctx):
     base_url = ctx.config.get("web", "base_url")
     for name, value in list_headers(ctx.list, base_url):
         msg.append(name, value)
+    # the ID the archive keeps it by (archive): its Message-ID as message_id_of reads it, else (none
+    # readable, or one a post archived before has: msgid/ stays that post's) one made here
+    named = message_id_of(msg)
+    if not named or first_archived(ctx.store, ctx.list, named) is not None:
+        named = ctx.archive_id = new_message_id(ctx.list["domain"])
     if base_url and ctx.list["archive"] == "public" and not archive_refused(msg) \
             and "archive" in ctx.config.get("queue", "filters").split():
-        msg.append("Archived-At", archived_at(base_url, ctx.list, ctx.message_id))
+        msg.append("Archived-At", archived_at(base_url, ctx.list, named))
     return bytes(msg)
 
 
@@ -8024,7 +8065,8 @@ def archive(ctx):
     public = ctx.list["archive"] == "public"
     try:
         published = published_copy(kept) if public else None
-        row = archive_post(ctx.config, ctx.store, ctx.list, kept, ctx.sender, published=published)
+        row = archive_post(ctx.config, ctx.store, ctx.list, kept, ctx.sender, published=published,
+                           message_id=ctx.archive_id)
     except (OSError, ValueError, StoreError) as e:
         log.error("cannot archive %s: %s", ctx.describe(), e)
         ctx.note(f"not archived: {e}")
@@ -9274,7 +9316,7 @@ def by_message_id(store, list_row, written, root):
         message_id = written.encode("latin-1").decode("utf-8").strip().strip("<>")
     except UnicodeError:
         return not_found()
-    row = store.q("archived_by_message_id", list_row["id"], f"<{message_id}>").fetchone()
+    row = first_archived(store, list_row, f"<{message_id}>")
     if row is None:
         return not_found()
     return message_page("Moved", f"This is post {row['number']}.", "301 Moved Permanently", [

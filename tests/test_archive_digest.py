@@ -660,6 +660,84 @@ def test_every_copy_carries_archived_at_which_finds_its_page(team):
     assert all(parse(d)["Archived-At"] is None for _, d in team.sent()[before:])
 
 
+def _archived_at_of(team, subject):
+    team.run("send", check=0)
+    (url,) = {parse(d)["Archived-At"] for _, d in team.sent() if parse(d)["Subject"] == subject}
+    return url
+
+
+def _follow(team, url):
+    from urllib.parse import unquote
+    status, headers, _ = wsgi(team, unquote(url.strip("<>")[len(BASE):]).encode("utf-8").decode("latin-1"))
+    return status, headers.get("Location", "")
+
+
+@pytest.mark.parametrize("removal", ["owner", "forget"])
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_a_removed_posts_message_id_link_never_passes_to_a_later_post(team, removal, fmt):
+    """Issue 33 review: after a removal (and the duplicate window), a post with the same Message-ID
+    got the msgid/ link.  The link stays the first post's (its gap); a later one has its own."""
+    team.write_config(web={"base_url": BASE}, archive={"format": fmt})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="original", msgid="<orig.1234@mail.example.org>", sender="carol@example.com"), check=0)
+    team.queue(post(subject="kept", msgid="<kept@example.org>"), check=0)
+    if removal == "owner":
+        team.run("archive", "delete", LIST, "1", check=0)
+    else:
+        assert "archive 1" in team.run("forget", "carol@example.com", "--archive", check=0).out
+    with team.db() as db:
+        db.execute("DELETE FROM recent_posts")                     # as after [queue] duplicate_window
+        assert b"orig.1234" not in repr(list(db.execute("SELECT * FROM archived_posts"))).encode()
+    for attempt in ("taker", "taker again"):
+        team.queue(post(subject=attempt, body=attempt + "\n", msgid="<orig.1234@mail.example.org>"), check=0)
+        with team.db() as db:
+            db.execute("DELETE FROM recent_posts")
+    assert listing(team) == {2: "kept", 3: "taker", 4: "taker again"}
+    assert _follow(team, f"<{BASE}/archive/{LIST}/msgid/orig.1234@mail.example.org>") == \
+        (301, f"{BASE}/archive/{LIST}/1.html")                    # the gap, still
+    assert "removed" in wsgi(team, f"/archive/{LIST}/1.html")[2]
+    for n, attempt in ((3, "taker"), (4, "taker again")):        # each later post: a link of its own
+        url = _archived_at_of(team, attempt)
+        assert "orig.1234" not in url and _follow(team, url) == (301, f"{BASE}/archive/{LIST}/{n}.html")
+    # a present post keeps its link against a later one with its Message-ID too
+    team.queue(post(subject="again", body="other\n", msgid="<kept@example.org>"), check=0)
+    with team.db() as db:
+        db.execute("DELETE FROM recent_posts")
+    assert _follow(team, f"<{BASE}/archive/{LIST}/msgid/kept@example.org>")[1].endswith("/2.html")
+    assert "kept@example.org" not in _archived_at_of(team, "again")
+
+
+def test_a_removed_post_whose_message_id_names_its_author_keeps_nothing_of_it(team):
+    """forget --archive removes personal data: a Message-ID made of the author's address is not kept
+    even hashed, so msgid/ cannot confirm that this person's post was removed."""
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="mine", msgid="<1700000000.Carol.X@Example.com>", sender="carol.x@example.com"), check=0)
+    team.queue(post(subject="other", msgid="<other@example.org>"), check=0)
+    team.run("forget", "carol.x@example.com", "--archive", check=0)
+    with team.db() as db:
+        assert [r[0] for r in db.execute("SELECT message_id FROM archived_posts ORDER BY number")] == \
+            ["", "<other@example.org>"]
+    assert wsgi(team, f"/archive/{LIST}/msgid/1700000000.Carol.X@Example.com")[0] == 404
+
+
+@pytest.mark.parametrize("header", ["<c1@example.org> (a comment)", "foo.bar@example.org",
+                                    "<two1@example.org> <two2@example.org>", "junk <p1@example.org>",
+                                    "<a b@example.org>", "<" + "x" * 260 + "@example.org>",
+                                    "(comment first) <cf@example.org>", "<>", "<@>"])
+def test_every_archived_at_resolves_whatever_the_message_id(team, header):
+    """Issue 33 review: Archived-At was made of the raw header, the archive's row of the parsed ID
+    (or ''): a comment, no brackets, two IDs, a space, 260 characters gave links that 404."""
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="first", msgid="<first@example.org>"), check=0)
+    team.queue(post(subject="odd", msgid=header), check=0)
+    assert listing(team) == {1: "first", 2: "odd"}
+    url = _archived_at_of(team, "odd")
+    assert _follow(team, url) == (301, f"{BASE}/archive/{LIST}/2.html")
+    assert wsgi(team, f"/archive/{LIST}/2.html")[0] == 200
+
+
 def test_the_raw_message_and_the_mboxes_of_a_post_its_thread_and_its_month(team):
     team.run("set", LIST, "archive", "public", check=0)
     first = post(subject="Plan", body="From the start: a line mbox must quote.\n", msgid="<t1@example.org>")

@@ -4949,6 +4949,7 @@ DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "emb
                     "plaintext")
 PAGE_PART_LIMIT = 512 * 1024        # characters of one text part shown on a page
 THREAD_PAGE_POSTS = 300             # posts a thread page shows with their text (the rest: links)
+THREAD_PAGE_BYTES = 2_000_000       # and at most this much of their texts (the rest: links)
 FEED_POSTS = 20                     # posts in the feed and in the index's latest
 _URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.I)
 _ESCAPED_URL = re.compile(r"https?://(?:[^\s&<>\"'\x00-\x1f\x7f]|&amp;)+", re.I)     # in escaped text
@@ -5187,7 +5188,8 @@ def index_page(list_row, months, latest):
 
 
 def thread_page(list_row, thread, rows, bodies):
-    """Every post of a thread in order, with its text (the first THREAD_PAGE_POSTS), across months."""
+    """Every post of a thread in order, across months, with its text when ``bodies`` has it (the
+    first THREAD_PAGE_POSTS, THREAD_PAGE_BYTES at most), else a link to its page."""
     shown = {r["number"] for r in rows}
     items = []
     for i, r in enumerate(rows):
@@ -5203,6 +5205,9 @@ def thread_page(list_row, thread, rows, bodies):
     return html_page(f"{rows[0]['subject']} - {list_address(list_row)}",
                      f"{nav}\n<h1>{esc(rows[0]['subject'])}</h1>\n<p>{len(rows)} post{'s' * (len(rows) != 1)}"
                      f", {_day(rows[0]['date'], '%Y-%m-%d')} to {_day(rows[-1]['date'], '%Y-%m-%d')}.</p>\n"
+                     + (f"<p>{len(rows) - len(bodies)} of them stand as links to their pages: a thread page shows"
+                        f" the texts of at most {THREAD_PAGE_POSTS} posts and {THREAD_PAGE_BYTES // 1000000} MB."
+                        "</p>\n" if len(bodies) < len(rows) else "")
                      + "\n".join(items) + f"\n{nav}")
 
 
@@ -5346,7 +5351,14 @@ class Pages:
             if not rows:
                 _unlink_quietly(self.file(f"thread/{thread}.html"))
             else:
-                bodies = {r["number"]: self.body(r["number"]) for r in rows[:THREAD_PAGE_POSTS]}
+                bodies, size = {}, 0
+                for r in rows[:THREAD_PAGE_POSTS]:          # the texts up to THREAD_PAGE_BYTES
+                    text = self.body(r["number"])
+                    size += len(text or "")
+                    if size > THREAD_PAGE_BYTES:
+                        break
+                    if text is not None:
+                        bodies[r["number"]] = text
                 self.write(f"thread/{thread}.html", thread_page(self.list, thread, rows, bodies))
             self.mbox(f"thread/{thread}.mbox", rows, added if added and added["thread"] == thread else None)
         latest = [dict(r) for r in self.store.q("archived_latest", list_id, FEED_POSTS)]
@@ -8986,7 +8998,7 @@ class WebApp:
             status, body, kind, extra = message_page(
                 "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
                 [("Retry-After", "60")])
-        data = body if isinstance(body, bytes) else body.encode("utf-8")
+        data = body if isinstance(body, (bytes, FileBody)) else body.encode("utf-8")
         referrer = next((v for n, v in extra if n == "Referrer-Policy"), "no-referrer")  # a page's own
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
@@ -8994,6 +9006,10 @@ class WebApp:
                                 ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", referrer),
                                 ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")]
                        + [h for h in extra if h[0] != "Referrer-Policy"])
+        if isinstance(data, FileBody):
+            if environ.get("REQUEST_METHOD") != "HEAD":
+                return FileAnswer(data, config, later)
+            data.close()
         return WebAnswer(data if environ.get("REQUEST_METHOD") != "HEAD" else b"", config, later)
 
     def route(self, config, environ):
@@ -9155,9 +9171,8 @@ class WebApp:
         if name.startswith("msgid/"):
             return by_message_id(store, list_row, name[6:], config.get("web", "base_url").rstrip("/")
                                  or environ.get("SCRIPT_NAME", ""))
-        try:
-            with open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb") as fh:
-                data = fh.read()
+        try:                        # sent as read (FileBody): a month's mbox can be large
+            data = FileBody(open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb"))
         except OSError:
             return not_found()
         if name.startswith("att/") or name.endswith(".mbox"):
@@ -9344,6 +9359,46 @@ class WebAnswer(list):
             except Exception as e:      # the answer is gone: one line in the log
                 log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300),
                           exc_info=not isinstance(e, (Failure, StoreError)))
+
+
+class FileBody:
+    """A file an answer sends as it reads it, FileBody.CHUNK bytes at a time, never whole: a month's
+    mbox may be hundreds of MB (WebApp.archive)."""
+    CHUNK = 262144
+
+    def __init__(self, fh):
+        self.fh, self.size = fh, os.fstat(fh.fileno()).st_size
+
+    def __len__(self):
+        return self.size
+
+    def chunks(self):
+        left = self.size                        # as Content-Length said, even if the file grows
+        while left > 0:
+            chunk = self.fh.read(min(self.CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+    def close(self):
+        self.fh.close()
+
+
+class FileAnswer(WebAnswer):
+    """A WebAnswer whose body is a FileBody, read a chunk at a time as it is sent (WSGI servers,
+    the CGI and `web --listen` iterate it); close() closes the file too."""
+
+    def __init__(self, body, config, later):
+        super().__init__(b"", config, later)
+        self.body = body
+
+    def __iter__(self):
+        return self.body.chunks()
+
+    def close(self):
+        self.body.close()
+        super().close()
 
 
 def after_answer(environ, work):
@@ -9754,10 +9809,15 @@ def wsgi_environ(request, body, address, server, peer):
     return environ
 
 
+WSGI_WHOLE = 1 << 20        # bytes of an answer run_wsgi takes whole; the rest is sent as it is read
+
+
 def run_wsgi(app, environ):
-    """(status, headers, body, result) of one call of a WSGI application, its body whole (pages are
-    small); the caller closes ``result`` once the client has the answer (WebAnswer's work waits)."""
-    answer, chunks = {}, []
+    """(status, headers, body, result, rest) of one call of a WSGI application: its body whole up to
+    WSGI_WHOLE bytes (pages are small), ``rest`` the iterator of what follows (a large file: sent as
+    read) or None; the caller closes ``result`` once the client has the answer (WebAnswer's work
+    waits)."""
+    answer, chunks, size, rest = {}, [], 0, None
 
     def start_response(status, headers, exc_info=None):
         if "status" in answer and not exc_info:
@@ -9766,18 +9826,26 @@ def run_wsgi(app, environ):
         return chunks.append
     result = app(environ, start_response)
     try:
-        for chunk in result:
+        it = iter(result)
+        for chunk in it:
             chunks.append(chunk)
+            size += len(chunk)
+            if size >= WSGI_WHOLE:
+                rest = it
+                break
         if "status" not in answer:
             raise AssertionError("the application never called start_response")
     except BaseException:
         if hasattr(result, "close"):
             result.close()
         raise
-    return answer["status"], answer["headers"], b"".join(chunks), result
+    if rest is not None and not any(n.lower() == "content-length" for n, _ in answer["headers"]):
+        chunks.extend(rest)                     # no length to announce: whole, as before
+        rest = None
+    return answer["status"], answer["headers"], b"".join(chunks), result, rest
 
 
-def http_response(status, headers, body, method):
+def http_response(status, headers, body, method, streamed=False):
     """The bytes of an answer: the application's status and fields (checked: no CR, LF or other
     control character can split it), a true Content-Length, Date and Connection: close; HEAD and
     204/304 without a body."""
@@ -9795,7 +9863,7 @@ def http_response(status, headers, body, method):
     if method == "HEAD" and length is not None:
         lines.append(f"Content-Length: {length}")       # what GET would send
     elif code >= 200 and code != 204 and method != "HEAD":
-        lines.append(f"Content-Length: {len(body)}")
+        lines.append(f"Content-Length: {length if streamed else len(body)}")     # streamed: the app's
     lines += [time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT", time.gmtime()), "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
 
@@ -9817,6 +9885,7 @@ class WebClient:
         self.sock, self.address, self.peer, self.deadline = sock, address, peer, deadline
         self.phase, self.reader, self.out, self.sent, self.drained = "head", RequestReader(), None, 0, 0
         self.continued, self.counted = False, True       # counted: in its peer's share (not once answered)
+        self.rest, self.result = None, None               # a streamed answer: its next chunks, its result
         self.events = 0                                   # what the selector watches for it
 
 
@@ -10003,11 +10072,11 @@ class WebServer:
             if job is None:
                 return
             client, (request, body) = job
-            result = None
+            result = rest = None
             try:
                 environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
-                status, headers, data, result = run_wsgi(self.app, environ)
-                answer = http_response(status, headers, data, request["method"])
+                status, headers, data, result, rest = run_wsgi(self.app, environ)
+                answer = http_response(status, headers, data, request["method"], rest is not None)
             except Exception as e:
                 log.error("web: %s %s: %s: %s", request["method"], log_target(request["path"]),
                           type(e).__name__, one_line(e, 300), exc_info=True)
@@ -10015,6 +10084,11 @@ class WebServer:
             log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
                      else "-", request["method"], log_target(request["target"][:300]), request["version"],
                      status[:3], len(data))
+            if rest is not None:    # a large file: the loop sends it as it reads it, then closes result
+                client.rest, client.result = rest, result
+                self.done.append((client, answer))
+                self.wake()
+                continue
             try:                    # the usual case: the socket takes it all at once, no thread switch
                 sent = client.sock.send(answer)
                 if sent == len(answer):
@@ -10060,6 +10134,13 @@ class WebServer:
             return
         if client.sent < len(client.out):
             return
+        chunk = next(client.rest, None) if client.rest is not None else None
+        if chunk:                   # a streamed answer's next chunk, with its own time to be taken
+            client.out, client.sent = memoryview(chunk), 0
+            client.deadline = time.monotonic() + self.timeout + len(chunk) / 65536
+            self.next_expiry = min(self.next_expiry, client.deadline)
+            return
+        self.end_stream(client)
         try:                        # all sent: read and drop what still comes, then close
             client.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -10117,7 +10198,17 @@ class WebServer:
             if self.peers[client.peer] <= 0:
                 del self.peers[client.peer]
 
+    def end_stream(self, client):
+        """A streamed answer is over (sent, or its connection closed): its file closed."""
+        result, client.rest, client.result = client.result, None, None
+        if result is not None:
+            try:
+                result.close()
+            except Exception as e:
+                log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300))
+
     def close(self, client):
+        self.end_stream(client)
         if client not in self.clients:
             return
         self.clients.discard(client)

@@ -879,3 +879,42 @@ def test_the_search_index_follows_removals_and_catches_up(team, monkeypatch):
     assert found(team, "findable") == [4, 3, 2]
     team.run("set", LIST, "archive", "private", check=0)     # no public archive: no texts to search
     assert team.db().execute("SELECT count(*) FROM archive_texts").fetchone()[0] == 0
+
+
+def test_an_archive_file_is_answered_a_chunk_at_a_time(team):
+    """Issue 33 review: WebApp read each file whole (CGI and any WSGI server too): the answer is
+    an iterator of chunks read as it is sent, whatever the file (an mbox, a page, an attachment)."""
+    import redsky
+    team.run("set", LIST, "archive", "public", check=0)
+    for data in posts_with_attachment(3):
+        team.queue(data, check=0)
+    folder = team.home / "pages" / LIST
+    (folder / "2020-01.mbox").write_bytes(b"x" * 3_000_000)
+    for name in ("2020-01.mbox", "1.html", next(p.name for p in (folder / "att").iterdir())):
+        path = folder / ("att/" + name if not (folder / name).exists() else name)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/archive/{LIST}/{path.relative_to(folder)}",
+                   "SCRIPT_NAME": "", "QUERY_STRING": "", "REMOTE_ADDR": "192.0.2.1"}
+        seen = {}
+        result = redsky.WebApp(redsky.Config.find(str(team.config)))(environ, lambda s, h: seen.update(h))
+        assert not isinstance(result, list) or len(result) == 0 or result[0] == b""
+        chunks = list(result)
+        result.close()
+        assert b"".join(chunks) == path.read_bytes() and seen["Content-Length"] == str(path.stat().st_size)
+        assert max(map(len, chunks)) <= 262144
+
+
+def test_a_thread_page_has_a_byte_cap_and_links_what_it_leaves_out(team, monkeypatch):
+    """Issue 33 review: 300 posts of 400 KB made one thread page of 228 MB, written again on every
+    reply: a thread page shows texts up to THREAD_PAGE_BYTES, the rest as links, and says so."""
+    import redsky
+    monkeypatch.setattr(redsky, "THREAD_PAGE_BYTES", 60_000)
+    team.run("set", LIST, "archive", "public", check=0)
+    big = "".join(f"line {i} of a long post in a long thread\n" for i in range(500))      # ~20 KB
+    team.queue(post(subject="Long", body=big, msgid="<l0@example.org>"), check=0)
+    for i in range(1, 8):
+        team.queue(post(subject="Re: Long", body=f"reply {i}\n" + big, msgid=f"<l{i}@example.org>",
+                        extra="In-Reply-To: <l0@example.org>\n"), check=0)
+    page = (team.home / "pages" / LIST / "thread" / "1.html").read_text()
+    assert len(page.encode()) < 100_000 and page.count("line 499 of a long post") < 5
+    assert "stand as links" in page and '<a href="../8.html">post 8</a>' in page
+    assert "reply 1" in page

@@ -5205,9 +5205,9 @@ def thread_page(list_row, thread, rows, bodies):
     return html_page(f"{rows[0]['subject']} - {list_address(list_row)}",
                      f"{nav}\n<h1>{esc(rows[0]['subject'])}</h1>\n<p>{len(rows)} post{'s' * (len(rows) != 1)}"
                      f", {_day(rows[0]['date'], '%Y-%m-%d')} to {_day(rows[-1]['date'], '%Y-%m-%d')}.</p>\n"
-                     + (f"<p>{len(rows) - len(bodies)} of them stand as links to their pages: a thread page shows"
-                        f" the texts of at most {THREAD_PAGE_POSTS} posts and {THREAD_PAGE_BYTES // 1000000} MB."
-                        "</p>\n" if len(bodies) < len(rows) else "")
+                     + (f"<p>{len(rows) - len(bodies)} of them stand as links to their pages: a thread"
+                        f" page shows the texts of at most {THREAD_PAGE_POSTS} posts and"
+                        f" {THREAD_PAGE_BYTES // 1000000} MB.</p>\n" if len(bodies) < len(rows) else "")
                      + "\n".join(items) + f"\n{nav}")
 
 

@@ -4636,8 +4636,11 @@ def gap_id(store, message_id):
 def first_archived(store, list_row, message_id):
     """The row of the first post ever archived under ``message_id`` ('<...>'), present or removed
     (its gap), or None: the one post msgid/ and Archived-At name by that ID."""
+    if not message_id:
+        return None
+    gaps = store.q("archived_removed", list_row["id"]).fetchone() is not None    # hmac only then
     return store.q("archived_first_by_message_id", list_row["id"], message_id,
-                   gap_id(store, message_id)).fetchone() if message_id else None
+                   gap_id(store, message_id) if gaps else message_id).fetchone()
 
 
 def archived_at(base_url, list_row, message_id):

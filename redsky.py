@@ -1433,7 +1433,7 @@ SQL = {
                          " VALUES (:list_id, :number, :message_id, :archived, :date, :month, :subject,"
                          " :author, :thread, :parent, :subject_key, :location, :removed, :removed_by)",
     "archive_drop": "DELETE FROM archived_posts WHERE id = ?",
-    "archive_remove": "UPDATE archived_posts SET removed = ?, removed_by = ?, message_id = '', subject = '',"
+    "archive_remove": "UPDATE archived_posts SET removed = ?, removed_by = ?, message_id = ?, subject = '',"
                       " author = '', subject_key = '' WHERE id = ?",
     "archived_post": "SELECT * FROM archived_posts WHERE list_id = ? AND number = ?",
     "archived_present": "SELECT * FROM archived_posts WHERE list_id = ? AND removed IS NULL ORDER BY number",
@@ -1441,6 +1441,9 @@ SQL = {
                         " ORDER BY number",
     "archived_by_message_id": "SELECT * FROM archived_posts WHERE list_id = ? AND message_id = ?"
                               " AND removed IS NULL ORDER BY number LIMIT 1",
+    # msgid/: the first post ever archived under an ID (a removed one's by its gap_id)
+    "archived_first_by_message_id": "SELECT * FROM archived_posts WHERE list_id = ? AND message_id IN (?, ?)"
+                                    " ORDER BY number LIMIT 1",
     "archived_by_subject": "SELECT number, thread FROM archived_posts WHERE list_id = ? AND subject_key = ?"
                            " AND removed IS NULL AND date > ? ORDER BY number DESC LIMIT 1",
     "archived_month": "SELECT * FROM archived_posts WHERE list_id = ? AND month = ? AND removed IS NULL"
@@ -4654,6 +4657,24 @@ def archive_refused(msg):
     return None
 
 
+def gap_id(store, message_id):
+    """What a removed post's row keeps of its Message-ID, so that msgid/ still finds its gap and no
+    later post takes its link: a keyed hash (the ID itself is not kept), '' for none."""
+    import hmac
+    return "gap:" + hmac.new(store.verp_key.encode(), message_id.encode("utf-8", "replace"),
+                             "sha256").hexdigest()[:40] if message_id else ""
+
+
+def first_archived(store, list_row, message_id):
+    """The row of the first post ever archived under ``message_id`` ('<...>'), present or removed
+    (its gap), or None: the one post msgid/ and Archived-At name by that ID."""
+    if not message_id:
+        return None
+    gaps = store.q("archived_removed", list_row["id"]).fetchone() is not None    # hmac only then
+    return store.q("archived_first_by_message_id", list_row["id"], message_id,
+                   gap_id(store, message_id) if gaps else message_id).fetchone()
+
+
 def archived_at(base_url, list_row, message_id):
     """The Archived-At value (RFC 5064) of a post: its page by Message-ID under [web] base_url."""
     safe = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_~!$&'*+=:@")
@@ -4738,11 +4759,13 @@ def add_archive_row(db, list_row, facts, location="", number=None, removed=None,
     return values
 
 
-def archive_post(config, store, list_row, data, sender=None, number=None, published=None):
+def archive_post(config, store, list_row, data, sender=None, number=None, published=None, message_id=""):
     """Keep a post: its row and number in one transaction (with its search texts when ``published``,
-    its published_copy, is given), then its bytes, else the number goes back (unseen).  The row."""
+    its published_copy, is given), then its bytes, else the number goes back (unseen).  The row
+    keeps ``message_id`` (the ID its Archived-At names, finish_post) when given, else its own."""
     ensure_numbered(config, store, list_row)
     facts = post_facts(data, list_row)
+    facts["message_id"] = message_id or facts["message_id"]
     location = maildir_name() if config.get("archive", "format") == "maildir" else ""
     texts = search_texts(facts, published) if published is not None else None
     with store.transaction() as db:
@@ -4971,6 +4994,7 @@ DROPPED_ELEMENTS = ("script", "style", "head", "title", "iframe", "object", "emb
                     "plaintext")
 PAGE_PART_LIMIT = 512 * 1024        # characters of one text part shown on a page
 THREAD_PAGE_POSTS = 300             # posts a thread page shows with their text (the rest: links)
+THREAD_PAGE_BYTES = 2_000_000       # and at most this much of their texts (the rest: links)
 FEED_POSTS = 20                     # posts in the feed and in the index's latest
 _URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.I)
 _ESCAPED_URL = re.compile(r"https?://(?:[^\s&<>\"'\x00-\x1f\x7f]|&amp;)+", re.I)     # in escaped text
@@ -5210,7 +5234,8 @@ def index_page(list_row, months, latest):
 
 
 def thread_page(list_row, thread, rows, bodies):
-    """Every post of a thread in order, with its text (the first THREAD_PAGE_POSTS), across months."""
+    """Every post of a thread in order, across months, with its text when ``bodies`` has it (the
+    first THREAD_PAGE_POSTS, THREAD_PAGE_BYTES at most), else a link to its page."""
     shown = {r["number"] for r in rows}
     items = []
     for i, r in enumerate(rows):
@@ -5226,6 +5251,9 @@ def thread_page(list_row, thread, rows, bodies):
     return html_page(f"{rows[0]['subject']} - {list_address(list_row)}",
                      f"{nav}\n<h1>{esc(rows[0]['subject'])}</h1>\n<p>{len(rows)} post{'s' * (len(rows) != 1)}"
                      f", {_day(rows[0]['date'], '%Y-%m-%d')} to {_day(rows[-1]['date'], '%Y-%m-%d')}.</p>\n"
+                     + (f"<p>{len(rows) - len(bodies)} of them stand as links to their pages: a thread"
+                        f" page shows the texts of at most {THREAD_PAGE_POSTS} posts and"
+                        f" {THREAD_PAGE_BYTES // 1000000} MB.</p>\n" if len(bodies) < len(rows) else "")
                      + "\n".join(items) + f"\n{nav}")
 
 
@@ -5369,7 +5397,14 @@ class Pages:
             if not rows:
                 _unlink_quietly(self.file(f"thread/{thread}.html"))
             else:
-                bodies = {r["number"]: self.body(r["number"]) for r in rows[:THREAD_PAGE_POSTS]}
+                bodies, size = {}, 0
+                for r in rows[:THREAD_PAGE_POSTS]:          # the texts up to THREAD_PAGE_BYTES
+                    text = self.body(r["number"])
+                    size += len(text or "")
+                    if size > THREAD_PAGE_BYTES:
+                        break
+                    if text is not None:
+                        bodies[r["number"]] = text
                 self.write(f"thread/{thread}.html", thread_page(self.list, thread, rows, bodies))
             self.mbox(f"thread/{thread}.mbox", rows, added if added and added["thread"] == thread else None)
         latest = [dict(r) for r in self.store.q("archived_latest", list_id, FEED_POSTS)]
@@ -5485,9 +5520,11 @@ def archive_remove(config, store, list_row, numbers, why):
     """Remove posts: bytes, texts and what their rows said, each row kept as a gap that says ``why``
     ('author': forget, 'owner'); then the pages.  Returns the numbers removed."""
     import mailbox
-    rows = [row for row, _ in archived(config, store, list_row, numbers)] if numbers else []
+    found = list(archived(config, store, list_row, numbers)) if numbers else []
+    rows = [row for row, _ in found]
     if not rows:
         return []
+    kept_ids = {row["id"]: _gap_id_kept(store, row, data) for row, data in found}
     path = archive_path(config, list_row)
     if config.get("archive", "format") == "mbox":
         if os.path.exists(path):
@@ -5510,10 +5547,23 @@ def archive_remove(config, store, list_row, numbers, why):
     with store.transaction() as db:
         unindex_texts(db, [row["id"] for row in rows])
         for row in rows:
-            db.execute(SQL["archive_remove"], (time.time(), why, row["id"]))
+            db.execute(SQL["archive_remove"], (time.time(), why, kept_ids[row["id"]], row["id"]))
     if list_row["archive"] == "public":
         unpublish(config, store, list_row, rows, why)
     return [row["number"] for row in rows]
+
+
+def _gap_id_kept(store, row, data):
+    """The gap_id a removed post's row keeps, or '' when its Message-ID names an address of its
+    author (From, Sender, Reply-To): then msgid/ could tell that this person's post was removed."""
+    message_id = row["message_id"] or ""
+    said = set()
+    if data is not None:
+        msg = RawMessage(data)
+        for field in ("From", "Sender", "Reply-To"):
+            said.update(a.lower() for a in addresses_in(msg.get_all(field)[:5]))
+    own = message_id.strip("<>").lower()
+    return "" if any(a and a in own for a in said) else gap_id(store, message_id)
 
 
 def archive_delete(config, store, list_row, number, by=""):
@@ -5638,6 +5688,7 @@ class Context:
         self.outbox = Outbox()      # generated messages queued with the post or the action
         self.committed = False      # the post is queued: see run_chain
         self.distributed = None     # the post as queued (queuer), for the archive
+        self.archive_id = ""        # the ID its Archived-At names when not its Message-ID (finish_post)
         self.author_from = None     # the From: field as written, when dmarc rewrote it (kept_form)
         self.lock_fd = None         # singleinstance's flock, held until cmd_send closes it
         self.now = 0.0              # queuebuilder's clock: what is due
@@ -8031,9 +8082,14 @@ def finish_post(ctx):
     base_url = ctx.config.get("web", "base_url")
     for name, value in list_headers(ctx.list, base_url):
         msg.append(name, value)
+    # the ID the archive keeps it by (archive): its Message-ID as message_id_of reads it, else (none
+    # readable, or one a post archived before has: msgid/ stays that post's) one made here
+    named = message_id_of(msg)
+    if not named or first_archived(ctx.store, ctx.list, named) is not None:
+        named = ctx.archive_id = new_message_id(ctx.list["domain"])
     if base_url and ctx.list["archive"] == "public" and not archive_refused(msg) \
             and "archive" in ctx.config.get("queue", "filters").split():
-        msg.append("Archived-At", archived_at(base_url, ctx.list, ctx.message_id))
+        msg.append("Archived-At", archived_at(base_url, ctx.list, named))
     return bytes(msg)
 
 
@@ -8067,7 +8123,8 @@ def archive(ctx):
     public = ctx.list["archive"] == "public"
     try:
         published = published_copy(kept) if public else None
-        row = archive_post(ctx.config, ctx.store, ctx.list, kept, ctx.sender, published=published)
+        row = archive_post(ctx.config, ctx.store, ctx.list, kept, ctx.sender, published=published,
+                           message_id=ctx.archive_id)
     except (OSError, ValueError, StoreError) as e:
         log.error("cannot archive %s: %s", ctx.describe(), e)
         ctx.note(f"not archived: {e}")
@@ -8987,7 +9044,7 @@ class WebApp:
             status, body, kind, extra = message_page(
                 "Not now", "Something went wrong here; please try again later.", "503 Service Unavailable",
                 [("Retry-After", "60")])
-        data = body if isinstance(body, bytes) else body.encode("utf-8")
+        data = body if isinstance(body, (bytes, FileBody)) else body.encode("utf-8")
         referrer = next((v for n, v in extra if n == "Referrer-Policy"), "no-referrer")  # a page's own
         start_response(status, [("Content-Type", kind or PAGE_TYPES[".html"]),
                                 ("Content-Length", str(len(data))),
@@ -8995,6 +9052,10 @@ class WebApp:
                                 ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", referrer),
                                 ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")]
                        + [h for h in extra if h[0] != "Referrer-Policy"])
+        if isinstance(data, FileBody):
+            if environ.get("REQUEST_METHOD") != "HEAD":
+                return FileAnswer(data, config, later)
+            data.close()
         return WebAnswer(data if environ.get("REQUEST_METHOD") != "HEAD" else b"", config, later)
 
     def route(self, config, environ):
@@ -9156,9 +9217,8 @@ class WebApp:
         if name.startswith("msgid/"):
             return by_message_id(store, list_row, name[6:], config.get("web", "base_url").rstrip("/")
                                  or environ.get("SCRIPT_NAME", ""))
-        try:
-            with open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb") as fh:
-                data = fh.read()
+        try:                        # sent as read (FileBody): a month's mbox can be large
+            data = FileBody(open(os.path.join(pages_dir(config, list_row), name or "index.html"), "rb"))
         except OSError:
             return not_found()
         if name.startswith("att/") or name.endswith(".mbox"):
@@ -9317,7 +9377,7 @@ def by_message_id(store, list_row, written, root):
         message_id = written.encode("latin-1").decode("utf-8").strip().strip("<>")
     except UnicodeError:
         return not_found()
-    row = store.q("archived_by_message_id", list_row["id"], f"<{message_id}>").fetchone()
+    row = first_archived(store, list_row, f"<{message_id}>")
     if row is None:
         return not_found()
     return message_page("Moved", f"This is post {row['number']}.", "301 Moved Permanently", [
@@ -9345,6 +9405,46 @@ class WebAnswer(list):
             except Exception as e:      # the answer is gone: one line in the log
                 log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300),
                           exc_info=not isinstance(e, (Failure, StoreError)))
+
+
+class FileBody:
+    """A file an answer sends as it reads it, FileBody.CHUNK bytes at a time, never whole: a month's
+    mbox may be hundreds of MB (WebApp.archive)."""
+    CHUNK = 262144
+
+    def __init__(self, fh):
+        self.fh, self.size = fh, os.fstat(fh.fileno()).st_size
+
+    def __len__(self):
+        return self.size
+
+    def chunks(self):
+        left = self.size                        # as Content-Length said, even if the file grows
+        while left > 0:
+            chunk = self.fh.read(min(self.CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+    def close(self):
+        self.fh.close()
+
+
+class FileAnswer(WebAnswer):
+    """A WebAnswer whose body is a FileBody, read a chunk at a time as it is sent (WSGI servers,
+    the CGI and `web --listen` iterate it); close() closes the file too."""
+
+    def __init__(self, body, config, later):
+        super().__init__(b"", config, later)
+        self.body = body
+
+    def __iter__(self):
+        return self.body.chunks()
+
+    def close(self):
+        self.body.close()
+        super().close()
 
 
 def after_answer(environ, work):
@@ -9755,10 +9855,15 @@ def wsgi_environ(request, body, address, server, peer):
     return environ
 
 
+WSGI_WHOLE = 1 << 20        # bytes of an answer run_wsgi takes whole; the rest is sent as it is read
+
+
 def run_wsgi(app, environ):
-    """(status, headers, body, result) of one call of a WSGI application, its body whole (pages are
-    small); the caller closes ``result`` once the client has the answer (WebAnswer's work waits)."""
-    answer, chunks = {}, []
+    """(status, headers, body, result, rest) of one call of a WSGI application: its body whole up to
+    WSGI_WHOLE bytes (pages are small), ``rest`` the iterator of what follows (a large file: sent as
+    read) or None; the caller closes ``result`` once the client has the answer (WebAnswer's work
+    waits)."""
+    answer, chunks, size, rest = {}, [], 0, None
 
     def start_response(status, headers, exc_info=None):
         if "status" in answer and not exc_info:
@@ -9767,18 +9872,26 @@ def run_wsgi(app, environ):
         return chunks.append
     result = app(environ, start_response)
     try:
-        for chunk in result:
+        it = iter(result)
+        for chunk in it:
             chunks.append(chunk)
+            size += len(chunk)
+            if size >= WSGI_WHOLE:
+                rest = it
+                break
         if "status" not in answer:
             raise AssertionError("the application never called start_response")
     except BaseException:
         if hasattr(result, "close"):
             result.close()
         raise
-    return answer["status"], answer["headers"], b"".join(chunks), result
+    if rest is not None and not any(n.lower() == "content-length" for n, _ in answer["headers"]):
+        chunks.extend(rest)                     # no length to announce: whole, as before
+        rest = None
+    return answer["status"], answer["headers"], b"".join(chunks), result, rest
 
 
-def http_response(status, headers, body, method):
+def http_response(status, headers, body, method, streamed=False):
     """The bytes of an answer: the application's status and fields (checked: no CR, LF or other
     control character can split it), a true Content-Length, Date and Connection: close; HEAD and
     204/304 without a body."""
@@ -9796,7 +9909,7 @@ def http_response(status, headers, body, method):
     if method == "HEAD" and length is not None:
         lines.append(f"Content-Length: {length}")       # what GET would send
     elif code >= 200 and code != 204 and method != "HEAD":
-        lines.append(f"Content-Length: {len(body)}")
+        lines.append(f"Content-Length: {length if streamed else len(body)}")     # streamed: the app's
     lines += [time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT", time.gmtime()), "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
 
@@ -9818,6 +9931,7 @@ class WebClient:
         self.sock, self.address, self.peer, self.deadline = sock, address, peer, deadline
         self.phase, self.reader, self.out, self.sent, self.drained = "head", RequestReader(), None, 0, 0
         self.continued, self.counted = False, True       # counted: in its peer's share (not once answered)
+        self.rest, self.result = None, None               # a streamed answer: its next chunks, its result
         self.events = 0                                   # what the selector watches for it
 
 
@@ -10004,11 +10118,11 @@ class WebServer:
             if job is None:
                 return
             client, (request, body) = job
-            result = None
+            result = rest = None
             try:
                 environ = wsgi_environ(request, body, client.address, self.server_address, client.peer)
-                status, headers, data, result = run_wsgi(self.app, environ)
-                answer = http_response(status, headers, data, request["method"])
+                status, headers, data, result, rest = run_wsgi(self.app, environ)
+                answer = http_response(status, headers, data, request["method"], rest is not None)
             except Exception as e:
                 log.error("web: %s %s: %s: %s", request["method"], log_target(request["path"]),
                           type(e).__name__, one_line(e, 300), exc_info=True)
@@ -10016,6 +10130,11 @@ class WebServer:
             log.info('web: %s "%s %s %s" %s %d', client.address[0] if isinstance(client.address, tuple)
                      else "-", request["method"], log_target(request["target"][:300]), request["version"],
                      status[:3], len(data))
+            if rest is not None:    # a large file: the loop sends it as it reads it, then closes result
+                client.rest, client.result = rest, result
+                self.done.append((client, answer))
+                self.wake()
+                continue
             try:                    # the usual case: the socket takes it all at once, no thread switch
                 sent = client.sock.send(answer)
                 if sent == len(answer):
@@ -10061,6 +10180,13 @@ class WebServer:
             return
         if client.sent < len(client.out):
             return
+        chunk = next(client.rest, None) if client.rest is not None else None
+        if chunk:                   # a streamed answer's next chunk, with its own time to be taken
+            client.out, client.sent = memoryview(chunk), 0
+            client.deadline = time.monotonic() + self.timeout + len(chunk) / 65536
+            self.next_expiry = min(self.next_expiry, client.deadline)
+            return
+        self.end_stream(client)
         try:                        # all sent: read and drop what still comes, then close
             client.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -10118,7 +10244,17 @@ class WebServer:
             if self.peers[client.peer] <= 0:
                 del self.peers[client.peer]
 
+    def end_stream(self, client):
+        """A streamed answer is over (sent, or its connection closed): its file closed."""
+        result, client.rest, client.result = client.result, None, None
+        if result is not None:
+            try:
+                result.close()
+            except Exception as e:
+                log.error("web: after the answer: %s: %s", type(e).__name__, one_line(e, 300))
+
     def close(self, client):
+        self.end_stream(client)
         if client not in self.clients:
             return
         self.clients.discard(client)

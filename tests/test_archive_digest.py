@@ -663,6 +663,84 @@ def test_every_copy_carries_archived_at_which_finds_its_page(team):
     assert all(parse(d)["Archived-At"] is None for _, d in team.sent()[before:])
 
 
+def _archived_at_of(team, subject):
+    team.run("send", check=0)
+    (url,) = {parse(d)["Archived-At"] for _, d in team.sent() if parse(d)["Subject"] == subject}
+    return url
+
+
+def _follow(team, url):
+    from urllib.parse import unquote
+    status, headers, _ = wsgi(team, unquote(url.strip("<>")[len(BASE):]).encode("utf-8").decode("latin-1"))
+    return status, headers.get("Location", "")
+
+
+@pytest.mark.parametrize("removal", ["owner", "forget"])
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_a_removed_posts_message_id_link_never_passes_to_a_later_post(team, removal, fmt):
+    """Issue 33 review: after a removal (and the duplicate window), a post with the same Message-ID
+    got the msgid/ link.  The link stays the first post's (its gap); a later one has its own."""
+    team.write_config(web={"base_url": BASE}, archive={"format": fmt})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="original", msgid="<orig.1234@mail.example.org>", sender="carol@example.com"), check=0)
+    team.queue(post(subject="kept", msgid="<kept@example.org>"), check=0)
+    if removal == "owner":
+        team.run("archive", "delete", LIST, "1", check=0)
+    else:
+        assert "archive 1" in team.run("forget", "carol@example.com", "--archive", check=0).out
+    with team.db() as db:
+        db.execute("DELETE FROM recent_posts")                     # as after [queue] duplicate_window
+        assert b"orig.1234" not in repr(list(db.execute("SELECT * FROM archived_posts"))).encode()
+    for attempt in ("taker", "taker again"):
+        team.queue(post(subject=attempt, body=attempt + "\n", msgid="<orig.1234@mail.example.org>"), check=0)
+        with team.db() as db:
+            db.execute("DELETE FROM recent_posts")
+    assert listing(team) == {2: "kept", 3: "taker", 4: "taker again"}
+    assert _follow(team, f"<{BASE}/archive/{LIST}/msgid/orig.1234@mail.example.org>") == \
+        (301, f"{BASE}/archive/{LIST}/1.html")                    # the gap, still
+    assert "removed" in wsgi(team, f"/archive/{LIST}/1.html")[2]
+    for n, attempt in ((3, "taker"), (4, "taker again")):        # each later post: a link of its own
+        url = _archived_at_of(team, attempt)
+        assert "orig.1234" not in url and _follow(team, url) == (301, f"{BASE}/archive/{LIST}/{n}.html")
+    # a present post keeps its link against a later one with its Message-ID too
+    team.queue(post(subject="again", body="other\n", msgid="<kept@example.org>"), check=0)
+    with team.db() as db:
+        db.execute("DELETE FROM recent_posts")
+    assert _follow(team, f"<{BASE}/archive/{LIST}/msgid/kept@example.org>")[1].endswith("/2.html")
+    assert "kept@example.org" not in _archived_at_of(team, "again")
+
+
+def test_a_removed_post_whose_message_id_names_its_author_keeps_nothing_of_it(team):
+    """forget --archive removes personal data: a Message-ID made of the author's address is not kept
+    even hashed, so msgid/ cannot confirm that this person's post was removed."""
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="mine", msgid="<1700000000.Carol.X@Example.com>", sender="carol.x@example.com"), check=0)
+    team.queue(post(subject="other", msgid="<other@example.org>"), check=0)
+    team.run("forget", "carol.x@example.com", "--archive", check=0)
+    with team.db() as db:
+        assert [r[0] for r in db.execute("SELECT message_id FROM archived_posts ORDER BY number")] == \
+            ["", "<other@example.org>"]
+    assert wsgi(team, f"/archive/{LIST}/msgid/1700000000.Carol.X@Example.com")[0] == 404
+
+
+@pytest.mark.parametrize("header", ["<c1@example.org> (a comment)", "foo.bar@example.org",
+                                    "<two1@example.org> <two2@example.org>", "junk <p1@example.org>",
+                                    "<a b@example.org>", "<" + "x" * 260 + "@example.org>",
+                                    "(comment first) <cf@example.org>", "<>", "<@>"])
+def test_every_archived_at_resolves_whatever_the_message_id(team, header):
+    """Issue 33 review: Archived-At was made of the raw header, the archive's row of the parsed ID
+    (or ''): a comment, no brackets, two IDs, a space, 260 characters gave links that 404."""
+    team.write_config(web={"base_url": BASE})
+    team.run("set", LIST, "archive", "public", check=0)
+    team.queue(post(subject="first", msgid="<first@example.org>"), check=0)
+    team.queue(post(subject="odd", msgid=header), check=0)
+    assert listing(team) == {1: "first", 2: "odd"}
+    url = _archived_at_of(team, "odd")
+    assert _follow(team, url) == (301, f"{BASE}/archive/{LIST}/2.html")
+    assert wsgi(team, f"/archive/{LIST}/2.html")[0] == 200
+
+
 def test_the_raw_message_and_the_mboxes_of_a_post_its_thread_and_its_month(team):
     team.run("set", LIST, "archive", "public", check=0)
     first = post(subject="Plan", body="From the start: a line mbox must quote.\n", msgid="<t1@example.org>")
@@ -804,3 +882,42 @@ def test_the_search_index_follows_removals_and_catches_up(team, monkeypatch):
     assert found(team, "findable") == [4, 3, 2]
     team.run("set", LIST, "archive", "private", check=0)     # no public archive: no texts to search
     assert team.db().execute("SELECT count(*) FROM archive_texts").fetchone()[0] == 0
+
+
+def test_an_archive_file_is_answered_a_chunk_at_a_time(team):
+    """Issue 33 review: WebApp read each file whole (CGI and any WSGI server too): the answer is
+    an iterator of chunks read as it is sent, whatever the file (an mbox, a page, an attachment)."""
+    import redsky
+    team.run("set", LIST, "archive", "public", check=0)
+    for data in posts_with_attachment(3):
+        team.queue(data, check=0)
+    folder = team.home / "pages" / LIST
+    (folder / "2020-01.mbox").write_bytes(b"x" * 3_000_000)
+    for name in ("2020-01.mbox", "1.html", next(p.name for p in (folder / "att").iterdir())):
+        path = folder / ("att/" + name if not (folder / name).exists() else name)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/archive/{LIST}/{path.relative_to(folder)}",
+                   "SCRIPT_NAME": "", "QUERY_STRING": "", "REMOTE_ADDR": "192.0.2.1"}
+        seen = {}
+        result = redsky.WebApp(redsky.Config.find(str(team.config)))(environ, lambda s, h: seen.update(h))
+        assert not isinstance(result, list) or len(result) == 0 or result[0] == b""
+        chunks = list(result)
+        result.close()
+        assert b"".join(chunks) == path.read_bytes() and seen["Content-Length"] == str(path.stat().st_size)
+        assert max(map(len, chunks)) <= 262144
+
+
+def test_a_thread_page_has_a_byte_cap_and_links_what_it_leaves_out(team, monkeypatch):
+    """Issue 33 review: 300 posts of 400 KB made one thread page of 228 MB, written again on every
+    reply: a thread page shows texts up to THREAD_PAGE_BYTES, the rest as links, and says so."""
+    import redsky
+    monkeypatch.setattr(redsky, "THREAD_PAGE_BYTES", 60_000)
+    team.run("set", LIST, "archive", "public", check=0)
+    big = "".join(f"line {i} of a long post in a long thread\n" for i in range(500))      # ~20 KB
+    team.queue(post(subject="Long", body=big, msgid="<l0@example.org>"), check=0)
+    for i in range(1, 8):
+        team.queue(post(subject="Re: Long", body=f"reply {i}\n" + big, msgid=f"<l{i}@example.org>",
+                        extra="In-Reply-To: <l0@example.org>\n"), check=0)
+    page = (team.home / "pages" / LIST / "thread" / "1.html").read_text()
+    assert len(page.encode()) < 100_000 and page.count("line 499 of a long post") < 5
+    assert "stand as links" in page and '<a href="../8.html">post 8</a>' in page
+    assert "reply 1" in page

@@ -1711,3 +1711,37 @@ def test_a_bad_form_body_is_an_answer_not_an_error(lst, body, kind):
         status, _, page = wsgi(lst, path, "POST", body, headers={"CONTENT_TYPE": kind})
         assert status in (200, 400), (path, status, page[:200])
     assert "bob@example.net" in lst.members()
+
+
+def _peak_kb(pid):
+    with open(f"/proc/{pid}/status") as fh:
+        return int(re.search(r"VmHWM:\s+(\d+)", fh.read()).group(1))
+
+
+@pytest.mark.server
+def test_a_large_archive_file_is_sent_as_read_not_held_in_memory(web):
+    """Issue 33 review: `web --listen` read a whole file into memory per download (a 400 MB mbox
+    fetched 3 times at once: 3.6 GB).  Three downloads of a 48 MB file at once arrive whole, and the
+    server's peak memory grows by far less than one copy of it."""
+    from concurrent.futures import ThreadPoolExecutor
+    web.rs.queue(THREAD[0], check=0)
+    folder = web.rs.home / "pages" / LIST
+    line = b"".join(b"line %07d of a big month, quoted as mbox keeps it\n" % i for i in range(1000))
+    (folder / "2020-01.mbox").write_bytes(line * (48_000_000 // len(line)))
+    size = (folder / "2020-01.mbox").stat().st_size
+    (folder / "2020-02.mbox").write_bytes(b"From a small one\n")
+    web.request(f"/archive/{LIST}/2020-02.mbox")
+    before = _peak_kb(web.proc.pid)
+
+    def fetch(_):
+        with urllib.request.urlopen(f"{web.base}/archive/{LIST}/2020-01.mbox", timeout=60) as answer:
+            got = 0
+            while chunk := answer.read(1 << 20):
+                got += len(chunk)
+            return got, answer.headers["Content-Length"]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(fetch, range(3))) == [(size, str(size))] * 3
+    grown = _peak_kb(web.proc.pid) - before
+    assert grown < size // 1024 // 3, f"peak memory grew by {grown} KB serving a {size // 1024} KB file"
+    status, headers, _ = web.request(f"/archive/{LIST}/2020-01.mbox", method="HEAD")
+    assert status == 200 and headers["Content-Length"] == str(size)

@@ -473,7 +473,25 @@ def test_the_readmes_systemd_units_run_what_the_set_up_installs_as_its_user(tmp_
     assert (user, program, config) == ("redsky", "/opt/redsky/redsky.py", "/etc/redsky/redsky.ini")
     assert f"[postfix]\\nuser = {user}\\n" in setup
     units = {m.group(1): m.group(2) for m in re.finditer(r"```ini\n# /etc/systemd/system/(\S+)\n(.*?)```", readme, re.S)}
-    assert set(units) == {"redsky-lmtp.service", "redsky-web.service"}
+    assert set(units) == {"redsky-lmtp.service", "redsky-web.service", "redsky-send.service", "redsky-send.timer"}
+    # the timer for a host without cron: send as the user, every minute, found by doctor
+    send, timer = units.pop("redsky-send.service"), units.pop("redsky-send.timer")
+    (tmp_path / "systemd").mkdir()
+    for name, text in (("redsky-send.service", send), ("redsky-send.timer", timer)):
+        (tmp_path / "systemd" / name).write_text(text)
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str
+    unit.read_string(send)
+    assert unit["Service"]["User"] == user and unit["Service"]["Type"] == "oneshot"
+    assert shlex.split(unit["Service"]["ExecStart"]) == ["/usr/bin/python3", program, "-c", config, "send"]
+    assert "OnCalendar=minutely" in timer and "WantedBy=timers.target" in timer
+    found, _ = redsky.find_send_schedule([str(tmp_path / "systemd")])
+    assert found.endswith("redsky-send.service") and redsky.schedule_user(found) == user
+    verify = shutil.which("systemd-analyze")
+    if verify:
+        r = subprocess.run([verify, "verify", "--man=no", str(tmp_path / "systemd" / "redsky-send.timer"),
+                            str(tmp_path / "systemd" / "redsky-send.service")], capture_output=True, text=True)
+        assert r.returncode == 0 and "Unknown" not in r.stderr and "Invalid" not in r.stderr, r.stderr
     listen = {}
     for name, text in units.items():
         unit = configparser.ConfigParser(interpolation=None, strict=True)

@@ -168,7 +168,7 @@ def test_one_command_mail_gets_at_most_ten_posts_and_is_told_the_rest(team, aske
     team.write_config(commands={"max_replies": "100"})
     for data in numbered_posts(15):
         team.queue(data, check=0)
-    (text, ids), = replies_to(team, asked)
+    (text, ids), = replies_to(team, asked, "bob@example.net")
     if sent is None:
         assert ids == [] and "has no post number" in text
         return
@@ -189,11 +189,30 @@ def test_the_bytes_of_one_reply_are_capped_too(team, monkeypatch):
     for n in range(1, 5):
         team.queue(post(subject=f"big {n}", body=big * 4000, msgid=f"<big{n}@example.org>"), check=0)
     monkeypatch.setattr(redsky, "GET_BYTES", 600_000)          # two posts of 290 KB fit, not three
-    (text, ids), = replies_to(team, "get 1-4")
+    (text, ids), = replies_to(team, "get 1-4", "bob@example.net")
     assert ids == ["<big1@example.org>", "<big2@example.org>"] and "get 3-4\n" in text
     monkeypatch.setattr(redsky, "GET_BYTES", 1000)              # one post larger than the cap still goes
-    (text, ids), = replies_to(team, "get 3\nget 4")
+    (text, ids), = replies_to(team, "get 3\nget 4", "bob@example.net")
     assert ids == ["<big3@example.org>"] and "get 4\n" in text
+
+
+@pytest.mark.parametrize("asked, sent, rest", [("get 1-12", [1], "2-12"), ("get 5\nget 6\nget 7", [5], "6"),
+                                               ("get 3", [], "3"), ("get 2-3", [2], "3")])
+def test_an_address_that_is_not_a_member_gets_one_small_post_a_mail(team, asked, sent, rest):
+    """Anyone can put any address in a From:, so `get` for one that is not a member of the list
+    sends one post of at most GET_BYTES_OUTSIDER (a forged `get 1-12` mailed 9.4 MB to a stranger);
+    the reply says why and what to ask for again.  Post 3 is larger than that: never to a stranger."""
+    team.run("set", LIST, "archive", "public", check=0)
+    team.write_config(commands={"max_replies": "100"})
+    for n in range(1, 13):
+        body = ("y" * 70 + "\n") * (16000 if n == 3 else 10)
+        team.queue(post(subject=f"post {n}", body=body, msgid=f"<o{n}@example.org>"), check=0)
+    (text, ids), = replies_to(team, asked, "victim@else.example")
+    assert ids == [f"<o{n}@example.org>" for n in sent], text
+    assert f"  get {rest}\n" in text and "not a member" in text and "at most 1 posts and 1 MB" in text.replace("\n", " ")
+    # a member asking the same gets what a member gets
+    (text, ids), = replies_to(team, "get 1-12", "bob@example.net")
+    assert len(ids) == 10 and "not a member" not in text
 
 # --- digest ------------------------------------------------------------------------------
 

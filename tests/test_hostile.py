@@ -119,3 +119,19 @@ def test_no_named_query_scans_a_table_once_per_row():
             if parent in parents and detail.startswith("SCAN"):
                 scans.append(f"{name}: {detail}")
     assert not scans, scans
+
+
+@pytest.mark.parametrize("filler", ["\ufdfa ", "é ", "word "])
+def test_a_snippet_costs_the_same_whatever_the_length_of_the_post(filler):
+    """Search results show a snippet of each post: it read and folded the whole text (21 posts of
+    200,000 characters of U+FDFA, which NFKD makes four words each, cost 9.4 s of CPU a page).  It
+    reads the first SNIPPET_SCAN characters: 16 times the text costs about the same."""
+    import redsky
+    small = "zzmarker " + filler * (2 * redsky.SNIPPET_SCAN // len(filler))
+    large = "zzmarker " + filler * (32 * redsky.SNIPPET_SCAN // len(filler))
+    best = {}
+    for name, text in (("small", small), ("large", large)):
+        best[name] = min(hostile.cpu(lambda t: redsky.snippet(t, [["zzmarker"]]), text) for _ in range(RUNS))
+    assert best["large"] < 2 * best["small"] + FLOOR / 4, best
+    shown = redsky.snippet(large, [["zzmarker"]])
+    assert shown.startswith("<mark>zzmarker</mark>") and shown.endswith("\u2026")

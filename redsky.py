@@ -3870,26 +3870,33 @@ def expression_cost(pattern):
             str(items[0][1]) not in ("AT_BEGINNING", "AT_BEGINNING_STRING"):
         return "it must start with ^ outside any alternative (write ^(a|b), not ^a|b)"
     paths, todo = 1, items
-    while todo:
-        op, arg = todo.pop()
-        op = str(op)
-        if op in ("GROUPREF", "GROUPREF_EXISTS", "GROUPREF_IGNORE", "ASSERT", "ASSERT_NOT"):
-            return "back-references and look-arounds are not taken"
-        if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            low, high, body = arg
-            one_character = len(body) == 1 and str(body[0][0]) in ("LITERAL", "NOT_LITERAL", "ANY", "IN")
-            if high > 1 and not one_character:
-                return "a repeated group can take exponential time on a crafted address; repeat one character"
-            paths *= min(high, 254) + 1
-            todo.extend(body)
-        elif op == "BRANCH":
-            paths *= len(arg[1])
-            for branch in arg[1]:
-                todo.extend(branch)
-        elif op in ("SUBPATTERN", "ATOMIC_GROUP"):
-            todo.extend(arg[-1])
-        if paths > 255 ** 3:
-            return "too many repeats and alternatives (at most three repeats, fewer with alternatives)"
+    try:
+        while todo:
+            op, arg = todo.pop()
+            op = str(op)
+            if op in ("GROUPREF", "GROUPREF_EXISTS", "GROUPREF_IGNORE", "ASSERT", "ASSERT_NOT"):
+                return "back-references and look-arounds are not taken"
+            if op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                low, high, body = arg
+                one_character = len(body) == 1 and \
+                    str(body[0][0]) in ("LITERAL", "NOT_LITERAL", "ANY", "IN")
+                if high > 1 and not one_character:
+                    return ("a repeated group can take exponential time on a crafted address; repeat one"
+                            " character")
+                paths *= min(high, 254) + 1
+                todo.extend(body)
+            elif op == "BRANCH":
+                paths *= len(arg[1])
+                for branch in arg[1]:
+                    todo.extend(branch)
+            elif op == "SUBPATTERN":
+                todo.extend(arg[-1])
+            elif op == "ATOMIC_GROUP":          # (?>...), Python 3.11
+                todo.extend(arg)
+            if paths > 255 ** 3:
+                return "too many repeats and alternatives (at most three repeats, fewer with alternatives)"
+    except (TypeError, ValueError, IndexError):    # a form of a later Python's parser
+        return "too intricate to check: write it more simply"
     return ""
 
 

@@ -14073,6 +14073,25 @@ def find_send_schedule(places=CRON_PLACES):
     return None, closed
 
 
+def postfix_running():
+    """Does the master process of the Postfix that postconf reads run?  By its pid file (the
+    queue directory's pid/master.pid), else by any process named master; None: cannot tell."""
+    queue = postconf("-h", "queue_directory") or "/var/spool/postfix"
+    try:
+        with open(os.path.join(queue, "pid", "master.pid")) as fh:
+            pid = int(fh.read(64).split()[0])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, IndexError):
+        running = running_programs()
+        return None if running is None else "master" in running
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip() == "master"
+    except OSError:
+        return False
+
+
 def running_programs():
     """The names (comm) of the running processes, or None when /proc cannot be listed."""
     try:
@@ -14423,6 +14442,10 @@ def postfix_checks(config):
     if main is None:
         yield "OK", "no Postfix configuration found: Postfix checks skipped", ""
         return
+    running = postfix_running()
+    if running is False:
+        yield ("FAIL", "Postfix is configured but its master process does not run: the lists get no mail",
+               "systemctl start postfix (and systemctl enable postfix, for every boot)")
     if "+" not in main:
         yield ("FAIL", f"Postfix recipient_delimiter is {main!r}: LIST-bounces+user=host@ and"
                " LIST-confirm+TOKEN@ cannot reach redsky", "postconf -e 'recipient_delimiter = +'")

@@ -391,3 +391,22 @@ def test_a_new_or_deleted_list_reaches_postfix_without_a_reload(pfx):
     pfx.redsky("dellist", other, check=True)
     assert rcpt(other)[0] == 550
     assert rcpt(LIST)[0] == 250
+
+
+def test_doctor_tells_a_postfix_that_does_not_run(bare, tmp_path, monkeypatch):
+    """A newcomer's doctor said every list address was routed while Postfix was stopped: the master
+    process of the Postfix postconf reads is looked for (its pid file, then /proc)."""
+    import redsky
+    monkeypatch.setenv("MAIL_CONFIG", str(bare.etc))
+    (tmp_path / "redsky.ini").write_text(f"[redsky]\ndata_dir = {tmp_path}\n")
+    config = redsky.Config(str(tmp_path / "redsky.ini"))
+    assert redsky.postfix_running() is True
+    assert not any("master process does not run" in f for _, f, _ in redsky.postfix_checks(config))
+    bare.postfix("stop")
+    deadline = time.time() + 10
+    while redsky.postfix_running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert redsky.postfix_running() is False
+    findings = list(redsky.postfix_checks(config))
+    assert ("FAIL", "Postfix is configured but its master process does not run: the lists get no mail",
+            "systemctl start postfix (and systemctl enable postfix, for every boot)") in findings
